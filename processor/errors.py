@@ -1,0 +1,141 @@
+"""The project's one exception tree.
+
+::
+
+    ProcessorError
+    ├── FatalError                 the process cannot go on: exit non-zero (cog: a dead worker)
+    │   ├── ConfigError            unreadable config, unknown key, bad value (EXIT_CONFIG)
+    │   ├── StoreAccessError       bad credentials, missing bucket, access denied (EXIT_STORE)
+    │   └── ModelUnavailableError  a configured model is missing from the cache in offline mode
+    ├── StoreError                 one store operation failed (translated once, at the adapter)
+    │   ├── TransientStoreError    timeouts, 5xx, throttling, connection resets: retried (tenacity)
+    │   ├── ObjectNotFound         the key does not exist
+    │   ├── PreconditionFailed     a conditional write (If-None-Match / If-Match) lost its race
+    │   ├── ObjectTooLarge         a GET refused before reading a body over ``max_bytes``
+    │   └── InvalidKey             a key the store cannot represent safely ("..", empty segments)
+    ├── ClaimLost                  another worker holds our claim now; stop spending work on it
+    └── ItemError                  one input failed: becomes a failure record, the worker goes on
+        ├── InvalidInput           the input itself is bad; ``hint`` says what the user should change
+        │   ├── UnsupportedFormat
+        │   ├── CorruptImage
+        │   ├── ImageTooLarge
+        │   ├── ImageTooSmall
+        │   └── InvalidSidecar
+        └── StageFailed            a pipeline stage crashed on this input (a bug or a model fault)
+
+Per-item failures (``ItemError``) and process failures (``FatalError``) are different types on
+purpose: the worker records the first and carries on; it exits on the second. Retries key on
+these types, never on message strings.
+"""
+
+from __future__ import annotations
+
+#: Exit code for a bad or unreadable configuration (Kubernetes podFailurePolicy fails the index on it).
+EXIT_CONFIG = 3
+#: Exit code for a store that refuses us (credentials, bucket, permissions).
+EXIT_STORE = 4
+#: Exit code for a model missing in offline mode.
+EXIT_MODEL = 5
+#: Exit code when ``doctor`` found a problem.
+EXIT_DOCTOR = 6
+
+
+class ProcessorError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class FatalError(ProcessorError):
+    """The process cannot continue; the CLI prints the message and exits with ``exit_code``."""
+
+    exit_code = 1
+
+
+class ConfigError(FatalError):
+    exit_code = EXIT_CONFIG
+
+
+class StoreAccessError(FatalError):
+    """Credentials rejected, bucket missing, or access denied: no retry will help."""
+
+    exit_code = EXIT_STORE
+
+
+class ModelUnavailableError(FatalError):
+    exit_code = EXIT_MODEL
+
+
+class StoreError(ProcessorError):
+    """One store operation failed. ``key`` is the object involved, when there is one."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class TransientStoreError(StoreError):
+    """Worth retrying: timeouts, 5xx, throttling, dropped connections."""
+
+
+class ObjectNotFound(StoreError):
+    pass
+
+
+class PreconditionFailed(StoreError):
+    """A conditional write lost: the object exists (If-None-Match) or changed (If-Match)."""
+
+
+class ObjectTooLarge(StoreError):
+    """``get(max_bytes=...)`` found a larger object; nothing was read."""
+
+    def __init__(self, message: str, *, key: str | None = None, size: int = 0) -> None:
+        super().__init__(message, key=key)
+        self.size = size
+
+
+class InvalidKey(StoreError):
+    """The key cannot be stored safely (``..`` or empty segments on a file system, say)."""
+
+
+class ClaimLost(ProcessorError):
+    """Our claim on an input was taken over (we were paused past its TTL): stop working on it."""
+
+
+class ItemError(ProcessorError):
+    """One input failed. ``hint`` tells the user what to change; the worker records it and moves on."""
+
+    hint: str = "Check the input and upload it again."
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+
+class InvalidInput(ItemError):
+    """The input is bad; retrying the same bytes will never help."""
+
+
+class UnsupportedFormat(InvalidInput):
+    hint = "Upload a JPEG, PNG, WebP or HEIC photo."
+
+
+class CorruptImage(InvalidInput):
+    hint = "The file could not be decoded; upload the original photo again."
+
+
+class ImageTooLarge(InvalidInput):
+    hint = "Downscale the photo or raise the limit named in the message."
+
+
+class ImageTooSmall(InvalidInput):
+    hint = "Upload a larger photo or lower the limit named in the message."
+
+
+class InvalidSidecar(InvalidInput):
+    hint = "Fix the sidecar JSON next to the photo (or delete it) and upload it again."
+
+
+class StageFailed(ItemError):
+    """A stage crashed on this input; the message names the stage."""
+
+    hint = "This is likely a bug or a model problem; report it with the failure record."

@@ -1,0 +1,126 @@
+"""Where each object of one input lives, derived from the input key alone.
+
+``inputs/<path>.<ext>`` → ``outputs/<path>/<style>-<nn>.png``, ``outputs/<path>/manifest.json``,
+``failed/<path>.<ext>.json``, claims and done markers under the state prefix.
+
+Input keys come from users and may hold ``..``, ``//``, a leading ``/``, spaces or unicode. Every
+derived key is built from *safe segments*: ``%`` is escaped first, then empty, ``.`` and ``..``
+segments are percent-encoded, so derived keys never leave their prefix and stay distinct for
+distinct inputs (the mapping is injective).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from processor.config import PrefixSettings
+
+#: Extensions of per-image sidecar files (``inputs/<path>.json``), which are not inputs themselves.
+SIDECAR_SUFFIX = ".json"
+MANIFEST_NAME = "manifest.json"
+CONTACT_SHEET_NAME = "contact-sheet.jpg"
+MASK_NAME = "mask.png"
+
+
+def safe_segment(segment: str) -> str:
+    segment = segment.replace("%", "%25")
+    if segment == "":
+        return "%00"
+    if segment in (".", ".."):
+        return segment.replace(".", "%2E")
+    return segment
+
+
+def safe_path(path: str) -> str:
+    """A relative path whose every segment is a plain name (see module docstring)."""
+    return "/".join(safe_segment(part) for part in path.split("/"))
+
+
+def split_extension(relpath: str) -> tuple[str, str]:
+    """``a/b.c.jpg`` → (``a/b.c``, ``.jpg``); a name without a dot keeps an empty extension."""
+    head, slash, name = relpath.rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        return relpath, ""
+    return head + slash + stem, "." + ext
+
+
+def is_sidecar(key: str) -> bool:
+    return key.lower().endswith(SIDECAR_SUFFIX)
+
+
+def is_directory_marker(key: str) -> bool:
+    return key.endswith("/")
+
+
+@dataclass(frozen=True)
+class ItemKeys:
+    """Every key one input owns."""
+
+    input: str
+    relpath: str
+    output_prefix: str
+    manifest: str
+    failure: str
+    sidecar: str
+    claim: str
+    done_prefix: str
+
+    def variant(self, style: str, index: int) -> str:
+        return f"{self.output_prefix}{safe_segment(style)}-{index:02d}.png"
+
+    @property
+    def contact_sheet(self) -> str:
+        return self.output_prefix + CONTACT_SHEET_NAME
+
+    @property
+    def mask(self) -> str:
+        return self.output_prefix + MASK_NAME
+
+    def done_marker(self, etag: str) -> str:
+        return self.done_prefix + safe_segment(etag)
+
+
+class KeyLayout:
+    """Derives ``ItemKeys`` from input keys for one set of prefixes."""
+
+    def __init__(self, prefixes: PrefixSettings) -> None:
+        self.prefixes = prefixes
+        self.claims_prefix = prefixes.state + "claims/"
+        self.done_prefix = prefixes.state + "done/"
+
+    def relpath(self, input_key: str) -> str:
+        if not input_key.startswith(self.prefixes.inputs):
+            raise ValueError(f"{input_key!r} is not under {self.prefixes.inputs!r}")
+        return input_key[len(self.prefixes.inputs) :]
+
+    def for_input(self, input_key: str) -> ItemKeys:
+        relpath = self.relpath(input_key)
+        stem, _ext = split_extension(relpath)
+        safe_stem = safe_path(stem)
+        safe_rel = safe_path(relpath)
+        digest = hashlib.sha256(input_key.encode("utf-8")).hexdigest()[:40]
+        return ItemKeys(
+            input=input_key,
+            relpath=relpath,
+            output_prefix=f"{self.prefixes.outputs}{safe_stem}/",
+            manifest=f"{self.prefixes.outputs}{safe_stem}/{MANIFEST_NAME}",
+            failure=f"{self.prefixes.failed}{safe_rel}.json",
+            sidecar=f"{self.prefixes.inputs}{stem}{SIDECAR_SUFFIX}",
+            claim=f"{self.claims_prefix}{digest}.json",
+            done_prefix=f"{self.done_prefix}{safe_rel}/",
+        )
+
+    def output_prefix_of_manifest(self, manifest_key: str) -> str | None:
+        if manifest_key.startswith(self.prefixes.outputs) and manifest_key.endswith("/" + MANIFEST_NAME):
+            return manifest_key[: -len(MANIFEST_NAME)]
+        return None
+
+    def parse_done_marker(self, key: str) -> tuple[str, str] | None:
+        """``<state>/done/<safe relpath>/<safe etag>`` → (safe relpath, safe etag)."""
+        if not key.startswith(self.done_prefix):
+            return None
+        rest = key[len(self.done_prefix) :]
+        safe_rel, sep, etag = rest.rpartition("/")
+        return (safe_rel, etag) if sep else None

@@ -1,0 +1,94 @@
+"""The wire format: ``manifest.json`` (the commit of one input) and failure records.
+
+Both are pydantic models with a schema version; ``processor schema`` and
+``docs/manifest.schema.json`` / ``docs/failure.schema.json`` export their JSON Schema.
+Readers must check ``schema`` and ignore fields they do not know.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST_SCHEMA = "toy-cartoonizer/manifest/v1"
+FAILURE_SCHEMA = "toy-cartoonizer/failure/v1"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    def to_json_bytes(self) -> bytes:
+        return self.model_dump_json(by_alias=True, indent=2).encode("utf-8") + b"\n"
+
+
+class Source(_Model):
+    key: str
+    etag: str
+    size: int
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    #: What decode did to the pixels: EXIF rotation, colour conversion, first frame of many.
+    notes: list[str] = Field(default_factory=list)
+
+
+class Variant(_Model):
+    key: str
+    style: str
+    engine: str
+    index: int
+    seed: int
+    width: int
+    height: int
+    sha256: str
+    #: The engine's own parameters for this variant (colour count, rounds, prompt, ...).
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class WorkerInfo(_Model):
+    id: str
+    version: str
+    device: str
+    host: str | None = None
+
+
+class Manifest(_Model):
+    schema_: Literal["toy-cartoonizer/manifest/v1"] = Field(default=MANIFEST_SCHEMA, alias="schema")
+    status: Literal["done"] = "done"
+    source: Source
+    variants: list[Variant]
+    contact_sheet: str | None = None
+    #: Seconds spent per stage (download, decode, <style>, encode, upload).
+    timings: dict[str, float] = Field(default_factory=dict)
+    worker: WorkerInfo
+    attempt: int = 1
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class FailureRecord(_Model):
+    schema_: Literal["toy-cartoonizer/failure/v1"] = Field(default=FAILURE_SCHEMA, alias="schema")
+    status: Literal["failed"] = "failed"
+    source: Source
+    #: The exception class, e.g. ``ImageTooLarge``.
+    error: str
+    message: str
+    #: What the user should change so that the input succeeds.
+    hint: str
+    #: True when the input itself is bad (retrying the same bytes never helps).
+    permanent: bool = True
+    attempts: int = 1
+    worker: WorkerInfo
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    return {
+        "manifest.schema.json": Manifest.model_json_schema(by_alias=True),
+        "failure.schema.json": FailureRecord.model_json_schema(by_alias=True),
+    }

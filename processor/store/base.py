@@ -1,0 +1,80 @@
+"""The ObjectStore protocol: the only way the rest of the project talks to a bucket.
+
+Contract, shared by every adapter and checked by ``tests/store/test_contract.py``:
+
+- Keys are ``/``-separated strings. ``list`` yields every object under a prefix in ascending
+  (UTF-8 byte) key order, paginating internally, starting strictly after ``start_after``.
+- ETags are opaque strings without surrounding quotes; any write changes an object's ETag.
+- ``put(..., if_none_match=True)`` creates only when the key is absent; ``put(..., if_match=E)``
+  and ``delete(..., if_match=E)`` act only when the current ETag is ``E``. A lost condition raises
+  ``PreconditionFailed``; the check and the write are atomic.
+- ``server_time`` on results is the server's clock (the HTTP ``Date`` header); claim expiry is
+  judged on it together with ``last_modified``, never on the worker's own clock.
+- Missing keys raise ``ObjectNotFound``; retryable faults raise ``TransientStoreError`` (after
+  the adapter's own retries ran out); bad credentials raise ``StoreAccessError``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    etag: str
+    size: int
+    last_modified: datetime
+    #: The server's clock when it answered (HEAD/GET/PUT); None on listings.
+    server_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    info: ObjectInfo
+    body: bytes
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    #: Where this store points, for messages and logs (never contains credentials).
+    description: str
+
+    def list(self, prefix: str, *, start_after: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, ascending, after ``start_after``."""
+        ...
+
+    def head(self, key: str) -> ObjectInfo: ...
+
+    def get(self, key: str, *, max_bytes: int | None = None) -> StoredObject:
+        """Read an object. With ``max_bytes``, an object larger than that raises
+        ``errors.ObjectTooLarge`` before its body is read."""
+        ...
+
+    def put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        content_type: str = "application/octet-stream",
+        metadata: Mapping[str, str] | None = None,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+    ) -> ObjectInfo: ...
+
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        """Delete ``key``; deleting a missing key is not an error (S3 semantics)."""
+        ...
+
+    def request_count(self) -> int:
+        """How many requests this store has sent to its backend (for benchmarks and tests)."""
+        ...
+
+
+def strip_etag(etag: str) -> str:
+    """ETags travel quoted in HTTP; we keep them bare everywhere."""
+    return etag.strip().strip('"')
