@@ -1,0 +1,59 @@
+"""What stages exchange, and the Engine protocol every style engine implements.
+
+An engine loads whatever it needs in ``setup()`` (once per worker) and does per-item work in
+``__call__`` (cog's ``BasePredictor``). Engines raise ``ItemError`` subclasses for per-input
+problems; anything else they raise is wrapped into ``StageFailed`` by the runner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from PIL import Image
+
+
+@dataclass
+class DecodedImage:
+    """A validated RGB image, EXIF orientation applied."""
+
+    image: Image.Image
+    #: The sniffed container format: JPEG, PNG, WEBP, HEIF, GIF, ...
+    format: str
+    #: Size of the source as stored (before any orientation change).
+    source_width: int
+    source_height: int
+    #: What decode changed: "exif-rotated 90", "converted CMYK to RGB", "first of 12 frames", ...
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class VariantImage:
+    """One output of one style for one input."""
+
+    style: str
+    engine: str
+    index: int
+    seed: int
+    image: Image.Image
+    #: Engine parameters used for this variant (recorded in the manifest and the PNG text chunk).
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    """One configured style. ``style_name`` is its key under ``styles``."""
+
+    style_name: str
+    engine: str
+
+    def setup(self) -> None:
+        """Load weights or build tables; called once per worker before the first item."""
+        ...
+
+    def __call__(self, image: Image.Image) -> list[VariantImage]:
+        """All variants of this style for one decoded RGB image."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Model ids / availability, for ``processor doctor``."""
+        ...
