@@ -1,0 +1,176 @@
+"""Output encoding: variant PNGs with their generation parameters, contact sheets, digests.
+
+Every encoder here is deterministic: equal images and parameters give equal bytes (no timestamps,
+fixed compression settings), so re-running an input rewrites identical objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
+
+#: The PNG text key Stable Diffusion tools (A1111, ComfyUI importers, Civitai) read.
+PARAMETERS_KEY = "parameters"
+#: zlib level for PNGs: fixed so the bytes never depend on a library default.
+PNG_COMPRESS_LEVEL = 6
+#: JPEG quality of contact sheets.
+CONTACT_SHEET_QUALITY = 85
+#: Tiles per contact-sheet row before it wraps.
+CONTACT_SHEET_MAX_COLUMNS = 6
+#: Pixels between tiles and around the sheet.
+CONTACT_SHEET_GAP = 4
+#: Pixels: height of the label strip under each tile.
+CONTACT_SHEET_LABEL_HEIGHT = 16
+#: Points: label font size.
+CONTACT_SHEET_FONT_SIZE = 11
+CONTACT_SHEET_BACKGROUND = (255, 255, 255)
+CONTACT_SHEET_TEXT = (30, 30, 30)
+
+# A1111's fixed leading fields, in its order: (our parameter key, A1111 label).
+_A1111_FIELDS: tuple[tuple[str, str], ...] = (
+    ("steps", "Steps"),
+    ("sampler", "Sampler"),
+    ("scheduler", "Schedule type"),
+    ("guidance", "CFG scale"),
+    ("seed", "Seed"),
+)
+# Keys consumed elsewhere in the text (prompt lines, Size, Model), not repeated as "Key: value".
+_CONSUMED = {"prompt", "negative", "negative_prompt", "model", *(key for key, _ in _A1111_FIELDS)}
+
+
+def a1111_parameters(parameters: dict[str, Any], width: int, height: int) -> str:
+    """``parameters`` as A1111 "infotext": prompt line, optional "Negative prompt:" line, then
+    ``Steps: .., Sampler: .., CFG scale: .., Seed: .., Size: WxH, Model: ..`` and every other key as
+    ``Key: value`` (snake_case keys become "Snake case"). ``None`` values are left out.
+
+    A parameter set without a prompt (the toon engine) gets "<engine> cartoon"; ``Steps`` is always
+    written (0 when absent) because readers recognise the parameter line by it.
+    """
+    prompt = parameters.get("prompt")
+    if prompt is None:
+        prompt = f"{parameters.get('engine') or ''} cartoon".strip()
+    lines = [str(prompt)]
+    negative = parameters.get("negative", parameters.get("negative_prompt"))
+    if negative:
+        lines.append(f"Negative prompt: {negative}")
+
+    fields: list[tuple[str, Any]] = []
+    for key, label in _A1111_FIELDS:
+        value = parameters.get(key, 0 if key == "steps" else None)
+        if value is not None:
+            fields.append((label, value))
+    fields.append(("Size", f"{width}x{height}"))
+    if parameters.get("model") is not None:
+        fields.append(("Model", parameters["model"]))
+    for key, value in parameters.items():
+        if key not in _CONSUMED and value is not None:
+            fields.append((_label(key), value))
+    lines.append(", ".join(f"{label}: {_quote(_format(value))}" for label, value in fields))
+    return "\n".join(lines)
+
+
+def encode_png(image: Image.Image, parameters: dict[str, Any]) -> bytes:
+    """``image`` as PNG bytes with ``a1111_parameters`` in a ``parameters`` text chunk."""
+    info = PngInfo()
+    # add_text writes tEXt for Latin-1 text and switches to iTXt (UTF-8) when it must.
+    info.add_text(PARAMETERS_KEY, a1111_parameters(parameters, image.width, image.height))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL, optimize=False)
+    return buffer.getvalue()
+
+
+def contact_sheet(
+    original: Image.Image,
+    variants: list[Image.Image],
+    *,
+    height: int,
+    labels: list[str] | None = None,
+) -> bytes:
+    """A JPEG of the original then every variant, each scaled to ``height`` (aspect kept), in rows
+    of at most ``CONTACT_SHEET_MAX_COLUMNS`` with a label under each tile.
+
+    ``labels`` names every tile, the original included (default "original", "1", "2", ...).
+    """
+    if height < 1:
+        raise ValueError(f"contact sheet height must be at least 1 pixel, got {height}")
+    images = [original, *variants]
+    if labels is None:
+        labels = ["original", *(str(i + 1) for i in range(len(variants)))]
+    if len(labels) != len(images):
+        raise ValueError(
+            f"contact sheet got {len(labels)} labels for {len(images)} tiles (the original plus {len(variants)} variants)"
+        )
+    tiles = [_scale_to_height(image, height) for image in images]
+    rows = [tiles[i : i + CONTACT_SHEET_MAX_COLUMNS] for i in range(0, len(tiles), CONTACT_SHEET_MAX_COLUMNS)]
+    row_height = height + CONTACT_SHEET_LABEL_HEIGHT + CONTACT_SHEET_GAP
+    sheet_width = CONTACT_SHEET_GAP + max(sum(t.width + CONTACT_SHEET_GAP for t in row) for row in rows)
+    sheet = Image.new("RGB", (sheet_width, CONTACT_SHEET_GAP + row_height * len(rows)), CONTACT_SHEET_BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    font = _font()
+    for row_index, row in enumerate(rows):
+        x = CONTACT_SHEET_GAP
+        y = CONTACT_SHEET_GAP + row_index * row_height
+        for column, tile in enumerate(row):
+            sheet.paste(tile, (x, y))
+            label = _fit_text(draw, labels[row_index * CONTACT_SHEET_MAX_COLUMNS + column], font, tile.width)
+            draw.text((x + 1, y + height + 2), label, fill=CONTACT_SHEET_TEXT, font=font)
+            x += tile.width + CONTACT_SHEET_GAP
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="JPEG", quality=CONTACT_SHEET_QUALITY, optimize=False, progressive=False)
+    return buffer.getvalue()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _scale_to_height(image: Image.Image, height: int) -> Image.Image:
+    image = image.convert("RGB") if image.mode != "RGB" else image
+    width = max(1, round(image.width * height / image.height))
+    if (width, height) == image.size:
+        return image
+    return image.resize((width, height), Image.Resampling.LANCZOS)
+
+
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=CONTACT_SHEET_FONT_SIZE)
+    except (TypeError, ImportError, OSError):
+        # Pillow without FreeType ships only the fixed bitmap font.
+        return ImageFont.load_default()
+
+
+def _fit_text(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
+    """``text`` cut with an ellipsis so it fits in ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…" if text else ""
+
+
+def _label(key: str) -> str:
+    words = key.replace("_", " ").strip()
+    return words[:1].upper() + words[1:]
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        # 7.0 -> "7" as A1111 writes it; otherwise the shortest exact repr.
+        return str(int(value)) if math.isfinite(value) and value.is_integer() else repr(value)
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, separators=(",", ":"), sort_keys=isinstance(value, dict))
+    return str(value)
+
+
+def _quote(text: str) -> str:
+    # A1111's own rule (generation_parameters_copypaste.quote): values holding a separator are JSON strings.
+    if "," not in text and ":" not in text and "\n" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
