@@ -1,0 +1,404 @@
+"""Command line: the composition root, and the only module that names concrete classes.
+
+``processor run``      the worker (``--once`` drains the bucket; otherwise a daemon)
+``processor process``  the same pipeline on local files, no bucket
+``processor submit``   upload photos to ``inputs/``
+``processor status``   counts and the latest failures
+``processor results``  download one input's outputs
+``processor doctor``   check config, store, credentials, conditional writes, device, models
+``processor schema``   print the manifest / failure-record JSON Schemas
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from processor import __version__
+from processor.config import Settings, load_settings
+from processor.errors import (
+    EXIT_DOCTOR,
+    ConfigError,
+    FatalError,
+    ItemError,
+    ObjectNotFound,
+    StoreError,
+)
+from processor.keys import KeyLayout, is_sidecar
+from processor.log import configure_logging
+from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo, json_schemas
+from processor.store.base import ObjectStore
+
+log = logging.getLogger("processor.cli")
+
+#: Exit code of ``run --once`` when some inputs are still without a result (store errors).
+EXIT_INCOMPLETE = 2
+#: Exit code of ``process`` when some files failed (each has a ``.failed.json`` beside its outputs).
+EXIT_SOME_FAILED = 1
+#: Failures ``status`` shows.
+RECENT_FAILURES = 5
+
+
+# --------------------------------------------------------------------------- composition
+
+
+def build_store(settings: Settings) -> ObjectStore:
+    kind = settings.store.kind
+    if kind == "local":
+        from processor.store.local import LocalStore
+
+        return LocalStore(settings.store.root)
+    if kind == "s3":
+        from processor.store.s3 import S3Store
+
+        return S3Store.from_settings(settings.store)
+    from processor.store.cos import CosStore
+
+    return CosStore.from_settings(settings.store)
+
+
+def make_engine(style_name: str, style: Any) -> Any:
+    """The engine for one style (the factory ``EngineRegistry`` calls)."""
+    if style.engine == "toon":
+        from processor.pipeline.toon import ToonEngine
+
+        return ToonEngine(style_name, style)
+    raise ConfigError(f"styles.{style_name}.engine: unknown engine {style.engine!r}")
+
+
+def build_registry(settings: Settings) -> Any:
+    from processor.pipeline.render import EngineRegistry
+
+    return EngineRegistry(settings.styles, make_engine)
+
+
+def detect_device() -> str:
+    """``cuda:N (name)`` when PyTorch sees a GPU, else ``cpu``; never imports torch if absent."""
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            return "cpu"
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:0 ({torch.cuda.get_device_name(0)})"
+    except Exception:  # a broken torch install must not stop a CPU-only style
+        return "cpu"
+    return "cpu"
+
+
+def worker_id(settings: Settings) -> str:
+    return settings.run.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from processor.claims import probe_conditional_create
+    from processor.worker import Worker
+
+    store = build_store(settings)
+    styles = args.style or list(settings.run.styles)
+    unknown = [s for s in styles if s not in settings.styles]
+    if unknown:
+        raise ConfigError(f"--style {unknown}: not defined under styles (defined: {', '.join(sorted(settings.styles))})")
+    run = settings.run
+    if run.shard_index is None and os.environ.get("JOB_COMPLETION_INDEX"):
+        run = run.model_copy(update={"shard_index": int(os.environ["JOB_COMPLETION_INDEX"])})
+        settings = settings.model_copy(update={"run": run})
+    use_claims = run.coordination == "claims"
+    if run.coordination == "auto":
+        atomic, detail = probe_conditional_create(store, settings.prefixes.state)
+        use_claims = atomic
+        log.info("coordination", extra={"mode": "claims" if atomic else "shards", "probe": detail})
+    worker = Worker(store, settings, build_registry(settings), worker_id=worker_id(settings), styles=styles,
+                    device=detect_device(), use_claims=use_claims)
+    _install_signal_handlers(worker)
+    log.info("worker_start", extra={"worker": worker.info.id, "store": store.description, "styles": styles,
+                                    "once": args.once, "coordination": "claims" if use_claims else "shards"})
+    worker.setup()
+    code = worker.run_once() if args.once else worker.run_forever()
+    log.info("worker_stop", extra=dict(worker.totals) | {"exit_code": code})
+    return code
+
+
+def _install_signal_handlers(worker: Any) -> None:
+    """First SIGTERM/SIGINT: finish the current item, release queued claims, exit 0.
+    A second one: stop at once (claims expire by their TTL)."""
+    received = {"count": 0}
+
+    def handle(signum: int, _frame: Any) -> None:
+        received["count"] += 1
+        if received["count"] > 1:
+            os._exit(128 + signum)
+        log.info("shutdown_requested", extra={"signal": signal.Signals(signum).name})
+        worker.request_stop()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from processor.outputs import encode_outputs
+    from processor.pipeline.decode import decode_image
+    from processor.pipeline.render import render
+
+    styles = args.style or list(settings.run.styles)
+    registry = build_registry(settings)
+    registry.setup(styles)
+    out = Path(args.out)
+    files = sorted(_walk(args.paths))
+    if not files:
+        raise ConfigError(f"no files found under {', '.join(args.paths)}")
+    info = WorkerInfo(id=worker_id(settings), version=__version__, device=detect_device())
+    sheet = settings.pipeline.contact_sheet_height if settings.pipeline.contact_sheet else None
+    failed = 0
+    for path, rel in tqdm(files, desc="processing", unit="img", disable=args.quiet):
+        target = out / Path(rel).with_suffix("")
+        data = path.read_bytes()
+        source = Source(key=str(path), etag=hashlib.md5(data).hexdigest(), size=len(data))
+        try:
+            decoded = decode_image(data, settings.pipeline.decode, name=str(path))
+            variants, timings = render(decoded.image, styles, registry)
+            files_out, entries, sheet_name = encode_outputs(decoded.image, variants, output_prefix="", sheet_height=sheet)
+        except ItemError as exc:
+            failed += 1
+            record = FailureRecord(source=source, error=type(exc).__name__, message=str(exc), hint=exc.hint, worker=info)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.with_name(target.name + ".failed.json").write_bytes(record.to_json_bytes())
+            tqdm.write(f"FAILED {rel}: {exc}  -> {exc.hint}", file=sys.stderr)
+            continue
+        target.mkdir(parents=True, exist_ok=True)
+        for f in files_out:
+            (target / f.name).write_bytes(f.body)
+        source = source.model_copy(update={"width": decoded.image.width, "height": decoded.image.height,
+                                           "format": decoded.format, "notes": decoded.notes})
+        manifest = Manifest(source=source, variants=entries, contact_sheet=sheet_name, timings=timings, worker=info)
+        (target / "manifest.json").write_bytes(manifest.to_json_bytes())
+    done = len(files) - failed
+    print(f"{done} processed, {failed} failed -> {out}")
+    return EXIT_SOME_FAILED if failed else 0
+
+
+def _walk(paths: Sequence[str]) -> Iterator[tuple[Path, str]]:
+    """(file, path relative to the argument it came from); a file argument keeps its name."""
+    for arg in paths:
+        root = Path(arg)
+        if root.is_file():
+            yield root, root.name
+        elif root.is_dir():
+            for path in sorted(root.rglob("*")):
+                if path.is_file() and not path.name.startswith("."):
+                    yield path, path.relative_to(root).as_posix()
+        else:
+            raise ConfigError(f"{arg}: no such file or directory")
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    store = build_store(settings)
+    prefix = settings.prefixes.inputs + (args.prefix.strip("/") + "/" if args.prefix else "")
+    files = sorted(_walk(args.paths))
+    if not files:
+        raise ConfigError(f"no files found under {', '.join(args.paths)}")
+    for path, rel in tqdm(files, desc="uploading", unit="file", disable=args.quiet):
+        ctype = "application/json" if is_sidecar(rel) else "application/octet-stream"
+        metadata = {"prompt": args.prompt} if args.prompt and not is_sidecar(rel) else None
+        store.put(prefix + rel, path.read_bytes(), content_type=ctype, metadata=metadata)
+    print(f"uploaded {len(files)} file(s) to {store.description} under {prefix}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from processor.scan import scan
+
+    store = build_store(settings)
+    layout = KeyLayout(settings.prefixes)
+    backlog = scan(store, layout)
+    pending_keys = {item.keys.claim for item in backlog.pending}
+    in_progress = sum(1 for obj in store.list(layout.claims_prefix) if obj.key in pending_keys)
+    counts = {
+        "inputs": backlog.inputs,
+        "pending": len(backlog.pending) - in_progress,
+        "in_progress": in_progress,
+        "done": backlog.done,
+        "failed": backlog.failed,
+    }
+    failures = sorted(store.list(settings.prefixes.failed), key=lambda o: o.last_modified, reverse=True)
+    recent = []
+    for obj in failures[:RECENT_FAILURES]:
+        try:
+            record = FailureRecord.model_validate_json(store.get(obj.key).body)
+            recent.append({"input": record.source.key, "error": record.error, "message": record.message,
+                           "hint": record.hint, "at": record.created_at.isoformat()})
+        except (ObjectNotFound, ValueError):
+            continue
+    if args.json:
+        print(json.dumps({"store": store.description, **counts, "recent_failures": recent}, indent=2))
+        return 0
+    print(f"store: {store.description}")
+    for name, value in counts.items():
+        print(f"  {name:12} {value}")
+    if recent:
+        print("recent failures:")
+        for r in recent:
+            print(f"  {r['input']}: {r['error']}: {r['message']}\n      -> {r['hint']}")
+    return 0
+
+
+def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
+    store = build_store(settings)
+    layout = KeyLayout(settings.prefixes)
+    key = args.key if args.key.startswith(settings.prefixes.inputs) else settings.prefixes.inputs + args.key
+    keys = layout.for_input(key)
+    try:
+        manifest = Manifest.model_validate_json(store.get(keys.manifest).body)
+    except ObjectNotFound:
+        try:
+            record = FailureRecord.model_validate_json(store.get(keys.failure).body)
+        except ObjectNotFound:
+            print(f"{key}: no results yet (no {keys.manifest}, no {keys.failure})", file=sys.stderr)
+            return 1
+        print(f"{key} failed: {record.error}: {record.message}\n  -> {record.hint}", file=sys.stderr)
+        return 1
+    out = Path(args.out) / Path(keys.relpath).with_suffix("").name
+    out.mkdir(parents=True, exist_ok=True)
+    wanted = [v.key for v in manifest.variants] + ([manifest.contact_sheet] if manifest.contact_sheet else [])
+    for obj_key in wanted:
+        (out / obj_key.rsplit("/", 1)[-1]).write_bytes(store.get(obj_key).body)
+    (out / "manifest.json").write_bytes(manifest.to_json_bytes())
+    print(f"{len(wanted)} file(s) and manifest.json -> {out}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    from processor.doctor import run_checks
+
+    rows = run_checks(settings, build_store=build_store, build_registry=build_registry,
+                      detect_device=detect_device, config_path=args.config_source)
+    width = max(len(r.check) for r in rows)
+    for r in rows:
+        print(f"{r.check:<{width}}  {r.status:<4}  {r.detail}")
+    problems = [r for r in rows if r.status == "FAIL"]
+    print(f"\n{len(problems)} problem(s)" if problems else "\nall checks passed")
+    return EXIT_DOCTOR if problems else 0
+
+
+def cmd_schema(args: argparse.Namespace, settings: Settings | None) -> int:
+    schemas = json_schemas()
+    if args.write:
+        target = Path(args.write)
+        target.mkdir(parents=True, exist_ok=True)
+        for name, schema in schemas.items():
+            (target / name).write_text(json.dumps(schema, indent=2) + "\n")
+        print(f"wrote {', '.join(schemas)} to {target}")
+    else:
+        print(json.dumps(schemas, indent=2))
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="processor",
+        description="Turn toy photos in a bucket's inputs/ into cartoon variants and a manifest under outputs/.",
+        epilog="Configuration: --config PATH, else $PROCESSOR_CONFIG, else ./config.yaml; every key can be "
+        "overridden with PROCESSOR_<SECTION>__<KEY>, e.g. PROCESSOR_STORE__KIND=s3.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", help="config file (default: $PROCESSOR_CONFIG or ./config.yaml)")
+    common.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="override log.level")
+    common.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", parents=[common], help="run the worker over the bucket",
+                       description="Process every input under inputs/ that has no result yet. With --once, drain "
+                       "the inputs and exit (0 when every input has a manifest or a failure record, "
+                       f"{EXIT_INCOMPLETE} when store errors left some without one, 3/4 for bad config/credentials); "
+                       "without it, poll as a daemon until SIGTERM.")
+    p.add_argument("--once", action="store_true", help="drain the inputs, then exit")
+    p.add_argument("--style", action="append", metavar="NAME", help="style to apply (repeatable); overrides run.styles")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("process", parents=[common], help="run the pipeline on local files, no bucket",
+                       description="Apply the styles to local photos and write each one's variants, contact sheet "
+                       "and manifest.json to OUT/<name>/. The quickest way to try a style.")
+    p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--style", action="append", metavar="NAME", help="style to apply (repeatable); overrides run.styles")
+    p.set_defaults(func=cmd_process)
+
+    p = sub.add_parser("submit", parents=[common], help="upload photos to inputs/",
+                       description="Upload files (folders recursively, keeping relative paths) under inputs/. "
+                       "A photo.json next to photo.jpg is uploaded too and acts as its sidecar.")
+    p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
+    p.add_argument("--prefix", metavar="SUBFOLDER", help="put the files under inputs/SUBFOLDER/")
+    p.add_argument("--prompt", help="a prompt stored as object metadata (x-amz-meta-prompt)")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", parents=[common], help="counts of pending, in progress, done and failed inputs",
+                       description="Count inputs by state (from LIST calls) and show the most recent failures.")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("results", parents=[common], help="download one input's outputs",
+                       description="Download the variants, contact sheet and manifest of one input. KEY is the "
+                       "input key (inputs/toys/bear.jpg) or its path under inputs/ (toys/bear.jpg).")
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("doctor", parents=[common], help="check config, store, credentials, device and models",
+                       description="Check the configuration, that the store is reachable with the configured "
+                       "credentials and writable, whether its conditional create is atomic (a race of "
+                       "concurrent creates on a scratch key), the compute device, and the configured styles' "
+                       f"models. Prints a table; exits {EXIT_DOCTOR} when a check fails.")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("schema", help="print or write the manifest and failure-record JSON Schemas",
+                       description="Print the JSON Schemas of manifest.json and of failure records (the wire "
+                       "format other tools read), or write them as *.schema.json files; docs/ holds the "
+                       "committed copies.")
+    p.add_argument("--write", metavar="DIR", help="write *.schema.json files into DIR")
+    p.set_defaults(func=cmd_schema, no_config=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = None
+    try:
+        if not getattr(args, "no_config", False):
+            settings = load_settings(args.config)
+            configure_logging(args.log_level or settings.log.level, settings.log.format)
+            args.config_source = args.config or os.environ.get("PROCESSOR_CONFIG") or "config.yaml"
+        return args.func(args, settings)
+    except FatalError as exc:
+        if not logging.getLogger().handlers:
+            configure_logging()
+        log.error("fatal", extra={"error": type(exc).__name__, "detail": str(exc)})
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except StoreError as exc:
+        # Retries ran out outside the worker's per-item handling (e.g. during a scan).
+        print(f"error: store: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    except KeyboardInterrupt:
+        return 130

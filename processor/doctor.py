@@ -1,0 +1,84 @@
+"""``processor doctor``: one row per check, each independent, so one failure does not hide others."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from processor.claims import probe_conditional_create
+from processor.config import Settings
+from processor.errors import FatalError, ProcessorError, StoreError
+
+
+@dataclass(frozen=True)
+class Row:
+    check: str
+    status: str  # ok | warn | FAIL
+    detail: str
+
+
+def run_checks(
+    settings: Settings,
+    *,
+    build_store: Callable[[Settings], Any],
+    build_registry: Callable[[Settings], Any],
+    detect_device: Callable[[], str],
+    config_path: str,
+) -> list[Row]:
+    rows = [Row("config", "ok", f"{config_path}: styles {', '.join(settings.run.styles)}; store {settings.store.kind}")]
+    store = None
+    try:
+        store = build_store(settings)
+        rows.append(Row("store", "ok", store.description))
+    except (FatalError, StoreError) as exc:
+        rows.append(Row("store", "FAIL", str(exc)))
+
+    if store is not None:
+        rows.extend(_store_checks(store, settings))
+    rows.append(Row("device", "ok", detect_device()))
+    rows.extend(_model_checks(settings, build_registry))
+    return rows
+
+
+def _store_checks(store: Any, settings: Settings) -> list[Row]:
+    rows = []
+    try:
+        count = sum(1 for _ in zip(range(1000), store.list(settings.prefixes.inputs)))
+        rows.append(Row("list inputs", "ok", f"{count}{'+' if count == 1000 else ''} object(s) under {settings.prefixes.inputs}"))
+    except (FatalError, StoreError) as exc:
+        return [Row("list inputs", "FAIL", str(exc))]
+    scratch = f"{settings.prefixes.state}doctor/{uuid.uuid4().hex}"
+    try:
+        store.put(scratch, b"doctor")
+        store.get(scratch)
+        store.delete(scratch)
+        rows.append(Row("write", "ok", f"put/get/delete under {settings.prefixes.state}"))
+    except (FatalError, StoreError) as exc:
+        return rows + [Row("write", "FAIL", str(exc))]
+    try:
+        atomic, detail = probe_conditional_create(store, f"{settings.prefixes.state}doctor/")
+    except (FatalError, StoreError) as exc:
+        atomic, detail = False, f"conditional create failed: {exc}"
+    if atomic:
+        rows.append(Row("conditional create", "ok", f"atomic ({detail}): claims work"))
+    elif settings.run.coordination == "claims":
+        rows.append(Row("conditional create", "FAIL", f"not atomic ({detail}); set run.coordination: shards or auto"))
+    else:
+        rows.append(Row("conditional create", "warn", f"not atomic ({detail}); static shards will be used"))
+    return rows
+
+
+def _model_checks(settings: Settings, build_registry: Callable[[Settings], Any]) -> list[Row]:
+    rows = []
+    registry = build_registry(settings)
+    for name in settings.run.styles:
+        try:
+            engine = registry.engine(name)
+            described = engine.describe()
+            detail = ", ".join(f"{k}={v}" for k, v in described.items())
+            rows.append(Row(f"style {name}", "ok", detail or "ready"))
+        except ProcessorError as exc:
+            rows.append(Row(f"style {name}", "FAIL", str(exc)))
+    return rows

@@ -1,0 +1,72 @@
+"""Run the configured styles on one decoded image.
+
+``EngineRegistry`` builds each style's engine once (through a factory the composition root
+provides) and caches per-image variants of it (a sidecar's ``variants``/``seed``), so weights load
+once per worker. Unexpected exceptions from an engine become ``StageFailed`` naming the style.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from PIL import Image
+
+from processor.errors import InvalidSidecar, ItemError, StageFailed
+from processor.pipeline.base import Engine, VariantImage
+
+log = logging.getLogger("processor.render")
+
+EngineFactory = Callable[[str, Any], Engine]
+
+
+class EngineRegistry:
+    def __init__(self, styles: Mapping[str, Any], factory: EngineFactory) -> None:
+        self.styles = dict(styles)
+        self.factory = factory
+        self._engines: dict[tuple[str, tuple[tuple[str, Any], ...]], Engine] = {}
+
+    def engine(self, style_name: str, overrides: Mapping[str, Any] | None = None) -> Engine:
+        if style_name not in self.styles:
+            known = ", ".join(sorted(self.styles))
+            raise InvalidSidecar(f"unknown style {style_name!r}; configured styles: {known}")
+        style = self.styles[style_name]
+        # Only fields the style has: a toon style ignores a sidecar prompt.
+        applicable = {k: v for k, v in (overrides or {}).items() if k in type(style).model_fields}
+        cache_key = (style_name, tuple(sorted(applicable.items())))
+        if cache_key not in self._engines:
+            configured = style.model_copy(update=applicable) if applicable else style
+            engine = self.factory(style_name, configured)
+            engine.setup()
+            self._engines[cache_key] = engine
+        return self._engines[cache_key]
+
+    def setup(self, style_names: Sequence[str]) -> None:
+        """Load every named style now (at start), so the first item does not pay for it."""
+        for name in style_names:
+            self.engine(name)
+
+
+def render(
+    image: Image.Image,
+    style_names: Sequence[str],
+    registry: EngineRegistry,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[list[VariantImage], dict[str, float]]:
+    """Every variant of every style, and the seconds each style took."""
+    variants: list[VariantImage] = []
+    timings: dict[str, float] = {}
+    for name in style_names:
+        engine = registry.engine(name, overrides)
+        started = time.perf_counter()
+        try:
+            variants.extend(engine(image))
+        except ItemError:
+            raise
+        except Exception as exc:  # an engine bug or model fault: fail this item, keep the worker
+            log.exception("stage_failed", extra={"style": name})
+            raise StageFailed(f"style {name!r} ({engine.engine}) failed: {type(exc).__name__}: {exc}") from exc
+        timings[f"style:{name}"] = round(time.perf_counter() - started, 4)
+    return variants, timings

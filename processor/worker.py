@@ -1,0 +1,483 @@
+"""The worker's lifecycle: scan, claim, prefetch, compute, upload, commit, release, shut down.
+
+Three stages run at once with bounded queues between them, so the compute stage (the GPU) never
+waits for the network and memory stays flat however many inputs there are::
+
+    fetch thread   claim → check for an existing result → GET input (+ sidecar) → decode
+         │  queue of run.prefetch items (their claims are renewed while they wait)
+    main thread    render every style
+         │  queue of run.upload_queue items
+    upload thread  encode → put variants → commit manifest (conditional) → done marker → release
+
+The commit: ``manifest.json`` is written last with ``If-None-Match: *`` (or ``If-Match`` on the
+manifest of the input's previous version). A worker that was paused past its claim's TTL loses
+that race and publishes nothing (``commit_refused``). Variants are written with the same care: a
+variant that already exists is only replaced when no manifest for this input version exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from processor import __version__
+from processor.claims import Claim, ClaimKeeper, ClaimManager
+from processor.config import Settings
+from processor.errors import (
+    FatalError,
+    InvalidInput,
+    ItemError,
+    ObjectNotFound,
+    ObjectTooLarge,
+    PreconditionFailed,
+    StoreError,
+    ImageTooLarge,
+)
+from processor.keys import KeyLayout
+from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo
+from processor.outputs import encode_outputs
+from processor.pipeline.base import DecodedImage, VariantImage
+from processor.pipeline.decode import decode_image
+from processor.pipeline.render import EngineRegistry, render
+from processor.pipeline.sidecar import Sidecar, parse_sidecar
+from processor.scan import WorkItem, scan, shard_of
+from processor.store.base import ObjectStore
+
+log = logging.getLogger("processor.worker")
+
+#: Passes in a row that made no progress because of store errors before ``--once`` gives up.
+MAX_STALLED_PASSES = 5
+#: Seconds ``--once`` waits before rescanning inputs that other workers hold.
+BUSY_RESCAN_S = 5.0
+
+_END = object()
+
+
+class AlreadyCommitted(Exception):
+    """Another worker committed this input version first; ours must not publish."""
+
+
+@dataclass
+class Job:
+    """One input on its way through the stages."""
+
+    item: WorkItem
+    claim: Claim | None
+    etag: str
+    size: int
+    old_manifest_etag: str | None = None
+    stale_failure: bool = False
+    decoded: DecodedImage | None = None
+    sidecar: Sidecar | None = None
+    variants: list[VariantImage] = field(default_factory=list)
+    error: ItemError | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return self.item.keys.input
+
+
+@dataclass
+class PassResult:
+    outcomes: Counter = field(default_factory=Counter)
+    #: Inputs still without a result after this pass (store errors, held by other workers).
+    left: int = 0
+
+    @property
+    def progress(self) -> int:
+        return self.outcomes["done"] + self.outcomes["failed"] + self.outcomes["already"]
+
+
+class Worker:
+    def __init__(
+        self,
+        store: ObjectStore,
+        settings: Settings,
+        registry: EngineRegistry,
+        *,
+        worker_id: str,
+        styles: list[str] | None = None,
+        device: str = "cpu",
+        use_claims: bool = True,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.registry = registry
+        self.layout = KeyLayout(settings.prefixes)
+        self.styles = styles or list(settings.run.styles)
+        self.info = WorkerInfo(id=worker_id, version=__version__, device=device)
+        self.claims = ClaimManager(store, worker_id, settings.claims.ttl_s) if use_claims else None
+        self.stop_event = threading.Event()
+        self.totals: Counter = Counter()
+        self._fatal: BaseException | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def request_stop(self) -> None:
+        """Finish the item computing now and the uploads queued behind it; take no new work."""
+        self.stop_event.set()
+
+    def setup(self) -> None:
+        self.registry.setup(self.styles)
+
+    def run_once(self) -> int:
+        """Drain the inputs: pass after pass until every input has a result. Returns an exit code."""
+        stalled = 0
+        backoff = self.settings.run.poll_interval_s
+        while not self.stop_event.is_set():
+            items = self._my_items()
+            if not items:
+                return 0
+            result = self.run_pass(items)
+            if result.left == 0:
+                continue  # rescan: inputs may have arrived meanwhile
+            if result.outcomes["transient"] and not result.progress:
+                stalled += 1
+                if stalled >= MAX_STALLED_PASSES:
+                    log.error("gave_up", extra={"left": result.left, "passes": stalled})
+                    return 2
+            else:
+                stalled = 0
+            wait = BUSY_RESCAN_S if not result.outcomes["transient"] else backoff
+            backoff = min(backoff * 2, self.settings.run.idle_backoff_max_s)
+            self.stop_event.wait(min(wait, self.settings.claims.ttl_s))
+        return 0
+
+    def run_forever(self) -> int:
+        """The daemon: scan, work, and back off while idle (doubling up to idle_backoff_max_s)."""
+        interval = self.settings.run.poll_interval_s
+        while not self.stop_event.is_set():
+            try:
+                items = self._my_items()
+                result = self.run_pass(items) if items else PassResult()
+            except FatalError:
+                raise
+            except StoreError as exc:
+                log.warning("scan_failed", extra={"error": type(exc).__name__, "detail": str(exc)})
+                result = PassResult()
+            if result.progress:
+                interval = self.settings.run.poll_interval_s
+            else:
+                interval = min(interval * 2, self.settings.run.idle_backoff_max_s)
+                log.debug("idle", extra={"next_scan_s": interval})
+                self.stop_event.wait(interval)
+        return 0
+
+    def _my_items(self) -> list[WorkItem]:
+        backlog = scan(self.store, self.layout)
+        items = backlog.pending
+        run = self.settings.run
+        if not self.claims:
+            index = run.shard_index or 0
+            items = [i for i in items if shard_of(i.keys.input, run.shard_count) == index]
+        log.info(
+            "scanned",
+            extra={"inputs": backlog.inputs, "done": backlog.done, "failed": backlog.failed,
+                   "pending": len(backlog.pending), "mine": len(items), "requests": backlog.requests},
+        )
+        return items
+
+    def run_pass(self, items: list[WorkItem]) -> PassResult:
+        """One pass over ``items`` through the three stages."""
+        result = PassResult()
+        ready: queue.Queue = queue.Queue(maxsize=max(1, self.settings.run.prefetch))
+        finished: queue.Queue = queue.Queue(maxsize=self.settings.run.upload_queue)
+        keeper = ClaimKeeper(self.claims, self.settings.claims.renew_s) if self.claims else None
+        if keeper:
+            keeper.start()
+        self._fatal = None
+        fetcher = threading.Thread(target=self._guard, args=(self._fetch_all, items, ready, keeper, result),
+                                   name="fetch", daemon=True)
+        uploader = threading.Thread(target=self._guard, args=(self._upload_all, finished, keeper, result),
+                                    name="upload", daemon=True)
+        fetcher.start()
+        uploader.start()
+        try:
+            while True:
+                job = ready.get()
+                if job is _END:
+                    break
+                if self.stop_event.is_set() or self._fatal:
+                    self._finish(job, "released", keeper, result)
+                    continue
+                self._compute(job)
+                finished.put(job)
+        finally:
+            finished.put(_END)
+            uploader.join()
+            fetcher.join()
+            if keeper:
+                keeper.stop()
+        if self._fatal:
+            raise self._fatal
+        result.left = len(items) - result.progress
+        self.totals.update(result.outcomes)
+        log.info("pass_done", extra=dict(result.outcomes) | {"left": result.left})
+        return result
+
+    def _guard(self, target: Any, *args: Any) -> None:
+        """Run a stage thread; a fatal error stops the whole pass instead of dying silently."""
+        try:
+            target(*args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
+            self._fatal = exc
+            self.stop_event.set()
+            if target == self._fetch_all:
+                args[1].put(_END)
+
+    # ----------------------------------------------------------------- stage 1: fetch
+
+    def _fetch_all(self, items: list[WorkItem], ready: queue.Queue, keeper: ClaimKeeper | None,
+                   result: PassResult) -> None:
+        try:
+            for item in items:
+                if self.stop_event.is_set():
+                    break
+                job = self._fetch(item, keeper, result)
+                if job is not None:
+                    ready.put(job)
+        finally:
+            ready.put(_END)
+
+    def _fetch(self, item: WorkItem, keeper: ClaimKeeper | None, result: PassResult) -> Job | None:
+        keys = item.keys
+        claim = None
+        if self.claims:
+            claim = self.claims.acquire(keys.claim, keys.input, item.info.etag)
+            if claim is None:
+                result.outcomes["busy"] += 1
+                return None
+            keeper.hold(claim)
+        job = Job(item=item, claim=claim, etag=item.info.etag, size=item.info.size)
+        try:
+            if self._existing_result(job):
+                self._finish(job, "already", keeper, result)
+                return None
+            started = time.perf_counter()
+            body = self._download(job)
+            job.timings["download"] = round(time.perf_counter() - started, 4)
+            started = time.perf_counter()
+            job.decoded = decode_image(body, self.settings.pipeline.decode, name=keys.input)
+            job.timings["decode"] = round(time.perf_counter() - started, 4)
+        except ItemError as exc:
+            job.error = exc
+        except ObjectNotFound:
+            self._finish(job, "vanished", keeper, result)  # deleted since the scan
+            return None
+        except FatalError:
+            raise
+        except StoreError as exc:
+            log.warning("fetch_failed", extra={"key": keys.input, "error": type(exc).__name__, "detail": str(exc)})
+            self._finish(job, "transient", keeper, result)
+            return None
+        return job
+
+    def _existing_result(self, job: Job) -> bool:
+        """True when a manifest or failure record for this input version already exists (a crash
+        after the commit but before the done marker); notes what the commit must replace."""
+        keys = job.item.keys
+        try:
+            found = self.store.get(keys.manifest)
+            job.old_manifest_etag = found.info.etag
+            try:
+                if Manifest.model_validate_json(found.body).source.etag == job.etag:
+                    self._mark(job, "done")
+                    return True
+            except ValidationError:
+                pass  # unreadable: replaced by our commit (If-Match on its ETag)
+        except ObjectNotFound:
+            pass
+        try:
+            found = self.store.get(keys.failure)
+            try:
+                if FailureRecord.model_validate_json(found.body).source.etag == job.etag:
+                    self._mark(job, "failed")
+                    return True
+            except ValidationError:
+                pass
+            job.stale_failure = True
+        except ObjectNotFound:
+            pass
+        return False
+
+    def _download(self, job: Job) -> bytes:
+        """The input's bytes (and its sidecar, parsed); the version read is the one recorded."""
+        keys = job.item.keys
+        if job.item.collides_with:
+            raise InvalidInput(
+                f"{keys.input} and {job.item.collides_with} both write to {keys.output_prefix}",
+                hint="Rename one of them: inputs that differ only by extension share an output folder.",
+            )
+        limit = self.settings.pipeline.decode.max_bytes
+        try:
+            obj = self.store.get(keys.input, max_bytes=limit)
+        except ObjectTooLarge as exc:
+            raise ImageTooLarge(
+                f"{keys.input} is {exc.size:,} bytes; limit is {limit:,} (pipeline.decode.max_bytes)"
+            ) from exc
+        # The input may have been replaced since the scan: the bytes we read define the version.
+        job.etag, job.size = obj.info.etag, obj.info.size
+        if job.item.sidecar:
+            try:
+                job.sidecar = parse_sidecar(self.store.get(job.item.sidecar).body, job.item.sidecar)
+            except ObjectNotFound:
+                job.sidecar = None
+        return obj.body
+
+    # ----------------------------------------------------------------- stage 2: compute
+
+    def _compute(self, job: Job) -> None:
+        if job.error or (job.claim and job.claim.lost.is_set()):
+            return
+        styles = (job.sidecar.styles if job.sidecar and job.sidecar.styles else self.styles)
+        overrides = job.sidecar.style_overrides() if job.sidecar else None
+        try:
+            job.variants, timings = render(job.decoded.image, styles, self.registry, overrides)
+            job.timings.update(timings)
+        except ItemError as exc:
+            job.error = exc
+
+    # ----------------------------------------------------------------- stage 3: upload + commit
+
+    def _upload_all(self, finished: queue.Queue, keeper: ClaimKeeper | None, result: PassResult) -> None:
+        while True:
+            job = finished.get()
+            if job is _END:
+                return
+            if job.claim and job.claim.lost.is_set():
+                log.warning("claim_lost_skip", extra={"key": job.key})
+                self._finish(job, "lost", keeper, result)
+                continue
+            try:
+                outcome = self._publish_failure(job) if job.error else self._publish(job)
+            except FatalError:
+                raise
+            except StoreError as exc:
+                log.warning("upload_failed", extra={"key": job.key, "error": type(exc).__name__, "detail": str(exc)})
+                outcome = "transient"
+            self._finish(job, outcome, keeper, result)
+
+    def _publish(self, job: Job) -> str:
+        keys = job.item.keys
+        started = time.perf_counter()
+        sheet = self.settings.pipeline.contact_sheet_height if self.settings.pipeline.contact_sheet else None
+        files, entries, sheet_name = encode_outputs(
+            job.decoded.image, job.variants, output_prefix=keys.output_prefix, sheet_height=sheet
+        )
+        job.timings["encode"] = round(time.perf_counter() - started, 4)
+        started = time.perf_counter()
+        try:
+            for f in files:
+                self._put_output(job, keys.output_prefix + f.name, f.body, f.content_type)
+        except AlreadyCommitted:
+            log.warning("commit_refused", extra={"key": job.key, "reason": "already committed by another worker"})
+            return "refused"
+        job.timings["upload"] = round(time.perf_counter() - started, 4)
+        manifest = Manifest(
+            source=self._source(job),
+            variants=entries,
+            contact_sheet=keys.output_prefix + sheet_name if sheet_name else None,
+            timings=job.timings,
+            worker=self.info,
+        )
+        try:
+            if job.old_manifest_etag:
+                self.store.put(keys.manifest, manifest.to_json_bytes(), content_type="application/json",
+                               if_match=job.old_manifest_etag)
+            else:
+                self.store.put(keys.manifest, manifest.to_json_bytes(), content_type="application/json",
+                               if_none_match=True)
+        except PreconditionFailed:
+            log.warning("commit_refused", extra={"key": job.key, "reason": "manifest changed since we read it"})
+            return "refused"
+        log.info("committed", extra={"key": job.key, "etag": job.etag, "variants": len(entries),
+                                     "seconds": round(sum(job.timings.values()), 3)})
+        self._mark(job, "done")
+        if job.stale_failure:
+            self._delete_quietly(keys.failure)
+        return "done"
+
+    def _put_output(self, job: Job, key: str, body: bytes, content_type: str) -> None:
+        """Write one output without ever replacing a committed one.
+
+        Create-if-absent first. If the key exists, it is either a committed output (another worker
+        won: stop) or a leftover of an attempt that died before its commit (replace it, with
+        If-Match so a concurrent writer's newer bytes are not clobbered blindly).
+        """
+        try:
+            self.store.put(key, body, content_type=content_type, if_none_match=True)
+            return
+        except PreconditionFailed:
+            pass
+        current = self.store.head(key)
+        if self._committed(job):
+            raise AlreadyCommitted(key)
+        try:
+            self.store.put(key, body, content_type=content_type, if_match=current.etag)
+        except PreconditionFailed as exc:
+            raise AlreadyCommitted(key) from exc
+
+    def _committed(self, job: Job) -> bool:
+        try:
+            found = self.store.get(job.item.keys.manifest)
+        except ObjectNotFound:
+            return False
+        if found.info.etag == job.old_manifest_etag:
+            return False  # the previous version's manifest, which our commit replaces
+        try:
+            return Manifest.model_validate_json(found.body).source.etag == job.etag
+        except ValidationError:
+            return False
+
+    def _publish_failure(self, job: Job) -> str:
+        exc = job.error
+        record = FailureRecord(
+            source=self._source(job),
+            error=type(exc).__name__,
+            message=str(exc),
+            hint=exc.hint,
+            permanent=isinstance(exc, InvalidInput),
+            worker=self.info,
+        )
+        self.store.put(job.item.keys.failure, record.to_json_bytes(), content_type="application/json")
+        log.warning("input_failed", extra={"key": job.key, "error": record.error, "detail": record.message})
+        self._mark(job, "failed")
+        return "failed"
+
+    def _source(self, job: Job) -> Source:
+        decoded = job.decoded
+        return Source(
+            key=job.key,
+            etag=job.etag,
+            size=job.size,
+            width=decoded.image.width if decoded else None,
+            height=decoded.image.height if decoded else None,
+            format=decoded.format if decoded else None,
+            notes=decoded.notes if decoded else [],
+        )
+
+    # ----------------------------------------------------------------- bookkeeping
+
+    def _mark(self, job: Job, outcome: str) -> None:
+        """The done marker: lets the next scan skip this version with LIST calls alone."""
+        self.store.put(job.item.keys.done_marker(job.etag, outcome), b"", content_type="text/plain")
+
+    def _delete_quietly(self, key: str) -> None:
+        try:
+            self.store.delete(key)
+        except StoreError as exc:
+            log.warning("delete_failed", extra={"key": key, "error": type(exc).__name__})
+
+    def _finish(self, job: Job, outcome: str, keeper: ClaimKeeper | None, result: PassResult) -> None:
+        result.outcomes[outcome] += 1
+        if job.claim and self.claims:
+            keeper.drop(job.claim)
+            self.claims.release(job.claim)
