@@ -78,8 +78,10 @@ class ItemKeys:
     def mask(self) -> str:
         return self.output_prefix + MASK_NAME
 
-    def done_marker(self, etag: str) -> str:
-        return self.done_prefix + safe_segment(etag)
+    def done_marker(self, etag: str, outcome: str) -> str:
+        """``<state>/done/<safe relpath>/<safe etag>.<done|failed>``: one key per finished input
+        version, so a scan learns what is finished from LIST calls alone (1000 keys a call)."""
+        return f"{self.done_prefix}{safe_segment(etag)}.{outcome}"
 
 
 class KeyLayout:
@@ -117,10 +119,12 @@ class KeyLayout:
             return manifest_key[: -len(MANIFEST_NAME)]
         return None
 
-    def parse_done_marker(self, key: str) -> tuple[str, str] | None:
-        """``<state>/done/<safe relpath>/<safe etag>`` → (safe relpath, safe etag)."""
+    def parse_done_marker(self, key: str) -> tuple[str, str, str] | None:
+        """A done marker key → (safe relpath, safe etag, outcome); None for anything else."""
         if not key.startswith(self.done_prefix):
             return None
-        rest = key[len(self.done_prefix) :]
-        safe_rel, sep, etag = rest.rpartition("/")
-        return (safe_rel, etag) if sep else None
+        safe_rel, sep, name = key[len(self.done_prefix) :].rpartition("/")
+        etag, dot, outcome = name.rpartition(".")
+        if not sep or not dot or outcome not in ("done", "failed"):
+            return None
+        return safe_rel, etag, outcome
