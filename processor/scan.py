@@ -57,7 +57,10 @@ def scan(store: ObjectStore, layout: KeyLayout) -> Backlog:
 
     backlog = Backlog(inputs=len(inputs))
     owners: dict[str, str] = {}
-    for info in inputs:  # ascending key order: the first key owns a shared output folder
+    # Sorted here, not trusted from the listing (SeaweedFS orders '/' differently from S3):
+    # the first key in byte order owns an output folder that two inputs share.
+    inputs.sort(key=lambda o: o.key.encode("utf-8"))
+    for info in inputs:
         keys = layout.for_input(info.key)
         owner = owners.setdefault(keys.output_prefix, info.key)
         outcome = finished.get(safe_path(keys.relpath), {}).get(safe_segment(info.etag))
