@@ -213,3 +213,16 @@ def test_output_keys_never_leave_outputs(env):
         for derived in (keys.manifest, keys.variant("toon", 0), keys.failure):
             assert not any(part in ("", ".", "..") for part in derived.split("/")), derived
         assert keys.manifest.startswith("outputs/") and keys.failure.startswith("failed/")
+
+
+def test_sidecar_values_are_validated_by_the_style(env):
+    settings, store, layout = env
+    store.put("inputs/one.jpg", photo_bytes())
+    store.put("inputs/one.json", json.dumps({"styles": ["nope"]}).encode())
+    store.put("inputs/two.jpg", photo_bytes(seed=1))
+    store.put("inputs/two.json", json.dumps({"variants": 99}).encode())
+    assert make_worker(store, settings).run_once() == 0
+    one = FailureRecord.model_validate_json(store.get(layout.for_input("inputs/one.jpg").failure).body)
+    assert one.error == "InvalidSidecar" and "nope" in one.message and "toon" in one.message
+    two = FailureRecord.model_validate_json(store.get(layout.for_input("inputs/two.jpg").failure).body)
+    assert two.error == "InvalidSidecar" and "variants" in two.message

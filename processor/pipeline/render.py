@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from PIL import Image
+from pydantic import ValidationError
 
 from processor.errors import InvalidSidecar, ItemError, StageFailed
 from processor.pipeline.base import Engine, VariantImage
@@ -21,12 +23,15 @@ log = logging.getLogger("processor.render")
 
 EngineFactory = Callable[[str, Any], Engine]
 
+#: Engines kept for per-image overrides (each shares its style's weights; this bounds the rest).
+MAX_OVERRIDE_ENGINES = 32
+
 
 class EngineRegistry:
     def __init__(self, styles: Mapping[str, Any], factory: EngineFactory) -> None:
         self.styles = dict(styles)
         self.factory = factory
-        self._engines: dict[tuple[str, tuple[tuple[str, Any], ...]], Engine] = {}
+        self._engines: OrderedDict[tuple[str, tuple[tuple[str, Any], ...]], Engine] = OrderedDict()
 
     def engine(self, style_name: str, overrides: Mapping[str, Any] | None = None) -> Engine:
         if style_name not in self.styles:
@@ -36,12 +41,27 @@ class EngineRegistry:
         # Only fields the style has: a toon style ignores a sidecar prompt.
         applicable = {k: v for k, v in (overrides or {}).items() if k in type(style).model_fields}
         cache_key = (style_name, tuple(sorted(applicable.items())))
-        if cache_key not in self._engines:
-            configured = style.model_copy(update=applicable) if applicable else style
-            engine = self.factory(style_name, configured)
-            engine.setup()
-            self._engines[cache_key] = engine
-        return self._engines[cache_key]
+        if cache_key in self._engines:
+            self._engines.move_to_end(cache_key)
+            return self._engines[cache_key]
+        configured = self._with_overrides(style_name, style, applicable) if applicable else style
+        engine = self.factory(style_name, configured)
+        engine.setup()
+        self._engines[cache_key] = engine
+        # Evict the oldest per-image engine, never a style's own (those carry no overrides).
+        overridden = [k for k in self._engines if k[1]]
+        if len(overridden) > MAX_OVERRIDE_ENGINES:
+            del self._engines[overridden[0]]
+        return engine
+
+    @staticmethod
+    def _with_overrides(style_name: str, style: Any, overrides: Mapping[str, Any]) -> Any:
+        """The style with a sidecar's values, validated by the style's own rules."""
+        try:
+            return type(style).model_validate(style.model_dump() | dict(overrides))
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise InvalidSidecar(f"sidecar values do not fit style {style_name!r}: {problems}") from None
 
     def setup(self, style_names: Sequence[str]) -> None:
         """Load every named style now (at start), so the first item does not pay for it."""
