@@ -7,6 +7,7 @@
 ``processor results``  download one input's outputs
 ``processor doctor``   check config, store, credentials, conditional writes, device, models
 ``processor schema``   print the manifest / failure-record JSON Schemas
+``processor models pull``  download the configured diffusion models into the cache
 """
 
 from __future__ import annotations
@@ -66,19 +67,28 @@ def build_store(settings: Settings) -> ObjectStore:
     return CosStore.from_settings(settings.store)
 
 
-def make_engine(style_name: str, style: Any) -> Any:
-    """The engine for one style (the factory ``EngineRegistry`` calls)."""
+def make_engine(style_name: str, style: Any, models: Any = None) -> Any:
+    """The engine for one style (the factory ``EngineRegistry`` calls). ``models`` is the worker's
+    ``ModelLoader``, shared by every diffusion style so equal base models load once."""
     if style.engine == "toon":
         from processor.pipeline.toon import ToonEngine
 
         return ToonEngine(style_name, style)
+    if style.engine in ("img2img", "instruct-pix2pix"):
+        from processor.models import ModelLoader
+        from processor.pipeline.diffusion import Img2ImgEngine, InstructPix2PixEngine
+
+        cls = Img2ImgEngine if style.engine == "img2img" else InstructPix2PixEngine
+        return cls(style_name, style, models if models is not None else ModelLoader())
     raise ConfigError(f"styles.{style_name}.engine: unknown engine {style.engine!r}")
 
 
 def build_registry(settings: Settings) -> Any:
+    from processor.models import ModelLoader
     from processor.pipeline.render import EngineRegistry
 
-    return EngineRegistry(settings.styles, make_engine)
+    models = ModelLoader(settings.models)  # imports torch only when a diffusion style loads
+    return EngineRegistry(settings.styles, lambda name, style: make_engine(name, style, models))
 
 
 def detect_device() -> str:
@@ -298,6 +308,25 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_DOCTOR if problems else 0
 
 
+def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
+    """Fetch every configured diffusion model (and hub LoRA) into the cache, safetensors only."""
+    from processor.models import ModelLoader, configured_models, is_local
+
+    loader = ModelLoader(settings.models)
+    wanted = configured_models(settings.styles)
+    if not wanted:
+        print("no diffusion styles configured: nothing to pull")
+        return 0
+    for model, revision in wanted:
+        resolved = loader.pull(model, revision)
+        print(f"{model}{'@' + revision if revision else ''}: {resolved.path}")
+    for style in settings.styles.values():
+        lora = getattr(style, "lora", None)
+        if lora is not None and not is_local(lora.path):
+            print(f"lora {lora.path}: {loader.resolve_lora(lora)}")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace, settings: Settings | None) -> int:
     schemas = json_schemas()
     if args.write:
@@ -371,6 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "concurrent creates on a scratch key), the compute device, and the configured styles' "
                        f"models. Prints a table; exits {EXIT_DOCTOR} when a check fails.")
     p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("models", help="manage diffusion model weights (pull)")
+    models_sub = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    p = models_sub.add_parser("pull", parents=[common], help="download every configured model into the cache",
+                              description="Download each diffusion style's model (safetensors, configs, tokenizer "
+                              "files only) at its pinned revision into models.cache_dir, so workers can run with "
+                              "models.offline: true / HF_HUB_OFFLINE=1.")
+    p.set_defaults(func=cmd_models_pull)
 
     p = sub.add_parser("schema", help="print or write the manifest and failure-record JSON Schemas",
                        description="Print the JSON Schemas of manifest.json and of failure records (the wire "

@@ -135,7 +135,94 @@ class ToonStyle(_Section):
         return value
 
 
-StyleSettings = Annotated[Union[ToonStyle], Field(discriminator="engine")]
+#: Schedulers a diffusion style can name (``processor.pipeline.diffusion.SCHEDULERS`` maps them).
+SchedulerName = Literal["dpmpp-2m-karras", "dpmpp-2m", "euler-a", "euler", "ddim", "unipc", "pndm"]
+
+
+class DiffusionRound(_Section):
+    """One img2img pass; round k starts from round k-1's output."""
+
+    #: 0-1: how much of the image is re-noised (diffusers runs int(steps * strength) denoising steps).
+    strength: float = Field(gt=0, le=1)
+    #: Classifier-free guidance scale (CFG).
+    guidance: float = Field(default=7.5, ge=0)
+
+
+class LoraSettings(_Section):
+    #: A local .safetensors file or folder, or a hub id.
+    path: str
+    #: Adapter weight (0 = off, 1 = as trained).
+    scale: float = 1.0
+    #: The file inside a folder / hub repo, when it holds more than one.
+    weight_name: str | None = None
+
+
+class Img2ImgStyle(_Section):
+    """Stable Diffusion img2img (SD 1.x / 2.x / SDXL, picked from the model) in one or more rounds."""
+
+    engine: Literal["img2img"] = "img2img"
+    #: Hub id (``nitrosocke/mo-di-diffusion``) or a local diffusers folder (``model_index.json`` inside).
+    model: str
+    #: A hub commit / tag / branch to pin (recommended: a commit hash).
+    revision: str | None = None
+    #: Style words appended to the prompt.
+    trigger: str = ""
+    #: The subject text before the trigger words (a sidecar's ``prompt`` sets it per image).
+    prompt: str | None = None
+    negative: str = ""
+    rounds: list[DiffusionRound] = Field(default_factory=lambda: [DiffusionRound(strength=0.6)], min_length=1)
+    #: Scheduler steps per round; a round denoises int(steps * strength) of them.
+    steps: int = Field(default=30, ge=1, le=500)
+    scheduler: SchedulerName = "dpmpp-2m-karras"
+    variants: int = Field(default=4, ge=1, le=16)
+    #: Variant i uses seed + i.
+    seed: int = Field(default=0, ge=0)
+    #: Pixels: the working long side (multiple of 8); default the model's native resolution
+    #: (512 for SD 1.x, 768 for SD 2.x-v, 1024 for SDXL).
+    size: int | None = Field(default=None, ge=64, le=4096)
+    lora: LoraSettings | None = None
+
+    @model_validator(mode="after")
+    def _every_round_denoises(self) -> Img2ImgStyle:
+        for i, r in enumerate(self.rounds):
+            if int(self.steps * r.strength) < 1:
+                raise ValueError(
+                    f"rounds[{i}]: strength {r.strength} with steps {self.steps} gives 0 denoising steps; "
+                    f"raise steps or strength"
+                )
+        if self.size is not None and self.size % 8:
+            raise ValueError(f"size {self.size} must be a multiple of 8")
+        return self
+
+
+class InstructPix2PixStyle(_Section):
+    """An instruct-pix2pix edit ("Put a waterfall in the background")."""
+
+    engine: Literal["instruct-pix2pix"] = "instruct-pix2pix"
+    model: str = "timbrooks/instruct-pix2pix"
+    revision: str | None = None
+    #: The edit, in words (a sidecar's ``instruction`` replaces it per image).
+    instruction: str
+    negative: str = ""
+    #: How closely to follow the input image (instruct-pix2pix's image_guidance_scale; 1 = off).
+    image_guidance: float = Field(default=1.5, ge=0)
+    #: How closely to follow the instruction (text CFG scale).
+    guidance: float = Field(default=7.5, ge=0)
+    steps: int = Field(default=20, ge=1, le=500)
+    scheduler: SchedulerName = "euler-a"
+    variants: int = Field(default=4, ge=1, le=16)
+    seed: int = Field(default=0, ge=0)
+    size: int | None = Field(default=None, ge=64, le=4096)
+
+    @field_validator("size")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        if value is not None and value % 8:
+            raise ValueError(f"size {value} must be a multiple of 8")
+        return value
+
+
+StyleSettings = Annotated[Union[ToonStyle, Img2ImgStyle, InstructPix2PixStyle], Field(discriminator="engine")]
 
 
 def _default_styles() -> dict[str, Any]:
@@ -181,6 +268,29 @@ class ClaimSettings(_Section):
         return self
 
 
+class ModelSettings(_Section):
+    """How diffusion weights are loaded (``processor.models``)."""
+
+    #: ``auto`` (CUDA when PyTorch sees a GPU, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ...
+    device: str = "auto"
+    #: ``auto``: float16 on CUDA, float32 on CPU.
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    #: Never touch the network: a model missing from the cache stops the worker at start
+    #: (``HF_HUB_OFFLINE=1`` does the same).
+    offline: bool = False
+    #: The Hugging Face cache folder (default: $HF_HOME/hub); a mounted volume in Kubernetes.
+    cache_dir: Path | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value not in ("auto", "cpu", "cuda", "mps") and not (
+            value.startswith("cuda:") and value[5:].isdigit()
+        ):
+            raise ValueError("device is auto, cpu, cuda, cuda:N or mps")
+        return value
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: ``auto``: JSON lines when stderr is not a terminal, readable text when it is.
@@ -198,6 +308,7 @@ class Settings(BaseSettings):
     claims: ClaimSettings = ClaimSettings()
     pipeline: PipelineSettings = PipelineSettings()
     styles: dict[str, StyleSettings] = Field(default_factory=_default_styles)
+    models: ModelSettings = ModelSettings()
     log: LogSettings = LogSettings()
 
     @model_validator(mode="after")

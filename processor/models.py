@@ -1,0 +1,314 @@
+"""Diffusion weights, loaded once per worker and shared between styles.
+
+Contract:
+
+- Every model is a local diffusers folder (``model_index.json`` inside) or a hub id. A hub id is
+  first resolved to a snapshot folder in the Hugging Face cache (``snapshot_download``, fetching
+  only the pipeline's components as ``*.safetensors`` / ``*.json`` / ``*.txt``), then loaded from
+  that folder, so production and the tiny-model tests go through the same ``from_pretrained``.
+- ``use_safetensors=True`` always (no pickle); remote code is never trusted; ``revision`` pins the
+  hub commit and the resolved commit is what the manifest records.
+- Offline (``models.offline: true`` or ``HF_HUB_OFFLINE=1``): nothing touches the network, and a
+  model missing from the cache raises ``ModelUnavailableError`` at start naming the model and the
+  command that fetches it (``processor models pull``).
+- Device and dtype: ``auto`` means CUDA in float16 when PyTorch sees a GPU, else CPU in float32.
+- Sharing: one base pipeline per (folder, dtype, device). Styles derive their own pipeline object
+  with ``from_pipe`` (a new scheduler, the same UNet/VAE/text encoders in memory), so two styles on
+  ``mo-di-diffusion`` cost one copy of the weights.
+- LoRA adapters are loaded once per (base, adapter) under a stable adapter name; engines switch
+  them on (with their scale) or off before each call, since the UNet they patch is shared.
+
+Torch and diffusers are imported lazily, so a toon-only worker never imports them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from processor.config import LoraSettings, ModelSettings
+from processor.errors import ConfigError, ModelUnavailableError
+
+log = logging.getLogger("processor.models")
+
+#: The command that fills the cache; named in every "model missing" message.
+PULL_COMMAND = "processor models pull"
+#: Components a pipeline folder may list that we never load (the NSFW classifier: 1.2 GB, and it
+#: blanks false positives; toy photos do not need it).
+SKIPPED_COMPONENTS = frozenset({"safety_checker"})
+#: File types fetched for each component: weights (safetensors only), configs, tokenizer vocabularies.
+COMPONENT_FILE_PATTERNS = ("*.safetensors", "*.json", "*.txt")
+#: Variant duplicates of the same weights (we load the full-precision file and cast).
+IGNORE_PATTERNS = ["*.fp16.safetensors", "*.bf16.safetensors", "*non_ema*", "*.ema.safetensors"]
+#: Files fetched for a LoRA given as a hub id.
+LORA_PATTERNS = ["*.safetensors", "*.json"]
+_TRUTHY = {"1", "true", "yes", "on"}
+
+
+def offline_mode(settings: ModelSettings) -> bool:
+    return settings.offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUTHY
+
+
+def is_local(model: str) -> bool:
+    """A path (absolute, ./relative, ~ or an existing folder) rather than a hub id."""
+    return model.startswith((".", "/", "~")) or Path(model).expanduser().is_dir()
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    #: As configured: hub id or path.
+    model: str
+    #: The folder ``from_pretrained`` reads.
+    path: Path
+    #: The hub commit loaded (the pinned revision resolved), or None for a local folder.
+    revision: str | None
+
+
+def component_patterns(model_index: dict[str, Any]) -> list[str]:
+    """``allow_patterns`` for a pipeline: its index and each loaded component's weights/configs."""
+    patterns = ["model_index.json"]
+    for name, value in model_index.items():
+        if name.startswith("_") or name in SKIPPED_COMPONENTS:
+            continue
+        if isinstance(value, list) and len(value) == 2 and value[0] is not None:
+            patterns.extend(f"{name}/{pattern}" for pattern in COMPONENT_FILE_PATTERNS)
+    return patterns
+
+
+class ModelLoader:
+    """One per worker: resolves, loads and shares pipelines (see the module docstring)."""
+
+    def __init__(self, settings: ModelSettings | None = None) -> None:
+        self.settings = settings or ModelSettings()
+        self._lock = threading.RLock()
+        self._bases: dict[tuple[str, str, str], Any] = {}
+        self._adapters: dict[tuple[tuple[str, str, str], str], str] = {}
+        self._resolved: dict[tuple[str, str | None], ResolvedModel] = {}
+
+    # ----------------------------------------------------------------- device / dtype
+
+    @property
+    def offline(self) -> bool:
+        return offline_mode(self.settings)
+
+    @property
+    def cache_dir(self) -> str | None:
+        return str(self.settings.cache_dir) if self.settings.cache_dir else None
+
+    def device(self) -> str:
+        import torch
+
+        wanted = self.settings.device
+        if wanted == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if wanted.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"models.device is {wanted!r} but PyTorch sees no CUDA device")
+        return wanted
+
+    def dtype(self) -> Any:
+        import torch
+
+        if self.settings.dtype == "auto":
+            return torch.float32 if self.device() == "cpu" else torch.float16
+        return getattr(torch, self.settings.dtype)
+
+    # ----------------------------------------------------------------- resolving
+
+    def resolve(self, model: str, revision: str | None = None, *, download: bool | None = None) -> ResolvedModel:
+        """The local folder for ``model``; fetches a hub id unless offline (``download=False``
+        only looks in the cache). Raises ``ModelUnavailableError`` naming the model and the fix."""
+        key = (model, revision)
+        if key in self._resolved:
+            return self._resolved[key]
+        if is_local(model):
+            path = Path(model).expanduser()
+            if not (path / "model_index.json").is_file():
+                raise ModelUnavailableError(
+                    f"model {model!r}: {path} is not a diffusers pipeline folder (no model_index.json)"
+                )
+            resolved = ResolvedModel(model, path, None)
+        else:
+            resolved = self._resolve_hub(model, revision, download=not self.offline if download is None else download)
+        self._resolved[key] = resolved
+        return resolved
+
+    def _resolve_hub(self, model: str, revision: str | None, *, download: bool) -> ResolvedModel:
+        from huggingface_hub import hf_hub_download, snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+        where = f"{model}" + (f"@{revision}" if revision else "")
+        try:
+            index_file = hf_hub_download(model, "model_index.json", revision=revision, cache_dir=self.cache_dir,
+                                         local_files_only=not download)
+            index = json.loads(Path(index_file).read_text(encoding="utf-8"))
+            folder = snapshot_download(
+                model,
+                revision=revision,
+                cache_dir=self.cache_dir,
+                allow_patterns=component_patterns(index),
+                ignore_patterns=IGNORE_PATTERNS,
+                local_files_only=not download,
+            )
+        except LocalEntryNotFoundError as exc:
+            cache = self.cache_dir or "the default Hugging Face cache ($HF_HOME/hub)"
+            raise ModelUnavailableError(
+                f"model {where} is not in the model cache ({cache}) and offline mode is on "
+                f"(models.offline / HF_HUB_OFFLINE=1); fetch it first with `{PULL_COMMAND}` "
+                f"(same config and models.cache_dir) on a machine with network access"
+            ) from exc
+        except (HfHubHTTPError, OSError, ValueError) as exc:
+            raise ModelUnavailableError(f"model {where} could not be fetched: {type(exc).__name__}: {exc}") from exc
+        path = Path(folder)
+        return ResolvedModel(model, path, path.name)
+
+    def pull(self, model: str, revision: str | None = None) -> ResolvedModel:
+        """Download ``model`` into the cache (progress bars from huggingface_hub); for ``models pull``."""
+        if self.offline:
+            raise ConfigError(f"cannot pull {model!r}: offline mode is on (models.offline / HF_HUB_OFFLINE)")
+        self._resolved.pop((model, revision), None)
+        return self.resolve(model, revision, download=True)
+
+    def resolve_lora(self, lora: LoraSettings) -> Path:
+        """A LoRA's local file or folder (a hub id is fetched like a model, safetensors only)."""
+        if is_local(lora.path) or Path(lora.path).expanduser().is_file():
+            path = Path(lora.path).expanduser()
+            if not path.exists():
+                raise ConfigError(f"lora.path {lora.path!r} does not exist")
+            return path
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+        try:
+            return Path(snapshot_download(lora.path, cache_dir=self.cache_dir, allow_patterns=LORA_PATTERNS,
+                                          local_files_only=self.offline))
+        except LocalEntryNotFoundError as exc:
+            raise ModelUnavailableError(
+                f"LoRA {lora.path!r} is not in the model cache and offline mode is on; fetch it with `{PULL_COMMAND}`"
+            ) from exc
+        except (HfHubHTTPError, OSError) as exc:
+            raise ModelUnavailableError(f"LoRA {lora.path!r} could not be fetched: {exc}") from exc
+
+    # ----------------------------------------------------------------- loading
+
+    def base(self, model: str, revision: str | None = None) -> tuple[Any, ResolvedModel]:
+        """The shared pipeline for ``model`` (loaded on first use) and where it came from."""
+        resolved = self.resolve(model, revision)
+        device, dtype = self.device(), self.dtype()
+        key = (str(resolved.path.resolve()), str(dtype), device)
+        with self._lock:
+            if key not in self._bases:
+                self._bases[key] = self._load(resolved, device, dtype)
+            return self._bases[key], resolved
+
+    def _load(self, resolved: ResolvedModel, device: str, dtype: Any) -> Any:
+        from diffusers import DiffusionPipeline
+
+        index = json.loads((resolved.path / "model_index.json").read_text(encoding="utf-8"))
+        extra: dict[str, Any] = {}
+        for name in SKIPPED_COMPONENTS & index.keys():
+            extra[name] = None
+        if "requires_safety_checker" in index or "safety_checker" in index:
+            extra["requires_safety_checker"] = False
+        log.info("model_loading", extra={"model": resolved.model, "revision": resolved.revision,
+                                         "device": device, "dtype": str(dtype)})
+        extra[_dtype_keyword()] = dtype
+        try:
+            pipe = DiffusionPipeline.from_pretrained(
+                resolved.path,
+                use_safetensors=True,
+                trust_remote_code=False,
+                local_files_only=True,
+                **extra,
+            )
+        except (OSError, ValueError, EnvironmentError) as exc:
+            raise ModelUnavailableError(
+                f"model {resolved.model!r} could not be loaded from {resolved.path}: {exc} "
+                f"(safetensors weights are required; `{PULL_COMMAND}` fetches them)"
+            ) from exc
+        if device != "cpu":  # loaded on the CPU; moving to the CPU again only logs dtype warnings
+            pipe.to(device)
+        return pipe
+
+    def pipeline(self, task: str, model: str, revision: str | None = None) -> tuple[Any, ResolvedModel]:
+        """A new pipeline object for ``task`` (``img2img`` or ``instruct-pix2pix``) that shares
+        the base pipeline's modules; the caller may replace its scheduler freely."""
+        base, resolved = self.base(model, revision)
+        in_channels = base.unet.config.in_channels
+        if task == "instruct-pix2pix":
+            if in_channels != 8:
+                raise ConfigError(
+                    f"model {model!r} is not an instruct-pix2pix model (its UNet takes {in_channels} channels, "
+                    f"not 8); use engine: img2img for it"
+                )
+            from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionXLInstructPix2PixPipeline
+
+            cls = (StableDiffusionXLInstructPix2PixPipeline if getattr(base, "text_encoder_2", None) is not None
+                   else StableDiffusionInstructPix2PixPipeline)
+            return _quiet(cls.from_pipe(base)), resolved
+        if task != "img2img":
+            raise ValueError(f"unknown task {task!r}")
+        if in_channels != 4:
+            raise ConfigError(
+                f"model {model!r} has a {in_channels}-channel UNet ({type(base).__name__}); engine img2img needs "
+                f"a text-to-image checkpoint (use engine: instruct-pix2pix for instruct-pix2pix models)"
+            )
+        from diffusers import AutoPipelineForImage2Image
+
+        try:
+            return _quiet(AutoPipelineForImage2Image.from_pipe(base)), resolved
+        except ValueError as exc:
+            raise ConfigError(f"model {model!r} ({type(base).__name__}) has no img2img pipeline: {exc}") from exc
+
+    def lora_adapter(self, pipe: Any, model: str, revision: str | None, lora: LoraSettings) -> str:
+        """Load ``lora`` into the (shared) modules behind ``pipe`` once; returns its adapter name."""
+        base, _ = self.base(model, revision)
+        base_key = next(k for k, v in self._bases.items() if v is base)
+        ident = f"{lora.path}|{lora.weight_name}"
+        with self._lock:
+            key = (base_key, ident)
+            if key not in self._adapters:
+                name = "lora_" + hashlib.sha1(ident.encode()).hexdigest()[:10]
+                path = self.resolve_lora(lora)
+                kwargs: dict[str, Any] = {"adapter_name": name}
+                if lora.weight_name:
+                    kwargs["weight_name"] = lora.weight_name
+                try:
+                    pipe.load_lora_weights(str(path), use_safetensors=True, **kwargs)
+                except (OSError, ValueError) as exc:
+                    raise ModelUnavailableError(f"LoRA {lora.path!r} could not be loaded: {exc}") from exc
+                self._adapters[key] = name
+            return self._adapters[key]
+
+    def has_adapters(self, model: str, revision: str | None) -> bool:
+        base, _ = self.base(model, revision)
+        return any(self._bases.get(k[0]) is base for k in self._adapters)
+
+
+def _quiet(pipe: Any) -> Any:
+    """No per-call progress bars: the worker logs events, not bars."""
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _dtype_keyword() -> str:
+    """diffusers renamed ``torch_dtype`` to ``dtype`` (0.36+ warns on the old name); older ones
+    only know ``torch_dtype``."""
+    from diffusers.utils import deprecation_utils
+
+    return "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
+
+
+def configured_models(styles: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """(model, revision) of every diffusion style, each once, in config order."""
+    seen: list[tuple[str, str | None]] = []
+    for style in styles.values():
+        model = getattr(style, "model", None)
+        if model and (model, style.revision) not in seen:
+            seen.append((model, style.revision))
+    return seen

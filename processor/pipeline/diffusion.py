@@ -1,0 +1,302 @@
+"""Stable Diffusion engines: ``img2img`` (in rounds) and ``instruct-pix2pix``.
+
+Per image, every variant is computed in ONE batched pipeline call per round (per-variant
+``torch.Generator`` list, the image repeated), not one call per variant.
+
+Determinism: variant ``i`` uses seed ``style.seed + i``; round ``k`` of it draws its noise from a
+CPU generator seeded ``seed + i + k * ROUND_SEED_STRIDE`` (round 0 is exactly the variant seed, so
+a one-round style reproduces plain img2img with that seed elsewhere). Generators live on the CPU
+even when the pipeline runs on CUDA, so the noise does not depend on the device, and each variant
+has its own generator, so the noise does not depend on how the batch is split.
+
+Sizes: the input keeps its aspect ratio; its long side is scaled to ``style.size`` (default: the
+model's native resolution, UNet sample size x VAE factor: 512 for SD 1.x, 1024 for SDXL) and both
+sides are rounded to multiples of 8 (the VAE factor).
+
+CUDA out of memory: the batch is halved and the failed chunk retried, down to one variant; the
+engine remembers the smaller batch for later images. ``batch_size`` and ``oom_halvings`` are
+recorded in every variant's parameters. Out of memory with one variant fails the item
+(``StageFailed``, a failure record, never a lost item).
+
+Between rounds images stay float tensors in [0, 1] (no 8-bit rounding until the final PNG).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from processor.config import Img2ImgStyle, InstructPix2PixStyle
+from processor.errors import StageFailed
+from processor.models import ModelLoader, ResolvedModel
+from processor.pipeline.base import VariantImage
+
+log = logging.getLogger("processor.diffusion")
+
+#: Added to a variant's seed per round (variants are at most 16, so rounds never share a seed).
+ROUND_SEED_STRIDE = 1_000_003
+#: Pixels: every working side is a multiple of this (the SD VAE downsampling factor).
+SIZE_MULTIPLE = 8
+
+
+def _scheduler_classes() -> dict[str, tuple[str, dict[str, Any]]]:
+    return {
+        "dpmpp-2m-karras": ("DPMSolverMultistepScheduler",
+                            {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
+        "dpmpp-2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+        "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+        "euler": ("EulerDiscreteScheduler", {}),
+        "ddim": ("DDIMScheduler", {}),
+        "unipc": ("UniPCMultistepScheduler", {}),
+        "pndm": ("PNDMScheduler", {}),
+    }
+
+
+#: Style ``scheduler`` names and the diffusers scheduler (and options) each stands for.
+SCHEDULERS = _scheduler_classes()
+
+
+def make_scheduler(name: str, config: Any) -> Any:
+    import diffusers
+
+    cls_name, options = SCHEDULERS[name]
+    return getattr(diffusers, cls_name).from_config(config, **options)
+
+
+def native_size(pipe: Any) -> int:
+    """Pixels: the long side the model was trained at (UNet sample size x VAE factor)."""
+    sample = pipe.unet.config.sample_size
+    if isinstance(sample, (list, tuple)):
+        sample = max(sample)
+    return int(sample) * int(getattr(pipe, "vae_scale_factor", 8))
+
+
+def working_size(width: int, height: int, long_side: int) -> tuple[int, int]:
+    """(w, h) with the aspect ratio of ``width`` x ``height``, long side ``long_side``, multiples of 8."""
+    scale = long_side / max(width, height)
+
+    def snap(side: float) -> int:
+        return max(SIZE_MULTIPLE, int(round(side / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+
+    return snap(width * scale), snap(height * scale)
+
+
+def compose_prompt(subject: str | None, trigger: str) -> str:
+    """The subject (a sidecar prompt; later the caption) followed by the style's trigger words."""
+    return ", ".join(part.strip() for part in (subject, trigger) if part and part.strip())
+
+
+def round_seed(variant_seed: int, round_index: int) -> int:
+    return variant_seed + round_index * ROUND_SEED_STRIDE
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """(1, 3, H, W) float32 in [0, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def to_pil(batch: torch.Tensor) -> list[Image.Image]:
+    array = (batch.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a, "RGB") for a in array]
+
+
+class _DiffusionEngine:
+    engine: str
+    task: str
+
+    def __init__(self, style_name: str, style: Any, models: ModelLoader) -> None:
+        self.style_name = style_name
+        self.style = style
+        self.models = models
+        self.pipe: Any = None
+        self.resolved: ResolvedModel | None = None
+        self.adapter: str | None = None
+        #: Variants per pipeline call; shrinks after a CUDA out-of-memory error.
+        self.batch_limit = style.variants
+
+    def setup(self) -> None:
+        pipe, self.resolved = self.models.pipeline(self.task, self.style.model, self.style.revision)
+        pipe.scheduler = make_scheduler(self.style.scheduler, pipe.scheduler.config)
+        self.pipe = pipe
+        lora = getattr(self.style, "lora", None)
+        if lora is not None:
+            self.adapter = self.models.lora_adapter(pipe, self.style.model, self.style.revision, lora)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine,
+            "style": self.style_name,
+            "available": self.pipe is not None,
+            "model": self.style.model,
+            "revision": self._revision(),
+            "pipeline": type(self.pipe).__name__ if self.pipe is not None else None,
+            "device": self.models.device(),
+            "dtype": str(self.models.dtype()).replace("torch.", ""),
+            "scheduler": self.style.scheduler,
+            "variants": self.style.variants,
+            "seed": self.style.seed,
+        }
+
+    def _revision(self) -> str | None:
+        return self.style.revision or (self.resolved.revision if self.resolved else None)
+
+    def _long_side(self) -> int:
+        return self.style.size or native_size(self.pipe)
+
+    def _activate_lora(self) -> None:
+        """The UNet is shared between styles: switch this style's adapter on, or every adapter off."""
+        if self.adapter:
+            self.pipe.enable_lora()
+            self.pipe.set_adapters([self.adapter], adapter_weights=[self.style.lora.scale])
+        elif self.models.has_adapters(self.style.model, self.style.revision):
+            self.pipe.disable_lora()
+
+    def _batched(self, count: int, call: Callable[[int, int], torch.Tensor]) -> tuple[torch.Tensor, int]:
+        """``call(start, stop)`` over [0, count) in chunks of at most ``batch_limit``, halving the
+        chunk on CUDA out-of-memory. Returns the concatenated outputs and the halvings made."""
+        outputs: list[torch.Tensor] = []
+        halvings = 0
+        start = 0
+        while start < count:
+            stop = min(count, start + self.batch_limit)
+            try:
+                outputs.append(call(start, stop).cpu())
+                start = stop
+            except torch.cuda.OutOfMemoryError as exc:
+                if self.batch_limit <= 1:
+                    raise StageFailed(
+                        f"style {self.style_name!r}: CUDA out of memory with a single variant; lower "
+                        f"styles.{self.style_name}.size or use a GPU with more memory"
+                    ) from exc
+                self.batch_limit = max(1, self.batch_limit // 2)
+                halvings += 1
+                log.warning("cuda_oom", extra={"style": self.style_name, "batch": self.batch_limit})
+                gc.collect()
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+        return torch.cat(outputs), halvings
+
+    def _common(self, size: tuple[int, int]) -> dict[str, Any]:
+        return {
+            "engine": self.engine,
+            "style": self.style_name,
+            "model": self.style.model,
+            "revision": self._revision(),
+            "pipeline": type(self.pipe).__name__,
+            "scheduler": self.style.scheduler,
+            "steps": self.style.steps,
+            "size": f"{size[0]}x{size[1]}",
+            "dtype": str(self.models.dtype()).replace("torch.", ""),
+        }
+
+
+class Img2ImgEngine(_DiffusionEngine):
+    """Stable Diffusion img2img in ``style.rounds`` (every round runs; see the module docstring)."""
+
+    engine = "img2img"
+    task = "img2img"
+    style: Img2ImgStyle
+
+    def __call__(self, image: Image.Image) -> list[VariantImage]:
+        style = self.style
+        size = working_size(image.width, image.height, self._long_side())
+        current = to_tensor(image.convert("RGB").resize(size, Image.Resampling.LANCZOS))
+        current = current.expand(style.variants, -1, -1, -1)
+        prompt = compose_prompt(style.prompt, style.trigger)
+        negative = style.negative or None
+        seeds = [style.seed + i for i in range(style.variants)]
+        self._activate_lora()
+        halvings = 0
+        rounds = []
+        for k, rnd in enumerate(style.rounds):
+            source = current
+
+            def call(start: int, stop: int, rnd: Any = rnd, k: int = k, source: torch.Tensor = source) -> torch.Tensor:
+                n = stop - start
+                return self.pipe(
+                    prompt=[prompt] * n,
+                    negative_prompt=[negative] * n if negative else None,
+                    image=source[start:stop],
+                    strength=rnd.strength,
+                    guidance_scale=rnd.guidance,
+                    num_inference_steps=style.steps,
+                    generator=[torch.Generator("cpu").manual_seed(round_seed(s, k)) for s in seeds[start:stop]],
+                    output_type="pt",
+                ).images
+
+            with torch.inference_mode():
+                current, made = self._batched(style.variants, call)
+            halvings += made
+            rounds.append({"strength": rnd.strength, "guidance": rnd.guidance,
+                           "denoising_steps": int(style.steps * rnd.strength)})
+        results = []
+        for i, picture in enumerate(to_pil(current)):
+            params = self._common(size) | {
+                "prompt": prompt,
+                "negative": style.negative,
+                "seed": seeds[i],
+                "rounds": [r | {"seed": round_seed(seeds[i], k)} for k, r in enumerate(rounds)],
+                "denoising_steps": sum(r["denoising_steps"] for r in rounds),
+                "batch_size": self.batch_limit,
+                "oom_halvings": halvings,
+            }
+            if style.lora is not None:
+                params["lora"] = {"path": style.lora.path, "scale": style.lora.scale}
+            results.append(VariantImage(style=self.style_name, engine=self.engine, index=i, seed=seeds[i],
+                                        image=picture, parameters=params))
+        return results
+
+
+class InstructPix2PixEngine(_DiffusionEngine):
+    """An instruct-pix2pix edit, all variants in one batched call."""
+
+    engine = "instruct-pix2pix"
+    task = "instruct-pix2pix"
+    style: InstructPix2PixStyle
+
+    def __call__(self, image: Image.Image) -> list[VariantImage]:
+        style = self.style
+        size = working_size(image.width, image.height, self._long_side())
+        source = to_tensor(image.convert("RGB").resize(size, Image.Resampling.LANCZOS)).expand(style.variants, -1, -1, -1)
+        negative = style.negative or None
+        seeds = [style.seed + i for i in range(style.variants)]
+        self._activate_lora()
+
+        def call(start: int, stop: int) -> torch.Tensor:
+            n = stop - start
+            return self.pipe(
+                prompt=[style.instruction] * n,
+                negative_prompt=[negative] * n if negative else None,
+                image=source[start:stop],
+                num_inference_steps=style.steps,
+                guidance_scale=style.guidance,
+                image_guidance_scale=style.image_guidance,
+                generator=[torch.Generator("cpu").manual_seed(s) for s in seeds[start:stop]],
+                output_type="pt",
+            ).images
+
+        with torch.inference_mode():
+            out, halvings = self._batched(style.variants, call)
+        results = []
+        for i, picture in enumerate(to_pil(out)):
+            params = self._common(size) | {
+                "prompt": style.instruction,
+                "instruction": style.instruction,
+                "negative": style.negative,
+                "seed": seeds[i],
+                "guidance": style.guidance,
+                "image_guidance": style.image_guidance,
+                "denoising_steps": style.steps,
+                "batch_size": self.batch_limit,
+                "oom_halvings": halvings,
+            }
+            results.append(VariantImage(style=self.style_name, engine=self.engine, index=i, seed=seeds[i],
+                                        image=picture, parameters=params))
+        return results
