@@ -1,0 +1,115 @@
+# syntax=docker/dockerfile:1
+#
+# The toy cartoonizer's GPU worker image.
+#
+#   docker build -t toy-cartoonizer:0.1.0 .
+#   docker build --build-arg BAKE_MODELS=true -t toy-cartoonizer:0.1.0-models .
+#   docker run --gpus all -e PROCESSOR_STORE__KIND=s3 -e PROCESSOR_STORE__BUCKET=my-toys \
+#       -e AWS_ACCESS_KEY_ID -e AWS_SECRET_ACCESS_KEY -v models:/models toy-cartoonizer:0.1.0
+#
+# Base: python slim + the PyTorch CUDA wheel, not nvidia/cuda:*-runtime. The CUDA build of torch
+# on PyPI brings its own CUDA runtime, cuBLAS and cuDNN as nvidia-* wheels; only the driver comes
+# from the node (the NVIDIA container toolkit mounts it). An nvidia/cuda runtime base would carry a
+# second copy of the same libraries (about 3 GB) that torch never loads, and it pins Python to the
+# distribution's. The one thing the cuda images do that we must do ourselves is set
+# NVIDIA_DRIVER_CAPABILITIES, so the toolkit mounts libcuda (see the runtime stage).
+#
+# The node's driver must support the CUDA version of the torch wheel. PyPI's torch 2.15.0 is built
+# for CUDA 13 (nvidia-cuda-runtime 13.x), which needs an NVIDIA driver >= 580. For nodes with an
+# older driver, take a CUDA 12 build from the PyTorch index, e.g. (driver >= 570):
+#   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+#
+# Pin the base by digest for reproducible builds: --build-arg PYTHON_IMAGE=python:3.12-slim-bookworm@sha256:...
+
+ARG PYTHON_IMAGE=python:3.12-slim-bookworm
+
+# --------------------------------------------------------------------------- build stage
+# Everything pip needs stays here; the runtime stage copies only the finished virtualenv.
+FROM ${PYTHON_IMAGE} AS build
+
+ARG TORCH_VERSION=2.15.0
+ARG TORCH_INDEX_URL=https://pypi.org/simple
+ARG DIFFUSERS_VERSION=0.42.1
+ARG TRANSFORMERS_VERSION=5.23.0
+ARG ACCELERATE_VERSION=1.15.0
+ARG SAFETENSORS_VERSION=0.8.0
+ARG PIP_VERSION=25.3
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+# torch first and on its own: it is the big, slow-changing layer, and it may come from another
+# index than the rest.
+RUN pip install --no-cache-dir "pip==${PIP_VERSION}" \
+ && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+
+WORKDIR /src
+# Only what the package build reads (pyproject names README.md as the long description).
+COPY pyproject.toml README.md ./
+COPY processor ./processor
+# The project with its Stable Diffusion extra; the model stack is pinned here, the project's own
+# dependencies by its lower bounds in pyproject.toml.
+# DL3013 (pin versions in pip) cannot apply to ".[sd]": it is this source tree, not a registry name.
+# hadolint ignore=DL3013
+RUN pip install --no-cache-dir ".[sd]" \
+        "diffusers==${DIFFUSERS_VERSION}" \
+        "transformers==${TRANSFORMERS_VERSION}" \
+        "accelerate==${ACCELERATE_VERSION}" \
+        "safetensors==${SAFETENSORS_VERSION}" \
+ && processor --version
+
+# --------------------------------------------------------------------------- runtime stage
+FROM ${PYTHON_IMAGE} AS runtime
+
+# Set to true to run `processor models pull` at build time: the image then carries the weights of
+# the styles named in the config below and needs no model cache volume (do not mount one over
+# /models then: a mounted volume hides what the image holds there).
+ARG BAKE_MODELS=false
+ARG TINI_VERSION=0.19.0-1+b3
+ARG APP_UID=10001
+
+# tini as PID 1: it forwards SIGTERM to the worker (whose first SIGTERM finishes the current item
+# and exits 0) and reaps zombies (torch and the tokenizers may start helper processes). Python as
+# PID 1 would get handled signals too, but would leave orphans unreaped.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends "tini=${TINI_VERSION}" \
+ && rm -rf /var/lib/apt/lists/*
+
+# A numeric non-root user, so Kubernetes' runAsNonRoot can verify it from the image alone.
+RUN groupadd --gid "${APP_UID}" app \
+ && useradd --uid "${APP_UID}" --gid app --home-dir /home/app --create-home --shell /usr/sbin/nologin app \
+ && mkdir -p /models /etc/processor \
+ && chown "${APP_UID}:${APP_UID}" /models
+
+COPY --from=build /opt/venv /opt/venv
+# The default configuration; Kubernetes mounts its ConfigMap over /etc/processor.
+COPY config.yaml /etc/processor/config.yaml
+
+# HF_HOME: the Hugging Face cache (model weights) lives on a mounted volume so pods share one
+# download. Caches that are not worth keeping go to /tmp, the one writable place when the root
+# filesystem is read-only.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PROCESSOR_CONFIG=/etc/processor/config.yaml \
+    HF_HOME=/models \
+    TORCH_HOME=/models/torch \
+    XDG_CACHE_HOME=/tmp/.cache \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
+USER ${APP_UID}:${APP_UID}
+WORKDIR /home/app
+
+# Before VOLUME: what a build step writes under a path after it is declared a volume is discarded.
+RUN if [ "${BAKE_MODELS}" = "true" ]; then processor models pull; fi
+
+VOLUME ["/models"]
+
+ENTRYPOINT ["/usr/bin/tini", "--", "processor"]
+# The Job's drain; the daemon Deployment runs `run` without --once.
+CMD ["run", "--once"]

