@@ -2,9 +2,11 @@
 
 Contract, shared by every adapter and checked by ``tests/store/test_contract.py``:
 
-- Keys are ``/``-separated strings. ``list`` yields every object under a prefix in ascending
-  (UTF-8 byte) key order, paginating internally, starting strictly after ``start_after``.
-- ETags are opaque strings without surrounding quotes; any write changes an object's ETag.
+- Keys are ``/``-separated strings. ``list`` yields every object under a prefix exactly once, in
+  the server's order (UTF-8 byte order on AWS S3 and the local store; SeaweedFS lists folder by
+  folder), paginating internally, starting after ``start_after``. Callers that need an order sort.
+- ETags are opaque strings without surrounding quotes; a write of different bytes changes an
+  object's ETag (S3's is the body's MD5, so rewriting identical bytes may keep it).
 - ``put(..., if_none_match=True)`` creates only when the key is absent; ``put(..., if_match=E)``
   and ``delete(..., if_match=E)`` act only when the current ETag is ``E``. A lost condition raises
   ``PreconditionFailed``; the check and the write are atomic.

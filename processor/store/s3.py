@@ -1,0 +1,341 @@
+"""S3 through boto3: AWS, SeaweedFS, MinIO, and (as ``CosStore``) IBM COS.
+
+Vendor errors are translated once, here, into ``processor.errors`` types with the vendor error as
+``__cause__``; the ``RetryPolicy`` then retries ``TransientStoreError`` alone. botocore's own
+retries are off so that one policy (and one retry counter) governs every request.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from types import ModuleType
+from typing import Any, TypeVar
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from processor.config import StoreSettings
+from processor.errors import (
+    ConfigError,
+    ObjectNotFound,
+    ObjectTooLarge,
+    PreconditionFailed,
+    ProcessorError,
+    StoreAccessError,
+    StoreError,
+    TransientStoreError,
+)
+from processor.store.base import ObjectInfo, StoredObject, strip_etag
+from processor.store.retry import RetryPolicy
+
+T = TypeVar("T")
+
+#: Keys per LIST request (the S3 maximum).
+LIST_PAGE_KEYS = 1000
+#: HTTP connections the client keeps per host: prefetch, upload and claim threads share one client.
+MAX_POOL_CONNECTIONS = 32
+
+_NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+_PRECONDITION_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
+_ACCESS_CODES = frozenset(
+    {
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AllAccessDisabled",
+        "AccountProblem",
+        "NoSuchBucket",
+        "403",
+    }
+)
+_TRANSIENT_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequests",
+        "RequestTimeout",
+        "InternalError",
+        "ServiceUnavailable",
+        "OperationAborted",
+    }
+)
+
+# conditional_via_headers: the condition rides in the call's params under this name, is moved into
+# the per-call request context before botocore validates the params, and becomes HTTP headers
+# before signing. Everything lives in that one call's dicts, so threads sharing a client cannot
+# see each other's conditions.
+_CONDITION_PARAM = "ProcessorConditionHeaders"
+_CONDITION_CONTEXT = "processor_condition_headers"
+
+
+def _take_condition(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+    headers = params.pop(_CONDITION_PARAM, None)
+    if headers:
+        context[_CONDITION_CONTEXT] = headers
+
+
+def _add_condition_headers(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+    params["headers"].update(context.get(_CONDITION_CONTEXT, {}))
+
+
+def client_config(settings: StoreSettings, config_cls: Callable[..., Any] = botocore.config.Config, **extra: Any) -> Any:
+    """Client options shared by the S3 and COS factories (``config_cls``: boto3's or ibm_boto3's Config)."""
+    options: dict[str, Any] = {
+        "connect_timeout": settings.connect_timeout_s,
+        "read_timeout": settings.read_timeout_s,
+        # The RetryPolicy retries; botocore retrying underneath would multiply the attempts.
+        "retries": {"total_max_attempts": 1},
+        "max_pool_connections": MAX_POOL_CONNECTIONS,
+    }
+    if settings.endpoint_url:
+        # Bucket names in the host need DNS that S3-compatible servers rarely have.
+        options["s3"] = {"addressing_style": "path"}
+        # Only AWS is sure to accept the checksum headers/trailers boto3 adds by default since 1.36.
+        options["request_checksum_calculation"] = "when_required"
+        options["response_checksum_validation"] = "when_required"
+    options.update(extra)
+    return config_cls(**options)
+
+
+class S3Store:
+    """``ObjectStore`` over one bucket through a boto3 S3 client (the store owns it: it adds event hooks).
+
+    ``conditional_via_headers`` sends ``If-None-Match``/``If-Match`` as raw HTTP headers instead of
+    the PutObject/DeleteObject parameters, for SDKs whose models lack them (ibm_boto3).
+    ``credential_source`` names where the keys came from, for error messages (never the keys).
+    """
+
+    #: botocore's exception classes; a subclass for another SDK fork (ibm_botocore) swaps the module.
+    vendor_exceptions: ModuleType = botocore.exceptions
+    #: Further exception types that mean "try again" (a subclass's auth transport, say).
+    extra_transient: tuple[type[BaseException], ...] = ()
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        *,
+        description: str,
+        retry_policy: RetryPolicy,
+        conditional_via_headers: bool = False,
+        credential_source: str = "unknown",
+    ) -> None:
+        self._client = client
+        self.bucket = bucket
+        self.description = description
+        self.retry_policy = retry_policy
+        self.credential_source = credential_source
+        self._conditional_via_headers = conditional_via_headers
+        self._requests = 0
+        self._count_lock = threading.Lock()
+        events = client.meta.events
+        # before-send fires once per HTTP request actually sent (pages and retries included).
+        events.register("before-send.s3", self._count_request)
+        if conditional_via_headers:
+            for op in ("PutObject", "DeleteObject"):
+                events.register(f"provide-client-params.s3.{op}", _take_condition)
+                events.register(f"before-call.s3.{op}", _add_condition_headers)
+        v = self.vendor_exceptions
+        self._vendor_errors: tuple[type[BaseException], ...] = (
+            v.ClientError,
+            v.HTTPClientError,  # connection closed, read timeout
+            v.ConnectionError,  # connection refused, connect timeout, TLS (not an HTTPClientError)
+            v.ResponseStreamingError,
+            v.IncompleteReadError,
+            v.NoCredentialsError,
+            v.PartialCredentialsError,
+            v.CredentialRetrievalError,
+            *self.extra_transient,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: StoreSettings) -> S3Store:
+        """A store for ``settings.bucket`` with credentials from the profile or the standard AWS chain."""
+        try:
+            session = boto3.Session(profile_name=settings.profile, region_name=settings.region)
+        except botocore.exceptions.ProfileNotFound as exc:
+            raise ConfigError(f"store.profile: AWS profile {settings.profile!r} not found ({exc})") from exc
+        credentials = session.get_credentials()
+        source = credentials.method if credentials is not None else "none found"
+        if settings.profile:
+            source += f" (profile {settings.profile})"
+        if not settings.bucket:
+            raise ConfigError("store.bucket is required for an S3 store")
+        client = session.client("s3", endpoint_url=settings.endpoint_url, config=client_config(settings))
+        return cls(
+            client,
+            settings.bucket,
+            description=f"s3://{settings.bucket} at {client.meta.endpoint_url}",
+            retry_policy=RetryPolicy.from_settings(settings),
+            credential_source=source,
+        )
+
+    # ------------------------------------------------------------------ protocol
+
+    def list(self, prefix: str, *, start_after: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, ascending, after ``start_after``; one request a page."""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": LIST_PAGE_KEYS}
+        if start_after:
+            params["StartAfter"] = start_after
+        while True:
+            page = self._call("list", prefix, lambda: self._client.list_objects_v2(**params))
+            for obj in page.get("Contents", ()):
+                yield ObjectInfo(
+                    key=obj["Key"], etag=strip_etag(obj["ETag"]), size=obj["Size"], last_modified=obj["LastModified"]
+                )
+            if not page.get("IsTruncated"):
+                return
+            params = {**params, "ContinuationToken": page["NextContinuationToken"]}
+            params.pop("StartAfter", None)  # the token carries the position from here on
+
+    def head(self, key: str) -> ObjectInfo:
+        resp = self._call("head", key, lambda: self._client.head_object(Bucket=self.bucket, Key=key))
+        return self._info(key, resp)
+
+    def get(self, key: str, *, max_bytes: int | None = None) -> StoredObject:
+        def attempt() -> StoredObject:
+            resp = self._client.get_object(Bucket=self.bucket, Key=key)
+            stream = resp["Body"]
+            try:
+                size = resp["ContentLength"]
+                if max_bytes is not None and size > max_bytes:
+                    raise ObjectTooLarge(f"{key} is {size} bytes; limit is {max_bytes}", key=key, size=size)
+                body = stream.read()
+            finally:
+                stream.close()  # unread bytes are dropped with the connection, not downloaded
+            return StoredObject(info=self._info(key, resp), body=body, metadata=resp.get("Metadata", {}))
+
+        return self._call("get", key, attempt)
+
+    def put(
+        self,
+        key: str,
+        body: bytes,
+        *,
+        content_type: str = "application/octet-stream",
+        metadata: Mapping[str, str] | None = None,
+        if_none_match: bool = False,
+        if_match: str | None = None,
+    ) -> ObjectInfo:
+        if if_none_match and if_match is not None:
+            raise ValueError("put takes if_none_match or if_match, not both")
+        params: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Body": body,
+            "ContentType": content_type,
+            "Metadata": dict(metadata or {}),
+        }
+        params.update(self._conditions(if_none_match=if_none_match, if_match=if_match))
+        resp = self._call("put", key, lambda: self._client.put_object(**params))
+        server_time = _server_time(resp)
+        return ObjectInfo(
+            key=key,
+            etag=strip_etag(resp["ETag"]),
+            size=len(body),
+            # PutObject answers no Last-Modified; the response's Date is the server's clock at
+            # (or a moment after) the write, which is what claim expiry compares against.
+            last_modified=server_time or datetime.now(timezone.utc),
+            server_time=server_time,
+        )
+
+    def delete(self, key: str, *, if_match: str | None = None) -> None:
+        """Delete ``key``; a missing key is fine unless ``if_match`` names a version to delete."""
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        params.update(self._conditions(if_none_match=False, if_match=if_match))
+        try:
+            self._call("delete", key, lambda: self._client.delete_object(**params))
+        except ObjectNotFound as exc:
+            if if_match is None:
+                raise
+            # Some servers answer a conditional delete of a missing key with 404, others with 412.
+            raise PreconditionFailed(f"{key} does not exist (expected ETag {if_match})", key=key) from exc
+
+    def request_count(self) -> int:
+        with self._count_lock:
+            return self._requests
+
+    # ------------------------------------------------------------------ helpers
+
+    def _count_request(self, **_: Any) -> None:
+        with self._count_lock:
+            self._requests += 1
+        # Returning None lets botocore send the request (a value would stand in for the response).
+
+    def _conditions(self, *, if_none_match: bool, if_match: str | None) -> dict[str, Any]:
+        headers: dict[str, str] = {}
+        if if_none_match:
+            headers["If-None-Match"] = "*"
+        if if_match is not None:
+            headers["If-Match"] = f'"{if_match}"'
+        if not headers:
+            return {}
+        if self._conditional_via_headers:
+            return {_CONDITION_PARAM: headers}
+        return {name.replace("-", ""): value for name, value in headers.items()}  # IfNoneMatch, IfMatch
+
+    def _info(self, key: str, resp: Mapping[str, Any]) -> ObjectInfo:
+        return ObjectInfo(
+            key=key,
+            etag=strip_etag(resp["ETag"]),
+            size=resp["ContentLength"],
+            last_modified=resp["LastModified"],
+            server_time=_server_time(resp),
+        )
+
+    def _call(self, op: str, key: str, fn: Callable[[], T]) -> T:
+        """``fn()`` with vendor errors translated and transient ones retried by the policy."""
+
+        def attempt() -> T:
+            try:
+                return fn()
+            except self._vendor_errors as exc:
+                raise self._translate(exc, op, key) from exc
+
+        return self.retry_policy.call(attempt, op=op, key=key)
+
+    def _translate(self, exc: BaseException, op: str, key: str) -> ProcessorError:
+        v = self.vendor_exceptions
+        where = f"{self.description}: {op} {key!r}"
+        if isinstance(exc, v.ClientError):
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            detail = f"{code or status}: {error.get('Message', '')}".rstrip(": ")
+            if code == "NoSuchBucket":
+                return StoreAccessError(f"{self.description}: bucket {self.bucket!r} does not exist ({detail})")
+            if code in _NOT_FOUND_CODES or status == 404:
+                return ObjectNotFound(f"{key} does not exist in {self.description}", key=key)
+            if code in _PRECONDITION_CODES or status == 412:
+                return PreconditionFailed(f"{where}: condition not met ({detail})", key=key)
+            if code in _ACCESS_CODES or status in (401, 403):
+                return StoreAccessError(
+                    f"{self.description}: access refused ({detail}) on {op}; credentials from "
+                    f"{self.credential_source}. Check the keys and that they may use bucket {self.bucket!r}."
+                )
+            if code == "NotImplemented":
+                # e.g. a server without conditional writes: retrying cannot help.
+                return StoreError(f"{where}: the server does not support this request ({detail})", key=key)
+            if code in _TRANSIENT_CODES or status >= 500 or status == 429:
+                return TransientStoreError(f"{where}: {detail}", key=key)
+            return StoreError(f"{where}: {detail}", key=key)
+        if isinstance(exc, (v.NoCredentialsError, v.PartialCredentialsError, v.CredentialRetrievalError)):
+            return StoreAccessError(f"{self.description}: no usable credentials ({self.credential_source}): {exc}")
+        if isinstance(exc, v.SSLError):
+            return StoreAccessError(f"{self.description}: TLS failed (check endpoint_url and CA bundle): {exc}")
+        # Connection refused/reset, timeouts, truncated bodies: worth another attempt.
+        return TransientStoreError(f"{where}: {type(exc).__name__}: {exc}", key=key)
+
+
+def _server_time(resp: Mapping[str, Any]) -> datetime | None:
+    date = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    return parsedate_to_datetime(date).astimezone(timezone.utc) if date else None
