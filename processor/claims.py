@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from processor.errors import ObjectNotFound, PreconditionFailed, StoreError
+from processor.errors import ObjectNotFound, PreconditionFailed, StoreAccessError, StoreError
 from processor.store.base import ObjectStore
 
 log = logging.getLogger("processor.claims")
@@ -129,7 +129,8 @@ class ClaimManager:
             self.store.delete(claim.key, if_match=claim.etag)
         except (PreconditionFailed, ObjectNotFound):
             pass
-        except StoreError as exc:
+        except (StoreError, StoreAccessError) as exc:
+            # Also while shutting down on revoked credentials: the original error is what matters.
             log.warning("claim_release_failed", extra={"key": claim.input_key, "error": type(exc).__name__})
 
 

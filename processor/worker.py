@@ -56,6 +56,8 @@ log = logging.getLogger("processor.worker")
 MAX_STALLED_PASSES = 5
 #: Seconds ``--once`` waits before rescanning inputs that other workers hold.
 BUSY_RESCAN_S = 5.0
+#: Seconds a stage waits on a full queue before checking whether the pass was aborted.
+QUEUE_POLL_S = 0.2
 
 _END = object()
 
@@ -118,6 +120,8 @@ class Worker:
         self.stop_event = threading.Event()
         self.totals: Counter = Counter()
         self._fatal: BaseException | None = None
+        #: Set when any stage dies: the others stop waiting on queues nobody drains.
+        self._abort = threading.Event()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -194,6 +198,7 @@ class Worker:
         if keeper:
             keeper.start()
         self._fatal = None
+        self._abort.clear()
         fetcher = threading.Thread(target=self._guard, args=(self._fetch_all, items, ready, keeper, result),
                                    name="fetch", daemon=True)
         uploader = threading.Thread(target=self._guard, args=(self._upload_all, finished, keeper, result),
@@ -209,11 +214,19 @@ class Worker:
                     self._finish(job, "released", keeper, result)
                     continue
                 self._compute(job)
-                finished.put(job)
+                if not self._offer(finished, job):
+                    self._finish(job, "released", keeper, result)
+        except BaseException:
+            self._abort.set()
+            raise
         finally:
-            finished.put(_END)
+            self._offer(finished, _END)
             uploader.join()
             fetcher.join()
+            # After an abort, jobs may still sit in the queues: give their claims back now
+            # rather than leaving them to expire.
+            for q in (ready, finished):
+                self._release_queued(q, keeper, result)
             if keeper:
                 keeper.stop()
         if self._fatal:
@@ -229,9 +242,27 @@ class Worker:
             target(*args)
         except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
             self._fatal = exc
+            self._abort.set()
             self.stop_event.set()
-            if target == self._fetch_all:
-                args[1].put(_END)
+
+    def _release_queued(self, q: queue.Queue, keeper: ClaimKeeper | None, result: PassResult) -> None:
+        while True:
+            try:
+                job = q.get_nowait()
+            except queue.Empty:
+                return
+            if job is not _END:
+                self._finish(job, "released", keeper, result)
+
+    def _offer(self, q: queue.Queue, item: object) -> bool:
+        """Put ``item`` on a bounded queue unless the pass was aborted (its reader may be gone)."""
+        while True:
+            try:
+                q.put(item, timeout=QUEUE_POLL_S)
+                return True
+            except queue.Full:
+                if self._abort.is_set():
+                    return False
 
     # ----------------------------------------------------------------- stage 1: fetch
 
@@ -242,10 +273,10 @@ class Worker:
                 if self.stop_event.is_set():
                     break
                 job = self._fetch(item, keeper, result)
-                if job is not None:
-                    ready.put(job)
+                if job is not None and not self._offer(ready, job):
+                    self._finish(job, "released", keeper, result)
         finally:
-            ready.put(_END)
+            self._offer(ready, _END)
 
     def _fetch(self, item: WorkItem, keeper: ClaimKeeper | None, result: PassResult) -> Job | None:
         keys = item.keys
@@ -359,6 +390,7 @@ class Worker:
             try:
                 outcome = self._publish_failure(job) if job.error else self._publish(job)
             except FatalError:
+                self._finish(job, "released", keeper, result)
                 raise
             except StoreError as exc:
                 log.warning("upload_failed", extra={"key": job.key, "error": type(exc).__name__, "detail": str(exc)})

@@ -226,3 +226,25 @@ def test_sidecar_values_are_validated_by_the_style(env):
     assert one.error == "InvalidSidecar" and "nope" in one.message and "toon" in one.message
     two = FailureRecord.model_validate_json(store.get(layout.for_input("inputs/two.jpg").failure).body)
     assert two.error == "InvalidSidecar" and "variants" in two.message
+
+
+@pytest.mark.timeout(60)
+def test_a_fatal_store_error_while_uploading_stops_the_pass_without_hanging(tmp_path):
+    """Credentials revoked mid-run: the upload stage dies; compute and fetch must not block on
+    queues nobody drains, and the error reaches the caller (the CLI exits non-zero)."""
+    from processor.errors import StoreAccessError
+
+    settings = make_settings(tmp_path, prefetch=1, upload_queue=1)
+
+    class RevokedStore(LocalStore):
+        def put(self, key, body, **kw):
+            if key.startswith("outputs/"):
+                raise StoreAccessError("credentials revoked")
+            return super().put(key, body, **kw)
+
+    store = RevokedStore(settings.store.root)
+    for i in range(6):
+        store.put(f"inputs/t{i}.png", photo_bytes(96, 96, fmt="PNG", seed=i))
+    with pytest.raises(StoreAccessError):
+        make_worker(store, settings).run_once()
+    assert list(store.list(".processor/claims/")) == []  # every claim was released
