@@ -20,7 +20,6 @@ from processor.config import PrefixSettings
 SIDECAR_SUFFIX = ".json"
 MANIFEST_NAME = "manifest.json"
 CONTACT_SHEET_NAME = "contact-sheet.jpg"
-MASK_NAME = "mask.png"
 
 
 def safe_segment(segment: str) -> str:
@@ -74,10 +73,6 @@ class ItemKeys:
     def contact_sheet(self) -> str:
         return self.output_prefix + CONTACT_SHEET_NAME
 
-    @property
-    def mask(self) -> str:
-        return self.output_prefix + MASK_NAME
-
     def done_marker(self, etag: str, outcome: str) -> str:
         """``<state>/done/<safe relpath>/<safe etag>.<done|failed>``: one key per finished input
         version, so a scan learns what is finished from LIST calls alone (1000 keys a call)."""
@@ -113,11 +108,6 @@ class KeyLayout:
             claim=f"{self.claims_prefix}{digest}.json",
             done_prefix=f"{self.done_prefix}{safe_rel}/",
         )
-
-    def output_prefix_of_manifest(self, manifest_key: str) -> str | None:
-        if manifest_key.startswith(self.prefixes.outputs) and manifest_key.endswith("/" + MANIFEST_NAME):
-            return manifest_key[: -len(MANIFEST_NAME)]
-        return None
 
     def parse_done_marker(self, key: str) -> tuple[str, str, str] | None:
         """A done marker key → (safe relpath, safe etag, outcome); None for anything else."""
