@@ -122,6 +122,8 @@ class Worker:
         self._fatal: BaseException | None = None
         #: Set when any stage dies: the others stop waiting on queues nobody drains.
         self._abort = threading.Event()
+        #: All three stage threads count outcomes; ``Counter[k] += 1`` is not atomic.
+        self._count_lock = threading.Lock()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -509,7 +511,8 @@ class Worker:
             log.warning("delete_failed", extra={"key": key, "error": type(exc).__name__})
 
     def _finish(self, job: Job, outcome: str, keeper: ClaimKeeper | None, result: PassResult) -> None:
-        result.outcomes[outcome] += 1
+        with self._count_lock:
+            result.outcomes[outcome] += 1
         if job.claim and self.claims:
             keeper.drop(job.claim)
             self.claims.release(job.claim)
