@@ -30,7 +30,16 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, make_wsgi_app
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    make_wsgi_app,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from processor.config import MetricsSettings
@@ -120,6 +129,9 @@ class PrometheusObserver(WorkerObserver):
               registry=r).set_function(lambda: self._clock() - self._last_progress)
         self.info = Info("processor_worker", "The worker: id, version, compute device.", registry=r)
         r.register(_ScrapeTimeCollector(self))
+        # The standard process_* (memory, CPU, open files) and python_info, in this registry too.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
 
     # ------------------------------------------------------------ wiring
 

@@ -106,6 +106,7 @@ def test_a_run_is_counted_by_outcome_stage_and_backlog(tmp_path):
     assert value(found, "processor_claim_conflicts_total") == 0
     assert value(found, "processor_worker_info", id="w1", version=worker.info.version, device="cpu") == 1
     assert value(found, "processor_ready") == 1
+    assert value(found, "process_resident_memory_bytes") > 0
     # torch may be imported by other tests in this process, but CUDA is not initialised on a CPU run.
     assert not any(name.startswith("processor_gpu_") for name, _ in found)
 
