@@ -394,3 +394,12 @@ def test_dockerfile_contract() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in (".git", ".venv*", "bucket/", ".pytest_cache"):
         assert entry in ignored, f".dockerignore lacks {entry}"
+
+
+def test_the_build_steps_own_check_runs() -> None:
+    """The build stage ends with `processor --version`: the installed entry point must answer."""
+    from processor import __version__
+
+    proc = subprocess.run([sys.executable, "-m", "processor", "--version"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"processor {__version__}", proc.stderr
+    assert "&& processor --version" in DOCKERFILE.read_text()
