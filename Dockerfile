@@ -110,6 +110,9 @@ RUN if [ "${BAKE_MODELS}" = "true" ]; then processor models pull; fi
 
 VOLUME ["/models"]
 
+# Prometheus /metrics and the probes /healthz, /readyz (metrics.port in the config; 0 turns it off).
+EXPOSE 9108
+
 ENTRYPOINT ["/usr/bin/tini", "--", "processor"]
 # The Job's drain; the daemon Deployment runs `run` without --once.
 CMD ["run", "--once"]

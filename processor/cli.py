@@ -116,8 +116,11 @@ def worker_id(settings: Settings) -> str:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from processor.claims import probe_conditional_create
+    from processor.metrics import MetricsEndpoint
     from processor.worker import Worker
 
+    if getattr(args, "metrics_port", None) is not None:
+        settings = settings.model_copy(update={"metrics": settings.metrics.model_copy(update={"port": args.metrics_port})})
     store = build_store(settings)
     styles = args.style or list(settings.run.styles)
     unknown = [s for s in styles if s not in settings.styles]
@@ -132,13 +135,25 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         atomic, detail = probe_conditional_create(store, settings.prefixes.state)
         use_claims = atomic
         log.info("coordination", extra={"mode": "claims" if atomic else "shards", "probe": detail})
+    if not use_claims and run.shard_index is not None and run.shard_index >= run.shard_count:
+        raise ConfigError(
+            f"shard index {run.shard_index} (JOB_COMPLETION_INDEX) is not below run.shard_count {run.shard_count}: "
+            "set PROCESSOR_RUN__SHARD_COUNT to the Job's completions, or no worker takes the missing shards"
+        )
+    # Serving starts before setup: /healthz answers (and /readyz says 503) while models load.
+    metrics = MetricsEndpoint(settings.metrics)
     worker = Worker(store, settings, build_registry(settings), worker_id=worker_id(settings), styles=styles,
-                    device=detect_device(), use_claims=use_claims)
+                    device=detect_device(), use_claims=use_claims, observer=metrics.observer)
+    metrics.observer.watch(store=store, claims=worker.claims, info=worker.info.model_dump())
     _install_signal_handlers(worker)
     log.info("worker_start", extra={"worker": worker.info.id, "store": store.description, "styles": styles,
-                                    "once": args.once, "coordination": "claims" if use_claims else "shards"})
-    worker.setup()
-    code = worker.run_once() if args.once else worker.run_forever()
+                                    "once": args.once, "coordination": "claims" if use_claims else "shards",
+                                    "metrics_port": settings.metrics.port})
+    try:
+        worker.setup()
+        code = worker.run_once() if args.once else worker.run_forever()
+    finally:
+        metrics.close()
     log.info("worker_stop", extra=dict(worker.totals) | {"exit_code": code})
     return code
 
@@ -343,6 +358,13 @@ def cmd_schema(args: argparse.Namespace, settings: Settings | None) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (0-65535; 0 turns metrics off)")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="processor",
@@ -361,8 +383,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Process every input under inputs/ that has no result yet. With --once, drain "
                        "the inputs and exit (0 when every input has a manifest or a failure record, "
                        f"{EXIT_INCOMPLETE} when store errors left some without one, 3/4 for bad config/credentials); "
-                       "without it, poll as a daemon until SIGTERM.")
+                       "without it, poll as a daemon until SIGTERM. While it runs, Prometheus metrics and the "
+                       "/healthz and /readyz probes are served on metrics.port (default 9108; 0 turns them off).")
     p.add_argument("--once", action="store_true", help="drain the inputs, then exit")
+    p.add_argument("--metrics-port", type=_port, metavar="PORT",
+                   help="serve /metrics, /healthz, /readyz on PORT (0: off); overrides metrics.port (default 9108)")
     p.add_argument("--style", action="append", metavar="NAME", help="style to apply (repeatable); overrides run.styles")
     p.set_defaults(func=cmd_run)
 

@@ -31,6 +31,10 @@ DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
 #: Pixels: the shorter side of an input must be at least this.
 DEFAULT_MIN_SIDE = 64
+#: TCP port of /metrics, /healthz and /readyz (the deploy files name it ``metrics``).
+DEFAULT_METRICS_PORT = 9108
+#: Seconds without progress after which /healthz fails: longer than one item's slowest stage.
+DEFAULT_METRICS_STALL_S = 900.0
 
 
 class _Section(BaseModel):
@@ -297,6 +301,18 @@ class LogSettings(_Section):
     format: Literal["auto", "json", "text"] = "auto"
 
 
+class MetricsSettings(_Section):
+    """Prometheus ``/metrics`` and the probes ``/healthz``, ``/readyz`` of ``processor run``."""
+
+    #: TCP port; 0 turns the endpoint off.
+    port: int = Field(default=DEFAULT_METRICS_PORT, ge=0, le=65535)
+    #: Address to listen on: 0.0.0.0 (every IPv4 interface, what a pod needs), 127.0.0.1, ``::``.
+    host: str = "0.0.0.0"
+    #: Seconds without progress (an item finished, a scan, a compute started) after which
+    #: /healthz fails, so the kubelet restarts a wedged worker. Idle waits do not count.
+    stall_s: float = Field(default=DEFAULT_METRICS_STALL_S, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -310,6 +326,7 @@ class Settings(BaseSettings):
     styles: dict[str, StyleSettings] = Field(default_factory=_default_styles)
     models: ModelSettings = ModelSettings()
     log: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @model_validator(mode="after")
     def _styles_exist(self) -> Settings:

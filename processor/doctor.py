@@ -10,6 +10,7 @@ from typing import Any
 from processor.claims import probe_conditional_create
 from processor.config import Settings
 from processor.errors import FatalError, ProcessorError, StoreError
+from processor.metrics import describe_endpoint
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ def run_checks(
     if store is not None:
         rows.extend(_store_checks(store, settings))
     rows.append(Row("device", "ok", detect_device()))
+    rows.append(Row("metrics", *describe_endpoint(settings.metrics)))
     rows.extend(_model_checks(settings, build_registry))
     return rows
 

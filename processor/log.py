@@ -2,6 +2,11 @@
 
 Call ``log.info("claimed", extra={"key": key, "etag": etag})``: the message is the event name and
 ``extra`` holds its fields. Values whose field name looks like a secret are masked.
+
+While a thread works on one input, ``bind_item(key)`` makes every line that thread logs carry
+``key`` (the input key), whichever module logs it; a line that already names another object as
+``key`` (a store retry on an output) gets the input as ``input`` instead. The worker's fetch,
+compute and upload threads each bind the item they hold (a context variable: per thread).
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Any
 
@@ -16,6 +22,28 @@ from typing import Any
 _SECRET_HINTS = ("secret", "password", "token", "api_key", "apikey", "credential")
 #: LogRecord attributes that are not user fields.
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+#: The input the current thread is working on (each thread has its own value).
+_item_key: ContextVar[str | None] = ContextVar("processor_item_key", default=None)
+
+
+def bind_item(key: str | None) -> None:
+    """Tag this thread's log lines with input ``key`` from now on; ``None`` stops it."""
+    _item_key.set(key)
+
+
+class ItemKeyFilter(logging.Filter):
+    """Adds the bound input key to every record that passes (see ``bind_item``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = _item_key.get()
+        if key is not None:
+            own = getattr(record, "key", None)
+            if own is None:
+                record.key = key
+            elif own != key and not hasattr(record, "input"):
+                record.input = key
+        return True
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -59,6 +87,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", stream: Any = None
         fmt = "text" if getattr(stream, "isatty", lambda: False)() else "json"
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(ItemKeyFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

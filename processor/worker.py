@@ -41,7 +41,9 @@ from processor.errors import (
     ImageTooLarge,
 )
 from processor.keys import KeyLayout
+from processor.log import bind_item
 from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo
+from processor.metrics import WorkerObserver
 from processor.outputs import encode_outputs
 from processor.pipeline.base import DecodedImage, VariantImage
 from processor.pipeline.decode import decode_image
@@ -109,6 +111,7 @@ class Worker:
         styles: list[str] | None = None,
         device: str = "cpu",
         use_claims: bool = True,
+        observer: WorkerObserver | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -124,15 +127,19 @@ class Worker:
         self._abort = threading.Event()
         #: All three stage threads count outcomes; ``Counter[k] += 1`` is not atomic.
         self._count_lock = threading.Lock()
+        #: Metrics and health hooks (processor.metrics); the default does nothing.
+        self.observer = observer or WorkerObserver()
 
     # ----------------------------------------------------------------- lifecycle
 
     def request_stop(self) -> None:
         """Finish the item computing now and the uploads queued behind it; take no new work."""
         self.stop_event.set()
+        self.observer.stopping()
 
     def setup(self) -> None:
         self.registry.setup(self.styles)
+        self.observer.setup_done()
 
     def run_once(self) -> int:
         """Drain the inputs: pass after pass until every input has a result. Returns an exit code."""
@@ -154,6 +161,7 @@ class Worker:
                 stalled = 0
             wait = BUSY_RESCAN_S if not result.outcomes["transient"] else backoff
             backoff = min(backoff * 2, self.settings.run.idle_backoff_max_s)
+            self.observer.heartbeat(quiet_s=min(wait, self.settings.claims.ttl_s))
             self.stop_event.wait(min(wait, self.settings.claims.ttl_s))
         return 0
 
@@ -168,16 +176,19 @@ class Worker:
                 raise
             except StoreError as exc:
                 log.warning("scan_failed", extra={"error": type(exc).__name__, "detail": str(exc)})
+                self.observer.scan_failed(f"{type(exc).__name__}: {exc}")
                 result = PassResult()
             if result.progress:
                 interval = self.settings.run.poll_interval_s
             else:
                 interval = min(interval * 2, self.settings.run.idle_backoff_max_s)
                 log.debug("idle", extra={"next_scan_s": interval})
+                self.observer.heartbeat(quiet_s=interval)
                 self.stop_event.wait(interval)
         return 0
 
     def _my_items(self) -> list[WorkItem]:
+        scan_started = time.perf_counter()
         backlog = scan(self.store, self.layout)
         items = backlog.pending
         run = self.settings.run
@@ -189,6 +200,7 @@ class Worker:
             extra={"inputs": backlog.inputs, "done": backlog.done, "failed": backlog.failed,
                    "pending": len(backlog.pending), "mine": len(items), "requests": backlog.requests},
         )
+        self.observer.scanned(len(backlog.pending), time.perf_counter() - scan_started)
         return items
 
     def run_pass(self, items: list[WorkItem]) -> PassResult:
@@ -231,6 +243,7 @@ class Worker:
                 self._release_queued(q, keeper, result)
             if keeper:
                 keeper.stop()
+            bind_item(None)  # the lines after the pass are about no input
         if self._fatal:
             raise self._fatal
         result.left = len(items) - result.progress
@@ -282,11 +295,14 @@ class Worker:
 
     def _fetch(self, item: WorkItem, keeper: ClaimKeeper | None, result: PassResult) -> Job | None:
         keys = item.keys
+        bind_item(keys.input)
         claim = None
         if self.claims:
             claim = self.claims.acquire(keys.claim, keys.input, item.info.etag)
             if claim is None:
-                result.outcomes["busy"] += 1
+                with self._count_lock:
+                    result.outcomes["busy"] += 1
+                self.observer.item("busy")
                 return None
             keeper.hold(claim)
         job = Job(item=item, claim=claim, etag=item.info.etag, size=item.info.size)
@@ -368,6 +384,8 @@ class Worker:
     # ----------------------------------------------------------------- stage 2: compute
 
     def _compute(self, job: Job) -> None:
+        bind_item(job.key)
+        self.observer.heartbeat()
         if job.error or (job.claim and job.claim.lost.is_set()):
             return
         styles = (job.sidecar.styles if job.sidecar and job.sidecar.styles else self.styles)
@@ -385,6 +403,7 @@ class Worker:
             job = finished.get()
             if job is _END:
                 return
+            bind_item(job.key)
             if job.claim and job.claim.lost.is_set():
                 log.warning("claim_lost_skip", extra={"key": job.key})
                 self._finish(job, "lost", keeper, result)
@@ -422,6 +441,7 @@ class Worker:
             timings=job.timings,
             worker=self.info,
         )
+        started = time.perf_counter()
         try:
             if job.old_manifest_etag:
                 self.store.put(keys.manifest, manifest.to_json_bytes(), content_type="application/json",
@@ -432,6 +452,7 @@ class Worker:
         except PreconditionFailed:
             log.warning("commit_refused", extra={"key": job.key, "reason": "manifest changed since we read it"})
             return "refused"
+        self.observer.stage("commit", time.perf_counter() - started)
         log.info("committed", extra={"key": job.key, "etag": job.etag, "variants": len(entries),
                                      "seconds": round(sum(job.timings.values()), 3)})
         self._mark(job, "done")
@@ -511,8 +532,10 @@ class Worker:
             log.warning("delete_failed", extra={"key": key, "error": type(exc).__name__})
 
     def _finish(self, job: Job, outcome: str, keeper: ClaimKeeper | None, result: PassResult) -> None:
+        bind_item(job.key)
         with self._count_lock:
             result.outcomes[outcome] += 1
+        self.observer.item(outcome, job.timings)
         if job.claim and self.claims:
             keeper.drop(job.claim)
             self.claims.release(job.claim)

@@ -23,6 +23,8 @@ def project(tmp_path, monkeypatch):
     (tmp_path / "config.yaml").write_text(
         "store: {kind: local, root: bucket}\n"
         "styles: {toon: {engine: toon, variants: 2, max_side: 256}}\n"
+        # No fixed port: test sessions run side by side on one machine.
+        "metrics: {port: 0}\n"
     )
     photos = tmp_path / "photos" / "shelf"
     photos.mkdir(parents=True)

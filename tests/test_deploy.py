@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from processor.config import load_settings
+from processor.config import DEFAULT_METRICS_PORT, load_settings
 from processor.errors import EXIT_CONFIG, EXIT_STORE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +36,7 @@ OVERLAYS = ["job", "daemon"]
 #: backoffLimitPerIndex GA (1.33), and the newest that kubernetes-validate bundles.
 K8S_VERSIONS = ["1.33.0", "1.37.0"]
 #: Kinds that are custom resources: no core schema exists for them.
-CRD_API_GROUPS = ("keda.sh/",)
+CRD_API_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
 SECRET_NAME = "processor-credentials"
 METRICS_PORT = 9108
 
@@ -316,6 +316,29 @@ def test_keda_scaledobject_targets_the_daemon() -> None:
     assert float(trigger["metadata"]["threshold"]) > 0
 
 
+def test_metrics_port_is_the_same_number_everywhere(rendered: tuple[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+    """The worker listens on metrics.port; the pod declares it, the probes and scrapers use its name."""
+    _, objs = rendered
+    path = tmp_path / "config.yaml"
+    path.write_text(_one(objs, "ConfigMap")["data"]["config.yaml"])
+    configured = load_settings(path).metrics.port
+    (declared,) = [p["containerPort"] for p in _container(_workload(objs))["ports"] if p["name"] == "metrics"]
+    exposed = re.search(r"(?m)^EXPOSE\s+(\d+)", _dockerfile_runtime_stage()).group(1)
+    assert configured == declared == int(exposed) == DEFAULT_METRICS_PORT == METRICS_PORT
+
+
+def test_podmonitor_scrapes_the_job_and_the_daemon() -> None:
+    (obj,) = _docs(DEPLOY / "examples" / "podmonitor.yaml")
+    assert obj["apiVersion"] == "monitoring.coreos.com/v1" and obj["kind"] == "PodMonitor"
+    selector = obj["spec"]["selector"]["matchLabels"]
+    (endpoint,) = obj["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
+    for overlay in OVERLAYS:
+        workload = _workload(_rendered.get(overlay) or _render(overlay))
+        assert selector.items() <= workload["spec"]["template"]["metadata"]["labels"].items(), overlay
+        assert "metrics" in [p["name"] for p in _container(workload)["ports"]], overlay
+
+
 # --------------------------------------------------------------------------- Dockerfile
 
 
@@ -371,3 +394,12 @@ def test_dockerfile_contract() -> None:
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in (".git", ".venv*", "bucket/", ".pytest_cache"):
         assert entry in ignored, f".dockerignore lacks {entry}"
+
+
+def test_the_build_steps_own_check_runs() -> None:
+    """The build stage ends with `processor --version`: the installed entry point must answer."""
+    from processor import __version__
+
+    proc = subprocess.run([sys.executable, "-m", "processor", "--version"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == f"processor {__version__}", proc.stderr
+    assert "&& processor --version" in DOCKERFILE.read_text()

@@ -48,6 +48,8 @@ def cli_env(s3_server, bucket_name: str, tmp_path, **extra: str) -> dict[str, st
         "styles: {toon: {engine: toon, variants: 2, max_side: 256}}\n"
         "pipeline: {contact_sheet_height: 64}\n"
         "run: {poll_interval_s: 0.2}\n"
+        # Several workers run side by side here: none binds the fixed metrics port.
+        "metrics: {port: 0}\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROCESSOR_", "AWS_"))}
     env |= {
