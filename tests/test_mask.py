@@ -56,7 +56,7 @@ def test_cleaning_keeps_the_largest_component_and_fills_its_holes():
     hard[25:30, 20:25] = False  # an eye: a hole
     hard[5:8, 70:73] = True     # a speck elsewhere
     cleaned = clean(hard)
-    assert cleaned[10:50, 10:40].all() and not cleaned[5:8, 70:73].any()
+    assert cleaned[11:49, 11:39].all() and not cleaned[5:8, 70:73].any()  # corners may round off
 
 
 def test_feathered_edge_is_exact_inside_and_outside():
@@ -66,7 +66,7 @@ def test_feathered_edge_is_exact_inside_and_outside():
     assert (alpha[22:42, 22:42] == 255).all()  # farther than 3 sigma inside
     assert (alpha[:9] == 0).all()
     band = (alpha > 0) & (alpha < 255)
-    assert band.any() and band.sum() < hard.sum()
+    assert band.any() and not band[24:40, 24:40].any()
 
 
 def test_mask_is_cached_per_image_and_resized_for_smaller_variants():
