@@ -227,7 +227,8 @@ class BackgroundSettings(_Section):
     image_guidance: float = Field(default=1.5, ge=0)
     #: generate: img2img strength of the harmonising pass over the composite (0 = no pass).
     harmonize: float = Field(default=0.25, ge=0, lt=1)
-    scheduler: SchedulerName = "dpmpp-2m-karras"
+    #: Default: euler-a for instruct (as instruct-pix2pix was trained), dpmpp-2m-karras otherwise.
+    scheduler: SchedulerName | None = None
     #: Pixels: the working long side (multiple of 8); default the model's native resolution.
     #: The result is resized back to the variant's exact size.
     size: int | None = Field(default=None, ge=64, le=4096)
@@ -309,6 +310,39 @@ class InstructPix2PixStyle(_Section):
         if value is not None and value % 8:
             raise ValueError(f"size {value} must be a multiple of 8")
         return value
+
+    @model_validator(mode="after")
+    def _background_needs_a_model(self) -> InstructPix2PixStyle:
+        if self.background.mode == "generate" and not self.background.model:
+            raise ValueError("background.model is required for mode 'generate' on an instruct-pix2pix style "
+                             "(a text-to-image checkpoint; its own model cannot draw from text alone)")
+        return self
+
+
+#: The instruct-pix2pix checkpoint a background ``instruct`` uses when neither it nor its style names one.
+DEFAULT_INSTRUCT_MODEL = "timbrooks/instruct-pix2pix"
+
+
+def background_model(style: Any) -> tuple[str, str | None] | None:
+    """(model, revision) a style's background runs on, or None when it has no background.
+
+    ``background.model`` when set; else the style's own model (shared weights) when it fits the
+    mode (any text-to-image model for ``generate``, an instruct-pix2pix model for ``instruct``); else
+    ``DEFAULT_INSTRUCT_MODEL`` for ``instruct``.
+    """
+    bg = getattr(style, "background", None)
+    if bg is None or bg.mode == "none":
+        return None
+    if bg.model:
+        return bg.model, bg.revision
+    own = getattr(style, "model", None)
+    if bg.mode == "generate" and own and style.engine == "img2img":
+        return own, style.revision
+    if bg.mode == "instruct":
+        if own and style.engine == "instruct-pix2pix":
+            return own, style.revision
+        return DEFAULT_INSTRUCT_MODEL, None
+    raise ValueError(f"background mode {bg.mode!r} needs background.model")
 
 
 StyleSettings = Annotated[Union[ToonStyle, Img2ImgStyle, InstructPix2PixStyle], Field(discriminator="engine")]
