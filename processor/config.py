@@ -239,7 +239,7 @@ class BackgroundSettings(_Section):
             raise ValueError(f"background.prompt is required when background.mode is {self.mode!r}")
         if self.mode == "inpaint" and not self.model:
             raise ValueError("background.model is required for mode 'inpaint': an inpainting checkpoint "
-                             "(9-channel UNet), e.g. runwayml/stable-diffusion-inpainting")
+                             "(9-channel UNet), e.g. stable-diffusion-v1-5/stable-diffusion-inpainting")
         if self.size is not None and self.size % 8:
             raise ValueError(f"background.size {self.size} must be a multiple of 8")
         return self

@@ -257,7 +257,7 @@ class ModelLoader:
                 raise ConfigError(
                     f"model {model!r} is not an inpainting model (its UNet takes {in_channels} channels, not 9); "
                     f"background.model for mode inpaint needs an inpainting checkpoint, "
-                    f"e.g. runwayml/stable-diffusion-inpainting"
+                    f"e.g. stable-diffusion-v1-5/stable-diffusion-inpainting"
                 )
             from diffusers import AutoPipelineForInpainting
 

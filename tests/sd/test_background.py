@@ -232,3 +232,21 @@ def test_every_mode_through_processor_run_once(tiny_sd, tiny_inpaint, tiny_pix2p
             twin = next(r for r in desk.variants if r.style == ("pix" if v.style == "instruct" else "plain")
                         and r.index == v.index)
             assert v.sha256 != "" and np.array_equal(np.asarray(_png(store, v.key)), np.asarray(_png(store, twin.key)))
+
+
+def test_shipped_config_has_a_documented_background_style():
+    settings = load_settings(Path(__file__).parents[2] / "config.yaml")
+    assert settings.run.styles == ["toon"]  # the offline quickstart never loads it
+    beach = settings.styles["beach"].background
+    assert beach.mode == "generate" and beach.prompt and beach.model is None
+    assert configured_models({"beach": settings.styles["beach"]}) == [("nitrosocke/mo-di-diffusion", None)]
+
+
+def test_sidecar_background_is_validated():
+    from processor.errors import InvalidSidecar
+    from processor.pipeline.sidecar import parse_sidecar
+
+    car = parse_sidecar(b'{"background": {"mode": "inpaint", "prompt": "a forest"}}', "inputs/a.json")
+    assert car.style_overrides() == {"background": {"mode": "inpaint", "prompt": "a forest"}}
+    with pytest.raises(InvalidSidecar, match="background.model"):
+        parse_sidecar(b'{"background": {"model": "x/y"}}', "inputs/a.json")
