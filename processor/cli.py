@@ -329,6 +329,11 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
         lora = getattr(style, "lora", None)
         if lora is not None and not is_local(lora.path):
             print(f"lora {lora.path}: {loader.resolve_lora(lora)}")
+    from processor.pipeline.mask import pull_segmenter
+
+    segmenter = pull_segmenter(settings.pipeline.mask, loader.cache_dir)
+    if segmenter:
+        print(f"segmenter {settings.pipeline.mask.segmenter}: {segmenter}")
     return 0
 
 

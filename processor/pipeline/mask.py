@@ -273,7 +273,7 @@ class SegmenterModel:
     def load(cls, settings: MaskSettings, models: Any) -> SegmenterModel:
         from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-        from processor.models import ModelLoader, is_local
+        from processor.models import PULL_COMMAND, ModelLoader, is_local
 
         models = models or ModelLoader()
         name = settings.segmenter
@@ -286,7 +286,8 @@ class SegmenterModel:
         except (OSError, ValueError) as exc:
             raise ModelUnavailableError(
                 f"segmenter {name!r} (pipeline.mask.segmenter) could not be loaded: {exc} "
-                f"(a transformers semantic-segmentation model with safetensors weights is required)"
+                f"(a transformers semantic-segmentation model with safetensors weights is required; "
+                f"`{PULL_COMMAND}` fetches it into the model cache)"
             ) from exc
         labels = {int(i): str(label).lower() for i, label in model.config.id2label.items()}
         wanted = {label.lower() for label in settings.background_labels}
@@ -308,6 +309,26 @@ class SegmenterModel:
                                                  align_corners=False)
         labels = logits.argmax(dim=1)[0].cpu().numpy()
         return ~np.isin(labels, list(self.background_ids))
+
+
+#: Files fetched for a segmenter given as a hub id (weights as safetensors, configs, vocabularies).
+SEGMENTER_PATTERNS = ["*.safetensors", "*.json", "*.txt"]
+
+
+def pull_segmenter(settings: MaskSettings, cache_dir: str | None) -> str | None:
+    """Download ``settings.segmenter`` (a hub id) into the cache for ``processor models pull``;
+    returns the snapshot folder, or None when there is nothing to fetch."""
+    from huggingface_hub import snapshot_download
+
+    from processor.models import is_local
+
+    if not settings.segmenter or is_local(settings.segmenter):
+        return None
+    try:
+        return snapshot_download(settings.segmenter, revision=settings.segmenter_revision, cache_dir=cache_dir,
+                                 allow_patterns=SEGMENTER_PATTERNS)
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailableError(f"segmenter {settings.segmenter!r} could not be fetched: {exc}") from exc
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

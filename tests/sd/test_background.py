@@ -250,3 +250,12 @@ def test_sidecar_background_is_validated():
     assert car.style_overrides() == {"background": {"mode": "inpaint", "prompt": "a forest"}}
     with pytest.raises(InvalidSidecar, match="background.model"):
         parse_sidecar(b'{"background": {"model": "x/y"}}', "inputs/a.json")
+
+
+def test_offline_segmenter_missing_from_the_cache_names_the_fix(tmp_path):
+    from processor.errors import ModelUnavailableError
+
+    loader = ModelLoader(ModelSettings(offline=True, cache_dir=tmp_path / "empty-cache"))
+    masker = SubjectMasker(MaskSettings(segmenter="someone/segformer-toys"), loader)
+    with pytest.raises(ModelUnavailableError, match="processor models pull"):
+        masker.setup()
