@@ -12,8 +12,10 @@ rectangle, because toys are rarely centred):
 2. learn the background's colours from a band along the top, left and right borders (k-means in
    Lab; clusters holding a small share of the band are dropped, since a subject that touches the
    border must not become "background colour");
-3. pixels far from every background colour seed "probably subject", pixels of the border band that
-   match the background seed "surely background", the rest "probably background";
+3. pixels far from every background colour (judged against the band's own spread) seed "probably
+   subject", and so does the convex hull of their largest blob (a white belly looks like a white
+   keyboard by colour alone); pixels of the border band that match the background seed "surely
+   background", the rest "probably background";
 4. GrabCut refines the seeds with its colour models and the image's edges;
 5. clean: small specks removed (opening), the largest component kept, its holes filled (eyes and
    stickers are part of the toy), then scaled to full size and feathered with a Gaussian edge.
@@ -138,6 +140,22 @@ def border_distance(lab: np.ndarray, band: int, rng_seed: int = 0) -> tuple[np.n
     return dist, float(np.percentile(band_dist[in_trusted], BORDER_SPREAD_PERCENTILE))
 
 
+def subject_hull(unlike: np.ndarray) -> np.ndarray | None:
+    """The convex hull of the largest blob of background-unlike pixels (bool), or None."""
+    h, w = unlike.shape
+    k = max(1, round(OPEN_FRACTION * min(h, w))) * 2 + 1
+    opened = cv2.morphologyEx(unlike.astype(np.uint8), cv2.MORPH_OPEN,
+                              cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(opened, connectivity=8)
+    if count <= 1:
+        return None
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    points = cv2.findNonZero((labels == largest).astype(np.uint8))
+    hull = np.zeros((h, w), np.uint8)
+    cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
+    return hull.astype(bool)
+
+
 def grabcut_mask(rgb: np.ndarray) -> np.ndarray:
     """Hard subject mask (bool) of a working-size RGB image, before cleaning."""
     h, w = rgb.shape[:2]
@@ -147,8 +165,15 @@ def grabcut_mask(rgb: np.ndarray) -> np.ndarray:
     # falloff), never below a fixed noise floor.
     dist, spread = border_distance(lab, band)
     threshold = max(MIN_SEED_DISTANCE, SPREAD_FACTOR * spread)
+    unlike = dist > threshold
     seeds = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
-    seeds[dist > threshold] = cv2.GC_PR_FGD
+    # Inside the hull of the clearly-unlike region, even background-coloured pixels start as
+    # "probably subject": a toy's white belly or grey feet look like the desk by colour alone, and
+    # GrabCut's edge term keeps them attached to the rest of the toy (or hands them back).
+    hull = subject_hull(unlike)
+    if hull is not None:
+        seeds[hull] = cv2.GC_PR_FGD
+    seeds[unlike] = cv2.GC_PR_FGD
     seeds[border_bands(h, w, band, bottom=True) & (dist <= threshold)] = cv2.GC_BGD
     if not (seeds == cv2.GC_PR_FGD).any():
         return np.zeros((h, w), bool)
