@@ -116,11 +116,13 @@ class MaskSettings(_Section):
     #: every pixel whose label is not in ``background_labels`` is subject.
     segmenter: str | None = None
     segmenter_revision: str | None = None
-    #: Labels of the segmenter that count as background (ADE20K-style scene classes by default).
+    #: Labels of the segmenter that count as background (ADE20K scene classes by default; compared
+    #: case- and space-insensitively). "person" is not among them: a toy figure may be labelled so.
     background_labels: list[str] = Field(default_factory=lambda: [
-        "wall", "floor", "ceiling", "table", "desk", "sky", "road", "grass", "ground", "building",
-        "background", "cabinet", "shelf", "curtain", "rug", "carpet", "windowpane", "door", "bed",
-        "sofa", "chair", "plant", "tree", "mountain", "water", "sea", "field", "sand", "earth", "floor, flooring",
+        "background", "wall", "floor", "ceiling", "table", "desk", "counter", "countertop", "sky", "road",
+        "sidewalk", "grass", "earth", "sand", "field", "water", "sea", "mountain", "tree", "plant", "building",
+        "windowpane", "door", "curtain", "rug", "cabinet", "shelf", "bookcase", "book", "bed", "sofa", "chair",
+        "armchair", "cushion", "pillow", "painting", "mirror", "lamp", "computer", "screen",
     ])
     #: A mask covering less than this fraction of the image falls back to no background change.
     min_coverage: float = Field(default=DEFAULT_MIN_COVERAGE, ge=0, lt=1)
@@ -161,11 +163,12 @@ class ToonStyle(_Section):
     smoothing: tuple[int, int] = (1, 4)
     #: Edge line thickness (pixels) the variants draw from.
     edge_width: tuple[int, int] = (1, 3)
+    # A factory: BackgroundSettings is defined below, next to the diffusion styles.
     background: BackgroundSettings = Field(default_factory=lambda: BackgroundSettings())
 
     @model_validator(mode="after")
     def _background_needs_a_model(self) -> ToonStyle:
-        if self.background.mode in ("generate",) and not self.background.model:
+        if self.background.mode == "generate" and not self.background.model:
             raise ValueError("background.model is required for mode 'generate' on a toon style "
                              "(it has no diffusion model to share)")
         return self

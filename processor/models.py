@@ -237,8 +237,8 @@ class ModelLoader:
 
     def pipeline(self, task: str, model: str, revision: str | None = None) -> tuple[Any, ResolvedModel]:
         """A new pipeline object for ``task`` (``img2img``, ``instruct-pix2pix``, ``inpaint`` or
-        ``text2img``) that shares
-        the base pipeline's modules; the caller may replace its scheduler freely."""
+        ``text2img``) that shares the base pipeline's modules; the caller may replace its scheduler
+        freely."""
         base, resolved = self.base(model, revision)
         in_channels = base.unet.config.in_channels
         if task == "instruct-pix2pix":

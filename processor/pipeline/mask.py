@@ -314,8 +314,8 @@ class SegmenterModel:
                 f"(a transformers semantic-segmentation model with safetensors weights is required; "
                 f"`{PULL_COMMAND}` fetches it into the model cache)"
             ) from exc
-        labels = {int(i): str(label).lower() for i, label in model.config.id2label.items()}
-        wanted = {label.lower() for label in settings.background_labels}
+        labels = {int(i): str(label).strip().lower() for i, label in model.config.id2label.items()}
+        wanted = {label.strip().lower() for label in settings.background_labels}
         background_ids = {i for i, label in labels.items() if label in wanted}
         if len(background_ids) == len(labels):
             raise ConfigError(f"segmenter {name!r}: every label is in pipeline.mask.background_labels; "
