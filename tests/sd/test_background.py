@@ -259,3 +259,21 @@ def test_offline_segmenter_missing_from_the_cache_names_the_fix(tmp_path):
     masker = SubjectMasker(MaskSettings(segmenter="someone/segformer-toys"), loader)
     with pytest.raises(ModelUnavailableError, match="processor models pull"):
         masker.setup()
+
+
+@pytest.mark.parametrize("favoured,coverage", [("toy", 1.0), ("table", 0.0)])
+def test_segmenter_labels_decide_subject_and_background(loader, tiny_segformer, tmp_path, favoured, coverage):
+    """A segmenter whose head always answers one label: an object label is all subject, a scene
+    label is all background (both then fall back on coverage)."""
+    import torch
+    from transformers import SegformerForSemanticSegmentation
+
+    model = SegformerForSemanticSegmentation.from_pretrained(tiny_segformer)
+    with torch.no_grad():
+        model.decode_head.classifier.weight.zero_()
+        model.decode_head.classifier.bias.copy_(torch.tensor([5.0 if model.config.id2label[i] == favoured else 0.0
+                                                              for i in range(3)]))
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    (tmp_path / "preprocessor_config.json").write_text((tiny_segformer / "preprocessor_config.json").read_text())
+    mask = SubjectMasker(MaskSettings(segmenter=str(tmp_path)), loader)(scene(96, 72, 2, **TOY).image)
+    assert mask.coverage == coverage and mask.fallback is not None
