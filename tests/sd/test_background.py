@@ -54,8 +54,13 @@ def loader() -> ModelLoader:
     return ModelLoader(ModelSettings())
 
 
-@pytest.mark.parametrize("aspect", sorted(ODD_SIZES))
-@pytest.mark.parametrize("mode", ["generate", "instruct", "inpaint"])
+#: Every aspect ratio in generate mode; the other modes share the resize path (and run end to end
+#: below at 4:3 and 16:9), so one aspect each keeps CI fast.
+MODE_ASPECTS = [("generate", "4:3"), ("generate", "3:4"), ("generate", "16:9"), ("instruct", "3:4"),
+                ("inpaint", "16:9")]
+
+
+@pytest.mark.parametrize("mode,aspect", MODE_ASPECTS)
 def test_size_kept_and_subject_pixels_exact(mode, aspect, loader, tiny_sd, tiny_pix2pix, tiny_inpaint):
     model = {"generate": tiny_sd, "instruct": tiny_pix2pix, "inpaint": tiny_inpaint}[mode]
     masker = SubjectMasker()
@@ -179,22 +184,30 @@ def _png(store: LocalStore, key: str) -> Image.Image:
 
 
 def test_every_mode_through_processor_run_once(tiny_sd, tiny_inpaint, tiny_pix2pix, tmp_path, monkeypatch):
-    """The issue's "done when": mask and variants written, subject kept in place, all in the manifest."""
+    """The issue's "done when": mask and variants written, subject kept in place, all in the manifest.
+
+    ``generate`` runs on an img2img style's own model (shared weights) and is compared with the same
+    style without a background; ``inpaint`` and ``instruct`` run behind the (cheap) toon transform
+    and are compared with the plain toon style. Same seeds, so the subjects must match exactly.
+    """
+    toon = {"engine": "toon", "variants": 2, "seed": 3, "max_side": 128}
     styles = {
         "plain": _img2img(tiny_sd),
         "generate": _img2img(tiny_sd, background=background("generate", harmonize=0.5)),
-        "inpaint": _img2img(tiny_sd, background=background("inpaint", model=str(tiny_inpaint), seed=100)),
-        "pix": _pix2pix(tiny_pix2pix),
-        "instruct": _pix2pix(tiny_pix2pix, background=background("instruct", prompt="put a waterfall behind it")),
+        "toon": toon,
+        "inpaint": toon | {"background": background("inpaint", model=str(tiny_inpaint), seed=100)},
+        "instruct": toon | {"background": background("instruct", model=str(tiny_pix2pix),
+                                                      prompt="put a waterfall behind it")},
     }
+    models = {"generate": tiny_sd, "inpaint": tiny_inpaint, "instruct": tiny_pix2pix}
+    references = {"generate": "plain", "inpaint": "toon", "instruct": "toon"}
     settings = _settings(tmp_path, styles)
     store = LocalStore(settings.store.root)
-    inputs = {f"inputs/{name}.png": scene(w, h, seed=i, **TOY).image
-              for i, (name, (w, h)) in enumerate({"wide": (128, 96), "cinema": (128, 72)}.items())}
+    inputs = {"inputs/wide.png": scene(128, 96, seed=0, **TOY).image,       # 4:3
+              "inputs/cinema.png": scene(128, 72, seed=1, **TOY).image}     # 16:9, with a sidecar
     for key, image in inputs.items():
         store.put(key, encode(image, "PNG"))
     store.put("inputs/cinema.json", json.dumps({"background": {"prompt": "a snowy mountain"}}).encode())
-    store.put("inputs/desk.png", encode(Image.fromarray(_desk(96, 72, np.random.default_rng(9), 0.45).astype(np.uint8)), "PNG"))
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--once", "--config", str(tmp_path / "config.yaml")]) == 0
 
@@ -207,31 +220,23 @@ def test_every_mode_through_processor_run_once(tiny_sd, tiny_inpaint, tiny_pix2p
         by = {(v.style, v.index): v for v in manifest.variants}
         assert len(by) == 10
         prompt = "a snowy mountain" if key == "inputs/cinema.png" else None
-        for style, mode, reference in (("generate", "generate", "plain"), ("inpaint", "inpaint", "plain"),
-                                       ("instruct", "instruct", "pix")):
+        for style, reference in references.items():
             for i in range(2):
                 v, ref = by[(style, i)], by[(reference, i)]
                 bg = v.background
-                assert bg is not None and bg.mode == mode and bg.applied and bg.fallback is None
+                assert bg is not None and bg.mode == style and bg.applied and bg.fallback is None
                 assert bg.mask == keys.mask and 0.02 < bg.coverage < 0.9 and bg.segmenter == "grabcut"
                 assert bg.prompt == (prompt or styles[style]["background"]["prompt"])
                 assert bg.seed == (100 + i if style == "inpaint" else v.seed)
-                assert bg.model == str(tiny_inpaint if style == "inpaint" else tiny_sd if style == "generate" else tiny_pix2pix)
+                assert bg.model == str(models[style])
                 # The transform's size, and its subject pixels untouched where the mask is solid.
                 assert (v.width, v.height) == (ref.width, ref.height)
                 a, b = np.asarray(_png(store, v.key)), np.asarray(_png(store, ref.key))
                 inside = core(mask, (v.width, v.height))
                 assert inside.any() and (a[inside] == b[inside]).all()
                 assert (a[~inside] != b[~inside]).any()
-        assert all(by[("plain", i)].background is None for i in range(2))
-
-    desk = Manifest.model_validate_json(store.get(layout.for_input("inputs/desk.png").manifest).body)
-    for v in desk.variants:
-        if v.style in ("generate", "inpaint", "instruct"):
-            assert v.background.applied is False and "min_coverage" in v.background.fallback
-            twin = next(r for r in desk.variants if r.style == ("pix" if v.style == "instruct" else "plain")
-                        and r.index == v.index)
-            assert v.sha256 != "" and np.array_equal(np.asarray(_png(store, v.key)), np.asarray(_png(store, twin.key)))
+        assert all(by[(name, i)].background is None for name in ("plain", "toon") for i in range(2))
+        assert by[("toon", 0)].width == photo.width  # toon keeps the photo's size: 4:3 and 16:9 kept
 
 
 def test_shipped_config_has_a_documented_background_style():
