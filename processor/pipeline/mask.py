@@ -69,8 +69,8 @@ GRABCUT_ITERATIONS = 5
 OPEN_FRACTION = 0.012
 #: Fraction of the image's short side: the default feather sigma.
 FEATHER_FRACTION = 0.01
-#: Masks remembered (per image fingerprint): several styles of one input share one mask.
-CACHE_SIZE = 4
+#: Masks remembered (per image fingerprint): the styles of the input computing now share one.
+CACHE_SIZE = 2
 
 
 @dataclass(frozen=True)
