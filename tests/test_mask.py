@@ -76,3 +76,33 @@ def test_mask_is_cached_per_image_and_resized_for_smaller_variants():
     assert masker(image.copy()) is first  # same pixels: computed once
     small = first.alpha_at((100, 75))
     assert small.shape == (75, 100) and small.dtype == np.uint8
+
+
+def test_outputs_write_one_mask_and_a_background_record_per_variant():
+    """The encode side, without torch: two variants sharing one mask give one mask.png, and each
+    manifest entry points at it with its own background record."""
+    import io
+
+    from processor.keys import MASK_NAME
+    from processor.outputs import encode_outputs
+    from processor.pipeline.base import VariantImage
+
+    photo = scene(160, 120, 0, scale=0.6).image
+    mask = SubjectMasker()(photo)
+    info = {"mode": "generate", "prompt": "a beach", "model": "m", "coverage": round(mask.coverage, 4),
+            "segmenter": mask.method, "applied": True, "fallback": None, "steps": 3}
+    variants = [VariantImage(style="s", engine="img2img", index=i, seed=i, image=photo, background=info | {"seed": i},
+                             mask=mask) for i in range(2)]
+    files, entries, sheet = encode_outputs(photo, variants, output_prefix="outputs/a/", sheet_height=32)
+    names = [f.name for f in files]
+    assert names.count(MASK_NAME) == 1 and names.index(MASK_NAME) == 0  # written before the variants
+    written = Image.open(io.BytesIO(files[0].body))
+    assert written.mode == "L" and written.size == photo.size
+    assert np.array_equal(np.asarray(written), mask.alpha)
+    for i, entry in enumerate(entries):
+        bg = entry.background
+        assert bg.mask == "outputs/a/" + MASK_NAME and bg.seed == i and bg.mode == "generate"
+        assert bg.model_extra["steps"] == 3  # stage details are kept
+    plain, _, _ = encode_outputs(photo, [VariantImage(style="t", engine="toon", index=0, seed=0, image=photo)],
+                                 output_prefix="outputs/b/", sheet_height=None)
+    assert [f.name for f in plain] == ["t-00.png"]
