@@ -47,6 +47,8 @@ log = logging.getLogger("processor.background")
 
 #: Pipeline each mode runs on (``ModelLoader.pipeline`` tasks).
 MODE_TASKS = {"inpaint": "inpaint", "generate": "text2img", "instruct": "instruct-pix2pix"}
+#: Variants per pipeline call at most (a style has at most 16); halves on CUDA out of memory.
+MAX_BATCH = 16
 #: Scheduler per mode when ``background.scheduler`` is not set.
 DEFAULT_SCHEDULERS = {"inpaint": "dpmpp-2m-karras", "generate": "dpmpp-2m-karras", "instruct": "euler-a"}
 
@@ -79,8 +81,8 @@ class BackgroundStage:
         self.pipe: Any = None
         self.harmonizer: Any = None
         self.resolved: Any = None
-        #: Variants per pipeline call; halves after a CUDA out-of-memory error.
-        self.batch_limit = 16
+        #: Variants per pipeline call; halves after a CUDA out-of-memory error and stays halved.
+        self.batch_limit = MAX_BATCH
 
     def setup(self) -> None:
         from processor.pipeline.diffusion import make_scheduler
