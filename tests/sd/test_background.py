@@ -282,3 +282,44 @@ def test_segmenter_labels_decide_subject_and_background(loader, tiny_segformer, 
     (tmp_path / "preprocessor_config.json").write_text((tiny_segformer / "preprocessor_config.json").read_text())
     mask = SubjectMasker(MaskSettings(segmenter=str(tmp_path)), loader)(scene(96, 72, 2, **TOY).image)
     assert mask.coverage == coverage and mask.fallback is not None
+
+
+class _BatchSpy:
+    """Wraps a pipeline: records each call's batch size; raises CUDA OOM above ``oom_above``."""
+
+    def __init__(self, pipe, oom_above: int | None = None) -> None:
+        self.pipe, self.oom_above, self.batches = pipe, oom_above, []
+
+    def __getattr__(self, name):
+        return getattr(self.pipe, name)
+
+    def __call__(self, **kwargs):
+        import torch
+
+        batch = len(kwargs["generator"])
+        if self.oom_above is not None and batch > self.oom_above:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self.batches.append(batch)
+        return self.pipe(**kwargs)
+
+
+@pytest.mark.parametrize("oom_above,expected", [(None, [4]), (1, [1, 1, 1, 1])])
+def test_variants_go_through_one_call_and_halve_on_cuda_oom(loader, tiny_sd, oom_above, expected):
+    inner, engine = toon_stage("generate", loader, SubjectMasker(), model=str(tiny_sd), harmonize=0.5)
+    inner.style = engine.inner.style = inner.style.model_copy(update={"variants": 4})
+    engine.stage.pipe = _BatchSpy(engine.stage.pipe, oom_above)
+    engine.stage.harmonizer = _BatchSpy(engine.stage.harmonizer)
+    photo = scene(96, 72, 1, **TOY).image
+    out = engine(photo)
+    assert engine.stage.pipe.batches == expected
+    assert engine.stage.harmonizer.batches == ([4] if oom_above is None else [1, 1, 1, 1])
+    assert [v.background["seed"] for v in out] == [3, 4, 5, 6] and all(v.background["applied"] for v in out)
+
+
+def test_cuda_oom_with_one_background_is_a_stage_failure(loader, tiny_sd):
+    from processor.errors import StageFailed
+
+    _, engine = toon_stage("generate", loader, SubjectMasker(), model=str(tiny_sd))
+    engine.stage.pipe = _BatchSpy(engine.stage.pipe, oom_above=0)
+    with pytest.raises(StageFailed, match="background.size"):
+        engine(scene(96, 72, 1, **TOY).image)
