@@ -303,17 +303,17 @@ class _BatchSpy:
         return self.pipe(**kwargs)
 
 
-@pytest.mark.parametrize("oom_above,expected", [(None, [4]), (1, [1, 1, 1, 1])])
+@pytest.mark.parametrize("oom_above,expected", [(None, [3]), (1, [1, 1, 1])])
 def test_variants_go_through_one_call_and_halve_on_cuda_oom(loader, tiny_sd, oom_above, expected):
     inner, engine = toon_stage("generate", loader, SubjectMasker(), model=str(tiny_sd), harmonize=0.5)
-    inner.style = engine.inner.style = inner.style.model_copy(update={"variants": 4})
+    inner.style = engine.inner.style = inner.style.model_copy(update={"variants": 3})
     engine.stage.pipe = _BatchSpy(engine.stage.pipe, oom_above)
     engine.stage.harmonizer = _BatchSpy(engine.stage.harmonizer)
     photo = scene(96, 72, 1, **TOY).image
     out = engine(photo)
     assert engine.stage.pipe.batches == expected
-    assert engine.stage.harmonizer.batches == ([4] if oom_above is None else [1, 1, 1, 1])
-    assert [v.background["seed"] for v in out] == [3, 4, 5, 6] and all(v.background["applied"] for v in out)
+    assert engine.stage.harmonizer.batches == ([3] if oom_above is None else [1, 1, 1])
+    assert [v.background["seed"] for v in out] == [3, 4, 5] and all(v.background["applied"] for v in out)
 
 
 def test_cuda_oom_with_one_background_is_a_stage_failure(loader, tiny_sd):
