@@ -88,7 +88,12 @@ def build_registry(settings: Settings) -> Any:
     from processor.pipeline.render import EngineRegistry
 
     models = ModelLoader(settings.models)  # imports torch only when a diffusion style loads
-    return EngineRegistry(settings.styles, lambda name, style: make_engine(name, style, models))
+    from processor.pipeline.background import with_background
+    from processor.pipeline.mask import SubjectMasker
+
+    masker = SubjectMasker(settings.pipeline.mask, models)  # one mask per input, shared by every style
+    return EngineRegistry(settings.styles, lambda name, style: with_background(
+        make_engine(name, style, models), name, style, models, masker))
 
 
 def detect_device() -> str:
@@ -339,6 +344,11 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
         lora = getattr(style, "lora", None)
         if lora is not None and not is_local(lora.path):
             print(f"lora {lora.path}: {loader.resolve_lora(lora)}")
+    from processor.pipeline.mask import pull_segmenter
+
+    segmenter = pull_segmenter(settings.pipeline.mask, loader.cache_dir)
+    if segmenter:
+        print(f"segmenter {settings.pipeline.mask.segmenter}: {segmenter}")
     return 0
 
 

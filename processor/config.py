@@ -106,12 +106,50 @@ class DecodeSettings(_Section):
     min_side: int = Field(default=DEFAULT_MIN_SIDE, ge=1)
 
 
+#: Fraction of the image: a subject mask covering less than this is "nothing found".
+DEFAULT_MIN_COVERAGE = 0.02
+#: Fraction of the image: a subject mask covering more than this is "everything is subject".
+DEFAULT_MAX_COVERAGE = 0.90
+
+
+class MaskSettings(_Section):
+    """The subject mask background styles use (``processor.pipeline.mask``), one per input."""
+
+    #: None: the classical segmenter (OpenCV GrabCut seeded from a border colour model; no weights).
+    #: Else a transformers semantic-segmentation model (hub id or local folder, safetensors only);
+    #: every pixel whose label is not in ``background_labels`` is subject.
+    segmenter: str | None = None
+    segmenter_revision: str | None = None
+    #: Labels of the segmenter that count as background (ADE20K scene classes by default; compared
+    #: case- and space-insensitively). "person" is not among them: a toy figure may be labelled so.
+    background_labels: list[str] = Field(default_factory=lambda: [
+        "background", "wall", "floor", "ceiling", "table", "desk", "counter", "countertop", "sky", "road",
+        "sidewalk", "grass", "earth", "sand", "field", "water", "sea", "mountain", "tree", "plant", "building",
+        "windowpane", "door", "curtain", "rug", "cabinet", "shelf", "bookcase", "book", "bed", "sofa", "chair",
+        "armchair", "cushion", "pillow", "painting", "mirror", "lamp", "computer", "screen",
+    ])
+    #: A mask covering less than this fraction of the image falls back to no background change.
+    min_coverage: float = Field(default=DEFAULT_MIN_COVERAGE, ge=0, lt=1)
+    #: A mask covering more than this fraction of the image falls back to no background change.
+    max_coverage: float = Field(default=DEFAULT_MAX_COVERAGE, gt=0, le=1)
+    #: Pixels: the Gaussian sigma of the feathered edge (default: 1% of the image's short side).
+    feather_px: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> MaskSettings:
+        if self.min_coverage >= self.max_coverage:
+            raise ValueError(f"min_coverage ({self.min_coverage}) must be below max_coverage ({self.max_coverage})")
+        return self
+
+
 class PipelineSettings(_Section):
     decode: DecodeSettings = DecodeSettings()
     #: Write a contact sheet (the original beside every variant) per input.
     contact_sheet: bool = True
     #: Pixels: the contact sheet's tile height.
     contact_sheet_height: int = Field(default=256, ge=32)
+    #: The subject mask for styles with a ``background`` (computed once per input).
+    mask: MaskSettings = MaskSettings()
 
 
 class ToonStyle(_Section):
@@ -129,6 +167,15 @@ class ToonStyle(_Section):
     smoothing: tuple[int, int] = (1, 4)
     #: Edge line thickness (pixels) the variants draw from.
     edge_width: tuple[int, int] = (1, 3)
+    # A factory: BackgroundSettings is defined below, next to the diffusion styles.
+    background: BackgroundSettings = Field(default_factory=lambda: BackgroundSettings())
+
+    @model_validator(mode="after")
+    def _background_needs_a_model(self) -> ToonStyle:
+        if self.background.mode == "generate" and not self.background.model:
+            raise ValueError("background.model is required for mode 'generate' on a toon style "
+                             "(it has no diffusion model to share)")
+        return self
 
     @field_validator("colors", "smoothing", "edge_width")
     @classmethod
@@ -161,6 +208,50 @@ class LoraSettings(_Section):
     weight_name: str | None = None
 
 
+class BackgroundSettings(_Section):
+    """``styles.<name>.background``: what happens behind the subject after the style's transform.
+
+    ``inpaint`` repaints the background region with an inpainting model (9-channel UNet);
+    ``generate`` draws a new background text-to-image and composites the subject onto it, then a
+    low-strength img2img pass harmonises light and colour; ``instruct`` applies an instruct-pix2pix
+    edit and restores the subject from the mask. The subject itself is kept pixel for pixel.
+    """
+
+    mode: Literal["none", "inpaint", "generate", "instruct"] = "none"
+    #: The background to paint (inpaint, generate) or the edit instruction (instruct).
+    prompt: str | None = None
+    negative: str = ""
+    #: inpaint: an inpainting checkpoint (required). generate: a text-to-image checkpoint (default:
+    #: the style's own model, sharing its weights). instruct: an instruct-pix2pix checkpoint
+    #: (default: the style's model when it is one, else timbrooks/instruct-pix2pix).
+    model: str | None = None
+    revision: str | None = None
+    #: Variant i's background uses seed + i (default: the variant's own seed).
+    seed: int | None = Field(default=None, ge=0)
+    steps: int = Field(default=25, ge=1, le=500)
+    guidance: float = Field(default=7.5, ge=0)
+    #: instruct: how closely to keep the image (instruct-pix2pix image_guidance_scale).
+    image_guidance: float = Field(default=1.5, ge=0)
+    #: generate: img2img strength of the harmonising pass over the composite (0 = no pass).
+    harmonize: float = Field(default=0.25, ge=0, lt=1)
+    #: Default: euler-a for instruct (as instruct-pix2pix was trained), dpmpp-2m-karras otherwise.
+    scheduler: SchedulerName | None = None
+    #: Pixels: the working long side (multiple of 8); default the model's native resolution.
+    #: The result is resized back to the variant's exact size.
+    size: int | None = Field(default=None, ge=64, le=4096)
+
+    @model_validator(mode="after")
+    def _complete(self) -> BackgroundSettings:
+        if self.mode != "none" and not (self.prompt and self.prompt.strip()):
+            raise ValueError(f"background.prompt is required when background.mode is {self.mode!r}")
+        if self.mode == "inpaint" and not self.model:
+            raise ValueError("background.model is required for mode 'inpaint': an inpainting checkpoint "
+                             "(9-channel UNet), e.g. stable-diffusion-v1-5/stable-diffusion-inpainting")
+        if self.size is not None and self.size % 8:
+            raise ValueError(f"background.size {self.size} must be a multiple of 8")
+        return self
+
+
 class Img2ImgStyle(_Section):
     """Stable Diffusion img2img (SD 1.x / 2.x / SDXL, picked from the model) in one or more rounds."""
 
@@ -185,6 +276,7 @@ class Img2ImgStyle(_Section):
     #: (512 for SD 1.x, 768 for SD 2.x-v, 1024 for SDXL).
     size: int | None = Field(default=None, ge=64, le=4096)
     lora: LoraSettings | None = None
+    background: BackgroundSettings = BackgroundSettings()
 
     @model_validator(mode="after")
     def _every_round_denoises(self) -> Img2ImgStyle:
@@ -217,6 +309,7 @@ class InstructPix2PixStyle(_Section):
     variants: int = Field(default=4, ge=1, le=16)
     seed: int = Field(default=0, ge=0)
     size: int | None = Field(default=None, ge=64, le=4096)
+    background: BackgroundSettings = BackgroundSettings()
 
     @field_validator("size")
     @classmethod
@@ -224,6 +317,39 @@ class InstructPix2PixStyle(_Section):
         if value is not None and value % 8:
             raise ValueError(f"size {value} must be a multiple of 8")
         return value
+
+    @model_validator(mode="after")
+    def _background_needs_a_model(self) -> InstructPix2PixStyle:
+        if self.background.mode == "generate" and not self.background.model:
+            raise ValueError("background.model is required for mode 'generate' on an instruct-pix2pix style "
+                             "(a text-to-image checkpoint; its own model cannot draw from text alone)")
+        return self
+
+
+#: The instruct-pix2pix checkpoint a background ``instruct`` uses when neither it nor its style names one.
+DEFAULT_INSTRUCT_MODEL = "timbrooks/instruct-pix2pix"
+
+
+def background_model(style: Any) -> tuple[str, str | None] | None:
+    """(model, revision) a style's background runs on, or None when it has no background.
+
+    ``background.model`` when set; else the style's own model (shared weights) when it fits the
+    mode (any text-to-image model for ``generate``, an instruct-pix2pix model for ``instruct``); else
+    ``DEFAULT_INSTRUCT_MODEL`` for ``instruct``.
+    """
+    bg = getattr(style, "background", None)
+    if bg is None or bg.mode == "none":
+        return None
+    if bg.model:
+        return bg.model, bg.revision
+    own = getattr(style, "model", None)
+    if bg.mode == "generate" and own and style.engine == "img2img":
+        return own, style.revision
+    if bg.mode == "instruct":
+        if own and style.engine == "instruct-pix2pix":
+            return own, style.revision
+        return DEFAULT_INSTRUCT_MODEL, None
+    raise ValueError(f"background mode {bg.mode!r} needs background.model")
 
 
 StyleSettings = Annotated[Union[ToonStyle, Img2ImgStyle, InstructPix2PixStyle], Field(discriminator="engine")]

@@ -20,6 +20,8 @@ from processor.config import PrefixSettings
 SIDECAR_SUFFIX = ".json"
 MANIFEST_NAME = "manifest.json"
 CONTACT_SHEET_NAME = "contact-sheet.jpg"
+#: The subject mask of an input whose styles change the background (8-bit greyscale, 255 = subject).
+MASK_NAME = "mask.png"
 
 
 def safe_segment(segment: str) -> str:
@@ -72,6 +74,10 @@ class ItemKeys:
     @property
     def contact_sheet(self) -> str:
         return self.output_prefix + CONTACT_SHEET_NAME
+
+    @property
+    def mask(self) -> str:
+        return self.output_prefix + MASK_NAME
 
     def done_marker(self, etag: str, outcome: str) -> str:
         """``<state>/done/<safe relpath>/<safe etag>.<done|failed>``: one key per finished input

@@ -38,6 +38,30 @@ class Source(_Model):
     notes: list[str] = Field(default_factory=list)
 
 
+class Background(_Model):
+    """What a style's background stage did to one variant (``styles.<name>.background``)."""
+
+    mode: Literal["inpaint", "generate", "instruct"]
+    #: The background prompt (inpaint, generate) or the edit instruction (instruct).
+    prompt: str | None = None
+    negative: str | None = None
+    model: str | None = None
+    #: The hub commit loaded, or None for a local folder.
+    revision: str | None = None
+    #: The seed of this variant's background (None when it fell back).
+    seed: int | None = None
+    #: Key of the input's subject mask (``outputs/<path>/mask.png``).
+    mask: str | None = None
+    #: Fraction of the image the subject mask covers.
+    coverage: float
+    #: ``grabcut`` or ``model:<segmenter>``.
+    segmenter: str | None = None
+    #: False when the mask was unusable and the variant is the transform alone.
+    applied: bool
+    #: Why the background was left unchanged (coverage out of bounds), else None.
+    fallback: str | None = None
+
+
 class Variant(_Model):
     key: str
     style: str
@@ -49,6 +73,8 @@ class Variant(_Model):
     sha256: str
     #: The engine's own parameters for this variant (colour count, rounds, prompt, ...).
     parameters: dict[str, Any] = Field(default_factory=dict)
+    #: Set when the style changes the background (its remaining keys: size, steps, guidance, ...).
+    background: Background | None = None
 
 
 class WorkerInfo(_Model):

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from processor.config import LoraSettings, ModelSettings
+from processor.config import LoraSettings, ModelSettings, background_model
 from processor.errors import ConfigError, ModelUnavailableError
 
 log = logging.getLogger("processor.models")
@@ -236,8 +236,9 @@ class ModelLoader:
         return pipe
 
     def pipeline(self, task: str, model: str, revision: str | None = None) -> tuple[Any, ResolvedModel]:
-        """A new pipeline object for ``task`` (``img2img`` or ``instruct-pix2pix``) that shares
-        the base pipeline's modules; the caller may replace its scheduler freely."""
+        """A new pipeline object for ``task`` (``img2img``, ``instruct-pix2pix``, ``inpaint`` or
+        ``text2img``) that shares the base pipeline's modules; the caller may replace its scheduler
+        freely."""
         base, resolved = self.base(model, revision)
         in_channels = base.unet.config.in_channels
         if task == "instruct-pix2pix":
@@ -251,6 +252,25 @@ class ModelLoader:
             cls = (StableDiffusionXLInstructPix2PixPipeline if getattr(base, "text_encoder_2", None) is not None
                    else StableDiffusionInstructPix2PixPipeline)
             return _quiet(cls.from_pipe(base)), resolved
+        if task == "inpaint":
+            if in_channels != 9:
+                raise ConfigError(
+                    f"model {model!r} is not an inpainting model (its UNet takes {in_channels} channels, not 9); "
+                    f"background.model for mode inpaint needs an inpainting checkpoint, "
+                    f"e.g. stable-diffusion-v1-5/stable-diffusion-inpainting"
+                )
+            from diffusers import AutoPipelineForInpainting
+
+            return _quiet(AutoPipelineForInpainting.from_pipe(base)), resolved
+        if task == "text2img":
+            if in_channels != 4:
+                raise ConfigError(
+                    f"model {model!r} has a {in_channels}-channel UNet; background mode generate needs a "
+                    f"text-to-image checkpoint (set styles.<name>.background.model)"
+                )
+            from diffusers import AutoPipelineForText2Image
+
+            return _quiet(AutoPipelineForText2Image.from_pipe(base)), resolved
         if task != "img2img":
             raise ValueError(f"unknown task {task!r}")
         if in_channels != 4:
@@ -311,4 +331,7 @@ def configured_models(styles: dict[str, Any]) -> list[tuple[str, str | None]]:
         model = getattr(style, "model", None)
         if model and (model, style.revision) not in seen:
             seen.append((model, style.revision))
+        background = background_model(style)
+        if background is not None and background not in seen:
+            seen.append(background)
     return seen

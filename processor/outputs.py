@@ -1,19 +1,21 @@
 """Turn one input's variants into the bytes and manifest entries to upload.
 
 Shared by the worker (bucket) and ``processor process`` (local folder) so both produce the same
-files: ``<style>-<nn>.png`` with a ``parameters`` text chunk, and the contact sheet.
+files: ``<style>-<nn>.png`` with a ``parameters`` text chunk, the contact sheet, and ``mask.png``
+(the subject mask) when a style changed the background.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 from PIL import Image
 
-from processor.keys import CONTACT_SHEET_NAME, safe_segment
-from processor.manifest import Variant
+from processor.keys import CONTACT_SHEET_NAME, MASK_NAME, safe_segment
+from processor.manifest import Background, Variant
 from processor.pipeline.base import VariantImage
-from processor.pipeline.encode import contact_sheet, encode_png, sha256_hex
+from processor.pipeline.encode import PNG_COMPRESS_LEVEL, contact_sheet, encode_png, sha256_hex
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,13 @@ def encode_outputs(
     """(files in upload order, manifest variant entries, contact sheet name or None)."""
     files: list[OutputFile] = []
     entries: list[Variant] = []
+    # One subject mask per input (every background style shares it), written before the variants.
+    mask = next((v.mask for v in variants if v.mask is not None), None)
+    if mask is not None:
+        files.append(OutputFile(MASK_NAME, _plain_png(mask.image()), "image/png"))
     for v in variants:
-        body = encode_png(v.image, v.parameters | {"seed": v.seed, "style": v.style, "engine": v.engine})
+        body = encode_png(v.image, v.parameters | {"seed": v.seed, "style": v.style, "engine": v.engine}
+                          | _background_text(v.background))
         name = variant_name(v.style, v.index)
         files.append(OutputFile(name, body, "image/png"))
         entries.append(
@@ -53,12 +60,29 @@ def encode_outputs(
                 height=v.image.height,
                 sha256=sha256_hex(body),
                 parameters=v.parameters,
+                background=Background.model_validate(v.background | {"mask": output_prefix + MASK_NAME})
+                if v.background else None,
             )
         )
     sheet_name = None
     if sheet_height and variants:
-        labels = ["original"] + [f"{v.style} #{v.index}" for v in variants]
-        sheet = contact_sheet(original, [v.image for v in variants], height=sheet_height, labels=labels)
+        labels = ["original"] + (["mask"] if mask is not None else []) + [f"{v.style} #{v.index}" for v in variants]
+        tiles = ([mask.image().convert("RGB")] if mask is not None else []) + [v.image for v in variants]
+        sheet = contact_sheet(original, tiles, height=sheet_height, labels=labels)
         files.append(OutputFile(CONTACT_SHEET_NAME, sheet, "image/jpeg"))
         sheet_name = CONTACT_SHEET_NAME
     return files, entries, sheet_name
+
+
+def _plain_png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
+    return buffer.getvalue()
+
+
+def _background_text(background: dict | None) -> dict[str, object]:
+    """The background's mode, prompt and seed for the PNG ``parameters`` text (A1111 readers)."""
+    if not background:
+        return {}
+    return {"background_mode": background["mode"] if background.get("applied") else "none",
+            "background_prompt": background.get("prompt"), "background_seed": background.get("seed")}

@@ -38,6 +38,10 @@ class VariantImage:
     image: Image.Image
     #: Engine parameters used for this variant (recorded in the manifest and the PNG text chunk).
     parameters: dict[str, Any] = field(default_factory=dict)
+    #: What the background stage did (mode, prompt, model, seed, coverage, fallback); None: no stage.
+    background: dict[str, Any] | None = None
+    #: The input's subject mask (``processor.pipeline.mask.SubjectMask``) when a background stage ran.
+    mask: Any = None
 
 
 class Engine(Protocol):

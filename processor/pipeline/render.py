@@ -40,7 +40,7 @@ class EngineRegistry:
         style = self.styles[style_name]
         # Only fields the style has: a toon style ignores a sidecar prompt.
         applicable = {k: v for k, v in (overrides or {}).items() if k in type(style).model_fields}
-        cache_key = (style_name, tuple(sorted(applicable.items())))
+        cache_key = (style_name, tuple(sorted((k, _hashable(v)) for k, v in applicable.items())))
         if cache_key in self._engines:
             self._engines.move_to_end(cache_key)
             return self._engines[cache_key]
@@ -57,8 +57,12 @@ class EngineRegistry:
     @staticmethod
     def _with_overrides(style_name: str, style: Any, overrides: Mapping[str, Any]) -> Any:
         """The style with a sidecar's values, validated by the style's own rules."""
+        current = style.model_dump()
+        # A nested override (a sidecar's ``background: {prompt}``) replaces only the keys it names.
+        merged = {k: current[k] | v if isinstance(v, dict) and isinstance(current.get(k), dict) else v
+                  for k, v in overrides.items()}
         try:
-            return type(style).model_validate(style.model_dump() | dict(overrides))
+            return type(style).model_validate(current | merged)
         except ValidationError as exc:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise InvalidSidecar(f"sidecar values do not fit style {style_name!r}: {problems}") from None
@@ -67,6 +71,14 @@ class EngineRegistry:
         """Load every named style now (at start), so the first item does not pay for it."""
         for name in style_names:
             self.engine(name)
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    return value
 
 
 def render(

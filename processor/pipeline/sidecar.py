@@ -7,6 +7,7 @@ names the key, never a silent default.
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -14,6 +15,15 @@ from processor.errors import InvalidSidecar
 
 #: Bytes: a sidecar is a few lines of JSON; anything larger is a mistake.
 MAX_SIDECAR_BYTES = 64 * 1024
+
+
+class SidecarBackground(BaseModel):
+    """``background`` in a sidecar: replaces the mode and/or prompt of the styles' background."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["none", "inpaint", "generate", "instruct"] | None = None
+    prompt: str | None = Field(default=None, max_length=2000)
 
 
 class Sidecar(BaseModel):
@@ -30,11 +40,16 @@ class Sidecar(BaseModel):
     negative: str | None = Field(default=None, max_length=2000)
     #: An instruct-pix2pix edit instruction.
     instruction: str | None = Field(default=None, max_length=2000)
+    #: The background for this image: ``{"mode": "generate", "prompt": "a sunny beach"}``.
+    background: SidecarBackground | None = None
 
     def style_overrides(self) -> dict[str, object]:
-        """The style fields this sidecar replaces."""
+        """The style fields this sidecar replaces (``background`` merges into the style's own)."""
         fields = ("variants", "seed", "prompt", "negative", "instruction")
-        return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
+        overrides: dict[str, object] = {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
+        if self.background is not None and self.background.model_fields_set:
+            overrides["background"] = self.background.model_dump(exclude_unset=True)
+        return overrides
 
 
 def parse_sidecar(data: bytes, key: str) -> Sidecar:

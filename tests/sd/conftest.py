@@ -175,3 +175,50 @@ def tiny_lora(tiny_sd, tmp_path_factory) -> Path:
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     StableDiffusionPipeline.save_lora_weights(path, unet_lora_layers=layers, safe_serialization=True)
     return path
+
+
+def build_inpaint(path: Path) -> Path:
+    """A tiny Stable Diffusion inpainting pipeline: a 9-channel UNet (4 noisy latents + 1 mask + 4
+    masked-image latents), the same VAE, text encoder and tokenizer as ``build_sd``."""
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(0)
+    tokenizer = tiny_tokenizer()
+    StableDiffusionInpaintPipeline(
+        unet=_unet(9), vae=_vae(), text_encoder=CLIPTextModel(_text_config(tokenizer)), tokenizer=tokenizer,
+        scheduler=_scheduler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    ).save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def build_segformer(path: Path) -> Path:
+    """A tiny random-weight SegFormer with ADE20K-style labels (two background classes, one object)."""
+    import torch
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
+
+    torch.manual_seed(0)
+    labels = {0: "wall", 1: "table", 2: "toy"}
+    config = SegformerConfig(num_encoder_blocks=2, depths=[1, 1], sr_ratios=[2, 1], hidden_sizes=[8, 16],
+                             num_attention_heads=[1, 2], decoder_hidden_size=16, num_labels=3,
+                             id2label=labels, label2id={v: k for k, v in labels.items()})
+    SegformerForSemanticSegmentation(config).save_pretrained(path, safe_serialization=True)
+    SegformerImageProcessor(size={"height": 64, "width": 64}).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_inpaint(tmp_path_factory) -> Path:
+    return build_inpaint(tmp_path_factory.mktemp("models") / "tiny-inpaint")
+
+
+@pytest.fixture(scope="session")
+def tiny_text2img(tiny_sd) -> Path:
+    """Text-to-image for background ``generate``: the tiny SD folder is a text-to-image pipeline."""
+    return tiny_sd
+
+
+@pytest.fixture(scope="session")
+def tiny_segformer(tmp_path_factory) -> Path:
+    return build_segformer(tmp_path_factory.mktemp("models") / "tiny-segformer")
