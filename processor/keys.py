@@ -5,7 +5,7 @@
 
 Input keys come from users and may hold ``..``, ``//``, a leading ``/``, spaces or unicode. Every
 derived key is built from *safe segments*: ``%`` is escaped first, then empty, ``.`` and ``..``
-segments are percent-encoded, so derived keys never leave their prefix and stay distinct for
+segments and ``\\`` are percent-encoded, so derived keys never leave their prefix and stay distinct for
 distinct inputs (the mapping is injective).
 """
 
@@ -23,7 +23,8 @@ CONTACT_SHEET_NAME = "contact-sheet.jpg"
 
 
 def safe_segment(segment: str) -> str:
-    segment = segment.replace("%", "%25")
+    # "\\" is a path separator on Windows and SeaweedFS turns it into "/": derived keys never hold one.
+    segment = segment.replace("%", "%25").replace("\\", "%5C")
     if segment == "":
         return "%00"
     if segment in (".", ".."):

@@ -33,6 +33,7 @@ from processor.config import Settings
 from processor.errors import (
     FatalError,
     InvalidInput,
+    InvalidKey,
     ItemError,
     ObjectNotFound,
     ObjectTooLarge,
@@ -302,6 +303,11 @@ class Worker:
             job.timings["decode"] = round(time.perf_counter() - started, 4)
         except ItemError as exc:
             job.error = exc
+        except InvalidKey as exc:
+            # Listed but unreadable under its name (a file dropped into a local bucket with a "\\"
+            # in it, say): retrying cannot help, so it gets a failure record like a bad photo.
+            job.error = InvalidInput(str(exc), hint="Rename the input to a plain path: '/' between folders, "
+                                                    "no '\\', '..' or empty folder names.")
         except ObjectNotFound:
             self._finish(job, "vanished", keeper, result)  # deleted since the scan
             return None
