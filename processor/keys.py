@@ -24,7 +24,8 @@ CONTACT_SHEET_NAME = "contact-sheet.jpg"
 
 def safe_segment(segment: str) -> str:
     # "\\" is a path separator on Windows and SeaweedFS turns it into "/": derived keys never hold one.
-    segment = segment.replace("%", "%25").replace("\\", "%5C")
+    # "/" only reaches here in whole values (a style name, an ETag), where it would start a segment.
+    segment = segment.replace("%", "%25").replace("\\", "%5C").replace("/", "%2F")
     if segment == "":
         return "%00"
     if segment in (".", ".."):
