@@ -400,10 +400,30 @@ class Worker:
             except FatalError:
                 self._finish(job, "released", keeper, result)
                 raise
+            except InvalidKey as exc:
+                outcome = self._unstorable(job, exc)
             except StoreError as exc:
                 log.warning("upload_failed", extra={"key": job.key, "error": type(exc).__name__, "detail": str(exc)})
                 outcome = "transient"
             self._finish(job, outcome, keeper, result)
+
+    def _unstorable(self, job: Job, exc: InvalidKey) -> str:
+        """The store refused one of this input's result keys (on a file system: a file where another
+        input's outputs need a folder). No retry can help: record it as a failure of the input."""
+        if job.error is None:
+            job.error = InvalidInput(
+                f"{job.key}: its results cannot be stored: {exc}",
+                hint="Rename the input so that its name does not clash with another input's results folder.",
+            )
+            try:
+                return self._publish_failure(job)
+            except InvalidKey as again:
+                exc = again
+            except StoreError as again:
+                log.warning("upload_failed", extra={"key": job.key, "error": type(again).__name__, "detail": str(again)})
+                return "transient"
+        log.error("unrecordable", extra={"key": job.key, "error": type(exc).__name__, "detail": str(exc)})
+        return "transient"
 
     def _publish(self, job: Job) -> str:
         keys = job.item.keys

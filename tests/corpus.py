@@ -265,5 +265,19 @@ def corpus() -> list[Entry]:
         Entry("key-backslash", "inputs/keys/back\\slash.jpg", key_photo(14), done("JPEG"),
               local=REFUSED, s3_key="inputs/keys/back/slash.jpg"),
         Entry("key-backslash-dotdot", "inputs/keys/..\\..\\evil.jpg", key_photo(15), REFUSED),
+        # Names at the file-system limit (255 bytes): derived names (".json", "<etag>.failed") are
+        # cut with a hash instead of overflowing it.
+        Entry("key-name-255-bytes", "inputs/keys/" + "n" * 251 + ".jpg", key_photo(16), done("JPEG")),
+        Entry("key-name-255-bytes-bad", "inputs/keys/" + "b" * 251 + ".jpg", b"",
+              failed("UnsupportedFormat", "empty")),
+        Entry("key-name-255-bytes-unicode", "inputs/keys/" + "ü" * 125 + ".jpg", key_photo(17), done("JPEG")),
+        # A key near S3's 1024-byte limit: derived keys add prefixes and names, so the path is cut.
+        Entry("key-path-1000-bytes", "inputs/keys/" + "/".join(["d" * 98] * 10) + ".jpg", key_photo(18),
+              done("JPEG")),
+        # Two inputs whose results need "outputs/keys/clash/manifest.json" as a file and as a folder:
+        # fine in a bucket, impossible on a file system, where the second gets a failure record.
+        Entry("key-folder-clash-first", "inputs/keys/clash.jpg", key_photo(19), done("JPEG")),
+        Entry("key-folder-clash-second", "inputs/keys/clash/manifest.json.jpg", key_photo(20), done("JPEG"),
+              local=failed("InvalidInput", "its results cannot be stored", "collides with an object or folder")),
     ]
     return entries

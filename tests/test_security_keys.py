@@ -29,6 +29,10 @@ LAYOUT = KeyLayout(PrefixSettings())
 _NASTY = ["/", "//", "..", ".", "\\", "%", "%2e", "%2F", "\x00", "\n", " ", "~", ":", "C:", "🧸", "e\u0301"]
 segments = st.one_of(st.sampled_from(_NASTY), st.text(min_size=0, max_size=8))
 relpaths = st.lists(segments, min_size=1, max_size=8).map("".join)
+#: Paths up to S3's 1024-byte key limit, with names past a file system's 255 bytes.
+long_relpaths = st.lists(st.one_of(segments, st.text(min_size=100, max_size=300)), min_size=1, max_size=6).map(
+    lambda parts: "/".join(parts)
+).filter(lambda path: len(("inputs/" + path).encode("utf-8", "surrogatepass")) <= 1024)
 #: Style names and ETags are single values; hostile ones must not start new segments either.
 values = st.one_of(st.sampled_from(_NASTY + ["a/../../b", "../x"]), st.text(min_size=1, max_size=12))
 
@@ -63,7 +67,16 @@ def test_every_written_key_stays_under_its_prefix(relpath: str, style: str, etag
 
 
 @settings(max_examples=300, deadline=None)
-@given(a=relpaths, b=relpaths)
+@given(relpath=long_relpaths, style=values)
+def test_every_written_key_fits_s3_and_file_system_limits(relpath: str, style: str) -> None:
+    """S3 takes keys up to 1024 bytes, file systems names up to 255: derived keys cut long parts."""
+    for key in written_keys("inputs/" + relpath, style, "0123456789abcdef0123456789abcdef"):
+        assert len(key.encode("utf-8", "surrogatepass")) <= 1024, key
+        assert max(len(part.encode("utf-8", "surrogatepass")) for part in key.split("/")) <= 255, key
+
+
+@settings(max_examples=300, deadline=None)
+@given(a=st.one_of(relpaths, long_relpaths), b=st.one_of(relpaths, long_relpaths))
 def test_distinct_inputs_never_share_a_failure_record_or_done_markers(a: str, b: str) -> None:
     if a == b:
         return
@@ -176,3 +189,12 @@ def test_any_key_is_stored_inside_the_root_or_refused(jail, key: str) -> None:
         store.head(key)
     assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
     assert sorted(p.name for p in store.root.parent.iterdir()) == ["root"]
+
+
+def test_long_names_that_differ_only_past_the_cut_stay_distinct() -> None:
+    a, b = "x" * 300 + "a.jpg", "x" * 300 + "b.jpg"
+    ka, kb = LAYOUT.for_input("inputs/" + a), LAYOUT.for_input("inputs/" + b)
+    assert ka.output_prefix != kb.output_prefix and ka.failure != kb.failure
+    assert "%~" in ka.output_prefix  # cut, with a hash of the whole name
+    # A literal "%~" in a name is escaped, so it can never imitate a cut.
+    assert LAYOUT.for_input("inputs/a%~b.jpg").output_prefix == "outputs/a%25~b/"
