@@ -23,12 +23,19 @@ from PIL import Image
 from tests.corpus import bombs
 from tests.images import encode, photo_bytes
 
-#: MiB a bomb's decode may add to the baseline's peak RSS (generous: the allowed control adds about 6x this).
+#: MiB a bomb's decode may add to the baseline's peak RSS (generous: the allowed control adds about 3x this).
 BOMB_RSS_MARGIN_MIB = 24
-#: Pixels of the control image: 5000x4000 RGB, 80 MB in Pillow (4 bytes a pixel), allowed by the defaults.
+#: Pixels of the control image: 5000x4000 RGB, 76 MiB in Pillow (4 bytes a pixel), allowed by the defaults.
 CONTROL_SIZE = (5000, 4000)
 #: MiB the control must add at least, or the measurement is not seeing pixel memory at all.
-CONTROL_MIN_GROWTH_MIB = 64
+CONTROL_MIN_GROWTH_MIB = 48
+#: Pixels: just under the default ``pipeline.decode.max_pixels`` (40,000,000): the most memory one
+#: allowed input may take in decode.
+AT_LIMIT_SIZE = (8000, 4999)
+AT_LIMIT = "at the limit: 8000x4999 PNG (allowed)"
+#: MiB decode may add at the pixel limit: the RGB pixels (4 bytes a pixel in Pillow, 153 MiB) and
+#: change, not a second copy of them.
+AT_LIMIT_MAX_GROWTH_MIB = 200
 REPO = Path(__file__).resolve().parents[1]
 
 # Runs in the child: decode one file with the default limits, report the outcome and peak RSS.
@@ -67,6 +74,7 @@ def references() -> dict[str, bytes]:
     return {
         "baseline: 640x480 JPEG photo": photo_bytes(640, 480),
         "control: 5000x4000 PNG (allowed)": encode(Image.new("RGB", CONTROL_SIZE, (200, 120, 40)), "PNG"),
+        AT_LIMIT: encode(Image.new("RGB", AT_LIMIT_SIZE, (90, 160, 220)), "PNG"),
     }
 
 
@@ -81,6 +89,13 @@ def test_the_measurement_sees_pixel_memory(measured) -> None:
     control = measured["control: 5000x4000 PNG (allowed)"]
     assert control["outcome"] == "decoded 5000x4000"
     assert control["maxrss_kib"] - baseline > CONTROL_MIN_GROWTH_MIB * 1024, (baseline, control)
+
+
+def test_an_image_at_the_pixel_limit_is_decoded_without_a_second_copy(measured) -> None:
+    baseline = measured["baseline: 640x480 JPEG photo"]["maxrss_kib"]
+    at_limit = measured[AT_LIMIT]
+    assert at_limit["outcome"] == "decoded 8000x4999"
+    assert (at_limit["maxrss_kib"] - baseline) / 1024 < AT_LIMIT_MAX_GROWTH_MIB, at_limit
 
 
 @pytest.mark.parametrize("name", sorted(bombs()))
