@@ -63,13 +63,36 @@ def run_audit() -> tuple[dict | None, str]:
         report = json.loads(proc.stdout)
     except json.JSONDecodeError:
         return None, f"pip-audit exited {proc.returncode} without a report: {proc.stderr.strip()[-1500:]}"
-    skipped = [d for d in report.get("dependencies", []) if d.get("skip_reason")]
+    return report, unaudited(report)
+
+
+def unaudited(report: dict) -> str:
+    """Why ``report`` does not cover every package ("" when it does)."""
     # Our own editable package is not on PyPI: that skip is expected, every other one is a lookup failure.
-    skipped = [d for d in skipped if normalise(d["name"]) != "toy-cartoonizer"]
-    if skipped:
-        sample = "; ".join(d["skip_reason"] for d in skipped[:3])
-        return report, f"{len(skipped)} of {len(report['dependencies'])} packages could not be audited ({sample} ...)"
-    return report, ""
+    skipped = [d for d in report.get("dependencies", [])
+               if d.get("skip_reason") and normalise(d["name"]) != "toy-cartoonizer"]
+    if not skipped:
+        return ""
+    sample = "; ".join(d["skip_reason"] for d in skipped[:3])
+    return f"{len(skipped)} of {len(report['dependencies'])} packages could not be audited ({sample} ...)"
+
+
+def classify(report: dict, direct: set[str], ignored: dict[str, str]) -> tuple[list[str], list[str], list[str]]:
+    """Findings as (failing: direct dependencies, warnings: transitive ones, ignored with reasons)."""
+    failing, warnings, skipped = [], [], []
+    for dep in report["dependencies"]:
+        for vuln in dep.get("vulns", []):
+            ids = [vuln["id"], *vuln.get("aliases", [])]
+            fixes = ", ".join(vuln.get("fix_versions", [])) or "no fix released"
+            line = f"{dep['name']} {dep['version']}: {vuln['id']} (fixed in: {fixes})"
+            reason = next((ignored[i] for i in ids if i in ignored), None)
+            if reason is not None:
+                skipped.append(f"{line}: {reason}")
+            elif normalise(dep["name"]) in direct:
+                failing.append(line)
+            else:
+                warnings.append(line)
+    return failing, warnings, skipped
 
 
 def main() -> int:
@@ -85,19 +108,9 @@ def main() -> int:
             return 0
         return EXIT_INCONCLUSIVE
 
-    direct = direct_dependencies()
-    failing, warnings = [], []
-    for dep in report["dependencies"]:
-        for vuln in dep.get("vulns", []):
-            ids = [vuln["id"], *vuln.get("aliases", [])]
-            fixes = ", ".join(vuln.get("fix_versions", [])) or "no fix released"
-            line = f"{dep['name']} {dep['version']}: {vuln['id']} (fixed in: {fixes})"
-            if any(i in IGNORED for i in ids):
-                print(f"audit: ignored {line}: {IGNORED[next(i for i in ids if i in IGNORED)]}")
-            elif normalise(dep["name"]) in direct:
-                failing.append(line)
-            else:
-                warnings.append(line)
+    failing, warnings, ignored = classify(report, direct_dependencies(), IGNORED)
+    for line in ignored:
+        print(f"audit: ignored {line}")
     for line in warnings:
         print(f"audit: warning (transitive) {line}")
     for line in failing:
