@@ -95,13 +95,23 @@ def test_missing_credentials_name_where_to_put_them(s3_server: S3Server, monkeyp
     assert "none found" in message and "$AWS_ACCESS_KEY_ID" in message and "store.profile" in message
 
 
+def test_unknown_profile_is_a_config_error_naming_the_key(s3_server: S3Server, monkeypatch, tmp_path) -> None:
+    from processor.errors import ConfigError
+    from processor.store.s3 import S3Store
+
+    _clean_env(monkeypatch, tmp_path)
+    with pytest.raises(ConfigError, match=r"store\.profile: AWS profile 'no-such-profile' not found"):
+        S3Store.from_settings(s3_server.settings("any", profile="no-such-profile"))
+
+
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "processor", *args], env=env, capture_output=True, text=True,
                           timeout=120, check=False)
 
 
-def test_cli_wrong_secret_exits_4_once_with_no_secret_in_debug_output(s3_server: S3Server, tmp_path) -> None:
-    """Through the real CLI at --log-level DEBUG: exit 4, one fatal event, the secret nowhere."""
+def test_cli_wrong_or_missing_keys_exit_4_once_with_no_secret_in_debug_output(s3_server: S3Server, tmp_path) -> None:
+    """Through the real CLI at --log-level DEBUG, with a wrong secret and with no keys at all: exit 4,
+    one fatal event, the secret nowhere."""
     secret = "wrong-secret-" + uuid.uuid4().hex
     bucket = s3_server.new_bucket()
     config = tmp_path / "config.yaml"
@@ -116,8 +126,14 @@ def test_cli_wrong_secret_exits_4_once_with_no_secret_in_debug_output(s3_server:
         "AWS_ACCESS_KEY_ID": s3_server.access_key,
         "AWS_SECRET_ACCESS_KEY": secret,
     }
-    for command in (["run", "--once"], ["status"], ["doctor"]):
-        proc = _cli(env, *command, "--log-level", "DEBUG")
+    runs = [(env, ["run", "--once"]), (env, ["status"]), (env, ["doctor"])]
+    # And with no credentials anywhere: the same single error, saying where keys are looked for.
+    bare = {k: v for k, v in env.items() if not k.startswith("AWS_")}
+    bare |= {"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"),
+             "AWS_EC2_METADATA_DISABLED": "true"}
+    runs.append((bare, ["run", "--once"]))
+    for run_env, command in runs:
+        proc = _cli(run_env, *command, "--log-level", "DEBUG")
         output = proc.stdout + proc.stderr
         assert proc.returncode in (4, 6), (command, output[-2000:])  # doctor reports with its own code
         assert secret not in output, command
