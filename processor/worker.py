@@ -420,7 +420,8 @@ class Worker:
             except InvalidKey as again:
                 exc = again
             except StoreError as again:
-                log.warning("upload_failed", extra={"key": job.key, "error": type(again).__name__, "detail": str(again)})
+                log.warning("upload_failed",
+                            extra={"key": job.key, "error": type(again).__name__, "detail": str(again)})
                 return "transient"
         log.error("unrecordable", extra={"key": job.key, "error": type(exc).__name__, "detail": str(exc)})
         return "transient"
