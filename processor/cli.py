@@ -34,7 +34,7 @@ from processor.errors import (
     ObjectNotFound,
     StoreError,
 )
-from processor.keys import KeyLayout, is_sidecar
+from processor.keys import KeyLayout, is_sidecar, safe_segment, split_extension
 from processor.log import configure_logging
 from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo, json_schemas
 from processor.store.base import ObjectStore
@@ -305,11 +305,18 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
             return 1
         print(f"{key} failed: {record.error}: {record.message}\n  -> {record.hint}", file=sys.stderr)
         return 1
-    out = Path(args.out) / Path(keys.relpath).with_suffix("").name
-    out.mkdir(parents=True, exist_ok=True)
+    # The folder name is a safe segment: an input named ".." must not become "--out/..".
+    out = Path(args.out) / safe_segment(split_extension(keys.relpath.rsplit("/", 1)[-1])[0])
     wanted = [v.key for v in manifest.variants] + ([manifest.contact_sheet] if manifest.contact_sheet else [])
+    # Whoever can write the bucket can write a manifest: only its own plain file names are fetched.
     for obj_key in wanted:
-        (out / obj_key.rsplit("/", 1)[-1]).write_bytes(store.get(obj_key).body)
+        name = obj_key[len(keys.output_prefix):] if obj_key.startswith(keys.output_prefix) else ""
+        if name in ("", ".", "..") or "/" in name or "\\" in name:
+            raise FatalError(f"{keys.manifest} lists {obj_key!r}, which is not a file in {keys.output_prefix}; "
+                              "refusing to download it (the manifest was not written by this processor)")
+    out.mkdir(parents=True, exist_ok=True)
+    for obj_key in wanted:
+        (out / obj_key[len(keys.output_prefix):]).write_bytes(store.get(obj_key).body)
     (out / "manifest.json").write_bytes(manifest.to_json_bytes())
     print(f"{len(wanted)} file(s) and manifest.json -> {out}")
     return 0

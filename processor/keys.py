@@ -5,8 +5,10 @@
 
 Input keys come from users and may hold ``..``, ``//``, a leading ``/``, spaces or unicode. Every
 derived key is built from *safe segments*: ``%`` is escaped first, then empty, ``.`` and ``..``
-segments are percent-encoded, so derived keys never leave their prefix and stay distinct for
-distinct inputs (the mapping is injective).
+segments and ``\\`` are percent-encoded, so derived keys never leave their prefix and stay distinct for
+distinct inputs (the mapping is injective). Over-long names and paths are cut and end in ``%~``
+and a hash of the whole (``%~`` never comes out of the escaping, so this stays injective): every
+derived key then fits a file system's 255 bytes a name and S3's 1024 bytes a key.
 """
 
 from __future__ import annotations
@@ -24,18 +26,43 @@ CONTACT_SHEET_NAME = "contact-sheet.jpg"
 MASK_NAME = "mask.png"
 
 
+#: Bytes: the longest safe segment kept whole. File systems allow 255 bytes a name, and derived
+#: names add to it (``<name>.json``, ``<etag>.failed``).
+MAX_SEGMENT_BYTES = 200
+#: Bytes: the longest safe path kept whole. S3 allows 1024 bytes a key; prefixes, a style or
+#: ETag segment and a file name are added to the path.
+MAX_PATH_BYTES = 600
+#: Hex digits of the hash that ends a cut name or path (64 bits).
+CUT_HASH_CHARS = 16
+#: Marks a cut: escaping turns every "%" of the input into "%25", so "%~" only ever comes from here.
+CUT_MARK = "%~"
+
+
+def _cut(safe: str, original: str, limit: int) -> str:
+    """``safe`` itself when it fits ``limit`` bytes, else its head, ``%~`` and a hash of ``original``."""
+    encoded = safe.encode("utf-8", "surrogatepass")
+    if len(encoded) <= limit:
+        return safe
+    keep = limit - len(CUT_MARK) - CUT_HASH_CHARS
+    head = encoded[:keep].decode("utf-8", "ignore")  # never split a multi-byte character
+    digest = hashlib.sha256(original.encode("utf-8", "surrogatepass")).hexdigest()[:CUT_HASH_CHARS]
+    return f"{head}{CUT_MARK}{digest}"
+
+
 def safe_segment(segment: str) -> str:
-    segment = segment.replace("%", "%25")
-    if segment == "":
+    # "\\" is a path separator on Windows and SeaweedFS turns it into "/": derived keys never hold one.
+    # "/" only reaches here in whole values (a style name, an ETag), where it would start a segment.
+    escaped = segment.replace("%", "%25").replace("\\", "%5C").replace("/", "%2F")
+    if escaped == "":
         return "%00"
-    if segment in (".", ".."):
-        return segment.replace(".", "%2E")
-    return segment
+    if escaped in (".", ".."):
+        return escaped.replace(".", "%2E")
+    return _cut(escaped, segment, MAX_SEGMENT_BYTES)
 
 
 def safe_path(path: str) -> str:
     """A relative path whose every segment is a plain name (see module docstring)."""
-    return "/".join(safe_segment(part) for part in path.split("/"))
+    return _cut("/".join(safe_segment(part) for part in path.split("/")), path, MAX_PATH_BYTES)
 
 
 def split_extension(relpath: str) -> tuple[str, str]:

@@ -33,6 +33,7 @@ from processor.config import Settings
 from processor.errors import (
     FatalError,
     InvalidInput,
+    InvalidKey,
     ItemError,
     ObjectNotFound,
     ObjectTooLarge,
@@ -318,6 +319,11 @@ class Worker:
             job.timings["decode"] = round(time.perf_counter() - started, 4)
         except ItemError as exc:
             job.error = exc
+        except InvalidKey as exc:
+            # Listed but unreadable under its name (a file dropped into a local bucket with a "\\"
+            # in it, say): retrying cannot help, so it gets a failure record like a bad photo.
+            job.error = InvalidInput(str(exc), hint="Rename the input to a plain path: '/' between folders, "
+                                                    "no '\\', '..' or empty folder names.")
         except ObjectNotFound:
             self._finish(job, "vanished", keeper, result)  # deleted since the scan
             return None
@@ -413,10 +419,31 @@ class Worker:
             except FatalError:
                 self._finish(job, "released", keeper, result)
                 raise
+            except InvalidKey as exc:
+                outcome = self._unstorable(job, exc)
             except StoreError as exc:
                 log.warning("upload_failed", extra={"key": job.key, "error": type(exc).__name__, "detail": str(exc)})
                 outcome = "transient"
             self._finish(job, outcome, keeper, result)
+
+    def _unstorable(self, job: Job, exc: InvalidKey) -> str:
+        """The store refused one of this input's result keys (on a file system: a file where another
+        input's outputs need a folder). No retry can help: record it as a failure of the input."""
+        if job.error is None:
+            job.error = InvalidInput(
+                f"{job.key}: its results cannot be stored: {exc}",
+                hint="Rename the input so that its name does not clash with another input's results folder.",
+            )
+            try:
+                return self._publish_failure(job)
+            except InvalidKey as again:
+                exc = again
+            except StoreError as again:
+                log.warning("upload_failed",
+                            extra={"key": job.key, "error": type(again).__name__, "detail": str(again)})
+                return "transient"
+        log.error("unrecordable", extra={"key": job.key, "error": type(exc).__name__, "detail": str(exc)})
+        return "transient"
 
     def _publish(self, job: Job) -> str:
         keys = job.item.keys

@@ -59,6 +59,10 @@ def parse_sidecar(data: bytes, key: str) -> Sidecar:
         raw = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidSidecar(f"sidecar {key} is not valid UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        # "[[[[..." fits under the byte cap yet nests past the parser's recursion limit; left
+        # uncaught it would kill the fetch thread and with it the worker.
+        raise InvalidSidecar(f"sidecar {key} is nested too deeply to be a settings object") from None
     if not isinstance(raw, dict):
         raise InvalidSidecar(f"sidecar {key} must be a JSON object like {{\"variants\": 2}}")
     try:

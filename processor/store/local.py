@@ -184,6 +184,10 @@ class LocalStore:
             raise InvalidKey(f"{key!r} is not valid UTF-8", key=key) from None
         if len(encoded) > MAX_KEY_BYTES:
             raise InvalidKey(f"key is {len(encoded)} bytes; limit is {MAX_KEY_BYTES}", key=key)
+        if "\\" in key:
+            # A path separator on Windows: "..\\x" would leave root there. Refused everywhere, so a
+            # bucket directory means the same on every OS (S3 servers vary too: SeaweedFS maps it to "/").
+            raise InvalidKey(f"{key!r} holds a backslash, which a file system may take for a separator", key=key)
         parts = key.split("/")
         if any(part in ("", ".", "..") for part in parts):
             raise InvalidKey(f"{key!r} has an empty, '.' or '..' segment, which a file system cannot store", key=key)

@@ -165,9 +165,9 @@ class S3Store:
         except botocore.exceptions.ProfileNotFound as exc:
             raise ConfigError(f"store.profile: AWS profile {settings.profile!r} not found ({exc})") from exc
         credentials = session.get_credentials()
-        source = credentials.method if credentials is not None else "none found"
+        source = describe_credential_source(credentials.method if credentials is not None else None)
         if settings.profile:
-            source += f" (profile {settings.profile})"
+            source += f" (profile {settings.profile!r}, store.profile)"
         if not settings.bucket:
             raise ConfigError("store.bucket is required for an S3 store")
         client = session.client("s3", endpoint_url=settings.endpoint_url, config=client_config(settings))
@@ -334,6 +334,26 @@ class S3Store:
             return StoreAccessError(f"{self.description}: TLS failed (check endpoint_url and CA bundle): {exc}")
         # Connection refused/reset, timeouts, truncated bodies: worth another attempt.
         return TransientStoreError(f"{where}: {type(exc).__name__}: {exc}", key=key)
+
+
+#: Where botocore found the keys (``Credentials.method``), in words a user can act on.
+_CREDENTIAL_SOURCES = {
+    "env": "environment variables $AWS_ACCESS_KEY_ID / $AWS_SECRET_ACCESS_KEY",
+    "explicit": "keys passed to the client",
+    "shared-credentials-file": "the shared credentials file ($AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials)",
+    "config-file": "the AWS config file ($AWS_CONFIG_FILE or ~/.aws/config)",
+    "iam-role": "the instance's IAM role (EC2 metadata)",
+    "container-role": "the container's IAM role ($AWS_CONTAINER_CREDENTIALS_RELATIVE_URI)",
+    "assume-role-with-web-identity": "a web identity token ($AWS_WEB_IDENTITY_TOKEN_FILE, e.g. EKS IRSA)",
+}
+
+
+def describe_credential_source(method: str | None) -> str:
+    """Where the keys came from, for error messages: names variables and files, never values."""
+    if method is None:
+        return ("none found: set $AWS_ACCESS_KEY_ID and $AWS_SECRET_ACCESS_KEY, or store.profile "
+                "(a profile in ~/.aws/credentials)")
+    return _CREDENTIAL_SOURCES.get(method, f"botocore provider {method!r}")
 
 
 def _server_time(resp: Mapping[str, Any]) -> datetime | None:
