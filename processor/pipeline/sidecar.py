@@ -32,8 +32,9 @@ class Sidecar(BaseModel):
     instruction: str | None = Field(default=None, max_length=2000)
 
     def style_overrides(self) -> dict[str, object]:
-        """The style fields this sidecar replaces."""
-        fields = ("variants", "seed", "prompt", "negative", "instruction")
+        """The style fields this sidecar replaces. ``prompt`` is not one of them: it replaces the
+        caption for this input (``processor.pipeline.prompt``), without a per-image engine."""
+        fields = ("variants", "seed", "negative", "instruction")
         return {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
 
 
