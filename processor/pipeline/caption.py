@@ -86,6 +86,30 @@ HASH_BLOCK_BYTES = 8 * 1024 * 1024
 TABLE_FORMAT = "toy-cartoonizer/label-table/v1"
 
 
+#: Packages the caption stage imports (all in the ``sd`` extra).
+REQUIRED_PACKAGES = ("torch", "open_clip", "transformers", "clip_interrogator")
+
+
+def missing_packages() -> list[str]:
+    import importlib.util
+
+    missing = []
+    for name in REQUIRED_PACKAGES:
+        try:
+            if importlib.util.find_spec(name) is None:
+                missing.append(name)
+        except (ImportError, ValueError):  # a module set to None in sys.modules, a broken install
+            missing.append(name)
+    return missing
+
+
+def _require_packages(mode: str) -> None:
+    missing = missing_packages()
+    if missing:
+        raise ConfigError(f"caption.mode {mode!r} needs the sd extra (missing: {', '.join(missing)}): "
+                          f"pip install -e '.[sd]', or set caption.mode: none")
+
+
 def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/toy-cartoonizer/label-tables`` (``~/.cache/...`` by default)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -219,12 +243,12 @@ class ResolvedCaptionModel:
     model_type: str
 
 
-def _offline_error(what: str, cache: str | None, exc: Exception) -> ModelUnavailableError:
-    where = cache or "the default Hugging Face cache ($HF_HOME/hub)"
+def _offline_error(what: str, models: ModelLoader, exc: Exception) -> ModelUnavailableError:
+    where = models.cache_dir or "the default Hugging Face cache ($HF_HOME/hub)"
+    offline = " and offline mode is on (models.offline / HF_HUB_OFFLINE=1)" if models.offline else ""
     error = ModelUnavailableError(
-        f"{what} is not in the model cache ({where}) and offline mode is on (models.offline / "
-        f"HF_HUB_OFFLINE=1), or was never fetched; fetch it first with `{PULL_COMMAND}` (same config) "
-        f"on a machine with network access"
+        f"{what} is not in the model cache ({where}){offline}; fetch it first with `{PULL_COMMAND}` "
+        f"(same config and models.cache_dir) on a machine with network access"
     )
     error.__cause__ = exc
     return error
@@ -267,7 +291,7 @@ def resolve_clip(settings: CaptionSettings, models: ModelLoader, *, download: bo
                                             cache_dir=models.cache_dir, allow_patterns=CLIP_HUB_PATTERNS,
                                             local_files_only=not download))
         except LocalEntryNotFoundError as exc:
-            raise _offline_error(f"CLIP model {where}", models.cache_dir, exc) from exc
+            raise _offline_error(f"CLIP model {where}", models, exc) from exc
         except (HfHubHTTPError, OSError, ValueError) as exc:
             raise ModelUnavailableError(f"CLIP model {where} could not be fetched: {type(exc).__name__}: {exc}") from exc
         _check_clip_folder(spec, folder)
@@ -291,7 +315,7 @@ def resolve_clip(settings: CaptionSettings, models: ModelLoader, *, download: bo
         weights = Path(hf_hub_download(repo, _safetensors_name(filename), revision=settings.clip_revision,
                                        cache_dir=models.cache_dir, local_files_only=not download))
     except LocalEntryNotFoundError as exc:
-        raise _offline_error(f"CLIP model {where} ({repo})", models.cache_dir, exc) from exc
+        raise _offline_error(f"CLIP model {where} ({repo})", models, exc) from exc
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise ModelUnavailableError(f"CLIP model {where} could not be fetched from {repo} as safetensors: "
                                     f"{type(exc).__name__}: {exc}") from exc
@@ -322,7 +346,7 @@ def resolve_caption_model(settings: CaptionSettings, models: ModelLoader, *,
                                           allow_patterns=CAPTION_PATTERNS, ignore_patterns=IGNORE_PATTERNS,
                                           local_files_only=not download))
         except LocalEntryNotFoundError as exc:
-            raise _offline_error(f"caption model {where}", models.cache_dir, exc) from exc
+            raise _offline_error(f"caption model {where}", models, exc) from exc
         except (HfHubHTTPError, OSError, ValueError) as exc:
             raise ModelUnavailableError(f"caption model {where} could not be fetched: {type(exc).__name__}: {exc}") from exc
         revision = path.name
@@ -383,7 +407,7 @@ class Captioner:
         self.clip_identity: str | None = None
         #: Label tables by where they came from: ``computed``, ``local``, ``shared``.
         self.table_sources: Counter = Counter()
-        self._unique_labels: dict[str, int] = {}
+        self._label_sets: dict[str, frozenset[str]] = {}
 
     @property
     def mode(self) -> str:
@@ -402,6 +426,7 @@ class Captioner:
         """Load the models and label tables (once; later calls do nothing)."""
         if self.ready or self.mode == "none":
             return
+        _require_packages(self.mode)
         started = time.perf_counter()
         from clip_interrogator import Config
 
@@ -504,7 +529,7 @@ class Captioner:
             elif source == "shared":
                 self.local.put(name, encode_table(embeds, self.clip_identity or "", table, len(labels)))
             self.table_sources[source] += 1
-            self._unique_labels[table] = len(set(labels))
+            self._label_sets[table] = frozenset(labels)
             log.info("label_table", extra={"table": table, "source": source, "labels": len(labels), "blob": name,
                                            "seconds": round(time.perf_counter() - started, 3)})
             tables[table] = (labels, embeds)
@@ -535,9 +560,11 @@ class Captioner:
         return result
 
     def _flavor_cap(self, *tables: str) -> int:
-        """``caption.max_flavors``, bounded so clip-interrogator's chain never runs out of labels."""
-        available = sum(self._unique_labels.get(t, 0) for t in tables)
-        return max(1, min(self.settings.max_flavors, available - 1))
+        """``caption.max_flavors``, bounded so that clip-interrogator's chain (one label added per
+        step, from the top ``flavor_intermediate_count`` distinct labels) never runs out of labels."""
+        distinct = len(frozenset().union(*(self._label_sets.get(t, frozenset()) for t in tables)))
+        pool = min(distinct, self.interrogator.config.flavor_intermediate_count)
+        return max(1, min(self.settings.max_flavors, pool - 1))
 
     def _interrogate(self, image: Image.Image, result: Caption) -> None:
         from processor.pipeline.interrogator import quiet_autocast
@@ -579,7 +606,9 @@ class Captioner:
         }
 
     def availability(self) -> list[tuple[str, str, bool, str]]:
-        """(role, model, available, detail) for ``processor doctor``: looks in the cache only."""
+        """(role, model, available, detail) for ``processor doctor``: looks in the cache only.
+        Raises ``ConfigError`` when the packages the stage needs are not installed."""
+        _require_packages(self.mode)
         rows = []
         checks = [("caption model", self.settings.caption_model, lambda: resolve_caption_model(self.settings, self.models, download=False))]
         if self.uses_clip():

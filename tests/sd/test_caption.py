@@ -302,3 +302,58 @@ def test_toon_only_worker_never_loads_the_captioner(tiny_sd, tiny_clip, tiny_bli
     config.write_text(json.dumps(data))
     store, layout, captioner = drain(load_settings(config), {"inputs/a.jpg": photo_bytes(160, 120)})
     assert not captioner.ready and manifest_of(store, layout, "inputs/a.jpg").caption is None
+
+
+def fake_hub_cache(cache: Path, repo: str, files: Path, commit: str) -> None:
+    """``files`` laid out as the Hugging Face cache holds a downloaded snapshot of ``repo``."""
+    import shutil
+
+    root = cache / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(files, root / "snapshots" / commit)
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+
+
+def test_hub_models_load_offline_from_the_cache_at_their_pinned_revision(tiny_sd, tiny_clip, tiny_blip, tiny_labels,
+                                                                         tmp_path):
+    cache = tmp_path / "hf-cache"
+    clip_commit, blip_commit = "a" * 40, "b" * 40
+    fake_hub_cache(cache, "toys/tiny-clip", tiny_clip, clip_commit)
+    fake_hub_cache(cache, "toys/tiny-blip", tiny_blip, blip_commit)
+    config = caption_config(tmp_path, tiny_sd, tiny_clip, tiny_blip, tiny_labels, clip_model="hf-hub:toys/tiny-clip",
+                            clip_revision=clip_commit, caption_model="toys/tiny-blip")
+    data = json.loads(config.read_text())
+    data["models"] = {"cache_dir": str(cache), "offline": True}
+    config.write_text(json.dumps(data))
+    settings = load_settings(config)
+    store, layout, captioner = drain(settings, {"inputs/a.jpg": photo_bytes(160, 120)})
+    caption = manifest_of(store, layout, "inputs/a.jpg").caption
+    assert caption.text and caption.clip_model == "hf-hub:toys/tiny-clip"
+    assert caption.clip_revision == clip_commit and caption.caption_revision == blip_commit
+    assert captioner.clip_identity == f"hf-hub:toys/tiny-clip@{clip_commit}"
+
+    # A revision the cache does not hold is unavailable offline, with the fix in the message.
+    other = load_settings(config, caption=settings.caption.model_copy(update={"clip_revision": "c" * 40}))
+    with pytest.raises(ModelUnavailableError, match="processor models pull"):
+        build_captioner(other).setup()
+
+
+def test_open_clip_tags_resolve_to_the_safetensors_file_of_their_hub_repo(tmp_path):
+    """``ViT-L-14/openai`` is looked up in open_clip's pretrained table and only its safetensors
+    weights are fetched (here: found in an offline cache, never loaded: that would be 1.7 GB)."""
+    from processor.config import CaptionSettings, ModelSettings
+    from processor.models import ModelLoader
+    from processor.pipeline.caption import resolve_clip
+
+    loader = ModelLoader(ModelSettings(cache_dir=tmp_path / "hf", offline=True))
+    with pytest.raises(ModelUnavailableError, match="timm/vit_large_patch14_clip_224.openai"):
+        resolve_clip(CaptionSettings(clip_model="ViT-L-14/openai"), loader)
+    weights = tmp_path / "w"
+    weights.mkdir()
+    (weights / "open_clip_model.safetensors").write_bytes(b"not loaded here")
+    fake_hub_cache(tmp_path / "hf", "timm/vit_large_patch14_clip_224.openai", weights, "d" * 40)
+    resolved = resolve_clip(CaptionSettings(clip_model="ViT-L-14/openai"), loader)
+    assert resolved.weights.name == "open_clip_model.safetensors" and resolved.revision == "d" * 40
+    assert resolved.open_clip_name == "ViT-L-14" and resolved.tag_cfg["quick_gelu"] is True
+    with pytest.raises(Exception, match="no such model/tag"):
+        resolve_clip(CaptionSettings(clip_model="ViT-L-14/nonsense"), loader)
