@@ -89,7 +89,7 @@ class Manifest(_Model):
     source: Source
     variants: list[Variant]
     contact_sheet: str | None = None
-    #: Seconds spent per stage (download, decode, <style>, encode, upload).
+    #: Seconds spent per stage (download, decode, caption, <style>, encode, upload).
     timings: dict[str, float] = Field(default_factory=dict)
     worker: WorkerInfo
     attempt: int = 1

@@ -363,6 +363,15 @@ def resolve_caption_model(settings: CaptionSettings, models: ModelLoader, *,
     return ResolvedCaptionModel(settings.caption_model, path, revision, model_type)
 
 
+def _dtype_keyword() -> str:
+    """transformers 4.56 renamed ``torch_dtype`` to ``dtype`` (5.x warns on the old name); older
+    ones pass an unknown ``dtype`` into the model config and load float32 silently."""
+    import transformers
+    from packaging.version import Version
+
+    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
 def folder_identity(folder: Path) -> str:
     """A content hash of a local CLIP folder's config and safetensors weights."""
     digest = hashlib.sha256()
@@ -456,12 +465,12 @@ class Captioner:
         self.caption_model = resolved
         cls = {"blip": BlipForConditionalGeneration, "blip-2": Blip2ForConditionalGeneration,
                "git": AutoModelForCausalLM}[resolved.model_type]
-        # GIT runs in float32 (as clip-interrogator loads it): its generation is unstable in float16.
+        # GIT in float32, BLIP / BLIP-2 in the worker's dtype: as clip-interrogator loads them.
         model_dtype = torch.float32 if resolved.model_type == "git" else dtype
         log.info("model_loading", extra={"model": resolved.spec, "revision": resolved.revision, "role": "caption"})
         try:
             model = cls.from_pretrained(resolved.path, use_safetensors=True, trust_remote_code=False,
-                                        local_files_only=True, dtype=model_dtype)
+                                        local_files_only=True, **{_dtype_keyword(): model_dtype})
             processor = AutoProcessor.from_pretrained(resolved.path, trust_remote_code=False, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise ModelUnavailableError(f"caption model {resolved.spec!r} could not be loaded from {resolved.path}: "

@@ -34,15 +34,16 @@ from clip_interrogator import Config, Interrogator
 from clip_interrogator.clip_interrogator import LabelTable
 from PIL import Image
 
-#: The package's per-call autocast idiom warns on every call (deprecated API; no CUDA on a CPU box).
-_NOISE = (r".*torch\.cuda\.amp\.autocast.*", r".*CUDA is not available.*autocast.*", r".*autocast.*")
+#: The package wraps every CLIP call in ``torch.cuda.amp.autocast()``, which warns on every call:
+#: a FutureWarning (deprecated API) and, without CUDA, a UserWarning ("Disabling autocast").
+_AUTOCAST_NOISE = r".*autocast.*"
 
 
 @contextmanager
 def quiet_autocast() -> Iterator[None]:
+    """Silence the package's per-call autocast warnings (only those) for the calls inside."""
     with warnings.catch_warnings():
-        for pattern in _NOISE:
-            warnings.filterwarnings("ignore", message=pattern)
+        warnings.filterwarnings("ignore", message=_AUTOCAST_NOISE)
         yield
 
 
