@@ -269,3 +269,33 @@ def tiny_blip(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_labels(tmp_path_factory) -> Path:
     return write_tiny_labels(tmp_path_factory.mktemp("labels"))
+
+
+def build_tiny_git(path: Path) -> Path:
+    """A GIT captioner (transformers ``GitForCausalLM``) with random weights and its processor."""
+    import torch
+    from transformers import BertTokenizer, CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor
+
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = path / "vocab-source.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *CAPTION_WORDS]) + "\n")
+    tokenizer = BertTokenizer(str(vocab))
+    vocab.unlink()
+    config = GitConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=CLIP_IMAGE, patch_size=8),
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+        max_position_embeddings=64, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    GitForCausalLM(config).save_pretrained(path, safe_serialization=True)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": CLIP_IMAGE},
+                                         crop_size={"height": CLIP_IMAGE, "width": CLIP_IMAGE})
+    GitProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_git(tmp_path_factory) -> Path:
+    return build_tiny_git(tmp_path_factory.mktemp("models") / "tiny-git")
