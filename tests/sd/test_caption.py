@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 
 from processor.cli import build_captioner, build_registry, main
 from processor.config import load_settings
@@ -380,3 +381,20 @@ def test_git_captions_in_float32_and_other_model_types_are_refused(tiny_git, tin
     text_encoder = Captioner(CaptionSettings(mode="blip", caption_model=str(tiny_sd / "text_encoder")), loader)
     with pytest.raises(ConfigError, match="captioning takes BLIP, BLIP-2 or GIT"):
         text_encoder.setup()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_offload_frees_the_gpu_between_captions(tiny_sd, tiny_clip, tiny_blip, tiny_labels, tmp_path):
+    config = caption_config(tmp_path, tiny_sd, tiny_clip, tiny_blip, tiny_labels, offload=True)
+    data = json.loads(config.read_text())
+    data["models"] = {"device": "cuda"}
+    config.write_text(json.dumps(data))
+    captioner = build_captioner(load_settings(config))
+    captioner.setup()
+    from PIL import Image
+
+    for colour in ((10, 200, 30), (200, 10, 30)):  # the second call moves both models back first
+        assert captioner(Image.new("RGB", (64, 48), colour)).text
+        assert next(captioner.interrogator.clip_model.parameters()).device.type == "cpu"
+        assert next(captioner.interrogator.caption_model.parameters()).device.type == "cpu"
