@@ -536,7 +536,7 @@ class Captioner:
                 if self.remote is not None:
                     self.remote.put(name, blob)
             elif source == "shared":
-                self.local.put(name, encode_table(embeds, self.clip_identity or "", table, len(labels)))
+                self.local.put(name, data)  # the next start on this machine reads it locally
             self.table_sources[source] += 1
             self._label_sets[table] = frozenset(labels)
             log.info("label_table", extra={"table": table, "source": source, "labels": len(labels), "blob": name,
