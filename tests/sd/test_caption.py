@@ -152,9 +152,14 @@ def test_label_tables_are_computed_once_then_read_from_the_local_then_the_shared
         settings = load_settings(config)
         store = S3Store.from_settings(settings.store)
         before = len(count_encodes)
-        key = f"inputs/{name}.jpg"
-        _, layout, captioner = drain(settings, {key: photo_bytes(160, 120, seed=photo)}, store=store)
+        key, meta = f"inputs/{name}.jpg", f"inputs/{name}-meta.jpg"
+        inputs = {key: photo_bytes(160, 120, seed=photo), meta: photo_bytes(160, 120, seed=photo + 10)}
+        # x-amz-meta-prompt set on upload (what `processor submit --prompt` does) replaces the caption.
+        _, layout, captioner = drain(settings, inputs, store=store, metadata={meta: {"prompt": f"a {name} robot"}})
         assert manifest_of(store, layout, key).caption.text
+        with_meta = manifest_of(store, layout, meta)
+        assert with_meta.caption.replaced_by == "metadata"
+        assert with_meta.variants[0].parameters["prompt"] == f"a {name} robot, {TRIGGER}"
         return captioner, len(count_encodes) - before, store
 
     first, encoded, store = run("first", tmp_path / "cache-a", 1)
