@@ -102,10 +102,12 @@ def manifest_of(store, layout, key) -> Manifest:
 def test_every_mode_captions_each_input_into_its_prompts_and_manifest(mode, tiny_sd, tiny_clip, tiny_blip, tiny_labels,
                                                                       tmp_path, count_encodes):
     settings = load_settings(caption_config(tmp_path, tiny_sd, tiny_clip, tiny_blip, tiny_labels, mode=mode))
-    store, layout, captioner = drain(settings, PHOTOS)
+    # The "done when" names fast and classic: every input; the other modes: one is enough.
+    photos = PHOTOS if mode in ("fast", "classic") else dict(list(PHOTOS.items())[:1])
+    store, layout, captioner = drain(settings, photos)
     assert dict(captioner.table_sources) == ({"computed": len(TABLES_BY_MODE[mode])} if TABLES_BY_MODE[mode] else {})
     assert len(count_encodes) == len(TABLES_BY_MODE[mode])
-    for key in PHOTOS:
+    for key in photos:
         manifest = manifest_of(store, layout, key)
         caption = manifest.caption
         assert caption is not None and caption.mode == mode and caption.replaced_by is None
@@ -124,7 +126,7 @@ def test_every_mode_captions_each_input_into_its_prompts_and_manifest(mode, tiny
                 assert caption.negative is None and p["negative"] == "blurry"
     if mode in ("fast", "best"):
         # The interrogator ranked CLIP terms after the caption; keep dropped them from the prompt.
-        assert any("," in manifest_of(store, layout, key).caption.raw for key in PHOTOS)
+        assert any("," in manifest_of(store, layout, key).caption.raw for key in photos)
 
 
 def test_keep_full_keeps_the_ranked_terms(tiny_sd, tiny_clip, tiny_blip, tiny_labels, tmp_path):
