@@ -96,6 +96,22 @@ def build_registry(settings: Settings) -> Any:
         make_engine(name, style, models), name, style, models, masker))
 
 
+def build_captioner(settings: Settings, store: ObjectStore | None = None) -> Any:
+    """The caption stage, or None with ``caption.mode: none``. With a store, label tables are
+    shared through the bucket's state prefix (``<state>/cache/label-tables/``)."""
+    if settings.caption.mode == "none":
+        return None
+    from processor.models import ModelLoader
+    from processor.pipeline.caption import Captioner
+
+    remote = None
+    if store is not None:
+        from processor.shared_cache import StoreCache
+
+        remote = StoreCache(store, KeyLayout(settings.prefixes).cache_prefix + "label-tables/")
+    return Captioner(settings.caption, ModelLoader(settings.models), remote)
+
+
 def detect_device() -> str:
     """``cuda:N (name)`` when PyTorch sees a GPU, else ``cpu``; never imports torch if absent."""
     try:
@@ -148,7 +164,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     # Serving starts before setup: /healthz answers (and /readyz says 503) while models load.
     metrics = MetricsEndpoint(settings.metrics)
     worker = Worker(store, settings, build_registry(settings), worker_id=worker_id(settings), styles=styles,
-                    device=detect_device(), use_claims=use_claims, observer=metrics.observer)
+                    device=detect_device(), use_claims=use_claims, observer=metrics.observer,
+                    captioner=build_captioner(settings, store))
     metrics.observer.watch(store=store, claims=worker.claims, info=worker.info.model_dump())
     _install_signal_handlers(worker)
     log.info("worker_start", extra={"worker": worker.info.id, "store": store.description, "styles": styles,
@@ -183,12 +200,16 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from processor.outputs import encode_outputs
+    from processor.pipeline.caption import caption_item, caption_used
     from processor.pipeline.decode import decode_image
     from processor.pipeline.render import render
 
     styles = args.style or list(settings.run.styles)
     registry = build_registry(settings)
     registry.setup(styles)
+    captioner = build_captioner(settings) if caption_used(settings.caption, settings.styles, styles) else None
+    if captioner is not None:
+        captioner.setup()
     out = Path(args.out)
     files = sorted(_walk(args.paths))
     if not files:
@@ -202,7 +223,9 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
         source = Source(key=str(path), etag=hashlib.md5(data).hexdigest(), size=len(data))
         try:
             decoded = decode_image(data, settings.pipeline.decode, name=str(path))
-            variants, timings = render(decoded.image, styles, registry)
+            context, caption = caption_item(captioner, decoded.image, settings=settings.caption,
+                                            styles=settings.styles, style_names=styles)
+            variants, timings = render(decoded.image, styles, registry, context=context)
             files_out, entries, sheet_name = encode_outputs(decoded.image, variants, output_prefix="", sheet_height=sheet)
         except ItemError as exc:
             failed += 1
@@ -216,7 +239,8 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
             (target / f.name).write_bytes(f.body)
         source = source.model_copy(update={"width": decoded.image.width, "height": decoded.image.height,
                                            "format": decoded.format, "notes": decoded.notes})
-        manifest = Manifest(source=source, variants=entries, contact_sheet=sheet_name, timings=timings, worker=info)
+        manifest = Manifest(source=source, variants=entries, contact_sheet=sheet_name, timings=timings, worker=info,
+                            caption=captioner.record(caption) if caption is not None else None)
         (target / "manifest.json").write_bytes(manifest.to_json_bytes())
     done = len(files) - failed
     print(f"{done} processed, {failed} failed -> {out}")
@@ -326,7 +350,7 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     from processor.doctor import run_checks
 
     rows = run_checks(settings, build_store=build_store, build_registry=build_registry,
-                      detect_device=detect_device, config_path=args.config_source)
+                      detect_device=detect_device, config_path=args.config_source, build_captioner=build_captioner)
     width = max(len(r.check) for r in rows)
     for r in rows:
         print(f"{r.check:<{width}}  {r.status:<4}  {r.detail}")
@@ -341,6 +365,10 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
 
     loader = ModelLoader(settings.models)
     wanted = configured_models(settings.styles)
+    captioner = build_captioner(settings)
+    if captioner is not None:
+        for model, path in captioner.pull():
+            print(f"caption {model}: {path}")
     if not wanted:
         print("no diffusion styles configured: nothing to pull")
         return 0

@@ -262,7 +262,8 @@ class Img2ImgStyle(_Section):
     revision: str | None = None
     #: Style words appended to the prompt.
     trigger: str = ""
-    #: The subject text before the trigger words (a sidecar's ``prompt`` sets it per image).
+    #: The subject before the trigger words when an input has neither a per-image prompt (sidecar
+    #: ``prompt``, ``x-amz-meta-prompt``) nor a caption (``caption.mode``).
     prompt: str | None = None
     negative: str = ""
     rounds: list[DiffusionRound] = Field(default_factory=lambda: [DiffusionRound(strength=0.6)], min_length=1)
@@ -421,6 +422,68 @@ class ModelSettings(_Section):
         return value
 
 
+#: How each input is captioned before its prompt is built (``processor.pipeline.caption``).
+CaptionMode = Literal["fast", "classic", "best", "negative", "blip", "none"]
+#: The prompt template's default: the caption (or per-image prompt), then the style's trigger words.
+DEFAULT_PROMPT_TEMPLATE = "{caption}, {trigger}"
+_TEMPLATE_FIELDS = {"caption", "trigger"}
+
+
+class CaptionSettings(_Section):
+    """Captions with the CLIP Interrogator; only styles that take a prompt (img2img) use them."""
+
+    #: ``fast``/``classic``/``best``: the caption model's caption plus CLIP-ranked style terms
+    #: (clip-interrogator's modes); ``negative``: the caption, and the CLIP terms least like the
+    #: image appended to the negative prompt; ``blip``: the caption model alone; ``none``: no caption.
+    mode: CaptionMode = "none"
+    #: An open_clip name ``ARCH/TAG`` (``ViT-L-14/openai``), ``hf-hub:org/repo``, or
+    #: ``local-dir:/path`` (``open_clip_config.json`` and safetensors weights inside).
+    clip_model: str = "ViT-L-14/openai"
+    #: Hub commit / tag to pin for the CLIP weights.
+    clip_revision: str | None = None
+    #: A BLIP / BLIP-2 / GIT hub id or local folder, or a clip-interrogator short name (``blip-large``).
+    caption_model: str = "Salesforce/blip-image-captioning-large"
+    caption_revision: str | None = None
+    #: ``first-clause``: the text up to the first comma (the notebook); ``full``: all of it.
+    keep: Literal["first-clause", "full"] = "first-clause"
+    #: Fields: ``{caption}`` (the caption, or a per-image prompt) and ``{trigger}`` (the style's words).
+    template: str = DEFAULT_PROMPT_TEMPLATE
+    #: Move the caption models to the CPU after each caption, so diffusion gets the whole GPU.
+    offload: bool = False
+    #: The local label-embedding cache; default ``$XDG_CACHE_HOME/toy-cartoonizer/label-tables``.
+    cache_dir: Path | None = None
+    #: A folder of label lists (``artists.txt``, ``flavors.txt``, ``mediums.txt``, ``movements.txt``,
+    #: ``negative.txt``, ``trendings.txt``) replacing clip-interrogator's; missing files keep its list.
+    labels_dir: Path | None = None
+    #: Tokens the caption model may generate.
+    max_caption_tokens: int = Field(default=32, ge=1, le=256)
+    #: Most CLIP-ranked terms appended in fast / best / negative mode.
+    max_flavors: int = Field(default=32, ge=1, le=128)
+    #: Labels per CLIP text batch while computing label tables (lower for small GPUs).
+    chunk_size: int = Field(default=2048, ge=1)
+
+    @field_validator("template")
+    @classmethod
+    def _known_fields(cls, value: str) -> str:
+        import string
+
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"template {value!r} is not a format string: {exc}") from None
+        unknown = fields - _TEMPLATE_FIELDS
+        if unknown:
+            raise ValueError(f"template fields are {{caption}} and {{trigger}}; unknown: {sorted(unknown)}")
+        return value
+
+    @field_validator("clip_model")
+    @classmethod
+    def _clip_name(cls, value: str) -> str:
+        if not value.startswith(("local-dir:", "hf-hub:")) and value.count("/") != 1:
+            raise ValueError("clip_model is ARCH/TAG (ViT-L-14/openai), hf-hub:org/repo or local-dir:/path")
+        return value
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: ``auto``: JSON lines when stderr is not a terminal, readable text when it is.
@@ -453,6 +516,7 @@ class Settings(BaseSettings):
     models: ModelSettings = ModelSettings()
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
+    caption: CaptionSettings = CaptionSettings()
 
     @model_validator(mode="after")
     def _styles_exist(self) -> Settings:

@@ -27,6 +27,7 @@ def run_checks(
     build_registry: Callable[[Settings], Any],
     detect_device: Callable[[], str],
     config_path: str,
+    build_captioner: Callable[[Settings], Any] | None = None,
 ) -> list[Row]:
     rows = [Row("config", "ok", f"{config_path}: styles {', '.join(settings.run.styles)}; store {settings.store.kind}")]
     store = None
@@ -41,6 +42,8 @@ def run_checks(
     rows.append(Row("device", "ok", detect_device()))
     rows.append(Row("metrics", *describe_endpoint(settings.metrics)))
     rows.extend(_model_checks(settings, build_registry))
+    if build_captioner is not None:
+        rows.extend(_caption_checks(settings, build_captioner))
     return rows
 
 
@@ -83,4 +86,34 @@ def _model_checks(settings: Settings, build_registry: Callable[[Settings], Any])
             rows.append(Row(f"style {name}", "ok", detail or "ready"))
         except ProcessorError as exc:
             rows.append(Row(f"style {name}", "FAIL", str(exc)))
+    return rows
+
+
+def _caption_checks(settings: Settings, build_captioner: Callable[[Settings], Any]) -> list[Row]:
+    """Whether the caption models are in the cache (nothing is loaded or fetched). A missing
+    model fails only when a style in ``run.styles`` would caption with it, or in offline mode."""
+    from processor.models import is_local, offline_mode
+    from processor.pipeline.caption import caption_used
+
+    mode = settings.caption.mode
+    if mode == "none":
+        return [Row("caption", "ok", "off (caption.mode: none)")]
+    used = caption_used(settings.caption, settings.styles, settings.run.styles)
+    rows = [Row("caption", "ok", f"mode {mode}" + ("" if used else "; no style in run.styles takes a prompt"))]
+    try:
+        captioner = build_captioner(settings)
+        checks = captioner.availability()
+    except ProcessorError as exc:
+        return rows + [Row("caption models", "FAIL" if used else "warn", str(exc))]
+    for role, model, available, detail in checks:
+        local = model.startswith("local-dir:") or is_local(model)
+        if available:
+            rows.append(Row(f"caption {role}", "ok", f"{model}: {detail}"))
+        elif used and (local or offline_mode(settings.models)):
+            rows.append(Row(f"caption {role}", "FAIL", detail))
+        elif used:
+            rows.append(Row(f"caption {role}", "warn", f"{model}: not in the cache yet; `processor models pull` "
+                                                      f"fetches it (else the worker downloads it at start)"))
+        else:
+            rows.append(Row(f"caption {role}", "warn", f"{detail} (no style in run.styles uses it)"))
     return rows

@@ -119,6 +119,8 @@ class KeyLayout:
         self.prefixes = prefixes
         self.claims_prefix = prefixes.state + "claims/"
         self.done_prefix = prefixes.state + "done/"
+        #: Blobs workers share (label tables of the caption stage), under ``label-tables/`` etc.
+        self.cache_prefix = prefixes.state + "cache/"
 
     def relpath(self, input_key: str) -> str:
         if not input_key.startswith(self.prefixes.inputs):

@@ -84,17 +84,44 @@ class WorkerInfo(_Model):
     host: str | None = None
 
 
+class CaptionInfo(_Model):
+    """How the input was captioned (``caption.*``); each variant's ``parameters`` hold the final
+    ``prompt`` and ``negative`` its style built from it."""
+
+    #: ``fast``, ``classic``, ``best``, ``negative``, ``blip``.
+    mode: str
+    #: The caption kept for the prompt (``keep`` applied); None when a per-image prompt replaced it.
+    text: str | None = None
+    #: The interrogator's whole output.
+    raw: str | None = None
+    #: ``negative`` mode: the terms appended to the negative prompt.
+    negative: str | None = None
+    #: ``sidecar`` or ``metadata`` when that input's own prompt replaced the caption.
+    replaced_by: str | None = None
+    #: ``first-clause`` or ``full``.
+    keep: str | None = None
+    clip_model: str | None = None
+    #: The hub commit of the CLIP weights (None for a local folder).
+    clip_revision: str | None = None
+    caption_model: str | None = None
+    caption_revision: str | None = None
+    #: Seconds spent captioning this input.
+    seconds: float = 0.0
+
+
 class Manifest(_Model):
     schema_: Literal["toy-cartoonizer/manifest/v1"] = Field(default=MANIFEST_SCHEMA, alias="schema")
     status: Literal["done"] = "done"
     source: Source
     variants: list[Variant]
     contact_sheet: str | None = None
-    #: Seconds spent per stage (download, decode, <style>, encode, upload).
+    #: Seconds spent per stage (download, decode, caption, <style>, encode, upload).
     timings: dict[str, float] = Field(default_factory=dict)
     worker: WorkerInfo
     attempt: int = 1
     created_at: datetime = Field(default_factory=utcnow)
+    #: The input's caption, when a style built its prompt from one (``caption.mode``).
+    caption: CaptionInfo | None = None
 
 
 class FailureRecord(_Model):

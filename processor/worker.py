@@ -47,6 +47,7 @@ from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo
 from processor.metrics import WorkerObserver
 from processor.outputs import encode_outputs
 from processor.pipeline.base import DecodedImage, VariantImage
+from processor.pipeline.caption import Caption, caption_item, caption_used, metadata_prompt
 from processor.pipeline.decode import decode_image
 from processor.pipeline.render import EngineRegistry, render
 from processor.pipeline.sidecar import Sidecar, parse_sidecar
@@ -82,6 +83,9 @@ class Job:
     decoded: DecodedImage | None = None
     sidecar: Sidecar | None = None
     variants: list[VariantImage] = field(default_factory=list)
+    #: ``x-amz-meta-prompt`` of the input: replaces its caption.
+    metadata_prompt: str | None = None
+    caption: Caption | None = None
     error: ItemError | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -113,10 +117,13 @@ class Worker:
         device: str = "cpu",
         use_claims: bool = True,
         observer: WorkerObserver | None = None,
+        captioner: Any | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.registry = registry
+        #: The caption stage (``processor.pipeline.caption.Captioner``), None when captions are off.
+        self.captioner = captioner
         self.layout = KeyLayout(settings.prefixes)
         self.styles = styles or list(settings.run.styles)
         self.info = WorkerInfo(id=worker_id, version=__version__, device=device)
@@ -140,6 +147,10 @@ class Worker:
 
     def setup(self) -> None:
         self.registry.setup(self.styles)
+        # Load the captioner now only when a configured style uses it; a sidecar that picks such
+        # a style for one input loads it on first use.
+        if self.captioner is not None and caption_used(self.settings.caption, self.settings.styles, self.styles):
+            self.captioner.setup()
         self.observer.setup_done()
 
     def run_once(self) -> int:
@@ -380,6 +391,7 @@ class Worker:
             ) from exc
         # The input may have been replaced since the scan: the bytes we read define the version.
         job.etag, job.size = obj.info.etag, obj.info.size
+        job.metadata_prompt = metadata_prompt(obj.metadata)
         if job.item.sidecar:
             try:
                 job.sidecar = parse_sidecar(self.store.get(job.item.sidecar).body, job.item.sidecar)
@@ -397,7 +409,14 @@ class Worker:
         styles = (job.sidecar.styles if job.sidecar and job.sidecar.styles else self.styles)
         overrides = job.sidecar.style_overrides() if job.sidecar else None
         try:
-            job.variants, timings = render(job.decoded.image, styles, self.registry, overrides)
+            context, job.caption = caption_item(
+                self.captioner, job.decoded.image, settings=self.settings.caption, styles=self.settings.styles,
+                style_names=styles, sidecar_prompt=job.sidecar.prompt if job.sidecar else None,
+                metadata_prompt=job.metadata_prompt,
+            )
+            if job.caption is not None and job.caption.seconds:
+                job.timings["caption"] = job.caption.seconds
+            job.variants, timings = render(job.decoded.image, styles, self.registry, overrides, context)
             job.timings.update(timings)
         except ItemError as exc:
             job.error = exc
@@ -467,6 +486,7 @@ class Worker:
             contact_sheet=keys.output_prefix + sheet_name if sheet_name else None,
             timings=job.timings,
             worker=self.info,
+            caption=self.captioner.record(job.caption) if job.caption is not None else None,
         )
         started = time.perf_counter()
         try:

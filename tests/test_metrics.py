@@ -247,7 +247,7 @@ class GatedEngine:
         assert self.gate.wait(30), "the test never opened the gate"
         self.inner.setup()
 
-    def __call__(self, image):
+    def __call__(self, image, context=None):
         return self.inner(image)
 
     def describe(self):
@@ -307,7 +307,7 @@ class CrashingEngine:
     def setup(self) -> None:
         pass
 
-    def __call__(self, image):
+    def __call__(self, image, context=None):
         raise RuntimeError("a bug in the engine")
 
     def describe(self):

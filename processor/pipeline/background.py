@@ -40,7 +40,7 @@ from PIL import Image
 
 from processor.config import background_model
 from processor.errors import StageFailed
-from processor.pipeline.base import Engine, VariantImage
+from processor.pipeline.base import Engine, ItemContext, VariantImage
 from processor.pipeline.mask import SubjectMask, SubjectMasker
 
 log = logging.getLogger("processor.background")
@@ -252,8 +252,8 @@ class BackgroundEngine:
     def describe(self) -> dict[str, Any]:
         return self.inner.describe() | {"background": self.stage.describe()}
 
-    def __call__(self, image: Image.Image) -> list[VariantImage]:
-        return self.stage(image, self.inner(image))
+    def __call__(self, image: Image.Image, context: ItemContext | None = None) -> list[VariantImage]:
+        return self.stage(image, self.inner(image, context))
 
 
 def with_background(engine: Engine, style_name: str, style: Any, models: Any, masker: SubjectMasker) -> Engine:

@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from processor.config import DEFAULT_PROMPT_TEMPLATE
+
 
 @dataclass
 class DecodedImage:
@@ -44,6 +46,23 @@ class VariantImage:
     mask: Any = None
 
 
+@dataclass
+class ItemContext:
+    """What the stages before the transform learned about one input, for engines that build a
+    prompt (``processor.pipeline.prompt``). Engines without a prompt ignore it."""
+
+    #: The caption kept for the prompt (``caption.keep`` applied), or None without captioning.
+    caption: str | None = None
+    #: A per-image prompt that replaces the caption: a sidecar's ``prompt`` or ``x-amz-meta-prompt``.
+    prompt: str | None = None
+    #: Where ``prompt`` came from: ``sidecar`` or ``metadata``.
+    prompt_source: str | None = None
+    #: Terms for the negative prompt (``caption.mode: negative``).
+    negative_terms: str | None = None
+    #: ``caption.template``.
+    template: str = DEFAULT_PROMPT_TEMPLATE
+
+
 class Engine(Protocol):
     """One configured style. ``style_name`` is its key under ``styles``."""
 
@@ -54,7 +73,7 @@ class Engine(Protocol):
         """Load weights or build tables; called once per worker before the first item."""
         ...
 
-    def __call__(self, image: Image.Image) -> list[VariantImage]:
+    def __call__(self, image: Image.Image, context: ItemContext | None = None) -> list[VariantImage]:
         """All variants of this style for one decoded RGB image."""
         ...
 

@@ -35,7 +35,8 @@ from PIL import Image
 from processor.config import Img2ImgStyle, InstructPix2PixStyle
 from processor.errors import StageFailed
 from processor.models import ModelLoader, ResolvedModel
-from processor.pipeline.base import VariantImage
+from processor.pipeline.base import ItemContext, VariantImage
+from processor.pipeline.prompt import StylePrompt, fit_text, style_prompt, tokenizer_counter
 
 log = logging.getLogger("processor.diffusion")
 
@@ -85,11 +86,6 @@ def working_size(width: int, height: int, long_side: int) -> tuple[int, int]:
         return max(SIZE_MULTIPLE, int(round(side / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
 
     return snap(width * scale), snap(height * scale)
-
-
-def compose_prompt(subject: str | None, trigger: str) -> str:
-    """The subject (a sidecar prompt; later the caption) followed by the style's trigger words."""
-    return ", ".join(part.strip() for part in (subject, trigger) if part and part.strip())
 
 
 def round_seed(variant_seed: int, round_index: int) -> int:
@@ -146,6 +142,14 @@ class _DiffusionEngine:
 
     def _revision(self) -> str | None:
         return self.style.revision or (self.resolved.revision if self.resolved else None)
+
+    def _prompt(self, context: ItemContext | None) -> StylePrompt:
+        """This style's prompt for one input (``processor.pipeline.prompt``), fitted to the
+        pipeline's own tokenizer."""
+        tokenizer = self.pipe.tokenizer
+        return style_prompt(trigger=self.style.trigger, negative=self.style.negative, style_subject=self.style.prompt,
+                            context=context, count_tokens=tokenizer_counter(tokenizer),
+                            max_tokens=tokenizer.model_max_length, fields={"style": self.style_name})
 
     def _long_side(self) -> int:
         return self.style.size or native_size(self.pipe)
@@ -204,13 +208,14 @@ class Img2ImgEngine(_DiffusionEngine):
     task = "img2img"
     style: Img2ImgStyle
 
-    def __call__(self, image: Image.Image) -> list[VariantImage]:
+    def __call__(self, image: Image.Image, context: ItemContext | None = None) -> list[VariantImage]:
         style = self.style
         size = working_size(image.width, image.height, self._long_side())
         current = to_tensor(image.convert("RGB").resize(size, Image.Resampling.LANCZOS))
         current = current.expand(style.variants, -1, -1, -1)
-        prompt = compose_prompt(style.prompt, style.trigger)
-        negative = style.negative or None
+        built = self._prompt(context)
+        prompt = built.prompt.text
+        negative = built.negative.text or None
         seeds = [style.seed + i for i in range(style.variants)]
         self._activate_lora()
         halvings = 0
@@ -238,9 +243,7 @@ class Img2ImgEngine(_DiffusionEngine):
                            "denoising_steps": int(style.steps * rnd.strength)})
         results = []
         for i, picture in enumerate(to_pil(current)):
-            params = self._common(size) | {
-                "prompt": prompt,
-                "negative": style.negative,
+            params = self._common(size) | built.parameters() | {
                 "seed": seeds[i],
                 "rounds": [r | {"seed": round_seed(seeds[i], k)} for k, r in enumerate(rounds)],
                 "denoising_steps": sum(r["denoising_steps"] for r in rounds),
@@ -261,18 +264,22 @@ class InstructPix2PixEngine(_DiffusionEngine):
     task = "instruct-pix2pix"
     style: InstructPix2PixStyle
 
-    def __call__(self, image: Image.Image) -> list[VariantImage]:
+    def __call__(self, image: Image.Image, context: ItemContext | None = None) -> list[VariantImage]:
         style = self.style
         size = working_size(image.width, image.height, self._long_side())
         source = to_tensor(image.convert("RGB").resize(size, Image.Resampling.LANCZOS)).expand(style.variants, -1, -1, -1)
         negative = style.negative or None
         seeds = [style.seed + i for i in range(style.variants)]
+        tokenizer = self.pipe.tokenizer
+        instruction = fit_text(style.instruction, count_tokens=tokenizer_counter(tokenizer),
+                               max_tokens=tokenizer.model_max_length, what="instruction",
+                               fields={"style": self.style_name}).text
         self._activate_lora()
 
         def call(start: int, stop: int) -> torch.Tensor:
             n = stop - start
             return self.pipe(
-                prompt=[style.instruction] * n,
+                prompt=[instruction] * n,
                 negative_prompt=[negative] * n if negative else None,
                 image=source[start:stop],
                 num_inference_steps=style.steps,
@@ -287,8 +294,8 @@ class InstructPix2PixEngine(_DiffusionEngine):
         results = []
         for i, picture in enumerate(to_pil(out)):
             params = self._common(size) | {
-                "prompt": style.instruction,
-                "instruction": style.instruction,
+                "prompt": instruction,
+                "instruction": instruction,
                 "negative": style.negative,
                 "seed": seeds[i],
                 "guidance": style.guidance,

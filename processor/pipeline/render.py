@@ -17,7 +17,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from processor.errors import InvalidSidecar, ItemError, StageFailed
-from processor.pipeline.base import Engine, VariantImage
+from processor.pipeline.base import Engine, ItemContext, VariantImage
 
 log = logging.getLogger("processor.render")
 
@@ -86,15 +86,17 @@ def render(
     style_names: Sequence[str],
     registry: EngineRegistry,
     overrides: Mapping[str, Any] | None = None,
+    context: ItemContext | None = None,
 ) -> tuple[list[VariantImage], dict[str, float]]:
-    """Every variant of every style, and the seconds each style took."""
+    """Every variant of every style, and the seconds each style took. ``context`` carries the
+    caption and per-image prompt to engines that build a prompt."""
     variants: list[VariantImage] = []
     timings: dict[str, float] = {}
     for name in style_names:
         engine = registry.engine(name, overrides)
         started = time.perf_counter()
         try:
-            variants.extend(engine(image))
+            variants.extend(engine(image, context))
         except ItemError:
             raise
         except Exception as exc:  # an engine bug or model fault: fail this item, keep the worker

@@ -44,8 +44,10 @@ class Sidecar(BaseModel):
     background: SidecarBackground | None = None
 
     def style_overrides(self) -> dict[str, object]:
-        """The style fields this sidecar replaces (``background`` merges into the style's own)."""
-        fields = ("variants", "seed", "prompt", "negative", "instruction")
+        """The style fields this sidecar replaces (``background`` merges into the style's own).
+        ``prompt`` is not one of them: it replaces the caption for this input
+        (``processor.pipeline.prompt``), without a per-image engine."""
+        fields = ("variants", "seed", "negative", "instruction")
         overrides: dict[str, object] = {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
         if self.background is not None and self.background.model_fields_set:
             overrides["background"] = self.background.model_dump(exclude_unset=True)

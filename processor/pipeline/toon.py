@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from processor.config import ToonStyle
-from processor.pipeline.base import VariantImage
+from processor.pipeline.base import ItemContext, VariantImage
 
 ENGINE = "toon"
 
@@ -96,7 +96,7 @@ class ToonEngine:
             "edge_width": list(self.style.edge_width),
         }
 
-    def __call__(self, image: Image.Image) -> list[VariantImage]:
+    def __call__(self, image: Image.Image, context: ItemContext | None = None) -> list[VariantImage]:
         """``style.variants`` cartoons of ``image``, each at the working size."""
         if image.mode != "RGB":
             # Decode hands us RGB; converting here keeps direct callers (tests, notebooks) simple.

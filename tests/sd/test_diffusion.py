@@ -17,7 +17,8 @@ from processor.keys import KeyLayout
 from processor.manifest import FailureRecord, Manifest
 from processor.models import ModelLoader, component_patterns
 from processor.pipeline import diffusion
-from processor.pipeline.diffusion import Img2ImgEngine, compose_prompt, working_size
+from processor.pipeline.diffusion import Img2ImgEngine, working_size
+from processor.pipeline.prompt import build_prompt
 from processor.store.local import LocalStore
 from processor.worker import Worker
 from tests.images import photo_bytes
@@ -281,8 +282,8 @@ def test_sizes_keep_aspect_in_multiples_of_8():
     assert working_size(480, 640, 512) == (384, 512)
     assert working_size(1000, 333, 1024) == (1024, 344)
     assert working_size(4000, 30, 512) == (512, 8)
-    assert compose_prompt(None, TRIGGER) == TRIGGER
-    assert compose_prompt("a bear ", "cartoon") == "a bear, cartoon"
+    assert build_prompt(None, TRIGGER).text == TRIGGER
+    assert build_prompt("a bear ", "cartoon").text == "a bear, cartoon"
     assert diffusion.round_seed(5, 0) == 5
 
 
