@@ -121,6 +121,19 @@ class ClaimManager:
         claim.etag = info.etag
         return True
 
+    def holds(self, claim: Claim) -> bool:
+        """Whether the claim object still carries our token: a fresh read, not the keeper's last
+        renewal. False once another worker has taken it over (or it is gone). Unlike ``renew``,
+        this writes nothing, so it cannot race the keeper thread's renewals."""
+        try:
+            current = self.store.get(claim.key)
+        except ObjectNotFound:
+            return False
+        try:
+            return json.loads(current.body).get("token") == claim.token
+        except (ValueError, AttributeError):
+            return False
+
     def release(self, claim: Claim) -> None:
         """Best effort: an expired claim is taken over by the next worker anyway."""
         if claim.lost.is_set():
