@@ -70,6 +70,8 @@ POLL_S = 0.2
 TAKEOVER_SLACK_S = 45.0
 #: Seconds a SIGSTOPped zombie is kept paused past the takeover, so it resumes after the commit.
 ZOMBIE_EXTRA_PAUSE_S = 0.5
+#: Seconds a worker still running past its SIGTERM grace period gets before the stack dump and SIGKILL.
+LATE_EXIT_WAIT_S = 20.0
 #: Flags for the harness's own SeaweedFS: a restarted single master elects itself in ~1 s, not 10.
 WEED_FLAGS = ("-master.electionTimeout=1s",)
 
@@ -140,6 +142,8 @@ class Results:
     notes: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     drain_s: float = 0.0
+    #: The machine's 1-minute load average at the start and the end (the figures depend on it).
+    load: list[float] = field(default_factory=list)
 
 
 class Harness:
@@ -321,6 +325,7 @@ class Harness:
 
     def run(self) -> Results:
         started = time.monotonic()
+        self.results.load.append(os.getloadavg()[0])
         faults = self.plan.faults()
         self.rng.shuffle(faults)
         # The probe needs healthy workers around it: keep it away from the outage's aftermath.
@@ -339,6 +344,7 @@ class Harness:
         remaining = self.plan.deadline_s - (drain - started)
         self._wait_for("every input to have a result", lambda: self._pending() == 0, max(remaining, 30.0))
         self.results.drain_s = round(time.monotonic() - drain, 1)
+        self.results.load.append(os.getloadavg()[0])
         self._stop_all()
         self.results.wall_s = round(time.monotonic() - started, 1)
         return self.results
@@ -354,17 +360,24 @@ class Harness:
         self._wait_for(f"{slot.label} to start", lambda: any(e.get("event") == "worker_start"
                                                               for e in _events(slot.log_path)), 60.0)
 
-    def _stop_in_time(self, slot: Slot) -> int | None:
-        """Wait the grace period for ``slot`` to exit; past it, dump its stacks and SIGKILL it."""
+    def _stop_in_time(self, slot: Slot, sent: float) -> dict[str, Any]:
+        """Wait for ``slot`` (SIGTERMed at ``sent``) to exit: its exit code and seconds. Past the
+        grace period it gets ``LATE_EXIT_WAIT_S`` more (to tell slow from stuck), then a stack
+        dump (SIGUSR1) and SIGKILL."""
+        exit_: dict[str, Any] = {"worker": slot.label}
         try:
-            return slot.proc.wait(self.plan.term_grace_s)
+            code = slot.proc.wait(max(0.0, sent + self.plan.term_grace_s + LATE_EXIT_WAIT_S - time.monotonic()))
         except subprocess.TimeoutExpired:
             slot.proc.send_signal(signal.SIGUSR1)
             time.sleep(0.5)
             slot.proc.kill()
             slot.proc.wait()
-            self.say(f"{slot.label} did not exit within {self.plan.term_grace_s:g}s; stacks in {slot.log_path}")
-            return None
+            self.say(f"{slot.label} still running {self.plan.term_grace_s + LATE_EXIT_WAIT_S:g}s after SIGTERM; "
+                     f"stacks in {slot.log_path}")
+            code = None
+        seconds = round(time.monotonic() - sent, 2)
+        exit_ |= {"exit_code": code, "seconds": seconds, "in_grace": code == 0 and seconds <= self.plan.term_grace_s}
+        return exit_
 
     def _kill(self, slot: Slot) -> None:
         slot.expected_exit = True
@@ -425,9 +438,7 @@ class Harness:
         slot.expected_exit = True
         sent = time.monotonic()
         slot.proc.send_signal(signal.SIGTERM)
-        code = self._stop_in_time(slot)
-        self.results.term_exits.append({"worker": slot.label, "exit_code": code,
-                                        "seconds": round(time.monotonic() - sent, 2)})
+        self.results.term_exits.append(self._stop_in_time(slot, sent))
         self._spawn(slot)
 
     def fault_window_probe(self) -> None:
@@ -488,11 +499,12 @@ class Harness:
     def _stop_all(self) -> None:
         for slot in self.slots:
             self._wait_started(slot)
+        sent = time.monotonic()
+        for slot in self.slots:
             slot.expected_exit = True
             slot.proc.send_signal(signal.SIGTERM)
         for slot in self.slots:
-            code = self._stop_in_time(slot)
-            self.results.final_exits.append({"worker": slot.label, "exit_code": code})
+            self.results.final_exits.append(self._stop_in_time(slot, sent))
 
     def close(self) -> None:
         for slot in self.slots:
@@ -574,8 +586,9 @@ def table(plan: Plan, results: Results, report: BucketReport, logs: LogFigures,
     bad_done = sorted(k for k, kind in expected.items() if kind == "bad" and report.outcome.get(k) == "done")
     p50, p95 = report.takeover_percentiles()
     lp50, lp95 = percentile(logs.takeover_age_s, 50), percentile(logs.takeover_age_s, 95)
-    term_ok = sum(1 for t in results.term_exits if t["exit_code"] == 0 and t["seconds"] <= plan.term_grace_s)
-    final_ok = sum(1 for t in results.final_exits if t["exit_code"] == 0)
+    term_ok = sum(1 for t in results.term_exits if t["in_grace"])
+    final_ok = sum(1 for t in results.final_exits if t["in_grace"])
+    exit_s = [t["seconds"] for t in results.term_exits + results.final_exits if t["exit_code"] is not None]
     probe_open = sum(1 for p in results.window_probe if p.get("zombie_reached_overwrite"))
     faults = ", ".join(f"{k} {v}" for k, v in sorted(results.faults.items())) or "none"
     rows = [
@@ -605,12 +618,14 @@ def table(plan: Plan, results: Results, report: BucketReport, logs: LogFigures,
         ("takeover age p50 / p95 (s, logs, server clock)", f"{_fmt(lp50)} / {_fmt(lp95)}", ""),
         ("claims left at the end", str(report.claims_left), ""),
         ("SIGTERM exits 0 within grace", f"{term_ok} of {len(results.term_exits)}", "all"),
-        ("final SIGTERM exits 0", f"{final_ok} of {len(results.final_exits)}", "all"),
+        ("final SIGTERM exits 0 within grace", f"{final_ok} of {len(results.final_exits)}", "all"),
+        ("SIGTERM to exit, max (s)", _fmt(max(exit_s) if exit_s else None), f"<= {plan.term_grace_s:g}"),
         ("unexpected worker exits", str(len(results.unexpected_exits)), "0"),
         ("store retries / item transient errors / scan failures",
          f"{logs.store_retries} / {logs.transient_item_errors} / {logs.scan_failures}", ""),
         ("manifest versions / output versions", f"{report.manifest_versions} / {report.output_versions}", ""),
         ("wall time / drain after last fault (s)", f"{results.wall_s:g} / {results.drain_s:g}", ""),
+        ("load average at start / end (1 min)", " / ".join(f"{v:.1f}" for v in results.load), ""),
     ]
     broken = list(report.violations)
     if wrong_good:

@@ -155,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     install()
     from processor.cli import main as cli_main
 
-    return cli_main(argv)
+    code = cli_main(argv)
+    # From here on only interpreter shutdown runs: the harness compares this event's time with
+    # the exit it observes, to tell a slow shutdown from a stuck one.
+    log.info("chaos_main_returned", extra={"exit_code": code})
+    return code
 
 
 if __name__ == "__main__":

@@ -115,3 +115,25 @@ def test_store_errors_while_claiming_skip_the_item_not_the_daemon(tmp_path):
     store.down = False
     assert worker.run_once() == 0
     assert scan(store, KeyLayout(settings.prefixes)).done == 3
+
+
+def test_a_pass_rescans_after_a_claim_ttl_so_expired_claims_are_seen_soon(tmp_path):
+    """A long backlog does not delay takeovers: after one claim TTL a pass takes no new items and
+    the worker rescans (and sees claims that expired meanwhile); the inputs still all finish."""
+    settings = make_settings(tmp_path)
+    settings = settings.model_copy(update={"claims": settings.claims.model_copy(update={"ttl_s": 0.3, "renew_s": 0.1})})
+
+    class SlowInputs(LocalStore):
+        def get(self, key, **kw):
+            if key.startswith("inputs/"):
+                time.sleep(0.1)  # a slow download: the pass outlasts the TTL
+            return super().get(key, **kw)
+
+    store = SlowInputs(settings.store.root)
+    for i in range(8):
+        store.put(f"inputs/t{i}.png", photo_bytes(96, 96, fmt="PNG", seed=i))
+    worker = make_worker(store, settings)
+    result = worker.run_pass(scan(store, KeyLayout(settings.prefixes)).pending)
+    assert result.cut_short and 0 < result.progress < 8 and result.left == 8 - result.progress
+    assert worker.run_once() == 0
+    assert scan(store, KeyLayout(settings.prefixes)).done == 8
