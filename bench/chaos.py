@@ -136,6 +136,9 @@ class Results:
     term_exits: list[dict[str, Any]] = field(default_factory=list)
     final_exits: list[dict[str, Any]] = field(default_factory=list)
     outage_downtime_s: list[float] = field(default_factory=list)
+    #: (start, end) of each outage, seconds since the epoch: claims unrenewed through an outage
+    #: are taken over after it, which is not a crash's takeover latency.
+    outage_windows: list[tuple[float, float]] = field(default_factory=list)
     window_kills_confirmed: int = 0
     zombie_refusals_seen: int = 0
     window_probe: list[dict[str, Any]] = field(default_factory=list)
@@ -354,7 +357,13 @@ class Harness:
         slot = self.rng.choice(self.slots)
         self.say(f"SIGKILL {slot.label}")
         self._kill(slot)
+        self._restart(slot)
+
+    def _restart(self, slot: Slot) -> None:
+        """A new incarnation in the slot; the next fault waits until it runs (as a Deployment's
+        replacement pod would be running before the next failure, most of the time)."""
         self._spawn(slot)
+        self._wait_started(slot)
 
     def _wait_started(self, slot: Slot) -> None:
         self._wait_for(f"{slot.label} to start", lambda: any(e.get("event") == "worker_start"
@@ -396,7 +405,7 @@ class Harness:
         self.say(f"SIGKILL {slot.label} between its last variant and the manifest of {folder} "
                  f"({len(variants)} variant(s) written, no manifest)")
         self._kill(slot)
-        self._spawn(slot)
+        self._restart(slot)
 
     def fault_zombie(self) -> None:
         self._arm("commit")
@@ -422,10 +431,12 @@ class Harness:
         self._sleep(self.rng.uniform(0.2, 1.0))
         self.say(f"stopping SeaweedFS for {self.plan.outage_s:.0f}s")
         down = time.monotonic()
+        down_epoch = time.time()
         self.weed.stop()
         self._sleep(self.plan.outage_s)
         self.weed.start()
         self.results.outage_downtime_s.append(round(time.monotonic() - down, 1))
+        self.results.outage_windows.append((down_epoch, time.time()))
         self.say(f"SeaweedFS back after {time.monotonic() - down:.1f}s")
 
     def fault_term(self) -> None:
@@ -439,7 +450,7 @@ class Harness:
         sent = time.monotonic()
         slot.proc.send_signal(signal.SIGTERM)
         self.results.term_exits.append(self._stop_in_time(slot, sent))
-        self._spawn(slot)
+        self._restart(slot)
 
     def fault_window_probe(self) -> None:
         """Force the known race: zombie Z paused before its variant writes; W takes over and holds at
@@ -584,7 +595,13 @@ def table(plan: Plan, results: Results, report: BucketReport, logs: LogFigures,
     """(rows of figure, value, requirement) and the broken requirements."""
     wrong_good = sorted(k for k, kind in expected.items() if kind == "good" and report.outcome.get(k) == "failed")
     bad_done = sorted(k for k, kind in expected.items() if kind == "bad" and report.outcome.get(k) == "done")
-    p50, p95 = report.takeover_percentiles()
+    def in_outage(t) -> bool:
+        return any(start - plan.ttl_s <= t.last_renewal_t <= end for start, end in results.outage_windows)
+
+    crash = [t.latency_s for t in report.takeovers if not in_outage(t)]
+    outage = [t.latency_s for t in report.takeovers if in_outage(t)]
+    p50, p95 = percentile(crash, 50), percentile(crash, 95)
+    o50, o95 = percentile(outage, 50), percentile(outage, 95)
     lp50, lp95 = percentile(logs.takeover_age_s, 50), percentile(logs.takeover_age_s, 95)
     term_ok = sum(1 for t in results.term_exits if t["in_grace"])
     final_ok = sum(1 for t in results.final_exits if t["in_grace"])
@@ -613,9 +630,10 @@ def table(plan: Plan, results: Results, report: BucketReport, logs: LogFigures,
         ("  SIGSTOPped zombies whose commit was refused",
          f"{results.zombie_refusals_seen} of {results.faults['zombie']}", "all"),
         ("known window: zombie reached its overwrite", f"{probe_open} of {len(results.window_probe)}", "0"),
-        ("claim takeovers (bucket)", str(len(report.takeovers)), ""),
-        ("takeover latency p50 / p95 (s, bucket)", f"{_fmt(p50)} / {_fmt(p95)}", f">= TTL {plan.ttl_s:g}"),
-        ("takeover age p50 / p95 (s, logs, server clock)", f"{_fmt(lp50)} / {_fmt(lp95)}", ""),
+        ("claim takeovers (bucket): after a crash or pause / across the outage", f"{len(crash)} / {len(outage)}", ""),
+        ("  latency after a crash or pause p50 / p95 (s)", f"{_fmt(p50)} / {_fmt(p95)}", f">= TTL {plan.ttl_s:g}"),
+        ("  latency across the outage p50 / p95 (s)", f"{_fmt(o50)} / {_fmt(o95)}", ""),
+        ("  takeover age, all, p50 / p95 (s, logs, server clock)", f"{_fmt(lp50)} / {_fmt(lp95)}", ""),
         ("claims left at the end", str(report.claims_left), ""),
         ("SIGTERM exits 0 within grace", f"{term_ok} of {len(results.term_exits)}", "all"),
         ("final SIGTERM exits 0 within grace", f"{final_ok} of {len(results.final_exits)}", "all"),

@@ -72,6 +72,8 @@ class Takeover:
     from_worker: str
     to_worker: str
     latency_s: float
+    #: When the old holder last wrote the claim (seconds since the epoch).
+    last_renewal_t: float = 0.0
 
 
 @dataclass
@@ -256,7 +258,7 @@ def check_bucket(client: Any, bucket: str, prefixes: PrefixSettings | None = Non
                 continue
             if previous and body.get("token") != previous[1].get("token"):
                 report.takeovers.append(Takeover(key, str(previous[1].get("worker")), str(body.get("worker")),
-                                                 v.t - previous[0].t))
+                                                 v.t - previous[0].t, previous[0].t))
             previous = (v, body)
         latest = _latest(vs)
         if latest is not None and not latest.deleted:

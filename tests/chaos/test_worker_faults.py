@@ -137,3 +137,28 @@ def test_a_pass_rescans_after_a_claim_ttl_so_expired_claims_are_seen_soon(tmp_pa
     assert result.cut_short and 0 < result.progress < 8 and result.left == 8 - result.progress
     assert worker.run_once() == 0
     assert scan(store, KeyLayout(settings.prefixes)).done == 8
+
+
+def test_claims_judged_from_whole_second_http_dates_get_a_second_of_margin(tmp_path):
+    """S3's Last-Modified and Date are whole seconds: a measured age of TTL can be TTL - 1 s in
+    truth, so such a claim is only taken over at TTL + 1 s (measured)."""
+    from dataclasses import replace
+    from datetime import datetime, timedelta, timezone
+
+    from processor.claims import ClaimManager
+
+    written = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    now = {"t": written}
+
+    class HttpDates(LocalStore):
+        def get(self, key, **kw):
+            found = super().get(key, **kw)
+            return replace(found, info=replace(found.info, last_modified=written, server_time=now["t"]))
+
+    store = HttpDates(tmp_path / "bucket")
+    a, b = ClaimManager(store, "a", ttl_s=3), ClaimManager(store, "b", ttl_s=3)
+    assert a.acquire("claims/x.json", "inputs/x.jpg", "e1") is not None
+    now["t"] = written + timedelta(seconds=3)
+    assert b.acquire("claims/x.json", "inputs/x.jpg", "e1") is None
+    now["t"] = written + timedelta(seconds=4)
+    assert b.acquire("claims/x.json", "inputs/x.jpg", "e1").took_over_from == "a"
