@@ -40,8 +40,9 @@ def check(outcome: Outcome, plan: Plan) -> None:
     assert sum(results.faults.values()) == len(plan.faults())
     # The zombie's commit was refused by the conditional commit or the claim check.
     assert outcome.logs.commit_refused + outcome.logs.claim_lost_skipped >= plan.zombies
-    # Crashed and paused workers' claims were taken over, no sooner than the TTL.
-    assert report.takeovers and min(t.latency_s for t in report.takeovers) >= plan.ttl_s - 1.0
+    # Crashed and paused workers' claims were taken over, never before the TTL had run out
+    # (a tenth of a second for the gap between a request's arrival and its version's timestamp).
+    assert report.takeovers and min(t.latency_s for t in report.takeovers) >= plan.ttl_s - 0.1
 
 
 @pytest.mark.timeout(420)
