@@ -55,7 +55,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from bench.chaos_check import BucketReport, check_bucket, percentile  # noqa: E402
 from bench.chaos_worker import folder_id  # noqa: E402
 from processor.config import PrefixSettings  # noqa: E402
-from processor.keys import KeyLayout  # noqa: E402
+from processor.keys import KeyLayout, safe_path  # noqa: E402
 from tests.images import bad_inputs, photo_bytes  # noqa: E402
 from tests.seaweed import S3Server, WeedServer  # noqa: E402
 
@@ -294,8 +294,6 @@ class Harness:
                 parsed = self.layout.parse_done_marker(obj["Key"])
                 if parsed:
                     done.add(parsed[0])
-        from processor.keys import safe_path
-
         return sum(1 for key in self.uploaded if safe_path(self.layout.relpath(key)) not in done)
 
     # ------------------------------------------------------------------ holds
@@ -331,7 +329,6 @@ class Harness:
         self.results.load.append(os.getloadavg()[0])
         faults = self.plan.faults()
         self.rng.shuffle(faults)
-        # The probe needs healthy workers around it: keep it away from the outage's aftermath.
         self.uploaded: list[str] = []
         self.start()
         for i, fault in enumerate(faults):
@@ -665,11 +662,11 @@ def table(plan: Plan, results: Results, report: BucketReport, logs: LogFigures,
 
 def print_table(rows: list[tuple[str, str, str]], broken: list[str], out: Any = sys.stdout) -> None:
     width = max(len(r[0]) for r in rows)
-    vwidth = max(len(r[1]) for r in rows)
-    print(f"{'figure':<{width}}  {'value':>{vwidth}}  required", file=out)
-    print(f"{'-' * width}  {'-' * vwidth}  --------", file=out)
+    nwidth = max(len(r[2]) for r in rows + [("", "", "required")])
+    print(f"{'figure':<{width}}  {'required':<{nwidth}}  value", file=out)
+    print(f"{'-' * width}  {'-' * nwidth}  -----", file=out)
     for name, value, need in rows:
-        print(f"{name:<{width}}  {value:>{vwidth}}  {need}", file=out)
+        print(f"{name:<{width}}  {need:<{nwidth}}  {value}".rstrip(), file=out)
     print(file=out)
     if broken:
         print("PROMISE BROKEN:", file=out)

@@ -97,10 +97,6 @@ class BucketReport:
     #: Input key → "done" / "failed" / "lost".
     outcome: dict[str, str] = field(default_factory=dict)
 
-    def takeover_percentiles(self) -> tuple[float | None, float | None]:
-        return percentile([t.latency_s for t in self.takeovers], 50), percentile(
-            [t.latency_s for t in self.takeovers], 95)
-
     @property
     def violations(self) -> list[str]:
         problems = []
