@@ -12,7 +12,8 @@ latest version; sidecars are not inputs):
   else from Last-Modified (whole seconds).
 - **claim takeovers**: consecutive versions of one claim object written by different claim tokens;
   the takeover latency is the time from the old holder's last write (its last renewal) to the
-  new holder's takeover write.
+  new holder's takeover write. A second token sooner than the TTL is a *double claim*: two
+  ``If-None-Match: *`` creates both succeeded.
 
 ``check_bucket`` returns a ``BucketReport``; the harness adds what only logs can tell (refused
 zombie commits) and prints the table.
@@ -39,6 +40,9 @@ from processor.store.base import strip_etag
 
 #: Parallel GETs of object versions (manifests, variants, claims).
 FETCH_THREADS = 16
+#: Seconds a takeover may come before the TTL by the gap between a request's arrival and its
+#: version's timestamp; anything sooner is not a takeover.
+TTL_SLACK_S = 0.1
 #: SeaweedFS version ids start with 16 hex digits of (2**63 - 1 - write time in ns).
 _MAX_INT64 = (1 << 63) - 1
 
@@ -93,6 +97,9 @@ class BucketReport:
     manifest_versions: int = 0
     output_versions: int = 0
     takeovers: list[Takeover] = field(default_factory=list)
+    #: A second token written sooner than the TTL after the first, with no release between: two
+    #: ``If-None-Match: *`` creates both succeeded (the store's conditional create raced).
+    double_claims: list[Takeover] = field(default_factory=list)
     claims_left: int = 0
     #: Input key → "done" / "failed" / "lost".
     outcome: dict[str, str] = field(default_factory=dict)
@@ -253,8 +260,11 @@ def check_bucket(client: Any, bucket: str, prefixes: PrefixSettings | None = Non
             except (ValueError, KeyError):
                 continue
             if previous and body.get("token") != previous[1].get("token"):
-                report.takeovers.append(Takeover(key, str(previous[1].get("worker")), str(body.get("worker")),
-                                                 v.t - previous[0].t, previous[0].t))
+                change = Takeover(key, str(previous[1].get("worker")), str(body.get("worker")),
+                                  v.t - previous[0].t, previous[0].t)
+                ttl = float(previous[1].get("ttl_s") or 0)
+                # A takeover needs the claim expired; sooner means both creates won.
+                (report.double_claims if change.latency_s < ttl - TTL_SLACK_S else report.takeovers).append(change)
             previous = (v, body)
         latest = _latest(vs)
         if latest is not None and not latest.deleted:

@@ -15,6 +15,11 @@ from bench.chaos import FAULTS, Outcome, Plan, print_table, run_chaos
 from tests.seaweed import weed_binary
 
 
+#: Seconds past the TTL within which every claim is taken over, outages included (the full run
+#: measured at most 21.5 s with a 15 s outage; the short run's outage is 3 s).
+TAKEOVER_BOUND_S = 45.0
+
+
 @pytest.fixture(autouse=True)
 def _needs_weed() -> None:
     if weed_binary() is None:
@@ -40,9 +45,10 @@ def check(outcome: Outcome, plan: Plan) -> None:
     assert sum(results.faults.values()) == len(plan.faults())
     # The zombie's commit was refused by the conditional commit or the claim check.
     assert outcome.logs.commit_refused + outcome.logs.claim_lost_skipped >= plan.zombies
-    # Crashed and paused workers' claims were taken over, never before the TTL had run out
-    # (a tenth of a second for the gap between a request's arrival and its version's timestamp).
-    assert report.takeovers and min(t.latency_s for t in report.takeovers) >= plan.ttl_s - 0.1
+    # Crashed and paused workers' claims were taken over, and soon: before passes were bounded by
+    # the TTL, takeovers waited for whole backlogs (75 s with a 4 s TTL).
+    assert report.takeovers
+    assert max(t.latency_s for t in report.takeovers) < plan.ttl_s + TAKEOVER_BOUND_S, explain(outcome)
 
 
 @pytest.mark.timeout(420)

@@ -64,7 +64,11 @@ def test_claim_takeovers_are_read_from_claim_versions(versioned):
     client.put_object(Bucket=bucket, Key=key, Body=b'{"worker": "w2", "token": "t2"}')  # the takeover
     client.delete_object(Bucket=bucket, Key=key)  # released
     client.put_object(Bucket=bucket, Key=key, Body=b'{"worker": "w3", "token": "t3"}')  # a fresh claim
+    other = ".processor/claims/def.json"  # two creates that both won, milliseconds apart
+    client.put_object(Bucket=bucket, Key=other, Body=b'{"worker": "w4", "token": "t4", "ttl_s": 60}')
+    client.put_object(Bucket=bucket, Key=other, Body=b'{"worker": "w5", "token": "t5", "ttl_s": 60}')
     report = check_bucket(client, bucket)
     assert [(t.from_worker, t.to_worker) for t in report.takeovers] == [("w1", "w2")]
+    assert [(t.from_worker, t.to_worker) for t in report.double_claims] == [("w4", "w5")]
     assert report.takeovers[0].latency_s >= 0
-    assert report.claims_left == 1
+    assert report.claims_left == 2
