@@ -111,6 +111,27 @@ class Plan:
         return [name for name, n in counts.items() for _ in range(n)]
 
 
+PLAN_HELP = {
+    "inputs": "good photos to process",
+    "bad": "bad files among them (each must end with a failure record)",
+    "workers": "worker processes",
+    "kills": "SIGKILLs of a random worker at a random moment",
+    "window_kills": "SIGKILLs between a worker's last variant and its manifest",
+    "zombies": "workers SIGSTOPped at their commit past the claim TTL, then SIGCONTed",
+    "outages": "S3 server stops",
+    "outage_s": "seconds each outage lasts (plus the server's restart)",
+    "terms": "SIGTERMs of a running worker",
+    "window_probes": "forced runs of the known overwrite race",
+    "ttl_s": "claim TTL in seconds (PROCESSOR_CLAIMS__TTL_S)",
+    "renew_s": "claim renewal period in seconds (PROCESSOR_CLAIMS__RENEW_S)",
+    "engine_delay_s": "extra compute seconds per input",
+    "term_grace_s": "seconds a SIGTERMed worker has to exit 0",
+    "image_side": "pixels: the long side of the generated photos and the toon working size",
+    "deadline_s": "seconds the whole run may take before the harness gives up",
+    "seed": "seed of the fault order, victims and moments",
+}
+
+
 class ChaosError(RuntimeError):
     """The harness itself could not do what it set out to (not a broken promise)."""
 
@@ -715,7 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, value in asdict(defaults).items():
         flag = "--" + name.replace("_", "-")
         p.add_argument(flag, type=type(value), default=None, metavar=type(value).__name__.upper(),
-                       help=f"default {value} (--ci: {getattr(Plan.ci(), name)})")
+                       help=f"{PLAN_HELP[name]}; default {value} (--ci: {getattr(Plan.ci(), name)})")
     p.add_argument("--workdir", type=Path, help="keep the server data, worker logs and control files here "
                    "(default: a temporary folder, removed afterwards)")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the figures as JSON")
