@@ -12,7 +12,8 @@ waits for the network and memory stays flat however many inputs there are::
 The commit: ``manifest.json`` is written last with ``If-None-Match: *`` (or ``If-Match`` on the
 manifest of the input's previous version). A worker that was paused past its claim's TTL loses
 that race and publishes nothing (``commit_refused``). Variants are written with the same care: a
-variant that already exists is only replaced when no manifest for this input version exists.
+variant that already exists is only replaced when no manifest for this input version exists and
+the claim object still carries this worker's token; the commit checks the token too.
 """
 
 from __future__ import annotations
@@ -62,12 +63,21 @@ MAX_STALLED_PASSES = 5
 BUSY_RESCAN_S = 5.0
 #: Seconds a stage waits on a full queue before checking whether the pass was aborted.
 QUEUE_POLL_S = 0.2
+#: Claim TTLs after which a pass takes no new items and the worker rescans. Items skipped as
+#: busy are only tried again by a rescan: without this bound, the claim of a crashed worker
+#: waited for every other worker to get through its whole backlog (bench/chaos.py measured
+#: takeovers 75 s after the last renewal with a 4 s TTL).
+PASS_MAX_TTLS = 1.0
 
 _END = object()
 
 
 class AlreadyCommitted(Exception):
     """Another worker committed this input version first; ours must not publish."""
+
+    def __init__(self, key: str, reason: str = "already committed by another worker") -> None:
+        super().__init__(key)
+        self.reason = reason
 
 
 @dataclass
@@ -99,6 +109,8 @@ class PassResult:
     outcomes: Counter = field(default_factory=Counter)
     #: Inputs still without a result after this pass (store errors, held by other workers).
     left: int = 0
+    #: The pass stopped taking items after PASS_MAX_TTLS claim TTLs; the rest wait for a rescan.
+    cut_short: bool = False
 
     @property
     def progress(self) -> int:
@@ -162,8 +174,8 @@ class Worker:
             if not items:
                 return 0
             result = self.run_pass(items)
-            if result.left == 0:
-                continue  # rescan: inputs may have arrived meanwhile
+            if result.left == 0 or (result.cut_short and result.progress):
+                continue  # rescan: inputs may have arrived meanwhile, claims may have expired
             if result.outcomes["transient"] and not result.progress:
                 stalled += 1
                 if stalled >= MAX_STALLED_PASSES:
@@ -295,9 +307,14 @@ class Worker:
 
     def _fetch_all(self, items: list[WorkItem], ready: queue.Queue, keeper: ClaimKeeper | None,
                    result: PassResult) -> None:
+        deadline = time.monotonic() + PASS_MAX_TTLS * self.settings.claims.ttl_s if self.claims else None
         try:
             for item in items:
                 if self.stop_event.is_set():
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    result.cut_short = True
+                    log.info("pass_cut_short", extra={"after_s": round(PASS_MAX_TTLS * self.settings.claims.ttl_s, 1)})
                     break
                 job = self._fetch(item, keeper, result)
                 if job is not None and not self._offer(ready, job):
@@ -310,7 +327,17 @@ class Worker:
         bind_item(keys.input)
         claim = None
         if self.claims:
-            claim = self.claims.acquire(keys.claim, keys.input, item.info.etag)
+            try:
+                claim = self.claims.acquire(keys.claim, keys.input, item.info.etag)
+            except FatalError:
+                raise
+            except StoreError as exc:
+                # Out of retries (an outage): this item waits for the next pass. Raised from this
+                # thread it would end the pass and set stop_event, and the daemon would exit.
+                log.warning("claim_failed", extra={"key": keys.input, "error": type(exc).__name__, "detail": str(exc)})
+                with self._count_lock:
+                    result.outcomes["transient"] += 1
+                return None
             if claim is None:
                 with self._count_lock:
                     result.outcomes["busy"] += 1
@@ -476,8 +503,8 @@ class Worker:
         try:
             for f in files:
                 self._put_output(job, keys.output_prefix + f.name, f.body, f.content_type)
-        except AlreadyCommitted:
-            log.warning("commit_refused", extra={"key": job.key, "reason": "already committed by another worker"})
+        except AlreadyCommitted as exc:
+            log.warning("commit_refused", extra={"key": job.key, "reason": exc.reason})
             return "refused"
         job.timings["upload"] = round(time.perf_counter() - started, 4)
         manifest = Manifest(
@@ -489,6 +516,9 @@ class Worker:
             caption=self.captioner.record(job.caption) if job.caption is not None else None,
         )
         started = time.perf_counter()
+        if not self._still_ours(job):
+            log.warning("commit_refused", extra={"key": job.key, "reason": "claim taken over by another worker"})
+            return "refused"
         try:
             if job.old_manifest_etag:
                 self.store.put(keys.manifest, manifest.to_json_bytes(), content_type="application/json",
@@ -522,10 +552,26 @@ class Worker:
         current = self.store.head(key)
         if self._committed(job):
             raise AlreadyCommitted(key)
+        if not self._still_ours(job):
+            # The object may be the variant of the worker that took our claim over, which it
+            # may commit any moment: only the claim holder replaces outputs.
+            raise AlreadyCommitted(key, "claim taken over by another worker")
         try:
             self.store.put(key, body, content_type=content_type, if_match=current.etag)
         except PreconditionFailed as exc:
             raise AlreadyCommitted(key) from exc
+
+    def _still_ours(self, job: Job) -> bool:
+        """False when another worker has taken this job's claim over (read from the store now).
+
+        Checked after the HEAD before an overwrite and before the commit, so a worker that was
+        paused past its TTL neither replaces the variants of the worker that took over (which it
+        could otherwise do between ``_committed`` and its If-Match put, after that worker's
+        commit) nor commits over that worker's overwrites. What is left: a worker paused past
+        the TTL exactly between this read and its put (see docs/reliability.md)."""
+        if not (self.claims and job.claim):
+            return True  # shards: no claims; the conditional commit alone decides
+        return self.claims.holds(job.claim)
 
     def _committed(self, job: Job) -> bool:
         try:
