@@ -31,6 +31,8 @@ DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
 #: Pixels: the shorter side of an input must be at least this.
 DEFAULT_MIN_SIDE = 64
+#: Seconds between the daemon's full scans (incremental StartAfter scans in between).
+DEFAULT_FULL_RESCAN_S = 300.0
 
 
 class _Section(BaseModel):
@@ -236,6 +238,9 @@ class RunSettings(_Section):
     poll_interval_s: float = Field(default=10.0, gt=0)
     #: Seconds: the longest wait between scans while idle (doubles from poll_interval_s).
     idle_backoff_max_s: float = Field(default=300.0, gt=0)
+    #: Seconds between the daemon's full scans; in between it lists only inputs after the last key
+    #: seen (StartAfter). An upload that sorts before that key is found by the next full scan.
+    full_rescan_s: float = Field(default=DEFAULT_FULL_RESCAN_S, gt=0)
     #: Inputs downloaded and decoded ahead of the one computing.
     prefetch: int = Field(default=2, ge=0, le=64)
     #: Finished items waiting for upload before compute waits (bounds memory).

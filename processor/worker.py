@@ -23,7 +23,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import ValidationError
 
@@ -47,7 +47,7 @@ from processor.pipeline.base import DecodedImage, VariantImage
 from processor.pipeline.decode import decode_image
 from processor.pipeline.render import EngineRegistry, render
 from processor.pipeline.sidecar import Sidecar, parse_sidecar
-from processor.scan import WorkItem, scan, shard_of
+from processor.scan import IncrementalScanner, WorkItem, scan, shard_of
 from processor.store.base import ObjectStore
 
 log = logging.getLogger("processor.worker")
@@ -58,6 +58,9 @@ MAX_STALLED_PASSES = 5
 BUSY_RESCAN_S = 5.0
 #: Seconds a stage waits on a full queue before checking whether the pass was aborted.
 QUEUE_POLL_S = 0.2
+#: Outcomes after which the daemon offers an item again at its next (incremental) scan; ``None``
+#: is an item the pass never reached (stopped). Busy items wait for the full rescan instead.
+RETRY_OUTCOMES = frozenset({"transient", "released", None})
 
 _END = object()
 
@@ -92,6 +95,8 @@ class PassResult:
     outcomes: Counter = field(default_factory=Counter)
     #: Inputs still without a result after this pass (store errors, held by other workers).
     left: int = 0
+    #: Input key -> its outcome in this pass.
+    outcome_of: dict[str, str] = field(default_factory=dict)
 
     @property
     def progress(self) -> int:
@@ -109,6 +114,7 @@ class Worker:
         styles: list[str] | None = None,
         device: str = "cpu",
         use_claims: bool = True,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -124,6 +130,8 @@ class Worker:
         self._abort = threading.Event()
         #: All three stage threads count outcomes; ``Counter[k] += 1`` is not atomic.
         self._count_lock = threading.Lock()
+        #: Drives the daemon's full-rescan schedule (injectable for tests).
+        self.clock = clock
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -160,10 +168,12 @@ class Worker:
     def run_forever(self) -> int:
         """The daemon: scan, work, and back off while idle (doubling up to idle_backoff_max_s)."""
         interval = self.settings.run.poll_interval_s
+        scanner = IncrementalScanner(self.store, self.layout, self.settings.run.full_rescan_s, clock=self.clock)
         while not self.stop_event.is_set():
             try:
-                items = self._my_items()
+                items = self._my_items(scanner)
                 result = self.run_pass(items) if items else PassResult()
+                scanner.retry_later(i for i in items if result.outcome_of.get(i.keys.input) in RETRY_OUTCOMES)
             except FatalError:
                 raise
             except StoreError as exc:
@@ -173,12 +183,14 @@ class Worker:
                 interval = self.settings.run.poll_interval_s
             else:
                 interval = min(interval * 2, self.settings.run.idle_backoff_max_s)
-                log.debug("idle", extra={"next_scan_s": interval})
-                self.stop_event.wait(interval)
+                # Never sleep past a due full rescan: it is what finds inputs sorting before the mark.
+                wait = max(min(interval, scanner.seconds_to_full()), self.settings.run.poll_interval_s)
+                log.debug("idle", extra={"next_scan_s": wait})
+                self.stop_event.wait(wait)
         return 0
 
-    def _my_items(self) -> list[WorkItem]:
-        backlog = scan(self.store, self.layout)
+    def _my_items(self, scanner: IncrementalScanner | None = None) -> list[WorkItem]:
+        backlog = scanner.scan() if scanner else scan(self.store, self.layout)
         items = backlog.pending
         run = self.settings.run
         if not self.claims:
@@ -187,7 +199,8 @@ class Worker:
         log.info(
             "scanned",
             extra={"inputs": backlog.inputs, "done": backlog.done, "failed": backlog.failed,
-                   "pending": len(backlog.pending), "mine": len(items), "requests": backlog.requests},
+                   "pending": len(backlog.pending), "mine": len(items), "requests": backlog.requests,
+                   "full": backlog.full},
         )
         return items
 
@@ -287,6 +300,7 @@ class Worker:
             claim = self.claims.acquire(keys.claim, keys.input, item.info.etag)
             if claim is None:
                 result.outcomes["busy"] += 1
+                result.outcome_of[keys.input] = "busy"
                 return None
             keeper.hold(claim)
         job = Job(item=item, claim=claim, etag=item.info.etag, size=item.info.size)
@@ -513,6 +527,7 @@ class Worker:
     def _finish(self, job: Job, outcome: str, keeper: ClaimKeeper | None, result: PassResult) -> None:
         with self._count_lock:
             result.outcomes[outcome] += 1
+            result.outcome_of[job.key] = outcome
         if job.claim and self.claims:
             keeper.drop(job.claim)
             self.claims.release(job.claim)
