@@ -273,6 +273,23 @@ class ClaimSettings(_Section):
         return self
 
 
+class PerformanceSettings(_Section):
+    """GPU-path switches applied when a pipeline loads (``processor.accel`` says why each default)."""
+
+    #: ``sdpa``: PyTorch scaled_dot_product_attention (flash / memory-efficient kernels on CUDA);
+    #: ``eager``: diffusers' plain matmul-softmax attention.
+    attention: Literal["sdpa", "eager"] = "sdpa"
+    #: NHWC memory format for the UNet; default (null): on for CUDA, off for the CPU.
+    channels_last: bool | None = None
+    #: torch.compile the UNet (warm-up at start, recorded; each new input shape compiles again).
+    compile_unet: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    #: Decode a batch of variants one image at a time (lower peak memory).
+    vae_slicing: bool = True
+    #: Tiled VAE decode for large images; ``auto``: when the long side exceeds 2x the native size.
+    vae_tiling: Literal["auto", "on", "off"] = "auto"
+
+
 class ModelSettings(_Section):
     """How diffusion weights are loaded (``processor.models``)."""
 
@@ -280,6 +297,8 @@ class ModelSettings(_Section):
     device: str = "auto"
     #: ``auto``: float16 on CUDA, float32 on CPU.
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    #: Attention kernel, channels_last, torch.compile, VAE slicing/tiling.
+    performance: PerformanceSettings = PerformanceSettings()
     #: Never touch the network: a model missing from the cache stops the worker at start
     #: (``HF_HUB_OFFLINE=1`` does the same).
     offline: bool = False

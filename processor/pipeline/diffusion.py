@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from processor import accel
 from processor.config import Img2ImgStyle, InstructPix2PixStyle
 from processor.errors import StageFailed
 from processor.models import ModelLoader, ResolvedModel
@@ -120,6 +121,10 @@ class _DiffusionEngine:
         self.adapter: str | None = None
         #: Variants per pipeline call; shrinks after a CUDA out-of-memory error.
         self.batch_limit = style.variants
+        #: Performance switches active on the shared modules (``processor.accel``), recorded per variant.
+        self.switches: dict[str, Any] = {}
+        self.compile_warmup_s: float | None = None
+        self._vae_tiled = False
 
     def setup(self) -> None:
         pipe, self.resolved = self.models.pipeline(self.task, self.style.model, self.style.revision)
@@ -128,6 +133,12 @@ class _DiffusionEngine:
         lora = getattr(self.style, "lora", None)
         if lora is not None:
             self.adapter = self.models.lora_adapter(pipe, self.style.model, self.style.revision, lora)
+        self.switches = self.models.switches(self.style.model, self.style.revision)
+        # A compiled UNet compiles on its first call: do it now, on one blank image at the native
+        # size (the shapes of a square input), rather than on the first user's input.
+        side = native_size(pipe)
+        self.compile_warmup_s = accel.warm_up(lambda: self(Image.new("RGB", (side, side), "gray")),
+                                              self.switches, self.style_name)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -149,6 +160,16 @@ class _DiffusionEngine:
 
     def _long_side(self) -> int:
         return self.style.size or native_size(self.pipe)
+
+    def _prepare_vae(self, size: tuple[int, int]) -> None:
+        self._vae_tiled = accel.set_vae_tiling(self.pipe, self.switches, max(size), native_size(self.pipe))
+
+    def _performance(self) -> dict[str, Any]:
+        record = {k: v for k, v in self.switches.items() if v is not None}
+        record["vae_tiled"] = self._vae_tiled
+        if self.compile_warmup_s is not None:
+            record["compile_warmup_s"] = self.compile_warmup_s
+        return record
 
     def _activate_lora(self) -> None:
         """The UNet is shared between styles: switch this style's adapter on, or every adapter off."""
@@ -194,6 +215,7 @@ class _DiffusionEngine:
             "steps": self.style.steps,
             "size": f"{size[0]}x{size[1]}",
             "dtype": str(self.models.dtype()).replace("torch.", ""),
+            "performance": self._performance(),
         }
 
 
@@ -213,6 +235,7 @@ class Img2ImgEngine(_DiffusionEngine):
         negative = style.negative or None
         seeds = [style.seed + i for i in range(style.variants)]
         self._activate_lora()
+        self._prepare_vae(size)
         halvings = 0
         rounds = []
         for k, rnd in enumerate(style.rounds):
@@ -268,6 +291,7 @@ class InstructPix2PixEngine(_DiffusionEngine):
         negative = style.negative or None
         seeds = [style.seed + i for i in range(style.variants)]
         self._activate_lora()
+        self._prepare_vae(size)
 
         def call(start: int, stop: int) -> torch.Tensor:
             n = stop - start
