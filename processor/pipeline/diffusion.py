@@ -135,10 +135,15 @@ class _DiffusionEngine:
             self.adapter = self.models.lora_adapter(pipe, self.style.model, self.style.revision, lora)
         self.switches = self.models.switches(self.style.model, self.style.revision)
         # A compiled UNet compiles on its first call: do it now, on one blank image at the native
-        # size (the shapes of a square input), rather than on the first user's input.
-        side = native_size(pipe)
-        self.compile_warmup_s = accel.warm_up(lambda: self(Image.new("RGB", (side, side), "gray")),
-                                              self.switches, self.style_name)
+        # size (the shapes of a square input), rather than on the first user's input. Once per
+        # shared UNet: per-image engines (sidecar overrides) share the record.
+        if "compile_warmup_s" not in self.switches:
+            side = native_size(pipe)
+            seconds = accel.warm_up(lambda: self(Image.new("RGB", (side, side), "gray")), self.switches,
+                                    self.style_name)
+            if seconds is not None:
+                self.switches["compile_warmup_s"] = seconds
+        self.compile_warmup_s = self.switches.get("compile_warmup_s")
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -167,8 +172,6 @@ class _DiffusionEngine:
     def _performance(self) -> dict[str, Any]:
         record = {k: v for k, v in self.switches.items() if v is not None}
         record["vae_tiled"] = self._vae_tiled
-        if self.compile_warmup_s is not None:
-            record["compile_warmup_s"] = self.compile_warmup_s
         return record
 
     def _activate_lora(self) -> None:
