@@ -35,6 +35,8 @@ DEFAULT_MIN_SIDE = 64
 DEFAULT_METRICS_PORT = 9108
 #: Seconds without progress after which /healthz fails: longer than one item's slowest stage.
 DEFAULT_METRICS_STALL_S = 900.0
+#: Seconds between the daemon's full scans (incremental StartAfter scans in between).
+DEFAULT_FULL_RESCAN_S = 300.0
 
 
 class _Section(BaseModel):
@@ -367,6 +369,9 @@ class RunSettings(_Section):
     poll_interval_s: float = Field(default=10.0, gt=0)
     #: Seconds: the longest wait between scans while idle (doubles from poll_interval_s).
     idle_backoff_max_s: float = Field(default=300.0, gt=0)
+    #: Seconds between the daemon's full scans; in between it lists only inputs after the last key
+    #: seen (StartAfter). An upload that sorts before that key is found by the next full scan.
+    full_rescan_s: float = Field(default=DEFAULT_FULL_RESCAN_S, gt=0)
     #: Inputs downloaded and decoded ahead of the one computing.
     prefetch: int = Field(default=2, ge=0, le=64)
     #: Finished items waiting for upload before compute waits (bounds memory).
@@ -399,6 +404,23 @@ class ClaimSettings(_Section):
         return self
 
 
+class PerformanceSettings(_Section):
+    """GPU-path switches applied when a pipeline loads (``processor.accel`` says why each default)."""
+
+    #: ``sdpa``: PyTorch scaled_dot_product_attention (flash / memory-efficient kernels on CUDA);
+    #: ``eager``: diffusers' plain matmul-softmax attention.
+    attention: Literal["sdpa", "eager"] = "sdpa"
+    #: NHWC memory format for the UNet; default (null): on for CUDA, off for the CPU.
+    channels_last: bool | None = None
+    #: torch.compile the UNet (warm-up at start, recorded; each new input shape compiles again).
+    compile_unet: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    #: Decode a batch of variants one image at a time (lower peak memory).
+    vae_slicing: bool = True
+    #: Tiled VAE decode for large images; ``auto``: when the long side exceeds 2x the native size.
+    vae_tiling: Literal["auto", "on", "off"] = "auto"
+
+
 class ModelSettings(_Section):
     """How diffusion weights are loaded (``processor.models``)."""
 
@@ -406,6 +428,8 @@ class ModelSettings(_Section):
     device: str = "auto"
     #: ``auto``: float16 on CUDA, float32 on CPU.
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    #: Attention kernel, channels_last, torch.compile, VAE slicing/tiling.
+    performance: PerformanceSettings = PerformanceSettings()
     #: Never touch the network: a model missing from the cache stops the worker at start
     #: (``HF_HUB_OFFLINE=1`` does the same).
     offline: bool = False

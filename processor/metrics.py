@@ -70,8 +70,9 @@ class WorkerObserver:
     def setup_done(self) -> None:
         """Models are loaded: the worker can take work."""
 
-    def scanned(self, pending: int, seconds: float) -> None:
-        """A scan reached the store and found ``pending`` inputs without a result."""
+    def scanned(self, pending: int, seconds: float, *, full: bool = True) -> None:
+        """A scan reached the store and found ``pending`` inputs without a result: all of them
+        (``full``), or those new since the last scan (an incremental scan)."""
 
     def scan_failed(self, error: str) -> None:
         """A scan could not reach the store (after retries)."""
@@ -156,12 +157,12 @@ class PrometheusObserver(WorkerObserver):
             self._setup_done = True
         self.heartbeat()
 
-    def scanned(self, pending: int, seconds: float) -> None:
+    def scanned(self, pending: int, seconds: float, *, full: bool = True) -> None:
         self.last_scan.set_to_current_time()
         self.scan_seconds.observe(seconds)
         with self._lock:
-            self._backlog = pending
-            self.backlog.set(pending)
+            self._backlog = pending if full else self._backlog + pending
+            self.backlog.set(self._backlog)
             self._scan_ok, self._scan_error = True, ""
         self.heartbeat()
 

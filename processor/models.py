@@ -90,6 +90,8 @@ class ModelLoader:
         self._bases: dict[tuple[str, str, str], Any] = {}
         self._adapters: dict[tuple[tuple[str, str, str], str], str] = {}
         self._resolved: dict[tuple[str, str | None], ResolvedModel] = {}
+        #: Per base pipeline: the performance switches active on it (``processor.accel``).
+        self._switches: dict[tuple[str, str, str], dict[str, Any]] = {}
 
     # ----------------------------------------------------------------- device / dtype
 
@@ -204,7 +206,17 @@ class ModelLoader:
         with self._lock:
             if key not in self._bases:
                 self._bases[key] = self._load(resolved, device, dtype)
+                from processor.accel import apply
+
+                self._switches[key] = apply(self._bases[key], self.settings.performance, device)
             return self._bases[key], resolved
+
+    def switches(self, model: str, revision: str | None = None) -> dict[str, Any]:
+        """The performance switches active on ``model``'s shared modules (loads it if needed);
+        the engines add warm-up seconds here and record it in every variant's parameters."""
+        base, _ = self.base(model, revision)
+        with self._lock:
+            return next(self._switches[k] for k, v in self._bases.items() if v is base)
 
     def _load(self, resolved: ResolvedModel, device: str, dtype: Any) -> Any:
         from diffusers import DiffusionPipeline

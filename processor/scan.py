@@ -4,16 +4,27 @@ Done-detection uses LIST calls only (never a HEAD per input): one listing of ``i
 of the done markers (``<state>/done/<relpath>/<etag>.<outcome>``, written right after each
 commit). The markers are a cache of the truth; the manifest is the truth. A crash between the
 manifest and its marker only costs one GET of that manifest when the item is next claimed.
+
+The daemon scans incrementally (``IncrementalScanner``): between full scans it lists only the
+inputs after the last key the previous listing returned (``StartAfter``). A full scan every
+``run.full_rescan_s`` is the safety net for what that misses: S3 keys sort by bytes, so a new
+upload may sort before the high-water mark, and SeaweedFS lists folder by folder rather than in
+byte order. Correctness never depends on the listing order; only how soon an input is found does.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import time
 from collections import defaultdict
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from processor.keys import ItemKeys, KeyLayout, is_directory_marker, is_sidecar, safe_path, safe_segment
 from processor.store.base import ObjectInfo, ObjectStore
+
+log = logging.getLogger("processor.scan")
 
 
 @dataclass(frozen=True)
@@ -34,35 +45,69 @@ class Backlog:
     pending: list[WorkItem] = field(default_factory=list)
     #: Keys of failure records / manifests whose input no longer exists are not counted.
     requests: int = 0
+    #: False for an incremental scan: ``inputs``, ``done`` and ``failed`` then count only the
+    #: inputs listed after the high-water mark (plus items carried over from the last pass).
+    full: bool = True
+    #: Of ``pending``, the items carried over from the last pass (already counted as backlog).
+    carried: int = 0
 
 
 def scan(store: ObjectStore, layout: KeyLayout) -> Backlog:
+    """A full scan: every input, checked against every done marker (two listings)."""
     before = store.request_count()
+    finished = _list_finished(store, layout)
+    inputs, sidecars, _last = _list_inputs(store, layout)
+    backlog = Backlog(inputs=len(inputs))
+    _classify(backlog, layout, inputs, sidecars, finished, owners={})
+    backlog.requests = store.request_count() - before
+    return backlog
+
+
+def _list_finished(store: ObjectStore, layout: KeyLayout) -> dict[str, dict[str, str]]:
+    """safe relpath -> {safe etag: outcome}, from the done markers."""
     finished: dict[str, dict[str, str]] = defaultdict(dict)
     for obj in store.list(layout.done_prefix):
         parsed = layout.parse_done_marker(obj.key)
         if parsed:
             safe_rel, etag, outcome = parsed
             finished[safe_rel][etag] = outcome
+    return finished
 
+
+def _list_inputs(store: ObjectStore, layout: KeyLayout, start_after: str = "") -> tuple[list[ObjectInfo], set[str], str]:
+    """Inputs and sidecar keys under the inputs prefix (after ``start_after``), and the last key
+    the listing returned (in the server's own order: what ``StartAfter`` continues from)."""
     inputs: list[ObjectInfo] = []
     sidecars: set[str] = set()
-    for obj in store.list(layout.prefixes.inputs):
+    last = ""
+    for obj in store.list(layout.prefixes.inputs, start_after=start_after):
+        last = obj.key
         if is_directory_marker(obj.key):
             continue
         if is_sidecar(obj.key):
             sidecars.add(obj.key)
         else:
             inputs.append(obj)
+    return inputs, sidecars, last
 
-    backlog = Backlog(inputs=len(inputs))
-    owners: dict[str, str] = {}
-    # Sorted here, not trusted from the listing (SeaweedFS orders '/' differently from S3):
-    # the first key in byte order owns an output folder that two inputs share.
-    inputs.sort(key=lambda o: o.key.encode("utf-8"))
+
+def _classify(
+    backlog: Backlog,
+    layout: KeyLayout,
+    inputs: list[ObjectInfo],
+    sidecars: set[str],
+    finished: dict[str, dict[str, str]],
+    owners: dict[str, str],
+) -> None:
+    """Count ``inputs`` as done / failed / pending into ``backlog``. ``owners`` (output prefix ->
+    the input key that owns it) is read and updated: the first key in byte order owns a folder."""
+    # Sorted here, not trusted from the listing (SeaweedFS orders '/' differently from S3).
+    inputs = sorted(inputs, key=lambda o: o.key.encode("utf-8"))
     for info in inputs:
         keys = layout.for_input(info.key)
-        owner = owners.setdefault(keys.output_prefix, info.key)
+        owner = owners.get(keys.output_prefix)
+        if owner is None or info.key.encode("utf-8") < owner.encode("utf-8"):
+            owners[keys.output_prefix] = owner = info.key
         outcome = finished.get(safe_path(keys.relpath), {}).get(safe_segment(info.etag))
         if outcome == "done":
             backlog.done += 1
@@ -77,8 +122,98 @@ def scan(store: ObjectStore, layout: KeyLayout) -> Backlog:
                     collides_with=owner if owner != info.key else None,
                 )
             )
-    backlog.requests = store.request_count() - before
-    return backlog
+
+
+class IncrementalScanner:
+    """The daemon's scans: full when due, otherwise only the inputs listed after the last key seen.
+
+    - A full scan (both listings) runs first and then whenever ``full_rescan_s`` have passed since
+      the last one (``clock`` is injectable for tests). It resets the high-water mark to the last
+      key its listing returned.
+    - An incremental scan lists ``inputs/`` with ``StartAfter`` = that mark (one request while
+      fewer than a page of new keys arrived) and does not list done markers: inputs after the mark
+      are new, and the rare one another worker already finished is caught by the fetch stage's
+      manifest check. The mark is the last key *the server returned*, so ``StartAfter`` continues
+      in the server's own order (SeaweedFS: folder by folder; S3: bytes) without repeats.
+    - Inputs that sort before the mark (new uploads anywhere in the key space, replaced inputs)
+      are found by the next full scan: within ``full_rescan_s`` plus one poll interval.
+    - ``retry_later`` carries items a pass left without a result (store errors, a stop) into the
+      next incremental scan, so they need not wait for the full one.
+
+    Output-folder ownership (``a.jpg`` and ``a.png`` share ``outputs/a/``) is remembered across
+    scans, so an incremental scan applies the same rule as a full one: the first key in byte order
+    owns the folder.
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        layout: KeyLayout,
+        full_rescan_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.layout = layout
+        self.full_rescan_s = full_rescan_s
+        self.clock = clock
+        self.high_water = ""
+        self._last_full: float | None = None
+        self._owners: dict[str, str] = {}
+        self._sidecars: set[str] = set()
+        self._carried: dict[str, WorkItem] = {}
+        #: Scans made so far, by kind (for logs and tests).
+        self.scans = {"full": 0, "incremental": 0}
+
+    def full_due(self) -> bool:
+        return self._last_full is None or self.clock() - self._last_full >= self.full_rescan_s
+
+    def seconds_to_full(self) -> float:
+        """Seconds until the next full scan is due (0 when it is due now)."""
+        if self._last_full is None:
+            return 0.0
+        return max(0.0, self.full_rescan_s - (self.clock() - self._last_full))
+
+    def scan(self) -> Backlog:
+        if self.full_due():
+            return self._full()
+        return self._incremental()
+
+    def retry_later(self, items: Iterable[WorkItem]) -> None:
+        for item in items:
+            self._carried[item.keys.input] = item
+
+    def _full(self) -> Backlog:
+        started = self.clock()
+        before = self.store.request_count()
+        finished = _list_finished(self.store, self.layout)
+        inputs, sidecars, last = _list_inputs(self.store, self.layout)
+        backlog = Backlog(inputs=len(inputs))
+        self._owners = {}
+        _classify(backlog, self.layout, inputs, sidecars, finished, self._owners)
+        backlog.requests = self.store.request_count() - before
+        self._sidecars = sidecars
+        self._carried.clear()  # the full scan found everything still pending
+        self.high_water = last
+        self._last_full = started
+        self.scans["full"] += 1
+        return backlog
+
+    def _incremental(self) -> Backlog:
+        before = self.store.request_count()
+        inputs, sidecars, last = _list_inputs(self.store, self.layout, start_after=self.high_water)
+        self._sidecars |= sidecars
+        listed = {i.key for i in inputs}
+        carried = [c for c in self._carried.values() if c.keys.input not in listed]
+        self._carried.clear()
+        backlog = Backlog(inputs=len(inputs), full=False)
+        _classify(backlog, self.layout, inputs, self._sidecars, {}, self._owners)
+        backlog.pending = carried + backlog.pending
+        backlog.carried = len(carried)
+        backlog.requests = self.store.request_count() - before
+        if last:
+            self.high_water = last
+        self.scans["incremental"] += 1
+        return backlog
 
 
 def shard_of(input_key: str, shard_count: int) -> int:

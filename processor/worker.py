@@ -24,7 +24,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import ValidationError
 
@@ -52,7 +52,7 @@ from processor.pipeline.caption import Caption, caption_item, caption_used, meta
 from processor.pipeline.decode import decode_image
 from processor.pipeline.render import EngineRegistry, render
 from processor.pipeline.sidecar import Sidecar, parse_sidecar
-from processor.scan import WorkItem, scan, shard_of
+from processor.scan import IncrementalScanner, WorkItem, scan, shard_of
 from processor.store.base import ObjectStore
 
 log = logging.getLogger("processor.worker")
@@ -68,6 +68,9 @@ QUEUE_POLL_S = 0.2
 #: waited for every other worker to get through its whole backlog (bench/chaos.py measured
 #: takeovers 75 s after the last renewal with a 4 s TTL).
 PASS_MAX_TTLS = 1.0
+#: Outcomes after which the daemon offers an item again at its next (incremental) scan; ``None``
+#: is an item the pass never reached (stopped). Busy items wait for the full rescan instead.
+RETRY_OUTCOMES = frozenset({"transient", "released", None})
 
 _END = object()
 
@@ -111,6 +114,8 @@ class PassResult:
     left: int = 0
     #: The pass stopped taking items after PASS_MAX_TTLS claim TTLs; the rest wait for a rescan.
     cut_short: bool = False
+    #: Input key -> its outcome in this pass.
+    outcome_of: dict[str, str] = field(default_factory=dict)
 
     @property
     def progress(self) -> int:
@@ -130,6 +135,7 @@ class Worker:
         use_claims: bool = True,
         observer: WorkerObserver | None = None,
         captioner: Any | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -149,6 +155,8 @@ class Worker:
         self._count_lock = threading.Lock()
         #: Metrics and health hooks (processor.metrics); the default does nothing.
         self.observer = observer or WorkerObserver()
+        #: Drives the daemon's full-rescan schedule (injectable for tests).
+        self.clock = clock
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -192,10 +200,12 @@ class Worker:
     def run_forever(self) -> int:
         """The daemon: scan, work, and back off while idle (doubling up to idle_backoff_max_s)."""
         interval = self.settings.run.poll_interval_s
+        scanner = IncrementalScanner(self.store, self.layout, self.settings.run.full_rescan_s, clock=self.clock)
         while not self.stop_event.is_set():
             try:
-                items = self._my_items()
+                items = self._my_items(scanner)
                 result = self.run_pass(items) if items else PassResult()
+                scanner.retry_later(i for i in items if result.outcome_of.get(i.keys.input) in RETRY_OUTCOMES)
             except FatalError:
                 raise
             except StoreError as exc:
@@ -206,14 +216,16 @@ class Worker:
                 interval = self.settings.run.poll_interval_s
             else:
                 interval = min(interval * 2, self.settings.run.idle_backoff_max_s)
-                log.debug("idle", extra={"next_scan_s": interval})
-                self.observer.heartbeat(quiet_s=interval)
-                self.stop_event.wait(interval)
+                # Never sleep past a due full rescan: it is what finds inputs sorting before the mark.
+                wait = max(min(interval, scanner.seconds_to_full()), self.settings.run.poll_interval_s)
+                log.debug("idle", extra={"next_scan_s": wait})
+                self.observer.heartbeat(quiet_s=wait)
+                self.stop_event.wait(wait)
         return 0
 
-    def _my_items(self) -> list[WorkItem]:
+    def _my_items(self, scanner: IncrementalScanner | None = None) -> list[WorkItem]:
         scan_started = time.perf_counter()
-        backlog = scan(self.store, self.layout)
+        backlog = scanner.scan() if scanner else scan(self.store, self.layout)
         items = backlog.pending
         run = self.settings.run
         if not self.claims:
@@ -222,9 +234,13 @@ class Worker:
         log.info(
             "scanned",
             extra={"inputs": backlog.inputs, "done": backlog.done, "failed": backlog.failed,
-                   "pending": len(backlog.pending), "mine": len(items), "requests": backlog.requests},
+                   "pending": len(backlog.pending), "mine": len(items), "requests": backlog.requests,
+                   "full": backlog.full},
         )
-        self.observer.scanned(len(backlog.pending), time.perf_counter() - scan_started)
+        # An incremental scan sees only the inputs after the high-water mark: it adds what it
+        # found to the backlog gauge instead of replacing the full scan's count.
+        self.observer.scanned(len(backlog.pending) - backlog.carried, time.perf_counter() - scan_started,
+                              full=backlog.full)
         return items
 
     def run_pass(self, items: list[WorkItem]) -> PassResult:
@@ -341,6 +357,7 @@ class Worker:
             if claim is None:
                 with self._count_lock:
                     result.outcomes["busy"] += 1
+                    result.outcome_of[keys.input] = "busy"
                 self.observer.item("busy")
                 return None
             keeper.hold(claim)
@@ -628,6 +645,7 @@ class Worker:
         bind_item(job.key)
         with self._count_lock:
             result.outcomes[outcome] += 1
+            result.outcome_of[job.key] = outcome
         self.observer.item(outcome, job.timings)
         if job.claim and self.claims:
             keeper.drop(job.claim)

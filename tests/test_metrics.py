@@ -236,6 +236,18 @@ def test_health_and_readiness_rules():
     assert observer.health() == (True, "stopping")
 
 
+def test_backlog_gauge_follows_full_and_incremental_scans():
+    observer = PrometheusObserver(stall_s=60)
+    backlog = lambda: observer.registry.get_sample_value("processor_backlog_inputs")  # noqa: E731
+    observer.scanned(pending=5, seconds=0.1)  # a full scan counts every pending input
+    observer.item("done")
+    assert backlog() == 4
+    observer.scanned(pending=2, seconds=0.1, full=False)  # an incremental one adds the new inputs
+    assert backlog() == 6
+    observer.scanned(pending=3, seconds=0.1)  # the next full scan replaces the running count
+    assert backlog() == 3
+
+
 class GatedEngine:
     """A real toon engine whose setup() waits for the test: models that take a while to load."""
 

@@ -47,7 +47,8 @@ def cli_env(s3_server, bucket_name: str, tmp_path, **extra: str) -> dict[str, st
         "store: {kind: s3}\n"
         "styles: {toon: {engine: toon, variants: 2, max_side: 256}}\n"
         "pipeline: {contact_sheet_height: 64}\n"
-        "run: {poll_interval_s: 0.2}\n"
+        # full_rescan_s: the daemon finds inputs that sort before its last listed key only at a full scan.
+        "run: {poll_interval_s: 0.2, full_rescan_s: 2}\n"
         # Several workers run side by side here: none binds the fixed metrics port.
         "metrics: {port: 0}\n"
     )

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from processor import accel
 from processor.config import Img2ImgStyle, InstructPix2PixStyle
 from processor.errors import StageFailed
 from processor.models import ModelLoader, ResolvedModel
@@ -116,6 +117,10 @@ class _DiffusionEngine:
         self.adapter: str | None = None
         #: Variants per pipeline call; shrinks after a CUDA out-of-memory error.
         self.batch_limit = style.variants
+        #: Performance switches active on the shared modules (``processor.accel``), recorded per variant.
+        self.switches: dict[str, Any] = {}
+        self.compile_warmup_s: float | None = None
+        self._vae_tiled = False
 
     def setup(self) -> None:
         pipe, self.resolved = self.models.pipeline(self.task, self.style.model, self.style.revision)
@@ -124,6 +129,17 @@ class _DiffusionEngine:
         lora = getattr(self.style, "lora", None)
         if lora is not None:
             self.adapter = self.models.lora_adapter(pipe, self.style.model, self.style.revision, lora)
+        self.switches = self.models.switches(self.style.model, self.style.revision)
+        # A compiled UNet compiles on its first call: do it now, on one blank image at the native
+        # size (the shapes of a square input), rather than on the first user's input. Once per
+        # shared UNet: per-image engines (sidecar overrides) share the record.
+        if "compile_warmup_s" not in self.switches:
+            side = native_size(pipe)
+            seconds = accel.warm_up(lambda: self(Image.new("RGB", (side, side), "gray")), self.switches,
+                                    self.style_name)
+            if seconds is not None:
+                self.switches["compile_warmup_s"] = seconds
+        self.compile_warmup_s = self.switches.get("compile_warmup_s")
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -153,6 +169,14 @@ class _DiffusionEngine:
 
     def _long_side(self) -> int:
         return self.style.size or native_size(self.pipe)
+
+    def _prepare_vae(self, size: tuple[int, int]) -> None:
+        self._vae_tiled = accel.set_vae_tiling(self.pipe, self.switches, max(size), native_size(self.pipe))
+
+    def _performance(self) -> dict[str, Any]:
+        record = {k: v for k, v in self.switches.items() if v is not None}
+        record["vae_tiled"] = self._vae_tiled
+        return record
 
     def _activate_lora(self) -> None:
         """The UNet is shared between styles: switch this style's adapter on, or every adapter off."""
@@ -198,6 +222,7 @@ class _DiffusionEngine:
             "steps": self.style.steps,
             "size": f"{size[0]}x{size[1]}",
             "dtype": str(self.models.dtype()).replace("torch.", ""),
+            "performance": self._performance(),
         }
 
 
@@ -218,6 +243,7 @@ class Img2ImgEngine(_DiffusionEngine):
         negative = built.negative.text or None
         seeds = [style.seed + i for i in range(style.variants)]
         self._activate_lora()
+        self._prepare_vae(size)
         halvings = 0
         rounds = []
         for k, rnd in enumerate(style.rounds):
@@ -275,6 +301,7 @@ class InstructPix2PixEngine(_DiffusionEngine):
                                max_tokens=tokenizer.model_max_length, what="instruction",
                                fields={"style": self.style_name}).text
         self._activate_lora()
+        self._prepare_vae(size)
 
         def call(start: int, stop: int) -> torch.Tensor:
             n = stop - start
