@@ -208,7 +208,9 @@ class Harness:
             "store: {kind: s3}\n"
             f"styles: {{toon: {{engine: toon, variants: 2, max_side: {self.plan.image_side}}}}}\n"
             "pipeline: {contact_sheet_height: 64}\n"
-            "run: {poll_interval_s: 0.5, idle_backoff_max_s: 1.0, prefetch: 1, upload_queue: 1}\n"
+            # full_rescan_s: the harness uploads keys in random order, and the daemon's incremental
+            # scans only see keys after the last one listed; this run is about faults, not latency.
+            "run: {poll_interval_s: 0.5, idle_backoff_max_s: 1.0, full_rescan_s: 2.0, prefetch: 1, upload_queue: 1}\n"
             "log: {format: json}\n"
         )
         self.config = config

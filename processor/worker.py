@@ -69,8 +69,11 @@ QUEUE_POLL_S = 0.2
 #: takeovers 75 s after the last renewal with a 4 s TTL).
 PASS_MAX_TTLS = 1.0
 #: Outcomes after which the daemon offers an item again at its next (incremental) scan; ``None``
-#: is an item the pass never reached (stopped). Busy items wait for the full rescan instead.
-RETRY_OUTCOMES = frozenset({"transient", "released", None})
+#: is an item the pass never reached (stopped). Busy and lost items are among them: another
+#: worker holds them, and if it died its claim must be taken over once the TTL runs out (the
+#: promise in README), not at the next full rescan minutes later (bench/chaos.py caught that).
+#: The cost is one claim read per held item per scan, as before incremental scans.
+RETRY_OUTCOMES = frozenset({"transient", "released", "busy", "lost", None})
 
 _END = object()
 

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from processor.claims import ClaimManager
 from processor.config import PrefixSettings
 from processor.keys import KeyLayout
 from processor.manifest import Manifest
@@ -165,6 +166,36 @@ def test_daemon_finds_an_input_sorting_before_the_mark_at_the_full_rescan(tmp_pa
         assert not has_manifest("inputs/a.jpg")
         clock.advance(FULL_RESCAN_S)
         wait_for(lambda: has_manifest("inputs/a.jpg"), "the input before the mark (full rescan)")
+    finally:
+        worker.request_stop()
+        daemon.join(DAEMON_DEADLINE_S)
+    assert not daemon.is_alive()
+
+
+
+#: Seconds within which a daemon must take over a dead worker's claim in the test below: its TTL,
+#: the one-second margin for whole-second HTTP dates, the idle backoff, and slack for a busy CI.
+TAKEOVER_DEADLINE_S = 20.0
+
+
+def test_daemon_takes_over_a_dead_workers_claim_without_waiting_for_the_full_rescan(tmp_path) -> None:
+    # A crashed worker's claim must be taken over once its TTL runs out (the README's promise),
+    # not at the next full rescan: the daemon offers busy items again at its incremental scans.
+    settings = make_settings(tmp_path, full_rescan_s=FULL_RESCAN_S, idle_backoff_max_s=0.2)
+    settings = settings.model_copy(update={"claims": settings.claims.model_copy(update={"ttl_s": 2.0, "renew_s": 0.5})})
+    store = LocalStore(settings.store.root)
+    keys = KeyLayout(settings.prefixes).for_input("inputs/held.jpg")
+    store.put(keys.input, photo_bytes(160, 120, seed=4))
+    dead = ClaimManager(store, "dead-worker", settings.claims.ttl_s)
+    assert dead.acquire(keys.claim, keys.input, store.head(keys.input).etag) is not None  # never renewed
+    worker = make_worker(store, settings, clock=FakeClock())  # the fake clock never makes a full rescan due
+    daemon = threading.Thread(target=worker.run_forever, daemon=True)
+    daemon.start()
+    try:
+        deadline = time.monotonic() + TAKEOVER_DEADLINE_S
+        while not any(True for _ in store.list(keys.manifest)):
+            assert time.monotonic() < deadline, "the daemon did not take over the dead worker's claim"
+            time.sleep(0.05)
     finally:
         worker.request_stop()
         daemon.join(DAEMON_DEADLINE_S)
