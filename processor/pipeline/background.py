@@ -29,7 +29,6 @@ Torch is imported only when a stage with a mode other than ``none`` is built.
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from collections.abc import Callable
@@ -213,27 +212,13 @@ class BackgroundStage:
 
     def _batched(self, count: int, call: Callable[[int, int], Any]) -> Any:
         """``call(start, stop)`` over [0, count) in chunks, halving them on CUDA out of memory."""
-        import torch
+        from processor.pipeline.diffusion import run_in_batches
 
-        outputs = []
-        start = 0
-        while start < count:
-            stop = min(count, start + self.batch_limit)
-            try:
-                outputs.append(call(start, stop).float().cpu())
-                start = stop
-            except torch.cuda.OutOfMemoryError as exc:
-                if self.batch_limit <= 1:
-                    raise StageFailed(
-                        f"style {self.style_name!r}: CUDA out of memory drawing one background; lower "
-                        f"styles.{self.style_name}.background.size"
-                    ) from exc
-                self.batch_limit = max(1, min(self.batch_limit, count) // 2)
-                log.warning("cuda_oom", extra={"style": self.style_name, "stage": "background",
-                                               "batch": self.batch_limit})
-                gc.collect()
-                torch.cuda.empty_cache()
-        return torch.cat(outputs)
+        out, self.batch_limit, _ = run_in_batches(
+            count, call, self.batch_limit, style_name=self.style_name, stage="background",
+            too_small=f"CUDA out of memory drawing one background; lower styles.{self.style_name}.background.size",
+        )
+        return out.float()
 
 
 class BackgroundEngine:

@@ -41,6 +41,38 @@ from processor.pipeline.prompt import StylePrompt, fit_text, style_prompt, token
 
 log = logging.getLogger("processor.diffusion")
 
+
+def run_in_batches(
+    count: int,
+    call: Callable[[int, int], torch.Tensor],
+    limit: int,
+    *,
+    style_name: str,
+    stage: str,
+    too_small: str,
+) -> tuple[torch.Tensor, int, int]:
+    """``call(start, stop)`` over [0, count) in chunks of at most ``limit``, each moved to the CPU.
+    On CUDA out-of-memory the chunk is halved and retried; at one item it fails the input with
+    ``too_small`` (what to change). Returns (the concatenated outputs, the limit now, halvings)."""
+    outputs: list[torch.Tensor] = []
+    halvings = 0
+    start = 0
+    while start < count:
+        stop = min(count, start + limit)
+        try:
+            outputs.append(call(start, stop).cpu())
+            start = stop
+        except torch.cuda.OutOfMemoryError as exc:
+            if limit <= 1:
+                raise StageFailed(f"style {style_name!r}: {too_small}") from exc
+            limit = max(1, min(limit, count) // 2)
+            halvings += 1
+            log.warning("cuda_oom", extra={"style": style_name, "stage": stage, "batch": limit})
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    return torch.cat(outputs), limit, halvings
+
 #: Added to a variant's seed per round (variants are at most 16, so rounds never share a seed).
 ROUND_SEED_STRIDE = 1_000_003
 #: Pixels: every working side is a multiple of this (the SD VAE downsampling factor).
@@ -187,29 +219,14 @@ class _DiffusionEngine:
             self.pipe.disable_lora()
 
     def _batched(self, count: int, call: Callable[[int, int], torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """``call(start, stop)`` over [0, count) in chunks of at most ``batch_limit``, halving the
-        chunk on CUDA out-of-memory. Returns the concatenated outputs and the halvings made."""
-        outputs: list[torch.Tensor] = []
-        halvings = 0
-        start = 0
-        while start < count:
-            stop = min(count, start + self.batch_limit)
-            try:
-                outputs.append(call(start, stop).cpu())
-                start = stop
-            except torch.cuda.OutOfMemoryError as exc:
-                if self.batch_limit <= 1:
-                    raise StageFailed(
-                        f"style {self.style_name!r}: CUDA out of memory with a single variant; lower "
-                        f"styles.{self.style_name}.size or use a GPU with more memory"
-                    ) from exc
-                self.batch_limit = max(1, self.batch_limit // 2)
-                halvings += 1
-                log.warning("cuda_oom", extra={"style": self.style_name, "batch": self.batch_limit})
-                gc.collect()
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-        return torch.cat(outputs), halvings
+        """``call(start, stop)`` over [0, count), halving the chunk on CUDA out-of-memory (the
+        engine keeps the smaller batch for later images). Returns the outputs and the halvings."""
+        out, self.batch_limit, halvings = run_in_batches(
+            count, call, self.batch_limit, style_name=self.style_name, stage="transform",
+            too_small=f"CUDA out of memory with a single variant; lower styles.{self.style_name}.size "
+                      "or use a GPU with more memory",
+        )
+        return out, halvings
 
     def _common(self, size: tuple[int, int]) -> dict[str, Any]:
         return {
