@@ -179,7 +179,8 @@ def run_naive(store: Any, settings: Settings, style: FixedCostStyle) -> dict[str
         decoded = decode_image(got.body, settings.pipeline.decode, name=obj.key)
         variants, timings = render(decoded.image, [STYLE], registry)
         files, entries, sheet = encode_outputs(decoded.image, variants, output_prefix=keys.output_prefix,
-                                               sheet_height=settings.pipeline.contact_sheet_height)
+                                               sheet_height=settings.pipeline.contact_sheet_height,
+                                               png_compress_level=settings.pipeline.png_compress_level)
         for f in files:
             store.put(keys.output_prefix + f.name, f.body, content_type=f.content_type)
         manifest = Manifest(source=Source(key=obj.key, etag=got.info.etag, size=got.info.size), variants=entries,

@@ -35,6 +35,10 @@ DEFAULT_MIN_SIDE = 64
 DEFAULT_METRICS_PORT = 9108
 #: Seconds without progress after which /healthz fails: longer than one item's slowest stage.
 DEFAULT_METRICS_STALL_S = 900.0
+#: zlib level of the variant PNGs. 1, not 6: on a 512 px image level 6 took 134 ms and level 1
+#: 28 ms for a file 17 % larger (a synthetic photo; smooth cartoons differ less), and encoding four
+#: variants is the upload stage's main cost, which must keep up with the GPU (docs/benchmarks.md).
+DEFAULT_PNG_COMPRESS_LEVEL = 1
 #: Seconds between the daemon's full scans (incremental StartAfter scans in between).
 DEFAULT_FULL_RESCAN_S = 300.0
 
@@ -150,6 +154,8 @@ class PipelineSettings(_Section):
     contact_sheet: bool = True
     #: Pixels: the contact sheet's tile height.
     contact_sheet_height: int = Field(default=256, ge=32)
+    #: zlib level of the variant and mask PNGs (0-9): higher is smaller and slower to write.
+    png_compress_level: int = Field(default=DEFAULT_PNG_COMPRESS_LEVEL, ge=0, le=9)
     #: The subject mask for styles with a ``background`` (computed once per input).
     mask: MaskSettings = MaskSettings()
 

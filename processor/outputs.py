@@ -55,6 +55,7 @@ def encode_outputs(
     *,
     output_prefix: str,
     sheet_height: int | None,
+    png_compress_level: int = PNG_COMPRESS_LEVEL,
 ) -> tuple[list[OutputFile], list[Variant], str | None]:
     """(files in upload order, manifest variant entries, contact sheet name or None)."""
     files: list[OutputFile] = []
@@ -62,10 +63,10 @@ def encode_outputs(
     # One subject mask per input (every background style shares it), written before the variants.
     mask = next((v.mask for v in variants if v.mask is not None), None)
     if mask is not None:
-        files.append(OutputFile(MASK_NAME, _plain_png(mask.image()), "image/png"))
+        files.append(OutputFile(MASK_NAME, _plain_png(mask.image(), png_compress_level), "image/png"))
     bodies = _encode_pool().map(
         lambda v: encode_png(v.image, v.parameters | {"seed": v.seed, "style": v.style, "engine": v.engine}
-                             | _background_text(v.background)),
+                             | _background_text(v.background), compress_level=png_compress_level),
         variants,
     )
     for v, body in zip(variants, bodies):
@@ -96,9 +97,9 @@ def encode_outputs(
     return files, entries, sheet_name
 
 
-def _plain_png(image: Image.Image) -> bytes:
+def _plain_png(image: Image.Image, compress_level: int) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
+    image.save(buffer, format="PNG", compress_level=compress_level, optimize=False)
     return buffer.getvalue()
 
 

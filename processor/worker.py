@@ -516,7 +516,8 @@ class Worker:
         started = time.perf_counter()
         sheet = self.settings.pipeline.contact_sheet_height if self.settings.pipeline.contact_sheet else None
         files, entries, sheet_name = encode_outputs(
-            job.decoded.image, job.variants, output_prefix=keys.output_prefix, sheet_height=sheet
+            job.decoded.image, job.variants, output_prefix=keys.output_prefix, sheet_height=sheet,
+            png_compress_level=self.settings.pipeline.png_compress_level,
         )
         job.timings["encode"] = round(time.perf_counter() - started, 4)
         started = time.perf_counter()

@@ -17,7 +17,7 @@ from processor.pipeline.encode import (
     encode_png,
     sha256_hex,
 )
-from tests.images import photo_image
+from tests.images import photo_bytes, photo_image
 
 # A1111's own infotext field pattern (modules/infotext_utils.py, ``re_param_code``).
 A1111_FIELD = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
@@ -108,6 +108,36 @@ def test_png_bytes_are_deterministic() -> None:
     image = photo_image(64, 48, seed=4)
     assert encode_png(image, TOON_PARAMETERS) == encode_png(image.copy(), dict(TOON_PARAMETERS))
 
+
+
+def test_png_compress_level_trades_size_for_speed_without_changing_pixels() -> None:
+    image = photo_image(256, 192, seed=4)
+    fast = encode_png(image, TOON_PARAMETERS, compress_level=1)
+    small = encode_png(image, TOON_PARAMETERS, compress_level=9)
+    assert len(small) < len(fast)
+    assert fast == encode_png(image, TOON_PARAMETERS, compress_level=1)  # still deterministic
+    for data in (fast, small):
+        with Image.open(io.BytesIO(data)) as read:
+            assert np.array_equal(np.asarray(read.convert("RGB")), np.asarray(image))
+
+
+def test_worker_writes_variants_at_the_configured_png_level(tmp_path) -> None:
+    from processor.keys import KeyLayout
+    from processor.store.local import LocalStore
+    from tests.test_worker import make_settings, make_worker
+
+    sizes = {}
+    for level in (0, 9):
+        (tmp_path / str(level)).mkdir()
+        settings = make_settings(tmp_path / str(level))
+        settings = settings.model_copy(update={"pipeline": settings.pipeline.model_copy(
+            update={"png_compress_level": level})})
+        store = LocalStore(settings.store.root)
+        store.put("inputs/a.jpg", photo_bytes(160, 120, seed=2))
+        assert make_worker(store, settings).run_once() == 0
+        key = KeyLayout(settings.prefixes).for_input("inputs/a.jpg").variant("toon", 0)
+        sizes[level] = len(store.get(key).body)
+    assert sizes[9] < sizes[0]
 
 def tile_width(size: tuple[int, int], height: int) -> int:
     return max(1, round(size[0] * height / size[1]))

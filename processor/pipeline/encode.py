@@ -15,10 +15,13 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
+from processor.config import DEFAULT_PNG_COMPRESS_LEVEL
+
 #: The PNG text key Stable Diffusion tools (A1111, ComfyUI importers, Civitai) read.
 PARAMETERS_KEY = "parameters"
-#: zlib level for PNGs: fixed so the bytes never depend on a library default.
-PNG_COMPRESS_LEVEL = 6
+#: zlib level for PNGs (``pipeline.png_compress_level``): always passed explicitly, so the bytes
+#: never depend on a library default.
+PNG_COMPRESS_LEVEL = DEFAULT_PNG_COMPRESS_LEVEL
 #: JPEG quality of contact sheets.
 CONTACT_SHEET_QUALITY = 85
 #: Tiles per contact-sheet row before it wraps.
@@ -75,13 +78,13 @@ def a1111_parameters(parameters: dict[str, Any], width: int, height: int) -> str
     return "\n".join(lines)
 
 
-def encode_png(image: Image.Image, parameters: dict[str, Any]) -> bytes:
+def encode_png(image: Image.Image, parameters: dict[str, Any], *, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
     """``image`` as PNG bytes with ``a1111_parameters`` in a ``parameters`` text chunk."""
     info = PngInfo()
     # add_text writes tEXt for Latin-1 text and switches to iTXt (UTF-8) when it must.
     info.add_text(PARAMETERS_KEY, a1111_parameters(parameters, image.width, image.height))
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL, optimize=False)
+    image.save(buffer, format="PNG", pnginfo=info, compress_level=compress_level, optimize=False)
     return buffer.getvalue()
 
 
