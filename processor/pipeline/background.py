@@ -242,12 +242,9 @@ class BackgroundEngine:
 
 
 def with_background(engine: Engine, style_name: str, style: Any, models: Any, masker: SubjectMasker) -> Engine:
-    """``engine`` wrapped with its style's background stage, or unchanged for mode ``none``."""
+    """``engine`` wrapped with its style's background stage, or unchanged for mode ``none``.
+    ``models`` is the worker's one loader: the stage shares the transform's weights through it."""
     background = getattr(style, "background", None)
     if background is None or background.mode == "none":
         return engine
-    if models is None:
-        from processor.models import ModelLoader
-
-        models = ModelLoader()
     return BackgroundEngine(engine, BackgroundStage(style_name, style, models, masker))
