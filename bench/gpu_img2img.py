@@ -49,10 +49,11 @@ NEGATIVE = "blurry, low quality"
 STYLE = "bench"
 
 
-def build_sd15(path: Path, device: str) -> Path:
-    """The SD 1.5 architecture with random weights, saved as a diffusers folder (float16)."""
+def sd15_modules(device: str) -> tuple[Any, Any, Any, Any]:
+    """The SD 1.5 UNet, VAE and CLIP text encoder with random weights, and a tokenizer, built on
+    ``device`` (``"meta"`` allocates nothing: for counting parameters)."""
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from tests.sd.conftest import tiny_tokenizer
@@ -78,6 +79,15 @@ def build_sd15(path: Path, device: str) -> Path:
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         ))
+    return unet, vae, text, tokenizer
+
+
+def build_sd15(path: Path, device: str) -> Path:
+    """The SD 1.5 architecture with random weights, saved as a diffusers folder (float16)."""
+    import torch
+    from diffusers import PNDMScheduler, StableDiffusionPipeline
+
+    unet, vae, text, tokenizer = sd15_modules(device)
     scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
     pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text, tokenizer=tokenizer, scheduler=scheduler,
