@@ -301,7 +301,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         try:
             record = FailureRecord.model_validate_json(store.get(obj.key).body)
             recent.append({"input": record.source.key, "error": record.error, "message": record.message,
-                           "hint": record.hint, "at": record.created_at.isoformat()})
+                           "hint": record.hint, "at": record.created_at.isoformat(),
+                           "attempts": record.attempts, "final": record.final})
         except (ObjectNotFound, ValueError):
             continue
     if args.json:
@@ -313,7 +314,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if recent:
         print("recent failures:")
         for r in recent:
-            print(f"  {r['input']}: {r['error']}: {r['message']}\n      -> {r['hint']}")
+            retry = "" if r["final"] else f" (attempt {r['attempts']} failed; will be retried)"
+            print(f"  {r['input']}: {r['error']}{retry}: {r['message']}\n      -> {r['hint']}")
     return 0
 
 
