@@ -15,6 +15,7 @@ from collections.abc import Callable
 import pytest
 
 from processor.cli import make_engine
+from processor.config import PrefixSettings
 from processor.errors import EXIT_UNHEALTHY, CorruptImage, StageFailed, WorkerUnhealthy
 from processor.failpolicy import CircuitBreaker
 from processor.keys import KeyLayout
@@ -342,3 +343,26 @@ def test_processor_retry_on_seaweedfs(s3_server, tmp_path, monkeypatch):
     assert processor("run", "--once", env=env, timeout=120).returncode == 0
     backlog = scan(store, layout)
     assert (backlog.done, backlog.failed, len(backlog.pending)) == (4, 1, 0)
+
+
+def test_processor_run_exits_7_when_the_breaker_trips(tmp_path, monkeypatch, capsys):
+    import processor.cli as cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PROCESSOR_CONFIG", raising=False)
+    (tmp_path / "config.yaml").write_text(
+        "store: {kind: local, root: bucket}\n"
+        "styles: {toon: {engine: toon, variants: 1, max_side: 128}}\n"
+        "run: {max_consecutive_failures: 2}\n"
+        "metrics: {port: 0}\n"
+    )
+    store = LocalStore(tmp_path / "bucket")
+    for i in range(4):
+        store.put(f"inputs/toy{i}.jpg", photo_bytes(160, 120, seed=i))
+    # The deploy's engines crash on every call; everything else is the real composition root.
+    monkeypatch.setattr(cli, "build_registry", lambda settings: EngineRegistry(
+        settings.styles, lambda name, style: FaultyEngine(make_engine(name, style), [], lambda n: True)))
+    assert cli.main(["run", "--once"]) == EXIT_UNHEALTHY
+    assert "run.max_consecutive_failures: 2" in capsys.readouterr().err
+    layout = KeyLayout(PrefixSettings())
+    assert len(list(store.list(layout.prefixes.failed))) == 2 and list(store.list(layout.claims_prefix)) == []
