@@ -5,6 +5,7 @@
 ``processor submit``   upload photos to ``inputs/``
 ``processor status``   counts and the latest failures
 ``processor results``  download one input's outputs
+``processor retry``    requeue failed inputs (after a bad deploy, a broken GPU, a raised limit)
 ``processor doctor``   check config, store, credentials, conditional writes, device, models
 ``processor schema``   print the manifest / failure-record JSON Schemas
 ``processor models pull``  download the configured diffusion models into the cache
@@ -28,6 +29,7 @@ from processor import __version__
 from processor.config import Settings, load_settings
 from processor.errors import (
     EXIT_DOCTOR,
+    EXIT_UNHEALTHY,
     ConfigError,
     FatalError,
     ItemError,
@@ -299,7 +301,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         try:
             record = FailureRecord.model_validate_json(store.get(obj.key).body)
             recent.append({"input": record.source.key, "error": record.error, "message": record.message,
-                           "hint": record.hint, "at": record.created_at.isoformat()})
+                           "hint": record.hint, "at": record.created_at.isoformat(),
+                           "attempts": record.attempts, "final": record.final})
         except (ObjectNotFound, ValueError):
             continue
     if args.json:
@@ -311,7 +314,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if recent:
         print("recent failures:")
         for r in recent:
-            print(f"  {r['input']}: {r['error']}: {r['message']}\n      -> {r['hint']}")
+            retry = "" if r["final"] else f" (attempt {r['attempts']} failed; will be retried)"
+            print(f"  {r['input']}: {r['error']}{retry}: {r['message']}\n      -> {r['hint']}")
     return 0
 
 
@@ -344,6 +348,36 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
         (out / obj_key[len(keys.output_prefix):]).write_bytes(store.get(obj_key).body)
     (out / "manifest.json").write_bytes(manifest.to_json_bytes())
     print(f"{len(wanted)} file(s) and manifest.json -> {out}")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    from processor.requeue import error_classes, find_failures, requeue
+
+    store = build_store(settings)
+    layout = KeyLayout(settings.prefixes)
+    selection = find_failures(store, layout, include_permanent=args.all, prefix=args.prefix or "",
+                              errors=error_classes(args.error or []))
+    if not args.quiet:
+        for f in selection.failures:
+            r = f.record
+            state = "final" if r.final else f"retrying, {r.attempts} attempt(s) spent"
+            kind = "permanent" if r.permanent else "retryable"
+            print(f"  {f.input}  {r.error} ({kind}, {state}): {r.message}")
+    for key in selection.unreadable:
+        print(f"skipped {key}: not a failure record this version can read", file=sys.stderr)
+    left_out = (f"; {selection.permanent_skipped} permanent failure(s) left out (bad inputs: --all requeues them "
+                "too)" if selection.permanent_skipped else "")
+    if args.dry_run:
+        print(f"would requeue {len(selection.failures)} failed input(s) of {selection.listed} failure record(s) "
+              f"in {store.description}{left_out} (dry run: nothing changed)")
+        return 0
+    result = requeue(store, layout, selection.failures)
+    print(f"requeued {len(result.requeued)} failed input(s) of {selection.listed} failure record(s) "
+          f"in {store.description}{left_out}")
+    if result.changed:
+        print(f"{len(result.changed)} record(s) changed while requeueing (a worker is on them); run again to "
+              "requeue them if they end failed", file=sys.stderr)
     return 0
 
 
@@ -428,7 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", parents=[common], help="run the worker over the bucket",
                        description="Process every input under inputs/ that has no result yet. With --once, drain "
                        "the inputs and exit (0 when every input has a manifest or a failure record, "
-                       f"{EXIT_INCOMPLETE} when store errors left some without one, 3/4 for bad config/credentials); "
+                       f"{EXIT_INCOMPLETE} when store errors left some without one, 3/4 for bad config/credentials, "
+                       f"{EXIT_UNHEALTHY} when run.max_consecutive_failures items in a row crashed a pipeline stage: "
+                       "the worker stops as unhealthy and a restarted one retries them); "
                        "without it, poll as a daemon until SIGTERM. While it runs, Prometheus metrics and the "
                        "/healthz and /readyz probes are served on metrics.port (default 9108; 0 turns them off).")
     p.add_argument("--once", action="store_true", help="drain the inputs, then exit")
@@ -464,6 +500,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key", metavar="KEY")
     p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("retry", parents=[common], help="requeue failed inputs so workers process them again",
+                       description="Requeue failed inputs: each one's failure record is marked retryable with a "
+                       "fresh budget of run.max_attempts attempts, and its 'failed' done marker is deleted, so "
+                       "the next worker pass processes it again (run --once at once; a daemon at its next full "
+                       "scan, run.full_rescan_s). By default only non-permanent failures (a pipeline stage "
+                       "crashed: StageFailed, e.g. after a bad deploy or a broken GPU); --all also requeues bad "
+                       "inputs (InvalidInput, e.g. after raising a limit in the config). Uses LIST calls over "
+                       "failed/ and the done markers plus one GET per failure record, never a request per "
+                       "input; it writes only failure records and done markers, never outputs, so it is safe "
+                       "while workers run. Prints each input and a count.",
+                       epilog="Examples: processor retry --dry-run; processor retry --error StageFailed --prefix "
+                       "toys/2026/; processor retry --all --error ImageTooLarge (after raising "
+                       "pipeline.decode.max_pixels).")
+    p.add_argument("--all", action="store_true",
+                   help="also requeue permanent failures (bad inputs), e.g. after raising a limit in the config")
+    p.add_argument("--prefix", metavar="P", help="only inputs whose key under inputs/ starts with P (toys/ is a folder)")
+    p.add_argument("--error", action="append", metavar="CLASS",
+                   help="only failures of this error class or its subclasses (repeatable), e.g. StageFailed, "
+                   "ImageTooLarge, InvalidInput")
+    p.add_argument("--dry-run", action="store_true", help="list what would be requeued; change nothing")
+    p.set_defaults(func=cmd_retry)
 
     p = sub.add_parser("doctor", parents=[common], help="check config, store, credentials, device and models",
                        description="Check the configuration, that the store is reachable with the configured "

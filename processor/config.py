@@ -41,6 +41,14 @@ DEFAULT_METRICS_STALL_S = 900.0
 DEFAULT_PNG_COMPRESS_LEVEL = 1
 #: Seconds between the daemon's full scans (incremental StartAfter scans in between).
 DEFAULT_FULL_RESCAN_S = 300.0
+#: Attempts an input gets when a stage crashes on it (``StageFailed``). Three, not one: a crash
+#: may be the worker's (a poisoned CUDA context, a bad deploy) rather than the input's, and another
+#: attempt, usually on a healthy or restarted worker, tells the two apart. Not more: each attempt
+#: of a diffusion style costs GPU minutes. A bad input (``InvalidInput``) always gets one.
+DEFAULT_MAX_ATTEMPTS = 3
+#: ``StageFailed`` items in a row, with no success between them, after which a worker stops as
+#: unhealthy (exit 7) rather than burning the backlog's retry budgets; 0 turns the breaker off.
+DEFAULT_MAX_CONSECUTIVE_FAILURES = 5
 
 
 class _Section(BaseModel):
@@ -391,6 +399,10 @@ class RunSettings(_Section):
     shard_index: int | None = Field(default=None, ge=0)
     #: Identifies this worker in claims and manifests; default host name + pid.
     worker_id: str | None = None
+    #: Attempts per input version when a stage crashes on it (``StageFailed``); a bad input gets one.
+    max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1)
+    #: ``StageFailed`` items in a row after which the worker exits as unhealthy (exit 7); 0: never.
+    max_consecutive_failures: int = Field(default=DEFAULT_MAX_CONSECUTIVE_FAILURES, ge=0)
 
     @model_validator(mode="after")
     def _shard_in_range(self) -> RunSettings:

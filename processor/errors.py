@@ -6,7 +6,9 @@
     ├── FatalError                 the process cannot go on: exit non-zero (cog: a dead worker)
     │   ├── ConfigError            unreadable config, unknown key, bad value (EXIT_CONFIG)
     │   ├── StoreAccessError       bad credentials, missing bucket, access denied (EXIT_STORE)
-    │   └── ModelUnavailableError  a configured model is missing from the cache in offline mode
+    │   ├── ModelUnavailableError  a configured model is missing from the cache in offline mode
+    │   └── WorkerUnhealthy        run.max_consecutive_failures StageFailed items in a row: the worker,
+    │                              not its inputs, is likely broken; it stops and exits (EXIT_UNHEALTHY)
     ├── StoreError                 one store operation failed (translated once, at the adapter)
     │   ├── TransientStoreError    timeouts, 5xx, throttling, connection resets: retried (tenacity)
     │   ├── ObjectNotFound         the key does not exist
@@ -38,6 +40,9 @@ EXIT_STORE = 4
 EXIT_MODEL = 5
 #: Exit code when ``doctor`` found a problem.
 EXIT_DOCTOR = 6
+#: Exit code of a worker whose circuit breaker tripped (``WorkerUnhealthy``). Kubernetes should
+#: restart or retry it (a new process gets a fresh CUDA context), never fail the Job for it.
+EXIT_UNHEALTHY = 7
 
 
 class ProcessorError(Exception):
@@ -62,6 +67,14 @@ class StoreAccessError(FatalError):
 
 class ModelUnavailableError(FatalError):
     exit_code = EXIT_MODEL
+
+
+class WorkerUnhealthy(FatalError):
+    """Too many ``StageFailed`` items in a row: the fault is likely the worker's (a poisoned CUDA
+    context, a bad deploy), so it stops taking work, gives its claims back and exits, leaving the
+    items it failed with retryable failure records for a healthy worker."""
+
+    exit_code = EXIT_UNHEALTHY
 
 
 class StoreError(ProcessorError):

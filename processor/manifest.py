@@ -118,6 +118,7 @@ class Manifest(_Model):
     #: Seconds spent per stage (download, decode, caption, <style>, encode, upload).
     timings: dict[str, float] = Field(default_factory=dict)
     worker: WorkerInfo
+    #: Which attempt committed: 1, or n + 1 after n attempts failed (``run.max_attempts``).
     attempt: int = 1
     created_at: datetime = Field(default_factory=utcnow)
     #: The input's caption, when a style built its prompt from one (``caption.mode``).
@@ -135,9 +136,20 @@ class FailureRecord(_Model):
     hint: str
     #: True when the input itself is bad (retrying the same bytes never helps).
     permanent: bool = True
+    #: Failed attempts at this input version, counted against ``run.max_attempts``; 0 after
+    #: ``processor retry`` requeued it (the budget starts over).
     attempts: int = 1
     worker: WorkerInfo
     created_at: datetime = Field(default_factory=utcnow)
+    #: False while a worker will try this input version again (a stage crashed on attempt
+    #: ``attempts`` < ``max_attempts``, or ``processor retry`` requeued it): no ``failed`` done
+    #: marker is written, so the next scan offers it. True once nobody will: the input is bad
+    #: (``permanent``) or the budget is spent. Records older than this field were all final.
+    final: bool = True
+    #: ``run.max_attempts`` of the worker that wrote the record (None in older records).
+    max_attempts: int | None = None
+    #: When ``processor retry`` last requeued this input (None when it never did).
+    requeued_at: datetime | None = None
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:

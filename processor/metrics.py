@@ -25,7 +25,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -49,7 +49,7 @@ log = logging.getLogger("processor.metrics")
 
 #: Every outcome the worker counts for an input (``processor.worker``), exported from zero so a
 #: dashboard's rate() has a series before the first one happens.
-OUTCOMES = ("done", "failed", "already", "busy", "transient", "refused", "lost", "released", "vanished")
+OUTCOMES = ("done", "failed", "already", "busy", "transient", "refused", "lost", "released", "vanished", "retry")
 #: Outcomes after which the input no longer waits for anyone: the backlog shrinks by one.
 RESOLVED = frozenset({"done", "failed", "already", "refused", "vanished"})
 #: Seconds: histogram buckets from a 10 ms GET to a 10-minute Stable Diffusion item.
@@ -85,6 +85,10 @@ class WorkerObserver:
 
     def stopping(self) -> None:
         """Shutdown was requested: finish what is in hand, take nothing new."""
+
+    def breaker_tripped(self, errors: Sequence[str]) -> None:
+        """The circuit breaker tripped (``processor.failpolicy``): the worker stops as unhealthy;
+        ``errors`` are the last failures that tripped it."""
 
 
 class PrometheusObserver(WorkerObserver):
@@ -129,6 +133,9 @@ class PrometheusObserver(WorkerObserver):
         Gauge("processor_seconds_since_progress", "Seconds since the worker last made progress (/healthz).",
               registry=r).set_function(lambda: self._clock() - self._last_progress)
         self.info = Info("processor_worker", "The worker: id, version, compute device.", registry=r)
+        self.breaker_trips = Counter("processor_breaker_trips",
+                                     "Times the worker stopped as unhealthy: run.max_consecutive_failures "
+                                     "items in a row failed in a pipeline stage.", registry=r)
         r.register(_ScrapeTimeCollector(self))
         # The standard process_* (memory, CPU, open files) and python_info, in this registry too.
         ProcessCollector(registry=r)
@@ -198,6 +205,10 @@ class PrometheusObserver(WorkerObserver):
     def stopping(self) -> None:
         with self._lock:
             self._stopping = True
+
+    def breaker_tripped(self, errors: Sequence[str]) -> None:
+        self.breaker_trips.inc()
+        self.stopping()  # it takes no more work: not ready
 
     # ------------------------------------------------------------ probes
 

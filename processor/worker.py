@@ -41,7 +41,9 @@ from processor.errors import (
     PreconditionFailed,
     StoreError,
     ImageTooLarge,
+    WorkerUnhealthy,
 )
+from processor.failpolicy import CircuitBreaker, is_final
 from processor.keys import KeyLayout
 from processor.log import bind_item
 from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo
@@ -73,7 +75,7 @@ PASS_MAX_TTLS = 1.0
 #: worker holds them, and if it died its claim must be taken over once the TTL runs out (the
 #: promise in README), not at the next full rescan minutes later (bench/chaos.py caught that).
 #: The cost is one claim read per held item per scan, as before incremental scans.
-RETRY_OUTCOMES = frozenset({"transient", "released", "busy", "lost", None})
+RETRY_OUTCOMES = frozenset({"transient", "released", "busy", "lost", "retry", None})
 
 _END = object()
 
@@ -96,6 +98,8 @@ class Job:
     size: int
     old_manifest_etag: str | None = None
     stale_failure: bool = False
+    #: 1, or n + 1 when a retryable failure record says n attempts at this version failed.
+    attempt: int = 1
     decoded: DecodedImage | None = None
     sidecar: Sidecar | None = None
     variants: list[VariantImage] = field(default_factory=list)
@@ -122,7 +126,8 @@ class PassResult:
 
     @property
     def progress(self) -> int:
-        return self.outcomes["done"] + self.outcomes["failed"] + self.outcomes["already"]
+        # "retry" spent an attempt: ``--once`` rescans at once, bounded by run.max_attempts.
+        return self.outcomes["done"] + self.outcomes["failed"] + self.outcomes["already"] + self.outcomes["retry"]
 
 
 class Worker:
@@ -160,6 +165,10 @@ class Worker:
         self.observer = observer or WorkerObserver()
         #: Drives the daemon's full-rescan schedule (injectable for tests).
         self.clock = clock
+        #: Non-permanent failures in a row (processor.failpolicy); fed by the compute stage only.
+        self.breaker = CircuitBreaker(settings.run.max_consecutive_failures)
+        #: Set when the breaker tripped: the pass ends and raises it (exit EXIT_UNHEALTHY).
+        self._unhealthy: WorkerUnhealthy | None = None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -292,6 +301,8 @@ class Worker:
         result.left = len(items) - result.progress
         self.totals.update(result.outcomes)
         log.info("pass_done", extra=dict(result.outcomes) | {"left": result.left})
+        if self._unhealthy:
+            raise self._unhealthy
         return result
 
     def _guard(self, target: Any, *args: Any) -> None:
@@ -411,9 +422,14 @@ class Worker:
         try:
             found = self.store.get(keys.failure)
             try:
-                if FailureRecord.model_validate_json(found.body).source.etag == job.etag:
-                    self._mark(job, "failed")
-                    return True
+                record = FailureRecord.model_validate_json(found.body)
+                if record.source.etag == job.etag:
+                    if record.final:
+                        self._mark(job, "failed")
+                        return True
+                    # Retryable (run.max_attempts, or requeued by `processor retry`): this is
+                    # the next attempt; a success deletes the record (stale_failure below).
+                    job.attempt = record.attempts + 1
             except ValidationError:
                 pass
             job.stale_failure = True
@@ -437,6 +453,8 @@ class Worker:
                 f"{keys.input} is {exc.size:,} bytes; limit is {limit:,} (pipeline.decode.max_bytes)"
             ) from exc
         # The input may have been replaced since the scan: the bytes we read define the version.
+        if obj.info.etag != job.etag:
+            job.attempt = 1  # the failure record counted attempts at the version listed
         job.etag, job.size = obj.info.etag, obj.info.size
         job.metadata_prompt = metadata_prompt(obj.metadata)
         if job.item.sidecar:
@@ -467,6 +485,27 @@ class Worker:
             job.timings.update(timings)
         except ItemError as exc:
             job.error = exc
+            if self.breaker.failed(job.key, exc) and not self._unhealthy:
+                self._trip()
+        else:
+            self.breaker.succeeded()
+
+    def _trip(self) -> None:
+        """The breaker tripped: take no more work. The item that tripped it and those computed
+        before it are still uploaded (their records stay retryable); prefetched items are released
+        (run_pass sees stop_event); the pass then raises ``WorkerUnhealthy``."""
+        errors = self.breaker.describe()
+        log.error("worker_unhealthy", extra={"consecutive_failures": self.breaker.consecutive,
+                                             "max_consecutive_failures": self.breaker.threshold,
+                                             "last_errors": errors})
+        self._unhealthy = WorkerUnhealthy(
+            f"{self.breaker.consecutive} items in a row failed in a pipeline stage "
+            f"(run.max_consecutive_failures: {self.breaker.threshold}); this worker is likely broken "
+            f"(bad deploy, poisoned GPU), not its inputs. Last: {errors[-1] if errors else '?'}. "
+            "The items keep retryable failure records; a restarted worker redoes them."
+        )
+        self.observer.breaker_tripped(errors)
+        self.stop_event.set()
 
     # ----------------------------------------------------------------- stage 3: upload + commit
 
@@ -535,6 +574,7 @@ class Worker:
             timings=job.timings,
             worker=self.info,
             caption=self.captioner.record(job.caption) if job.caption is not None else None,
+            attempt=job.attempt,
         )
         started = time.perf_counter()
         if not self._still_ours(job):
@@ -607,17 +647,27 @@ class Worker:
             return False
 
     def _publish_failure(self, job: Job) -> str:
+        """The failure record; final (plus the ``failed`` done marker) for a bad input or a spent
+        retry budget, else retryable: no marker, so the next scan offers the input again."""
         exc = job.error
+        max_attempts = self.settings.run.max_attempts
+        final = is_final(exc, job.attempt, max_attempts)
         record = FailureRecord(
             source=self._source(job),
             error=type(exc).__name__,
             message=str(exc),
             hint=exc.hint,
             permanent=isinstance(exc, InvalidInput),
+            attempts=job.attempt,
+            final=final,
+            max_attempts=max_attempts,
             worker=self.info,
         )
         self.store.put(job.item.keys.failure, record.to_json_bytes(), content_type="application/json")
-        log.warning("input_failed", extra={"key": job.key, "error": record.error, "detail": record.message})
+        log.warning("input_failed", extra={"key": job.key, "error": record.error, "detail": record.message,
+                                           "attempt": job.attempt, "final": final})
+        if not final:
+            return "retry"
         self._mark(job, "failed")
         return "failed"
 

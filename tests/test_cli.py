@@ -34,7 +34,7 @@ def project(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.parametrize("command", ["run", "process", "submit", "status", "results", "doctor", "schema"])
+@pytest.mark.parametrize("command", ["run", "process", "submit", "status", "results", "retry", "doctor", "schema"])
 def test_every_subcommand_explains_itself(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from processor.config import DEFAULT_METRICS_PORT, load_settings
-from processor.errors import EXIT_CONFIG, EXIT_STORE
+from processor.errors import EXIT_CONFIG, EXIT_STORE, EXIT_UNHEALTHY
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -220,6 +220,10 @@ def test_job_is_indexed_with_a_failure_policy() -> None:
     codes = {code for r in fail_index for code in r["onExitCodes"]["values"]
              if r["onExitCodes"]["operator"] == "In" and r["onExitCodes"]["containerName"] == "processor"}
     assert codes == {EXIT_CONFIG, EXIT_STORE}
+    # A tripped circuit breaker is the pod's fault, not the config's: retry the index (counted).
+    count = {code for r in rules if r["action"] == "Count" for code in r["onExitCodes"]["values"]
+             if r["onExitCodes"]["operator"] == "In" and r["onExitCodes"]["containerName"] == "processor"}
+    assert EXIT_UNHEALTHY in count and EXIT_UNHEALTHY not in codes
 
     # With coordination: shards, a shard count other than completions loses inputs.
     assert int(_env(_container(job))["PROCESSOR_RUN__SHARD_COUNT"]) == spec["completions"]

@@ -329,7 +329,10 @@ class CrashingEngine:
 def test_every_log_line_of_an_item_carries_its_input_key(tmp_path):
     settings = make_settings(tmp_path)
     settings = settings.model_copy(update={"styles": {**settings.styles, "broken": settings.styles["toon"]},
-                                           "run": settings.run.model_copy(update={"styles": ["toon", "broken"]})})
+                                           # One attempt each, no breaker: this test is about the log lines.
+                                           "run": settings.run.model_copy(update={"styles": ["toon", "broken"],
+                                                                                  "max_attempts": 1,
+                                                                                  "max_consecutive_failures": 0})})
     store = LocalStore(settings.store.root)
     for i in range(3):
         store.put(f"inputs/t{i}.jpg", photo_bytes(200, 160, seed=i))
