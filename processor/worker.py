@@ -650,6 +650,16 @@ class Worker:
         """The failure record; final (plus the ``failed`` done marker) for a bad input or a spent
         retry budget, else retryable: no marker, so the next scan offers the input again."""
         exc = job.error
+        # Same rule as the commit: only the claim holder writes, and never beside a committed
+        # result. A paused worker's late record would otherwise overwrite the record of the
+        # worker that took over (or a `processor retry` requeue), or leave a failure record, and
+        # a `failed` marker that the scan prefers, next to another worker's good manifest.
+        if not self._still_ours(job):
+            log.warning("failure_refused", extra={"key": job.key, "reason": "claim taken over by another worker"})
+            return "refused"
+        if self._committed(job):
+            log.warning("failure_refused", extra={"key": job.key, "reason": "already committed by another worker"})
+            return "already"
         max_attempts = self.settings.run.max_attempts
         final = is_final(exc, job.attempt, max_attempts)
         record = FailureRecord(

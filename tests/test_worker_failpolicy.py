@@ -227,6 +227,53 @@ def test_one_success_between_failures_resets_the_breaker(local):
         worker2.run_once()
 
 
+def test_a_late_failure_never_lands_beside_another_workers_commit(local):
+    """At-least-once: a worker whose attempt crashed resumes after another worker committed the
+    same version. Its failure record and `failed` marker would make scans and `processor status`
+    call a done input failed (and `processor retry` requeue it): it writes neither."""
+    from processor.worker import PassResult
+
+    settings, store, layout = local()
+    store.put("inputs/cow.jpg", photo_bytes(200, 150))
+    item = scan(store, layout).pending[0]
+    late, _ = faulty_worker(store, settings, fails=lambda n: True, wid="late", use_claims=False)
+    job = late._fetch(item, None, PassResult())
+    late._compute(job)
+    assert isinstance(job.error, StageFailed)
+
+    healthy, _ = faulty_worker(store, settings, fails=lambda n: False, wid="healthy")
+    assert healthy.run_once() == 0
+    assert late._publish_failure(job) == "already"
+    assert not exists(store, layout.for_input("inputs/cow.jpg").failure)
+    assert markers(store, layout, "inputs/cow.jpg") == ["done"]
+    assert scan(store, layout).done == 1
+
+
+def test_a_failure_after_the_claim_was_taken_over_is_not_written(local):
+    """A worker paused past its claim's TTL must not write over the record (or the requeue) of
+    the worker that took the input over."""
+    from processor.worker import PassResult
+
+    settings, store, layout = local(max_attempts=1)
+    store.put("inputs/cow.jpg", photo_bytes(200, 150))
+    paused, _ = faulty_worker(store, settings, fails=lambda n: True, wid="paused")
+    item = scan(store, layout).pending[0]
+    from processor.claims import ClaimKeeper
+
+    job = paused._fetch(item, ClaimKeeper(paused.claims, renew_s=3600), PassResult())  # never renewed
+    paused._compute(job)
+    assert job.claim is not None and isinstance(job.error, StageFailed)
+    # The claim expires and another worker takes it over (as after a pause past the TTL).
+    keys = layout.for_input("inputs/cow.jpg")
+    store.delete(keys.claim)
+    taker = paused.claims.__class__(store, "taker", settings.claims.ttl_s)
+    assert taker.acquire(keys.claim, keys.input, job.etag) is not None
+
+    assert paused._publish_failure(job) == "refused"
+    assert not exists(store, keys.failure)
+    assert markers(store, layout, "inputs/cow.jpg") == []
+
+
 def test_circuit_breaker_counts_stage_crashes_only():
     breaker = CircuitBreaker(2)
     assert not breaker.failed("a", StageFailed("x"))
