@@ -369,6 +369,12 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
     convert = args.convert_pickle or settings.models.convert_pickle
     if args.dry_run:
         return models_pull_dry_run(loader, wanted, convert)
+    if convert and loader.offline:
+        # Offline, only the conversion can run: from the *.bin files the cache already holds.
+        for model, revision in wanted:
+            print(f"{model}{'@' + revision if revision else ''}: {loader.pull_converting(model, revision).path}")
+        print("offline: converted from the cache only; caption models, LoRAs and the segmenter were not fetched")
+        return 0
     captioner = build_captioner(settings)
     if captioner is not None:
         for model, path in captioner.pull():
@@ -377,7 +383,6 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
         print("no diffusion styles configured: nothing to pull")
         return 0
     for model, revision in wanted:
-        # Offline, --convert-pickle converts what the cache holds; a plain pull refuses offline.
         resolved = loader.pull_converting(model, revision) if convert else loader.pull(model, revision)
         print(f"{model}{'@' + revision if revision else ''}: {resolved.path}")
     for style in settings.styles.values():

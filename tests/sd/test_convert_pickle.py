@@ -148,6 +148,15 @@ def test_models_pull_fails_when_the_repo_has_no_safetensors(bin_sd, tmp_path, mo
     assert "text_encoder, unet, vae" in err and "revision: refs/pr/7" in err and "--convert-pickle" in err
     assert not any(".bin" in p for patterns in fetched if patterns for p in patterns)  # no pickle was fetched
 
+    # With --convert-pickle, the pickle weights of exactly the components that lack safetensors are
+    # fetched (at the resolved commit), converted, and the pull succeeds.
+    fetched.clear()
+    assert main(["models", "pull", "--convert-pickle", "--config", str(tmp_path / "config.yaml")]) == 0
+    pickle_patterns = sorted(p for patterns in fetched if patterns for p in patterns if ".bin" in p)
+    assert pickle_patterns == sorted(f"{c}/{n}*.bin" for c in ("text_encoder", "unet", "vae")
+                                     for n in ("diffusion_pytorch_model", "pytorch_model"))
+    assert (converted_folder(str(cache), REPO, COMMIT) / RECORD_NAME).is_file()
+
 
 def test_convert_pickle_then_the_worker_loads_the_safetensors_with_identical_bytes(bin_sd, tiny_sd, tmp_path,
                                                                                    monkeypatch, capsys):
