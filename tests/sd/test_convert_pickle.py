@@ -21,13 +21,13 @@ import torch
 from processor.cli import main
 from processor.config import ModelSettings
 from processor.errors import EXIT_MODEL, ModelUnavailableError
+from processor.keys import KeyLayout
 from processor.models import IGNORE_PATTERNS, ModelLoader, component_patterns
 from processor.safeweights import (CONVERTED_DIR, RECORD_NAME, converted_folder, format_plans, plan_from_listing,
                                    weight_components)
 from processor.store.local import LocalStore
 from tests.images import photo_bytes
 from tests.sd.test_diffusion import make_settings, manifest_of
-from processor.keys import KeyLayout
 
 REPO = "toys/tiny-bin"
 COMMIT = "c0ffee" + "0" * 34
@@ -119,7 +119,8 @@ def test_bin_only_snapshot_is_refused_naming_components_and_both_fixes(bin_sd, t
     settings = make_settings(tmp_path / "run", {"conv": STYLE | {"model": REPO}},
                              models={"cache_dir": str(cache), "offline": True})
     LocalStore(settings.store.root).put("inputs/a.jpg", photo_bytes(80, 64))
-    assert main(["run", "--once", "--config", str(tmp_path / "run" / "config.yaml")]) == EXIT_MODEL
+    run = ["run", "--once", "--metrics-port", "0", "--config", str(tmp_path / "run" / "config.yaml")]
+    assert main(run) == EXIT_MODEL
 
 
 def test_models_pull_fails_when_the_repo_has_no_safetensors(bin_sd, tmp_path, monkeypatch, capsys):
@@ -198,7 +199,8 @@ def test_convert_pickle_then_the_worker_loads_the_safetensors_with_identical_byt
     for run in (settings, reference):
         store = LocalStore(run.store.root)
         store.put("inputs/a.jpg", photo_bytes(96, 72, seed=5))
-        assert main(["run", "--once", "--config", str(Path(run.store.root).parent / "config.yaml")]) == 0
+        config_file = str(Path(run.store.root).parent / "config.yaml")
+        assert main(["run", "--once", "--metrics-port", "0", "--config", config_file]) == 0
         manifest = manifest_of(store, KeyLayout(run.prefixes), "inputs/a.jpg")
         assert len(manifest.variants) == 2 and {v.parameters["revision"] for v in manifest.variants} == {COMMIT}
         outputs.append([store.get(v.key).body for v in manifest.variants])
