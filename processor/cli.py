@@ -400,6 +400,15 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
 
     loader = ModelLoader(settings.models)
     wanted = configured_models(settings.styles)
+    convert = args.convert_pickle or settings.models.convert_pickle
+    if args.dry_run:
+        return models_pull_dry_run(loader, wanted, convert)
+    if convert and loader.offline:
+        # Offline, only the conversion can run: from the *.bin files the cache already holds.
+        for model, revision in wanted:
+            print(f"{model}{'@' + revision if revision else ''}: {loader.pull_converting(model, revision).path}")
+        print("offline: converted from the cache only; caption models, LoRAs and the segmenter were not fetched")
+        return 0
     captioner = build_captioner(settings)
     if captioner is not None:
         for model, path in captioner.pull():
@@ -408,7 +417,7 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
         print("no diffusion styles configured: nothing to pull")
         return 0
     for model, revision in wanted:
-        resolved = loader.pull(model, revision)
+        resolved = loader.pull_converting(model, revision) if convert else loader.pull(model, revision)
         print(f"{model}{'@' + revision if revision else ''}: {resolved.path}")
     for style in settings.styles.values():
         lora = getattr(style, "lora", None)
@@ -420,6 +429,27 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
     if segmenter:
         print(f"segmenter {settings.pipeline.mask.segmenter}: {segmenter}")
     return 0
+
+
+def models_pull_dry_run(loader: Any, wanted: list[tuple[str, str | None]], convert: bool) -> int:
+    """``models pull --dry-run``: per diffusion model, the files a pull fetches and their sizes
+    (hub metadata; offline: what the cache holds). Exits non-zero when a model would not load."""
+    from processor.errors import EXIT_MODEL
+    from processor.models import IGNORE_PATTERNS, component_patterns, is_local
+    from processor.safeweights import cache_plan, format_plans, hub_plan
+
+    hub = [(m, r) for m, r in wanted if not is_local(m)]
+    for model, _ in wanted:
+        if is_local(model):
+            print(f"{model}: a local folder, nothing to fetch")
+    if not hub:
+        print("no hub models configured: nothing to fetch")
+        return 0
+    plan = cache_plan if loader.offline else hub_plan
+    plans = [plan(m, r, loader.cache_dir, component_patterns, IGNORE_PATTERNS) for m, r in hub]
+    print(format_plans(plans, convert=convert))
+    print("(caption models, the segmenter and hub LoRAs are pulled too; --dry-run lists the diffusion models)")
+    return 0 if all(p.loads(convert) for p in plans) else EXIT_MODEL
 
 
 def cmd_schema(args: argparse.Namespace, settings: Settings | None) -> int:
@@ -535,7 +565,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = models_sub.add_parser("pull", parents=[common], help="download every configured model into the cache",
                               description="Download each diffusion style's model (safetensors, configs, tokenizer "
                               "files only) at its pinned revision into models.cache_dir, so workers can run with "
-                              "models.offline: true / HF_HUB_OFFLINE=1.")
+                              "models.offline: true / HF_HUB_OFFLINE=1. Fails when a model has no safetensors "
+                              "weights for a component (pin revision: to a commit or refs/pr/N that has them, or "
+                              "use --convert-pickle).")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the files each model would fetch and their sizes (hub metadata; offline: what the "
+                   "cache holds), download nothing")
+    p.add_argument("--convert-pickle", action="store_true",
+                   help="for components with pickle *.bin weights only, fetch them and convert them once to "
+                   "safetensors with PyTorch's restricted unpickler (weights_only=True) into "
+                   "<cache>/processor-converted/ (also models.convert_pickle: true); offline, converts what the "
+                   "cache holds")
     p.set_defaults(func=cmd_models_pull)
 
     p = sub.add_parser("schema", help="print or write the manifest and failure-record JSON Schemas",

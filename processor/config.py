@@ -453,6 +453,10 @@ class ModelSettings(_Section):
     offline: bool = False
     #: The Hugging Face cache folder (default: $HF_HOME/hub); a mounted volume in Kubernetes.
     cache_dir: Path | None = None
+    #: ``processor models pull`` only (an init container / image build): convert components that a
+    #: repo ships as pickle ``*.bin`` only into safetensors, loading them with PyTorch's restricted
+    #: unpickler (same as ``--convert-pickle``). The worker never converts or unpickles.
+    convert_pickle: bool = False
 
     @field_validator("device")
     @classmethod

@@ -11,6 +11,11 @@ Contract:
 - Offline (``models.offline: true`` or ``HF_HUB_OFFLINE=1``): nothing touches the network, and a
   model missing from the cache raises ``ModelUnavailableError`` at start naming the model and the
   command that fetches it (``processor models pull``).
+- Every weight-bearing component (UNet, VAE, text encoders, ...) must have ``*.safetensors``
+  (``processor.safeweights``). A snapshot without them resolves to its converted folder under
+  ``<cache>/processor-converted/`` when ``processor models pull --convert-pickle`` made one; else
+  ``ModelUnavailableError`` names the components and the fixes (a ``revision:`` with safetensors,
+  or that conversion). The worker itself never unpickles anything.
 - Device and dtype: ``auto`` means CUDA in float16 when PyTorch sees a GPU, else CPU in float32.
 - Sharing: one base pipeline per (folder, dtype, device). Styles derive their own pipeline object
   with ``from_pipe`` (a new scheduler, the same UNet/VAE/text encoders in memory), so two styles on
@@ -45,7 +50,9 @@ SKIPPED_COMPONENTS = frozenset({"safety_checker"})
 #: File types fetched for each component: weights (safetensors only), configs, tokenizer vocabularies.
 COMPONENT_FILE_PATTERNS = ("*.safetensors", "*.json", "*.txt")
 #: Variant duplicates of the same weights (we load the full-precision file and cast).
-IGNORE_PATTERNS = ["*.fp16.safetensors", "*.bf16.safetensors", "*non_ema*", "*.ema.safetensors"]
+IGNORE_PATTERNS = ["*.fp16.safetensors", "*.bf16.safetensors", "*non_ema*", "*.ema.safetensors",
+                   # the same variants in pickle form, never fetched for a ``--convert-pickle`` conversion
+                   "*.fp16.bin", "*.bf16.bin", "*.ema.bin"]
 #: Files fetched for a LoRA given as a hub id.
 LORA_PATTERNS = ["*.safetensors", "*.json"]
 _TRUTHY = {"1", "true", "yes", "on"}
@@ -134,6 +141,11 @@ class ModelLoader:
                 raise ModelUnavailableError(
                     f"model {model!r}: {path} is not a diffusers pipeline folder (no model_index.json)"
                 )
+            from processor.safeweights import missing_safetensors, unsafe_weights_error
+
+            missing = missing_safetensors(path, _read_index(path))
+            if missing:
+                raise unsafe_weights_error(model, None, None, missing, path, local=True)
             resolved = ResolvedModel(model, path, None)
         else:
             resolved = self._resolve_hub(model, revision, download=not self.offline if download is None else download)
@@ -141,6 +153,25 @@ class ModelLoader:
         return resolved
 
     def _resolve_hub(self, model: str, revision: str | None, *, download: bool) -> ResolvedModel:
+        from processor.safeweights import conversion_pull_requests, missing_safetensors, unsafe_weights_error
+        from processor.safeweights import usable_conversion
+
+        path, index = self.snapshot(model, revision, download=download)
+        missing = missing_safetensors(path, index)
+        if not missing:
+            return ResolvedModel(model, path, path.name)
+        converted = usable_conversion(self.cache_dir, model, path.name, index)
+        if converted is not None:
+            log.info("model_converted_folder", extra={"model": model, "revision": path.name, "path": str(converted)})
+            return ResolvedModel(model, converted, path.name)
+        hints = conversion_pull_requests(model) if download else []
+        raise unsafe_weights_error(model, revision, path.name, missing, path, hints=hints)
+
+    def snapshot(self, model: str, revision: str | None, *, download: bool,
+                 extra_patterns: list[str] | None = None) -> tuple[Path, dict[str, Any]]:
+        """The cached snapshot folder of hub id ``model`` (fetched first when ``download``) and its
+        ``model_index.json``, without the safetensors check. ``extra_patterns`` adds files to fetch
+        (the pickle weights ``--convert-pickle`` converts)."""
         from huggingface_hub import hf_hub_download, snapshot_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -153,7 +184,7 @@ class ModelLoader:
                 model,
                 revision=revision,
                 cache_dir=self.cache_dir,
-                allow_patterns=component_patterns(index),
+                allow_patterns=component_patterns(index) + list(extra_patterns or []),
                 ignore_patterns=IGNORE_PATTERNS,
                 local_files_only=not download,
             )
@@ -166,8 +197,7 @@ class ModelLoader:
             ) from exc
         except (HfHubHTTPError, OSError, ValueError) as exc:
             raise ModelUnavailableError(f"model {where} could not be fetched: {type(exc).__name__}: {exc}") from exc
-        path = Path(folder)
-        return ResolvedModel(model, path, path.name)
+        return Path(folder), index
 
     def pull(self, model: str, revision: str | None = None) -> ResolvedModel:
         """Download ``model`` into the cache (progress bars from huggingface_hub); for ``models pull``."""
@@ -175,6 +205,27 @@ class ModelLoader:
             raise ConfigError(f"cannot pull {model!r}: offline mode is on (models.offline / HF_HUB_OFFLINE)")
         self._resolved.pop((model, revision), None)
         return self.resolve(model, revision, download=True)
+
+    def pull_converting(self, model: str, revision: str | None = None) -> ResolvedModel:
+        """``models pull --convert-pickle``: fetch ``model`` (from the cache only when offline) and,
+        for components without safetensors, convert their pickle weights once with the restricted
+        unpickler (``processor.safeweights``). Local folders are checked, not converted."""
+        from processor.safeweights import (PICKLE_PATTERNS, convert_components, converted_folder,
+                                           missing_safetensors, usable_conversion)
+
+        self._resolved.pop((model, revision), None)
+        if is_local(model):
+            return self.resolve(model, revision)
+        download = not self.offline
+        path, index = self.snapshot(model, revision, download=download)
+        missing = missing_safetensors(path, index)
+        if missing and usable_conversion(self.cache_dir, model, path.name, index) is None:
+            if download:  # the pickle weights of exactly the components that need them
+                path, index = self.snapshot(model, path.name, download=True, extra_patterns=[
+                    f"{component}/{pattern}" for component in missing for pattern in PICKLE_PATTERNS])
+            convert_components(path, index, missing, converted_folder(self.cache_dir, model, path.name),
+                               model=model, revision=revision, commit=path.name)
+        return self.resolve(model, revision, download=False)
 
     def resolve_lora(self, lora: LoraSettings) -> Path:
         """A LoRA's local file or folder (a hub id is fetched like a model, safetensors only)."""
@@ -221,7 +272,7 @@ class ModelLoader:
     def _load(self, resolved: ResolvedModel, device: str, dtype: Any) -> Any:
         from diffusers import DiffusionPipeline
 
-        index = json.loads((resolved.path / "model_index.json").read_text(encoding="utf-8"))
+        index = _read_index(resolved.path)
         extra: dict[str, Any] = {}
         for name in SKIPPED_COMPONENTS & index.keys():
             extra[name] = None
@@ -320,6 +371,10 @@ class ModelLoader:
     def has_adapters(self, model: str, revision: str | None) -> bool:
         base, _ = self.base(model, revision)
         return any(self._bases.get(k[0]) is base for k in self._adapters)
+
+
+def _read_index(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
 
 
 def _quiet(pipe: Any) -> Any:

@@ -262,7 +262,10 @@ def test_models_pull_fetches_components_as_safetensors(tmp_path, monkeypatch):
 
     def fake_snapshot(repo, **kwargs):
         calls.append((repo, kwargs))
-        return str(tmp_path / "snapshots" / "0123abc")
+        folder = tmp_path / "snapshots" / "0123abc"
+        (folder / "unet").mkdir(parents=True, exist_ok=True)  # what the download left: the UNet's safetensors
+        (folder / "unet" / "diffusion_pytorch_model.safetensors").touch()
+        return str(folder)
 
     monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot)
     style = {"engine": "img2img", "model": "nitrosocke/mo-di-diffusion", "revision": "0123abc"}
