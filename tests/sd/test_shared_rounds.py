@@ -174,3 +174,20 @@ def test_a_sidecar_cannot_set_shared_rounds():
 def test_shipped_styles_do_not_share_rounds():
     settings = load_settings(Path(__file__).parents[2] / "config.yaml")
     assert all(getattr(s, "shared_rounds", 0) == 0 for s in settings.styles.values())
+
+
+def test_background_stage_runs_per_variant_after_shared_rounds(tiny_sd, tmp_path):
+    """The background stage sees ordinary variants: one background per variant, seeded by it."""
+    from tests.images import encode
+    from tests.scenes import scene
+
+    style = img2img_style(tiny_sd, rounds=ROUNDS[:2], shared_rounds=1, variants=2,
+                          background={"mode": "generate", "prompt": "a sunny beach", "steps": 3, "harmonize": 0})
+    settings = make_settings(tmp_path, {"beach": style})
+    photo = scene(128, 96, seed=0, centre=(0.4, 0.6), scale=0.7).image
+    store, layout = drain(settings, {"inputs/toy.png": encode(photo, "PNG")})
+    variants = manifest_of(store, layout, "inputs/toy.png").variants
+    assert len(variants) == 2 and variants[0].sha256 != variants[1].sha256
+    for i, v in enumerate(variants):
+        assert [r["shared"] for r in v.parameters["rounds"]] == [True, False]
+        assert v.background is not None and v.background.applied and v.background.seed == SEED + i
