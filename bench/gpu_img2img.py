@@ -16,8 +16,15 @@ with ``torch.utils.flop_counter.FlopCounterMode`` on one UNet call) and its achi
 processor's whole run and in UNet calls alone, as fractions of the bf16 matmul peak measured in the
 same run. ``--tiny`` runs tiny configs on the CPU in seconds (the CI smoke test).
 
-    python -m bench.gpu_img2img            # a CUDA machine
-    python -m bench.gpu_img2img --tiny     # anywhere
+``--shared-rounds N`` also times the processor with ``shared_rounds: N`` (the first N rounds run
+once, only the rest per variant; the notebook shares 3 of its 4 rounds) in the same run, and
+prints its ratio against ``shared_rounds: 0``. UNet sample-steps (UNet calls x batch, counted by a
+forward hook) per input and per output image are printed for every path: they do not depend on
+the hardware.
+
+    python -m bench.gpu_img2img                     # a CUDA machine
+    python -m bench.gpu_img2img --tiny              # anywhere
+    python -m bench.gpu_img2img --shared-rounds 3   # also the notebook's cost profile in the processor
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ UNET_ALONE_CALLS_GPU, UNET_ALONE_CALLS_CPU = 20, 3
 PROMPT = "a toy cow, cartoon, Pixar, Disney character, 3D render, modern disney style"
 NEGATIVE = "blurry, low quality"
 STYLE = "bench"
+SHARED_STYLE = "bench-shared"
 
 
 def sd15_modules(device: str) -> tuple[Any, Any, Any, Any]:
@@ -168,26 +176,33 @@ def unet_alone(unet: Any, inputs: Any, batch: int, calls: int, device: str) -> f
     return (time.perf_counter() - started) / calls
 
 
-def processor_engine(model: Path, args: argparse.Namespace, size: int) -> Any:
+def processor_engines(model: Path, args: argparse.Namespace, size: int) -> tuple[Any, Any]:
+    """The processor's engine with ``shared_rounds: 0`` and, with ``--shared-rounds N``, a second
+    one with ``shared_rounds: N`` on the same weights (one registry, one model loader); else None."""
     from processor.cli import build_registry
     from processor.config import Settings
 
-    settings = Settings(
-        run={"styles": [STYLE]},
-        styles={STYLE: {
+    def style(shared: int) -> dict[str, Any]:
+        return {
             "engine": "img2img", "model": str(model), "prompt": PROMPT.split(",")[0],
             "trigger": PROMPT.split(",", 1)[1].strip(), "negative": NEGATIVE,
             "rounds": [{"strength": s, "guidance": g} for s, g in NOTEBOOK_ROUNDS],
             "steps": args.steps, "scheduler": "pndm", "variants": args.variants, "size": size,
-        }},
+            "shared_rounds": shared,
+        }
+
+    styles = {STYLE: style(0)} | ({SHARED_STYLE: style(args.shared_rounds)} if args.shared_rounds else {})
+    settings = Settings(
+        run={"styles": list(styles)},
+        styles=styles,
         models={"device": args.device, "dtype": args.dtype, "performance": {
             "attention": args.attention, "compile_unet": args.compile,
             **({"channels_last": args.channels_last == "on"} if args.channels_last != "auto" else {}),
         }},
     )
     registry = build_registry(settings)
-    registry.setup([STYLE])
-    return registry.engine(STYLE)
+    registry.setup(list(styles))
+    return registry.engine(STYLE), registry.engine(SHARED_STYLE) if args.shared_rounds else None
 
 
 def notebook_pipeline(model: Path, device: str) -> Any:
@@ -252,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--channels-last", default="auto", choices=["auto", "on", "off"],
                         help="models.performance.channels_last (auto: on for CUDA)")
     parser.add_argument("--compile", action="store_true", help="models.performance.compile_unet (warm-up reported)")
+    parser.add_argument("--shared-rounds", type=int, default=0, metavar="N",
+                        help="also time the processor with styles.<name>.shared_rounds: N (0-"
+                        f"{len(NOTEBOOK_ROUNDS) - 1}; the notebook shares {len(NOTEBOOK_ROUNDS) - 1}) and print its "
+                        "ratio against shared_rounds 0 (default 0: not timed)")
     parser.add_argument("--skip-notebook", action="store_true", help="measure the processor's path only")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     return parser
@@ -267,6 +286,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     if args.images < 1 or args.steps < 3 or args.variants < 1:
         raise SystemExit("--images and --variants must be >= 1 and --steps >= 3 (0.4 x steps must be >= 1)")
+    if not 0 <= args.shared_rounds < len(NOTEBOOK_ROUNDS):
+        raise SystemExit(f"--shared-rounds must be 0-{len(NOTEBOOK_ROUNDS) - 1}: the schedule has "
+                         f"{len(NOTEBOOK_ROUNDS)} rounds and the last one runs per variant")
     device = ModelLoader(ModelSettings(device=args.device)).device()
     size = args.size or (TINY_SIZE if args.tiny else FULL_SIZE)
     image = photo_image(size, size)
@@ -274,7 +296,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {"model": described,
                                "device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
                                "size": f"{size}x{size}", "variants": args.variants, "steps": args.steps,
-                               "rounds": len(NOTEBOOK_ROUNDS), "images_timed": args.images}
+                               "rounds": len(NOTEBOOK_ROUNDS), "images_timed": args.images,
+                               "shared_rounds": args.shared_rounds}
     with tempfile.TemporaryDirectory(prefix="bench-sd-") as tmp:
         started = time.perf_counter()
         if args.model:
@@ -288,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["build_s"] = time.perf_counter() - started
 
         results["bf16_matmul_peak_tflops"] = bf16_peak(device) / 1e12
-        engine = processor_engine(model, args, size)
+        engine, shared_engine = processor_engines(model, args, size)
         pipe = engine.pipe
         latent = size // int(getattr(pipe, "vae_scale_factor", 8))
         per_sample, inputs = unet_flops_per_sample(pipe.unet, latent, device, pipe.unet.dtype)
@@ -308,14 +331,29 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "processor_s_per_input": seconds / args.images,
             "unet_gflops_per_sample": per_sample / 1e9,
             "unet_samples_per_input": timed_samples / args.images,
+            "unet_samples_per_image": timed_samples / made,
             "processor_unet_tflops": per_sample * timed_samples / seconds / 1e12,
             "processor_unet_fraction_of_peak": per_sample * timed_samples / seconds / peak,
             "unet_alone_batch": batch,
             "unet_alone_tflops": per_sample * batch / alone_s / 1e12,
             "unet_alone_fraction_of_peak": per_sample * batch / alone_s / peak,
         }
+        if shared_engine is not None:
+            # Same weights (shared_engine.pipe.unet is pipe.unet), same input, same run.
+            counter = UNetCounter(shared_engine.pipe.unet)
+            sh_seconds, sh_made = timed(lambda: shared_engine(image), args.images, device, counter)
+            counter.remove()
+            results |= {
+                "shared_images_per_s": sh_made / sh_seconds,
+                "shared_s_per_input": sh_seconds / args.images,
+                "shared_unet_samples_per_input": counter.samples / args.images,
+                "shared_unet_samples_per_image": counter.samples / sh_made,
+                "shared_unet_fraction_of_peak": per_sample * counter.samples / sh_seconds / peak,
+                "ratio_shared_over_unshared": (sh_made / sh_seconds) / (made / seconds),
+                "unet_samples_ratio_unshared_over_shared": timed_samples / counter.samples,
+            }
         if not args.skip_notebook:
-            del engine, pipe
+            del engine, pipe, shared_engine
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
             nb = notebook_pipeline(model, device)
@@ -329,9 +367,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "notebook_images_per_s": nb_made / nb_seconds,
                 "notebook_s_per_input": nb_seconds / args.images,
                 "notebook_unet_samples_per_input": nb_samples / args.images,
+                "notebook_unet_samples_per_image": nb_samples / nb_made,
                 "notebook_unet_fraction_of_peak": per_sample * nb_samples / nb_seconds / peak,
                 "ratio_processor_over_notebook": (made / seconds) / (nb_made / nb_seconds),
             }
+            if "shared_images_per_s" in results:
+                results["ratio_shared_over_notebook"] = results["shared_images_per_s"] / results["notebook_images_per_s"]
     results |= machine()
     report(results, as_json=args.json)
     return results

@@ -289,6 +289,10 @@ class Img2ImgStyle(_Section):
     variants: int = Field(default=4, ge=1, le=16)
     #: Variant i uses seed + i.
     seed: int = Field(default=0, ge=0)
+    #: The first N rounds run once, as one chain seeded with ``seed``; only the remaining rounds
+    #: run per variant, starting from that shared image (the notebook's cost profile: less UNet
+    #: work, variants less different from each other). 0: every variant runs its own chain.
+    shared_rounds: int = Field(default=0, ge=0)
     #: Pixels: the working long side (multiple of 8); default the model's native resolution
     #: (512 for SD 1.x, 768 for SD 2.x-v, 1024 for SDXL).
     size: int | None = Field(default=None, ge=64, le=4096)
@@ -305,6 +309,16 @@ class Img2ImgStyle(_Section):
                 )
         if self.size is not None and self.size % 8:
             raise ValueError(f"size {self.size} must be a multiple of 8")
+        return self
+
+    @model_validator(mode="after")
+    def _a_round_per_variant(self) -> Img2ImgStyle:
+        if self.shared_rounds >= len(self.rounds):
+            raise ValueError(
+                f"shared_rounds {self.shared_rounds} must be less than the number of rounds ({len(self.rounds)}): "
+                f"at least the last round runs per variant, or every variant would be the same image; "
+                f"lower shared_rounds to at most {len(self.rounds) - 1} or add rounds"
+            )
         return self
 
 

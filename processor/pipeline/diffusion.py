@@ -9,6 +9,11 @@ a one-round style reproduces plain img2img with that seed elsewhere). Generators
 even when the pipeline runs on CUDA, so the noise does not depend on the device, and each variant
 has its own generator, so the noise does not depend on how the batch is split.
 
+Shared rounds (``style.shared_rounds`` = S, default 0): rounds 0..S-1 run once per image as one
+chain of batch 1 with variant 0's round seeds (``seed + k * ROUND_SEED_STRIDE``), and every variant
+branches from that image for rounds S.. with its own round seeds, as above. This is the original
+notebook's cost profile: (S shared rounds + variants x the rest) instead of variants x every round.
+
 Sizes: the input keeps its aspect ratio; its long side is scaled to ``style.size`` (default: the
 model's native resolution, UNet sample size x VAE factor: 512 for SD 1.x, 1024 for SDXL) and both
 sides are rounded to multiples of 8 (the VAE factor).
@@ -244,29 +249,36 @@ class _DiffusionEngine:
 
 
 class Img2ImgEngine(_DiffusionEngine):
-    """Stable Diffusion img2img in ``style.rounds`` (every round runs; see the module docstring)."""
+    """Stable Diffusion img2img in ``style.rounds`` (every round runs; see the module docstring).
+
+    With ``style.shared_rounds`` = S > 0 the first S rounds run once, as one chain of batch 1
+    seeded like variant 0 (round k: ``round_seed(style.seed, k)``), and rounds S.. branch per
+    variant from that shared image, batched as with S = 0. Every variant's ``rounds[]`` marks the
+    shared ones (``shared: true``, the same seed in every variant)."""
 
     engine = "img2img"
     task = "img2img"
     style: Img2ImgStyle
 
+    def describe(self) -> dict[str, Any]:
+        return super().describe() | {"rounds": len(self.style.rounds), "shared_rounds": self.style.shared_rounds}
+
     def __call__(self, image: Image.Image, context: ItemContext | None = None) -> list[VariantImage]:
         style = self.style
         size = working_size(image.width, image.height, self._long_side())
-        current = to_tensor(image.convert("RGB").resize(size, Image.Resampling.LANCZOS))
-        current = current.expand(style.variants, -1, -1, -1)
+        start_image = to_tensor(image.convert("RGB").resize(size, Image.Resampling.LANCZOS))
         built = self._prompt(context)
         prompt = built.prompt.text
         negative = built.negative.text or None
         seeds = [style.seed + i for i in range(style.variants)]
+        shared = style.shared_rounds
         self._activate_lora()
         self._prepare_vae(size)
-        halvings = 0
-        rounds = []
-        for k, rnd in enumerate(style.rounds):
-            source = current
 
-            def call(start: int, stop: int, rnd: Any = rnd, k: int = k, source: torch.Tensor = source) -> torch.Tensor:
+        def run_round(source: torch.Tensor, k: int, round_seeds: list[int]) -> Callable[[int, int], torch.Tensor]:
+            rnd = style.rounds[k]
+
+            def call(start: int, stop: int) -> torch.Tensor:
                 n = stop - start
                 return self.pipe(
                     prompt=[prompt] * n,
@@ -275,21 +287,44 @@ class Img2ImgEngine(_DiffusionEngine):
                     strength=rnd.strength,
                     guidance_scale=rnd.guidance,
                     num_inference_steps=style.steps,
-                    generator=[torch.Generator("cpu").manual_seed(round_seed(s, k)) for s in seeds[start:stop]],
+                    generator=[torch.Generator("cpu").manual_seed(round_seed(s, k)) for s in round_seeds[start:stop]],
                     output_type="pt",
                 ).images
 
+            return call
+
+        current = start_image
+        with torch.inference_mode():
+            # The shared chain: one image, so no batch to halve; out of memory here fails the item.
+            for k in range(shared):
+                current, _, _ = run_in_batches(
+                    1, run_round(current, k, [style.seed]), 1, style_name=self.style_name, stage="transform",
+                    too_small=f"CUDA out of memory in a shared round (one image); lower styles.{self.style_name}.size "
+                              "or use a GPU with more memory",
+                )
+            current = current.expand(style.variants, -1, -1, -1)
+        halvings = 0
+        for k in range(shared, len(style.rounds)):
             with torch.inference_mode():
-                current, made = self._batched(style.variants, call)
+                current, made = self._batched(style.variants, run_round(current, k, seeds))
             halvings += made
-            rounds.append({"strength": rnd.strength, "guidance": rnd.guidance,
-                           "denoising_steps": int(style.steps * rnd.strength)})
+        rounds = [{"strength": r.strength, "guidance": r.guidance, "denoising_steps": int(style.steps * r.strength),
+                   "shared": k < shared} for k, r in enumerate(style.rounds)]
+        chain_steps = sum(r["denoising_steps"] for r in rounds)
+        shared_steps = sum(r["denoising_steps"] for r in rounds[:shared])
         results = []
         for i, picture in enumerate(to_pil(current)):
             params = self._common(size) | built.parameters() | {
                 "seed": seeds[i],
-                "rounds": [r | {"seed": round_seed(seeds[i], k)} for k, r in enumerate(rounds)],
-                "denoising_steps": sum(r["denoising_steps"] for r in rounds),
+                "rounds": [r | {"seed": round_seed(style.seed if r["shared"] else seeds[i], k)}
+                           for k, r in enumerate(rounds)],
+                # The steps this variant's image went through (its whole chain of rounds)...
+                "denoising_steps": chain_steps,
+                "shared_rounds": shared,
+                # ...of which these ran once for all of this input's variants of the style...
+                "shared_denoising_steps": shared_steps,
+                # ...so all of them together cost this many (shared steps counted once).
+                "denoising_steps_all_variants": shared_steps + style.variants * (chain_steps - shared_steps),
                 "batch_size": self.batch_limit,
                 "oom_halvings": halvings,
             }
