@@ -429,7 +429,7 @@ def format_plans(plans: list[PullPlan], *, convert: bool) -> str:
     grand = 0
     for plan in plans:
         at = f"@{plan.revision}" if plan.revision else ""
-        where = "from the Hub" if plan.source == "hub" else "in the local cache"
+        where = "from the Hub" if plan.source == "hub" else "offline: looked up in the local cache"
         commit = f" commit {plan.commit}" if plan.commit else ""
         lines.append(f"{plan.model}{at}{commit} ({where})")
         if plan.problem:

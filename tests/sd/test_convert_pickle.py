@@ -256,13 +256,13 @@ def test_dry_run_offline_says_what_the_cache_holds(bin_sd, tiny_sd, tmp_path, ca
 
     assert main(["models", "pull", "--dry-run", "--config", config]) == EXIT_MODEL
     out = capsys.readouterr().out
-    assert f"{REPO} commit {COMMIT} (in the local cache)" in out
+    assert f"{REPO} commit {COMMIT} (offline: looked up in the local cache)" in out
     assert "no safetensors for: text_encoder, unet, vae" in out and "a pull would FAIL" in out
     unet = (tiny_sd / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size
     assert "unet/diffusion_pytorch_model.safetensors" in out and f"{unet / 2**20:.2f} MiB" in out
     allowed = [p for p in tiny_sd.rglob("*") if p.is_file()]
     assert f"cached: {len(allowed)} file(s)" in out and f"({sum(p.stat().st_size for p in allowed):,} bytes)" in out
-    assert "toys/not-cached (in the local cache)\n  not in the cache" in out
+    assert "toys/not-cached (offline: looked up in the local cache)\n  not in the cache" in out
     assert not (cache / CONVERTED_DIR).exists()  # a dry run writes nothing
 
     make_settings(tmp_path, {"conv": styles["conv"]}, models={"cache_dir": str(cache), "offline": True})
