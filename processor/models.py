@@ -75,6 +75,9 @@ class ResolvedModel:
     path: Path
     #: The hub commit loaded (the pinned revision resolved), or None for a local folder.
     revision: str | None
+    #: True when ``path`` is a ``models pull --convert-pickle`` folder: the commit's pickle weights
+    #: converted to safetensors here, not files the repo published (recorded in every manifest).
+    converted: bool = False
 
 
 def component_patterns(model_index: dict[str, Any]) -> list[str]:
@@ -163,7 +166,7 @@ class ModelLoader:
         converted = usable_conversion(self.cache_dir, model, path.name, index)
         if converted is not None:
             log.info("model_converted_folder", extra={"model": model, "revision": path.name, "path": str(converted)})
-            return ResolvedModel(model, converted, path.name)
+            return ResolvedModel(model, converted, path.name, converted=True)
         hints = conversion_pull_requests(model) if download else []
         raise unsafe_weights_error(model, revision, path.name, missing, path, hints=hints)
 

@@ -239,6 +239,8 @@ class _DiffusionEngine:
             "style": self.style_name,
             "model": self.style.model,
             "revision": self._revision(),
+            # Provenance: the repo's own safetensors, or its pickle weights converted here.
+            "weights": "converted-from-pickle" if self.resolved and self.resolved.converted else "safetensors",
             "pipeline": type(self.pipe).__name__,
             "scheduler": self.style.scheduler,
             "steps": self.style.steps,

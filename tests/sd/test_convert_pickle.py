@@ -10,12 +10,14 @@ here: ``hub_plan`` and the Hub's conversion-PR lookup are the only paths not run
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import pickle
 import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 import torch
 
 from processor.cli import main
@@ -203,7 +205,11 @@ def test_convert_pickle_then_the_worker_loads_the_safetensors_with_identical_byt
         assert main(["run", "--once", "--metrics-port", "0", "--config", config_file]) == 0
         manifest = manifest_of(store, KeyLayout(run.prefixes), "inputs/a.jpg")
         assert len(manifest.variants) == 2 and {v.parameters["revision"] for v in manifest.variants} == {COMMIT}
-        outputs.append([store.get(v.key).body for v in manifest.variants])
+        # The manifest says where the weights came from: converted here, or the repo's safetensors.
+        expected = "converted-from-pickle" if run is settings else "safetensors"
+        assert {v.parameters["weights"] for v in manifest.variants} == {expected}
+        # Pixels, not file bytes: the PNGs embed the parameters, whose `weights` differ on purpose.
+        outputs.append([Image.open(io.BytesIO(store.get(v.key).body)).tobytes() for v in manifest.variants])
     assert outputs[0] == outputs[1]
 
     # A second conversion finds the folder complete and leaves it alone.
