@@ -13,7 +13,6 @@ import threading
 
 import pytest
 
-from processor.cli import main
 from processor.config import PrefixSettings
 from processor.errors import TransientStoreError
 from processor.keys import KeyLayout
@@ -33,6 +32,11 @@ SPENT_ATTEMPTS = 3
 @pytest.fixture(params=["local", "s3"])
 def store(request: pytest.FixtureRequest) -> ObjectStore:
     return request.getfixturevalue({"local": "local_store", "s3": "s3_store"}[request.param])
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """The real command, in its own process (as an operator runs it beside a daemon)."""
+    return subprocess.run([sys.executable, "-m", "processor", *args], capture_output=True, text=True, timeout=60)
 
 
 def fail_finally(store: ObjectStore, layout: KeyLayout, key: str) -> None:
@@ -115,10 +119,12 @@ def test_a_store_error_on_the_hint_falls_back_to_the_schedule(local_store: Local
     requeue(local_store, layout, find_failures(local_store, layout).failures)
 
     faulty.failing = True
+    caplog.clear()
     with caplog.at_level(logging.WARNING, logger="processor.rescan"):
         fallback = scanner.scan()
     assert not fallback.full and fallback.pending == []  # the scan itself went on, incrementally
-    assert [r.getMessage() for r in caplog.records] == ["rescan_hint_unreadable"]
+    assert [r.getMessage() for r in caplog.records
+            if r.name == "processor.rescan" and r.levelno >= logging.WARNING] == ["rescan_hint_unreadable"]
 
     # A full scan the schedule makes while the hint is unreadable keeps the old version, so the
     # request is honoured once the hint reads again (one extra full scan at most, never a lost one).
@@ -143,7 +149,8 @@ def test_a_submit_under_an_old_key_reaches_the_scanner_at_its_next_scan(tmp_path
     assert pending_keys(scanner.scan()) == ["inputs/m.jpg"] and not scanner.scan().full
 
     # A new photo under the old key: a new version of a done input, sorting before the mark.
-    assert main(["submit", str(photos / "a.jpg"), "-q", "--config", str(tmp_path / "config.yaml")]) == 0
+    submitted = cli("submit", str(photos / "a.jpg"), "-q", "--config", str(tmp_path / "config.yaml"))
+    assert submitted.returncode == 0, submitted.stderr
     hinted = scanner.scan()
     assert hinted.full and pending_keys(hinted) == ["inputs/a.jpg", "inputs/m.jpg"]
 
@@ -166,8 +173,7 @@ def test_the_daemon_commits_a_retried_input_within_a_few_polls(tmp_path) -> None
     daemon.start()
     try:
         wait_for(lambda: committed("inputs/m.jpg"), "the daemon's first input")
-        retried = subprocess.run([sys.executable, "-m", "processor", "retry", "-q", "--config",
-                                  str(tmp_path / "config.yaml")], capture_output=True, text=True, timeout=60)
+        retried = cli("retry", "-q", "--config", str(tmp_path / "config.yaml"))
         assert retried.returncode == 0 and "requeued 1 failed input(s)" in retried.stdout, retried.stderr
         wait_for(lambda: committed("inputs/a.jpg"), "the retried input")
     finally:
