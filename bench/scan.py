@@ -10,6 +10,10 @@ its input's ETag; a scan counts every input done in both).
 Then a no-op ``Worker.run_once()`` (the code behind ``processor run --once``) runs over the bucket:
 its requests and seconds are the figures. The issue's goal: at most 30 requests for 10,000.
 
+Then the daemon's scans over the same bucket (``IncrementalScanner``, what ``processor run`` uses):
+the requests of its first (full) scan, of an idle incremental scan, and of the full scan that the
+rescan hint (written by ``processor retry`` and ``processor submit``) asks for.
+
     python -m bench.scan --inputs 10000 --store both
 """
 
@@ -28,7 +32,8 @@ from processor.cli import build_registry
 from processor.config import Settings
 from processor.keys import KeyLayout
 from processor.manifest import Manifest, Source
-from processor.scan import scan
+from processor.rescan import request_rescan
+from processor.scan import IncrementalScanner, scan
 from processor.store.base import ObjectStore
 from processor.store.local import LocalStore
 from processor.worker import Worker
@@ -42,6 +47,9 @@ BUILD_THREADS = 16
 PHOTO_SIDE = 64
 #: The issue's goal for 10,000 done inputs.
 GOAL_REQUESTS = 30
+#: Seconds: the daemon scanner's full_rescan_s here, far longer than the bench, so that only the
+#: first scan and the rescan hint make full scans.
+DAEMON_FULL_RESCAN_S = 24 * 3600.0
 
 
 def settings() -> Settings:
@@ -140,7 +148,22 @@ def measure(store: ObjectStore, cfg: Settings, count: int, body: bytes, template
         started = time.perf_counter()
         sum(1 for _ in store.list(prefix))
         split[f"list_{name}_s"] = time.perf_counter() - started
-    return {"requests": requests, "seconds": seconds, "build_s": build_s, **split}
+    return {"requests": requests, "seconds": seconds, "build_s": build_s, **split, **daemon_scans(store, cfg)}
+
+
+def daemon_scans(store: ObjectStore, cfg: Settings) -> dict[str, int]:
+    """Requests of the daemon's scans: its first (full) one, an idle incremental one, and the full
+    one a rescan hint asks for. Each includes the HEAD of the hint that every scan makes."""
+    layout = KeyLayout(cfg.prefixes)
+    scanner = IncrementalScanner(store, layout, DAEMON_FULL_RESCAN_S)
+    first, idle = scanner.scan(), scanner.scan()
+    if not request_rescan(store, layout, by="bench", count=0):
+        raise RuntimeError("the store refused the rescan hint")
+    hinted = scanner.scan()
+    if not first.full or idle.full or not hinted.full or first.pending or idle.pending or hinted.pending:
+        raise RuntimeError(f"unexpected daemon scans: {first}, {idle}, {hinted}")
+    return {"daemon_full_requests": first.requests, "daemon_incremental_requests": idle.requests,
+            "daemon_hinted_full_requests": hinted.requests}
 
 
 def build_parser() -> argparse.ArgumentParser:

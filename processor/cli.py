@@ -277,7 +277,18 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         metadata = {"prompt": args.prompt} if args.prompt and not is_sidecar(rel) else None
         store.put(prefix + rel, path.read_bytes(), content_type=ctype, metadata=metadata)
     print(f"uploaded {len(files)} file(s) to {store.description} under {prefix}")
+    _request_rescan(store, settings, by="submit", count=len(files))
     return 0
+
+
+def _request_rescan(store: ObjectStore, settings: Settings, *, by: str, count: int) -> None:
+    """Ask running daemons for a full scan now: what ``by`` wrote may sort before their mark."""
+    from processor.rescan import request_rescan
+
+    layout = KeyLayout(settings.prefixes)
+    if not request_rescan(store, layout, by=by, count=count):
+        print(f"could not write the rescan hint ({layout.rescan_hint}); running daemons "
+              "will find these inputs at their next full scan (run.full_rescan_s)", file=sys.stderr)
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -375,6 +386,9 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     result = requeue(store, layout, selection.failures)
     print(f"requeued {len(result.requeued)} failed input(s) of {selection.listed} failure record(s) "
           f"in {store.description}{left_out}")
+    if result.requeued and not result.rescan_requested:
+        print(f"could not write the rescan hint ({layout.rescan_hint}); running daemons will find these inputs "
+              "at their next full scan (run.full_rescan_s)", file=sys.stderr)
     if result.changed:
         print(f"{len(result.changed)} record(s) changed while requeueing (a worker is on them); run again to "
               "requeue them if they end failed", file=sys.stderr)
@@ -513,7 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", parents=[common], help="upload photos to inputs/",
                        description="Upload files (folders recursively, keeping relative paths) under inputs/. "
-                       "A photo.json next to photo.jpg is uploaded too and acts as its sidecar.")
+                       "A photo.json next to photo.jpg is uploaded too and acts as its sidecar. Then writes the "
+                       "rescan hint under the state prefix, so that running daemons make their next scan a full "
+                       "one and find a re-upload under a key they had already passed.")
     p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
     p.add_argument("--prefix", metavar="SUBFOLDER", help="put the files under inputs/SUBFOLDER/")
     p.add_argument("--prompt", help="a prompt stored as object metadata (x-amz-meta-prompt)")
@@ -534,12 +550,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("retry", parents=[common], help="requeue failed inputs so workers process them again",
                        description="Requeue failed inputs: each one's failure record is marked retryable with a "
                        "fresh budget of run.max_attempts attempts, and its 'failed' done marker is deleted, so "
-                       "the next worker pass processes it again (run --once at once; a daemon at its next full "
-                       "scan, run.full_rescan_s). By default only non-permanent failures (a pipeline stage "
+                       "the next worker pass processes it again (run --once at once; a running daemon at its next "
+                       "scan, which the rescan hint written under the state prefix makes a full one: after its "
+                       "current idle wait, at most run.idle_backoff_max_s, or the pass it is working on). By "
+                       "default only non-permanent failures (a pipeline stage "
                        "crashed: StageFailed, e.g. after a bad deploy or a broken GPU); --all also requeues bad "
                        "inputs (InvalidInput, e.g. after raising a limit in the config). Uses LIST calls over "
                        "failed/ and the done markers plus one GET per failure record, never a request per "
-                       "input; it writes only failure records and done markers, never outputs, so it is safe "
+                       "input; it writes only failure records, done markers and the rescan hint, never outputs, "
+                       "so it is safe "
                        "while workers run. Prints each input and a count.",
                        epilog="Examples: processor retry --dry-run; processor retry --error StageFailed --prefix "
                        "toys/2026/; processor retry --all --error ImageTooLarge (after raising "

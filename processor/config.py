@@ -398,7 +398,8 @@ class RunSettings(_Section):
     #: Seconds: the longest wait between scans while idle (doubles from poll_interval_s).
     idle_backoff_max_s: float = Field(default=300.0, gt=0)
     #: Seconds between the daemon's full scans; in between it lists only inputs after the last key
-    #: seen (StartAfter). An upload that sorts before that key is found by the next full scan.
+    #: seen (StartAfter). An upload that sorts before that key is found by the next full scan, or by
+    #: the next scan when `processor submit` / `processor retry` wrote the rescan hint (rescan.py).
     full_rescan_s: float = Field(default=DEFAULT_FULL_RESCAN_S, gt=0)
     #: Inputs downloaded and decoded ahead of the one computing.
     prefetch: int = Field(default=2, ge=0, le=64)

@@ -16,6 +16,10 @@ How it requeues one input, in this order (safe while workers run):
    budget of ``run.max_attempts`` attempts, instead of marking it failed again;
 2. delete its ``failed`` done marker, so the next scan offers the input again.
 
+When at least one input was requeued, it then writes the rescan hint (``processor.rescan``), so
+that running daemons make their next scan a full one: a requeued input sorts anywhere, usually
+before a daemon's high-water mark, where incremental scans do not look.
+
 The error, message and hint stay in the record until the input succeeds (the success deletes
 it) or fails again (the new failure replaces it). Nothing under ``outputs/`` is touched.
 
@@ -37,6 +41,7 @@ from processor import errors as error_module
 from processor.errors import ConfigError, ItemError, ObjectNotFound, PreconditionFailed
 from processor.keys import CUT_HASH_CHARS, CUT_MARK, MAX_PATH_BYTES, KeyLayout, safe_path
 from processor.manifest import FailureRecord, utcnow
+from processor.rescan import request_rescan
 from processor.store.base import ObjectStore
 
 log = logging.getLogger("processor.requeue")
@@ -74,6 +79,8 @@ class RequeueResult:
     requeued: list[Failure] = field(default_factory=list)
     #: Records a worker rewrote between our read and our rewrite (their input is being worked on).
     changed: list[Failure] = field(default_factory=list)
+    #: Whether the rescan hint was written (False when nothing was requeued or the store refused).
+    rescan_requested: bool = False
 
 
 def error_classes(names: Iterable[str]) -> frozenset[str] | None:
@@ -171,4 +178,6 @@ def requeue(store: ObjectStore, layout: KeyLayout, failures: Iterable[Failure],
         log.info("requeued", extra={"key": failure.input, "error": failure.record.error,
                                     "attempts": failure.record.attempts})
         result.requeued.append(failure)
+    if result.requeued:  # after every record and marker: a daemon that sees the hint sees them
+        result.rescan_requested = request_rescan(store, layout, by="retry", count=len(result.requeued), now=now)
     return result

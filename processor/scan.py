@@ -10,6 +10,8 @@ inputs after the last key the previous listing returned (``StartAfter``). A full
 ``run.full_rescan_s`` is the safety net for what that misses: S3 keys sort by bytes, so a new
 upload may sort before the high-water mark, and SeaweedFS lists folder by folder rather than in
 byte order. Correctness never depends on the listing order; only how soon an input is found does.
+``processor retry`` and ``processor submit``, whose changes may sort before the mark, also write a
+rescan hint (``processor.rescan``) that makes each daemon's next scan a full one.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from processor.keys import ItemKeys, KeyLayout, is_directory_marker, is_sidecar, safe_path, safe_segment
+from processor.rescan import HintVersion, read_hint_version
 from processor.store.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger("processor.scan")
@@ -137,6 +140,10 @@ class IncrementalScanner:
       in the server's own order (SeaweedFS: folder by folder; S3: bytes) without repeats.
     - Inputs that sort before the mark (new uploads anywhere in the key space, replaced inputs)
       are found by the next full scan: within ``full_rescan_s`` plus one poll interval.
+    - Every scan first HEADs the rescan hint (``processor.rescan``; one request). When its
+      version differs from the one read before the last full scan (``processor retry`` requeued
+      inputs, ``processor submit`` uploaded some), this scan is a full one, whatever the schedule.
+      A store error on that HEAD is logged and the scan keeps to the schedule.
     - ``retry_later`` carries items a pass left without a result (store errors, a stop) into the
       next incremental scan, so they need not wait for the full one.
 
@@ -161,8 +168,12 @@ class IncrementalScanner:
         self._owners: dict[str, str] = {}
         self._sidecars: set[str] = set()
         self._carried: dict[str, WorkItem] = {}
-        #: Scans made so far, by kind (for logs and tests).
-        self.scans = {"full": 0, "incremental": 0}
+        #: The rescan hint's version read before the last full scan; None before one succeeded
+        #: in reading it (any hint read later then asks for a full scan).
+        self._hint_seen: HintVersion | None = None
+        #: Scans made so far, by kind (for logs and tests); "hinted" counts the full scans that the
+        #: rescan hint asked for before their time (they count as "full" too).
+        self.scans = {"full": 0, "incremental": 0, "hinted": 0}
 
     def full_due(self) -> bool:
         return self._last_full is None or self.clock() - self._last_full >= self.full_rescan_s
@@ -174,32 +185,41 @@ class IncrementalScanner:
         return max(0.0, self.full_rescan_s - (self.clock() - self._last_full))
 
     def scan(self) -> Backlog:
+        before = self.store.request_count()
+        # Read before the listings: a hint written after this read is a change for the next scan.
+        hint = read_hint_version(self.store, self.layout)
         if self.full_due():
-            return self._full()
-        return self._incremental()
+            backlog = self._full(hint)
+        elif hint is not None and hint != self._hint_seen:
+            log.info("rescan_hint_seen", extra={"key": self.layout.rescan_hint, "high_water": self.high_water})
+            self.scans["hinted"] += 1
+            backlog = self._full(hint)
+        else:
+            backlog = self._incremental()
+        backlog.requests = self.store.request_count() - before
+        return backlog
 
     def retry_later(self, items: Iterable[WorkItem]) -> None:
         for item in items:
             self._carried[item.keys.input] = item
 
-    def _full(self) -> Backlog:
+    def _full(self, hint: HintVersion | None) -> Backlog:
         started = self.clock()
-        before = self.store.request_count()
         finished = _list_finished(self.store, self.layout)
         inputs, sidecars, last = _list_inputs(self.store, self.layout)
         backlog = Backlog(inputs=len(inputs))
         self._owners = {}
         _classify(backlog, self.layout, inputs, sidecars, finished, self._owners)
-        backlog.requests = self.store.request_count() - before
         self._sidecars = sidecars
         self._carried.clear()  # the full scan found everything still pending
         self.high_water = last
         self._last_full = started
+        if hint is not None:  # unread: keep the old version (a later read may then ask again)
+            self._hint_seen = hint
         self.scans["full"] += 1
         return backlog
 
     def _incremental(self) -> Backlog:
-        before = self.store.request_count()
         inputs, sidecars, last = _list_inputs(self.store, self.layout, start_after=self.high_water)
         self._sidecars |= sidecars
         listed = {i.key for i in inputs}
@@ -209,7 +229,6 @@ class IncrementalScanner:
         _classify(backlog, self.layout, inputs, self._sidecars, {}, self._owners)
         backlog.pending = carried + backlog.pending
         backlog.carried = len(carried)
-        backlog.requests = self.store.request_count() - before
         if last:
             self.high_water = last
         self.scans["incremental"] += 1

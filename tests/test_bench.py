@@ -41,6 +41,11 @@ def test_scan_smoke_local_and_s3(s3_server, capsys) -> None:
     assert printed == json.loads(json.dumps(results))
     # One listing of inputs and one of done markers (each one page at this size).
     assert results["local_requests"] == 2 and results["s3_requests"] == 2
+    # The daemon: the same two listings plus the HEAD of the rescan hint; an idle incremental scan
+    # is that HEAD and one LIST after the mark; a hint makes the next scan full again.
+    for store in ("local", "s3"):
+        assert (results[f"{store}_daemon_full_requests"], results[f"{store}_daemon_incremental_requests"],
+                results[f"{store}_daemon_hinted_full_requests"]) == (3, 2, 3)
 
 
 def test_scan_pages_scale_with_inputs_not_per_input(s3_server, monkeypatch) -> None:
@@ -50,3 +55,4 @@ def test_scan_pages_scale_with_inputs_not_per_input(s3_server, monkeypatch) -> N
     monkeypatch.setattr(s3, "LIST_PAGE_KEYS", 3)
     results = scan_bench.main(["--inputs", "25", "--verify", "1", "--store", "s3", "--json"], server=s3_server)
     assert results["s3_requests"] == 2 * 9
+    assert (results["s3_daemon_full_requests"], results["s3_daemon_incremental_requests"]) == (2 * 9 + 1, 2)

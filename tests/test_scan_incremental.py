@@ -62,21 +62,21 @@ def test_incremental_scan_lists_only_after_the_mark_and_full_rescan_finds_the_re
     assert first.full and sorted(pending_keys(first)) == ["inputs/b.jpg", "inputs/d.jpg"]
     assert scanner.high_water == "inputs/d.jpg"
 
-    # Nothing new: one LIST request, nothing pending.
+    # Nothing new: one HEAD of the rescan hint and one LIST request, nothing pending.
     idle = scanner.scan()
-    assert not idle.full and idle.pending == [] and idle.requests == 1
+    assert not idle.full and idle.pending == [] and idle.requests == 2
 
     store.put("inputs/e.jpg", b"x")  # sorts after the mark: the next incremental scan finds it
     store.put("inputs/a.jpg", b"x")  # sorts before it: only a full rescan can
     inc = scanner.scan()
-    assert not inc.full and pending_keys(inc) == ["inputs/e.jpg"] and inc.requests == 1
+    assert not inc.full and pending_keys(inc) == ["inputs/e.jpg"] and inc.requests == 2
 
     clock.advance(FULL_RESCAN_S / 2)
     assert "inputs/a.jpg" not in pending_keys(scanner.scan())
     clock.advance(FULL_RESCAN_S / 2)
     full = scanner.scan()
     assert full.full and "inputs/a.jpg" in pending_keys(full)
-    assert scanner.scans == {"full": 2, "incremental": 3}
+    assert scanner.scans == {"full": 2, "incremental": 3, "hinted": 0}
 
 
 def test_no_input_is_lost_or_repeated_whatever_the_listing_order(store: ObjectStore) -> None:
