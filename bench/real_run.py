@@ -67,6 +67,11 @@ def weights_bytes(model: Path) -> dict[str, float]:
                 for side in shape:
                     count *= side
                 params += count
+    return weight_sizes(params)
+
+
+def weight_sizes(params: int) -> dict[str, float]:
+    """``params`` parameters in millions, and their bytes in float32 and float16 (GiB)."""
     return {"weights_params_millions": params / 1e6, "weights_float32_gib": params * 4 / GIB,
             "weights_float16_gib": params * 2 / GIB}
 
@@ -79,10 +84,7 @@ def sd15_parameters() -> dict[str, float]:
     unet, vae, text, _ = sd15_modules("meta")
     counts = {name: sum(p.numel() for p in module.parameters())
               for name, module in (("unet", unet), ("vae", vae), ("text_encoder", text))}
-    total = sum(counts.values())
-    return {**{f"{name}_params_millions": n / 1e6 for name, n in counts.items()},
-            "weights_params_millions": total / 1e6, "weights_float32_gib": total * 4 / GIB,
-            "weights_float16_gib": total * 2 / GIB}
+    return {f"{name}_params_millions": n / 1e6 for name, n in counts.items()} | weight_sizes(sum(counts.values()))
 
 
 def photos(source: str | None, count: int, into: Path) -> list[Path]:
@@ -229,9 +231,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         bucket = root / "bucket"
         config = root / "config.yaml"
         config.write_text(yaml.safe_dump(run_config(Path(args.config), model, bucket, device)), encoding="utf-8")
-        for photo in photos(args.photos, args.images, root / "photos"):
-            (bucket / "inputs").mkdir(parents=True, exist_ok=True)
-            shutil.copy(photo, bucket / "inputs" / photo.name)
+        photos(args.photos, args.images, bucket / "inputs")  # written straight into the bucket
 
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
