@@ -29,24 +29,21 @@ from processor import __version__
 from processor.config import Settings, load_settings
 from processor.errors import (
     EXIT_DOCTOR,
+    EXIT_INCOMPLETE,
+    EXIT_SOME_FAILED,
     EXIT_UNHEALTHY,
     ConfigError,
     FatalError,
     ItemError,
-    ObjectNotFound,
     StoreError,
 )
-from processor.keys import KeyLayout, is_sidecar, safe_segment, split_extension
+from processor.keys import SIDECAR_SUFFIX, KeyLayout, is_sidecar, safe_segment, split_extension
 from processor.log import configure_logging
 from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo, json_schemas
 from processor.store.base import ObjectStore
 
 log = logging.getLogger("processor.cli")
 
-#: Exit code of ``run --once`` when some inputs are still without a result (store errors).
-EXIT_INCOMPLETE = 2
-#: Exit code of ``process`` when some files failed (each has a ``.failed.json`` beside its outputs).
-EXIT_SOME_FAILED = 1
 #: Failures ``status`` shows.
 RECENT_FAILURES = 5
 
@@ -114,8 +111,27 @@ def build_captioner(settings: Settings, store: ObjectStore | None = None) -> Any
     return Captioner(settings.caption, ModelLoader(settings.models), remote)
 
 
-def detect_device() -> str:
-    """``cuda:N (name)`` when PyTorch sees a GPU, else ``cpu``; never imports torch if absent."""
+def needs_torch(settings: Settings, styles: Sequence[str]) -> bool:
+    """Whether running ``styles`` loads a PyTorch model: a diffusion engine, a background stage
+    or the caption stage. The toon style alone does not."""
+    from processor.config import background_model
+    from processor.pipeline.caption import caption_used
+
+    for name in styles:
+        style = settings.styles[name]
+        if style.engine != "toon" or background_model(style) is not None:
+            return True
+    return caption_used(settings.caption, settings.styles, list(styles))
+
+
+def detect_device(settings: Settings | None = None, styles: Sequence[str] | None = None) -> str:
+    """``cuda:N (name)`` when PyTorch sees a GPU, else ``cpu``; never imports torch if absent.
+
+    Given the settings and styles of a run, torch is imported only when they need it
+    (``needs_torch``): importing it costs seconds and most of a toon-only worker's memory.
+    """
+    if settings is not None and styles is not None and not needs_torch(settings, styles):
+        return "cpu"
     try:
         import importlib.util
 
@@ -166,7 +182,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     # Serving starts before setup: /healthz answers (and /readyz says 503) while models load.
     metrics = MetricsEndpoint(settings.metrics)
     worker = Worker(store, settings, build_registry(settings), worker_id=worker_id(settings), styles=styles,
-                    device=detect_device(), use_claims=use_claims, observer=metrics.observer,
+                    device=detect_device(settings, styles), use_claims=use_claims, observer=metrics.observer,
                     captioner=build_captioner(settings, store))
     metrics.observer.watch(store=store, claims=worker.claims, info=worker.info.model_dump())
     _install_signal_handlers(worker)
@@ -178,7 +194,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         code = worker.run_once() if args.once else worker.run_forever()
     finally:
         metrics.close()
-    log.info("worker_stop", extra=dict(worker.totals) | {"exit_code": code})
+    log.info("worker_stop", extra={str(o): n for o, n in worker.totals.items()} | {"exit_code": code})
     return code
 
 
@@ -201,35 +217,30 @@ def _install_signal_handlers(worker: Any) -> None:
 def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from processor.outputs import encode_outputs
-    from processor.pipeline.caption import caption_item, caption_used
-    from processor.pipeline.decode import decode_image
-    from processor.pipeline.render import render
+    from processor.pipeline.item import ItemPipeline
 
     styles = args.style or list(settings.run.styles)
-    registry = build_registry(settings)
-    registry.setup(styles)
-    captioner = build_captioner(settings) if caption_used(settings.caption, settings.styles, styles) else None
-    if captioner is not None:
-        captioner.setup()
+    pipeline = ItemPipeline(settings, build_registry(settings), styles=styles, captioner=build_captioner(settings))
+    pipeline.setup()
     out = Path(args.out)
-    files = sorted(_walk(args.paths))
+    # A photo.json beside photo.jpg is its sidecar, as in the bucket (inputs/<path>.json).
+    found = sorted(_walk(args.paths))
+    sidecars = {rel: path for path, rel in found if is_sidecar(rel)}
+    files = [(path, rel) for path, rel in found if not is_sidecar(rel)]
     if not files:
         raise ConfigError(f"no files found under {', '.join(args.paths)}")
-    info = WorkerInfo(id=worker_id(settings), version=__version__, device=detect_device())
-    sheet = settings.pipeline.contact_sheet_height if settings.pipeline.contact_sheet else None
+    info = WorkerInfo(id=worker_id(settings), version=__version__, device=detect_device(settings, styles))
     failed = 0
     for path, rel in tqdm(files, desc="processing", unit="img", disable=args.quiet):
         target = out / Path(rel).with_suffix("")
         data = path.read_bytes()
         source = Source(key=str(path), etag=hashlib.md5(data).hexdigest(), size=len(data))
+        sidecar_path = sidecars.get(split_extension(rel)[0] + SIDECAR_SUFFIX)
+        timings: dict[str, float] = {}
         try:
-            decoded = decode_image(data, settings.pipeline.decode, name=str(path))
-            context, caption = caption_item(captioner, decoded.image, settings=settings.caption,
-                                            styles=settings.styles, style_names=styles)
-            variants, timings = render(decoded.image, styles, registry, context=context)
-            files_out, entries, sheet_name = encode_outputs(decoded.image, variants, output_prefix="", sheet_height=sheet,
-                                                              png_compress_level=settings.pipeline.png_compress_level)
+            sidecar = sidecar_path.read_bytes() if sidecar_path else None
+            prepared, rendered, encoded = pipeline(data, name=str(path), sidecar=sidecar,
+                                                   sidecar_name=str(sidecar_path or ""), timings=timings)
         except ItemError as exc:
             failed += 1
             record = FailureRecord(source=source, error=type(exc).__name__, message=str(exc), hint=exc.hint, worker=info)
@@ -238,12 +249,13 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
             tqdm.write(f"FAILED {rel}: {exc}  -> {exc.hint}", file=sys.stderr)
             continue
         target.mkdir(parents=True, exist_ok=True)
-        for f in files_out:
+        for f in encoded.files:
             (target / f.name).write_bytes(f.body)
+        decoded = prepared.decoded
         source = source.model_copy(update={"width": decoded.image.width, "height": decoded.image.height,
                                            "format": decoded.format, "notes": decoded.notes})
-        manifest = Manifest(source=source, variants=entries, contact_sheet=sheet_name, timings=timings, worker=info,
-                            caption=captioner.record(caption) if caption is not None else None)
+        manifest = Manifest(source=source, variants=encoded.variants, contact_sheet=encoded.contact_sheet,
+                            timings=timings, worker=info, caption=rendered.caption)
         (target / "manifest.json").write_bytes(manifest.to_json_bytes())
     done = len(files) - failed
     print(f"{done} processed, {failed} failed -> {out}")
@@ -292,30 +304,20 @@ def _request_rescan(store: ObjectStore, settings: Settings, *, by: str, count: i
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from processor.scan import scan
+    from processor.protocol import BucketQueue
 
     store = build_store(settings)
-    layout = KeyLayout(settings.prefixes)
-    backlog = scan(store, layout)
-    pending_keys = {item.keys.claim for item in backlog.pending}
-    in_progress = sum(1 for obj in store.list(layout.claims_prefix) if obj.key in pending_keys)
+    status = BucketQueue(store, KeyLayout(settings.prefixes)).status(recent=RECENT_FAILURES)
     counts = {
-        "inputs": backlog.inputs,
-        "pending": len(backlog.pending) - in_progress,
-        "in_progress": in_progress,
-        "done": backlog.done,
-        "failed": backlog.failed,
+        "inputs": status.inputs,
+        "pending": status.pending,
+        "in_progress": status.in_progress,
+        "done": status.done,
+        "failed": status.failed,
     }
-    failures = sorted(store.list(settings.prefixes.failed), key=lambda o: o.last_modified, reverse=True)
-    recent = []
-    for obj in failures[:RECENT_FAILURES]:
-        try:
-            record = FailureRecord.model_validate_json(store.get(obj.key).body)
-            recent.append({"input": record.source.key, "error": record.error, "message": record.message,
-                           "hint": record.hint, "at": record.created_at.isoformat(),
-                           "attempts": record.attempts, "final": record.final})
-        except (ObjectNotFound, ValueError):
-            continue
+    recent = [{"input": r.source.key, "error": r.error, "message": r.message, "hint": r.hint,
+               "at": r.created_at.isoformat(), "attempts": r.attempts, "final": r.final}
+              for r in (f.record for f in status.recent_failures)]
     if args.json:
         print(json.dumps({"store": store.description, **counts, "recent_failures": recent}, indent=2))
         return 0
@@ -331,19 +333,18 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
+    from processor.protocol import BucketQueue
+
     store = build_store(settings)
     layout = KeyLayout(settings.prefixes)
     key = args.key if args.key.startswith(settings.prefixes.inputs) else settings.prefixes.inputs + args.key
     keys = layout.for_input(key)
-    try:
-        manifest = Manifest.model_validate_json(store.get(keys.manifest).body)
-    except ObjectNotFound:
-        try:
-            record = FailureRecord.model_validate_json(store.get(keys.failure).body)
-        except ObjectNotFound:
-            print(f"{key}: no results yet (no {keys.manifest}, no {keys.failure})", file=sys.stderr)
-            return 1
-        print(f"{key} failed: {record.error}: {record.message}\n  -> {record.hint}", file=sys.stderr)
+    manifest = BucketQueue(store, layout).result(key)
+    if manifest is None:
+        print(f"{key}: no results yet (no {keys.manifest}, no {keys.failure})", file=sys.stderr)
+        return 1
+    if isinstance(manifest, FailureRecord):
+        print(f"{key} failed: {manifest.error}: {manifest.message}\n  -> {manifest.hint}", file=sys.stderr)
         return 1
     # The folder name is a safe segment: an input named ".." must not become "--out/..".
     out = Path(args.out) / safe_segment(split_extension(keys.relpath.rsplit("/", 1)[-1])[0])
@@ -363,12 +364,14 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
-    from processor.requeue import error_classes, find_failures, requeue
+    from processor.protocol import BucketQueue
+    from processor.requeue import error_classes
 
     store = build_store(settings)
     layout = KeyLayout(settings.prefixes)
-    selection = find_failures(store, layout, include_permanent=args.all, prefix=args.prefix or "",
-                              errors=error_classes(args.error or []))
+    bucket = BucketQueue(store, layout)
+    selection = bucket.find_failures(include_permanent=args.all, prefix=args.prefix or "",
+                                     errors=error_classes(args.error or []))
     if not args.quiet:
         for f in selection.failures:
             r = f.record
@@ -383,7 +386,7 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
         print(f"would requeue {len(selection.failures)} failed input(s) of {selection.listed} failure record(s) "
               f"in {store.description}{left_out} (dry run: nothing changed)")
         return 0
-    result = requeue(store, layout, selection.failures)
+    result = bucket.requeue(selection.failures)
     print(f"requeued {len(result.requeued)} failed input(s) of {selection.listed} failure record(s) "
           f"in {store.description}{left_out}")
     if result.requeued and not result.rescan_requested:

@@ -32,6 +32,10 @@ these types, never on message strings.
 
 from __future__ import annotations
 
+#: Exit code of ``process`` when some files failed (each has a ``.failed.json`` beside its outputs).
+EXIT_SOME_FAILED = 1
+#: Exit code of ``run --once`` when some inputs are still without a result (store errors).
+EXIT_INCOMPLETE = 2
 #: Exit code for a bad or unreadable configuration (Kubernetes podFailurePolicy fails the index on it).
 EXIT_CONFIG = 3
 #: Exit code for a store that refuses us (credentials, bucket, permissions).

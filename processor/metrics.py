@@ -44,14 +44,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from processor.config import MetricsSettings
 from processor.errors import ConfigError
+from processor.outcomes import RESOLVED, Outcome
 
 log = logging.getLogger("processor.metrics")
 
-#: Every outcome the worker counts for an input (``processor.worker``), exported from zero so a
+#: Every outcome the worker counts for an input (``processor.outcomes``), exported from zero so a
 #: dashboard's rate() has a series before the first one happens.
-OUTCOMES = ("done", "failed", "already", "busy", "transient", "refused", "lost", "released", "vanished", "retry")
-#: Outcomes after which the input no longer waits for anyone: the backlog shrinks by one.
-RESOLVED = frozenset({"done", "failed", "already", "refused", "vanished"})
+OUTCOMES = tuple(o.value for o in Outcome)
 #: Seconds: histogram buckets from a 10 ms GET to a 10-minute Stable Diffusion item.
 STAGE_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0, 600.0)
 #: Seconds: buckets of a scan (LIST calls over inputs/ and the done markers).
@@ -77,7 +76,7 @@ class WorkerObserver:
     def scan_failed(self, error: str) -> None:
         """A scan could not reach the store (after retries)."""
 
-    def item(self, outcome: str, timings: Mapping[str, float] | None = None) -> None:
+    def item(self, outcome: Outcome, timings: Mapping[str, float] | None = None) -> None:
         """One input left the worker with ``outcome``; ``timings`` are its stages' seconds."""
 
     def stage(self, name: str, seconds: float) -> None:
@@ -179,8 +178,8 @@ class PrometheusObserver(WorkerObserver):
             self._scan_ok, self._scan_error = False, error
         self.heartbeat()
 
-    def item(self, outcome: str, timings: Mapping[str, float] | None = None) -> None:
-        self.items.labels(outcome).inc()
+    def item(self, outcome: Outcome, timings: Mapping[str, float] | None = None) -> None:
+        self.items.labels(str(outcome)).inc()
         if outcome in RESOLVED:
             # Keep the gauge honest between scans (a daemon's pass can take hours), never below 0.
             with self._lock:

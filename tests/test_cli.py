@@ -77,6 +77,30 @@ def test_process_local_files(project, capsys):
     assert failure["error"] == "UnsupportedFormat"
 
 
+def test_process_honours_a_sidecar_like_the_worker(project, capsys):
+    """`process` and `run` share one item pipeline: a photo.json beside a photo changes both the
+    same way, and both write the same variant bytes."""
+    (project / "photos/shelf/cow.json").write_text('{"variants": 1, "seed": 7}')
+    (project / "photos/shelf/broken.jpg").unlink()
+    assert main(["process", "photos", "--out", "out", "-q"]) == 0
+    local = Manifest.model_validate_json((project / "out/shelf/cow/manifest.json").read_text())
+    assert [(v.key, v.seed) for v in local.variants] == [("toon-00.png", 7)]
+    assert not (project / "out/shelf/cow.failed.json").exists()  # the sidecar is not an input
+    assert "2 processed, 0 failed" in capsys.readouterr().out
+
+    assert main(["submit", "photos", "-q"]) == 0
+    assert main(["run", "--once"]) == 0
+    bucket = Manifest.model_validate_json((project / "bucket/outputs/shelf/cow/manifest.json").read_text())
+    assert [(v.seed, v.sha256) for v in bucket.variants] == [(v.seed, v.sha256) for v in local.variants]
+
+
+def test_process_reports_a_bad_sidecar_as_a_failure_of_its_photo(project, capsys):
+    (project / "photos/shelf/cow.json").write_text('{"variants": 0}')
+    assert main(["process", "photos", "--out", "out", "-q"]) == 1
+    failure = json.loads((project / "out/shelf/cow.failed.json").read_text())
+    assert failure["error"] == "InvalidSidecar" and "variants" in failure["message"]
+
+
 def test_unknown_key_names_the_key_and_the_file(project, capsys):
     (project / "bad.yaml").write_text("store:\n  kind: local\n  rot: bucket\n")
     assert main(["status", "--config", "bad.yaml"]) == EXIT_CONFIG

@@ -114,6 +114,27 @@ def test_a_run_is_counted_by_outcome_stage_and_backlog(tmp_path):
     assert any(name.startswith("processor_gpu_") for name, _ in found) == uses_cuda
 
 
+def test_store_errors_while_claiming_are_counted_like_every_other_outcome(tmp_path):
+    """A claim whose create ran out of retries goes through the same finish step as every item:
+    the outcome metric counts it (it used to skip the finish step and undercount)."""
+    settings = make_settings(tmp_path)
+
+    class Outage(LocalStore):
+        def put(self, key, body, **kw):
+            if key.startswith(".processor/claims/"):
+                raise TransientStoreError(f"{key}: connection refused")
+            return super().put(key, body, **kw)
+
+    store = Outage(settings.store.root)
+    for i in range(3):
+        store.put(f"inputs/t{i}.png", photo_bytes(96, 96, fmt="PNG", seed=i))
+    worker, observer = observed_worker(store, settings)
+    result = worker.run_pass(worker._my_items())
+    assert result.outcomes["transient"] == 3
+    assert value(samples(observer), "processor_items_total", outcome="transient") == 3
+    assert set(result.outcome_of.values()) == {"transient"}
+
+
 def test_workers_in_one_process_keep_their_own_numbers(tmp_path):
     """A per-worker registry: a second worker neither clashes with nor adds to the first's."""
     (tmp_path / "a").mkdir()

@@ -40,6 +40,7 @@ from PIL import Image
 
 from processor.config import CaptionSettings
 from processor.errors import ConfigError, FatalError, ItemError, ModelUnavailableError, StageFailed
+from processor.manifest import CaptionInfo
 from processor.models import IGNORE_PATTERNS, PULL_COMMAND, ModelLoader, is_local
 from processor.pipeline.base import ItemContext
 from processor.pipeline.prompt import clean_text, first_clause, takes_prompt
@@ -386,22 +387,6 @@ def folder_identity(folder: Path) -> str:
 # --------------------------------------------------------------------------- the stage
 
 
-@dataclass
-class Caption:
-    """One input's caption, as the manifest records it."""
-
-    mode: str
-    #: The text kept for the prompt (``caption.keep`` applied, cleaned); None when not captioned.
-    text: str | None = None
-    #: What the interrogator returned before ``keep``.
-    raw: str | None = None
-    #: ``negative`` mode: the CLIP terms least like the image (appended to the negative prompt).
-    negative: str | None = None
-    #: ``sidecar`` / ``metadata`` when a per-image prompt replaced the caption.
-    replaced_by: str | None = None
-    seconds: float = 0.0
-
-
 class Captioner:
     """The caption stage (see the module docstring). ``remote`` is the shared label cache."""
 
@@ -546,14 +531,14 @@ class Captioner:
 
     # ----------------------------------------------------------------- per item
 
-    def __call__(self, image: Image.Image, *, replaced_by: str | None = None) -> Caption:
-        """Caption one input. With ``replaced_by`` (a per-image prompt exists), only ``negative``
-        mode still runs, for its negative terms."""
-        result = Caption(mode=self.mode, replaced_by=replaced_by)
+    def __call__(self, image: Image.Image, *, replaced_by: str | None = None) -> CaptionInfo:
+        """Caption one input: the manifest's ``caption`` section. With ``replaced_by`` (a per-image
+        prompt exists), only ``negative`` mode still runs, for its negative terms."""
         if self.mode == "none" or (replaced_by and self.mode != "negative"):
-            return result
+            return self._info(replaced_by)
         if not self.ready:
             self.setup()
+        result = self._info(replaced_by)
         started = time.perf_counter()
         try:
             self._interrogate(image.convert("RGB"), result)
@@ -575,7 +560,19 @@ class Captioner:
         pool = min(distinct, self.interrogator.config.flavor_intermediate_count)
         return max(1, min(self.settings.max_flavors, pool - 1))
 
-    def _interrogate(self, image: Image.Image, result: Caption) -> None:
+    def _info(self, replaced_by: str | None) -> CaptionInfo:
+        """An empty caption record naming the models and revisions loaded now."""
+        return CaptionInfo(
+            mode=self.mode,
+            replaced_by=replaced_by,
+            keep=self.settings.keep,
+            clip_model=self.settings.clip_model if self.uses_clip() else None,
+            clip_revision=self.clip.revision if self.clip else None,
+            caption_model=self.settings.caption_model,
+            caption_revision=self.caption_model.revision if self.caption_model else None,
+        )
+
+    def _interrogate(self, image: Image.Image, result: CaptionInfo) -> None:
         from processor.pipeline.interrogator import quiet_autocast
 
         ci, mode = self.interrogator, self.mode
@@ -597,22 +594,6 @@ class Captioner:
         result.text = first_clause(text) if self.settings.keep == "first-clause" else text
 
     # ----------------------------------------------------------------- reporting
-
-    def record(self, caption: Caption) -> dict[str, Any]:
-        """The manifest's ``caption`` section for one input."""
-        return {
-            "mode": caption.mode,
-            "text": caption.text,
-            "raw": caption.raw,
-            "negative": caption.negative,
-            "replaced_by": caption.replaced_by,
-            "keep": self.settings.keep,
-            "clip_model": self.settings.clip_model if self.uses_clip() else None,
-            "clip_revision": self.clip.revision if self.clip else None,
-            "caption_model": self.settings.caption_model,
-            "caption_revision": self.caption_model.revision if self.caption_model else None,
-            "seconds": caption.seconds,
-        }
 
     def availability(self) -> list[tuple[str, str, bool, str]]:
         """(role, model, available, detail) for ``processor doctor``: looks in the cache only.
@@ -663,7 +644,7 @@ def caption_item(
     style_names: list[str],
     sidecar_prompt: str | None = None,
     metadata_prompt: str | None = None,
-) -> tuple[ItemContext, Caption | None]:
+) -> tuple[ItemContext, CaptionInfo | None]:
     """Run the caption stage for one input: the context its styles build prompts from, and the
     caption the manifest records (None when no style of this input takes a prompt or captions are
     off). A sidecar prompt, else the metadata prompt, replaces the caption."""

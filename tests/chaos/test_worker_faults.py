@@ -62,7 +62,7 @@ def write_variants(worker, job: Job) -> None:
     files, _entries, _sheet = encode_outputs(job.decoded.image, job.variants, output_prefix=keys.output_prefix,
                                              sheet_height=64)
     for f in files:
-        worker._put_output(job, keys.output_prefix + f.name, f.body, f.content_type)
+        worker.queue.put_output(job.delivery, keys.output_prefix + f.name, f.body, f.content_type)
 
 
 def test_a_zombie_does_not_overwrite_the_variants_of_the_worker_that_took_its_claim(tmp_path):

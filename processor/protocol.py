@@ -1,0 +1,376 @@
+"""The bucket as a job queue: the one module that reads and writes an input's state in the bucket.
+
+The worker takes an input (``take``: claim it), checks whether its version already has a result
+(``existing_result``), reads it (``read_input``), writes its outputs (``put_output``) and then
+acknowledges it (``commit``: the manifest, written last and conditionally) or rejects it
+(``fail``: a failure record, final or retryable), and finally gives the claim back (``release``).
+``processor status``, ``processor retry`` and the HTTP API read the same state through
+``status``, ``result`` and ``find_failures`` / ``requeue`` (dramatiq's ``Consumer.ack / nack /
+requeue``, with the bucket as the broker).
+
+The rules it keeps (DESIGN.md, "The object protocol"):
+
+- A job is an input key plus its ETag; done means ``manifest.json`` with that ``source.etag``.
+- The commit puts ``manifest.json`` LAST with ``If-None-Match: *`` (or ``If-Match`` on the
+  manifest of the input's previous version). A worker paused past its claim's TTL loses that race
+  and publishes nothing (``Outcome.REFUSED``).
+- An output that already exists is only replaced when no manifest for this version exists and
+  the claim still carries this worker's token; the commit checks the token too.
+- A failure record follows the commit's rule: only the claim holder writes one, never beside a
+  committed manifest.
+- After a commit or a final failure, a done marker lets the next scan skip this version with LIST
+  calls alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from processor import requeue as requeue_module
+from processor.claims import Claim, ClaimManager
+from processor.errors import (
+    ImageTooLarge,
+    InvalidInput,
+    ItemError,
+    ObjectNotFound,
+    ObjectTooLarge,
+    PreconditionFailed,
+    StoreError,
+)
+from processor.failpolicy import is_final
+from processor.keys import KeyLayout
+from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo
+from processor.outcomes import Outcome
+from processor.scan import Backlog, WorkItem, scan
+from processor.store.base import ObjectStore
+
+log = logging.getLogger("processor.protocol")
+
+
+class AlreadyCommitted(Exception):
+    """Another worker committed this input version first (or holds its claim now): ours must not
+    publish."""
+
+    def __init__(self, key: str, reason: str = "already committed by another worker") -> None:
+        super().__init__(key)
+        self.reason = reason
+
+
+@dataclass
+class Delivery:
+    """One input version taken from the queue, and what the protocol learnt about it on the way
+    (the worker's pipeline state lives elsewhere)."""
+
+    item: WorkItem
+    #: Our claim on it; None when workers coordinate by static shards.
+    claim: Claim | None
+    #: The version being worked on: the listed one until ``read_input`` reads the bytes.
+    etag: str
+    size: int
+    #: The manifest of the input's previous version, which our commit replaces (If-Match).
+    old_manifest_etag: str | None = None
+    #: A retryable failure record of this version exists: a success deletes it.
+    stale_failure: bool = False
+    #: 1, or n + 1 when a retryable failure record says n attempts at this version failed.
+    attempt: int = 1
+
+    @property
+    def key(self) -> str:
+        return self.item.keys.input
+
+
+@dataclass(frozen=True)
+class InputObject:
+    """The bytes of one input version and what came with it."""
+
+    body: bytes
+    #: The object's user metadata (``x-amz-meta-*``).
+    metadata: dict[str, str] = field(default_factory=dict)
+    #: The sidecar's raw bytes (``inputs/<path>.json``), None when there is none.
+    sidecar: bytes | None = None
+
+
+@dataclass(frozen=True)
+class RecentFailure:
+    """A failure record ``status`` shows, with the record's object key."""
+
+    key: str
+    record: FailureRecord
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """Counts of inputs by state (LIST calls only) and the latest failure records."""
+
+    inputs: int
+    pending: int
+    in_progress: int
+    done: int
+    failed: int
+    recent_failures: list[RecentFailure]
+
+
+class BucketQueue:
+    """The bucket protocol for one worker (or one operator command).
+
+    ``claims`` is None when workers coordinate by static shards: then the conditional commit alone
+    decides who publishes. Every method may raise ``StoreError`` (retries spent) and
+    ``FatalError``; the outcomes of ``commit`` and ``fail`` are ``Outcome`` members.
+    """
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        layout: KeyLayout,
+        *,
+        claims: ClaimManager | None = None,
+        worker: WorkerInfo | None = None,
+        max_attempts: int = 1,
+    ) -> None:
+        self.store = store
+        self.layout = layout
+        self.claims = claims
+        self.worker = worker
+        self.max_attempts = max_attempts
+
+    # ----------------------------------------------------------------- consumer: take
+
+    def take(self, item: WorkItem) -> Delivery | None:
+        """Claim ``item``: its delivery, or None when another worker holds a live claim."""
+        claim = None
+        if self.claims:
+            claim = self.claims.acquire(item.keys.claim, item.keys.input, item.info.etag)
+            if claim is None:
+                return None
+        return Delivery(item=item, claim=claim, etag=item.info.etag, size=item.info.size)
+
+    def existing_result(self, d: Delivery) -> bool:
+        """True when a manifest or final failure record for this version already exists (a crash
+        after the commit but before the done marker): the marker is written now. Otherwise notes
+        on ``d`` what the commit must replace and which attempt this is."""
+        keys = d.item.keys
+        try:
+            found = self.store.get(keys.manifest)
+            d.old_manifest_etag = found.info.etag
+            try:
+                if Manifest.model_validate_json(found.body).source.etag == d.etag:
+                    self._mark(d, Outcome.DONE)
+                    return True
+            except ValidationError:
+                pass  # unreadable: replaced by our commit (If-Match on its ETag)
+        except ObjectNotFound:
+            pass
+        try:
+            found = self.store.get(keys.failure)
+            try:
+                record = FailureRecord.model_validate_json(found.body)
+                if record.source.etag == d.etag:
+                    if record.final:
+                        self._mark(d, Outcome.FAILED)
+                        return True
+                    # Retryable (run.max_attempts, or requeued by `processor retry`): this is
+                    # the next attempt; a success deletes the record (stale_failure).
+                    d.attempt = record.attempts + 1
+            except ValidationError:
+                pass
+            d.stale_failure = True
+        except ObjectNotFound:
+            pass
+        return False
+
+    def read_input(self, d: Delivery, *, max_bytes: int) -> InputObject:
+        """The input's bytes, metadata and sidecar. The version read is the one recorded: when the
+        input was replaced since the scan, ``d`` moves to the new version."""
+        keys = d.item.keys
+        if d.item.collides_with:
+            raise InvalidInput(
+                f"{keys.input} and {d.item.collides_with} both write to {keys.output_prefix}",
+                hint="Rename one of them: inputs that differ only by extension share an output folder.",
+            )
+        try:
+            obj = self.store.get(keys.input, max_bytes=max_bytes)
+        except ObjectTooLarge as exc:
+            raise ImageTooLarge(
+                f"{keys.input} is {exc.size:,} bytes; limit is {max_bytes:,} (pipeline.decode.max_bytes)"
+            ) from exc
+        if obj.info.etag != d.etag:
+            d.attempt = 1  # the failure record counted attempts at the version listed
+        d.etag, d.size = obj.info.etag, obj.info.size
+        sidecar = None
+        if d.item.sidecar:
+            try:
+                sidecar = self.store.get(d.item.sidecar).body
+            except ObjectNotFound:
+                sidecar = None
+        return InputObject(body=obj.body, metadata=dict(obj.metadata or {}), sidecar=sidecar)
+
+    # ----------------------------------------------------------------- consumer: publish
+
+    def put_output(self, d: Delivery, key: str, body: bytes, content_type: str) -> None:
+        """Write one output without ever replacing a committed one; raises ``AlreadyCommitted``.
+
+        Create-if-absent first. If the key exists, it is either a committed output (another worker
+        won: stop) or a leftover of an attempt that died before its commit (replace it, with
+        If-Match so a concurrent writer's newer bytes are not clobbered blindly).
+        """
+        try:
+            self.store.put(key, body, content_type=content_type, if_none_match=True)
+            return
+        except PreconditionFailed:
+            pass
+        current = self.store.head(key)
+        if self._committed(d):
+            raise AlreadyCommitted(key)
+        if not self.still_ours(d):
+            # The object may be the variant of the worker that took our claim over, which it
+            # may commit any moment: only the claim holder replaces outputs.
+            raise AlreadyCommitted(key, "claim taken over by another worker")
+        try:
+            self.store.put(key, body, content_type=content_type, if_match=current.etag)
+        except PreconditionFailed as exc:
+            raise AlreadyCommitted(key) from exc
+
+    def commit(self, d: Delivery, manifest: Manifest) -> Outcome:
+        """Acknowledge: write ``manifest.json`` last and conditionally, then the done marker.
+        ``DONE``, or ``REFUSED`` when another worker took the claim or committed first."""
+        keys = d.item.keys
+        if not self.still_ours(d):
+            log.warning("commit_refused", extra={"key": d.key, "reason": "claim taken over by another worker"})
+            return Outcome.REFUSED
+        condition = {"if_match": d.old_manifest_etag} if d.old_manifest_etag else {"if_none_match": True}
+        try:
+            self.store.put(keys.manifest, manifest.to_json_bytes(), content_type="application/json", **condition)
+        except PreconditionFailed:
+            log.warning("commit_refused", extra={"key": d.key, "reason": "manifest changed since we read it"})
+            return Outcome.REFUSED
+        log.info("committed", extra={"key": d.key, "etag": d.etag, "variants": len(manifest.variants),
+                                     "seconds": round(sum(manifest.timings.values()), 3)})
+        self._mark(d, Outcome.DONE)
+        if d.stale_failure:
+            self._delete_quietly(keys.failure)
+        return Outcome.DONE
+
+    def fail(self, d: Delivery, error: ItemError, source: Source) -> Outcome:
+        """Reject: the failure record. Final (plus the ``failed`` done marker) for a bad input or a
+        spent retry budget: ``FAILED``; else retryable, with no marker, so the next scan offers the
+        input again: ``RETRY``. ``REFUSED`` / ``ALREADY`` when another worker holds the claim or
+        has committed this version."""
+        # Same rule as the commit: only the claim holder writes, and never beside a committed
+        # result. A paused worker's late record would otherwise overwrite the record of the
+        # worker that took over (or a `processor retry` requeue), or leave a failure record, and
+        # a `failed` marker that the scan prefers, next to another worker's good manifest.
+        if not self.still_ours(d):
+            log.warning("failure_refused", extra={"key": d.key, "reason": "claim taken over by another worker"})
+            return Outcome.REFUSED
+        if self._committed(d):
+            log.warning("failure_refused", extra={"key": d.key, "reason": "already committed by another worker"})
+            return Outcome.ALREADY
+        final = is_final(error, d.attempt, self.max_attempts)
+        record = FailureRecord(
+            source=source,
+            error=type(error).__name__,
+            message=str(error),
+            hint=error.hint,
+            permanent=isinstance(error, InvalidInput),
+            attempts=d.attempt,
+            final=final,
+            max_attempts=self.max_attempts,
+            worker=self.worker,
+        )
+        self.store.put(d.item.keys.failure, record.to_json_bytes(), content_type="application/json")
+        log.warning("input_failed", extra={"key": d.key, "error": record.error, "detail": record.message,
+                                           "attempt": d.attempt, "final": final})
+        if not final:
+            return Outcome.RETRY
+        self._mark(d, Outcome.FAILED)
+        return Outcome.FAILED
+
+    def release(self, d: Delivery) -> None:
+        """Give the claim back (best effort: an expired claim is taken over anyway)."""
+        if d.claim and self.claims:
+            self.claims.release(d.claim)
+
+    def still_ours(self, d: Delivery) -> bool:
+        """False when another worker has taken this delivery's claim over (read from the store now).
+
+        Checked after the HEAD before an overwrite and before the commit, so a worker that was
+        paused past its TTL neither replaces the variants of the worker that took over (which it
+        could otherwise do between ``_committed`` and its If-Match put, after that worker's
+        commit) nor commits over that worker's overwrites. What is left: a worker paused past
+        the TTL exactly between this read and its put (see docs/reliability.md)."""
+        if not (self.claims and d.claim):
+            return True  # shards: no claims; the conditional commit alone decides
+        return self.claims.holds(d.claim)
+
+    def _committed(self, d: Delivery) -> bool:
+        try:
+            found = self.store.get(d.item.keys.manifest)
+        except ObjectNotFound:
+            return False
+        if found.info.etag == d.old_manifest_etag:
+            return False  # the previous version's manifest, which our commit replaces
+        try:
+            return Manifest.model_validate_json(found.body).source.etag == d.etag
+        except ValidationError:
+            return False
+
+    def _mark(self, d: Delivery, outcome: Outcome) -> None:
+        """The done marker: lets the next scan skip this version with LIST calls alone."""
+        self.store.put(d.item.keys.done_marker(d.etag, outcome.value), b"", content_type="text/plain")
+
+    def _delete_quietly(self, key: str) -> None:
+        try:
+            self.store.delete(key)
+        except StoreError as exc:
+            log.warning("delete_failed", extra={"key": key, "error": type(exc).__name__})
+
+    # ----------------------------------------------------------------- readers: status, results, retry
+
+    def scan(self) -> Backlog:
+        """A full scan: every input version without a result (LIST calls only)."""
+        return scan(self.store, self.layout)
+
+    def status(self, recent: int = 5) -> QueueStatus:
+        """Inputs by state (pending excludes those under a claim) and the ``recent`` latest
+        failure records (unreadable ones are skipped)."""
+        backlog = self.scan()
+        pending_keys = {item.keys.claim for item in backlog.pending}
+        in_progress = sum(1 for obj in self.store.list(self.layout.claims_prefix) if obj.key in pending_keys)
+        failures = sorted(self.store.list(self.layout.prefixes.failed), key=lambda o: o.last_modified, reverse=True)
+        records = []
+        for obj in failures[:recent]:
+            try:
+                records.append(RecentFailure(obj.key, FailureRecord.model_validate_json(self.store.get(obj.key).body)))
+            except (ObjectNotFound, ValueError):
+                continue
+        return QueueStatus(inputs=backlog.inputs, pending=len(backlog.pending) - in_progress,
+                           in_progress=in_progress, done=backlog.done, failed=backlog.failed,
+                           recent_failures=records)
+
+    def result(self, input_key: str) -> Manifest | FailureRecord | None:
+        """The input's manifest, else its failure record, else None (no result yet). Reads the
+        latest of each, whichever input version it is about."""
+        keys = self.layout.for_input(input_key)
+        try:
+            return Manifest.model_validate_json(self.store.get(keys.manifest).body)
+        except ObjectNotFound:
+            pass
+        try:
+            return FailureRecord.model_validate_json(self.store.get(keys.failure).body)
+        except ObjectNotFound:
+            return None
+
+    def find_failures(self, *, include_permanent: bool, prefix: str = "",
+                      errors: frozenset[str] | None = None) -> requeue_module.Selection:
+        """The failure records ``requeue`` would act on (``processor.requeue.find_failures``)."""
+        return requeue_module.find_failures(self.store, self.layout, include_permanent=include_permanent,
+                                            prefix=prefix, errors=errors)
+
+    def requeue(self, failures: Iterable[requeue_module.Failure]) -> requeue_module.RequeueResult:
+        """Make failed inputs pending again (``processor.requeue.requeue``)."""
+        return requeue_module.requeue(self.store, self.layout, failures)
+
