@@ -56,3 +56,12 @@ def test_scan_pages_scale_with_inputs_not_per_input(s3_server, monkeypatch) -> N
     results = scan_bench.main(["--inputs", "25", "--verify", "1", "--store", "s3", "--json"], server=s3_server)
     assert results["s3_requests"] == 2 * 9
     assert (results["s3_daemon_full_requests"], results["s3_daemon_incremental_requests"]) == (2 * 9 + 1, 2)
+
+
+def test_startup_smoke_the_toon_quickstart_never_imports_torch(capsys) -> None:
+    from bench import startup
+
+    results = startup.main(["--photos", "2", "--rounds", "1", "--size", "160"])
+    printed = parse_report(capsys.readouterr().out)
+    assert printed["lazy_torch_loaded"] == "False" and results["lazy_torch_loaded"] is False
+    assert results["lazy_startup_s"] > 0 and results["lazy_peak_rss_mib"] > 0
