@@ -30,6 +30,7 @@ from processor.config import Settings, load_settings
 from processor.errors import (
     EXIT_DOCTOR,
     EXIT_INCOMPLETE,
+    EXIT_INTERRUPTED,
     EXIT_SOME_FAILED,
     EXIT_UNHEALTHY,
     ConfigError,
@@ -629,4 +630,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: store: {exc}", file=sys.stderr)
         return EXIT_INCOMPLETE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED

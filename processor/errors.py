@@ -32,10 +32,13 @@ these types, never on message strings.
 
 from __future__ import annotations
 
+# Every exit code the CLI uses, one each (deploy/base/job.yaml's podFailurePolicy keys on them).
+# 2 is argparse's, for a usage error; none of ours reuses it.
+
 #: Exit code of ``process`` when some files failed (each has a ``.failed.json`` beside its outputs).
 EXIT_SOME_FAILED = 1
-#: Exit code of ``run --once`` when some inputs are still without a result (store errors).
-EXIT_INCOMPLETE = 2
+#: Exit code of a usage error (an unknown flag, a missing argument): argparse's own.
+EXIT_USAGE = 2
 #: Exit code for a bad or unreadable configuration (Kubernetes podFailurePolicy fails the index on it).
 EXIT_CONFIG = 3
 #: Exit code for a store that refuses us (credentials, bucket, permissions).
@@ -47,6 +50,11 @@ EXIT_DOCTOR = 6
 #: Exit code of a worker whose circuit breaker tripped (``WorkerUnhealthy``). Kubernetes should
 #: restart or retry it (a new process gets a fresh CUDA context), never fail the Job for it.
 EXIT_UNHEALTHY = 7
+#: Exit code of ``run --once`` when the store kept failing and some inputs are still without a
+#: result (also any command whose store calls ran out of retries). Worth a retry, later.
+EXIT_INCOMPLETE = 8
+#: Exit code after SIGINT (Ctrl-C): 128 + the signal number, as shells report it.
+EXIT_INTERRUPTED = 130
 
 
 class ProcessorError(Exception):

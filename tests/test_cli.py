@@ -141,3 +141,14 @@ def test_python_dash_m_and_json_logs(project):
     names = {e["event"] for e in events}
     assert {"worker_start", "committed", "input_failed", "worker_stop"} <= names
     assert all("key" in e for e in events if e["event"] in ("committed", "input_failed"))
+
+
+def test_exit_codes_are_distinct_and_leave_2_to_argparse(capsys):
+    from processor import errors
+
+    codes = {name: value for name, value in vars(errors).items() if name.startswith("EXIT_")}
+    assert len(set(codes.values())) == len(codes), codes
+    assert [name for name, value in codes.items() if value == 2] == ["EXIT_USAGE"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--no-such-flag"])
+    assert exit_info.value.code == errors.EXIT_USAGE

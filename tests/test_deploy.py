@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from processor.config import DEFAULT_METRICS_PORT, load_settings
-from processor.errors import EXIT_CONFIG, EXIT_STORE, EXIT_UNHEALTHY
+from processor.errors import EXIT_CONFIG, EXIT_INCOMPLETE, EXIT_STORE, EXIT_UNHEALTHY, EXIT_USAGE
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -219,11 +219,13 @@ def test_job_is_indexed_with_a_failure_policy() -> None:
     fail_index = [r for r in rules if r["action"] == "FailIndex"]
     codes = {code for r in fail_index for code in r["onExitCodes"]["values"]
              if r["onExitCodes"]["operator"] == "In" and r["onExitCodes"]["containerName"] == "processor"}
-    assert codes == {EXIT_CONFIG, EXIT_STORE}
+    assert codes == {EXIT_USAGE, EXIT_CONFIG, EXIT_STORE}
     # A tripped circuit breaker is the pod's fault, not the config's: retry the index (counted).
     count = {code for r in rules if r["action"] == "Count" for code in r["onExitCodes"]["values"]
              if r["onExitCodes"]["operator"] == "In" and r["onExitCodes"]["containerName"] == "processor"}
     assert EXIT_UNHEALTHY in count and EXIT_UNHEALTHY not in codes
+    # The store kept failing: worth a retry in a new pod, counted.
+    assert EXIT_INCOMPLETE in count and EXIT_INCOMPLETE not in codes
 
     # With coordination: shards, a shard count other than completions loses inputs.
     assert int(_env(_container(job))["PROCESSOR_RUN__SHARD_COUNT"]) == spec["completions"]
