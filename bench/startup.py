@@ -23,7 +23,6 @@ Figures (medians over ``--rounds``):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess

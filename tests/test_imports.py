@@ -18,7 +18,9 @@ def run_python(code: str) -> str:
 
 
 def test_core_modules_import_without_torch() -> None:
-    code = f"import sys\nfor m in {TORCH_FREE!r}: __import__(m)\nprint(sorted(k for k in sys.modules if k.split('.')[0] in ('torch', 'diffusers', 'transformers')))"
+    heavy = ("torch", "diffusers", "transformers")
+    code = (f"import sys\nfor m in {TORCH_FREE!r}: __import__(m)\n"
+            f"print(sorted(k for k in sys.modules if k.split('.')[0] in {heavy!r}))")
     assert run_python(code) == "[]"
 
 
