@@ -61,7 +61,8 @@ STYLE_TIMING_PREFIX = "style:"
 
 class WorkerObserver:
     """The hooks ``Worker`` calls. This base does nothing; every hook must be cheap and thread-safe
-    (the fetch, compute and upload threads all call them) and must never raise."""
+    (the fetch, compute and upload threads all call them). The worker calls them through a
+    ``GuardedObserver``, so one that raises is logged, not fatal."""
 
     def heartbeat(self, quiet_s: float = 0.0) -> None:
         """The loop is alive; it may now be silent for ``quiet_s`` seconds on purpose (an idle wait)."""
@@ -88,6 +89,46 @@ class WorkerObserver:
     def breaker_tripped(self, errors: Sequence[str]) -> None:
         """The circuit breaker tripped (``processor.failpolicy``): the worker stops as unhealthy;
         ``errors`` are the last failures that tripped it."""
+
+
+class GuardedObserver(WorkerObserver):
+    """Dispatches each hook to ``inner``, logging and swallowing what it raises: a broken metric
+    or probe must never end a pass (dramatiq: a middleware's errors are logged, never fatal to
+    the worker). The worker calls its observer only through one of these."""
+
+    def __init__(self, inner: WorkerObserver) -> None:
+        self.inner = inner
+
+    def _call(self, hook: str, *args: Any, **kwargs: Any) -> None:
+        try:
+            getattr(self.inner, hook)(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - an observer's fault is never the item's or the pass's
+            log.warning("observer_failed", extra={"hook": hook, "error": type(exc).__name__, "detail": str(exc)},
+                        exc_info=True)
+
+    def heartbeat(self, quiet_s: float = 0.0) -> None:
+        self._call("heartbeat", quiet_s)
+
+    def setup_done(self) -> None:
+        self._call("setup_done")
+
+    def scanned(self, pending: int, seconds: float, *, full: bool = True) -> None:
+        self._call("scanned", pending, seconds, full=full)
+
+    def scan_failed(self, error: str) -> None:
+        self._call("scan_failed", error)
+
+    def item(self, outcome: Outcome, timings: Mapping[str, float] | None = None) -> None:
+        self._call("item", outcome, timings)
+
+    def stage(self, name: str, seconds: float) -> None:
+        self._call("stage", name, seconds)
+
+    def stopping(self) -> None:
+        self._call("stopping")
+
+    def breaker_tripped(self, errors: Sequence[str]) -> None:
+        self._call("breaker_tripped", errors)
 
 
 class PrometheusObserver(WorkerObserver):

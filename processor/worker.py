@@ -43,7 +43,7 @@ from processor.failpolicy import CircuitBreaker
 from processor.keys import KeyLayout
 from processor.log import bind_item
 from processor.manifest import Manifest, Source, WorkerInfo
-from processor.metrics import WorkerObserver
+from processor.metrics import GuardedObserver, WorkerObserver
 from processor.outcomes import OFFER_AGAIN, PROGRESS, Outcome
 from processor.pipeline.base import DecodedImage, VariantImage
 from processor.pipeline.item import ItemPipeline, Prepared, Rendered
@@ -163,8 +163,9 @@ class Worker:
         self._abort = threading.Event()
         #: All three stage threads count outcomes; ``Counter[k] += 1`` is not atomic.
         self._count_lock = threading.Lock()
-        #: Metrics and health hooks (processor.metrics); the default does nothing.
-        self.observer = observer or WorkerObserver()
+        #: Metrics and health hooks (processor.metrics), guarded: a raising hook is logged and
+        #: swallowed. The default does nothing.
+        self.observer = GuardedObserver(observer or WorkerObserver())
         #: Drives the daemon's full-rescan schedule (injectable for tests).
         self.clock = clock
         #: Non-permanent failures in a row (processor.failpolicy); fed by the compute stage only.

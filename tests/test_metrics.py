@@ -114,6 +114,32 @@ def test_a_run_is_counted_by_outcome_stage_and_backlog(tmp_path):
     assert any(name.startswith("processor_gpu_") for name, _ in found) == uses_cuda
 
 
+def test_a_raising_observer_hook_never_ends_a_pass(tmp_path, caplog):
+    """Observer hooks run on the stage threads; one that raises is logged and swallowed (a broken
+    metrics backend must not stop the work it measures)."""
+    from processor.metrics import WorkerObserver
+    from processor.scan import scan
+
+    class Broken(WorkerObserver):
+        def item(self, outcome, timings=None):
+            raise RuntimeError("metrics backend down")
+
+        def heartbeat(self, quiet_s=0.0):
+            raise RuntimeError("clock gone")
+
+    settings = make_settings(tmp_path)
+    store = LocalStore(settings.store.root)
+    store.put("inputs/cow.jpg", photo_bytes(320, 240))
+    store.put("inputs/page.jpg", bad_inputs()["html-as-jpg"])
+    worker = Worker(store, settings, build_registry(settings), worker_id="w1", observer=Broken())
+    with caplog.at_level(logging.WARNING, logger="processor.metrics"):
+        assert worker.run_once() == 0
+    backlog = scan(store, KeyLayout(settings.prefixes))
+    assert (backlog.done, backlog.failed, backlog.pending) == (1, 1, [])
+    hooks = {r.hook for r in caplog.records if r.getMessage() == "observer_failed"}
+    assert hooks == {"item", "heartbeat"}
+
+
 def test_store_errors_while_claiming_are_counted_like_every_other_outcome(tmp_path):
     """A claim whose create ran out of retries goes through the same finish step as every item:
     the outcome metric counts it (it used to skip the finish step and undercount)."""
