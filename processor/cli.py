@@ -195,6 +195,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         code = worker.run_once() if args.once else worker.run_forever()
     finally:
         metrics.close()
+        store.close()
     log.info("worker_stop", extra={str(o): n for o, n in worker.totals.items()} | {"exit_code": code})
     return code
 

@@ -14,6 +14,8 @@ Contract, shared by every adapter and checked by ``tests/store/test_contract.py`
   judged on it together with ``last_modified``, never on the worker's own clock.
 - Missing keys raise ``ObjectNotFound``; retryable faults raise ``TransientStoreError`` (after
   the adapter's own retries ran out); bad credentials raise ``StoreAccessError``.
+- ``close()`` releases the adapter's connections; it is idempotent, and a store works as a
+  context manager that closes it (``with build_store(settings) as store: ...``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
+
+_Self = TypeVar("_Self", bound="Closeable")
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,27 @@ class ObjectStore(Protocol):
     def request_count(self) -> int:
         """How many requests this store has sent to its backend (for benchmarks and tests)."""
         ...
+
+    def close(self) -> None:
+        """Release connections (idempotent); the store must not be used afterwards."""
+        ...
+
+    def __enter__(self) -> ObjectStore: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+
+class Closeable:
+    """``close()`` (a no-op here) and the context manager that calls it, for adapters to inherit."""
+
+    def close(self) -> None:
+        """Nothing to release; adapters holding connections override this."""
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def strip_etag(etag: str) -> str:

@@ -42,7 +42,7 @@ from processor.errors import (
     StoreAccessError,
     StoreError,
 )
-from processor.store.base import ObjectInfo, StoredObject
+from processor.store.base import Closeable, ObjectInfo, StoredObject
 
 #: The hidden directory under root that holds the store's own files; no key may start with it.
 INTERNAL_DIR = ".store"
@@ -67,7 +67,7 @@ def _utf8(key: str) -> bytes:
     return key.encode("utf-8", "surrogatepass")
 
 
-class LocalStore:
+class LocalStore(Closeable):
     """``ObjectStore`` over a directory. ``clock`` stands in for the server's clock (``server_time``)."""
 
     def __init__(self, root: Path | str, clock: Callable[[], datetime] = _utc_now) -> None:

@@ -29,7 +29,7 @@ from processor.errors import (
     StoreError,
     TransientStoreError,
 )
-from processor.store.base import ObjectInfo, StoredObject, strip_etag
+from processor.store.base import Closeable, ObjectInfo, StoredObject, strip_etag
 from processor.store.retry import RetryPolicy
 
 T = TypeVar("T")
@@ -106,7 +106,7 @@ def client_config(settings: StoreSettings, config_cls: Callable[..., Any] = boto
     return config_cls(**options)
 
 
-class S3Store:
+class S3Store(Closeable):
     """``ObjectStore`` over one bucket through a boto3 S3 client (the store owns it: it adds event hooks).
 
     ``conditional_via_headers`` sends ``If-None-Match``/``If-Match`` as raw HTTP headers instead of
@@ -259,6 +259,10 @@ class S3Store:
                 raise
             # Some servers answer a conditional delete of a missing key with 404, others with 412.
             raise PreconditionFailed(f"{key} does not exist (expected ETag {if_match})", key=key) from exc
+
+    def close(self) -> None:
+        """Close the client's connection pool (idempotent: botocore's close is)."""
+        self._client.close()
 
     def request_count(self) -> int:
         with self._count_lock:

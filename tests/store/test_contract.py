@@ -535,3 +535,11 @@ def test_cos_without_credentials_names_the_variable(monkeypatch: pytest.MonkeyPa
     settings = StoreSettings(kind="cos", bucket="b", endpoint_url="https://cos.example", api_key_env="TEST_COS_KEY")
     with pytest.raises(StoreAccessError, match=r"\$TEST_COS_KEY"):
         CosStore.from_settings(settings)
+
+
+def test_a_store_is_a_context_manager_that_closes_once_or_twice(store: ObjectStore) -> None:
+    with store as same:
+        assert same is store
+        store.put("ctx/a", b"x")
+        assert store.get("ctx/a").body == b"x"
+    store.close()  # idempotent
