@@ -43,6 +43,8 @@ CLOCK_RESOLUTION_S = 1.0
 
 @dataclass
 class Claim:
+    """A lease on one input version that this worker holds (``<state>/claims/<hash>.json``)."""
+
     key: str
     input_key: str
     input_etag: str
@@ -58,6 +60,9 @@ class Claim:
 
 
 class ClaimManager:
+    """Creates, renews, checks and releases claims with conditional writes; judges expiry by the
+    server's clock. Counts conflicts and takeovers for the metrics."""
+
     def __init__(self, store: ObjectStore, worker_id: str, ttl_s: float) -> None:
         self.store = store
         self.worker_id = worker_id

@@ -28,6 +28,8 @@ class _Model(BaseModel):
 
 
 class Source(_Model):
+    """The input version a result is about: key, ETag and what decode saw."""
+
     key: str
     etag: str
     size: int
@@ -63,6 +65,8 @@ class Background(_Model):
 
 
 class Variant(_Model):
+    """One output image of one style, with how it was made and the hash of its bytes."""
+
     key: str
     style: str
     engine: str
@@ -78,6 +82,8 @@ class Variant(_Model):
 
 
 class WorkerInfo(_Model):
+    """The worker that wrote a manifest or failure record."""
+
     id: str
     version: str
     device: str
@@ -110,6 +116,8 @@ class CaptionInfo(_Model):
 
 
 class Manifest(_Model):
+    """``outputs/<path>/manifest.json``: the commit of one input version (written last)."""
+
     schema_: Literal["toy-cartoonizer/manifest/v1"] = Field(default=MANIFEST_SCHEMA, alias="schema")
     status: Literal["done"] = "done"
     source: Source
@@ -126,6 +134,9 @@ class Manifest(_Model):
 
 
 class FailureRecord(_Model):
+    """``failed/<path>.json``: why one input version failed, what to change, and whether it is
+    retried (``final``)."""
+
     schema_: Literal["toy-cartoonizer/failure/v1"] = Field(default=FAILURE_SCHEMA, alias="schema")
     status: Literal["failed"] = "failed"
     source: Source

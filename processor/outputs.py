@@ -23,6 +23,8 @@ from processor.pipeline.encode import PNG_COMPRESS_LEVEL, contact_sheet, encode_
 
 @dataclass(frozen=True)
 class OutputFile:
+    """One file to upload into an input's output folder."""
+
     #: Name relative to the input's output folder.
     name: str
     body: bytes

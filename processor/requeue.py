@@ -65,6 +65,8 @@ class Failure:
 
 @dataclass
 class Selection:
+    """The failure records ``find_failures`` matched, and what it left out."""
+
     failures: list[Failure] = field(default_factory=list)
     #: Records listed under the prefix.
     listed: int = 0
@@ -76,6 +78,8 @@ class Selection:
 
 @dataclass
 class RequeueResult:
+    """What ``requeue`` did: inputs requeued, records that changed meanwhile, the rescan hint."""
+
     requeued: list[Failure] = field(default_factory=list)
     #: Records a worker rewrote between our read and our rewrite (their input is being worked on).
     changed: list[Failure] = field(default_factory=list)

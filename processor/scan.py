@@ -32,6 +32,8 @@ log = logging.getLogger("processor.scan")
 
 @dataclass(frozen=True)
 class WorkItem:
+    """One input version a scan found without a result."""
+
     keys: ItemKeys
     info: ObjectInfo
     #: The sidecar's key when one was listed next to the input.
@@ -42,6 +44,8 @@ class WorkItem:
 
 @dataclass
 class Backlog:
+    """What one scan found: counts by state and the pending items."""
+
     inputs: int = 0
     done: int = 0
     failed: int = 0

@@ -28,6 +28,8 @@ MAX_OVERRIDE_ENGINES = 32
 
 
 class EngineRegistry:
+    """Builds each style's engine once, and bounded per-image variants of it for sidecar overrides."""
+
     def __init__(self, styles: Mapping[str, Any], factory: EngineFactory) -> None:
         self.styles = dict(styles)
         self.factory = factory

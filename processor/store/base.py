@@ -30,6 +30,8 @@ _Self = TypeVar("_Self", bound="Closeable")
 
 @dataclass(frozen=True)
 class ObjectInfo:
+    """An object's key, ETag, size and times, as a listing or a HEAD returns them."""
+
     key: str
     etag: str
     size: int
@@ -40,6 +42,8 @@ class ObjectInfo:
 
 @dataclass(frozen=True)
 class StoredObject:
+    """An object read whole: its info, bytes and user metadata."""
+
     info: ObjectInfo
     body: bytes
     metadata: Mapping[str, str] = field(default_factory=dict)
@@ -47,6 +51,8 @@ class StoredObject:
 
 @runtime_checkable
 class ObjectStore(Protocol):
+    """A bucket (see the module docstring for the contract every adapter keeps)."""
+
     #: Where this store points, for messages and logs (never contains credentials).
     description: str
 
