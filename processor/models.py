@@ -37,22 +37,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from processor import safeweights
 from processor.config import LoraSettings, ModelSettings, background_model
 from processor.errors import ConfigError, ModelUnavailableError
+from processor.hub import (  # noqa: F401 - PULL_COMMAND, SKIPPED_COMPONENTS: re-exported for callers
+    IGNORE_PATTERNS,
+    PULL_COMMAND,
+    SKIPPED_COMPONENTS,
+    component_patterns,
+    fetch_file,
+    fetch_snapshot,
+    is_local,
+)
 
 log = logging.getLogger("processor.models")
 
-#: The command that fills the cache; named in every "model missing" message.
-PULL_COMMAND = "processor models pull"
-#: Components a pipeline folder may list that we never load (the NSFW classifier: 1.2 GB, and it
-#: blanks false positives; toy photos do not need it).
-SKIPPED_COMPONENTS = frozenset({"safety_checker"})
-#: File types fetched for each component: weights (safetensors only), configs, tokenizer vocabularies.
-COMPONENT_FILE_PATTERNS = ("*.safetensors", "*.json", "*.txt")
-#: Variant duplicates of the same weights (we load the full-precision file and cast).
-IGNORE_PATTERNS = ["*.fp16.safetensors", "*.bf16.safetensors", "*non_ema*", "*.ema.safetensors",
-                   # the same variants in pickle form, never fetched for a ``--convert-pickle`` conversion
-                   "*.fp16.bin", "*.bf16.bin", "*.ema.bin"]
 #: Files fetched for a LoRA given as a hub id.
 LORA_PATTERNS = ["*.safetensors", "*.json"]
 _TRUTHY = {"1", "true", "yes", "on"}
@@ -62,13 +61,10 @@ def offline_mode(settings: ModelSettings) -> bool:
     return settings.offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUTHY
 
 
-def is_local(model: str) -> bool:
-    """A path (absolute, ./relative, ~ or an existing folder) rather than a hub id."""
-    return model.startswith((".", "/", "~")) or Path(model).expanduser().is_dir()
-
-
 @dataclass(frozen=True)
 class ResolvedModel:
+    """Where a configured model's files are on disk, and which commit they are."""
+
     #: As configured: hub id or path.
     model: str
     #: The folder ``from_pretrained`` reads.
@@ -78,17 +74,6 @@ class ResolvedModel:
     #: True when ``path`` is a ``models pull --convert-pickle`` folder: the commit's pickle weights
     #: converted to safetensors here, not files the repo published (recorded in every manifest).
     converted: bool = False
-
-
-def component_patterns(model_index: dict[str, Any]) -> list[str]:
-    """``allow_patterns`` for a pipeline: its index and each loaded component's weights/configs."""
-    patterns = ["model_index.json"]
-    for name, value in model_index.items():
-        if name.startswith("_") or name in SKIPPED_COMPONENTS:
-            continue
-        if isinstance(value, list) and len(value) == 2 and value[0] is not None:
-            patterns.extend(f"{name}/{pattern}" for pattern in COMPONENT_FILE_PATTERNS)
-    return patterns
 
 
 class ModelLoader:
@@ -144,11 +129,9 @@ class ModelLoader:
                 raise ModelUnavailableError(
                     f"model {model!r}: {path} is not a diffusers pipeline folder (no model_index.json)"
                 )
-            from processor.safeweights import missing_safetensors, unsafe_weights_error
-
-            missing = missing_safetensors(path, _read_index(path))
+            missing = safeweights.missing_safetensors(path, _read_index(path))
             if missing:
-                raise unsafe_weights_error(model, None, None, missing, path, local=True)
+                raise safeweights.unsafe_weights_error(model, None, None, missing, path, local=True)
             resolved = ResolvedModel(model, path, None)
         else:
             resolved = self._resolve_hub(model, revision, download=not self.offline if download is None else download)
@@ -156,50 +139,29 @@ class ModelLoader:
         return resolved
 
     def _resolve_hub(self, model: str, revision: str | None, *, download: bool) -> ResolvedModel:
-        from processor.safeweights import conversion_pull_requests, missing_safetensors, unsafe_weights_error
-        from processor.safeweights import usable_conversion
-
         path, index = self.snapshot(model, revision, download=download)
-        missing = missing_safetensors(path, index)
+        missing = safeweights.missing_safetensors(path, index)
         if not missing:
             return ResolvedModel(model, path, path.name)
-        converted = usable_conversion(self.cache_dir, model, path.name, index)
+        converted = safeweights.usable_conversion(self.cache_dir, model, path.name, index)
         if converted is not None:
             log.info("model_converted_folder", extra={"model": model, "revision": path.name, "path": str(converted)})
             return ResolvedModel(model, converted, path.name, converted=True)
-        hints = conversion_pull_requests(model) if download else []
-        raise unsafe_weights_error(model, revision, path.name, missing, path, hints=hints)
+        hints = safeweights.conversion_pull_requests(model) if download else []
+        raise safeweights.unsafe_weights_error(model, revision, path.name, missing, path, hints=hints)
 
     def snapshot(self, model: str, revision: str | None, *, download: bool,
                  extra_patterns: list[str] | None = None) -> tuple[Path, dict[str, Any]]:
         """The cached snapshot folder of hub id ``model`` (fetched first when ``download``) and its
         ``model_index.json``, without the safetensors check. ``extra_patterns`` adds files to fetch
         (the pickle weights ``--convert-pickle`` converts)."""
-        from huggingface_hub import hf_hub_download, snapshot_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-        where = f"{model}" + (f"@{revision}" if revision else "")
-        try:
-            index_file = hf_hub_download(model, "model_index.json", revision=revision, cache_dir=self.cache_dir,
-                                         local_files_only=not download)
-            index = json.loads(Path(index_file).read_text(encoding="utf-8"))
-            folder = snapshot_download(
-                model,
-                revision=revision,
-                cache_dir=self.cache_dir,
-                allow_patterns=component_patterns(index) + list(extra_patterns or []),
-                ignore_patterns=IGNORE_PATTERNS,
-                local_files_only=not download,
-            )
-        except LocalEntryNotFoundError as exc:
-            cache = self.cache_dir or "the default Hugging Face cache ($HF_HOME/hub)"
-            raise ModelUnavailableError(
-                f"model {where} is not in the model cache ({cache}) and offline mode is on "
-                f"(models.offline / HF_HUB_OFFLINE=1); fetch it first with `{PULL_COMMAND}` "
-                f"(same config and models.cache_dir) on a machine with network access"
-            ) from exc
-        except (HfHubHTTPError, OSError, ValueError) as exc:
-            raise ModelUnavailableError(f"model {where} could not be fetched: {type(exc).__name__}: {exc}") from exc
+        what = f"model {model}" + (f"@{revision}" if revision else "")
+        index_file = fetch_file(model, "model_index.json", what=what, revision=revision, cache_dir=self.cache_dir,
+                                download=download, offline=self.offline)
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+        folder = fetch_snapshot(model, what=what, revision=revision, cache_dir=self.cache_dir,
+                                allow_patterns=component_patterns(index) + list(extra_patterns or []),
+                                ignore_patterns=IGNORE_PATTERNS, download=download, offline=self.offline)
         return Path(folder), index
 
     def pull(self, model: str, revision: str | None = None) -> ResolvedModel:
@@ -213,21 +175,19 @@ class ModelLoader:
         """``models pull --convert-pickle``: fetch ``model`` (from the cache only when offline) and,
         for components without safetensors, convert their pickle weights once with the restricted
         unpickler (``processor.safeweights``). Local folders are checked, not converted."""
-        from processor.safeweights import (PICKLE_PATTERNS, convert_components, converted_folder,
-                                           missing_safetensors, usable_conversion)
-
         self._resolved.pop((model, revision), None)
         if is_local(model):
             return self.resolve(model, revision)
         download = not self.offline
         path, index = self.snapshot(model, revision, download=download)
-        missing = missing_safetensors(path, index)
-        if missing and usable_conversion(self.cache_dir, model, path.name, index) is None:
+        missing = safeweights.missing_safetensors(path, index)
+        if missing and safeweights.usable_conversion(self.cache_dir, model, path.name, index) is None:
             if download:  # the pickle weights of exactly the components that need them
                 path, index = self.snapshot(model, path.name, download=True, extra_patterns=[
-                    f"{component}/{pattern}" for component in missing for pattern in PICKLE_PATTERNS])
-            convert_components(path, index, missing, converted_folder(self.cache_dir, model, path.name),
-                               model=model, revision=revision, commit=path.name)
+                    f"{component}/{pattern}" for component in missing for pattern in safeweights.PICKLE_PATTERNS])
+            target = safeweights.converted_folder(self.cache_dir, model, path.name)
+            safeweights.convert_components(path, index, missing, target, model=model, revision=revision,
+                                           commit=path.name)
         return self.resolve(model, revision, download=False)
 
     def resolve_lora(self, lora: LoraSettings) -> Path:
@@ -237,18 +197,8 @@ class ModelLoader:
             if not path.exists():
                 raise ConfigError(f"lora.path {lora.path!r} does not exist")
             return path
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-        try:
-            return Path(snapshot_download(lora.path, cache_dir=self.cache_dir, allow_patterns=LORA_PATTERNS,
-                                          local_files_only=self.offline))
-        except LocalEntryNotFoundError as exc:
-            raise ModelUnavailableError(
-                f"LoRA {lora.path!r} is not in the model cache and offline mode is on; fetch it with `{PULL_COMMAND}`"
-            ) from exc
-        except (HfHubHTTPError, OSError) as exc:
-            raise ModelUnavailableError(f"LoRA {lora.path!r} could not be fetched: {exc}") from exc
+        return fetch_snapshot(lora.path, what=f"LoRA {lora.path!r}", cache_dir=self.cache_dir,
+                              allow_patterns=LORA_PATTERNS, download=not self.offline, offline=self.offline)
 
     # ----------------------------------------------------------------- loading
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from processor.errors import ModelUnavailableError
-from processor.models import SKIPPED_COMPONENTS
+from processor.hub import SKIPPED_COMPONENTS
 
 log = logging.getLogger("processor.safeweights")
 

@@ -41,7 +41,8 @@ from PIL import Image
 from processor.config import CaptionSettings
 from processor.errors import ConfigError, FatalError, ItemError, ModelUnavailableError, StageFailed
 from processor.manifest import CaptionInfo
-from processor.models import IGNORE_PATTERNS, PULL_COMMAND, ModelLoader, is_local
+from processor.hub import IGNORE_PATTERNS, PULL_COMMAND, fetch_file, fetch_snapshot, is_local
+from processor.models import ModelLoader
 from processor.pipeline.base import ItemContext
 from processor.pipeline.prompt import clean_text, first_clause, takes_prompt
 
@@ -244,17 +245,6 @@ class ResolvedCaptionModel:
     model_type: str
 
 
-def _offline_error(what: str, models: ModelLoader, exc: Exception) -> ModelUnavailableError:
-    where = models.cache_dir or "the default Hugging Face cache ($HF_HOME/hub)"
-    offline = " and offline mode is on (models.offline / HF_HUB_OFFLINE=1)" if models.offline else ""
-    error = ModelUnavailableError(
-        f"{what} is not in the model cache ({where}){offline}; fetch it first with `{PULL_COMMAND}` "
-        f"(same config and models.cache_dir) on a machine with network access"
-    )
-    error.__cause__ = exc
-    return error
-
-
 def _snapshot_commit(path: Path) -> str | None:
     """The commit of a file or folder inside a hub cache snapshot (``.../snapshots/<commit>/...``)."""
     parts = path.parts
@@ -282,19 +272,11 @@ def resolve_clip(settings: CaptionSettings, models: ModelLoader, *, download: bo
         folder = Path(spec[len("local-dir:"):]).expanduser()
         _check_clip_folder(spec, folder)
         return ResolvedClip(spec, f"local-dir:{folder}", None, folder, None)
-    from huggingface_hub import hf_hub_download, snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
     where = spec + (f"@{settings.clip_revision}" if settings.clip_revision else "")
     if spec.startswith("hf-hub:"):
-        try:
-            folder = Path(snapshot_download(spec[len("hf-hub:"):], revision=settings.clip_revision,
-                                            cache_dir=models.cache_dir, allow_patterns=CLIP_HUB_PATTERNS,
-                                            local_files_only=not download))
-        except LocalEntryNotFoundError as exc:
-            raise _offline_error(f"CLIP model {where}", models, exc) from exc
-        except (HfHubHTTPError, OSError, ValueError) as exc:
-            raise ModelUnavailableError(f"CLIP model {where} could not be fetched: {type(exc).__name__}: {exc}") from exc
+        folder = fetch_snapshot(spec[len("hf-hub:"):], what=f"CLIP model {where}", revision=settings.clip_revision,
+                                cache_dir=models.cache_dir, allow_patterns=CLIP_HUB_PATTERNS, download=download,
+                                offline=models.offline)
         _check_clip_folder(spec, folder)
         return ResolvedClip(spec, f"local-dir:{folder}", None, folder, folder.name)
 
@@ -312,14 +294,9 @@ def resolve_clip(settings: CaptionSettings, models: ModelLoader, *, download: bo
                                     f"a pickled URL); use an hf-hub: or local-dir: model with safetensors weights")
     # open_clip writes "org/repo/" for the repo's default weights, "org/repo/file.bin" for a named file.
     repo, filename = (hub.rstrip("/"), "") if hub.endswith("/") else os.path.split(hub)
-    try:
-        weights = Path(hf_hub_download(repo, _safetensors_name(filename), revision=settings.clip_revision,
-                                       cache_dir=models.cache_dir, local_files_only=not download))
-    except LocalEntryNotFoundError as exc:
-        raise _offline_error(f"CLIP model {where} ({repo})", models, exc) from exc
-    except (HfHubHTTPError, OSError, ValueError) as exc:
-        raise ModelUnavailableError(f"CLIP model {where} could not be fetched from {repo} as safetensors: "
-                                    f"{type(exc).__name__}: {exc}") from exc
+    weights = fetch_file(repo, _safetensors_name(filename), what=f"CLIP model {where} ({repo}, as safetensors)",
+                         revision=settings.clip_revision, cache_dir=models.cache_dir, download=download,
+                         offline=models.offline)
     return ResolvedClip(spec, arch, weights, None, _snapshot_commit(weights), dict(cfg))
 
 
@@ -339,17 +316,9 @@ def resolve_caption_model(settings: CaptionSettings, models: ModelLoader, *,
     if is_local(spec):
         path, revision = Path(spec).expanduser(), None
     else:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
-        try:
-            path = Path(snapshot_download(spec, revision=settings.caption_revision, cache_dir=models.cache_dir,
-                                          allow_patterns=CAPTION_PATTERNS, ignore_patterns=IGNORE_PATTERNS,
-                                          local_files_only=not download))
-        except LocalEntryNotFoundError as exc:
-            raise _offline_error(f"caption model {where}", models, exc) from exc
-        except (HfHubHTTPError, OSError, ValueError) as exc:
-            raise ModelUnavailableError(f"caption model {where} could not be fetched: {type(exc).__name__}: {exc}") from exc
+        path = fetch_snapshot(spec, what=f"caption model {where}", revision=settings.caption_revision,
+                              cache_dir=models.cache_dir, allow_patterns=CAPTION_PATTERNS,
+                              ignore_patterns=IGNORE_PATTERNS, download=download, offline=models.offline)
         revision = path.name
     config = path / "config.json"
     if not config.is_file():

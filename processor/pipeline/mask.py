@@ -343,17 +343,13 @@ SEGMENTER_PATTERNS = ["*.safetensors", "*.json", "*.txt"]
 def pull_segmenter(settings: MaskSettings, cache_dir: str | None) -> str | None:
     """Download ``settings.segmenter`` (a hub id) into the cache for ``processor models pull``;
     returns the snapshot folder, or None when there is nothing to fetch."""
-    from huggingface_hub import snapshot_download
-
-    from processor.models import is_local
+    from processor.hub import fetch_snapshot, is_local
 
     if not settings.segmenter or is_local(settings.segmenter):
         return None
-    try:
-        return snapshot_download(settings.segmenter, revision=settings.segmenter_revision, cache_dir=cache_dir,
-                                 allow_patterns=SEGMENTER_PATTERNS)
-    except (OSError, ValueError) as exc:
-        raise ModelUnavailableError(f"segmenter {settings.segmenter!r} could not be fetched: {exc}") from exc
+    return str(fetch_snapshot(settings.segmenter, what=f"segmenter {settings.segmenter!r}",
+                              revision=settings.segmenter_revision, cache_dir=cache_dir,
+                              allow_patterns=SEGMENTER_PATTERNS))
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
