@@ -38,8 +38,16 @@ import numpy as np
 from PIL import Image
 
 from processor.config import background_model
-from processor.errors import StageFailed
 from processor.pipeline.base import Engine, ItemContext, VariantImage
+from processor.pipeline.diffusion_common import (
+    ROUND_SEED_STRIDE,
+    make_scheduler,
+    native_size,
+    run_in_batches,
+    to_pil,
+    to_tensor,
+    working_size,
+)
 from processor.pipeline.mask import SubjectMask, SubjectMasker
 
 log = logging.getLogger("processor.background")
@@ -84,8 +92,6 @@ class BackgroundStage:
         self.batch_limit = MAX_BATCH
 
     def setup(self) -> None:
-        from processor.pipeline.diffusion import make_scheduler
-
         self.pipe, self.resolved = self.models.pipeline(MODE_TASKS[self.mode], self.model, self.revision)
         self.pipe.scheduler = make_scheduler(self.scheduler, self.pipe.scheduler.config)
         if self.mode == "generate" and self.settings.harmonize > 0:
@@ -143,8 +149,6 @@ class BackgroundStage:
              size: tuple[int, int]) -> tuple[list[Image.Image], list[dict[str, Any]]]:
         """One batched pass for variants of one size: (final pictures, per-variant info)."""
         import torch
-
-        from processor.pipeline.diffusion import ROUND_SEED_STRIDE, native_size, to_pil, to_tensor, working_size
 
         s = self.settings
         work = working_size(size[0], size[1], s.size or native_size(self.pipe))
@@ -212,8 +216,6 @@ class BackgroundStage:
 
     def _batched(self, count: int, call: Callable[[int, int], Any]) -> Any:
         """``call(start, stop)`` over [0, count) in chunks, halving them on CUDA out of memory."""
-        from processor.pipeline.diffusion import run_in_batches
-
         out, self.batch_limit, _ = run_in_batches(
             count, call, self.batch_limit, style_name=self.style_name, stage="background",
             too_small=f"CUDA out of memory drawing one background; lower styles.{self.style_name}.background.size",
