@@ -55,7 +55,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from bench.chaos_check import BucketReport, check_bucket, percentile  # noqa: E402
 from bench.chaos_worker import folder_id  # noqa: E402
 from processor.config import PrefixSettings  # noqa: E402
-from processor.keys import KeyLayout, safe_path  # noqa: E402
+from processor.queue.keys import KeyLayout, safe_path  # noqa: E402
 from tests.images import bad_inputs, photo_bytes  # noqa: E402
 from tests.seaweed import S3Server, WeedServer  # noqa: E402
 

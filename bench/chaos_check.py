@@ -34,7 +34,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from processor.config import PrefixSettings
-from processor.keys import KeyLayout, is_directory_marker, is_sidecar
+from processor.queue.keys import KeyLayout, is_directory_marker, is_sidecar
 from processor.manifest import FailureRecord, Manifest
 from processor.store.base import strip_etag
 

@@ -43,7 +43,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from processor.keys import MANIFEST_NAME  # noqa: E402
+from processor.queue.keys import MANIFEST_NAME  # noqa: E402
 
 log = logging.getLogger("processor.chaos")
 
@@ -153,7 +153,7 @@ def install() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     install()
-    from processor.cli import main as cli_main
+    from processor.app.cli import main as cli_main
 
     code = cli_main(argv)
     # From here on only interpreter shutdown runs: the harness compares this event's time with

@@ -4,7 +4,7 @@ The SD 1.5 architecture at full size (UNet 320/640/1280/1280 with 768-wide cross
 4-block VAE, the 12-layer CLIP ViT-L text encoder) is built from configs with random weights (speed
 does not depend on weight values; nothing is downloaded), saved as safetensors and loaded back.
 
-- processor: ``Img2ImgEngine`` through ``processor.models`` (the worker's code and switches), every
+- processor: ``Img2ImgEngine`` through ``processor.models.loader`` (the worker's code and switches), every
   round one batched call for all variants (each variant its own chain of rounds).
 - notebook: the original prototype's calls: ``StableDiffusionImg2ImgPipeline`` in float16 (float32
   on the CPU), one call per round on one image, the final round with ``num_images_per_prompt``.
@@ -179,7 +179,7 @@ def unet_alone(unet: Any, inputs: Any, batch: int, calls: int, device: str) -> f
 def processor_engines(model: Path, args: argparse.Namespace, size: int) -> tuple[Any, Any]:
     """The processor's engine with ``shared_rounds: 0`` and, with ``--shared-rounds N``, a second
     one with ``shared_rounds: N`` on the same weights (one registry, one model loader); else None."""
-    from processor.cli import build_registry
+    from processor.app.cli import build_registry
     from processor.config import Settings
 
     def style(shared: int) -> dict[str, Any]:
@@ -210,7 +210,7 @@ def notebook_pipeline(model: Path, device: str) -> Any:
     from diffusers import StableDiffusionImg2ImgPipeline
 
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    from processor.models import _dtype_keyword
+    from processor.models.loader import _dtype_keyword
 
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False,
                                                           use_safetensors=True, **{_dtype_keyword(): dtype})
@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import torch
 
-    from processor.models import ModelLoader
+    from processor.models.loader import ModelLoader
     from processor.config import ModelSettings
     from tests.images import photo_image
 

@@ -32,15 +32,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bench.common import MIB, RssSampler, machine, peak_rss_bytes, report, s3_store, seaweedfs_server
 from processor import __version__
-from processor.cli import make_engine
+from processor.app.cli import make_engine
 from processor.config import Settings
-from processor.keys import KeyLayout
+from processor.queue.keys import KeyLayout
 from processor.manifest import Manifest, Source, WorkerInfo
-from processor.outputs import encode_outputs
+from processor.pipeline.outputs import encode_outputs
 from processor.pipeline.base import ItemContext, VariantImage
 from processor.pipeline.decode import decode_image
 from processor.pipeline.render import EngineRegistry, render
-from processor.worker import Worker
+from processor.worker.runner import Worker
 
 #: Defaults: the issue's goal is stated at 200 ms per item.
 DEFAULT_ITEMS = 300
@@ -107,7 +107,7 @@ class FixedCostEngine:
 
 def registry_with_fixed_cost(settings: Settings, style: FixedCostStyle) -> tuple[EngineRegistry, list[FixedCostEngine]]:
     """The worker's registry with the fixed-cost style added; the factory falls back to the real
-    engines (``processor.cli.make_engine``) for every other style."""
+    engines (``processor.app.cli.make_engine``) for every other style."""
     made: list[FixedCostEngine] = []
 
     def factory(name: str, configured: Any) -> Any:

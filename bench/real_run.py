@@ -190,9 +190,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import torch
     import yaml
 
-    from processor.cli import main as processor_main
+    from processor.app.cli import main as processor_main
     from processor.config import ModelSettings
-    from processor.models import ModelLoader
+    from processor.models.loader import ModelLoader
 
     args = build_parser().parse_args(argv)
     if args.weights_only:

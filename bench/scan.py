@@ -1,7 +1,7 @@
 """How many requests does a ``--once`` pass need to learn that every input is already done?
 
 The bucket gets ``--inputs`` done inputs: each input, its ``manifest.json`` and its done marker,
-written exactly as the worker writes them (keys from ``processor.keys``, the manifest from a real
+written exactly as the worker writes them (keys from ``processor.queue.keys``, the manifest from a real
 worker run, re-keyed) but without running the pipeline 10,000 times. Before that, a check: the
 worker processes ``--verify`` inputs in one bucket, the builder builds the same inputs in another,
 and the two must agree (same input, manifest and done-marker keys; every marker and manifest names
@@ -28,15 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import machine, report, s3_store, seaweedfs_server
-from processor.cli import build_registry
+from processor.app.cli import build_registry
 from processor.config import Settings
-from processor.keys import KeyLayout
+from processor.queue.keys import KeyLayout
 from processor.manifest import Manifest, Source
-from processor.rescan import request_rescan
-from processor.scan import IncrementalScanner, scan
+from processor.queue.rescan import request_rescan
+from processor.queue.scan import IncrementalScanner, scan
 from processor.store.base import ObjectStore
 from processor.store.local import LocalStore
-from processor.worker import Worker
+from processor.worker.runner import Worker
 
 DEFAULT_INPUTS = 10_000
 #: Inputs the worker really processes to check the builder against.

@@ -438,7 +438,7 @@ class ClaimSettings(_Section):
 
 
 class PerformanceSettings(_Section):
-    """GPU-path switches applied when a pipeline loads (``processor.accel`` says why each default)."""
+    """GPU-path switches applied when a pipeline loads (``processor.models.accel`` says why each default)."""
 
     #: ``sdpa``: PyTorch scaled_dot_product_attention (flash / memory-efficient kernels on CUDA);
     #: ``eager``: diffusers' plain matmul-softmax attention.
@@ -455,7 +455,7 @@ class PerformanceSettings(_Section):
 
 
 class ModelSettings(_Section):
-    """How diffusion weights are loaded (``processor.models``)."""
+    """How diffusion weights are loaded (``processor.models.loader``)."""
 
     #: ``auto`` (CUDA when PyTorch sees a GPU, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ...
     device: str = "auto"

@@ -44,11 +44,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from processor.config import MetricsSettings
 from processor.errors import ConfigError
-from processor.outcomes import RESOLVED, Outcome
+from processor.queue.outcomes import RESOLVED, Outcome
 
 log = logging.getLogger("processor.metrics")
 
-#: Every outcome the worker counts for an input (``processor.outcomes``), exported from zero so a
+#: Every outcome the worker counts for an input (``processor.queue.outcomes``), exported from zero so a
 #: dashboard's rate() has a series before the first one happens.
 OUTCOMES = tuple(o.value for o in Outcome)
 #: Seconds: histogram buckets from a 10 ms GET to a 10-minute Stable Diffusion item.
@@ -87,7 +87,7 @@ class WorkerObserver:
         """Shutdown was requested: finish what is in hand, take nothing new."""
 
     def breaker_tripped(self, errors: Sequence[str]) -> None:
-        """The circuit breaker tripped (``processor.failpolicy``): the worker stops as unhealthy;
+        """The circuit breaker tripped (``processor.queue.failpolicy``): the worker stops as unhealthy;
         ``errors`` are the last failures that tripped it."""
 
 

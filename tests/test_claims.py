@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from datetime import datetime, timedelta, timezone
 
-from processor.claims import ClaimManager, probe_conditional_create
+from processor.queue.claims import ClaimManager, probe_conditional_create
 from processor.store.local import LocalStore
 
 

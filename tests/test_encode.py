@@ -122,7 +122,7 @@ def test_png_compress_level_trades_size_for_speed_without_changing_pixels() -> N
 
 
 def test_worker_writes_variants_at_the_configured_png_level(tmp_path) -> None:
-    from processor.keys import KeyLayout
+    from processor.queue.keys import KeyLayout
     from processor.store.local import LocalStore
     from tests.test_worker import make_settings, make_worker
 

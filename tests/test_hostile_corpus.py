@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from processor.cli import build_registry
+from processor.app.cli import build_registry
 from processor.config import load_settings
 from processor.errors import InvalidKey, ObjectNotFound, StoreError
-from processor.keys import KeyLayout, is_sidecar
+from processor.queue.keys import KeyLayout, is_sidecar
 from processor.manifest import FailureRecord, Manifest
-from processor.worker import Worker
+from processor.worker.runner import Worker
 from tests.corpus import CORPUS_MAX_BYTES, Entry, corpus
 
 CORPUS = corpus()

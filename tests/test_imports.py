@@ -6,8 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-TORCH_FREE = ("processor.worker", "processor.protocol", "processor.claims", "processor.scan", "processor.manifest",
-              "processor.store.local", "processor.store.s3", "processor.metrics", "processor.cli",
+TORCH_FREE = ("processor.worker.runner", "processor.queue.protocol", "processor.queue.claims", "processor.queue.scan", "processor.manifest",
+              "processor.store.local", "processor.store.s3", "processor.metrics", "processor.app.cli",
               "processor.pipeline.item", "processor.pipeline.background")
 
 
@@ -27,7 +27,7 @@ def test_core_modules_import_without_torch() -> None:
 def test_a_toon_only_run_sets_up_without_torch(tmp_path) -> None:
     code = (
         "import sys\n"
-        "from processor.cli import build_registry, detect_device\n"
+        "from processor.app.cli import build_registry, detect_device\n"
         "from processor.config import load_settings\n"
         f"settings = load_settings(None, store={{'kind': 'local', 'root': {str(tmp_path)!r}}})\n"
         "build_registry(settings).setup(['toon'])\n"

@@ -17,7 +17,7 @@ from collections import Counter
 import pytest
 
 from processor.manifest import Manifest
-from processor.scan import shard_of
+from processor.queue.scan import shard_of
 from tests.images import photo_bytes
 from tests.test_s3_integration import bucket, cli_env, processor  # noqa: F401 - bucket is a fixture
 

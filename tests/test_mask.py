@@ -83,8 +83,8 @@ def test_outputs_write_one_mask_and_a_background_record_per_variant():
     manifest entry points at it with its own background record."""
     import io
 
-    from processor.keys import MASK_NAME
-    from processor.outputs import encode_outputs
+    from processor.queue.keys import MASK_NAME
+    from processor.pipeline.outputs import encode_outputs
     from processor.pipeline.base import VariantImage
 
     photo = scene(160, 120, 0, scale=0.6).image

@@ -21,16 +21,16 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from processor.claims import ClaimManager
-from processor.cli import build_registry, make_engine
+from processor.queue.claims import ClaimManager
+from processor.app.cli import build_registry, make_engine
 from processor.config import MetricsSettings, StoreSettings
 from processor.errors import ConfigError, TransientStoreError
-from processor.keys import KeyLayout
+from processor.queue.keys import KeyLayout
 from processor.log import configure_logging
 from processor.metrics import OUTCOMES, MetricsEndpoint, MetricsServer, PrometheusObserver, describe_endpoint
 from processor.pipeline.render import EngineRegistry
 from processor.store.local import LocalStore
-from processor.worker import Worker
+from processor.worker.runner import Worker
 from tests.images import bad_inputs, photo_bytes
 from tests.test_worker import make_settings
 
@@ -118,7 +118,7 @@ def test_a_raising_observer_hook_never_ends_a_pass(tmp_path, caplog):
     """Observer hooks run on the stage threads; one that raises is logged and swallowed (a broken
     metrics backend must not stop the work it measures)."""
     from processor.metrics import WorkerObserver
-    from processor.scan import scan
+    from processor.queue.scan import scan
 
     class Broken(WorkerObserver):
         def item(self, outcome, timings=None):
@@ -419,7 +419,7 @@ def test_metrics_never_import_torch():
         "import sys\n"
         "from prometheus_client import generate_latest\n"
         "from processor.metrics import PrometheusObserver\n"
-        "import processor.worker\n"
+        "import processor.worker.runner\n"
         "generate_latest(PrometheusObserver(stall_s=60).registry)\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )

@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from processor.claims import ClaimManager
+from processor.queue.claims import ClaimManager
 from processor.config import PrefixSettings
-from processor.keys import KeyLayout
+from processor.queue.keys import KeyLayout
 from processor.manifest import Manifest
-from processor.scan import IncrementalScanner, scan
+from processor.queue.scan import IncrementalScanner, scan
 from processor.store.base import ObjectStore
 from processor.store.local import LocalStore
 from tests.images import photo_bytes

@@ -15,10 +15,10 @@ import pytest
 
 from processor.config import PrefixSettings
 from processor.errors import TransientStoreError
-from processor.keys import KeyLayout
+from processor.queue.keys import KeyLayout
 from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo
-from processor.requeue import find_failures, requeue
-from processor.scan import IncrementalScanner
+from processor.queue.requeue import find_failures, requeue
+from processor.queue.scan import IncrementalScanner
 from processor.store.base import ObjectStore
 from processor.store.local import LocalStore
 from tests.images import photo_bytes

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from processor.config import PrefixSettings
 from processor.errors import InvalidKey, ObjectNotFound
-from processor.keys import KeyLayout, safe_path
+from processor.queue.keys import KeyLayout, safe_path
 from processor.store.local import LocalStore
 
 LAYOUT = KeyLayout(PrefixSettings())

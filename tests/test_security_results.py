@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from processor.cli import main
-from processor.keys import KeyLayout
+from processor.app.cli import main
+from processor.queue.keys import KeyLayout
 from processor.config import PrefixSettings
 from processor.manifest import Manifest, Source, Variant, WorkerInfo
 from processor.store.local import LocalStore

@@ -5,7 +5,7 @@
 may appear in code we ship or run (the processor, scripts, benchmarks, deploy files and tests).
 
 One pickle load is allowed, at exactly one call site: ``torch.load(..., weights_only=True)`` in
-``processor/safeweights.py:_load_restricted``, the opt-in conversion of pickle-only weights that runs
+``processor/models/safeweights.py:_load_restricted``, the opt-in conversion of pickle-only weights that runs
 in ``processor models pull --convert-pickle`` (PyTorch's restricted unpickler; docs/security.md).
 Any other ``torch.load``, even with ``weights_only=True``, fails the scan.
 """
@@ -41,7 +41,7 @@ def _keyword(call: ast.Call, name: str):
 
 
 #: The one allowed pickle load: (file, enclosing function). See the comment at the call.
-ALLOWED_TORCH_LOAD = ("processor/safeweights.py", "_load_restricted")
+ALLOWED_TORCH_LOAD = ("processor/models/safeweights.py", "_load_restricted")
 #: Calls that unpickle whatever they are given.
 PICKLE_CALLS = ("pickle.load", "pickle.loads", "pickle.Unpickler", "dill.load", "dill.loads", "joblib.load",
                 "cloudpickle.load", "cloudpickle.loads")
@@ -85,7 +85,7 @@ def pickle_problems(source: str, relative: str) -> list[str]:
 
 def test_the_scan_sees_the_tree() -> None:
     files = python_files()
-    assert any(p.name == "models.py" for p in files) and len(files) > 20
+    assert any(p.name == "loader.py" for p in files) and len(files) > 20
 
 
 @pytest.mark.parametrize("path", python_files(), ids=lambda p: str(p.relative_to(REPO)))
@@ -117,15 +117,15 @@ def test_the_one_allowed_pickle_load_is_restricted_and_explained() -> None:
     before = "\n".join(source.splitlines()[max(0, call.lineno - 8):call.lineno - 1])
     assert "weights_only=True" in before and "never in the worker" in before, "the call says why it is safe"
     # The worker's modules never reach it: only the pull command's conversion path imports it.
-    for module in ("processor/worker.py", "processor/pipeline/diffusion.py"):
+    for module in ("processor/worker/runner.py", "processor/pipeline/diffusion.py"):
         assert "convert_components" not in (REPO / module).read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("relative,source", [
     ("processor/other.py", "import torch\ndef f(p):\n    return torch.load(p, weights_only=True)\n"),
-    ("processor/safeweights.py", "import torch\ndef elsewhere(p):\n    return torch.load(p, weights_only=True)\n"),
-    ("processor/safeweights.py", "import torch\ndef _load_restricted(p):\n    return torch.load(p)\n"),
-    ("processor/safeweights.py",
+    ("processor/models/safeweights.py", "import torch\ndef elsewhere(p):\n    return torch.load(p, weights_only=True)\n"),
+    ("processor/models/safeweights.py", "import torch\ndef _load_restricted(p):\n    return torch.load(p)\n"),
+    ("processor/models/safeweights.py",
      "import torch\ndef _load_restricted(p):\n    return torch.load(p, weights_only=False)\n"),
     ("processor/other.py", "import torch\nx = torch.serialization.load('w.bin')\n"),
     ("tests/t.py", "import pickle\nx = pickle.loads(b'')\n"),

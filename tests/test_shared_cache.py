@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from processor.errors import TransientStoreError
-from processor.shared_cache import StoreCache
+from processor.queue.shared_cache import StoreCache
 
 
 def test_get_put_and_never_overwrite(local_store):

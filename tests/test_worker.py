@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from processor.cli import build_registry
+from processor.app.cli import build_registry
 from processor.config import load_settings
-from processor.keys import KeyLayout
+from processor.queue.keys import KeyLayout
 from processor.manifest import FailureRecord, Manifest
-from processor.scan import scan
+from processor.queue.scan import scan
 from processor.store.local import LocalStore
-from processor.worker import Worker
+from processor.worker.runner import Worker
 from tests.images import bad_inputs, photo_bytes
 
 
@@ -157,7 +157,7 @@ def test_zombie_worker_cannot_publish_over_a_commit(env):
     store.put("inputs/cow.jpg", photo_bytes())
     item = scan(store, layout).pending[0]
     zombie = make_worker(store, settings, "zombie", use_claims=False)
-    from processor.worker import PassResult
+    from processor.worker.runner import PassResult
 
     job = zombie._fetch(item, None, PassResult())
     zombie._compute(job)

@@ -14,18 +14,18 @@ from collections.abc import Callable
 
 import pytest
 
-from processor.cli import make_engine
+from processor.app.cli import make_engine
 from processor.config import PrefixSettings
 from processor.errors import EXIT_UNHEALTHY, CorruptImage, StageFailed, WorkerUnhealthy
-from processor.failpolicy import CircuitBreaker
-from processor.keys import KeyLayout
+from processor.queue.failpolicy import CircuitBreaker
+from processor.queue.keys import KeyLayout
 from processor.manifest import FailureRecord, Manifest
 from processor.metrics import PrometheusObserver
 from processor.pipeline.render import EngineRegistry
-from processor.requeue import find_failures, requeue
-from processor.scan import scan
+from processor.queue.requeue import find_failures, requeue
+from processor.queue.scan import scan
 from processor.store.local import LocalStore
-from processor.worker import Worker
+from processor.worker.runner import Worker
 from tests.images import bad_inputs, photo_bytes
 from tests.test_s3_integration import cli_env, processor
 from tests.test_worker import make_settings
@@ -231,7 +231,7 @@ def test_a_late_failure_never_lands_beside_another_workers_commit(local):
     """At-least-once: a worker whose attempt crashed resumes after another worker committed the
     same version. Its failure record and `failed` marker would make scans and `processor status`
     call a done input failed (and `processor retry` requeue it): it writes neither."""
-    from processor.worker import PassResult
+    from processor.worker.runner import PassResult
 
     settings, store, layout = local()
     store.put("inputs/cow.jpg", photo_bytes(200, 150))
@@ -252,13 +252,13 @@ def test_a_late_failure_never_lands_beside_another_workers_commit(local):
 def test_a_failure_after_the_claim_was_taken_over_is_not_written(local):
     """A worker paused past its claim's TTL must not write over the record (or the requeue) of
     the worker that took the input over."""
-    from processor.worker import PassResult
+    from processor.worker.runner import PassResult
 
     settings, store, layout = local(max_attempts=1)
     store.put("inputs/cow.jpg", photo_bytes(200, 150))
     paused, _ = faulty_worker(store, settings, fails=lambda n: True, wid="paused")
     item = scan(store, layout).pending[0]
-    from processor.claims import ClaimKeeper
+    from processor.queue.claims import ClaimKeeper
 
     job = paused._fetch(item, ClaimKeeper(paused.claims, renew_s=3600), PassResult())  # never renewed
     paused._compute(job)
@@ -393,7 +393,7 @@ def test_processor_retry_on_seaweedfs(s3_server, tmp_path, monkeypatch):
 
 
 def test_processor_run_exits_7_when_the_breaker_trips(tmp_path, monkeypatch, capsys):
-    import processor.cli as cli
+    import processor.app.cli as cli
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PROCESSOR_CONFIG", raising=False)

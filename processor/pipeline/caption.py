@@ -9,7 +9,7 @@ Contract:
   ``negative`` (the caption model's caption, plus the CLIP terms least like the image for the
   negative prompt), ``blip`` (the caption model alone), ``none``. ``caption.keep: first-clause``
   keeps the text up to the first comma, as the original notebook did.
-- Models load under the same rules as the diffusion weights (``processor.models``): safetensors
+- Models load under the same rules as the diffusion weights (``processor.models.loader``): safetensors
   only, a pinned revision, no remote code, and nothing fetched in offline mode. The CLIP model is an
   open_clip ``ARCH/TAG`` (weights from the tag's hub repo), ``hf-hub:org/repo`` or
   ``local-dir:/path``; the caption model a BLIP / BLIP-2 / GIT hub id or folder.
@@ -41,8 +41,8 @@ from PIL import Image
 from processor.config import CaptionSettings
 from processor.errors import ConfigError, FatalError, ItemError, ModelUnavailableError, StageFailed
 from processor.manifest import CaptionInfo
-from processor.hub import IGNORE_PATTERNS, PULL_COMMAND, fetch_file, fetch_snapshot, is_local
-from processor.models import ModelLoader
+from processor.models.hub import IGNORE_PATTERNS, PULL_COMMAND, fetch_file, fetch_snapshot, is_local
+from processor.models.loader import ModelLoader
 from processor.pipeline.base import ItemContext
 from processor.pipeline.prompt import clean_text, first_clause, takes_prompt
 

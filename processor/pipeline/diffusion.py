@@ -35,9 +35,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from processor import accel
+from processor.models import accel
 from processor.config import Img2ImgStyle, InstructPix2PixStyle
-from processor.models import ModelLoader, ResolvedModel
+from processor.models.loader import ModelLoader, ResolvedModel
 from processor.pipeline.base import ItemContext, VariantImage
 from processor.pipeline.diffusion_common import (  # noqa: F401 - the helpers' old home: re-exported
     ROUND_SEED_STRIDE,
@@ -69,7 +69,7 @@ class _DiffusionEngine:
         self.adapter: str | None = None
         #: Variants per pipeline call; shrinks after a CUDA out-of-memory error.
         self.batch_limit = style.variants
-        #: Performance switches active on the shared modules (``processor.accel``), recorded per variant.
+        #: Performance switches active on the shared modules (``processor.models.accel``), recorded per variant.
         self.switches: dict[str, Any] = {}
         self.compile_warmup_s: float | None = None
         self._vae_tiled = False

@@ -17,7 +17,7 @@ from typing import Any
 
 from processor.config import Settings
 from processor.manifest import CaptionInfo, Variant
-from processor.outputs import OutputFile, encode_outputs
+from processor.pipeline.outputs import OutputFile, encode_outputs
 from processor.pipeline.base import DecodedImage, VariantImage
 from processor.pipeline.caption import caption_item, caption_used, metadata_prompt
 from processor.pipeline.decode import decode_image

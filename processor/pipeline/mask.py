@@ -298,7 +298,7 @@ class SegmenterModel:
     def load(cls, settings: MaskSettings, models: Any) -> SegmenterModel:
         from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-        from processor.models import PULL_COMMAND, ModelLoader, is_local
+        from processor.models.loader import PULL_COMMAND, ModelLoader, is_local
 
         models = models or ModelLoader()
         name = settings.segmenter
@@ -343,7 +343,7 @@ SEGMENTER_PATTERNS = ["*.safetensors", "*.json", "*.txt"]
 def pull_segmenter(settings: MaskSettings, cache_dir: str | None) -> str | None:
     """Download ``settings.segmenter`` (a hub id) into the cache for ``processor models pull``;
     returns the snapshot folder, or None when there is nothing to fetch."""
-    from processor.hub import fetch_snapshot, is_local
+    from processor.models.hub import fetch_snapshot, is_local
 
     if not settings.segmenter or is_local(settings.segmenter):
         return None

@@ -11,12 +11,12 @@ import hashlib
 import time
 
 from processor.errors import TransientStoreError
-from processor.keys import KeyLayout
+from processor.queue.keys import KeyLayout
 from processor.manifest import Manifest
-from processor.outputs import encode_outputs
-from processor.scan import scan
+from processor.pipeline.outputs import encode_outputs
+from processor.queue.scan import scan
 from processor.store.local import LocalStore
-from processor.worker import Job, PassResult
+from processor.worker.runner import Job, PassResult
 from tests.images import photo_bytes
 from tests.test_worker import make_settings, make_worker
 
@@ -145,7 +145,7 @@ def test_claims_judged_from_whole_second_http_dates_get_a_second_of_margin(tmp_p
     from dataclasses import replace
     from datetime import datetime, timedelta, timezone
 
-    from processor.claims import ClaimManager
+    from processor.queue.claims import ClaimManager
 
     written = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
     now = {"t": written}

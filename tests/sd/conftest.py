@@ -1,7 +1,7 @@
 """Tiny random-weight diffusion pipelines, built offline once per test session.
 
 Each is made from small configs, written with ``save_pretrained(safe_serialization=True)`` and then
-loaded by the tests through ``processor.models`` exactly like a production model folder. The VAE
+loaded by the tests through ``processor.models.loader`` exactly like a production model folder. The VAE
 keeps Stable Diffusion's four blocks (an 8x downsampling factor), so a 64 px image is an 8x8 latent.
 The CLIP tokenizer is built from the BPE merges open_clip ships (a prefix of them), or from a
 byte-level vocabulary when open_clip is not installed.

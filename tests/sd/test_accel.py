@@ -7,8 +7,8 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from PIL import Image
 
-from processor import accel
-from processor.cli import build_registry
+from processor.models import accel
+from processor.app.cli import build_registry
 from processor.config import PerformanceSettings
 from tests.images import photo_image
 from tests.sd.conftest import TINY_NATIVE

@@ -1,5 +1,5 @@
 """Backgrounds behind the toy: inpaint, generate and instruct with tiny random-weight pipelines
-(a 9-channel inpainting UNet, text-to-image, instruct-pix2pix) loaded through ``processor.models``,
+(a 9-channel inpainting UNet, text-to-image, instruct-pix2pix) loaded through ``processor.models.loader``,
 directly and end to end through ``processor run --once`` over a local store."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from processor.cli import build_registry, main
+from processor.app.cli import build_registry, main
 from processor.config import Img2ImgStyle, MaskSettings, ModelSettings, ToonStyle, load_settings
 from processor.errors import ConfigError
-from processor.keys import KeyLayout
+from processor.queue.keys import KeyLayout
 from processor.manifest import Manifest
-from processor.models import ModelLoader, configured_models
+from processor.models.loader import ModelLoader, configured_models
 from processor.pipeline.background import BackgroundEngine, composite, with_background
 from processor.pipeline.mask import SubjectMasker
 from processor.pipeline.toon import ToonEngine

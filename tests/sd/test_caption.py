@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from processor.cli import build_captioner, build_registry, main
+from processor.app.cli import build_captioner, build_registry, main
 from processor.config import load_settings
 from processor.errors import ModelUnavailableError
-from processor.keys import KeyLayout
+from processor.queue.keys import KeyLayout
 from processor.manifest import FailureRecord, Manifest
 from processor.pipeline import interrogator
 from processor.pipeline.caption import TABLES_BY_MODE, label_lists, table_name
 from processor.store.local import LocalStore
-from processor.worker import Worker
+from processor.worker.runner import Worker
 from tests.images import photo_bytes
 
 TRIGGER = "cartoon, Pixar, Disney character, 3D render, modern disney style"
@@ -351,7 +351,7 @@ def test_open_clip_tags_resolve_to_the_safetensors_file_of_their_hub_repo(tmp_pa
     """``ViT-L-14/openai`` is looked up in open_clip's pretrained table and only its safetensors
     weights are fetched (here: found in an offline cache, never loaded: that would be 1.7 GB)."""
     from processor.config import CaptionSettings, ModelSettings
-    from processor.models import ModelLoader
+    from processor.models.loader import ModelLoader
     from processor.pipeline.caption import resolve_clip
 
     loader = ModelLoader(ModelSettings(cache_dir=tmp_path / "hf", offline=True))
@@ -374,7 +374,7 @@ def test_git_captions_in_float32_and_other_model_types_are_refused(tiny_git, tin
 
     from processor.config import CaptionSettings, ModelSettings
     from processor.errors import ConfigError
-    from processor.models import ModelLoader
+    from processor.models.loader import ModelLoader
     from processor.pipeline.caption import Captioner
 
     loader = ModelLoader(ModelSettings(dtype="bfloat16"))

@@ -20,12 +20,12 @@ import pytest
 from PIL import Image
 import torch
 
-from processor.cli import main
+from processor.app.cli import main
 from processor.config import ModelSettings
 from processor.errors import EXIT_MODEL, ModelUnavailableError
-from processor.keys import KeyLayout
-from processor.models import IGNORE_PATTERNS, ModelLoader, component_patterns
-from processor.safeweights import (CONVERTED_DIR, RECORD_NAME, converted_folder, format_plans, plan_from_listing,
+from processor.queue.keys import KeyLayout
+from processor.models.loader import IGNORE_PATTERNS, ModelLoader, component_patterns
+from processor.models.safeweights import (CONVERTED_DIR, RECORD_NAME, converted_folder, format_plans, plan_from_listing,
                                    weight_components)
 from processor.store.local import LocalStore
 from tests.images import photo_bytes
@@ -143,7 +143,7 @@ def test_models_pull_fails_when_the_repo_has_no_safetensors(bin_sd, tmp_path, mo
 
     monkeypatch.setattr("huggingface_hub.snapshot_download", from_cache(real_snapshot))
     monkeypatch.setattr("huggingface_hub.hf_hub_download", from_cache(real_file))
-    monkeypatch.setattr("processor.safeweights.conversion_pull_requests",
+    monkeypatch.setattr("processor.models.safeweights.conversion_pull_requests",
                         lambda model: [f"revision: refs/pr/7  (open: Adding `safetensors` variant of {model})"])
     make_settings(tmp_path, {"conv": STYLE | {"model": REPO}}, models={"cache_dir": str(cache)})
     assert main(["models", "pull", "--config", str(tmp_path / "config.yaml")]) == EXIT_MODEL

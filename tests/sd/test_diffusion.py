@@ -1,4 +1,4 @@
-"""Stable Diffusion styles end to end: tiny random-weight models loaded through ``processor.models``
+"""Stable Diffusion styles end to end: tiny random-weight models loaded through ``processor.models.loader``
 and run through the worker over a local store."""
 
 from __future__ import annotations
@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from processor.cli import build_registry, main
+from processor.app.cli import build_registry, main
 from processor.config import Img2ImgStyle, ModelSettings, load_settings
 from processor.errors import ConfigError, ModelUnavailableError
-from processor.keys import KeyLayout
+from processor.queue.keys import KeyLayout
 from processor.manifest import FailureRecord, Manifest
-from processor.models import ModelLoader, component_patterns
+from processor.models.loader import ModelLoader, component_patterns
 from processor.pipeline import diffusion
 from processor.pipeline.diffusion import Img2ImgEngine, working_size
 from processor.pipeline.prompt import build_prompt
 from processor.store.local import LocalStore
-from processor.worker import Worker
+from processor.worker.runner import Worker
 from tests.images import photo_bytes
 
 ROUNDS = [{"strength": 0.7, "guidance": 7.5}, {"strength": 0.5, "guidance": 6.0}, {"strength": 0.4, "guidance": 5.0}]

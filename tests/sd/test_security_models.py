@@ -15,7 +15,7 @@ import pytest
 
 from processor.config import ModelSettings
 from processor.errors import ModelUnavailableError
-from processor.models import ModelLoader
+from processor.models.loader import ModelLoader
 
 #: What each safetensors file is called in the pickle format (diffusers' and transformers' names).
 PICKLE_NAMES = {

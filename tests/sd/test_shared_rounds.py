@@ -14,11 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from processor.cli import build_registry
+from processor.app.cli import build_registry
 from processor.config import Img2ImgStyle, ModelSettings, load_settings
 from processor.errors import ConfigError, InvalidSidecar
 from processor.manifest import FailureRecord
-from processor.models import ModelLoader
+from processor.models.loader import ModelLoader
 from processor.pipeline.diffusion import Img2ImgEngine, round_seed, to_pil, to_tensor, working_size
 from processor.pipeline.sidecar import parse_sidecar
 from tests.images import photo_bytes, photo_image

@@ -16,7 +16,7 @@ How it requeues one input, in this order (safe while workers run):
    budget of ``run.max_attempts`` attempts, instead of marking it failed again;
 2. delete its ``failed`` done marker, so the next scan offers the input again.
 
-When at least one input was requeued, it then writes the rescan hint (``processor.rescan``), so
+When at least one input was requeued, it then writes the rescan hint (``processor.queue.rescan``), so
 that running daemons make their next scan a full one: a requeued input sorts anywhere, usually
 before a daemon's high-water mark, where incremental scans do not look.
 
@@ -39,9 +39,9 @@ from pydantic import ValidationError
 
 from processor import errors as error_module
 from processor.errors import ConfigError, ItemError, ObjectNotFound, PreconditionFailed
-from processor.keys import CUT_HASH_CHARS, CUT_MARK, MAX_PATH_BYTES, KeyLayout, safe_path
+from processor.queue.keys import CUT_HASH_CHARS, CUT_MARK, MAX_PATH_BYTES, KeyLayout, safe_path
 from processor.manifest import FailureRecord, utcnow
-from processor.rescan import request_rescan
+from processor.queue.rescan import request_rescan
 from processor.store.base import ObjectStore
 
 log = logging.getLogger("processor.requeue")

@@ -4,7 +4,7 @@ Contract:
 
 - ``missing_safetensors(folder, index)`` names the weight-bearing components of a diffusers
   pipeline folder (UNet, VAE, text encoders, ...; not tokenizers, schedulers, feature extractors or
-  the skipped safety checker) that have no ``*.safetensors`` file. ``processor.models`` calls it
+  the skipped safety checker) that have no ``*.safetensors`` file. ``processor.models.loader`` calls it
   on every resolved folder; a gap is a ``ModelUnavailableError`` built by ``unsafe_weights_error``
   that names the model, the revision, the components and both fixes.
 - ``convert_pickle_weights`` (``processor models pull --convert-pickle`` only; the worker never
@@ -13,7 +13,7 @@ Contract:
   refuses anything that is not a flat ``{name: tensor}`` mapping, and writes ``*.safetensors`` into
   ``<cache>/processor-converted/<org>--<name>/<commit>/`` next to links to the snapshot's config
   files, with ``processor-conversion.json`` recording each source file's sha256.
-  ``processor.models`` then loads that folder (``use_safetensors=True``, as always) whenever the
+  ``processor.models.loader`` then loads that folder (``use_safetensors=True``, as always) whenever the
   snapshot itself lacks safetensors.
 - ``hub_plan`` / ``cache_plan`` / ``format_plans`` answer ``models pull --dry-run``: which files a
   pull fetches (and their sizes) from hub metadata, or, offline, what the cache already holds.
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from processor.errors import ModelUnavailableError
-from processor.hub import SKIPPED_COMPONENTS
+from processor.models.hub import SKIPPED_COMPONENTS
 
 log = logging.getLogger("processor.safeweights")
 

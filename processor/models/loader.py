@@ -12,7 +12,7 @@ Contract:
   model missing from the cache raises ``ModelUnavailableError`` at start naming the model and the
   command that fetches it (``processor models pull``).
 - Every weight-bearing component (UNet, VAE, text encoders, ...) must have ``*.safetensors``
-  (``processor.safeweights``). A snapshot without them resolves to its converted folder under
+  (``processor.models.safeweights``). A snapshot without them resolves to its converted folder under
   ``<cache>/processor-converted/`` when ``processor models pull --convert-pickle`` made one; else
   ``ModelUnavailableError`` names the components and the fixes (a ``revision:`` with safetensors,
   or that conversion). The worker itself never unpickles anything.
@@ -37,10 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from processor import safeweights
+from processor.models import safeweights
 from processor.config import LoraSettings, ModelSettings, background_model
 from processor.errors import ConfigError, ModelUnavailableError
-from processor.hub import (  # noqa: F401 - PULL_COMMAND, SKIPPED_COMPONENTS: re-exported for callers
+from processor.models.hub import (  # noqa: F401 - PULL_COMMAND, SKIPPED_COMPONENTS: re-exported for callers
     IGNORE_PATTERNS,
     PULL_COMMAND,
     SKIPPED_COMPONENTS,
@@ -85,7 +85,7 @@ class ModelLoader:
         self._bases: dict[tuple[str, str, str], Any] = {}
         self._adapters: dict[tuple[tuple[str, str, str], str], str] = {}
         self._resolved: dict[tuple[str, str | None], ResolvedModel] = {}
-        #: Per base pipeline: the performance switches active on it (``processor.accel``).
+        #: Per base pipeline: the performance switches active on it (``processor.models.accel``).
         self._switches: dict[tuple[str, str, str], dict[str, Any]] = {}
 
     # ----------------------------------------------------------------- device / dtype
@@ -174,7 +174,7 @@ class ModelLoader:
     def pull_converting(self, model: str, revision: str | None = None) -> ResolvedModel:
         """``models pull --convert-pickle``: fetch ``model`` (from the cache only when offline) and,
         for components without safetensors, convert their pickle weights once with the restricted
-        unpickler (``processor.safeweights``). Local folders are checked, not converted."""
+        unpickler (``processor.models.safeweights``). Local folders are checked, not converted."""
         self._resolved.pop((model, revision), None)
         if is_local(model):
             return self.resolve(model, revision)
@@ -210,7 +210,7 @@ class ModelLoader:
         with self._lock:
             if key not in self._bases:
                 self._bases[key] = self._load(resolved, device, dtype)
-                from processor.accel import apply
+                from processor.models.accel import apply
 
                 self._switches[key] = apply(self._bases[key], self.settings.performance, device)
             return self._bases[key], resolved

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from processor.errors import ObjectNotFound, StoreAccessError, StoreError
-from processor.keys import KeyLayout
+from processor.queue.keys import KeyLayout
 from processor.manifest import utcnow
 from processor.store.base import ObjectStore
 

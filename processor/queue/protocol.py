@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from processor import requeue as requeue_module
-from processor.claims import Claim, ClaimManager
+from processor.queue import requeue as requeue_module
+from processor.queue.claims import Claim, ClaimManager
 from processor.errors import (
     ImageTooLarge,
     InvalidInput,
@@ -41,11 +41,11 @@ from processor.errors import (
     PreconditionFailed,
     StoreError,
 )
-from processor.failpolicy import is_final
-from processor.keys import KeyLayout
+from processor.queue.failpolicy import is_final
+from processor.queue.keys import KeyLayout
 from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo
-from processor.outcomes import Outcome
-from processor.scan import Backlog, WorkItem, scan
+from processor.queue.outcomes import Outcome
+from processor.queue.scan import Backlog, WorkItem, scan
 from processor.store.base import ObjectStore
 
 log = logging.getLogger("processor.protocol")
@@ -366,11 +366,11 @@ class BucketQueue:
 
     def find_failures(self, *, include_permanent: bool, prefix: str = "",
                       errors: frozenset[str] | None = None) -> requeue_module.Selection:
-        """The failure records ``requeue`` would act on (``processor.requeue.find_failures``)."""
+        """The failure records ``requeue`` would act on (``processor.queue.requeue.find_failures``)."""
         return requeue_module.find_failures(self.store, self.layout, include_permanent=include_permanent,
                                             prefix=prefix, errors=errors)
 
     def requeue(self, failures: Iterable[requeue_module.Failure]) -> requeue_module.RequeueResult:
-        """Make failed inputs pending again (``processor.requeue.requeue``)."""
+        """Make failed inputs pending again (``processor.queue.requeue.requeue``)."""
         return requeue_module.requeue(self.store, self.layout, failures)
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from processor.claims import probe_conditional_create
+from processor.queue.claims import probe_conditional_create
 from processor.config import Settings
 from processor.errors import FatalError, ProcessorError, StoreError
 from processor.metrics import describe_endpoint
@@ -92,7 +92,7 @@ def _model_checks(settings: Settings, build_registry: Callable[[Settings], Any])
 def _caption_checks(settings: Settings, build_captioner: Callable[[Settings], Any]) -> list[Row]:
     """Whether the caption models are in the cache (nothing is loaded or fetched). A missing
     model fails only when a style in ``run.styles`` would caption with it, or in offline mode."""
-    from processor.models import is_local, offline_mode
+    from processor.models.loader import is_local, offline_mode
     from processor.pipeline.caption import caption_used
 
     mode = settings.caption.mode

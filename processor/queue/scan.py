@@ -11,7 +11,7 @@ inputs after the last key the previous listing returned (``StartAfter``). A full
 upload may sort before the high-water mark, and SeaweedFS lists folder by folder rather than in
 byte order. Correctness never depends on the listing order; only how soon an input is found does.
 ``processor retry`` and ``processor submit``, whose changes may sort before the mark, also write a
-rescan hint (``processor.rescan``) that makes each daemon's next scan a full one.
+rescan hint (``processor.queue.rescan``) that makes each daemon's next scan a full one.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from processor.keys import ItemKeys, KeyLayout, is_directory_marker, is_sidecar, safe_path, safe_segment
-from processor.rescan import HintVersion, read_hint_version
+from processor.queue.keys import ItemKeys, KeyLayout, is_directory_marker, is_sidecar, safe_path, safe_segment
+from processor.queue.rescan import HintVersion, read_hint_version
 from processor.store.base import ObjectInfo, ObjectStore
 
 log = logging.getLogger("processor.scan")
@@ -144,7 +144,7 @@ class IncrementalScanner:
       in the server's own order (SeaweedFS: folder by folder; S3: bytes) without repeats.
     - Inputs that sort before the mark (new uploads anywhere in the key space, replaced inputs)
       are found by the next full scan: within ``full_rescan_s`` plus one poll interval.
-    - Every scan first HEADs the rescan hint (``processor.rescan``; one request). When its
+    - Every scan first HEADs the rescan hint (``processor.queue.rescan``; one request). When its
       version differs from the one read before the last full scan (``processor retry`` requeued
       inputs, ``processor submit`` uploaded some), this scan is a full one, whatever the schedule.
       A store error on that HEAD is logged and the scan keeps to the schedule.

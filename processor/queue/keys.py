@@ -122,7 +122,7 @@ class KeyLayout:
         #: Blobs workers share (label tables of the caption stage), under ``label-tables/`` etc.
         self.cache_prefix = prefixes.state + "cache/"
         #: Written by ``retry`` and ``submit`` so that daemons make their next scan a full one
-        #: (``processor.rescan``): their changes may sort before a daemon's high-water mark.
+        #: (``processor.queue.rescan``): their changes may sort before a daemon's high-water mark.
         self.rescan_hint = prefixes.state + "rescan.json"
 
     def relpath(self, input_key: str) -> str:

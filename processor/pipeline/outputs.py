@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from processor.keys import CONTACT_SHEET_NAME, MASK_NAME, safe_segment
+from processor.queue.keys import CONTACT_SHEET_NAME, MASK_NAME, safe_segment
 from processor.manifest import Background, Variant
 from processor.pipeline.base import VariantImage
 from processor.pipeline.encode import PNG_COMPRESS_LEVEL, contact_sheet, encode_png, sha256_hex

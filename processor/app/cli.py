@@ -38,7 +38,7 @@ from processor.errors import (
     ItemError,
     StoreError,
 )
-from processor.keys import SIDECAR_SUFFIX, KeyLayout, is_sidecar, safe_segment, split_extension
+from processor.queue.keys import SIDECAR_SUFFIX, KeyLayout, is_sidecar, safe_segment, split_extension
 from processor.log import configure_logging
 from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo, json_schemas
 from processor.store.base import ObjectStore
@@ -75,7 +75,7 @@ def make_engine(style_name: str, style: Any, models: Any = None) -> Any:
 
         return ToonEngine(style_name, style)
     if style.engine in ("img2img", "instruct-pix2pix"):
-        from processor.models import ModelLoader
+        from processor.models.loader import ModelLoader
         from processor.pipeline.diffusion import Img2ImgEngine, InstructPix2PixEngine
 
         cls = Img2ImgEngine if style.engine == "img2img" else InstructPix2PixEngine
@@ -84,7 +84,7 @@ def make_engine(style_name: str, style: Any, models: Any = None) -> Any:
 
 
 def build_registry(settings: Settings) -> Any:
-    from processor.models import ModelLoader
+    from processor.models.loader import ModelLoader
     from processor.pipeline.render import EngineRegistry
 
     models = ModelLoader(settings.models)  # imports torch only when a diffusion style loads
@@ -101,12 +101,12 @@ def build_captioner(settings: Settings, store: ObjectStore | None = None) -> Any
     shared through the bucket's state prefix (``<state>/cache/label-tables/``)."""
     if settings.caption.mode == "none":
         return None
-    from processor.models import ModelLoader
+    from processor.models.loader import ModelLoader
     from processor.pipeline.caption import Captioner
 
     remote = None
     if store is not None:
-        from processor.shared_cache import StoreCache
+        from processor.queue.shared_cache import StoreCache
 
         remote = StoreCache(store, KeyLayout(settings.prefixes).cache_prefix + "label-tables/")
     return Captioner(settings.caption, ModelLoader(settings.models), remote)
@@ -155,9 +155,9 @@ def worker_id(settings: Settings) -> str:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from processor.claims import probe_conditional_create
+    from processor.queue.claims import probe_conditional_create
     from processor.metrics import MetricsEndpoint
-    from processor.worker import Worker
+    from processor.worker.runner import Worker
 
     if getattr(args, "metrics_port", None) is not None:
         settings = settings.model_copy(update={"metrics": settings.metrics.model_copy(update={"port": args.metrics_port})})
@@ -297,7 +297,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 def _request_rescan(store: ObjectStore, settings: Settings, *, by: str, count: int) -> None:
     """Ask running daemons for a full scan now: what ``by`` wrote may sort before their mark."""
-    from processor.rescan import request_rescan
+    from processor.queue.rescan import request_rescan
 
     layout = KeyLayout(settings.prefixes)
     if not request_rescan(store, layout, by=by, count=count):
@@ -306,7 +306,7 @@ def _request_rescan(store: ObjectStore, settings: Settings, *, by: str, count: i
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from processor.protocol import BucketQueue
+    from processor.queue.protocol import BucketQueue
 
     store = build_store(settings)
     status = BucketQueue(store, KeyLayout(settings.prefixes)).status(recent=RECENT_FAILURES)
@@ -335,7 +335,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
-    from processor.protocol import BucketQueue
+    from processor.queue.protocol import BucketQueue
 
     store = build_store(settings)
     layout = KeyLayout(settings.prefixes)
@@ -366,8 +366,8 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
-    from processor.protocol import BucketQueue
-    from processor.requeue import error_classes
+    from processor.queue.protocol import BucketQueue
+    from processor.queue.requeue import error_classes
 
     store = build_store(settings)
     layout = KeyLayout(settings.prefixes)
@@ -401,7 +401,7 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
-    from processor.doctor import run_checks
+    from processor.app.doctor import run_checks
 
     rows = run_checks(settings, build_store=build_store, build_registry=build_registry,
                       detect_device=detect_device, config_path=args.config_source, build_captioner=build_captioner)
@@ -415,7 +415,7 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
     """Fetch every configured diffusion model (and hub LoRA) into the cache, safetensors only."""
-    from processor.models import ModelLoader, configured_models, is_local
+    from processor.models.loader import ModelLoader, configured_models, is_local
 
     loader = ModelLoader(settings.models)
     wanted = configured_models(settings.styles)
@@ -454,8 +454,8 @@ def models_pull_dry_run(loader: Any, wanted: list[tuple[str, str | None]], conve
     """``models pull --dry-run``: per diffusion model, the files a pull fetches and their sizes
     (hub metadata; offline: what the cache holds). Exits non-zero when a model would not load."""
     from processor.errors import EXIT_MODEL
-    from processor.models import IGNORE_PATTERNS, component_patterns, is_local
-    from processor.safeweights import cache_plan, format_plans, hub_plan
+    from processor.models.loader import IGNORE_PATTERNS, component_patterns, is_local
+    from processor.models.safeweights import cache_plan, format_plans, hub_plan
 
     hub = [(m, r) for m, r in wanted if not is_local(m)]
     for model, _ in wanted:

@@ -11,7 +11,7 @@ waits for the network and memory stays flat however many inputs there are::
 
 The worker only moves jobs between stages. What an input's state in the bucket is, and how it
 changes (claim, existing result, put output, commit, failure record, done marker, release), is
-``processor.protocol.BucketQueue``'s; what happens to the pixels is
+``processor.queue.protocol.BucketQueue``'s; what happens to the pixels is
 ``processor.pipeline.item.ItemPipeline``'s. Every job leaves through ``_finish``, with one
 ``Outcome``.
 """
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from processor import __version__
-from processor.claims import Claim, ClaimKeeper, ClaimManager
+from processor.queue.claims import Claim, ClaimKeeper, ClaimManager
 from processor.config import Settings
 from processor.errors import (
     EXIT_INCOMPLETE,
@@ -39,17 +39,17 @@ from processor.errors import (
     StoreError,
     WorkerUnhealthy,
 )
-from processor.failpolicy import CircuitBreaker
-from processor.keys import KeyLayout
+from processor.queue.failpolicy import CircuitBreaker
+from processor.queue.keys import KeyLayout
 from processor.log import bind_item
 from processor.manifest import Manifest, Source, WorkerInfo
 from processor.metrics import GuardedObserver, WorkerObserver
-from processor.outcomes import OFFER_AGAIN, PROGRESS, Outcome
+from processor.queue.outcomes import OFFER_AGAIN, PROGRESS, Outcome
 from processor.pipeline.base import DecodedImage, VariantImage
 from processor.pipeline.item import ItemPipeline, Prepared, Rendered
 from processor.pipeline.render import EngineRegistry
-from processor.protocol import AlreadyCommitted, BucketQueue, Delivery, InputObject
-from processor.scan import IncrementalScanner, WorkItem, scan, shard_of
+from processor.queue.protocol import AlreadyCommitted, BucketQueue, Delivery, InputObject
+from processor.queue.scan import IncrementalScanner, WorkItem, scan, shard_of
 from processor.store.base import ObjectStore
 
 log = logging.getLogger("processor.worker")
@@ -168,7 +168,7 @@ class Worker:
         self.observer = GuardedObserver(observer or WorkerObserver())
         #: Drives the daemon's full-rescan schedule (injectable for tests).
         self.clock = clock
-        #: Non-permanent failures in a row (processor.failpolicy); fed by the compute stage only.
+        #: Non-permanent failures in a row (processor.queue.failpolicy); fed by the compute stage only.
         self.breaker = CircuitBreaker(settings.run.max_consecutive_failures)
         #: Set when the breaker tripped: the pass ends and raises it (exit EXIT_UNHEALTHY).
         self._unhealthy: WorkerUnhealthy | None = None

@@ -1,0 +1,1 @@
+"""The worker: moves jobs between the fetch, compute and upload stages (``runner.Worker``)."""
