@@ -117,6 +117,27 @@ def test_store_errors_while_claiming_skip_the_item_not_the_daemon(tmp_path):
     assert scan(store, KeyLayout(settings.prefixes)).done == 3
 
 
+def test_run_once_gives_up_with_exit_incomplete_when_the_store_keeps_failing(tmp_path):
+    """Every claim create fails for good: after MAX_STALLED_PASSES passes without progress,
+    ``run --once`` exits EXIT_INCOMPLETE (8), never argparse's usage code 2."""
+    from processor.errors import EXIT_INCOMPLETE, EXIT_USAGE
+    from processor.worker.runner import MAX_STALLED_PASSES
+
+    settings = make_settings(tmp_path)
+
+    class Outage(LocalStore):
+        def put(self, key, body, **kw):
+            if key.startswith(".processor/claims/"):
+                raise TransientStoreError(f"{key}: connection refused")
+            return super().put(key, body, **kw)
+
+    store = Outage(settings.store.root)
+    store.put("inputs/t.png", photo_bytes(96, 96, fmt="PNG"))
+    worker = make_worker(store, settings)
+    assert worker.run_once() == EXIT_INCOMPLETE != EXIT_USAGE
+    assert worker.totals["transient"] == MAX_STALLED_PASSES
+
+
 def test_a_pass_rescans_after_a_claim_ttl_so_expired_claims_are_seen_soon(tmp_path):
     """A long backlog does not delay takeovers: after one claim TTL a pass takes no new items and
     the worker rescans (and sees claims that expired meanwhile); the inputs still all finish."""
