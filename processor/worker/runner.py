@@ -146,15 +146,13 @@ class Worker:
     ) -> None:
         self.store = store
         self.settings = settings
-        self.registry = registry
-        #: The caption stage (``processor.pipeline.caption.Captioner``), None when captions are off.
-        self.captioner = captioner
         self.layout = KeyLayout(settings.prefixes)
         self.styles = styles or list(settings.run.styles)
         self.info = WorkerInfo(id=worker_id, version=__version__, device=device)
         self.claims = ClaimManager(store, worker_id, settings.claims.ttl_s) if use_claims else None
         self.queue = BucketQueue(store, self.layout, claims=self.claims, worker=self.info,
                                  max_attempts=settings.run.max_attempts)
+        #: The stages; ``captioner`` (``processor.pipeline.caption.Captioner``) is None when captions are off.
         self.pipeline = ItemPipeline(settings, registry, styles=self.styles, captioner=captioner)
         self.stop_event = threading.Event()
         self.totals: Counter[Outcome] = Counter()
