@@ -2,7 +2,8 @@
 # Downloads, on a machine with PyPI access, the wheels the GPU suite (bench/gpu_suite.sh) needs
 # on a CUDA machine that has PyTorch, transformers, accelerate, peft, safetensors,
 # huggingface-hub, Pillow, OpenCV, numpy, PyYAML, tqdm, prometheus-client and pytest but cannot
-# download anything. Target: CPython 3.12, manylinux x86-64.
+# download anything. Target: CPython 3.12, manylinux x86-64. bench/gpu_suite.py's
+# CARRIED_MODULES names what each wheel is for; tests/test_gpu_suite.py keeps the two in step.
 #
 #   scripts/gpu_wheels.sh            # into .whl/ (gitignored); prints the total, fails over budget
 #   scripts/gpu_wheels.sh --list     # the pins only
@@ -41,6 +42,7 @@ PINS=(
   tenacity==9.2.1
   # HEIC decoding (processor/pipeline/decode.py imports it at module level)
   pillow-heif==1.8.1             # compiled (cp312)
+  pillow==13.0.0                 # compiled (cp312); pillow-heif 1.8 needs >= 11.1, the machine's is not known
   # captions (processor/pipeline/interrogator.py, bench/caption_tables.py)
   open-clip-torch==3.3.0
   clip-interrogator==0.6.0
