@@ -192,16 +192,22 @@ def profile_tables(path: Path, engine: Any, image: Any, inputs: Any, batch: int,
     sample, t, text = inputs
     reps = -(-batch // sample.shape[0])
     sample, text = sample.repeat(reps, 1, 1, 1)[:batch], text.repeat(reps, 1, 1)[:batch]
+    # Each title carries the wall seconds: against the table's "Self CUDA time total" they show
+    # how long the GPU sat idle (launch overhead, host work between calls).
     sections = []
+    started = time.perf_counter()
     with profile(activities=activities) as whole:
         engine(image)
         sync(device)
-    sections.append((f"one processor input (all rounds, {engine.style.variants} variants)", whole))
+    wall = time.perf_counter() - started
+    sections.append((f"one processor input (all rounds, {engine.style.variants} variants), {wall:.3f} s wall", whole))
+    started = time.perf_counter()
     with torch.inference_mode(), profile(activities=activities) as alone:
         for _ in range(PROFILE_UNET_CALLS):
             engine.pipe.unet(sample, t, encoder_hidden_states=text)
         sync(device)
-    sections.append((f"{PROFILE_UNET_CALLS} UNet calls alone at batch {batch}", alone))
+    wall = time.perf_counter() - started
+    sections.append((f"{PROFILE_UNET_CALLS} UNet calls alone at batch {batch}, {wall:.3f} s wall", alone))
     with open(path, "w", encoding="utf-8") as fh:
         for title, prof in sections:
             fh.write(f"== {title}: top {PROFILE_ROWS} ops by {sort}\n")

@@ -102,10 +102,6 @@ class Plan:
     def model(self) -> Path:
         return self.work / ("tiny-sd" if self.tiny else "sd15-random")
 
-    @property
-    def device(self) -> str:
-        return "cpu" if self.tiny else "cuda"
-
 
 @dataclass(frozen=True)
 class Step:
@@ -119,7 +115,6 @@ class Step:
     what: str
     parse: str = "json"  # json: the last stdout line that is a JSON object; pytest: the counts line
     keys: tuple[str, ...] = ()
-    uses_model: bool = False
 
 
 @dataclass
@@ -196,15 +191,13 @@ STEPS: tuple[Step, ...] = (
          + (["--tiny", "--images", "2", "--device", "cpu"] if p.tiny else ["--images", str(PHOTO_COUNT)]),
          "processor run --once --style modern-disney on the photos",
          keys=("first_image_s", "s_per_image", "gpu_peak_allocated_gib", "gpu_peak_reserved_gib",
-               "gpu_peak_nvidia_smi_gib", "median_style:modern-disney_s", "wall_s", "images", "size_used"),
-         uses_model=True),
+               "gpu_peak_nvidia_smi_gib", "median_style:modern-disney_s", "wall_s", "images", "size_used")),
     Step("img2img-fp16", 75, 240, _img2img("float16", "--shared-rounds", "3"),
-         "processor vs notebook, float16, and shared_rounds 3 (the notebook's work)", keys=IMG2IMG_KEYS,
-         uses_model=True),
+         "processor vs notebook, float16, and shared_rounds 3 (the notebook's work)", keys=IMG2IMG_KEYS),
     Step("img2img-bf16", 75, 240, _img2img("bfloat16", profile=True),
-         "processor vs notebook, bfloat16, with torch.profiler tables", keys=IMG2IMG_KEYS, uses_model=True),
+         "processor vs notebook, bfloat16, with torch.profiler tables", keys=IMG2IMG_KEYS),
     Step("img2img-bf16-compile", 150, 400, _img2img("bfloat16", "--compile", "--skip-notebook"),
-         "the processor in bfloat16 with torch.compile of the UNet", keys=IMG2IMG_KEYS, uses_model=True),
+         "the processor in bfloat16 with torch.compile of the UNet", keys=IMG2IMG_KEYS),
     Step("caption-tables", 45, 180, lambda p: _py(p, "-m", "bench.caption_tables", "--json")
          + (["--device", "cpu", "--labels", "64", "--arch", "ViT-B-32"] if p.tiny else
             ["--device", "cuda", "--labels", "20000"]),
@@ -216,9 +209,9 @@ STEPS: tuple[Step, ...] = (
             ["--items", "8", "--size", "1024"]),
          "worker vs naive loop with the real img2img stage (local store)",
          keys=("processor_ratio", "naive_ratio", "stage_ms", "speedup_processor_over_naive",
-               "processor_fetch_ms_median", "processor_upload_ms_median"), uses_model=True),
+               "processor_fetch_ms_median", "processor_upload_ms_median")),
     Step("img2img-fp16-compile", 120, 400, _img2img("float16", "--compile", "--skip-notebook"),
-         "the processor in float16 with torch.compile of the UNet", keys=IMG2IMG_KEYS, uses_model=True),
+         "the processor in float16 with torch.compile of the UNet", keys=IMG2IMG_KEYS),
 )
 
 
@@ -596,7 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not plan.photos.is_dir() or not any(plan.photos.glob("*.jpg")):
         # The one GPU slot must not be lost to a missing folder: synthetic photos, said loudly.
         fallback = plan.work / "synthetic-photos"
-        prepare_photos(fallback, fallback, PHOTO_COUNT)
+        prepare_photos(fallback / "absent", fallback, PHOTO_COUNT)
         print(f"warning: no photos in {plan.photos} (python -m bench.gpu_suite photos): using synthetic ones",
               file=sys.stderr)
         plan = replace(plan, photos=fallback)
