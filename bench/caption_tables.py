@@ -13,6 +13,7 @@ from the local cache (``DirectoryCache``) through the same encode/decode as the 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--labels", type=int, default=512, help="labels timed (the rest is extrapolated)")
     parser.add_argument("--chunk", type=int, default=256, help="labels per CLIP batch (caption.chunk_size)")
+    parser.add_argument("--json", action="store_true", help="also print the figures as one JSON object (last line)")
     args = parser.parse_args()
 
     import open_clip
@@ -67,6 +69,11 @@ def main() -> None:
           f"all {len(all_labels):,} fast-mode labels: about {full_compute:,.0f} s")
     print(f"cache:   {size_mb:.0f} MB table written in {write_s:.2f} s, read back in {read_s:.2f} s")
     print(f"ratio:   computing the tables takes {full_compute / read_s:,.0f}x as long as reading them from the local cache")
+    if args.json:
+        print(json.dumps({"device": args.device, "arch": args.arch, "precision": precision, "torch": torch.__version__,
+                          "labels_timed": len(sample), "labels_per_s": per_second, "labels_fast_mode": len(all_labels),
+                          "full_compute_s": full_compute, "table_mb": size_mb, "cache_write_s": write_s,
+                          "cache_read_s": read_s, "ratio_compute_over_read": full_compute / read_s}))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ the hardware.
     python -m bench.gpu_img2img                     # a CUDA machine
     python -m bench.gpu_img2img --tiny              # anywhere
     python -m bench.gpu_img2img --shared-rounds 3   # also the notebook's cost profile in the processor
+    python -m bench.gpu_img2img --profile unet.txt  # also where the time goes (torch.profiler tables)
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ PEAK_N_GPU, PEAK_REPS_GPU = 8192, 30
 PEAK_N_CPU, PEAK_REPS_CPU = 256, 3
 #: UNet calls timed alone for the isolated FLOP/s figure.
 UNET_ALONE_CALLS_GPU, UNET_ALONE_CALLS_CPU = 20, 3
+#: UNet calls recorded by ``--profile``; rows of each profiler table.
+PROFILE_UNET_CALLS, PROFILE_ROWS = 3, 25
 PROMPT = "a toy cow, cartoon, Pixar, Disney character, 3D render, modern disney style"
 NEGATIVE = "blurry, low quality"
 STYLE = "bench"
@@ -176,6 +179,41 @@ def unet_alone(unet: Any, inputs: Any, batch: int, calls: int, device: str) -> f
     return (time.perf_counter() - started) / calls
 
 
+def profile_tables(path: Path, engine: Any, image: Any, inputs: Any, batch: int, device: str) -> None:
+    """``torch.profiler`` tables (top ops by self GPU time; CPU time on the CPU) of one processor
+    input (every round, VAE and text encoder included) and of a few UNet calls alone, written to
+    ``path``: where the time goes when the UNet's fraction of the peak falls short."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+    sample, t, text = inputs
+    reps = -(-batch // sample.shape[0])
+    sample, text = sample.repeat(reps, 1, 1, 1)[:batch], text.repeat(reps, 1, 1)[:batch]
+    # Each title carries the wall seconds: against the table's "Self CUDA time total" they show
+    # how long the GPU sat idle (launch overhead, host work between calls).
+    sections = []
+    started = time.perf_counter()
+    with profile(activities=activities) as whole:
+        engine(image)
+        sync(device)
+    wall = time.perf_counter() - started
+    sections.append((f"one processor input (all rounds, {engine.style.variants} variants), {wall:.3f} s wall", whole))
+    started = time.perf_counter()
+    with torch.inference_mode(), profile(activities=activities) as alone:
+        for _ in range(PROFILE_UNET_CALLS):
+            engine.pipe.unet(sample, t, encoder_hidden_states=text)
+        sync(device)
+    wall = time.perf_counter() - started
+    sections.append((f"{PROFILE_UNET_CALLS} UNet calls alone at batch {batch}, {wall:.3f} s wall", alone))
+    with open(path, "w", encoding="utf-8") as fh:
+        for title, prof in sections:
+            fh.write(f"== {title}: top {PROFILE_ROWS} ops by {sort}\n")
+            fh.write(prof.key_averages().table(sort_by=sort, row_limit=PROFILE_ROWS) + "\n\n")
+
+
 def processor_engines(model: Path, args: argparse.Namespace, size: int) -> tuple[Any, Any]:
     """The processor's engine with ``shared_rounds: 0`` and, with ``--shared-rounds N``, a second
     one with ``shared_rounds: N`` on the same weights (one registry, one model loader); else None."""
@@ -272,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{len(NOTEBOOK_ROUNDS) - 1}; the notebook shares {len(NOTEBOOK_ROUNDS) - 1}) and print its "
                         "ratio against shared_rounds 0 (default 0: not timed)")
     parser.add_argument("--skip-notebook", action="store_true", help="measure the processor's path only")
+    parser.add_argument("--profile", metavar="FILE", default=None,
+                        help="also write torch.profiler tables (top ops by self GPU time) of one processor input and "
+                        f"of {PROFILE_UNET_CALLS} UNet calls alone to FILE (after the timed runs; not timed)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     return parser
 
@@ -352,6 +393,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "ratio_shared_over_unshared": (sh_made / sh_seconds) / (made / seconds),
                 "unet_samples_ratio_unshared_over_shared": timed_samples / counter.samples,
             }
+        if args.profile:
+            profile_tables(Path(args.profile), engine, image, inputs, batch, device)
+            results["profile"] = args.profile
         if not args.skip_notebook:
             del engine, pipe, shared_engine
             if device.startswith("cuda"):

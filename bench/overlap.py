@@ -14,17 +14,28 @@ was busy / wall seconds. 1.0 means the stage never waited. The issue's goal: at 
 processor at 200 ms per item. Resident memory is sampled during the processor's run: ``growth``
 near zero means the bounded queues keep memory flat however many inputs there are.
 
+``--stage sd`` replaces the fixed-cost stage with the real one: the shipped ``modern-disney``
+img2img style (``config.yaml``: rounds, steps, scheduler, variants) on a local SD 1.x folder
+(``--model``; default the SD 1.5 architecture with random weights, built as in
+``bench.gpu_img2img``), its busy time summed around each engine call. ``--store local`` uses the
+local directory store instead of SeaweedFS (a machine without the ``weed`` binary): the fetch and
+upload stages are then decode, encode and file writes, not the network.
+
     python -m bench.overlap --items 300 --stage-ms 200 --size 1024
+    python -m bench.overlap --stage sd --store local --items 8 --size 1024   # a CUDA machine
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Literal
 
 from PIL import Image
@@ -55,6 +66,10 @@ DISTINCT_PHOTOS = 8
 #: Threads that upload the inputs before the measurement.
 SETUP_THREADS = 8
 STYLE = "fixed"
+#: The shipped style ``--stage sd`` runs (its model replaced by ``--model``).
+SD_STYLE = "modern-disney"
+#: ``--stage sd --tiny``: working size and steps small enough for the CPU.
+TINY_SD_SIZE, TINY_SD_STEPS = 64, 5
 
 
 class FixedCostStyle(BaseModel):
@@ -120,6 +135,69 @@ def registry_with_fixed_cost(settings: Settings, style: FixedCostStyle) -> tuple
     return EngineRegistry({**settings.styles, STYLE: style}, factory), made
 
 
+class TimedEngine:
+    """A real engine with the seconds spent inside its calls summed in ``busy_s`` (the engine
+    returns PIL images, so the GPU work of a call has finished when it returns)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.busy_s = 0.0
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __call__(self, image: Image.Image, context: ItemContext | None = None) -> list[VariantImage]:
+        started = time.perf_counter()
+        try:
+            return self.inner(image, context)
+        finally:
+            self.busy_s += time.perf_counter() - started
+            self.calls += 1
+
+
+def registry_with_timed_engines(settings: Settings) -> tuple[EngineRegistry, list[TimedEngine]]:
+    """The worker's own registry (``processor.cli.build_registry``), every engine it makes timed."""
+    from processor.cli import build_registry
+
+    base = build_registry(settings)
+    made: list[TimedEngine] = []
+
+    def factory(name: str, configured: Any) -> Any:
+        engine = TimedEngine(base.factory(name, configured))
+        made.append(engine)
+        return engine
+
+    return EngineRegistry(settings.styles, factory), made
+
+
+def sd_settings(args: argparse.Namespace, model: str, run: dict[str, Any]) -> Settings:
+    """The shipped ``modern-disney`` style on ``model``, captions off (``--stage sd``)."""
+    import yaml
+
+    style = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))["styles"][SD_STYLE]
+    style["model"] = model
+    if args.tiny:
+        style |= {"size": TINY_SD_SIZE, "steps": TINY_SD_STEPS}
+    return Settings(run=run | {"styles": [SD_STYLE]}, styles={SD_STYLE: style}, caption={"mode": "none"},
+                    models={"device": args.device, "offline": True})
+
+
+def sd_model(args: argparse.Namespace, into: Any) -> str:
+    """``--model``, else a freshly built random-weight model (tiny with ``--tiny``)."""
+    if args.model:
+        return args.model
+    if args.tiny:
+        from tests.sd.conftest import build_sd
+
+        return str(build_sd(Path(into) / "tiny-sd"))
+    from bench.gpu_img2img import build_sd15
+    from processor.config import ModelSettings
+    from processor.models import ModelLoader
+
+    return str(build_sd15(Path(into) / "sd15-random", ModelLoader(ModelSettings(device=args.device)).device()))
+
+
 def photos(count: int, size: int) -> list[bytes]:
     from tests.images import photo_bytes
 
@@ -134,9 +212,17 @@ def upload_inputs(store: Any, items: int, bodies: list[bytes]) -> None:
         list(pool.map(put, range(items)))
 
 
-def run_processor(store: Any, settings: Settings, style: FixedCostStyle) -> dict[str, Any]:
-    registry, engines = registry_with_fixed_cost(settings, style)
-    worker = Worker(store, settings, registry, worker_id="bench-overlap", styles=[STYLE])
+def make_registry(settings: Settings, style: FixedCostStyle | None) -> tuple[EngineRegistry, list[Any], str]:
+    """The registry, its (timed) engines and the style to run: the fixed-cost stage, or with
+    ``style`` None the real engines of ``settings`` (``--stage sd``)."""
+    if style is None:
+        return (*registry_with_timed_engines(settings), settings.run.styles[0])
+    return (*registry_with_fixed_cost(settings, style), STYLE)
+
+
+def run_processor(store: Any, settings: Settings, style: FixedCostStyle | None) -> dict[str, Any]:
+    registry, engines, name = make_registry(settings, style)
+    worker = Worker(store, settings, registry, worker_id="bench-overlap", styles=[name])
     worker.setup()
     before = store.request_count()
     with RssSampler() as rss:
@@ -164,10 +250,10 @@ def stage_medians(store: Any, settings: Settings) -> dict[str, float]:
     return {"fetch_median_s": statistics.median(fetch), "upload_median_s": statistics.median(upload)}
 
 
-def run_naive(store: Any, settings: Settings, style: FixedCostStyle) -> dict[str, Any]:
+def run_naive(store: Any, settings: Settings, style: FixedCostStyle | None) -> dict[str, Any]:
     """GET, decode, compute, encode, PUT: one item after another, as a first script would."""
-    registry, engines = registry_with_fixed_cost(settings, style)
-    registry.setup([STYLE])
+    registry, engines, name = make_registry(settings, style)
+    registry.setup([name])
     layout = KeyLayout(settings.prefixes)
     info = WorkerInfo(id="bench-naive", version=__version__, device="cpu")
     before = store.request_count()
@@ -177,7 +263,7 @@ def run_naive(store: Any, settings: Settings, style: FixedCostStyle) -> dict[str
         keys = layout.for_input(obj.key)
         got = store.get(obj.key)
         decoded = decode_image(got.body, settings.pipeline.decode, name=obj.key)
-        variants, timings = render(decoded.image, [STYLE], registry)
+        variants, timings = render(decoded.image, [name], registry)
         files, entries, sheet = encode_outputs(decoded.image, variants, output_prefix=keys.output_prefix,
                                                sheet_height=settings.pipeline.contact_sheet_height,
                                                png_compress_level=settings.pipeline.png_compress_level)
@@ -213,8 +299,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prefetch", type=int, default=None, help="run.prefetch (default: the config default)")
     parser.add_argument("--upload-queue", type=int, default=None, help="run.upload_queue (default: the config default)")
     parser.add_argument("--skip-naive", action="store_true", help="measure the processor only")
+    parser.add_argument("--stage", choices=["fixed", "sd"], default="fixed",
+                        help="fixed: the fixed-cost stage of --stage-ms (default); sd: the shipped modern-disney "
+                        "img2img style on --model, the real GPU stage (--stage-ms and --variants* are then unused)")
+    parser.add_argument("--model", metavar="DIR", default=None,
+                        help="--stage sd: a local diffusers SD 1.x folder (default: build the SD 1.5 architecture "
+                        "with random weights; with --tiny the tiny test model)")
+    parser.add_argument("--tiny", action="store_true",
+                        help=f"--stage sd: {TINY_SD_SIZE} px and {TINY_SD_STEPS} steps per round (the CPU rehearsal)")
+    parser.add_argument("--device", default="auto", help="--stage sd: models.device (auto, cpu, cuda)")
+    parser.add_argument("--config", default="config.yaml", help="--stage sd: the config holding the modern-disney style")
+    parser.add_argument("--store", choices=["s3", "local"], default="s3",
+                        help="s3: two buckets on a real SeaweedFS (default); local: two local directory stores "
+                        "(no network: fetch and upload are decode, encode and file writes)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     return parser
+
+
+@contextmanager
+def two_stores(kind: str, server: Any) -> Iterator[tuple[Any, Any]]:
+    """The worker's store and the naive loop's, on one SeaweedFS or in a temporary folder."""
+    if kind == "local":
+        from processor.store.local import LocalStore
+
+        with tempfile.TemporaryDirectory(prefix="bench-overlap-") as tmp:
+            yield LocalStore(Path(tmp) / "worker"), LocalStore(Path(tmp) / "naive")
+        return
+    with seaweedfs_server(server) as s3:
+        yield s3_store(s3), s3_store(s3)
 
 
 def main(argv: Sequence[str] | None = None, *, server: Any = None) -> dict[str, Any]:
@@ -227,11 +339,14 @@ def main(argv: Sequence[str] | None = None, *, server: Any = None) -> dict[str, 
         run["prefetch"] = args.prefetch
     if args.upload_queue is not None:
         run["upload_queue"] = args.upload_queue
-    settings = Settings(run=run)
-    style = FixedCostStyle(ms=args.stage_ms, variants=args.variants, variant_side=args.variant_side)
     bodies = photos(min(DISTINCT_PHOTOS, args.items), args.size)
-    with seaweedfs_server(server) as s3:
-        worker_store, naive_store = s3_store(s3), s3_store(s3)
+    with two_stores(args.store, server) as (worker_store, naive_store), \
+            tempfile.TemporaryDirectory(prefix="bench-overlap-model-") as model_dir:
+        if args.stage == "sd":
+            settings, style = sd_settings(args, sd_model(args, model_dir), run), None
+        else:
+            settings = Settings(run=run)
+            style = FixedCostStyle(ms=args.stage_ms, variants=args.variants, variant_side=args.variant_side)
         upload_inputs(worker_store, args.items, bodies)
         if not args.skip_naive:
             upload_inputs(naive_store, args.items, bodies)
@@ -239,11 +354,17 @@ def main(argv: Sequence[str] | None = None, *, server: Any = None) -> dict[str, 
         naive = None if args.skip_naive else run_naive(naive_store, settings, style)
 
     rss = proc["rss"]
+    if style is None:  # the real stage: its cost per item is measured, not set
+        shipped = settings.styles[SD_STYLE]
+        stage = {"stage": f"sd ({SD_STYLE}: {shipped.steps} steps, {shipped.variants} variants, {args.device})",
+                 "stage_ms": proc["stage_busy_s"] / proc["items"] * 1000, "variants": shipped.variants}
+    else:
+        stage = {"stage": "fixed", "stage_ms": args.stage_ms, "variants": args.variants}
     results: dict[str, Any] = {
         "items": args.items,
-        "stage_ms": args.stage_ms,
+        **stage,
+        "store": args.store,
         "input_size": f"{args.size}x{args.size * 3 // 4}",
-        "variants": args.variants,
         "prefetch": settings.run.prefetch,
         "upload_queue": settings.run.upload_queue,
         "processor_items_per_s": proc["items"] / proc["wall_s"],
