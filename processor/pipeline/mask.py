@@ -63,6 +63,26 @@ LIGHTNESS_WEIGHT = 0.5
 BORDER_SPREAD_PERCENTILE = 95
 #: A pixel farther than this many spreads from every background colour is seeded as subject.
 SPREAD_FACTOR = 2.0
+#: Stretches of the top/left/right border band (``border_segments``).
+BORDER_SEGMENTS = 16
+#: A border colour present in this many stretches is background whatever its share of the band.
+RECURRING_SEGMENTS = 5
+#: Fraction of a stretch's pixels a colour must hold there to count as present.
+SEGMENT_PRESENCE = 0.05
+#: Pixels (odd): the median filter taken before colour distances (fabric grain, carpet, noise).
+TEXTURE_SMOOTH = 5
+#: Fraction of the height: disagreeing rows allowed inside the support surface's run of rows.
+SUPPORT_GAP_FRACTION = 0.03
+#: Fraction of the bottom band that must match the surface's colours for it to count.
+SUPPORT_BOTTOM_SHARE = 0.35
+#: YCrCb skin range (Y floor, Cr and Cb bounds): a hand holding the toy.
+SKIN_MIN_Y = 40
+SKIN_CR = (136, 176)
+SKIN_CB = (80, 132)
+#: A skin-coloured region larger than this share of the subject candidates is the toy itself.
+HAND_MAX_SHARE = 0.35
+#: Pixels (working size): how close to the frame's edge a hand's region must reach.
+HAND_EDGE_PX = 2
 #: GrabCut iterations (5 is OpenCV's usual; more rarely changes the result).
 GRABCUT_ITERATIONS = 5
 #: Fraction of the working short side: the opening that removes specks before the largest component.
@@ -117,27 +137,115 @@ def border_bands(h: int, w: int, band: int, *, bottom: bool) -> np.ndarray:
     return edge
 
 
+def border_segments(h: int, w: int, band: int) -> np.ndarray:
+    """int map: which stretch of the top/left/right border band a pixel is in (-1 outside): the
+    top band is cut along x, each side band along y, ``BORDER_SEGMENTS`` stretches in all."""
+    seg = np.full((h, w), -1, np.int32)
+    top_n = BORDER_SEGMENTS // 3 + BORDER_SEGMENTS % 3
+    side_n = BORDER_SEGMENTS // 3
+    xs = np.minimum(np.arange(w) * top_n // max(w, 1), top_n - 1)
+    ys = np.minimum(np.arange(h) * side_n // max(h, 1), side_n - 1)
+    seg[:, :band] = top_n + ys[:, None]
+    seg[:, -band:] = top_n + side_n + ys[:, None]
+    seg[:band] = xs[None, :]
+    return seg
+
+
+def lab_distance(lab: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """Per-pixel weighted Lab distance to the nearest of ``colours`` (k x 3)."""
+    flat = lab.reshape(-1, 1, 3).astype(np.float32)
+    weight = np.array([LIGHTNESS_WEIGHT, 1.0, 1.0], np.float32)
+    d = np.sqrt((((flat - colours[None, :, :].astype(np.float32)) * weight) ** 2).sum(axis=2)).min(axis=1)
+    return d.reshape(lab.shape[:2])
+
+
 def border_distance(lab: np.ndarray, band: int, rng_seed: int = 0) -> tuple[np.ndarray, float]:
     """Per-pixel Lab distance to the nearest trusted background colour of the border band, and
     the spread of the trusted band pixels themselves (their ``BORDER_SPREAD_PERCENTILE`` distance)."""
     h, w = lab.shape[:2]
     # Top, left and right only: a toy photographed close is most often cut off by the bottom edge,
-    # while the desk it stands on still reaches the side bands.
-    samples = lab[border_bands(h, w, band, bottom=False)].reshape(-1, 3).astype(np.float32)
+    # while the desk it stands on still reaches the side bands (and ``support_distance`` models it).
+    in_band = border_bands(h, w, band, bottom=False)
+    samples = lab[in_band].reshape(-1, 3).astype(np.float32)
     k = min(BORDER_CLUSTERS, len(samples))
     cv2.setRNGSeed(rng_seed)
     criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 0.5)
     _, labels, centres = cv2.kmeans(samples, k, None, criteria, 2, cv2.KMEANS_PP_CENTERS)
-    share = np.bincount(labels.ravel(), minlength=k) / len(samples)
+    labels = labels.ravel()
+    share = np.bincount(labels, minlength=k) / len(samples)
     order = np.argsort(share)[::-1]
     keep = int(np.searchsorted(np.cumsum(share[order]), TRUSTED_BAND_SHARE)) + 1
-    trusted = centres[order[:keep]]
-    in_trusted = np.isin(labels.ravel(), order[:keep])
-    flat = lab.reshape(-1, 1, 3).astype(np.float32)
+    trusted = set(order[:keep].tolist())
+    # Patterned backgrounds (a blanket's flowers, checks, stripes): a colour that recurs all around
+    # the frame is background even when it holds a small share of the band, while a subject that
+    # touches the border occupies one stretch of it.
+    segments = border_segments(h, w, band)[in_band]
+    for cluster in range(k):
+        counts = np.bincount(segments[labels == cluster], minlength=BORDER_SEGMENTS)
+        sizes = np.maximum(np.bincount(segments, minlength=BORDER_SEGMENTS), 1)
+        if int(((counts / sizes) >= SEGMENT_PRESENCE).sum()) >= RECURRING_SEGMENTS:
+            trusted.add(cluster)
+    chosen = sorted(trusted)
+    dist = lab_distance(lab, centres[chosen])
+    in_trusted = np.isin(labels, chosen)
+    return dist, float(np.percentile(dist[in_band][in_trusted], BORDER_SPREAD_PERCENTILE))
+
+
+def support_distance(lab: np.ndarray, band: int, threshold: float) -> np.ndarray | None:
+    """Distance to the support surface (floor, desk, shelf) per pixel, or None when there is none.
+
+    A surface the toy stands on meets the bottom edge and spans the frame: row by row, the left
+    and right border bands show the same colour. The rows where they agree, in one run up from the
+    bottom edge (a few disagreeing rows are allowed: a shelf's lip, a blurred horizon), form the
+    surface's colour band, each row with its own colours (light falls off towards the camera, a
+    shelf is board, lip and shadow). Its colours are not trusted unless the bottom band mostly
+    matches them: a big toy touching both sides must not become "surface"."""
+    h, w = lab.shape[:2]
+    left = np.median(lab[:, :band], axis=1)
+    right = np.median(lab[:, -band:], axis=1)
     weight = np.array([LIGHTNESS_WEIGHT, 1.0, 1.0], np.float32)
-    dist = np.sqrt((((flat - trusted[None, :, :]) * weight) ** 2).sum(axis=2)).min(axis=1).reshape(h, w)
-    band_dist = dist[border_bands(h, w, band, bottom=False)]
-    return dist, float(np.percentile(band_dist[in_trusted], BORDER_SPREAD_PERCENTILE))
+    agree = np.sqrt((((left - right) * weight) ** 2).sum(axis=1)) <= threshold
+    rows = np.zeros(h, bool)
+    gap = 0
+    for y in range(h - 1, -1, -1):
+        if agree[y]:
+            rows[y], gap = True, 0
+        else:
+            gap += 1
+            if gap > max(2, round(SUPPORT_GAP_FRACTION * h)):
+                break
+    if not rows[h - band:].any():
+        return None
+    both = np.stack([left, right], axis=1)  # h x 2 x 3
+    diff = (lab[:, :, None, :] - both[:, None, :, :]) * weight
+    dist = np.sqrt((diff ** 2).sum(axis=3)).min(axis=2)
+    dist[~rows] = np.inf
+    bottom = dist[h - band:]
+    if (bottom <= threshold).mean() < SUPPORT_BOTTOM_SHARE:
+        return None
+    return dist
+
+
+def hand_region(rgb: np.ndarray, unlike: np.ndarray, band: int) -> np.ndarray:
+    """Skin-coloured parts of the subject candidates that enter from the left, right or bottom
+    edge: a hand or arm holding the toy (bool). Empty when skin is most of what stands out (a
+    brown or pink toy is skin-coloured too: then nothing is taken away)."""
+    h, w = unlike.shape
+    ycrcb = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)
+    y, cr, cb = ycrcb[..., 0], ycrcb[..., 1], ycrcb[..., 2]
+    skin = (y >= SKIN_MIN_Y) & (cr >= SKIN_CR[0]) & (cr <= SKIN_CR[1]) & (cb >= SKIN_CB[0]) & (cb <= SKIN_CB[1])
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((skin & unlike).astype(np.uint8), connectivity=8)
+    # An arm runs out of the frame: the component must reach the outermost pixels, not just come
+    # near them like a toy's feet standing close to the bottom edge.
+    edge = np.zeros((h, w), bool)
+    edge[:, :HAND_EDGE_PX], edge[:, -HAND_EDGE_PX:], edge[-HAND_EDGE_PX:] = True, True, True
+    touching = np.unique(labels[edge & (labels > 0)])
+    hand = np.isin(labels, touching[touching > 0])
+    total = int(unlike.sum())
+    if not hand.any() or total == 0 or hand.sum() > HAND_MAX_SHARE * total:
+        return np.zeros((h, w), bool)
+    # The blurred rim between hand and toy is neither colour: one pixel more is hand.
+    return cv2.dilate(hand.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
 
 
 def subject_hull(unlike: np.ndarray) -> np.ndarray | None:
@@ -157,15 +265,34 @@ def subject_hull(unlike: np.ndarray) -> np.ndarray | None:
 
 
 def grabcut_mask(rgb: np.ndarray) -> np.ndarray:
-    """Hard subject mask (bool) of a working-size RGB image, before cleaning."""
+    """Hard subject mask (bool) of a working-size RGB image, before cleaning.
+
+    How the common real-photo scenes are handled:
+
+    - support surface (floor, desk, shelf) meeting the bottom edge: ``support_distance`` models
+      its colour band row by row from the side bands, so it is background, not subject; the
+      bottom border is "surely background" only where it matches the surface, never where the
+      subject continues into it (a toy cut off by the bottom edge);
+    - a hand entering from an edge: ``hand_region`` takes skin-coloured candidates touching the
+      left, right or bottom edge out of the seeds and makes them surely background;
+    - textured and patterned backgrounds (sofa fabric, carpet, a blanket): colour distances are
+      taken on a median-filtered copy, so grain averages out, and a colour that recurs all around
+      the border is background however small its share (``border_distance``).
+    """
     h, w = rgb.shape[:2]
-    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
+    smooth = cv2.medianBlur(rgb, TEXTURE_SMOOTH) if min(h, w) > 4 * TEXTURE_SMOOTH else rgb
+    lab = cv2.cvtColor(smooth, cv2.COLOR_RGB2LAB).astype(np.float32)
     band = max(2, round(BORDER_FRACTION * min(h, w)))
     # "Unlike the background" is judged against the background's own spread (grain, noise, light
     # falloff), never below a fixed noise floor.
     dist, spread = border_distance(lab, band)
     threshold = max(MIN_SEED_DISTANCE, SPREAD_FACTOR * spread)
+    support = support_distance(lab, band, threshold)
+    if support is not None:
+        dist = np.minimum(dist, support)
     unlike = dist > threshold
+    hand = hand_region(smooth, unlike, band)
+    unlike &= ~hand
     seeds = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
     # Inside the hull of the clearly-unlike region, even background-coloured pixels start as
     # "probably subject": a toy's white belly or grey feet look like the desk by colour alone, and
@@ -175,6 +302,7 @@ def grabcut_mask(rgb: np.ndarray) -> np.ndarray:
         seeds[hull] = cv2.GC_PR_FGD
     seeds[unlike] = cv2.GC_PR_FGD
     seeds[border_bands(h, w, band, bottom=True) & (dist <= threshold)] = cv2.GC_BGD
+    seeds[hand] = cv2.GC_BGD
     if not (seeds == cv2.GC_PR_FGD).any():
         return np.zeros((h, w), bool)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
