@@ -441,7 +441,7 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
 
     segmenter = pull_segmenter(settings.pipeline.mask, loader.cache_dir)
     if segmenter:
-        print(f"segmenter {settings.pipeline.mask.segmenter}: {segmenter}")
+        print(f"segmenter: {segmenter}")
     return 0
 
 

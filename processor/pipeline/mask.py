@@ -20,10 +20,19 @@ rectangle, because toys are rarely centred):
 5. clean: small specks removed (opening), the largest component kept, its holes filled (eyes and
    stickers are part of the toy), then scaled to full size and feathered with a Gaussian edge.
 
-Optionally (``pipeline.mask.segmenter``) a transformers semantic-segmentation model replaces steps
-2-4: every pixel whose label is not a background label is subject; cleaning is the same.
+Optionally a model replaces steps 2-4; cleaning is the same:
 
-No torch here unless a segmenter model is configured.
+- ``pipeline.mask.onnx``: an ONNX salient-object model (rembg's u2net / isnet-general-use,
+  BiRefNet; ``processor.pipeline.onnx_segmenter``): its saliency map at the image's size,
+  thresholded. When configured and present it is the default; when its file is missing or does
+  not load, GrabCut makes the masks and the reason is recorded (``Segmentation.fallback``).
+- ``pipeline.mask.segmenter``: a transformers semantic-segmentation model: every pixel whose label
+  is not a background label is subject.
+
+Every mask says which segmenter made it (``SubjectMask.segmentation``: kind, model, revision,
+fallback reason), and the manifest records that per variant.
+
+No torch here unless a transformers segmenter is configured.
 """
 
 from __future__ import annotations
@@ -32,7 +41,8 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from enum import Enum
 from typing import Any
 
 import cv2
@@ -93,6 +103,35 @@ FEATHER_FRACTION = 0.01
 CACHE_SIZE = 2
 
 
+class SegmenterKind(str, Enum):
+    GRABCUT = "grabcut"
+    ONNX = "onnx"
+    TRANSFORMERS = "transformers"
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """Which segmenter made a mask, from what weights, and why the configured one was not used."""
+
+    kind: SegmenterKind = SegmenterKind.GRABCUT
+    model: str | None = None
+    #: The file inside a hub repo (ONNX).
+    file: str | None = None
+    #: The hub commit loaded; None for a local file or folder.
+    revision: str | None = None
+    #: sha256 of the ONNX file (a local file has no commit to pin it).
+    sha256: str | None = None
+    #: ONNX: the model family (input size and normalisation) and the execution provider used.
+    family: str | None = None
+    provider: str | None = None
+    #: Set when a model is configured but GrabCut made the mask: why.
+    fallback: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The manifest's ``background.segmentation`` (``None`` fields left out)."""
+        return {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(self).items() if v is not None}
+
+
 @dataclass(frozen=True)
 class SubjectMask:
     """A subject mask at the source image's size (see the module docstring)."""
@@ -104,6 +143,7 @@ class SubjectMask:
     method: str
     #: Why the background must not be changed (coverage out of bounds), else None.
     fallback: str | None = None
+    segmentation: Segmentation = Segmentation()
 
     @property
     def size(self) -> tuple[int, int]:
@@ -354,23 +394,61 @@ class SubjectMasker:
     """Computes (and briefly remembers) subject masks under one ``MaskSettings``.
 
     Shared by every style of a worker, so an input's mask is computed once however many styles
-    change its background. ``models`` (a ``ModelLoader``) is only needed with a segmenter model.
+    change its background. ``models`` (a ``ModelLoader``) gives the model cache and offline mode
+    for hub segmenters; it is required for a transformers segmenter.
     """
 
     def __init__(self, settings: MaskSettings | None = None, models: Any = None) -> None:
         self.settings = settings or MaskSettings()
         self.models = models
         self._segmenter: Any = None
+        self._onnx: Any = None
+        self._ready = False
+        self.segmentation = Segmentation()
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, SubjectMask] = OrderedDict()
 
     @property
     def method(self) -> str:
-        return f"model:{self.settings.segmenter}" if self.settings.segmenter else "grabcut"
+        """``grabcut``, ``onnx:<model>`` or ``model:<segmenter>`` (after ``setup``)."""
+        kind = self.segmentation.kind
+        if kind is SegmenterKind.ONNX:
+            return f"onnx:{self.settings.onnx.model}"
+        if kind is SegmenterKind.TRANSFORMERS or (self.settings.segmenter and not self._ready):
+            return f"model:{self.settings.segmenter}"
+        return "grabcut"
 
     def setup(self) -> None:
-        if self.settings.segmenter and self._segmenter is None:
+        if self._ready:
+            return
+        if self.settings.onnx is not None:
+            self._setup_onnx(self.settings.onnx)
+        elif self.settings.segmenter:
             self._segmenter = SegmenterModel.load(self.settings, self.models)
+            self.segmentation = Segmentation(SegmenterKind.TRANSFORMERS, model=self.settings.segmenter,
+                                             revision=self.settings.segmenter_revision)
+        self._ready = True
+
+    def _setup_onnx(self, onnx: Any) -> None:
+        from processor.config import ModelSettings
+        from processor.models import offline_mode
+        from processor.pipeline.onnx_segmenter import OnnxSegmenter, SegmenterUnavailable
+
+        offline = self.models.offline if self.models is not None else offline_mode(ModelSettings())
+        cache_dir = self.models.cache_dir if self.models is not None else None
+        try:
+            self._onnx = OnnxSegmenter.load(onnx, cache_dir=cache_dir, offline=offline)
+        except SegmenterUnavailable as exc:
+            # Configured but unusable: GrabCut still gives a usable mask; every variant says why.
+            log.warning("segmenter_fallback", extra={"model": onnx.model, "reason": str(exc)})
+            self.segmentation = Segmentation(SegmenterKind.GRABCUT, model=onnx.model, file=onnx.file,
+                                             revision=onnx.revision, family=onnx.family,
+                                             fallback=f"{exc}; GrabCut made the mask")
+            return
+        self.segmentation = Segmentation(SegmenterKind.ONNX, model=onnx.model,
+                                         file=None if self._onnx.revision is None else onnx.file,
+                                         revision=self._onnx.revision, sha256=self._onnx.sha256,
+                                         family=onnx.family, provider=self._onnx.provider)
 
     def __call__(self, image: Image.Image) -> SubjectMask:
         key = fingerprint(image)
@@ -384,16 +462,21 @@ class SubjectMasker:
                 self._cache.popitem(last=False)
             return mask
 
+    def raw(self, rgb: np.ndarray) -> np.ndarray:
+        """The hard mask before cleaning, at ``rgb``'s size (ONNX) or the working size."""
+        if self._onnx is not None:
+            # The saliency map comes back at the image's own size: its edge keeps the model's detail.
+            return self._onnx(rgb) >= self.settings.onnx.threshold
+        work = fit_work(rgb)
+        if self._segmenter is not None:
+            return self._segmenter(work)
+        return grabcut_mask(work)
+
     def compute(self, image: Image.Image) -> SubjectMask:
+        self.setup()
         rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
         h, w = rgb.shape[:2]
-        work = fit_work(rgb)
-        if self.settings.segmenter:
-            self.setup()
-            raw = self._segmenter(work)
-        else:
-            raw = grabcut_mask(work)
-        hard = upscale(clean(raw), (w, h))
+        hard = upscale(clean(self.raw(rgb)), (w, h))
         sigma = self.settings.feather_px if self.settings.feather_px is not None else FEATHER_FRACTION * min(w, h)
         alpha = feather(hard, sigma)
         coverage = float(hard.mean())
@@ -406,7 +489,8 @@ class SubjectMasker:
             fallback = (f"subject mask covers {coverage:.1%} of the image, above pipeline.mask.max_coverage "
                         f"{s.max_coverage:.1%}: no background to change")
         log.info("mask", extra={"method": self.method, "coverage": round(coverage, 4), "fallback": bool(fallback)})
-        return SubjectMask(alpha=alpha, hard=hard, coverage=coverage, method=self.method, fallback=fallback)
+        return SubjectMask(alpha=alpha, hard=hard, coverage=coverage, method=self.method, fallback=fallback,
+                           segmentation=self.segmentation)
 
 
 class SegmenterModel:
@@ -469,17 +553,29 @@ SEGMENTER_PATTERNS = ["*.safetensors", "*.json", "*.txt"]
 
 
 def pull_segmenter(settings: MaskSettings, cache_dir: str | None) -> str | None:
-    """Download ``settings.segmenter`` (a hub id) into the cache for ``processor models pull``;
-    returns the snapshot folder, or None when there is nothing to fetch."""
+    """Download the configured segmenter (a hub id) into the cache for ``processor models pull``;
+    returns what was fetched (the ONNX file, or the transformers snapshot folder), or None when
+    there is nothing to fetch. An ONNX repo gives only its ``.onnx`` file (and external data)."""
     from huggingface_hub import snapshot_download
 
     from processor.models import is_local
 
+    if settings.onnx is not None:
+        from processor.pipeline.onnx_segmenter import SegmenterUnavailable, is_local_file, resolve_file
+
+        if is_local_file(settings.onnx.model):
+            return None
+        try:
+            path, _ = resolve_file(settings.onnx, cache_dir, download=True)
+        except SegmenterUnavailable as exc:
+            raise ModelUnavailableError(str(exc)) from exc
+        return f"{settings.onnx.model} -> {path}"
     if not settings.segmenter or is_local(settings.segmenter):
         return None
     try:
-        return snapshot_download(settings.segmenter, revision=settings.segmenter_revision, cache_dir=cache_dir,
-                                 allow_patterns=SEGMENTER_PATTERNS)
+        folder = snapshot_download(settings.segmenter, revision=settings.segmenter_revision, cache_dir=cache_dir,
+                                   allow_patterns=SEGMENTER_PATTERNS)
+        return f"{settings.segmenter} -> {folder}"
     except (OSError, ValueError) as exc:
         raise ModelUnavailableError(f"segmenter {settings.segmenter!r} could not be fetched: {exc}") from exc
 
