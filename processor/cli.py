@@ -525,6 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--style", action="append", metavar="NAME", help="style to apply (repeatable); overrides run.styles")
     p.set_defaults(func=cmd_process)
 
+    from processor.pipeline.mask_cli import add_parser as add_mask_parser
+
+    add_mask_parser(sub, common)
+
     p = sub.add_parser("submit", parents=[common], help="upload photos to inputs/",
                        description="Upload files (folders recursively, keeping relative paths) under inputs/. "
                        "A photo.json next to photo.jpg is uploaded too and acts as its sidecar. Then writes the "

@@ -76,7 +76,7 @@ SPREAD_FACTOR = 2.0
 #: Stretches of the top/left/right border band (``border_segments``).
 BORDER_SEGMENTS = 16
 #: A border colour present in this many stretches is background whatever its share of the band.
-RECURRING_SEGMENTS = 5
+RECURRING_SEGMENTS = 10
 #: Fraction of a stretch's pixels a colour must hold there to count as present.
 SEGMENT_PRESENCE = 0.05
 #: Pixels (odd): the median filter taken before colour distances (fabric grain, carpet, noise).
