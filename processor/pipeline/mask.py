@@ -90,7 +90,13 @@ SKIN_MIN_Y = 40
 SKIN_CR = (136, 176)
 SKIN_CB = (80, 132)
 #: A skin-coloured region larger than this share of the subject candidates is the toy itself.
-HAND_MAX_SHARE = 0.35
+HAND_MAX_SHARE = 0.6
+#: Share of the other candidates inside a skin region's convex hull above which it is the toy.
+HAND_ENCLOSED_SHARE = 0.5
+#: Weighted Lab distance from the arm's colour (where it crosses the edge) still counted as hand.
+HAND_COLOUR_DISTANCE = 12.0
+#: Pixels: the least crossing of the frame's edge that counts as an arm entering.
+HAND_MIN_CROSSING = 6
 #: Pixels (working size): how close to the frame's edge a hand's region must reach.
 HAND_EDGE_PX = 2
 #: GrabCut iterations (5 is OpenCV's usual; more rarely changes the result).
@@ -266,23 +272,44 @@ def support_distance(lab: np.ndarray, band: int, threshold: float) -> np.ndarray
     return dist
 
 
-def hand_region(rgb: np.ndarray, unlike: np.ndarray, band: int) -> np.ndarray:
+def hand_region(rgb: np.ndarray, lab: np.ndarray, unlike: np.ndarray) -> np.ndarray:
     """Skin-coloured parts of the subject candidates that enter from the left, right or bottom
-    edge: a hand or arm holding the toy (bool). Empty when skin is most of what stands out (a
-    brown or pink toy is skin-coloured too: then nothing is taken away)."""
+    edge: a hand or arm holding the toy (bool).
+
+    An arm runs out of the frame, so its colour is learnt where it crosses the edge (the median
+    of each skin-coloured candidate region's pixels on the outermost ``HAND_EDGE_PX``), and the
+    hand is what is connected to that crossing within ``HAND_COLOUR_DISTANCE`` of that colour: a
+    toy's beige belly under the fingers is skin-like to a fixed range, not to the arm's own
+    colour. Empty when that would take most of what stands out (a brown toy cut off by the bottom
+    edge is skin-coloured too: then nothing is taken away)."""
     h, w = unlike.shape
     ycrcb = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)
     y, cr, cb = ycrcb[..., 0], ycrcb[..., 1], ycrcb[..., 2]
     skin = (y >= SKIN_MIN_Y) & (cr >= SKIN_CR[0]) & (cr <= SKIN_CR[1]) & (cb >= SKIN_CB[0]) & (cb <= SKIN_CB[1])
-    count, labels, stats, _ = cv2.connectedComponentsWithStats((skin & unlike).astype(np.uint8), connectivity=8)
-    # An arm runs out of the frame: the component must reach the outermost pixels, not just come
-    # near them like a toy's feet standing close to the bottom edge.
+    candidates = skin & unlike
+    _, labels = cv2.connectedComponents(candidates.astype(np.uint8), connectivity=8)
     edge = np.zeros((h, w), bool)
     edge[:, :HAND_EDGE_PX], edge[:, -HAND_EDGE_PX:], edge[-HAND_EDGE_PX:] = True, True, True
-    touching = np.unique(labels[edge & (labels > 0)])
-    hand = np.isin(labels, touching[touching > 0])
+    hand = np.zeros((h, w), bool)
+    weight = np.array([LIGHTNESS_WEIGHT, 1.0, 1.0], np.float32)
+    for label in np.unique(labels[edge & (labels > 0)]):
+        region = labels == label
+        crossing = region & edge
+        if crossing.sum() < HAND_MIN_CROSSING:
+            continue
+        colour = np.median(lab[crossing], axis=0)
+        near = region & (np.sqrt((((lab - colour) * weight) ** 2).sum(axis=2)) <= HAND_COLOUR_DISTANCE)
+        _, grown = cv2.connectedComponents(near.astype(np.uint8), connectivity=8)
+        hand |= np.isin(grown, np.unique(grown[near & edge]))
     total = int(unlike.sum())
     if not hand.any() or total == 0 or hand.sum() > HAND_MAX_SHARE * total:
+        return np.zeros((h, w), bool)
+    # A hand holds the toy from one side; a skin-coloured toy's body wraps its own belly, muzzle
+    # and feet: when most of the rest lies inside the "hand"'s convex hull, it is the toy.
+    rest = unlike & ~hand
+    hull = np.zeros((h, w), np.uint8)
+    cv2.fillConvexPoly(hull, cv2.convexHull(cv2.findNonZero(hand.astype(np.uint8))), 1)
+    if (rest & hull.astype(bool)).sum() > HAND_ENCLOSED_SHARE * max(1, int(rest.sum())):
         return np.zeros((h, w), bool)
     # The blurred rim between hand and toy is neither colour: one pixel more is hand.
     return cv2.dilate(hand.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
@@ -331,7 +358,7 @@ def grabcut_mask(rgb: np.ndarray) -> np.ndarray:
     if support is not None:
         dist = np.minimum(dist, support)
     unlike = dist > threshold
-    hand = hand_region(smooth, unlike, band)
+    hand = hand_region(smooth, lab, unlike)
     unlike &= ~hand
     seeds = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
     # Inside the hull of the clearly-unlike region, even background-coloured pixels start as
