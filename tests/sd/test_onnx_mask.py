@@ -183,3 +183,17 @@ def test_missing_onnx_is_recorded_in_the_manifest(tiny_sd, tmp_path, monkeypatch
     assert bg.applied and bg.segmenter == "grabcut"
     assert bg.segmentation.kind == "grabcut" and bg.segmentation.model == str(missing)
     assert "does not exist" in bg.segmentation.fallback
+
+
+def test_processor_mask_with_an_onnx_model(tiny_onnx, tmp_path):
+    photo, truth = red_toy(160, 120)
+    (tmp_path / "in").mkdir()
+    photo.save(tmp_path / "in" / "toy.png")
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"store": {"kind": "local", "root": str(tmp_path / "bucket")}}))
+    out = tmp_path / "out"
+    assert main(["mask", str(tmp_path / "in"), "--out", str(out), "--onnx", str(tiny_onnx), "--config", str(config),
+                 "-q"]) == 0
+    (row,) = json.loads((out / "masks.json").read_text())
+    assert row["segmenter"] == f"onnx:{tiny_onnx}" and row["segmenter_fallback"] is None
+    assert iou(np.asarray(Image.open(out / row["mask"])) > 127, truth) >= 0.9
