@@ -58,3 +58,13 @@ def test_mask_with_a_missing_onnx_model_says_grabcut_made_it(tmp_path, capsys):
     (row,) = json.loads((tmp_path / "out" / "masks.json").read_text())
     assert row["segmenter"] == "grabcut" and "does not exist" in row["segmenter_fallback"]
     assert "GrabCut made the mask" in capsys.readouterr().err
+
+
+def test_mask_explains_itself(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["mask", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "--onnx" in text and "overlay" in text and "masks.json" in text
