@@ -490,10 +490,12 @@ class SubjectMasker:
             return mask
 
     def raw(self, rgb: np.ndarray) -> np.ndarray:
-        """The hard mask before cleaning, at ``rgb``'s size (ONNX) or the working size."""
+        """The hard mask before cleaning, at a working size (scaled to the image's size after)."""
         if self._onnx is not None:
-            # The saliency map comes back at the image's own size: its edge keeps the model's detail.
-            return self._onnx(rgb) >= self.settings.onnx.threshold
+            # At the model's own resolution (1024 px for isnet/BiRefNet), not GrabCut's: the edge
+            # keeps the model's detail, while cleaning a 12-megapixel mask would cost seconds.
+            detail = fit_work(rgb, max(WORK_SIDE, *self._onnx.size))
+            return self._onnx(detail) >= self.settings.onnx.threshold
         work = fit_work(rgb)
         if self._segmenter is not None:
             return self._segmenter(work)

@@ -63,6 +63,13 @@ def test_onnx_segmenter_finds_the_toy_through_the_production_path(tiny_onnx):
     assert mask.fallback is None and mask.coverage == pytest.approx(truth.mean(), abs=0.02)
 
 
+def test_a_large_photo_gets_its_mask_at_full_size(tiny_onnx):
+    """The map is cleaned at the model's working size and scaled back up, not cleaned at 0.5 MP."""
+    photo, truth = red_toy(1000, 750)
+    mask = SubjectMasker(onnx_settings(tiny_onnx)).compute(photo)
+    assert mask.size == (1000, 750) and iou(mask.hard, truth) >= 0.9
+
+
 def test_the_family_normalisation_matters(tiny_onnx):
     """The same graph read as the isnet family (mean 0.5, std 1) sees other colours: the tiny model
     undoes u2net's normalisation, so a wrong family must change the mask."""
