@@ -15,7 +15,8 @@ rectangle, because toys are rarely centred):
 3. pixels far from every background colour (judged against the band's own spread) seed "probably
    subject", and so does the convex hull of their largest blob (a white belly looks like a white
    keyboard by colour alone); pixels of the border band that match the background seed "surely
-   background", the rest "probably background";
+   background", the rest "probably background" (``grabcut_mask`` says how a support surface, a
+   hand and textured backgrounds are handled);
 4. GrabCut refines the seeds with its colour models and the image's edges;
 5. clean: small specks removed (opening), the largest component kept, its holes filled (eyes and
    stickers are part of the toy), then scaled to full size and feathered with a Gaussian edge.
@@ -23,7 +24,7 @@ rectangle, because toys are rarely centred):
 Optionally a model replaces steps 2-4; cleaning is the same:
 
 - ``pipeline.mask.onnx``: an ONNX salient-object model (rembg's u2net / isnet-general-use,
-  BiRefNet; ``processor.pipeline.onnx_segmenter``): its saliency map at the image's size,
+  BiRefNet; ``processor.pipeline.onnx_segmenter``): its saliency map at the model's resolution,
   thresholded. When configured and present it is the default; when its file is missing or does
   not load, GrabCut makes the masks and the reason is recorded (``Segmentation.fallback``).
 - ``pipeline.mask.segmenter``: a transformers semantic-segmentation model: every pixel whose label
@@ -226,9 +227,9 @@ def border_distance(lab: np.ndarray, band: int, rng_seed: int = 0) -> tuple[np.n
     # the frame is background even when it holds a small share of the band, while a subject that
     # touches the border occupies one stretch of it.
     segments = border_segments(h, w, band)[in_band]
+    sizes = np.maximum(np.bincount(segments, minlength=BORDER_SEGMENTS), 1)
     for cluster in range(k):
         counts = np.bincount(segments[labels == cluster], minlength=BORDER_SEGMENTS)
-        sizes = np.maximum(np.bincount(segments, minlength=BORDER_SEGMENTS), 1)
         if int(((counts / sizes) >= SEGMENT_PRESENCE).sum()) >= RECURRING_SEGMENTS:
             trusted.add(cluster)
     chosen = sorted(trusted)
@@ -244,8 +245,9 @@ def support_distance(lab: np.ndarray, band: int, threshold: float) -> np.ndarray
     and right border bands show the same colour. The rows where they agree, in one run up from the
     bottom edge (a few disagreeing rows are allowed: a shelf's lip, a blurred horizon), form the
     surface's colour band, each row with its own colours (light falls off towards the camera, a
-    shelf is board, lip and shadow). Its colours are not trusted unless the bottom band mostly
-    matches them: a big toy touching both sides must not become "surface"."""
+    shelf is board, lip and shadow). Its colours are not trusted unless at least
+    ``SUPPORT_BOTTOM_SHARE`` of the bottom band matches them: a big toy touching both sides and
+    the bottom edge must not become "surface"."""
     h, w = lab.shape[:2]
     left = np.median(lab[:, :band], axis=1)
     right = np.median(lab[:, -band:], axis=1)
@@ -280,8 +282,9 @@ def hand_region(rgb: np.ndarray, lab: np.ndarray, unlike: np.ndarray) -> np.ndar
     of each skin-coloured candidate region's pixels on the outermost ``HAND_EDGE_PX``), and the
     hand is what is connected to that crossing within ``HAND_COLOUR_DISTANCE`` of that colour: a
     toy's beige belly under the fingers is skin-like to a fixed range, not to the arm's own
-    colour. Empty when that would take most of what stands out (a brown toy cut off by the bottom
-    edge is skin-coloured too: then nothing is taken away)."""
+    colour. Empty when that would take more than ``HAND_MAX_SHARE`` of what stands out, or when
+    the region wraps the rest (a brown toy cut off by the bottom edge is skin-coloured too: then
+    nothing is taken away)."""
     h, w = unlike.shape
     ycrcb = cv2.cvtColor(rgb, cv2.COLOR_RGB2YCrCb)
     y, cr, cb = ycrcb[..., 0], ycrcb[..., 1], ycrcb[..., 2]

@@ -171,6 +171,7 @@ class OnnxSegmenter:
         width = shape[3] if isinstance(shape[3], int) and shape[3] > 0 else side
         log.info("segmenter_loaded", extra={"model": settings.model, "family": settings.family,
                                             "provider": session.get_providers()[0], "size": f"{width}x{height}"})
+        # Hashed once at start (a second or two for a 1 GB BiRefNet): a local file has no commit.
         return cls(session, settings, (width, height), path=path, revision=revision, sha256=sha256_file(path))
 
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
