@@ -204,3 +204,19 @@ def test_processor_mask_with_an_onnx_model(tiny_onnx, tmp_path):
     (row,) = json.loads((out / "masks.json").read_text())
     assert row["segmenter"] == f"onnx:{tiny_onnx}" and row["segmenter_fallback"] is None
     assert iou(np.asarray(Image.open(out / row["mask"])) > 127, truth) >= 0.9
+
+
+def test_models_pull_fetches_only_the_onnx_file(tiny_onnx, tmp_path, monkeypatch):
+    """``processor models pull``'s segmenter step on a hub ONNX repo: here served from a cache the
+    hub client treats as offline (no network), so the resolution path is the production one."""
+    import huggingface_hub.constants as hub_constants
+
+    from processor.pipeline.mask import pull_segmenter
+
+    commit = "89abcdef0123456789abcdef0123456789abcdef"
+    _hub_cache(tmp_path / "cache", "toys/isnet-onnx", commit, "isnet.onnx", tiny_onnx)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    settings = MaskSettings(onnx=OnnxSegmenterSettings(model="toys/isnet-onnx", file="isnet.onnx", family="isnet"))
+    fetched = pull_segmenter(settings, str(tmp_path / "cache"))
+    assert fetched.startswith("toys/isnet-onnx -> ") and fetched.endswith(f"{commit}/isnet.onnx")
+    assert pull_segmenter(MaskSettings(onnx=OnnxSegmenterSettings(model=str(tiny_onnx))), None) is None
