@@ -69,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
                         help=f"comma-separated, from {', '.join(ASPECTS)} (default 3:4,4:3,1:1)")
     parser.add_argument("--types", default=",".join(SCENE_TYPES), help="comma-separated scene types (default: all)")
     parser.add_argument("--onnx", metavar="MODEL", help="also score an ONNX segmenter (local .onnx file)")
-    parser.add_argument("--family", default="u2net", help="the ONNX model's family: u2net, isnet or birefnet")
+    parser.add_argument("--family", default="u2net", choices=["u2net", "isnet", "birefnet"],
+                        help="the --onnx model's family (default u2net)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     args = parser.parse_args(argv)
 
