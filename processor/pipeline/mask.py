@@ -246,7 +246,7 @@ def support_distance(lab: np.ndarray, band: int, threshold: float) -> np.ndarray
     bottom edge (a few disagreeing rows are allowed: a shelf's lip, a blurred horizon), form the
     surface's colour band, each row with its own colours (light falls off towards the camera, a
     shelf is board, lip and shadow). A mat narrower than the frame reaches neither side band and
-    is not modelled. Its colours are not trusted unless at least
+    is not modelled. The surface's colours are not trusted unless at least
     ``SUPPORT_BOTTOM_SHARE`` of the bottom band matches them: a big toy touching both sides and
     the bottom edge must not become "surface"."""
     h, w = lab.shape[:2]
