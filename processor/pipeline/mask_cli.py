@@ -32,6 +32,8 @@ OUTLINE_FRACTION = 0.006
 OVERLAY_QUALITY = 90
 #: The summary file written beside the masks.
 SUMMARY_NAME = "masks.json"
+#: Exit status when some photos could not be read (the others still got masks), as ``process``.
+EXIT_SOME_FAILED = 1
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ def cmd_mask(args: argparse.Namespace, settings: Any) -> int:
           f"{failed} failed -> {out}")
     if masker.segmentation.fallback:
         print(f"note: {masker.segmentation.fallback}", file=sys.stderr)
-    return 1 if failed else 0
+    return EXIT_SOME_FAILED if failed else 0
 
 
 def add_parser(subparsers: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
