@@ -126,9 +126,41 @@ DEFAULT_MIN_COVERAGE = 0.02
 DEFAULT_MAX_COVERAGE = 0.90
 
 
+class OnnxSegmenterSettings(_Section):
+    """A salient-object / matting model in ONNX form (``processor.pipeline.onnx_segmenter``).
+
+    ONNX files hold a graph and tensors, no pickle, so they keep the safe-weights rule."""
+
+    #: A local ``.onnx`` file, or a hub repo id whose ``file`` is fetched by ``processor models pull``.
+    model: str
+    #: The file inside the hub repo (ignored for a local file), e.g. ``onnx/model.onnx``.
+    file: str = "model.onnx"
+    revision: str | None = None
+    #: Input size and normalisation: ``u2net`` (rembg u2net/u2netp/silueta, 320 px), ``isnet``
+    #: (isnet-general-use, RMBG-1.4-style, 1024 px), ``birefnet`` (1024 px, logits).
+    family: Literal["u2net", "isnet", "birefnet"] = "u2net"
+    #: Pixels: the model's square input side (default: the family's).
+    input_size: int | None = Field(default=None, ge=32, le=4096)
+    #: Saliency (0-1) at or above which a pixel is subject.
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    #: ``auto``: the CUDA execution provider when onnxruntime has it, else the CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _onnx_file(self) -> OnnxSegmenterSettings:
+        target = self.model if self.model.endswith(".onnx") else self.file
+        if not target.endswith(".onnx"):
+            raise ValueError(f"onnx segmenter file {target!r} must be an .onnx file (set pipeline.mask.onnx.file)")
+        return self
+
+
 class MaskSettings(_Section):
     """The subject mask background styles use (``processor.pipeline.mask``), one per input."""
 
+    #: An ONNX salient-object model (the rembg family, BiRefNet). When set and its file is present
+    #: it makes the masks; when it is missing or cannot load, GrabCut does, and the reason is
+    #: recorded in every variant's ``background.segmentation.fallback``.
+    onnx: OnnxSegmenterSettings | None = None
     #: None: the classical segmenter (OpenCV GrabCut seeded from a border colour model; no weights).
     #: Else a transformers semantic-segmentation model (hub id or local folder, safetensors only);
     #: every pixel whose label is not in ``background_labels`` is subject.
@@ -151,6 +183,8 @@ class MaskSettings(_Section):
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> MaskSettings:
+        if self.onnx is not None and self.segmenter:
+            raise ValueError("set pipeline.mask.onnx or pipeline.mask.segmenter, not both")
         if self.min_coverage >= self.max_coverage:
             raise ValueError(f"min_coverage ({self.min_coverage}) must be below max_coverage ({self.max_coverage})")
         return self

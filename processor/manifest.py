@@ -40,6 +40,25 @@ class Source(_Model):
     notes: list[str] = Field(default_factory=list)
 
 
+class Segmentation(_Model):
+    """Which segmenter made the subject mask (``pipeline.mask``), and why a configured model did not."""
+
+    kind: Literal["grabcut", "onnx", "transformers"]
+    #: The configured model: an ONNX file or hub repo, or a transformers segmenter.
+    model: str | None = None
+    #: The file inside the hub repo (ONNX from the hub).
+    file: str | None = None
+    #: The hub commit loaded; None for a local file or folder.
+    revision: str | None = None
+    #: sha256 of the ONNX file that ran.
+    sha256: str | None = None
+    #: ONNX: the model family (input size, normalisation) and the onnxruntime execution provider.
+    family: str | None = None
+    provider: str | None = None
+    #: Set when a model is configured but GrabCut made the mask: why (missing file, not loadable).
+    fallback: str | None = None
+
+
 class Background(_Model):
     """What a style's background stage did to one variant (``styles.<name>.background``)."""
 
@@ -56,8 +75,10 @@ class Background(_Model):
     mask: str | None = None
     #: Fraction of the image the subject mask covers.
     coverage: float
-    #: ``grabcut`` or ``model:<segmenter>``.
+    #: ``grabcut``, ``onnx:<model>`` or ``model:<segmenter>``.
     segmenter: str | None = None
+    #: The segmenter's details (kind, model, revision, fallback reason).
+    segmentation: Segmentation | None = None
     #: False when the mask was unusable and the variant is the transform alone.
     applied: bool
     #: Why the background was left unchanged (coverage out of bounds), else None.

@@ -446,7 +446,7 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
 
     segmenter = pull_segmenter(settings.pipeline.mask, loader.cache_dir)
     if segmenter:
-        print(f"segmenter {settings.pipeline.mask.segmenter}: {segmenter}")
+        print(f"segmenter: {segmenter}")
     return 0
 
 
@@ -529,6 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--style", action="append", metavar="NAME", help="style to apply (repeatable); overrides run.styles")
     p.set_defaults(func=cmd_process)
+
+    from processor.pipeline.mask_cli import add_parser as add_mask_parser
+
+    add_mask_parser(sub, common)
 
     p = sub.add_parser("submit", parents=[common], help="upload photos to inputs/",
                        description="Upload files (folders recursively, keeping relative paths) under inputs/. "

@@ -120,6 +120,7 @@ class BackgroundStage:
             "model": self.model,
             "revision": self._revision(),
             "segmenter": mask.method,
+            "segmentation": mask.segmentation.record(),
             "coverage": round(mask.coverage, 4),
             "fallback": mask.fallback,
         }

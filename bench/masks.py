@@ -1,0 +1,96 @@
+"""Mask benchmark: IoU of each segmenter against the true mask of synthetic toy photos.
+
+    python -m bench.masks [--long-side 256] [--seeds 1] [--onnx MODEL.onnx --family u2net]
+
+Scenes come from ``bench.mask_scenes`` (every scene type at every placement and aspect ratio).
+Prints, per segmenter, one ``<segmenter>_<scene type>_iou`` line per scene type (the mean over its
+scenes), ``<segmenter>_mean_iou`` (over all scenes), ``<segmenter>_worst_type_iou`` and the seconds
+per mask. Synthetic scenes are easier than real photos: the figures bound what the mask can do,
+they do not predict the share of real photos it gets right.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bench.mask_scenes import ASPECTS, SCENE_TYPES, scene_set
+
+#: The issue's goals for the weight-free GrabCut path.
+GOAL_MEAN_IOU = 0.85
+GOAL_WORST_TYPE_IOU = 0.7
+
+
+@dataclass(frozen=True)
+class SegmenterScore:
+    segmenter: str
+    by_type: dict[str, float]
+    mean: float
+    worst_type: str
+    seconds_per_mask: float
+    scenes: int
+
+    @property
+    def worst(self) -> float:
+        return self.by_type[self.worst_type]
+
+    def report(self) -> dict[str, float]:
+        out = {f"{self.segmenter}_{kind}_iou": round(v, 4) for kind, v in self.by_type.items()}
+        out |= {f"{self.segmenter}_mean_iou": round(self.mean, 4), f"{self.segmenter}_worst_type_iou": round(self.worst, 4),
+                f"{self.segmenter}_seconds_per_mask": round(self.seconds_per_mask, 4)}
+        return out
+
+
+def score(name: str, masker: Any, scenes: Sequence[Any]) -> SegmenterScore:
+    """Mean IoU of ``masker`` (a ``SubjectMasker``) per scene type and over all ``scenes``."""
+    from processor.pipeline.mask import iou
+
+    per_type: dict[str, list[float]] = defaultdict(list)
+    started = time.perf_counter()
+    for s in scenes:
+        per_type[s.kind].append(iou(masker.compute(s.image).hard, s.truth))
+    seconds = (time.perf_counter() - started) / max(1, len(scenes))
+    by_type = {kind: sum(v) / len(v) for kind, v in per_type.items()}
+    every = [x for v in per_type.values() for x in v]
+    worst = min(by_type, key=by_type.__getitem__)
+    return SegmenterScore(name, by_type, sum(every) / len(every), worst, seconds, len(every))
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(prog="python -m bench.masks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--long-side", type=int, default=256, help="pixels: each scene's long side (default 256)")
+    parser.add_argument("--seeds", type=int, default=1, help="draws per scene type, placement and aspect (default 1)")
+    parser.add_argument("--aspects", default="3:4,4:3,1:1",
+                        help=f"comma-separated, from {', '.join(ASPECTS)} (default 3:4,4:3,1:1)")
+    parser.add_argument("--types", default=",".join(SCENE_TYPES), help="comma-separated scene types (default: all)")
+    parser.add_argument("--onnx", metavar="MODEL", help="also score an ONNX segmenter (local .onnx file)")
+    parser.add_argument("--family", default="u2net", choices=["u2net", "isnet", "birefnet"],
+                        help="the --onnx model's family (default u2net)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
+    args = parser.parse_args(argv)
+
+    from processor.config import MaskSettings, OnnxSegmenterSettings
+    from processor.pipeline.mask import SubjectMasker
+
+    scenes = list(scene_set(args.long_side, args.seeds, tuple(args.aspects.split(",")), tuple(args.types.split(","))))
+    maskers: dict[str, Any] = {"grabcut": SubjectMasker(MaskSettings())}
+    if args.onnx:
+        maskers["onnx"] = SubjectMasker(MaskSettings(onnx=OnnxSegmenterSettings(model=args.onnx, family=args.family)))
+    results: dict[str, float] = {"scenes": len(scenes), "long_side": args.long_side}
+    for name, masker in maskers.items():
+        results |= score(name, masker, scenes).report()
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for key, value in results.items():
+            print(f"{key}  {value}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""``processor mask FILE_OR_DIR... --out DIR``: the subject mask of local photos, before any GPU.
+
+For each photo it writes ``OUT/<path>.mask.png`` (the feathered mask the background styles use)
+and ``OUT/<path>.overlay.jpg`` (the photo with the background dimmed and tinted and the subject
+outlined), then ``OUT/masks.json`` (per photo: coverage, segmenter, fallbacks). The masker is the
+configured one (``pipeline.mask``), or ``--onnx MODEL`` to try an ONNX model without editing the
+config; a photo that does not decode is reported and skipped, the rest still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+
+#: RGB of the tint laid over the background in overlays, and its weight (0-1).
+OVERLAY_TINT = (20, 40, 120)
+OVERLAY_TINT_WEIGHT = 0.55
+#: RGB of the subject's outline in overlays.
+OVERLAY_OUTLINE = (255, 0, 200)
+#: Fraction of the short side: the outline's thickness (at least 2 px).
+OUTLINE_FRACTION = 0.006
+#: JPEG quality of overlays (they are for looking at, not for reuse).
+OVERLAY_QUALITY = 90
+#: The summary file written beside the masks.
+SUMMARY_NAME = "masks.json"
+#: Exit status when some photos could not be read (the others still got masks), as ``process``.
+EXIT_SOME_FAILED = 1
+
+
+@dataclass(frozen=True)
+class MaskResult:
+    """One photo's line in ``masks.json``."""
+
+    path: str
+    mask: str | None = None
+    overlay: str | None = None
+    coverage: float | None = None
+    segmenter: str | None = None
+    #: Why a background style would leave this photo unchanged (coverage out of bounds).
+    fallback: str | None = None
+    #: Why the configured model did not make the mask (GrabCut did).
+    segmenter_fallback: str | None = None
+    #: The photo could not be read: why, and what to change.
+    error: str | None = None
+
+
+def overlay(image: Image.Image, hard: np.ndarray) -> Image.Image:
+    """``image`` with the background tinted and the subject's outline drawn."""
+    rgb = np.asarray(image.convert("RGB"), np.float32)
+    tint = np.array(OVERLAY_TINT, np.float32)
+    out = rgb.copy()
+    out[~hard] = rgb[~hard] * (1 - OVERLAY_TINT_WEIGHT) + tint * OVERLAY_TINT_WEIGHT
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    contours, _ = cv2.findContours(hard.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    thickness = max(2, round(OUTLINE_FRACTION * min(hard.shape)))
+    cv2.drawContours(out, contours, -1, OVERLAY_OUTLINE, thickness)
+    return Image.fromarray(out, "RGB")
+
+
+def iter_photos(paths: Sequence[str]) -> Iterator[tuple[Path, str]]:
+    """(file, path relative to its argument); sidecars (``.json``) and hidden files are skipped."""
+    from processor.errors import ConfigError
+
+    for arg in paths:
+        root = Path(arg)
+        if root.is_file():
+            yield root, root.name
+        elif root.is_dir():
+            for path in sorted(root.rglob("*")):
+                if path.is_file() and not path.name.startswith(".") and path.suffix.lower() != ".json":
+                    yield path, path.relative_to(root).as_posix()
+        else:
+            raise ConfigError(f"{arg}: no such file or directory")
+
+
+def build_masker(settings: Any, onnx: str | None, family: str | None) -> Any:
+    from processor.config import OnnxSegmenterSettings
+    from processor.models import ModelLoader
+    from processor.pipeline.mask import SubjectMasker
+
+    mask = settings.pipeline.mask
+    if onnx:
+        mask = mask.model_copy(update={"segmenter": None, "onnx": OnnxSegmenterSettings(
+            model=onnx, family=family or "u2net")})
+    return SubjectMasker(mask, ModelLoader(settings.models))
+
+
+def cmd_mask(args: argparse.Namespace, settings: Any) -> int:
+    from tqdm import tqdm
+
+    from processor.errors import ConfigError, ItemError
+    from processor.pipeline.decode import decode_image
+
+    files = list(iter_photos(args.paths))
+    if not files:
+        raise ConfigError(f"no photos found under {', '.join(args.paths)}")
+    masker = build_masker(settings, args.onnx, args.family)
+    masker.setup()
+    out = Path(args.out)
+    results: list[MaskResult] = []
+    for path, rel in tqdm(files, desc="masks", unit="img", disable=args.quiet):
+        stem = Path(rel).with_suffix("").as_posix()
+        try:
+            decoded = decode_image(path.read_bytes(), settings.pipeline.decode, name=str(path))
+        except ItemError as exc:
+            tqdm.write(f"FAILED {rel}: {exc}  -> {exc.hint}", file=sys.stderr)
+            results.append(MaskResult(path=rel, error=f"{exc} ({exc.hint})"))
+            continue
+        mask = masker(decoded.image)
+        mask_path, overlay_path = out / f"{stem}.mask.png", out / f"{stem}.overlay.jpg"
+        mask_path.parent.mkdir(parents=True, exist_ok=True)
+        mask.image().save(mask_path)
+        overlay(decoded.image, mask.hard).save(overlay_path, quality=OVERLAY_QUALITY)
+        results.append(MaskResult(path=rel, mask=mask_path.relative_to(out).as_posix(),
+                                  overlay=overlay_path.relative_to(out).as_posix(), coverage=round(mask.coverage, 4),
+                                  segmenter=mask.method, fallback=mask.fallback,
+                                  segmenter_fallback=mask.segmentation.fallback))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SUMMARY_NAME).write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n", encoding="utf-8")
+    failed = sum(r.error is not None for r in results)
+    unusable = sum(r.fallback is not None for r in results)
+    print(f"{len(results) - failed} masks ({masker.method}), {unusable} unusable for backgrounds, "
+          f"{failed} failed -> {out}")
+    if masker.segmentation.fallback:
+        print(f"note: {masker.segmentation.fallback}", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else 0
+
+
+def add_parser(subparsers: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Register ``processor mask`` on the CLI's subparsers (``common``: --config, --quiet, ...)."""
+    p = subparsers.add_parser(
+        "mask", parents=[common], help="write subject masks and overlays for local photos (no GPU needed)",
+        description="Compute the subject mask that background styles use (pipeline.mask: GrabCut, or the "
+        "configured ONNX / transformers segmenter) for local photos, and write OUT/<path>.mask.png, "
+        "OUT/<path>.overlay.jpg (background tinted, subject outlined) and OUT/masks.json (coverage, "
+        "segmenter, fallbacks per photo), to check the masks before spending a GPU on backgrounds.")
+    p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--onnx", metavar="MODEL", help="use this ONNX segmenter (a .onnx file or hub repo) instead "
+                   "of pipeline.mask")
+    p.add_argument("--family", choices=["u2net", "isnet", "birefnet"],
+                   help="the --onnx model's family (default u2net)")
+    p.set_defaults(func=cmd_mask)
+    return p
