@@ -229,7 +229,8 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
                                             styles=settings.styles, style_names=styles)
             variants, timings = render(decoded.image, styles, registry, context=context)
             files_out, entries, sheet_name = encode_outputs(decoded.image, variants, output_prefix="", sheet_height=sheet,
-                                                              png_compress_level=settings.pipeline.png_compress_level)
+                                                              png_compress_level=settings.pipeline.png_compress_level,
+                                                              sheet_max_pixels=settings.pipeline.contact_sheet_max_pixels)
         except ItemError as exc:
             failed += 1
             record = FailureRecord(source=source, error=type(exc).__name__, message=str(exc), hint=exc.hint, worker=info)

@@ -50,10 +50,10 @@ from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo
 from processor.metrics import WorkerObserver
 from processor.outputs import encode_outputs
 from processor.pipeline.base import DecodedImage, VariantImage
-from processor.pipeline.caption import Caption, caption_item, caption_used, metadata_prompt
+from processor.pipeline.caption import Caption, caption_item, caption_used
 from processor.pipeline.decode import decode_image
 from processor.pipeline.render import EngineRegistry, render
-from processor.pipeline.sidecar import Sidecar, parse_sidecar
+from processor.pipeline.sidecar import ItemOverrides, load_sidecar_json, validate_overrides
 from processor.scan import IncrementalScanner, WorkItem, scan, shard_of
 from processor.store.base import ObjectStore
 
@@ -101,10 +101,9 @@ class Job:
     #: 1, or n + 1 when a retryable failure record says n attempts at this version failed.
     attempt: int = 1
     decoded: DecodedImage | None = None
-    sidecar: Sidecar | None = None
+    #: Its sidecar and metadata, validated (styles, style fields, prompt); None until downloaded.
+    overrides: ItemOverrides | None = None
     variants: list[VariantImage] = field(default_factory=list)
-    #: ``x-amz-meta-prompt`` of the input: replaces its caption.
-    metadata_prompt: str | None = None
     caption: Caption | None = None
     error: ItemError | None = None
     timings: dict[str, float] = field(default_factory=dict)
@@ -456,12 +455,16 @@ class Worker:
         if obj.info.etag != job.etag:
             job.attempt = 1  # the failure record counted attempts at the version listed
         job.etag, job.size = obj.info.etag, obj.info.size
-        job.metadata_prompt = metadata_prompt(obj.metadata)
+        raw = None
         if job.item.sidecar:
             try:
-                job.sidecar = parse_sidecar(self.store.get(job.item.sidecar).body, job.item.sidecar)
+                raw = load_sidecar_json(self.store.get(job.item.sidecar).body, job.item.sidecar)
             except ObjectNotFound:
-                job.sidecar = None
+                raw = None
+        # Validated here, in the fetch stage: a bad sidecar is a bad input (a failure record), never
+        # a compute-stage crash that would spend a retry or count towards the circuit breaker.
+        where = f"sidecar {job.item.sidecar}" if raw is not None else f"input {keys.input}"
+        job.overrides = validate_overrides(raw, self.settings, styles=self.styles, metadata=obj.metadata, where=where)
         return obj.body
 
     # ----------------------------------------------------------------- stage 2: compute
@@ -471,13 +474,14 @@ class Worker:
         self.observer.heartbeat()
         if job.error or (job.claim and job.claim.lost.is_set()):
             return
-        styles = (job.sidecar.styles if job.sidecar and job.sidecar.styles else self.styles)
-        overrides = job.sidecar.style_overrides() if job.sidecar else None
+        chosen = job.overrides or ItemOverrides(styles=tuple(self.styles))
+        styles = list(chosen.styles)
+        overrides = dict(chosen.style_fields) or None
         try:
             context, job.caption = caption_item(
                 self.captioner, job.decoded.image, settings=self.settings.caption, styles=self.settings.styles,
-                style_names=styles, sidecar_prompt=job.sidecar.prompt if job.sidecar else None,
-                metadata_prompt=job.metadata_prompt,
+                style_names=styles, sidecar_prompt=chosen.prompt if chosen.prompt_source == "sidecar" else None,
+                metadata_prompt=chosen.prompt if chosen.prompt_source == "metadata" else None,
             )
             if job.caption is not None and job.caption.seconds:
                 job.timings["caption"] = job.caption.seconds
@@ -557,6 +561,7 @@ class Worker:
         files, entries, sheet_name = encode_outputs(
             job.decoded.image, job.variants, output_prefix=keys.output_prefix, sheet_height=sheet,
             png_compress_level=self.settings.pipeline.png_compress_level,
+            sheet_max_pixels=self.settings.pipeline.contact_sheet_max_pixels,
         )
         job.timings["encode"] = round(time.perf_counter() - started, 4)
         started = time.perf_counter()
