@@ -58,6 +58,16 @@ LORA_PATTERNS = ["*.safetensors", "*.json"]
 _TRUTHY = {"1", "true", "yes", "on"}
 
 
+def _why_not_fetched(download: bool, offline: bool) -> str:
+    """Why a model missing from the cache was not downloaded, for its error message."""
+    if download:
+        return ("the Hugging Face Hub could not be reached to download it (no network, a proxy, or "
+                "HF_ENDPOINT pointing elsewhere)")
+    if offline:
+        return "offline mode is on (models.offline / HF_HUB_OFFLINE=1)"
+    return "only the cache was consulted"
+
+
 def offline_mode(settings: ModelSettings) -> bool:
     return settings.offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUTHY
 
@@ -192,11 +202,13 @@ class ModelLoader:
                 local_files_only=not download,
             )
         except LocalEntryNotFoundError as exc:
+            # huggingface_hub raises this both when it may not go online and when it tried and
+            # could not reach the Hub: the fix differs, so say which.
             cache = self.cache_dir or "the default Hugging Face cache ($HF_HOME/hub)"
             raise ModelUnavailableError(
-                f"model {where} is not in the model cache ({cache}) and offline mode is on "
-                f"(models.offline / HF_HUB_OFFLINE=1); fetch it first with `{PULL_COMMAND}` "
-                f"(same config and models.cache_dir) on a machine with network access"
+                f"model {where} is not in the model cache ({cache}) and {_why_not_fetched(download, self.offline)}; "
+                f"fetch it first with `{PULL_COMMAND}` (same config and models.cache_dir) on a machine with "
+                f"network access"
             ) from exc
         except (HfHubHTTPError, OSError, ValueError) as exc:
             raise ModelUnavailableError(f"model {where} could not be fetched: {type(exc).__name__}: {exc}") from exc
@@ -245,7 +257,8 @@ class ModelLoader:
                                           local_files_only=self.offline))
         except LocalEntryNotFoundError as exc:
             raise ModelUnavailableError(
-                f"LoRA {lora.path!r} is not in the model cache and offline mode is on; fetch it with `{PULL_COMMAND}`"
+                f"LoRA {lora.path!r} is not in the model cache and {_why_not_fetched(not self.offline, self.offline)}; "
+                f"fetch it with `{PULL_COMMAND}`"
             ) from exc
         except (HfHubHTTPError, OSError) as exc:
             raise ModelUnavailableError(f"LoRA {lora.path!r} could not be fetched: {exc}") from exc

@@ -9,6 +9,7 @@ silent default, never a crash of the worker.
 
 from __future__ import annotations
 
+import base64
 import email.errors
 import email.header
 import json
@@ -30,6 +31,8 @@ MAX_LISTED_STYLES = 64
 MAX_STYLE_NAME_CHARS = 128
 #: The object metadata key of a per-image prompt (``x-amz-meta-prompt`` on S3).
 PROMPT_METADATA_KEY = "prompt"
+#: Bytes: S3 holds at most 2 KB of user metadata per object (names and values).
+MAX_METADATA_BYTES = 2048
 
 
 class SidecarBackground(BaseModel):
@@ -184,10 +187,11 @@ def metadata_text(metadata: Mapping[str, str] | None, name: str) -> str | None:
 
 def encode_metadata(value: str) -> str:
     """``value`` as an HTTP-header-safe metadata value: itself when printable ASCII, else one
-    RFC 2047 encoded word (base64 UTF-8), the form S3 returns non-ASCII metadata in."""
-    if value.isascii() and value.isprintable() and not value.startswith("=?"):
+    RFC 2047 encoded word of its UTF-8 bytes (``=?UTF-8?B?...?=``), the form S3 returns non-ASCII
+    metadata in, so that ``decode_metadata`` gives the same text back from every store."""
+    if value.isascii() and value.isprintable() and "=?" not in value:
         return value
-    return email.header.Header(value, "utf-8", maxlinelen=1_000_000).encode()
+    return f"=?UTF-8?B?{base64.b64encode(value.encode('utf-8')).decode('ascii')}?="
 
 
 def decode_metadata(value: str) -> str:
