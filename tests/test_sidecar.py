@@ -54,6 +54,8 @@ def write_settings(root: Path, store: dict[str, Any] | None = None):
         },
         "pipeline": {"contact_sheet_height": 32},
         "metrics": {"port": 0},
+        # Hermetic: a background model the cache lacks is reported, never fetched.
+        "models": {"offline": True},
     }
     path = root / "config.yaml"
     path.write_text(json.dumps(cfg))
