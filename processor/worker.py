@@ -41,6 +41,7 @@ from processor.errors import (
     PreconditionFailed,
     StoreError,
     ImageTooLarge,
+    InvalidSidecar,
     WorkerUnhealthy,
 )
 from processor.failpolicy import CircuitBreaker, is_final
@@ -168,6 +169,8 @@ class Worker:
         self.breaker = CircuitBreaker(settings.run.max_consecutive_failures)
         #: Set when the breaker tripped: the pass ends and raises it (exit EXIT_UNHEALTHY).
         self._unhealthy: WorkerUnhealthy | None = None
+        #: Why the captioner could not load for an input's own styles (``_caption_on_demand``).
+        self._caption_unavailable: str | None = None
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -478,6 +481,9 @@ class Worker:
         styles = list(chosen.styles)
         overrides = dict(chosen.style_fields) or None
         try:
+            # A per-image prompt replaces the caption (only ``negative`` mode still captions).
+            if chosen.own_styles and not (chosen.prompt and self.settings.caption.mode != "negative"):
+                self._caption_on_demand(styles)
             context, job.caption = caption_item(
                 self.captioner, job.decoded.image, settings=self.settings.caption, styles=self.settings.styles,
                 style_names=styles, sidecar_prompt=chosen.prompt if chosen.prompt_source == "sidecar" else None,
@@ -493,6 +499,28 @@ class Worker:
                 self._trip()
         else:
             self.breaker.succeeded()
+
+    def _caption_on_demand(self, styles: list[str]) -> None:
+        """An input picked a style that takes a caption while the worker's own styles do not, so
+        the captioner loads now. If it cannot (a model missing from the cache), that input fails
+        with ``InvalidSidecar``, not the worker; the reason is kept for the next such input."""
+        if self.captioner is None or getattr(self.captioner, "ready", True):
+            return
+        if not caption_used(self.settings.caption, self.settings.styles, styles):
+            return
+        if self._caption_unavailable is None:
+            try:
+                self.captioner.setup()
+                return
+            except Exception as exc:  # noqa: BLE001 - any load failure is this input's, see above
+                log.warning("caption_unavailable", extra={"error": type(exc).__name__, "detail": str(exc)})
+                self._caption_unavailable = f"{type(exc).__name__}: {exc}"
+        raise InvalidSidecar(
+            f"the styles this input asks for ({', '.join(styles)}) take a caption, and the captioner cannot "
+            f"load on this worker: {self._caption_unavailable}",
+            hint="Pick styles this worker runs (its run.styles), or give a prompt in the sidecar; the operator "
+                 "can add the caption models with `processor models pull`.",
+        )
 
     def _trip(self) -> None:
         """The breaker tripped: take no more work. The item that tripped it and those computed

@@ -254,6 +254,42 @@ def test_hostile_sidecars_over_seaweedfs(s3_store, tmp_path: Path) -> None:
     _hostile_run(s3_store, write_settings(tmp_path))
 
 
+class _UnloadableCaptioner:
+    """A captioner whose models are missing: its setup raises as the real one does."""
+
+    ready = False
+
+    def __init__(self) -> None:
+        self.setups = 0
+
+    def setup(self) -> None:
+        from processor.errors import ModelUnavailableError
+
+        self.setups += 1
+        raise ModelUnavailableError("caption model org/blip is not in the model cache")
+
+
+def test_a_style_that_needs_the_captioner_which_cannot_load_fails_only_its_input(tmp_path: Path) -> None:
+    """The worker's own style (toon) takes no caption, so the captioner loads on first use; a
+    sidecar picking a style that takes one, when the caption models are missing, fails that input
+    (and the next one like it, without loading again) while the rest go on."""
+    settings = write_settings(tmp_path)
+    settings = settings.model_copy(update={"caption": settings.caption.model_copy(update={"mode": "blip"})})
+    store = LocalStore(settings.store.root)
+    for i, body in enumerate([b'{"styles": ["disney"]}', b'{"styles": ["disney"]}', b"{}"]):
+        store.put(f"inputs/c{i}.jpg", photo_bytes(72, 64, seed=i))
+        store.put(f"inputs/c{i}.json", body)
+    captioner = _UnloadableCaptioner()
+    worker = Worker(store, settings, build_registry(settings), worker_id="w", captioner=captioner)
+    worker.setup()
+    assert worker.run_once() == 0 and captioner.setups == 1
+    got = results(store, KeyLayout(settings.prefixes))
+    for key in ("inputs/c0.jpg", "inputs/c1.jpg"):
+        assert isinstance(got[key], FailureRecord) and got[key].error == "InvalidSidecar"
+        assert "captioner cannot load on this worker" in got[key].message and "models pull" in got[key].hint
+    assert isinstance(got["inputs/c2.jpg"], Manifest)
+
+
 def _metadata_run(store, settings, tmp_path: Path) -> None:
     """Non-ASCII prompts as ``submit --prompt`` sends them reach the worker as the same text."""
     layout = KeyLayout(settings.prefixes)
