@@ -759,7 +759,6 @@ def _describe(exc: ValidationError, path: Path, file_data: dict[str, Any]) -> st
         if not loc and named:
             loc = named.group(1).split(".")
             msg = msg.removeprefix("Value error, ")
-            key = "(top level)"
             lines.append(f"  {msg} (from {_source_of(loc, path, file_data)})")
             continue
         key = ".".join(loc) or "(top level)"

@@ -46,7 +46,8 @@ def write_settings(root: Path, store: dict[str, Any] | None = None):
     cfg = {
         "store": store or {"kind": "local", "root": str(root / "bucket")},
         # One StageFailed trips the breaker: a sidecar problem counted as a crash fails the run.
-        "run": {"styles": ["toon"], "poll_interval_s": 0.05, "max_consecutive_failures": 1, "max_variants_per_input": 6},
+        "run": {"styles": ["toon"], "poll_interval_s": 0.05, "max_consecutive_failures": 1,
+                "max_variants_per_input": 6},
         "styles": {
             "toon": {"engine": "toon", "variants": 1, "max_side": 64},
             "flat": {"engine": "toon", "variants": 2, "max_side": 64, "colors": [2, 3]},
@@ -294,8 +295,8 @@ def _metadata_run(store, settings, tmp_path: Path) -> None:
     """Non-ASCII prompts as ``submit --prompt`` sends them reach the worker as the same text."""
     layout = KeyLayout(settings.prefixes)
     text = "ein Bär aus Blech 🧸, café"
-    run_bucket(store, settings, {"meta": None, "meta-long": None},
-               metadata={"meta": {"prompt": encode_metadata(text)}, "meta-long": {"prompt": encode_metadata("ü" * 2001)}})
+    metadata = {"meta": {"prompt": encode_metadata(text)}, "meta-long": {"prompt": encode_metadata("ü" * 2001)}}
+    run_bucket(store, settings, {"meta": None, "meta-long": None}, metadata=metadata)
     got = results(store, layout)
     assert isinstance(got["inputs/meta.jpg"], Manifest)
     record = got["inputs/meta-long.jpg"]

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from PIL import Image
+
 from processor.errors import InvalidSidecar, ItemError, StageFailed
 from processor.pipeline.base import Engine, ItemContext, VariantImage
 from processor.pipeline.sidecar import style_with_overrides
@@ -34,8 +35,9 @@ class EngineRegistry:
         #: True once ``setup`` loaded the worker's own styles: engines built after that are asked
         #: for by one input (its sidecar's styles or values), and failing to build one fails it.
         self._started = False
-        #: Engines that failed to load for an input, and why: the next input is told at once.
-        self._unavailable: dict[tuple[str, tuple[tuple[str, Any], ...]], str] = {}
+        #: Engines that failed to load for an input, and why: the next input is told at once
+        #: (the oldest forgotten past MAX_OVERRIDE_ENGINES: sidecar values make the keys).
+        self._unavailable: OrderedDict[tuple[str, tuple[tuple[str, Any], ...]], str] = OrderedDict()
 
     def engine(self, style_name: str, overrides: Mapping[str, Any] | None = None) -> Engine:
         if style_name not in self.styles:
@@ -66,6 +68,8 @@ class EngineRegistry:
             log.warning("style_unavailable", extra={"style": style_name, "error": type(exc).__name__,
                                                     "detail": str(exc)})
             self._unavailable[cache_key] = message
+            if len(self._unavailable) > MAX_OVERRIDE_ENGINES:
+                self._unavailable.popitem(last=False)
             raise InvalidSidecar(message, hint=_UNAVAILABLE_HINT) from exc
         self._engines[cache_key] = engine
         # Evict the oldest per-image engine, never a style's own (those carry no overrides).

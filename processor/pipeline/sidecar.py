@@ -17,9 +17,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from processor.config import MAX_PROMPT_CHARS, BackgroundMode, PromptText, Seed, Settings, VariantCount, work_bound_problem
+from processor.config import (
+    MAX_PROMPT_CHARS,
+    BackgroundMode,
+    PromptText,
+    Seed,
+    Settings,
+    VariantCount,
+    work_bound_problem,
+)
 from processor.errors import InvalidSidecar
 from processor.pipeline.prompt import clean_text
 
