@@ -382,3 +382,27 @@ def test_any_json_sidecar_ends_with_a_manifest_or_an_invalid_sidecar_record(bodi
             else:
                 assert 1 <= len(result.variants) <= settings.run.max_variants_per_input
                 assert all(0 <= v.seed <= MAX_SEED + 16 and math.isfinite(v.seed) for v in result.variants)
+
+
+def test_an_engine_this_install_lacks_fails_the_input_that_asks_for_it(settings) -> None:
+    """A style (or background) whose engine is not installed (no diffusers, say) stops the worker
+    at start when it is one of its own styles, and fails only the input when a sidecar picks it."""
+    from processor.cli import make_engine
+    from processor.pipeline.render import EngineRegistry
+
+    calls: list[str] = []
+
+    def factory(name: str, style: Any) -> Any:
+        calls.append(name)
+        if style.engine != "toon":
+            raise ImportError("No module named 'diffusers'")
+        return make_engine(name, style)
+
+    registry = EngineRegistry(settings.styles, factory)
+    with pytest.raises(ImportError):
+        EngineRegistry(settings.styles, factory).setup(["disney"])
+    registry.setup(["toon"])
+    for _ in range(2):
+        with pytest.raises(InvalidSidecar, match="style 'disney' cannot run on this worker: ImportError"):
+            registry.engine("disney")
+    assert calls.count("disney") == 2  # once for the failed start above, once for the input: remembered
