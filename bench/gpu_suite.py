@@ -70,7 +70,7 @@ CARRIED_MODULES = {
 PRESENT_MODULES = ("torch", "transformers", "accelerate", "peft", "safetensors", "huggingface_hub", "cv2",
                    "numpy", "yaml", "tqdm", "prometheus_client", "pytest", "torchvision", "timm", "regex")
 #: The project's modules the steps import (each pulls its own dependencies).
-PROJECT_MODULES = ("processor.cli", "processor.pipeline.diffusion", "processor.pipeline.interrogator",
+PROJECT_MODULES = ("processor.app.cli", "processor.pipeline.diffusion", "processor.pipeline.interrogator",
                    "processor.pipeline.caption", "processor.store.local", "processor.store.s3", "bench.gpu_img2img",
                    "bench.real_run", "bench.overlap", "tests.sd.conftest", "tests.conftest")
 #: Modules the GPU machine lacks that no step may need (store adapters and the HTTP API); the guard

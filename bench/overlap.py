@@ -157,8 +157,8 @@ class TimedEngine:
 
 
 def registry_with_timed_engines(settings: Settings) -> tuple[EngineRegistry, list[TimedEngine]]:
-    """The worker's own registry (``processor.cli.build_registry``), every engine it makes timed."""
-    from processor.cli import build_registry
+    """The worker's own registry (``processor.app.cli.build_registry``), every engine it makes timed."""
+    from processor.app.cli import build_registry
 
     base = build_registry(settings)
     made: list[TimedEngine] = []
@@ -193,7 +193,7 @@ def sd_model(args: argparse.Namespace, into: Any) -> str:
         return str(build_sd(Path(into) / "tiny-sd"))
     from bench.gpu_img2img import build_sd15
     from processor.config import ModelSettings
-    from processor.models import ModelLoader
+    from processor.models.loader import ModelLoader
 
     return str(build_sd15(Path(into) / "sd15-random", ModelLoader(ModelSettings(device=args.device)).device()))
 

@@ -8,6 +8,8 @@ Unknown keys and bad values raise ``ConfigError`` naming the key and where it ca
 from __future__ import annotations
 
 import os
+import re
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -49,6 +51,29 @@ DEFAULT_MAX_ATTEMPTS = 3
 #: ``StageFailed`` items in a row, with no success between them, after which a worker stops as
 #: unhealthy (exit 7) rather than burning the backlog's retry budgets; 0 turns the breaker off.
 DEFAULT_MAX_CONSECUTIVE_FAILURES = 5
+#: Styles one input may ask for (``run.styles`` or a sidecar's ``styles``).
+DEFAULT_MAX_STYLES_PER_INPUT = 8
+#: Variants one input may ask for, all its styles together: each is a full diffusion run.
+DEFAULT_MAX_VARIANTS_PER_INPUT = 32
+#: Pixels: the contact sheet's encoded size (tiles shrink to fit), whatever the number of
+#: variants or the input's aspect ratio. A 4:3 photo and 32 variants at 256 px tiles are 3.4 MP
+#: (``processor.pipeline.encode._sheet_pixels``), so the cap only bites on odd shapes and sizes.
+DEFAULT_CONTACT_SHEET_MAX_PIXELS = 16_000_000
+
+
+# --- constraints shared by the style sections and per-input overrides (pipeline/sidecar.py) ---
+# A sidecar (or the API) may override these style keys; one definition keeps their bounds equal.
+
+#: The largest seed: 32 bits, as Stable Diffusion front ends use (variant i uses seed + i).
+MAX_SEED = 2**32 - 1
+#: Variants of one style for one input.
+MAX_VARIANTS = 16
+#: Characters of a prompt, negative prompt or instruction (the text encoder reads 77 tokens).
+MAX_PROMPT_CHARS = 2000
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+VariantCount = Annotated[int, Field(ge=1, le=MAX_VARIANTS)]
+PromptText = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+BackgroundMode = Literal["none", "inpaint", "generate", "instruct"]
 
 
 class _Section(BaseModel):
@@ -80,6 +105,19 @@ class StoreSettings(_Section):
     max_backoff_s: float = Field(default=20.0, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     read_timeout_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_is_a_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL; write it with its scheme, e.g. "
+                             f"https://{value.strip().split('://')[-1].lstrip('/') or 's3.example.com'}")
+        return value.strip()
 
     @model_validator(mode="after")
     def _bucket_for_remote(self) -> StoreSettings:
@@ -195,7 +233,9 @@ class PipelineSettings(_Section):
     #: Write a contact sheet (the original beside every variant) per input.
     contact_sheet: bool = True
     #: Pixels: the contact sheet's tile height.
-    contact_sheet_height: int = Field(default=256, ge=32)
+    contact_sheet_height: int = Field(default=256, ge=32, le=2048)
+    #: Pixels: the most the contact sheet may have; its tiles shrink to fit.
+    contact_sheet_max_pixels: int = Field(default=DEFAULT_CONTACT_SHEET_MAX_PIXELS, ge=100_000, le=100_000_000)
     #: zlib level of the variant and mask PNGs (0-9): higher is smaller and slower to write.
     png_compress_level: int = Field(default=DEFAULT_PNG_COMPRESS_LEVEL, ge=0, le=9)
     #: The subject mask for styles with a ``background`` (computed once per input).
@@ -206,9 +246,9 @@ class ToonStyle(_Section):
     """Classical OpenCV cartoon: edge-preserving smoothing, colour quantisation, bold edges."""
 
     engine: Literal["toon"] = "toon"
-    variants: int = Field(default=4, ge=1, le=16)
+    variants: VariantCount = 4
     #: Variant i uses seed + i; the seed picks its colour count, smoothing and edge weight.
-    seed: int = 0
+    seed: Seed = 0
     #: Pixels: the image is processed at most this long on its long side (then kept at that size).
     max_side: int = Field(default=1024, ge=64)
     #: Colour levels the variants draw from (k-means clusters).
@@ -267,17 +307,17 @@ class BackgroundSettings(_Section):
     edit and restores the subject from the mask. The subject itself is kept pixel for pixel.
     """
 
-    mode: Literal["none", "inpaint", "generate", "instruct"] = "none"
+    mode: BackgroundMode = "none"
     #: The background to paint (inpaint, generate) or the edit instruction (instruct).
-    prompt: str | None = None
-    negative: str = ""
+    prompt: PromptText | None = None
+    negative: PromptText = ""
     #: inpaint: an inpainting checkpoint (required). generate: a text-to-image checkpoint (default:
     #: the style's own model, sharing its weights). instruct: an instruct-pix2pix checkpoint
     #: (default: the style's model when it is one, else timbrooks/instruct-pix2pix).
     model: str | None = None
     revision: str | None = None
     #: Variant i's background uses seed + i (default: the variant's own seed).
-    seed: int | None = Field(default=None, ge=0)
+    seed: Seed | None = None
     steps: int = Field(default=25, ge=1, le=500)
     guidance: float = Field(default=7.5, ge=0)
     #: instruct: how closely to keep the image (instruct-pix2pix image_guidance_scale).
@@ -314,15 +354,15 @@ class Img2ImgStyle(_Section):
     trigger: str = ""
     #: The subject before the trigger words when an input has neither a per-image prompt (sidecar
     #: ``prompt``, ``x-amz-meta-prompt``) nor a caption (``caption.mode``).
-    prompt: str | None = None
-    negative: str = ""
+    prompt: PromptText | None = None
+    negative: PromptText = ""
     rounds: list[DiffusionRound] = Field(default_factory=lambda: [DiffusionRound(strength=0.6)], min_length=1)
     #: Scheduler steps per round; a round denoises int(steps * strength) of them.
     steps: int = Field(default=30, ge=1, le=500)
     scheduler: SchedulerName = "dpmpp-2m-karras"
-    variants: int = Field(default=4, ge=1, le=16)
+    variants: VariantCount = 4
     #: Variant i uses seed + i.
-    seed: int = Field(default=0, ge=0)
+    seed: Seed = 0
     #: The first N rounds run once, as one chain seeded with ``seed``; only the remaining rounds
     #: run per variant, starting from that shared image (the notebook's cost profile: less UNet
     #: work, variants less different from each other). 0: every variant runs its own chain.
@@ -363,16 +403,16 @@ class InstructPix2PixStyle(_Section):
     model: str = "timbrooks/instruct-pix2pix"
     revision: str | None = None
     #: The edit, in words (a sidecar's ``instruction`` replaces it per image).
-    instruction: str
-    negative: str = ""
+    instruction: PromptText
+    negative: PromptText = ""
     #: How closely to follow the input image (instruct-pix2pix's image_guidance_scale; 1 = off).
     image_guidance: float = Field(default=1.5, ge=0)
     #: How closely to follow the instruction (text CFG scale).
     guidance: float = Field(default=7.5, ge=0)
     steps: int = Field(default=20, ge=1, le=500)
     scheduler: SchedulerName = "euler-a"
-    variants: int = Field(default=4, ge=1, le=16)
-    seed: int = Field(default=0, ge=0)
+    variants: VariantCount = 4
+    seed: Seed = 0
     size: int | None = Field(default=None, ge=64, le=4096)
     background: BackgroundSettings = BackgroundSettings()
 
@@ -417,6 +457,23 @@ def background_model(style: Any) -> tuple[str, str | None] | None:
     raise ValueError(f"background mode {bg.mode!r} needs background.model")
 
 
+def work_bound_problem(names: list[str], styles: dict[str, Any], run: Any, variants: int | None = None) -> str | None:
+    """What is wrong with asking for styles ``names`` for one input (each with ``variants``, else
+    its own count) under ``run.max_styles_per_input`` / ``run.max_variants_per_input``; None: fine.
+    The text follows the key that asked ("run.styles ...", "sidecar styles ...")."""
+    twice = sorted(n for n, count in Counter(names).items() if count > 1)
+    if twice:
+        return f"name {twice} more than once; name each style once"
+    if len(names) > run.max_styles_per_input:
+        return (f"name {len(names)} styles; at most {run.max_styles_per_input} per input "
+                f"(run.max_styles_per_input)")
+    total = sum(variants if variants is not None else styles[n].variants for n in names if n in styles)
+    if total > run.max_variants_per_input:
+        return (f"ask for {total} variants in all; at most {run.max_variants_per_input} per input "
+                f"(run.max_variants_per_input): fewer styles or fewer variants")
+    return None
+
+
 StyleSettings = Annotated[Union[ToonStyle, Img2ImgStyle, InstructPix2PixStyle], Field(discriminator="engine")]
 
 
@@ -452,6 +509,10 @@ class RunSettings(_Section):
     max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1)
     #: ``StageFailed`` items in a row after which the worker exits as unhealthy (exit 7); 0: never.
     max_consecutive_failures: int = Field(default=DEFAULT_MAX_CONSECUTIVE_FAILURES, ge=0)
+    #: Styles one input may ask for (a sidecar's ``styles``; ``run.styles`` itself).
+    max_styles_per_input: int = Field(default=DEFAULT_MAX_STYLES_PER_INPUT, ge=1, le=64)
+    #: Variants one input may ask for, summed over its styles (a sidecar's ``variants`` counts once per style).
+    max_variants_per_input: int = Field(default=DEFAULT_MAX_VARIANTS_PER_INPUT, ge=1, le=1024)
 
     @model_validator(mode="after")
     def _shard_in_range(self) -> RunSettings:
@@ -621,6 +682,9 @@ class Settings(BaseSettings):
             raise ValueError(f"run.styles names {missing} not defined under styles (defined: {known})")
         if not self.run.styles:
             raise ValueError("run.styles must name at least one style")
+        problem = work_bound_problem(self.run.styles, self.styles, self.run)
+        if problem:
+            raise ValueError(f"run.styles {problem}")
         return self
 
     @classmethod
@@ -719,16 +783,40 @@ def _describe(exc: ValidationError, path: Path, file_data: dict[str, Any]) -> st
     lines = []
     for err in exc.errors():
         loc = [str(part) for part in err["loc"] if not str(part).startswith("function-")]
-        # Drop pydantic's union tag (e.g. 'toon') that follows a style name.
+        # Drop pydantic's union tag (the engine, 'toon') that follows a style name: the key the
+        # user wrote is styles.toon.variants, not styles.toon.toon.variants.
+        if len(loc) > 2 and loc[0] == "styles" and loc[2] in _ENGINE_TAGS:
+            del loc[2]
+        msg = err["msg"]
+        # A cross-field check on the whole tree has no location; by convention its message
+        # starts with the key it is about ("run.styles names ..."), which finds the source.
+        named = _KEY_FIRST.match(msg.removeprefix("Value error, "))
+        if not loc and named:
+            loc = named.group(1).split(".")
+            msg = msg.removeprefix("Value error, ")
+            lines.append(f"  {msg} (from {_source_of(loc, path, file_data)})")
+            continue
         key = ".".join(loc) or "(top level)"
-        lines.append(f"  {key}: {err['msg']} (from {_source_of(loc, path, file_data)})")
+        source = _source_of(loc, path, file_data)
+        if err["type"] == "list_type" and source.startswith("environment"):
+            msg += "; in an environment variable write a list as [a, b]"
+        lines.append(f"  {key}: {msg} (from {source})")
     return f"invalid configuration ({len(lines)} problem{'s' if len(lines) != 1 else ''}):\n" + "\n".join(lines)
+
+
+#: Discriminator tags pydantic puts in a style's error location.
+_ENGINE_TAGS = {"toon", "img2img", "instruct-pix2pix"}
+_KEY_FIRST = re.compile(r"([a-z_]+\.[a-z_]+) ")
 
 
 def _source_of(loc: list[str], path: Path, file_data: dict[str, Any]) -> str:
     env_name = ENV_PREFIX + "__".join(part.upper() for part in loc)
     if loc and env_name in os.environ:
         return f"environment {env_name}"
+    # An unknown section or key set from a deeper variable (PROCESSOR_NOPE__KEY for section 'nope').
+    below = sorted(n for n in os.environ if n.startswith(env_name + "__"))
+    if loc and below:
+        return f"environment {', '.join(below)}"
     node: Any = file_data
     for part in loc:
         if isinstance(node, dict) and part in node:

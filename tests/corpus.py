@@ -240,6 +240,40 @@ def corpus() -> list[Entry]:
               failed("InvalidSidecar", "limit is 65,536"), sidecar=json.dumps({"prompt": "x" * 70_000}).encode()),
         Entry("sidecar-deep-nesting", "inputs/side/deep.jpg", photo,
               failed("InvalidSidecar", "nested too deeply"), sidecar=b"[" * SIDECAR_NESTING + b"]" * SIDECAR_NESTING),
+        # Values of any size or sign, and types JSON allows where a count belongs: the bounds are
+        # the config's own (a negative seed was a StageFailed counted by the circuit breaker).
+        Entry("sidecar-seed-negative", "inputs/side/seed-negative.jpg", photo,
+              failed("InvalidSidecar", "seed", "greater than or equal to 0"), sidecar=b'{"seed": -1}'),
+        Entry("sidecar-seed-huge", "inputs/side/seed-huge.jpg", photo,
+              failed("InvalidSidecar", "seed", "less than or equal to 4294967295"), sidecar=b'{"seed": 1' + b"0" * 30 + b"}"),
+        # Python refuses integer literals over 4300 digits with a ValueError, which killed the fetch thread.
+        Entry("sidecar-number-5000-digits", "inputs/side/digits.jpg", photo,
+              failed("InvalidSidecar", "number Python will not read"), sidecar=b'{"seed": ' + b"9" * 5000 + b"}"),
+        Entry("sidecar-nan", "inputs/side/nan.jpg", photo, failed("InvalidSidecar", "variants"),
+              sidecar=b'{"variants": NaN}'),
+        Entry("sidecar-float-count", "inputs/side/float.jpg", photo,
+              failed("InvalidSidecar", "variants", "valid integer"), sidecar=b'{"variants": 1e308}'),
+        Entry("sidecar-duplicate-key", "inputs/side/dupkey.jpg", photo,
+              failed("InvalidSidecar", "'seed' twice"), sidecar=b'{"seed": 1, "seed": 2}'),
+        # The work one input asks for is bounded (run.max_styles_per_input, run.max_variants_per_input).
+        Entry("sidecar-duplicate-styles", "inputs/side/dupstyle.jpg", photo,
+              failed("InvalidSidecar", "more than once"), sidecar=b'{"styles": ["toon", "toon"]}'),
+        Entry("sidecar-too-many-styles", "inputs/side/many-styles.jpg", photo,
+              failed("InvalidSidecar", "run.max_styles_per_input"), sidecar=json.dumps({"styles": ["toon"] * 1000}).encode()),
+        Entry("sidecar-over-variant-cap", "inputs/side/over-cap.jpg", photo,
+              failed("InvalidSidecar", "9 variants", "run.max_variants_per_input"), sidecar=b'{"variants": 9}'),
+        Entry("sidecar-unknown-style", "inputs/side/unknown-style.jpg", photo,
+              failed("InvalidSidecar", "unknown style 'nope'"), sidecar=b'{"styles": ["nope"]}'),
+        # Styles and background models this worker cannot load: the input fails, the worker goes on.
+        Entry("sidecar-style-model-missing", "inputs/side/no-model.jpg", photo,
+              failed("InvalidSidecar", "style 'unavailable' cannot run on this worker"),
+              sidecar=b'{"styles": ["unavailable"]}'),
+        Entry("sidecar-background-model-missing", "inputs/side/no-bg-model.jpg", photo,
+              failed("InvalidSidecar", "style 'toon' cannot run on this worker", "ModelUnavailableError"),
+              sidecar=b'{"background": {"mode": "instruct", "prompt": "a beach"}}'),
+        Entry("sidecar-background-needs-model", "inputs/side/inpaint.jpg", photo,
+              failed("InvalidSidecar", "background.model is required"),
+              sidecar=b'{"background": {"mode": "inpaint", "prompt": "a beach"}}'),
     ]
 
     # Keys. Bodies are good photos: the key alone decides the outcome.

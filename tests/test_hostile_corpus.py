@@ -30,9 +30,15 @@ OWN_PREFIXES = ("inputs/", "outputs/", "failed/", ".processor/")
 def corpus_settings(tmp_path: Path):
     cfg = {
         "store": {"kind": "local", "root": str(tmp_path / "bucket")},
-        "run": {"styles": ["toon"], "poll_interval_s": 0.05},
-        "styles": {"toon": {"engine": "toon", "variants": 1, "max_side": 128}},
+        # One StageFailed trips the breaker: no corpus entry may count as a crash.
+        "run": {"styles": ["toon"], "poll_interval_s": 0.05, "max_consecutive_failures": 1,
+                "max_variants_per_input": 8},
+        "styles": {"toon": {"engine": "toon", "variants": 1, "max_side": 128},
+                   # A style a sidecar may name whose model this worker lacks.
+                   "unavailable": {"engine": "img2img", "model": "/nonexistent/diffusers-folder"}},
         "pipeline": {"contact_sheet_height": 32, "decode": {"max_bytes": CORPUS_MAX_BYTES}},
+        # Hermetic: models the cache lacks are reported, never fetched.
+        "models": {"offline": True},
     }
     path = tmp_path / "config.yaml"
     path.write_text(json.dumps(cfg))
@@ -55,6 +61,10 @@ def test_corpus_covers_the_issue() -> None:
         "one-pixel", "png-16bit", "png-16bit-rgb", "cmyk-jpeg", "palette-transparent-png", "animated-gif",
         "animated-webp", "exif-rotated-jpeg", "over-byte-limit", "sidecar-invalid-json", "key-spaces",
         "key-unicode", "key-dotdot", "key-double-slash", "key-leading-slash",
+        # Issue 14: sidecars are untrusted input.
+        "sidecar-seed-negative", "sidecar-seed-huge", "sidecar-number-5000-digits", "sidecar-nan",
+        "sidecar-duplicate-styles", "sidecar-too-many-styles", "sidecar-over-variant-cap", "sidecar-unknown-style",
+        "sidecar-style-model-missing", "sidecar-background-model-missing",
     }
     assert wanted <= names, wanted - names
     if "heic" not in names:

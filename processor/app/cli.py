@@ -36,6 +36,8 @@ from processor.errors import (
     ConfigError,
     FatalError,
     ItemError,
+    ObjectNotFound,
+    StoreAccessError,
     StoreError,
 )
 from processor.queue.keys import SIDECAR_SUFFIX, KeyLayout, is_sidecar, safe_segment, split_extension
@@ -162,10 +164,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if getattr(args, "metrics_port", None) is not None:
         settings = settings.model_copy(update={"metrics": settings.metrics.model_copy(update={"port": args.metrics_port})})
     store = build_store(settings)
-    styles = args.style or list(settings.run.styles)
-    unknown = [s for s in styles if s not in settings.styles]
-    if unknown:
-        raise ConfigError(f"--style {unknown}: not defined under styles (defined: {', '.join(sorted(settings.styles))})")
+    styles = _chosen_styles(args, settings)
     run = settings.run
     if run.shard_index is None and os.environ.get("JOB_COMPLETION_INDEX"):
         run = run.model_copy(update={"shard_index": int(os.environ["JOB_COMPLETION_INDEX"])})
@@ -200,6 +199,22 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return code
 
 
+def _chosen_styles(args: argparse.Namespace, settings: Settings) -> list[str]:
+    """``--style`` (else ``run.styles``), checked like ``run.styles``: defined, each once, within the
+    per-input caps."""
+    from processor.config import work_bound_problem
+
+    if not args.style:
+        return list(settings.run.styles)
+    unknown = [s for s in args.style if s not in settings.styles]
+    if unknown:
+        raise ConfigError(f"--style {unknown}: not defined under styles (defined: {', '.join(sorted(settings.styles))})")
+    problem = work_bound_problem(args.style, settings.styles, settings.run)
+    if problem:
+        raise ConfigError(f"--style: the styles given {problem}")
+    return list(args.style)
+
+
 def _install_signal_handlers(worker: Any) -> None:
     """First SIGTERM/SIGINT: finish the current item, release queued claims, exit 0.
     A second one: stop at once (claims expire by their TTL)."""
@@ -221,10 +236,15 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
 
     from processor.pipeline.item import ItemPipeline
 
-    styles = args.style or list(settings.run.styles)
+    styles = _chosen_styles(args, settings)
+    out = Path(args.out)
+    # The nearest existing ancestor (itself, if it exists) must be a folder; else every write fails.
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == out else f"is inside {existing}, which is a file"
+        raise ConfigError(f"--out {out} {where}; name a folder (it is created if missing)")
     pipeline = ItemPipeline(settings, build_registry(settings), styles=styles, captioner=build_captioner(settings))
     pipeline.setup()
-    out = Path(args.out)
     # A photo.json beside photo.jpg is its sidecar, as in the bucket (inputs/<path>.json).
     found = sorted(_walk(args.paths))
     sidecars = {rel: path for path, rel in found if is_sidecar(rel)}
@@ -286,13 +306,31 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     files = sorted(_walk(args.paths))
     if not files:
         raise ConfigError(f"no files found under {', '.join(args.paths)}")
+    prompt = _metadata_prompt(args.prompt, settings) if args.prompt else None
     for path, rel in tqdm(files, desc="uploading", unit="file", disable=args.quiet):
         ctype = "application/json" if is_sidecar(rel) else "application/octet-stream"
-        metadata = {"prompt": args.prompt} if args.prompt and not is_sidecar(rel) else None
+        metadata = {"prompt": prompt} if prompt and not is_sidecar(rel) else None
         store.put(prefix + rel, path.read_bytes(), content_type=ctype, metadata=metadata)
     print(f"uploaded {len(files)} file(s) to {store.description} under {prefix}")
     _request_rescan(store, settings, by="submit", count=len(files))
     return 0
+
+
+def _metadata_prompt(text: str, settings: Settings) -> str:
+    """``--prompt`` checked as the worker will check it, encoded so every store takes it (S3
+    metadata is ASCII: non-ASCII text travels RFC 2047-encoded and the worker decodes it)."""
+    from processor.pipeline.sidecar import MAX_METADATA_BYTES, encode_metadata, validate_overrides
+
+    try:
+        validate_overrides({"prompt": text}, settings, where="--prompt")
+    except ItemError as exc:
+        raise ConfigError(str(exc)) from None
+    encoded = encode_metadata(text)
+    if len(encoded) + len("prompt") > MAX_METADATA_BYTES:
+        raise ConfigError(f"--prompt is {len(encoded):,} bytes as object metadata; S3 keeps at most "
+                          f"{MAX_METADATA_BYTES:,}: shorten it, or put it in a sidecar photo.json "
+                          '({"prompt": "..."}) next to the photo')
+    return encoded
 
 
 def _request_rescan(store: ObjectStore, settings: Settings, *, by: str, count: int) -> None:
@@ -343,6 +381,12 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     keys = layout.for_input(key)
     manifest = BucketQueue(store, layout).result(key)
     if manifest is None:
+        try:
+            store.head(key)
+        except ObjectNotFound:
+            print(f"{key}: no such input in {store.description}; give the key as uploaded "
+                  f"({settings.prefixes.inputs}toys/bear.jpg or toys/bear.jpg)", file=sys.stderr)
+            return 1
         print(f"{key}: no results yet (no {keys.manifest}, no {keys.failure})", file=sys.stderr)
         return 1
     if isinstance(manifest, FailureRecord):
@@ -494,6 +538,21 @@ def _port(value: str) -> int:
     return port
 
 
+def _endpoint_hint(settings: Settings | None) -> str:
+    """What to check when a remote store keeps failing: usually the endpoint (a wrong host or port
+    times out or refuses; a web server that is not S3 answers in ways botocore cannot read)."""
+    if settings is None or settings.store.kind == "local":
+        return ""
+    url = settings.store.endpoint_url
+    if url:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.username or parts.password:  # never print credentials written into the URL
+            url = parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]).geturl()
+    return f"\n  check store.endpoint_url ({url or 'unset: AWS'}) and that the S3 server there is up"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="processor",
@@ -628,11 +687,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not logging.getLogger().handlers:
             configure_logging()
         log.error("fatal", extra={"error": type(exc).__name__, "detail": str(exc)})
-        print(f"error: {exc}", file=sys.stderr)
+        hint = _endpoint_hint(settings) if isinstance(exc, StoreAccessError) else ""
+        print(f"error: {exc}{hint}", file=sys.stderr)
         return exc.exit_code
     except StoreError as exc:
         # Retries ran out outside the worker's per-item handling (e.g. during a scan).
-        print(f"error: store: {exc}", file=sys.stderr)
+        print(f"error: store: {exc}{_endpoint_hint(settings)}", file=sys.stderr)
         return EXIT_INCOMPLETE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

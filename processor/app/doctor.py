@@ -30,15 +30,19 @@ def run_checks(
     build_captioner: Callable[[Settings], Any] | None = None,
 ) -> list[Row]:
     rows = [Row("config", "ok", f"{config_path}: styles {', '.join(settings.run.styles)}; store {settings.store.kind}")]
-    store = None
     try:
         store = build_store(settings)
-        rows.append(Row("store", "ok", store.description))
     except (FatalError, StoreError) as exc:
         rows.append(Row("store", "FAIL", str(exc)))
-
-    if store is not None:
-        rows.extend(_store_checks(store, settings))
+    else:
+        checks = _store_checks(store, settings)
+        # Building a client proves nothing: the store is "ok" only once a listing answered.
+        if checks[0].status == "FAIL":
+            rows.append(Row("store", "FAIL", f"{store.description}: not reachable with this configuration "
+                                             f"(check store.endpoint_url, store.bucket and the credentials)"))
+        else:
+            rows.append(Row("store", "ok", store.description))
+        rows.extend(checks)
     rows.append(Row("device", "ok", detect_device()))
     rows.append(Row("metrics", *describe_endpoint(settings.metrics)))
     rows.extend(_model_checks(settings, build_registry))

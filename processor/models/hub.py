@@ -44,12 +44,19 @@ def component_patterns(model_index: dict[str, Any]) -> list[str]:
     return patterns
 
 
-def not_cached(what: str, cache_dir: str | None, *, offline: bool) -> ModelUnavailableError:
-    """The error for ``what`` missing from the cache while we may not (or were told not to) fetch."""
+def not_cached(what: str, cache_dir: str | None, *, offline: bool, download: bool = False) -> ModelUnavailableError:
+    """The error for ``what`` missing from the cache: huggingface_hub raises the same error when it
+    may not go online and when it tried and could not reach the Hub, and the fix differs, so say which."""
     where = cache_dir or "the default Hugging Face cache ($HF_HOME/hub)"
-    mode = " and offline mode is on (models.offline / HF_HUB_OFFLINE=1)" if offline else ""
+    if download:
+        why = (" and the Hugging Face Hub could not be reached to download it (no network, a proxy, or "
+               "HF_ENDPOINT pointing elsewhere)")
+    elif offline:
+        why = " and offline mode is on (models.offline / HF_HUB_OFFLINE=1)"
+    else:
+        why = ""
     return ModelUnavailableError(
-        f"{what} is not in the model cache ({where}){mode}; fetch it first with `{PULL_COMMAND}` "
+        f"{what} is not in the model cache ({where}){why}; fetch it first with `{PULL_COMMAND}` "
         f"(same config and models.cache_dir) on a machine with network access"
     )
 
@@ -67,7 +74,7 @@ def fetch_snapshot(repo: str, *, what: str, revision: str | None = None, cache_d
         return Path(snapshot_download(repo, revision=revision, cache_dir=cache_dir, allow_patterns=allow_patterns,
                                       ignore_patterns=ignore_patterns, local_files_only=not download))
     except LocalEntryNotFoundError as exc:
-        raise not_cached(what, cache_dir, offline=offline) from exc
+        raise not_cached(what, cache_dir, offline=offline, download=download) from exc
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise ModelUnavailableError(f"{what} could not be fetched: {type(exc).__name__}: {exc}") from exc
 
@@ -83,6 +90,6 @@ def fetch_file(repo: str, filename: str, *, what: str, revision: str | None = No
         return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir,
                                     local_files_only=not download))
     except LocalEntryNotFoundError as exc:
-        raise not_cached(what, cache_dir, offline=offline) from exc
+        raise not_cached(what, cache_dir, offline=offline, download=download) from exc
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise ModelUnavailableError(f"{what} could not be fetched: {type(exc).__name__}: {exc}") from exc

@@ -597,11 +597,12 @@ PROMPT_METADATA_KEY = "prompt"
 
 
 def metadata_prompt(metadata: Mapping[str, str] | None) -> str | None:
-    """The ``x-amz-meta-prompt`` value of an input, if any (S3 lower-cases metadata names)."""
-    for key, value in (metadata or {}).items():
-        if key.lower() == PROMPT_METADATA_KEY and clean_text(value):
-            return value
-    return None
+    """The ``x-amz-meta-prompt`` value of an input, if any (S3 lower-cases metadata names), with
+    RFC 2047 encoded words decoded (``processor.pipeline.sidecar.metadata_text``)."""
+    from processor.pipeline.sidecar import metadata_text
+
+    value = metadata_text(metadata, PROMPT_METADATA_KEY)
+    return value if clean_text(value) else None
 
 
 def caption_item(

@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
-from processor.config import DEFAULT_PNG_COMPRESS_LEVEL
+from processor.config import DEFAULT_CONTACT_SHEET_MAX_PIXELS, DEFAULT_PNG_COMPRESS_LEVEL
 
 #: The PNG text key Stable Diffusion tools (A1111, ComfyUI importers, Civitai) read.
 PARAMETERS_KEY = "parameters"
@@ -32,6 +32,10 @@ CONTACT_SHEET_GAP = 4
 CONTACT_SHEET_LABEL_HEIGHT = 16
 #: Points: label font size.
 CONTACT_SHEET_FONT_SIZE = 11
+#: A tile is at most this many times as wide as it is high (a panorama is shown shrunk).
+CONTACT_SHEET_MAX_TILE_ASPECT = 4
+#: Pixels: the smallest tile height a sheet shrinks to when it must fit ``max_pixels``.
+CONTACT_SHEET_MIN_HEIGHT = 8
 CONTACT_SHEET_BACKGROUND = (255, 255, 255)
 CONTACT_SHEET_TEXT = (30, 30, 30)
 
@@ -94,9 +98,12 @@ def contact_sheet(
     *,
     height: int,
     labels: list[str] | None = None,
+    max_pixels: int = DEFAULT_CONTACT_SHEET_MAX_PIXELS,
 ) -> bytes:
-    """A JPEG of the original then every variant, each scaled to ``height`` (aspect kept), in rows
-    of at most ``CONTACT_SHEET_MAX_COLUMNS`` with a label under each tile.
+    """A JPEG of the original then every variant, each scaled to ``height`` (aspect kept, at most
+    ``CONTACT_SHEET_MAX_TILE_ASPECT`` wide), in rows of at most ``CONTACT_SHEET_MAX_COLUMNS`` with
+    a label under each tile. When that sheet would exceed ``max_pixels`` the tiles shrink until it
+    fits, so its size is bounded whatever the number of tiles or the input's shape.
 
     ``labels`` names every tile, the original included (default "original", "1", "2", ...).
     """
@@ -109,7 +116,8 @@ def contact_sheet(
         raise ValueError(
             f"contact sheet got {len(labels)} labels for {len(images)} tiles (the original plus {len(variants)} variants)"
         )
-    tiles = [_scale_to_height(image, height) for image in images]
+    height = _fitting_height(images, height, max_pixels)
+    tiles = [_scale_to_tile(image, height) for image in images]
     rows = [tiles[i : i + CONTACT_SHEET_MAX_COLUMNS] for i in range(0, len(tiles), CONTACT_SHEET_MAX_COLUMNS)]
     row_height = height + CONTACT_SHEET_LABEL_HEIGHT + CONTACT_SHEET_GAP
     sheet_width = CONTACT_SHEET_GAP + max(sum(t.width + CONTACT_SHEET_GAP for t in row) for row in rows)
@@ -133,12 +141,38 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _scale_to_height(image: Image.Image, height: int) -> Image.Image:
+def _tile_size(width: int, height: int, tile_height: int) -> tuple[int, int]:
+    """The size of an image's tile: ``tile_height`` high, or less for one wider than the aspect cap."""
+    max_width = CONTACT_SHEET_MAX_TILE_ASPECT * tile_height
+    scaled = max(1, round(width * tile_height / height))
+    if scaled <= max_width:
+        return scaled, tile_height
+    return max_width, max(1, round(height * max_width / width))
+
+
+def _sheet_pixels(sizes: list[tuple[int, int]], tile_height: int) -> int:
+    tiles = [_tile_size(w, h, tile_height) for w, h in sizes]
+    rows = [tiles[i : i + CONTACT_SHEET_MAX_COLUMNS] for i in range(0, len(tiles), CONTACT_SHEET_MAX_COLUMNS)]
+    width = CONTACT_SHEET_GAP + max(sum(t[0] + CONTACT_SHEET_GAP for t in row) for row in rows)
+    return width * (CONTACT_SHEET_GAP + (tile_height + CONTACT_SHEET_LABEL_HEIGHT + CONTACT_SHEET_GAP) * len(rows))
+
+
+def _fitting_height(images: list[Image.Image], height: int, max_pixels: int) -> int:
+    """The largest tile height up to ``height`` whose sheet has at most ``max_pixels`` pixels."""
+    sizes = [image.size for image in images]
+    while height > CONTACT_SHEET_MIN_HEIGHT and _sheet_pixels(sizes, height) > max_pixels:
+        # Area grows about with the square of the height: shrink by the root of the excess.
+        shrink = math.sqrt(max_pixels / _sheet_pixels(sizes, height))
+        height = max(CONTACT_SHEET_MIN_HEIGHT, min(height - 1, int(height * shrink)))
+    return height
+
+
+def _scale_to_tile(image: Image.Image, height: int) -> Image.Image:
     image = image.convert("RGB") if image.mode != "RGB" else image
-    width = max(1, round(image.width * height / image.height))
-    if (width, height) == image.size:
+    size = _tile_size(image.width, image.height, height)
+    if size == image.size:
         return image
-    return image.resize((width, height), Image.Resampling.LANCZOS)
+    return image.resize(size, Image.Resampling.LANCZOS)
 
 
 def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:

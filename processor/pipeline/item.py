@@ -10,19 +10,23 @@ Every step raises ``ItemError`` for a failure of this input; it never touches th
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from processor.config import Settings
+from processor.errors import InvalidSidecar
 from processor.manifest import CaptionInfo, Variant
 from processor.pipeline.outputs import OutputFile, encode_outputs
 from processor.pipeline.base import DecodedImage, VariantImage
-from processor.pipeline.caption import caption_item, caption_used, metadata_prompt
+from processor.pipeline.caption import caption_item, caption_used
 from processor.pipeline.decode import decode_image
 from processor.pipeline.render import EngineRegistry, render
-from processor.pipeline.sidecar import Sidecar, parse_sidecar
+from processor.pipeline.sidecar import ItemOverrides, load_sidecar_json, validate_overrides
+
+log = logging.getLogger("processor.pipeline")
 
 
 @dataclass
@@ -30,9 +34,8 @@ class Prepared:
     """An input decoded, with its per-image settings: what ``compute`` needs."""
 
     decoded: DecodedImage
-    sidecar: Sidecar | None = None
-    #: ``x-amz-meta-prompt`` of the input: replaces its caption (after a sidecar prompt).
-    metadata_prompt: str | None = None
+    #: Its sidecar and metadata, validated (styles, style fields, prompt and where it came from).
+    overrides: ItemOverrides
 
 
 @dataclass
@@ -65,6 +68,8 @@ class ItemPipeline:
         self.registry = registry
         self.captioner = captioner
         self.styles = styles or list(settings.run.styles)
+        #: Why the captioner could not load for an input's own styles (``_caption_on_demand``).
+        self._caption_unavailable: str | None = None
 
     def setup(self) -> None:
         """Load every configured style, and the captioner when one of them uses it; a sidecar that
@@ -75,24 +80,31 @@ class ItemPipeline:
 
     def prepare(self, body: bytes, *, name: str, sidecar: bytes | None = None, sidecar_name: str = "",
                 metadata: Mapping[str, str] | None = None, timings: dict[str, float] | None = None) -> Prepared:
-        """Decode and validate the image, then parse its sidecar (``InvalidInput`` subclasses)."""
+        """Decode and validate the image, then its sidecar and metadata (``InvalidInput`` subclasses).
+        The overrides are validated here, before compute: a bad sidecar is a bad input (a failure
+        record), never a compute-stage crash that would spend a retry or feed the circuit breaker."""
         started = time.perf_counter()
         decoded = decode_image(body, self.settings.pipeline.decode, name=name)
         if timings is not None:
             timings["decode"] = round(time.perf_counter() - started, 4)
-        parsed = parse_sidecar(sidecar, sidecar_name or name) if sidecar is not None else None
-        return Prepared(decoded=decoded, sidecar=parsed, metadata_prompt=metadata_prompt(metadata))
+        raw = load_sidecar_json(sidecar, sidecar_name or name) if sidecar is not None else None
+        where = f"sidecar {sidecar_name}" if raw is not None else f"input {name}"
+        overrides = validate_overrides(raw, self.settings, styles=self.styles, metadata=metadata, where=where)
+        return Prepared(decoded=decoded, overrides=overrides)
 
     def compute(self, prepared: Prepared, timings: dict[str, float] | None = None) -> Rendered:
         """Caption, build the prompts and render every style of this input (with its background)."""
-        sidecar = prepared.sidecar
-        styles = sidecar.styles if sidecar and sidecar.styles else self.styles
-        overrides = sidecar.style_overrides() if sidecar else None
+        chosen = prepared.overrides
+        styles = list(chosen.styles)
+        overrides = dict(chosen.style_fields) or None
         image = prepared.decoded.image
+        # A per-image prompt replaces the caption (only ``negative`` mode still captions).
+        if chosen.own_styles and not (chosen.prompt and self.settings.caption.mode != "negative"):
+            self._caption_on_demand(styles)
         context, caption = caption_item(
             self.captioner, image, settings=self.settings.caption, styles=self.settings.styles,
-            style_names=styles, sidecar_prompt=sidecar.prompt if sidecar else None,
-            metadata_prompt=prepared.metadata_prompt,
+            style_names=styles, sidecar_prompt=chosen.prompt if chosen.prompt_source == "sidecar" else None,
+            metadata_prompt=chosen.prompt if chosen.prompt_source == "metadata" else None,
         )
         if timings is not None and caption is not None and caption.seconds:
             timings["caption"] = caption.seconds
@@ -100,6 +112,28 @@ class ItemPipeline:
         if timings is not None:
             timings.update(style_timings)
         return Rendered(variants=variants, caption=caption)
+
+    def _caption_on_demand(self, styles: list[str]) -> None:
+        """An input picked a style that takes a caption while the worker's own styles do not, so
+        the captioner loads now. If it cannot (a model missing from the cache), that input fails
+        with ``InvalidSidecar``, not the worker; the reason is kept for the next such input."""
+        if self.captioner is None or getattr(self.captioner, "ready", True):
+            return
+        if not caption_used(self.settings.caption, self.settings.styles, styles):
+            return
+        if self._caption_unavailable is None:
+            try:
+                self.captioner.setup()
+                return
+            except Exception as exc:  # noqa: BLE001 - any load failure is this input's, see above
+                log.warning("caption_unavailable", extra={"error": type(exc).__name__, "detail": str(exc)})
+                self._caption_unavailable = f"{type(exc).__name__}: {exc}"
+        raise InvalidSidecar(
+            f"the styles this input asks for ({', '.join(styles)}) take a caption, and the captioner cannot "
+            f"load on this worker: {self._caption_unavailable}",
+            hint="Pick styles this worker runs (its run.styles), or give a prompt in the sidecar; the operator "
+                 "can add the caption models with `processor models pull`.",
+        )
 
     def encode(self, prepared: Prepared, rendered: Rendered, *, output_prefix: str = "",
                timings: dict[str, float] | None = None) -> Encoded:
@@ -109,7 +143,7 @@ class ItemPipeline:
         files, entries, sheet = encode_outputs(
             prepared.decoded.image, rendered.variants, output_prefix=output_prefix,
             sheet_height=pipeline.contact_sheet_height if pipeline.contact_sheet else None,
-            png_compress_level=pipeline.png_compress_level,
+            png_compress_level=pipeline.png_compress_level, sheet_max_pixels=pipeline.contact_sheet_max_pixels,
         )
         if timings is not None:
             timings["encode"] = round(time.perf_counter() - started, 4)

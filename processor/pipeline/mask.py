@@ -462,7 +462,7 @@ class SubjectMasker:
 
     def _setup_onnx(self, onnx: Any) -> None:
         from processor.config import ModelSettings
-        from processor.models import offline_mode
+        from processor.models.loader import offline_mode
         from processor.pipeline.onnx_segmenter import OnnxSegmenter, SegmenterUnavailable
 
         offline = self.models.offline if self.models is not None else offline_mode(ModelSettings())

@@ -84,7 +84,7 @@ def iter_photos(paths: Sequence[str]) -> Iterator[tuple[Path, str]]:
 
 def build_masker(settings: Any, onnx: str | None, family: str | None) -> Any:
     from processor.config import OnnxSegmenterSettings
-    from processor.models import ModelLoader
+    from processor.models.loader import ModelLoader
     from processor.pipeline.mask import SubjectMasker
 
     mask = settings.pipeline.mask

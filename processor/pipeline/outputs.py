@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from processor.config import DEFAULT_CONTACT_SHEET_MAX_PIXELS
 from processor.queue.keys import CONTACT_SHEET_NAME, MASK_NAME, safe_segment
 from processor.manifest import Background, Variant
 from processor.pipeline.base import VariantImage
@@ -58,6 +59,7 @@ def encode_outputs(
     output_prefix: str,
     sheet_height: int | None,
     png_compress_level: int = PNG_COMPRESS_LEVEL,
+    sheet_max_pixels: int = DEFAULT_CONTACT_SHEET_MAX_PIXELS,
 ) -> tuple[list[OutputFile], list[Variant], str | None]:
     """(files in upload order, manifest variant entries, contact sheet name or None)."""
     files: list[OutputFile] = []
@@ -93,7 +95,7 @@ def encode_outputs(
     if sheet_height and variants:
         labels = ["original"] + (["mask"] if mask is not None else []) + [f"{v.style} #{v.index}" for v in variants]
         tiles = ([mask.image().convert("RGB")] if mask is not None else []) + [v.image for v in variants]
-        sheet = contact_sheet(original, tiles, height=sheet_height, labels=labels)
+        sheet = contact_sheet(original, tiles, height=sheet_height, labels=labels, max_pixels=sheet_max_pixels)
         files.append(OutputFile(CONTACT_SHEET_NAME, sheet, "image/jpeg"))
         sheet_name = CONTACT_SHEET_NAME
     return files, entries, sheet_name

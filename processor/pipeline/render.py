@@ -14,10 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from PIL import Image
-from pydantic import ValidationError
 
 from processor.errors import InvalidSidecar, ItemError, StageFailed
 from processor.pipeline.base import Engine, ItemContext, VariantImage
+from processor.pipeline.sidecar import style_with_overrides
 
 log = logging.getLogger("processor.render")
 
@@ -34,6 +34,12 @@ class EngineRegistry:
         self.styles = dict(styles)
         self.factory = factory
         self._engines: OrderedDict[tuple[str, tuple[tuple[str, Any], ...]], Engine] = OrderedDict()
+        #: True once ``setup`` loaded the worker's own styles: engines built after that are asked
+        #: for by one input (its sidecar's styles or values), and failing to build one fails it.
+        self._started = False
+        #: Engines that failed to load for an input, and why: the next input is told at once
+        #: (the oldest forgotten past MAX_OVERRIDE_ENGINES: sidecar values make the keys).
+        self._unavailable: OrderedDict[tuple[str, tuple[tuple[str, Any], ...]], str] = OrderedDict()
 
     def engine(self, style_name: str, overrides: Mapping[str, Any] | None = None) -> Engine:
         if style_name not in self.styles:
@@ -46,9 +52,27 @@ class EngineRegistry:
         if cache_key in self._engines:
             self._engines.move_to_end(cache_key)
             return self._engines[cache_key]
-        configured = self._with_overrides(style_name, style, applicable) if applicable else style
-        engine = self.factory(style_name, configured)
-        engine.setup()
+        if cache_key in self._unavailable:
+            raise InvalidSidecar(self._unavailable[cache_key], hint=_UNAVAILABLE_HINT)
+        configured = style_with_overrides(style_name, style, applicable) if applicable else style
+        try:
+            engine = self.factory(style_name, configured)
+            engine.setup()
+        except ItemError:
+            raise
+        except Exception as exc:
+            if not self._started:
+                raise  # the worker's own styles: a missing model stops it at start (exit 5)
+            # An input asked for a style (or a background) whose model is missing, or whose engine
+            # this install lacks: that input fails; the worker and its other inputs go on.
+            message = (f"style {style_name!r} cannot run on this worker"
+                       f"{' with these sidecar values' if applicable else ''}: {type(exc).__name__}: {exc}")
+            log.warning("style_unavailable", extra={"style": style_name, "error": type(exc).__name__,
+                                                    "detail": str(exc)})
+            self._unavailable[cache_key] = message
+            if len(self._unavailable) > MAX_OVERRIDE_ENGINES:
+                self._unavailable.popitem(last=False)
+            raise InvalidSidecar(message, hint=_UNAVAILABLE_HINT) from exc
         self._engines[cache_key] = engine
         # Evict the oldest per-image engine, never a style's own (those carry no overrides).
         overridden = [k for k in self._engines if k[1]]
@@ -56,23 +80,16 @@ class EngineRegistry:
             del self._engines[overridden[0]]
         return engine
 
-    @staticmethod
-    def _with_overrides(style_name: str, style: Any, overrides: Mapping[str, Any]) -> Any:
-        """The style with a sidecar's values, validated by the style's own rules."""
-        current = style.model_dump()
-        # A nested override (a sidecar's ``background: {prompt}``) replaces only the keys it names.
-        merged = {k: current[k] | v if isinstance(v, dict) and isinstance(current.get(k), dict) else v
-                  for k, v in overrides.items()}
-        try:
-            return type(style).model_validate(current | merged)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise InvalidSidecar(f"sidecar values do not fit style {style_name!r}: {problems}") from None
-
     def setup(self, style_names: Sequence[str]) -> None:
         """Load every named style now (at start), so the first item does not pay for it."""
         for name in style_names:
             self.engine(name)
+        self._started = True
+
+
+#: What to change when an input's style cannot be loaded by this worker.
+_UNAVAILABLE_HINT = ("Pick a style this worker runs (its run.styles), or drop the sidecar's styles/background; "
+                     "the operator can add the model with `processor models pull`.")
 
 
 def _hashable(value: Any) -> Any:

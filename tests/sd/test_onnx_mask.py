@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from processor.cli import main
+from processor.app.cli import main
 from processor.config import MaskSettings, ModelSettings, OnnxSegmenterSettings, load_settings
-from processor.keys import KeyLayout
+from processor.queue.keys import KeyLayout
 from processor.manifest import Manifest
-from processor.models import ModelLoader
+from processor.models.loader import ModelLoader
 from processor.pipeline.mask import SegmenterKind, SubjectMasker, iou
 from processor.pipeline.onnx_segmenter import SegmenterUnavailable, choose_providers, sha256_file
 from processor.store.local import LocalStore
