@@ -29,7 +29,7 @@ from typing import Any, Callable
 from pydantic import ValidationError
 
 from processor import __version__
-from processor.claims import Claim, ClaimKeeper, ClaimManager
+from processor.claims import Claim, ClaimKeeper, ClaimManager, ClaimProgress
 from processor.config import Settings
 from processor.errors import (
     FatalError,
@@ -260,7 +260,8 @@ class Worker:
         result = PassResult()
         ready: queue.Queue = queue.Queue(maxsize=max(1, self.settings.run.prefetch))
         finished: queue.Queue = queue.Queue(maxsize=self.settings.run.upload_queue)
-        keeper = ClaimKeeper(self.claims, self.settings.claims.renew_s) if self.claims else None
+        keeper = (ClaimKeeper(self.claims, self.settings.claims.renew_s, progress_s=self.settings.claims.progress_s)
+                  if self.claims else None)
         if keeper:
             keeper.start()
         self._fatal = None
@@ -380,6 +381,7 @@ class Worker:
             if self._existing_result(job):
                 self._finish(job, "already", keeper, result)
                 return None
+            self._report(job, "download")
             started = time.perf_counter()
             body = self._download(job)
             job.timings["download"] = round(time.perf_counter() - started, 4)
@@ -473,6 +475,7 @@ class Worker:
             return
         styles = (job.sidecar.styles if job.sidecar and job.sidecar.styles else self.styles)
         overrides = job.sidecar.style_overrides() if job.sidecar else None
+        self._report(job, "caption")
         try:
             context, job.caption = caption_item(
                 self.captioner, job.decoded.image, settings=self.settings.caption, styles=self.settings.styles,
@@ -481,6 +484,8 @@ class Worker:
             )
             if job.caption is not None and job.caption.seconds:
                 job.timings["caption"] = job.caption.seconds
+            if job.claim is not None:
+                context.report = lambda **progress: job.claim.report(ClaimProgress(**progress))
             job.variants, timings = render(job.decoded.image, styles, self.registry, overrides, context)
             job.timings.update(timings)
         except ItemError as exc:
@@ -552,6 +557,7 @@ class Worker:
 
     def _publish(self, job: Job) -> str:
         keys = job.item.keys
+        self._report(job, "upload")
         started = time.perf_counter()
         sheet = self.settings.pipeline.contact_sheet_height if self.settings.pipeline.contact_sheet else None
         files, entries, sheet_name = encode_outputs(
@@ -694,6 +700,12 @@ class Worker:
         )
 
     # ----------------------------------------------------------------- bookkeeping
+
+    @staticmethod
+    def _report(job: Job, stage: str) -> None:
+        """The item's progress, published in its claim by the keeper's next renewal (no request here)."""
+        if job.claim is not None:
+            job.claim.report(ClaimProgress(stage))
 
     def _mark(self, job: Job, outcome: str) -> None:
         """The done marker: lets the next scan skip this version with LIST calls alone."""
