@@ -394,7 +394,7 @@ def test_dockerfile_contract() -> None:
     assert re.search(r"(?m)^ARG\s+BAKE_MODELS=false$", stage)
     # Baking must happen before VOLUME: build steps' writes under a declared volume are discarded.
     assert stage.index("processor models pull") < stage.index("VOLUME")
-    assert '".[sd]"' in text
+    assert '".[sd,api]"' in text  # one image for the workers and processor serve
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in (".git", ".venv*", "bucket/", ".pytest_cache"):
         assert entry in ignored, f".dockerignore lacks {entry}"
