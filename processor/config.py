@@ -19,6 +19,11 @@ from processor.errors import ConfigError
 
 ENV_PREFIX = "PROCESSOR_"
 CONFIG_ENV = "PROCESSOR_CONFIG"
+#: The default variables of the API's secrets (``api.keys_env``, ``api.webhook_secret_env``):
+#: values, not settings keys, so never read into the settings tree (nor shown in its errors).
+API_KEYS_ENV = "PROCESSOR_API_KEYS"
+WEBHOOK_SECRET_ENV = "PROCESSOR_WEBHOOK_SECRET"
+NOT_SETTINGS_ENV = frozenset({CONFIG_ENV, API_KEYS_ENV, WEBHOOK_SECRET_ENV})
 DEFAULT_CONFIG = Path("config.yaml")
 
 #: Seconds a claim stays valid without renewal.
@@ -587,7 +592,7 @@ class ApiSettings(_Section):
     port: int = Field(default=DEFAULT_API_PORT, ge=0, le=65535)
     #: The environment variable holding the accepted bearer tokens, comma-separated. Unset or
     #: empty: the API is open (a warning is logged at start).
-    keys_env: str = "PROCESSOR_API_KEYS"
+    keys_env: str = API_KEYS_ENV
     #: Bytes: the largest photo an upload may carry; the upload is cut off when it passes this.
     #: Default: pipeline.decode.max_bytes (what a worker would accept anyway).
     max_upload_bytes: int | None = Field(default=None, gt=0)
@@ -609,7 +614,7 @@ class ApiSettings(_Section):
     #: webhooks are refused. Private and loopback addresses are refused unless named here.
     webhook_allow: list[str] = Field(default_factory=list)
     #: The environment variable holding the webhook signing secret (Standard Webhooks, whsec_...).
-    webhook_secret_env: str = "PROCESSOR_WEBHOOK_SECRET"
+    webhook_secret_env: str = WEBHOOK_SECRET_ENV
     #: Origins allowed to call the API from a browser (CORS); empty: none.
     cors_origins: list[str] = Field(default_factory=list)
 
@@ -664,7 +669,8 @@ class Settings(BaseSettings):
 
 
 class _FilteredEnv(PydanticBaseSettingsSource):
-    """``PROCESSOR_<SECTION>__<KEY>`` variables; ``PROCESSOR_CONFIG`` (the file path) is not a key."""
+    """``PROCESSOR_<SECTION>__<KEY>`` variables; ``PROCESSOR_CONFIG`` (the file path) and the API's
+    secret variables are not keys."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
         return None, field_name, False
@@ -672,7 +678,7 @@ class _FilteredEnv(PydanticBaseSettingsSource):
     def __call__(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
         for name, value in os.environ.items():
-            if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS_ENV:
                 continue
             path = name[len(ENV_PREFIX) :].lower().split("__")
             node = data
