@@ -63,7 +63,7 @@ class Claim:
     takeover_age_s: float | None = None
     #: What the worker is doing with the item (``ClaimProgress``); written with the next renewal.
     progress: ClaimProgress | None = None
-    #: Monotonic seconds of the last write of this claim (acquire or renewal).
+    #: Monotonic seconds of the last write of this claim (acquire, or the keeper's renewal).
     written_at: float = field(default_factory=time.monotonic)
     #: Whether ``progress`` changed since the last write.
     progress_dirty: bool = False
@@ -173,7 +173,6 @@ class ClaimManager:
             log.warning("claim_lost", extra={"key": claim.input_key})
             return False
         claim.etag = info.etag
-        claim.written_at = time.monotonic()
         return True
 
     def holds(self, claim: Claim) -> bool:
@@ -262,7 +261,8 @@ class ClaimKeeper:
 
     def _renew(self, claim: Claim) -> None:
         try:
-            self.manager.renew(claim)
+            if self.manager.renew(claim):
+                claim.written_at = self._clock()
         except StoreError as exc:
             # Transient after retries: try again next period; the TTL leaves room for that.
             log.warning("claim_renew_failed", extra={"key": claim.input_key, "error": type(exc).__name__})

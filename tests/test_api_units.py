@@ -1,0 +1,170 @@
+"""The API's pieces on the local store, in-process: progress published through the claim, job ids,
+the webhook allow-list, ``Prefer: wait``, and the sidecar the overrides become."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from processor.api.app import prefer_wait
+from processor.api.jobs import JobQueue, JobStatus, Submission, UnknownJob, job_id, relpath_of
+from processor.api.problems import Problem
+from processor.api.validate import build_submission, check_webhook, sidecar_mapping
+from processor.claims import ClaimKeeper, ClaimManager, ClaimProgress
+from processor.config import load_settings
+from processor.keys import KeyLayout
+from processor.store.local import LocalStore
+from tests.images import photo_bytes
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return load_settings(None, store={"kind": "local", "root": str(tmp_path / "bucket")},
+                         styles={"toon": {"engine": "toon", "variants": 2}}, run={"styles": ["toon"]},
+                         claims={"ttl_s": 30, "renew_s": 10, "progress_s": 1})
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_progress_goes_out_with_the_next_early_renewal_and_the_api_reads_it(settings, tmp_path) -> None:
+    clock = FakeClock()
+    store = LocalStore(tmp_path / "bucket")
+    queue = JobQueue(store, settings)
+    job, _ = queue.submit(Submission(image=photo_bytes(100, 80), format="JPEG"))
+    state = queue.state(job)
+    assert state.status is JobStatus.queued and state.progress is None
+    keys = KeyLayout(settings.prefixes).for_input(state.input_key)
+    manager = ClaimManager(store, "w1", ttl_s=30)
+    claim = manager.acquire(keys.claim, keys.input, state.etag)
+    claim.written_at = clock.now
+    keeper = ClaimKeeper(manager, renew_s=10, progress_s=1, clock=clock)
+    keeper.hold(claim)
+    assert queue.state(job).status is JobStatus.running
+    assert queue.state(job).progress == ClaimProgress("claimed")  # a claim without progress yet
+
+    before = store.request_count()
+    for step in range(1, 6):  # many steps between two keeper wake-ups: memory only
+        claim.report(ClaimProgress("style:toon", round=2, rounds=4, step=step, steps=12))
+    clock.now += 0.5
+    keeper.renew_due()
+    assert store.request_count() == before, "progress was written before claims.progress_s passed"
+    clock.now += 0.6
+    keeper.renew_due()
+    assert store.request_count() == before + 1  # one PUT carries the latest step
+    assert queue.state(job).progress == ClaimProgress("style:toon", round=2, rounds=4, step=5, steps=12)
+    quiet = store.request_count()
+    clock.now += 5
+    keeper.renew_due()  # nothing new: no write until the renewal period
+    assert store.request_count() == quiet
+    clock.now += 5
+    keeper.renew_due()
+    assert store.request_count() == quiet + 1  # the plain renewal, every claims.renew_s
+
+
+def test_an_expired_claim_is_not_running(settings, tmp_path) -> None:
+    class Clock:
+        now = datetime.now(timezone.utc)
+
+        def __call__(self) -> datetime:
+            return self.now
+
+    server_clock = Clock()
+    store = LocalStore(tmp_path / "bucket", clock=server_clock)
+    queue = JobQueue(store, settings)
+    job, _ = queue.submit(Submission(image=photo_bytes(100, 80), format="JPEG"))
+    state = queue.state(job)
+    keys = KeyLayout(settings.prefixes).for_input(state.input_key)
+    ClaimManager(store, "w1", ttl_s=30).acquire(keys.claim, keys.input, state.etag)
+    assert queue.state(job).status is JobStatus.running
+    server_clock.now += timedelta(seconds=31)
+    assert queue.state(job).status is JobStatus.queued
+
+
+def test_the_submission_is_the_sidecar_the_worker_reads(settings, tmp_path) -> None:
+    store = LocalStore(tmp_path / "bucket")
+    fields = {"styles": ["toon"], "variants": "3", "seed": "5", "prompt": "a robot",
+              "background_mode": "none"}
+    submission = build_submission(photo_bytes(100, 80, fmt="PNG"), fields, settings, limit=10_000_000)
+    assert submission.format == "PNG"
+    assert submission.sidecar == {"styles": ["toon"], "variants": "3", "seed": "5", "prompt": "a robot",
+                                  "background": {"mode": "none"}}
+    job, _ = JobQueue(store, settings).submit(submission)
+    relpath = relpath_of(job)
+    assert relpath.startswith("api/") and relpath.endswith(".png")
+    from processor.pipeline.sidecar import parse_sidecar
+
+    sidecar_key = f"inputs/{relpath[:-len('.png')]}.json"
+    parsed = parse_sidecar(store.get(sidecar_key).body, sidecar_key)
+    assert (parsed.variants, parsed.seed, parsed.prompt, parsed.styles) == (3, 5, "a robot", ["toon"])
+
+
+def test_styles_from_a_form_may_be_repeated_or_comma_separated() -> None:
+    assert sidecar_mapping({"styles": ["toon, anime", "waterfall"]})["styles"] == ["toon", "anime", "waterfall"]
+    assert sidecar_mapping({"styles": "toon"})["styles"] == ["toon"]
+    assert sidecar_mapping({}) == {}
+
+
+def test_a_style_override_that_does_not_fit_the_style_is_refused(settings) -> None:
+    with pytest.raises(Problem) as caught:
+        build_submission(photo_bytes(100, 80), {"background_mode": "generate", "background_prompt": "a beach"},
+                         settings, limit=10_000_000)
+    assert caught.value.status == 422 and "toon" in caught.value.detail
+
+
+def test_job_ids_round_trip_and_anything_else_is_unknown() -> None:
+    for relpath in ("api/1-ab.png", "toys/bär 1.jpg", "a/b/c.webp"):
+        assert relpath_of(job_id(relpath)) == relpath
+    for bad in ("", "!!", "a" * 3000, job_id("photo.json"), job_id("folder/")):
+        with pytest.raises(UnknownJob):
+            relpath_of(bad)
+
+
+RESOLVED = {"hooks.example.com": ["93.184.216.34"], "inside.example.com": ["10.0.0.5"],
+            "localhost": ["127.0.0.1"]}
+
+
+@pytest.mark.parametrize(("url", "allow", "ok"), [
+    ("https://hooks.example.com/x", ["hooks.example.com"], True),
+    ("https://hooks.example.com/x", ["*.example.com"], True),
+    ("https://example.com/x", ["*.example.com"], False),          # a wildcard names subdomains only
+    ("https://evil.example.net/x", ["hooks.example.com"], False),
+    ("https://inside.example.com/x", ["*.example.com"], False),   # resolves to a private address
+    ("https://inside.example.com/x", ["inside.example.com"], True),  # ... unless named exactly
+    ("http://127.0.0.1:9/x", ["*.example.com"], False),
+    ("http://127.0.0.1:9/x", ["127.0.0.1"], True),
+    ("http://localhost/x", ["*.localhost"], False),
+    ("file:///etc/passwd", ["hooks.example.com"], False),
+    ("https://user:pw@hooks.example.com/x", ["hooks.example.com"], False),
+])
+def test_webhook_allow_list(url: str, allow: list[str], ok: bool) -> None:
+    resolve = RESOLVED.__getitem__
+    if ok:
+        assert check_webhook(url, allow, resolve) == url
+    else:
+        with pytest.raises(Problem) as caught:
+            check_webhook(url, allow, resolve)
+        assert caught.value.status == 422 and caught.value.field == "webhook"
+
+
+def test_prefer_wait() -> None:
+    assert prefer_wait(None, 60) == 0
+    assert prefer_wait("wait=5", 60) == 5
+    assert prefer_wait("respond-async, wait=100", 60) == 60  # capped at api.max_wait_s
+    assert prefer_wait("return=minimal", 60) == 0
+    with pytest.raises(Problem):
+        prefer_wait("wait=soon", 60)
+
+
+def test_api_secret_variables_are_not_read_as_settings(monkeypatch) -> None:
+    monkeypatch.setenv("PROCESSOR_API_KEYS", "secret-1,secret-2")
+    monkeypatch.setenv("PROCESSOR_WEBHOOK_SECRET", "whsec_abc")
+    settings = load_settings(None)
+    assert "secret-1" not in json.dumps(settings.model_dump(mode="json"))
