@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
@@ -23,6 +24,8 @@ START_TIMEOUT_S = 60.0
 JOB_TIMEOUT_S = 90.0
 TOKEN = "test-token-1"
 OTHER_TOKEN = "test-token-2"
+#: Standard Webhooks secret of the test servers ("whsec_" + base64).
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"toy-cartoonizer-test-secret!").decode()
 
 CONFIG = """\
 styles: {toon: {engine: toon, variants: 2, max_side: 128}}
@@ -56,7 +59,8 @@ def write_env(tmp: Path, store_env: dict[str, str], *, max_upload: int = 4_000_0
     config = tmp / "config.yaml"
     config.write_text(CONFIG % {"max_upload": max_upload, "allow": ", ".join(f'"{a}"' for a in allow)})
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROCESSOR_", "AWS_"))}
-    env |= {"PROCESSOR_CONFIG": str(config), "PROCESSOR_API_KEYS": keys, **store_env}
+    env |= {"PROCESSOR_CONFIG": str(config), "PROCESSOR_API_KEYS": keys, "PROCESSOR_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            **store_env}
     return env
 
 

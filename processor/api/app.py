@@ -12,8 +12,10 @@ import hmac
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -47,6 +49,7 @@ from processor.api.schemas import (
 )
 from processor.api.upload import IMAGE_FIELD, json_body_limit, read_capped, read_form
 from processor.api.validate import Resolver, build_submission, decode_base64_image
+from processor.api.webhooks import WebhookDispatcher, read_secret
 from processor.config import Settings
 from processor.errors import ObjectNotFound, StoreAccessError, StoreError
 from processor.store.base import ObjectStore
@@ -66,9 +69,13 @@ def read_keys(settings: Settings, environ: dict[str, str] | None = None) -> list
 
 
 def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None = None,
-               resolve: Resolver | None = None, clock: Callable[[], float] = time.monotonic) -> FastAPI:
+               resolve: Resolver | None = None, clock: Callable[[], float] = time.monotonic,
+               self_url: str | None = None, webhook_secret: str | None = None) -> FastAPI:
     """The API over ``store``. ``keys``: accepted tokens (default: from the environment; empty:
-    open). ``resolve``: host name → addresses, for the webhook check (tests inject one)."""
+    open). ``resolve``: host name → addresses, for the webhook check (tests inject one).
+    ``self_url``: where this server listens, for the links in webhooks when ``api.public_url``
+    is unset. ``webhook_secret``: default from ``api.webhook_secret_env``; without one, requests
+    with a ``webhook`` are refused (unsigned webhooks could be forged)."""
     jobs = JobQueue(store, settings)
     tokens = [k.encode() for k in (keys if keys is not None else read_keys(settings))]
     if not tokens:
@@ -77,7 +84,20 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
     api = settings.api
     limit = api.max_upload_bytes or settings.pipeline.decode.max_bytes
     metrics = ApiMetrics(jobs)
-    app = FastAPI(title="toy cartoonizer", version="1", docs_url="/docs", redoc_url=None)
+    secret = webhook_secret if webhook_secret is not None else read_secret(api.webhook_secret_env)
+    dispatcher: WebhookDispatcher | None = None
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if dispatcher is not None:
+            dispatcher.start()
+        try:
+            yield
+        finally:
+            if dispatcher is not None:
+                await run_in_threadpool(dispatcher.close)
+
+    app = FastAPI(title="toy cartoonizer", version="1", docs_url="/docs", redoc_url=None, lifespan=lifespan)
     app.state.jobs = jobs
     app.state.metrics = metrics
     if api.cors_origins:
@@ -140,12 +160,12 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
     def base_url(request: Request) -> str:
         return (api.public_url or str(request.base_url)).rstrip("/")
 
-    def links(request: Request, job: str, status: JobStatus | None = None) -> Links:
-        root = f"{base_url(request)}/v1/jobs/{job}"
+    def links(base: str, job: str, status: JobStatus | None = None) -> Links:
+        root = f"{base}/v1/jobs/{job}"
         return Links(self=root, events=root + "/events",
                      retry=root + "/retry" if status is JobStatus.failed else None)
 
-    def file_url(request: Request, state: JobState, key: str) -> str:
+    def file_url(base: str, state: JobState, key: str) -> str:
         prefix = jobs.output_key(state.id, "")
         if api.presign:
             try:
@@ -155,18 +175,19 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
                 signed = None
             if signed:
                 return signed
-        return f"{base_url(request)}/v1/jobs/{state.id}/files/{key[len(prefix):]}"
+        return f"{base}/v1/jobs/{state.id}/files/{key[len(prefix):]}"
 
-    def render(request: Request, state: JobState) -> JobOut:
+    def render(base: str, state: JobState) -> JobOut:
+        """The job as every route (and the webhook) shows it; URLs under ``base``."""
         out = JobOut(id=state.id, status=state.status, input=state.input_key, submitted_at=state.submitted_at,
-                     links=links(request, state.id, state.status))
+                     links=links(base, state.id, state.status))
         if state.progress is not None:
             out.progress = Progress(**state.progress.to_json())
         if state.manifest is not None:
-            out.variants = [VariantOut(url=file_url(request, state, v.key), style=v.style, index=v.index,
+            out.variants = [VariantOut(url=file_url(base, state, v.key), style=v.style, index=v.index,
                                        seed=v.seed, width=v.width, height=v.height) for v in state.manifest.variants]
             if state.manifest.contact_sheet:
-                out.contact_sheet = file_url(request, state, state.manifest.contact_sheet)
+                out.contact_sheet = file_url(base, state, state.manifest.contact_sheet)
             out.manifest = state.manifest.model_dump(mode="json", by_alias=True)
         if state.failure is not None:
             f = state.failure
@@ -188,6 +209,12 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
             await asyncio.sleep(min(api.poll_s, max(0.0, deadline - clock())))
             state = await state_of(job)
         return state
+
+    if secret and api.webhook_allow:
+        dispatcher = WebhookDispatcher(
+            jobs, lambda state: render((api.public_url or self_url or "").rstrip("/"), state).model_dump(mode="json"),
+            secret, replica=f"{socket.gethostname()}-{os.getpid()}", allow=api.webhook_allow, resolve=resolve)
+    app.state.webhooks = dispatcher
 
     # ------------------------------------------------------------------ probes
 
@@ -246,6 +273,11 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
             raise Problem(415, f"Content-Type {media or '(none)'!r} is not a form or JSON", field="Content-Type",
                           hint="Send multipart/form-data with the photo in 'image', or application/json with "
                           "the photo base64 in 'image'.")
+        if fields.get("webhook") is not None and dispatcher is None:
+            raise Problem(422, "webhooks are off on this server" + ("" if api.webhook_allow else
+                          " (api.webhook_allow is empty)") + ("" if secret else f" ({api.webhook_secret_env} is unset)"),
+                          field="webhook", hint="Leave webhook out and poll GET /v1/jobs/{id} or its events; or ask "
+                          "the operator to set the allow-list and the signing secret.")
         submission = await run_in_threadpool(build_submission, image, fields, settings, limit=limit, resolve=resolve)
         try:
             job, created = await run_in_threadpool(jobs.submit, submission, idempotency_key=idempotency_key,
@@ -259,11 +291,11 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
         if wait:
             state = await wait_for_end(job, wait)
             if state.status.ended:
-                return JSONResponse(render(request, state).model_dump(mode="json"), status_code=200, headers=headers)
+                return JSONResponse(render(base_url(request), state).model_dump(mode="json"), status_code=200, headers=headers)
         status = JobStatus.queued
         if not created:  # a repeat: answer with the job as it is now
             status = (await state_of(job)).status
-        body = JobCreated(id=job, status=status, links=links(request, job, status))
+        body = JobCreated(id=job, status=status, links=links(base_url(request), job, status))
         return JSONResponse(body.model_dump(mode="json"), status_code=202, headers=headers)
 
     @app.get("/v1/jobs", response_model=JobList)
@@ -274,11 +306,11 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
         except UnknownJob:
             raise Problem(422, "cursor is not a job id", field="cursor",
                           hint="Pass the next_cursor of the previous page, or no cursor for the first.") from None
-        return JobList(jobs=[render(request, s) for s in page.jobs], next_cursor=page.next_cursor)
+        return JobList(jobs=[render(base_url(request), s) for s in page.jobs], next_cursor=page.next_cursor)
 
     @app.get("/v1/jobs/{job}", response_model=JobOut)
     async def get_job(request: Request, job: str, _token: str = Depends(authorize)) -> JobOut:
-        return render(request, await state_of(job))
+        return render(base_url(request), await state_of(job))
 
     @app.post("/v1/jobs/{job}/retry", response_model=JobOut, status_code=202)
     async def retry(request: Request, job: str, _token: str = Depends(authorize)) -> JobOut:
@@ -288,7 +320,7 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
         except NotFailed as exc:
             raise Problem(409, f"job {job} is {exc.status.value}; only a failed job can be retried", field="id",
                           hint="Wait for the job to end; retry it only when its status is failed.") from None
-        return render(request, state)
+        return render(base_url(request), state)
 
     @app.get("/v1/jobs/{job}/files/{name}")
     async def file(job: str, name: str, _token: str = Depends(authorize)) -> Response:
@@ -312,7 +344,7 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
                 if state.status != last_status:
                     last_status = state.status
                     kind = state.status.value if state.status.ended else "status"
-                    yield sse(kind, render(request, state).model_dump(mode="json"))
+                    yield sse(kind, render(base_url(request), state).model_dump(mode="json"))
                     quiet_since = clock()
                     if state.status.ended:
                         return

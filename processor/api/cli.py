@@ -48,7 +48,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     host = args.host or settings.api.host
     port = settings.api.port if args.port is None else args.port
     store = build_store(settings)
-    app = create_app(settings, store)
     # Bound here, not by uvicorn, so that port 0 works and the port is known before serving.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -60,9 +59,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port or api.port") from None
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if family == socket.AF_INET6 else host
-    log.info("api_start", extra={"url": f"http://{shown}:{bound}", "store": store.description})
-    print(f"serving http://{shown}:{bound} over {store.description}", file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
+    url = f"http://{shown}:{bound}"
+    app = create_app(settings, store, self_url=url)
+    log.info("api_start", extra={"url": url, "store": store.description,
+                                 "webhooks": app.state.webhooks is not None})
+    print(f"serving {url} over {store.description}", file=sys.stderr, flush=True)
+    config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=10)
     uvicorn.Server(config).run(sockets=[sock])
     return 0

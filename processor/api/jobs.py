@@ -117,6 +117,14 @@ class JobState:
 
 
 @dataclass(frozen=True)
+class Delivery:
+    """A webhook still to send: the job and where to."""
+
+    job: str
+    url: str
+
+
+@dataclass(frozen=True)
 class JobPage:
     jobs: list[JobState]
     #: Pass as ``cursor`` for the next page; None on the last one.
@@ -154,6 +162,7 @@ class JobQueue:
         self.layout = KeyLayout(settings.prefixes)
         self.clock = clock
         self._idempotency_prefix = settings.prefixes.state + "api/idempotency/"
+        self._webhooks = settings.prefixes.state + "api/webhooks/"
 
     # ------------------------------------------------------------------ writes
 
@@ -176,9 +185,9 @@ class JobQueue:
         keys = self.layout.for_input(self.settings.prefixes.inputs + relpath)
         if submission.sidecar:
             self.store.put(keys.sidecar, json.dumps(submission.sidecar).encode(), content_type="application/json")
-        if submission.webhook:
-            self.store.put(self._webhook_key(new_id), json.dumps({"url": submission.webhook}).encode(),
-                           content_type="application/json")
+        if submission.webhook:  # before the input: its job may end before a later write
+            self.store.put(self._webhooks + f"pending/{new_id}.json",
+                           json.dumps({"url": submission.webhook}).encode(), content_type="application/json")
         self.store.put(keys.input, submission.image, content_type=CONTENT_TYPES[submission.format], if_none_match=True)
         # An upload may sort before a daemon's high-water mark: make its next scan a full one.
         request_rescan(self.store, self.layout, by="api", count=1)
@@ -292,13 +301,43 @@ class JobQueue:
         except ObjectNotFound:
             pass
 
+    # ------------------------------------------------------------------ webhooks (processor.api.webhooks)
+
+    def pending_webhooks(self) -> list[Delivery]:
+        """The deliveries not sent yet: one LIST, one GET each."""
+        out = []
+        prefix = self._webhooks + "pending/"
+        for obj in self.store.list(prefix):
+            job = obj.key[len(prefix):].removesuffix(".json")
+            try:
+                url = json.loads(self.store.get(obj.key).body)["url"]
+            except (ObjectNotFound, ValueError, KeyError, TypeError):
+                continue
+            out.append(Delivery(job, url))
+        return out
+
+    def webhook_claim(self, job: str, etag: str) -> tuple[str, str, str]:
+        """(claim key, input key, input ETag) for ``ClaimManager.acquire`` of one delivery."""
+        return self._webhooks + f"claims/{job}.json", self._keys(job).input, etag
+
+    def finish_webhook(self, job: str, outcome: dict[str, object]) -> None:
+        """Record the outcome, then delete the pending record: no replica sends it again."""
+        record = outcome | {"job": job, "finished_at": datetime.now(timezone.utc).isoformat()}
+        self.store.put(self._webhooks + f"done/{job}.json", json.dumps(record).encode(),
+                       content_type="application/json")
+        self.store.delete(self._webhooks + f"pending/{job}.json")
+
+    def webhook_outcome(self, job: str) -> dict[str, object] | None:
+        try:
+            return json.loads(self.store.get(self._webhooks + f"done/{job}.json").body)
+        except ObjectNotFound:
+            return None
+
     # ------------------------------------------------------------------ helpers
 
     def _keys(self, job: str) -> ItemKeys:
         return self.layout.for_input(self.settings.prefixes.inputs + relpath_of(job))
 
-    def _webhook_key(self, job: str) -> str:
-        return self.settings.prefixes.state + f"api/webhooks/{job}.json"
 
     def _read(self, key: str, model: type) -> object | None:
         try:
