@@ -56,3 +56,16 @@ def test_scan_pages_scale_with_inputs_not_per_input(s3_server, monkeypatch) -> N
     results = scan_bench.main(["--inputs", "25", "--verify", "1", "--store", "s3", "--json"], server=s3_server)
     assert results["s3_requests"] == 2 * 9
     assert (results["s3_daemon_full_requests"], results["s3_daemon_incremental_requests"]) == (2 * 9 + 1, 2)
+
+
+def test_api_bench_smoke(s3_server, capsys) -> None:
+    from bench import api as api_bench
+
+    results = api_bench.main(["--store", "both", "--clients", "2", "--requests", "6", "--e2e", "2",
+                              "--variants", "1", "--side", "96"], server=s3_server)
+    printed = parse_report(capsys.readouterr().out)
+    for kind in ("local", "s3"):
+        for what in ("store_put", "store_get", "jobqueue_submit", "jobqueue_state", "api_post", "api_get"):
+            assert float(printed[f"{kind}_{what}_p99_ms"]) >= float(printed[f"{kind}_{what}_p50_ms"]) > 0
+    assert results["prototype_images_per_s"] > 0 and results["queue_images_per_s"] > 0
+    assert results["queue_p99_s"] >= results["queue_p50_s"] > 0
