@@ -225,7 +225,8 @@ def compare(tmp: Path, clients: int, count: int, variants: int, side: int, worke
 def main(argv: Sequence[str] | None = None, *, server: Any = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--store", choices=["local", "s3", "both"], default="both")
+    parser.add_argument("--store", choices=["local", "s3", "both", "none"], default="both",
+                        help="part 1 on these stores (none: only part 2)")
     parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS, help="concurrent clients")
     parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, help="POSTs (and GETs) per store")
     parser.add_argument("--e2e", type=int, default=DEFAULT_E2E,
