@@ -168,3 +168,39 @@ def test_api_secret_variables_are_not_read_as_settings(monkeypatch) -> None:
     monkeypatch.setenv("PROCESSOR_WEBHOOK_SECRET", "whsec_abc")
     settings = load_settings(None)
     assert "secret-1" not in json.dumps(settings.model_dump(mode="json"))
+
+
+def test_cors_answers_only_the_configured_origins(tmp_path) -> None:
+    from fastapi.testclient import TestClient
+
+    from processor.api.app import create_app
+
+    settings = load_settings(None, store={"kind": "local", "root": str(tmp_path / "bucket")},
+                             api={"cors_origins": ["https://toys.example.com"]})
+    client = TestClient(create_app(settings, LocalStore(tmp_path / "bucket"), keys=["k"]))
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    allowed = client.options("/v1/jobs", headers={"Origin": "https://toys.example.com"} | preflight)
+    assert allowed.headers["access-control-allow-origin"] == "https://toys.example.com"
+    refused = client.options("/v1/jobs", headers={"Origin": "https://evil.example.net"} | preflight)
+    assert "access-control-allow-origin" not in refused.headers
+
+
+def test_a_failed_write_leaves_no_idempotency_record_behind(settings, tmp_path) -> None:
+    from processor.errors import TransientStoreError
+
+    store = LocalStore(tmp_path / "bucket")
+    queue = JobQueue(store, settings)
+    real_put = store.put
+
+    def failing_put(key, body, **kwargs):
+        if key.startswith("inputs/"):
+            raise TransientStoreError("the store went away", key=key)
+        return real_put(key, body, **kwargs)
+
+    store.put = failing_put
+    submission = Submission(image=photo_bytes(100, 80), format="JPEG")
+    with pytest.raises(TransientStoreError):
+        queue.submit(submission, idempotency_key="k1")
+    store.put = real_put
+    job, created = queue.submit(submission, idempotency_key="k1")  # the client's retry: a real job now
+    assert created and queue.state(job).status is JobStatus.queued

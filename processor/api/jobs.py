@@ -34,7 +34,7 @@ from pydantic import ValidationError
 
 from processor.claims import ClaimProgress
 from processor.config import Settings
-from processor.errors import InvalidKey, ObjectNotFound, PreconditionFailed
+from processor.errors import InvalidKey, ObjectNotFound, PreconditionFailed, StoreAccessError, StoreError
 from processor.keys import ItemKeys, KeyLayout, is_directory_marker, is_sidecar
 from processor.manifest import FailureRecord, Manifest
 from processor.requeue import Failure, requeue
@@ -182,6 +182,18 @@ class JobQueue:
                 if existing.get("fingerprint") != submission.fingerprint():
                     raise IdempotencyConflict(existing["job"]) from None
                 return existing["job"], False
+        try:
+            self._write(new_id, relpath, submission)
+        except BaseException:
+            if idempotency_key is not None:  # else a repeat would answer with a job never written
+                try:
+                    self.store.delete(record_key)
+                except (StoreError, StoreAccessError):
+                    log.warning("idempotency_record_left", extra={"key": record_key})
+            raise
+        return new_id, True
+
+    def _write(self, new_id: str, relpath: str, submission: Submission) -> None:
         keys = self.layout.for_input(self.settings.prefixes.inputs + relpath)
         if submission.sidecar:
             self.store.put(keys.sidecar, json.dumps(submission.sidecar).encode(), content_type="application/json")
@@ -192,7 +204,6 @@ class JobQueue:
         # An upload may sort before a daemon's high-water mark: make its next scan a full one.
         request_rescan(self.store, self.layout, by="api", count=1)
         log.info("job_submitted", extra={"job": new_id, "key": keys.input, "bytes": len(submission.image)})
-        return new_id, True
 
     def retry(self, job: str) -> JobState:
         """Requeue a failed job (``processor retry``'s requeue, for this one input)."""
