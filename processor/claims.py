@@ -172,6 +172,9 @@ class ClaimManager:
             claim.lost.set()
             log.warning("claim_lost", extra={"key": claim.input_key})
             return False
+        except StoreError:
+            claim.progress_dirty = progress is not None  # not published: the next renewal tries again
+            raise
         claim.etag = info.etag
         return True
 

@@ -32,7 +32,7 @@ from enum import Enum
 
 from pydantic import ValidationError
 
-from processor.claims import ClaimProgress
+from processor.claims import Claim, ClaimManager, ClaimProgress
 from processor.config import Settings
 from processor.errors import InvalidKey, ObjectNotFound, PreconditionFailed, StoreAccessError, StoreError
 from processor.keys import ItemKeys, KeyLayout, is_directory_marker, is_sidecar
@@ -327,9 +327,14 @@ class JobQueue:
             out.append(Delivery(job, url))
         return out
 
-    def webhook_claim(self, job: str, etag: str) -> tuple[str, str, str]:
-        """(claim key, input key, input ETag) for ``ClaimManager.acquire`` of one delivery."""
-        return self._webhooks + f"claims/{job}.json", self._keys(job).input, etag
+    def claim_webhook(self, job: str, etag: str, sender: str, ttl_s: float) -> Claim | None:
+        """The right to send one job's webhook (a claim, as workers claim inputs: exactly one
+        replica holds it; taken over after ``ttl_s`` when its sender died); None: another has it."""
+        manager = ClaimManager(self.store, sender, ttl_s=ttl_s)
+        return manager.acquire(self._webhooks + f"claims/{job}.json", self._keys(job).input, etag)
+
+    def release_webhook(self, claim: Claim, sender: str) -> None:
+        ClaimManager(self.store, sender, ttl_s=0).release(claim)
 
     def finish_webhook(self, job: str, outcome: dict[str, object]) -> None:
         """Record the outcome, then delete the pending record: no replica sends it again."""

@@ -37,7 +37,7 @@ import httpx
 from processor.api.jobs import Delivery, JobQueue, JobState, UnknownJob
 from processor.api.problems import Problem
 from processor.api.validate import Resolver, check_webhook
-from processor.claims import ClaimManager
+from processor.claims import Claim
 from processor.errors import StoreAccessError, StoreError
 
 log = logging.getLogger("processor.api.webhooks")
@@ -115,7 +115,7 @@ class WebhookDispatcher:
         self.resolve = resolve
         self.poll_s = poll_s
         self.sleep = sleep
-        self.claims = ClaimManager(jobs.store, replica, ttl_s=DELIVERY_TTL_S)
+        self.replica = replica
         self._client = httpx.Client(follow_redirects=False, timeout=TIMEOUT_S, transport=transport)
         self._pool = ThreadPoolExecutor(SENDERS, thread_name_prefix="webhook")
         self._busy: set[str] = set()
@@ -154,7 +154,7 @@ class WebhookDispatcher:
                 continue
             if not state.status.ended:
                 continue
-            claim = self.claims.acquire(*self.jobs.webhook_claim(delivery.job, state.etag))
+            claim = self.jobs.claim_webhook(delivery.job, state.etag, self.replica, DELIVERY_TTL_S)
             if claim is None:
                 continue  # another replica is sending it
             with self._lock:
@@ -163,7 +163,7 @@ class WebhookDispatcher:
             started += 1
         return started
 
-    def _deliver(self, delivery: Delivery, state: JobState, claim: object) -> None:
+    def _deliver(self, delivery: Delivery, state: JobState, claim: Claim) -> None:
         try:
             outcome = self.send(delivery, state)
             self.jobs.finish_webhook(delivery.job, {"delivered": outcome.delivered, "attempts": outcome.attempts,
@@ -174,7 +174,7 @@ class WebhookDispatcher:
         except (StoreError, StoreAccessError) as exc:
             log.warning("webhook_record_failed", extra={"job": delivery.job, "error": type(exc).__name__})
         finally:
-            self.claims.release(claim)
+            self.jobs.release_webhook(claim, self.replica)
             with self._lock:
                 self._busy.discard(delivery.job)
 
