@@ -134,7 +134,7 @@ def test_events_stream_status_until_done(service: Service, client: httpx.Client)
     assert set(kinds) <= {"status", "progress", "done"}
 
 
-def test_bad_photo_fails_with_its_record_and_retry_requeues_it(client: httpx.Client) -> None:
+def test_bad_photo_fails_with_its_record_and_retry_requeues_it(service: Service, client: httpx.Client) -> None:
     # A PNG signature then garbage: sniffed as PNG (accepted), undecodable (the worker fails it).
     broken = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
     job = submit(client, broken).json()["id"]
@@ -147,6 +147,13 @@ def test_bad_photo_fails_with_its_record_and_retry_requeues_it(client: httpx.Cli
     assert retried.json()["status"] in ("queued", "running", "failed")
     again = wait_status(client, job, {"failed"})
     assert again["failure"]["error"] == first_record["error"]
+    # The worker really took it again: two failures of this input in its log.
+    (log,) = service.log.parent.glob("worker-*.log")
+    deadline = time.monotonic() + 30
+    while sum(1 for line in log.read_text().splitlines()
+              if '"input_failed"' in line and failed["input"] in line) < 2:
+        assert time.monotonic() < deadline, "the retried job was not processed again"
+        time.sleep(0.2)
     # Only a failed job can be retried.
     good = client.post("/v1/jobs", files={"image": ("g.jpg", photo_bytes(120, 90))}, headers={"Prefer": "wait=60"})
     assert good.json()["status"] == "done"

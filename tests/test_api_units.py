@@ -204,3 +204,17 @@ def test_a_failed_write_leaves_no_idempotency_record_behind(settings, tmp_path) 
     store.put = real_put
     job, created = queue.submit(submission, idempotency_key="k1")  # the client's retry: a real job now
     assert created and queue.state(job).status is JobStatus.queued
+
+
+def test_an_api_without_keys_is_open_and_says_so(tmp_path, caplog) -> None:
+    from fastapi.testclient import TestClient
+
+    from processor.api.app import create_app, read_keys
+
+    settings = load_settings(None, store={"kind": "local", "root": str(tmp_path / "bucket")})
+    assert read_keys(settings, {"PROCESSOR_API_KEYS": " a, ,b "}) == ["a", "b"]
+    assert read_keys(settings, {}) == []
+    with caplog.at_level("WARNING", logger="processor.api"):
+        client = TestClient(create_app(settings, LocalStore(tmp_path / "bucket"), keys=[]))
+    assert any(r.message == "api_open" for r in caplog.records)
+    assert client.get("/v1/jobs").status_code == 200
