@@ -218,3 +218,45 @@ def test_an_api_without_keys_is_open_and_says_so(tmp_path, caplog) -> None:
         client = TestClient(create_app(settings, LocalStore(tmp_path / "bucket"), keys=[]))
     assert any(r.message == "api_open" for r in caplog.records)
     assert client.get("/v1/jobs").status_code == 200
+
+
+def test_a_running_worker_publishes_its_progress_where_the_api_reads_it(tmp_path) -> None:
+    """The whole chain in one process: a style reports a step, the worker hands it to the claim,
+    the keeper writes it within claims.progress_s, and JobQueue.state shows it as running."""
+    import threading
+    import time
+
+    from processor.pipeline.render import EngineRegistry
+    from processor.pipeline.toon import ToonEngine
+    from processor.worker import Worker
+
+    settings = load_settings(None, store={"kind": "local", "root": str(tmp_path / "bucket")},
+                             styles={"toon": {"engine": "toon", "variants": 1, "max_side": 64}},
+                             run={"styles": ["toon"]}, claims={"ttl_s": 30, "renew_s": 10, "progress_s": 0.1})
+    store = LocalStore(tmp_path / "bucket")
+    queue = JobQueue(store, settings)
+    job, _ = queue.submit(Submission(image=photo_bytes(96, 72), format="JPEG"))
+    release = threading.Event()
+
+    class SlowStyle(ToonEngine):
+        def __call__(self, image, context=None):
+            context.progress("style:toon", round=2, rounds=3, step=4, steps=10)
+            assert release.wait(30)
+            return super().__call__(image, context)
+
+    registry = EngineRegistry(settings.styles, lambda name, style: SlowStyle(name, style))
+    worker = Worker(store, settings, registry, worker_id="w1")
+    worker.setup()
+    thread = threading.Thread(target=worker.run_once)
+    thread.start()
+    try:
+        wanted = ClaimProgress("style:toon", round=2, rounds=3, step=4, steps=10)
+        deadline = time.monotonic() + 20
+        while (state := queue.state(job)).progress != wanted:
+            assert time.monotonic() < deadline, f"never saw the progress; last: {state}"
+            time.sleep(0.05)
+        assert state.status is JobStatus.running
+    finally:
+        release.set()
+        thread.join(timeout=30)
+    assert queue.state(job).status is JobStatus.done
