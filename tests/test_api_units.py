@@ -260,3 +260,31 @@ def test_a_running_worker_publishes_its_progress_where_the_api_reads_it(tmp_path
         release.set()
         thread.join(timeout=30)
     assert queue.state(job).status is JobStatus.done
+
+
+def test_a_manifest_naming_keys_outside_its_folder_gets_no_urls_for_them(tmp_path) -> None:
+    from fastapi.testclient import TestClient
+
+    from processor.api.app import create_app
+    from processor.manifest import Manifest, Source, Variant, WorkerInfo
+
+    settings = load_settings(None, store={"kind": "local", "root": str(tmp_path / "bucket")})
+    store = LocalStore(tmp_path / "bucket")
+    queue = JobQueue(store, settings)
+    job, _ = queue.submit(Submission(image=photo_bytes(100, 80), format="JPEG"))
+    state = queue.state(job)
+    keys = KeyLayout(settings.prefixes).for_input(state.input_key)
+    store.put("inputs/someone-elses.jpg", photo_bytes(90, 60))
+
+    def variant(key: str, index: int) -> Variant:
+        return Variant(key=key, style="toon", engine="toon", index=index, seed=index, width=10, height=10, sha256="0")
+
+    manifest = Manifest(source=Source(key=state.input_key, etag=state.etag, size=1),
+                        variants=[variant(keys.output_prefix + "toon-00.png", 0), variant("inputs/someone-elses.jpg", 1),
+                                  variant(keys.output_prefix + "../x.png", 2)],
+                        worker=WorkerInfo(id="w", version="0", device="cpu"))
+    store.put(keys.manifest, manifest.to_json_bytes())
+    body = TestClient(create_app(settings, store, keys=[])).get(f"/v1/jobs/{job}").json()
+    assert body["status"] == "done"
+    assert [v["index"] for v in body["variants"]] == [0]
+    assert body["variants"][0]["url"].endswith(f"/v1/jobs/{job}/files/toon-00.png")

@@ -165,8 +165,15 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
         return Links(self=root, events=root + "/events",
                      retry=root + "/retry" if status is JobStatus.failed else None)
 
-    def file_url(base: str, state: JobState, key: str) -> str:
+    def file_url(base: str, state: JobState, key: str) -> str | None:
+        """A URL for one of the job's files, or None for a key outside its output folder: whoever
+        can write the bucket can write a manifest, and the API must not sign or serve whatever
+        key one names (the same rule as ``processor results``)."""
         prefix = jobs.output_key(state.id, "")
+        name = key[len(prefix):] if key.startswith(prefix) else ""
+        if name in ("", ".", "..") or "/" in name or "\\" in name:
+            log.warning("manifest_key_refused", extra={"job": state.id, "key": key})
+            return None
         if api.presign:
             try:
                 signed = jobs.presigned_url(key, api.url_ttl_s)
@@ -175,7 +182,7 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
                 signed = None
             if signed:
                 return signed
-        return f"{base}/v1/jobs/{state.id}/files/{key[len(prefix):]}"
+        return f"{base}/v1/jobs/{state.id}/files/{name}"
 
     def render(base: str, state: JobState) -> JobOut:
         """The job as every route (and the webhook) shows it; URLs under ``base``."""
@@ -184,8 +191,9 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
         if state.progress is not None:
             out.progress = Progress(**state.progress.to_json())
         if state.manifest is not None:
-            out.variants = [VariantOut(url=file_url(base, state, v.key), style=v.style, index=v.index,
-                                       seed=v.seed, width=v.width, height=v.height) for v in state.manifest.variants]
+            urls = [(v, file_url(base, state, v.key)) for v in state.manifest.variants]
+            out.variants = [VariantOut(url=url, style=v.style, index=v.index, seed=v.seed, width=v.width,
+                                       height=v.height) for v, url in urls if url is not None]
             if state.manifest.contact_sheet:
                 out.contact_sheet = file_url(base, state, state.manifest.contact_sheet)
             out.manifest = state.manifest.model_dump(mode="json", by_alias=True)
@@ -406,8 +414,11 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
             raise Problem(504, f"job {job} did not finish within {api.direct_timeout_s:g} s (api.direct_timeout_s)",
                           hint=f"Poll GET /v1/jobs/{job}, or raise api.direct_timeout_s.", job=job)
         images = []
+        prefix = jobs.output_key(job, "")
         for v in state.manifest.variants:
-            data = (await run_in_threadpool(jobs.output, job, v.key[len(jobs.output_key(job, "")):])).body
+            if file_url("", state, v.key) is None:
+                continue  # not a file of this job's folder (see file_url)
+            data = (await run_in_threadpool(jobs.output, job, v.key[len(prefix):])).body
             images.append(base64.b64encode(data).decode())
         return DirectResponse(generated_images=images)
 
