@@ -107,9 +107,9 @@ def check_sidecar(sidecar: dict[str, object], settings: Settings) -> Sidecar | N
     try:
         parsed = parse_sidecar(json.dumps(sidecar).encode(), "request")
     except InvalidSidecar as exc:
-        raise Problem(422, str(exc), field=_first_field(sidecar), hint=exc.hint.replace(
-            "Fix the sidecar JSON next to the photo (or delete it) and upload it again.",
-            "Change the field named in the message."), errors=_field_errors(sidecar)) from None
+        # The sidecar's own hint speaks of a file next to the photo; here the fields are the request's.
+        raise Problem(422, str(exc), field=_first_field(sidecar), hint="Change the field named in the message.",
+                      errors=_field_errors(sidecar)) from None
     styles = parsed.styles or list(settings.run.styles)
     unknown = [s for s in styles if s not in settings.styles]
     if unknown:
