@@ -288,3 +288,22 @@ def test_a_manifest_naming_keys_outside_its_folder_gets_no_urls_for_them(tmp_pat
     assert body["status"] == "done"
     assert [v["index"] for v in body["variants"]] == [0]
     assert body["variants"][0]["url"].endswith(f"/v1/jobs/{job}/files/toon-00.png")
+
+
+def test_form_edge_cases_are_named(tmp_path) -> None:
+    from fastapi.testclient import TestClient
+
+    from processor.api.app import create_app
+
+    settings = load_settings(None, store={"kind": "local", "root": str(tmp_path / "bucket")})
+    client = TestClient(create_app(settings, LocalStore(tmp_path / "bucket"), keys=[]))
+    empty = client.post("/v1/jobs", files={"image": ("e.jpg", b"")})
+    assert empty.status_code == 415 and "empty" in empty.json()["detail"]
+    photo = photo_bytes(80, 60)
+    two = client.post("/v1/jobs", files=[("image", ("a.jpg", photo)), ("image", ("b.jpg", photo))])
+    assert two.status_code == 422 and two.json()["field"] == "image"
+    no_image = client.post("/v1/jobs", files={"variants": (None, "2")})
+    assert no_image.status_code == 422 and no_image.json()["field"] == "image"
+    long_prompt = client.post("/v1/jobs", files={"image": ("a.jpg", photo)}, data={"prompt": "x" * 20_000})
+    assert long_prompt.status_code == 413 and long_prompt.json()["field"] == "prompt"
+    assert not (tmp_path / "bucket" / "inputs").exists()  # nothing written for any of them

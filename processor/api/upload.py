@@ -78,7 +78,6 @@ class _FormState:
         self._header_field = b""
         self._header_value = b""
         self._name: str | None = None
-        self._is_file = False
         self._value = bytearray()
         self._image: tempfile.SpooledTemporaryFile | None = None
         self._image_size = 0
@@ -88,7 +87,7 @@ class _FormState:
         self.parts += 1
         if self.parts > MAX_PARTS:
             raise Problem(422, f"the form has more than {MAX_PARTS} parts", hint="Send one image and the documented fields.")
-        self._name, self._is_file = None, False
+        self._name = None
         self._value = bytearray()
 
     def header_field(self, data: bytes, start: int, end: int) -> None:
@@ -101,7 +100,6 @@ class _FormState:
         if self._header_field.lower() == b"content-disposition":
             _, options = parse_options_header(self._header_value)
             self._name = options.get(b"name", b"").decode("utf-8", "replace")
-            self._is_file = b"filename" in options
         self._header_field, self._header_value = b"", b""
 
     def part_data(self, data: bytes, start: int, end: int) -> None:
@@ -124,10 +122,9 @@ class _FormState:
 
     def part_end(self) -> None:
         if self._name == IMAGE_FIELD:
-            self._image_done = self._image is not None or self._image_done
-            if self._image is None:  # an empty image part
+            if self._image is None:  # an empty image part: an empty photo (415 names it)
                 self._image = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)
-                self._image_done = True
+            self._image_done = True
             return
         if self._name:
             try:
