@@ -51,11 +51,12 @@ WORKDIR /src
 # Only what the package build reads (pyproject names README.md as the long description).
 COPY pyproject.toml README.md ./
 COPY processor ./processor
-# The project with its Stable Diffusion extra; the model stack is pinned here, the project's own
-# dependencies by its lower bounds in pyproject.toml.
-# DL3013 (pin versions in pip) cannot apply to ".[sd]": it is this source tree, not a registry name.
+# The project with its Stable Diffusion and api extras (one image for the workers and `processor
+# serve`); the model stack is pinned here, the project's own dependencies by its lower bounds in
+# pyproject.toml.
+# DL3013 (pin versions in pip) cannot apply to ".[sd,api]": it is this source tree, not a registry name.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[sd]" \
+RUN pip install --no-cache-dir ".[sd,api]" \
         "diffusers==${DIFFUSERS_VERSION}" \
         "transformers==${TRANSFORMERS_VERSION}" \
         "accelerate==${ACCELERATE_VERSION}" \

@@ -21,12 +21,30 @@ from processor.errors import ConfigError
 
 ENV_PREFIX = "PROCESSOR_"
 CONFIG_ENV = "PROCESSOR_CONFIG"
+#: The default variables of the API's secrets (``api.keys_env``, ``api.webhook_secret_env``):
+#: values, not settings keys, so never read into the settings tree (nor shown in its errors).
+API_KEYS_ENV = "PROCESSOR_API_KEYS"
+WEBHOOK_SECRET_ENV = "PROCESSOR_WEBHOOK_SECRET"
+NOT_SETTINGS_ENV = frozenset({CONFIG_ENV, API_KEYS_ENV, WEBHOOK_SECRET_ENV})
 DEFAULT_CONFIG = Path("config.yaml")
 
 #: Seconds a claim stays valid without renewal.
 DEFAULT_CLAIM_TTL_S = 600.0
 #: Seconds between claim renewals (well inside the TTL so one slow renewal does not lose it).
 DEFAULT_CLAIM_RENEW_S = 120.0
+#: Seconds between progress-carrying claim renewals of an item being worked on: often enough for
+#: a progress bar, and still one small PUT per running item per period, never one per step.
+DEFAULT_CLAIM_PROGRESS_S = 2.0
+#: TCP port of ``processor serve`` (the HTTP API).
+DEFAULT_API_PORT = 8080
+#: Seconds the longest ``Prefer: wait=N`` may hold a request open (larger N are cut to this).
+DEFAULT_API_MAX_WAIT_S = 60.0
+#: Seconds ``POST /generate_image_rest_direct`` waits for its images before answering 504.
+DEFAULT_API_DIRECT_TIMEOUT_S = 600.0
+#: Seconds between the bucket reads of a waiting request or an event stream.
+DEFAULT_API_POLL_S = 0.5
+#: Seconds a presigned variant URL stays valid.
+DEFAULT_API_URL_TTL_S = 300
 #: Bytes: inputs larger than this are refused before download.
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 #: Pixels: a decoded image larger than this is refused before its pixels are allocated.
@@ -524,6 +542,9 @@ class RunSettings(_Section):
 class ClaimSettings(_Section):
     ttl_s: float = Field(default=DEFAULT_CLAIM_TTL_S, gt=0)
     renew_s: float = Field(default=DEFAULT_CLAIM_RENEW_S, gt=0)
+    #: Seconds between the claim rewrites that publish a running item's progress (what
+    #: ``GET /v1/jobs/{id}`` shows); a renewal made early, so at most one write per this period.
+    progress_s: float = Field(default=DEFAULT_CLAIM_PROGRESS_S, gt=0)
 
     @model_validator(mode="after")
     def _renew_inside_ttl(self) -> ClaimSettings:
@@ -658,6 +679,49 @@ class MetricsSettings(_Section):
     stall_s: float = Field(default=DEFAULT_METRICS_STALL_S, gt=0)
 
 
+class ApiSettings(_Section):
+    """``processor serve``: the HTTP API in front of the bucket (``processor.api``)."""
+
+    #: Address to listen on (127.0.0.1: this machine only; 0.0.0.0 in a pod).
+    host: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_API_PORT, ge=0, le=65535)
+    #: The environment variable holding the accepted bearer tokens, comma-separated. Unset or
+    #: empty: the API is open (a warning is logged at start).
+    keys_env: str = API_KEYS_ENV
+    #: Bytes: the largest photo an upload may carry; the upload is cut off when it passes this.
+    #: Default: pipeline.decode.max_bytes (what a worker would accept anyway).
+    max_upload_bytes: int | None = Field(default=None, gt=0)
+    #: The URL clients reach the API at (https://toys.example.com), for the links in answers;
+    #: default: the URL of each request.
+    public_url: str | None = None
+    #: Folder under the inputs prefix that API uploads go to (inputs/api/<id>.<ext>).
+    submit_prefix: str = "api/"
+    #: The style ``POST /generate_image_rest_direct`` applies (default: the first of run.styles).
+    direct_style: str | None = None
+    max_wait_s: float = Field(default=DEFAULT_API_MAX_WAIT_S, ge=0)
+    direct_timeout_s: float = Field(default=DEFAULT_API_DIRECT_TIMEOUT_S, gt=0)
+    poll_s: float = Field(default=DEFAULT_API_POLL_S, gt=0)
+    #: S3 / COS: variants are short-lived presigned URLs (the client fetches them from the store);
+    #: false, or the local store: they are streamed through the API.
+    presign: bool = True
+    url_ttl_s: int = Field(default=DEFAULT_API_URL_TTL_S, ge=1, le=7 * 24 * 3600)
+    #: Hosts webhooks may be sent to (exact names; ``*.example.com`` matches subdomains). Empty:
+    #: webhooks are refused. Private and loopback addresses are refused unless named here.
+    webhook_allow: list[str] = Field(default_factory=list)
+    #: The environment variable holding the webhook signing secret (Standard Webhooks, whsec_...).
+    webhook_secret_env: str = WEBHOOK_SECRET_ENV
+    #: Origins allowed to call the API from a browser (CORS); empty: none.
+    cors_origins: list[str] = Field(default_factory=list)
+
+    @field_validator("submit_prefix")
+    @classmethod
+    def _folder(cls, value: str) -> str:
+        value = value.strip("/")
+        if not value or any(part in ("", ".", "..") for part in value.split("/")):
+            raise ValueError("submit_prefix is a folder like 'api/' without '.' or '..' parts")
+        return value + "/"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -673,6 +737,7 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     metrics: MetricsSettings = MetricsSettings()
     caption: CaptionSettings = CaptionSettings()
+    api: ApiSettings = ApiSettings()
 
     @model_validator(mode="after")
     def _styles_exist(self) -> Settings:
@@ -685,6 +750,8 @@ class Settings(BaseSettings):
         problem = work_bound_problem(self.run.styles, self.styles, self.run)
         if problem:
             raise ValueError(f"run.styles {problem}")
+        if self.api.direct_style is not None and self.api.direct_style not in self.styles:
+            raise ValueError(f"api.direct_style {self.api.direct_style!r} is not defined under styles")
         return self
 
     @classmethod
@@ -700,7 +767,8 @@ class Settings(BaseSettings):
 
 
 class _FilteredEnv(PydanticBaseSettingsSource):
-    """``PROCESSOR_<SECTION>__<KEY>`` variables; ``PROCESSOR_CONFIG`` (the file path) is not a key."""
+    """``PROCESSOR_<SECTION>__<KEY>`` variables; ``PROCESSOR_CONFIG`` (the file path) and the API's
+    secret variables are not keys."""
 
     def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
         return None, field_name, False
@@ -708,7 +776,7 @@ class _FilteredEnv(PydanticBaseSettingsSource):
     def __call__(self) -> dict[str, Any]:
         data: dict[str, Any] = {}
         for name, value in os.environ.items():
-            if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS_ENV:
                 continue
             path = name[len(ENV_PREFIX) :].lower().split("__")
             node = data

@@ -65,3 +65,16 @@ def test_startup_smoke_the_toon_quickstart_never_imports_torch(capsys) -> None:
     printed = parse_report(capsys.readouterr().out)
     assert printed["lazy_torch_loaded"] == "False" and results["lazy_torch_loaded"] is False
     assert results["lazy_startup_s"] > 0 and results["lazy_peak_rss_mib"] > 0
+
+
+def test_api_bench_smoke(s3_server, capsys) -> None:
+    from bench import api as api_bench
+
+    results = api_bench.main(["--store", "both", "--clients", "2", "--requests", "6", "--e2e", "2",
+                              "--variants", "1", "--side", "96"], server=s3_server)
+    printed = parse_report(capsys.readouterr().out)
+    for kind in ("local", "s3"):
+        for what in ("store_put", "store_get", "jobqueue_submit", "jobqueue_state", "api_post", "api_get"):
+            assert float(printed[f"{kind}_{what}_p99_ms"]) >= float(printed[f"{kind}_{what}_p50_ms"]) > 0
+    assert results["prototype_images_per_s"] > 0 and results["queue_images_per_s"] > 0
+    assert results["queue_p99_s"] >= results["queue_p50_s"] > 0

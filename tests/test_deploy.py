@@ -345,6 +345,81 @@ def test_podmonitor_scrapes_the_job_and_the_daemon() -> None:
         assert "metrics" in [p["name"] for p in _container(workload)["ports"]], overlay
 
 
+# --------------------------------------------------------------------------- the HTTP API
+
+
+def test_api_overlay_is_valid_cpu_only_and_serves_its_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    objs = _render("api")
+    assert sorted(o["kind"] for o in objs) == ["ConfigMap", "Deployment", "Service"]
+    for obj in objs:
+        _validate(obj, "kubectl kustomize deploy/overlays/api")
+    deployment, service = _one(objs, "Deployment"), _one(objs, "Service")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"][0] == "serve"
+    # CPU only: no GPU request, no GPU node, no model cache.
+    assert "nvidia.com/gpu" not in json.dumps(pod)
+    assert "persistentVolumeClaim" not in json.dumps(pod["volumes"])
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == _dockerfile_uid()
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/tmp" in mounts  # upload spool files with a read-only root
+    # The port the app listens on (api.port in the ConfigMap) is the one declared, probed and served.
+    path = tmp_path / "config.yaml"
+    path.write_text(_one(objs, "ConfigMap")["data"]["config.yaml"])
+    for name in list(os.environ):
+        if name.startswith("PROCESSOR_"):
+            monkeypatch.delenv(name)
+    api = load_settings(path).api
+    (port,) = container["ports"]
+    assert (port["name"], port["containerPort"]) == ("http", api.port)
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert {"secretRef": {"name": SECRET_NAME}} in container["envFrom"]
+    assert {"secretRef": {"name": "processor-api", "optional": True}} in container["envFrom"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    # The workers' PodMonitor and Deployments must not select the API's pods.
+    (worker_monitor,) = _docs(DEPLOY / "examples" / "podmonitor.yaml")
+    assert not worker_monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_api_secret_example_names_the_variables_the_api_reads() -> None:
+    (secret,) = _docs(DEPLOY / "examples" / "secret-api.yaml")
+    api = load_settings(DEPLOY / "base" / "config.yaml").api
+    assert secret["metadata"]["name"] == "processor-api" and "data" not in secret
+    assert set(secret["stringData"]) == {api.keys_env, api.webhook_secret_env}
+
+
+def test_keda_scales_the_workers_from_zero_on_the_api_backlog() -> None:
+    """minReplicaCount 0 works only because the API, not the workers, reports the backlog: the query
+    must name a gauge the API's /metrics really exports, scraped from the API's pods."""
+    from processor.api.metrics import ApiMetrics
+
+    monitor, scaled = _docs(DEPLOY / "examples" / "keda-scaledobject-from-zero.yaml")
+    assert (monitor["kind"], scaled["kind"]) == ("PodMonitor", "ScaledObject")
+    assert scaled["spec"]["minReplicaCount"] == 0
+    daemon = _one(_rendered.get("daemon") or _render("daemon"), "Deployment")
+    target = scaled["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", daemon["metadata"]["name"])
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus" and float(trigger["metadata"]["threshold"]) > 0
+
+    class Backlog:
+        def pending(self) -> tuple[int, int]:
+            return 7, 2
+
+    exported, _ = ApiMetrics(Backlog()).render("")
+    (metric,) = re.findall(r"\b(processor_[a-z_]+)\b", trigger["metadata"]["query"])
+    assert re.search(rf"(?m)^{metric} 7\.0$", exported.decode()), exported.decode()
+    api = _one(_render("api"), "Deployment")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= api["spec"]["template"]["metadata"]["labels"].items()
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["port"] in [p["name"] for p in api["spec"]["template"]["spec"]["containers"][0]["ports"]]
+
+
 # --------------------------------------------------------------------------- Dockerfile
 
 
@@ -396,7 +471,7 @@ def test_dockerfile_contract() -> None:
     assert re.search(r"(?m)^ARG\s+BAKE_MODELS=false$", stage)
     # Baking must happen before VOLUME: build steps' writes under a declared volume are discarded.
     assert stage.index("processor models pull") < stage.index("VOLUME")
-    assert '".[sd]"' in text
+    assert '".[sd,api]"' in text  # one image for the workers and processor serve
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in (".git", ".venv*", "bucket/", ".pytest_cache"):
         assert entry in ignored, f".dockerignore lacks {entry}"

@@ -9,6 +9,7 @@
 ``processor doctor``   check config, store, credentials, conditional writes, device, models
 ``processor schema``   print the manifest / failure-record JSON Schemas
 ``processor models pull``  download the configured diffusion models into the cache
+``processor serve``    the HTTP API over the bucket (``processor.api``)
 """
 
 from __future__ import annotations
@@ -671,6 +672,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "committed copies.")
     p.add_argument("--write", metavar="DIR", help="write *.schema.json files into DIR")
     p.set_defaults(func=cmd_schema, no_config=True)
+
+    from processor.api.cli import add_parser as add_serve_parser
+
+    add_serve_parser(sub, common)
     return parser
 
 

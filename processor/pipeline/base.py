@@ -7,6 +7,7 @@ problems; anything else they raise is wrapped into ``StageFailed`` by the runner
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -61,6 +62,13 @@ class ItemContext:
     negative_terms: str | None = None
     #: ``caption.template``.
     template: str = DEFAULT_PROMPT_TEMPLATE
+    #: Called with ``stage=`` and optionally ``round=``, ``rounds=``, ``step=``, ``steps=`` as the
+    #: transform goes (the worker publishes it in the item's claim). Must be cheap: no I/O.
+    report: Callable[..., None] | None = None
+
+    def progress(self, stage: str, **counts: int) -> None:
+        if self.report is not None:
+            self.report(stage=stage, **counts)
 
 
 class Engine(Protocol):

@@ -197,6 +197,16 @@ class Img2ImgEngine(_DiffusionEngine):
 
             def call(start: int, stop: int) -> torch.Tensor:
                 n = stop - start
+                steps = int(style.steps * rnd.strength)
+                stage = f"style:{self.style_name}"
+                if context is not None:
+                    context.progress(stage, round=k + 1, rounds=len(style.rounds), step=0, steps=steps)
+
+                def on_step(pipe: Any, step: int, _timestep: Any, kwargs: dict) -> dict:
+                    # Only memory: the claim keeper writes the latest value at its next renewal.
+                    context.progress(stage, round=k + 1, rounds=len(style.rounds), step=step + 1, steps=steps)
+                    return kwargs
+
                 return self.pipe(
                     prompt=[prompt] * n,
                     negative_prompt=[negative] * n if negative else None,
@@ -206,6 +216,7 @@ class Img2ImgEngine(_DiffusionEngine):
                     num_inference_steps=style.steps,
                     generator=[torch.Generator("cpu").manual_seed(round_seed(s, k)) for s in round_seeds[start:stop]],
                     output_type="pt",
+                    callback_on_step_end=on_step if context is not None else None,
                 ).images
 
             return call

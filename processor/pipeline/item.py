@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,8 +92,10 @@ class ItemPipeline:
         overrides = validate_overrides(raw, self.settings, styles=self.styles, metadata=metadata, where=where)
         return Prepared(decoded=decoded, overrides=overrides)
 
-    def compute(self, prepared: Prepared, timings: dict[str, float] | None = None) -> Rendered:
-        """Caption, build the prompts and render every style of this input (with its background)."""
+    def compute(self, prepared: Prepared, timings: dict[str, float] | None = None, *,
+                report: Callable[..., None] | None = None) -> Rendered:
+        """Caption, build the prompts and render every style of this input (with its background).
+        ``report`` receives the engines' progress (``ItemContext.report``: round k of N, step)."""
         chosen = prepared.overrides
         styles = list(chosen.styles)
         overrides = dict(chosen.style_fields) or None
@@ -108,6 +110,8 @@ class ItemPipeline:
         )
         if timings is not None and caption is not None and caption.seconds:
             timings["caption"] = caption.seconds
+        if report is not None:
+            context.report = report
         variants, style_timings = render(image, styles, self.registry, overrides, context)
         if timings is not None:
             timings.update(style_timings)

@@ -113,6 +113,8 @@ def render(
     timings: dict[str, float] = {}
     for name in style_names:
         engine = registry.engine(name, overrides)
+        if context is not None:
+            context.progress(f"style:{name}")
         started = time.perf_counter()
         try:
             variants.extend(engine(image, context))

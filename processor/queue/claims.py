@@ -9,6 +9,11 @@ A claim is ``<state>/claims/<hash of input key>.json``:
   every held claim, including items waiting in the prefetch queue);
 - release: delete it with ``If-Match`` on our ETag.
 
+The claim also carries the item's ``progress`` (stage; round k of N; step), which the HTTP API
+reads: the worker's stages set it on the ``Claim`` in memory, and the keeper writes it with the
+next renewal, which it makes early (at most once per ``claims.progress_s``) while the progress
+changes. So a progress bar costs no request per step: one small PUT per running item per period.
+
 A lease alone cannot stop a worker that was paused past its TTL from finishing its item; the
 conditional commit of the manifest does that (see ``worker.py``). Claims only keep two healthy
 workers from wasting a GPU on the same input.
@@ -19,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +63,43 @@ class Claim:
     took_over_from: str | None = None
     #: Seconds the expired claim had gone unrenewed when we took it (server clock).
     takeover_age_s: float | None = None
+    #: What the worker is doing with the item (``ClaimProgress``); written with the next renewal.
+    progress: ClaimProgress | None = None
+    #: Monotonic seconds of the last write of this claim (acquire, or the keeper's renewal).
+    written_at: float = field(default_factory=time.monotonic)
+    #: Whether ``progress`` changed since the last write.
+    progress_dirty: bool = False
+
+    def report(self, progress: ClaimProgress) -> None:
+        """Publish ``progress`` with the next renewal (no request here: stages call this per step)."""
+        if progress != self.progress:
+            self.progress = progress
+            self.progress_dirty = True
+
+
+@dataclass(frozen=True)
+class ClaimProgress:
+    """A running item's progress, as the claim object carries it (``progress`` in its JSON)."""
+
+    #: ``claimed`` (waiting in the worker's prefetch queue), ``download``, ``caption``,
+    #: ``style:<name>``, ``upload``.
+    stage: str
+    #: Round k of N of a multi-round style (1-based), when the stage has rounds.
+    round: int | None = None
+    rounds: int | None = None
+    #: Denoising step of the current round, and its total.
+    step: int | None = None
+    steps: int | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: object) -> ClaimProgress | None:
+        if not isinstance(data, dict) or not isinstance(data.get("stage"), str):
+            return None
+        ints = {k: data[k] for k in ("round", "rounds", "step", "steps") if isinstance(data.get(k), int)}
+        return cls(stage=data["stage"], **ints)
 
 
 class ClaimManager:
@@ -70,17 +113,19 @@ class ClaimManager:
         self.conflicts = 0
         self.takeovers = 0
 
-    def _body(self, claim_key: str, input_key: str, input_etag: str, token: str) -> bytes:
-        return json.dumps(
-            {
-                "worker": self.worker_id,
-                "token": token,
-                "input": input_key,
-                "etag": input_etag,
-                "ttl_s": self.ttl_s,
-                "written_at": datetime.now(timezone.utc).isoformat(),
-            }
-        ).encode()
+    def _body(self, claim_key: str, input_key: str, input_etag: str, token: str,
+              progress: ClaimProgress | None = None) -> bytes:
+        data = {
+            "worker": self.worker_id,
+            "token": token,
+            "input": input_key,
+            "etag": input_etag,
+            "ttl_s": self.ttl_s,
+            "written_at": datetime.now(timezone.utc).isoformat(),
+        }
+        if progress is not None:
+            data["progress"] = progress.to_json()
+        return json.dumps(data).encode()
 
     def acquire(self, claim_key: str, input_key: str, input_etag: str) -> Claim | None:
         """A claim we now hold, or None when a live claim by another worker exists."""
@@ -123,13 +168,18 @@ class ClaimManager:
         """Extend ``claim``; False (and ``claim.lost`` set) when another worker took it."""
         if claim.lost.is_set():
             return False
-        body = self._body(claim.key, claim.input_key, claim.input_etag, claim.token)
+        progress = claim.progress
+        claim.progress_dirty = False  # before the write: a report during it makes it dirty again
+        body = self._body(claim.key, claim.input_key, claim.input_etag, claim.token, progress)
         try:
             info = self.store.put(claim.key, body, content_type="application/json", if_match=claim.etag)
         except (PreconditionFailed, ObjectNotFound):
             claim.lost.set()
             log.warning("claim_lost", extra={"key": claim.input_key})
             return False
+        except StoreError:
+            claim.progress_dirty = progress is not None  # not published: the next renewal tries again
+            raise
         claim.etag = info.etag
         return True
 
@@ -169,11 +219,15 @@ def _owner_and_ttl(body: bytes, default_ttl: float) -> tuple[str, float]:
 
 
 class ClaimKeeper:
-    """Renews every held claim each ``renew_s`` seconds on a background thread."""
+    """Renews every held claim each ``renew_s`` seconds on a background thread, and a claim whose
+    progress changed early, at most once per ``progress_s`` (None: only every ``renew_s``)."""
 
-    def __init__(self, manager: ClaimManager, renew_s: float, wait: Callable[[float], bool] | None = None) -> None:
+    def __init__(self, manager: ClaimManager, renew_s: float, wait: Callable[[float], bool] | None = None,
+                 progress_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.manager = manager
         self.renew_s = renew_s
+        self.progress_s = progress_s
+        self._clock = clock
         self._claims: dict[str, Claim] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -201,15 +255,33 @@ class ClaimKeeper:
 
     def renew_all(self) -> None:
         for claim in self.held():
-            try:
-                self.manager.renew(claim)
-            except StoreError as exc:
-                # Transient after retries: try again next period; the TTL leaves room for that.
-                log.warning("claim_renew_failed", extra={"key": claim.input_key, "error": type(exc).__name__})
+            self._renew(claim)
+
+    def renew_due(self) -> None:
+        """Renew the claims whose period is up, and those with new progress whose last write is at
+        least ``progress_s`` old."""
+        now = self._clock()
+        for claim in self.held():
+            age = now - claim.written_at
+            if age >= self.renew_s or (claim.progress_dirty and self.progress_s is not None
+                                       and age >= self.progress_s):
+                self._renew(claim)
+
+    def _renew(self, claim: Claim) -> None:
+        try:
+            if self.manager.renew(claim):
+                claim.written_at = self._clock()
+        except StoreError as exc:
+            # Transient after retries: try again next period; the TTL leaves room for that.
+            log.warning("claim_renew_failed", extra={"key": claim.input_key, "error": type(exc).__name__})
 
     def _loop(self) -> None:
-        while not self._wait(self.renew_s):
-            self.renew_all()
+        if self.progress_s is None:
+            while not self._wait(self.renew_s):
+                self.renew_all()
+            return
+        while not self._wait(min(self.renew_s, self.progress_s)):
+            self.renew_due()
 
 
 def probe_conditional_create(store: ObjectStore, scratch_prefix: str) -> tuple[bool, str]:

@@ -268,6 +268,16 @@ class S3Store(Closeable):
         with self._count_lock:
             return self._requests
 
+    def presigned_get_url(self, key: str, expires_s: int) -> str:
+        """A URL that GETs ``key`` for ``expires_s`` seconds without further credentials (SigV4 query
+        signing, made locally: no request). It carries the access key id and a signature, never the
+        secret. Not part of ``ObjectStore``: the HTTP API uses it where a store offers it."""
+        try:
+            return self._client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s)
+        except self._vendor_errors as exc:
+            raise self._translate(exc, "presign", key) from exc
+
     # ------------------------------------------------------------------ helpers
 
     def _count_request(self, **_: Any) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from processor import __version__
-from processor.queue.claims import Claim, ClaimKeeper, ClaimManager
+from processor.queue.claims import Claim, ClaimKeeper, ClaimManager, ClaimProgress
 from processor.config import Settings
 from processor.errors import (
     EXIT_INCOMPLETE,
@@ -259,7 +259,8 @@ class Worker:
         result = PassResult()
         ready: queue.Queue = queue.Queue(maxsize=max(1, self.settings.run.prefetch))
         finished: queue.Queue = queue.Queue(maxsize=self.settings.run.upload_queue)
-        keeper = ClaimKeeper(self.claims, self.settings.claims.renew_s) if self.claims else None
+        keeper = (ClaimKeeper(self.claims, self.settings.claims.renew_s, progress_s=self.settings.claims.progress_s)
+                  if self.claims else None)
         if keeper:
             keeper.start()
         self._fatal = None
@@ -376,6 +377,7 @@ class Worker:
             if self.queue.existing_result(delivery):
                 self._finish(job, Outcome.ALREADY, keeper, result)
                 return None
+            self._report(job, "download")
             started = time.perf_counter()
             job.input = self.queue.read_input(delivery, max_bytes=self.settings.pipeline.decode.max_bytes)
             job.timings["download"] = round(time.perf_counter() - started, 4)
@@ -412,8 +414,15 @@ class Worker:
         self.observer.heartbeat()
         if job.error or (job.claim and job.claim.lost.is_set()) or job.prepared is None:
             return
+        self._report(job, "caption")
+        report = None
+        if job.claim is not None:
+            claim = job.claim
+
+            def report(**progress: Any) -> None:
+                claim.report(ClaimProgress(**progress))
         try:
-            job.rendered = self.pipeline.compute(job.prepared, job.timings)
+            job.rendered = self.pipeline.compute(job.prepared, job.timings, report=report)
         except ItemError as exc:
             job.error = exc
             if self.breaker.failed(job.key, exc) and not self._unhealthy:
@@ -483,6 +492,7 @@ class Worker:
 
     def _publish(self, job: Job) -> Outcome:
         """Encode, put every output, then commit the manifest."""
+        self._report(job, "upload")
         assert job.prepared is not None and job.rendered is not None  # no error: both stages ran
         delivery, prefix = job.delivery, job.item.keys.output_prefix
         encoded = self.pipeline.encode(job.prepared, job.rendered, output_prefix=prefix, timings=job.timings)
@@ -527,6 +537,12 @@ class Worker:
         )
 
     # ----------------------------------------------------------------- bookkeeping
+
+    @staticmethod
+    def _report(job: Job, stage: str) -> None:
+        """The item's progress, published in its claim by the keeper's next renewal (no request here)."""
+        if job.claim is not None:
+            job.claim.report(ClaimProgress(stage))
 
     def _finish(self, job: Job, outcome: Outcome, keeper: ClaimKeeper | None, result: PassResult) -> None:
         """Every job leaves the worker here, once: count its outcome, tell the observer, give its

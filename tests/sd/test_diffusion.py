@@ -329,3 +329,23 @@ def test_lora_applies_to_its_style_only(tiny_sd, tiny_lora):
     assert lora_out.image.tobytes() != reference
     assert plain(image)[0].image.tobytes() == reference  # the shared UNet's adapter is switched off
     assert with_lora(image)[0].image.tobytes() == lora_out.image.tobytes()
+
+
+def test_img2img_reports_round_and_step_progress_to_the_item_context(tiny_sd, tmp_path):
+    """What the claim keeper publishes for a running job (GET /v1/jobs/{id} progress): every
+    round, k of N, and each denoising step of it, reported in memory only."""
+    from PIL import Image
+
+    from processor.pipeline.base import ItemContext
+
+    settings = make_settings(tmp_path, {"disney": img2img_style(tiny_sd, variants=2, size=64, steps=5)})
+    engine = build_registry(settings).engine("disney")
+    seen: list[dict] = []
+    engine(Image.new("RGB", (96, 64), "orange"), ItemContext(report=lambda **p: seen.append(p)))
+    rounds = {(p["round"], p["rounds"]) for p in seen}
+    assert rounds == {(1, 3), (2, 3), (3, 3)}
+    for k, rnd in enumerate(ROUNDS, start=1):
+        steps = [p["step"] for p in seen if p["round"] == k]
+        assert steps == list(range(int(5 * rnd["strength"]) + 1))  # 0 (round start), 1 .. its steps
+        assert {p["steps"] for p in seen if p["round"] == k} == {int(5 * rnd["strength"])}
+    assert {p["stage"] for p in seen} == {"style:disney"}

@@ -1,0 +1,264 @@
+"""What the HTTP API costs on top of the bucket, and the queue against the prototype's design.
+
+Part 1, per store (``--store local|s3|both``): a real ``processor serve`` (subprocess, no worker),
+``--clients`` concurrent clients doing ``--requests`` ``POST /v1/jobs`` (multipart, one small
+JPEG) and then as many ``GET /v1/jobs/{id}``. In the same run, with the same concurrency and
+the same photo: the store's own single PUT and GET, and the protocol's own calls in-process
+(``JobQueue.submit``: the photo and the rescan hint; ``JobQueue.state``: a HEAD and three GETs),
+so the API's own share is what the HTTP figure adds to the in-process one.
+
+Part 2 (``--e2e N``, local store): ``N`` requests of the prototype's ``POST
+/generate_image_rest_direct`` from ``--clients`` clients, against (a) the prototype's design, a
+synchronous FastAPI handler that runs the style inside the request (uvicorn, one process), and
+(b) ``processor serve`` over the bucket with ``--workers`` ``processor run`` daemons (default 1: one
+GPU's worth; each computes one item at a time). Same style (``toon``,
+``--variants`` variants at ``--side`` px), same photos. Images per second and p50/p99 seconds to
+the result for both.
+
+    python -m bench.api --store both --clients 8 --requests 200 --e2e 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel
+
+from bench.common import machine, report, s3_store, seaweedfs_server
+from processor.api.jobs import JobQueue, Submission
+from processor.config import Settings
+from processor.store.base import ObjectStore
+from processor.store.local import LocalStore
+from tests.api_service import TOKEN, serve, worker, write_env
+from tests.images import photo_bytes
+
+DEFAULT_CLIENTS = 8
+DEFAULT_REQUESTS = 200
+DEFAULT_E2E = 40
+#: The photo every request carries (a JPEG of this size, about 10 KB).
+PHOTO_SIZE = (320, 240)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def timed(calls: int, clients: int, fn: Callable[[int], Any]) -> tuple[list[float], float]:
+    """Run ``fn(i)`` for i < calls on ``clients`` threads: (each call's seconds, wall seconds)."""
+    latencies = [0.0] * calls
+
+    def one(i: int) -> None:
+        started = time.perf_counter()
+        fn(i)
+        latencies[i] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, range(calls)))
+    return latencies, time.perf_counter() - started
+
+
+def summary(prefix: str, latencies: list[float], wall: float) -> dict[str, float]:
+    return {f"{prefix}_per_s": len(latencies) / wall, f"{prefix}_p50_ms": 1000 * statistics.median(latencies),
+            f"{prefix}_p99_ms": 1000 * percentile(latencies, 99)}
+
+
+def overhead(kind: str, store: ObjectStore, env: dict[str, str], tmp: Path, clients: int, requests: int,
+             settings: Settings) -> dict[str, float]:
+    photo = photo_bytes(*PHOTO_SIZE)
+    results: dict[str, float] = {}
+    # The store alone: one PUT and one GET of the same photo, same concurrency.
+    lat, wall = timed(requests, clients, lambda i: store.put(f"bench/raw/{i}.jpg", photo, content_type="image/jpeg"))
+    results |= summary(f"{kind}_store_put", lat, wall)
+    lat, wall = timed(requests, clients, lambda i: store.get(f"bench/raw/{i}.jpg"))
+    results |= summary(f"{kind}_store_get", lat, wall)
+    # The protocol in-process: what one submit and one status read cost in store requests.
+    queue = JobQueue(store, settings)
+    ids: list[str] = [""] * requests
+
+    def submit_direct(i: int) -> None:
+        ids[i] = queue.submit(Submission(image=photo, format="JPEG"))[0]
+
+    lat, wall = timed(requests, clients, submit_direct)
+    results |= summary(f"{kind}_jobqueue_submit", lat, wall)
+    lat, wall = timed(requests, clients, lambda i: queue.state(ids[i]))
+    results |= summary(f"{kind}_jobqueue_state", lat, wall)
+    # The same through HTTP.
+    with serve(env, tmp) as api:
+        local = threading.local()
+
+        def client() -> httpx.Client:
+            if not hasattr(local, "c"):
+                local.c = httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+            return local.c
+
+        api_ids: list[str] = [""] * requests
+
+        def post(i: int) -> None:
+            resp = client().post("/v1/jobs", files={"image": ("toy.jpg", photo)})
+            assert resp.status_code == 202, resp.text
+            api_ids[i] = resp.json()["id"]
+
+        lat, wall = timed(requests, clients, post)
+        results |= summary(f"{kind}_api_post", lat, wall)
+
+        def get(i: int) -> None:
+            resp = client().get(f"/v1/jobs/{api_ids[i]}")
+            assert resp.status_code == 200, resp.text
+
+        lat, wall = timed(requests, clients, get)
+        results |= summary(f"{kind}_api_get", lat, wall)
+    results[f"{kind}_api_post_over_jobqueue_p50_ms"] = (results[f"{kind}_api_post_p50_ms"]
+                                                        - results[f"{kind}_jobqueue_submit_p50_ms"])
+    results[f"{kind}_api_get_over_jobqueue_p50_ms"] = (results[f"{kind}_api_get_p50_ms"]
+                                                       - results[f"{kind}_jobqueue_state_p50_ms"])
+    return results
+
+
+# --------------------------------------------------------------------------- part 2
+
+
+class PrototypeRequest(BaseModel):
+    """The prototype's request body."""
+
+    initial_image: str
+    prompt: str = ""
+    negative_prompt: str = ""
+    final_images_to_return: int = 1
+    seed: int = 0
+
+
+def prototype_app(settings: Settings, style_name: str) -> Any:
+    """The prototype's design: the style runs inside a synchronous request handler."""
+    from fastapi import FastAPI
+
+    from processor.app.cli import make_engine
+    from processor.pipeline.decode import decode_image
+    from processor.pipeline.encode import encode_png
+
+    engine = make_engine(style_name, settings.styles[style_name])
+    engine.setup()
+    app = FastAPI()
+
+    @app.post("/generate_image_rest_direct")
+    def generate(req: PrototypeRequest) -> dict[str, list[str]]:  # sync: FastAPI runs it on its thread pool
+        image = decode_image(base64.b64decode(req.initial_image), settings.pipeline.decode).image
+        variants = engine(image)[: req.final_images_to_return]
+        return {"generated_images": [base64.b64encode(encode_png(v.image, v.parameters)).decode() for v in variants]}
+
+    return app
+
+
+def serve_in_thread(app: Any) -> tuple[str, Callable[[], None]]:
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY: see api/cli.py
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+
+    def stop() -> None:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+    return f"http://127.0.0.1:{sock.getsockname()[1]}", stop
+
+
+def end_to_end(url: str, photos: list[bytes], clients: int, variants: int) -> dict[str, float]:
+    local = threading.local()
+
+    def one(i: int) -> None:
+        if not hasattr(local, "c"):
+            local.c = httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}, timeout=600)
+        payload = {"initial_image": base64.b64encode(photos[i]).decode(), "prompt": "", "negative_prompt": "",
+                   "final_images_to_return": variants, "seed": i}
+        resp = local.c.post(url + "/generate_image_rest_direct", json=payload)
+        assert resp.status_code == 200, resp.text
+        assert len(resp.json()["generated_images"]) == variants
+
+    lat, wall = timed(len(photos), clients, one)
+    return {"images_per_s": len(photos) * variants / wall, "p50_s": statistics.median(lat),
+            "p99_s": percentile(lat, 99)}
+
+
+def compare(tmp: Path, clients: int, count: int, variants: int, side: int, workers: int) -> dict[str, float]:
+    settings = Settings(styles={"toon": {"engine": "toon", "variants": variants, "max_side": side}},
+                        run={"styles": ["toon"]})
+    photos = [photo_bytes(side, side * 3 // 4, seed=i) for i in range(count)]
+    url, stop = serve_in_thread(prototype_app(settings, "toon"))
+    try:
+        proto = end_to_end(url, photos, clients, variants)
+    finally:
+        stop()
+    env = write_env(tmp, {"PROCESSOR_STORE__KIND": "local", "PROCESSOR_STORE__ROOT": str(tmp / "e2e-bucket")},
+                    max_upload=50_000_000)
+    config = (tmp / "config.yaml").read_text().replace("variants: 2, max_side: 128", f"variants: {variants}, "
+                                                        f"max_side: {side}")
+    (tmp / "config.yaml").write_text(config)
+    with serve(env, tmp) as api, ExitStack() as daemons:
+        for _ in range(workers):
+            daemons.enter_context(worker(env, tmp))
+        queued = end_to_end(api.url, photos, clients, variants)
+    out = {f"prototype_{k}": v for k, v in proto.items()} | {"queue_workers": workers}
+    out |= {f"queue_{k}": v for k, v in queued.items()}
+    out["queue_over_prototype_images_per_s"] = queued["images_per_s"] / proto["images_per_s"]
+    return out
+
+
+def main(argv: Sequence[str] | None = None, *, server: Any = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench.api", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--store", choices=["local", "s3", "both", "none"], default="both",
+                        help="part 1 on these stores (none: only part 2)")
+    parser.add_argument("--clients", type=int, default=DEFAULT_CLIENTS, help="concurrent clients")
+    parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, help="POSTs (and GETs) per store")
+    parser.add_argument("--e2e", type=int, default=DEFAULT_E2E,
+                        help="requests of part 2 (prototype vs queue); 0 skips it")
+    parser.add_argument("--variants", type=int, default=2, help="part 2: variants per request")
+    parser.add_argument("--side", type=int, default=256, help="part 2: photo width and the style's max_side")
+    parser.add_argument("--workers", type=int, default=1, help="part 2: processor run daemons behind the queue "
+                        "(each takes one item at a time, as one GPU does)")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    results: dict[str, Any] = machine() | {"clients": args.clients, "requests": args.requests}
+    settings = Settings(styles={"toon": {"engine": "toon", "variants": 2, "max_side": 128}}, run={"styles": ["toon"]})
+    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp_name, ExitStack() as stack:
+        tmp = Path(tmp_name)
+        if args.store in ("local", "both"):
+            root = tmp / "local-bucket"
+            env = write_env(tmp, {"PROCESSOR_STORE__KIND": "local", "PROCESSOR_STORE__ROOT": str(root)},
+                            max_upload=50_000_000)
+            results |= overhead("local", LocalStore(root), env, tmp, args.clients, args.requests, settings)
+        if args.store in ("s3", "both"):
+            weed = stack.enter_context(seaweedfs_server(server))
+            store = s3_store(weed)
+            env = write_env(tmp, {"PROCESSOR_STORE__KIND": "s3", "PROCESSOR_STORE__BUCKET": store.bucket,
+                                  "PROCESSOR_STORE__ENDPOINT_URL": weed.endpoint_url,
+                                  "PROCESSOR_STORE__REGION": weed.region, "AWS_ACCESS_KEY_ID": weed.access_key,
+                                  "AWS_SECRET_ACCESS_KEY": weed.secret_key}, max_upload=50_000_000)
+            results |= overhead("s3", store, env, tmp, args.clients, args.requests, settings)
+        if args.e2e:
+            results |= compare(tmp, args.clients, args.e2e, args.variants, args.side, args.workers)
+    report(results, as_json=args.json)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Read a request body as it streams in, with a running byte count: never held whole before the
+size check, and cut off (413) the moment it passes the cap.
+
+``multipart/form-data``: python-multipart's push parser. The ``image`` part goes to a spooled
+temporary file (memory up to ``SPOOL_MEMORY_BYTES``, then disk); every other part is a small text
+field. JSON: the body is read up to the size a base64 photo at the cap can have.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from processor.api.problems import Problem
+
+#: Bytes of an upload kept in memory before the spool moves to a temporary file.
+SPOOL_MEMORY_BYTES = 1024 * 1024
+#: Bytes: one text field of a form (a prompt is at most 2000 characters, in UTF-8 at most 8000).
+MAX_FIELD_BYTES = 16 * 1024
+#: Bytes: every text field of a form together, and what a JSON body may carry beside its image.
+MAX_FIELDS_BYTES = 64 * 1024
+#: Parts a form may have (the image and the documented fields).
+MAX_PARTS = 32
+#: The form field (and JSON member) that carries the photo.
+IMAGE_FIELD = "image"
+
+
+@dataclass
+class Form:
+    """A parsed form: the photo's bytes (None when no ``image`` part came) and the text fields."""
+
+    image: bytes | None
+    fields: dict[str, list[str]] = field(default_factory=dict)
+
+
+def too_large(limit: int, what: str = "the photo") -> Problem:
+    return Problem(413, f"{what} is larger than {limit:,} bytes (api.max_upload_bytes)", field=IMAGE_FIELD,
+                   hint=f"Downscale the photo below {limit:,} bytes, or raise api.max_upload_bytes.")
+
+
+async def read_form(chunks: AsyncIterator[bytes], content_type: str, limit: int) -> Form:
+    """Parse a multipart body from ``chunks``; 413 as soon as the image passes ``limit`` bytes."""
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise Problem(400, "multipart/form-data without a boundary", field="Content-Type",
+                      hint="Let your HTTP client build the form (curl -F image=@photo.jpg).")
+    state = _FormState(limit)
+    parser = MultipartParser(boundary, callbacks={
+        "on_part_begin": state.part_begin, "on_part_data": state.part_data, "on_part_end": state.part_end,
+        "on_header_field": state.header_field, "on_header_value": state.header_value,
+        "on_header_end": state.header_end,
+    })
+    try:
+        async for chunk in chunks:
+            parser.write(chunk)
+        parser.finalize()
+    except Problem:
+        state.close()
+        raise
+    except Exception as exc:  # python-multipart's parse errors: a malformed body
+        state.close()
+        raise Problem(400, f"the multipart body could not be parsed: {exc}", hint="Send a well-formed "
+                      "multipart/form-data body (curl -F image=@photo.jpg).") from None
+    image = state.image_bytes()
+    return Form(image, state.fields)
+
+
+class _FormState:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.fields: dict[str, list[str]] = {}
+        self.parts = 0
+        self.field_bytes = 0
+        self._header_field = b""
+        self._header_value = b""
+        self._name: str | None = None
+        self._value = bytearray()
+        self._image: tempfile.SpooledTemporaryFile | None = None
+        self._image_size = 0
+        self._image_done = False
+
+    def part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise Problem(422, f"the form has more than {MAX_PARTS} parts", hint="Send one image and the documented fields.")
+        self._name = None
+        self._value = bytearray()
+
+    def header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def header_end(self) -> None:
+        if self._header_field.lower() == b"content-disposition":
+            _, options = parse_options_header(self._header_value)
+            self._name = options.get(b"name", b"").decode("utf-8", "replace")
+        self._header_field, self._header_value = b"", b""
+
+    def part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._name == IMAGE_FIELD:
+            if self._image_done:
+                raise Problem(422, "the form has more than one image part", field=IMAGE_FIELD,
+                              hint="Send one photo per job.")
+            if self._image is None:
+                self._image = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)
+            self._image_size += end - start
+            if self._image_size > self.limit:
+                raise too_large(self.limit)
+            self._image.write(data[start:end])
+            return
+        self.field_bytes += end - start
+        self._value += data[start:end]
+        if len(self._value) > MAX_FIELD_BYTES or self.field_bytes > MAX_FIELDS_BYTES:
+            raise Problem(413, f"form field {self._name!r} is longer than {MAX_FIELD_BYTES:,} bytes", field=self._name,
+                          hint="Shorten the field (a prompt is at most 2000 characters).")
+
+    def part_end(self) -> None:
+        if self._name == IMAGE_FIELD:
+            if self._image is None:  # an empty image part: an empty photo (415 names it)
+                self._image = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)
+            self._image_done = True
+            return
+        if self._name:
+            try:
+                text = bytes(self._value).decode("utf-8")
+            except UnicodeDecodeError:
+                raise Problem(422, f"form field {self._name!r} is not UTF-8 text", field=self._name,
+                              hint="Send text fields as UTF-8.") from None
+            self.fields.setdefault(self._name, []).append(text)
+
+    def image_bytes(self) -> bytes | None:
+        if self._image is None:
+            return None
+        self._image.seek(0)
+        data = self._image.read()
+        self._image.close()
+        return data
+
+    def close(self) -> None:
+        if self._image is not None:
+            self._image.close()
+
+
+async def read_capped(chunks: AsyncIterator[bytes], limit: int, what: str) -> bytes:
+    """The whole body when it is at most ``limit`` bytes; 413 the moment it passes that."""
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > limit:
+            raise Problem(413, f"{what} is larger than {limit:,} bytes", field=IMAGE_FIELD,
+                          hint="Downscale the photo, or raise api.max_upload_bytes.")
+    return bytes(body)
+
+
+def json_body_limit(image_limit: int) -> int:
+    """Bytes a JSON body with a base64 photo of ``image_limit`` bytes may take (4 characters per 3
+    bytes) plus its other fields."""
+    return (image_limit + 2) // 3 * 4 + MAX_FIELDS_BYTES

@@ -1,0 +1,189 @@
+"""Turn a request's fields into a ``Submission``, or a problem that names the field to change.
+
+No rule of its own: the overrides become the sidecar mapping a user could have written next to a
+photo, checked by ``pipeline.sidecar.validate_overrides``, the one validator the worker also runs
+on sidecars and metadata. The photo is
+sniffed from its first bytes (``pipeline.decode.sniff_format``), as the worker sniffs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import socket
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import ValidationError
+
+from processor.api.jobs import EXTENSIONS, Submission
+from processor.api.problems import Problem
+from processor.api.upload import IMAGE_FIELD
+from processor.config import Settings
+from processor.errors import InvalidSidecar
+from processor.pipeline.decode import SNIFF_BYTES, describe_unsupported, sniff_format
+from processor.pipeline.sidecar import ItemOverrides, Sidecar, validate_overrides
+
+#: Request fields, in the order documented; all but ``image`` optional.
+FIELDS = ("image", "styles", "variants", "seed", "prompt", "negative", "instruction",
+          "background_mode", "background_prompt", "webhook")
+#: Sidecar locations → the request field that sets them.
+_FIELD_OF = {"background.mode": "background_mode", "background.prompt": "background_prompt",
+             "background": "background_mode"}
+
+Resolver = Callable[[str], list[str]]
+
+
+def decode_base64_image(value: Any, limit: int) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise Problem(422, "image must be the photo as a base64 string", field=IMAGE_FIELD,
+                      hint='Send {"image": "<base64 of the file>"} or a multipart form with an image file.')
+    if value.startswith("data:") and "," in value:  # a data: URL, as browsers make them
+        value = value.split(",", 1)[1]
+    if (len(value) * 3) // 4 > limit + 2:
+        raise Problem(413, f"the photo is larger than {limit:,} bytes (api.max_upload_bytes)", field=IMAGE_FIELD,
+                      hint=f"Downscale the photo below {limit:,} bytes, or raise api.max_upload_bytes.")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise Problem(422, "image is not valid base64", field=IMAGE_FIELD,
+                      hint="Encode the file's bytes with standard base64 (RFC 4648), no line breaks.") from None
+
+
+def build_submission(image: bytes | None, fields: Mapping[str, Any], settings: Settings, *,
+                     limit: int, resolve: Resolver | None = None) -> Submission:
+    """Validate everything before anything is written. ``fields`` come from a form (strings,
+    ``styles`` repeated or comma-separated) or from JSON (typed values)."""
+    unknown = sorted(set(fields) - set(FIELDS))
+    if unknown:
+        raise Problem(422, f"unknown field(s): {', '.join(unknown)}", field=unknown[0],
+                      hint=f"Known fields: {', '.join(FIELDS)}.")
+    if image is None:
+        raise Problem(422, "no photo: the image field is missing", field=IMAGE_FIELD,
+                      hint="Send the photo in the form field 'image' (curl -F image=@photo.jpg) or as base64 "
+                      "in the JSON member 'image'.")
+    if len(image) > limit:
+        raise Problem(413, f"the photo is {len(image):,} bytes; limit is {limit:,} (api.max_upload_bytes)",
+                      field=IMAGE_FIELD, hint="Downscale the photo, or raise api.max_upload_bytes.")
+    fmt = sniff_format(image[:SNIFF_BYTES])
+    if fmt is None or fmt not in EXTENSIONS:
+        message, hint = describe_unsupported(image)
+        raise Problem(415, message, field=IMAGE_FIELD, hint=hint)
+    sidecar = sidecar_mapping(fields)
+    check_sidecar(sidecar, settings)
+    webhook = fields.get("webhook")
+    if webhook is not None:
+        webhook = check_webhook(str(webhook), settings.api.webhook_allow, resolve)
+    return Submission(image=image, format=fmt, sidecar=sidecar, webhook=webhook)
+
+
+def sidecar_mapping(fields: Mapping[str, Any]) -> dict[str, object]:
+    """The sidecar a user would write for these fields (absent fields are left out)."""
+    sidecar: dict[str, object] = {}
+    styles = fields.get("styles")
+    if styles is not None:
+        if isinstance(styles, str):
+            styles = [styles]
+        if isinstance(styles, list) and all(isinstance(s, str) for s in styles):
+            styles = [name.strip() for s in styles for name in s.split(",") if name.strip()]
+        sidecar["styles"] = styles
+    for name in ("variants", "seed", "prompt", "negative", "instruction"):
+        if fields.get(name) is not None:
+            sidecar[name] = fields[name]
+    # A form sends every field as text; the sidecar validator is strict (a JSON "3" is refused
+    # there), so whole numbers written as digits become numbers here and nothing else changes.
+    for name in ("variants", "seed"):
+        value = sidecar.get(name)
+        if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit() and len(value.strip()) <= 20:
+            sidecar[name] = int(value.strip())
+    background = {key: fields[f"background_{key}"] for key in ("mode", "prompt")
+                  if fields.get(f"background_{key}") is not None}
+    if background:
+        sidecar["background"] = background
+    return sidecar
+
+
+def check_sidecar(sidecar: dict[str, object], settings: Settings) -> ItemOverrides | None:
+    """The request's overrides through ``validate_overrides``, the one validator the worker runs on
+    a sidecar (bounds, caps, duplicate and unknown styles, each style's own rules); a 422 problem
+    naming the field otherwise."""
+    if not sidecar:
+        return None
+    try:
+        return validate_overrides(sidecar, settings, where="request")
+    except InvalidSidecar as exc:
+        # The sidecar's own hint speaks of a file next to the photo; here the fields are the request's.
+        raise Problem(422, str(exc), field=_first_field(sidecar), hint="Change the field named in the message.",
+                      errors=_field_errors(sidecar)) from None
+
+
+def _field_errors(sidecar: dict[str, object]) -> list[dict[str, str]]:
+    """One ``{field, message}`` per bad field, from the sidecar model's own errors."""
+    try:
+        Sidecar.model_validate(sidecar)
+    except ValidationError as exc:
+        out = []
+        for e in exc.errors():
+            loc = ".".join(str(p) for p in e["loc"])
+            out.append({"field": _FIELD_OF.get(loc, loc.split(".")[0]), "message": e["msg"]})
+        return out
+    return []
+
+
+def _first_field(values: Mapping[str, object]) -> str | None:
+    errors = _field_errors(dict(values))
+    if errors:
+        return errors[0]["field"]
+    return next(iter(values), None)
+
+
+# --------------------------------------------------------------------------- webhooks
+
+
+def host_allowed(host: str, allow: list[str]) -> bool:
+    host = host.lower().rstrip(".")
+    for entry in allow:
+        entry = entry.lower().rstrip(".")
+        if entry.startswith("*.") and host.endswith(entry[1:]) and host != entry[2:]:
+            return True
+        if host == entry:
+            return True
+    return False
+
+
+def default_resolve(host: str) -> list[str]:
+    return sorted({info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)})
+
+
+def check_webhook(url: str, allow: list[str], resolve: Resolver | None = None) -> str:
+    """The URL when its host is on ``api.webhook_allow`` and, unless the entry names it exactly as
+    an address, resolves to public addresses only; else 422."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        raise Problem(422, f"webhook {url!r} is not an http(s) URL with a host", field="webhook",
+                      hint="Send a URL like https://hooks.example.com/toys, without credentials in it.")
+    host = parts.hostname
+    if not host_allowed(host, allow):
+        raise Problem(422, f"webhook host {host!r} is not on the allow-list (api.webhook_allow)", field="webhook",
+                      hint="Use a host the operator allowed, or ask them to add yours to api.webhook_allow.")
+    explicit = any(entry.lower() == host.lower() for entry in allow)
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        addresses = [str(literal)]
+    else:
+        try:
+            addresses = (resolve or default_resolve)(host)
+        except OSError as exc:
+            raise Problem(422, f"webhook host {host!r} does not resolve ({exc})", field="webhook",
+                          hint="Check the host name.") from None
+    private = [a for a in addresses if not ipaddress.ip_address(a).is_global]
+    if private and not explicit:
+        raise Problem(422, f"webhook host {host!r} resolves to a private or loopback address ({private[0]})",
+                      field="webhook", hint="Webhooks go to public addresses only, unless the operator lists the "
+                      "host itself (not a wildcard) in api.webhook_allow.")
+    return url

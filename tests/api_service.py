@@ -1,0 +1,132 @@
+"""A real ``processor serve`` and a real ``processor run`` daemon as subprocesses, for the API tests
+(and ``bench/api.py``): the serve binds port 0 and prints its URL, which is read from its log file.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+#: Seconds a server gets to print its URL and answer /readyz.
+START_TIMEOUT_S = 60.0
+#: Seconds a job of the tiny toon style gets to finish (a daemon polls every 0.2 s here).
+JOB_TIMEOUT_S = 90.0
+TOKEN = "test-token-1"
+OTHER_TOKEN = "test-token-2"
+#: Standard Webhooks secret of the test servers ("whsec_" + base64).
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"toy-cartoonizer-test-secret!").decode()
+
+CONFIG = """\
+styles: {toon: {engine: toon, variants: 2, max_side: 128}}
+run: {styles: [toon], poll_interval_s: 0.2, idle_backoff_max_s: 0.5, full_rescan_s: 2}
+claims: {ttl_s: 30, renew_s: 5, progress_s: 0.2}
+pipeline: {contact_sheet_height: 64}
+metrics: {port: 0}
+api: {poll_s: 0.1, max_upload_bytes: %(max_upload)d, max_wait_s: 60, direct_timeout_s: 90,
+      webhook_allow: [%(allow)s]}
+"""
+
+
+@dataclass
+class Service:
+    """A running API (``url``) and the environment both processes got."""
+
+    url: str
+    env: dict[str, str]
+    proc: subprocess.Popen
+    log: Path
+    #: The ``processor run`` daemon beside it, when the test started one.
+    worker: subprocess.Popen | None = None
+
+    def client(self, token: str | None = TOKEN, **kwargs: object) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
+
+
+def write_env(tmp: Path, store_env: dict[str, str], *, max_upload: int = 4_000_000,
+              allow: tuple[str, ...] = ("127.0.0.1",), keys: str = f"{TOKEN},{OTHER_TOKEN}") -> dict[str, str]:
+    config = tmp / "config.yaml"
+    config.write_text(CONFIG % {"max_upload": max_upload, "allow": ", ".join(f'"{a}"' for a in allow)})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROCESSOR_", "AWS_"))}
+    env |= {"PROCESSOR_CONFIG": str(config), "PROCESSOR_API_KEYS": keys, "PROCESSOR_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            **store_env}
+    return env
+
+
+@contextmanager
+def serve(env: dict[str, str], tmp: Path, *args: str) -> Iterator[Service]:
+    log = tmp / f"serve-{time.monotonic_ns()}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "processor", "serve", "--port", "0", *args], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        url = _wait_url(proc, log)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while httpx.get(url + "/readyz", timeout=5).status_code != 200:
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        yield Service(url, env, proc, log)
+    finally:
+        stop(proc)
+
+
+@contextmanager
+def worker(env: dict[str, str], tmp: Path) -> Iterator[subprocess.Popen]:
+    log = tmp / f"worker-{time.monotonic_ns()}.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "processor", "run", "--metrics-port", "0"], env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_url(proc: subprocess.Popen, log: Path) -> str:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        found = re.search(r"serving (http://\S+) over", log.read_text(errors="replace"))
+        if found:
+            return found.group(1)
+        assert proc.poll() is None, f"processor serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+        time.sleep(0.05)
+    raise AssertionError(f"processor serve printed no URL:\n{log.read_text()[-3000:]}")
+
+
+def rss_bytes(pid: int) -> int:
+    """The process's resident memory (VmRSS in /proc/<pid>/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def wait_status(client: httpx.Client, job: str, wanted: set[str], timeout: float = JOB_TIMEOUT_S) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = client.get(f"/v1/jobs/{job}").json()
+        if body["status"] in wanted:
+            return body
+        assert time.monotonic() < deadline, f"job {job} stayed {body['status']}: {body}"
+        time.sleep(0.1)

@@ -1,0 +1,245 @@
+"""The HTTP API end to end: a real ``processor serve`` (uvicorn on a free port) and a real
+``processor run`` daemon (toon style), on the local store and on SeaweedFS."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import signal
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.api_service import OTHER_TOKEN, TOKEN, Service, serve, wait_status, worker, write_env
+from tests.images import photo_bytes
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture(scope="module", params=["local", "s3"])
+def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    tmp = tmp_path_factory.mktemp(f"api-{request.param}")
+    if request.param == "local":
+        store_env = {"PROCESSOR_STORE__KIND": "local", "PROCESSOR_STORE__ROOT": str(tmp / "bucket")}
+    else:
+        s3 = request.getfixturevalue("s3_server")
+        store_env = {"PROCESSOR_STORE__KIND": "s3", "PROCESSOR_STORE__BUCKET": s3.new_bucket(),
+                     "PROCESSOR_STORE__ENDPOINT_URL": s3.endpoint_url, "PROCESSOR_STORE__REGION": "us-east-1",
+                     "AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}
+    env = write_env(tmp, store_env)
+    with serve(env, tmp) as api, worker(env, tmp) as daemon:
+        api.worker = daemon
+        yield api
+
+
+@pytest.fixture
+def client(service: Service) -> Iterator[httpx.Client]:
+    with service.client() as c:
+        yield c
+
+
+def submit(client: httpx.Client, image: bytes | None = None, **fields: str) -> httpx.Response:
+    return client.post("/v1/jobs", files={"image": ("toy.jpg", image or photo_bytes(160, 120))}, data=fields)
+
+
+def assert_problem(resp: httpx.Response, status: int, field: str | None) -> dict:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith(PROBLEM)
+    body = resp.json()
+    assert body["status"] == status and body["detail"] and body["title"]
+    if field is not None:
+        assert body["field"] == field, body
+    assert body.get("hint") or status == 404 and body["detail"]
+    return body
+
+
+def test_submit_runs_to_done_with_variants_and_files(service: Service, client: httpx.Client) -> None:
+    resp = submit(client, variants="2", seed="7")
+    assert resp.status_code == 202, resp.text
+    created = resp.json()
+    assert created["status"] == "queued" and created["links"]["self"].endswith(created["id"])
+    assert resp.headers["location"] == created["links"]["self"]
+    done = wait_status(client, created["id"], {"done", "failed"})
+    assert done["status"] == "done", done
+    assert [(v["style"], v["index"], v["seed"]) for v in done["variants"]] == [("toon", 0, 7), ("toon", 1, 8)]
+    assert done["manifest"]["source"]["key"] == done["input"] and done["failure"] is None
+    for v in done["variants"]:
+        # Local store: streamed by the API (with the token). S3: a presigned URL, fetched without one.
+        got = client.get(v["url"]) if v["url"].startswith(service.url) else httpx.get(v["url"])
+        assert got.status_code == 200
+        image = Image.open(io.BytesIO(got.content))
+        assert (image.width, image.height) == (v["width"], v["height"])
+    assert "Signature" not in json.dumps(done["manifest"])  # the manifest itself carries no URL
+    sheet = done["contact_sheet"]
+    assert (client.get(sheet) if sheet.startswith(service.url) else httpx.get(sheet)).status_code == 200
+
+
+def test_json_submission_with_base64_and_prefer_wait(client: httpx.Client) -> None:
+    image = base64.b64encode(photo_bytes(150, 110, fmt="PNG")).decode()
+    resp = client.post("/v1/jobs", json={"image": image, "variants": 1}, headers={"Prefer": "wait=60"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["status"] == "done" and len(resp.json()["variants"]) == 1
+
+
+def test_prefer_wait_answers_202_when_the_job_is_not_done_in_time(service: Service, client: httpx.Client) -> None:
+    service.worker.send_signal(signal.SIGSTOP)  # a busy fleet: nobody takes the job meanwhile
+    try:
+        started = time.monotonic()
+        resp = client.post("/v1/jobs", files={"image": ("t.jpg", photo_bytes(140, 100, seed=3))},
+                           headers={"Prefer": "wait=1"})
+        waited = time.monotonic() - started
+    finally:
+        service.worker.send_signal(signal.SIGCONT)
+    assert resp.status_code == 202 and resp.json()["status"] in ("queued", "running"), resp.text
+    assert 1 <= waited < 10
+    assert wait_status(client, resp.json()["id"], {"done"})["variants"]
+
+
+def test_idempotency_key_returns_the_same_job_and_writes_nothing_new(service: Service, client: httpx.Client) -> None:
+    image = photo_bytes(130, 100, seed=11)
+    headers = {"Idempotency-Key": "order-4711"}
+    first = client.post("/v1/jobs", files={"image": ("a.jpg", image)}, headers=headers)
+    second = client.post("/v1/jobs", files={"image": ("a.jpg", image)}, headers=headers)
+    assert first.status_code == second.status_code == 202
+    assert first.json()["id"] == second.json()["id"]
+    listed = [j["id"] for j in client.get("/v1/jobs", params={"limit": 200}).json()["jobs"]]
+    assert listed.count(first.json()["id"]) == 1
+    # The same key with another photo is refused, naming the header.
+    other = client.post("/v1/jobs", files={"image": ("b.jpg", photo_bytes(130, 100, seed=12))}, headers=headers)
+    assert_problem(other, 422, "Idempotency-Key")
+    # Keys are per token: another client's same key is its own job.
+    with service.client(OTHER_TOKEN) as other_client:
+        theirs = other_client.post("/v1/jobs", files={"image": ("a.jpg", image)}, headers=headers)
+    assert theirs.status_code == 202 and theirs.json()["id"] != first.json()["id"]
+
+
+def test_events_stream_status_until_done(service: Service, client: httpx.Client) -> None:
+    job = submit(client, variants="1").json()["id"]
+    events = []
+    with client.stream("GET", f"/v1/jobs/{job}/events", timeout=90) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        kind = None
+        for line in resp.iter_lines():
+            if line.startswith("event: "):
+                kind = line[len("event: "):]
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line[len("data: "):])))
+    kinds = [k for k, _ in events]
+    assert kinds[0] == "status" and kinds[-1] == "done", kinds
+    assert events[-1][1]["status"] == "done" and events[-1][1]["variants"]
+    assert set(kinds) <= {"status", "progress", "done"}
+
+
+def test_bad_photo_fails_with_its_record_and_retry_requeues_it(service: Service, client: httpx.Client) -> None:
+    # A PNG signature then garbage: sniffed as PNG (accepted), undecodable (the worker fails it).
+    broken = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+    job = submit(client, broken).json()["id"]
+    failed = wait_status(client, job, {"failed", "done"})
+    assert failed["status"] == "failed" and failed["failure"]["permanent"], failed
+    assert failed["failure"]["hint"] and failed["links"]["retry"]
+    first_record = failed["failure"]
+    retried = client.post(f"/v1/jobs/{job}/retry")
+    assert retried.status_code == 202, retried.text
+    assert retried.json()["status"] in ("queued", "running", "failed")
+    again = wait_status(client, job, {"failed"})
+    assert again["failure"]["error"] == first_record["error"]
+    # The worker really took it again: two failures of this input in its log.
+    (log,) = service.log.parent.glob("worker-*.log")
+    deadline = time.monotonic() + 30
+    while sum(1 for line in log.read_text().splitlines()
+              if '"input_failed"' in line and failed["input"] in line) < 2:
+        assert time.monotonic() < deadline, "the retried job was not processed again"
+        time.sleep(0.2)
+    # Only a failed job can be retried.
+    good = client.post("/v1/jobs", files={"image": ("g.jpg", photo_bytes(120, 90))}, headers={"Prefer": "wait=60"})
+    assert good.json()["status"] == "done"
+    assert_problem(client.post(f"/v1/jobs/{good.json()['id']}/retry"), 409, "id")
+
+
+def test_listing_pages_and_includes_inputs_dropped_in_the_bucket(service: Service, client: httpx.Client) -> None:
+    for seed in range(3):
+        assert submit(client, photo_bytes(100, 80, seed=seed + 20)).status_code == 202
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = client.get("/v1/jobs", params=params).json()
+        assert len(page["jobs"]) <= 2
+        seen += [j["id"] for j in page["jobs"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert len(seen) == len(set(seen)) >= 3
+    # An input dropped straight into the bucket (processor submit) is a job too.
+    photo = service.log.parent / "dropped.jpg"
+    photo.write_bytes(photo_bytes(100, 80, seed=99))
+    import subprocess
+    import sys
+    subprocess.run([sys.executable, "-m", "processor", "submit", "-q", str(photo)], env=service.env, check=True,
+                   capture_output=True)
+    inputs = [j["input"] for j in client.get("/v1/jobs", params={"limit": 200}).json()["jobs"]]
+    assert "inputs/dropped.jpg" in inputs
+
+
+def test_auth_is_required_on_every_v1_route_and_the_seed_route(service: Service) -> None:
+    routes = [("POST", "/v1/jobs"), ("GET", "/v1/jobs"), ("GET", "/v1/jobs/abc"), ("GET", "/v1/jobs/abc/events"),
+              ("POST", "/v1/jobs/abc/retry"), ("GET", "/v1/jobs/abc/files/toon-00.png"),
+              ("POST", "/generate_image_rest_direct")]
+    for token in (None, "wrong-token"):
+        with service.client(token) as c:
+            for method, path in routes:
+                resp = c.request(method, path)
+                assert_problem(resp, 401, "Authorization")
+                assert resp.headers["www-authenticate"].startswith("Bearer")
+    with service.client(None) as c:  # probes and metrics stay open for the kubelet and Prometheus
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+        assert "processor_pending_inputs" in c.get("/metrics").text
+
+
+def test_every_error_status_names_the_field(client: httpx.Client) -> None:
+    too_big = photo_bytes(100, 80)[:3] + b"\x00" * 4_100_000
+    assert_problem(submit(client, too_big), 413, "image")
+    assert_problem(submit(client, b"<!doctype html><html>not a photo</html>"), 415, "image")
+    assert_problem(client.post("/v1/jobs", content=b"x", headers={"Content-Type": "text/plain"}), 415, "Content-Type")
+    assert_problem(submit(client, variants="99"), 422, "variants")
+    assert_problem(submit(client, styles="no-such-style"), 422, "styles")
+    assert_problem(submit(client, background_mode="sideways"), 422, "background_mode")
+    assert_problem(submit(client, colour="red"), 422, "colour")
+    assert_problem(client.post("/v1/jobs", json={"variants": 2}), 422, "image")
+    assert_problem(client.post("/v1/jobs", json={"image": "not base64!"}), 422, "image")
+    assert_problem(client.get("/v1/jobs/bm8tc3VjaC1qb2IucG5n"), 404, "id")
+    assert_problem(client.get("/v1/jobs/!!"), 404, "id")
+    assert_problem(client.get("/v1/jobs", params={"limit": 0}), 422, "limit")
+    assert_problem(client.get("/v1/jobs", params={"cursor": "!!"}), 422, "cursor")
+
+
+def test_webhook_hosts_off_the_allow_list_are_refused(client: httpx.Client) -> None:
+    body = assert_problem(submit(client, webhook="https://evil.example.net/hook"), 422, "webhook")
+    assert "allow-list" in body["detail"]
+    assert_problem(submit(client, webhook="ftp://127.0.0.1/x"), 422, "webhook")
+
+
+def test_seed_route_serves_the_prototype_client(service: Service) -> None:
+    """A client written like the prototype's: a JSON body with a base64 photo, base64 PNGs back."""
+    payload = {
+        "initial_image": base64.b64encode(photo_bytes(160, 120, seed=5)).decode("utf-8"),
+        "prompt": "a toy robot",
+        "negative_prompt": "blurry",
+        "final_images_to_return": 3,
+        "seed": 42,
+    }
+    response = httpx.post(service.url + "/generate_image_rest_direct", json=payload, timeout=120,
+                          headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 200, response.text
+    images = response.json()["generated_images"]
+    assert len(images) == 3
+    for encoded in images:
+        image = Image.open(io.BytesIO(base64.b64decode(encoded)))
+        assert image.format == "PNG" and image.width > 0
+    bad = httpx.post(service.url + "/generate_image_rest_direct", json=payload | {"final_images_to_return": 0},
+                     headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
+    assert_problem(bad, 422, "final_images_to_return")
