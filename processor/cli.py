@@ -38,6 +38,7 @@ from processor.errors import (
 )
 from processor.keys import KeyLayout, is_sidecar, safe_segment, split_extension
 from processor.log import configure_logging
+from processor.redact import redact
 from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo, json_schemas
 from processor.store.base import ObjectStore
 
@@ -619,11 +620,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not logging.getLogger().handlers:
             configure_logging()
         log.error("fatal", extra={"error": type(exc).__name__, "detail": str(exc)})
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except StoreError as exc:
         # Retries ran out outside the worker's per-item handling (e.g. during a scan).
-        print(f"error: store: {exc}", file=sys.stderr)
+        print(f"error: store: {redact(str(exc))}", file=sys.stderr)
         return EXIT_INCOMPLETE
     except KeyboardInterrupt:
         return 130

@@ -25,6 +25,10 @@ DEFAULT_CONFIG = Path("config.yaml")
 DEFAULT_CLAIM_TTL_S = 600.0
 #: Seconds between claim renewals (well inside the TTL so one slow renewal does not lose it).
 DEFAULT_CLAIM_RENEW_S = 120.0
+#: Seconds: the longest TTL any claim in the bucket is believed to have. A claim names its own TTL,
+#: but whoever can write the bucket can write a claim: one that says a year (or garbage) would
+#: otherwise hold its input forever. An hour: six times the default TTL.
+DEFAULT_CLAIM_MAX_TTL_S = 3600.0
 #: Bytes: inputs larger than this are refused before download.
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 #: Pixels: a decoded image larger than this is refused before its pixels are allocated.
@@ -427,13 +431,19 @@ class RunSettings(_Section):
 
 
 class ClaimSettings(_Section):
-    ttl_s: float = Field(default=DEFAULT_CLAIM_TTL_S, gt=0)
-    renew_s: float = Field(default=DEFAULT_CLAIM_RENEW_S, gt=0)
+    # allow_inf_nan=False: "inf" or "nan" from YAML or the environment would never expire.
+    ttl_s: float = Field(default=DEFAULT_CLAIM_TTL_S, gt=0, allow_inf_nan=False)
+    renew_s: float = Field(default=DEFAULT_CLAIM_RENEW_S, gt=0, allow_inf_nan=False)
+    #: Cap on the TTL read from any claim in the bucket (``processor.claims``).
+    max_ttl_s: float = Field(default=DEFAULT_CLAIM_MAX_TTL_S, gt=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _renew_inside_ttl(self) -> ClaimSettings:
         if self.renew_s >= self.ttl_s:
             raise ValueError(f"claims.renew_s ({self.renew_s}) must be shorter than claims.ttl_s ({self.ttl_s})")
+        if self.ttl_s > self.max_ttl_s:
+            raise ValueError(f"claims.ttl_s ({self.ttl_s}) must not exceed claims.max_ttl_s ({self.max_ttl_s}): "
+                             "other workers would take this worker's claims over while it still renews them")
         return self
 
 

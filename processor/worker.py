@@ -13,7 +13,10 @@ The commit: ``manifest.json`` is written last with ``If-None-Match: *`` (or ``If
 manifest of the input's previous version). A worker that was paused past its claim's TTL loses
 that race and publishes nothing (``commit_refused``). Variants are written with the same care: a
 variant that already exists is only replaced when no manifest for this input version exists and
-the claim object still carries this worker's token; the commit checks the token too.
+the claim object still carries this worker's token; the commit checks the token too. In
+``shards`` coordination there is no token to check, so an existing output is never replaced:
+that attempt writes its outputs under names of its own (``outputs.attempt_scoped``), created only
+if absent, and its manifest names them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -36,8 +40,11 @@ from processor.errors import (
     InvalidInput,
     InvalidKey,
     ItemError,
+    InputUnreadable,
+    InvalidSidecar,
     ObjectNotFound,
     ObjectTooLarge,
+    ObjectUnreadable,
     PreconditionFailed,
     StoreError,
     ImageTooLarge,
@@ -46,16 +53,16 @@ from processor.errors import (
 from processor.failpolicy import CircuitBreaker, is_final
 from processor.keys import KeyLayout
 from processor.log import bind_item
-from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo
+from processor.manifest import MAX_RECORD_BYTES, FailureRecord, Manifest, Source, WorkerInfo
 from processor.metrics import WorkerObserver
-from processor.outputs import encode_outputs
+from processor.outputs import attempt_scoped, encode_outputs
 from processor.pipeline.base import DecodedImage, VariantImage
 from processor.pipeline.caption import Caption, caption_item, caption_used, metadata_prompt
 from processor.pipeline.decode import decode_image
 from processor.pipeline.render import EngineRegistry, render
-from processor.pipeline.sidecar import Sidecar, parse_sidecar
+from processor.pipeline.sidecar import MAX_SIDECAR_BYTES, Sidecar, parse_sidecar
 from processor.scan import IncrementalScanner, WorkItem, scan, shard_of
-from processor.store.base import ObjectStore
+from processor.store.base import ObjectStore, StoredObject
 
 log = logging.getLogger("processor.worker")
 
@@ -78,6 +85,10 @@ PASS_MAX_TTLS = 1.0
 RETRY_OUTCOMES = frozenset({"transient", "released", "busy", "lost", "retry", None})
 
 _END = object()
+
+
+class OutputTaken(Exception):
+    """``shards`` coordination found an output name taken and may not replace it."""
 
 
 class AlreadyCommitted(Exception):
@@ -153,7 +164,8 @@ class Worker:
         self.layout = KeyLayout(settings.prefixes)
         self.styles = styles or list(settings.run.styles)
         self.info = WorkerInfo(id=worker_id, version=__version__, device=device)
-        self.claims = ClaimManager(store, worker_id, settings.claims.ttl_s) if use_claims else None
+        self.claims = (ClaimManager(store, worker_id, settings.claims.ttl_s, settings.claims.max_ttl_s)
+                       if use_claims else None)
         self.stop_event = threading.Event()
         self.totals: Counter = Counter()
         self._fatal: BaseException | None = None
@@ -393,6 +405,9 @@ class Worker:
             # in it, say): retrying cannot help, so it gets a failure record like a bad photo.
             job.error = InvalidInput(str(exc), hint="Rename the input to a plain path: '/' between folders, "
                                                     "no '\\', '..' or empty folder names.")
+        except ObjectUnreadable as exc:
+            # One object we may not read (a policy, a KMS key, SSE-C): this input's failure record.
+            job.error = InputUnreadable(str(exc))
         except ObjectNotFound:
             self._finish(job, "vanished", keeper, result)  # deleted since the scan
             return None
@@ -409,7 +424,7 @@ class Worker:
         after the commit but before the done marker); notes what the commit must replace."""
         keys = job.item.keys
         try:
-            found = self.store.get(keys.manifest)
+            found = self._get_record(keys.manifest)
             job.old_manifest_etag = found.info.etag
             try:
                 if Manifest.model_validate_json(found.body).source.etag == job.etag:
@@ -420,7 +435,7 @@ class Worker:
         except ObjectNotFound:
             pass
         try:
-            found = self.store.get(keys.failure)
+            found = self._get_record(keys.failure)
             try:
                 record = FailureRecord.model_validate_json(found.body)
                 if record.source.etag == job.etag:
@@ -436,6 +451,15 @@ class Worker:
         except ObjectNotFound:
             pass
         return False
+
+    def _get_record(self, key: str) -> StoredObject:
+        """A manifest or failure record, read with a byte cap. An oversized one was not written
+        by us: it comes back with an empty body (which fails validation, so it is replaced by
+        our commit or record) and the ETag of a HEAD, for the If-Match of that replacement."""
+        try:
+            return self.store.get(key, max_bytes=MAX_RECORD_BYTES)
+        except ObjectTooLarge:
+            return StoredObject(info=self.store.head(key), body=b"")
 
     def _download(self, job: Job) -> bytes:
         """The input's bytes (and its sidecar, parsed); the version read is the one recorded."""
@@ -459,9 +483,15 @@ class Worker:
         job.metadata_prompt = metadata_prompt(obj.metadata)
         if job.item.sidecar:
             try:
-                job.sidecar = parse_sidecar(self.store.get(job.item.sidecar).body, job.item.sidecar)
+                body = self.store.get(job.item.sidecar, max_bytes=MAX_SIDECAR_BYTES).body
             except ObjectNotFound:
                 job.sidecar = None
+            except ObjectTooLarge as exc:
+                # Refused from its length, before the body is downloaded.
+                raise InvalidSidecar(f"sidecar {job.item.sidecar} is {exc.size:,} bytes; "
+                                     f"limit is {MAX_SIDECAR_BYTES:,}") from exc
+            else:
+                job.sidecar = parse_sidecar(body, job.item.sidecar)
         return obj.body
 
     # ----------------------------------------------------------------- stage 2: compute
@@ -561,8 +591,22 @@ class Worker:
         job.timings["encode"] = round(time.perf_counter() - started, 4)
         started = time.perf_counter()
         try:
-            for f in files:
-                self._put_output(job, keys.output_prefix + f.name, f.body, f.content_type)
+            try:
+                for f in files:
+                    self._put_output(job, keys.output_prefix + f.name, f.body, f.content_type)
+            except OutputTaken as exc:
+                # Shards: a twin pod (or a dead attempt) wrote these names; ours go beside them
+                # under names of our own, created only if absent, and the manifest names ours.
+                files, entries, sheet_name = attempt_scoped(files, entries, sheet_name,
+                                                            output_prefix=keys.output_prefix,
+                                                            token=uuid.uuid4().hex[:12])
+                log.info("outputs_attempt_scoped", extra={"key": job.key, "taken": str(exc)})
+                for f in files:
+                    try:
+                        self.store.put(keys.output_prefix + f.name, f.body, content_type=f.content_type,
+                                       if_none_match=True)
+                    except PreconditionFailed as again:
+                        raise AlreadyCommitted(f.name, "attempt-scoped name taken") from again
         except AlreadyCommitted as exc:
             log.warning("commit_refused", extra={"key": job.key, "reason": exc.reason})
             return "refused"
@@ -613,6 +657,10 @@ class Worker:
         current = self.store.head(key)
         if self._committed(job):
             raise AlreadyCommitted(key)
+        if self.claims is None:
+            # Shards (no claims): this may be the variant of a twin pod on the same index (a
+            # Kubernetes Job runs at least once), which it may commit any moment: never replace it.
+            raise OutputTaken(key)
         if not self._still_ours(job):
             # The object may be the variant of the worker that took our claim over, which it
             # may commit any moment: only the claim holder replaces outputs.
@@ -636,7 +684,7 @@ class Worker:
 
     def _committed(self, job: Job) -> bool:
         try:
-            found = self.store.get(job.item.keys.manifest)
+            found = self._get_record(job.item.keys.manifest)
         except ObjectNotFound:
             return False
         if found.info.etag == job.old_manifest_etag:
