@@ -34,12 +34,14 @@ from processor.errors import (
     FatalError,
     ItemError,
     ObjectNotFound,
+    ObjectTooLarge,
+    ObjectUnreadable,
     StoreError,
 )
 from processor.keys import KeyLayout, is_sidecar, safe_segment, split_extension
 from processor.log import configure_logging
+from processor.manifest import MAX_RECORD_BYTES, FailureRecord, Manifest, Source, WorkerInfo, json_schemas
 from processor.redact import redact
-from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo, json_schemas
 from processor.store.base import ObjectStore
 
 log = logging.getLogger("processor.cli")
@@ -311,12 +313,12 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     recent = []
     for obj in failures[:RECENT_FAILURES]:
         try:
-            record = FailureRecord.model_validate_json(store.get(obj.key).body)
+            record = FailureRecord.model_validate_json(store.get(obj.key, max_bytes=MAX_RECORD_BYTES).body)
             recent.append({"input": record.source.key, "error": record.error, "message": record.message,
                            "hint": record.hint, "at": record.created_at.isoformat(),
                            "attempts": record.attempts, "final": record.final})
-        except (ObjectNotFound, ValueError):
-            continue
+        except (ObjectNotFound, ObjectTooLarge, ObjectUnreadable, ValueError):
+            continue  # gone, or not a record of ours: status reports what it can read
     if args.json:
         print(json.dumps({"store": store.description, **counts, "recent_failures": recent}, indent=2))
         return 0
@@ -337,10 +339,13 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     key = args.key if args.key.startswith(settings.prefixes.inputs) else settings.prefixes.inputs + args.key
     keys = layout.for_input(key)
     try:
-        manifest = Manifest.model_validate_json(store.get(keys.manifest).body)
+        manifest = Manifest.model_validate_json(store.get(keys.manifest, max_bytes=MAX_RECORD_BYTES).body)
+    except ObjectTooLarge as exc:
+        raise FatalError(f"{keys.manifest} is {exc.size:,} bytes, over {MAX_RECORD_BYTES:,}: not a manifest "
+                         "written by this processor; refusing to read it") from exc
     except ObjectNotFound:
         try:
-            record = FailureRecord.model_validate_json(store.get(keys.failure).body)
+            record = FailureRecord.model_validate_json(store.get(keys.failure, max_bytes=MAX_RECORD_BYTES).body)
         except ObjectNotFound:
             print(f"{key}: no results yet (no {keys.manifest}, no {keys.failure})", file=sys.stderr)
             return 1
