@@ -344,10 +344,14 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
         raise FatalError(f"{keys.manifest} is {exc.size:,} bytes, over {MAX_RECORD_BYTES:,}: not a manifest "
                          "written by this processor; refusing to read it") from exc
     except ObjectNotFound:
+        manifest = None
+    if manifest is None or manifest.source.key != key:
+        # No manifest, or another input's whose name maps to the same folder (a.png and a.jpg).
         try:
             record = FailureRecord.model_validate_json(store.get(keys.failure, max_bytes=MAX_RECORD_BYTES).body)
         except ObjectNotFound:
-            print(f"{key}: no results yet (no {keys.manifest}, no {keys.failure})", file=sys.stderr)
+            held = f"; {keys.output_prefix} holds the result of {manifest.source.key}" if manifest else ""
+            print(f"{key}: no results yet (no {keys.manifest}, no {keys.failure}){held}", file=sys.stderr)
             return 1
         print(f"{key} failed: {record.error}: {record.message}\n  -> {record.hint}", file=sys.stderr)
         return 1

@@ -108,6 +108,8 @@ class Job:
     etag: str
     size: int
     old_manifest_etag: str | None = None
+    #: The output folder's manifest is this input's own (an earlier version): the folder is ours.
+    owns_folder: bool = False
     stale_failure: bool = False
     #: 1, or n + 1 when a retryable failure record says n attempts at this version failed.
     attempt: int = 1
@@ -427,11 +429,16 @@ class Worker:
             found = self._get_record(keys.manifest)
             job.old_manifest_etag = found.info.etag
             try:
-                if Manifest.model_validate_json(found.body).source.etag == job.etag:
+                existing = Manifest.model_validate_json(found.body)
+            except ValidationError:
+                existing = None  # unreadable: replaced by our commit (If-Match on its ETag)
+            if existing is not None and existing.source.key != job.key:
+                self._check_folder_owner(job, existing.source.key)
+            elif existing is not None:
+                job.owns_folder = True
+                if existing.source.etag == job.etag:
                     self._mark(job, "done")
                     return True
-            except ValidationError:
-                pass  # unreadable: replaced by our commit (If-Match on its ETag)
         except ObjectNotFound:
             pass
         try:
@@ -452,6 +459,21 @@ class Worker:
             pass
         return False
 
+    def _check_folder_owner(self, job: Job, owner: str) -> None:
+        """The output folder holds the result of ``owner``, another input whose name maps to the
+        same folder (``a.png`` and ``a.jpg``). Its committed result is never replaced: while
+        ``owner`` exists this input fails with a record saying so. Once ``owner`` is deleted
+        its result is stale and this input's commit replaces it (If-Match on its ETag)."""
+        try:
+            self.store.head(owner)
+        except ObjectNotFound:
+            return
+        raise InvalidInput(
+            f"{job.key} and {owner} both write to {job.item.keys.output_prefix}, which holds the result "
+            f"of {owner}",
+            hint="Rename this input: inputs whose names differ only by extension share an output folder.",
+        )
+
     def _get_record(self, key: str) -> StoredObject:
         """A manifest or failure record, read with a byte cap. An oversized one was not written
         by us: it comes back with an empty body (which fails validation, so it is replaced by
@@ -464,7 +486,7 @@ class Worker:
     def _download(self, job: Job) -> bytes:
         """The input's bytes (and its sidecar, parsed); the version read is the one recorded."""
         keys = job.item.keys
-        if job.item.collides_with:
+        if job.item.collides_with and not job.owns_folder:
             raise InvalidInput(
                 f"{keys.input} and {job.item.collides_with} both write to {keys.output_prefix}",
                 hint="Rename one of them: inputs that differ only by extension share an output folder.",
@@ -655,7 +677,7 @@ class Worker:
         except PreconditionFailed:
             pass
         current = self.store.head(key)
-        if self._committed(job):
+        if self._committed(job, or_other_input=True):
             raise AlreadyCommitted(key)
         if self.claims is None:
             # Shards (no claims): this may be the variant of a twin pod on the same index (a
@@ -682,7 +704,10 @@ class Worker:
             return True  # shards: no claims; the conditional commit alone decides
         return self.claims.holds(job.claim)
 
-    def _committed(self, job: Job) -> bool:
+    def _committed(self, job: Job, *, or_other_input: bool = False) -> bool:
+        """Whether this input version's manifest is committed; with ``or_other_input``, also
+        whether another input's is (a name mapping to the same folder): its outputs are not ours
+        to replace either."""
         try:
             found = self._get_record(job.item.keys.manifest)
         except ObjectNotFound:
@@ -690,9 +715,12 @@ class Worker:
         if found.info.etag == job.old_manifest_etag:
             return False  # the previous version's manifest, which our commit replaces
         try:
-            return Manifest.model_validate_json(found.body).source.etag == job.etag
+            source = Manifest.model_validate_json(found.body).source
         except ValidationError:
             return False
+        if source.key != job.key:
+            return or_other_input
+        return source.etag == job.etag
 
     def _publish_failure(self, job: Job) -> str:
         """The failure record; final (plus the ``failed`` done marker) for a bad input or a spent
