@@ -40,7 +40,14 @@ from processor.errors import (
 )
 from processor.keys import KeyLayout, is_sidecar, safe_segment, split_extension
 from processor.log import configure_logging
-from processor.manifest import MAX_RECORD_BYTES, FailureRecord, Manifest, Source, WorkerInfo, json_schemas
+from processor.manifest import (
+    MAX_RECORD_BYTES,
+    FailureRecord,
+    Manifest,
+    Source,
+    WorkerInfo,
+    json_schemas,
+)
 from processor.redact import redact
 from processor.store.base import ObjectStore
 

@@ -341,7 +341,7 @@ def test_local_get_stops_at_the_cap_when_the_file_grows(tmp_path: Path, monkeypa
         def __init__(self, fh: Any) -> None:
             self.fh = fh
 
-        def __enter__(self) -> Spy:
+        def __enter__(self) -> Any:
             return self
 
         def __exit__(self, *exc: object) -> None:
@@ -532,7 +532,7 @@ def test_seaweedfs_endpoint_with_credentials_works_and_never_shows_them(s3_serve
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "processor", *args], env=env, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, check=False)
 
 
 def test_cli_status_doctor_and_errors_never_print_endpoint_credentials(s3_server: S3Server, tmp_path: Path) -> None:

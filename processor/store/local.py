@@ -198,7 +198,7 @@ class LocalStore:
                                          key=key, size=len(body))
                 etag = self.etags.lookup(fh.fileno(), st)
                 if etag is None:
-                    etag = hashlib.md5(body).hexdigest()  # noqa: S324 - S3's ETag, not a security hash
+                    etag = hashlib.md5(body, usedforsecurity=False).hexdigest()
                     if os.fstat(fh.fileno()).st_mtime_ns == st.st_mtime_ns and len(body) == st.st_size:
                         self.etags.remember(fh.fileno(), st, etag)
             metadata = self._read_metadata(key, _version(st))
@@ -219,7 +219,7 @@ class LocalStore:
             raise ValueError("put takes if_none_match or if_match, not both")
         self._count()
         path = self._path(key)
-        md5 = hashlib.md5(body).hexdigest()  # noqa: S324 - S3's ETag, not a security hash
+        md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
         with self._translate(key, write=True):
             tmp, st = self._write_temp(body, md5=md5)
             try:
@@ -334,7 +334,7 @@ class LocalStore:
         etag = self.etags.lookup(path, st)
         if etag is not None:
             return etag
-        digest = hashlib.md5()  # noqa: S324 - S3's ETag, not a security hash
+        digest = hashlib.md5(usedforsecurity=False)  # S3's ETag, not a security hash
         with open(path, "rb") as fh:
             while chunk := fh.read(HASH_CHUNK_BYTES):
                 digest.update(chunk)

@@ -19,20 +19,20 @@ import botocore.config
 import botocore.exceptions
 
 from processor.config import StoreSettings
-from processor.redact import redact, split_endpoint
 from processor.errors import (
     ConfigError,
     ObjectAccessDenied,
     ObjectEncrypted,
     ObjectNotFound,
     ObjectTooLarge,
+    ObjectUnreadable,
     PreconditionFailed,
     ProcessorError,
     StoreAccessError,
     StoreError,
-    ObjectUnreadable,
     TransientStoreError,
 )
+from processor.redact import redact, split_endpoint
 from processor.store.base import ObjectInfo, StoredObject, strip_etag
 from processor.store.retry import RetryPolicy
 
@@ -231,7 +231,7 @@ class S3Store:
     def head(self, key: str) -> ObjectInfo:
         try:
             resp = self._call("head", key, lambda: self._client.head_object(Bucket=self.bucket, Key=key))
-        except ObjectUnreadable as refused:
+        except ObjectUnreadable:
             # A HEAD error has no body, so its bare 403/400 cannot tell revoked keys or a missing
             # bucket from one unreadable object. A one-byte GET's error body names the code, and
             # its translation says which it is; only this error path pays the extra request.
@@ -241,7 +241,7 @@ class S3Store:
                 return resp
 
             self._call("get", key, probe)
-            raise refused  # the GET was allowed after all: the HEAD's refusal stands
+            raise  # the GET was allowed after all: the HEAD's refusal stands
         return self._info(key, resp)
 
     def get(self, key: str, *, max_bytes: int | None = None) -> StoredObject:

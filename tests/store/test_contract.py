@@ -26,12 +26,12 @@ from botocore.stub import Stubber
 
 from processor.config import StoreSettings
 from processor.errors import (
+    InvalidKey,
     ObjectAccessDenied,
     ObjectEncrypted,
-    ObjectUnreadable,
-    InvalidKey,
     ObjectNotFound,
     ObjectTooLarge,
+    ObjectUnreadable,
     PreconditionFailed,
     StoreAccessError,
     StoreError,
@@ -418,10 +418,10 @@ def test_error_translation(code: str, status: int, expected: type[Exception]) ->
         ("AccessDenied", 403, "Access Denied", ObjectAccessDenied),
         ("AccessDenied", 403, "User is not authorized to perform: kms:Decrypt", ObjectAccessDenied),
         ("KMS.DisabledException", 400, "arn:aws:kms:... is disabled.", ObjectAccessDenied),
-        ("InvalidRequest", 400, "The object was stored using a form of Server Side Encryption. The correct "
-         "parameters must be provided to retrieve the object.", ObjectEncrypted),
-        ("InvalidArgument", 400, "Requests specifying Server Side Encryption with Customer provided keys must "
-         "provide the customer key.", ObjectEncrypted),
+        ("InvalidRequest", 400, ("The object was stored using a form of Server Side Encryption. The correct "
+                                 "parameters must be provided to retrieve the object."), ObjectEncrypted),
+        ("InvalidArgument", 400, ("Requests specifying Server Side Encryption with Customer provided keys must "
+                                  "provide the customer key."), ObjectEncrypted),
         # The credentials or the bucket: fatal whatever the request.
         ("InvalidAccessKeyId", 403, "The AWS Access Key Id you provided does not exist", StoreAccessError),
         ("SignatureDoesNotMatch", 403, "The request signature we calculated does not match", StoreAccessError),
