@@ -58,10 +58,10 @@ def read_rows(name: str, store: Any) -> list[tuple[str, str]]:
     ]
 
 
-def listing_rows(tmp: Path) -> list[tuple[str, str]]:
+def listing_rows(tmp: Path, files: int) -> list[tuple[str, str]]:
     root = tmp / "listing"
     (root / "inputs").mkdir(parents=True)
-    for i in range(LIST_FILES):
+    for i in range(files):
         (root / "inputs" / f"{i:05d}.jpg").write_bytes(i.to_bytes(4, "big") * (LIST_FILE_BYTES // 4))
     first = LocalStore(root)
     started = time.perf_counter()
@@ -82,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=DEFAULT_MIB, help=f"MiB of the sidecar (default {DEFAULT_MIB})")
     parser.add_argument("--store", choices=["local", "s3", "both"], default="both")
+    parser.add_argument("--files", type=int, default=LIST_FILES,
+                        help=f"files of the local listing run (default {LIST_FILES})")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     args = parser.parse_args(argv)
     rows: list[tuple[str, str]] = [(k, str(v)) for k, v in machine().items()]
@@ -91,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             local = LocalStore(Path(tmp) / "bucket")
             local.put(KEY, b" " * size)
             rows += read_rows(f"local, {args.mib} MiB", local)
-            rows += listing_rows(Path(tmp))
+            rows += listing_rows(Path(tmp), args.files)
         if args.store in ("s3", "both"):
             with seaweedfs_server() as server:
                 store = s3_store(server)

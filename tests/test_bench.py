@@ -56,3 +56,13 @@ def test_scan_pages_scale_with_inputs_not_per_input(s3_server, monkeypatch) -> N
     results = scan_bench.main(["--inputs", "25", "--verify", "1", "--store", "s3", "--json"], server=s3_server)
     assert results["s3_requests"] == 2 * 9
     assert (results["s3_daemon_full_requests"], results["s3_daemon_incremental_requests"]) == (2 * 9 + 1, 2)
+
+
+def test_bounded_reads_smoke_local(capsys) -> None:
+    from bench import bounded_reads
+
+    assert bounded_reads.main(["--mib", "2", "--store", "local", "--files", "20"]) == 0
+    report = parse_report(capsys.readouterr().out)
+    assert "local, 2 MiB: get max_bytes=64 KiB (now)" in report
+    assert report["local: next list, new process (hash from xattr)"].endswith(" 0 hashed")
+    assert report["local: first list of 20 dropped-in files (64 KiB)"].endswith(" 20 hashed")
