@@ -28,6 +28,11 @@ What it does:
    - ``window-probe``: the known race of a zombie overwriting a variant between its checks and its
      If-Match put, forced step by step with hold points (see docs/reliability.md).
 
+   Among the inputs, ``--hostile`` rounds of hostile bucket state: an input encrypted with a
+   customer key (SSE-C) the workers do not have, an input whose sidecar is far over its byte cap
+   (both must end with a failure record), and a good input whose claim object was planted with an
+   absurd TTL (it must be taken over once ``claims.max_ttl_s`` ran out, then committed).
+
 4. Waits until every input has a result, SIGTERMs every worker (each must exit 0), checks the
    bucket (``bench/chaos_check.py``) and prints the figures. Exit status 0 when the promise held.
 """
@@ -55,7 +60,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 from bench.chaos_check import BucketReport, check_bucket, percentile  # noqa: E402
 from bench.chaos_worker import folder_id  # noqa: E402
 from processor.config import PrefixSettings  # noqa: E402
-from processor.queue.keys import KeyLayout, safe_path  # noqa: E402
+from processor.queue.keys import KeyLayout, is_sidecar, safe_path  # noqa: E402
 from tests.images import bad_inputs, photo_bytes  # noqa: E402
 from tests.seaweed import S3Server, WeedServer  # noqa: E402
 
@@ -75,6 +80,11 @@ LATE_EXIT_WAIT_S = 20.0
 #: Flags for the harness's own SeaweedFS: a restarted single master elects itself in ~1 s, not 10.
 WEED_FLAGS = ("-master.electionTimeout=1s",)
 
+#: Bytes of the hostile oversized sidecar (its cap is 64 KiB).
+HOSTILE_SIDECAR_BYTES = 1024 * 1024
+#: claims.max_ttl_s of the run, in claim TTLs: the planted absurd claim lasts this long.
+HOSTILE_MAX_TTL_TTLS = 3
+
 FAULTS = ("kill", "window-kill", "zombie", "outage", "term", "window-probe")
 
 
@@ -90,6 +100,7 @@ class Plan:
     outage_s: float = 15.0
     terms: int = 3
     window_probes: int = 1
+    hostile: int = 1
     ttl_s: float = 4.0
     renew_s: float = 1.0
     engine_delay_s: float = 0.25
@@ -102,7 +113,7 @@ class Plan:
     def ci(cls) -> Plan:
         """The short run CI does: one of each fault, a short outage."""
         return cls(inputs=40, bad=6, workers=3, kills=1, window_kills=1, zombies=1, outages=1, outage_s=3.0,
-                   terms=1, window_probes=1, ttl_s=3.0, renew_s=1.0, engine_delay_s=0.2, term_grace_s=10.0,
+                   terms=1, window_probes=1, hostile=1, ttl_s=3.0, renew_s=1.0, engine_delay_s=0.2, term_grace_s=10.0,
                    image_side=96, deadline_s=240.0)
 
     def faults(self) -> list[str]:
@@ -122,6 +133,7 @@ PLAN_HELP = {
     "outage_s": "seconds each outage lasts (plus the server's restart)",
     "terms": "SIGTERMs of a running worker",
     "window_probes": "forced runs of the known overwrite race",
+    "hostile": "rounds of hostile state: an SSE-C input, an oversized sidecar, a claim with an absurd TTL",
     "ttl_s": "claim TTL in seconds (PROCESSOR_CLAIMS__TTL_S)",
     "renew_s": "claim renewal period in seconds (PROCESSOR_CLAIMS__RENEW_S)",
     "engine_delay_s": "extra compute seconds per input",
@@ -188,6 +200,8 @@ class Harness:
         self.results = Results(plan=asdict(plan))
         self.layout = KeyLayout(PrefixSettings())
         self.expected: dict[str, str] = {}  # input key -> "good" / "bad"
+        #: Inputs uploaded with a customer-provided key (SSE-C) the workers never get.
+        self.sse_c_keys: set[str] = set()
         self._started = time.monotonic()
 
     # ------------------------------------------------------------------ output
@@ -236,13 +250,32 @@ class Harness:
             key = f"inputs/bad/{j:03d}-{name}.{'png' if 'png' in name else 'jpg'}"
             items.append((key, data))
             self.expected[key] = "bad"
+        for j in range(self.plan.hostile):
+            key = f"inputs/hostile/{j:02d}-sse-c.jpg"
+            items.append((key, photo_bytes(side, side, seed=10_000 + j)))
+            self.sse_c_keys.add(key)
+            self.expected[key] = "bad"
+            key = f"inputs/hostile/{j:02d}-huge-sidecar.jpg"
+            items.append((key, photo_bytes(side, side, seed=20_000 + j)))
+            # Uploaded now, before its photo: a photo listed without its sidecar would be done.
+            self.client.put_object(Bucket=self.bucket, Key=key[:-len(".jpg")] + ".json",
+                                   Body=b" " * HOSTILE_SIDECAR_BYTES)
+            self.expected[key] = "bad"
+            key = f"inputs/hostile/{j:02d}-absurd-claim.jpg"
+            items.append((key, photo_bytes(side, side, seed=30_000 + j)))
+            self.expected[key] = "good"
+            # Planted before the input exists: a claim that says it lasts a year.
+            self.client.put_object(Bucket=self.bucket, Key=self.layout.for_input(key).claim,
+                                   Body=json.dumps({"worker": "planted", "ttl_s": 3.15e7}).encode())
         rng.shuffle(items)
         count = len(self.plan.faults()) + 1
         return [dict(items[i::count]) for i in range(count)]
 
     def _upload(self, batch: dict[str, bytes]) -> None:
         for key, data in batch.items():
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+            extra = ({"SSECustomerAlgorithm": "AES256", "SSECustomerKey": os.urandom(32)}
+                     if key in self.sse_c_keys else {})
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
 
     def _env(self, slot: Slot) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PROCESSOR_", "AWS_", "CHAOS_"))}
@@ -254,6 +287,8 @@ class Harness:
             "PROCESSOR_STORE__REGION": self.server.region,
             "PROCESSOR_CLAIMS__TTL_S": str(self.plan.ttl_s),
             "PROCESSOR_CLAIMS__RENEW_S": str(self.plan.renew_s),
+            # The planted absurd claim expires at this cap; short, so the run does not wait an hour.
+            "PROCESSOR_CLAIMS__MAX_TTL_S": str(HOSTILE_MAX_TTL_TTLS * self.plan.ttl_s),
             "PROCESSOR_RUN__WORKER_ID": slot.label,
             # Several workers on one host: the default metrics port (9108) would clash.
             "PROCESSOR_METRICS__PORT": "0",
@@ -319,7 +354,8 @@ class Harness:
                 parsed = self.layout.parse_done_marker(obj["Key"])
                 if parsed:
                     done.add(parsed[0])
-        return sum(1 for key in self.uploaded if safe_path(self.layout.relpath(key)) not in done)
+        return sum(1 for key in self.uploaded
+                   if not is_sidecar(key) and safe_path(self.layout.relpath(key)) not in done)
 
     # ------------------------------------------------------------------ holds
 

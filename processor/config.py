@@ -45,6 +45,10 @@ DEFAULT_API_DIRECT_TIMEOUT_S = 600.0
 DEFAULT_API_POLL_S = 0.5
 #: Seconds a presigned variant URL stays valid.
 DEFAULT_API_URL_TTL_S = 300
+#: Seconds: the longest TTL any claim in the bucket is believed to have. A claim names its own TTL,
+#: but whoever can write the bucket can write a claim: one that says a year (or garbage) would
+#: otherwise hold its input forever. An hour: six times the default TTL.
+DEFAULT_CLAIM_MAX_TTL_S = 3600.0
 #: Bytes: inputs larger than this are refused before download.
 DEFAULT_MAX_BYTES = 50 * 1024 * 1024
 #: Pixels: a decoded image larger than this is refused before its pixels are allocated.
@@ -540,16 +544,22 @@ class RunSettings(_Section):
 
 
 class ClaimSettings(_Section):
-    ttl_s: float = Field(default=DEFAULT_CLAIM_TTL_S, gt=0)
-    renew_s: float = Field(default=DEFAULT_CLAIM_RENEW_S, gt=0)
+    # allow_inf_nan=False: "inf" or "nan" from YAML or the environment would never expire.
+    ttl_s: float = Field(default=DEFAULT_CLAIM_TTL_S, gt=0, allow_inf_nan=False)
+    renew_s: float = Field(default=DEFAULT_CLAIM_RENEW_S, gt=0, allow_inf_nan=False)
+    #: Cap on the TTL read from any claim in the bucket (``processor.queue.claims``).
+    max_ttl_s: float = Field(default=DEFAULT_CLAIM_MAX_TTL_S, gt=0, allow_inf_nan=False)
     #: Seconds between the claim rewrites that publish a running item's progress (what
     #: ``GET /v1/jobs/{id}`` shows); a renewal made early, so at most one write per this period.
-    progress_s: float = Field(default=DEFAULT_CLAIM_PROGRESS_S, gt=0)
+    progress_s: float = Field(default=DEFAULT_CLAIM_PROGRESS_S, gt=0, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _renew_inside_ttl(self) -> ClaimSettings:
         if self.renew_s >= self.ttl_s:
             raise ValueError(f"claims.renew_s ({self.renew_s}) must be shorter than claims.ttl_s ({self.ttl_s})")
+        if self.ttl_s > self.max_ttl_s:
+            raise ValueError(f"claims.ttl_s ({self.ttl_s}) must not exceed claims.max_ttl_s ({self.max_ttl_s}): "
+                             "other workers would take this worker's claims over while it still renews them")
         return self
 
 

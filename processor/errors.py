@@ -14,7 +14,10 @@
     │   ├── ObjectNotFound         the key does not exist
     │   ├── PreconditionFailed     a conditional write (If-None-Match / If-Match) lost its race
     │   ├── ObjectTooLarge         a GET refused before reading a body over ``max_bytes``
-    │   └── InvalidKey             a key the store cannot represent safely ("..", empty segments)
+    │   ├── InvalidKey             a key the store cannot represent safely ("..", empty segments)
+    │   └── ObjectUnreadable       this one object cannot be read by us; the bucket is fine
+    │       ├── ObjectAccessDenied   403 on one object (a per-object policy, a KMS key we may not use)
+    │       └── ObjectEncrypted      the object needs a customer-provided key (SSE-C) we do not have
     ├── ClaimLost                  another worker holds our claim now; stop spending work on it
     └── ItemError                  one input failed: becomes a failure record, the worker goes on
         ├── InvalidInput           the input itself is bad; ``hint`` says what the user should change
@@ -22,12 +25,20 @@
         │   ├── CorruptImage
         │   ├── ImageTooLarge
         │   ├── ImageTooSmall
-        │   └── InvalidSidecar
+        │   ├── InvalidSidecar
+        │   └── InputUnreadable    the input (or its sidecar) exists but we may not read it
         └── StageFailed            a pipeline stage crashed on this input (a bug or a model fault)
 
 Per-item failures (``ItemError``) and process failures (``FatalError``) are different types on
 purpose: the worker records the first and carries on; it exits on the second. Retries key on
 these types, never on message strings.
+
+Object-scoped and bucket-scoped refusals are told apart once, in the adapters: a refusal of the
+credentials themselves (unknown key, bad signature, expired token), of the bucket (missing,
+disabled) or of a LIST is ``StoreAccessError`` (fatal: nothing will work); a refusal of a GET or
+HEAD on one key is ``ObjectUnreadable``, which the worker turns into that input's
+``InputUnreadable`` failure record and goes on. Refused writes stay fatal: a worker that may not
+write results cannot write a failure record either.
 """
 
 from __future__ import annotations
@@ -121,6 +132,19 @@ class InvalidKey(StoreError):
     """The key cannot be stored safely (``..`` or empty segments on a file system, say)."""
 
 
+class ObjectUnreadable(StoreError):
+    """The object exists but this worker may not read it; other objects are unaffected."""
+
+
+class ObjectAccessDenied(ObjectUnreadable):
+    """403 on a GET/HEAD of one key while the credentials and the bucket are fine (a per-object
+    policy, an ACL, or a KMS key whose ``kms:Decrypt`` the worker lacks)."""
+
+
+class ObjectEncrypted(ObjectUnreadable):
+    """The object is encrypted with a customer-provided key (SSE-C) that the worker does not hold."""
+
+
 class ClaimLost(ProcessorError):
     """Our claim on an input was taken over (we were paused past its TTL): stop working on it."""
 
@@ -158,6 +182,18 @@ class ImageTooSmall(InvalidInput):
 
 class InvalidSidecar(InvalidInput):
     hint = "Fix the sidecar JSON next to the photo (or delete it) and upload it again."
+
+
+class InputUnreadable(InvalidInput):
+    """The input, or its sidecar, exists but the store refuses to let this worker read it.
+
+    An ``InvalidInput`` (one attempt, a final record, never counted by the circuit breaker): the
+    same object stays unreadable until someone changes its permissions or encryption; then
+    ``processor retry --all --error InputUnreadable`` requeues it."""
+
+    hint = ("Let the worker's credentials read this object (bucket policy, ACL, KMS key grant) or "
+            "upload it again without customer-provided encryption (SSE-C), then run "
+            "`processor retry --all --error InputUnreadable` (or upload the photo again).")
 
 
 class StageFailed(ItemError):

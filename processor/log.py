@@ -1,7 +1,8 @@
 """Structured logs: one event per line, fields not sentences; JSON when stderr is not a terminal.
 
 Call ``log.info("claimed", extra={"key": key, "etag": etag})``: the message is the event name and
-``extra`` holds its fields. Values whose field name looks like a secret are masked.
+``extra`` holds its fields. Values whose field name looks like a secret are masked, and so is
+the user-info of any URL in a line (``processor.redact``: keys written into an endpoint URL).
 
 While a thread works on one input, ``bind_item(key)`` makes every line that thread logs carry
 ``key`` (the input key), whichever module logs it; a line that already names another object as
@@ -17,6 +18,8 @@ import sys
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Any
+
+from processor.redact import redact
 
 #: Field names never printed as they are.
 _SECRET_HINTS = ("secret", "password", "token", "api_key", "apikey", "credential")
@@ -68,7 +71,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             event["exception"] = self.formatException(record.exc_info)
-        return json.dumps(event, default=str, ensure_ascii=False)
+        return redact(json.dumps(event, default=str, ensure_ascii=False))
 
 
 class TextFormatter(logging.Formatter):
@@ -78,7 +81,7 @@ class TextFormatter(logging.Formatter):
         line = f"{stamp} {record.levelname.lower():7} {record.getMessage()}" + (f"  {fields}" if fields else "")
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
-        return line
+        return redact(line)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "auto", stream: Any = None) -> None:

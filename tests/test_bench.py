@@ -78,3 +78,13 @@ def test_api_bench_smoke(s3_server, capsys) -> None:
             assert float(printed[f"{kind}_{what}_p99_ms"]) >= float(printed[f"{kind}_{what}_p50_ms"]) > 0
     assert results["prototype_images_per_s"] > 0 and results["queue_images_per_s"] > 0
     assert results["queue_p99_s"] >= results["queue_p50_s"] > 0
+
+
+def test_bounded_reads_smoke_local(capsys) -> None:
+    from bench import bounded_reads
+
+    assert bounded_reads.main(["--mib", "2", "--store", "local", "--files", "20"]) == 0
+    report = parse_report(capsys.readouterr().out)
+    assert "local, 2 MiB: get max_bytes=64 KiB (now)" in report
+    assert report["local: next list, new process (hash from xattr)"].endswith(" 0 hashed")
+    assert report["local: first list of 20 dropped-in files (64 KiB)"].endswith(" 20 hashed")

@@ -334,7 +334,8 @@ class JobQueue:
         return manager.acquire(self._webhooks + f"claims/{job}.json", self._keys(job).input, etag)
 
     def release_webhook(self, claim: Claim, sender: str) -> None:
-        ClaimManager(self.store, sender, ttl_s=0).release(claim)
+        # The TTL plays no part in a release (a delete with If-Match on the claim's ETag).
+        ClaimManager(self.store, sender, ttl_s=1).release(claim)
 
     def finish_webhook(self, job: str, outcome: dict[str, object]) -> None:
         """Record the outcome, then delete the pending record: no replica sends it again."""

@@ -43,7 +43,14 @@ from processor.errors import (
 )
 from processor.queue.keys import SIDECAR_SUFFIX, KeyLayout, is_sidecar, safe_segment, split_extension
 from processor.log import configure_logging
-from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo, json_schemas
+from processor.manifest import (
+    FailureRecord,
+    Manifest,
+    Source,
+    WorkerInfo,
+    json_schemas,
+)
+from processor.redact import redact
 from processor.store.base import ObjectStore
 
 log = logging.getLogger("processor.cli")
@@ -380,7 +387,8 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     layout = KeyLayout(settings.prefixes)
     key = args.key if args.key.startswith(settings.prefixes.inputs) else settings.prefixes.inputs + args.key
     keys = layout.for_input(key)
-    manifest = BucketQueue(store, layout).result(key)
+    bucket = BucketQueue(store, layout)
+    manifest = bucket.result(key)
     if manifest is None:
         try:
             store.head(key)
@@ -388,7 +396,10 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{key}: no such input in {store.description}; give the key as uploaded "
                   f"({settings.prefixes.inputs}toys/bear.jpg or toys/bear.jpg)", file=sys.stderr)
             return 1
-        print(f"{key}: no results yet (no {keys.manifest}, no {keys.failure})", file=sys.stderr)
+        owner = bucket.folder_owner(key)
+        # Another input whose name maps to the same folder (a.png and a.jpg) may hold it.
+        held = f"; {keys.output_prefix} holds the result of {owner}" if owner else ""
+        print(f"{key}: no results yet (no {keys.manifest}, no {keys.failure}){held}", file=sys.stderr)
         return 1
     if isinstance(manifest, FailureRecord):
         print(f"{key} failed: {manifest.error}: {manifest.message}\n  -> {manifest.hint}", file=sys.stderr)
@@ -693,11 +704,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             configure_logging()
         log.error("fatal", extra={"error": type(exc).__name__, "detail": str(exc)})
         hint = _endpoint_hint(settings) if isinstance(exc, StoreAccessError) else ""
-        print(f"error: {exc}{hint}", file=sys.stderr)
+        print(f"error: {redact(str(exc))}{hint}", file=sys.stderr)
         return exc.exit_code
     except StoreError as exc:
         # Retries ran out outside the worker's per-item handling (e.g. during a scan).
-        print(f"error: store: {exc}{_endpoint_hint(settings)}", file=sys.stderr)
+        print(f"error: store: {redact(str(exc))}{_endpoint_hint(settings)}", file=sys.stderr)
         return EXIT_INCOMPLETE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED

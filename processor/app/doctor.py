@@ -11,6 +11,7 @@ from processor.queue.claims import probe_conditional_create
 from processor.config import Settings
 from processor.errors import FatalError, ProcessorError, StoreError
 from processor.metrics import describe_endpoint
+from processor.redact import redact
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ def run_checks(
     rows.extend(_model_checks(settings, build_registry))
     if build_captioner is not None:
         rows.extend(_caption_checks(settings, build_captioner))
-    return rows
+    # Error texts quote endpoints: none may show the credentials written into one.
+    return [Row(r.check, r.status, redact(r.detail)) for r in rows]
 
 
 def _store_checks(store: Any, settings: Settings) -> list[Row]:

@@ -101,6 +101,32 @@ def encode_outputs(
     return files, entries, sheet_name
 
 
+def attempt_scoped(
+    files: list[OutputFile], entries: list[Variant], sheet_name: str | None, *, output_prefix: str, token: str
+) -> tuple[list[OutputFile], list[Variant], str | None]:
+    """The same outputs under names of their own (``toon-00.<token>.png``), and the manifest
+    entries pointing at them.
+
+    For a worker that found its plain names taken and may not replace them (``shards``
+    coordination: the object may be a twin pod's variant, which that pod may commit any moment).
+    The manifest names every file it describes, so readers follow it either way."""
+
+    def rename(name: str) -> str:
+        stem, dot, ext = name.rpartition(".")
+        return f"{stem}.{token}.{ext}" if dot else f"{name}.{token}"
+
+    renamed = {f.name: rename(f.name) for f in files}
+    by_key = {output_prefix + old: output_prefix + new for old, new in renamed.items()}
+    new_entries = []
+    for entry in entries:
+        background = entry.background
+        if background is not None and background.mask in by_key:
+            background = background.model_copy(update={"mask": by_key[background.mask]})
+        new_entries.append(entry.model_copy(update={"key": by_key.get(entry.key, entry.key), "background": background}))
+    new_files = [OutputFile(renamed[f.name], f.body, f.content_type) for f in files]
+    return new_files, new_entries, renamed.get(sheet_name) if sheet_name else None
+
+
 def _plain_png(image: Image.Image, compress_level: int) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=compress_level, optimize=False)

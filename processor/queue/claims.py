@@ -4,7 +4,8 @@ A claim is ``<state>/claims/<hash of input key>.json``:
 
 - acquire: create it with ``If-None-Match: *``; if it exists and has expired (judged by the
   *server's* clock: the response ``Date`` minus the claim's ``Last-Modified``, against the TTL the
-  owner wrote in it), take it over with ``If-Match`` on the ETag we read;
+  owner wrote in it, capped at ``claims.max_ttl_s``), take it over with ``If-Match`` on the ETag
+  we read;
 - renew: rewrite it with ``If-Match`` on the ETag we hold (a ``ClaimKeeper`` thread does this for
   every held claim, including items waiting in the prefetch queue);
 - release: delete it with ``If-Match`` on our ETag.
@@ -13,6 +14,11 @@ The claim also carries the item's ``progress`` (stage; round k of N; step), whic
 reads: the worker's stages set it on the ``Claim`` in memory, and the keeper writes it with the
 next renewal, which it makes early (at most once per ``claims.progress_s``) while the progress
 changes. So a progress bar costs no request per step: one small PUT per running item per period.
+
+The bucket is untrusted: a claim is read with a byte cap (``MAX_CLAIM_BYTES``), and one whose
+body is not a claim of ours (garbage JSON, a TTL that is missing, non-finite, not positive or
+absurd) counts as one with the cap as its TTL, so it expires ``claims.max_ttl_s`` after its last
+write, like any claim of a dead worker.
 
 A lease alone cannot stop a worker that was paused past its TTL from finishing its item; the
 conditional commit of the manifest does that (see ``worker.py``). Claims only keep two healthy
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -31,8 +38,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from processor.errors import ObjectNotFound, PreconditionFailed, StoreAccessError, StoreError
-from processor.store.base import ObjectStore
+from processor.config import DEFAULT_CLAIM_MAX_TTL_S
+from processor.errors import ObjectNotFound, ObjectTooLarge, PreconditionFailed, StoreAccessError, StoreError
+from processor.store.base import ObjectStore, StoredObject
 
 log = logging.getLogger("processor.claims")
 
@@ -45,6 +53,8 @@ PROBE_ROUNDS = 2
 #: only when its measured age is at least TTL + this (bench/chaos.py saw takeovers 2.4 s after
 #: the last renewal with a 3 s TTL before this margin).
 CLOCK_RESOLUTION_S = 1.0
+#: Bytes: the most of a claim object anyone reads. Ours are about 250 bytes.
+MAX_CLAIM_BYTES = 4096
 
 
 @dataclass
@@ -106,10 +116,14 @@ class ClaimManager:
     """Creates, renews, checks and releases claims with conditional writes; judges expiry by the
     server's clock. Counts conflicts and takeovers for the metrics."""
 
-    def __init__(self, store: ObjectStore, worker_id: str, ttl_s: float) -> None:
+    def __init__(self, store: ObjectStore, worker_id: str, ttl_s: float,
+                 max_ttl_s: float = DEFAULT_CLAIM_MAX_TTL_S) -> None:
+        if not (math.isfinite(ttl_s) and 0 < ttl_s <= max_ttl_s and math.isfinite(max_ttl_s)):
+            raise ValueError(f"need 0 < ttl_s ({ttl_s}) <= max_ttl_s ({max_ttl_s}), both finite")
         self.store = store
         self.worker_id = worker_id
         self.ttl_s = ttl_s
+        self.max_ttl_s = max_ttl_s
         self.conflicts = 0
         self.takeovers = 0
 
@@ -137,7 +151,7 @@ class ClaimManager:
         except PreconditionFailed:
             pass
         try:
-            current = self.store.get(claim_key)
+            current = self._read(claim_key)
         except ObjectNotFound:
             # Released between our create and our read: one more create settles it.
             try:
@@ -146,7 +160,7 @@ class ClaimManager:
             except PreconditionFailed:
                 self.conflicts += 1
                 return None
-        owner, ttl = _owner_and_ttl(current.body, default_ttl=self.ttl_s)
+        owner, ttl = _owner_and_ttl(current.body, max_ttl=self.max_ttl_s)
         server_now = current.info.server_time or datetime.now(timezone.utc)
         age = (server_now - current.info.last_modified).total_seconds()
         # HTTP dates (S3) carry whole seconds; a store with a finer clock (the local one) needs no margin.
@@ -188,13 +202,21 @@ class ClaimManager:
         renewal. False once another worker has taken it over (or it is gone). Unlike ``renew``,
         this writes nothing, so it cannot race the keeper thread's renewals."""
         try:
-            current = self.store.get(claim.key)
+            current = self._read(claim.key)
         except ObjectNotFound:
             return False
         try:
             return json.loads(current.body).get("token") == claim.token
         except (ValueError, AttributeError):
             return False
+
+    def _read(self, claim_key: str) -> StoredObject:
+        """The claim object, read with a byte cap; an oversized one (not ours) comes back with an
+        empty body (garbage, so it expires at the cap) and the ETag and dates of a HEAD."""
+        try:
+            return self.store.get(claim_key, max_bytes=MAX_CLAIM_BYTES)
+        except ObjectTooLarge:
+            return StoredObject(info=self.store.head(claim_key), body=b"")
 
     def release(self, claim: Claim) -> None:
         """Best effort: an expired claim is taken over by the next worker anyway."""
@@ -209,13 +231,26 @@ class ClaimManager:
             log.warning("claim_release_failed", extra={"key": claim.input_key, "error": type(exc).__name__})
 
 
-def _owner_and_ttl(body: bytes, default_ttl: float) -> tuple[str, float]:
+def _owner_and_ttl(body: bytes, max_ttl: float) -> tuple[str, float]:
+    """The claim's owner (for logs) and the TTL it is judged by: its own, at most ``max_ttl``.
+
+    Anything that is not a finite positive number of seconds (garbage JSON, a missing, negative,
+    ``NaN``, ``Infinity`` or string TTL) counts as ``max_ttl``: the claim still expires, at the
+    latest moment any honest worker's could."""
     try:
         data = json.loads(body)
-        return str(data.get("worker", "?")), float(data.get("ttl_s", default_ttl))
-    except (ValueError, TypeError, AttributeError):
-        # An unreadable claim is treated as one with our TTL: it still expires.
-        return "?", default_ttl
+    except ValueError:  # also UnicodeDecodeError
+        return "?", max_ttl
+    if not isinstance(data, dict):
+        return "?", max_ttl
+    owner = str(data.get("worker", "?"))[:200]  # a log field, not a novel
+    ttl = data.get("ttl_s")
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
+        return owner, max_ttl
+    ttl = float(ttl)
+    if not math.isfinite(ttl) or ttl <= 0:
+        return owner, max_ttl
+    return owner, min(ttl, max_ttl)
 
 
 class ClaimKeeper:

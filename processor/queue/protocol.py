@@ -15,7 +15,14 @@ The rules it keeps (DESIGN.md, "The object protocol"):
   manifest of the input's previous version). A worker paused past its claim's TTL loses that race
   and publishes nothing (``Outcome.REFUSED``).
 - An output that already exists is only replaced when no manifest for this version exists and
-  the claim still carries this worker's token; the commit checks the token too.
+  the claim still carries this worker's token; the commit checks the token too. In ``shards``
+  coordination there is no token to check, so an existing output is never replaced
+  (``OutputTaken``): that attempt writes its outputs under names of its own
+  (``pipeline.outputs.attempt_scoped``), created only if absent, and its manifest names them.
+- An output folder belongs to the input its manifest names: another input whose name maps to the
+  same folder (``a.png`` and ``a.jpg``) gets a failure record while that owner exists, and never
+  replaces its result.
+- Manifests, failure records and sidecars are read with a byte cap: bucket state is untrusted.
 - A failure record follows the commit's rule: only the claim holder writes one, never beside a
   committed manifest.
 - After a commit or a final failure, a done marker lets the next scan skip this version with LIST
@@ -35,20 +42,27 @@ from processor.queue.claims import Claim, ClaimManager
 from processor.errors import (
     ImageTooLarge,
     InvalidInput,
+    InvalidSidecar,
     ItemError,
     ObjectNotFound,
     ObjectTooLarge,
+    ObjectUnreadable,
     PreconditionFailed,
     StoreError,
 )
 from processor.queue.failpolicy import is_final
 from processor.queue.keys import KeyLayout
-from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo
+from processor.manifest import MAX_RECORD_BYTES, FailureRecord, Manifest, Source, WorkerInfo
+from processor.pipeline.sidecar import MAX_SIDECAR_BYTES
 from processor.queue.outcomes import Outcome
 from processor.queue.scan import Backlog, WorkItem, scan
-from processor.store.base import ObjectStore
+from processor.store.base import ObjectStore, StoredObject
 
 log = logging.getLogger("processor.protocol")
+
+
+class OutputTaken(Exception):
+    """``shards`` coordination found an output name taken and may not replace it."""
 
 
 class AlreadyCommitted(Exception):
@@ -73,6 +87,8 @@ class Delivery:
     size: int
     #: The manifest of the input's previous version, which our commit replaces (If-Match).
     old_manifest_etag: str | None = None
+    #: The output folder's manifest is this input's own (an earlier version): the folder is ours.
+    owns_folder: bool = False
     #: A retryable failure record of this version exists: a success deletes it.
     stale_failure: bool = False
     #: 1, or n + 1 when a retryable failure record says n attempts at this version failed.
@@ -154,18 +170,23 @@ class BucketQueue:
         on ``d`` what the commit must replace and which attempt this is."""
         keys = d.item.keys
         try:
-            found = self.store.get(keys.manifest)
+            found = self._get_record(keys.manifest)
             d.old_manifest_etag = found.info.etag
             try:
-                if Manifest.model_validate_json(found.body).source.etag == d.etag:
+                existing: Manifest | None = Manifest.model_validate_json(found.body)
+            except ValidationError:
+                existing = None  # unreadable: replaced by our commit (If-Match on its ETag)
+            if existing is not None and existing.source.key != d.key:
+                self._check_folder_owner(d, existing.source.key)
+            elif existing is not None:
+                d.owns_folder = True
+                if existing.source.etag == d.etag:
                     self._mark(d, Outcome.DONE)
                     return True
-            except ValidationError:
-                pass  # unreadable: replaced by our commit (If-Match on its ETag)
         except ObjectNotFound:
             pass
         try:
-            found = self.store.get(keys.failure)
+            found = self._get_record(keys.failure)
             try:
                 record = FailureRecord.model_validate_json(found.body)
                 if record.source.etag == d.etag:
@@ -182,11 +203,34 @@ class BucketQueue:
             pass
         return False
 
+    def _check_folder_owner(self, d: Delivery, owner: str) -> None:
+        """The output folder holds the result of ``owner``, another input whose name maps to the
+        same folder (``a.png`` and ``a.jpg``). Its committed result is never replaced: while
+        ``owner`` exists this input fails with a record saying so. Once ``owner`` is deleted
+        its result is stale and this input's commit replaces it (If-Match on its ETag)."""
+        try:
+            self.store.head(owner)
+        except ObjectNotFound:
+            return
+        raise InvalidInput(
+            f"{d.key} and {owner} both write to {d.item.keys.output_prefix}, which holds the result of {owner}",
+            hint="Rename this input: inputs whose names differ only by extension share an output folder.",
+        )
+
+    def _get_record(self, key: str) -> StoredObject:
+        """A manifest or failure record, read with a byte cap. An oversized one was not written
+        by us: it comes back with an empty body (which fails validation, so it is replaced by
+        our commit or record) and the ETag of a HEAD, for the If-Match of that replacement."""
+        try:
+            return self.store.get(key, max_bytes=MAX_RECORD_BYTES)
+        except ObjectTooLarge:
+            return StoredObject(info=self.store.head(key), body=b"")
+
     def read_input(self, d: Delivery, *, max_bytes: int) -> InputObject:
         """The input's bytes, metadata and sidecar. The version read is the one recorded: when the
         input was replaced since the scan, ``d`` moves to the new version."""
         keys = d.item.keys
-        if d.item.collides_with:
+        if d.item.collides_with and not d.owns_folder:
             raise InvalidInput(
                 f"{keys.input} and {d.item.collides_with} both write to {keys.output_prefix}",
                 hint="Rename one of them: inputs that differ only by extension share an output folder.",
@@ -203,9 +247,13 @@ class BucketQueue:
         sidecar = None
         if d.item.sidecar:
             try:
-                sidecar = self.store.get(d.item.sidecar).body
+                sidecar = self.store.get(d.item.sidecar, max_bytes=MAX_SIDECAR_BYTES).body
             except ObjectNotFound:
                 sidecar = None
+            except ObjectTooLarge as exc:
+                # Refused from its length, before the body is downloaded.
+                raise InvalidSidecar(f"sidecar {d.item.sidecar} is {exc.size:,} bytes; "
+                                     f"limit is {MAX_SIDECAR_BYTES:,}") from exc
         return InputObject(body=obj.body, metadata=dict(obj.metadata or {}), sidecar=sidecar)
 
     # ----------------------------------------------------------------- consumer: publish
@@ -223,8 +271,12 @@ class BucketQueue:
         except PreconditionFailed:
             pass
         current = self.store.head(key)
-        if self._committed(d):
+        if self._committed(d, or_other_input=True):
             raise AlreadyCommitted(key)
+        if self.claims is None:
+            # Shards (no claims): this may be the variant of a twin pod on the same index (a
+            # Kubernetes Job runs at least once), which it may commit any moment: never replace it.
+            raise OutputTaken(key)
         if not self.still_ours(d):
             # The object may be the variant of the worker that took our claim over, which it
             # may commit any moment: only the claim holder replaces outputs.
@@ -233,6 +285,13 @@ class BucketQueue:
             self.store.put(key, body, content_type=content_type, if_match=current.etag)
         except PreconditionFailed as exc:
             raise AlreadyCommitted(key) from exc
+
+    def put_new_output(self, key: str, body: bytes, content_type: str) -> None:
+        """Create ``key`` only if absent (an attempt-scoped name); ``AlreadyCommitted`` if taken."""
+        try:
+            self.store.put(key, body, content_type=content_type, if_none_match=True)
+        except PreconditionFailed as exc:
+            raise AlreadyCommitted(key, "attempt-scoped name taken") from exc
 
     def commit(self, d: Delivery, manifest: Manifest) -> Outcome:
         """Acknowledge: write ``manifest.json`` last and conditionally, then the done marker.
@@ -306,17 +365,23 @@ class BucketQueue:
             return True  # shards: no claims; the conditional commit alone decides
         return self.claims.holds(d.claim)
 
-    def _committed(self, d: Delivery) -> bool:
+    def _committed(self, d: Delivery, *, or_other_input: bool = False) -> bool:
+        """Whether this input version's manifest is committed; with ``or_other_input``, also
+        whether another input's is (a name mapping to the same folder): its outputs are not ours
+        to replace either."""
         try:
-            found = self.store.get(d.item.keys.manifest)
+            found = self._get_record(d.item.keys.manifest)
         except ObjectNotFound:
             return False
         if found.info.etag == d.old_manifest_etag:
             return False  # the previous version's manifest, which our commit replaces
         try:
-            return Manifest.model_validate_json(found.body).source.etag == d.etag
+            source = Manifest.model_validate_json(found.body).source
         except ValidationError:
             return False
+        if source.key != d.key:
+            return or_other_input
+        return source.etag == d.etag
 
     def _mark(self, d: Delivery, outcome: Outcome) -> None:
         """The done marker: lets the next scan skip this version with LIST calls alone."""
@@ -344,25 +409,38 @@ class BucketQueue:
         records = []
         for obj in failures[:recent]:
             try:
-                records.append(RecentFailure(obj.key, FailureRecord.model_validate_json(self.store.get(obj.key).body)))
-            except (ObjectNotFound, ValueError):
-                continue
+                body = self.store.get(obj.key, max_bytes=MAX_RECORD_BYTES).body
+                records.append(RecentFailure(obj.key, FailureRecord.model_validate_json(body)))
+            except (ObjectNotFound, ObjectTooLarge, ObjectUnreadable, ValueError):
+                continue  # gone, or not a record of ours: status reports what it can read
         return QueueStatus(inputs=backlog.inputs, pending=len(backlog.pending) - in_progress,
                            in_progress=in_progress, done=backlog.done, failed=backlog.failed,
                            recent_failures=records)
 
     def result(self, input_key: str) -> Manifest | FailureRecord | None:
         """The input's manifest, else its failure record, else None (no result yet). Reads the
-        latest of each, whichever input version it is about."""
+        latest of each, whichever input version it is about, with a byte cap. A manifest that
+        names another input (``a.png`` holding the folder ``a.jpg`` maps to) is never answered."""
         keys = self.layout.for_input(input_key)
         try:
-            return Manifest.model_validate_json(self.store.get(keys.manifest).body)
-        except ObjectNotFound:
-            pass
+            manifest = Manifest.model_validate_json(self.store.get(keys.manifest, max_bytes=MAX_RECORD_BYTES).body)
+            if manifest.source.key == input_key:
+                return manifest
+        except (ObjectNotFound, ObjectTooLarge, ValidationError):
+            pass  # none, or not a manifest of ours
         try:
-            return FailureRecord.model_validate_json(self.store.get(keys.failure).body)
-        except ObjectNotFound:
+            return FailureRecord.model_validate_json(self.store.get(keys.failure, max_bytes=MAX_RECORD_BYTES).body)
+        except (ObjectNotFound, ObjectTooLarge, ValidationError):
             return None
+
+    def folder_owner(self, input_key: str) -> str | None:
+        """The input whose manifest holds this input's output folder, when it is another one."""
+        keys = self.layout.for_input(input_key)
+        try:
+            owner = Manifest.model_validate_json(self.store.get(keys.manifest, max_bytes=MAX_RECORD_BYTES).body)
+        except (ObjectNotFound, ObjectTooLarge, ValidationError):
+            return None
+        return owner.source.key if owner.source.key != input_key else None
 
     def find_failures(self, *, include_permanent: bool, prefix: str = "",
                       errors: frozenset[str] | None = None) -> requeue_module.Selection:

@@ -38,9 +38,9 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from processor import errors as error_module
-from processor.errors import ConfigError, ItemError, ObjectNotFound, PreconditionFailed
+from processor.errors import ConfigError, ItemError, ObjectNotFound, ObjectTooLarge, PreconditionFailed
+from processor.manifest import MAX_RECORD_BYTES, FailureRecord, utcnow
 from processor.queue.keys import CUT_HASH_CHARS, CUT_MARK, MAX_PATH_BYTES, KeyLayout, safe_path
-from processor.manifest import FailureRecord, utcnow
 from processor.queue.rescan import request_rescan
 from processor.store.base import ObjectStore
 
@@ -136,9 +136,12 @@ def find_failures(
     for obj in store.list(layout.prefixes.failed + narrowed):
         selection.listed += 1
         try:
-            found = store.get(obj.key)
+            found = store.get(obj.key, max_bytes=MAX_RECORD_BYTES)
         except ObjectNotFound:
             continue  # the input succeeded meanwhile and its record was deleted
+        except ObjectTooLarge:
+            selection.unreadable.append(obj.key)  # not a record of ours; never downloaded
+            continue
         try:
             record = FailureRecord.model_validate_json(found.body)
         except ValidationError:

@@ -6,14 +6,20 @@ Contract, shared by every adapter and checked by ``tests/store/test_contract.py`
   the server's order (UTF-8 byte order on AWS S3 and the local store; SeaweedFS lists folder by
   folder), paginating internally, starting after ``start_after``. Callers that need an order sort.
 - ETags are opaque strings without surrounding quotes; a write of different bytes changes an
-  object's ETag (S3's is the body's MD5, so rewriting identical bytes may keep it).
+  object's ETag.
 - ``put(..., if_none_match=True)`` creates only when the key is absent; ``put(..., if_match=E)``
   and ``delete(..., if_match=E)`` act only when the current ETag is ``E``. A lost condition raises
   ``PreconditionFailed``; the check and the write are atomic.
 - ``server_time`` on results is the server's clock (the HTTP ``Date`` header); claim expiry is
   judged on it together with ``last_modified``, never on the worker's own clock.
 - Missing keys raise ``ObjectNotFound``; retryable faults raise ``TransientStoreError`` (after
-  the adapter's own retries ran out); bad credentials raise ``StoreAccessError``.
+  the adapter's own retries ran out); bad credentials, a missing bucket or a refused listing
+  raise ``StoreAccessError``; a GET or HEAD refused for that one object (a policy, a KMS key,
+  SSE-C) raises ``ObjectUnreadable`` (``ObjectAccessDenied``, ``ObjectEncrypted``).
+- ``get(..., max_bytes=N)`` reads at most N + 1 bytes of the body whatever the object's size:
+  it refuses from the size the store reports before reading, and again if the body runs longer.
+- ETags are the hex MD5 of the bytes for single-part uploads (S3; the local store computes the
+  same), so rewriting identical bytes keeps the ETag.
 - ``close()`` releases the adapter's connections; it is idempotent, and a store works as a
   context manager that closes it (``with build_store(settings) as store: ...``).
 """
@@ -64,7 +70,8 @@ class ObjectStore(Protocol):
 
     def get(self, key: str, *, max_bytes: int | None = None) -> StoredObject:
         """Read an object. With ``max_bytes``, an object larger than that raises
-        ``errors.ObjectTooLarge`` before its body is read."""
+        ``errors.ObjectTooLarge`` before its body is read (and at most ``max_bytes + 1`` bytes are
+        ever read)."""
         ...
 
     def put(

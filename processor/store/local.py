@@ -12,10 +12,21 @@ one hard link when it must not overwrite (``os.link`` fails if the key exists, e
 that do not take our locks). Conditional writes and metadata updates hold an exclusive lock on the
 key's stripe; ``get`` holds a shared one so bytes and metadata are read as one version.
 
+ETags are what S3 answers for a single-part upload: the hex MD5 of the bytes, so uploading the
+same photo again is not new work. Hashing every file at every scan would read the whole bucket,
+so the hash is cached per inode in an extended attribute of the file itself
+(``user.processor.md5`` = ``<size>:<mtime_ns>:<md5>``), written with the file's bytes by our puts
+and on first sight for files dropped in by hand. An xattr, not a cache file: it travels with the
+inode through ``os.link``/``os.replace`` (atomic with the bytes), needs no locking between
+processes, cannot go stale for a deleted or replaced file, and costs one ``getxattr`` per listed
+file. It is trusted only while the file's size and nanosecond mtime match the ones it names. On
+a file system without user xattrs the hashes live in process memory instead, and each new process
+hashes each file once.
+
 Caveats: keys that are both an object and a "folder" (``a`` and ``a/b``) cannot coexist on a file
-system and raise ``InvalidKey``; symbolic links are not listed. The ETag relies on nanosecond
-modification times: our writes stamp them, but another program rewriting a file in place with
-the same size within one kernel clock tick (a few ms) leaves its ETag unchanged.
+system and raise ``InvalidKey``; symbolic links are not listed. The cached hash relies on
+nanosecond modification times: our writes stamp them, but another program rewriting a file in
+place with the same size within one kernel clock tick (a few ms) keeps its old ETag.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from pathlib import Path
 
 from processor.errors import (
     InvalidKey,
+    ObjectAccessDenied,
     ObjectNotFound,
     ObjectTooLarge,
     PreconditionFailed,
@@ -58,9 +70,70 @@ def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _etag(st: os.stat_result) -> str:
-    # A replaced file is a new inode, and writes stamp a nanosecond mtime, so any write changes it.
+#: The extended attribute that caches a file's MD5 (see the module docstring).
+ETAG_XATTR = "user.processor.md5"
+#: Bytes read at a time while hashing a file.
+HASH_CHUNK_BYTES = 1024 * 1024
+#: Hashes kept in memory per store (about 200 bytes each) before the table starts over.
+MAX_MEMORY_ETAGS = 200_000
+
+
+def _version(st: os.stat_result) -> str:
+    """One version of one file: a replaced file is a new inode, and writes stamp a nanosecond
+    mtime, so any write changes it. Binds a metadata sidecar to the bytes it was written with."""
     return f"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"
+
+
+class EtagCache:
+    """MD5 ETags of files, by inode: the file's own xattr, else process memory (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._memory: dict[tuple[int, int, int, int], str] = {}
+        self._lock = threading.Lock()
+        #: False once the file system said it has no user xattrs.
+        self.xattrs = True
+        #: Files hashed (read whole) by this process, for tests and benchmarks.
+        self.hashed = 0
+
+    @staticmethod
+    def _id(st: os.stat_result) -> tuple[int, int, int, int]:
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def lookup(self, target: str | int, st: os.stat_result) -> str | None:
+        """The cached MD5 of the file ``target`` (a path or a descriptor) stat'ed as ``st``."""
+        with self._lock:
+            found = self._memory.get(self._id(st))
+        if found is not None or not self.xattrs:
+            return found
+        try:
+            size, mtime_ns, md5 = os.getxattr(target, ETAG_XATTR).decode("ascii").split(":")
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                self.xattrs = False
+            return None  # no attribute yet (ENODATA), or unreadable
+        except ValueError:
+            return None  # not ours, or garbled: hash again
+        if int(size) != st.st_size or int(mtime_ns) != st.st_mtime_ns or len(md5) != 32:
+            return None  # rewritten in place since it was hashed
+        self._remember_in_memory(st, md5)
+        return md5
+
+    def remember(self, target: str | int, st: os.stat_result, md5: str) -> None:
+        self._remember_in_memory(st, md5)
+        if not self.xattrs:
+            return
+        try:
+            os.setxattr(target, ETAG_XATTR, f"{st.st_size}:{st.st_mtime_ns}:{md5}".encode("ascii"))
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                self.xattrs = False
+            # EPERM/EACCES/EROFS (a file we may read but not change): memory will do.
+
+    def _remember_in_memory(self, st: os.stat_result, md5: str) -> None:
+        with self._lock:
+            if len(self._memory) >= MAX_MEMORY_ETAGS:
+                self._memory.clear()
+            self._memory[self._id(st)] = md5
 
 
 def _utf8(key: str) -> bytes:
@@ -87,6 +160,7 @@ class LocalStore(Closeable):
         self.description = f"local directory {self.root}"
         self._count_lock = threading.Lock()
         self._requests = 0
+        self.etags = EtagCache()
         self._sweep_stale_temps()
 
     # ------------------------------------------------------------------ protocol
@@ -101,8 +175,9 @@ class LocalStore(Closeable):
         path = self._path(key)
         with self._translate(key, write=False):
             st = os.stat(path)
-        _require_file(st, key)
-        return self._info(key, st, server_time=self._clock())
+            _require_file(st, key)
+            etag = self._etag_of(str(path), st)
+        return self._info(key, st, etag, server_time=self._clock())
 
     def get(self, key: str, *, max_bytes: int | None = None) -> StoredObject:
         self._count()
@@ -111,13 +186,23 @@ class LocalStore(Closeable):
             with open(path, "rb") as fh:
                 st = os.fstat(fh.fileno())
                 _require_file(st, key)
+                # The size is checked before a byte is read, and the read stops one byte past the
+                # cap in case a writer outside the store is growing the file.
                 if max_bytes is not None and st.st_size > max_bytes:
                     raise ObjectTooLarge(
                         f"{key} is {st.st_size} bytes; limit is {max_bytes}", key=key, size=st.st_size
                     )
-                body = fh.read()
-            metadata = self._read_metadata(key, _etag(st))
-        return StoredObject(info=self._info(key, st, server_time=self._clock()), body=body, metadata=metadata)
+                body = fh.read() if max_bytes is None else fh.read(max_bytes + 1)
+                if max_bytes is not None and len(body) > max_bytes:
+                    raise ObjectTooLarge(f"{key} grew past {max_bytes} bytes while read; limit is {max_bytes}",
+                                         key=key, size=len(body))
+                etag = self.etags.lookup(fh.fileno(), st)
+                if etag is None:
+                    etag = hashlib.md5(body, usedforsecurity=False).hexdigest()
+                    if os.fstat(fh.fileno()).st_mtime_ns == st.st_mtime_ns and len(body) == st.st_size:
+                        self.etags.remember(fh.fileno(), st, etag)
+            metadata = self._read_metadata(key, _version(st))
+        return StoredObject(info=self._info(key, st, etag, server_time=self._clock()), body=body, metadata=metadata)
 
     def put(
         self,
@@ -134,8 +219,9 @@ class LocalStore(Closeable):
             raise ValueError("put takes if_none_match or if_match, not both")
         self._count()
         path = self._path(key)
+        md5 = hashlib.md5(body, usedforsecurity=False).hexdigest()
         with self._translate(key, write=True):
-            tmp, st = self._write_temp(body)
+            tmp, st = self._write_temp(body, md5=md5)
             try:
                 with self._locked(key, shared=False):
                     if if_match is not None:
@@ -150,10 +236,10 @@ class LocalStore(Closeable):
                             raise PreconditionFailed(f"{key} already exists", key=key) from None
                     else:
                         os.replace(tmp, path)
-                    self._write_metadata(key, _etag(st), metadata)
+                    self._write_metadata(key, _version(st), metadata)
             finally:
                 tmp.unlink(missing_ok=True)
-        return self._info(key, st, server_time=self._clock())
+        return self._info(key, st, md5, server_time=self._clock())
 
     def delete(self, key: str, *, if_match: str | None = None) -> None:
         """Delete ``key``; a missing key is fine unless ``if_match`` names a version to delete."""
@@ -227,6 +313,10 @@ class LocalStore(Closeable):
             # Keys "a" and "a/b" cannot both exist on a file system.
             raise InvalidKey(f"{key!r} collides with an object or folder on the file system: {exc}", key=key) from exc
         except PermissionError as exc:
+            if not write:
+                # One file we may not read: that object's problem, not the store's (errors.py).
+                raise ObjectAccessDenied(f"{self.description}: permission denied reading {key}: {exc}",
+                                         key=key) from exc
             raise StoreAccessError(f"{self.description}: permission denied for {key}: {exc}") from exc
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:
@@ -239,17 +329,34 @@ class LocalStore(Closeable):
         with self._count_lock:
             self._requests += 1
 
-    def _info(self, key: str, st: os.stat_result, *, server_time: datetime | None = None) -> ObjectInfo:
+    def _etag_of(self, path: str, st: os.stat_result) -> str:
+        """The MD5 of the file at ``path`` as ``st`` describes it: cached, else hashed (and cached)."""
+        etag = self.etags.lookup(path, st)
+        if etag is not None:
+            return etag
+        digest = hashlib.md5(usedforsecurity=False)  # S3's ETag, not a security hash
+        with open(path, "rb") as fh:
+            while chunk := fh.read(HASH_CHUNK_BYTES):
+                digest.update(chunk)
+            after = os.fstat(fh.fileno())
+        self.etags.hashed += 1
+        etag = digest.hexdigest()
+        if (after.st_ino, after.st_size, after.st_mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns):
+            self.etags.remember(path, st, etag)  # else it changed while read: hash it again next time
+        return etag
+
+    def _info(self, key: str, st: os.stat_result, etag: str, *, server_time: datetime | None = None) -> ObjectInfo:
         return ObjectInfo(
             key=key,
-            etag=_etag(st),
+            etag=etag,
             size=st.st_size,
             last_modified=datetime.fromtimestamp(st.st_mtime_ns / 1e9, timezone.utc),
             server_time=server_time,
         )
 
-    def _write_temp(self, body: bytes) -> tuple[Path, os.stat_result]:
-        """A durable temp file holding ``body``, and its stat (the ETag it will publish under)."""
+    def _write_temp(self, body: bytes, *, md5: str | None = None) -> tuple[Path, os.stat_result]:
+        """A durable temp file holding ``body``, and its stat (the version it will publish under).
+        With ``md5``, the file carries it as its cached ETag (an xattr travels with the inode)."""
         fd, name = tempfile.mkstemp(dir=self._tmp, prefix="put-")
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -259,8 +366,10 @@ class LocalStore(Closeable):
                 # and two writes within one tick must still get different ETags.
                 now_ns = time.time_ns()
                 os.utime(fh.fileno(), ns=(now_ns, now_ns))
-                os.fsync(fh.fileno())  # the rename must not publish a file whose bytes are not on disk
                 st = os.fstat(fh.fileno())
+                if md5 is not None:
+                    self.etags.remember(fh.fileno(), st, md5)  # xattrs leave the mtime alone
+                os.fsync(fh.fileno())  # the rename must not publish a file whose bytes are not on disk
         except BaseException:
             os.unlink(name)
             raise
@@ -271,8 +380,9 @@ class LocalStore(Closeable):
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):
             raise PreconditionFailed(f"{key} does not exist (expected ETag {expected})", key=key) from None
-        if _etag(st) != expected:
-            raise PreconditionFailed(f"{key} has ETag {_etag(st)}, not {expected}", key=key)
+        current = self._etag_of(str(path), st)
+        if current != expected:
+            raise PreconditionFailed(f"{key} has ETag {current}, not {expected}", key=key)
 
     def _write_metadata(self, key: str, etag: str, metadata: Mapping[str, str] | None) -> None:
         meta_path = self._meta_path(key)
@@ -314,6 +424,9 @@ class LocalStore(Closeable):
                 entries = list(scan)
         except (FileNotFoundError, NotADirectoryError):
             return  # removed while we walked
+        except PermissionError as exc:
+            # A folder we may not list hides every key in it: the listing itself is refused.
+            raise StoreAccessError(f"{self.description}: permission denied listing {directory}: {exc}") from exc
         children = []
         for entry in entries:
             if not key_prefix and entry.name == INTERNAL_DIR:
@@ -338,9 +451,14 @@ class LocalStore(Closeable):
             elif fragment.startswith(prefix) and _utf8(fragment) > after:
                 try:
                     st = entry.stat(follow_symlinks=False)
+                    etag = self._etag_of(entry.path, st)
                 except FileNotFoundError:
                     continue  # deleted since the scan
-                yield self._info(fragment, st)
+                except PermissionError:
+                    # Listed but unreadable: list it under a version-derived ETag, so that its GET,
+                    # refused with ObjectAccessDenied, gets the input a failure record.
+                    etag = "unreadable-" + _version(st)
+                yield self._info(fragment, st, etag)
 
 
 def _require_file(st: os.stat_result, key: str) -> None:

@@ -21,14 +21,18 @@ import botocore.exceptions
 from processor.config import StoreSettings
 from processor.errors import (
     ConfigError,
+    ObjectAccessDenied,
+    ObjectEncrypted,
     ObjectNotFound,
     ObjectTooLarge,
+    ObjectUnreadable,
     PreconditionFailed,
     ProcessorError,
     StoreAccessError,
     StoreError,
     TransientStoreError,
 )
+from processor.redact import redact, split_endpoint
 from processor.store.base import Closeable, ObjectInfo, StoredObject, strip_etag
 from processor.store.retry import RetryPolicy
 
@@ -41,6 +45,25 @@ MAX_POOL_CONNECTIONS = 32
 
 _NOT_FOUND_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 _PRECONDITION_CODES = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict"})
+#: Refusals of the credentials or the account themselves: fatal whatever the request was.
+_CREDENTIAL_CODES = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AllAccessDisabled",
+        "AccountProblem",
+    }
+)
+#: Operations on one key whose refusal is that object's problem, not the bucket's (see errors.py).
+_OBJECT_READS = frozenset({"get", "head"})
+#: What a GET of an SSE-C object without its key answers: 400 with one of these codes (AWS:
+#: InvalidRequest "The object was stored using a form of Server Side Encryption...", SeaweedFS:
+#: InvalidArgument "...must provide the customer key.").
+_SSE_C_CODES = frozenset({"InvalidRequest", "InvalidArgument"})
+_SSE_C_WORDS = ("encrypt", "customer key", "customer-provided", "sse")
 _ACCESS_CODES = frozenset(
     {
         "AccessDenied",
@@ -164,17 +187,25 @@ class S3Store(Closeable):
             session = boto3.Session(profile_name=settings.profile, region_name=settings.region)
         except botocore.exceptions.ProfileNotFound as exc:
             raise ConfigError(f"store.profile: AWS profile {settings.profile!r} not found ({exc})") from exc
-        credentials = session.get_credentials()
-        source = describe_credential_source(credentials.method if credentials is not None else None)
-        if settings.profile:
-            source += f" (profile {settings.profile!r}, store.profile)"
+        # Keys in the URL never reach botocore, whose errors quote the URL (and which would sign
+        # for a host that includes them): they become the client's keys instead.
+        endpoint_url, url_keys = split_endpoint(settings.endpoint_url)
+        keys: dict[str, str] = {}
+        if url_keys is not None:
+            keys = {"aws_access_key_id": url_keys.access_key, "aws_secret_access_key": url_keys.secret_key}
+            source = ENDPOINT_CREDENTIAL_SOURCE
+        else:
+            credentials = session.get_credentials()
+            source = describe_credential_source(credentials.method if credentials is not None else None)
+            if settings.profile:
+                source += f" (profile {settings.profile!r}, store.profile)"
         if not settings.bucket:
             raise ConfigError("store.bucket is required for an S3 store")
-        client = session.client("s3", endpoint_url=settings.endpoint_url, config=client_config(settings))
+        client = session.client("s3", endpoint_url=endpoint_url, config=client_config(settings), **keys)
         return cls(
             client,
             settings.bucket,
-            description=f"s3://{settings.bucket} at {client.meta.endpoint_url}",
+            description=redact(f"s3://{settings.bucket} at {client.meta.endpoint_url}"),
             retry_policy=RetryPolicy.from_settings(settings),
             credential_source=source,
         )
@@ -198,7 +229,19 @@ class S3Store(Closeable):
             params.pop("StartAfter", None)  # the token carries the position from here on
 
     def head(self, key: str) -> ObjectInfo:
-        resp = self._call("head", key, lambda: self._client.head_object(Bucket=self.bucket, Key=key))
+        try:
+            resp = self._call("head", key, lambda: self._client.head_object(Bucket=self.bucket, Key=key))
+        except ObjectUnreadable:
+            # A HEAD error has no body, so its bare 403/400 cannot tell revoked keys or a missing
+            # bucket from one unreadable object. A one-byte GET's error body names the code, and
+            # its translation says which it is; only this error path pays the extra request.
+            def probe() -> Any:
+                resp = self._client.get_object(Bucket=self.bucket, Key=key, Range="bytes=0-0")
+                resp["Body"].close()
+                return resp
+
+            self._call("get", key, probe)
+            raise  # the GET was allowed after all: the HEAD's refusal stands
         return self._info(key, resp)
 
     def get(self, key: str, *, max_bytes: int | None = None) -> StoredObject:
@@ -209,7 +252,12 @@ class S3Store(Closeable):
                 size = resp["ContentLength"]
                 if max_bytes is not None and size > max_bytes:
                     raise ObjectTooLarge(f"{key} is {size} bytes; limit is {max_bytes}", key=key, size=size)
-                body = stream.read()
+                # Read at most one byte past the cap even if the length header lied (a proxy
+                # re-chunking the body): the cap bounds memory, not just the header's claim.
+                body = stream.read() if max_bytes is None else stream.read(max_bytes + 1)
+                if max_bytes is not None and len(body) > max_bytes:
+                    raise ObjectTooLarge(f"{key} is over {max_bytes} bytes; limit is {max_bytes}",
+                                         key=key, size=len(body))
             finally:
                 stream.close()  # unread bytes are dropped with the connection, not downloaded
             return StoredObject(info=self._info(key, resp), body=body, metadata=resp.get("Metadata", {}))
@@ -313,9 +361,35 @@ class S3Store(Closeable):
             try:
                 return fn()
             except self._vendor_errors as exc:
-                raise self._translate(exc, op, key) from exc
+                translated = self._translate(exc, op, key)
+                # A backstop: the client never saw URL credentials, but a message must not carry any.
+                translated.args = tuple(redact(a) if isinstance(a, str) else a for a in translated.args)
+                raise translated from exc
 
         return self.retry_policy.call(attempt, op=op, key=key)
+
+    def _object_refusal(self, code: str, status: int, detail: str, op: str, key: str) -> ObjectUnreadable | None:
+        """The error of a GET/HEAD refused for this one object, or None when it is not one."""
+        text = detail.lower()
+        if status == 403 and (code in ("AccessDenied", "403", "Forbidden", "") or code.startswith("KMS.")):
+            # On a HEAD (no body, bare "403") ``head`` asks again with a GET to learn the code.
+            return ObjectAccessDenied(
+                f"{self.description}: {op} {key!r} refused ({detail}): the credentials from "
+                f"{self.credential_source} may not read this object (a bucket or object policy, an "
+                "ACL, or a KMS key they may not use); other objects are unaffected", key=key)
+        if code.startswith("KMS."):
+            return ObjectAccessDenied(f"{self.description}: {op} {key!r}: its KMS key refused to decrypt "
+                                      f"it ({detail})", key=key)
+        if status == 400 and (code in _SSE_C_CODES and any(w in text for w in _SSE_C_WORDS)):
+            return ObjectEncrypted(f"{self.description}: {op} {key!r}: the object is encrypted with a "
+                                   f"customer-provided key (SSE-C), which this worker does not have ({detail})",
+                                   key=key)
+        if status == 400 and op == "head" and code in ("400", "BadRequest", ""):
+            # A HEAD has no body to say why; on S3 a 400 for an existing key means SSE-C.
+            return ObjectEncrypted(f"{self.description}: head {key!r} answered 400 Bad Request, which S3 "
+                                   "answers for an object encrypted with a customer-provided key (SSE-C)",
+                                   key=key)
+        return None
 
     def _translate(self, exc: BaseException, op: str, key: str) -> ProcessorError:
         v = self.vendor_exceptions
@@ -327,6 +401,10 @@ class S3Store(Closeable):
             detail = f"{code or status}: {error.get('Message', '')}".rstrip(": ")
             if code == "NoSuchBucket":
                 return StoreAccessError(f"{self.description}: bucket {self.bucket!r} does not exist ({detail})")
+            if op in _OBJECT_READS and code not in _CREDENTIAL_CODES:
+                unreadable = self._object_refusal(code, status, detail, op, key)
+                if unreadable is not None:
+                    return unreadable
             if code in _NOT_FOUND_CODES or status == 404:
                 return ObjectNotFound(f"{key} does not exist in {self.description}", key=key)
             if code in _PRECONDITION_CODES or status == 412:
@@ -349,6 +427,9 @@ class S3Store(Closeable):
         # Connection refused/reset, timeouts, truncated bodies: worth another attempt.
         return TransientStoreError(f"{where}: {type(exc).__name__}: {exc}", key=key)
 
+
+#: The credential source of keys written into ``store.endpoint_url`` (``http://key:secret@host``).
+ENDPOINT_CREDENTIAL_SOURCE = "the key:secret in store.endpoint_url"
 
 #: Where botocore found the keys (``Credentials.method``), in words a user can act on.
 _CREDENTIAL_SOURCES = {

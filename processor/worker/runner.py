@@ -22,6 +22,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -33,9 +34,11 @@ from processor.errors import (
     EXIT_INCOMPLETE,
     FatalError,
     InvalidInput,
+    InputUnreadable,
     InvalidKey,
     ItemError,
     ObjectNotFound,
+    ObjectUnreadable,
     StoreError,
     WorkerUnhealthy,
 )
@@ -46,9 +49,10 @@ from processor.manifest import Manifest, Source, WorkerInfo
 from processor.metrics import GuardedObserver, WorkerObserver
 from processor.queue.outcomes import OFFER_AGAIN, PROGRESS, Outcome
 from processor.pipeline.base import DecodedImage, VariantImage
-from processor.pipeline.item import ItemPipeline, Prepared, Rendered
+from processor.pipeline.item import Encoded, ItemPipeline, Prepared, Rendered
+from processor.pipeline.outputs import attempt_scoped
 from processor.pipeline.render import EngineRegistry
-from processor.queue.protocol import AlreadyCommitted, BucketQueue, Delivery, InputObject
+from processor.queue.protocol import AlreadyCommitted, BucketQueue, Delivery, InputObject, OutputTaken
 from processor.queue.scan import IncrementalScanner, WorkItem, scan, shard_of
 from processor.store.base import ObjectStore
 
@@ -149,7 +153,8 @@ class Worker:
         self.layout = KeyLayout(settings.prefixes)
         self.styles = styles or list(settings.run.styles)
         self.info = WorkerInfo(id=worker_id, version=__version__, device=device)
-        self.claims = ClaimManager(store, worker_id, settings.claims.ttl_s) if use_claims else None
+        self.claims = (ClaimManager(store, worker_id, settings.claims.ttl_s, settings.claims.max_ttl_s)
+                       if use_claims else None)
         self.queue = BucketQueue(store, self.layout, claims=self.claims, worker=self.info,
                                  max_attempts=settings.run.max_attempts)
         #: The stages; ``captioner`` (``processor.pipeline.caption.Captioner``) is None when captions are off.
@@ -391,6 +396,9 @@ class Worker:
             # in it, say): retrying cannot help, so it gets a failure record like a bad photo.
             job.error = InvalidInput(str(exc), hint="Rename the input to a plain path: '/' between folders, "
                                                     "no '\\', '..' or empty folder names.")
+        except ObjectUnreadable as exc:
+            # One object we may not read (a policy, a KMS key, SSE-C): this input's failure record.
+            job.error = InputUnreadable(str(exc))
         except ObjectNotFound:
             self._finish(job, Outcome.VANISHED, keeper, result)  # deleted since the scan
             return None
@@ -498,8 +506,18 @@ class Worker:
         encoded = self.pipeline.encode(job.prepared, job.rendered, output_prefix=prefix, timings=job.timings)
         started = time.perf_counter()
         try:
-            for f in encoded.files:
-                self.queue.put_output(delivery, prefix + f.name, f.body, f.content_type)
+            try:
+                for f in encoded.files:
+                    self.queue.put_output(delivery, prefix + f.name, f.body, f.content_type)
+            except OutputTaken as exc:
+                # Shards: a twin pod (or a dead attempt) wrote these names; ours go beside them
+                # under names of our own, created only if absent, and the manifest names ours.
+                files, entries, sheet = attempt_scoped(encoded.files, encoded.variants, encoded.contact_sheet,
+                                                       output_prefix=prefix, token=uuid.uuid4().hex[:12])
+                encoded = Encoded(files=files, variants=entries, contact_sheet=sheet)
+                log.info("outputs_attempt_scoped", extra={"key": job.key, "taken": str(exc)})
+                for f in encoded.files:
+                    self.queue.put_new_output(prefix + f.name, f.body, f.content_type)
         except AlreadyCommitted as exc:
             log.warning("commit_refused", extra={"key": job.key, "reason": exc.reason})
             return Outcome.REFUSED

@@ -1,7 +1,7 @@
 """The fault-injection harness end to end: worker processes, a real SeaweedFS, every fault.
 
 ``test_short_chaos_run`` is the run CI does (``python bench/chaos.py --ci``: 40 good and 6 bad
-inputs, 3 workers, one fault of each kind, a 3 s outage). The full run
+inputs, one round of hostile state, 3 workers, one fault of each kind, a 3 s outage). The full run
 (``python bench/chaos.py``) is ``slow``: select it with ``-m slow`` or ``CHAOS_FULL=1``.
 """
 
@@ -40,8 +40,10 @@ def explain(outcome: Outcome) -> str:
 def check(outcome: Outcome, plan: Plan) -> None:
     assert not outcome.broken, explain(outcome)
     report, results = outcome.report, outcome.results
-    assert report.inputs == plan.inputs + plan.bad
-    assert (report.committed, report.failed) == (plan.inputs, plan.bad), explain(outcome)
+    # Each hostile round: an SSE-C input and an oversized sidecar (records), a planted absurd claim (commits).
+    assert report.inputs == plan.inputs + plan.bad + 3 * plan.hostile
+    assert (report.committed, report.failed) == (plan.inputs + plan.hostile, plan.bad + 2 * plan.hostile), \
+        explain(outcome)
     assert sum(results.faults.values()) == len(plan.faults())
     # The zombie's commit was refused by the conditional commit or the claim check.
     assert outcome.logs.commit_refused + outcome.logs.claim_lost_skipped >= plan.zombies

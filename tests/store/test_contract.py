@@ -27,8 +27,11 @@ from botocore.stub import Stubber
 from processor.config import StoreSettings
 from processor.errors import (
     InvalidKey,
+    ObjectAccessDenied,
+    ObjectEncrypted,
     ObjectNotFound,
     ObjectTooLarge,
+    ObjectUnreadable,
     PreconditionFailed,
     StoreAccessError,
     StoreError,
@@ -399,12 +402,48 @@ def test_error_translation(code: str, status: int, expected: type[Exception]) ->
     )
     with Stubber(client) as stub:
         for _ in range(2):
-            stub.add_client_error("head_object", service_error_code=code, http_status_code=status)
+            # A write: a refusal of a read of one object is that object's problem (next test).
+            stub.add_client_error("put_object", service_error_code=code, http_status_code=status)
         with pytest.raises(expected) as raised:
-            store.head("k")
+            store.put("k", b"v")
     assert type(raised.value) is expected
     assert isinstance(raised.value.__cause__, botocore.exceptions.ClientError)
     assert store.retry_policy.retries == (1 if expected is TransientStoreError else 0)
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "message", "expected"),
+    [
+        # One object: a policy or ACL, a KMS key the worker may not use, SSE-C without the key.
+        ("AccessDenied", 403, "Access Denied", ObjectAccessDenied),
+        ("AccessDenied", 403, "User is not authorized to perform: kms:Decrypt", ObjectAccessDenied),
+        ("KMS.DisabledException", 400, "arn:aws:kms:... is disabled.", ObjectAccessDenied),
+        ("InvalidRequest", 400, ("The object was stored using a form of Server Side Encryption. The correct "
+                                 "parameters must be provided to retrieve the object."), ObjectEncrypted),
+        ("InvalidArgument", 400, ("Requests specifying Server Side Encryption with Customer provided keys must "
+                                  "provide the customer key."), ObjectEncrypted),
+        # The credentials or the bucket: fatal whatever the request.
+        ("InvalidAccessKeyId", 403, "The AWS Access Key Id you provided does not exist", StoreAccessError),
+        ("SignatureDoesNotMatch", 403, "The request signature we calculated does not match", StoreAccessError),
+        ("ExpiredToken", 400, "The provided token has expired.", StoreAccessError),
+        ("NoSuchBucket", 404, "The specified bucket does not exist", StoreAccessError),
+        ("InvalidArgument", 400, "Invalid Argument", StoreError),
+    ],
+)
+def test_read_refusals_tell_one_object_from_the_bucket(code: str, status: int, message: str,
+                                                       expected: type[Exception]) -> None:
+    client = boto3.client("s3", region_name="us-east-1", aws_access_key_id="k", aws_secret_access_key="s")
+    store = S3Store(client, "bucket", description="s3://bucket at stub",
+                    retry_policy=RetryPolicy(max_attempts=2, max_backoff_s=0.001))
+    with Stubber(client) as stub:
+        stub.add_client_error("get_object", service_error_code=code, service_message=message,
+                              http_status_code=status)
+        with pytest.raises(expected) as raised:
+            store.get("inputs/a.png")
+    assert type(raised.value) is expected
+    if issubclass(expected, ObjectUnreadable):
+        assert raised.value.key == "inputs/a.png" and "inputs/a.png" in str(raised.value)
+    assert store.retry_policy.retries == 0
 
 
 # --------------------------------------------------------------------------- local specifics
