@@ -9,6 +9,7 @@
 ``processor doctor``   check config, store, credentials, conditional writes, device, models
 ``processor schema``   print the manifest / failure-record JSON Schemas
 ``processor models pull``  download the configured diffusion models into the cache
+``processor finetune`` train a LoRA on your images that a style can use (processor/finetune/)
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def build_registry(settings: Settings) -> Any:
     from processor.models import ModelLoader
     from processor.pipeline.render import EngineRegistry
 
-    models = ModelLoader(settings.models)  # imports torch only when a diffusion style loads
+    # Imports torch only when a diffusion style loads; opens the store only for bucket: LoRAs.
+    models = ModelLoader(settings.models, store=lambda: build_store(settings))
     from processor.pipeline.background import with_background
     from processor.pipeline.mask import SubjectMasker
 
@@ -410,7 +412,7 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
     """Fetch every configured diffusion model (and hub LoRA) into the cache, safetensors only."""
-    from processor.models import ModelLoader, configured_models, is_local
+    from processor.models import ModelLoader, configured_models, is_bucket, is_local
 
     loader = ModelLoader(settings.models)
     wanted = configured_models(settings.styles)
@@ -435,7 +437,7 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{model}{'@' + revision if revision else ''}: {resolved.path}")
     for style in settings.styles.values():
         lora = getattr(style, "lora", None)
-        if lora is not None and not is_local(lora.path):
+        if lora is not None and not is_local(lora.path) and not is_bucket(lora.path):
             print(f"lora {lora.path}: {loader.resolve_lora(lora)}")
     from processor.pipeline.mask import pull_segmenter
 
@@ -603,6 +605,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "committed copies.")
     p.add_argument("--write", metavar="DIR", help="write *.schema.json files into DIR")
     p.set_defaults(func=cmd_schema, no_config=True)
+
+    from processor.finetune.cli import add_parser as add_finetune_parser
+
+    add_finetune_parser(sub, common)
     return parser
 
 
