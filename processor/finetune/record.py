@@ -112,6 +112,9 @@ class TrainingRecord(_Model):
     class_images: list[DatasetImage] = Field(default_factory=list)
     #: loss[i] is the loss of step i + 1.
     loss: list[float] = Field(default_factory=list)
+    #: The loss on fixed noise and timesteps over the validation photos, by step (0: before
+    #: training, then each checkpoint and the end): comparable across steps, unlike ``loss``.
+    validation_loss: dict[int, float] = Field(default_factory=dict)
     steps_done: int = 0
     #: Steps at which a checkpoint was written, and the steps a run resumed from.
     checkpoints: list[int] = Field(default_factory=list)

@@ -52,6 +52,8 @@ VALIDATION_GUIDANCE = 7.5
 ADAM_BETAS = (0.9, 0.999)
 ADAM_WEIGHT_DECAY = 1e-2
 ADAM_EPS = 1e-8
+#: Timesteps of the fixed validation loss: spread over the schedule, the same at every checkpoint.
+VALIDATION_TIMESTEPS = 8
 #: Prior-preservation class images live here in the output location (generated once, reused on resume).
 CLASS_IMAGES = "class_images/"
 
@@ -149,6 +151,8 @@ class Trainer:
                 module.to(dtype=weight_dtype)
         self.parts["text_encoder"].eval()
         self.parts["vae"].eval()
+        # peft draws the LoRA A matrices from the global generator: seed it, or two runs differ.
+        torch.manual_seed(self.hp.seed)
         unet.add_adapter(LoraConfig(r=self.hp.rank, lora_alpha=self.hp.alpha, init_lora_weights="gaussian",
                                     target_modules=self.hp.target_modules))
         # The LoRA weights train in float32 even when the frozen ones are half precision.
@@ -193,6 +197,8 @@ class Trainer:
         class_pixels = [self._pixels(image) for image in self._class_pils]
         embeds = self._embed({i.caption for i in self.dataset.images} | ({hp.class_prompt} if class_pixels else set()))
 
+        if start == 0:
+            record.validation_loss[0] = self.validation_loss(pixels)
         unet.train()
         bar = self._bar(start)
         run_started = self.clock()
@@ -221,11 +227,13 @@ class Trainer:
                     now = self.clock()
                     record.train_seconds = round(record.train_seconds + now - last_checkpoint_time, 3)
                     last_checkpoint_time = now
+                    record.validation_loss[done] = self.validation_loss(pixels)
                     self._checkpoint(done, record, optimizer, generator, scaler)
         finally:
             if bar is not None:
                 bar.close()
         record.train_seconds = round(record.train_seconds + self.clock() - last_checkpoint_time, 3)
+        record.validation_loss[hp.steps] = self.validation_loss(pixels)
         return self._finish(record, start)
 
     def _step(self, step: int, pixels: list[Any], class_pixels: list[Any], embeds: dict[str, Any], generator: Any,
@@ -282,6 +290,39 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm)
             optimizer.step()
         return float(loss.detach())
+
+    def validation_loss(self, pixels: list[Any]) -> float:
+        """The loss on fixed draws: the validation photos' latent means, noised at
+        ``VALIDATION_TIMESTEPS`` timesteps spread over the schedule with noise seeded by ``seed``.
+        Unlike the per-step loss (one random timestep each), it is comparable across checkpoints:
+        it falls as the LoRA fits the training images."""
+        import torch
+        import torch.nn.functional as F
+
+        count = max(1, min(self.options.validation_images, len(pixels)))
+        unet, noise_scheduler = self.parts["unet"], self.parts["noise"]
+        total = noise_scheduler.config.num_train_timesteps
+        timesteps = torch.linspace(0, total - 1, VALIDATION_TIMESTEPS + 2)[1:-1].round().long().to(self.device)
+        generator = torch.Generator().manual_seed(self.hp.seed + 20_000)
+        unet.eval()
+        losses = []
+        try:
+            with torch.no_grad(), self._autocast():
+                batch = torch.stack(pixels[:count]).to(self.device, dtype=self.weight_dtype)
+                latents = self.parts["vae"].encode(batch).latent_dist.mean * self.parts["vae"].config.scaling_factor
+                embeds = self._embed({i.caption for i in self.dataset.images[:count]})
+                hidden = torch.stack([embeds[i.caption] for i in self.dataset.images[:count]])
+                for t in timesteps:
+                    noise = torch.randn(latents.shape, generator=generator).to(self.device, dtype=latents.dtype)
+                    steps = t.repeat(count)
+                    noisy = noise_scheduler.add_noise(latents, noise, steps)
+                    target = noise if self.prediction_type == "epsilon" else noise_scheduler.get_velocity(
+                        latents, noise, steps)
+                    prediction = unet(noisy, steps, hidden, return_dict=False)[0]
+                    losses.append(F.mse_loss(prediction.float(), target.float()).item())
+        finally:
+            unet.train()
+        return round(sum(losses) / len(losses), 6)
 
     def _image_index(self, position: int, count: int, salt: int = 0) -> int:
         """The image at ``position`` of the stream: epoch ``position // count`` is a permutation
