@@ -161,8 +161,8 @@ def _hidden(name: str) -> bool:
 
 def _too_few(where: Location, dataset: Dataset, min_images: int) -> str:
     found = len(dataset.images)
-    lines = [f"{found} usable training image{'s' if found != 1 else ''} under {where.description}; "
-             f"at least {min_images} needed (--min-images)."]
+    lines = [(f"{found} usable training image{'s' if found != 1 else ''} under {where.description}; "
+              f"at least {min_images} needed (--min-images).")]
     if dataset.skipped:
         lines.append(f"Skipped {len(dataset.skipped)}:")
         lines.extend(f"  {s.key}: {s.reason}" for s in dataset.skipped)

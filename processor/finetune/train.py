@@ -72,6 +72,8 @@ class RunOptions:
     log_every: int = 10
     #: A tqdm progress bar (a terminal); else log events.
     progress_bar: bool = False
+    #: Called after every step with (steps done, loss): the benchmark's clock.
+    on_step: Callable[[int, float], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,7 @@ class Trainer:
         if self.device == "cpu" and precision != "float32":
             raise ConfigError(f"--mixed-precision {precision} needs a CUDA device; the CPU trains in float32")
         weight_dtype = getattr(torch, precision)
-        load = dict(use_safetensors=True)
+        load = {"use_safetensors": True}
         self.parts = {
             "tokenizer": CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"),
             "text_encoder": CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **load),
@@ -215,6 +217,8 @@ class Trainer:
                 record.loss.append(round(loss, 6))
                 record.steps_done = step + 1
                 done = step + 1
+                if self.options.on_step is not None:
+                    self.options.on_step(done, loss)
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
                     bar.update(1)
