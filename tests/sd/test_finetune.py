@@ -31,6 +31,7 @@ from processor.keys import KeyLayout
 from processor.manifest import Manifest
 from processor.store.local import LocalStore
 from tests.images import photo_bytes
+from tests.sd.conftest import CAPTION_WORDS
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Small but real: 64 px (an 8x8 latent), 8 steps, a checkpoint every 2.
@@ -293,3 +294,54 @@ def test_the_training_benchmark_runs_on_the_cpu(tiny_sd, capsys):
     printed = parse_report(capsys.readouterr().out)
     assert results["steps_timed"] == 2 and results["mixed_precision"] == "float32"
     assert float(printed["s_per_1000_steps"]) > 0 and math.isfinite(results["final_loss"])
+
+
+def test_captions_auto_runs_the_products_captioner(tiny_sd, tiny_blip, tmp_path):
+    images = tmp_path / "photos"
+    images.mkdir()
+    for i in range(2):
+        (images / f"toy{i}.png").write_bytes(photo_bytes(80, 64, fmt="PNG", seed=30 + i))
+    config = write_config(tmp_path)
+    text = yaml.safe_load(config.read_text())
+    # caption.mode none (rendering uncaptioned) still captions training images, with the caption model.
+    text["caption"] = {"mode": "none", "caption_model": str(tiny_blip), "cache_dir": str(tmp_path / "cache")}
+    config.write_text(yaml.safe_dump(text))
+    out = tmp_path / "out"
+    assert finetune(config, "--name", "auto", "--base", str(tiny_sd), "--images", str(images), "--out", str(out),
+                    "--captions", "auto", "--min-images", "2", "--resolution", "64", "--steps", "1",
+                    "--validation-images", "0") == 0
+    record = TrainingRecord.model_validate_json((out / RECORD_NAME).read_bytes())
+    assert record.hyperparameters.captions.value == "auto"
+    vocabulary = set(CAPTION_WORDS)
+    for item in record.dataset:
+        assert item.caption and set(item.caption.replace(",", " ").split()) <= vocabulary, item.caption
+
+
+def test_subject_mode_with_prior_preservation(tiny_sd, tmp_path):
+    images = tmp_path / "bear"
+    images.mkdir()
+    (images / "bear.png").write_bytes(photo_bytes(80, 64, fmt="PNG", seed=40))
+    config = write_config(tmp_path)
+    out = tmp_path / "out"
+    args = ["--name", "bear", "--base", str(tiny_sd), "--images", str(images), "--out", str(out), "--mode", "subject",
+            "--instance-prompt", "a photo of sks toy", "--class-prompt", "a photo of a toy", "--prior-images", "2",
+            "--min-images", "1", "--resolution", "64", "--steps", "3", "--validation-steps", "2",
+            "--checkpoint-every", "1000"]
+    assert finetune(config, *args) == 0
+    record = TrainingRecord.model_validate_json((out / RECORD_NAME).read_bytes())
+    assert [d.caption for d in record.dataset] == ["a photo of sks toy"]
+    assert [c.key for c in record.class_images] == ["class_images/0000.png", "class_images/0001.png"]
+    for item in record.class_images:
+        assert item.sha256 == hashlib.sha256((out / item.key).read_bytes()).hexdigest()
+        assert (item.width, item.height) == (64, 64) and item.caption == "a photo of a toy"
+    assert len(record.loss) == 3 and all(math.isfinite(x) for x in record.loss)
+    snippet = yaml.safe_load(capture_snippet(config, args))
+    assert snippet["styles"]["bear"]["prompt"] == "a photo of sks toy"
+
+
+def capture_snippet(config: Path, args: list[str]) -> str:
+    """What a rerun of a finished run prints (the snippet again, nothing retrained)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert finetune(config, *args) == 0
+    return out.getvalue()
