@@ -279,19 +279,20 @@ class ModelLoader:
             raise ConfigError(f"lora.path {lora.path!r} names a bucket key, but this command has no store to read it")
         store = self._store()
         try:
-            obj = store.get(key)
+            info = store.head(key)
+            digest = hashlib.sha256(f"{key}|{info.etag}".encode()).hexdigest()[:16]
+            target = Path(self.cache_dir or HF_HUB_CACHE) / "processor-loras" / digest / Path(key).name
+            if not target.is_file():  # a new ETag is a new copy: a retrained LoRA is never mixed up
+                body = store.get(key).body
+                target.parent.mkdir(parents=True, exist_ok=True)
+                partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+                partial.write_bytes(body)
+                os.replace(partial, target)  # whole or absent: a crash never leaves half a LoRA
         except ObjectNotFound:
             raise ModelUnavailableError(
                 f"LoRA {lora.path!r}: no object {key} in {store.description}; train it with `processor finetune "
                 f"--name NAME` (it writes models/loras/NAME/{LORA_FILE}) or fix lora.path") from None
-        digest = hashlib.sha256(f"{key}|{obj.info.etag}".encode()).hexdigest()[:16]
-        target = Path(self.cache_dir or HF_HUB_CACHE) / "processor-loras" / digest / Path(key).name
-        if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            partial.write_bytes(obj.body)
-            os.replace(partial, target)  # whole or absent: a crash never leaves half a LoRA
-        log.info("lora_from_bucket", extra={"key": key, "etag": obj.info.etag, "path": str(target)})
+        log.info("lora_from_bucket", extra={"key": key, "etag": info.etag, "path": str(target)})
         return target
 
     # ----------------------------------------------------------------- loading

@@ -345,3 +345,16 @@ def capture_snippet(config: Path, args: list[str]) -> str:
     with contextlib.redirect_stdout(out):
         assert finetune(config, *args) == 0
     return out.getvalue()
+
+
+def test_a_bucket_lora_that_is_missing_names_the_key_and_the_fix(tmp_path):
+    from processor.config import LoraSettings, ModelSettings
+    from processor.errors import ConfigError, ModelUnavailableError
+    from processor.models import ModelLoader
+
+    lora = LoraSettings(path="bucket:models/loras/nope/")
+    loader = ModelLoader(ModelSettings(cache_dir=tmp_path / "cache"), store=lambda: LocalStore(tmp_path / "bucket"))
+    with pytest.raises(ModelUnavailableError, match="no object models/loras/nope/pytorch_lora_weights.safetensors"):
+        loader.resolve_lora(lora)
+    with pytest.raises(ConfigError, match="names a bucket key"):
+        ModelLoader(ModelSettings()).resolve_lora(lora)
