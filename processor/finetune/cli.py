@@ -164,7 +164,7 @@ def cmd_finetune(args: argparse.Namespace, settings: Settings) -> int:
     finished = out.get_or_none(RECORD_NAME)
     if finished is not None:
         done = TrainingRecord.model_validate_json(finished)
-        _same_run(done, hp, out, finished=True)
+        _same_run(done, hp, args.base, out, finished=True)
         print(f"{args.name}: already trained ({done.steps_done} steps) in {out.description}; --fresh retrains it",
               file=sys.stderr)
         print(style_snippet(args.name, args.base, args.revision, done, _lora_path(out, args.out)))
@@ -174,7 +174,7 @@ def cmd_finetune(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError(f"--resume: no checkpoint in {out.description} to continue from; run without --resume")
     state = ckpt.load_checkpoint(out, steps[-1]) if steps else None
     if state is not None:
-        _same_run(state.record, hp, out, finished=False)
+        _same_run(state.record, hp, args.base, out, finished=False)
         if state.step >= hp.steps:
             raise ConfigError(f"the last checkpoint is at step {state.step}, not below --steps {hp.steps}: raise --steps")
 
@@ -271,17 +271,16 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise ConfigError("--prior-images needs --class-prompt, the class your toy belongs to, e.g. 'a photo of a toy'")
 
 
-def _same_run(record: TrainingRecord, hp: Hyperparameters, out: Location, *, finished: bool) -> None:
-    """A rerun continues (or reports) a run only with the settings it was trained with."""
-    was = record.hyperparameters.model_dump(mode="json", exclude=MAY_CHANGE_ON_RESUME)
-    now = hp.model_dump(mode="json", exclude=MAY_CHANGE_ON_RESUME)
+def _same_run(record: TrainingRecord, hp: Hyperparameters, base: str, out: Location, *, finished: bool) -> None:
+    """A rerun continues (or reports) a run only with the base model and settings it was trained with."""
+    was = record.hyperparameters.model_dump(mode="json", exclude=MAY_CHANGE_ON_RESUME) | {"base": record.base.model}
+    now = hp.model_dump(mode="json", exclude=MAY_CHANGE_ON_RESUME) | {"base": base}
+    if finished:
+        was["steps"], now["steps"] = record.hyperparameters.steps, hp.steps
     changed = sorted(k for k in was if was[k] != now.get(k))
-    if finished and record.hyperparameters.steps != hp.steps:
-        changed.append("steps")
     if changed:
         what = "a finished LoRA" if finished else f"a checkpoint at step {record.steps_done}"
-        detail = ", ".join(f"{k} {was.get(k, record.hyperparameters.steps)!r} -> {now.get(k, hp.steps)!r}"
-                           for k in changed)
+        detail = ", ".join(f"{k} {was[k]!r} -> {now.get(k)!r}" for k in changed)
         raise ConfigError(f"{out.description} holds {what} trained with other settings ({detail}); rerun with the "
                           "same settings to continue, --fresh to discard it, or another --name / --out")
 

@@ -124,7 +124,8 @@ class TrainingRecord(_Model):
     versions: Versions
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
-    #: Seconds spent training, summed over every run that contributed (resumes included).
+    #: Seconds of steps, validation and checkpoints, summed over every run that contributed
+    #: (resumes included; model loading excluded).
     train_seconds: float = 0.0
     #: Where the LoRA was written (a key or a path), once finished.
     lora: str | None = None

@@ -189,7 +189,9 @@ class Trainer:
             generator.set_state(resume_from.generator)
             if scaler is not None and resume_from.scaler:
                 scaler.load_state_dict(resume_from.scaler)
-            record = resume_from.record
+            # A resume may raise --steps; the command checked that nothing else changed.
+            record = resume_from.record.model_copy(update={"hyperparameters": resume_from.record.hyperparameters
+                                                           .model_copy(update={"steps": hp.steps})})
             start = resume_from.step
             record.resumed_from.append(start)
             log.info("finetune_resume", extra={"step": start, "steps": hp.steps})
