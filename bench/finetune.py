@@ -3,12 +3,15 @@
 The SD 1.5 UNet, VAE and text encoder at full size with random weights (``bench.gpu_img2img``
 builds them; speed and memory do not depend on weight values, nothing is downloaded) are trained
 by ``processor.finetune.train.Trainer`` exactly as the command runs it: the LoRA on the UNet
-attention projections, bf16 (fp16 without bf16) and gradient checkpointing on CUDA, float32 on the
-CPU. ``--warmup`` steps run untimed, then ``--steps`` are timed. Printed: seconds per 1000 steps,
-the GPU's peak allocated memory (``torch.cuda.max_memory_allocated``) and the process's peak RSS.
-``--tiny`` trains the tiny test model at 64 px on the CPU in seconds (the CI smoke test).
+attention projections, bf16 (fp16 without bf16) on CUDA, float32 on the CPU. Side by side in one
+run: with gradient checkpointing (the command's CUDA default) and without, unless
+``--gradient-checkpointing on|off`` picks one. For each, ``--warmup`` steps run untimed, then
+``--steps`` are timed. Printed per configuration: seconds per 1000 steps, images per second and
+the GPU's peak allocated memory (``torch.cuda.max_memory_allocated``); then the ratios on/off
+and the process's peak RSS. ``--tiny`` trains the tiny test model at 64 px on the CPU in seconds
+(the CI smoke test).
 
-    python -m bench.finetune                          # a CUDA machine: 512 px, batch 1
+    python -m bench.finetune                          # a CUDA machine: 512 px, batch 1, checkpointing on and off
     python -m bench.finetune --batch 4 --resolution 768
     python -m bench.finetune --tiny                   # anywhere
 """
@@ -50,17 +53,52 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def time_training(model: Path, hp: Any, images: list[Any], models: Any, warmup: int, out_root: Path) -> dict[str, Any]:
+    """Train ``hp.steps`` steps with the product's trainer; time the steps after ``warmup``."""
+    import torch
+
+    from processor.finetune.data import Dataset
+    from processor.finetune.location import Location
+    from processor.finetune.train import RunOptions, Trainer
+    from processor.store.local import LocalStore
+
+    cuda = models.device().startswith("cuda")
+    marks: dict[int, float] = {}
+
+    def on_step(done: int, _loss: float) -> None:
+        if done in (warmup, hp.steps):
+            if cuda:
+                torch.cuda.synchronize()
+            marks[done] = time.perf_counter()
+
+    out = Location.of(LocalStore(out_root), "")
+    options = RunOptions(checkpoint_every=hp.steps + 1, validation_images=1, validation_steps=0, on_step=on_step)
+    trainer = Trainer("bench", str(model), None, hp, Dataset(images=images, source="synthetic"), out, options, models)
+    trainer.setup()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    record = trainer.run().record
+    seconds = marks[hp.steps] - marks.get(warmup, started)
+    timed = hp.steps - warmup
+    result = {"s_per_1000_steps": seconds / timed * 1000, "images_per_s": timed * hp.batch / seconds,
+              "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / GIB if cuda else 0.0,
+              "final_loss": record.loss[-1]}
+    del trainer
+    if cuda:
+        torch.cuda.empty_cache()
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import torch
 
     from processor.config import ModelSettings
     from processor.finetune.cli import _precision
-    from processor.finetune.data import Dataset, TrainingImage
-    from processor.finetune.location import Location
+    from processor.finetune.data import TrainingImage
     from processor.finetune.record import CaptionSource, Hyperparameters, Mode
-    from processor.finetune.train import TARGET_MODULES, RunOptions, Trainer
+    from processor.finetune.train import TARGET_MODULES
     from processor.models import ModelLoader
-    from processor.store.local import LocalStore
     from tests.images import photo_image
 
     args = build_parser().parse_args(argv)
@@ -70,22 +108,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     device = models.device()
     size = args.resolution or (TINY_SIZE if args.tiny else FULL_SIZE)
     cuda = device.startswith("cuda")
-    hp = Hyperparameters(
+    # Gradient checkpointing trades UNet compute for activation memory: time both in one run
+    # unless one is asked for (the command's default is on for CUDA).
+    checkpointing = {"on": [True], "off": [False]}.get(args.gradient_checkpointing, [True, False])
+    base = Hyperparameters(
         mode=Mode.style, steps=args.warmup + args.steps, rank=args.rank, alpha=float(args.rank), lr=1e-4,
         batch=args.batch, resolution=size, seed=0, captions=CaptionSource.none, prompt="a toy, modern disney style",
         target_modules=list(TARGET_MODULES), mixed_precision=_precision(args.mixed_precision, device),
-        gradient_checkpointing=args.gradient_checkpointing == "on" or (args.gradient_checkpointing == "auto" and cuda),
+        gradient_checkpointing=True,
     )
     images = [TrainingImage(key=f"photo{i}.png", sha256="0" * 64, image=photo_image(size, size, seed=i),
-                            caption=hp.prompt or "") for i in range(IMAGES)]
-    marks: dict[int, float] = {}
-
-    def on_step(done: int, _loss: float) -> None:
-        if done in (args.warmup, hp.steps):
-            if cuda:
-                torch.cuda.synchronize()
-            marks[done] = time.perf_counter()
-
+                            caption=base.prompt or "") for i in range(IMAGES)]
+    results: dict[str, Any] = {
+        "model": str(args.model) if args.model else ("tiny SD (test configs)" if args.tiny
+                                                      else "SD 1.5 architecture, random weights"),
+        "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+        "resolution": f"{size}x{size}", "batch": args.batch, "rank": args.rank,
+        "mixed_precision": base.mixed_precision, "steps_timed": args.steps, "warmup_steps": args.warmup,
+    }
     with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
         if args.model:
             model = Path(args.model)
@@ -97,32 +137,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             from bench.gpu_img2img import build_sd15
 
             model = build_sd15(Path(tmp) / "sd15-random", device if cuda else "cpu")
-        out = Location.of(LocalStore(Path(tmp) / "out"), "")
-        options = RunOptions(checkpoint_every=hp.steps + 1, validation_images=1, validation_steps=0, on_step=on_step)
-        trainer = Trainer("bench", str(model), None, hp, Dataset(images=images, source="synthetic"), out, options,
-                          models)
-        trainer.setup()
+        for on in checkpointing:
+            hp = base.model_copy(update={"gradient_checkpointing": on})
+            timed = time_training(model, hp, images, models, args.warmup, Path(tmp) / f"out-{on}")
+            results |= {f"checkpointing_{'on' if on else 'off'}_{k}": v for k, v in timed.items()}
+    if len(checkpointing) == 2:
+        results["ratio_time_on_over_off"] = (results["checkpointing_on_s_per_1000_steps"]
+                                             / results["checkpointing_off_s_per_1000_steps"])
         if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        started = time.perf_counter()
-        record = trainer.run().record
-        timed_from = marks.get(args.warmup, started)
-        seconds = marks[hp.steps] - timed_from
-        results: dict[str, Any] = {
-            "model": str(args.model) if args.model else ("tiny SD (test configs)" if args.tiny
-                                                          else "SD 1.5 architecture, random weights"),
-            "device": torch.cuda.get_device_name(0) if cuda else "cpu",
-            "resolution": f"{size}x{size}", "batch": args.batch, "rank": args.rank,
-            "mixed_precision": hp.mixed_precision, "gradient_checkpointing": hp.gradient_checkpointing,
-            "steps_timed": args.steps, "warmup_steps": args.warmup,
-            "s_per_step": seconds / args.steps,
-            "s_per_1000_steps": seconds / args.steps * 1000,
-            "images_per_s": args.steps * args.batch / seconds,
-            "final_loss": record.loss[-1],
-            "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / GIB if cuda else 0.0,
-            "peak_rss_gib": peak_rss_bytes() / GIB,
-            **machine(),
-        }
+            results["ratio_memory_on_over_off"] = (results["checkpointing_on_peak_gpu_memory_gib"]
+                                                   / results["checkpointing_off_peak_gpu_memory_gib"])
+    results |= {"peak_rss_gib": peak_rss_bytes() / GIB, **machine()}
     report(results, as_json=args.json)
     return results
 

@@ -293,7 +293,10 @@ def test_the_training_benchmark_runs_on_the_cpu(tiny_sd, capsys):
     results = bench_finetune.main(["--tiny", "--model", str(tiny_sd), "--steps", "2", "--warmup", "1"])
     printed = parse_report(capsys.readouterr().out)
     assert results["steps_timed"] == 2 and results["mixed_precision"] == "float32"
-    assert float(printed["s_per_1000_steps"]) > 0 and math.isfinite(results["final_loss"])
+    for on in ("on", "off"):  # both configurations in one run, and their ratio
+        assert float(printed[f"checkpointing_{on}_s_per_1000_steps"]) > 0
+        assert math.isfinite(results[f"checkpointing_{on}_final_loss"])
+    assert float(printed["ratio_time_on_over_off"]) > 0
 
 
 def test_captions_auto_runs_the_products_captioner(tiny_sd, tiny_blip, tmp_path):
