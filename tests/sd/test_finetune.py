@@ -361,3 +361,43 @@ def test_a_bucket_lora_that_is_missing_names_the_key_and_the_fix(tmp_path):
         loader.resolve_lora(lora)
     with pytest.raises(ConfigError, match="names a bucket key"):
         ModelLoader(ModelSettings()).resolve_lora(lora)
+
+
+def test_a_terminal_gets_a_progress_bar_and_fresh_starts_over(tiny_sd, tmp_path):
+    """On a TTY: a tqdm bar with the loss (no JSON step events). ``--fresh`` then discards the run's
+    files (and only those) and trains again with other settings."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name, body in training_files().items():
+        (images / name).write_bytes(body)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    config = write_config(tmp_path)
+    args = ["--name", "toys", "--base", str(tiny_sd), "--images", str(images), "--out", str(out),
+            "--resolution", "64", "--steps", "3", "--checkpoint-every", "2", "--validation-images", "0"]
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a 120-column terminal
+    proc = subprocess.run([sys.executable, "-m", "processor", "finetune", "--config", str(config), *args],
+                          env=os.environ | {"PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=follower,
+                          timeout=300, check=False)
+    os.close(follower)
+    chunks = []
+    with contextlib.suppress(OSError):  # EIO once the child's side is closed and drained
+        while chunk := os.read(leader, 65536):
+            chunks.append(chunk)
+    os.close(leader)
+    terminal = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, terminal[-2000:]
+    assert "finetune toys" in terminal and "loss=" in terminal and "3/3" in terminal
+    assert '"event": "finetune_step"' not in terminal
+
+    assert finetune(config, *args, "--fresh", "--rank", "8") == 0
+    record = TrainingRecord.model_validate_json((out / RECORD_NAME).read_bytes())
+    assert record.hyperparameters.rank == 8 and record.resumed_from == [] and record.checkpoints == [2]
+    assert (out / "notes.txt").read_text() == "mine"
