@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import io
 import itertools
+import json
 import math
 import os
 import signal
@@ -401,3 +402,23 @@ def test_a_terminal_gets_a_progress_bar_and_fresh_starts_over(tiny_sd, tmp_path)
     record = TrainingRecord.model_validate_json((out / RECORD_NAME).read_bytes())
     assert record.hyperparameters.rank == 8 and record.resumed_from == [] and record.checkpoints == [2]
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_v_prediction_models_train_on_the_velocity_with_min_snr(tiny_sd, tmp_path):
+    """An SD 2.x-v style scheduler (prediction_type v_prediction) with Min-SNR weighting."""
+    import shutil
+
+    model = tmp_path / "tiny-v"
+    shutil.copytree(tiny_sd, model)
+    scheduler = model / "scheduler" / "scheduler_config.json"
+    scheduler.write_text(json.dumps(json.loads(scheduler.read_text()) | {"prediction_type": "v_prediction"}))
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "toy.png").write_bytes(photo_bytes(64, 64, fmt="PNG", seed=7))
+    out = tmp_path / "out"
+    assert finetune(write_config(tmp_path), "--name", "v", "--base", str(model), "--images", str(images), "--out",
+                    str(out), "--captions", "none", "--prompt", "a toy", "--min-images", "1", "--resolution", "64",
+                    "--steps", "3", "--validation-images", "0", "--snr-gamma", "5") == 0
+    record = TrainingRecord.model_validate_json((out / RECORD_NAME).read_bytes())
+    assert record.hyperparameters.prediction_type == "v_prediction" and record.hyperparameters.snr_gamma == 5
+    assert len(record.loss) == 3 and all(math.isfinite(x) and x > 0 for x in record.loss)
