@@ -312,7 +312,9 @@ class DiffusionRound(_Section):
 
 
 class LoraSettings(_Section):
-    #: A local .safetensors file or folder, or a hub id.
+    #: A local .safetensors file or folder, a hub id, or ``bucket:<key>`` in the configured store
+    #: (a .safetensors key, or a prefix holding pytorch_lora_weights.safetensors, as ``processor
+    #: finetune`` writes under models/loras/<name>/).
     path: str
     #: Adapter weight (0 = off, 1 = as trained).
     scale: float = 1.0

@@ -5,6 +5,7 @@
     ProcessorError
     ├── FatalError                 the process cannot go on: exit non-zero (cog: a dead worker)
     │   ├── ConfigError            unreadable config, unknown key, bad value (EXIT_CONFIG)
+    │   │   └── TrainingDataError  ``finetune``: too few usable training images, or none found
     │   ├── StoreAccessError       bad credentials, missing bucket, access denied (EXIT_STORE)
     │   ├── ModelUnavailableError  a configured model is missing from the cache in offline mode
     │   └── WorkerUnhealthy        run.max_consecutive_failures StageFailed items in a row: the worker,
@@ -80,6 +81,11 @@ class FatalError(ProcessorError):
 
 class ConfigError(FatalError):
     exit_code = EXIT_CONFIG
+
+
+class TrainingDataError(ConfigError):
+    """``processor finetune`` cannot train on what it found: the message lists each skipped file
+    and why, and says what to add or fix."""
 
 
 class StoreAccessError(FatalError):

@@ -484,3 +484,49 @@ def test_the_build_steps_own_check_runs() -> None:
     proc = subprocess.run([sys.executable, "-m", "processor", "--version"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == f"processor {__version__}", proc.stderr
     assert "&& processor --version" in DOCKERFILE.read_text()
+
+
+# --------------------------------------------------------------------------- the finetune Job
+
+
+def test_finetune_overlay_renders_valid_objects() -> None:
+    objs = _render("finetune")
+    assert sorted(o["kind"] for o in objs) == ["ConfigMap", "Job", "PersistentVolumeClaim"]
+    for obj in objs:
+        _validate(obj, "kubectl kustomize deploy/overlays/finetune")
+
+
+def test_finetune_job_runs_the_worker_pod_with_a_valid_command() -> None:
+    """One GPU, the worker's image, ConfigMap, Secret and volumes; args the CLI itself accepts."""
+    from processor.app.cli import build_parser
+    from processor.finetune.cli import cmd_finetune
+
+    objs = _render("finetune")
+    job = _one(objs, "Job")
+    spec = job["spec"]
+    assert spec["completions"] == spec["parallelism"] == 1 and "completionMode" not in spec
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"
+    fail = {code for r in spec["podFailurePolicy"]["rules"] if r["action"] == "FailJob"
+            for code in r["onExitCodes"]["values"]}
+    from processor.errors import EXIT_MODEL, TrainingDataError
+
+    assert fail == {EXIT_CONFIG, EXIT_STORE, EXIT_MODEL} and TrainingDataError.exit_code == EXIT_CONFIG
+
+    container = _container(job)
+    args = build_parser().parse_args(container["args"])
+    assert args.func is cmd_finetune
+    # Results go to the bucket (models/loras/<name>/), where a retried pod finds its checkpoints.
+    assert args.out is None and args.images is None and not args.fresh
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+    worker = _one(_rendered.get("job") or _render("job"), "Job")
+
+    def comparable(workload: dict[str, Any]) -> dict[str, Any]:
+        pod = json.loads(json.dumps(workload["spec"]["template"]["spec"]))
+        (c,) = pod["containers"]
+        for key in ("args", "ports", "resources"):
+            c.pop(key, None)
+        c["env"] = [e for e in c["env"] if e["name"] != "PROCESSOR_RUN__SHARD_COUNT"]
+        return pod
+
+    assert comparable(job) == comparable(worker)

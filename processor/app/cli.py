@@ -10,6 +10,7 @@
 ``processor schema``   print the manifest / failure-record JSON Schemas
 ``processor models pull``  download the configured diffusion models into the cache
 ``processor serve``    the HTTP API over the bucket (``processor.api``)
+``processor finetune`` train a LoRA on your images that a style can use (processor/finetune/)
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def build_registry(settings: Settings) -> Any:
     from processor.models.loader import ModelLoader
     from processor.pipeline.render import EngineRegistry
 
-    models = ModelLoader(settings.models)  # imports torch only when a diffusion style loads
+    # Imports torch only when a diffusion style loads; opens the store only for bucket: LoRAs.
+    models = ModelLoader(settings.models, store=lambda: build_store(settings))
     from processor.pipeline.background import with_background
     from processor.pipeline.mask import SubjectMasker
 
@@ -471,7 +473,7 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
     """Fetch every configured diffusion model (and hub LoRA) into the cache, safetensors only."""
-    from processor.models.loader import ModelLoader, configured_models, is_local
+    from processor.models.loader import ModelLoader, configured_models, is_bucket, is_local
 
     loader = ModelLoader(settings.models)
     wanted = configured_models(settings.styles)
@@ -496,7 +498,7 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{model}{'@' + revision if revision else ''}: {resolved.path}")
     for style in settings.styles.values():
         lora = getattr(style, "lora", None)
-        if lora is not None and not is_local(lora.path):
+        if lora is not None and not is_local(lora.path) and not is_bucket(lora.path):
             print(f"lora {lora.path}: {loader.resolve_lora(lora)}")
     from processor.pipeline.mask import pull_segmenter
 
@@ -687,6 +689,10 @@ def build_parser() -> argparse.ArgumentParser:
     from processor.api.cli import add_parser as add_serve_parser
 
     add_serve_parser(sub, common)
+
+    from processor.finetune.cli import add_parser as add_finetune_parser
+
+    add_finetune_parser(sub, common)
     return parser
 
 

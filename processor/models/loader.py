@@ -21,7 +21,9 @@ Contract:
   with ``from_pipe`` (a new scheduler, the same UNet/VAE/text encoders in memory), so two styles on
   ``mo-di-diffusion`` cost one copy of the weights.
 - LoRA adapters are loaded once per (base, adapter) under a stable adapter name; engines switch
-  them on (with their scale) or off before each call, since the UNet they patch is shared.
+  them on (with their scale) or off before each call, since the UNet they patch is shared. A LoRA
+  may live in the bucket (``lora.path: bucket:models/loras/<name>/``, what ``processor finetune``
+  writes): it is copied once per ETag into ``<cache>/processor-loras/`` and loaded from there.
 
 Torch and diffusers are imported lazily, so a toon-only worker never imports them.
 """
@@ -33,6 +35,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,11 +57,20 @@ log = logging.getLogger("processor.models")
 
 #: Files fetched for a LoRA given as a hub id.
 LORA_PATTERNS = ["*.safetensors", "*.json"]
+#: ``lora.path`` prefix of a LoRA stored in the bucket (a key, or a prefix holding ``LORA_FILE``).
+BUCKET_SCHEME = "bucket:"
+#: The file a LoRA folder holds by default (diffusers' ``save_lora_weights`` name).
+LORA_FILE = "pytorch_lora_weights.safetensors"
 _TRUTHY = {"1", "true", "yes", "on"}
 
 
 def offline_mode(settings: ModelSettings) -> bool:
     return settings.offline or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUTHY
+
+
+def is_bucket(path: str) -> bool:
+    """A ``lora.path`` naming a key or prefix in the bucket (``bucket:models/loras/x/``)."""
+    return path.startswith(BUCKET_SCHEME)
 
 
 @dataclass(frozen=True)
@@ -79,8 +91,10 @@ class ResolvedModel:
 class ModelLoader:
     """One per worker: resolves, loads and shares pipelines (see the module docstring)."""
 
-    def __init__(self, settings: ModelSettings | None = None) -> None:
+    def __init__(self, settings: ModelSettings | None = None, store: Callable[[], Any] | None = None) -> None:
         self.settings = settings or ModelSettings()
+        #: Opens the bucket (an ``ObjectStore``) for ``bucket:`` LoRAs; called only when one is configured.
+        self._store = store
         self._lock = threading.RLock()
         self._bases: dict[tuple[str, str, str], Any] = {}
         self._adapters: dict[tuple[tuple[str, str, str], str], str] = {}
@@ -191,7 +205,10 @@ class ModelLoader:
         return self.resolve(model, revision, download=False)
 
     def resolve_lora(self, lora: LoraSettings) -> Path:
-        """A LoRA's local file or folder (a hub id is fetched like a model, safetensors only)."""
+        """A LoRA's local file or folder (a hub id is fetched like a model, safetensors only; a
+        ``bucket:`` key is copied from the bucket)."""
+        if is_bucket(lora.path):
+            return self._bucket_lora(lora)
         if is_local(lora.path) or Path(lora.path).expanduser().is_file():
             path = Path(lora.path).expanduser()
             if not path.exists():
@@ -199,6 +216,35 @@ class ModelLoader:
             return path
         return fetch_snapshot(lora.path, what=f"LoRA {lora.path!r}", cache_dir=self.cache_dir,
                               allow_patterns=LORA_PATTERNS, download=not self.offline, offline=self.offline)
+
+    def _bucket_lora(self, lora: LoraSettings) -> Path:
+        """The local copy of a LoRA in the bucket, made once per (key, ETag)."""
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        from processor.errors import ObjectNotFound
+
+        key = lora.path[len(BUCKET_SCHEME):].lstrip("/")
+        if not key.endswith(".safetensors"):
+            key = key.rstrip("/") + "/" + (lora.weight_name or LORA_FILE)
+        if self._store is None:
+            raise ConfigError(f"lora.path {lora.path!r} names a bucket key, but this command has no store to read it")
+        store = self._store()
+        try:
+            info = store.head(key)
+            digest = hashlib.sha256(f"{key}|{info.etag}".encode()).hexdigest()[:16]
+            target = Path(self.cache_dir or HF_HUB_CACHE) / "processor-loras" / digest / Path(key).name
+            if not target.is_file():  # a new ETag is a new copy: a retrained LoRA is never mixed up
+                body = store.get(key).body
+                target.parent.mkdir(parents=True, exist_ok=True)
+                partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+                partial.write_bytes(body)
+                os.replace(partial, target)  # whole or absent: a crash never leaves half a LoRA
+        except ObjectNotFound:
+            raise ModelUnavailableError(
+                f"LoRA {lora.path!r}: no object {key} in {store.description}; train it with `processor finetune "
+                f"--name NAME` (it writes models/loras/NAME/{LORA_FILE}) or fix lora.path") from None
+        log.info("lora_from_bucket", extra={"key": key, "etag": info.etag, "path": str(target)})
+        return target
 
     # ----------------------------------------------------------------- loading
 
