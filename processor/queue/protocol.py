@@ -118,7 +118,8 @@ class BucketQueue:
     """The bucket protocol for one worker (or one operator command).
 
     ``claims`` is None when workers coordinate by static shards: then the conditional commit alone
-    decides who publishes. Every method may raise ``StoreError`` (retries spent) and
+    decides who publishes. ``worker`` (who writes records) is needed by ``fail`` only; the readers
+    (``status``, ``result``, ``find_failures``, ``requeue``) need neither. Every method may raise ``StoreError`` (retries spent) and
     ``FatalError``; the outcomes of ``commit`` and ``fail`` are ``Outcome`` members.
     """
 
@@ -269,6 +270,8 @@ class BucketQueue:
         if self._committed(d):
             log.warning("failure_refused", extra={"key": d.key, "reason": "already committed by another worker"})
             return Outcome.ALREADY
+        if self.worker is None:
+            raise TypeError("BucketQueue.fail writes a failure record: construct the queue with worker=")
         final = is_final(error, d.attempt, self.max_attempts)
         record = FailureRecord(
             source=source,
