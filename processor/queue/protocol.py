@@ -323,7 +323,7 @@ class BucketQueue:
 
     def _mark(self, d: Delivery, outcome: Outcome) -> None:
         """The done marker: lets the next scan skip this version with LIST calls alone."""
-        self.store.put(d.item.keys.done_marker(d.etag, outcome.value), b"", content_type="text/plain")
+        self.store.put(d.item.keys.done_marker(d.etag, outcome), b"", content_type="text/plain")
 
     def _delete_quietly(self, key: str) -> None:
         try:
