@@ -597,7 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("process", parents=[common], help="run the pipeline on local files, no bucket",
                        description="Apply the styles to local photos and write each one's variants, contact sheet "
-                       "and manifest.json to OUT/<name>/. The quickest way to try a style.")
+                       "and manifest.json to OUT/<name>/. A photo.json next to photo.jpg is its sidecar, as in the "
+                       "bucket. The quickest way to try a style.")
     p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--style", action="append", metavar="NAME", help="style to apply (repeatable); overrides run.styles")

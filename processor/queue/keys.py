@@ -17,6 +17,7 @@ import hashlib
 from dataclasses import dataclass
 
 from processor.config import PrefixSettings
+from processor.queue.outcomes import Outcome
 
 #: Extensions of per-image sidecar files (``inputs/<path>.json``), which are not inputs themselves.
 SIDECAR_SUFFIX = ".json"
@@ -106,10 +107,11 @@ class ItemKeys:
     def mask(self) -> str:
         return self.output_prefix + MASK_NAME
 
-    def done_marker(self, etag: str, outcome: str) -> str:
+    def done_marker(self, etag: str, outcome: Outcome | str) -> str:
         """``<state>/done/<safe relpath>/<safe etag>.<done|failed>``: one key per finished input
-        version, so a scan learns what is finished from LIST calls alone (1000 keys a call)."""
-        return f"{self.done_prefix}{safe_segment(etag)}.{outcome}"
+        version, so a scan learns what is finished from LIST calls alone (1000 keys a call).
+        ``outcome`` is ``Outcome.DONE`` or ``Outcome.FAILED`` (or their values)."""
+        return f"{self.done_prefix}{safe_segment(etag)}.{Outcome(outcome).value}"
 
 
 class KeyLayout:
@@ -153,6 +155,6 @@ class KeyLayout:
             return None
         safe_rel, sep, name = key[len(self.done_prefix) :].rpartition("/")
         etag, dot, outcome = name.rpartition(".")
-        if not sep or not dot or outcome not in ("done", "failed"):
+        if not sep or not dot or outcome not in (Outcome.DONE, Outcome.FAILED):
             return None
         return safe_rel, etag, outcome

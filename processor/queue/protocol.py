@@ -134,7 +134,8 @@ class BucketQueue:
     """The bucket protocol for one worker (or one operator command).
 
     ``claims`` is None when workers coordinate by static shards: then the conditional commit alone
-    decides who publishes. Every method may raise ``StoreError`` (retries spent) and
+    decides who publishes. ``worker`` (who writes records) is needed by ``fail`` only; the readers
+    (``status``, ``result``, ``find_failures``, ``requeue``) need neither. Every method may raise ``StoreError`` (retries spent) and
     ``FatalError``; the outcomes of ``commit`` and ``fail`` are ``Outcome`` members.
     """
 
@@ -328,6 +329,8 @@ class BucketQueue:
         if self._committed(d):
             log.warning("failure_refused", extra={"key": d.key, "reason": "already committed by another worker"})
             return Outcome.ALREADY
+        if self.worker is None:
+            raise TypeError("BucketQueue.fail writes a failure record: construct the queue with worker=")
         final = is_final(error, d.attempt, self.max_attempts)
         record = FailureRecord(
             source=source,
@@ -385,7 +388,7 @@ class BucketQueue:
 
     def _mark(self, d: Delivery, outcome: Outcome) -> None:
         """The done marker: lets the next scan skip this version with LIST calls alone."""
-        self.store.put(d.item.keys.done_marker(d.etag, outcome.value), b"", content_type="text/plain")
+        self.store.put(d.item.keys.done_marker(d.etag, outcome), b"", content_type="text/plain")
 
     def _delete_quietly(self, key: str) -> None:
         try:

@@ -41,6 +41,7 @@ from processor import errors as error_module
 from processor.errors import ConfigError, ItemError, ObjectNotFound, ObjectTooLarge, PreconditionFailed
 from processor.manifest import MAX_RECORD_BYTES, FailureRecord, utcnow
 from processor.queue.keys import CUT_HASH_CHARS, CUT_MARK, MAX_PATH_BYTES, KeyLayout, safe_path
+from processor.queue.outcomes import Outcome
 from processor.queue.rescan import request_rescan
 from processor.store.base import ObjectStore
 
@@ -159,7 +160,7 @@ def find_failures(
         except ValueError:
             selection.unreadable.append(obj.key)  # names an input outside inputs/
             continue
-        marker = keys.done_marker(record.source.etag, "failed")
+        marker = keys.done_marker(record.source.etag, Outcome.FAILED)
         selection.failures.append(Failure(obj.key, found.info.etag, record, marked=marker in markers))
     return selection
 
@@ -181,7 +182,7 @@ def requeue(store: ObjectStore, layout: KeyLayout, failures: Iterable[Failure],
         # A final record has its marker, even one the listing missed (written just after it).
         if failure.marked or failure.record.final:
             keys = layout.for_input(failure.input)
-            store.delete(keys.done_marker(failure.record.source.etag, "failed"))
+            store.delete(keys.done_marker(failure.record.source.etag, Outcome.FAILED))
         log.info("requeued", extra={"key": failure.input, "error": failure.record.error,
                                     "attempts": failure.record.attempts})
         result.requeued.append(failure)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from processor.queue.keys import ItemKeys, KeyLayout, is_directory_marker, is_sidecar, safe_path, safe_segment
+from processor.queue.outcomes import Outcome
 from processor.queue.rescan import HintVersion, read_hint_version
 from processor.store.base import ObjectInfo, ObjectStore
 
@@ -116,9 +117,9 @@ def _classify(
         if owner is None or info.key.encode("utf-8") < owner.encode("utf-8"):
             owners[keys.output_prefix] = owner = info.key
         outcome = finished.get(safe_path(keys.relpath), {}).get(safe_segment(info.etag))
-        if outcome == "done":
+        if outcome == Outcome.DONE:
             backlog.done += 1
-        elif outcome == "failed":
+        elif outcome == Outcome.FAILED:
             backlog.failed += 1
         else:
             backlog.pending.append(
