@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -383,7 +383,7 @@ def background_model(style: Any) -> tuple[str, str | None] | None:
     raise ValueError(f"background mode {bg.mode!r} needs background.model")
 
 
-StyleSettings = Annotated[Union[ToonStyle, Img2ImgStyle, InstructPix2PixStyle], Field(discriminator="engine")]
+StyleSettings = Annotated[ToonStyle | Img2ImgStyle | InstructPix2PixStyle, Field(discriminator="engine")]
 
 
 def _default_styles() -> dict[str, Any]:

@@ -156,8 +156,12 @@ class ModelLoader:
         return resolved
 
     def _resolve_hub(self, model: str, revision: str | None, *, download: bool) -> ResolvedModel:
-        from processor.safeweights import conversion_pull_requests, missing_safetensors, unsafe_weights_error
-        from processor.safeweights import usable_conversion
+        from processor.safeweights import (
+            conversion_pull_requests,
+            missing_safetensors,
+            unsafe_weights_error,
+            usable_conversion,
+        )
 
         path, index = self.snapshot(model, revision, download=download)
         missing = missing_safetensors(path, index)
@@ -213,8 +217,13 @@ class ModelLoader:
         """``models pull --convert-pickle``: fetch ``model`` (from the cache only when offline) and,
         for components without safetensors, convert their pickle weights once with the restricted
         unpickler (``processor.safeweights``). Local folders are checked, not converted."""
-        from processor.safeweights import (PICKLE_PATTERNS, convert_components, converted_folder,
-                                           missing_safetensors, usable_conversion)
+        from processor.safeweights import (
+            PICKLE_PATTERNS,
+            convert_components,
+            converted_folder,
+            missing_safetensors,
+            usable_conversion,
+        )
 
         self._resolved.pop((model, revision), None)
         if is_local(model):
@@ -292,7 +301,7 @@ class ModelLoader:
                 local_files_only=True,
                 **extra,
             )
-        except (OSError, ValueError, EnvironmentError) as exc:
+        except (OSError, ValueError) as exc:
             raise ModelUnavailableError(
                 f"model {resolved.model!r} could not be loaded from {resolved.path}: {exc} "
                 f"(safetensors weights are required; `{PULL_COMMAND}` fetches them)"

@@ -23,8 +23,9 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -33,6 +34,7 @@ from processor.claims import Claim, ClaimKeeper, ClaimManager
 from processor.config import Settings
 from processor.errors import (
     FatalError,
+    ImageTooLarge,
     InvalidInput,
     InvalidKey,
     ItemError,
@@ -40,7 +42,6 @@ from processor.errors import (
     ObjectTooLarge,
     PreconditionFailed,
     StoreError,
-    ImageTooLarge,
     WorkerUnhealthy,
 )
 from processor.failpolicy import CircuitBreaker, is_final

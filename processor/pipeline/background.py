@@ -38,7 +38,6 @@ import numpy as np
 from PIL import Image
 
 from processor.config import background_model
-from processor.errors import StageFailed
 from processor.pipeline.base import Engine, ItemContext, VariantImage
 from processor.pipeline.mask import SubjectMask, SubjectMasker
 

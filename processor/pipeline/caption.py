@@ -459,7 +459,12 @@ class Captioner:
 
     def _load_caption_model(self, dtype: Any) -> tuple[Any, Any]:
         import torch
-        from transformers import AutoModelForCausalLM, AutoProcessor, Blip2ForConditionalGeneration, BlipForConditionalGeneration
+        from transformers import (
+            AutoModelForCausalLM,
+            AutoProcessor,
+            Blip2ForConditionalGeneration,
+            BlipForConditionalGeneration,
+        )
 
         resolved = resolve_caption_model(self.settings, self.models)
         self.caption_model = resolved
