@@ -125,7 +125,7 @@ def detect_device() -> str:
 
         if torch.cuda.is_available():
             return f"cuda:0 ({torch.cuda.get_device_name(0)})"
-    except Exception:  # a broken torch install must not stop a CPU-only style
+    except Exception:  # noqa: BLE001 - a broken torch install must not stop a CPU-only style
         return "cpu"
     return "cpu"
 
@@ -143,12 +143,14 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from processor.worker import Worker
 
     if getattr(args, "metrics_port", None) is not None:
-        settings = settings.model_copy(update={"metrics": settings.metrics.model_copy(update={"port": args.metrics_port})})
+        metrics_settings = settings.metrics.model_copy(update={"port": args.metrics_port})
+        settings = settings.model_copy(update={"metrics": metrics_settings})
     store = build_store(settings)
     styles = args.style or list(settings.run.styles)
     unknown = [s for s in styles if s not in settings.styles]
     if unknown:
-        raise ConfigError(f"--style {unknown}: not defined under styles (defined: {', '.join(sorted(settings.styles))})")
+        defined = ", ".join(sorted(settings.styles))
+        raise ConfigError(f"--style {unknown}: not defined under styles (defined: {defined})")
     run = settings.run
     if run.shard_index is None and os.environ.get("JOB_COMPLETION_INDEX"):
         run = run.model_copy(update={"shard_index": int(os.environ["JOB_COMPLETION_INDEX"])})
@@ -228,11 +230,13 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
             context, caption = caption_item(captioner, decoded.image, settings=settings.caption,
                                             styles=settings.styles, style_names=styles)
             variants, timings = render(decoded.image, styles, registry, context=context)
-            files_out, entries, sheet_name = encode_outputs(decoded.image, variants, output_prefix="", sheet_height=sheet,
-                                                              png_compress_level=settings.pipeline.png_compress_level)
+            files_out, entries, sheet_name = encode_outputs(
+                decoded.image, variants, output_prefix="", sheet_height=sheet,
+                png_compress_level=settings.pipeline.png_compress_level)
         except ItemError as exc:
             failed += 1
-            record = FailureRecord(source=source, error=type(exc).__name__, message=str(exc), hint=exc.hint, worker=info)
+            record = FailureRecord(source=source, error=type(exc).__name__, message=str(exc), hint=exc.hint,
+                                   worker=info)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.with_name(target.name + ".failed.json").write_bytes(record.to_json_bytes())
             tqdm.write(f"FAILED {rel}: {exc}  -> {exc.hint}", file=sys.stderr)
@@ -565,7 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "pipeline.decode.max_pixels).")
     p.add_argument("--all", action="store_true",
                    help="also requeue permanent failures (bad inputs), e.g. after raising a limit in the config")
-    p.add_argument("--prefix", metavar="P", help="only inputs whose key under inputs/ starts with P (toys/ is a folder)")
+    p.add_argument("--prefix", metavar="P",
+                   help="only inputs whose key under inputs/ starts with P (toys/ is a folder)")
     p.add_argument("--error", action="append", metavar="CLASS",
                    help="only failures of this error class or its subclasses (repeatable), e.g. StageFailed, "
                    "ImageTooLarge, InvalidInput")

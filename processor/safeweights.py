@@ -138,7 +138,7 @@ def conversion_pull_requests(model: str) -> list[str]:
         for discussion in HfApi().get_repo_discussions(model, author=CONVERSION_BOT, discussion_type="pull_request"):
             found.append(f"revision: {discussion.git_reference}  ({discussion.status}: {discussion.title})")
         return found
-    except Exception as exc:  # a hint only: any failure to ask leaves the generic advice
+    except Exception as exc:  # noqa: BLE001 - a hint only: any failure to ask leaves the generic advice
         log.debug("conversion_prs_unavailable", extra={"model": model, "error": repr(exc)})
         return []
 
@@ -394,7 +394,7 @@ def hub_plan(model: str, revision: str | None, cache_dir: str | None, allow_for,
         info = HfApi().model_info(model, revision=revision, files_metadata=True)
         index = json.loads(Path(hf_hub_download(model, "model_index.json", revision=info.sha,
                                                 cache_dir=cache_dir)).read_text(encoding="utf-8"))
-    except Exception as exc:  # any Hub failure becomes the plan's problem line, not a traceback
+    except Exception as exc:  # noqa: BLE001 - any Hub failure becomes the plan's problem line, not a traceback
         return PullPlan(model, revision, "hub", problem=f"the Hub did not answer: {type(exc).__name__}: {exc}")
     listing = {s.rfilename: s.size for s in info.siblings or []}
     plan = plan_from_listing(model, revision, "hub", info.sha, index, listing, allow_for(index), ignore)

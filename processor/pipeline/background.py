@@ -124,7 +124,7 @@ class BackgroundStage:
             by_size.setdefault(v.image.size, []).append(v)
         done: dict[int, VariantImage] = {}
         for size, group in by_size.items():
-            for v, picture, extra in zip(group, *self._run(group, mask, size)):
+            for v, picture, extra in zip(group, *self._run(group, mask, size), strict=True):
                 done[id(v)] = self._with(v, picture, mask, info | extra | {"applied": True})
         log.info("background", extra={"style": self.style_name, "mode": self.mode, "variants": len(variants),
                                       "seconds": round(time.perf_counter() - started, 3)})
@@ -194,7 +194,7 @@ class BackgroundStage:
                 extra |= {"image_guidance": s.image_guidance}
         finals = []
         infos = []
-        for i, (picture, made) in enumerate(zip(pictures, to_pil(out))):
+        for i, (picture, made) in enumerate(zip(pictures, to_pil(out), strict=True)):
             if made.size != size:
                 made = made.resize(size, Image.Resampling.LANCZOS)
             finals.append(composite(picture, made, alpha))

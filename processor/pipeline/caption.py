@@ -31,7 +31,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -293,7 +293,8 @@ def resolve_clip(settings: CaptionSettings, models: ModelLoader, *, download: bo
         except LocalEntryNotFoundError as exc:
             raise _offline_error(f"CLIP model {where}", models, exc) from exc
         except (HfHubHTTPError, OSError, ValueError) as exc:
-            raise ModelUnavailableError(f"CLIP model {where} could not be fetched: {type(exc).__name__}: {exc}") from exc
+            raise ModelUnavailableError(
+                f"CLIP model {where} could not be fetched: {type(exc).__name__}: {exc}") from exc
         _check_clip_folder(spec, folder)
         return ResolvedClip(spec, f"local-dir:{folder}", None, folder, folder.name)
 
@@ -348,7 +349,8 @@ def resolve_caption_model(settings: CaptionSettings, models: ModelLoader, *,
         except LocalEntryNotFoundError as exc:
             raise _offline_error(f"caption model {where}", models, exc) from exc
         except (HfHubHTTPError, OSError, ValueError) as exc:
-            raise ModelUnavailableError(f"caption model {where} could not be fetched: {type(exc).__name__}: {exc}") from exc
+            raise ModelUnavailableError(
+                f"caption model {where} could not be fetched: {type(exc).__name__}: {exc}") from exc
         revision = path.name
     config = path / "config.json"
     if not config.is_file():
@@ -375,7 +377,7 @@ def _dtype_keyword() -> str:
 def folder_identity(folder: Path) -> str:
     """A content hash of a local CLIP folder's config and safetensors weights."""
     digest = hashlib.sha256()
-    for path in [folder / OPEN_CLIP_CONFIG] + sorted(folder.glob("*.safetensors")):
+    for path in [folder / OPEN_CLIP_CONFIG, *sorted(folder.glob("*.safetensors"))]:
         digest.update(path.name.encode() + b"\0")
         with open(path, "rb") as fh:
             while block := fh.read(HASH_BLOCK_BYTES):
@@ -452,7 +454,8 @@ class Captioner:
             config.clip_model, config.clip_preprocess, tokenize = self._load_clip(device, dtype)
             tables = self._tables(config.clip_model, tokenize, device)
         self.interrogator = InjectedInterrogator(config, tokenize=tokenize, tables=tables)
-        log.info("captioner_ready", extra={"mode": self.mode, "clip_model": self.settings.clip_model if self.uses_clip() else None,
+        clip_model = self.settings.clip_model if self.uses_clip() else None
+        log.info("captioner_ready", extra={"mode": self.mode, "clip_model": clip_model,
                                            "caption_model": self.settings.caption_model, "device": device,
                                            "seconds": round(time.perf_counter() - started, 3),
                                            "tables": dict(self.table_sources)})
@@ -478,8 +481,9 @@ class Captioner:
                                         local_files_only=True, **{_dtype_keyword(): model_dtype})
             processor = AutoProcessor.from_pretrained(resolved.path, trust_remote_code=False, local_files_only=True)
         except (OSError, ValueError) as exc:
-            raise ModelUnavailableError(f"caption model {resolved.spec!r} could not be loaded from {resolved.path}: "
-                                        f"{exc} (safetensors weights are required; `{PULL_COMMAND}` fetches them)") from exc
+            raise ModelUnavailableError(
+                f"caption model {resolved.spec!r} could not be loaded from {resolved.path}: "
+                f"{exc} (safetensors weights are required; `{PULL_COMMAND}` fetches them)") from exc
         model.eval()
         return model, processor
 
@@ -586,7 +590,8 @@ class Captioner:
         ci, mode = self.interrogator, self.mode
         with quiet_autocast():
             if mode == "negative":
-                result.negative = clean_text(ci.interrogate_negative(image, max_flavors=self._flavor_cap("flavors", "negative")))
+                flavors = self._flavor_cap("flavors", "negative")
+                result.negative = clean_text(ci.interrogate_negative(image, max_flavors=flavors))
                 if result.replaced_by:
                     return
                 result.raw = ci.generate_caption(image)
@@ -624,14 +629,20 @@ class Captioner:
         Raises ``ConfigError`` when the packages the stage needs are not installed."""
         _require_packages(self.mode)
         rows = []
-        checks = [("caption model", self.settings.caption_model, lambda: resolve_caption_model(self.settings, self.models, download=False))]
+        # Each check resolves to a different record type (ResolvedCaptionModel, ResolvedClip); only
+        # its location is read, through getattr.
+        checks: list[tuple[str, str, Callable[[], object]]] = [
+            ("caption model", self.settings.caption_model,
+             lambda: resolve_caption_model(self.settings, self.models, download=False))]
         if self.uses_clip():
-            checks.insert(0, ("clip model", self.settings.clip_model, lambda: resolve_clip(self.settings, self.models, download=False)))
+            checks.insert(0, ("clip model", self.settings.clip_model,
+                              lambda: resolve_clip(self.settings, self.models, download=False)))
         for role, model, check in checks:
             try:
                 resolved = check()
-                rows.append((role, model, True, str(getattr(resolved, "path", None) or getattr(resolved, "weights", None)
-                                                     or getattr(resolved, "folder", ""))))
+                where = (getattr(resolved, "path", None) or getattr(resolved, "weights", None)
+                         or getattr(resolved, "folder", ""))
+                rows.append((role, model, True, str(where)))
             except (ModelUnavailableError, ConfigError) as exc:
                 rows.append((role, model, False, str(exc)))
         return rows
@@ -640,7 +651,8 @@ class Captioner:
         """Fetch the configured caption models into the cache (``processor models pull``)."""
         if self.models.offline:
             raise ConfigError("cannot pull caption models: offline mode is on (models.offline / HF_HUB_OFFLINE)")
-        pulled = [(self.settings.caption_model, str(resolve_caption_model(self.settings, self.models, download=True).path))]
+        caption = resolve_caption_model(self.settings, self.models, download=True)
+        pulled = [(self.settings.caption_model, str(caption.path))]
         if self.uses_clip():
             clip = resolve_clip(self.settings, self.models, download=True)
             pulled.insert(0, (self.settings.clip_model, str(clip.weights or clip.folder)))

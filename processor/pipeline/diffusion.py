@@ -121,7 +121,7 @@ def working_size(width: int, height: int, long_side: int) -> tuple[int, int]:
     scale = long_side / max(width, height)
 
     def snap(side: float) -> int:
-        return max(SIZE_MULTIPLE, int(round(side / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+        return max(SIZE_MULTIPLE, round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE)
 
     return snap(width * scale), snap(height * scale)
 
@@ -347,7 +347,8 @@ class InstructPix2PixEngine(_DiffusionEngine):
     def __call__(self, image: Image.Image, context: ItemContext | None = None) -> list[VariantImage]:
         style = self.style
         size = working_size(image.width, image.height, self._long_side())
-        source = to_tensor(image.convert("RGB").resize(size, Image.Resampling.LANCZOS)).expand(style.variants, -1, -1, -1)
+        resized = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+        source = to_tensor(resized).expand(style.variants, -1, -1, -1)
         negative = style.negative or None
         seeds = [style.seed + i for i in range(style.variants)]
         tokenizer = self.pipe.tokenizer

@@ -107,7 +107,8 @@ def contact_sheet(
         labels = ["original", *(str(i + 1) for i in range(len(variants)))]
     if len(labels) != len(images):
         raise ValueError(
-            f"contact sheet got {len(labels)} labels for {len(images)} tiles (the original plus {len(variants)} variants)"
+            f"contact sheet got {len(labels)} labels for {len(images)} tiles "
+            f"(the original plus {len(variants)} variants)"
         )
     tiles = [_scale_to_height(image, height) for image in images]
     rows = [tiles[i : i + CONTACT_SHEET_MAX_COLUMNS] for i in range(0, len(tiles), CONTACT_SHEET_MAX_COLUMNS)]
