@@ -72,7 +72,10 @@ class BackgroundStage:
         self.mode: str = self.settings.mode
         if self.mode not in MODE_TASKS:
             raise ValueError(f"no background stage for mode {self.mode!r}")
-        self.model, self.revision = background_model(style)
+        found = background_model(style)
+        if found is None:
+            raise ValueError(f"style {style_name!r} has no background (background.mode: none)")
+        self.model, self.revision = found
         self.models = models
         self.masker = masker
         self.scheduler = self.settings.scheduler or DEFAULT_SCHEDULERS[self.mode]

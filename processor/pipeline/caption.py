@@ -471,14 +471,17 @@ class Captioner:
 
         resolved = resolve_caption_model(self.settings, self.models)
         self.caption_model = resolved
-        cls = {"blip": BlipForConditionalGeneration, "blip-2": Blip2ForConditionalGeneration,
-               "git": AutoModelForCausalLM}[resolved.model_type]
+        # Any: AutoModelForCausalLM is a factory, not a PreTrainedModel; all three have from_pretrained.
+        classes: dict[str, Any] = {
+            "blip": BlipForConditionalGeneration, "blip-2": Blip2ForConditionalGeneration, "git": AutoModelForCausalLM}
+        cls = classes[resolved.model_type]
         # GIT in float32, BLIP / BLIP-2 in the worker's dtype: as clip-interrogator loads them.
         model_dtype = torch.float32 if resolved.model_type == "git" else dtype
+        dtype_option: dict[str, Any] = {_dtype_keyword(): model_dtype}  # `dtype` or `torch_dtype`, by version
         log.info("model_loading", extra={"model": resolved.spec, "revision": resolved.revision, "role": "caption"})
         try:
             model = cls.from_pretrained(resolved.path, use_safetensors=True, trust_remote_code=False,
-                                        local_files_only=True, **{_dtype_keyword(): model_dtype})
+                                        local_files_only=True, **dtype_option)
             processor = AutoProcessor.from_pretrained(resolved.path, trust_remote_code=False, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise ModelUnavailableError(
@@ -512,6 +515,8 @@ class Captioner:
         if resolved.revision is not None:
             self.clip_identity = f"{resolved.spec}@{resolved.revision}"
         else:
+            # No revision: a local folder (ARCH/TAG weights always come from a hub snapshot).
+            assert resolved.folder is not None
             started = time.perf_counter()
             self.clip_identity = f"local:{folder_identity(resolved.folder)}"
             log.info("clip_identity", extra={"model": resolved.spec, "identity": self.clip_identity,
@@ -544,7 +549,7 @@ class Captioner:
                 self.local.put(name, blob)
                 if self.remote is not None:
                     self.remote.put(name, blob)
-            elif source == "shared":
+            elif source == "shared" and data is not None:
                 self.local.put(name, data)  # the next start on this machine reads it locally
             self.table_sources[source] += 1
             self._label_sets[table] = frozenset(labels)

@@ -159,6 +159,10 @@ class _DiffusionEngine:
         self.compile_warmup_s: float | None = None
         self._vae_tiled = False
 
+    def __call__(self, image: Image.Image, context: ItemContext | None = None) -> list[VariantImage]:
+        """``style.variants`` images of ``image``; each engine (img2img, instruct-pix2pix) renders its own way."""
+        raise NotImplementedError
+
     def setup(self) -> None:
         pipe, self.resolved = self.models.pipeline(self.task, self.style.model, self.style.revision)
         pipe.scheduler = make_scheduler(self.style.scheduler, pipe.scheduler.config)

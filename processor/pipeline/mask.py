@@ -127,7 +127,8 @@ def border_distance(lab: np.ndarray, band: int, rng_seed: int = 0) -> tuple[np.n
     k = min(BORDER_CLUSTERS, len(samples))
     cv2.setRNGSeed(rng_seed)
     criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 0.5)
-    _, labels, centres = cv2.kmeans(samples, k, None, criteria, 2, cv2.KMEANS_PP_CENTERS)
+    # bestLabels=None is OpenCV's documented Python usage; its stubs demand an array.
+    _, labels, centres = cv2.kmeans(samples, k, None, criteria, 2, cv2.KMEANS_PP_CENTERS)  # type: ignore[call-overload]
     share = np.bincount(labels.ravel(), minlength=k) / len(samples)
     order = np.argsort(share)[::-1]
     keep = int(np.searchsorted(np.cumsum(share[order]), TRUSTED_BAND_SHARE)) + 1
@@ -179,15 +180,16 @@ def grabcut_mask(rgb: np.ndarray) -> np.ndarray:
         return np.zeros((h, w), bool)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(0)
-    cv2.grabCut(np.ascontiguousarray(rgb[:, :, ::-1]), seeds, None, bgd, fgd, GRABCUT_ITERATIONS,
-                cv2.GC_INIT_WITH_MASK)
+    # rect=None with GC_INIT_WITH_MASK is OpenCV's documented usage; its stubs demand a rect.
+    cv2.grabCut(np.ascontiguousarray(rgb[:, :, ::-1]), seeds, None, bgd, fgd,  # type: ignore[call-overload]
+                GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_MASK)
     return (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
 
 
 def clean(hard: np.ndarray) -> np.ndarray:
     """Specks removed, the largest component kept, its holes filled (bool, same size)."""
     h, w = hard.shape
-    mask = hard.astype(np.uint8)
+    mask: np.ndarray = hard.astype(np.uint8)
     k = max(1, round(OPEN_FRACTION * min(h, w))) * 2 + 1
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
@@ -204,7 +206,7 @@ def clean(hard: np.ndarray) -> np.ndarray:
 
 def feather(hard: np.ndarray, sigma: float) -> np.ndarray:
     """uint8 alpha: 255 inside the subject farther than ~3 sigma from its edge, 0 as far outside."""
-    alpha = hard.astype(np.float32)
+    alpha: np.ndarray = hard.astype(np.float32)
     if sigma > 0:
         radius = int(np.ceil(3 * sigma))
         alpha = cv2.GaussianBlur(alpha, (2 * radius + 1, 2 * radius + 1), sigma, borderType=cv2.BORDER_REPLICATE)
@@ -302,6 +304,8 @@ class SegmenterModel:
 
         models = models or ModelLoader()
         name = settings.segmenter
+        if name is None:
+            raise ValueError("SegmenterModel.load needs mask.segmenter set (None means GrabCut, which loads nothing)")
         options: dict[str, Any] = {"revision": settings.segmenter_revision, "cache_dir": models.cache_dir,
                                    "local_files_only": models.offline or is_local(name)}
         try:
