@@ -8,12 +8,12 @@ Readers must check ``schema`` and ignore fields they do not know.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MANIFEST_SCHEMA = "toy-cartoonizer/manifest/v1"
-FAILURE_SCHEMA = "toy-cartoonizer/failure/v1"
+MANIFEST_SCHEMA: Final = "toy-cartoonizer/manifest/v1"
+FAILURE_SCHEMA: Final = "toy-cartoonizer/failure/v1"
 
 
 def utcnow() -> datetime:

@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
@@ -310,7 +311,9 @@ def convert_components(snapshot: Path, index: dict[str, Any], missing: list[str]
             if shard_index.is_file():
                 data = json.loads(shard_index.read_text(encoding="utf-8"))
                 data["weight_map"] = {k: _safetensors_name(v) for k, v in data.get("weight_map", {}).items()}
-                stem = SAFETENSORS_STEM[PICKLE_WEIGHTS.match(sources[0].name).group(1)]
+                match = PICKLE_WEIGHTS.match(sources[0].name)
+                assert match is not None  # sources were picked by this pattern
+                stem = SAFETENSORS_STEM[match.group(1)]
                 (work / component / f"{stem}.safetensors.index.json").write_text(json.dumps(data, indent=2))
             record["components"][component] = entries
         (work / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
@@ -369,7 +372,7 @@ class PullPlan:
 
 
 def plan_from_listing(model: str, revision: str | None, source: str, commit: str | None, index: dict[str, Any],
-                      listing: dict[str, int | None], allow: list[str], ignore: list[str]) -> PullPlan:
+                      listing: Mapping[str, int | None], allow: list[str], ignore: list[str]) -> PullPlan:
     """The plan for one pipeline given every file of its repo (or snapshot) and its size."""
     from huggingface_hub.utils import filter_repo_objects
 
