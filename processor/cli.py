@@ -247,7 +247,8 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
         source = source.model_copy(update={"width": decoded.image.width, "height": decoded.image.height,
                                            "format": decoded.format, "notes": decoded.notes})
         manifest = Manifest(source=source, variants=entries, contact_sheet=sheet_name, timings=timings, worker=info,
-                            caption=captioner.record(caption) if caption is not None else None)
+                            caption=captioner.record(caption)
+                            if caption is not None and captioner is not None else None)
         (target / "manifest.json").write_bytes(manifest.to_json_bytes())
     done = len(files) - failed
     print(f"{done} processed, {failed} failed -> {out}")

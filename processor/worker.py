@@ -375,6 +375,7 @@ class Worker:
                     result.outcome_of[keys.input] = "busy"
                 self.observer.item("busy")
                 return None
+            assert keeper is not None  # run_once starts a keeper whenever claims are on
             keeper.hold(claim)
         job = Job(item=item, claim=claim, etag=item.info.etag, size=item.info.size)
         try:
@@ -472,6 +473,7 @@ class Worker:
         self.observer.heartbeat()
         if job.error or (job.claim and job.claim.lost.is_set()):
             return
+        assert job.decoded is not None  # set by the fetch stage, which sets job.error instead on failure
         styles = (job.sidecar.styles if job.sidecar and job.sidecar.styles else self.styles)
         overrides = job.sidecar.style_overrides() if job.sidecar else None
         try:
@@ -552,6 +554,7 @@ class Worker:
         return "transient"
 
     def _publish(self, job: Job) -> str:
+        assert job.decoded is not None  # only items that computed are published
         keys = job.item.keys
         started = time.perf_counter()
         sheet = self.settings.pipeline.contact_sheet_height if self.settings.pipeline.contact_sheet else None
@@ -574,7 +577,8 @@ class Worker:
             contact_sheet=keys.output_prefix + sheet_name if sheet_name else None,
             timings=job.timings,
             worker=self.info,
-            caption=self.captioner.record(job.caption) if job.caption is not None else None,
+            caption=self.captioner.record(job.caption)
+            if job.caption is not None and self.captioner is not None else None,
             attempt=job.attempt,
         )
         started = time.perf_counter()
@@ -651,6 +655,7 @@ class Worker:
         """The failure record; final (plus the ``failed`` done marker) for a bad input or a spent
         retry budget, else retryable: no marker, so the next scan offers the input again."""
         exc = job.error
+        assert exc is not None  # only items that failed are published as failures
         # Same rule as the commit: only the claim holder writes, and never beside a committed
         # result. A paused worker's late record would otherwise overwrite the record of the
         # worker that took over (or a `processor retry` requeue), or leave a failure record, and
@@ -712,6 +717,6 @@ class Worker:
             result.outcomes[outcome] += 1
             result.outcome_of[job.key] = outcome
         self.observer.item(outcome, job.timings)
-        if job.claim and self.claims:
+        if job.claim and self.claims is not None and keeper is not None:  # a keeper runs exactly when claims are on
             keeper.drop(job.claim)
             self.claims.release(job.claim)
