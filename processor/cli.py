@@ -174,7 +174,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     _install_signal_handlers(worker)
     log.info("worker_start", extra={"worker": worker.info.id, "store": store.description, "styles": styles,
                                     "once": args.once, "coordination": "claims" if use_claims else "shards",
-                                    "metrics_port": settings.metrics.port})
+                                    "metrics_port": metrics.port})
     try:
         worker.setup()
         code = worker.run_once() if args.once else worker.run_forever()

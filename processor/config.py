@@ -562,6 +562,15 @@ class MetricsSettings(_Section):
     #: /healthz fails, so the kubelet restarts a wedged worker. Idle waits do not count.
     stall_s: float = Field(default=DEFAULT_METRICS_STALL_S, gt=0)
 
+    @property
+    def port_is_default(self) -> bool:
+        """No source (config file, ``PROCESSOR_METRICS__PORT``, ``--metrics-port``) named the port.
+
+        Then a taken port is not fatal: a second worker on the host serves on a free port instead.
+        A port someone chose (a pod's probes and scrapers target it) that is taken stays an error.
+        """
+        return "port" not in self.model_fields_set
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
