@@ -394,7 +394,8 @@ def test_dockerfile_contract() -> None:
     assert re.search(r"(?m)^ARG\s+BAKE_MODELS=false$", stage)
     # Baking must happen before VOLUME: build steps' writes under a declared volume are discarded.
     assert stage.index("processor models pull") < stage.index("VOLUME")
-    assert '".[sd]"' in text
+    # Dependencies from the hashed lock CI installs from too (tests/test_lock.py checks the lock).
+    assert "ARG LOCK_FILE=requirements/image.txt" in text and "--require-hashes --no-deps" in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in (".git", ".venv*", "bucket/", ".pytest_cache"):
         assert entry in ignored, f".dockerignore lacks {entry}"
