@@ -1,6 +1,6 @@
 """Hold TCP ports with idle listeners until killed: CI's proof that the tests are hermetic.
 
-    holder=$(python scripts/hold_ports.py 9108 8333)   # returns once they are held
+    holder=$(python scripts/hold_ports.py --owner $$ 9108 8333)   # returns once they are held
     ...
     kill "$holder"
 
@@ -8,8 +8,9 @@
 for the whole test run, so a test that binds a fixed port, or assumes one is free, fails in CI
 instead of on the one machine where something else happens to listen there. A port that another
 program already holds is taken either way: it is reported and skipped. Once every port is
-bound, a child process keeps the sockets and sleeps until SIGTERM; the command prints the child's
-pid on stdout and a ``holding ports`` line on stderr, and returns.
+bound, a child process keeps the sockets until SIGTERM, or until the ``--owner`` process is gone
+(so a CI run killed outright leaves no listener behind); the command prints the child's pid on
+stdout and a ``holding ports`` line on stderr, and returns.
 """
 
 from __future__ import annotations
@@ -19,11 +20,28 @@ import os
 import signal
 import socket
 import sys
+import time
+
+#: Seconds between checks that the owner process is still alive.
+OWNER_POLL_S = 1.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def main(argv: list[str]) -> int:
+    owner = None
+    if argv[:1] == ["--owner"] and len(argv) > 1:
+        owner, argv = int(argv[1]), argv[2:]
     if not argv:
-        print("usage: hold_ports.py PORT...", file=sys.stderr)
+        print("usage: hold_ports.py [--owner PID] PORT...", file=sys.stderr)
         return 2
     held, busy = [], []
     for port in (int(p) for p in argv):
@@ -50,8 +68,9 @@ def main(argv: list[str]) -> int:
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
-    while True:
-        signal.pause()
+    while owner is None or _alive(owner):
+        time.sleep(OWNER_POLL_S)
+    return 0
 
 
 if __name__ == "__main__":
