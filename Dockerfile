@@ -14,53 +14,55 @@
 # distribution's. The one thing the cuda images do that we must do ourselves is set
 # NVIDIA_DRIVER_CAPABILITIES, so the toolkit mounts libcuda (see the runtime stage).
 #
-# The node's driver must support the CUDA version of the torch wheel. PyPI's torch 2.15.0 is built
-# for CUDA 13 (nvidia-cuda-runtime 13.x), which needs an NVIDIA driver >= 580. For nodes with an
-# older driver, take a CUDA 12 build from the PyTorch index, e.g. (driver >= 570):
-#   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+# The node's driver must support the CUDA version of the torch wheel. The lock's torch (2.14.1 from
+# PyPI, see requirements/pins.txt) is built for CUDA 13 (nvidia-cuda-runtime 13.x), which needs an
+# NVIDIA driver >= 580. For nodes with an older driver, lock a CUDA 12 build from the PyTorch index
+# and build from that lock (scripts/lock.sh explains):
+#   TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 LOCK_NAME=cu128 bash scripts/lock.sh
+#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 \
+#       --build-arg LOCK_FILE=requirements/image-cu128.txt .
 #
-# Pin the base by digest for reproducible builds: --build-arg PYTHON_IMAGE=python:3.12-slim-bookworm@sha256:...
+# Dependencies come from a lock file with hashes (requirements/image.txt: the versions CI tested,
+# resolved by scripts/lock.sh for CPython 3.11, hence the 3.11 base) and are installed before the
+# source is copied, so a code change rebuilds only the small last layer.
+#
+# Pin the base by digest for reproducible builds: --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:...
 
-ARG PYTHON_IMAGE=python:3.12-slim-bookworm
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # --------------------------------------------------------------------------- build stage
 # Everything pip needs stays here; the runtime stage copies only the finished virtualenv.
 FROM ${PYTHON_IMAGE} AS build
 
-ARG TORCH_VERSION=2.15.0
+# The index torch and its nvidia-* libraries come from (PyPI by default; the lock names the build).
 ARG TORCH_INDEX_URL=https://pypi.org/simple
-ARG DIFFUSERS_VERSION=0.42.1
-ARG TRANSFORMERS_VERSION=5.23.0
-ARG ACCELERATE_VERSION=1.15.0
-ARG SAFETENSORS_VERSION=0.8.0
+ARG LOCK_FILE=requirements/image.txt
 ARG PIP_VERSION=25.3
 
-ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
-# torch first and on its own: it is the big, slow-changing layer, and it may come from another
-# index than the rest.
-RUN pip install --no-cache-dir "pip==${PIP_VERSION}" \
- && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
-
 WORKDIR /src
-# Only what the package build reads (pyproject names README.md as the long description).
+# The dependency layer: only the lock files, so it is rebuilt only when they change. pip's cache
+# is a BuildKit cache mount: kept between builds on this builder, never part of a layer.
+# --require-hashes: every file pip installs must match the lock's hash; --no-deps: the lock is the
+# whole set, so nothing unlocked can slip in as a dependency.
+COPY requirements/ ./requirements/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install "pip==${PIP_VERSION}" \
+ && pip install --require-hashes --no-deps --extra-index-url "${TORCH_INDEX_URL}" -r "${LOCK_FILE}"
+
+# The project itself, without dependencies (the layer above has them all). Only what the package
+# build reads: pyproject names README.md as the long description.
 COPY pyproject.toml README.md ./
 COPY processor ./processor
-# The project with its Stable Diffusion and api extras (one image for the workers and `processor
-# serve`); the model stack is pinned here, the project's own dependencies by its lower bounds in
-# pyproject.toml.
-# DL3013 (pin versions in pip) cannot apply to ".[sd,api]": it is this source tree, not a registry name.
+# DL3013 (pin versions in pip) cannot apply to ".": it is this source tree, not a registry name.
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[sd,api]" \
-        "diffusers==${DIFFUSERS_VERSION}" \
-        "transformers==${TRANSFORMERS_VERSION}" \
-        "accelerate==${ACCELERATE_VERSION}" \
-        "safetensors==${SAFETENSORS_VERSION}" \
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --no-deps . \
  && processor --version
 
 # --------------------------------------------------------------------------- runtime stage

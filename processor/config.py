@@ -11,7 +11,7 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -498,7 +498,7 @@ def work_bound_problem(names: list[str], styles: dict[str, Any], run: Any, varia
     return None
 
 
-StyleSettings = Annotated[Union[ToonStyle, Img2ImgStyle, InstructPix2PixStyle], Field(discriminator="engine")]
+StyleSettings = Annotated[ToonStyle | Img2ImgStyle | InstructPix2PixStyle, Field(discriminator="engine")]
 
 
 def _default_styles() -> dict[str, Any]:
@@ -689,6 +689,15 @@ class MetricsSettings(_Section):
     #: Seconds without progress (an item finished, a scan, a compute started) after which
     #: /healthz fails, so the kubelet restarts a wedged worker. Idle waits do not count.
     stall_s: float = Field(default=DEFAULT_METRICS_STALL_S, gt=0)
+
+    @property
+    def port_is_default(self) -> bool:
+        """No source (config file, ``PROCESSOR_METRICS__PORT``, ``--metrics-port``) named the port.
+
+        Then a taken port is not fatal: a second worker on the host serves on a free port instead.
+        A port someone chose (a pod's probes and scrapers target it) that is taken stays an error.
+        """
+        return "port" not in self.model_fields_set
 
 
 class ApiSettings(_Section):

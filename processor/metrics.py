@@ -20,6 +20,7 @@ initialised CUDA (a scrape must never import torch or create a CUDA context).
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 import sys
@@ -376,17 +377,28 @@ def wsgi_app(observer: PrometheusObserver) -> Callable[..., Any]:
 
 
 class MetricsServer:
-    """``wsgi_app`` on ``host:port``, served from a daemon thread."""
+    """``wsgi_app`` on ``host:port``, served from a daemon thread.
 
-    def __init__(self, observer: PrometheusObserver, host: str, port: int) -> None:
+    ``fallback_to_free_port``: when ``port`` is in use, listen on a free port the kernel picks
+    (logged as ``metrics_port_taken``) instead of raising ``ConfigError``.
+    """
+
+    def __init__(self, observer: PrometheusObserver, host: str, port: int, *,
+                 fallback_to_free_port: bool = False) -> None:
         server_class = _Server6 if ":" in host else _Server
         try:
             self._server = make_server(host, port, wsgi_app(observer), server_class, _QuietHandler)
         except OSError as exc:
-            raise ConfigError(
-                f"metrics.port: cannot listen on {host}:{port} ({exc.strerror or exc}); "
-                "set metrics.port (or --metrics-port) to a free port, or 0 to turn metrics off"
-            ) from exc
+            if not (fallback_to_free_port and exc.errno == errno.EADDRINUSE):
+                raise ConfigError(
+                    f"metrics.port: cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                    "set metrics.port (or --metrics-port) to a free port, or 0 to turn metrics off"
+                ) from exc
+            self._server = make_server(host, 0, wsgi_app(observer), server_class, _QuietHandler)
+            log.warning("metrics_port_taken", extra={
+                "host": host, "port": port, "serving_on": self._server.server_address[1],
+                "hint": "another process holds the default metrics port (a second worker on this host?); "
+                        "set metrics.port or --metrics-port to pin one, or 0 to turn metrics off"})
         self.host = host
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
@@ -401,11 +413,22 @@ class MetricsServer:
 
 
 class MetricsEndpoint:
-    """What ``processor run`` holds: the observer, and its server unless metrics are off."""
+    """What ``processor run`` holds: the observer, and its server unless metrics are off.
+
+    A taken port stops the worker (``ConfigError``, exit 3) only when the port was configured;
+    the default one falls back to a free port, so several workers share a host unconfigured.
+    """
 
     def __init__(self, settings: MetricsSettings, clock: Callable[[], float] = time.monotonic) -> None:
         self.observer = PrometheusObserver(stall_s=settings.stall_s, clock=clock)
-        self.server = MetricsServer(self.observer, settings.host, settings.port) if settings.port else None
+        self.server = (MetricsServer(self.observer, settings.host, settings.port,
+                                     fallback_to_free_port=settings.port_is_default)
+                       if settings.port else None)
+
+    @property
+    def port(self) -> int | None:
+        """The port actually served (None: metrics off)."""
+        return self.server.port if self.server is not None else None
 
     def close(self) -> None:
         if self.server is not None:
@@ -424,6 +447,9 @@ def describe_endpoint(settings: MetricsSettings) -> tuple[str, str]:
         try:
             sock.bind((settings.host, settings.port))
         except OSError as exc:
+            if settings.port_is_default:
+                return "warn", (f"{where} is not free here ({exc.strerror or exc}): `processor run` on this machine "
+                                "would serve on a free port instead; set metrics.port or --metrics-port to pin one")
             return "warn", (f"{where} is not free here ({exc.strerror or exc}): `processor run` on this machine "
                             "would stop at start; set metrics.port or --metrics-port (0: off)")
     return "ok", f"`processor run` serves /metrics, /healthz, /readyz on {where}"

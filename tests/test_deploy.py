@@ -471,7 +471,11 @@ def test_dockerfile_contract() -> None:
     assert re.search(r"(?m)^ARG\s+BAKE_MODELS=false$", stage)
     # Baking must happen before VOLUME: build steps' writes under a declared volume are discarded.
     assert stage.index("processor models pull") < stage.index("VOLUME")
-    assert '".[sd,api]"' in text  # one image for the workers and processor serve
+    # Dependencies from the hashed lock CI installs from too (tests/test_lock.py checks the lock).
+    assert "ARG LOCK_FILE=requirements/image.txt" in text and "--require-hashes --no-deps" in text
+    # One image for the workers and processor serve: the image's lock has the api extra too.
+    image_lock = (ROOT / "requirements" / "image.txt").read_text()
+    assert re.search(r"(?m)^fastapi==", image_lock) and re.search(r"(?m)^uvicorn==", image_lock)
     ignored = (ROOT / ".dockerignore").read_text().split()
     for entry in (".git", ".venv*", "bucket/", ".pytest_cache"):
         assert entry in ignored, f".dockerignore lacks {entry}"

@@ -154,7 +154,7 @@ def detect_device(settings: Settings | None = None, styles: Sequence[str] | None
 
         if torch.cuda.is_available():
             return f"cuda:0 ({torch.cuda.get_device_name(0)})"
-    except Exception:  # a broken torch install must not stop a CPU-only style
+    except Exception:  # noqa: BLE001 - a broken torch install must not stop a CPU-only style
         return "cpu"
     return "cpu"
 
@@ -172,7 +172,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from processor.worker.runner import Worker
 
     if getattr(args, "metrics_port", None) is not None:
-        settings = settings.model_copy(update={"metrics": settings.metrics.model_copy(update={"port": args.metrics_port})})
+        metrics_settings = settings.metrics.model_copy(update={"port": args.metrics_port})
+        settings = settings.model_copy(update={"metrics": metrics_settings})
     store = build_store(settings)
     styles = _chosen_styles(args, settings)
     run = settings.run
@@ -198,7 +199,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     _install_signal_handlers(worker)
     log.info("worker_start", extra={"worker": worker.info.id, "store": store.description, "styles": styles,
                                     "once": args.once, "coordination": "claims" if use_claims else "shards",
-                                    "metrics_port": settings.metrics.port})
+                                    "metrics_port": metrics.port})
     try:
         worker.setup()
         code = worker.run_once() if args.once else worker.run_forever()
@@ -275,7 +276,8 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
                                                    sidecar_name=str(sidecar_path or ""), timings=timings)
         except ItemError as exc:
             failed += 1
-            record = FailureRecord(source=source, error=type(exc).__name__, message=str(exc), hint=exc.hint, worker=info)
+            record = FailureRecord(source=source, error=type(exc).__name__, message=str(exc), hint=exc.hint,
+                                   worker=info)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.with_name(target.name + ".failed.json").write_bytes(record.to_json_bytes())
             tqdm.write(f"FAILED {rel}: {exc}  -> {exc.hint}", file=sys.stderr)
@@ -648,7 +650,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "pipeline.decode.max_pixels).")
     p.add_argument("--all", action="store_true",
                    help="also requeue permanent failures (bad inputs), e.g. after raising a limit in the config")
-    p.add_argument("--prefix", metavar="P", help="only inputs whose key under inputs/ starts with P (toys/ is a folder)")
+    p.add_argument("--prefix", metavar="P",
+                   help="only inputs whose key under inputs/ starts with P (toys/ is a folder)")
     p.add_argument("--error", action="append", metavar="CLASS",
                    help="only failures of this error class or its subclasses (repeatable), e.g. StageFailed, "
                    "ImageTooLarge, InvalidInput")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from processor.queue.claims import probe_conditional_create
@@ -56,8 +57,9 @@ def run_checks(
 def _store_checks(store: Any, settings: Settings) -> list[Row]:
     rows = []
     try:
-        count = sum(1 for _ in zip(range(1000), store.list(settings.prefixes.inputs)))
-        rows.append(Row("list inputs", "ok", f"{count}{'+' if count == 1000 else ''} object(s) under {settings.prefixes.inputs}"))
+        count = sum(1 for _ in islice(store.list(settings.prefixes.inputs), 1000))
+        more = "+" if count == 1000 else ""
+        rows.append(Row("list inputs", "ok", f"{count}{more} object(s) under {settings.prefixes.inputs}"))
     except (FatalError, StoreError) as exc:
         return [Row("list inputs", "FAIL", str(exc))]
     scratch = f"{settings.prefixes.state}doctor/{uuid.uuid4().hex}"
@@ -67,7 +69,7 @@ def _store_checks(store: Any, settings: Settings) -> list[Row]:
         store.delete(scratch)
         rows.append(Row("write", "ok", f"put/get/delete under {settings.prefixes.state}"))
     except (FatalError, StoreError) as exc:
-        return rows + [Row("write", "FAIL", str(exc))]
+        return [*rows, Row("write", "FAIL", str(exc))]
     try:
         atomic, detail = probe_conditional_create(store, f"{settings.prefixes.state}doctor/")
     except (FatalError, StoreError) as exc:
@@ -110,7 +112,7 @@ def _caption_checks(settings: Settings, build_captioner: Callable[[Settings], An
         captioner = build_captioner(settings)
         checks = captioner.availability()
     except ProcessorError as exc:
-        return rows + [Row("caption models", "FAIL" if used else "warn", str(exc))]
+        return [*rows, Row("caption models", "FAIL" if used else "warn", str(exc))]
     for role, model, available, detail in checks:
         local = model.startswith("local-dir:") or is_local(model)
         if available:

@@ -288,7 +288,7 @@ class ModelLoader:
                 local_files_only=True,
                 **extra,
             )
-        except (OSError, ValueError, EnvironmentError) as exc:
+        except (OSError, ValueError) as exc:
             raise ModelUnavailableError(
                 f"model {resolved.model!r} could not be loaded from {resolved.path}: {exc} "
                 f"(safetensors weights are required; `{PULL_COMMAND}` fetches them)"

@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
@@ -138,7 +139,7 @@ def conversion_pull_requests(model: str) -> list[str]:
         for discussion in HfApi().get_repo_discussions(model, author=CONVERSION_BOT, discussion_type="pull_request"):
             found.append(f"revision: {discussion.git_reference}  ({discussion.status}: {discussion.title})")
         return found
-    except Exception as exc:  # a hint only: any failure to ask leaves the generic advice
+    except Exception as exc:  # noqa: BLE001 - a hint only: any failure to ask leaves the generic advice
         log.debug("conversion_prs_unavailable", extra={"model": model, "error": repr(exc)})
         return []
 
@@ -310,7 +311,9 @@ def convert_components(snapshot: Path, index: dict[str, Any], missing: list[str]
             if shard_index.is_file():
                 data = json.loads(shard_index.read_text(encoding="utf-8"))
                 data["weight_map"] = {k: _safetensors_name(v) for k, v in data.get("weight_map", {}).items()}
-                stem = SAFETENSORS_STEM[PICKLE_WEIGHTS.match(sources[0].name).group(1)]
+                match = PICKLE_WEIGHTS.match(sources[0].name)
+                assert match is not None  # sources were picked by this pattern
+                stem = SAFETENSORS_STEM[match.group(1)]
                 (work / component / f"{stem}.safetensors.index.json").write_text(json.dumps(data, indent=2))
             record["components"][component] = entries
         (work / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n")
@@ -369,7 +372,7 @@ class PullPlan:
 
 
 def plan_from_listing(model: str, revision: str | None, source: str, commit: str | None, index: dict[str, Any],
-                      listing: dict[str, int | None], allow: list[str], ignore: list[str]) -> PullPlan:
+                      listing: Mapping[str, int | None], allow: list[str], ignore: list[str]) -> PullPlan:
     """The plan for one pipeline given every file of its repo (or snapshot) and its size."""
     from huggingface_hub.utils import filter_repo_objects
 
@@ -394,7 +397,7 @@ def hub_plan(model: str, revision: str | None, cache_dir: str | None, allow_for,
         info = HfApi().model_info(model, revision=revision, files_metadata=True)
         index = json.loads(Path(hf_hub_download(model, "model_index.json", revision=info.sha,
                                                 cache_dir=cache_dir)).read_text(encoding="utf-8"))
-    except Exception as exc:  # any Hub failure becomes the plan's problem line, not a traceback
+    except Exception as exc:  # noqa: BLE001 - any Hub failure becomes the plan's problem line, not a traceback
         return PullPlan(model, revision, "hub", problem=f"the Hub did not answer: {type(exc).__name__}: {exc}")
     listing = {s.rfilename: s.size for s in info.siblings or []}
     plan = plan_from_listing(model, revision, "hub", info.sha, index, listing, allow_for(index), ignore)

@@ -81,7 +81,10 @@ class BackgroundStage:
         self.mode: str = self.settings.mode
         if self.mode not in MODE_TASKS:
             raise ValueError(f"no background stage for mode {self.mode!r}")
-        self.model, self.revision = background_model(style)
+        found = background_model(style)
+        if found is None:
+            raise ValueError(f"style {style_name!r} has no background (background.mode: none)")
+        self.model, self.revision = found
         self.models = models
         self.masker = masker
         self.scheduler = self.settings.scheduler or DEFAULT_SCHEDULERS[self.mode]
@@ -132,7 +135,7 @@ class BackgroundStage:
             by_size.setdefault(v.image.size, []).append(v)
         done: dict[int, VariantImage] = {}
         for size, group in by_size.items():
-            for v, picture, extra in zip(group, *self._run(group, mask, size)):
+            for v, picture, extra in zip(group, *self._run(group, mask, size), strict=True):
                 done[id(v)] = self._with(v, picture, mask, info | extra | {"applied": True})
         log.info("background", extra={"style": self.style_name, "mode": self.mode, "variants": len(variants),
                                       "seconds": round(time.perf_counter() - started, 3)})
@@ -200,7 +203,7 @@ class BackgroundStage:
                 extra |= {"image_guidance": s.image_guidance}
         finals = []
         infos = []
-        for i, (picture, made) in enumerate(zip(pictures, to_pil(out))):
+        for i, (picture, made) in enumerate(zip(pictures, to_pil(out), strict=True)):
             if made.size != size:
                 made = made.resize(size, Image.Resampling.LANCZOS)
             finals.append(composite(picture, made, alpha))

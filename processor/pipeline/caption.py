@@ -31,7 +31,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -345,7 +345,7 @@ def _dtype_keyword() -> str:
 def folder_identity(folder: Path) -> str:
     """A content hash of a local CLIP folder's config and safetensors weights."""
     digest = hashlib.sha256()
-    for path in [folder / OPEN_CLIP_CONFIG] + sorted(folder.glob("*.safetensors")):
+    for path in [folder / OPEN_CLIP_CONFIG, *sorted(folder.glob("*.safetensors"))]:
         digest.update(path.name.encode() + b"\0")
         with open(path, "rb") as fh:
             while block := fh.read(HASH_BLOCK_BYTES):
@@ -406,29 +406,39 @@ class Captioner:
             config.clip_model, config.clip_preprocess, tokenize = self._load_clip(device, dtype)
             tables = self._tables(config.clip_model, tokenize, device)
         self.interrogator = InjectedInterrogator(config, tokenize=tokenize, tables=tables)
-        log.info("captioner_ready", extra={"mode": self.mode, "clip_model": self.settings.clip_model if self.uses_clip() else None,
+        clip_model = self.settings.clip_model if self.uses_clip() else None
+        log.info("captioner_ready", extra={"mode": self.mode, "clip_model": clip_model,
                                            "caption_model": self.settings.caption_model, "device": device,
                                            "seconds": round(time.perf_counter() - started, 3),
                                            "tables": dict(self.table_sources)})
 
     def _load_caption_model(self, dtype: Any) -> tuple[Any, Any]:
         import torch
-        from transformers import AutoModelForCausalLM, AutoProcessor, Blip2ForConditionalGeneration, BlipForConditionalGeneration
+        from transformers import (
+            AutoModelForCausalLM,
+            AutoProcessor,
+            Blip2ForConditionalGeneration,
+            BlipForConditionalGeneration,
+        )
 
         resolved = resolve_caption_model(self.settings, self.models)
         self.caption_model = resolved
-        cls = {"blip": BlipForConditionalGeneration, "blip-2": Blip2ForConditionalGeneration,
-               "git": AutoModelForCausalLM}[resolved.model_type]
+        # Any: AutoModelForCausalLM is a factory, not a PreTrainedModel; all three have from_pretrained.
+        classes: dict[str, Any] = {
+            "blip": BlipForConditionalGeneration, "blip-2": Blip2ForConditionalGeneration, "git": AutoModelForCausalLM}
+        cls = classes[resolved.model_type]
         # GIT in float32, BLIP / BLIP-2 in the worker's dtype: as clip-interrogator loads them.
         model_dtype = torch.float32 if resolved.model_type == "git" else dtype
+        dtype_option: dict[str, Any] = {_dtype_keyword(): model_dtype}  # `dtype` or `torch_dtype`, by version
         log.info("model_loading", extra={"model": resolved.spec, "revision": resolved.revision, "role": "caption"})
         try:
             model = cls.from_pretrained(resolved.path, use_safetensors=True, trust_remote_code=False,
-                                        local_files_only=True, **{_dtype_keyword(): model_dtype})
+                                        local_files_only=True, **dtype_option)
             processor = AutoProcessor.from_pretrained(resolved.path, trust_remote_code=False, local_files_only=True)
         except (OSError, ValueError) as exc:
-            raise ModelUnavailableError(f"caption model {resolved.spec!r} could not be loaded from {resolved.path}: "
-                                        f"{exc} (safetensors weights are required; `{PULL_COMMAND}` fetches them)") from exc
+            raise ModelUnavailableError(
+                f"caption model {resolved.spec!r} could not be loaded from {resolved.path}: "
+                f"{exc} (safetensors weights are required; `{PULL_COMMAND}` fetches them)") from exc
         model.eval()
         return model, processor
 
@@ -457,6 +467,8 @@ class Captioner:
         if resolved.revision is not None:
             self.clip_identity = f"{resolved.spec}@{resolved.revision}"
         else:
+            # No revision: a local folder (ARCH/TAG weights always come from a hub snapshot).
+            assert resolved.folder is not None
             started = time.perf_counter()
             self.clip_identity = f"local:{folder_identity(resolved.folder)}"
             log.info("clip_identity", extra={"model": resolved.spec, "identity": self.clip_identity,
@@ -489,7 +501,7 @@ class Captioner:
                 self.local.put(name, blob)
                 if self.remote is not None:
                     self.remote.put(name, blob)
-            elif source == "shared":
+            elif source == "shared" and data is not None:
                 self.local.put(name, data)  # the next start on this machine reads it locally
             self.table_sources[source] += 1
             self._label_sets[table] = frozenset(labels)
@@ -547,7 +559,8 @@ class Captioner:
         ci, mode = self.interrogator, self.mode
         with quiet_autocast():
             if mode == "negative":
-                result.negative = clean_text(ci.interrogate_negative(image, max_flavors=self._flavor_cap("flavors", "negative")))
+                flavors = self._flavor_cap("flavors", "negative")
+                result.negative = clean_text(ci.interrogate_negative(image, max_flavors=flavors))
                 if result.replaced_by:
                     return
                 result.raw = ci.generate_caption(image)
@@ -569,14 +582,20 @@ class Captioner:
         Raises ``ConfigError`` when the packages the stage needs are not installed."""
         _require_packages(self.mode)
         rows = []
-        checks = [("caption model", self.settings.caption_model, lambda: resolve_caption_model(self.settings, self.models, download=False))]
+        # Each check resolves to a different record type (ResolvedCaptionModel, ResolvedClip); only
+        # its location is read, through getattr.
+        checks: list[tuple[str, str, Callable[[], object]]] = [
+            ("caption model", self.settings.caption_model,
+             lambda: resolve_caption_model(self.settings, self.models, download=False))]
         if self.uses_clip():
-            checks.insert(0, ("clip model", self.settings.clip_model, lambda: resolve_clip(self.settings, self.models, download=False)))
+            checks.insert(0, ("clip model", self.settings.clip_model,
+                              lambda: resolve_clip(self.settings, self.models, download=False)))
         for role, model, check in checks:
             try:
                 resolved = check()
-                rows.append((role, model, True, str(getattr(resolved, "path", None) or getattr(resolved, "weights", None)
-                                                     or getattr(resolved, "folder", ""))))
+                where = (getattr(resolved, "path", None) or getattr(resolved, "weights", None)
+                         or getattr(resolved, "folder", ""))
+                rows.append((role, model, True, str(where)))
             except (ModelUnavailableError, ConfigError) as exc:
                 rows.append((role, model, False, str(exc)))
         return rows
@@ -585,7 +604,8 @@ class Captioner:
         """Fetch the configured caption models into the cache (``processor models pull``)."""
         if self.models.offline:
             raise ConfigError("cannot pull caption models: offline mode is on (models.offline / HF_HUB_OFFLINE)")
-        pulled = [(self.settings.caption_model, str(resolve_caption_model(self.settings, self.models, download=True).path))]
+        caption = resolve_caption_model(self.settings, self.models, download=True)
+        pulled = [(self.settings.caption_model, str(caption.path))]
         if self.uses_clip():
             clip = resolve_clip(self.settings, self.models, download=True)
             pulled.insert(0, (self.settings.clip_model, str(clip.weights or clip.folder)))

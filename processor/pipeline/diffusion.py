@@ -74,6 +74,10 @@ class _DiffusionEngine:
         self.compile_warmup_s: float | None = None
         self._vae_tiled = False
 
+    def __call__(self, image: Image.Image, context: ItemContext | None = None) -> list[VariantImage]:
+        """``style.variants`` images of ``image``; each engine (img2img, instruct-pix2pix) renders its own way."""
+        raise NotImplementedError
+
     def setup(self) -> None:
         pipe, self.resolved = self.models.pipeline(self.task, self.style.model, self.style.revision)
         pipe.scheduler = make_scheduler(self.style.scheduler, pipe.scheduler.config)
@@ -273,7 +277,8 @@ class InstructPix2PixEngine(_DiffusionEngine):
     def __call__(self, image: Image.Image, context: ItemContext | None = None) -> list[VariantImage]:
         style = self.style
         size = working_size(image.width, image.height, self._long_side())
-        source = to_tensor(image.convert("RGB").resize(size, Image.Resampling.LANCZOS)).expand(style.variants, -1, -1, -1)
+        resized = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+        source = to_tensor(resized).expand(style.variants, -1, -1, -1)
         negative = style.negative or None
         seeds = [style.seed + i for i in range(style.variants)]
         tokenizer = self.pipe.tokenizer

@@ -114,7 +114,8 @@ def contact_sheet(
         labels = ["original", *(str(i + 1) for i in range(len(variants)))]
     if len(labels) != len(images):
         raise ValueError(
-            f"contact sheet got {len(labels)} labels for {len(images)} tiles (the original plus {len(variants)} variants)"
+            f"contact sheet got {len(labels)} labels for {len(images)} tiles "
+            f"(the original plus {len(variants)} variants)"
         )
     height = _fitting_height(images, height, max_pixels)
     tiles = [_scale_to_tile(image, height) for image in images]

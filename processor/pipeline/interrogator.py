@@ -68,6 +68,12 @@ def encode_labels(clip_model: Any, tokenize: Callable[[Sequence[str]], torch.Ten
 class InjectedInterrogator(Interrogator):
     """``clip_interrogator.Interrogator`` with models, tokenizer and label tables given to it."""
 
+    # Set by the untyped base class; declared so the overrides below type-check.
+    caption_model: Any
+    clip_model: Any
+    clip_offloaded: bool
+    caption_offloaded: bool
+
     def __init__(self, config: Config, *, tokenize: Callable[..., Any] | None,
                  tables: Mapping[str, tuple[list[str], np.ndarray]]) -> None:
         self._injected_tokenize = tokenize

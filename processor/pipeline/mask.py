@@ -378,15 +378,16 @@ def grabcut_mask(rgb: np.ndarray) -> np.ndarray:
         return np.zeros((h, w), bool)
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     cv2.setRNGSeed(0)
-    cv2.grabCut(np.ascontiguousarray(rgb[:, :, ::-1]), seeds, None, bgd, fgd, GRABCUT_ITERATIONS,
-                cv2.GC_INIT_WITH_MASK)
+    # rect=None with GC_INIT_WITH_MASK is OpenCV's documented usage; its stubs demand a rect.
+    cv2.grabCut(np.ascontiguousarray(rgb[:, :, ::-1]), seeds, None, bgd, fgd,  # type: ignore[call-overload]
+                GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_MASK)
     return (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
 
 
 def clean(hard: np.ndarray) -> np.ndarray:
     """Specks removed, the largest component kept, its holes filled (bool, same size)."""
     h, w = hard.shape
-    mask = hard.astype(np.uint8)
+    mask: np.ndarray = hard.astype(np.uint8)
     k = max(1, round(OPEN_FRACTION * min(h, w))) * 2 + 1
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, kernel)
@@ -403,7 +404,7 @@ def clean(hard: np.ndarray) -> np.ndarray:
 
 def feather(hard: np.ndarray, sigma: float) -> np.ndarray:
     """uint8 alpha: 255 inside the subject farther than ~3 sigma from its edge, 0 as far outside."""
-    alpha = hard.astype(np.float32)
+    alpha: np.ndarray = hard.astype(np.float32)
     if sigma > 0:
         radius = int(np.ceil(3 * sigma))
         alpha = cv2.GaussianBlur(alpha, (2 * radius + 1, 2 * radius + 1), sigma, borderType=cv2.BORDER_REPLICATE)
@@ -547,6 +548,8 @@ class SegmenterModel:
 
         models = models or ModelLoader()
         name = settings.segmenter
+        if name is None:
+            raise ValueError("SegmenterModel.load needs mask.segmenter set (None means GrabCut, which loads nothing)")
         options: dict[str, Any] = {"revision": settings.segmenter_revision, "cache_dir": models.cache_dir,
                                    "local_files_only": models.offline or is_local(name)}
         try:

@@ -73,7 +73,7 @@ def encode_outputs(
                              | _background_text(v.background), compress_level=png_compress_level),
         variants,
     )
-    for v, body in zip(variants, bodies):
+    for v, body in zip(variants, bodies, strict=True):
         name = variant_name(v.style, v.index)
         files.append(OutputFile(name, body, "image/png"))
         entries.append(

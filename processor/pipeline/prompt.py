@@ -133,14 +133,16 @@ def build_prompt(
     if keep == 0 and count_tokens(render_template(template, "", trigger)) > max_tokens:
         # The trigger words alone are too long: they lose their tail too.
         trigger_words = _words(trigger)
-        kept_trigger = _longest_fitting(trigger_words, lambda t: render_template(template, "", t), count_tokens, max_tokens)
+        kept_trigger = _longest_fitting(trigger_words, lambda t: render_template(template, "", t), count_tokens,
+                                        max_tokens)
         dropped = subject_words + trigger_words[kept_trigger:]
         text = render_template(template, "", " ".join(trigger_words[:kept_trigger]).rstrip(" ,"))
     else:
         text = render_template(template, " ".join(subject_words[:keep]).rstrip(" ,"), trigger)
     built = BuiltPrompt(text, count_tokens(text), " ".join(dropped))
     log.warning("prompt_truncated", extra=(fields or {}) | {
-        "what": what, "tokens_before": tokens, "tokens": built.tokens, "max_tokens": max_tokens, "dropped": built.dropped})
+        "what": what, "tokens_before": tokens, "tokens": built.tokens, "max_tokens": max_tokens,
+        "dropped": built.dropped})
     return built
 
 

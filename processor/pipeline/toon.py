@@ -107,7 +107,8 @@ class ToonEngine:
         results = []
         for index in range(self.style.variants):
             seed = self.style.seed + index
-            params = draw_parameters(self.style, seed)
+            # Drawn ints first, then the descriptive fields the manifest records beside them.
+            params: dict[str, Any] = draw_parameters(self.style, seed)
             out = cartoonize(
                 rgb,
                 colors=params["colors"],
@@ -202,7 +203,7 @@ def edge_mask(smooth: np.ndarray, flat: np.ndarray, edge_width: int) -> np.ndarr
     keep[0] = False  # label 0 is the background
     lines = np.where(keep[labels], 255, 0).astype(np.uint8)
     # A red toy on a grey wall can have the same grey level as the wall: outline colour borders too.
-    lines |= colour_borders(flat)
+    lines = lines | colour_borders(flat)
     if edge_width > 1:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (edge_width, edge_width))
         lines = cv2.dilate(lines, kernel)

@@ -327,7 +327,7 @@ def probe_conditional_create(store: ObjectStore, scratch_prefix: str) -> tuple[b
     for round_no in range(PROBE_ROUNDS):
         key = f"{scratch_prefix}probe/{uuid.uuid4().hex}"
 
-        def create(i: int) -> bool:
+        def create(i: int, key: str = key) -> bool:  # bound now: the racers run within this round
             try:
                 store.put(key, f"{i}".encode(), if_none_match=True)
                 return True

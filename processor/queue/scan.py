@@ -82,7 +82,9 @@ def _list_finished(store: ObjectStore, layout: KeyLayout) -> dict[str, dict[str,
     return finished
 
 
-def _list_inputs(store: ObjectStore, layout: KeyLayout, start_after: str = "") -> tuple[list[ObjectInfo], set[str], str]:
+def _list_inputs(
+    store: ObjectStore, layout: KeyLayout, start_after: str = ""
+) -> tuple[list[ObjectInfo], set[str], str]:
     """Inputs and sidecar keys under the inputs prefix (after ``start_after``), and the last key
     the listing returned (in the server's own order: what ``StartAfter`` continues from)."""
     inputs: list[ObjectInfo] = []

@@ -7,6 +7,7 @@ retries are off so that one policy (and one retry counter) governs every request
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
@@ -110,7 +111,9 @@ def _add_condition_headers(params: dict[str, Any], context: dict[str, Any], **_:
     params["headers"].update(context.get(_CONDITION_CONTEXT, {}))
 
 
-def client_config(settings: StoreSettings, config_cls: Callable[..., Any] = botocore.config.Config, **extra: Any) -> Any:
+def client_config(
+    settings: StoreSettings, config_cls: Callable[..., Any] = botocore.config.Config, **extra: Any
+) -> Any:
     """Client options shared by the S3 and COS factories (``config_cls``: boto3's or ibm_boto3's Config)."""
     options: dict[str, Any] = {
         "connect_timeout": settings.connect_timeout_s,
@@ -218,7 +221,8 @@ class S3Store(Closeable):
         if start_after:
             params["StartAfter"] = start_after
         while True:
-            page = self._call("list", prefix, lambda: self._client.list_objects_v2(**params))
+            # partial() freezes this page's params; the retry inside _call resends exactly them.
+            page = self._call("list", prefix, functools.partial(self._client.list_objects_v2, **params))
             for obj in page.get("Contents", ()):
                 yield ObjectInfo(
                     key=obj["Key"], etag=strip_etag(obj["ETag"]), size=obj["Size"], last_modified=obj["LastModified"]
