@@ -8,7 +8,7 @@ Readers must check ``schema`` and ignore fields they do not know.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 

@@ -103,7 +103,7 @@ class GuardedObserver(WorkerObserver):
     def _call(self, hook: str, *args: Any, **kwargs: Any) -> None:
         try:
             getattr(self.inner, hook)(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - an observer's fault is never the item's or the pass's
+        except Exception as exc:
             log.warning("observer_failed", extra={"hook": hook, "error": type(exc).__name__, "detail": str(exc)},
                         exc_info=True)
 

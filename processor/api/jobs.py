@@ -32,11 +32,11 @@ from enum import Enum
 
 from pydantic import ValidationError
 
-from processor.queue.claims import Claim, ClaimManager, ClaimProgress
 from processor.config import Settings
 from processor.errors import InvalidKey, ObjectNotFound, PreconditionFailed, StoreAccessError, StoreError
-from processor.queue.keys import ItemKeys, KeyLayout, is_directory_marker, is_sidecar
 from processor.manifest import FailureRecord, Manifest
+from processor.queue.claims import Claim, ClaimManager, ClaimProgress
+from processor.queue.keys import ItemKeys, KeyLayout, is_directory_marker, is_sidecar
 from processor.queue.requeue import Failure, requeue
 from processor.queue.rescan import request_rescan
 from processor.queue.scan import scan

@@ -37,8 +37,8 @@ import httpx
 from processor.api.jobs import Delivery, JobQueue, JobState, UnknownJob
 from processor.api.problems import Problem
 from processor.api.validate import Resolver, check_webhook
-from processor.queue.claims import Claim
 from processor.errors import StoreAccessError, StoreError
+from processor.queue.claims import Claim
 
 log = logging.getLogger("processor.api.webhooks")
 

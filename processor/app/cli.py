@@ -42,7 +42,6 @@ from processor.errors import (
     StoreAccessError,
     StoreError,
 )
-from processor.queue.keys import SIDECAR_SUFFIX, KeyLayout, is_sidecar, safe_segment, split_extension
 from processor.log import configure_logging
 from processor.manifest import (
     FailureRecord,
@@ -51,6 +50,7 @@ from processor.manifest import (
     WorkerInfo,
     json_schemas,
 )
+from processor.queue.keys import SIDECAR_SUFFIX, KeyLayout, is_sidecar, safe_segment, split_extension
 from processor.redact import redact
 from processor.store.base import ObjectStore
 
@@ -167,8 +167,8 @@ def worker_id(settings: Settings) -> str:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from processor.queue.claims import probe_conditional_create
     from processor.metrics import MetricsEndpoint
+    from processor.queue.claims import probe_conditional_create
     from processor.worker.runner import Worker
 
     if getattr(args, "metrics_port", None) is not None:

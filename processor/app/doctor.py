@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-from processor.queue.claims import probe_conditional_create
 from processor.config import Settings
 from processor.errors import FatalError, ProcessorError, StoreError
 from processor.metrics import describe_endpoint
+from processor.queue.claims import probe_conditional_create
 from processor.redact import redact
 
 

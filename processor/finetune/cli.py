@@ -128,8 +128,8 @@ def cmd_finetune(args: argparse.Namespace, settings: Settings) -> int:
     from processor.app.cli import build_store
     from processor.finetune import checkpoint as ckpt
     from processor.finetune.data import check_caption_options, load_dataset
-    from processor.queue.keys import safe_segment
     from processor.models.loader import ModelLoader
+    from processor.queue.keys import safe_segment
 
     if not args.name or safe_segment(args.name) != args.name or "/" in args.name:
         raise ConfigError(f"--name {args.name!r}: use letters, digits, '-', '_' and '.' (it names a folder and a "

@@ -40,10 +40,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from processor.models import safeweights
 from processor.config import LoraSettings, ModelSettings, background_model
 from processor.errors import ConfigError, ModelUnavailableError
-from processor.models.hub import (  # noqa: F401 - PULL_COMMAND, SKIPPED_COMPONENTS: re-exported for callers
+from processor.models import safeweights
+from processor.models.hub import (
     IGNORE_PATTERNS,
     PULL_COMMAND,
     SKIPPED_COMPONENTS,

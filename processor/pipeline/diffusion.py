@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from processor.models import accel
 from processor.config import Img2ImgStyle, InstructPix2PixStyle
+from processor.models import accel
 from processor.models.loader import ModelLoader, ResolvedModel
 from processor.pipeline.base import ItemContext, VariantImage
 from processor.pipeline.diffusion_common import (  # noqa: F401 - the helpers' old home: re-exported

@@ -19,10 +19,10 @@ from typing import Any
 from processor.config import Settings
 from processor.errors import InvalidSidecar
 from processor.manifest import CaptionInfo, Variant
-from processor.pipeline.outputs import OutputFile, encode_outputs
 from processor.pipeline.base import DecodedImage, VariantImage
 from processor.pipeline.caption import caption_item, caption_used
 from processor.pipeline.decode import decode_image
+from processor.pipeline.outputs import OutputFile, encode_outputs
 from processor.pipeline.render import EngineRegistry, render
 from processor.pipeline.sidecar import ItemOverrides, load_sidecar_json, validate_overrides
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from PIL import Image
 
 from processor.config import DEFAULT_CONTACT_SHEET_MAX_PIXELS
-from processor.queue.keys import CONTACT_SHEET_NAME, MASK_NAME, safe_segment
 from processor.manifest import Background, Variant
 from processor.pipeline.base import VariantImage
 from processor.pipeline.encode import PNG_COMPRESS_LEVEL, contact_sheet, encode_png, sha256_hex
+from processor.queue.keys import CONTACT_SHEET_NAME, MASK_NAME, safe_segment
 
 
 @dataclass(frozen=True)

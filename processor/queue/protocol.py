@@ -37,8 +37,6 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
-from processor.queue import requeue as requeue_module
-from processor.queue.claims import Claim, ClaimManager
 from processor.errors import (
     ImageTooLarge,
     InvalidInput,
@@ -50,10 +48,12 @@ from processor.errors import (
     PreconditionFailed,
     StoreError,
 )
-from processor.queue.failpolicy import is_final
-from processor.queue.keys import KeyLayout
 from processor.manifest import MAX_RECORD_BYTES, FailureRecord, Manifest, Source, WorkerInfo
 from processor.pipeline.sidecar import MAX_SIDECAR_BYTES
+from processor.queue import requeue as requeue_module
+from processor.queue.claims import Claim, ClaimManager
+from processor.queue.failpolicy import is_final
+from processor.queue.keys import KeyLayout
 from processor.queue.outcomes import Outcome
 from processor.queue.scan import Backlog, WorkItem, scan
 from processor.store.base import ObjectStore, StoredObject

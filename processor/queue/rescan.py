@@ -30,8 +30,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 
 from processor.errors import ObjectNotFound, StoreAccessError, StoreError
-from processor.queue.keys import KeyLayout
 from processor.manifest import utcnow
+from processor.queue.keys import KeyLayout
 from processor.store.base import ObjectStore
 
 log = logging.getLogger("processor.rescan")

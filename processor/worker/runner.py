@@ -24,17 +24,17 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from processor import __version__
-from processor.queue.claims import Claim, ClaimKeeper, ClaimManager, ClaimProgress
 from processor.config import Settings
 from processor.errors import (
     EXIT_INCOMPLETE,
     FatalError,
-    InvalidInput,
     InputUnreadable,
+    InvalidInput,
     InvalidKey,
     ItemError,
     ObjectNotFound,
@@ -42,16 +42,17 @@ from processor.errors import (
     StoreError,
     WorkerUnhealthy,
 )
-from processor.queue.failpolicy import CircuitBreaker
-from processor.queue.keys import KeyLayout
 from processor.log import bind_item
 from processor.manifest import Manifest, Source, WorkerInfo
 from processor.metrics import GuardedObserver, WorkerObserver
-from processor.queue.outcomes import OFFER_AGAIN, PROGRESS, Outcome
 from processor.pipeline.base import DecodedImage, VariantImage
 from processor.pipeline.item import Encoded, ItemPipeline, Prepared, Rendered
 from processor.pipeline.outputs import attempt_scoped
 from processor.pipeline.render import EngineRegistry
+from processor.queue.claims import Claim, ClaimKeeper, ClaimManager, ClaimProgress
+from processor.queue.failpolicy import CircuitBreaker
+from processor.queue.keys import KeyLayout
+from processor.queue.outcomes import OFFER_AGAIN, PROGRESS, Outcome
 from processor.queue.protocol import AlreadyCommitted, BucketQueue, Delivery, InputObject, OutputTaken
 from processor.queue.scan import IncrementalScanner, WorkItem, scan, shard_of
 from processor.store.base import ObjectStore
