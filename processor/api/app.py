@@ -175,9 +175,11 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
             log.warning("manifest_key_refused", extra={"job": state.id, "key": key})
             return None
         if api.presign:
+            # Signing is an optimisation with a safe fallback: whatever stops it (a COS store with an
+            # IAM API key cannot sign), the file is streamed through the API instead.
             try:
                 signed = jobs.presigned_url(key, api.url_ttl_s)
-            except Exception as exc:  # a store that cannot sign (COS with an IAM key): stream instead
+            except Exception as exc:  # noqa: BLE001 - any signing failure falls back to streaming
                 log.debug("presign_failed", extra={"error": type(exc).__name__})
                 signed = None
             if signed:
@@ -282,8 +284,9 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
                           hint="Send multipart/form-data with the photo in 'image', or application/json with "
                           "the photo base64 in 'image'.")
         if fields.get("webhook") is not None and dispatcher is None:
-            raise Problem(422, "webhooks are off on this server" + ("" if api.webhook_allow else
-                          " (api.webhook_allow is empty)") + ("" if secret else f" ({api.webhook_secret_env} is unset)"),
+            why = ("" if api.webhook_allow else " (api.webhook_allow is empty)") + (
+                "" if secret else f" ({api.webhook_secret_env} is unset)")
+            raise Problem(422, "webhooks are off on this server" + why,
                           field="webhook", hint="Leave webhook out and poll GET /v1/jobs/{id} or its events; or ask "
                           "the operator to set the allow-list and the signing secret.")
         submission = await run_in_threadpool(build_submission, image, fields, settings, limit=limit, resolve=resolve)
@@ -299,7 +302,8 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
         if wait:
             state = await wait_for_end(job, wait)
             if state.status.ended:
-                return JSONResponse(render(base_url(request), state).model_dump(mode="json"), status_code=200, headers=headers)
+                body = render(base_url(request), state).model_dump(mode="json")
+                return JSONResponse(body, status_code=200, headers=headers)
         status = JobStatus.queued
         if not created:  # a repeat: answer with the job as it is now
             status = (await state_of(job)).status

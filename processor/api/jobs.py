@@ -166,7 +166,8 @@ class JobQueue:
 
     # ------------------------------------------------------------------ writes
 
-    def submit(self, submission: Submission, *, idempotency_key: str | None = None, scope: str = "") -> tuple[str, bool]:
+    def submit(self, submission: Submission, *, idempotency_key: str | None = None,
+               scope: str = "") -> tuple[str, bool]:
         """Write the job; (its id, whether this call created it). With ``idempotency_key`` (per
         ``scope``, the caller's token), a repeat returns the first job and writes nothing."""
         relpath = self.settings.api.submit_prefix + new_upload_name(self.clock) + EXTENSIONS[submission.format]

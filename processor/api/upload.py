@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from processor.api.problems import Problem
@@ -61,7 +62,7 @@ async def read_form(chunks: AsyncIterator[bytes], content_type: str, limit: int)
     except Problem:
         state.close()
         raise
-    except Exception as exc:  # python-multipart's parse errors: a malformed body
+    except FormParserError as exc:  # python-multipart's parse errors: a malformed body
         state.close()
         raise Problem(400, f"the multipart body could not be parsed: {exc}", hint="Send a well-formed "
                       "multipart/form-data body (curl -F image=@photo.jpg).") from None
@@ -86,7 +87,8 @@ class _FormState:
     def part_begin(self) -> None:
         self.parts += 1
         if self.parts > MAX_PARTS:
-            raise Problem(422, f"the form has more than {MAX_PARTS} parts", hint="Send one image and the documented fields.")
+            raise Problem(422, f"the form has more than {MAX_PARTS} parts",
+                          hint="Send one image and the documented fields.")
         self._name = None
         self._value = bytearray()
 

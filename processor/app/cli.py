@@ -219,7 +219,8 @@ def _chosen_styles(args: argparse.Namespace, settings: Settings) -> list[str]:
         return list(settings.run.styles)
     unknown = [s for s in args.style if s not in settings.styles]
     if unknown:
-        raise ConfigError(f"--style {unknown}: not defined under styles (defined: {', '.join(sorted(settings.styles))})")
+        defined = ", ".join(sorted(settings.styles))
+        raise ConfigError(f"--style {unknown}: not defined under styles (defined: {defined})")
     problem = work_bound_problem(args.style, settings.styles, settings.run)
     if problem:
         raise ConfigError(f"--style: the styles given {problem}")

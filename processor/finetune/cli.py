@@ -47,8 +47,8 @@ def add_parser(subparsers: Any, common_parent: argparse.ArgumentParser) -> argpa
     p = subparsers.add_parser(
         "finetune", parents=[common_parent], help="train a LoRA on your images that a style can use",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=_paragraphs("Train a LoRA (low-rank adapter) on the UNet of a Stable Diffusion 1.x/2.x model from a "
-        "folder of images, the way diffusers' LoRA training examples do. --mode style learns a look from "
+        description=_paragraphs("Train a LoRA (low-rank adapter) on the UNet of a Stable Diffusion 1.x/2.x model "
+        "from a folder of images, the way diffusers' LoRA training examples do. --mode style learns a look from "
         "captioned images; --mode subject (DreamBooth) learns your own toy under --instance-prompt.\n\n"
         "Images: --images DIR (a local folder) or a bucket prefix (default training/NAME/). Each is decoded and "
         "validated like a worker's input; bad files are skipped with the reason, and too few usable ones stop "
@@ -100,7 +100,8 @@ def add_parser(subparsers: Any, common_parent: argparse.ArgumentParser) -> argpa
                    help="trade UNet compute for memory; auto: on for CUDA")
     p.add_argument("--checkpoint-every", type=int, default=DEFAULT_CHECKPOINT_EVERY,
                    help=f"steps between checkpoints (default {DEFAULT_CHECKPOINT_EVERY})")
-    p.add_argument("--keep-checkpoints", type=int, default=2, help="checkpoints kept (older ones are deleted; default 2)")
+    p.add_argument("--keep-checkpoints", type=int, default=2,
+                   help="checkpoints kept (older ones are deleted; default 2)")
     p.add_argument("--validation-images", type=int, default=2,
                    help="training photos rendered at each checkpoint (default 2; 0: no validation)")
     p.add_argument("--validation-steps", type=int, default=20,
@@ -176,7 +177,8 @@ def cmd_finetune(args: argparse.Namespace, settings: Settings) -> int:
     if state is not None:
         _same_run(state.record, hp, args.base, out, finished=False)
         if state.step >= hp.steps:
-            raise ConfigError(f"the last checkpoint is at step {state.step}, not below --steps {hp.steps}: raise --steps")
+            raise ConfigError(f"the last checkpoint is at step {state.step}, not below --steps {hp.steps}: "
+                              "raise --steps")
 
     images = _images_location(args, settings, store)
     captioner = _captioner(settings) if captions is CaptionSource.auto and mode is Mode.style else None

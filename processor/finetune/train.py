@@ -130,8 +130,8 @@ class Trainer:
             raise ConfigError(f"--base {self.base}: SDXL training is not supported yet; use an SD 1.x/2.x model")
         unet_config = UNet2DConditionModel.load_config(path, subfolder="unet")
         if unet_config.get("in_channels", 4) != 4:
-            raise ConfigError(f"--base {self.base}: its UNet takes {unet_config['in_channels']} channels (an inpainting "
-                              "or instruct-pix2pix model); train on a text-to-image model")
+            raise ConfigError(f"--base {self.base}: its UNet takes {unet_config['in_channels']} channels "
+                              "(an inpainting or instruct-pix2pix model); train on a text-to-image model")
         self.device = self.models.device()
         precision = self.hp.mixed_precision
         if self.device == "cpu" and precision != "float32":
@@ -245,7 +245,7 @@ class Trainer:
     def _step(self, step: int, pixels: list[Any], class_pixels: list[Any], embeds: dict[str, Any], generator: Any,
               optimizer: Any, scaler: Any, params: list[Any]) -> float:
         import torch
-        import torch.nn.functional as F
+        from torch.nn.functional import mse_loss
 
         hp, unet, noise_scheduler = self.hp, self.parts["unet"], self.parts["noise"]
         indices = [self._image_index(step * hp.batch + j, len(pixels)) for j in range(hp.batch)]
@@ -273,7 +273,7 @@ class Trainer:
         hidden = torch.stack([embeds[c] for c in captions])
         with self._autocast():
             prediction = unet(noisy, timesteps, hidden, return_dict=False)[0]
-        per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        per_sample = mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         if hp.snr_gamma is not None:
             from diffusers.training_utils import compute_snr
 
@@ -303,7 +303,7 @@ class Trainer:
         Unlike the per-step loss (one random timestep each), it is comparable across checkpoints:
         it falls as the LoRA fits the training images."""
         import torch
-        import torch.nn.functional as F
+        from torch.nn.functional import mse_loss
 
         count = max(1, min(self.options.validation_images, len(pixels)))
         unet, noise_scheduler = self.parts["unet"], self.parts["noise"]
@@ -325,7 +325,7 @@ class Trainer:
                     target = noise if self.prediction_type == "epsilon" else noise_scheduler.get_velocity(
                         latents, noise, steps)
                     prediction = unet(noisy, steps, hidden, return_dict=False)[0]
-                    losses.append(F.mse_loss(prediction.float(), target.float()).item())
+                    losses.append(mse_loss(prediction.float(), target.float()).item())
         finally:
             unet.train()
         return round(sum(losses) / len(losses), 6)
@@ -336,7 +336,8 @@ class Trainer:
         import torch
 
         epoch, offset = divmod(position, count)
-        order = torch.randperm(count, generator=torch.Generator().manual_seed(self.hp.seed * 1_000_003 + epoch * 2 + salt))
+        seed = self.hp.seed * 1_000_003 + epoch * 2 + salt
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
         return int(order[offset])
 
     # ----------------------------------------------------------------- pieces
@@ -347,8 +348,8 @@ class Trainer:
             base=BaseModelInfo(model=self.base, revision=self.resolved.revision,
                                pipeline=_read_index(self.resolved.path).get("_class_name")),
             hyperparameters=self.hp.model_copy(update={"prediction_type": self.prediction_type}),
-            images=self.dataset.source, dataset=self.dataset.records(), skipped=self.dataset.skipped, device=self._device_name(),
-            seed=self.hp.seed, versions=library_versions(),
+            images=self.dataset.source, dataset=self.dataset.records(), skipped=self.dataset.skipped,
+            device=self._device_name(), seed=self.hp.seed, versions=library_versions(),
         )
 
     def _device_name(self) -> str:

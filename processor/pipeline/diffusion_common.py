@@ -98,7 +98,7 @@ def working_size(width: int, height: int, long_side: int) -> tuple[int, int]:
     scale = long_side / max(width, height)
 
     def snap(side: float) -> int:
-        return max(SIZE_MULTIPLE, int(round(side / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+        return max(SIZE_MULTIPLE, round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE)
 
     return snap(width * scale), snap(height * scale)
 

@@ -249,7 +249,7 @@ def support_distance(lab: np.ndarray, band: int, threshold: float) -> np.ndarray
     is not modelled. The surface's colours are not trusted unless at least
     ``SUPPORT_BOTTOM_SHARE`` of the bottom band matches them: a big toy touching both sides and
     the bottom edge must not become "surface"."""
-    h, w = lab.shape[:2]
+    h = lab.shape[0]
     left = np.median(lab[:, :band], axis=1)
     right = np.median(lab[:, -band:], axis=1)
     weight = np.array([LIGHTNESS_WEIGHT, 1.0, 1.0], np.float32)
