@@ -186,6 +186,10 @@ DEFAULT_MIN_COVERAGE = 0.02
 DEFAULT_MAX_COVERAGE = 0.90
 
 
+#: The ONNX segmenter families (``processor.pipeline.onnx_segmenter.FAMILIES``).
+OnnxFamily = Literal["u2net", "isnet", "birefnet"]
+
+
 class OnnxSegmenterSettings(_Section):
     """A salient-object / matting model in ONNX form (``processor.pipeline.onnx_segmenter``).
 
@@ -198,7 +202,7 @@ class OnnxSegmenterSettings(_Section):
     revision: str | None = None
     #: Input size and normalisation: ``u2net`` (rembg u2net/u2netp/silueta, 320 px), ``isnet``
     #: (isnet-general-use, RMBG-1.4-style, 1024 px), ``birefnet`` (1024 px, logits).
-    family: Literal["u2net", "isnet", "birefnet"] = "u2net"
+    family: OnnxFamily = "u2net"
     #: Pixels: the model's square input side (default: the family's).
     input_size: int | None = Field(default=None, ge=32, le=4096)
     #: Saliency (0-1) at or above which a pixel is subject.

@@ -8,16 +8,16 @@ Readers must check ``schema`` and ignore fields they do not know.
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MANIFEST_SCHEMA = "toy-cartoonizer/manifest/v1"
+MANIFEST_SCHEMA: Final = "toy-cartoonizer/manifest/v1"
 #: Bytes: the most of a manifest or failure record anyone reads from the bucket. Ours are a few
 #: KiB (a manifest grows about 1 KiB a variant); a larger object was not written by this
 #: processor and is treated as unreadable, never downloaded whole.
 MAX_RECORD_BYTES = 1024 * 1024
-FAILURE_SCHEMA = "toy-cartoonizer/failure/v1"
+FAILURE_SCHEMA: Final = "toy-cartoonizer/failure/v1"
 
 
 def utcnow() -> datetime:

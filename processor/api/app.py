@@ -191,7 +191,8 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
         out = JobOut(id=state.id, status=state.status, input=state.input_key, submitted_at=state.submitted_at,
                      links=links(base, state.id, state.status))
         if state.progress is not None:
-            out.progress = Progress(**state.progress.to_json())
+            p = state.progress
+            out.progress = Progress(stage=p.stage, round=p.round, rounds=p.rounds, step=p.step, steps=p.steps)
         if state.manifest is not None:
             urls = [(v, file_url(base, state, v.key)) for v in state.manifest.variants]
             out.variants = [VariantOut(url=url, style=v.style, index=v.index, seed=v.seed, width=v.width,
@@ -302,13 +303,13 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
         if wait:
             state = await wait_for_end(job, wait)
             if state.status.ended:
-                body = render(base_url(request), state).model_dump(mode="json")
-                return JSONResponse(body, status_code=200, headers=headers)
+                ended = render(base_url(request), state).model_dump(mode="json")
+                return JSONResponse(ended, status_code=200, headers=headers)
         status = JobStatus.queued
         if not created:  # a repeat: answer with the job as it is now
             status = (await state_of(job)).status
-        body = JobCreated(id=job, status=status, links=links(base_url(request), job, status))
-        return JSONResponse(body.model_dump(mode="json"), status_code=202, headers=headers)
+        accepted = JobCreated(id=job, status=status, links=links(base_url(request), job, status))
+        return JSONResponse(accepted.model_dump(mode="json"), status_code=202, headers=headers)
 
     @app.get("/v1/jobs", response_model=JobList)
     async def list_jobs(request: Request, cursor: str | None = None, limit: int = Query(50, ge=1, le=200),

@@ -26,11 +26,12 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from enum import Enum
+from typing import TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from processor.config import Settings
 from processor.errors import InvalidKey, ObjectNotFound, PreconditionFailed, StoreAccessError, StoreError
@@ -43,6 +44,9 @@ from processor.queue.scan import scan
 from processor.store.base import ObjectInfo, ObjectStore, StoredObject
 
 log = logging.getLogger("processor.api.jobs")
+
+#: A bucket record read back by ``JobQueue._read`` (a manifest or a failure record).
+RecordT = TypeVar("RecordT", bound=BaseModel)
 
 #: File extension of an upload, from its sniffed format (``pipeline.decode.sniff_format``).
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "HEIF": ".heic", "AVIF": ".avif",
@@ -231,17 +235,18 @@ class JobQueue:
         return self._state(job, keys, info)
 
     def _state(self, job: str, keys: ItemKeys, info: ObjectInfo) -> JobState:
-        base = {"id": job, "input_key": keys.input, "etag": info.etag, "submitted_at": info.last_modified}
+        queued = JobState(id=job, input_key=keys.input, etag=info.etag, status=JobStatus.queued,
+                          submitted_at=info.last_modified)
         manifest = self._read(keys.manifest, Manifest)
         if manifest is not None and manifest.source.etag == info.etag:
-            return JobState(status=JobStatus.done, manifest=manifest, **base)
+            return replace(queued, status=JobStatus.done, manifest=manifest)
         failure = self._read(keys.failure, FailureRecord)
         if failure is not None and failure.source.etag == info.etag and failure.final:
-            return JobState(status=JobStatus.failed, failure=failure, **base)
+            return replace(queued, status=JobStatus.failed, failure=failure)
         progress = self._live_claim(keys, info.etag)
         if progress is not None:
-            return JobState(status=JobStatus.running, progress=progress, **base)
-        return JobState(status=JobStatus.queued, **base)
+            return replace(queued, status=JobStatus.running, progress=progress)
+        return queued
 
     def _live_claim(self, keys: ItemKeys, etag: str) -> ClaimProgress | None:
         """The progress in a live claim on this input version (``claimed`` when it has none)."""
@@ -357,7 +362,7 @@ class JobQueue:
         return self.layout.for_input(self.settings.prefixes.inputs + relpath_of(job))
 
 
-    def _read(self, key: str, model: type) -> object | None:
+    def _read(self, key: str, model: type[RecordT]) -> RecordT | None:
         try:
             return model.model_validate_json(self.store.get(key).body)
         except ObjectNotFound:

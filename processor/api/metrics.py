@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -22,8 +23,16 @@ from processor.errors import StoreAccessError, StoreError
 BACKLOG_CACHE_S = 10.0
 
 
+class BacklogSource(Protocol):
+    """What the backlog gauge counts from (``JobQueue.pending``)."""
+
+    def pending(self) -> tuple[int, int]:
+        """(inputs without a result, of them claimed by a worker)."""
+        ...
+
+
 class ApiMetrics:
-    def __init__(self, jobs: object, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, jobs: BacklogSource, clock: Callable[[], float] = time.monotonic) -> None:
         self.jobs = jobs
         self.clock = clock
         self.registry = CollectorRegistry()

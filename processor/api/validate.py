@@ -154,7 +154,9 @@ def host_allowed(host: str, allow: list[str]) -> bool:
 
 
 def default_resolve(host: str) -> list[str]:
-    return sorted({info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)})
+    # An IPv4/IPv6 sockaddr starts with the address as text; the str() only narrows typeshed's
+    # union, which also covers the (int, bytes) sockaddr of a Python built without IPv6.
+    return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)})
 
 
 def check_webhook(url: str, allow: list[str], resolve: Resolver | None = None) -> str:

@@ -14,12 +14,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from processor.errors import ObjectNotFound
-from processor.store.base import ObjectInfo, ObjectStore, StoredObject
+from processor.store.base import Closeable, ObjectInfo, ObjectStore, StoredObject
 
 
-class ReadOnlyFolder:
+class ReadOnlyFolder(Closeable):
     """The list/get half of ``ObjectStore`` over a local folder (keys are paths relative to it;
-    symbolic links and hidden entries are not listed), with no files of its own."""
+    symbolic links and hidden entries are not listed), with no files of its own. It holds no
+    connections, so ``close`` (from ``Closeable``) has nothing to do."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).absolute()

@@ -137,12 +137,11 @@ class Trainer:
         if self.device == "cpu" and precision != "float32":
             raise ConfigError(f"--mixed-precision {precision} needs a CUDA device; the CPU trains in float32")
         weight_dtype = getattr(torch, precision)
-        load = {"use_safetensors": True}
         self.parts = {
             "tokenizer": CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"),
-            "text_encoder": CLIPTextModel.from_pretrained(path, subfolder="text_encoder", **load),
-            "vae": AutoencoderKL.from_pretrained(path, subfolder="vae", **load),
-            "unet": UNet2DConditionModel.from_pretrained(path, subfolder="unet", **load),
+            "text_encoder": CLIPTextModel.from_pretrained(path, subfolder="text_encoder", use_safetensors=True),
+            "vae": AutoencoderKL.from_pretrained(path, subfolder="vae", use_safetensors=True),
+            "unet": UNet2DConditionModel.from_pretrained(path, subfolder="unet", use_safetensors=True),
             "noise": DDPMScheduler.from_pretrained(path, subfolder="scheduler"),
         }
         unet = self.parts["unet"]
@@ -155,8 +154,9 @@ class Trainer:
         self.parts["vae"].eval()
         # peft draws the LoRA A matrices from the global generator: seed it, or two runs differ.
         torch.manual_seed(self.hp.seed)
-        unet.add_adapter(LoraConfig(r=self.hp.rank, lora_alpha=self.hp.alpha, init_lora_weights="gaussian",
-                                    target_modules=self.hp.target_modules))
+        # peft annotates lora_alpha as int, but it only scales by lora_alpha / r: a float is fine.
+        unet.add_adapter(LoraConfig(r=self.hp.rank, lora_alpha=self.hp.alpha,  # type: ignore[arg-type]
+                                    init_lora_weights="gaussian", target_modules=self.hp.target_modules))
         # The LoRA weights train in float32 even when the frozen ones are half precision.
         for param in unet.parameters():
             if param.requires_grad:
@@ -199,7 +199,8 @@ class Trainer:
             record.class_images = self._class_images()
         pixels = [self._pixels(item.image) for item in self.dataset.images]
         class_pixels = [self._pixels(image) for image in self._class_pils]
-        embeds = self._embed({i.caption for i in self.dataset.images} | ({hp.class_prompt} if class_pixels else set()))
+        captions = {i.caption for i in self.dataset.images}
+        embeds = self._embed(captions | ({self._class_prompt()} if class_pixels else set()))
 
         if start == 0:
             record.validation_loss[0] = self.validation_loss(pixels)
@@ -255,7 +256,7 @@ class Trainer:
         if prior:
             images += [class_pixels[self._image_index(step * hp.batch + j, len(class_pixels), salt=1)]
                        for j in range(hp.batch)]
-            captions += [hp.class_prompt] * hp.batch
+            captions += [self._class_prompt()] * hp.batch
         batch = torch.stack(images)
         if hp.random_flip:
             flip = torch.rand(len(images), generator=generator) < 0.5
@@ -410,7 +411,9 @@ class Trainer:
         pipe = cls(vae=self.parts["vae"], text_encoder=self.parts["text_encoder"], tokenizer=self.parts["tokenizer"],
                    unet=self.parts["unet"], scheduler=self.parts["inference"], safety_checker=None,
                    feature_extractor=None, requires_safety_checker=False)
-        pipe.set_progress_bar_config(disable=True)  # the run has its own progress bar / events
+        # The run has its own progress bar / events. (DiffusionPipeline defines the method; mypy
+        # reads diffusers' top-level names as its torch-less placeholder classes, which lack it.)
+        pipe.set_progress_bar_config(disable=True)  # type: ignore[union-attr]
         return pipe
 
     def validation_sheet(self, step: int) -> bytes | None:
@@ -439,6 +442,13 @@ class Trainer:
         finally:
             unet.train()
         return contact_sheet(tiles[0], tiles[1:], height=min(256, self.hp.resolution), labels=labels)
+
+    def _class_prompt(self) -> str:
+        """The prompt prior preservation trains the class images under (the CLI requires one)."""
+        if self.hp.class_prompt is None:
+            raise ConfigError("--prior-images needs --class-prompt, the class your toy belongs to, "
+                              "e.g. 'a photo of a toy'")
+        return self.hp.class_prompt
 
     def _class_images(self) -> list[DatasetImage]:
         """Prior preservation: ``prior_images`` images of ``class_prompt`` drawn by the base model

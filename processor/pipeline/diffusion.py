@@ -207,8 +207,10 @@ class Img2ImgEngine(_DiffusionEngine):
                     context.progress(stage, round=k + 1, rounds=len(style.rounds), step=0, steps=steps)
 
                 def on_step(pipe: Any, step: int, _timestep: Any, kwargs: dict) -> dict:
-                    # Only memory: the claim keeper writes the latest value at its next renewal.
-                    context.progress(stage, round=k + 1, rounds=len(style.rounds), step=step + 1, steps=steps)
+                    # Only memory: the claim keeper writes the latest value at its next renewal. (The
+                    # pipe is given this callback only with a context; the check narrows the closure.)
+                    if context is not None:
+                        context.progress(stage, round=k + 1, rounds=len(style.rounds), step=step + 1, steps=steps)
                     return kwargs
 
                 return self.pipe(

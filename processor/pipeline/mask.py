@@ -44,14 +44,17 @@ import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 from PIL import Image
 
-from processor.config import MaskSettings
+from processor.config import MaskSettings, OnnxSegmenterSettings
 from processor.errors import ConfigError, ModelUnavailableError
+
+if TYPE_CHECKING:  # imported when an ONNX segmenter is configured (it needs onnxruntime)
+    from processor.pipeline.onnx_segmenter import OnnxSegmenter
 
 log = logging.getLogger("processor.mask")
 
@@ -217,7 +220,8 @@ def border_distance(lab: np.ndarray, band: int, rng_seed: int = 0) -> tuple[np.n
     k = min(BORDER_CLUSTERS, len(samples))
     cv2.setRNGSeed(rng_seed)
     criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 0.5)
-    _, labels, centres = cv2.kmeans(samples, k, None, criteria, 2, cv2.KMEANS_PP_CENTERS)
+    # OpenCV allocates the labels when bestLabels is None; its stubs require an array.
+    _, labels, centres = cv2.kmeans(samples, k, None, criteria, 2, cv2.KMEANS_PP_CENTERS)  # type: ignore[call-overload]
     labels = labels.ravel()
     share = np.bincount(labels, minlength=k) / len(samples)
     order = np.argsort(share)[::-1]
@@ -434,7 +438,7 @@ class SubjectMasker:
         self.settings = settings or MaskSettings()
         self.models = models
         self._segmenter: Any = None
-        self._onnx: Any = None
+        self._onnx: OnnxSegmenter | None = None
         self._ready = False
         self.segmentation = Segmentation()
         self._lock = threading.Lock()
@@ -445,7 +449,7 @@ class SubjectMasker:
         """``grabcut``, ``onnx:<model>`` or ``model:<segmenter>`` (after ``setup``)."""
         kind = self.segmentation.kind
         if kind is SegmenterKind.ONNX:
-            return f"onnx:{self.settings.onnx.model}"
+            return f"onnx:{self.segmentation.model}"
         if kind is SegmenterKind.TRANSFORMERS or (self.settings.segmenter and not self._ready):
             return f"model:{self.settings.segmenter}"
         return "grabcut"
@@ -461,7 +465,7 @@ class SubjectMasker:
                                              revision=self.settings.segmenter_revision)
         self._ready = True
 
-    def _setup_onnx(self, onnx: Any) -> None:
+    def _setup_onnx(self, onnx: OnnxSegmenterSettings) -> None:
         from processor.config import ModelSettings
         from processor.models.loader import offline_mode
         from processor.pipeline.onnx_segmenter import OnnxSegmenter, SegmenterUnavailable
@@ -469,7 +473,7 @@ class SubjectMasker:
         offline = self.models.offline if self.models is not None else offline_mode(ModelSettings())
         cache_dir = self.models.cache_dir if self.models is not None else None
         try:
-            self._onnx = OnnxSegmenter.load(onnx, cache_dir=cache_dir, offline=offline)
+            segmenter = OnnxSegmenter.load(onnx, cache_dir=cache_dir, offline=offline)
         except SegmenterUnavailable as exc:
             # Configured but unusable: GrabCut still gives a usable mask; every variant says why.
             log.warning("segmenter_fallback", extra={"model": onnx.model, "reason": str(exc)})
@@ -477,10 +481,11 @@ class SubjectMasker:
                                              revision=onnx.revision, family=onnx.family,
                                              fallback=f"{exc}; GrabCut made the mask")
             return
+        self._onnx = segmenter
         self.segmentation = Segmentation(SegmenterKind.ONNX, model=onnx.model,
-                                         file=None if self._onnx.revision is None else onnx.file,
-                                         revision=self._onnx.revision, sha256=self._onnx.sha256,
-                                         family=onnx.family, provider=self._onnx.provider)
+                                         file=None if segmenter.revision is None else onnx.file,
+                                         revision=segmenter.revision, sha256=segmenter.sha256,
+                                         family=onnx.family, provider=segmenter.provider)
 
     def __call__(self, image: Image.Image) -> SubjectMask:
         key = fingerprint(image)
@@ -500,7 +505,7 @@ class SubjectMasker:
             # At the model's own resolution (1024 px for isnet/BiRefNet), not GrabCut's: the edge
             # keeps the model's detail, while cleaning a 12-megapixel mask would cost seconds.
             detail = fit_work(rgb, max(WORK_SIDE, *self._onnx.size))
-            return self._onnx(detail) >= self.settings.onnx.threshold
+            return self._onnx(detail) >= self._onnx.settings.threshold
         work = fit_work(rgb)
         if self._segmenter is not None:
             return self._segmenter(work)

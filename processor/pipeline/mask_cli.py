@@ -15,11 +15,14 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from processor.config import OnnxFamily
 
 #: RGB of the tint laid over the background in overlays, and its weight (0-1).
 OVERLAY_TINT = (20, 40, 120)
@@ -82,7 +85,7 @@ def iter_photos(paths: Sequence[str]) -> Iterator[tuple[Path, str]]:
             raise ConfigError(f"{arg}: no such file or directory")
 
 
-def build_masker(settings: Any, onnx: str | None, family: str | None) -> Any:
+def build_masker(settings: Any, onnx: str | None, family: OnnxFamily | None) -> Any:
     from processor.config import OnnxSegmenterSettings
     from processor.models.loader import ModelLoader
     from processor.pipeline.mask import SubjectMasker

@@ -193,9 +193,11 @@ class S3Store(Closeable):
         # Keys in the URL never reach botocore, whose errors quote the URL (and which would sign
         # for a host that includes them): they become the client's keys instead.
         endpoint_url, url_keys = split_endpoint(settings.endpoint_url)
-        keys: dict[str, str] = {}
+        # None for both: botocore's own credential chain (environment, profile, instance role).
+        access_key: str | None = None
+        secret_key: str | None = None
         if url_keys is not None:
-            keys = {"aws_access_key_id": url_keys.access_key, "aws_secret_access_key": url_keys.secret_key}
+            access_key, secret_key = url_keys.access_key, url_keys.secret_key
             source = ENDPOINT_CREDENTIAL_SOURCE
         else:
             credentials = session.get_credentials()
@@ -204,7 +206,8 @@ class S3Store(Closeable):
                 source += f" (profile {settings.profile!r}, store.profile)"
         if not settings.bucket:
             raise ConfigError("store.bucket is required for an S3 store")
-        client = session.client("s3", endpoint_url=endpoint_url, config=client_config(settings), **keys)
+        client = session.client("s3", endpoint_url=endpoint_url, config=client_config(settings),
+                                aws_access_key_id=access_key, aws_secret_access_key=secret_key)
         return cls(
             client,
             settings.bucket,
