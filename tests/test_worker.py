@@ -248,3 +248,60 @@ def test_a_fatal_store_error_while_uploading_stops_the_pass_without_hanging(tmp_
     with pytest.raises(StoreAccessError):
         make_worker(store, settings).run_once()
     assert list(store.list(".processor/claims/")) == []  # every claim was released
+
+
+@pytest.mark.timeout(60)
+def test_the_pass_ends_when_the_fetch_stage_gives_up_its_end_marker(tmp_path):
+    """The race behind the hang above, made certain: the upload stage dies while the compute
+    stage is busy and the prefetch queue is full, so the fetch stage gives up offering its end
+    marker (nobody may ever read a full queue again once the pass is aborted). The compute stage
+    must still see the fetch stage has ended instead of waiting on the queue forever."""
+    import threading
+
+    from processor.errors import StoreAccessError
+
+    settings = make_settings(tmp_path, prefetch=1, upload_queue=1)
+    computing_second = threading.Event()
+
+    class RevokedStore(LocalStore):
+        def put(self, key, body, **kw):
+            if key.startswith("outputs/"):
+                # Fail the first upload only once the compute stage holds the second item, with
+                # the third already waiting in the (full) prefetch queue behind it.
+                computing_second.wait(10)
+                raise StoreAccessError("credentials revoked")
+            return super().put(key, body, **kw)
+
+    store = RevokedStore(settings.store.root)
+    for i in range(6):
+        store.put(f"inputs/t{i}.png", photo_bytes(96, 96, fmt="PNG", seed=i))
+    worker = make_worker(store, settings)
+    compute, calls = worker.pipeline.compute, []
+
+    def slow_second_compute(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            computing_second.set()
+            # Stay busy until the fetch stage has ended: with the prefetch queue full and the pass
+            # aborted, it exits without delivering its end marker.
+            for thread in threading.enumerate():
+                if thread.name == "fetch":
+                    thread.join(10)
+        return compute(*args, **kwargs)
+
+    worker.pipeline.compute = slow_second_compute
+    raised: list[BaseException] = []
+
+    def drain() -> None:
+        try:
+            worker.run_once()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            raised.append(exc)
+
+    runner = threading.Thread(target=drain, daemon=True)
+    runner.start()
+    runner.join(30)
+    assert not runner.is_alive(), "run_pass hung waiting for the fetch stage's end marker"
+    assert len(calls) == 2, calls  # the race happened as arranged: the second item was computing
+    assert [type(exc) for exc in raised] == [StoreAccessError]
+    assert list(store.list(".processor/claims/")) == []  # every claim was released

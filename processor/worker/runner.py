@@ -271,15 +271,17 @@ class Worker:
             keeper.start()
         self._fatal = None
         self._abort.clear()
+        #: Set when this thread offers no more jobs to the upload stage.
+        computed = threading.Event()
         fetcher = threading.Thread(target=self._guard, args=(self._fetch_all, items, ready, keeper, result),
                                    name="fetch", daemon=True)
-        uploader = threading.Thread(target=self._guard, args=(self._upload_all, finished, keeper, result),
+        uploader = threading.Thread(target=self._guard, args=(self._upload_all, finished, keeper, result, computed),
                                     name="upload", daemon=True)
         fetcher.start()
         uploader.start()
         try:
             while True:
-                job = ready.get()
+                job = self._take(ready, lambda: not fetcher.is_alive())
                 if job is _END:
                     break
                 if self.stop_event.is_set() or self._fatal:
@@ -292,6 +294,7 @@ class Worker:
             self._abort.set()
             raise
         finally:
+            computed.set()
             self._offer(finished, _END)
             uploader.join()
             fetcher.join()
@@ -328,6 +331,24 @@ class Worker:
                 return
             if job is not _END:
                 self._finish(job, Outcome.RELEASED, keeper, result)
+
+    @staticmethod
+    def _take(q: queue.Queue, producer_done: Callable[[], bool]) -> Any:
+        """The next job on ``q``, or ``_END`` once ``q`` is empty and its producer has finished.
+
+        The end marker alone cannot end a reader's loop: after an abort, ``_offer`` gives up on
+        a full queue, so a producer may finish without delivering it (the reader then waited on
+        ``get`` forever)."""
+        while True:
+            try:
+                return q.get(timeout=QUEUE_POLL_S)
+            except queue.Empty:
+                if producer_done():
+                    # The producer has ended: whatever it put after the timed-out get is there now.
+                    try:
+                        return q.get_nowait()
+                    except queue.Empty:
+                        return _END
 
     def _offer(self, q: queue.Queue, item: object) -> bool:
         """Put ``item`` on a bounded queue unless the pass was aborted (its reader may be gone)."""
@@ -458,9 +479,10 @@ class Worker:
 
     # ----------------------------------------------------------------- stage 3: upload + commit
 
-    def _upload_all(self, finished: queue.Queue, keeper: ClaimKeeper | None, result: PassResult) -> None:
+    def _upload_all(self, finished: queue.Queue, keeper: ClaimKeeper | None, result: PassResult,
+                    computed: threading.Event) -> None:
         while True:
-            job = finished.get()
+            job = self._take(finished, computed.is_set)
             if job is _END:
                 return
             bind_item(job.key)
