@@ -172,8 +172,8 @@ class OnnxSegmenter:
     def preprocess(self, rgb: np.ndarray) -> np.ndarray:
         resized = cv2.resize(rgb, self.size, interpolation=cv2.INTER_LANCZOS4).astype(np.float32)
         resized /= max(float(resized.max()), 1e-6)
-        normalised: np.ndarray = (resized - np.array(self.family.mean, np.float32)) / np.array(self.family.std,
-                                                                                           np.float32)
+        mean, std = np.array(self.family.mean, np.float32), np.array(self.family.std, np.float32)
+        normalised: np.ndarray = (resized - mean) / std
         return np.ascontiguousarray(normalised.transpose(2, 0, 1)[None], dtype=np.float32)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:

@@ -136,7 +136,8 @@ class BucketQueue:
     ``claims`` is None when workers coordinate by static shards: then the conditional commit alone
     decides who publishes. ``worker`` (who writes records) is needed by ``fail`` only; the readers
     (``status``, ``result``, ``find_failures``, ``requeue``) need neither. Every method may raise
-    ``StoreError`` (retries spent) and ``FatalError``; the outcomes of ``commit`` and ``fail`` are ``Outcome`` members.
+    ``StoreError`` (retries spent) and ``FatalError``; the outcomes of ``commit`` and ``fail`` are
+    ``Outcome`` members.
     """
 
     def __init__(
