@@ -21,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
 
-from processor.api.jobs import JobQueue, JobState, NotFailed, UnknownJob
+from processor.api.jobs import MAX_PAGE, JobQueue, JobState, NotFailed, UnknownJob
 from processor.api.problems import Problem
 from processor.api.schemas import JobOut
 from processor.config import Settings
@@ -135,15 +135,16 @@ def add_pages(app: FastAPI, *, settings: Settings, jobs: JobQueue, tokens: Seque
         return RedirectResponse(f"/jobs/{job}", status_code=303)
 
     @app.get("/browse", include_in_schema=False)
-    async def browse(request: Request, cursor: str | None = None) -> Response:
+    async def browse(request: Request, cursor: str | None = None, limit: int = BROWSE_PAGE) -> Response:
         page_auth(request)
+        limit = max(1, min(limit, MAX_PAGE))
         try:
-            found = await run_in_threadpool(jobs.page, cursor, BROWSE_PAGE)
+            found = await run_in_threadpool(jobs.page, cursor, limit)
         except UnknownJob:
             return RedirectResponse("/browse", status_code=303)
         base = base_url(request)
         return page(request, "browse.html", jobs=[render(base, s) for s in found.jobs],
-                    next_cursor=found.next_cursor, first=not cursor)
+                    next_cursor=found.next_cursor, first=not cursor, limit=limit)
 
     @app.get("/login", include_in_schema=False)
     async def login_form(request: Request, next: str | None = None) -> Response:  # noqa: A002 - the query name
