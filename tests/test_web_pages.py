@@ -97,6 +97,7 @@ def images_loaded(pg: object, selector: str) -> list[int]:
 
 def test_login_upload_progress_gallery_and_job_page(service: Service, page: object, shots: Path, tmp_path: Path) -> None:
     pg = page
+    assert f"open {service.url}/" in service.log.read_text()  # the URL a newcomer opens
     # Without the cookie every page sends the browser to the login form; a wrong token stays there.
     pg.goto("/browse")
     assert "/login" in pg.url
