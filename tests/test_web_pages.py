@@ -31,13 +31,33 @@ BROKEN_PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 WAIT_MS = int(JOB_TIMEOUT_S * 1000)
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    tmp = tmp_path_factory.mktemp("web")
-    env = write_env(tmp, {"PROCESSOR_STORE__KIND": "local", "PROCESSOR_STORE__ROOT": str(tmp / "bucket")})
+@pytest.fixture(scope="module", params=["local", "s3"])
+def service(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """On the local store the API streams the files; on SeaweedFS the pages load presigned URLs."""
+    tmp = tmp_path_factory.mktemp(f"web-{request.param}")
+    if request.param == "local":
+        store_env = {"PROCESSOR_STORE__KIND": "local", "PROCESSOR_STORE__ROOT": str(tmp / "bucket")}
+    else:
+        s3 = request.getfixturevalue("s3_server")
+        store_env = {"PROCESSOR_STORE__KIND": "s3", "PROCESSOR_STORE__BUCKET": s3.new_bucket(),
+                     "PROCESSOR_STORE__ENDPOINT_URL": s3.endpoint_url, "PROCESSOR_STORE__REGION": "us-east-1",
+                     "AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key}
+    env = write_env(tmp, store_env)
     with serve(env, tmp) as api, worker(env, tmp) as daemon:
         api.worker = daemon
+        api.s3 = request.getfixturevalue("s3_server") if request.param == "s3" else None
+        api.store = request.param
         yield api
+
+
+def drop_in_bucket(service: Service, key: str, body: bytes) -> None:
+    """Put a photo into the bucket directly, as a user would without the API or the CLI."""
+    if service.s3 is None:
+        path = Path(service.env["PROCESSOR_STORE__ROOT"]) / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+    else:
+        service.s3.client().put_object(Bucket=service.env["PROCESSOR_STORE__BUCKET"], Key=key, Body=body)
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +124,7 @@ def test_login_upload_progress_gallery_and_job_page(service: Service, page: obje
     pg.fill("input[name=token]", "not-the-token")
     pg.click("#login")
     assert "not valid" in pg.inner_text(".error")
-    pg.screenshot(path=str(shots / "01-login-refused.png"), full_page=True)
+    pg.screenshot(path=str(shots / f"{service.store}-01-login-refused.png"), full_page=True)
     log_in(pg, "/")
     (cookie,) = [c for c in pg.context.cookies() if c["name"] == "processor_token"]
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and not cookie["secure"]  # http here
@@ -125,7 +145,7 @@ def test_login_upload_progress_gallery_and_job_page(service: Service, page: obje
         pg.click("#submit")
         pg.wait_for_function("() => document.querySelectorAll('#jobs [data-role=job][data-status=queued]').length == 2",
                              timeout=30_000)
-        pg.screenshot(path=str(shots / "02-queued.png"), full_page=True)
+        pg.screenshot(path=str(shots / f"{service.store}-02-queued.png"), full_page=True)
     finally:
         service.worker.send_signal(signal.SIGCONT)
     pg.wait_for_function("() => document.querySelectorAll('#jobs [data-role=job][data-status=done]').length == 2",
@@ -140,9 +160,11 @@ def test_login_upload_progress_gallery_and_job_page(service: Service, page: obje
     downloads = pg.eval_on_selector_all("#jobs figcaption a[download]", "(a) => a.map((x) => x.getAttribute('download'))")
     assert sorted(downloads) == ["toon-00.png", "toon-00.png", "toon-01.png", "toon-01.png"]
     sheet = pg.get_attribute("#jobs [data-role=sheet]", "href")
+    streamed = sheet.startswith(service.url)  # local store; on S3 a presigned URL of the store
+    assert streamed == (service.s3 is None), sheet
     got = pg.request.get(sheet)  # with the page's cookie: the files go through the API's auth too
     assert got.status == 200 and got.headers["content-type"] == "image/jpeg"
-    pg.screenshot(path=str(shots / "03-gallery.png"), full_page=True)
+    pg.screenshot(path=str(shots / f"{service.store}-03-gallery.png"), full_page=True)
 
     # The job's own page shows its variants as images.
     job = cards[0].get_attribute("data-job")
@@ -151,13 +173,16 @@ def test_login_upload_progress_gallery_and_job_page(service: Service, page: obje
     assert pg.get_attribute("article.single", "data-status") == "done"
     assert pg.inner_text("article.single h1").startswith("inputs/api/")
     assert all(w > 0 for w in images_loaded(pg, "article.single"))
-    pg.screenshot(path=str(shots / "04-job-page.png"), full_page=True)
-    # The same files without the cookie: 401, like every API route.
+    pg.screenshot(path=str(shots / f"{service.store}-04-job-page.png"), full_page=True)
+    # Without the cookie: 401 from the API, like every API route; a presigned URL is its own
+    # short-lived credential (api.url_ttl_s) and carries no bucket key.
     anonymous = pg.context.browser.new_context()
     try:
-        assert anonymous.request.get(sheet).status == 401
+        assert anonymous.request.get(sheet).status == (401 if streamed else 200)
     finally:
         anonymous.close()
+    if not streamed:
+        assert service.env["AWS_SECRET_ACCESS_KEY"] not in pg.content()
 
 
 def test_browse_shows_every_input_and_retries_a_failed_one(service: Service, page: object, shots: Path,
@@ -167,8 +192,7 @@ def test_browse_shows_every_input_and_retries_a_failed_one(service: Service, pag
     bad.write_bytes(BROKEN_PNG)
     subprocess.run([sys.executable, "-m", "processor", "submit", "-q", str(bad)], env=service.env, check=True,
                    capture_output=True)
-    bucket = Path(service.env["PROCESSOR_STORE__ROOT"])
-    (bucket / "inputs" / "dropped-toy.jpg").write_bytes(photo_bytes(150, 110, seed=77))
+    drop_in_bucket(service, "inputs/dropped-toy.jpg", photo_bytes(150, 110, seed=77))
     with service.client() as api:
         listed = {j["input"]: j["id"] for j in api.get("/v1/jobs", params={"limit": 200}).json()["jobs"]}
         bad_id, dropped_id = listed["inputs/broken-toy.png"], listed["inputs/dropped-toy.jpg"]
@@ -185,7 +209,7 @@ def test_browse_shows_every_input_and_retries_a_failed_one(service: Service, pag
     dropped = pg.locator(f"[data-role=row][data-job='{dropped_id}']")
     assert dropped.get_attribute("data-status") == "done"
     assert all(w > 0 for w in images_loaded(pg, f"[data-role=row][data-job='{dropped_id}']"))
-    pg.screenshot(path=str(shots / "05-browse.png"), full_page=True)
+    pg.screenshot(path=str(shots / f"{service.store}-05-browse.png"), full_page=True)
 
     # Paging: two jobs a page, following "Next page" until the last, sees every job once.
     pg.goto("/browse?limit=2")
@@ -212,7 +236,7 @@ def test_browse_shows_every_input_and_retries_a_failed_one(service: Service, pag
     # The job page follows the events and renders the failure again when the job ends.
     pg.wait_for_selector("article.single[data-status=failed] [data-role=failure]", timeout=WAIT_MS)
     assert pg.inner_text("article.single [data-role=hint]") == failure["failure"]["hint"]
-    pg.screenshot(path=str(shots / "06-retried.png"), full_page=True)
+    pg.screenshot(path=str(shots / f"{service.store}-06-retried.png"), full_page=True)
 
 
 def _failures(log: Path, key: str) -> int:
