@@ -96,11 +96,11 @@ def test_a_bad_photo_or_bad_choice_says_what_to_change(space: str, tmp_path: Pat
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
     client = gradio_client.Client(space, verbose=False, download_files=str(tmp_path / "downloads"))
     with pytest.raises(Exception, match="What to change"):
-        client.predict(gradio_client.handle_file(str(broken)), "toon", None, None, api_name="/cartoonize")
+        client.predict(gradio_client.handle_file(str(broken)), "toon", 1, -1, api_name="/cartoonize")
     photo = tmp_path / "ok.jpg"
     photo.write_bytes(photo_bytes(120, 90))
     with pytest.raises(Exception, match="maximum value 8"):  # the form's own bound (MAX_VARIANTS)
-        client.predict(gradio_client.handle_file(str(photo)), "toon", 5000, None, api_name="/cartoonize")
+        client.predict(gradio_client.handle_file(str(photo)), "toon", 5000, -1, api_name="/cartoonize")
 
 
 def _load_app():

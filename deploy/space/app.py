@@ -81,6 +81,10 @@ class Cartoonizer:
         self.pipeline = ItemPipeline(settings, build_registry(settings), captioner=build_captioner(settings))
         self.pipeline.setup()
 
+    def default_variants(self, style: str) -> int:
+        """The style's own variant count, as the form's starting value (within the form's bound)."""
+        return max(1, min(MAX_VARIANTS, int(getattr(self.settings.styles.get(style), "variants", 1) or 1)))
+
     def __call__(self, photo: str | None, style: str, variants: float | None, seed: float | None,
                  report: Callable[..., None] | None = None) -> SpaceResult:
         if not photo:
@@ -91,7 +95,7 @@ class Cartoonizer:
         sidecar: dict[str, Any] = {"styles": [style]}
         if variants:
             sidecar["variants"] = int(variants)
-        if seed is not None and seed != "":
+        if seed is not None and seed >= 0:  # -1 (or none): the style's own seed
             sidecar["seed"] = int(seed)
         try:
             # The form's choices go through the sidecar rules, as a bucket upload's would.
@@ -144,9 +148,9 @@ def build_demo(cartoonizer: Cartoonizer) -> gr.Blocks:
                 photo = gr.File(label="Photo", file_types=["image", ".heic", ".heif"], type="filepath")
                 preview = gr.Image(label="Preview", interactive=False, height=240)
                 style = gr.Dropdown(cartoonizer.styles, value=default, label="Style")
-                variants = gr.Number(value=None, minimum=1, maximum=MAX_VARIANTS, precision=0,
-                                     label="Variants (empty: the style's default)")
-                seed = gr.Number(value=None, minimum=0, precision=0, label="Seed (empty: the style's)")
+                variants = gr.Slider(1, MAX_VARIANTS, step=1, value=cartoonizer.default_variants(default),
+                                     label="Variants")
+                seed = gr.Number(value=-1, minimum=-1, precision=0, label="Seed (-1: the style's own)")
                 go = gr.Button("Cartoonize", variant="primary")
             with gr.Column():
                 gallery = gr.Gallery(label="Variants", columns=3, format="png")
@@ -154,6 +158,7 @@ def build_demo(cartoonizer: Cartoonizer) -> gr.Blocks:
                 files = gr.File(label="PNG files (with their parameters)", file_count="multiple")
                 details = gr.JSON(label="How each variant was made")
         photo.change(_preview, photo, preview)
+        style.change(lambda name: gr.update(value=cartoonizer.default_variants(name)), style, variants)
         go.click(run, [photo, style, variants, seed], [gallery, sheet, files, details], api_name="cartoonize")
     return demo
 
