@@ -32,10 +32,10 @@ for candidate in (HERE, HERE.parent.parent):
         sys.path.insert(0, str(candidate))
         break
 
-from processor.app.cli import build_captioner, build_registry  # noqa: E402 - after the path set-up
-from processor.config import Settings, load_settings  # noqa: E402
-from processor.errors import ItemError  # noqa: E402
-from processor.pipeline.item import ItemPipeline  # noqa: E402
+from processor.app.cli import build_captioner, build_registry
+from processor.config import Settings, load_settings
+from processor.errors import ItemError
+from processor.pipeline.item import ItemPipeline
 
 #: Variants the form allows per request (a Space's GPU is shared by its visitors).
 MAX_VARIANTS = 8
@@ -59,7 +59,7 @@ class ProgressBridge:
     def __init__(self, progress: Callable[..., Any]) -> None:
         self.progress = progress
 
-    def __call__(self, *, stage: str, round: int | None = None, rounds: int | None = None,  # noqa: A002
+    def __call__(self, *, stage: str, round: int | None = None, rounds: int | None = None,
                  step: int | None = None, steps: int | None = None) -> None:
         label = stage.removeprefix("style:")
         if rounds:
@@ -134,7 +134,7 @@ def build_demo(cartoonizer: Cartoonizer) -> gr.Blocks:
     default = cartoonizer.settings.run.styles[0]
 
     def run(photo: str | None, style: str, variants: float | None, seed: float | None,
-            progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
+            progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:  # noqa: B008 - how Gradio passes the bar
         progress(0, desc="starting")
         result = cartoonizer(photo, style, variants, seed, report=ProgressBridge(progress))
         return result.gallery, result.contact_sheet, result.files, result.details
