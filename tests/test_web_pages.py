@@ -166,6 +166,18 @@ def test_login_upload_progress_gallery_and_job_page(service: Service, page: obje
     assert got.status == 200 and got.headers["content-type"] == "image/jpeg"
     pg.screenshot(path=str(shots / f"{service.store}-03-gallery.png"), full_page=True)
 
+    # A file that is no photo is refused before anything is written; its card says why and what to do.
+    fake = tmp_path / "notes.jpg"
+    fake.write_bytes(b"<!doctype html><html>not a photo</html>")
+    pg.set_input_files("#photos", [str(fake)])
+    pg.click("#submit")
+    refused = pg.locator("#jobs [data-role=job][data-status=refused]")
+    refused.wait_for(timeout=30_000)
+    assert "refused (415)" in refused.inner_text()
+    assert "HTML" in refused.locator("[data-role=message]").inner_text()  # the API's detail and hint
+    assert "upload a JPEG, PNG, WebP or HEIC photo" in refused.locator("[data-role=hint]").inner_text()
+    pg.screenshot(path=str(shots / f"{service.store}-03b-refused.png"), full_page=True)
+
     # The job's own page shows its variants as images.
     job = cards[0].get_attribute("data-job")
     pg.click(f"#jobs [data-job='{job}'] [data-role=link]")

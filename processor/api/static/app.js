@@ -114,12 +114,14 @@ function follow(card, eventsUrl, onEnd) {
   };
 }
 
-async function problemText(resp) {
+// The API's problem+json answer (RFC 9457): what was wrong, and what to change.
+async function problemOf(resp) {
   try {
     const body = await resp.json();
-    return [body.detail, body.hint].filter(Boolean).join(" — ");
+    return {message: body.detail || `${resp.status} ${resp.statusText}`,
+            hint: body.hint || "Change what it names and submit again."};
   } catch (_) {
-    return `${resp.status} ${resp.statusText}`;
+    return {message: `${resp.status} ${resp.statusText}`, hint: "Try again in a moment."};
   }
 }
 
@@ -178,8 +180,8 @@ function setupUpload(form) {
       if (resp.status !== 202 && resp.status !== 200) {
         setStatus(card, "refused");
         card.querySelector("[data-role=bar]").remove();
-        const message = await problemText(resp);
-        renderFailure(body, {failure: {error: `refused (${resp.status})`, message, hint: "Change what it names and submit again."}});
+        const problem = await problemOf(resp);
+        renderFailure(body, {failure: {error: `refused (${resp.status})`, ...problem}});
         continue;
       }
       const job = await resp.json();
