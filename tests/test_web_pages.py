@@ -176,6 +176,15 @@ def test_login_upload_progress_gallery_and_job_page(service: Service, page: obje
     assert "refused (415)" in refused.inner_text()
     assert "HTML" in refused.locator("[data-role=message]").inner_text()  # the API's detail and hint
     assert "upload a JPEG, PNG, WebP or HEIC photo" in refused.locator("[data-role=hint]").inner_text()
+    # One past api.max_upload_bytes (4,000,000 here) is refused in the page, before it is sent.
+    big = tmp_path / "huge.jpg"
+    big.write_bytes(photo_bytes(100, 80)[:3] + b"\0" * 4_000_000)
+    with service.client() as api:
+        before = len(api.get("/v1/jobs", params={"limit": 200}).json()["jobs"])
+        pg.set_input_files("#photos", [str(big)])
+        pg.click("#submit")
+        pg.locator("#jobs [data-role=job][data-status=refused]", has_text="too large").wait_for(timeout=10_000)
+        assert len(api.get("/v1/jobs", params={"limit": 200}).json()["jobs"]) == before
     pg.screenshot(path=str(shots / f"{service.store}-03b-refused.png"), full_page=True)
 
     # The job's own page shows its variants as images.

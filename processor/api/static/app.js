@@ -168,6 +168,15 @@ function setupUpload(form) {
       if (variants) data.append("variants", variants);
       if (seed) data.append("seed", seed);
       const body = card.querySelector("[data-role=body]");
+      const maxBytes = Number(form.dataset.maxBytes);
+      if (maxBytes && file.size > maxBytes) {
+        // The server would cut the upload off there (413); say so without sending it.
+        setStatus(card, "refused");
+        card.querySelector("[data-role=bar]").remove();
+        renderFailure(body, {failure: {error: "too large", message: `${file.name} is ${file.size.toLocaleString()} bytes; ` +
+          `this server takes photos up to ${maxBytes.toLocaleString()} bytes`, hint: "Downscale the photo and upload it again."}});
+        continue;
+      }
       let resp;
       try {
         resp = await fetch("/v1/jobs", {method: "POST", body: data, credentials: "same-origin"});
