@@ -135,3 +135,14 @@ def test_the_pipeline_reports_to_the_bar_in_process(tmp_path: Path) -> None:
     reports: list[dict] = []
     result = app.Cartoonizer(settings)(str(photo), "toon", 1, 0, report=lambda **r: reports.append(r))
     assert {"stage": "style:toon"} in reports and len(result.gallery) == 1
+
+
+def test_old_request_folders_are_pruned(tmp_path: Path) -> None:
+    app = _load_app()
+    old, new = tmp_path / "old", tmp_path / "new"
+    for folder in (old, new):
+        folder.mkdir()
+        (folder / "toon-00.png").write_bytes(b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    app._prune(tmp_path, 3600)
+    assert not old.exists() and (new / "toon-00.png").exists()

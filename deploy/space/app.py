@@ -15,8 +15,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,10 @@ from processor.pipeline.item import ItemPipeline
 
 #: Variants the form allows per request (a Space's GPU is shared by its visitors).
 MAX_VARIANTS = 8
+#: Seconds a request's files stay on disk (Gradio serves copies from its cache; see delete_cache).
+FILES_TTL_S = 3600
+#: Where each request's PNG files are written, one folder per request.
+FILES_ROOT = Path(tempfile.gettempdir()) / "toy-cartoonizer"
 
 
 @dataclass(frozen=True)
@@ -105,7 +111,9 @@ class Cartoonizer:
             encoded = self.pipeline.encode(prepared, rendered)
         except ItemError as exc:
             raise gr.Error(f"{exc} What to change: {exc.hint}") from None
-        folder = Path(tempfile.mkdtemp(prefix="cartoonizer-"))
+        _prune(FILES_ROOT, FILES_TTL_S)
+        FILES_ROOT.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(dir=FILES_ROOT))
         files, sheet = [], None
         for f in encoded.files:
             (folder / f.name).write_bytes(f.body)
@@ -116,6 +124,19 @@ class Cartoonizer:
         details = {"variants": [v.model_dump(mode="json", exclude_none=True) for v in encoded.variants],
                    "caption": rendered.caption.model_dump(mode="json") if rendered.caption else None}
         return SpaceResult(gallery=gallery, contact_sheet=sheet, files=files, details=details)
+
+
+def _prune(root: Path, ttl_s: float) -> None:
+    """Remove the folders of requests older than ``ttl_s``, so a long-running Space's disk stays flat."""
+    if not root.is_dir():
+        return
+    cutoff = time.time() - ttl_s
+    for folder in root.iterdir():
+        try:
+            if folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+        except FileNotFoundError:
+            pass  # another request pruned it meanwhile
 
 
 def _preview(photo: str | None) -> Image.Image | None:
@@ -139,7 +160,8 @@ def build_demo(cartoonizer: Cartoonizer) -> gr.Blocks:
         result = cartoonizer(photo, style, variants, seed, report=ProgressBridge(progress))
         return result.gallery, result.contact_sheet, result.files, result.details
 
-    with gr.Blocks(title="Toy cartoonizer") as demo:
+    # delete_cache: Gradio's copies of uploads and results, removed after FILES_TTL_S as well.
+    with gr.Blocks(title="Toy cartoonizer", delete_cache=(FILES_TTL_S, FILES_TTL_S)) as demo:
         gr.Markdown("# Toy cartoonizer\nUpload a photo of a toy, pick a style, and get cartoon versions of it.")
         with gr.Row():
             with gr.Column():
@@ -165,9 +187,11 @@ def build_demo(cartoonizer: Cartoonizer) -> gr.Blocks:
 
 def main() -> None:
     config = os.environ.get("PROCESSOR_CONFIG") or str(HERE / "config.yaml")
-    demo = build_demo(Cartoonizer(load_settings(config)))
+    settings = load_settings(config)
+    demo = build_demo(Cartoonizer(settings))
     # One request at a time on the GPU; the others wait in Gradio's queue with their position shown.
-    demo.queue(default_concurrency_limit=1).launch()
+    # Uploads past the decoder's byte limit are refused by Gradio before they reach the pipeline.
+    demo.queue(default_concurrency_limit=1).launch(max_file_size=settings.pipeline.decode.max_bytes)
 
 
 if __name__ == "__main__":
