@@ -34,3 +34,18 @@ def test_a_toon_only_run_sets_up_without_torch(tmp_path) -> None:
         "print(detect_device(settings, ['toon']), 'torch' in sys.modules)\n"
     )
     assert run_python(code) == "cpu False"
+
+
+def test_only_the_space_app_imports_gradio() -> None:
+    """gradio is the optional space extra: the processor package (serve included) runs without it."""
+    code = ("import sys\nimport processor.api.app, processor.api.pages, processor.app.cli\n"
+            "print(sorted(k for k in sys.modules if k.split('.')[0] in ('gradio', 'gradio_client')))")
+    assert run_python(code) == "[]"
+    import ast
+    from pathlib import Path
+
+    for path in Path(__file__).resolve().parent.parent.joinpath("processor").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.split(".")[0] in ("gradio", "gradio_client") for n in names), path

@@ -35,6 +35,7 @@ from processor.api.jobs import (
     UnknownJob,
 )
 from processor.api.metrics import ApiMetrics
+from processor.api.pages import COOKIE, SAFE_METHODS, add_pages, same_origin
 from processor.api.problems import MEDIA_TYPE, Problem
 from processor.api.schemas import (
     DirectRequest,
@@ -142,9 +143,18 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
             return ""
         header = request.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")
+        if not header and request.cookies.get(COOKIE):
+            # The web pages' login cookie (SameSite=Strict). A state-changing request must also
+            # come from our own pages (its Origin), so no other site can post on a user's behalf.
+            if request.method not in SAFE_METHODS and not same_origin(request, api.public_url):
+                raise Problem(403, "a state-changing request with the login cookie came from another origin",
+                              field="Origin", hint="Use the pages of this server, or send the token as "
+                              "'Authorization: Bearer <token>' instead of the cookie.")
+            scheme, given = "bearer", request.cookies[COOKIE]
         if scheme.lower() != "bearer" or not given.strip():
             raise Problem(401, "no bearer token", field="Authorization",
-                          hint="Send 'Authorization: Bearer <token>' with a token from the operator.",
+                          hint="Send 'Authorization: Bearer <token>' with a token from the operator "
+                          "(or log in at /login in a browser).",
                           headers={"WWW-Authenticate": 'Bearer realm="toy-cartoonizer"'})
         candidate = given.strip().encode()
         # Compare against every key, without stopping at a match, so timing says nothing.
@@ -427,6 +437,8 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
             images.append(base64.b64encode(data).decode())
         return DirectResponse(generated_images=images)
 
+    add_pages(app, settings=settings, jobs=jobs, tokens=tokens, authorize=authorize, render=render,
+              base_url=base_url)
     return app
 
 

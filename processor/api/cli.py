@@ -68,6 +68,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     log.info("api_start", extra={"url": url, "store": store.description,
                                  "webhooks": app.state.webhooks is not None})
     print(f"serving {url} over {store.description}", file=sys.stderr, flush=True)
+    # The web page: what a newcomer opens (0.0.0.0 listens everywhere; this machine is 127.0.0.1).
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::") else shown
+    print(f"open http://{shown_host}:{bound}/", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on",
                             timeout_graceful_shutdown=10)
     uvicorn.Server(config).run(sockets=[sock])

@@ -1,0 +1,219 @@
+// The pages' behaviour: upload (drag and drop), follow each job's event stream, show its variants.
+// Every request goes to this server's own API with the login cookie (same origin); no token is
+// ever read or written here (the cookie is HttpOnly).
+"use strict";
+
+function el(tag, attrs, text) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function progressText(p) {
+  if (!p) return "";
+  let text = p.stage;
+  if (p.rounds) text += ` · round ${p.round} of ${p.rounds}`;
+  if (p.steps) text += ` · step ${p.step} of ${p.steps}`;
+  return text;
+}
+
+function setProgress(card, p) {
+  const bar = card.querySelector("[data-role=bar]");
+  const label = card.querySelector("[data-role=progress]");
+  if (label) label.textContent = progressText(p);
+  if (bar && p && p.rounds) {
+    // Round k of N, and the step inside it: one bar over the whole style.
+    const within = p.steps ? (p.step || 0) / p.steps : 0;
+    bar.max = p.rounds;
+    bar.value = Math.min(p.rounds, (p.round - 1) + within);
+  }
+}
+
+function setStatus(card, status) {
+  const badge = card.querySelector("[data-role=status]");
+  badge.textContent = status;
+  badge.className = "badge status-" + status;
+  card.dataset.status = status;
+}
+
+function renderGallery(body, job) {
+  body.replaceChildren();
+  const gallery = el("div", {class: "gallery", "data-role": "gallery"});
+  for (const v of job.variants) {
+    const fig = el("figure");
+    const link = el("a", {href: v.url});
+    link.append(el("img", {src: v.url, alt: `${v.style} variant ${v.index}`, width: v.width, height: v.height}));
+    const cap = el("figcaption", {}, `${v.style} #${v.index} · seed ${v.seed} · ${v.width}×${v.height} `);
+    const name = `${v.style}-${String(v.index).padStart(2, "0")}.png`;
+    cap.append(el("a", {class: "button", href: v.url, download: name}, "Download"));
+    fig.append(link, cap);
+    gallery.append(fig);
+  }
+  body.append(gallery);
+  if (job.contact_sheet) {
+    const p = el("p", {class: "sheet"});
+    p.append(el("a", {class: "button", href: job.contact_sheet, download: "contact-sheet.jpg", "data-role": "sheet"},
+                "Contact sheet"));
+    body.append(p);
+  }
+}
+
+function renderFailure(body, job) {
+  body.replaceChildren();
+  const f = job.failure || {error: "failed", message: job.detail || "the job failed", hint: ""};
+  const box = el("div", {class: "failure", "data-role": "failure"});
+  const first = el("p");
+  first.append(el("strong", {}, f.error), ": ", el("span", {"data-role": "message"}, f.message));
+  const hint = el("p", {class: "hint"}, "What to change: ");
+  hint.append(el("span", {"data-role": "hint"}, f.hint));
+  box.append(first, hint);
+  body.append(box);
+  if (job.id) {
+    const form = el("form", {method: "post", action: `/jobs/${job.id}/retry`, class: "inline"});
+    form.append(el("button", {type: "submit", "data-role": "retry"}, "Retry"));
+    body.append(form);
+  }
+}
+
+// Follow one job's server-sent events until it ends; onEnd gets the final job.
+function follow(card, eventsUrl, onEnd) {
+  const seen = [];
+  const source = new EventSource(eventsUrl);  // same origin: the cookie goes with it
+  const note = (kind) => { seen.push(kind); card.dataset.events = seen.join(" "); };
+  source.addEventListener("status", (e) => {
+    note("status");
+    const job = JSON.parse(e.data);
+    setStatus(card, job.status);
+    if (job.progress) setProgress(card, job.progress);
+  });
+  source.addEventListener("progress", (e) => {
+    note("progress");
+    setStatus(card, "running");
+    setProgress(card, JSON.parse(e.data));
+  });
+  for (const kind of ["done", "failed"]) {
+    source.addEventListener(kind, (e) => {
+      note(kind);
+      source.close();
+      const job = JSON.parse(e.data);
+      setStatus(card, kind);
+      const bar = card.querySelector("[data-role=bar]");
+      if (bar) bar.remove();
+      const label = card.querySelector("[data-role=progress]");
+      if (label) label.textContent = "";
+      onEnd(job);
+    });
+  }
+  source.onerror = () => {
+    // The browser reconnects by itself; say so instead of freezing silently.
+    if (source.readyState === EventSource.CONNECTING) {
+      const label = card.querySelector("[data-role=progress]");
+      if (label) label.textContent = "connection lost, reconnecting…";
+    }
+  };
+}
+
+// The API's problem+json answer (RFC 9457): what was wrong, and what to change.
+async function problemOf(resp) {
+  try {
+    const body = await resp.json();
+    return {message: body.detail || `${resp.status} ${resp.statusText}`,
+            hint: body.hint || "Change what it names and submit again."};
+  } catch (_) {
+    return {message: `${resp.status} ${resp.statusText}`, hint: "Try again in a moment."};
+  }
+}
+
+function setupUpload(form) {
+  const input = form.querySelector("#photos");
+  const drop = form.querySelector("#drop");
+  const chosen = form.querySelector("#chosen");
+  const error = form.querySelector("#upload-error");
+  const jobs = document.getElementById("jobs");
+  const template = document.getElementById("job-card");
+  let files = [];
+  const pick = (list) => {
+    files = Array.from(list).filter((f) => f.type.startsWith("image/") || f.type === "");
+    chosen.textContent = files.length ? files.map((f) => f.name).join(", ") : "";
+  };
+  input.addEventListener("change", () => pick(input.files));
+  for (const kind of ["dragenter", "dragover"]) {
+    drop.addEventListener(kind, (e) => { e.preventDefault(); drop.classList.add("over"); });
+  }
+  for (const kind of ["dragleave", "drop"]) {
+    drop.addEventListener(kind, (e) => { e.preventDefault(); drop.classList.remove("over"); });
+  }
+  drop.addEventListener("drop", (e) => pick(e.dataTransfer.files));
+
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    error.hidden = true;
+    if (!files.length) {
+      error.textContent = "Pick or drop at least one photo first.";
+      error.hidden = false;
+      return;
+    }
+    const styles = Array.from(form.querySelectorAll("input[name=styles]:checked")).map((c) => c.value);
+    const variants = form.querySelector("input[name=variants]").value;
+    const seed = form.querySelector("input[name=seed]").value;
+    for (const file of files) {
+      const card = template.content.firstElementChild.cloneNode(true);
+      const link = card.querySelector("[data-role=link]");
+      link.textContent = file.name;
+      jobs.prepend(card);
+      const data = new FormData();
+      data.append("image", file, file.name);
+      for (const s of styles) data.append("styles", s);
+      if (variants) data.append("variants", variants);
+      if (seed) data.append("seed", seed);
+      const body = card.querySelector("[data-role=body]");
+      const maxBytes = Number(form.dataset.maxBytes);
+      if (maxBytes && file.size > maxBytes) {
+        // The server would cut the upload off there (413); say so without sending it.
+        setStatus(card, "refused");
+        card.querySelector("[data-role=bar]").remove();
+        renderFailure(body, {failure: {error: "too large", message: `${file.name} is ${file.size.toLocaleString()} bytes; ` +
+          `this server takes photos up to ${maxBytes.toLocaleString()} bytes`, hint: "Downscale the photo and upload it again."}});
+        continue;
+      }
+      let resp;
+      try {
+        resp = await fetch("/v1/jobs", {method: "POST", body: data, credentials: "same-origin"});
+      } catch (err) {
+        setStatus(card, "failed");
+        renderFailure(body, {failure: {error: "upload", message: String(err), hint: "Check the connection and try again."}});
+        continue;
+      }
+      if (resp.status === 401) { location.href = "/login?next=/"; return; }
+      if (resp.status !== 202 && resp.status !== 200) {
+        setStatus(card, "refused");
+        card.querySelector("[data-role=bar]").remove();
+        const problem = await problemOf(resp);
+        renderFailure(body, {failure: {error: `refused (${resp.status})`, ...problem}});
+        continue;
+      }
+      const job = await resp.json();
+      card.dataset.job = job.id;
+      link.href = `/jobs/${job.id}`;
+      setStatus(card, job.status);
+      follow(card, job.links.events, (done) => {
+        if (done.status === "done") renderGallery(body, done);
+        else renderFailure(body, done);
+      });
+    }
+    files = [];
+    input.value = "";
+    chosen.textContent = "";
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const form = document.getElementById("upload");
+  if (form) setupUpload(form);
+  const single = document.querySelector("article.job.single");
+  if (single && !["done", "failed"].includes(single.dataset.status)) {
+    // The server rendered the job as it was; when it ends, render it again (its gallery or failure).
+    follow(single, single.dataset.events, () => location.reload());
+  }
+});
