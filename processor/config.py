@@ -322,6 +322,39 @@ class LoraSettings(_Section):
     weight_name: str | None = None
 
 
+#: Control image types a style can ask for (``styles.<name>.control[].type``).
+ControlType = Literal["canny"]
+#: Canny hysteresis thresholds (OpenCV, 0-255 gradient units): the common ControlNet defaults.
+DEFAULT_CANNY_LOW = 100
+DEFAULT_CANNY_HIGH = 200
+
+
+class ControlSettings(_Section):
+    """``styles.<name>.control``: a ControlNet that holds the variant to a map made from the input
+    photo (canny: OpenCV edges, no weights), so high strengths restyle the toy without losing its
+    shape."""
+
+    type: ControlType = "canny"
+    #: The ControlNet: hub id (``lllyasviel/sd-controlnet-canny``) or a local folder (config.json
+    #: and diffusion_pytorch_model.safetensors), matching the style model's family (SD 1.x / SDXL).
+    model: str
+    #: A hub commit / tag / branch to pin (recommended: a commit hash).
+    revision: str | None = None
+    #: How strongly the map steers the UNet (controlnet_conditioning_scale; 0 = off).
+    scale: float = Field(default=1.0, ge=0, le=2)
+    #: 0-1: the fraction of the denoising steps the map steers (later steps run free, for detail).
+    guidance_end: float = Field(default=1.0, gt=0, le=1)
+    #: Canny thresholds (0-255): edges below ``low`` are dropped, above ``high`` always kept.
+    low: int = Field(default=DEFAULT_CANNY_LOW, ge=0, le=255)
+    high: int = Field(default=DEFAULT_CANNY_HIGH, ge=1, le=255)
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> ControlSettings:
+        if self.low >= self.high:
+            raise ValueError(f"low {self.low} must be below high {self.high} (canny thresholds, 0-255)")
+        return self
+
+
 class BackgroundSettings(_Section):
     """``styles.<name>.background``: what happens behind the subject after the style's transform.
 
@@ -395,7 +428,14 @@ class Img2ImgStyle(_Section):
     #: (512 for SD 1.x, 768 for SD 2.x-v, 1024 for SDXL).
     size: int | None = Field(default=None, ge=64, le=4096)
     lora: LoraSettings | None = None
+    #: ControlNets that keep the input's structure (one mapping, or a list for several).
+    control: list[ControlSettings] = Field(default_factory=list)
     background: BackgroundSettings = BackgroundSettings()
+
+    @field_validator("control", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _every_round_denoises(self) -> Img2ImgStyle:

@@ -502,6 +502,11 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
         lora = getattr(style, "lora", None)
         if lora is not None and not is_local(lora.path) and not is_bucket(lora.path):
             print(f"lora {lora.path}: {loader.resolve_lora(lora)}")
+    from processor.models.loader import configured_controlnets
+
+    for model, revision in configured_controlnets(settings.styles):
+        print(f"controlnet {model}{'@' + revision if revision else ''}: "
+              f"{loader.resolve_controlnet(model, revision, download=True).path}")
     from processor.pipeline.mask import pull_segmenter
 
     segmenter = pull_segmenter(settings.pipeline.mask, loader.cache_dir)

@@ -178,6 +178,41 @@ def tiny_lora(tiny_sd, tmp_path_factory) -> Path:
     return path
 
 
+#: The ControlNet layers diffusers zero-initialises (its output convolutions).
+ZERO_INIT_CONTROLNET = ("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")
+
+
+def build_controlnet(path: Path, unet_folder: Path, *, seed: int = 2) -> Path:
+    """A tiny ControlNet for the UNet in ``unet_folder`` (``ControlNetModel.from_unet``: its
+    encoder copied, a conditioning embedding added). diffusers zero-initialises the output
+    convolutions, which would make any ControlNet a no-op; they get random weights here so a test
+    can tell a steered variant from a free one."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(unet_folder, use_safetensors=True)
+    # Four embedding widths: three stride-2 convolutions, the 8x of the VAE, as the real ones.
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if name.startswith(ZERO_INIT_CONTROLNET):
+                param.normal_(0.0, 0.2)
+    net.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet(tiny_sd, tmp_path_factory) -> Path:
+    return build_controlnet(tmp_path_factory.mktemp("models") / "tiny-controlnet", tiny_sd / "unet")
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet_b(tiny_sd, tmp_path_factory) -> Path:
+    """A second ControlNet (other random weights), for styles with several."""
+    return build_controlnet(tmp_path_factory.mktemp("models") / "tiny-controlnet-b", tiny_sd / "unet", seed=3)
+
+
 def build_inpaint(path: Path) -> Path:
     """A tiny Stable Diffusion inpainting pipeline: a 9-channel UNet (4 noisy latents + 1 mask + 4
     masked-image latents), the same VAE, text encoder and tokenizer as ``build_sd``."""
