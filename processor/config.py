@@ -262,6 +262,9 @@ class PipelineSettings(_Section):
     png_compress_level: int = Field(default=DEFAULT_PNG_COMPRESS_LEVEL, ge=0, le=9)
     #: The subject mask for styles with a ``background`` (computed once per input).
     mask: MaskSettings = MaskSettings()
+    #: Score every variant by the photo's edges it kept inside the subject mask (weight-free,
+    #: ``processor.pipeline.structure``; the mask is computed once per input on the CPU).
+    structure_score: bool = True
 
 
 class ToonStyle(_Section):
@@ -548,6 +551,9 @@ def _default_styles() -> dict[str, Any]:
 class RunSettings(_Section):
     #: Styles every input gets (names under ``styles``).
     styles: list[str] = ["toon"]
+    #: Order of each style's variants in the manifest and on the contact sheet: ``none`` (by
+    #: index) or ``structure`` (best structure score first; needs pipeline.structure_score).
+    order_variants_by: Literal["none", "structure"] = "none"
     #: Seconds between scans while the daemon has work.
     poll_interval_s: float = Field(default=10.0, gt=0)
     #: Seconds: the longest wait between scans while idle (doubles from poll_interval_s).
@@ -813,6 +819,9 @@ class Settings(BaseSettings):
             raise ValueError(f"run.styles {problem}")
         if self.api.direct_style is not None and self.api.direct_style not in self.styles:
             raise ValueError(f"api.direct_style {self.api.direct_style!r} is not defined under styles")
+        if self.run.order_variants_by == "structure" and not self.pipeline.structure_score:
+            raise ValueError("run.order_variants_by: structure needs pipeline.structure_score: true "
+                             "(or set order_variants_by: none)")
         return self
 
     @classmethod

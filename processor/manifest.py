@@ -107,6 +107,21 @@ class Control(_Model):
     settings: dict[str, Any] = Field(default_factory=dict)
 
 
+class Structure(_Model):
+    """How much of the photo's structure a variant kept (``processor.pipeline.structure``): Canny
+    edge agreement within ``tolerance_px``, inside the subject mask."""
+
+    #: 0-1: harmonic mean of precision and recall (1: every outline kept where it was).
+    f1: float
+    #: Share of the variant's edges near an edge of the photo.
+    precision: float
+    #: Share of the photo's edges the variant kept.
+    recall: float
+    #: ``subject`` (inside the subject mask) or ``image`` (no usable mask: the whole picture).
+    region: Literal["subject", "image"]
+    tolerance_px: int
+
+
 class Variant(_Model):
     """One output image of one style, with how it was made and the hash of its bytes."""
 
@@ -124,6 +139,8 @@ class Variant(_Model):
     background: Background | None = None
     #: The ControlNets that steered this variant, in config order (empty: none).
     control: list[Control] = Field(default_factory=list)
+    #: Structure kept from the photo (``pipeline.structure_score``); None when not scored.
+    structure: Structure | None = None
 
 
 class WorkerInfo(_Model):

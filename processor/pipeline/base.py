@@ -63,6 +63,8 @@ class VariantImage:
     mask: Any = None
     #: The ControlNets that steered this variant (``styles.<name>.control``), in config order.
     control: list[ControlUse] = field(default_factory=list)
+    #: Edge agreement with the photo (``processor.pipeline.structure.StructureScore``), set before encoding.
+    structure: Any = None
 
 
 @dataclass

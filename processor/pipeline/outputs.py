@@ -12,12 +12,12 @@ import io
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from PIL import Image
 
 from processor.config import DEFAULT_CONTACT_SHEET_MAX_PIXELS
-from processor.manifest import Background, Control, Variant
+from processor.manifest import Background, Control, Structure, Variant
 from processor.pipeline.base import VariantImage
 from processor.pipeline.encode import PNG_COMPRESS_LEVEL, contact_sheet, encode_png, sha256_hex
 from processor.queue.keys import CONTACT_SHEET_NAME, MASK_NAME, safe_segment
@@ -95,11 +95,12 @@ def encode_outputs(
                 control=[Control(type=c.type, model=c.model, revision=c.revision, scale=c.scale,
                                  guidance_end=c.guidance_end, settings=dict(c.settings),
                                  image=output_prefix + control_files[id(c.image)].name) for c in v.control],
+                structure=Structure.model_validate(asdict(v.structure)) if v.structure is not None else None,
             )
         )
     sheet_name = None
     if sheet_height and variants:
-        labels = ["original"] + (["mask"] if mask is not None else []) + [f"{v.style} #{v.index}" for v in variants]
+        labels = ["original"] + (["mask"] if mask is not None else []) + [_tile_label(v) for v in variants]
         tiles = ([mask.image().convert("RGB")] if mask is not None else []) + [v.image for v in variants]
         sheet = contact_sheet(original, tiles, height=sheet_height, labels=labels, max_pixels=sheet_max_pixels)
         files.append(OutputFile(CONTACT_SHEET_NAME, sheet, "image/jpeg"))
@@ -173,3 +174,9 @@ def _control_text(variant: VariantImage) -> dict[str, object]:
         return {}
     return {"controlnet": "; ".join(f"{c.type} {c.model} scale {c.scale} end {c.guidance_end}"
                                     for c in variant.control)}
+
+
+def _tile_label(variant: VariantImage) -> str:
+    """``<style> #<index>``, and its structure score when it has one (``s0.62``)."""
+    label = f"{variant.style} #{variant.index}"
+    return label if variant.structure is None else f"{label} s{variant.structure.f1:.2f}"
