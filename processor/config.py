@@ -302,7 +302,7 @@ class ToonStyle(_Section):
 
 
 #: Schedulers a diffusion style can name (``processor.pipeline.diffusion.SCHEDULERS`` maps them).
-SchedulerName = Literal["dpmpp-2m-karras", "dpmpp-2m", "euler-a", "euler", "ddim", "unipc", "pndm"]
+SchedulerName = Literal["dpmpp-2m-karras", "dpmpp-2m", "euler-a", "euler", "ddim", "unipc", "pndm", "lcm"]
 
 
 class DiffusionRound(_Section):
@@ -323,6 +323,24 @@ class LoraSettings(_Section):
     scale: float = 1.0
     #: The file inside a folder / hub repo, when it holds more than one.
     weight_name: str | None = None
+
+
+#: CFG scale above which an LCM-distilled UNet over-saturates (LCM-LoRA is trained for 1-2).
+MAX_LCM_GUIDANCE = 3.0
+
+
+class LcmSettings(_Section):
+    """``styles.<name>.lcm``: a latent-consistency LoRA (``latent-consistency/lcm-lora-sdv1-5``
+    for SD 1.x models, ``-sdxl`` for SDXL) that makes the style's model denoise in 2-8 steps. It
+    switches the scheduler to LCM (``scheduler: lcm``); rounds then take guidance 1-2 (at most
+    1 turns classifier-free guidance off: one UNet evaluation per step instead of two)."""
+
+    #: A local .safetensors file or folder, or a hub id (safetensors only), as ``lora.path``.
+    lora: str
+    #: The file inside a folder / hub repo, when it holds more than one.
+    weight_name: str | None = None
+    #: Adapter weight (1 = as trained).
+    scale: float = 1.0
 
 
 #: Control image types a style can ask for (``styles.<name>.control[].type``).
@@ -433,6 +451,8 @@ class Img2ImgStyle(_Section):
     lora: LoraSettings | None = None
     #: ControlNets that keep the input's structure (one mapping, or a list for several).
     control: list[ControlSettings] = Field(default_factory=list)
+    #: Few-step sampling with an LCM-LoRA (sets ``scheduler: lcm``).
+    lcm: LcmSettings | None = None
     background: BackgroundSettings = BackgroundSettings()
 
     @field_validator("control", mode="before")
@@ -450,6 +470,17 @@ class Img2ImgStyle(_Section):
                 )
         if self.size is not None and self.size % 8:
             raise ValueError(f"size {self.size} must be a multiple of 8")
+        return self
+
+    @model_validator(mode="after")
+    def _lcm_sampling(self) -> Img2ImgStyle:
+        if self.lcm is None:
+            return self
+        self.scheduler = "lcm"  # the LoRA is distilled for the LCM sampler; any other gives noise
+        for i, r in enumerate(self.rounds):
+            if r.guidance > MAX_LCM_GUIDANCE:
+                raise ValueError(f"rounds[{i}]: guidance {r.guidance} is too high for lcm (trained for 1-2; "
+                                 f"at most {MAX_LCM_GUIDANCE}); lower it, or drop lcm")
         return self
 
     @model_validator(mode="after")

@@ -475,6 +475,7 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
     """Fetch every configured diffusion model (and hub LoRA) into the cache, safetensors only."""
+    from processor.config import LoraSettings
     from processor.models.loader import ModelLoader, configured_models, is_bucket, is_local
 
     loader = ModelLoader(settings.models)
@@ -502,6 +503,10 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
         lora = getattr(style, "lora", None)
         if lora is not None and not is_local(lora.path) and not is_bucket(lora.path):
             print(f"lora {lora.path}: {loader.resolve_lora(lora)}")
+        lcm = getattr(style, "lcm", None)
+        if lcm is not None and not is_local(lcm.lora) and not is_bucket(lcm.lora):
+            lcm_lora = LoraSettings(path=lcm.lora, weight_name=lcm.weight_name)
+            print(f"lcm lora {lcm.lora}: {loader.resolve_lora(lcm_lora)}")
     from processor.models.loader import configured_controlnets
 
     for model, revision in configured_controlnets(settings.styles):

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from processor.config import Img2ImgStyle, InstructPix2PixStyle
+from processor.config import Img2ImgStyle, InstructPix2PixStyle, LoraSettings
 from processor.models import accel
 from processor.models.loader import ModelLoader, ResolvedModel
 from processor.pipeline.base import ControlUse, ItemContext, VariantImage
@@ -72,6 +72,8 @@ class _DiffusionEngine:
         self.pipe: Any = None
         self.resolved: ResolvedModel | None = None
         self.adapter: str | None = None
+        #: The LCM-LoRA's adapter name (``style.lcm``), active beside ``adapter``.
+        self.lcm_adapter: str | None = None
         #: Variants per pipeline call; shrinks after a CUDA out-of-memory error.
         self.batch_limit = style.variants
         #: Performance switches active on the shared modules (``processor.models.accel``), recorded per variant.
@@ -93,6 +95,11 @@ class _DiffusionEngine:
         lora = getattr(self.style, "lora", None)
         if lora is not None:
             self.adapter = self.models.lora_adapter(pipe, self.style.model, self.style.revision, lora)
+        lcm = getattr(self.style, "lcm", None)
+        if lcm is not None:
+            self.lcm_adapter = self.models.lora_adapter(
+                pipe, self.style.model, self.style.revision,
+                LoraSettings(path=lcm.lora, weight_name=lcm.weight_name, scale=lcm.scale))
         self.switches = self.models.switches(self.style.model, self.style.revision)
         # A compiled UNet compiles on its first call: do it now, on one blank image at the native
         # size (the shapes of a square input), rather than on the first user's input. Once per
@@ -144,9 +151,12 @@ class _DiffusionEngine:
 
     def _activate_lora(self) -> None:
         """The UNet is shared between styles: switch this style's adapter on, or every adapter off."""
-        if self.adapter:
+        names = [n for n in (self.adapter, self.lcm_adapter) if n]
+        if names:
+            weights = ([self.style.lora.scale] if self.adapter else []) + ([self.style.lcm.scale] if self.lcm_adapter
+                                                                           else [])
             self.pipe.enable_lora()
-            self.pipe.set_adapters([self.adapter], adapter_weights=[self.style.lora.scale])
+            self.pipe.set_adapters(names, adapter_weights=weights)
         elif self.models.has_adapters(self.style.model, self.style.revision):
             self.pipe.disable_lora()
 
@@ -312,6 +322,8 @@ class Img2ImgEngine(_DiffusionEngine):
             }
             if style.lora is not None:
                 params["lora"] = {"path": style.lora.path, "scale": style.lora.scale}
+            if style.lcm is not None:
+                params["lcm"] = {"lora": style.lcm.lora, "scale": style.lcm.scale}
             results.append(VariantImage(style=self.style_name, engine=self.engine, index=i, seed=seeds[i],
                                         image=picture, parameters=params, control=list(controls)))
         return results

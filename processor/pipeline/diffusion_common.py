@@ -71,6 +71,8 @@ def _scheduler_classes() -> dict[str, tuple[str, dict[str, Any]]]:
         "ddim": ("DDIMScheduler", {}),
         "unipc": ("UniPCMultistepScheduler", {}),
         "pndm": ("PNDMScheduler", {}),
+        # Latent consistency: for LCM-distilled UNets (an LCM-LoRA, ``styles.<name>.lcm``), 2-8 steps.
+        "lcm": ("LCMScheduler", {}),
     }
 
 
