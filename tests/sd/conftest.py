@@ -157,25 +157,31 @@ def tiny_sdxl(tmp_path_factory) -> Path:
     return build_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
 
 
-@pytest.fixture(scope="session")
-def tiny_lora(tiny_sd, tmp_path_factory) -> Path:
-    """A LoRA for ``tiny_sd``'s UNet (random, non-zero B matrices so it visibly changes outputs)."""
+def build_lora(path: Path, unet_folder: Path) -> Path:
+    """A LoRA for the UNet in ``unet_folder`` (random, non-zero B matrices so it visibly changes
+    outputs), saved as diffusers' ``pytorch_lora_weights.safetensors`` in ``path``."""
     import torch
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict
 
     torch.manual_seed(1)
-    unet = UNet2DConditionModel.from_pretrained(tiny_sd / "unet", use_safetensors=True)
+    unet = UNet2DConditionModel.from_pretrained(unet_folder, use_safetensors=True)
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
     with torch.no_grad():
         for name, param in unet.named_parameters():
             if "lora_B" in name:
                 param.normal_(0.0, 0.5)
-    path = tmp_path_factory.mktemp("lora")
+    path.mkdir(parents=True, exist_ok=True)
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     StableDiffusionPipeline.save_lora_weights(path, unet_lora_layers=layers, safe_serialization=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_sd, tmp_path_factory) -> Path:
+    """A LoRA for ``tiny_sd``'s UNet (``build_lora``)."""
+    return build_lora(tmp_path_factory.mktemp("lora"), tiny_sd / "unet")
 
 
 #: The ControlNet layers diffusers zero-initialises (its output convolutions).
