@@ -104,6 +104,7 @@ class ModelLoader:
         #: Per base pipeline: the performance switches active on it (``processor.models.accel``).
         self._switches: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._controlnets: dict[tuple[str, str, str], Any] = {}
+        self._lora_hashes: dict[Path, str] = {}
 
     # ----------------------------------------------------------------- device / dtype
 
@@ -434,6 +435,26 @@ class ModelLoader:
                     raise ModelUnavailableError(f"LoRA {lora.path!r} could not be loaded: {exc}") from exc
                 self._adapters[key] = name
             return self._adapters[key]
+
+    def lora_hash(self, lora: LoraSettings) -> tuple[str, str]:
+        """(name, short hash) of a LoRA for A1111's ``Lora hashes``: the file's stem (a hub repo's
+        name) and the first 12 hex digits of the file's sha256, as A1111 shortens it."""
+        path = self.resolve_lora(lora)
+        if path.is_dir():
+            named = path / (lora.weight_name or LORA_FILE)
+            found = [named] if named.is_file() else sorted(path.glob("*.safetensors"))
+            if not found:
+                raise ModelUnavailableError(f"LoRA {lora.path!r}: no .safetensors file in {path}")
+            path = found[0]
+        with self._lock:
+            if path not in self._lora_hashes:
+                digest = hashlib.sha256()
+                with path.open("rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(block)
+                self._lora_hashes[path] = digest.hexdigest()[:12]
+        stem = Path(lora.path.rstrip("/")).name.removesuffix(".safetensors")
+        return stem or path.stem, self._lora_hashes[path]
 
     def has_adapters(self, model: str, revision: str | None) -> bool:
         base, _ = self.base(model, revision)

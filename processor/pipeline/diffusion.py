@@ -74,6 +74,8 @@ class _DiffusionEngine:
         self.adapter: str | None = None
         #: The LCM-LoRA's adapter name (``style.lcm``), active beside ``adapter``.
         self.lcm_adapter: str | None = None
+        #: name -> short sha256 of each LoRA file in use (A1111's ``Lora hashes``).
+        self.lora_hashes: dict[str, str] = {}
         #: Variants per pipeline call; shrinks after a CUDA out-of-memory error.
         self.batch_limit = style.variants
         #: Performance switches active on the shared modules (``processor.models.accel``), recorded per variant.
@@ -96,10 +98,12 @@ class _DiffusionEngine:
         if lora is not None:
             self.adapter = self.models.lora_adapter(pipe, self.style.model, self.style.revision, lora)
         lcm = getattr(self.style, "lcm", None)
+        loras = [lora] if lora is not None else []
         if lcm is not None:
-            self.lcm_adapter = self.models.lora_adapter(
-                pipe, self.style.model, self.style.revision,
-                LoraSettings(path=lcm.lora, weight_name=lcm.weight_name, scale=lcm.scale))
+            lcm_lora = LoraSettings(path=lcm.lora, weight_name=lcm.weight_name, scale=lcm.scale)
+            self.lcm_adapter = self.models.lora_adapter(pipe, self.style.model, self.style.revision, lcm_lora)
+            loras.append(lcm_lora)
+        self.lora_hashes = dict(self.models.lora_hash(x) for x in loras)
         self.switches = self.models.switches(self.style.model, self.style.revision)
         # A compiled UNet compiles on its first call: do it now, on one blank image at the native
         # size (the shapes of a square input), rather than on the first user's input. Once per
@@ -324,6 +328,8 @@ class Img2ImgEngine(_DiffusionEngine):
                 params["lora"] = {"path": style.lora.path, "scale": style.lora.scale}
             if style.lcm is not None:
                 params["lcm"] = {"lora": style.lcm.lora, "scale": style.lcm.scale}
+            if self.lora_hashes:
+                params["lora_hashes"] = dict(self.lora_hashes)
             results.append(VariantImage(style=self.style_name, engine=self.engine, index=i, seed=seeds[i],
                                         image=picture, parameters=params, control=list(controls)))
         return results

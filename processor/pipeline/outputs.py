@@ -19,7 +19,13 @@ from PIL import Image
 from processor.config import DEFAULT_CONTACT_SHEET_MAX_PIXELS
 from processor.manifest import Background, Control, Structure, Variant
 from processor.pipeline.base import VariantImage
-from processor.pipeline.encode import PNG_COMPRESS_LEVEL, contact_sheet, encode_png, sha256_hex
+from processor.pipeline.encode import (
+    PNG_COMPRESS_LEVEL,
+    contact_sheet,
+    encode_png,
+    infotext_parameters,
+    sha256_hex,
+)
 from processor.queue.keys import CONTACT_SHEET_NAME, MASK_NAME, safe_segment
 
 
@@ -72,8 +78,9 @@ def encode_outputs(
     control_files = _control_files(variants, png_compress_level)
     files.extend(control_files.values())
     bodies = _encode_pool().map(
-        lambda v: encode_png(v.image, v.parameters | {"seed": v.seed, "style": v.style, "engine": v.engine}
-                             | _background_text(v.background) | _control_text(v), compress_level=png_compress_level),
+        lambda v: encode_png(v.image, infotext_parameters(
+            v.parameters | {"seed": v.seed, "style": v.style, "engine": v.engine}
+            | _background_text(v.background) | _control_text(v)), compress_level=png_compress_level),
         variants,
     )
     for v, body in zip(variants, bodies, strict=True):
@@ -169,11 +176,12 @@ def _control_files(variants: list[VariantImage], compress_level: int) -> dict[in
 
 
 def _control_text(variant: VariantImage) -> dict[str, object]:
-    """The ControlNets for the PNG ``parameters`` text: type, model and scale of each."""
+    """The ControlNets for the PNG ``parameters`` text (``infotext_parameters`` writes them as
+    A1111's ``ControlNet <i>`` units)."""
     if not variant.control:
         return {}
-    return {"controlnet": "; ".join(f"{c.type} {c.model} scale {c.scale} end {c.guidance_end}"
-                                    for c in variant.control)}
+    return {"controlnet_units": [{"type": c.type, "model": c.model, "scale": c.scale, "guidance_end": c.guidance_end,
+                                  "settings": dict(c.settings)} for c in variant.control]}
 
 
 def _tile_label(variant: VariantImage) -> str:

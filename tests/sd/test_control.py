@@ -46,7 +46,8 @@ def test_canny_control_runs_through_the_worker_and_records_what_steered(tiny_sd,
         assert c.revision is None and c.settings == {"low": 50, "high": 150}
         assert c.image == folder + "control-canny.png"
         text = Image.open(io.BytesIO(store.get(v.key).body)).text["parameters"]
-        assert f"canny {tiny_controlnet} scale 1.5" in text
+        assert (f'ControlNet 0: "Module: canny, Model: {tiny_controlnet}, Weight: 1.5, Guidance Start: 0, '
+                f'Guidance End: 0.8, Low: 50, High: 150"') in text
 
     # The same style without control gives other pixels: the ControlNet really steered the UNet.
     free = make_settings(tmp_path / "f", {"disney": img2img_style(tiny_sd)})
