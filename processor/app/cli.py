@@ -537,7 +537,8 @@ def models_pull_dry_run(loader: Any, wanted: list[tuple[str, str | None]], conve
     plan = cache_plan if loader.offline else hub_plan
     plans = [plan(m, r, loader.cache_dir, component_patterns, IGNORE_PATTERNS) for m, r in hub]
     print(format_plans(plans, convert=convert))
-    print("(caption models, the segmenter and hub LoRAs are pulled too; --dry-run lists the diffusion models)")
+    print("(caption models, the segmenter, hub LoRAs and ControlNets are pulled too; --dry-run lists the "
+          "diffusion models)")
     return 0 if all(p.loads(convert) for p in plans) else EXIT_MODEL
 
 

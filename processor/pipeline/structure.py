@@ -13,7 +13,7 @@ Contract: ``structure_score(photo, variant, mask)`` compares Canny edges of the 
   because a cartoon's contrast differs from the photo's; fixed thresholds would score the
   rendering style rather than the shape.
 
-OpenCV and NumPy only: no torch, no weights, a few milliseconds per 512 px variant.
+OpenCV and NumPy only: no torch, no weights.
 """
 
 from __future__ import annotations
