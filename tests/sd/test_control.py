@@ -82,6 +82,24 @@ def test_several_controlnets_share_the_base_and_each_is_recorded(tiny_sd, tiny_c
     assert all(not v.control for v in manifest.variants if v.style == "free")
 
 
+def test_a_background_stage_keeps_the_control_record(tiny_sd, tiny_controlnet, tmp_path):
+    style = img2img_style(tiny_sd, variants=2, control=canny(tiny_controlnet),
+                          background={"mode": "generate", "prompt": "a sunny beach"})
+    store, layout = drain(make_settings(tmp_path, {"beach": style}), {"inputs/toy.jpg": scene_photo()})
+    for v in manifest_of(store, layout, "inputs/toy.jpg").variants:
+        assert v.background is not None and v.background.mode == "generate"
+        assert [c.model for c in v.control] == [str(tiny_controlnet)]
+
+
+def scene_photo() -> bytes:
+    """A toy on a plain wall that GrabCut finds (the background stage needs a usable mask)."""
+    from tests.scenes import scene
+
+    buffer = io.BytesIO()
+    scene(160, 120, seed=1).image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def test_control_takes_one_mapping_or_a_list_and_checks_thresholds(tiny_sd):
     one = Img2ImgStyle(model="m", control={"model": "c"})
     assert [c.model for c in one.control] == ["c"] and one.control[0].type == "canny"
