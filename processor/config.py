@@ -266,6 +266,9 @@ class PipelineSettings(_Section):
     png_compress_level: int = Field(default=DEFAULT_PNG_COMPRESS_LEVEL, ge=0, le=9)
     #: The subject mask for styles with a ``background`` (computed once per input).
     mask: MaskSettings = MaskSettings()
+    #: Score every variant by the photo's edges it kept inside the subject mask (weight-free,
+    #: ``processor.pipeline.structure``; the mask is computed once per input on the CPU).
+    structure_score: bool = True
 
 
 class ToonStyle(_Section):
@@ -303,7 +306,7 @@ class ToonStyle(_Section):
 
 
 #: Schedulers a diffusion style can name (``processor.pipeline.diffusion.SCHEDULERS`` maps them).
-SchedulerName = Literal["dpmpp-2m-karras", "dpmpp-2m", "euler-a", "euler", "ddim", "unipc", "pndm"]
+SchedulerName = Literal["dpmpp-2m-karras", "dpmpp-2m", "euler-a", "euler", "ddim", "unipc", "pndm", "lcm"]
 
 
 class DiffusionRound(_Section):
@@ -324,6 +327,57 @@ class LoraSettings(_Section):
     scale: float = 1.0
     #: The file inside a folder / hub repo, when it holds more than one.
     weight_name: str | None = None
+
+
+#: CFG scale above which an LCM-distilled UNet over-saturates (LCM-LoRA is trained for 1-2).
+MAX_LCM_GUIDANCE = 3.0
+
+
+class LcmSettings(_Section):
+    """``styles.<name>.lcm``: a latent-consistency LoRA (``latent-consistency/lcm-lora-sdv1-5``
+    for SD 1.x models, ``-sdxl`` for SDXL) that makes the style's model denoise in 2-8 steps. It
+    switches the scheduler to LCM (``scheduler: lcm``); rounds then take guidance 1-2 (at most
+    1 turns classifier-free guidance off: one UNet evaluation per step instead of two)."""
+
+    #: A local .safetensors file or folder, or a hub id (safetensors only), as ``lora.path``.
+    lora: str
+    #: The file inside a folder / hub repo, when it holds more than one.
+    weight_name: str | None = None
+    #: Adapter weight (1 = as trained).
+    scale: float = 1.0
+
+
+#: Control image types a style can ask for (``styles.<name>.control[].type``).
+ControlType = Literal["canny"]
+#: Canny hysteresis thresholds (OpenCV, 0-255 gradient units): the common ControlNet defaults.
+DEFAULT_CANNY_LOW = 100
+DEFAULT_CANNY_HIGH = 200
+
+
+class ControlSettings(_Section):
+    """``styles.<name>.control``: a ControlNet that holds the variant to a map made from the input
+    photo (canny: OpenCV edges, no weights), so high strengths restyle the toy without losing its
+    shape."""
+
+    type: ControlType = "canny"
+    #: The ControlNet: hub id (``lllyasviel/sd-controlnet-canny``) or a local folder (config.json
+    #: and diffusion_pytorch_model.safetensors), matching the style model's family (SD 1.x / SDXL).
+    model: str
+    #: A hub commit / tag / branch to pin (recommended: a commit hash).
+    revision: str | None = None
+    #: How strongly the map steers the UNet (controlnet_conditioning_scale; 0 = off).
+    scale: float = Field(default=1.0, ge=0, le=2)
+    #: 0-1: the fraction of the denoising steps the map steers (later steps run free, for detail).
+    guidance_end: float = Field(default=1.0, gt=0, le=1)
+    #: Canny thresholds (0-255): edges below ``low`` are dropped, above ``high`` always kept.
+    low: int = Field(default=DEFAULT_CANNY_LOW, ge=0, le=255)
+    high: int = Field(default=DEFAULT_CANNY_HIGH, ge=1, le=255)
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> ControlSettings:
+        if self.low >= self.high:
+            raise ValueError(f"low {self.low} must be below high {self.high} (canny thresholds, 0-255)")
+        return self
 
 
 class BackgroundSettings(_Section):
@@ -399,7 +453,16 @@ class Img2ImgStyle(_Section):
     #: (512 for SD 1.x, 768 for SD 2.x-v, 1024 for SDXL).
     size: int | None = Field(default=None, ge=64, le=4096)
     lora: LoraSettings | None = None
+    #: ControlNets that keep the input's structure (one mapping, or a list for several).
+    control: list[ControlSettings] = Field(default_factory=list)
+    #: Few-step sampling with an LCM-LoRA (sets ``scheduler: lcm``).
+    lcm: LcmSettings | None = None
     background: BackgroundSettings = BackgroundSettings()
+
+    @field_validator("control", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return [value] if isinstance(value, dict) else value
 
     @model_validator(mode="after")
     def _every_round_denoises(self) -> Img2ImgStyle:
@@ -411,6 +474,17 @@ class Img2ImgStyle(_Section):
                 )
         if self.size is not None and self.size % 8:
             raise ValueError(f"size {self.size} must be a multiple of 8")
+        return self
+
+    @model_validator(mode="after")
+    def _lcm_sampling(self) -> Img2ImgStyle:
+        if self.lcm is None:
+            return self
+        self.scheduler = "lcm"  # the LoRA is distilled for the LCM sampler; any other gives noise
+        for i, r in enumerate(self.rounds):
+            if r.guidance > MAX_LCM_GUIDANCE:
+                raise ValueError(f"rounds[{i}]: guidance {r.guidance} is too high for lcm (trained for 1-2; "
+                                 f"at most {MAX_LCM_GUIDANCE}); lower it, or drop lcm")
         return self
 
     @model_validator(mode="after")
@@ -512,6 +586,9 @@ def _default_styles() -> dict[str, Any]:
 class RunSettings(_Section):
     #: Styles every input gets (names under ``styles``).
     styles: list[str] = ["toon"]
+    #: Order of each style's variants in the manifest and on the contact sheet: ``none`` (by
+    #: index) or ``structure`` (best structure score first; needs pipeline.structure_score).
+    order_variants_by: Literal["none", "structure"] = "none"
     #: Seconds between scans while the daemon has work.
     poll_interval_s: float = Field(default=10.0, gt=0)
     #: Seconds: the longest wait between scans while idle (doubles from poll_interval_s).
@@ -777,6 +854,9 @@ class Settings(BaseSettings):
             raise ValueError(f"run.styles {problem}")
         if self.api.direct_style is not None and self.api.direct_style not in self.styles:
             raise ValueError(f"api.direct_style {self.api.direct_style!r} is not defined under styles")
+        if self.run.order_variants_by == "structure" and not self.pipeline.structure_score:
+            raise ValueError("run.order_variants_by: structure needs pipeline.structure_score: true "
+                             "(or set order_variants_by: none)")
         return self
 
     @classmethod

@@ -89,6 +89,39 @@ class Background(_Model):
     fallback: str | None = None
 
 
+class Control(_Model):
+    """A ControlNet that steered a variant (``styles.<name>.control``) and its conditioning image."""
+
+    #: The map type: ``canny``.
+    type: str
+    model: str
+    #: The hub commit loaded, or None for a local folder.
+    revision: str | None = None
+    #: controlnet_conditioning_scale.
+    scale: float
+    #: Fraction of the denoising steps the map steered.
+    guidance_end: float
+    #: Key of the conditioning image made from the input (``outputs/<path>/control-<type>.png``).
+    image: str
+    #: The map's own settings (canny: ``low``, ``high``).
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class Structure(_Model):
+    """How much of the photo's structure a variant kept (``processor.pipeline.structure``): Canny
+    edge agreement within ``tolerance_px``, inside the subject mask."""
+
+    #: 0-1: harmonic mean of precision and recall (1: every outline kept where it was).
+    f1: float
+    #: Share of the variant's edges near an edge of the photo.
+    precision: float
+    #: Share of the photo's edges the variant kept.
+    recall: float
+    #: ``subject`` (inside the subject mask) or ``image`` (no usable mask: the whole picture).
+    region: Literal["subject", "image"]
+    tolerance_px: int
+
+
 class Variant(_Model):
     """One output image of one style, with how it was made and the hash of its bytes."""
 
@@ -104,6 +137,10 @@ class Variant(_Model):
     parameters: dict[str, Any] = Field(default_factory=dict)
     #: Set when the style changes the background (its remaining keys: size, steps, guidance, ...).
     background: Background | None = None
+    #: The ControlNets that steered this variant, in config order (empty: none).
+    control: list[Control] = Field(default_factory=list)
+    #: Structure kept from the photo (``pipeline.structure_score``); None when not scored.
+    structure: Structure | None = None
 
 
 class WorkerInfo(_Model):

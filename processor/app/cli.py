@@ -476,6 +476,7 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
     """Fetch every configured diffusion model (and hub LoRA) into the cache, safetensors only."""
+    from processor.config import LoraSettings
     from processor.models.loader import ModelLoader, configured_models, is_bucket, is_local
 
     loader = ModelLoader(settings.models)
@@ -503,6 +504,15 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
         lora = getattr(style, "lora", None)
         if lora is not None and not is_local(lora.path) and not is_bucket(lora.path):
             print(f"lora {lora.path}: {loader.resolve_lora(lora)}")
+        lcm = getattr(style, "lcm", None)
+        if lcm is not None and not is_local(lcm.lora) and not is_bucket(lcm.lora):
+            lcm_lora = LoraSettings(path=lcm.lora, weight_name=lcm.weight_name)
+            print(f"lcm lora {lcm.lora}: {loader.resolve_lora(lcm_lora)}")
+    from processor.models.loader import configured_controlnets
+
+    for model, revision in configured_controlnets(settings.styles):
+        print(f"controlnet {model}{'@' + revision if revision else ''}: "
+              f"{loader.resolve_controlnet(model, revision, download=True).path}")
     from processor.pipeline.mask import pull_segmenter
 
     segmenter = pull_segmenter(settings.pipeline.mask, loader.cache_dir)
@@ -528,7 +538,8 @@ def models_pull_dry_run(loader: Any, wanted: list[tuple[str, str | None]], conve
     plan = cache_plan if loader.offline else hub_plan
     plans = [plan(m, r, loader.cache_dir, component_patterns, IGNORE_PATTERNS) for m, r in hub]
     print(format_plans(plans, convert=convert))
-    print("(caption models, the segmenter and hub LoRAs are pulled too; --dry-run lists the diffusion models)")
+    print("(caption models, the segmenter, hub LoRAs and ControlNets are pulled too; --dry-run lists the "
+          "diffusion models)")
     return 0 if all(p.loads(convert) for p in plans) else EXIT_MODEL
 
 

@@ -57,6 +57,8 @@ log = logging.getLogger("processor.models")
 
 #: Files fetched for a LoRA given as a hub id.
 LORA_PATTERNS = ["*.safetensors", "*.json"]
+#: Files fetched for a ControlNet given as a hub id (one model folder: config + safetensors).
+CONTROLNET_PATTERNS = ["*.safetensors", "*.json"]
 #: ``lora.path`` prefix of a LoRA stored in the bucket (a key, or a prefix holding ``LORA_FILE``).
 BUCKET_SCHEME = "bucket:"
 #: The file a LoRA folder holds by default (diffusers' ``save_lora_weights`` name).
@@ -101,6 +103,8 @@ class ModelLoader:
         self._resolved: dict[tuple[str, str | None], ResolvedModel] = {}
         #: Per base pipeline: the performance switches active on it (``processor.models.accel``).
         self._switches: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._controlnets: dict[tuple[str, str, str], Any] = {}
+        self._lora_hashes: dict[Path, str] = {}
 
     # ----------------------------------------------------------------- device / dtype
 
@@ -297,10 +301,57 @@ class ModelLoader:
             pipe.to(device)
         return pipe
 
-    def pipeline(self, task: str, model: str, revision: str | None = None) -> tuple[Any, ResolvedModel]:
+    def resolve_controlnet(self, model: str, revision: str | None = None, *,
+                           download: bool | None = None) -> ResolvedModel:
+        """The local folder of a ControlNet (one model, ``config.json`` + safetensors, not a
+        pipeline): a local folder as is, a hub id fetched like a pipeline (safetensors only;
+        offline: the cache or ``ModelUnavailableError`` naming the pull command)."""
+        key = (f"controlnet:{model}", revision)
+        if key in self._resolved:
+            return self._resolved[key]
+        if is_local(model):
+            path, commit = Path(model).expanduser(), None
+        else:
+            fetch = not self.offline if download is None else download
+            path = fetch_snapshot(model, what=f"ControlNet {model}" + (f"@{revision}" if revision else ""),
+                                  revision=revision, cache_dir=self.cache_dir, allow_patterns=CONTROLNET_PATTERNS,
+                                  download=fetch, offline=self.offline)
+            commit = path.name
+        if not (path / "config.json").is_file():
+            raise ModelUnavailableError(f"ControlNet {model!r}: {path} has no config.json (a diffusers ControlNetModel "
+                                        f"folder, as ControlNetModel.save_pretrained writes, is needed)")
+        if not any(path.glob("*.safetensors")):
+            raise ModelUnavailableError(f"ControlNet {model!r}: no *.safetensors in {path}; pick a revision that "
+                                        f"publishes safetensors (pickle weights are never loaded)")
+        resolved = ResolvedModel(model, path, commit)
+        self._resolved[key] = resolved
+        return resolved
+
+    def controlnet(self, model: str, revision: str | None = None) -> tuple[Any, ResolvedModel]:
+        """The shared ``ControlNetModel`` for ``model`` (loaded once per device and dtype)."""
+        resolved = self.resolve_controlnet(model, revision)
+        device, dtype = self.device(), self.dtype()
+        key = (f"controlnet:{resolved.path.resolve()}", str(dtype), device)
+        with self._lock:
+            if key not in self._controlnets:
+                from diffusers import ControlNetModel
+
+                log.info("model_loading", extra={"model": model, "revision": resolved.revision, "kind": "controlnet",
+                                                 "device": device, "dtype": str(dtype)})
+                try:
+                    net = ControlNetModel.from_pretrained(resolved.path, use_safetensors=True,
+                                                          local_files_only=True, **{_dtype_keyword(): dtype})
+                except (OSError, ValueError) as exc:
+                    raise ModelUnavailableError(f"ControlNet {model!r} could not be loaded from {resolved.path}: "
+                                                f"{exc} (`{PULL_COMMAND}` fetches it)") from exc
+                self._controlnets[key] = net.to(device) if device != "cpu" else net
+            return self._controlnets[key], resolved
+
+    def pipeline(self, task: str, model: str, revision: str | None = None, *,
+                 controlnets: list[Any] | None = None) -> tuple[Any, ResolvedModel]:
         """A new pipeline object for ``task`` (``img2img``, ``instruct-pix2pix``, ``inpaint`` or
         ``text2img``) that shares the base pipeline's modules; the caller may replace its scheduler
-        freely."""
+        freely. ``controlnets`` (img2img only) makes it a ControlNet img2img pipeline over them."""
         base, resolved = self.base(model, revision)
         in_channels = base.unet.config.in_channels
         if task == "instruct-pix2pix":
@@ -340,12 +391,30 @@ class ModelLoader:
                 f"model {model!r} has a {in_channels}-channel UNet ({type(base).__name__}); engine img2img needs "
                 f"a text-to-image checkpoint (use engine: instruct-pix2pix for instruct-pix2pix models)"
             )
+        if controlnets:
+            return self._controlnet_img2img(base, model, controlnets), resolved
         from diffusers import AutoPipelineForImage2Image
 
         try:
             return _quiet(AutoPipelineForImage2Image.from_pipe(base)), resolved
         except ValueError as exc:
             raise ConfigError(f"model {model!r} ({type(base).__name__}) has no img2img pipeline: {exc}") from exc
+
+    def _controlnet_img2img(self, base: Any, model: str, controlnets: list[Any]) -> Any:
+        from diffusers import StableDiffusionControlNetImg2ImgPipeline, StableDiffusionXLControlNetImg2ImgPipeline
+
+        xl = getattr(base, "text_encoder_2", None) is not None
+        cls = StableDiffusionXLControlNetImg2ImgPipeline if xl else StableDiffusionControlNetImg2ImgPipeline
+        width = base.unet.config.cross_attention_dim
+        for net in controlnets:  # an SD 1.x ControlNet on SDXL (or back) fails deep in the UNet otherwise
+            if net.config.cross_attention_dim != width:
+                raise ConfigError(
+                    f"a ControlNet for text width {net.config.cross_attention_dim} does not fit model {model!r} "
+                    f"(text width {width}); use a ControlNet trained for {'SDXL' if xl else 'SD 1.x / 2.x'}"
+                )
+        # A list makes diffusers wrap them in one MultiControlNetModel.
+        net = controlnets[0] if len(controlnets) == 1 else list(controlnets)
+        return _quiet(cls.from_pipe(base, controlnet=net))
 
     def lora_adapter(self, pipe: Any, model: str, revision: str | None, lora: LoraSettings) -> str:
         """Load ``lora`` into the (shared) modules behind ``pipe`` once; returns its adapter name."""
@@ -366,6 +435,26 @@ class ModelLoader:
                     raise ModelUnavailableError(f"LoRA {lora.path!r} could not be loaded: {exc}") from exc
                 self._adapters[key] = name
             return self._adapters[key]
+
+    def lora_hash(self, lora: LoraSettings) -> tuple[str, str]:
+        """(name, short hash) of a LoRA for A1111's ``Lora hashes``: the file's stem (a hub repo's
+        name) and the first 12 hex digits of the file's sha256, as A1111 shortens it."""
+        path = self.resolve_lora(lora)
+        if path.is_dir():
+            named = path / (lora.weight_name or LORA_FILE)
+            found = [named] if named.is_file() else sorted(path.glob("*.safetensors"))
+            if not found:
+                raise ModelUnavailableError(f"LoRA {lora.path!r}: no .safetensors file in {path}")
+            path = found[0]
+        with self._lock:
+            if path not in self._lora_hashes:
+                digest = hashlib.sha256()
+                with path.open("rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(block)
+                self._lora_hashes[path] = digest.hexdigest()[:12]
+        stem = Path(lora.path.rstrip("/")).name.removesuffix(".safetensors")
+        return stem or path.stem, self._lora_hashes[path]
 
     def has_adapters(self, model: str, revision: str | None) -> bool:
         base, _ = self.base(model, revision)
@@ -400,4 +489,14 @@ def configured_models(styles: dict[str, Any]) -> list[tuple[str, str | None]]:
         background = background_model(style)
         if background is not None and background not in seen:
             seen.append(background)
+    return seen
+
+
+def configured_controlnets(styles: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """(model, revision) of every style's ControlNets, each once, in config order."""
+    seen: list[tuple[str, str | None]] = []
+    for style in styles.values():
+        for control in getattr(style, "control", None) or []:
+            if (control.model, control.revision) not in seen:
+                seen.append((control.model, control.revision))
     return seen

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -143,8 +144,8 @@ class BackgroundStage:
 
     @staticmethod
     def _with(v: VariantImage, picture: Image.Image, mask: SubjectMask, info: dict[str, Any]) -> VariantImage:
-        return VariantImage(style=v.style, engine=v.engine, index=v.index, seed=v.seed, image=picture,
-                            parameters=v.parameters, background=info, mask=mask)
+        # replace(): everything else the transform recorded (its ControlNets, ...) stays with the variant.
+        return replace(v, image=picture, background=info, mask=mask)
 
     def _seed(self, v: VariantImage) -> int:
         return self.settings.seed + v.index if self.settings.seed is not None else v.seed

@@ -30,6 +30,22 @@ class DecodedImage:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class ControlUse:
+    """One ControlNet that steered a variant, and the conditioning image it was given."""
+
+    type: str
+    model: str
+    #: The hub commit loaded, or None for a local folder.
+    revision: str | None
+    scale: float
+    guidance_end: float
+    #: The image made from the input photo (one per input and style; written as ``control-<type>.png``).
+    image: Image.Image
+    #: The map's own settings (canny: low, high thresholds).
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class VariantImage:
     """One output of one style for one input."""
@@ -45,6 +61,10 @@ class VariantImage:
     background: dict[str, Any] | None = None
     #: The input's subject mask (``processor.pipeline.mask.SubjectMask``) when a background stage ran.
     mask: Any = None
+    #: The ControlNets that steered this variant (``styles.<name>.control``), in config order.
+    control: list[ControlUse] = field(default_factory=list)
+    #: Edge agreement with the photo (``processor.pipeline.structure.StructureScore``), set before encoding.
+    structure: Any = None
 
 
 @dataclass

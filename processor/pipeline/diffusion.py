@@ -1,5 +1,9 @@
 """Stable Diffusion engines: ``img2img`` (in rounds) and ``instruct-pix2pix``.
 
+An img2img style with ``control`` runs diffusers' ControlNet img2img pipeline over the same shared
+modules (``from_pipe``): every round is steered by maps made once per input from the resized photo
+(canny: OpenCV edges), so the toy keeps its outline at strengths that would otherwise redraw it.
+
 Per image, every variant is computed in ONE batched pipeline call per round (per-variant
 ``torch.Generator`` list, the image repeated), not one call per variant.
 
@@ -35,14 +39,15 @@ from typing import Any
 import torch
 from PIL import Image
 
-from processor.config import Img2ImgStyle, InstructPix2PixStyle
+from processor.config import Img2ImgStyle, InstructPix2PixStyle, LoraSettings
 from processor.models import accel
 from processor.models.loader import ModelLoader, ResolvedModel
-from processor.pipeline.base import ItemContext, VariantImage
+from processor.pipeline.base import ControlUse, ItemContext, VariantImage
 from processor.pipeline.diffusion_common import (  # noqa: F401 - the helpers' old home: re-exported
     ROUND_SEED_STRIDE,
     SCHEDULERS,
     SIZE_MULTIPLE,
+    canny_map,
     make_scheduler,
     native_size,
     round_seed,
@@ -67,6 +72,10 @@ class _DiffusionEngine:
         self.pipe: Any = None
         self.resolved: ResolvedModel | None = None
         self.adapter: str | None = None
+        #: The LCM-LoRA's adapter name (``style.lcm``), active beside ``adapter``.
+        self.lcm_adapter: str | None = None
+        #: name -> short sha256 of each LoRA file in use (A1111's ``Lora hashes``).
+        self.lora_hashes: dict[str, str] = {}
         #: Variants per pipeline call; shrinks after a CUDA out-of-memory error.
         self.batch_limit = style.variants
         #: Performance switches active on the shared modules (``processor.models.accel``), recorded per variant.
@@ -78,13 +87,23 @@ class _DiffusionEngine:
         """``style.variants`` images of ``image``; each engine (img2img, instruct-pix2pix) renders its own way."""
         raise NotImplementedError
 
+    def _load_pipeline(self) -> tuple[Any, ResolvedModel]:
+        return self.models.pipeline(self.task, self.style.model, self.style.revision)
+
     def setup(self) -> None:
-        pipe, self.resolved = self.models.pipeline(self.task, self.style.model, self.style.revision)
+        pipe, self.resolved = self._load_pipeline()
         pipe.scheduler = make_scheduler(self.style.scheduler, pipe.scheduler.config)
         self.pipe = pipe
         lora = getattr(self.style, "lora", None)
         if lora is not None:
             self.adapter = self.models.lora_adapter(pipe, self.style.model, self.style.revision, lora)
+        lcm = getattr(self.style, "lcm", None)
+        loras = [lora] if lora is not None else []
+        if lcm is not None:
+            lcm_lora = LoraSettings(path=lcm.lora, weight_name=lcm.weight_name, scale=lcm.scale)
+            self.lcm_adapter = self.models.lora_adapter(pipe, self.style.model, self.style.revision, lcm_lora)
+            loras.append(lcm_lora)
+        self.lora_hashes = dict(self.models.lora_hash(x) for x in loras)
         self.switches = self.models.switches(self.style.model, self.style.revision)
         # A compiled UNet compiles on its first call: do it now, on one blank image at the native
         # size (the shapes of a square input), rather than on the first user's input. Once per
@@ -136,9 +155,12 @@ class _DiffusionEngine:
 
     def _activate_lora(self) -> None:
         """The UNet is shared between styles: switch this style's adapter on, or every adapter off."""
-        if self.adapter:
+        names = [n for n in (self.adapter, self.lcm_adapter) if n]
+        if names:
+            weights = ([self.style.lora.scale] if self.adapter else []) + ([self.style.lcm.scale] if self.lcm_adapter
+                                                                           else [])
             self.pipe.enable_lora()
-            self.pipe.set_adapters([self.adapter], adapter_weights=[self.style.lora.scale])
+            self.pipe.set_adapters(names, adapter_weights=weights)
         elif self.models.has_adapters(self.style.model, self.style.revision):
             self.pipe.disable_lora()
 
@@ -181,13 +203,54 @@ class Img2ImgEngine(_DiffusionEngine):
     task = "img2img"
     style: Img2ImgStyle
 
+    def __init__(self, style_name: str, style: Img2ImgStyle, models: ModelLoader) -> None:
+        super().__init__(style_name, style, models)
+        #: Per ``style.control`` entry: where its ControlNet came from (filled by ``setup``).
+        self.control_models: list[ResolvedModel] = []
+
+    def _load_pipeline(self) -> tuple[Any, ResolvedModel]:
+        if not self.style.control:
+            return super()._load_pipeline()
+        nets = []
+        self.control_models = []
+        for control in self.style.control:
+            net, resolved = self.models.controlnet(control.model, control.revision)
+            nets.append(net)
+            self.control_models.append(resolved)
+        return self.models.pipeline(self.task, self.style.model, self.style.revision, controlnets=nets)
+
     def describe(self) -> dict[str, Any]:
-        return super().describe() | {"rounds": len(self.style.rounds), "shared_rounds": self.style.shared_rounds}
+        return super().describe() | {"rounds": len(self.style.rounds), "shared_rounds": self.style.shared_rounds,
+                                     "control": [f"{c.type}:{c.model}" for c in self.style.control]}
+
+    def _controls(self, resized: Image.Image) -> list[ControlUse]:
+        """The conditioning image of each ``style.control`` entry, made from the resized photo."""
+        uses = []
+        for control, resolved in zip(self.style.control, self.control_models, strict=True):
+            uses.append(ControlUse(type=control.type, model=control.model, revision=resolved.revision,
+                                   scale=control.scale, guidance_end=control.guidance_end,
+                                   image=canny_map(resized, control.low, control.high),
+                                   settings={"low": control.low, "high": control.high}))
+        return uses
+
+    def _control_kwargs(self, uses: list[ControlUse]) -> dict[str, Any]:
+        """The pipeline keywords for the ControlNets: one value each, or lists for several."""
+        if not uses:
+            return {}
+        if len(uses) == 1:
+            return {"control_image": uses[0].image, "controlnet_conditioning_scale": uses[0].scale,
+                    "control_guidance_end": uses[0].guidance_end}
+        return {"control_image": [u.image for u in uses],
+                "controlnet_conditioning_scale": [u.scale for u in uses],
+                "control_guidance_end": [u.guidance_end for u in uses]}
 
     def __call__(self, image: Image.Image, context: ItemContext | None = None) -> list[VariantImage]:
         style = self.style
         size = working_size(image.width, image.height, self._long_side())
-        start_image = to_tensor(image.convert("RGB").resize(size, Image.Resampling.LANCZOS))
+        resized = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+        start_image = to_tensor(resized)
+        controls = self._controls(resized)
+        control_kwargs = self._control_kwargs(controls)
         built = self._prompt(context)
         prompt = built.prompt.text
         negative = built.negative.text or None
@@ -223,6 +286,7 @@ class Img2ImgEngine(_DiffusionEngine):
                     generator=[torch.Generator("cpu").manual_seed(round_seed(s, k)) for s in round_seeds[start:stop]],
                     output_type="pt",
                     callback_on_step_end=on_step if context is not None else None,
+                    **control_kwargs,
                 ).images
 
             return call
@@ -264,8 +328,12 @@ class Img2ImgEngine(_DiffusionEngine):
             }
             if style.lora is not None:
                 params["lora"] = {"path": style.lora.path, "scale": style.lora.scale}
+            if style.lcm is not None:
+                params["lcm"] = {"lora": style.lcm.lora, "scale": style.lcm.scale}
+            if self.lora_hashes:
+                params["lora_hashes"] = dict(self.lora_hashes)
             results.append(VariantImage(style=self.style_name, engine=self.engine, index=i, seed=seeds[i],
-                                        image=picture, parameters=params))
+                                        image=picture, parameters=params, control=list(controls)))
         return results
 
 

@@ -71,6 +71,8 @@ def _scheduler_classes() -> dict[str, tuple[str, dict[str, Any]]]:
         "ddim": ("DDIMScheduler", {}),
         "unipc": ("UniPCMultistepScheduler", {}),
         "pndm": ("PNDMScheduler", {}),
+        # Latent consistency: for LCM-distilled UNets (an LCM-LoRA, ``styles.<name>.lcm``), 2-8 steps.
+        "lcm": ("LCMScheduler", {}),
     }
 
 
@@ -121,3 +123,13 @@ def to_pil(batch: torch.Tensor) -> list[Image.Image]:
 
     array = (batch.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a, "RGB") for a in array]
+
+
+def canny_map(image: Image.Image, low: int, high: int) -> Image.Image:
+    """The ControlNet conditioning image for ``type: canny``: OpenCV Canny edges of ``image`` (white
+    on black, three channels, as the canny ControlNets were trained on)."""
+    import cv2
+
+    gray = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2GRAY)
+    edges = cv2.Canny(gray, low, high)
+    return Image.fromarray(np.stack([edges] * 3, axis=-1), "RGB")

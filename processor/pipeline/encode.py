@@ -82,6 +82,50 @@ def a1111_parameters(parameters: dict[str, Any], width: int, height: int) -> str
     return "\n".join(lines)
 
 
+#: Our ``scheduler`` names as A1111 writes them: (Sampler, Schedule type).
+A1111_SAMPLERS: dict[str, tuple[str, str]] = {
+    "dpmpp-2m-karras": ("DPM++ 2M", "Karras"),
+    "dpmpp-2m": ("DPM++ 2M", "Automatic"),
+    "euler-a": ("Euler a", "Automatic"),
+    "euler": ("Euler", "Automatic"),
+    "ddim": ("DDIM", "Automatic"),
+    "unipc": ("UniPC", "Automatic"),
+    "pndm": ("PLMS", "Automatic"),
+    "lcm": ("LCM", "Automatic"),
+}
+
+
+def infotext_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """A diffusion variant's parameters in the shape ``a1111_parameters`` writes as A1111 reads
+    them: ``Sampler`` and ``Schedule type`` from our scheduler name; ``CFG scale`` and
+    ``Denoising strength`` from the first img2img round (the one that re-draws most; every round
+    stays in ``Rounds``); ``ControlNet <i>`` units and ``Lora hashes`` where used. Parameters
+    of other engines (toon) pass through unchanged."""
+    scheduler = parameters.get("scheduler")
+    if scheduler not in A1111_SAMPLERS or "sampler" in parameters:
+        return parameters
+    sampler, schedule = A1111_SAMPLERS[scheduler]
+    out = dict(parameters) | {"sampler": sampler, "scheduler": schedule}
+    rounds = parameters.get("rounds") or []
+    head: dict[str, Any] = {}
+    if rounds:
+        out.setdefault("guidance", rounds[0].get("guidance"))
+        head["denoising_strength"] = rounds[0].get("strength")
+    tail: dict[str, Any] = {}
+    for i, unit in enumerate(parameters.get("controlnet_units") or []):
+        settings = "".join(f", {_label(k)}: {_format(v)}" for k, v in unit.get("settings", {}).items())
+        tail[f"ControlNet {i}"] = (f"Module: {unit['type']}, Model: {unit['model']}, Weight: {_format(unit['scale'])}, "
+                                   f"Guidance Start: 0, Guidance End: {_format(unit['guidance_end'])}{settings}")
+    hashes = parameters.get("lora_hashes") or {}
+    if hashes:
+        tail["lora_hashes"] = ", ".join(f"{name}: {digest}" for name, digest in hashes.items())
+    # ``size`` is the working size, which is the image's: A1111 readers expect one Size field.
+    for key in ("controlnet_units", "lora_hashes", "size"):
+        out.pop(key, None)
+    return {k: v for k, v in out.items() if k in _CONSUMED} | head | {
+        k: v for k, v in out.items() if k not in _CONSUMED} | tail
+
+
 def encode_png(image: Image.Image, parameters: dict[str, Any], *, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
     """``image`` as PNG bytes with ``a1111_parameters`` in a ``parameters`` text chunk."""
     info = PngInfo()

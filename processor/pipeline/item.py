@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from PIL import Image
+
 from processor.config import Settings
 from processor.errors import InvalidSidecar
 from processor.manifest import CaptionInfo, Variant
@@ -70,6 +72,8 @@ class ItemPipeline:
         self.styles = styles or list(settings.run.styles)
         #: Why the captioner could not load for an input's own styles (``_caption_on_demand``).
         self._caption_unavailable: str | None = None
+        #: Subject masks for the structure score of inputs no background stage masked (lazy).
+        self._masker: Any = None
 
     def setup(self) -> None:
         """Load every configured style, and the captioner when one of them uses it; a sidecar that
@@ -144,14 +148,48 @@ class ItemPipeline:
         """The PNGs (with their ``parameters`` text), the subject mask and the contact sheet."""
         pipeline = self.settings.pipeline
         started = time.perf_counter()
+        variants = rendered.variants
+        if pipeline.structure_score:
+            self._score(prepared.decoded.image, variants)
+            if timings is not None:
+                timings["structure"] = round(time.perf_counter() - started, 4)
+            if self.settings.run.order_variants_by == "structure":
+                variants = order_by_structure(variants)
+            started = time.perf_counter()
         files, entries, sheet = encode_outputs(
-            prepared.decoded.image, rendered.variants, output_prefix=output_prefix,
+            prepared.decoded.image, variants, output_prefix=output_prefix,
             sheet_height=pipeline.contact_sheet_height if pipeline.contact_sheet else None,
             png_compress_level=pipeline.png_compress_level, sheet_max_pixels=pipeline.contact_sheet_max_pixels,
         )
         if timings is not None:
             timings["encode"] = round(time.perf_counter() - started, 4)
         return Encoded(files=files, variants=entries, contact_sheet=sheet)
+
+    def _score(self, photo: Image.Image, variants: list[VariantImage]) -> None:
+        """Each variant's structure score, inside the subject mask: the one a background stage
+        made, else one computed here once per input. A mask that is unusable (coverage out of
+        bounds) or cannot be made scores the whole image, and the score says so."""
+        from processor.pipeline.structure import structure_score
+
+        mask = next((v.mask for v in variants if v.mask is not None), None)
+        if mask is None:
+            mask = self._subject_mask(photo)
+        if mask is not None and mask.fallback:
+            mask = None
+        for v in variants:
+            v.structure = structure_score(photo, v.image, mask.alpha_at(v.image.size) if mask is not None else None)
+
+    def _subject_mask(self, photo: Image.Image) -> Any:
+        if self._masker is None:
+            from processor.models.loader import ModelLoader
+            from processor.pipeline.mask import SubjectMasker
+
+            self._masker = SubjectMasker(self.settings.pipeline.mask, ModelLoader(self.settings.models))
+        try:
+            return self._masker(photo)
+        except Exception as exc:  # noqa: BLE001 - a score is worth less than the item: score the whole image
+            log.warning("structure_mask_unavailable", extra={"error": type(exc).__name__, "detail": str(exc)})
+            return None
 
     def __call__(self, body: bytes, *, name: str, sidecar: bytes | None = None, sidecar_name: str = "",
                  output_prefix: str = "", timings: dict[str, float] | None = None,
@@ -160,3 +198,13 @@ class ItemPipeline:
         prepared = self.prepare(body, name=name, sidecar=sidecar, sidecar_name=sidecar_name, timings=timings)
         rendered = self.compute(prepared, timings)
         return prepared, rendered, self.encode(prepared, rendered, output_prefix=output_prefix, timings=timings)
+
+
+def order_by_structure(variants: list[VariantImage]) -> list[VariantImage]:
+    """Each style's variants best structure score first (ties by index); styles keep their order."""
+    styles = list(dict.fromkeys(v.style for v in variants))
+    ranked: list[VariantImage] = []
+    for style in styles:
+        own = [v for v in variants if v.style == style]
+        ranked.extend(sorted(own, key=lambda v: (-(v.structure.f1 if v.structure else 0.0), v.index)))
+    return ranked

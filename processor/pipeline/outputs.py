@@ -1,8 +1,9 @@
 """Turn one input's variants into the bytes and manifest entries to upload.
 
 Shared by the worker (bucket) and ``processor process`` (local folder) so both produce the same
-files: ``<style>-<nn>.png`` with a ``parameters`` text chunk, the contact sheet, and ``mask.png``
-(the subject mask) when a style changed the background.
+files: ``<style>-<nn>.png`` with a ``parameters`` text chunk, the contact sheet, ``mask.png``
+(the subject mask) when a style changed the background, and ``control-<type>.png`` (a ControlNet's
+conditioning image) when a style used one.
 """
 
 from __future__ import annotations
@@ -11,14 +12,20 @@ import io
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from PIL import Image
 
 from processor.config import DEFAULT_CONTACT_SHEET_MAX_PIXELS
-from processor.manifest import Background, Variant
+from processor.manifest import Background, Control, Structure, Variant
 from processor.pipeline.base import VariantImage
-from processor.pipeline.encode import PNG_COMPRESS_LEVEL, contact_sheet, encode_png, sha256_hex
+from processor.pipeline.encode import (
+    PNG_COMPRESS_LEVEL,
+    contact_sheet,
+    encode_png,
+    infotext_parameters,
+    sha256_hex,
+)
 from processor.queue.keys import CONTACT_SHEET_NAME, MASK_NAME, safe_segment
 
 
@@ -68,9 +75,12 @@ def encode_outputs(
     mask = next((v.mask for v in variants if v.mask is not None), None)
     if mask is not None:
         files.append(OutputFile(MASK_NAME, _plain_png(mask.image(), png_compress_level), "image/png"))
+    control_files = _control_files(variants, png_compress_level)
+    files.extend(control_files.values())
     bodies = _encode_pool().map(
-        lambda v: encode_png(v.image, v.parameters | {"seed": v.seed, "style": v.style, "engine": v.engine}
-                             | _background_text(v.background), compress_level=png_compress_level),
+        lambda v: encode_png(v.image, infotext_parameters(
+            v.parameters | {"seed": v.seed, "style": v.style, "engine": v.engine}
+            | _background_text(v.background) | _control_text(v)), compress_level=png_compress_level),
         variants,
     )
     for v, body in zip(variants, bodies, strict=True):
@@ -89,11 +99,15 @@ def encode_outputs(
                 parameters=v.parameters,
                 background=Background.model_validate(v.background | {"mask": output_prefix + MASK_NAME})
                 if v.background else None,
+                control=[Control(type=c.type, model=c.model, revision=c.revision, scale=c.scale,
+                                 guidance_end=c.guidance_end, settings=dict(c.settings),
+                                 image=output_prefix + control_files[id(c.image)].name) for c in v.control],
+                structure=Structure.model_validate(asdict(v.structure)) if v.structure is not None else None,
             )
         )
     sheet_name = None
     if sheet_height and variants:
-        labels = ["original"] + (["mask"] if mask is not None else []) + [f"{v.style} #{v.index}" for v in variants]
+        labels = ["original"] + (["mask"] if mask is not None else []) + [_tile_label(v) for v in variants]
         tiles = ([mask.image().convert("RGB")] if mask is not None else []) + [v.image for v in variants]
         sheet = contact_sheet(original, tiles, height=sheet_height, labels=labels, max_pixels=sheet_max_pixels)
         files.append(OutputFile(CONTACT_SHEET_NAME, sheet, "image/jpeg"))
@@ -122,7 +136,9 @@ def attempt_scoped(
         background = entry.background
         if background is not None and background.mask in by_key:
             background = background.model_copy(update={"mask": by_key[background.mask]})
-        new_entries.append(entry.model_copy(update={"key": by_key.get(entry.key, entry.key), "background": background}))
+        control = [c.model_copy(update={"image": by_key.get(c.image, c.image)}) for c in entry.control]
+        new_entries.append(entry.model_copy(update={"key": by_key.get(entry.key, entry.key), "background": background,
+                                                    "control": control}))
     new_files = [OutputFile(renamed[f.name], f.body, f.content_type) for f in files]
     return new_files, new_entries, renamed.get(sheet_name) if sheet_name else None
 
@@ -139,3 +155,36 @@ def _background_text(background: dict | None) -> dict[str, object]:
         return {}
     return {"background_mode": background["mode"] if background.get("applied") else "none",
             "background_prompt": background.get("prompt"), "background_seed": background.get("seed")}
+
+
+def _control_files(variants: list[VariantImage], compress_level: int) -> dict[int, OutputFile]:
+    """One file per conditioning image (every variant of a style shares it), keyed by the image's
+    id: ``control-<type>.png``, or ``<style>-control-<type>.png`` when another style's map of
+    that type already took the name (different thresholds make a different map)."""
+    made: dict[int, OutputFile] = {}
+    taken: set[str] = set()
+    for v in variants:
+        for c in v.control:
+            if id(c.image) in made:
+                continue
+            name = f"control-{safe_segment(c.type)}.png"
+            if name in taken:
+                name = f"{safe_segment(v.style)}-{name}"
+            taken.add(name)
+            made[id(c.image)] = OutputFile(name, _plain_png(c.image, compress_level), "image/png")
+    return made
+
+
+def _control_text(variant: VariantImage) -> dict[str, object]:
+    """The ControlNets for the PNG ``parameters`` text (``infotext_parameters`` writes them as
+    A1111's ``ControlNet <i>`` units)."""
+    if not variant.control:
+        return {}
+    return {"controlnet_units": [{"type": c.type, "model": c.model, "scale": c.scale, "guidance_end": c.guidance_end,
+                                  "settings": dict(c.settings)} for c in variant.control]}
+
+
+def _tile_label(variant: VariantImage) -> str:
+    """``<style> #<index>``, and its structure score when it has one (``s0.62``)."""
+    label = f"{variant.style} #{variant.index}"
+    return label if variant.structure is None else f"{label} s{variant.structure.f1:.2f}"

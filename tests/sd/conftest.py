@@ -157,25 +157,66 @@ def tiny_sdxl(tmp_path_factory) -> Path:
     return build_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
 
 
-@pytest.fixture(scope="session")
-def tiny_lora(tiny_sd, tmp_path_factory) -> Path:
-    """A LoRA for ``tiny_sd``'s UNet (random, non-zero B matrices so it visibly changes outputs)."""
+def build_lora(path: Path, unet_folder: Path) -> Path:
+    """A LoRA for the UNet in ``unet_folder`` (random, non-zero B matrices so it visibly changes
+    outputs), saved as diffusers' ``pytorch_lora_weights.safetensors`` in ``path``."""
     import torch
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict
 
     torch.manual_seed(1)
-    unet = UNet2DConditionModel.from_pretrained(tiny_sd / "unet", use_safetensors=True)
+    unet = UNet2DConditionModel.from_pretrained(unet_folder, use_safetensors=True)
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
     with torch.no_grad():
         for name, param in unet.named_parameters():
             if "lora_B" in name:
                 param.normal_(0.0, 0.5)
-    path = tmp_path_factory.mktemp("lora")
+    path.mkdir(parents=True, exist_ok=True)
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     StableDiffusionPipeline.save_lora_weights(path, unet_lora_layers=layers, safe_serialization=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tiny_sd, tmp_path_factory) -> Path:
+    """A LoRA for ``tiny_sd``'s UNet (``build_lora``)."""
+    return build_lora(tmp_path_factory.mktemp("lora"), tiny_sd / "unet")
+
+
+#: The ControlNet layers diffusers zero-initialises (its output convolutions).
+ZERO_INIT_CONTROLNET = ("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")
+
+
+def build_controlnet(path: Path, unet_folder: Path, *, seed: int = 2) -> Path:
+    """A tiny ControlNet for the UNet in ``unet_folder`` (``ControlNetModel.from_unet``: its
+    encoder copied, a conditioning embedding added). diffusers zero-initialises the output
+    convolutions, which would make any ControlNet a no-op; they get random weights here so a test
+    can tell a steered variant from a free one."""
+    import torch
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(unet_folder, use_safetensors=True)
+    # Four embedding widths: three stride-2 convolutions, the 8x of the VAE, as the real ones.
+    net = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if name.startswith(ZERO_INIT_CONTROLNET):
+                param.normal_(0.0, 0.2)
+    net.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet(tiny_sd, tmp_path_factory) -> Path:
+    return build_controlnet(tmp_path_factory.mktemp("models") / "tiny-controlnet", tiny_sd / "unet")
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet_b(tiny_sd, tmp_path_factory) -> Path:
+    """A second ControlNet (other random weights), for styles with several."""
+    return build_controlnet(tmp_path_factory.mktemp("models") / "tiny-controlnet-b", tiny_sd / "unet", seed=3)
 
 
 def build_inpaint(path: Path) -> Path:

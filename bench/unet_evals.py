@@ -1,0 +1,193 @@
+"""UNet evaluations per input and per variant for every shipped style: what a style costs on any
+GPU, counted rather than timed.
+
+Each diffusion style of ``config.yaml`` runs once on one synthetic photo through the production
+engines (``processor.app.cli.build_registry``: the transform, its ControlNets and LoRAs, its
+background stage) with tiny random-weight models of the same families built offline (the counts
+depend on steps, rounds, guidance and variants, not on weights or image size).
+``UNet2DConditionModel.forward`` is wrapped to count calls and the samples each evaluates (a
+classifier-free-guided call evaluates two per image, instruct-pix2pix three), and each
+scheduler's ``step`` to count denoising steps.
+
+    python -m bench.unet_evals [--config config.yaml] [--reference modern-disney]
+                               [--fast modern-disney-fast --min-ratio 8]
+
+With ``--fast`` the run fails (exit 1) unless that style needs at least ``--min-ratio`` times fewer
+UNet evaluations per input than ``--reference``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: Long side (px) every style runs at here: counts do not depend on it, CPU time does.
+BENCH_SIZE = 64
+DIFFUSION_ENGINES = ("img2img", "instruct-pix2pix")
+
+
+@dataclass
+class Counts:
+    calls: int = 0
+    evaluations: int = 0
+    steps: int = 0
+    controlnet: int = 0
+
+
+def _count(counts: Counts) -> list[tuple[Any, str, Any]]:
+    """Wrap the UNet, ControlNet and scheduler entry points to add to ``counts``; returns what to restore."""
+    import diffusers
+
+    from processor.pipeline.diffusion_common import SCHEDULERS
+
+    patched: list[tuple[Any, str, Any]] = []
+
+    def wrap(cls: Any, name: str, record: Any) -> None:
+        original = getattr(cls, name)
+
+        def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+            record(args, kwargs)
+            return original(self, *args, **kwargs)
+
+        patched.append((cls, name, original))
+        setattr(cls, name, counted)
+
+    def unet(args: tuple, kwargs: dict) -> None:
+        sample = args[0] if args else kwargs["sample"]
+        counts.calls += 1
+        counts.evaluations += int(sample.shape[0])
+
+    def controlnet(args: tuple, kwargs: dict) -> None:
+        sample = args[0] if args else kwargs["sample"]
+        counts.controlnet += int(sample.shape[0])
+
+    def step(args: tuple, kwargs: dict) -> None:
+        sample = args[2] if len(args) > 2 else kwargs["sample"]
+        counts.steps += int(sample.shape[0])
+
+    wrap(diffusers.UNet2DConditionModel, "forward", unet)
+    wrap(diffusers.ControlNetModel, "forward", controlnet)
+    for cls_name in sorted({name for name, _ in SCHEDULERS.values()} | {"PNDMScheduler"}):
+        wrap(getattr(diffusers, cls_name), "step", step)
+    return patched
+
+
+def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], list[str]]:
+    """``config`` with every model replaced by a tiny one of its family; the diffusion style names."""
+    from tests.sd.conftest import build_controlnet, build_inpaint, build_lora, build_sd
+
+    sd = build_sd(root / "tiny-sd")
+    pix2pix = build_sd(root / "tiny-pix2pix", in_channels=8)
+    models = {"inpaint": lambda: build_inpaint(root / "tiny-inpaint")}
+    lora = build_lora(root / "tiny-lora", sd / "unet")
+    controlnet = build_controlnet(root / "tiny-controlnet", sd / "unet")
+    out = copy.deepcopy(config)
+    names = []
+    for name, style in out.get("styles", {}).items():
+        if style.get("engine") not in DIFFUSION_ENGINES:
+            continue
+        names.append(name)
+        style["model"] = str(pix2pix if style["engine"] == "instruct-pix2pix" else sd)
+        style.pop("revision", None)
+        style["size"] = BENCH_SIZE
+        if style.get("lora"):
+            style["lora"]["path"] = str(lora)
+        if style.get("lcm"):
+            style["lcm"]["lora"] = str(lora)
+        controls = style.get("control") or []
+        for control in controls if isinstance(controls, list) else [controls]:
+            control["model"] = str(controlnet)
+            control.pop("revision", None)
+        background = style.get("background")
+        if background and background.get("mode", "none") != "none":
+            mode = background["mode"]
+            background["model"] = str(models["inpaint"]() if mode == "inpaint"
+                                      else pix2pix if mode == "instruct" else sd)
+            background.pop("revision", None)
+            background["size"] = BENCH_SIZE
+    out["run"] = {**out.get("run", {}), "styles": names or ["toon"]}
+    out.pop("store", None)
+    out["caption"] = {"mode": "none"}
+    return out, names
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    import yaml
+
+    from processor.app.cli import build_registry
+    from processor.config import Settings
+    from tests.images import photo_image
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(Path(__file__).parents[1] / "config.yaml"))
+    parser.add_argument("--reference", default="modern-disney", help="the style the ratios compare with")
+    parser.add_argument("--fast", default=None, help="a style that must be --min-ratio times cheaper")
+    parser.add_argument("--min-ratio", type=float, default=8.0)
+    parser.add_argument("--styles", nargs="*", help="only these styles (default: every diffusion style)")
+    args = parser.parse_args(argv)
+
+    shipped = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
+    photo = photo_image(320, 240, seed=1)
+    rows: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-evals-") as tmp:
+        config, names = tiny_config(shipped, Path(tmp))
+        names = [n for n in names if not args.styles or n in args.styles]
+        settings = Settings.model_validate(config | {"run": config["run"] | {"styles": names or ["toon"]}})
+        registry = build_registry(settings)
+        counts = Counts()
+        patched = _count(counts)
+        try:
+            for name in names:
+                engine = registry.engine(name)
+                before = Counts(**vars(counts))
+                variants = engine(photo, None)
+                style = shipped["styles"][name]
+                rows[name] = {
+                    "model": style["model"],
+                    "variants": len(variants),
+                    "unet_calls": counts.calls - before.calls,
+                    "unet_evaluations": counts.evaluations - before.evaluations,
+                    "denoising_steps": counts.steps - before.steps,
+                    "controlnet_evaluations": counts.controlnet - before.controlnet,
+                }
+        finally:
+            for cls, attr, original in patched:
+                setattr(cls, attr, original)
+    reference = rows.get(args.reference)
+    for row in rows.values():
+        row["unet_evaluations_per_variant"] = row["unet_evaluations"] / row["variants"]
+        row["cheaper_than_reference"] = (reference["unet_evaluations"] / row["unet_evaluations"]
+                                         if reference and row["unet_evaluations"] else None)
+    print(table(rows, args.reference))
+    if args.fast:
+        ratio = rows[args.fast]["cheaper_than_reference"] if args.fast in rows else None
+        if ratio is None or ratio < args.min_ratio:
+            print(f"FAIL: {args.fast} is {ratio and round(ratio, 2)}x cheaper than {args.reference} in UNet "
+                  f"evaluations per input; at least {args.min_ratio}x is required", file=sys.stderr)
+            raise SystemExit(1)
+        print(f"ok: {args.fast} needs {ratio:.1f}x fewer UNet evaluations per input than {args.reference}")
+    return rows
+
+
+def table(rows: dict[str, dict[str, Any]], reference: str) -> str:
+    """The rows as a markdown table (docs/benchmarks.md quotes it)."""
+    lines = [f"| style | model | variants | UNet calls / input | denoising steps / input | UNet evaluations / input "
+             f"| per variant | ControlNet evaluations / input | vs {reference} |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in rows.items():
+        ratio = ("reference" if name == reference else f"{r['cheaper_than_reference']:.1f}x fewer"
+                 if r["cheaper_than_reference"] else "-")
+        lines.append(f"| {name} | {r['model']} | {r['variants']} | {r['unet_calls']} | {r['denoising_steps']} | "
+                     f"{r['unet_evaluations']} | {r['unet_evaluations_per_variant']:g} | "
+                     f"{r['controlnet_evaluations']} | {ratio} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
