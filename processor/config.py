@@ -267,8 +267,12 @@ class PipelineSettings(_Section):
     #: The subject mask for styles with a ``background`` (computed once per input).
     mask: MaskSettings = MaskSettings()
     #: Score every variant by the photo's edges it kept inside the subject mask (weight-free,
-    #: ``processor.pipeline.structure``; the mask is computed once per input on the CPU).
+    #: ``processor.pipeline.structure``), or over the whole image where no mask is at hand.
     structure_score: bool = True
+    #: Compute a subject mask for the score when no background stage made one. Off by default:
+    #: a GrabCut mask costs CPU time on the upload thread for every input, which toon-only
+    #: workers would otherwise pay; their scores then cover the whole image (``region``).
+    structure_mask: bool = False
 
 
 class ToonStyle(_Section):

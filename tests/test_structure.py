@@ -74,13 +74,13 @@ def test_ordering_ranks_within_each_style_and_keeps_the_style_order():
     assert [(v.style, v.index) for v in got] == [("b", 1), ("b", 0), ("a", 2), ("a", 0), ("a", 1)]
 
 
-def make_settings(tmp_path: Path, **run: object):
+def make_settings(tmp_path: Path, structure_mask: bool = True, **run: object):
     cfg = {
         "store": {"kind": "local", "root": str(tmp_path / "bucket")},
         "run": {"styles": ["toon", "flat"], "poll_interval_s": 0.05, **run},
         "styles": {"toon": {"engine": "toon", "variants": 3, "max_side": 256, "seed": 4},
                    "flat": {"engine": "toon", "variants": 1, "max_side": 256, "colors": [4, 5]}},
-        "pipeline": {"contact_sheet_height": 32},
+        "pipeline": {"contact_sheet_height": 32, "structure_mask": structure_mask},
     }
     path = tmp_path / "config.yaml"
     path.write_text(json.dumps(cfg))
@@ -113,6 +113,13 @@ def test_every_variant_is_scored_in_the_manifest_and_on_the_contact_sheet(tmp_pa
         assert 0.0 < v.structure.f1 <= 1.0
         assert label == f"{v.style} #{v.index} s{v.structure.f1:.2f}"
     assert "structure" in manifest.timings
+
+
+def test_without_a_mask_at_hand_the_score_covers_the_whole_image(tmp_path, monkeypatch):
+    """The default: toon-only workers compute no subject mask just for the score."""
+    manifest, labels = run_once(make_settings(tmp_path, structure_mask=False), monkeypatch)
+    assert all(v.structure is not None and v.structure.region == "image" for v in manifest.variants)
+    assert [label.rsplit(" s", 1)[0] for label in labels[1:]] == [f"{v.style} #{v.index}" for v in manifest.variants]
 
 
 def test_order_variants_by_structure_ranks_each_style_best_first(tmp_path, monkeypatch):

@@ -167,12 +167,13 @@ class ItemPipeline:
 
     def _score(self, photo: Image.Image, variants: list[VariantImage]) -> None:
         """Each variant's structure score, inside the subject mask: the one a background stage
-        made, else one computed here once per input. A mask that is unusable (coverage out of
-        bounds) or cannot be made scores the whole image, and the score says so."""
+        made, else (``pipeline.structure_mask``) one computed here once per input. Without a mask,
+        or with an unusable one (coverage out of bounds), the score covers the whole image, and
+        says so."""
         from processor.pipeline.structure import structure_score
 
         mask = next((v.mask for v in variants if v.mask is not None), None)
-        if mask is None:
+        if mask is None and self.settings.pipeline.structure_mask:
             mask = self._subject_mask(photo)
         if mask is not None and mask.fallback:
             mask = None
