@@ -147,7 +147,7 @@ def add_pages(app: FastAPI, *, settings: Settings, jobs: JobQueue, tokens: Seque
                     next_cursor=found.next_cursor, first=not cursor, limit=limit)
 
     @app.get("/login", include_in_schema=False)
-    async def login_form(request: Request, next: str | None = None) -> Response:
+    async def login_form(request: Request, next: str | None = None) -> Response:  # noqa: A002 - the query name
         return page(request, "login.html", next=safe_next(next), error=None)
 
     @app.post("/login", include_in_schema=False)
