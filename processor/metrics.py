@@ -46,6 +46,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from processor.config import MetricsSettings
 from processor.errors import ConfigError
 from processor.queue.outcomes import RESOLVED, Outcome
+from processor.store.base import CountsRequests
 
 log = logging.getLogger("processor.metrics")
 
@@ -301,9 +302,10 @@ class _ScrapeTimeCollector:
                                       "Expired claims of other (dead or paused) workers taken over.",
                                       value=claims.takeovers)
         store = self.observer._store  # noqa: SLF001
-        if store is not None:
+        if isinstance(store, CountsRequests):
             yield CounterMetricFamily("processor_store_requests", "Requests sent to the store (retries included).",
                                       value=store.request_count())
+        if store is not None:
             policy = getattr(store, "retry_policy", None)
             if policy is not None:
                 yield CounterMetricFamily("processor_store_retries",

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from processor.queue.keys import ItemKeys, KeyLayout, is_directory_marker, is_sidecar, safe_path, safe_segment
 from processor.queue.outcomes import Outcome
 from processor.queue.rescan import HintVersion, read_hint_version
-from processor.store.base import ObjectInfo, ObjectStore
+from processor.store.base import ObjectInfo, ObjectStore, requests_sent
 
 log = logging.getLogger("processor.scan")
 
@@ -62,12 +62,12 @@ class Backlog:
 
 def scan(store: ObjectStore, layout: KeyLayout) -> Backlog:
     """A full scan: every input, checked against every done marker (two listings)."""
-    before = store.request_count()
+    before = requests_sent(store)
     finished = _list_finished(store, layout)
     inputs, sidecars, _last = _list_inputs(store, layout)
     backlog = Backlog(inputs=len(inputs))
     _classify(backlog, layout, inputs, sidecars, finished, owners={})
-    backlog.requests = store.request_count() - before
+    backlog.requests = requests_sent(store) - before
     return backlog
 
 
@@ -192,7 +192,7 @@ class IncrementalScanner:
         return max(0.0, self.full_rescan_s - (self.clock() - self._last_full))
 
     def scan(self) -> Backlog:
-        before = self.store.request_count()
+        before = requests_sent(self.store)
         # Read before the listings: a hint written after this read is a change for the next scan.
         hint = read_hint_version(self.store, self.layout)
         if self.full_due():
@@ -203,7 +203,7 @@ class IncrementalScanner:
             backlog = self._full(hint)
         else:
             backlog = self._incremental()
-        backlog.requests = self.store.request_count() - before
+        backlog.requests = requests_sent(self.store) - before
         return backlog
 
     def retry_later(self, items: Iterable[WorkItem]) -> None:

@@ -89,10 +89,6 @@ class ObjectStore(Protocol):
         """Delete ``key``; deleting a missing key is not an error (S3 semantics)."""
         ...
 
-    def request_count(self) -> int:
-        """How many requests this store has sent to its backend (for benchmarks and tests)."""
-        ...
-
     def close(self) -> None:
         """Release connections (idempotent); the store must not be used afterwards."""
         ...
@@ -100,6 +96,21 @@ class ObjectStore(Protocol):
     def __enter__(self) -> ObjectStore: ...
 
     def __exit__(self, *exc_info: object) -> None: ...
+
+
+@runtime_checkable
+class CountsRequests(Protocol):
+    """An adapter that counts the requests it sends its backend (every HTTP request, retries and
+    each page of a listing included: only the adapter sees those, so the count lives there rather
+    than in a wrapper around ``ObjectStore``, which would see one call per listing). Kept off the
+    ``ObjectStore`` protocol: a store need not count, and its callers never depend on it."""
+
+    def request_count(self) -> int: ...
+
+
+def requests_sent(store: object) -> int:
+    """``store``'s request count, or 0 for a store that does not count (``CountsRequests``)."""
+    return store.request_count() if isinstance(store, CountsRequests) else 0
 
 
 class Closeable:

@@ -223,6 +223,10 @@ def test_get_max_bytes(store: ObjectStore) -> None:
 
 
 def test_request_count_increases(store: ObjectStore) -> None:
+    from processor.store.base import CountsRequests, requests_sent
+
+    # Every adapter counts what it sends (off the ObjectStore protocol: CountsRequests).
+    assert isinstance(store, CountsRequests) and requests_sent(store) == store.request_count()
     before = store.request_count()
     store.put("a", b"1")
     store.head("a")
