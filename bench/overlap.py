@@ -43,14 +43,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from bench.common import MIB, RssSampler, machine, peak_rss_bytes, report, s3_store, seaweedfs_server
 from processor import __version__
-from processor.app.cli import make_engine
+from processor.app.compose import make_engine
 from processor.config import Settings
-from processor.queue.keys import KeyLayout
 from processor.manifest import Manifest, Source, WorkerInfo
-from processor.pipeline.outputs import encode_outputs
 from processor.pipeline.base import ItemContext, VariantImage
 from processor.pipeline.decode import decode_image
+from processor.pipeline.outputs import encode_outputs
 from processor.pipeline.render import EngineRegistry, render
+from processor.queue.keys import KeyLayout
 from processor.worker.runner import Worker
 
 #: Defaults: the issue's goal is stated at 200 ms per item.
@@ -122,7 +122,7 @@ class FixedCostEngine:
 
 def registry_with_fixed_cost(settings: Settings, style: FixedCostStyle) -> tuple[EngineRegistry, list[FixedCostEngine]]:
     """The worker's registry with the fixed-cost style added; the factory falls back to the real
-    engines (``processor.app.cli.make_engine``) for every other style."""
+    engines (``processor.app.compose.make_engine``) for every other style."""
     made: list[FixedCostEngine] = []
 
     def factory(name: str, configured: Any) -> Any:
@@ -157,8 +157,8 @@ class TimedEngine:
 
 
 def registry_with_timed_engines(settings: Settings) -> tuple[EngineRegistry, list[TimedEngine]]:
-    """The worker's own registry (``processor.app.cli.build_registry``), every engine it makes timed."""
-    from processor.app.cli import build_registry
+    """The worker's own registry (``processor.app.compose.build_registry``), every engine it makes timed."""
+    from processor.app.compose import build_registry
 
     base = build_registry(settings)
     made: list[TimedEngine] = []

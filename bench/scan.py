@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import machine, report, s3_store, seaweedfs_server
-from processor.app.cli import build_registry
+from processor.app.compose import build_registry
 from processor.config import Settings
 from processor.queue.keys import KeyLayout
 from processor.manifest import Manifest, Source

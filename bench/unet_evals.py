@@ -2,7 +2,7 @@
 GPU, counted rather than timed.
 
 Each diffusion style of ``config.yaml`` runs once on one synthetic photo through the production
-engines (``processor.app.cli.build_registry``: the transform, its ControlNets and LoRAs, its
+engines (``processor.app.compose.build_registry``: the transform, its ControlNets and LoRAs, its
 background stage) with tiny random-weight models of the same families built offline (the counts
 depend on steps, rounds, guidance and variants, not on weights or image size).
 ``UNet2DConditionModel.forward`` is wrapped to count calls and the samples each evaluates (a
@@ -120,7 +120,7 @@ def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], lis
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import yaml
 
-    from processor.app.cli import build_registry
+    from processor.app.compose import build_registry
     from processor.config import Settings
     from tests.images import photo_image
 

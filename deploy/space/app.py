@@ -34,7 +34,7 @@ for candidate in (HERE, HERE.parent.parent):
         sys.path.insert(0, str(candidate))
         break
 
-from processor.app.cli import build_captioner, build_registry
+from processor.app.compose import build_captioner, build_registry
 from processor.config import Settings, load_settings
 from processor.errors import ItemError
 from processor.pipeline.item import ItemPipeline

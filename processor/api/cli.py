@@ -43,7 +43,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from processor.api.app import create_app
-    from processor.app.cli import build_store
+    from processor.app.compose import build_store
 
     host = args.host or settings.api.host
     port = settings.api.port if args.port is None else args.port

@@ -30,9 +30,8 @@ from processor.config import (
 )
 from processor.errors import InvalidSidecar
 from processor.pipeline.prompt import clean_text
+from processor.queue.keys import MAX_SIDECAR_BYTES
 
-#: Bytes: a sidecar is a few lines of JSON; anything larger is a mistake.
-MAX_SIDECAR_BYTES = 64 * 1024
 #: Styles a sidecar may list before validation reads them (the configured cap is checked after).
 MAX_LISTED_STYLES = 64
 #: Characters of a style name (config keys are short words).

@@ -21,6 +21,8 @@ from processor.queue.outcomes import Outcome
 
 #: Extensions of per-image sidecar files (``inputs/<path>.json``), which are not inputs themselves.
 SIDECAR_SUFFIX = ".json"
+#: Bytes: a sidecar is a few lines of JSON; anything larger is a mistake (read with this cap).
+MAX_SIDECAR_BYTES = 64 * 1024
 MANIFEST_NAME = "manifest.json"
 CONTACT_SHEET_NAME = "contact-sheet.jpg"
 #: The subject mask of an input whose styles change the background (8-bit greyscale, 255 = subject).

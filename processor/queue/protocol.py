@@ -49,11 +49,10 @@ from processor.errors import (
     StoreError,
 )
 from processor.manifest import MAX_RECORD_BYTES, FailureRecord, Manifest, Source, WorkerInfo
-from processor.pipeline.sidecar import MAX_SIDECAR_BYTES
 from processor.queue import requeue as requeue_module
 from processor.queue.claims import Claim, ClaimManager
 from processor.queue.failpolicy import is_final
-from processor.queue.keys import KeyLayout
+from processor.queue.keys import MAX_SIDECAR_BYTES, KeyLayout
 from processor.queue.outcomes import Outcome
 from processor.queue.scan import Backlog, WorkItem, scan
 from processor.store.base import ObjectStore, StoredObject

@@ -1,0 +1,114 @@
+"""The composition root: the only module that names concrete classes (stores, engines, the
+caption stage). Every command, the HTTP API and the trainer build their parts here."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+from processor.config import Settings
+from processor.errors import ConfigError
+from processor.queue.keys import KeyLayout
+from processor.store.base import ObjectStore
+
+
+def build_store(settings: Settings) -> ObjectStore:
+    kind = settings.store.kind
+    if kind == "local":
+        from processor.store.local import LocalStore
+
+        return LocalStore(settings.store.root)
+    if kind == "s3":
+        from processor.store.s3 import S3Store
+
+        return S3Store.from_settings(settings.store)
+    from processor.store.cos import CosStore
+
+    return CosStore.from_settings(settings.store)
+
+
+def make_engine(style_name: str, style: Any, models: Any = None) -> Any:
+    """The engine for one style (the factory ``EngineRegistry`` calls). ``models`` is the worker's
+    ``ModelLoader``, shared by every diffusion style so equal base models load once."""
+    if style.engine == "toon":
+        from processor.pipeline.toon import ToonEngine
+
+        return ToonEngine(style_name, style)
+    if style.engine in ("img2img", "instruct-pix2pix"):
+        from processor.models.loader import ModelLoader
+        from processor.pipeline.diffusion import Img2ImgEngine, InstructPix2PixEngine
+
+        cls = Img2ImgEngine if style.engine == "img2img" else InstructPix2PixEngine
+        return cls(style_name, style, models if models is not None else ModelLoader())
+    raise ConfigError(f"styles.{style_name}.engine: unknown engine {style.engine!r}")
+
+
+def build_registry(settings: Settings) -> Any:
+    from processor.models.loader import ModelLoader
+    from processor.pipeline.render import EngineRegistry
+
+    # Imports torch only when a diffusion style loads; opens the store only for bucket: LoRAs.
+    models = ModelLoader(settings.models, store=lambda: build_store(settings))
+    from processor.pipeline.background import with_background
+    from processor.pipeline.mask import SubjectMasker
+
+    masker = SubjectMasker(settings.pipeline.mask, models)  # one mask per input, shared by every style
+    return EngineRegistry(settings.styles, lambda name, style: with_background(
+        make_engine(name, style, models), name, style, models, masker))
+
+
+def build_captioner(settings: Settings, store: ObjectStore | None = None) -> Any:
+    """The caption stage, or None with ``caption.mode: none``. With a store, label tables are
+    shared through the bucket's state prefix (``<state>/cache/label-tables/``)."""
+    if settings.caption.mode == "none":
+        return None
+    from processor.models.loader import ModelLoader
+    from processor.pipeline.caption import Captioner
+
+    remote = None
+    if store is not None:
+        from processor.queue.shared_cache import StoreCache
+
+        remote = StoreCache(store, KeyLayout(settings.prefixes).cache_prefix + "label-tables/")
+    return Captioner(settings.caption, ModelLoader(settings.models), remote)
+
+
+def needs_torch(settings: Settings, styles: Sequence[str]) -> bool:
+    """Whether running ``styles`` loads a PyTorch model: a diffusion engine, a background stage
+    or the caption stage. The toon style alone does not."""
+    from processor.config import background_model
+    from processor.pipeline.caption import caption_used
+
+    for name in styles:
+        style = settings.styles[name]
+        if style.engine != "toon" or background_model(style) is not None:
+            return True
+    return caption_used(settings.caption, settings.styles, list(styles))
+
+
+def detect_device(settings: Settings | None = None, styles: Sequence[str] | None = None) -> str:
+    """``cuda:N (name)`` when PyTorch sees a GPU, else ``cpu``; never imports torch if absent.
+
+    Given the settings and styles of a run, torch is imported only when they need it
+    (``needs_torch``): importing it costs seconds and most of a toon-only worker's memory.
+    """
+    if settings is not None and styles is not None and not needs_torch(settings, styles):
+        return "cpu"
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            return "cpu"
+        import torch
+
+        if torch.cuda.is_available():
+            return f"cuda:0 ({torch.cuda.get_device_name(0)})"
+    except Exception:  # noqa: BLE001 - a broken torch install must not stop a CPU-only style
+        return "cpu"
+    return "cpu"
+
+
+def worker_id(settings: Settings) -> str:
+    return settings.run.worker_id or f"{socket.gethostname()}-{os.getpid()}"
