@@ -26,6 +26,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
+from processor.config import PrefixSettings
 from processor.errors import ObjectNotFound
 from processor.manifest import FailureRecord, Manifest
 from processor.queue.keys import KeyLayout
@@ -127,3 +128,180 @@ def test_any_bucket_state_ends_with_every_input_accounted_for_and_no_commit_touc
     root = tmp_path_factory.mktemp("bucket-state")
     config, cfg = write_config(root)
     run_and_check(LocalStore(cfg.store.root), config, KeyLayout(cfg.prefixes), state)
+
+
+# --------------------------------------------------------------------------- keys that collide on a file system
+
+
+def _leaves_and_folders(layout: KeyLayout, key: str, etag: str) -> tuple[set[str], set[str]]:
+    """The record and marker keys of one input version, and every folder they need."""
+    keys = layout.for_input(key)
+    leaves = {keys.failure, keys.done_marker(etag, "done"), keys.done_marker(etag, "failed"), keys.claim}
+    folders = {leaf[: i + 1] for leaf in leaves for i, c in enumerate(leaf) if c == "/"}
+    return leaves, folders
+
+
+@settings(max_examples=400, deadline=None)
+@given(a=_relpaths, b=_relpaths, etag=st.sampled_from(["0" * 32, "y.png", "e"]))
+def test_no_record_or_marker_key_is_another_inputs_folder(a: str, b: str, etag: str) -> None:
+    """For two inputs a file system can hold side by side, no failure record, done marker or claim
+    of one is a folder the other's need (outputs are the documented exception: refused, recorded)."""
+    layout = KeyLayout(PrefixSettings())
+    ka, kb = "inputs/" + a, "inputs/" + b
+    if ka == kb or kb.startswith(ka + "/") or ka.startswith(kb + "/"):
+        return  # a file and a folder of one name: the store refuses the second upload
+    leaves_a, folders_a = _leaves_and_folders(layout, ka, etag)
+    leaves_b, folders_b = _leaves_and_folders(layout, kb, etag)
+    assert not leaves_a & folders_b and not leaves_b & folders_a, (ka, kb)
+    assert not leaves_a & leaves_b, (ka, kb)
+
+
+def _run(store: Any, config: Path) -> int:
+    return run_cli(config, store)
+
+
+def test_a_record_that_was_another_inputs_record_folder_gets_written(tmp_path: Path) -> None:
+    """``inputs/x.png`` and ``inputs/x.png.json/y.png``, both bad: each gets its record (it used to be
+    retried every pass: ``run --once`` exited 8, the daemon looped)."""
+    config, cfg = write_config(tmp_path)
+    layout = KeyLayout(cfg.prefixes)
+    store = LocalStore(cfg.store.root)
+    for key in ("inputs/x.png", "inputs/x.png.json/y.png", "inputs/X.PNG.JSON/z.png"):
+        store.put(key, b"not an image")
+    before = objects(store)
+    results = check_invariants(store, layout, code=_run(store, config), before=before)
+    assert {k: r.error for k, r in results.items()} == dict.fromkeys(before, "UnsupportedFormat")
+    assert layout.for_input("inputs/x.png.json/y.png").failure == "failed/x.png%2Ejson/y.png.json"
+
+
+def test_an_output_name_that_is_another_inputs_folder_fails_that_input_only(tmp_path: Path) -> None:
+    """``outputs/a/manifest.json`` is a file; ``inputs/a/manifest.json.png`` needs it as a folder.
+    Whichever commits first keeps its result; the other gets a record naming the clash, in either
+    order, and nothing committed changes."""
+    for first, second in (("inputs/a.png", "inputs/a/manifest.json.png"),
+                          ("inputs/a/manifest.json.png", "inputs/a.png")):
+        root = tmp_path / first.replace("/", "_")
+        root.mkdir()
+        config, cfg = write_config(root)
+        layout = KeyLayout(cfg.prefixes)
+        store = LocalStore(cfg.store.root)
+        store.put(first, photo_bytes(80, 64, seed=1))
+        check_invariants(store, layout, code=_run(store, config), before=objects(store))
+        committed = snapshot_commits(store, layout)
+        assert len(committed) == 1
+        store.put(second, photo_bytes(80, 64, seed=2))
+        results = check_invariants(store, layout, code=_run(store, config), before=objects(store),
+                                   committed=committed)
+        assert isinstance(results[first], Manifest)
+        record = results[second]
+        assert isinstance(record, FailureRecord) and record.error == "InvalidInput", record
+        assert "cannot be stored" in record.message and "Rename" in record.hint
+
+
+def test_a_record_key_blocked_by_a_foreign_object_is_marked_failed_not_retried(tmp_path: Path) -> None:
+    """An object outside our layout (``failed/q.png.json/planted``) makes the record key a folder:
+    the input gets its ``failed`` done marker, the run exits 0, and the next run leaves it alone."""
+    config, cfg = write_config(tmp_path)
+    layout = KeyLayout(cfg.prefixes)
+    store = LocalStore(cfg.store.root)
+    store.put("inputs/q.png", b"not an image")
+    store.put("failed/q.png.json/planted", b"x")
+    assert _run(store, config) == 0
+    etag = store.head("inputs/q.png").etag
+    store.head(layout.for_input("inputs/q.png").done_marker(etag, "failed"))
+    before = objects(store)
+    assert _run(store, config) == 0
+    assert objects(store) == before
+
+
+# --------------------------------------------------------------------------- the acceptance run
+
+
+#: Sidecars the mixed bucket pairs with photos: the InvalidSidecar ones, and one valid.
+MIXED_SIDECARS = {"side-huge": b'{"variants": 1000000000}', "side-deep": b"[" * 30_000 + b"]" * 30_000,
+                  "side-binary": b"\xff\xfe\x00", "side-negative-seed": b'{"seed": -1}',
+                  "side-oversized": b" " * (2 << 20)}
+
+
+def _acceptance(store: Any, root: Path, *, plant_unreadable: Any) -> None:
+    """Earlier commits, then one bucket mixing good photos with every class of issue 14; one
+    ``processor run --once`` exits 0, accounts for every input and changes no earlier commit.
+    ``plant_unreadable(key, body)`` uploads an object the worker may not read and returns the set
+    of keys the ``Hostile`` store must refuse (empty where the store itself refuses, as SSE-C)."""
+    config, cfg = write_config(root)
+    cfg_json = json.loads(config.read_text())
+    # A planted claim is fresh on S3 (no way to age it): a short cap lets the run take it over.
+    cfg_json["claims"] = {"ttl_s": 2, "renew_s": 0.5, "max_ttl_s": 3}
+    config.write_text(json.dumps(cfg_json))
+    layout = KeyLayout(cfg.prefixes)
+    earlier = ["inputs/a.png", "inputs/good-1.jpg", "inputs/sub/toy.png"]
+    for i, key in enumerate(earlier):
+        store.put(key, photo_bytes(80, 64, seed=i))
+    check_invariants(store, layout, code=run_cli(config, store), before=objects(store))
+    committed = snapshot_commits(store, layout)
+    assert set(committed) == {layout.for_input(k).manifest for k in earlier}
+
+    photo = lambda seed: photo_bytes(80, 64, seed=seed)  # noqa: E731
+    expected: dict[str, tuple[str, ...]] = {k: ("manifest",) for k in earlier}
+    uploads = {"inputs/good-2.jpg": ("manifest",), "inputs/good-3.png": ("manifest",),
+               "inputs/a.jpg": ("InvalidInput", "inputs/a.png"), "inputs/a.jpeg": ("InvalidInput", "inputs/a.png"),
+               "inputs/A.jpg": ("manifest",),
+               # Nests in outputs/a/: the local store refuses it (recorded), S3 keeps both.
+               "inputs/a/manifest.json.png": ("manifest", "InvalidInput"),
+               "inputs/a/toon-00.png.jpg": ("manifest", "InvalidInput"),
+               "inputs/sub/toy.jpg": ("InvalidInput", "inputs/sub/toy.png"),
+               "inputs/side-valid.jpg": ("manifest",), "inputs/claimed.jpg": ("manifest",),
+               "inputs/garbage-manifest.jpg": ("manifest",), "inputs/garbage-record.jpg": ("manifest",)}
+    for i, (key, want) in enumerate(uploads.items()):
+        store.put(key, photo(10 + i))
+        expected[key] = want
+    for i, (name, body) in enumerate(MIXED_SIDECARS.items()):
+        store.put(f"inputs/{name}.jpg", photo(40 + i))
+        store.put(f"inputs/{name}.json", body)
+        expected[f"inputs/{name}.jpg"] = ("InvalidSidecar",)
+    store.put("inputs/side-valid.json", b'{"seed": 7, "styles": ["toon"]}')
+    for key in ("inputs/bad.png", "inputs/bad.png.json/y.png"):  # records that used to nest
+        store.put(key, b"not an image")
+        expected[key] = ("UnsupportedFormat",)
+    keys = layout.for_input("inputs/claimed.jpg")
+    store.put(keys.claim, CLAIM_GARBAGE["absurd-ttl"])
+    store.put(layout.for_input("inputs/garbage-manifest.jpg").manifest, b"\x00 not a manifest")
+    store.put(layout.for_input("inputs/garbage-record.jpg").failure, b"{" + b" " * (2 << 20) + b"}")
+    store.put(keys.done_prefix + "junk.finished", b"garbage done marker")
+    unreadable = plant_unreadable("inputs/unreadable.jpg", photo(60))
+    expected["inputs/unreadable.jpg"] = ("InputUnreadable",)
+    store.put("inputs/gone.jpg", photo(61))
+
+    def expect(key: str, result: Manifest | FailureRecord) -> None:
+        want = expected[key]
+        got = "manifest" if isinstance(result, Manifest) else result.error
+        assert got in want, (key, got, getattr(result, "message", ""))
+        if isinstance(result, FailureRecord) and want[0] == "InvalidInput" and len(want) > 1:
+            assert want[1] in result.message, (key, result.message)
+
+    before = objects(store)
+    code = run_cli(config, store, unreadable, {"inputs/gone.jpg"})
+    results = check_invariants(store, layout, code=code, before=before, committed=committed, expect=expect)
+    assert set(results) == set(expected), set(results) ^ set(expected)
+    with pytest.raises(ObjectNotFound):
+        store.head(layout.for_input("inputs/gone.jpg").failure)
+
+
+def test_acceptance_mixed_bucket_on_the_local_store(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "bucket")
+
+    def unreadable(key: str, body: bytes) -> set[str]:
+        store.put(key, body)
+        return {key}  # EACCES cannot be had as root: the Hostile store refuses it as the OS would
+
+    _acceptance(store, tmp_path, plant_unreadable=unreadable)
+
+
+def test_acceptance_mixed_bucket_on_seaweedfs(s3_server: Any, s3_store: Any, tmp_path: Path) -> None:
+    def unreadable(key: str, body: bytes) -> set[str]:
+        # SSE-C with a key the worker never gets: SeaweedFS itself refuses the GET and the HEAD.
+        s3_server.client().put_object(Bucket=s3_store.bucket, Key=key, Body=body, SSECustomerAlgorithm="AES256",
+                                      SSECustomerKey=os.urandom(32))
+        return set()
+
+    _acceptance(s3_store, tmp_path, plant_unreadable=unreadable)
