@@ -79,7 +79,7 @@ def safe_path(path: str) -> str:
 def record_path(safe_rel: str) -> str:
     """``safe_rel`` (a ``safe_path``) with the dot of every *folder* name ending in ``.json``
     escaped, so no record key (``<path>.json``) is another record's folder (module docstring).
-    Injective: ``%2E`` followed by more characters never comes out of ``safe_segment``."""
+    Injective: ``safe_segment`` never makes a name ending in ``%2Ejson`` ("%" becomes "%25")."""
     *folders, name = safe_rel.split("/")
     escaped = [f"{part[:-5]}%2E{part[-4:]}" if part.lower().endswith(SIDECAR_SUFFIX) else part
                for part in folders]
