@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,7 +245,7 @@ def plant(store: Any, layout: KeyLayout, state: BucketState) -> tuple[set[str], 
     return unreadable, vanish
 
 
-def run_cli(config: Path, store: Any, unreadable: set[str] = frozenset(), vanish: set[str] = frozenset()) -> int:
+def run_cli(config: Path, store: Any, unreadable: Set[str] = frozenset(), vanish: Set[str] = frozenset()) -> int:
     """``processor run --once`` in-process, over ``store`` wrapped in ``Hostile``."""
     hostile = Hostile(store, set(unreadable), set(vanish))
     with mock.patch.object(cli, "build_store", lambda settings: hostile):
@@ -266,7 +266,7 @@ def input_keys_of(listing: dict[str, str], layout: KeyLayout) -> dict[str, str]:
             if k.startswith(layout.prefixes.inputs) and not is_sidecar(k) and not is_directory_marker(k)}
 
 
-def _read(store: Any, key: str, model: type) -> Any:
+def _read(store: Any, key: str, model: type[Manifest] | type[FailureRecord]) -> Any:
     try:
         return model.model_validate_json(store.get(key, max_bytes=MAX_RECORD_BYTES).body)
     except Exception:  # noqa: BLE001 - absent, oversized, unreadable or garbage: no result

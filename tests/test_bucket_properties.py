@@ -30,6 +30,7 @@ from processor.config import PrefixSettings
 from processor.errors import ObjectNotFound
 from processor.manifest import FailureRecord, Manifest
 from processor.queue.keys import KeyLayout
+from processor.queue.requeue import find_failures
 from processor.store.local import LocalStore
 from tests.bucket_states import (
     CLAIM_GARBAGE,
@@ -117,13 +118,12 @@ def run_and_check(store: Any, config: Path, layout: KeyLayout, state: BucketStat
 
 
 # No explain phase: it reruns each failing example dozens of times (minutes) to annotate lines.
-@settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=DERANDOMIZE, print_blob=True, phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
-          suppress_health_check=[HealthCheck.too_slow,
-                                                                             HealthCheck.data_too_large])
+@settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=DERANDOMIZE, print_blob=True,
+          phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(state=_states)
-def test_any_bucket_state_ends_with_every_input_accounted_for_and_no_commit_touched(state: BucketState,
-                                                                                   tmp_path_factory:
-                                                                                   pytest.TempPathFactory) -> None:
+def test_any_bucket_state_ends_with_every_input_accounted_for_and_no_commit_touched(
+        state: BucketState, tmp_path_factory: pytest.TempPathFactory) -> None:
     root = tmp_path_factory.mktemp("bucket-state")
     config, cfg = write_config(root)
     run_and_check(LocalStore(cfg.store.root), config, KeyLayout(cfg.prefixes), state)
@@ -171,6 +171,10 @@ def test_a_record_that_was_another_inputs_record_folder_gets_written(tmp_path: P
     results = check_invariants(store, layout, code=_run(store, config), before=before)
     assert {k: r.error for k, r in results.items()} == dict.fromkeys(before, "UnsupportedFormat")
     assert layout.for_input("inputs/x.png.json/y.png").failure == "failed/x.png%2Ejson/y.png.json"
+    # `processor retry --prefix` narrows its listing through the same escape.
+    found = find_failures(store, layout, include_permanent=True, prefix="inputs/x.png.json/")
+    assert [f.record.source.key for f in found.failures] == ["inputs/x.png.json/y.png"]
+    assert [f.marked for f in found.failures] == [True]
 
 
 def test_an_output_name_that_is_another_inputs_folder_fails_that_input_only(tmp_path: Path) -> None:
