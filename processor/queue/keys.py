@@ -9,6 +9,16 @@ segments and ``\\`` are percent-encoded, so derived keys never leave their prefi
 distinct inputs (the mapping is injective). Over-long names and paths are cut and end in ``%~``
 and a hash of the whole (``%~`` never comes out of the escaping, so this stays injective): every
 derived key then fits a file system's 255 bytes a name and S3's 1024 bytes a key.
+
+Derived keys never nest into one another where a file system would need one name to be both a
+file and a folder. A failure record is ``failed/<safe relpath>.json``, so the record of
+``inputs/x.png`` (``failed/x.png.json``) would be the folder that holds the record of
+``inputs/x.png.json/y.png``: in a record key, a folder name ending in ``.json`` (any case) has
+that dot escaped (``failed/x.png%2Ejson/y.png.json``). Done markers cannot collide this way (a
+marker's folder is the input's own path, which a file system cannot hold beside the input), and
+an output name of one input that is another input's output folder (``outputs/a/manifest.json``
+and ``inputs/a/manifest.json.png``) is refused by the local store and becomes that input's
+failure record.
 """
 
 from __future__ import annotations
@@ -66,6 +76,16 @@ def safe_segment(segment: str) -> str:
 def safe_path(path: str) -> str:
     """A relative path whose every segment is a plain name (see module docstring)."""
     return _cut("/".join(safe_segment(part) for part in path.split("/")), path, MAX_PATH_BYTES)
+
+
+def record_path(safe_rel: str) -> str:
+    """``safe_rel`` (a ``safe_path``) with the dot of every *folder* name ending in ``.json``
+    escaped, so no record key (``<path>.json``) is another record's folder (module docstring).
+    Injective: ``safe_segment`` never makes a name ending in ``%2Ejson`` ("%" becomes "%25")."""
+    *folders, name = safe_rel.split("/")
+    escaped = [f"{part[:-5]}%2E{part[-4:]}" if part.lower().endswith(SIDECAR_SUFFIX) else part
+               for part in folders]
+    return "/".join([*escaped, name])
 
 
 def split_extension(relpath: str) -> tuple[str, str]:
@@ -145,7 +165,7 @@ class KeyLayout:
             relpath=relpath,
             output_prefix=f"{self.prefixes.outputs}{safe_stem}/",
             manifest=f"{self.prefixes.outputs}{safe_stem}/{MANIFEST_NAME}",
-            failure=f"{self.prefixes.failed}{safe_rel}.json",
+            failure=f"{self.prefixes.failed}{record_path(safe_rel)}.json",
             sidecar=f"{self.prefixes.inputs}{stem}{SIDECAR_SUFFIX}",
             claim=f"{self.claims_prefix}{digest}.json",
             done_prefix=f"{self.done_prefix}{safe_rel}/",

@@ -213,6 +213,8 @@ class BucketQueue:
             self.store.head(owner)
         except ObjectNotFound:
             return
+        except ObjectUnreadable:
+            pass  # it exists (we may not read it): its folder is still its own
         raise InvalidInput(
             f"{d.key} and {owner} both write to {d.item.keys.output_prefix}, which holds the result of {owner}",
             hint="Rename this input: inputs whose names differ only by extension share an output folder.",
@@ -348,6 +350,12 @@ class BucketQueue:
                                            "attempt": d.attempt, "final": final})
         if not final:
             return Outcome.RETRY
+        self._mark(d, Outcome.FAILED)
+        return Outcome.FAILED
+
+    def mark_failed(self, d: Delivery) -> Outcome:
+        """The ``failed`` done marker without a record, for an input whose record key the store
+        refuses (``InvalidKey``: an object outside our layout made it a folder): ``FAILED``."""
         self._mark(d, Outcome.FAILED)
         return Outcome.FAILED
 

@@ -40,7 +40,7 @@ from pydantic import ValidationError
 from processor import errors as error_module
 from processor.errors import ConfigError, ItemError, ObjectNotFound, ObjectTooLarge, PreconditionFailed
 from processor.manifest import MAX_RECORD_BYTES, FailureRecord, utcnow
-from processor.queue.keys import CUT_HASH_CHARS, CUT_MARK, MAX_PATH_BYTES, KeyLayout, safe_path
+from processor.queue.keys import CUT_HASH_CHARS, CUT_MARK, MAX_PATH_BYTES, KeyLayout, record_path, safe_path
 from processor.queue.outcomes import Outcome
 from processor.queue.rescan import request_rescan
 from processor.store.base import ObjectStore
@@ -134,7 +134,8 @@ def find_failures(
     narrowed = _listing_prefix(prefix)
     markers = {obj.key for obj in store.list(layout.done_prefix + narrowed)}
     selection = Selection()
-    for obj in store.list(layout.prefixes.failed + narrowed):
+    # Record keys escape folder names ending in ".json" (keys.record_path); markers do not.
+    for obj in store.list(layout.prefixes.failed + record_path(narrowed)):
         selection.listed += 1
         try:
             found = store.get(obj.key, max_bytes=MAX_RECORD_BYTES)

@@ -518,8 +518,14 @@ class Worker:
                 log.warning("upload_failed",
                             extra={"key": job.key, "error": type(again).__name__, "detail": str(again)})
                 return Outcome.TRANSIENT
+        # The record's own key is blocked (on a file system: another object's folder is there, so
+        # the bucket holds objects no input of ours derives). The `failed` done marker alone keeps
+        # scans off this version, so the worker does not retry it every pass, forever.
         log.error("unrecordable", extra={"key": job.key, "error": type(exc).__name__, "detail": str(exc)})
-        return Outcome.TRANSIENT
+        try:
+            return self.queue.mark_failed(job.delivery)
+        except InvalidKey:
+            return Outcome.TRANSIENT
 
     def _publish(self, job: Job) -> Outcome:
         """Encode, put every output, then commit the manifest."""
