@@ -28,6 +28,7 @@
         │   ├── ImageTooSmall
         │   ├── InvalidSidecar
         │   └── InputUnreadable    the input (or its sidecar) exists but we may not read it
+        ├── InputVanished          the input was deleted between the listing and its GET
         └── StageFailed            a pipeline stage crashed on this input (a bug or a model fault)
 
 Per-item failures (``ItemError``) and process failures (``FatalError``) are different types on
@@ -200,6 +201,17 @@ class InputUnreadable(InvalidInput):
     hint = ("Let the worker's credentials read this object (bucket policy, ACL, KMS key grant) or "
             "upload it again without customer-provided encryption (SSE-C), then run "
             "`processor retry --all --error InputUnreadable` (or upload the photo again).")
+
+
+class InputVanished(ItemError):
+    """The input was listed, then deleted before the worker read it (the user removed it).
+
+    Its failure record says so, and is never final (no ``failed`` done marker): an upload under
+    the same key later, even of the same bytes and so the same ETag, is processed like any
+    other. It is not the input's fault and not the worker's, so the circuit breaker ignores it
+    (only the compute stage feeds the breaker)."""
+
+    hint = "Nothing to do if it was deleted on purpose; upload it again to have it processed."
 
 
 class StageFailed(ItemError):

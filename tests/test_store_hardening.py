@@ -219,9 +219,10 @@ def test_seaweedfs_bucket_wide_refusals_stay_fatal(policy_server: S3Server, tmp_
 
 
 @pytest.mark.parametrize("store_kind", ["local", "s3"])
-def test_an_input_deleted_between_list_and_get_is_skipped(store_kind: str, tmp_path: Path,
-                                                          request: pytest.FixtureRequest) -> None:
-    """Gone before its GET: no record (there is no input to report on), the others commit, exit 0."""
+def test_an_input_deleted_between_list_and_get_gets_a_record(store_kind: str, tmp_path: Path,
+                                                             request: pytest.FixtureRequest) -> None:
+    """Gone before its GET: a retryable InputVanished record says so (no done marker, so the same
+    bytes uploaded again are new work), the others commit, exit 0."""
     inner = request.getfixturevalue("local_store" if store_kind == "local" else "s3_store")
     settings = make_settings(tmp_path)
     layout = KeyLayout(settings.prefixes)
@@ -234,8 +235,17 @@ def test_an_input_deleted_between_list_and_get_is_skipped(store_kind: str, tmp_p
 
     assert run_worker(Faulty(inner, handler), settings) == 0
     assert manifest_of(inner, layout, "inputs/a.jpg") and manifest_of(inner, layout, "inputs/z.jpg")
+    gone = layout.for_input("inputs/gone.jpg")
+    record = FailureRecord.model_validate_json(inner.get(gone.failure).body)
+    assert record.error == "InputVanished" and not record.final and "deleted" in record.message
+    assert record.hint and record.source.key == "inputs/gone.jpg"
+    assert not [o for o in inner.list(gone.done_prefix)], "a vanished input must leave no done marker"
+    # The same bytes uploaded again are processed.
+    inner.put("inputs/gone.jpg", photo_bytes(96, 96, seed=1))
+    assert run_worker(inner, settings) == 0
+    assert manifest_of(inner, layout, "inputs/gone.jpg")
     with pytest.raises(ObjectNotFound):
-        inner.head(layout.for_input("inputs/gone.jpg").failure)
+        inner.head(gone.failure)  # the success deleted the stale record
 
 
 # --------------------------------------------------------------------------- local store: unreadable files

@@ -21,14 +21,17 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from processor.errors import InvalidInput, ItemError
+from processor.errors import InputVanished, InvalidInput, ItemError
 
 #: Errors a breaker trip reports (its log event and its message): enough to see the pattern.
 MAX_REPORTED_ERRORS = 5
 
 
 def is_final(error: ItemError, attempt: int, max_attempts: int) -> bool:
-    """Whether the failure of ``attempt`` (1-based) ends this input version's attempts."""
+    """Whether the failure of ``attempt`` (1-based) ends this input version's attempts. A vanished
+    input's never does: a later upload of the same bytes must not find a ``failed`` marker."""
+    if isinstance(error, InputVanished):
+        return False
     return isinstance(error, InvalidInput) or attempt >= max_attempts
 
 

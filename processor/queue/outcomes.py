@@ -28,7 +28,7 @@ class Outcome(str, Enum):
     LOST = "lost"
     #: Given back unfinished (shutdown, a stage died, the breaker tripped).
     RELEASED = "released"
-    #: Deleted from the bucket since the scan.
+    #: Deleted from the bucket since the scan (its record says so; see ``errors.InputVanished``).
     VANISHED = "vanished"
 
     # Enum hashes by member name; hash by value so that a member and its string are one key.

@@ -34,6 +34,7 @@ from processor.errors import (
     EXIT_INCOMPLETE,
     FatalError,
     InputUnreadable,
+    InputVanished,
     InvalidInput,
     InvalidKey,
     ItemError,
@@ -422,8 +423,8 @@ class Worker:
             # One object we may not read (a policy, a KMS key, SSE-C): this input's failure record.
             job.error = InputUnreadable(str(exc))
         except ObjectNotFound:
-            self._finish(job, Outcome.VANISHED, keeper, result)  # deleted since the scan
-            return None
+            # Deleted since the scan: its record says so (never final; see InputVanished).
+            job.error = InputVanished(f"{job.key} was deleted after the worker listed it, before it was read")
         except FatalError:
             raise
         except StoreError as exc:
@@ -567,9 +568,13 @@ class Worker:
         return outcome
 
     def _publish_failure(self, job: Job) -> Outcome:
-        """The failure record (``BucketQueue.fail``)."""
+        """The failure record (``BucketQueue.fail``). A vanished input's record is retryable (no
+        done marker), yet the input waits for no one: its outcome is ``VANISHED``."""
         assert job.error is not None
-        return self.queue.fail(job.delivery, job.error, self._source(job))
+        outcome = self.queue.fail(job.delivery, job.error, self._source(job))
+        if isinstance(job.error, InputVanished) and outcome is Outcome.RETRY:
+            return Outcome.VANISHED
+        return outcome
 
     def _source(self, job: Job) -> Source:
         decoded = job.decoded
