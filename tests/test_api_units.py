@@ -307,3 +307,38 @@ def test_form_edge_cases_are_named(tmp_path) -> None:
     long_prompt = client.post("/v1/jobs", files={"image": ("a.jpg", photo)}, data={"prompt": "x" * 20_000})
     assert long_prompt.status_code == 413 and long_prompt.json()["field"] == "prompt"
     assert not (tmp_path / "bucket" / "inputs").exists()  # nothing written for any of them
+
+
+def test_files_stream_from_the_local_store_in_chunks(tmp_path, monkeypatch) -> None:
+    """A file the API serves from the local store is relayed chunk by chunk (never read whole),
+    with its ETag and length; the bytes are the stored ones."""
+    from fastapi.testclient import TestClient
+
+    from processor.api.app import create_app
+    from processor.store import local as local_store
+
+    settings = load_settings(None, store={"kind": "local", "root": str(tmp_path / "bucket")})
+    store = LocalStore(tmp_path / "bucket")
+    queue = JobQueue(store, settings)
+    job, _ = queue.submit(Submission(image=photo_bytes(100, 80), format="JPEG"))
+    keys = KeyLayout(settings.prefixes).for_input(queue.state(job).input_key)
+    body = bytes(range(256)) * 4096  # 1 MiB
+    info = store.put(keys.output_prefix + "toon-00.png", body)
+    chunks: list[int] = []
+    real_stream = LocalStore.stream
+
+    def spy(self, key, *, chunk_bytes=local_store.STREAM_CHUNK_BYTES):
+        found, parts = real_stream(self, key, chunk_bytes=64 * 1024)
+        return found, (chunks.append(len(part)) or part for part in parts)
+
+    def no_whole_reads(self, key, *, max_bytes=None):
+        raise AssertionError(f"{key} was read whole")
+
+    monkeypatch.setattr(LocalStore, "stream", spy)
+    client = TestClient(create_app(settings, store, keys=[]))
+    monkeypatch.setattr(LocalStore, "get", no_whole_reads)
+    got = client.get(f"/v1/jobs/{job}/files/toon-00.png")
+    assert got.status_code == 200 and got.content == body
+    assert got.headers["etag"] == f'"{info.etag}"' and got.headers["content-length"] == str(len(body))
+    assert len(chunks) == 16 and max(chunks) == 64 * 1024
+    assert client.get(f"/v1/jobs/{job}/files/nothing.png").status_code == 404

@@ -22,7 +22,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -347,13 +347,21 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
 
     @app.get("/v1/jobs/{job}/files/{name}")
     async def file(job: str, name: str, _token: str = Depends(authorize)) -> Response:
+        media = "image/jpeg" if name.endswith(".jpg") else "image/png" if name.endswith(".png") else \
+            "application/octet-stream"
         try:
+            # Streamed in chunks where the store can (the local store); else read whole (COS with
+            # an IAM key, whose files are not presigned; S3 answers with presigned URLs instead).
+            streamed = await run_in_threadpool(jobs.output_stream, job, name)
+            if streamed is not None:
+                info, chunks = streamed
+                return StreamingResponse(iterate_in_threadpool(chunks), media_type=media, headers={
+                    "Cache-Control": "private, max-age=3600", "ETag": f'"{info.etag}"',
+                    "Content-Length": str(info.size)})
             found = await run_in_threadpool(jobs.output, job, name)
         except (ObjectNotFound, UnknownJob):
             raise Problem(404, f"job {job} has no file {name!r}", field="name",
                           hint="Use the URLs listed in the job's variants and contact_sheet.") from None
-        media = "image/jpeg" if name.endswith(".jpg") else "image/png" if name.endswith(".png") else \
-            "application/octet-stream"
         return Response(found.body, media_type=media, headers={"Cache-Control": "private, max-age=3600",
                                                                  "ETag": f'"{found.info.etag}"'})
 

@@ -25,7 +25,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from enum import Enum
@@ -41,7 +41,7 @@ from processor.queue.keys import ItemKeys, KeyLayout, is_directory_marker, is_si
 from processor.queue.requeue import Failure, requeue
 from processor.queue.rescan import request_rescan
 from processor.queue.scan import scan
-from processor.store.base import ObjectInfo, ObjectStore, StoredObject
+from processor.store.base import ObjectInfo, ObjectStore, StoredObject, StreamsObjects
 
 log = logging.getLogger("processor.api.jobs")
 
@@ -295,6 +295,15 @@ class JobQueue:
         if name in ("", ".", "..") or "/" in name or "\\" in name:
             raise ObjectNotFound(name)
         return self.store.get(keys.output_prefix + name)
+
+    def output_stream(self, job: str, name: str) -> tuple[ObjectInfo, Iterator[bytes]] | None:
+        """``output``'s file as chunks when the store streams (``StreamsObjects``), else None."""
+        if not isinstance(self.store, StreamsObjects):
+            return None
+        keys = self._keys(job)
+        if name in ("", ".", "..") or "/" in name or "\\" in name:
+            raise ObjectNotFound(name)
+        return self.store.stream(keys.output_prefix + name)
 
     def output_key(self, job: str, name: str) -> str:
         return self._keys(job).output_prefix + name

@@ -108,6 +108,22 @@ class CountsRequests(Protocol):
     def request_count(self) -> int: ...
 
 
+#: Bytes per chunk of a streamed read (``StreamsObjects``).
+STREAM_CHUNK_BYTES = 256 * 1024
+
+
+@runtime_checkable
+class StreamsObjects(Protocol):
+    """An adapter that can hand out an object's body in chunks, so a server relays a file without
+    holding it whole (the local store; S3 and COS answer with presigned URLs instead)."""
+
+    def stream(self, key: str, *, chunk_bytes: int = STREAM_CHUNK_BYTES) -> tuple[ObjectInfo, Iterator[bytes]]:
+        """The object's info, and its body as chunks of at most ``chunk_bytes``, all of one version
+        (``ObjectNotFound`` before any chunk when it is missing). Iterate the chunks to the end, or
+        close the iterator, to release the file."""
+        ...
+
+
 def requests_sent(store: object) -> int:
     """``store``'s request count, or 0 for a store that does not count (``CountsRequests``)."""
     return store.request_count() if isinstance(store, CountsRequests) else 0

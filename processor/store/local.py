@@ -54,7 +54,7 @@ from processor.errors import (
     StoreAccessError,
     StoreError,
 )
-from processor.store.base import Closeable, ObjectInfo, StoredObject
+from processor.store.base import STREAM_CHUNK_BYTES, Closeable, ObjectInfo, StoredObject
 
 #: The hidden directory under root that holds the store's own files; no key may start with it.
 INTERNAL_DIR = ".store"
@@ -203,6 +203,36 @@ class LocalStore(Closeable):
                         self.etags.remember(fh.fileno(), st, etag)
             metadata = self._read_metadata(key, _version(st))
         return StoredObject(info=self._info(key, st, etag, server_time=self._clock()), body=body, metadata=metadata)
+
+    def stream(self, key: str, *, chunk_bytes: int = STREAM_CHUNK_BYTES) -> tuple[ObjectInfo, Iterator[bytes]]:
+        """``StreamsObjects``: the file is opened here, so every chunk is of that one version: a
+        put replaces the file (``os.replace``) and never rewrites the open one."""
+        self._count()
+        path = self._path(key)
+        with self._translate(key, write=False):
+            fh = open(path, "rb")  # closed by the generator below (or on error)
+            try:
+                st = os.fstat(fh.fileno())
+                _require_file(st, key)
+                etag = self.etags.lookup(fh.fileno(), st)
+                if etag is None:  # hashed from the open file, the version the chunks will be
+                    digest = hashlib.md5(usedforsecurity=False)
+                    while block := fh.read(HASH_CHUNK_BYTES):
+                        digest.update(block)
+                    fh.seek(0)
+                    etag = digest.hexdigest()
+                    self.etags.hashed += 1
+                    self.etags.remember(fh.fileno(), st, etag)
+            except BaseException:
+                fh.close()
+                raise
+
+        def chunks() -> Iterator[bytes]:
+            with fh:
+                while chunk := fh.read(chunk_bytes):
+                    yield chunk
+
+        return self._info(key, st, etag, server_time=self._clock()), chunks()
 
     def put(
         self,
