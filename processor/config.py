@@ -351,6 +351,34 @@ class LcmSettings(_Section):
     scale: float = 1.0
 
 
+#: Scheduler steps a turbo (adversarially distilled: SD-Turbo, SDXL-Turbo) style may take per round.
+MAX_TURBO_STEPS = 4
+
+
+class RefinerSettings(_Section):
+    """``styles.<name>.refiner``: an SDXL refiner (``stabilityai/stable-diffusion-xl-refiner-1.0``)
+    run as one last img2img round over every variant. It shares the base model's VAE and second
+    text encoder (diffusers' base + refiner pattern), so only its UNet is extra memory."""
+
+    #: Hub id or a local diffusers folder (an SDXL img2img pipeline, model_index.json inside).
+    model: str
+    #: A hub commit / tag / branch to pin (recommended: a commit hash).
+    revision: str | None = None
+    #: 0-1: how much of the base's output the refiner re-noises (low: it adds detail, keeps the look).
+    strength: float = Field(default=0.3, gt=0, le=1)
+    #: Scheduler steps; the refiner denoises int(steps * strength) of them.
+    steps: int = Field(default=20, ge=1, le=500)
+    #: Classifier-free guidance scale of the refiner round.
+    guidance: float = Field(default=5.0, ge=0)
+
+    @model_validator(mode="after")
+    def _denoises(self) -> RefinerSettings:
+        if int(self.steps * self.strength) < 1:
+            raise ValueError(f"refiner: strength {self.strength} with steps {self.steps} gives 0 denoising steps; "
+                             f"raise steps or strength")
+        return self
+
+
 #: Control image types a style can ask for (``styles.<name>.control[].type``).
 ControlType = Literal["canny"]
 #: Canny hysteresis thresholds (OpenCV, 0-255 gradient units): the common ControlNet defaults.
@@ -461,6 +489,10 @@ class Img2ImgStyle(_Section):
     control: list[ControlSettings] = Field(default_factory=list)
     #: Few-step sampling with an LCM-LoRA (sets ``scheduler: lcm``).
     lcm: LcmSettings | None = None
+    #: SDXL only: a refiner run as the last round (``RefinerSettings``).
+    refiner: RefinerSettings | None = None
+    #: A turbo model (SD-Turbo, SDXL-Turbo): 1-4 steps at guidance 0 on trailing timesteps.
+    turbo: bool = False
     background: BackgroundSettings = BackgroundSettings()
 
     @field_validator("control", mode="before")
@@ -489,6 +521,23 @@ class Img2ImgStyle(_Section):
             if r.guidance > MAX_LCM_GUIDANCE:
                 raise ValueError(f"rounds[{i}]: guidance {r.guidance} is too high for lcm (trained for 1-2; "
                                  f"at most {MAX_LCM_GUIDANCE}); lower it, or drop lcm")
+        return self
+
+    @model_validator(mode="after")
+    def _turbo_sampling(self) -> Img2ImgStyle:
+        if not self.turbo:
+            return self
+        if self.lcm is not None:
+            raise ValueError("turbo and lcm are two few-step methods; a style uses one (drop lcm or turbo)")
+        if self.refiner is not None:
+            raise ValueError("turbo models are distilled to finish in 1-4 steps; drop the refiner or turbo")
+        if self.steps > MAX_TURBO_STEPS:
+            raise ValueError(f"steps {self.steps} is too many for turbo (distilled for 1-{MAX_TURBO_STEPS}); "
+                             f"set steps to at most {MAX_TURBO_STEPS}")
+        for i, r in enumerate(self.rounds):
+            if r.guidance != 0:
+                raise ValueError(f"rounds[{i}]: guidance {r.guidance} for turbo; turbo models are distilled "
+                                 f"without classifier-free guidance: set guidance: 0")
         return self
 
     @model_validator(mode="after")

@@ -40,7 +40,15 @@ def make_engine(style_name: str, style: Any, models: Any = None) -> Any:
         from processor.models.loader import ModelLoader
         from processor.pipeline.diffusion import Img2ImgEngine, InstructPix2PixEngine
 
-        cls = Img2ImgEngine if style.engine == "img2img" else InstructPix2PixEngine
+        cls: Any = Img2ImgEngine if style.engine == "img2img" else InstructPix2PixEngine
+        if style.engine == "img2img" and style.refiner is not None:  # SDXL base + refiner
+            from processor.pipeline.diffusion_xl import RefinedImg2ImgEngine
+
+            cls = RefinedImg2ImgEngine
+        elif style.engine == "img2img" and style.turbo:  # SD-Turbo / SDXL-Turbo
+            from processor.pipeline.diffusion_turbo import TurboImg2ImgEngine
+
+            cls = TurboImg2ImgEngine
         return cls(style_name, style, models if models is not None else ModelLoader())
     raise ConfigError(f"styles.{style_name}.engine: unknown engine {style.engine!r}")
 

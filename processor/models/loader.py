@@ -272,11 +272,11 @@ class ModelLoader:
         with self._lock:
             return next(self._switches[k] for k, v in self._bases.items() if v is base)
 
-    def _load(self, resolved: ResolvedModel, device: str, dtype: Any) -> Any:
+    def _load(self, resolved: ResolvedModel, device: str, dtype: Any, shared: dict[str, Any] | None = None) -> Any:
         from diffusers import DiffusionPipeline
 
         index = _read_index(resolved.path)
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = dict(shared or {})  # modules passed in are not loaded again
         for name in SKIPPED_COMPONENTS & index.keys():
             extra[name] = None
         if "requires_safety_checker" in index or "safety_checker" in index:
@@ -416,6 +416,38 @@ class ModelLoader:
         net = controlnets[0] if len(controlnets) == 1 else list(controlnets)
         return _quiet(cls.from_pipe(base, controlnet=net))
 
+    def refiner(self, model: str, revision: str | None, base_model: str,
+                base_revision: str | None = None) -> tuple[Any, ResolvedModel]:
+        """An SDXL refiner's img2img pipeline, loaded once per base: the base's VAE and second text
+        encoder are passed in (diffusers' refiner pattern), so only the refiner's UNet is loaded."""
+        base, _ = self.base(base_model, base_revision)
+        if getattr(base, "text_encoder_2", None) is None:
+            raise ConfigError(f"refiner {model!r} needs an SDXL base model; {base_model!r} is a "
+                              f"{type(base).__name__} (drop refiner, or use an SDXL model)")
+        resolved = self.resolve(model, revision)
+        device, dtype = self.device(), self.dtype()
+        base_key = next(k for k, v in self._bases.items() if v is base)
+        key = (f"refiner:{resolved.path.resolve()}|{base_key[0]}", str(dtype), device)
+        with self._lock:
+            if key not in self._bases:
+                pipe = self._load(resolved, device, dtype,
+                                  shared={"text_encoder_2": base.text_encoder_2, "vae": base.vae})
+                width = base.text_encoder_2.config.hidden_size
+                if pipe.unet.config.cross_attention_dim != width or pipe.unet.config.in_channels != 4:
+                    raise ConfigError(
+                        f"refiner {model!r} does not fit base {base_model!r}: its UNet reads text width "
+                        f"{pipe.unet.config.cross_attention_dim} and {pipe.unet.config.in_channels} channels, the "
+                        f"base's second text encoder gives {width}; use the refiner trained with this base")
+                self._bases[key] = pipe
+                from processor.models.accel import apply
+
+                self._switches[key] = apply(pipe, self.settings.performance, device)
+            refiner = self._bases[key]
+        from diffusers import StableDiffusionXLImg2ImgPipeline
+
+        # A pipeline object of its own (the engine sets its scheduler) over the shared modules.
+        return _quiet(StableDiffusionXLImg2ImgPipeline.from_pipe(refiner)), resolved
+
     def lora_adapter(self, pipe: Any, model: str, revision: str | None, lora: LoraSettings) -> str:
         """Load ``lora`` into the (shared) modules behind ``pipe`` once; returns its adapter name."""
         base, _ = self.base(model, revision)
@@ -486,6 +518,9 @@ def configured_models(styles: dict[str, Any]) -> list[tuple[str, str | None]]:
         model = getattr(style, "model", None)
         if model and (model, style.revision) not in seen:
             seen.append((model, style.revision))
+        refiner = getattr(style, "refiner", None)
+        if refiner is not None and (refiner.model, refiner.revision) not in seen:
+            seen.append((refiner.model, refiner.revision))
         background = background_model(style)
         if background is not None and background not in seen:
             seen.append(background)

@@ -92,7 +92,7 @@ class _DiffusionEngine:
 
     def setup(self) -> None:
         pipe, self.resolved = self._load_pipeline()
-        pipe.scheduler = make_scheduler(self.style.scheduler, pipe.scheduler.config)
+        pipe.scheduler = make_scheduler(self.style.scheduler, self._scheduler_config(pipe.scheduler.config))
         self.pipe = pipe
         lora = getattr(self.style, "lora", None)
         if lora is not None:
@@ -115,6 +115,10 @@ class _DiffusionEngine:
             if seconds is not None:
                 self.switches["compile_warmup_s"] = seconds
         self.compile_warmup_s = self.switches.get("compile_warmup_s")
+
+    def _scheduler_config(self, config: Any) -> Any:
+        """The model's scheduler config the style's scheduler is built from (a turbo style overrides it)."""
+        return config
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -244,6 +248,12 @@ class Img2ImgEngine(_DiffusionEngine):
                 "controlnet_conditioning_scale": [u.scale for u in uses],
                 "control_guidance_end": [u.guidance_end for u in uses]}
 
+    def _final_rounds(self, current: torch.Tensor, prompt: str, negative: str | None, seeds: list[int],
+                      context: ItemContext | None) -> tuple[torch.Tensor, int, list[dict[str, Any]]]:
+        """Rounds run after ``style.rounds`` on every variant (the SDXL refiner's): the images, the
+        out-of-memory halvings, and one ``rounds[]`` record each. None here."""
+        return current, 0, []
+
     def __call__(self, image: Image.Image, context: ItemContext | None = None) -> list[VariantImage]:
         style = self.style
         size = working_size(image.width, image.height, self._long_side())
@@ -306,8 +316,10 @@ class Img2ImgEngine(_DiffusionEngine):
             with torch.inference_mode():
                 current, made = self._batched(style.variants, run_round(current, k, seeds))
             halvings += made
+        current, made, final = self._final_rounds(current, prompt, negative, seeds, context)
+        halvings += made
         rounds = [{"strength": r.strength, "guidance": r.guidance, "denoising_steps": int(style.steps * r.strength),
-                   "shared": k < shared} for k, r in enumerate(style.rounds)]
+                   "shared": k < shared} for k, r in enumerate(style.rounds)] + final
         chain_steps = sum(r["denoising_steps"] for r in rounds)
         shared_steps = sum(r["denoising_steps"] for r in rounds[:shared])
         results = []

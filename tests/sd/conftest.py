@@ -142,6 +142,32 @@ def build_sdxl(path: Path) -> Path:
     return path
 
 
+def build_sdxl_refiner(path: Path, base: Path) -> Path:
+    """A tiny SDXL refiner for the SDXL base in ``base``: no first text encoder (the real refiner
+    has none), a UNet that reads only the second encoder's width and an aesthetic-score time
+    embedding (5 time ids), and the base's own VAE and second text encoder saved beside it, as
+    stabilityai's refiner repo ships them."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLImg2ImgPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(4)
+    unet = _unet(
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=5 * 8 + TEXT_WIDTH,
+        cross_attention_dim=TEXT_WIDTH, norm_num_groups=1,
+    )
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    StableDiffusionXLImg2ImgPipeline(
+        unet=unet, scheduler=scheduler, text_encoder=None, tokenizer=None,
+        vae=AutoencoderKL.from_pretrained(base / "vae", use_safetensors=True),
+        text_encoder_2=CLIPTextModelWithProjection.from_pretrained(base / "text_encoder_2", use_safetensors=True),
+        tokenizer_2=tiny_tokenizer(), requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
+    ).save_pretrained(path, safe_serialization=True)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory) -> Path:
     return build_sd(tmp_path_factory.mktemp("models") / "tiny-sd")
@@ -155,6 +181,11 @@ def tiny_pix2pix(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory) -> Path:
     return build_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_refiner(tiny_sdxl, tmp_path_factory) -> Path:
+    return build_sdxl_refiner(tmp_path_factory.mktemp("models") / "tiny-sdxl-refiner", tiny_sdxl)
 
 
 def build_lora(path: Path, unet_folder: Path) -> Path:
