@@ -491,7 +491,8 @@ class Img2ImgStyle(_Section):
     lcm: LcmSettings | None = None
     #: SDXL only: a refiner run as the last round (``RefinerSettings``).
     refiner: RefinerSettings | None = None
-    #: A turbo model (SD-Turbo, SDXL-Turbo): 1-4 steps at guidance 0 on trailing timesteps.
+    #: A turbo model (SD-Turbo, SDXL-Turbo): 1-4 steps at guidance 0 on trailing timesteps
+    #: (scheduler default euler-a).
     turbo: bool = False
     background: BackgroundSettings = BackgroundSettings()
 
@@ -534,6 +535,8 @@ class Img2ImgStyle(_Section):
         if self.steps > MAX_TURBO_STEPS:
             raise ValueError(f"steps {self.steps} is too many for turbo (distilled for 1-{MAX_TURBO_STEPS}); "
                              f"set steps to at most {MAX_TURBO_STEPS}")
+        if "scheduler" not in self.model_fields_set:
+            self.scheduler = "euler-a"  # what SD-Turbo / SDXL-Turbo ship; Karras sigmas misplace 1-4 steps
         for i, r in enumerate(self.rounds):
             if r.guidance != 0:
                 raise ValueError(f"rounds[{i}]: guidance {r.guidance} for turbo; turbo models are distilled "
