@@ -3,7 +3,8 @@ GPU, counted rather than timed.
 
 Each diffusion style of ``config.yaml`` runs once on one synthetic photo through the production
 engines (``processor.app.compose.build_registry``: the transform, its ControlNets and LoRAs, its
-background stage) with tiny random-weight models of the same families built offline (the counts
+background stage) with tiny random-weight models of the same families built offline (an SDXL
+model, one whose id contains "xl", gets the tiny SDXL base and its refiner the tiny refiner; the counts
 depend on steps, rounds, guidance and variants, not on weights or image size).
 ``UNet2DConditionModel.forward`` is wrapped to count calls and the samples each evaluates (a
 classifier-free-guided call evaluates two per image, instruct-pix2pix three), and each
@@ -80,9 +81,17 @@ def _count(counts: Counts) -> list[tuple[Any, str, Any]]:
 
 def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], list[str]]:
     """``config`` with every model replaced by a tiny one of its family; the diffusion style names."""
-    from tests.sd.conftest import build_controlnet, build_inpaint, build_lora, build_sd
+    from tests.sd.conftest import build_controlnet, build_inpaint, build_lora, build_sd, build_sdxl, build_sdxl_refiner
 
     sd = build_sd(root / "tiny-sd")
+    xl: list[Path] = []  # built on first use: (base, refiner)
+
+    def tiny_xl() -> list[Path]:
+        if not xl:
+            xl.append(build_sdxl(root / "tiny-sdxl"))
+            xl.append(build_sdxl_refiner(root / "tiny-sdxl-refiner", xl[0]))
+        return xl
+
     pix2pix = build_sd(root / "tiny-pix2pix", in_channels=8)
     models = {"inpaint": lambda: build_inpaint(root / "tiny-inpaint")}
     lora = build_lora(root / "tiny-lora", sd / "unet")
@@ -93,9 +102,15 @@ def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], lis
         if style.get("engine") not in DIFFUSION_ENGINES:
             continue
         names.append(name)
-        style["model"] = str(pix2pix if style["engine"] == "instruct-pix2pix" else sd)
+        if style["engine"] == "img2img" and "xl" in style["model"].lower():
+            style["model"] = str(tiny_xl()[0])
+        else:
+            style["model"] = str(pix2pix if style["engine"] == "instruct-pix2pix" else sd)
         style.pop("revision", None)
         style["size"] = BENCH_SIZE
+        if style.get("refiner"):
+            style["refiner"] = {**style["refiner"], "model": str(tiny_xl()[1])}
+            style["refiner"].pop("revision", None)
         if style.get("lora"):
             style["lora"]["path"] = str(lora)
         if style.get("lcm"):

@@ -33,3 +33,26 @@ def test_controlnets_are_counted_and_a_slow_fast_style_fails_the_check(tmp_path)
     with pytest.raises(SystemExit) as info:
         unet_evals.main(["--config", str(config), "--reference", "ref", "--fast", "held"])
     assert info.value.code == 1
+
+
+def test_shipped_turbo_style_is_counted_on_a_tiny_sdxl(capsys):
+    rows = unet_evals.main(["--styles", "modern-disney", "cartoon-turbo", "--fast", "cartoon-turbo"])
+    turbo = rows["cartoon-turbo"]
+    # 5 variants x int(2 * 0.5) = 1 step, guidance 0: one sample each, in one batched call.
+    counted = (turbo["variants"], turbo["unet_calls"], turbo["denoising_steps"], turbo["unet_evaluations"])
+    assert counted == (5, 1, 5, 5)
+    assert turbo["cheaper_than_reference"] == 132.0
+    row = "| cartoon-turbo | stabilityai/sdxl-turbo | 5 | 1 | 5 | 5 | 1 | 0 | 132.0x fewer |"
+    assert row in capsys.readouterr().out
+
+
+def test_a_refiner_round_is_counted(tmp_path):
+    style = {"engine": "img2img", "model": "stabilityai/stable-diffusion-xl-base-1.0", "steps": 4, "variants": 2,
+             "rounds": [{"strength": 0.5, "guidance": 5.0}],
+             "refiner": {"model": "stabilityai/stable-diffusion-xl-refiner-1.0", "strength": 0.5, "steps": 4,
+                         "guidance": 5.0}}
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"styles": {"xl": style}}))
+    rows = unet_evals.main(["--config", str(config), "--reference", "xl"])
+    # Base: 2 guided steps; refiner: 2 guided steps; 2 variants batched, 2 samples each per call.
+    assert (rows["xl"]["unet_calls"], rows["xl"]["denoising_steps"], rows["xl"]["unet_evaluations"]) == (4, 8, 16)

@@ -68,7 +68,7 @@ def test_a_refiner_on_an_sd_1x_model_is_a_config_error_naming_the_fix(tiny_sd, t
 
 
 def test_refiner_settings_refuse_zero_denoising_steps():
-    with pytest.raises(ValueError, match="refiner: strength 0.2 with steps 4 gives 0 denoising steps"):
+    with pytest.raises(ValueError, match=r"refiner: strength 0\.2 with steps 4 gives 0 denoising steps"):
         Img2ImgStyle(model="m", refiner={"model": "r", "strength": 0.2, "steps": 4})
 
 

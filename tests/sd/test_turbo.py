@@ -53,12 +53,12 @@ def test_turbo_style_runs_one_unguided_step_from_a_trailing_timestep(family, req
 
 
 def test_turbo_refuses_guidance_steps_and_rounds_that_do_not_denoise():
-    with pytest.raises(ValueError, match="guidance 7.5 for turbo.*set guidance: 0"):
+    with pytest.raises(ValueError, match=r"guidance 7\.5 for turbo.*set guidance: 0"):
         Img2ImgStyle(model="m", turbo=True, steps=2, rounds=[{"strength": 0.5}])
     with pytest.raises(ValueError, match="steps 8 is too many for turbo"):
         Img2ImgStyle(model="m", turbo=True, steps=8, rounds=[{"strength": 0.5, "guidance": 0}])
     # strength x steps below 1: no denoising step at all.
-    with pytest.raises(ValueError, match="strength 0.4 with steps 2 gives 0 denoising steps"):
+    with pytest.raises(ValueError, match=r"strength 0\.4 with steps 2 gives 0 denoising steps"):
         Img2ImgStyle(model="m", turbo=True, steps=2, rounds=[{"strength": 0.4, "guidance": 0}])
     with pytest.raises(ValueError, match="turbo and lcm"):
         Img2ImgStyle(model="m", turbo=True, steps=2, lcm={"lora": "x"}, rounds=[{"strength": 0.5, "guidance": 0}])
