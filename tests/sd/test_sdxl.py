@@ -15,11 +15,23 @@ from processor.config import Img2ImgStyle, ModelSettings
 from processor.errors import ConfigError
 from processor.models.loader import ModelLoader, configured_models
 from processor.pipeline.diffusion_xl import RefinedImg2ImgEngine
+from processor.queue.keys import KeyLayout
+from processor.store.local import LocalStore
 from tests.images import photo_bytes
 from tests.sd.test_diffusion import drain, img2img_style, make_settings, manifest_of
 
 PHOTO = {"inputs/toy.jpg": photo_bytes(160, 120, seed=6)}
 XL_ROUNDS = [{"strength": 0.6, "guidance": 5.0}]
+
+
+def run_once(settings, inputs: dict[str, bytes]) -> tuple[LocalStore, KeyLayout]:
+    """``processor run --once`` over ``inputs`` with the config ``make_settings`` wrote."""
+    store = LocalStore(settings.store.root)
+    for key, data in inputs.items():
+        store.put(key, data)
+    config = settings.store.root.parent / "config.yaml"
+    assert main(["run", "--once", "--metrics-port", "0", "--config", str(config)]) == 0
+    return store, KeyLayout(settings.prefixes)
 
 
 def refiner(model, **extra) -> dict:
@@ -39,7 +51,7 @@ def test_sdxl_refiner_runs_as_the_last_round_sharing_the_base_vae_and_text_encod
     assert engine.refiner_pipe.vae is engine.pipe.vae
     assert engine.refiner_pipe.text_encoder_2 is engine.pipe.text_encoder_2
     assert engine.refiner_pipe.text_encoder is None and engine.refiner_pipe.unet is not engine.pipe.unet
-    store, layout = drain(settings, PHOTO, registry)
+    store, layout = run_once(settings, PHOTO)
     variants = manifest_of(store, layout, "inputs/toy.jpg").variants
     assert len(variants) == 2
     for i, v in enumerate(variants):

@@ -4,12 +4,14 @@ timesteps. Tiny random-weight SD and SDXL models through the production loader a
 from __future__ import annotations
 
 import pytest
+from diffusers import UNet2DConditionModel
 
 from processor.app.cli import build_registry
 from processor.config import Img2ImgStyle
 from processor.pipeline.diffusion_turbo import TurboImg2ImgEngine
 from tests.images import photo_bytes
-from tests.sd.test_diffusion import drain, img2img_style, make_settings, manifest_of
+from tests.sd.test_diffusion import img2img_style, make_settings, manifest_of
+from tests.sd.test_sdxl import run_once
 
 PHOTO = {"inputs/toy.jpg": photo_bytes(160, 120, seed=8)}
 #: sdxl-turbo's documented img2img setting: 2 steps at strength 0.5, one denoising step.
@@ -17,7 +19,7 @@ TURBO = {"turbo": True, "rounds": [{"strength": 0.5, "guidance": 0.0}], "steps":
 
 
 @pytest.mark.parametrize("family", ["tiny_sd", "tiny_sdxl"])
-def test_turbo_style_runs_one_unguided_step_from_a_trailing_timestep(family, request, tmp_path):
+def test_turbo_style_runs_one_unguided_step_from_a_trailing_timestep(family, request, tmp_path, monkeypatch):
     model = request.getfixturevalue(family)
     style = img2img_style(model, **TURBO)
     style.pop("scheduler")
@@ -28,20 +30,16 @@ def test_turbo_style_runs_one_unguided_step_from_a_trailing_timestep(family, req
     # The fixtures' scheduler config says "leading"; turbo models were distilled on "trailing".
     assert type(engine.pipe.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
     assert engine.pipe.scheduler.config.timestep_spacing == "trailing"
-    unet = engine.pipe.unet
     seen: list[tuple[int, float]] = []
-    forward = unet.forward
+    forward = UNet2DConditionModel.forward
 
-    def counted(sample, timestep, *args, **kwargs):
+    def counted(self, sample, timestep, *args, **kwargs):
         seen.append((int(sample.shape[0]), float(timestep if not hasattr(timestep, "flatten")
                                                  else timestep.flatten()[0])))
-        return forward(sample, timestep, *args, **kwargs)
+        return forward(self, sample, timestep, *args, **kwargs)
 
-    unet.forward = counted
-    try:
-        store, layout = drain(settings, PHOTO, registry)
-    finally:
-        del unet.forward
+    monkeypatch.setattr(UNet2DConditionModel, "forward", counted)
+    store, layout = run_once(settings, PHOTO)
     # One call for the 3 variants, batch 3 (no classifier-free guidance doubling), at t = 499:
     # trailing spacing over 2 steps is [999, 499] and strength 0.5 keeps the last one.
     assert seen == [(3, 499.0)]
