@@ -99,8 +99,8 @@ def infotext_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     """A diffusion variant's parameters in the shape ``a1111_parameters`` writes as A1111 reads
     them: ``Sampler`` and ``Schedule type`` from our scheduler name; ``CFG scale`` and
     ``Denoising strength`` from the first img2img round (the one that re-draws most; every round
-    stays in ``Rounds``); ``ControlNet <i>`` units and ``Lora hashes`` where used. Parameters
-    of other engines (toon) pass through unchanged."""
+    stays in ``Rounds``); ``ControlNet <i>`` units, ``Refiner`` and ``Lora hashes`` where used.
+    Parameters of other engines (toon) pass through unchanged."""
     scheduler = parameters.get("scheduler")
     if scheduler not in A1111_SAMPLERS or "sampler" in parameters:
         return parameters
@@ -116,6 +116,9 @@ def infotext_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
         settings = "".join(f", {_label(k)}: {_format(v)}" for k, v in unit.get("settings", {}).items())
         tail[f"ControlNet {i}"] = (f"Module: {unit['type']}, Model: {unit['model']}, Weight: {_format(unit['scale'])}, "
                                    f"Guidance Start: 0, Guidance End: {_format(unit['guidance_end'])}{settings}")
+    refiners = [r for r in rounds if r.get("refiner")]
+    if refiners:  # A1111's field; ours is a last img2img round, so there is no "Refiner switch at"
+        tail["Refiner"] = refiners[0].get("model")
     hashes = parameters.get("lora_hashes") or {}
     if hashes:
         tail["lora_hashes"] = ", ".join(f"{name}: {digest}" for name, digest in hashes.items())
