@@ -109,3 +109,10 @@ def test_models_pull_fetches_the_refiner(tmp_path, monkeypatch, capsys):
     pulled = {repo: kwargs["revision"] for repo, kwargs in calls}
     assert pulled["stabilityai/stable-diffusion-xl-refiner-1.0"] == "beef"
     assert "stabilityai/stable-diffusion-xl-refiner-1.0@beef:" in capsys.readouterr().out
+
+
+def test_a_refiner_that_does_not_read_the_base_text_encoder_is_a_config_error(tiny_sdxl):
+    # An SDXL base as "refiner": its UNet reads both encoders (width 64), the refiner pattern gives it one (32).
+    style = Img2ImgStyle.model_validate(img2img_style(tiny_sdxl, refiner=refiner(tiny_sdxl)))
+    with pytest.raises(ConfigError, match="does not fit base.*use the refiner trained with this base"):
+        RefinedImg2ImgEngine("x", style, ModelLoader(ModelSettings())).setup()
