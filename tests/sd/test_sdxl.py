@@ -114,5 +114,5 @@ def test_models_pull_fetches_the_refiner(tmp_path, monkeypatch, capsys):
 def test_a_refiner_that_does_not_read_the_base_text_encoder_is_a_config_error(tiny_sdxl):
     # An SDXL base as "refiner": its UNet reads both encoders (width 64), the refiner pattern gives it one (32).
     style = Img2ImgStyle.model_validate(img2img_style(tiny_sdxl, refiner=refiner(tiny_sdxl)))
-    with pytest.raises(ConfigError, match="does not fit base.*use the refiner trained with this base"):
+    with pytest.raises(ConfigError, match=r"does not fit base.*use the refiner trained with this base"):
         RefinedImg2ImgEngine("x", style, ModelLoader(ModelSettings())).setup()
