@@ -5,7 +5,7 @@ guidance (``Img2ImgStyle`` refuses guidance other than 0 and more than ``MAX_TUR
 steps): one UNet evaluation per step and image. They were trained on trailing timesteps (the
 first step starts from t = 999), so the style's scheduler is built with
 ``timestep_spacing: trailing`` whatever the model folder's scheduler config says; with
-``leading`` spacing two steps would start from t = 500 and one img2img step at strength 0.5
+``leading`` spacing two steps would start from about t = 500 and one img2img step at strength 0.5
 from t = 1, leaving the photo almost untouched.
 """
 
