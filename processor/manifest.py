@@ -122,6 +122,16 @@ class Structure(_Model):
     tolerance_px: int
 
 
+class LicenseRecord(_Model):
+    """A model that made a variant and the licence its config declares (``license:``)."""
+
+    #: ``model`` (the style's), ``lora``, ``lcm``, ``control`` or ``background``.
+    role: str
+    model: str
+    #: As declared (``creativeml-openrail-m``, ``non-commercial``, ...); None: not declared.
+    license: str | None = None
+
+
 class Variant(_Model):
     """One output image of one style, with how it was made and the hash of its bytes."""
 
@@ -141,6 +151,8 @@ class Variant(_Model):
     control: list[Control] = Field(default_factory=list)
     #: Structure kept from the photo (``pipeline.structure_score``); None when not scored.
     structure: Structure | None = None
+    #: The models that made this variant, with their declared licences (empty: none, e.g. toon).
+    licenses: list[LicenseRecord] = Field(default_factory=list)
 
 
 class WorkerInfo(_Model):

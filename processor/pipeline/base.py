@@ -65,6 +65,8 @@ class VariantImage:
     control: list[ControlUse] = field(default_factory=list)
     #: Edge agreement with the photo (``processor.pipeline.structure.StructureScore``), set before encoding.
     structure: Any = None
+    #: The models that made it and their declared licences (``processor.licenses.LicenseUse``).
+    licenses: list[Any] = field(default_factory=list)
 
 
 @dataclass
