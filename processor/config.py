@@ -556,6 +556,43 @@ class InstructPix2PixStyle(_Section):
         return self
 
 
+class Txt2ImgStyle(_Section):
+    """A fresh picture from the caption and trigger words alone (no photo pixels go in): for photos
+    img2img cannot rescue, as the notebook also tried. SD 1.x / 2.x / SDXL, picked from the model."""
+
+    engine: Literal["txt2img"] = "txt2img"
+    #: Hub id or local diffusers folder of a text-to-image checkpoint (4-channel UNet).
+    model: str
+    #: A hub commit / tag / branch to pin (recommended: a commit hash).
+    revision: str | None = None
+    #: The model's license (its model card); recorded in every variant, checked by run.allow_noncommercial.
+    license: ModelLicense | None = None
+    #: Style words appended to the prompt.
+    trigger: str = ""
+    #: The subject when an input has neither a per-image prompt nor a caption.
+    prompt: PromptText | None = None
+    negative: PromptText = ""
+    #: Scheduler steps (every one denoises: there is no strength).
+    steps: int = Field(default=30, ge=1, le=500)
+    #: Classifier-free guidance scale (CFG).
+    guidance: float = Field(default=7.5, ge=0)
+    scheduler: SchedulerName = "dpmpp-2m-karras"
+    #: The notebook drew three pictures from its augmented caption.
+    variants: VariantCount = 3
+    #: Variant i uses seed + i.
+    seed: Seed = 0
+    #: Pixels: the picture's long side (multiple of 8), its aspect the photo's; default the model's
+    #: native resolution (512 for SD 1.x, 1024 for SDXL).
+    size: int | None = Field(default=None, ge=64, le=4096)
+
+    @field_validator("size")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        if value is not None and value % 8:
+            raise ValueError(f"size {value} must be a multiple of 8")
+        return value
+
+
 #: The instruct-pix2pix checkpoint a background ``instruct`` uses when neither it nor its style names one.
 DEFAULT_INSTRUCT_MODEL = "timbrooks/instruct-pix2pix"
 
@@ -599,7 +636,7 @@ def work_bound_problem(names: list[str], styles: dict[str, Any], run: Any, varia
     return None
 
 
-StyleSettings = Annotated[ToonStyle | Img2ImgStyle | InstructPix2PixStyle, Field(discriminator="engine")]
+StyleSettings = Annotated[ToonStyle | Img2ImgStyle | InstructPix2PixStyle | Txt2ImgStyle, Field(discriminator="engine")]
 
 
 def _default_styles() -> dict[str, Any]:
@@ -1011,7 +1048,7 @@ def _describe(exc: ValidationError, path: Path, file_data: dict[str, Any]) -> st
 
 
 #: Discriminator tags pydantic puts in a style's error location.
-_ENGINE_TAGS = {"toon", "img2img", "instruct-pix2pix"}
+_ENGINE_TAGS = {"toon", "img2img", "instruct-pix2pix", "txt2img"}
 _KEY_FIRST = re.compile(r"([a-z_]+\.[a-z_]+) ")
 
 
