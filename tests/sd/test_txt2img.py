@@ -80,3 +80,10 @@ def test_txt2img_settings_check_size():
     with pytest.raises(ValueError, match="multiple of 8"):
         Txt2ImgStyle(model="m", size=100)
     assert json.loads(Txt2ImgStyle(model="m").model_dump_json())["variants"] == 3
+
+
+def test_txt2img_on_sdxl_runs_the_sdxl_pipeline(tiny_sdxl, tmp_path):
+    settings = make_settings(tmp_path, {"fresh": txt2img_style(tiny_sdxl, variants=1, steps=2)})
+    store, layout = drain(settings, {"inputs/toy.jpg": photo_bytes(160, 120, seed=4)})
+    [v] = manifest_of(store, layout, "inputs/toy.jpg").variants
+    assert v.parameters["pipeline"] == "StableDiffusionXLPipeline" and (v.width, v.height) == (64, 48)
