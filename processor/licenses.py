@@ -9,20 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from processor.config import NONCOMMERCIAL_LICENSES, background_model
 
 #: Setting that lets a worker run non-commercial weights.
 ALLOW_KEY = "run.allow_noncommercial"
+#: What a model is to the style that runs it (``processor.manifest.LicenseRecord.role``).
+Role = Literal["model", "lora", "lcm", "control", "background"]
 
 
 @dataclass(frozen=True)
 class LicenseUse:
     """One model a style runs and its declared licence (None: not declared in config)."""
 
-    #: ``model``, ``lora``, ``lcm``, ``control`` or ``background``.
-    role: str
+    role: Role
     model: str
     license: str | None
 

@@ -125,8 +125,9 @@ class Structure(_Model):
 class LicenseRecord(_Model):
     """A model that made a variant and the licence its config declares (``license:``)."""
 
-    #: ``model`` (the style's), ``lora``, ``lcm``, ``control`` or ``background``.
-    role: str
+    #: What the model was to the variant: the style's own ``model``, or its ``lora``, ``lcm``,
+    #: ``control`` or ``background`` model.
+    role: Literal["model", "lora", "lcm", "control", "background"]
     model: str
     #: As declared (``creativeml-openrail-m``, ``non-commercial``, ...); None: not declared.
     license: str | None = None
