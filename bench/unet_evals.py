@@ -30,7 +30,7 @@ from typing import Any
 
 #: Long side (px) every style runs at here: counts do not depend on it, CPU time does.
 BENCH_SIZE = 64
-DIFFUSION_ENGINES = ("img2img", "instruct-pix2pix")
+DIFFUSION_ENGINES = ("img2img", "instruct-pix2pix", "txt2img")
 
 
 @dataclass

@@ -96,6 +96,13 @@ Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 VariantCount = Annotated[int, Field(ge=1, le=MAX_VARIANTS)]
 PromptText = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
 BackgroundMode = Literal["none", "inpaint", "generate", "instruct"]
+#: A model's license, as its model card names it (``license:`` on a style and on its LoRA, LCM-LoRA,
+#: ControlNet and background models). ``non-commercial`` covers every licence that forbids
+#: commercial use (FLUX.1-dev's, CC BY-NC); ``other`` is anything else (read the card).
+ModelLicense = Literal["apache-2.0", "mit", "openrail", "openrail++", "creativeml-openrail-m", "non-commercial",
+                       "other"]
+#: The licences ``run.allow_noncommercial: false`` refuses.
+NONCOMMERCIAL_LICENSES = frozenset({"non-commercial"})
 
 
 class _Section(BaseModel):
@@ -331,6 +338,8 @@ class LoraSettings(_Section):
     scale: float = 1.0
     #: The file inside a folder / hub repo, when it holds more than one.
     weight_name: str | None = None
+    #: The model's license (its model card); recorded in every variant, checked by run.allow_noncommercial.
+    license: ModelLicense | None = None
 
 
 #: CFG scale above which an LCM-distilled UNet over-saturates (LCM-LoRA is trained for 1-2).
@@ -349,6 +358,8 @@ class LcmSettings(_Section):
     weight_name: str | None = None
     #: Adapter weight (1 = as trained).
     scale: float = 1.0
+    #: The model's license (its model card); recorded in every variant, checked by run.allow_noncommercial.
+    license: ModelLicense | None = None
 
 
 #: Scheduler steps a turbo (adversarially distilled: SD-Turbo, SDXL-Turbo) style may take per round.
@@ -397,6 +408,8 @@ class ControlSettings(_Section):
     model: str
     #: A hub commit / tag / branch to pin (recommended: a commit hash).
     revision: str | None = None
+    #: The model's license (its model card); recorded in every variant, checked by run.allow_noncommercial.
+    license: ModelLicense | None = None
     #: How strongly the map steers the UNet (controlnet_conditioning_scale; 0 = off).
     scale: float = Field(default=1.0, ge=0, le=2)
     #: 0-1: the fraction of the denoising steps the map steers (later steps run free, for detail).
@@ -430,6 +443,8 @@ class BackgroundSettings(_Section):
     #: (default: the style's model when it is one, else timbrooks/instruct-pix2pix).
     model: str | None = None
     revision: str | None = None
+    #: background.model's license (default: the style's own, when the background runs on its model).
+    license: ModelLicense | None = None
     #: Variant i's background uses seed + i (default: the variant's own seed).
     seed: Seed | None = None
     steps: int = Field(default=25, ge=1, le=500)
@@ -464,6 +479,8 @@ class Img2ImgStyle(_Section):
     model: str
     #: A hub commit / tag / branch to pin (recommended: a commit hash).
     revision: str | None = None
+    #: The model's license (its model card); recorded in every variant, checked by run.allow_noncommercial.
+    license: ModelLicense | None = None
     #: Style words appended to the prompt.
     trigger: str = ""
     #: The subject before the trigger words when an input has neither a per-image prompt (sidecar
@@ -560,6 +577,8 @@ class InstructPix2PixStyle(_Section):
     engine: Literal["instruct-pix2pix"] = "instruct-pix2pix"
     model: str = "timbrooks/instruct-pix2pix"
     revision: str | None = None
+    #: The model's license (its model card); recorded in every variant, checked by run.allow_noncommercial.
+    license: ModelLicense | None = None
     #: The edit, in words (a sidecar's ``instruction`` replaces it per image).
     instruction: PromptText
     negative: PromptText = ""
@@ -587,6 +606,43 @@ class InstructPix2PixStyle(_Section):
             raise ValueError("background.model is required for mode 'generate' on an instruct-pix2pix style "
                              "(a text-to-image checkpoint; its own model cannot draw from text alone)")
         return self
+
+
+class Txt2ImgStyle(_Section):
+    """A fresh picture from the caption and trigger words alone (no photo pixels go in): for photos
+    img2img cannot rescue, as the notebook also tried. SD 1.x / 2.x / SDXL, picked from the model."""
+
+    engine: Literal["txt2img"] = "txt2img"
+    #: Hub id or local diffusers folder of a text-to-image checkpoint (4-channel UNet).
+    model: str
+    #: A hub commit / tag / branch to pin (recommended: a commit hash).
+    revision: str | None = None
+    #: The model's license (its model card); recorded in every variant, checked by run.allow_noncommercial.
+    license: ModelLicense | None = None
+    #: Style words appended to the prompt.
+    trigger: str = ""
+    #: The subject when an input has neither a per-image prompt nor a caption.
+    prompt: PromptText | None = None
+    negative: PromptText = ""
+    #: Scheduler steps (every one denoises: there is no strength).
+    steps: int = Field(default=30, ge=1, le=500)
+    #: Classifier-free guidance scale (CFG).
+    guidance: float = Field(default=7.5, ge=0)
+    scheduler: SchedulerName = "dpmpp-2m-karras"
+    #: The notebook drew three pictures from its augmented caption.
+    variants: VariantCount = 3
+    #: Variant i uses seed + i.
+    seed: Seed = 0
+    #: Pixels: the picture's long side (multiple of 8), its aspect the photo's; default the model's
+    #: native resolution (512 for SD 1.x, 1024 for SDXL).
+    size: int | None = Field(default=None, ge=64, le=4096)
+
+    @field_validator("size")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        if value is not None and value % 8:
+            raise ValueError(f"size {value} must be a multiple of 8")
+        return value
 
 
 #: The instruct-pix2pix checkpoint a background ``instruct`` uses when neither it nor its style names one.
@@ -632,7 +688,7 @@ def work_bound_problem(names: list[str], styles: dict[str, Any], run: Any, varia
     return None
 
 
-StyleSettings = Annotated[ToonStyle | Img2ImgStyle | InstructPix2PixStyle, Field(discriminator="engine")]
+StyleSettings = Annotated[ToonStyle | Img2ImgStyle | InstructPix2PixStyle | Txt2ImgStyle, Field(discriminator="engine")]
 
 
 def _default_styles() -> dict[str, Any]:
@@ -674,6 +730,10 @@ class RunSettings(_Section):
     max_styles_per_input: int = Field(default=DEFAULT_MAX_STYLES_PER_INPUT, ge=1, le=64)
     #: Variants one input may ask for, summed over its styles (a sidecar's ``variants`` counts once per style).
     max_variants_per_input: int = Field(default=DEFAULT_MAX_VARIANTS_PER_INPUT, ge=1, le=1024)
+    #: Run styles whose models declare a ``non-commercial`` license. Off by default: a worker that
+    #: serves others must not run such weights unless its operator says so, once, here; with it off
+    #: such a style in run.styles stops the worker at start (exit 3) and a sidecar naming one fails.
+    allow_noncommercial: bool = False
 
     @model_validator(mode="after")
     def _shard_in_range(self) -> RunSettings:
@@ -910,6 +970,12 @@ class Settings(BaseSettings):
             raise ValueError(f"run.styles {problem}")
         if self.api.direct_style is not None and self.api.direct_style not in self.styles:
             raise ValueError(f"api.direct_style {self.api.direct_style!r} is not defined under styles")
+        if not self.run.allow_noncommercial:
+            from processor.licenses import noncommercial_problem
+
+            problem = noncommercial_problem(self.run.styles, self.styles)
+            if problem:
+                raise ValueError(f"run.styles {problem}")
         if self.run.order_variants_by == "structure" and not self.pipeline.structure_score:
             raise ValueError("run.order_variants_by: structure needs pipeline.structure_score: true "
                              "(or set order_variants_by: none)")
@@ -1034,7 +1100,7 @@ def _describe(exc: ValidationError, path: Path, file_data: dict[str, Any]) -> st
 
 
 #: Discriminator tags pydantic puts in a style's error location.
-_ENGINE_TAGS = {"toon", "img2img", "instruct-pix2pix"}
+_ENGINE_TAGS = {"toon", "img2img", "instruct-pix2pix", "txt2img"}
 _KEY_FIRST = re.compile(r"([a-z_]+\.[a-z_]+) ")
 
 

@@ -122,6 +122,17 @@ class Structure(_Model):
     tolerance_px: int
 
 
+class LicenseRecord(_Model):
+    """A model that made a variant and the licence its config declares (``license:``)."""
+
+    #: What the model was to the variant: the style's own ``model``, or its ``lora``, ``lcm``,
+    #: ``control`` or ``background`` model.
+    role: Literal["model", "lora", "lcm", "control", "background"]
+    model: str
+    #: As declared (``creativeml-openrail-m``, ``non-commercial``, ...); None: not declared.
+    license: str | None = None
+
+
 class Variant(_Model):
     """One output image of one style, with how it was made and the hash of its bytes."""
 
@@ -141,6 +152,8 @@ class Variant(_Model):
     control: list[Control] = Field(default_factory=list)
     #: Structure kept from the photo (``pipeline.structure_score``); None when not scored.
     structure: Structure | None = None
+    #: The models that made this variant, with their declared licences (empty: none, e.g. toon).
+    licenses: list[LicenseRecord] = Field(default_factory=list)
 
 
 class WorkerInfo(_Model):

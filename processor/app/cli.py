@@ -129,6 +129,12 @@ def _chosen_styles(args: argparse.Namespace, settings: Settings) -> list[str]:
     problem = work_bound_problem(args.style, settings.styles, settings.run)
     if problem:
         raise ConfigError(f"--style: the styles given {problem}")
+    if not settings.run.allow_noncommercial:
+        from processor.licenses import noncommercial_problem
+
+        problem = noncommercial_problem(args.style, settings.styles)
+        if problem:
+            raise ConfigError(f"--style: the styles given {problem}")
     return list(args.style)
 
 

@@ -50,6 +50,11 @@ def make_engine(style_name: str, style: Any, models: Any = None) -> Any:
 
             cls = TurboImg2ImgEngine
         return cls(style_name, style, models if models is not None else ModelLoader())
+    if style.engine == "txt2img":
+        from processor.models.loader import ModelLoader
+        from processor.pipeline.diffusion_txt2img import Txt2ImgEngine
+
+        return Txt2ImgEngine(style_name, style, models if models is not None else ModelLoader())
     raise ConfigError(f"styles.{style_name}.engine: unknown engine {style.engine!r}")
 
 

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from processor.config import DEFAULT_PROMPT_TEMPLATE
+from processor.licenses import LicenseUse
 
 
 @dataclass
@@ -65,6 +66,8 @@ class VariantImage:
     control: list[ControlUse] = field(default_factory=list)
     #: Edge agreement with the photo (``processor.pipeline.structure.StructureScore``), set before encoding.
     structure: Any = None
+    #: The models that made it and their declared licences (set by ``render``).
+    licenses: list[LicenseUse] = field(default_factory=list)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from PIL import Image
 
 from processor.config import DEFAULT_CONTACT_SHEET_MAX_PIXELS
-from processor.manifest import Background, Control, Structure, Variant
+from processor.manifest import Background, Control, LicenseRecord, Structure, Variant
 from processor.pipeline.base import VariantImage
 from processor.pipeline.encode import (
     PNG_COMPRESS_LEVEL,
@@ -103,6 +103,7 @@ def encode_outputs(
                                  guidance_end=c.guidance_end, settings=dict(c.settings),
                                  image=output_prefix + control_files[id(c.image)].name) for c in v.control],
                 structure=Structure.model_validate(asdict(v.structure)) if v.structure is not None else None,
+                licenses=[LicenseRecord.model_validate(asdict(u)) for u in v.licenses],
             )
         )
     sheet_name = None

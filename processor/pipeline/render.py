@@ -16,6 +16,7 @@ from typing import Any
 from PIL import Image
 
 from processor.errors import InvalidSidecar, ItemError, StageFailed
+from processor.licenses import style_licenses
 from processor.pipeline.base import Engine, ItemContext, VariantImage
 from processor.pipeline.sidecar import style_with_overrides
 
@@ -80,6 +81,12 @@ class EngineRegistry:
             del self._engines[overridden[0]]
         return engine
 
+    def configured(self, style_name: str, overrides: Mapping[str, Any] | None = None) -> Any:
+        """The style's settings with the per-image overrides that apply to it (what its engine runs)."""
+        style = self.styles[style_name]
+        applicable = {k: v for k, v in (overrides or {}).items() if k in type(style).model_fields}
+        return style_with_overrides(style_name, style, applicable) if applicable else style
+
     def setup(self, style_names: Sequence[str]) -> None:
         """Load every named style now (at start), so the first item does not pay for it."""
         for name in style_names:
@@ -117,11 +124,15 @@ def render(
             context.progress(f"style:{name}")
         started = time.perf_counter()
         try:
-            variants.extend(engine(image, context))
+            made = engine(image, context)
         except ItemError:
             raise
         except Exception as exc:  # an engine bug or model fault: fail this item, keep the worker
             log.exception("stage_failed", extra={"style": name})
             raise StageFailed(f"style {name!r} ({engine.engine}) failed: {type(exc).__name__}: {exc}") from exc
+        licenses = style_licenses(registry.configured(name, overrides))
+        for v in made:
+            v.licenses = list(licenses)
+        variants.extend(made)
         timings[f"style:{name}"] = round(time.perf_counter() - started, 4)
     return variants, timings

@@ -131,6 +131,12 @@ def validate_overrides(
     if problem:
         label = "styles" if car.styles is not None else f"the styles it gets ({', '.join(names)})"
         raise InvalidSidecar(f"{where}: {label} {problem}")
+    if not settings.run.allow_noncommercial:
+        from processor.licenses import noncommercial_problem
+
+        problem = noncommercial_problem(list(names), settings.styles)
+        if problem:
+            raise InvalidSidecar(f"{where}: styles {problem}")
 
     fields = car.style_overrides()
     for name in names:
