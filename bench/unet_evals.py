@@ -153,7 +153,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-evals-") as tmp:
         config, names = tiny_config(shipped, Path(tmp))
         names = [n for n in names if not args.styles or n in args.styles]
-        settings = Settings.model_validate(config | {"run": config["run"] | {"styles": names or ["toon"]}})
+        # allow_noncommercial: every shipped style is counted, on random weights (no model is used).
+        settings = Settings.model_validate(config | {"run": config["run"] | {"styles": names or ["toon"],
+                                                                              "allow_noncommercial": True}})
         registry = build_registry(settings)
         counts = Counts()
         patched = _count(counts)
