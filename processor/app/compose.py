@@ -40,8 +40,15 @@ def make_engine(style_name: str, style: Any, models: Any = None) -> Any:
         from processor.models.loader import ModelLoader
         from processor.pipeline.diffusion import Img2ImgEngine, InstructPix2PixEngine
 
+        loader = models if models is not None else ModelLoader()
+        if style.engine == "img2img":
+            from processor.pipeline.diffusion_flow import FlowImg2ImgEngine, flow_family
+
+            family = flow_family(loader, style.model, style.revision)  # FLUX.1 / SD 3 by model_index.json
+            if family is not None:
+                return FlowImg2ImgEngine(style_name, style, loader, family)
         cls = Img2ImgEngine if style.engine == "img2img" else InstructPix2PixEngine
-        return cls(style_name, style, models if models is not None else ModelLoader())
+        return cls(style_name, style, loader)
     raise ConfigError(f"styles.{style_name}.engine: unknown engine {style.engine!r}")
 
 

@@ -244,6 +244,10 @@ class Img2ImgEngine(_DiffusionEngine):
                 "controlnet_conditioning_scale": [u.scale for u in uses],
                 "control_guidance_end": [u.guidance_end for u in uses]}
 
+    def _pipe_kwargs(self, size: tuple[int, int]) -> dict[str, Any]:
+        """Extra pipeline keywords for a working size (the flow families pass width and height)."""
+        return {}
+
     def __call__(self, image: Image.Image, context: ItemContext | None = None) -> list[VariantImage]:
         style = self.style
         size = working_size(image.width, image.height, self._long_side())
@@ -287,6 +291,7 @@ class Img2ImgEngine(_DiffusionEngine):
                     output_type="pt",
                     callback_on_step_end=on_step if context is not None else None,
                     **control_kwargs,
+                    **self._pipe_kwargs(size),
                 ).images
 
             return call
