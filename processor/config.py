@@ -665,6 +665,10 @@ class PerformanceSettings(_Section):
     vae_slicing: bool = True
     #: Tiled VAE decode for large images; ``auto``: when the long side exceeds 2x the native size.
     vae_tiling: Literal["auto", "on", "off"] = "auto"
+    #: For GPUs smaller than the model: ``model`` keeps one whole module (text encoder, UNet or
+    #: transformer, VAE) on the GPU at a time; ``sequential`` streams weights layer by layer
+    #: (least memory, several times slower). On the CPU both are a no-op, noted in the manifest.
+    offload: Literal["none", "model", "sequential"] = "none"
 
 
 class ModelSettings(_Section):

@@ -297,7 +297,9 @@ class ModelLoader:
                 f"model {resolved.model!r} could not be loaded from {resolved.path}: {exc} "
                 f"(safetensors weights are required; `{PULL_COMMAND}` fetches them)"
             ) from exc
-        if device != "cpu":  # loaded on the CPU; moving to the CPU again only logs dtype warnings
+        # Loaded on the CPU; moving to the CPU again only logs dtype warnings. With offload the
+        # weights stay in host memory (``processor.models.accel`` installs the offload hooks).
+        if device != "cpu" and self.settings.performance.offload == "none":
             pipe.to(device)
         return pipe
 
