@@ -49,6 +49,11 @@ def make_engine(style_name: str, style: Any, models: Any = None) -> Any:
                 return FlowImg2ImgEngine(style_name, style, loader, family)
         cls = Img2ImgEngine if style.engine == "img2img" else InstructPix2PixEngine
         return cls(style_name, style, loader)
+    if style.engine == "edit":
+        from processor.models.loader import ModelLoader
+        from processor.pipeline.diffusion_edit import KontextEngine
+
+        return KontextEngine(style_name, style, models if models is not None else ModelLoader())
     raise ConfigError(f"styles.{style_name}.engine: unknown engine {style.engine!r}")
 
 

@@ -126,7 +126,7 @@ class _DiffusionEngine:
             "pipeline": type(self.pipe).__name__ if self.pipe is not None else None,
             "device": self.models.device(),
             "dtype": str(self.models.dtype()).replace("torch.", ""),
-            "scheduler": self.style.scheduler,
+            "scheduler": getattr(self.style, "scheduler", None),  # edit styles keep the model's
             "variants": self.style.variants,
             "seed": self.style.seed,
         }
@@ -183,7 +183,7 @@ class _DiffusionEngine:
             # Provenance: the repo's own safetensors, or its pickle weights converted here.
             "weights": "converted-from-pickle" if self.resolved and self.resolved.converted else "safetensors",
             "pipeline": type(self.pipe).__name__,
-            "scheduler": self.style.scheduler,
+            "scheduler": getattr(self.style, "scheduler", None),  # edit styles keep the model's
             "steps": self.style.steps,
             "size": f"{size[0]}x{size[1]}",
             "dtype": str(self.models.dtype()).replace("torch.", ""),

@@ -16,7 +16,7 @@ from processor.pipeline.diffusion import Img2ImgEngine
 from processor.pipeline.diffusion_flow import FlowFamily, FlowImg2ImgEngine
 from tests.images import photo_bytes, photo_image
 from tests.sd.test_diffusion import drain, img2img_style, make_settings, manifest_of
-from tests.sd.tiny_flow import build_flux, build_sd3
+from tests.sd.tiny_flow import build_flux, build_kontext, build_sd3
 
 ROUNDS = [{"strength": 0.75, "guidance": 3.5}, {"strength": 0.5, "guidance": 3.0}]
 PHOTO = {"inputs/toy.jpg": photo_bytes(160, 120, seed=6)}
@@ -120,3 +120,31 @@ def test_offload_is_a_noop_on_the_cpu_and_says_so(tiny_sd3):
     engine.setup()
     record = engine(photo_image(64, 64))[0].parameters["performance"]
     assert record["offload"] == "none" and record["offload_note"] == "offload sequential is a no-op on cpu"
+
+
+@pytest.fixture(scope="module")
+def tiny_kontext(tmp_path_factory):
+    return build_kontext(tmp_path_factory.mktemp("models") / "tiny-kontext")
+
+
+def test_a_kontext_edit_runs_through_the_worker_and_records_the_instruction(tiny_kontext, tmp_path):
+    style = {"engine": "edit", "model": str(tiny_kontext), "instruction": "Put a waterfall in the background",
+             "guidance": 2.5, "steps": 2, "variants": 2, "seed": 3, "size": 64}
+    settings = make_settings(tmp_path, {"kontext": style})
+    store, layout = drain(settings, PHOTO)
+    variants = manifest_of(store, layout, "inputs/toy.jpg").variants
+    assert len({v.sha256 for v in variants}) == 2
+    for i, v in enumerate(variants):
+        p = v.parameters
+        assert p["engine"] == "edit" and p["pipeline"] == "FluxKontextPipeline"
+        assert p["instruction"] == "Put a waterfall in the background" and p["guidance"] == 2.5
+        assert p["size"] == "64x48" and p["seed"] == 3 + i and p["denoising_steps"] == 2
+        assert p["scheduler"] == "FlowMatchEulerDiscreteScheduler"
+
+
+def test_edit_refuses_a_model_that_is_not_an_editor(tiny_flux):
+    from processor.config import EditStyle
+
+    engine = make_engine("e", EditStyle(model=str(tiny_flux), instruction="make it red"), ModelLoader(ModelSettings()))
+    with pytest.raises(ConfigError, match="is a FluxPipeline; engine edit runs FluxKontextPipeline"):
+        engine.setup()

@@ -59,10 +59,12 @@ def _vae16(scaling: float, shift: float):
     )
 
 
-def build_flux(path: Path, *, guidance_embeds: bool = True) -> Path:
-    """FLUX.1 dev-like (``guidance_embeds``: distilled guidance) or schnell-like (without)."""
+def build_flux(path: Path, *, guidance_embeds: bool = True, kontext: bool = False) -> Path:
+    """FLUX.1 dev-like (``guidance_embeds``: distilled guidance) or schnell-like (without); with
+    ``kontext`` saved as a ``FluxKontextPipeline`` (the same transformer: Kontext reads the photo's
+    latents as extra tokens, not extra channels)."""
     import torch
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(0)
@@ -77,12 +79,16 @@ def build_flux(path: Path, *, guidance_embeds: bool = True) -> Path:
         shift=3.0, use_dynamic_shifting=guidance_embeds, base_shift=0.5, max_shift=1.15,
         base_image_seq_len=256, max_image_seq_len=4096,
     )
-    FluxPipeline(
+    (FluxKontextPipeline if kontext else FluxPipeline)(
         transformer=transformer, vae=_vae16(0.3611, 0.1159), scheduler=scheduler,
         text_encoder=CLIPTextModel(_text_config(clip)), tokenizer=clip,
         text_encoder_2=_t5(t5, FLUX_T5_WIDTH), tokenizer_2=t5,
     ).save_pretrained(path, safe_serialization=True)
     return path
+
+
+def build_kontext(path: Path) -> Path:
+    return build_flux(path, kontext=True)
 
 
 def build_sd3(path: Path) -> Path:
