@@ -148,3 +148,17 @@ def test_edit_refuses_a_model_that_is_not_an_editor(tiny_flux):
     engine = make_engine("e", EditStyle(model=str(tiny_flux), instruction="make it red"), ModelLoader(ModelSettings()))
     with pytest.raises(ConfigError, match="is a FluxPipeline; engine edit runs FluxKontextPipeline"):
         engine.setup()
+
+
+def test_family_memory_counts_on_the_meta_device_what_a_real_module_holds(capsys):
+    from diffusers import SD3Transformer2DModel
+
+    from bench.family_memory import SD3_MEDIUM, count, main
+
+    tiny = SD3_MEDIUM | {"num_layers": 1, "num_attention_heads": 2, "caption_projection_dim": 128,
+                         "joint_attention_dim": 64, "pooled_projection_dim": 64}
+    real = sum(p.numel() for p in SD3Transformer2DModel(**tiny).parameters())
+    assert count(lambda: SD3Transformer2DModel(**tiny)) == real
+    assert main(["--family", "SD 1.5"]) == 0
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert row.startswith("| SD 1.5 | unet 0.86B") and "| 1.07B | 2.0 GiB |" in row
