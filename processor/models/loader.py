@@ -355,6 +355,11 @@ class ModelLoader:
         ``text2img``) that shares the base pipeline's modules; the caller may replace its scheduler
         freely. ``controlnets`` (img2img only) makes it a ControlNet img2img pipeline over them."""
         base, resolved = self.base(model, revision)
+        if getattr(base, "unet", None) is None:  # FLUX.1 / SD 3: a transformer (processor.pipeline.diffusion_flow)
+            raise ConfigError(
+                f"model {model!r} ({type(base).__name__}) has no UNet; {task} here (backgrounds, instruct-pix2pix, "
+                f"ControlNets) needs an SD 1.x / 2.x / SDXL model: set background.model to one, or drop it"
+            )
         in_channels = base.unet.config.in_channels
         if task == "instruct-pix2pix":
             if in_channels != 8:

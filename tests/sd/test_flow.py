@@ -162,3 +162,12 @@ def test_family_memory_counts_on_the_meta_device_what_a_real_module_holds(capsys
     assert main(["--family", "SD 1.5"]) == 0
     row = capsys.readouterr().out.splitlines()[-1]
     assert row.startswith("| SD 1.5 | unet 0.86B") and "| 1.07B | 2.0 GiB |" in row
+
+
+def test_a_background_on_a_flow_model_is_refused_with_what_to_set(tiny_sd3, tmp_path):
+    from processor.app.compose import build_registry
+
+    style = flow_style(tiny_sd3, background={"mode": "generate", "prompt": "a beach"})
+    registry = build_registry(make_settings(tmp_path, {"sd3": style}))
+    with pytest.raises(ConfigError, match=r"has no UNet; text2img .* set background.model"):
+        registry.setup(["sd3"])
