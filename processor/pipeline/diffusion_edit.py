@@ -23,7 +23,7 @@ from processor.models.loader import ResolvedModel
 from processor.pipeline.base import ItemContext, VariantImage
 from processor.pipeline.diffusion import _DiffusionEngine
 from processor.pipeline.diffusion_common import to_pil, to_tensor
-from processor.pipeline.diffusion_flow import _flow_size, refuse_float16
+from processor.pipeline.diffusion_flow import _flow_size
 from processor.pipeline.prompt import fit_text, tokenizer_counter
 
 #: ``model_index.json`` ``_class_name`` of the editors ``engine: edit`` runs -> their pipeline class.
@@ -49,7 +49,6 @@ class KontextEngine(_DiffusionEngine):
             raise ConfigError(
                 f"styles.{self.style_name}.model: {self.style.model!r} is a {name or 'unknown pipeline'}; engine edit "
                 f"runs {', '.join(EDITORS)} models (for an instruct-pix2pix model use engine: instruct-pix2pix)")
-        refuse_float16(self.models, self.style_name, self.style.model)  # every editor here is FLUX.1
         base, resolved = self.models.base(self.style.model, self.style.revision)
         pipe = getattr(diffusers, EDITORS[name]).from_pipe(base)
         pipe.set_progress_bar_config(disable=True)

@@ -10,8 +10,6 @@ They run the img2img engine's rounds, seeds, batching and records (``Img2ImgEngi
 - Working sides are multiples of 16 (the VAE's 8x times the transformer's 2x2 latent patches).
 - FLUX.1 takes no negative prompt here (true CFG would double the cost); its ``guidance`` is the
   distilled guidance embedding (dev). schnell has none: a round asking for guidance is refused.
-- FLUX.1 in float16 (``models.dtype: auto`` on a GPU) is refused at start: it overflows there;
-  ``bfloat16`` is what it was trained in.
 - ControlNets, LoRAs and LCM-LoRAs of this project are UNet add-ons: such a style is refused at
   start, naming the key to drop.
 """
@@ -55,15 +53,6 @@ def flow_family(models: ModelLoader, model: str, revision: str | None) -> FlowFa
     return FAMILY_BY_CLASS.get(index.get("_class_name", ""))
 
 
-def refuse_float16(models: ModelLoader, style_name: str, model: str) -> None:
-    """FLUX.1's activations overflow float16 (black or NaN pictures); it was trained in bfloat16."""
-    import torch
-
-    if models.dtype() == torch.float16:
-        raise ConfigError(f"styles.{style_name}: {model!r} is FLUX.1, which overflows in float16 (black images); "
-                          f"set models.dtype: bfloat16 (or float32)")
-
-
 def _flow_size(width: int, height: int, long_side: int) -> tuple[int, int]:
     scale = long_side / max(width, height)
 
@@ -101,8 +90,6 @@ class FlowImg2ImgEngine(Img2ImgEngine):
 
     def setup(self) -> None:
         self._refuse_unet_addons()
-        if self.family is FlowFamily.FLUX:
-            refuse_float16(self.models, self.style_name, self.style.model)
         self.pipe, self.resolved = self._load_pipeline()
         if self.family is FlowFamily.FLUX and not self._guidance_embedded():
             for i, r in enumerate(self.style.rounds):
