@@ -28,6 +28,9 @@ from processor.models.loader import ModelLoader, ResolvedModel
 from processor.pipeline.base import ItemContext, VariantImage
 from processor.pipeline.diffusion import Img2ImgEngine
 
+#: T5 tokens of the prompt FLUX.1 schnell / dev read (schnell was distilled with 256).
+FLUX_SCHNELL_T5_TOKENS = 256
+FLUX_DEV_T5_TOKENS = 512
 #: Pixels: working sides are multiples of this (VAE factor 8 x the 2x2 latent patches).
 FLOW_SIZE_MULTIPLE = 16
 
@@ -118,9 +121,18 @@ class FlowImg2ImgEngine(Img2ImgEngine):
 
         self._vae_tiled = accel.set_vae_tiling(self.pipe, self.switches, max(size), self._native())
 
+    def _max_sequence_length(self) -> int | None:
+        """T5 tokens: schnell was trained with 256 (diffusers' FLUX docs), dev with 512."""
+        if self.family is FlowFamily.FLUX:
+            return FLUX_DEV_T5_TOKENS if self._guidance_embedded() else FLUX_SCHNELL_T5_TOKENS
+        return None
+
     def _pipe_kwargs(self, size: tuple[int, int]) -> dict[str, Any]:
         # Without them both pipelines resize the input to their default 1024 x 1024.
-        return {"width": size[0], "height": size[1]}
+        kwargs: dict[str, Any] = {"width": size[0], "height": size[1]}
+        if self._max_sequence_length() is not None:
+            kwargs["max_sequence_length"] = self._max_sequence_length()
+        return kwargs
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {"family": self.family.value, "scheduler": self._scheduler_name()}
@@ -138,6 +150,7 @@ class FlowImg2ImgEngine(Img2ImgEngine):
             params["scheduler"] = self._scheduler_name()
             if self.family is FlowFamily.FLUX:
                 params["guidance_embedded"] = self._guidance_embedded()
+                params["max_sequence_length"] = self._max_sequence_length()
                 if params.get("negative"):
                     params["negative_used"] = False
         return variants

@@ -59,6 +59,7 @@ def test_flux_dev_img2img_runs_through_processor_run_once_and_records_what_ran(t
         p = v.parameters
         assert p["family"] == "flux" and p["pipeline"] == "FluxImg2ImgPipeline"
         assert p["scheduler"] == "FlowMatchEulerDiscreteScheduler" and p["guidance_embedded"] is True
+        assert p["max_sequence_length"] == 512
         assert p["size"] == "64x48" and p["negative_used"] is False  # multiples of 16, aspect kept
         assert [r["denoising_steps"] for r in p["rounds"]] == [3, 2] and p["denoising_steps"] == 5
         assert p["weights"] == "safetensors" and p["performance"]["offload"] == "none"
@@ -98,6 +99,7 @@ def test_schnell_refuses_guidance_and_runs_with_none(tiny_schnell):
     engine.setup()
     [variant] = engine(photo_image(96, 96))
     assert variant.parameters["guidance_embedded"] is False and variant.parameters["denoising_steps"] == 2
+    assert variant.parameters["max_sequence_length"] == 256  # schnell's T5 length; dev reads 512
 
 
 @pytest.mark.parametrize("key, value", [("lora", {"path": "x"}), ("lcm", {"lora": "x"}),
