@@ -1,7 +1,7 @@
 """``engine: edit``: instruction-following editors beside instruct-pix2pix. Today FLUX.1 Kontext
 (``FluxKontextPipeline``, the FLUX transformer reading the photo's latents as extra tokens),
-picked from the model's ``model_index.json``; another editor family is one more entry in
-``EDITORS``.
+picked from the model's ``model_index.json`` (``EDITORS``); any other pipeline is refused at
+start with the engine to use instead.
 
 Every variant is one batched call (per-variant CPU generators seeded ``seed + i``, as the other
 engines). The working size keeps the photo's aspect ratio with sides of multiples of 16, and is
