@@ -645,6 +645,35 @@ class Txt2ImgStyle(_Section):
         return value
 
 
+class EditStyle(_Section):
+    """An instruction-following editor (FLUX.1 Kontext, picked from the model's ``model_index.json``):
+    the same ``instruction`` and ``guidance`` keys as instruct-pix2pix; the model's own scheduler."""
+
+    engine: Literal["edit"] = "edit"
+    #: Hub id (``black-forest-labs/FLUX.1-Kontext-dev``) or a local diffusers folder.
+    model: str
+    revision: str | None = None
+    #: The model's license (its model card); recorded in every variant, checked by run.allow_noncommercial.
+    license: ModelLicense | None = None
+    #: The edit, in words (a sidecar's ``instruction`` replaces it per image).
+    instruction: PromptText
+    #: Kontext's distilled guidance (the model card uses 2.5).
+    guidance: float = Field(default=2.5, ge=0)
+    steps: int = Field(default=28, ge=1, le=500)
+    variants: VariantCount = 4
+    seed: Seed = 0
+    #: Pixels: the working long side (multiple of 16); default 1024, Kontext's training size.
+    size: int | None = Field(default=None, ge=64, le=4096)
+    background: BackgroundSettings = BackgroundSettings()
+
+    @field_validator("size")
+    @classmethod
+    def _multiple_of_16(cls, value: int | None) -> int | None:
+        if value is not None and value % 16:
+            raise ValueError(f"size {value} must be a multiple of 16 (VAE 8x times 2x2 latent patches)")
+        return value
+
+
 #: The instruct-pix2pix checkpoint a background ``instruct`` uses when neither it nor its style names one.
 DEFAULT_INSTRUCT_MODEL = "timbrooks/instruct-pix2pix"
 
@@ -688,7 +717,9 @@ def work_bound_problem(names: list[str], styles: dict[str, Any], run: Any, varia
     return None
 
 
-StyleSettings = Annotated[ToonStyle | Img2ImgStyle | InstructPix2PixStyle | Txt2ImgStyle, Field(discriminator="engine")]
+StyleSettings = Annotated[
+    ToonStyle | Img2ImgStyle | InstructPix2PixStyle | Txt2ImgStyle | EditStyle, Field(discriminator="engine")
+]
 
 
 def _default_styles() -> dict[str, Any]:
@@ -777,6 +808,10 @@ class PerformanceSettings(_Section):
     vae_slicing: bool = True
     #: Tiled VAE decode for large images; ``auto``: when the long side exceeds 2x the native size.
     vae_tiling: Literal["auto", "on", "off"] = "auto"
+    #: For GPUs smaller than the model: ``model`` keeps one whole module (text encoder, UNet or
+    #: transformer, VAE) on the GPU at a time; ``sequential`` streams weights layer by layer
+    #: (least memory, several times slower). On the CPU both are a no-op, noted in the manifest.
+    offload: Literal["none", "model", "sequential"] = "none"
 
 
 class ModelSettings(_Section):
@@ -1100,7 +1135,7 @@ def _describe(exc: ValidationError, path: Path, file_data: dict[str, Any]) -> st
 
 
 #: Discriminator tags pydantic puts in a style's error location.
-_ENGINE_TAGS = {"toon", "img2img", "instruct-pix2pix", "txt2img"}
+_ENGINE_TAGS = {"toon", "img2img", "instruct-pix2pix", "txt2img", "edit"}
 _KEY_FIRST = re.compile(r"([a-z_]+\.[a-z_]+) ")
 
 

@@ -40,6 +40,13 @@ def make_engine(style_name: str, style: Any, models: Any = None) -> Any:
         from processor.models.loader import ModelLoader
         from processor.pipeline.diffusion import Img2ImgEngine, InstructPix2PixEngine
 
+        loader = models if models is not None else ModelLoader()
+        if style.engine == "img2img":
+            from processor.pipeline.diffusion_flow import FlowImg2ImgEngine, flow_family
+
+            family = flow_family(loader, style.model, style.revision)  # FLUX.1 / SD 3 by model_index.json
+            if family is not None:
+                return FlowImg2ImgEngine(style_name, style, loader, family)
         cls: Any = Img2ImgEngine if style.engine == "img2img" else InstructPix2PixEngine
         if style.engine == "img2img" and style.refiner is not None:  # SDXL base + refiner
             from processor.pipeline.diffusion_xl import RefinedImg2ImgEngine
@@ -49,12 +56,17 @@ def make_engine(style_name: str, style: Any, models: Any = None) -> Any:
             from processor.pipeline.diffusion_turbo import TurboImg2ImgEngine
 
             cls = TurboImg2ImgEngine
-        return cls(style_name, style, models if models is not None else ModelLoader())
+        return cls(style_name, style, loader)
     if style.engine == "txt2img":
         from processor.models.loader import ModelLoader
         from processor.pipeline.diffusion_txt2img import Txt2ImgEngine
 
         return Txt2ImgEngine(style_name, style, models if models is not None else ModelLoader())
+    if style.engine == "edit":
+        from processor.models.loader import ModelLoader
+        from processor.pipeline.diffusion_edit import KontextEngine
+
+        return KontextEngine(style_name, style, models if models is not None else ModelLoader())
     raise ConfigError(f"styles.{style_name}.engine: unknown engine {style.engine!r}")
 
 

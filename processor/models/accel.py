@@ -17,6 +17,12 @@ Each switch has a default that is right without measuring on the machine at hand
   per call when the working long side exceeds ``VAE_TILING_AUTO_FACTOR`` x the model's native size
   (tiles change pixels slightly, so it stays off at normal sizes).
 
+- ``offload``: for GPUs smaller than the model (FLUX.1 and SD 3.5 at full size):
+  ``model`` is diffusers' ``enable_model_cpu_offload`` (one module on the GPU at a time),
+  ``sequential`` its ``enable_sequential_cpu_offload`` (layer by layer: least memory, slowest).
+  The weights then stay in host memory and the pipeline is never moved whole to the GPU. On the
+  CPU there is nothing to offload: the record says ``none`` with a note.
+
 dtype (float16 / bfloat16 / float32) is ``models.dtype``, applied when the weights load.
 """
 
@@ -43,7 +49,9 @@ def resolve(performance: Any, device: str) -> dict[str, Any]:
         "compile_mode": performance.compile_mode if performance.compile_unet else None,
         "vae_slicing": performance.vae_slicing,
         "vae_tiling": performance.vae_tiling,
-    }
+        "offload": performance.offload if on_cuda else "none",
+    } | ({"offload_note": f"offload {performance.offload} is a no-op on {device}"}
+         if performance.offload != "none" and not on_cuda else {})
 
 
 def apply(pipe: Any, performance: Any, device: str) -> dict[str, Any]:
@@ -58,15 +66,20 @@ def apply(pipe: Any, performance: Any, device: str) -> dict[str, Any]:
         module = getattr(pipe, name, None)
         if module is not None and hasattr(module, "set_attn_processor"):
             module.set_attn_processor(processor_cls())
-    if active["channels_last"]:
-        pipe.unet.to(memory_format=torch.channels_last)
+    unet = getattr(pipe, "unet", None)  # FLUX.1 / SD 3 have a transformer instead (no convolutions)
+    if active["channels_last"] and unet is not None:
+        unet.to(memory_format=torch.channels_last)
     vae = getattr(pipe, "vae", None)
     if vae is not None:
         (vae.enable_slicing if active["vae_slicing"] else vae.disable_slicing)()
         if active["vae_tiling"] == "on":
             vae.enable_tiling()
-    if active["compile_unet"]:
-        pipe.unet = torch.compile(pipe.unet, mode=active["compile_mode"])
+    if active["compile_unet"] and unet is not None:
+        pipe.unet = torch.compile(unet, mode=active["compile_mode"])
+    if active["offload"] == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif active["offload"] == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
     log.info("performance_switches", extra=active)
     return active
 

@@ -297,7 +297,9 @@ class ModelLoader:
                 f"model {resolved.model!r} could not be loaded from {resolved.path}: {exc} "
                 f"(safetensors weights are required; `{PULL_COMMAND}` fetches them)"
             ) from exc
-        if device != "cpu":  # loaded on the CPU; moving to the CPU again only logs dtype warnings
+        # Loaded on the CPU; moving to the CPU again only logs dtype warnings. With offload the
+        # weights stay in host memory (``processor.models.accel`` installs the offload hooks).
+        if device != "cpu" and self.settings.performance.offload == "none":
             pipe.to(device)
         return pipe
 
@@ -353,6 +355,11 @@ class ModelLoader:
         ``text2img``) that shares the base pipeline's modules; the caller may replace its scheduler
         freely. ``controlnets`` (img2img only) makes it a ControlNet img2img pipeline over them."""
         base, resolved = self.base(model, revision)
+        if getattr(base, "unet", None) is None:  # FLUX.1 / SD 3: a transformer (processor.pipeline.diffusion_flow)
+            raise ConfigError(
+                f"model {model!r} ({type(base).__name__}) has no UNet; {task} here (backgrounds, instruct-pix2pix, "
+                f"ControlNets) needs an SD 1.x / 2.x / SDXL model: set background.model to one, or drop it"
+            )
         in_channels = base.unet.config.in_channels
         if task == "instruct-pix2pix":
             if in_channels != 8:

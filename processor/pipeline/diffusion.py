@@ -130,7 +130,7 @@ class _DiffusionEngine:
             "pipeline": type(self.pipe).__name__ if self.pipe is not None else None,
             "device": self.models.device(),
             "dtype": str(self.models.dtype()).replace("torch.", ""),
-            "scheduler": self.style.scheduler,
+            "scheduler": getattr(self.style, "scheduler", None),  # edit styles keep the model's
             "variants": self.style.variants,
             "seed": self.style.seed,
         }
@@ -187,7 +187,7 @@ class _DiffusionEngine:
             # Provenance: the repo's own safetensors, or its pickle weights converted here.
             "weights": "converted-from-pickle" if self.resolved and self.resolved.converted else "safetensors",
             "pipeline": type(self.pipe).__name__,
-            "scheduler": self.style.scheduler,
+            "scheduler": getattr(self.style, "scheduler", None),  # edit styles keep the model's
             "steps": self.style.steps,
             "size": f"{size[0]}x{size[1]}",
             "dtype": str(self.models.dtype()).replace("torch.", ""),
@@ -254,6 +254,10 @@ class Img2ImgEngine(_DiffusionEngine):
         out-of-memory halvings, and one ``rounds[]`` record each. None here."""
         return current, 0, []
 
+    def _pipe_kwargs(self, size: tuple[int, int]) -> dict[str, Any]:
+        """Extra pipeline keywords for a working size (the flow families pass width and height)."""
+        return {}
+
     def __call__(self, image: Image.Image, context: ItemContext | None = None) -> list[VariantImage]:
         style = self.style
         size = working_size(image.width, image.height, self._long_side())
@@ -297,6 +301,7 @@ class Img2ImgEngine(_DiffusionEngine):
                     output_type="pt",
                     callback_on_step_end=on_step if context is not None else None,
                     **control_kwargs,
+                    **self._pipe_kwargs(size),
                 ).images
 
             return call

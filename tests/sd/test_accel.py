@@ -34,7 +34,7 @@ def test_defaults_on_the_cpu_are_sdpa_without_channels_last_or_compile(tiny_sd, 
     variants = engine(photo_image(96, 64))
     record = variants[0].parameters["performance"]
     assert record == {"attention": "sdpa", "channels_last": False, "compile_unet": False, "vae_slicing": True,
-                      "vae_tiling": "auto", "vae_tiled": False}
+                      "vae_tiling": "auto", "offload": "none", "vae_tiled": False}
     assert engine.pipe.vae.use_slicing
 
 
