@@ -150,8 +150,8 @@ def time_style(engine: Any, image: Any, images: int, device: str) -> StyleTiming
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.gpu_styles", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", metavar="DIR", default=None,
-                        help="a local diffusers SD 1.x folder (default: build the tiny test model with --tiny; "
-                        "the GPU suite passes its random-weight SD 1.5)")
+                        help="a local diffusers SD 1.x folder (default: build the SD 1.5 architecture with random "
+                        "weights, or the tiny test model with --tiny; the GPU suite passes the one it built)")
     parser.add_argument("--tiny", action="store_true", help="tiny test models at 64 px (the CPU rehearsal)")
     parser.add_argument("--config", default=str(ROOT / "config.yaml"), help="where the styles come from")
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES,
@@ -177,32 +177,35 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     if args.images < 1:
         raise SystemExit("--images must be >= 1")
-    if not args.model and not args.tiny:
-        raise SystemExit("give --model DIR (a diffusers SD 1.x folder) or --tiny")
     device = ModelLoader(ModelSettings(device=args.device)).device()
     dtype = getattr(torch, args.dtype) if device.startswith("cuda") else torch.float32
     size = args.size or (TINY_SIZE if args.tiny else FULL_SIZE)
     image = photo_image(size, size)
     config = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
-    results: dict[str, Any] = {"model": args.model or "tiny SD (test configs)", "size": f"{size}x{size}",
+    described = args.model or ("tiny SD (test configs)" if args.tiny else "SD 1.5 architecture, random weights")
+    results: dict[str, Any] = {"model": described, "size": f"{size}x{size}",
                                "device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
                                "dtype": args.dtype, "images_timed": args.images}
     with tempfile.TemporaryDirectory(prefix="bench-styles-") as tmp:
         started = time.perf_counter()
         if args.model:
             model = Path(args.model)
-        else:
+        elif args.tiny:
             from tests.sd.conftest import build_sd
 
             model = build_sd(Path(tmp) / "tiny-sd")
+        else:
+            from bench.gpu_img2img import build_sd15
+
+            model = build_sd15(Path(tmp) / "sd15-random", device)
         lora = build_lcm_lora(Path(tmp) / "lcm-lora", model / "unet", device, dtype)
         controlnet = build_canny_controlnet(Path(tmp) / "controlnet-canny", model / "unet", device, dtype)
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
         results["build_s"] = time.perf_counter() - started
         styles = bench_styles(config, model, lora, controlnet, size)
-        settings = Settings(run={"styles": list(styles)}, styles=styles,
-                            models={"device": args.device, "dtype": args.dtype})
+        settings = Settings.model_validate({"run": {"styles": list(styles)}, "styles": styles,
+                                            "models": {"device": args.device, "dtype": args.dtype}})
         registry = build_registry(settings)
         started = time.perf_counter()
         registry.setup(list(styles))
