@@ -466,9 +466,9 @@ def check() -> int:
 
 def unet_evals() -> dict[str, Any] | str:
     """UNet evaluations per input of every shipped diffusion style (``bench.unet_evals``, tiny
-    models: the counts do not depend on the hardware), checked here because this machine's
-    diffusers, peft and OpenCV run the fast and canny styles the way the CPU's do: per style the
-    count, or why it failed."""
+    models: the counts do not depend on the hardware), run on the GPU machine's own diffusers and
+    peft (the fast style loads its LCM-LoRA through peft) to show they give CI's counts: per style
+    the count, or why it failed. Its table goes to stderr (steps.log)."""
     import contextlib
     import io
 
@@ -482,6 +482,8 @@ def unet_evals() -> dict[str, Any] | str:
         return f"failed: modern-disney-fast is not {FAST_MIN_RATIO}x cheaper ({exc.code})"
     except Exception as exc:  # noqa: BLE001 - a broken style is a finding, not a crash of the env step
         return f"failed: {type(exc).__name__}: {exc}"[:300]
+    finally:
+        print(table.getvalue(), file=sys.stderr)
     return {name: row["unet_evaluations"] for name, row in rows.items()}
 
 
