@@ -54,6 +54,9 @@ LOG_KEEP_BYTES = 256 * 1024
 #: Goals (issue 20): UNet FLOP/s at least this fraction of the bf16 matmul peak; the processor at
 #: least this many times the notebook's images/s on the same schedule and steps.
 GOAL_PEAK_FRACTION, GOAL_OVER_NOTEBOOK = 0.4, 2.0
+#: The fast style must need at least this many times fewer UNet evaluations than modern-disney
+#: (bench.unet_evals --min-ratio, as CI checks it).
+FAST_MIN_RATIO = 8
 
 #: Import names the GPU machine lacks (the project's environment minus that machine's package
 #: list), with the wheel that brings each (scripts/gpu_wheels.sh); ``check`` fails when one does
@@ -72,7 +75,8 @@ PRESENT_MODULES = ("torch", "transformers", "accelerate", "peft", "safetensors",
 #: The project's modules the steps import (each pulls its own dependencies).
 PROJECT_MODULES = ("processor.app.cli", "processor.pipeline.diffusion", "processor.pipeline.interrogator",
                    "processor.pipeline.caption", "processor.store.local", "processor.store.s3", "bench.gpu_img2img",
-                   "bench.real_run", "bench.overlap", "tests.sd.conftest", "tests.conftest")
+                   "bench.real_run", "bench.overlap", "bench.gpu_styles", "bench.unet_evals", "tests.sd.conftest",
+                   "tests.conftest")
 #: Modules the GPU machine lacks that no step may need (store adapters and the HTTP API); the guard
 #: hides them too, so a step that starts needing one fails the rehearsal.
 #: (Not httpx2 / httpcore2: only this environment's newer huggingface-hub needs them, and the GPU
@@ -176,17 +180,23 @@ IMG2IMG_KEYS = ("processor_images_per_s", "notebook_images_per_s", "ratio_proces
                 "processor_unet_fraction_of_peak", "unet_alone_fraction_of_peak", "bf16_matmul_peak_tflops",
                 "processor_unet_tflops", "unet_alone_tflops", "processor_s_per_input", "processor_switches")
 
-#: In order of importance: when the budget runs out, the last ones are skipped.
+STYLES_KEYS = ("modern_disney_images_per_s", "modern_disney_s_per_input", "fast_images_per_s", "fast_s_per_input",
+               "canny_images_per_s", "canny_s_per_input", "ratio_fast_over_modern_disney_images_per_s",
+               "ratio_canny_over_modern_disney_images_per_s", "modern_disney_unet_evaluations_per_input",
+               "fast_unet_evaluations_per_input", "fast_lcm_lora_modules", "modern_disney_gpu_peak_allocated_gib",
+               "fast_gpu_peak_allocated_gib", "canny_gpu_peak_allocated_gib")
+
+#: In order of importance: when the budget runs out, the last ones are skipped (the summary says
+#: which; ``--only`` reruns them). The README's figures and the two goals come first, then the
+#: fast and canny styles, the tests, the caption tables, the overlap; the torch.compile steps last.
+#: The notebook runs in float16 only (img2img-fp16): the goals compare the other steps with it.
 STEPS: tuple[Step, ...] = (
-    Step("env", 30, 60, lambda p: _py(p, "-m", "bench.gpu_suite", "check"),
-         "imports, versions and the device", keys=("device", "nvidia_smi", "python", "torch", "cuda", "missing",
-                                                    "versions")),
-    Step("build", 60, 120, lambda p: _py(p, "-m", "bench.gpu_suite", "build", "--into", str(p.work))
+    Step("env", 40, 150, lambda p: _py(p, "-m", "bench.gpu_suite", "check"),
+         "imports, versions, the device, and bench.unet_evals (UNet evaluations per style, counted)",
+         keys=("device", "nvidia_smi", "python", "torch", "cuda", "missing", "unet_evals", "versions")),
+    Step("build", 45, 120, lambda p: _py(p, "-m", "bench.gpu_suite", "build", "--into", str(p.work))
          + (["--tiny"] if p.tiny else []),
          "the SD 1.5 architecture with random weights, saved once for every step", keys=("seconds", "model")),
-    Step("pytest-gpu", 75, 180, lambda p: _py(p, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
-                                              *gpu_test_files()),
-         "the gpu-marked tests", parse="pytest", keys=("passed", "failed", "skipped", "errors")),
     Step("real-run", 90, 240, lambda p: _py(p, "-m", "bench.real_run", *_model(p), "--photos", str(p.photos), "--json")
          + (["--tiny", "--images", "2", "--device", "cpu"] if p.tiny else ["--images", str(PHOTO_COUNT)]),
          "processor run --once --style modern-disney on the photos",
@@ -194,22 +204,29 @@ STEPS: tuple[Step, ...] = (
                "gpu_peak_nvidia_smi_gib", "median_style:modern-disney_s", "wall_s", "images", "size_used")),
     Step("img2img-fp16", 75, 240, _img2img("float16", "--shared-rounds", "3"),
          "processor vs notebook, float16, and shared_rounds 3 (the notebook's work)", keys=IMG2IMG_KEYS),
-    Step("img2img-bf16", 75, 240, _img2img("bfloat16", profile=True),
-         "processor vs notebook, bfloat16, with torch.profiler tables", keys=IMG2IMG_KEYS),
-    Step("img2img-bf16-compile", 150, 400, _img2img("bfloat16", "--compile", "--skip-notebook"),
-         "the processor in bfloat16 with torch.compile of the UNet", keys=IMG2IMG_KEYS),
-    Step("caption-tables", 45, 180, lambda p: _py(p, "-m", "bench.caption_tables", "--json")
+    Step("img2img-bf16", 60, 200, _img2img("bfloat16", "--skip-notebook", profile=True),
+         "the processor in bfloat16 (vs img2img-fp16's notebook), with torch.profiler tables", keys=IMG2IMG_KEYS),
+    Step("styles-fp16", 70, 200, lambda p: _py(p, "-m", "bench.gpu_styles", *_model(p), "--json", "--dtype", "float16")
+         + (["--tiny", "--device", "cpu", "--images", "1"] if p.tiny else []),
+         "modern-disney vs modern-disney-fast (LCM-LoRA) vs modern-disney + canny ControlNet, float16",
+         keys=STYLES_KEYS),
+    Step("pytest-gpu", 45, 180, lambda p: _py(p, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
+                                              *gpu_test_files()),
+         "the gpu-marked tests", parse="pytest", keys=("passed", "failed", "skipped", "errors")),
+    Step("caption-tables", 30, 180, lambda p: _py(p, "-m", "bench.caption_tables", "--json")
          + (["--device", "cpu", "--labels", "64", "--arch", "ViT-B-32"] if p.tiny else
             ["--device", "cuda", "--labels", "20000"]),
          "label tables: computing them on the device vs reading them from the cache",
          keys=("labels_per_s", "full_compute_s", "cache_read_s", "ratio_compute_over_read")),
-    Step("overlap-sd", 75, 240, lambda p: _py(p, "-m", "bench.overlap", "--stage", "sd", "--store", "local",
+    Step("overlap-sd", 60, 240, lambda p: _py(p, "-m", "bench.overlap", "--stage", "sd", "--store", "local",
                                               *_model(p), "--json")
          + (["--tiny", "--device", "cpu", "--items", "3", "--size", "256"] if p.tiny else
             ["--items", "8", "--size", "1024"]),
          "worker vs naive loop with the real img2img stage (local store)",
          keys=("processor_ratio", "naive_ratio", "stage_ms", "speedup_processor_over_naive",
                "processor_fetch_ms_median", "processor_upload_ms_median")),
+    Step("img2img-bf16-compile", 150, 400, _img2img("bfloat16", "--compile", "--skip-notebook"),
+         "the processor in bfloat16 with torch.compile of the UNet", keys=IMG2IMG_KEYS),
     Step("img2img-fp16-compile", 120, 400, _img2img("float16", "--compile", "--skip-notebook"),
          "the processor in float16 with torch.compile of the UNet", keys=IMG2IMG_KEYS),
 )
@@ -442,8 +459,32 @@ def check() -> int:
         result["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
     except (OSError, subprocess.TimeoutExpired):
         result["nvidia_smi"] = "not available"
+    result["unet_evals"] = unet_evals() if not missing else "not run: imports failed"
     print(json.dumps(result))
-    return 1 if missing else 0
+    return 1 if missing or not isinstance(result["unet_evals"], dict) else 0
+
+
+def unet_evals() -> dict[str, Any] | str:
+    """UNet evaluations per input of every shipped diffusion style (``bench.unet_evals``, tiny
+    models: the counts do not depend on the hardware), run on the GPU machine's own diffusers and
+    peft (the fast style loads its LCM-LoRA through peft) to show they give CI's counts: per style
+    the count, or why it failed. Its table goes to stderr (steps.log)."""
+    import contextlib
+    import io
+
+    from bench import unet_evals as evals
+
+    table = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(table):  # the step's stdout ends with check's one JSON line
+            rows = evals.main(["--fast", "modern-disney-fast", "--min-ratio", str(FAST_MIN_RATIO)])
+    except SystemExit as exc:
+        return f"failed: modern-disney-fast is not {FAST_MIN_RATIO}x cheaper ({exc.code})"
+    except Exception as exc:  # noqa: BLE001 - a broken style is a finding, not a crash of the env step
+        return f"failed: {type(exc).__name__}: {exc}"[:300]
+    finally:
+        print(table.getvalue(), file=sys.stderr)
+    return {name: row["unet_evaluations"] for name, row in rows.items()}
 
 
 def build(into: Path, tiny: bool) -> int:

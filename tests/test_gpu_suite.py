@@ -154,3 +154,34 @@ def test_overlap_with_the_real_sd_stage_on_the_local_store(capsys) -> None:
     assert results["stage"].startswith("sd (modern-disney") and results["stage_ms"] > 0
     assert 0 < results["processor_ratio"] <= 1
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["variants"] == results["variants"]
+
+
+def test_the_steps_before_the_optional_ones_fit_the_budget_at_their_limits() -> None:
+    """Each step runs under its own limit; the ones the README and the goals need, the fast style
+    and the gpu tests must all fit the call's budget even when every one uses its whole limit, so
+    only the optional steps (captions, overlap, torch.compile) can be skipped for time."""
+    names = [s.name for s in gpu_suite.STEPS]
+    essential = names[:names.index("pytest-gpu") + 1]
+    assert {"env", "build", "real-run", "img2img-fp16", "img2img-bf16", "styles-fp16"} <= set(essential)
+    total = sum(s.budget_s for s in gpu_suite.STEPS if s.name in essential)
+    assert total + gpu_suite.RESERVE_S <= gpu_suite.DEFAULT_BUDGET_S, total
+    assert names[-2:] == ["img2img-bf16-compile", "img2img-fp16-compile"]
+
+
+def test_the_fast_and_canny_styles_are_timed_against_modern_disney(capsys) -> None:
+    pytest.importorskip("diffusers")
+    pytest.importorskip("cv2")
+    from bench import gpu_styles
+
+    results = gpu_styles.main(["--tiny", "--device", "cpu", "--images", "1", "--json"])
+    # config.yaml's schedules: 4 rounds of 30 steps with CFG for 5 variants, against one LCM round
+    # of 4 steps at guidance 1; the canny style is modern-disney's UNet work plus the ControlNet.
+    assert results["modern_disney_unet_evaluations_per_input"] == 660
+    assert results["fast_unet_evaluations_per_input"] == 20
+    assert results["canny_unet_evaluations_per_input"] == 660
+    assert results["ratio_modern_disney_over_fast_unet_evaluations"] == 33
+    # Every module the random LCM-LoRA adapts (attention included) carries it after loading.
+    assert results["fast_lcm_lora_modules"] > 40
+    for slug in ("modern_disney", "fast", "canny"):
+        assert results[f"{slug}_images_per_s"] > 0 and results[f"{slug}_variants"] == 5
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["fast_variants"] == 5
