@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from processor.errors import (
     StoreAccessError,
     StoreError,
 )
+from processor.localfiles import walk
 from processor.log import configure_logging
 from processor.manifest import (
     FailureRecord,
@@ -169,7 +170,7 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
     pipeline = ItemPipeline(settings, build_registry(settings), styles=styles, captioner=build_captioner(settings))
     pipeline.setup()
     # A photo.json beside photo.jpg is its sidecar, as in the bucket (inputs/<path>.json).
-    found = sorted(_walk(args.paths))
+    found = sorted(walk(args.paths))
     sidecars = {rel: path for path, rel in found if is_sidecar(rel)}
     files = [(path, rel) for path, rel in found if not is_sidecar(rel)]
     if not files:
@@ -208,26 +209,12 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_SOME_FAILED if failed else 0
 
 
-def _walk(paths: Sequence[str]) -> Iterator[tuple[Path, str]]:
-    """(file, path relative to the argument it came from); a file argument keeps its name."""
-    for arg in paths:
-        root = Path(arg)
-        if root.is_file():
-            yield root, root.name
-        elif root.is_dir():
-            for path in sorted(root.rglob("*")):
-                if path.is_file() and not path.name.startswith("."):
-                    yield path, path.relative_to(root).as_posix()
-        else:
-            raise ConfigError(f"{arg}: no such file or directory")
-
-
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     store = build_store(settings)
     prefix = settings.prefixes.inputs + (args.prefix.strip("/") + "/" if args.prefix else "")
-    files = sorted(_walk(args.paths))
+    files = sorted(walk(args.paths))
     if not files:
         raise ConfigError(f"no files found under {', '.join(args.paths)}")
     prompt = _metadata_prompt(args.prompt, settings) if args.prompt else None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,22 +68,6 @@ def overlay(image: Image.Image, hard: np.ndarray) -> Image.Image:
     return Image.fromarray(out, "RGB")
 
 
-def iter_photos(paths: Sequence[str]) -> Iterator[tuple[Path, str]]:
-    """(file, path relative to its argument); sidecars (``.json``) and hidden files are skipped."""
-    from processor.errors import ConfigError
-
-    for arg in paths:
-        root = Path(arg)
-        if root.is_file():
-            yield root, root.name
-        elif root.is_dir():
-            for path in sorted(root.rglob("*")):
-                if path.is_file() and not path.name.startswith(".") and path.suffix.lower() != ".json":
-                    yield path, path.relative_to(root).as_posix()
-        else:
-            raise ConfigError(f"{arg}: no such file or directory")
-
-
 def build_masker(settings: Any, onnx: str | None, family: OnnxFamily | None) -> Any:
     from processor.config import OnnxSegmenterSettings
     from processor.models.loader import ModelLoader
@@ -101,9 +84,12 @@ def cmd_mask(args: argparse.Namespace, settings: Any) -> int:
     from tqdm import tqdm
 
     from processor.errors import ConfigError, ItemError
+    from processor.localfiles import walk
     from processor.pipeline.decode import decode_image
+    from processor.queue.keys import is_sidecar
 
-    files = list(iter_photos(args.paths))
+    # Sidecars (photo.json) lie beside the photos, as in the bucket: not photos themselves.
+    files = [(path, rel) for path, rel in walk(args.paths) if not is_sidecar(rel)]
     if not files:
         raise ConfigError(f"no photos found under {', '.join(args.paths)}")
     masker = build_masker(settings, args.onnx, args.family)
