@@ -280,6 +280,8 @@ def test_local_unreadable_file_is_an_object_error_and_its_own_failure(tmp_path: 
     assert manifest_of(store, layout, "inputs/ok.jpg")
     record = record_of(store, layout, "inputs/locked.jpg")
     assert record.error == "InputUnreadable" and "locked.jpg" in record.message
+    # The record is served by the API: it names the key, never the server's directory.
+    assert str(settings.store.root) not in record.message and "Permission denied" in record.message
 
 
 def test_local_unlistable_folder_is_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

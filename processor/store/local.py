@@ -341,17 +341,19 @@ class LocalStore(Closeable):
                 # A missing file, or a file or folder where a folder or file would be: no object.
                 raise ObjectNotFound(f"{key} does not exist", key=key) from exc
             # Keys "a" and "a/b" cannot both exist on a file system.
-            raise InvalidKey(f"{key!r} collides with an object or folder on the file system: {exc}", key=key) from exc
+            raise InvalidKey(f"{key!r} collides with an object or folder on the file system ({_reason(exc)})",
+                             key=key) from exc
         except PermissionError as exc:
             if not write:
                 # One file we may not read: that object's problem, not the store's (errors.py).
-                raise ObjectAccessDenied(f"{self.description}: permission denied reading {key}: {exc}",
-                                         key=key) from exc
+                # The message lands in the input's failure record, which the API serves: name the
+                # key, never the server's directory.
+                raise ObjectAccessDenied(f"permission denied reading {key} ({_reason(exc)})", key=key) from exc
             raise StoreAccessError(f"{self.description}: permission denied for {key}: {exc}") from exc
         except OSError as exc:
             if exc.errno == errno.ENAMETOOLONG:
                 raise InvalidKey(f"{key!r} has a segment too long for the file system", key=key) from exc
-            raise StoreError(f"{self.description}: {key}: {exc}", key=key) from exc
+            raise StoreError(f"{key}: {_reason(exc)}", key=key) from exc
 
     # ------------------------------------------------------------------ helpers
 
@@ -494,3 +496,8 @@ class LocalStore(Closeable):
 def _require_file(st: os.stat_result, key: str) -> None:
     if not stat.S_ISREG(st.st_mode):
         raise ObjectNotFound(f"{key} does not exist (it is a folder of other keys)", key=key)
+
+
+def _reason(exc: OSError) -> str:
+    """The OS's words for ``exc`` without the absolute path it carries (``[Errno 13] ...: '/srv/...'``)."""
+    return exc.strerror or type(exc).__name__
