@@ -126,3 +126,45 @@ def test_hosts_off_the_allow_list_and_private_addresses_are_refused_at_submit(re
         for url in ("http://localhost:9/x", "http://10.1.2.3/x", "https://example.org/x"):
             resp = client.post("/v1/jobs", files={"image": ("x.jpg", photo_bytes(100, 80))}, data={"webhook": url})
             assert resp.status_code == 422 and resp.json()["field"] == "webhook", resp.text
+
+
+# --------------------------------------------------------------------------- DNS pinning
+
+
+def test_a_delivery_connects_to_the_address_it_vetted_not_a_second_lookup(receiver: Receiver) -> None:
+    """DNS rebinding: the name is resolved once, checked, and the request goes to that address
+    with the name in ``Host``. ``hooks.invalid`` cannot resolve through the system resolver
+    (RFC 6761), so a request that reached the receiver went to the vetted address."""
+    from types import SimpleNamespace
+
+    from processor.api.jobs import Delivery
+    from processor.api.webhooks import WebhookDispatcher
+
+    port = receiver.url.rsplit(":", 1)[1]
+    answers: list[str] = []
+
+    def resolve(host: str) -> list[str]:
+        answers.append(host)
+        return ["127.0.0.1"]
+
+    dispatcher = WebhookDispatcher(None, lambda state: {"id": state.id}, WEBHOOK_SECRET,  # type: ignore[arg-type]
+                                   replica="r1", allow=["hooks.invalid"], resolve=resolve, sleep=lambda s: None)
+    try:
+        outcome = dispatcher.send(Delivery("job-1", f"http://hooks.invalid:{port}/pinned"),
+                                  SimpleNamespace(id="job-1", etag="e1"))  # type: ignore[arg-type]
+    finally:
+        dispatcher.close()
+    assert outcome.delivered, outcome
+    assert answers == ["hooks.invalid"]
+    [(_, headers, _)] = receiver.for_path("/pinned")
+    assert headers["host"] == f"hooks.invalid:{port}"
+
+
+def test_a_pinned_https_request_keeps_the_name_for_tls() -> None:
+    from processor.api.validate import WebhookTarget
+
+    url, headers, extensions = WebhookTarget("https://hooks.example.com/x?y=1", ("2001:db8::1",)).pinned()
+    assert url == "https://[2001:db8::1]/x?y=1"
+    assert headers == {"host": "hooks.example.com"} and extensions == {"sni_hostname": "hooks.example.com"}
+    url, headers, extensions = WebhookTarget("http://hooks.example.com:8080/x", ("203.0.113.5",)).pinned()
+    assert url == "http://203.0.113.5:8080/x" and headers == {"host": "hooks.example.com:8080"} and not extensions

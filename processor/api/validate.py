@@ -13,6 +13,7 @@ import binascii
 import ipaddress
 import socket
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -159,9 +160,39 @@ def default_resolve(host: str) -> list[str]:
     return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)})
 
 
+@dataclass(frozen=True)
+class WebhookTarget:
+    """A webhook URL that passed ``vet_webhook``, with the addresses it was vetted at.
+
+    ``pinned()`` is the request to send: to one of those addresses, with the host name in the
+    ``Host`` header and as the TLS server name (so the certificate is still checked against the
+    name). Connecting by name instead would resolve it a second time, and a DNS answer that
+    changes between the check and the connect (rebinding) could reach a private address.
+    """
+
+    url: str
+    addresses: tuple[str, ...]
+
+    def pinned(self) -> tuple[str, dict[str, str], dict[str, str]]:
+        """``(url, headers, httpx extensions)`` for a request to ``addresses[0]``."""
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        address = self.addresses[0]
+        netloc = f"[{address}]" if ":" in address else address
+        if parts.port is not None:
+            netloc += f":{parts.port}"
+        extensions = {"sni_hostname": host} if parts.scheme == "https" else {}
+        return parts._replace(netloc=netloc).geturl(), {"host": parts.netloc}, extensions
+
+
 def check_webhook(url: str, allow: list[str], resolve: Resolver | None = None) -> str:
     """The URL when its host is on ``api.webhook_allow`` and, unless the entry names it exactly as
     an address, resolves to public addresses only; else 422."""
+    return vet_webhook(url, allow, resolve).url
+
+
+def vet_webhook(url: str, allow: list[str], resolve: Resolver | None = None) -> WebhookTarget:
+    """``check_webhook``, keeping the addresses it checked (see ``WebhookTarget``)."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
         raise Problem(422, f"webhook {url!r} is not an http(s) URL with a host", field="webhook",
@@ -188,4 +219,4 @@ def check_webhook(url: str, allow: list[str], resolve: Resolver | None = None) -
         raise Problem(422, f"webhook host {host!r} resolves to a private or loopback address ({private[0]})",
                       field="webhook", hint="Webhooks go to public addresses only, unless the operator lists the "
                       "host itself (not a wildcard) in api.webhook_allow.")
-    return url
+    return WebhookTarget(url, tuple(addresses))

@@ -36,7 +36,7 @@ import httpx
 
 from processor.api.jobs import Delivery, JobQueue, JobState, UnknownJob
 from processor.api.problems import Problem
-from processor.api.validate import Resolver, check_webhook
+from processor.api.validate import Resolver, vet_webhook
 from processor.errors import StoreAccessError, StoreError
 from processor.queue.claims import Claim
 
@@ -188,15 +188,16 @@ class WebhookDispatcher:
             if attempt > 1:
                 self.sleep(FIRST_BACKOFF_S * 2 ** (attempt - 2))
             try:
-                check_webhook(delivery.url, self.allow, self.resolve)  # again: DNS may have changed
+                target = vet_webhook(delivery.url, self.allow, self.resolve)  # again: DNS may have changed
             except Problem as exc:
                 return Outcome(False, attempt, None, exc.detail)
+            url, host_header, extensions = target.pinned()  # connect to what was vetted, nothing else
             stamp = int(time.time())
             headers = {"content-type": "application/json", "webhook-id": msg_id, "webhook-timestamp": str(stamp),
                        "webhook-signature": sign(self.secret, msg_id, stamp, body),
-                       "user-agent": "toy-cartoonizer-webhooks"}
+                       "user-agent": "toy-cartoonizer-webhooks", **host_header}
             try:
-                resp = self._client.post(delivery.url, content=body, headers=headers)
+                resp = self._client.post(url, content=body, headers=headers, extensions=extensions)
             except httpx.HTTPError as exc:
                 status, error = None, f"{type(exc).__name__}: {exc}"
                 continue
