@@ -73,9 +73,18 @@ def test_submit_runs_to_done_with_variants_and_files(service: Service, client: h
         assert got.status_code == 200
         image = Image.open(io.BytesIO(got.content))
         assert (image.width, image.height) == (v["width"], v["height"])
+        assert "content-disposition" not in got.headers  # shown in the page, not saved
+        # The Download link: the same bytes, answered as an attachment. For S3 the header is part
+        # of the signed URL (a link's download attribute is ignored across origins).
+        saved = client.get(v["download"]) if v["download"].startswith(service.url) else httpx.get(v["download"])
+        assert saved.status_code == 200 and saved.content == got.content
+        assert saved.headers["content-disposition"] == f'attachment; filename="{v["url"].split("?")[0].rsplit("/", 1)[-1]}"'
     assert "Signature" not in json.dumps(done["manifest"])  # the manifest itself carries no URL
     sheet = done["contact_sheet"]
     assert (client.get(sheet) if sheet.startswith(service.url) else httpx.get(sheet)).status_code == 200
+    sheet_saved = done["contact_sheet_download"]
+    got = client.get(sheet_saved) if sheet_saved.startswith(service.url) else httpx.get(sheet_saved)
+    assert got.headers["content-disposition"] == 'attachment; filename="contact-sheet.jpg"'
 
 
 def test_json_submission_with_base64_and_prefer_wait(client: httpx.Client) -> None:

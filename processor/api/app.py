@@ -53,7 +53,7 @@ from processor.api.validate import Resolver, build_submission, decode_base64_ima
 from processor.api.webhooks import WebhookDispatcher, read_secret
 from processor.config import Settings
 from processor.errors import ObjectNotFound, StoreAccessError, StoreError
-from processor.store.base import ObjectStore
+from processor.store.base import ObjectStore, attachment_header
 
 log = logging.getLogger("processor.api")
 
@@ -175,10 +175,11 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
         return Links(self=root, events=root + "/events",
                      retry=root + "/retry" if status is JobStatus.failed else None)
 
-    def file_url(base: str, state: JobState, key: str) -> str | None:
+    def file_url(base: str, state: JobState, key: str, *, download: bool = False) -> str | None:
         """A URL for one of the job's files, or None for a key outside its output folder: whoever
         can write the bucket can write a manifest, and the API must not sign or serve whatever
-        key one names (the same rule as ``processor results``)."""
+        key one names (the same rule as ``processor results``). ``download``: a URL whose answer
+        says ``Content-Disposition: attachment`` (a browser saves it instead of showing it)."""
         prefix = jobs.output_key(state.id, "")
         name = key[len(prefix):] if key.startswith(prefix) else ""
         if name in ("", ".", "..") or "/" in name or "\\" in name:
@@ -188,13 +189,13 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
             # Signing is an optimisation with a safe fallback: whatever stops it (a COS store with an
             # IAM API key cannot sign), the file is streamed through the API instead.
             try:
-                signed = jobs.presigned_url(key, api.url_ttl_s)
+                signed = jobs.presigned_url(key, api.url_ttl_s, attachment=download)
             except Exception as exc:  # noqa: BLE001 - any signing failure falls back to streaming
                 log.debug("presign_failed", extra={"error": type(exc).__name__})
                 signed = None
             if signed:
                 return signed
-        return f"{base}/v1/jobs/{state.id}/files/{name}"
+        return f"{base}/v1/jobs/{state.id}/files/{name}" + ("?download=1" if download else "")
 
     def render(base: str, state: JobState) -> JobOut:
         """The job as every route (and the webhook) shows it; URLs under ``base``."""
@@ -204,11 +205,14 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
             p = state.progress
             out.progress = Progress(stage=p.stage, round=p.round, rounds=p.rounds, step=p.step, steps=p.steps)
         if state.manifest is not None:
-            urls = [(v, file_url(base, state, v.key)) for v in state.manifest.variants]
-            out.variants = [VariantOut(url=url, style=v.style, index=v.index, seed=v.seed, width=v.width,
-                                       height=v.height) for v, url in urls if url is not None]
+            for v in state.manifest.variants:
+                url, download = file_url(base, state, v.key), file_url(base, state, v.key, download=True)
+                if url is not None and download is not None:
+                    out.variants.append(VariantOut(url=url, download=download, style=v.style, index=v.index,
+                                                   seed=v.seed, width=v.width, height=v.height))
             if state.manifest.contact_sheet:
                 out.contact_sheet = file_url(base, state, state.manifest.contact_sheet)
+                out.contact_sheet_download = file_url(base, state, state.manifest.contact_sheet, download=True)
             out.manifest = state.manifest.model_dump(mode="json", by_alias=True)
         if state.failure is not None:
             f = state.failure
@@ -346,9 +350,10 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
         return render(base_url(request), state)
 
     @app.get("/v1/jobs/{job}/files/{name}")
-    async def file(job: str, name: str, _token: str = Depends(authorize)) -> Response:
+    async def file(job: str, name: str, download: bool = False, _token: str = Depends(authorize)) -> Response:
         media = "image/jpeg" if name.endswith(".jpg") else "image/png" if name.endswith(".png") else \
             "application/octet-stream"
+        saved = {"Content-Disposition": attachment_header(name)} if download else {}
         try:
             # Streamed in chunks where the store can (the local store); else read whole (COS with
             # an IAM key, whose files are not presigned; S3 answers with presigned URLs instead).
@@ -357,13 +362,13 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
                 info, chunks = streamed
                 return StreamingResponse(iterate_in_threadpool(chunks), media_type=media, headers={
                     "Cache-Control": "private, max-age=3600", "ETag": f'"{info.etag}"',
-                    "Content-Length": str(info.size)})
+                    "Content-Length": str(info.size), **saved})
             found = await run_in_threadpool(jobs.output, job, name)
         except (ObjectNotFound, UnknownJob):
             raise Problem(404, f"job {job} has no file {name!r}", field="name",
                           hint="Use the URLs listed in the job's variants and contact_sheet.") from None
         return Response(found.body, media_type=media, headers={"Cache-Control": "private, max-age=3600",
-                                                                 "ETag": f'"{found.info.etag}"'})
+                                                                 "ETag": f'"{found.info.etag}"', **saved})
 
     @app.get("/v1/jobs/{job}/events")
     async def events(request: Request, job: str, _token: str = Depends(authorize)) -> StreamingResponse:

@@ -308,10 +308,11 @@ class JobQueue:
     def output_key(self, job: str, name: str) -> str:
         return self._keys(job).output_prefix + name
 
-    def presigned_url(self, key: str, ttl_s: int) -> str | None:
-        """A short-lived GET URL for ``key`` when the store can sign one (S3, COS), else None."""
+    def presigned_url(self, key: str, ttl_s: int, *, attachment: bool = False) -> str | None:
+        """A short-lived GET URL for ``key`` when the store can sign one (S3, COS), else None;
+        ``attachment``: one that makes a browser save the file rather than show it."""
         sign = getattr(self.store, "presigned_get_url", None)
-        return sign(key, ttl_s) if sign is not None else None
+        return sign(key, ttl_s, attachment=attachment) if sign is not None else None
 
     def pending(self) -> tuple[int, int]:
         """(inputs without a result, of them claimed by a worker): LIST calls only."""

@@ -35,6 +35,8 @@ class Progress(BaseModel):
 
 class VariantOut(BaseModel):
     url: str
+    #: The same file, answered with ``Content-Disposition: attachment`` (a browser saves it).
+    download: str
     style: str
     index: int
     seed: int
@@ -61,6 +63,7 @@ class JobOut(BaseModel):
     progress: Progress | None = None
     variants: list[VariantOut] = Field(default_factory=list)
     contact_sheet: str | None = None
+    contact_sheet_download: str | None = None
     #: The manifest (``docs/manifest.schema.json``), when done.
     manifest: dict[str, Any] | None = None
     #: The failure record (``docs/failure.schema.json``), when failed.

@@ -145,3 +145,11 @@ class Closeable:
 def strip_etag(etag: str) -> str:
     """ETags travel quoted in HTTP; we keep them bare everywhere."""
     return etag.strip().strip('"')
+
+
+def attachment_header(filename: str) -> str:
+    """``Content-Disposition: attachment`` for ``filename``, ASCII-only and without quotes or
+    backslashes (the names are the worker's own ``style-NN.png``; this only keeps a hand-made
+    manifest from breaking out of the header)."""
+    safe = "".join(c for c in filename if 32 <= ord(c) < 127 and c not in '"\\') or "download"
+    return f'attachment; filename="{safe}"'

@@ -34,7 +34,7 @@ from processor.errors import (
     TransientStoreError,
 )
 from processor.redact import redact, split_endpoint
-from processor.store.base import Closeable, ObjectInfo, StoredObject, strip_etag
+from processor.store.base import Closeable, ObjectInfo, StoredObject, attachment_header, strip_etag
 from processor.store.retry import RetryPolicy
 
 T = TypeVar("T")
@@ -121,6 +121,10 @@ def client_config(
         # The RetryPolicy retries; botocore retrying underneath would multiply the attempts.
         "retries": {"total_max_attempts": 1},
         "max_pool_connections": MAX_POOL_CONNECTIONS,
+        # Requests are SigV4 either way; this makes presigned URLs SigV4 too. boto3's default for
+        # them is still the legacy SigV2 query form, which newer AWS regions refuse and which
+        # SeaweedFS verifies wrongly once a signed parameter needs escaping.
+        "signature_version": "s3v4",
     }
     if settings.endpoint_url:
         # Bucket names in the host need DNS that S3-compatible servers rarely have.
@@ -323,13 +327,18 @@ class S3Store(Closeable):
         with self._count_lock:
             return self._requests
 
-    def presigned_get_url(self, key: str, expires_s: int) -> str:
+    def presigned_get_url(self, key: str, expires_s: int, *, attachment: bool = False) -> str:
         """A URL that GETs ``key`` for ``expires_s`` seconds without further credentials (SigV4 query
         signing, made locally: no request). It carries the access key id and a signature, never the
-        secret. Not part of ``ObjectStore``: the HTTP API uses it where a store offers it."""
+        secret. ``attachment`` signs ``response-content-disposition: attachment`` in, so a browser
+        saves the file: a link's ``download`` attribute is ignored across origins, and a presigned
+        URL is always another origin than the page. Not part of ``ObjectStore``: the HTTP API uses
+        it where a store offers it."""
+        params = {"Bucket": self.bucket, "Key": key}
+        if attachment:
+            params["ResponseContentDisposition"] = attachment_header(key.rsplit("/", 1)[-1])
         try:
-            return self._client.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s)
+            return self._client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_s)
         except self._vendor_errors as exc:
             raise self._translate(exc, "presign", key) from exc
 
@@ -461,3 +470,4 @@ def describe_credential_source(method: str | None) -> str:
 def _server_time(resp: Mapping[str, Any]) -> datetime | None:
     date = resp.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
     return parsedate_to_datetime(date).astimezone(timezone.utc) if date else None
+

@@ -46,14 +46,14 @@ function renderGallery(body, job) {
     link.append(el("img", {src: v.url, alt: `${v.style} variant ${v.index}`, width: v.width, height: v.height}));
     const cap = el("figcaption", {}, `${v.style} #${v.index} · seed ${v.seed} · ${v.width}×${v.height} `);
     const name = `${v.style}-${String(v.index).padStart(2, "0")}.png`;
-    cap.append(el("a", {class: "button", href: v.url, download: name}, "Download"));
+    cap.append(el("a", {class: "button", href: v.download, download: name}, "Download"));
     fig.append(link, cap);
     gallery.append(fig);
   }
   body.append(gallery);
   if (job.contact_sheet) {
     const p = el("p", {class: "sheet"});
-    p.append(el("a", {class: "button", href: job.contact_sheet, download: "contact-sheet.jpg", "data-role": "sheet"},
+    p.append(el("a", {class: "button", href: job.contact_sheet_download, download: "contact-sheet.jpg", "data-role": "sheet"},
                 "Contact sheet"));
     body.append(p);
   }
