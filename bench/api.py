@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import io
 import socket
 import statistics
 import tempfile

@@ -68,7 +68,8 @@ def main() -> None:
     print(f"compute: {len(sample)} labels in {seconds:.2f} s = {per_second:,.0f} labels/s; "
           f"all {len(all_labels):,} fast-mode labels: about {full_compute:,.0f} s")
     print(f"cache:   {size_mb:.0f} MB table written in {write_s:.2f} s, read back in {read_s:.2f} s")
-    print(f"ratio:   computing the tables takes {full_compute / read_s:,.0f}x as long as reading them from the local cache")
+    print(f"ratio:   computing the tables takes {full_compute / read_s:,.0f}x as long as "
+          "reading them from the local cache")
     if args.json:
         print(json.dumps({"device": args.device, "arch": args.arch, "precision": precision, "torch": torch.__version__,
                           "labels_timed": len(sample), "labels_per_s": per_second, "labels_fast_mode": len(all_labels),

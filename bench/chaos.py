@@ -57,12 +57,12 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.chaos_check import BucketReport, check_bucket, percentile  # noqa: E402
-from bench.chaos_worker import folder_id  # noqa: E402
-from processor.config import PrefixSettings  # noqa: E402
-from processor.queue.keys import KeyLayout, is_sidecar, safe_path  # noqa: E402
-from tests.images import bad_inputs, photo_bytes  # noqa: E402
-from tests.seaweed import S3Server, WeedServer  # noqa: E402
+from bench.chaos_check import BucketReport, check_bucket, percentile
+from bench.chaos_worker import folder_id
+from processor.config import PrefixSettings
+from processor.queue.keys import KeyLayout, is_sidecar, safe_path
+from tests.images import bad_inputs, photo_bytes
+from tests.seaweed import S3Server, WeedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_SCRIPT = ROOT / "bench" / "chaos_worker.py"
@@ -724,7 +724,7 @@ def table(plan: Plan, results: Results, report: BucketReport, logs: LogFigures,
 
 def print_table(rows: list[tuple[str, str, str]], broken: list[str], out: Any = sys.stdout) -> None:
     width = max(len(r[0]) for r in rows)
-    nwidth = max(len(r[2]) for r in rows + [("", "", "required")])
+    nwidth = max(len(r[2]) for r in [*rows, ("", "", "required")])
     print(f"{'figure':<{width}}  {'required':<{nwidth}}  value", file=out)
     print(f"{'-' * width}  {'-' * nwidth}  -----", file=out)
     for name, value, need in rows:

@@ -34,8 +34,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from processor.config import PrefixSettings
-from processor.queue.keys import KeyLayout, is_directory_marker, is_sidecar
 from processor.manifest import FailureRecord, Manifest
+from processor.queue.keys import KeyLayout, is_directory_marker, is_sidecar
 from processor.store.base import strip_etag
 
 #: Parallel GETs of object versions (manifests, variants, claims).
@@ -235,7 +235,11 @@ def check_bucket(client: Any, bucket: str, prefixes: PrefixSettings | None = Non
             later = [v for v in vs if v.t > commit.t]
             if later:
                 report.changed_after_commit.append(
-                    (out_key, f"{len(later)} version(s) written {max(v.t for v in later) - commit.t:.3f}s after the commit"))
+                    (
+                        out_key,
+                        f"{len(later)} version(s) written {max(v.t for v in later) - commit.t:.3f}s after the commit",
+                    )
+                )
             if sha:
                 current.append(latest)
                 expected[out_key] = (sha, commit)

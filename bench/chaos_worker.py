@@ -43,7 +43,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from processor.queue.keys import MANIFEST_NAME  # noqa: E402
+from processor.queue.keys import MANIFEST_NAME
 
 log = logging.getLogger("processor.chaos")
 

@@ -138,11 +138,11 @@ def bf16_peak(device: str) -> float:
     n, reps = (PEAK_N_GPU, PEAK_REPS_GPU) if device.startswith("cuda") else (PEAK_N_CPU, PEAK_REPS_CPU)
     a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    a @ b  # noqa: B018 - warm-up (kernel selection)
+    a @ b  # warm-up (kernel selection)
     sync(device)
     started = time.perf_counter()
     for _ in range(reps):
-        a @ b  # noqa: B018
+        a @ b
     sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - started)
 
@@ -295,9 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(real weights run at the same speed; the tests pass their tiny model)")
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES,
                         help=f"inputs timed per path after one warm-up input (default {DEFAULT_IMAGES})")
-    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"scheduler steps per round (default {DEFAULT_STEPS})")
-    parser.add_argument("--variants", type=int, default=DEFAULT_VARIANTS, help=f"images per input (default {DEFAULT_VARIANTS})")
-    parser.add_argument("--size", type=int, default=None, help=f"input side in pixels (default {FULL_SIZE}; --tiny {TINY_SIZE})")
+    parser.add_argument(
+        "--steps", type=int, default=DEFAULT_STEPS, help=f"scheduler steps per round (default {DEFAULT_STEPS})"
+    )
+    parser.add_argument(
+        "--variants", type=int, default=DEFAULT_VARIANTS, help=f"images per input (default {DEFAULT_VARIANTS})"
+    )
+    parser.add_argument(
+        "--size", type=int, default=None, help=f"input side in pixels (default {FULL_SIZE}; --tiny {TINY_SIZE})"
+    )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
                         help="the processor's models.dtype (auto: float16 on CUDA, float32 on the CPU)")
@@ -320,8 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import torch
 
-    from processor.models.loader import ModelLoader
     from processor.config import ModelSettings
+    from processor.models.loader import ModelLoader
     from tests.images import photo_image
 
     args = build_parser().parse_args(argv)
@@ -416,7 +422,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "ratio_processor_over_notebook": (made / seconds) / (nb_made / nb_seconds),
             }
             if "shared_images_per_s" in results:
-                results["ratio_shared_over_notebook"] = results["shared_images_per_s"] / results["notebook_images_per_s"]
+                results["ratio_shared_over_notebook"] = (
+                    results["shared_images_per_s"] / results["notebook_images_per_s"]
+                )
     results |= machine()
     report(results, as_json=args.json)
     return results

@@ -404,7 +404,7 @@ def write_summary(plan: Plan, results: Sequence[StepResult], started: datetime, 
              + (" Tiny models on the CPU: the figures say nothing about a GPU." if plan.tiny else ""), "",
              "| step | status | seconds / limit | what |", "|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r.name} | {r.status.value}{' (rc %s)' % r.rc if r.rc not in (0, None) else ''} | "
+        lines.append(f"| {r.name} | {r.status.value}{f' (rc {r.rc})' if r.rc not in (0, None) else ''} | "
                      f"{r.seconds:.0f} / {r.budget_s} | {r.what} |")
     lines += ["", "## Goals", ""]
     if achieved:
@@ -581,7 +581,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where results go (default $OUT when set, else .gpu-suite-out/)")
     run.add_argument("--work", type=Path, default=None,
                      help="scratch space for the model (default a folder under the system temp; not returned)")
-    run.add_argument("--photos", type=Path, default=ROOT / PHOTO_DIR, help=f"photos for the real run (default {PHOTO_DIR}/)")
+    run.add_argument(
+        "--photos", type=Path, default=ROOT / PHOTO_DIR, help=f"photos for the real run (default {PHOTO_DIR}/)"
+    )
     run.add_argument("--budget", type=float, default=None,
                      help=f"seconds for all steps (default {DEFAULT_BUDGET_S}; --tiny {TINY_BUDGET_S})")
     run.add_argument("--only", metavar="A,B", help="run only these steps (a rerun of the ones that failed)")

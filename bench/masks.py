@@ -41,8 +41,11 @@ class SegmenterScore:
 
     def report(self) -> dict[str, float]:
         out = {f"{self.segmenter}_{kind}_iou": round(v, 4) for kind, v in self.by_type.items()}
-        out |= {f"{self.segmenter}_mean_iou": round(self.mean, 4), f"{self.segmenter}_worst_type_iou": round(self.worst, 4),
-                f"{self.segmenter}_seconds_per_mask": round(self.seconds_per_mask, 4)}
+        out |= {
+            f"{self.segmenter}_mean_iou": round(self.mean, 4),
+            f"{self.segmenter}_worst_type_iou": round(self.worst, 4),
+            f"{self.segmenter}_seconds_per_mask": round(self.seconds_per_mask, 4),
+        }
         return out
 
 

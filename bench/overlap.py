@@ -308,7 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiny", action="store_true",
                         help=f"--stage sd: {TINY_SD_SIZE} px and {TINY_SD_STEPS} steps per round (the CPU rehearsal)")
     parser.add_argument("--device", default="auto", help="--stage sd: models.device (auto, cpu, cuda)")
-    parser.add_argument("--config", default="config.yaml", help="--stage sd: the config holding the modern-disney style")
+    parser.add_argument(
+        "--config", default="config.yaml", help="--stage sd: the config holding the modern-disney style"
+    )
     parser.add_argument("--store", choices=["s3", "local"], default="s3",
                         help="s3: two buckets on a real SeaweedFS (default); local: two local directory stores "
                         "(no network: fetch and upload are decode, encode and file writes)")

@@ -176,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(real weights give the same speed; the tests pass their tiny model)")
     parser.add_argument("--photos", metavar="DIR", help="photos to process (cycled to --images); default synthetic")
     parser.add_argument("--images", type=int, default=4, help="images to process (default 4; the first is warm-up)")
-    parser.add_argument("--config", default="config.yaml", help="the shipped config to start from (default config.yaml)")
+    parser.add_argument(
+        "--config", default="config.yaml", help="the shipped config to start from (default config.yaml)"
+    )
     parser.add_argument("--device", default="auto", help="models.device: auto (CUDA when present), cpu, cuda")
     parser.add_argument("--keep", metavar="DIR", help="copy the bucket (inputs, outputs, manifests) here afterwards")
     parser.add_argument("--weights-only", action="store_true",

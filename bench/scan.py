@@ -30,8 +30,8 @@ from typing import Any
 from bench.common import machine, report, s3_store, seaweedfs_server
 from processor.app.compose import build_registry
 from processor.config import Settings
+from processor.manifest import Manifest
 from processor.queue.keys import KeyLayout
-from processor.manifest import Manifest, Source
 from processor.queue.rescan import request_rescan
 from processor.queue.scan import IncrementalScanner, scan
 from processor.store.base import ObjectStore

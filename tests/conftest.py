@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # imported in the fixtures: sessions without store tests skip
 
 # The server itself lives in tests/seaweed.py, shared with bench/chaos.py (which stops and restarts
 # its own instance); these names stay importable from here.
-from tests.seaweed import (  # noqa: E402,F401
+from tests.seaweed import (  # noqa: F401
     TEST_MAX_ATTEMPTS,
     TEST_MAX_BACKOFF_S,
     TEST_REGION,
@@ -31,6 +31,8 @@ from tests.seaweed import (  # noqa: E402,F401
     WEED_STOP_GRACE_S,
     S3Server,
     WeedServer,
+)
+from tests.seaweed import (
     weed_binary as _weed_binary,
 )
 

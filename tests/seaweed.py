@@ -140,7 +140,7 @@ class WeedServer:
         self.weed = weed
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.ports = dict(zip(WEED_PORT_FLAGS, free_ports(len(WEED_PORT_FLAGS))))
+        self.ports = dict(zip(WEED_PORT_FLAGS, free_ports(len(WEED_PORT_FLAGS)), strict=False))
         self.server = S3Server(
             endpoint_url=f"http://127.0.0.1:{self.ports['s3.port']}",
             access_key=access_key or "test" + secrets.token_hex(8),
@@ -218,7 +218,7 @@ class WeedServer:
             try:
                 client.list_buckets()  # the port opens before the gateway has loaded its identities
                 return
-            except Exception as exc:  # noqa: BLE001 - anything but success means "not yet"
+            except Exception as exc:
                 if time.monotonic() > deadline:
                     raise RuntimeError(
                         f"SeaweedFS not ready after {WEED_START_TIMEOUT_S}s ({exc}):\n{tail(self.log_path)}"

@@ -53,7 +53,7 @@ def assert_problem(resp: httpx.Response, status: int, field: str | None) -> dict
     assert body["status"] == status and body["detail"] and body["title"]
     if field is not None:
         assert body["field"] == field, body
-    assert body.get("hint") or status == 404 and body["detail"]
+    assert body.get("hint") or (status == 404 and body["detail"])
     return body
 
 
@@ -78,7 +78,10 @@ def test_submit_runs_to_done_with_variants_and_files(service: Service, client: h
         # of the signed URL (a link's download attribute is ignored across origins).
         saved = client.get(v["download"]) if v["download"].startswith(service.url) else httpx.get(v["download"])
         assert saved.status_code == 200 and saved.content == got.content
-        assert saved.headers["content-disposition"] == f'attachment; filename="{v["url"].split("?")[0].rsplit("/", 1)[-1]}"'
+        assert (
+            saved.headers["content-disposition"]
+            == f'attachment; filename="{v["url"].split("?")[0].rsplit("/", 1)[-1]}"'
+        )
     assert "Signature" not in json.dumps(done["manifest"])  # the manifest itself carries no URL
     sheet = done["contact_sheet"]
     assert (client.get(sheet) if sheet.startswith(service.url) else httpx.get(sheet)).status_code == 200

@@ -12,8 +12,8 @@ from processor.api.app import prefer_wait
 from processor.api.jobs import JobQueue, JobStatus, Submission, UnknownJob, job_id, relpath_of
 from processor.api.problems import Problem
 from processor.api.validate import build_submission, check_webhook, sidecar_mapping
-from processor.queue.claims import ClaimKeeper, ClaimManager, ClaimProgress
 from processor.config import load_settings
+from processor.queue.claims import ClaimKeeper, ClaimManager, ClaimProgress
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from tests.images import photo_bytes
@@ -279,10 +279,15 @@ def test_a_manifest_naming_keys_outside_its_folder_gets_no_urls_for_them(tmp_pat
     def variant(key: str, index: int) -> Variant:
         return Variant(key=key, style="toon", engine="toon", index=index, seed=index, width=10, height=10, sha256="0")
 
-    manifest = Manifest(source=Source(key=state.input_key, etag=state.etag, size=1),
-                        variants=[variant(keys.output_prefix + "toon-00.png", 0), variant("inputs/someone-elses.jpg", 1),
-                                  variant(keys.output_prefix + "../x.png", 2)],
-                        worker=WorkerInfo(id="w", version="0", device="cpu"))
+    manifest = Manifest(
+        source=Source(key=state.input_key, etag=state.etag, size=1),
+        variants=[
+            variant(keys.output_prefix + "toon-00.png", 0),
+            variant("inputs/someone-elses.jpg", 1),
+            variant(keys.output_prefix + "../x.png", 2),
+        ],
+        worker=WorkerInfo(id="w", version="0", device="cpu"),
+    )
     store.put(keys.manifest, manifest.to_json_bytes())
     body = TestClient(create_app(settings, store, keys=[])).get(f"/v1/jobs/{job}").json()
     assert body["status"] == "done"

@@ -31,7 +31,7 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
                 with receiver.lock:
                     receiver.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
@@ -77,7 +77,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Service
 
 
 def test_a_finished_job_is_posted_once_signed_by_one_of_two_replicas(replicas, receiver: Receiver) -> None:
-    one, two = replicas
+    one, _two = replicas
     with one.client() as client:
         job = client.post("/v1/jobs", files={"image": ("w.jpg", photo_bytes(120, 90))},
                           data={"webhook": receiver.url + "/once", "variants": "1"}).json()["id"]

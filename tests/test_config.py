@@ -79,7 +79,9 @@ def test_an_endpoint_without_a_scheme_is_a_config_error(config: Path, monkeypatc
     monkeypatch.setenv("PROCESSOR_STORE__BUCKET", "toys")
     monkeypatch.setenv("PROCESSOR_STORE__ENDPOINT_URL", url)
     text = problems(config)
-    assert "store.endpoint_url" in text and "http(s) URL" in text and "environment PROCESSOR_STORE__ENDPOINT_URL" in text
+    assert (
+        "store.endpoint_url" in text and "http(s) URL" in text and "environment PROCESSOR_STORE__ENDPOINT_URL" in text
+    )
 
 
 def test_an_endpoint_with_a_scheme_is_kept(config: Path, monkeypatch) -> None:

@@ -162,7 +162,7 @@ def test_rendered_overlay_is_valid(rendered: tuple[str, list[dict[str, Any]]]) -
 
 
 def test_pod_is_locked_down_and_on_a_gpu(rendered: tuple[str, list[dict[str, Any]]]) -> None:
-    overlay, objs = rendered
+    _overlay, objs = rendered
     workload = _workload(objs)
     pod = workload["spec"]["template"]["spec"]
     container = _container(workload)
@@ -186,7 +186,10 @@ def test_pod_is_locked_down_and_on_a_gpu(rendered: tuple[str, list[dict[str, Any
     assert set(mounts.values()) <= set(volumes)
     # /tmp is the only writable scratch with a read-only root filesystem.
     assert "emptyDir" in volumes[mounts["/tmp"]]
-    assert volumes[mounts["/models"]]["persistentVolumeClaim"]["claimName"] == _one(objs, "PersistentVolumeClaim")["metadata"]["name"]
+    assert (
+        volumes[mounts["/models"]]["persistentVolumeClaim"]["claimName"]
+        == _one(objs, "PersistentVolumeClaim")["metadata"]["name"]
+    )
     # The ConfigMap reference follows the generated, content-hashed name.
     configmap = _one(objs, "ConfigMap")["metadata"]["name"]
     assert re.fullmatch(r"processor-config-[a-z0-9]+", configmap)

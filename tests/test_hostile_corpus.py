@@ -17,8 +17,8 @@ import pytest
 from processor.app.cli import build_registry
 from processor.config import load_settings
 from processor.errors import InvalidKey, ObjectNotFound, StoreError
-from processor.queue.keys import KeyLayout, is_sidecar
 from processor.manifest import FailureRecord, Manifest
+from processor.queue.keys import KeyLayout, is_sidecar
 from processor.worker.runner import Worker
 from tests.corpus import CORPUS_MAX_BYTES, Entry, corpus
 

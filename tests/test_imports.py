@@ -6,9 +6,19 @@ from __future__ import annotations
 import subprocess
 import sys
 
-TORCH_FREE = ("processor.worker.runner", "processor.queue.protocol", "processor.queue.claims", "processor.queue.scan", "processor.manifest",
-              "processor.store.local", "processor.store.s3", "processor.metrics", "processor.app.cli",
-              "processor.pipeline.item", "processor.pipeline.background")
+TORCH_FREE = (
+    "processor.worker.runner",
+    "processor.queue.protocol",
+    "processor.queue.claims",
+    "processor.queue.scan",
+    "processor.manifest",
+    "processor.store.local",
+    "processor.store.s3",
+    "processor.metrics",
+    "processor.app.cli",
+    "processor.pipeline.item",
+    "processor.pipeline.background",
+)
 
 
 def run_python(code: str) -> str:

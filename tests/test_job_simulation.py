@@ -18,8 +18,12 @@ import pytest
 
 from processor.manifest import Manifest
 from processor.queue.scan import shard_of
+from tests import test_s3_integration
 from tests.images import photo_bytes
-from tests.test_s3_integration import bucket, cli_env, processor  # noqa: F401 - bucket is a fixture
+from tests.test_s3_integration import cli_env, processor
+
+#: The versioned-bucket fixture of the S3 integration tests (a fixture is found by its name here).
+bucket = test_s3_integration.bucket
 
 #: The Job's completions (= parallelism): pods, each with its own index.
 INDEXES = 3
@@ -58,7 +62,7 @@ def test_indexed_job_commits_every_input_exactly_once(s3_server, bucket, tmp_pat
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for index, pod in pods
     ]
-    for (_, pod), proc in zip(pods, procs):
+    for (_, pod), proc in zip(pods, procs, strict=False):
         _, err = proc.communicate(timeout=POD_TIMEOUT_S)
         assert proc.returncode == 0, f"{pod} exited {proc.returncode}:\n{err[-3000:]}"
 

@@ -83,9 +83,9 @@ def test_outputs_write_one_mask_and_a_background_record_per_variant():
     manifest entry points at it with its own background record."""
     import io
 
-    from processor.queue.keys import MASK_NAME
-    from processor.pipeline.outputs import encode_outputs
     from processor.pipeline.base import VariantImage
+    from processor.pipeline.outputs import encode_outputs
+    from processor.queue.keys import MASK_NAME
 
     photo = scene(160, 120, 0, scale=0.6).image
     mask = SubjectMasker()(photo)
@@ -93,7 +93,7 @@ def test_outputs_write_one_mask_and_a_background_record_per_variant():
             "segmenter": mask.method, "applied": True, "fallback": None, "steps": 3}
     variants = [VariantImage(style="s", engine="img2img", index=i, seed=i, image=photo, background=info | {"seed": i},
                              mask=mask) for i in range(2)]
-    files, entries, sheet = encode_outputs(photo, variants, output_prefix="outputs/a/", sheet_height=32)
+    files, entries, _sheet = encode_outputs(photo, variants, output_prefix="outputs/a/", sheet_height=32)
     names = [f.name for f in files]
     assert names.count(MASK_NAME) == 1 and names.index(MASK_NAME) == 0  # written before the variants
     written = Image.open(io.BytesIO(files[0].body))

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from bench import masks as mask_bench
-from bench.mask_scenes import ASPECTS, PLACEMENTS, SCENE_TYPES, make_scene, scene_set
 from bench.common import parse_report
+from bench.mask_scenes import ASPECTS, PLACEMENTS, SCENE_TYPES, make_scene, scene_set
 
 
 def test_grabcut_meets_the_goals_on_every_scene_type(capsys):

@@ -23,7 +23,10 @@ def _config(tmp_path) -> str:
 def test_mask_on_a_folder_writes_masks_overlays_and_a_summary(tmp_path, capsys):
     photos = tmp_path / "photos"
     (photos / "shelf").mkdir(parents=True)
-    scenes = {"floor.jpg": make_scene("floor", "4:3", 0, 0, 160), "shelf/cow.png": make_scene("shelf", "3:4", 1, 0, 160)}
+    scenes = {
+        "floor.jpg": make_scene("floor", "4:3", 0, 0, 160),
+        "shelf/cow.png": make_scene("shelf", "3:4", 1, 0, 160),
+    }
     for name, scene in scenes.items():
         (photos / name).write_bytes(encode(scene.image, "JPEG" if name.endswith(".jpg") else "PNG"))
     (photos / "shelf" / "cow.json").write_text("{}")          # a sidecar: not a photo

@@ -21,14 +21,14 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from processor.queue.claims import ClaimManager
 from processor.app.cli import build_registry, make_engine
 from processor.config import MetricsSettings, StoreSettings
 from processor.errors import ConfigError, TransientStoreError
-from processor.queue.keys import KeyLayout
 from processor.log import configure_logging
 from processor.metrics import OUTCOMES, MetricsEndpoint, MetricsServer, PrometheusObserver, describe_endpoint
 from processor.pipeline.render import EngineRegistry
+from processor.queue.claims import ClaimManager
+from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker
 from tests.images import bad_inputs, photo_bytes

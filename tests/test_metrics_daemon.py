@@ -17,8 +17,12 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import test_s3_integration
 from tests.images import bad_inputs, photo_bytes
-from tests.test_s3_integration import bucket, cli_env  # noqa: F401 - bucket is a fixture
+from tests.test_s3_integration import cli_env
+
+#: The versioned-bucket fixture of the S3 integration tests (a fixture is found by its name here).
+bucket = test_s3_integration.bucket
 
 #: Seconds the daemon gets to start, process the inputs, and stop.
 DEADLINE_S = 120.0

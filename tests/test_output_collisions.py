@@ -16,8 +16,8 @@ import pytest
 from processor.app.cli import build_registry, cmd_results
 from processor.config import load_settings
 from processor.errors import ObjectNotFound
-from processor.queue.keys import KeyLayout
 from processor.manifest import FailureRecord, Manifest
+from processor.queue.keys import KeyLayout
 from processor.worker.runner import Worker
 from tests.images import photo_bytes
 

@@ -72,7 +72,10 @@ def test_a_prompt_that_fits_is_not_cut():
 
 
 def test_subject_precedence_per_image_prompt_then_caption_then_style():
-    assert subject_for(ItemContext(caption="cap", prompt="mine", prompt_source="metadata"), "style") == ("mine", "metadata")
+    assert subject_for(ItemContext(caption="cap", prompt="mine", prompt_source="metadata"), "style") == (
+        "mine",
+        "metadata",
+    )
     assert subject_for(ItemContext(caption="cap"), "style") == ("cap", "caption")
     assert subject_for(ItemContext(caption=" \x00"), "style") == ("style", "style")
     assert subject_for(None, None) == (None, "none")
@@ -112,7 +115,7 @@ def test_bad_template_is_a_config_error_naming_the_key(tmp_path, template, probl
 def test_bad_clip_model_name_is_a_config_error(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(json.dumps({"caption": {"clip_model": "ViT-L-14"}}))
-    with pytest.raises(ConfigError, match="caption.clip_model"):
+    with pytest.raises(ConfigError, match=r"caption\.clip_model"):
         load_settings(path)
 
 

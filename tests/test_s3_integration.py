@@ -100,7 +100,9 @@ def test_run_once_over_good_and_bad_inputs_then_a_second_run_writes_nothing(s3_s
     for key in good:
         etag = client.head_object(Bucket=name, Key=key)["ETag"].strip('"')
         stem = key[len("inputs/"):].rsplit(".", 1)[0]
-        manifest = Manifest.model_validate_json(client.get_object(Bucket=name, Key=f"outputs/{stem}/manifest.json")["Body"].read())
+        manifest = Manifest.model_validate_json(
+            client.get_object(Bucket=name, Key=f"outputs/{stem}/manifest.json")["Body"].read()
+        )
         assert manifest.source.etag == etag and manifest.source.key == key
         assert len(manifest.variants) == 2
         for v in manifest.variants:

@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from processor.queue.claims import ClaimManager
 from processor.config import PrefixSettings
-from processor.queue.keys import KeyLayout
 from processor.manifest import Manifest
+from processor.queue.claims import ClaimManager
+from processor.queue.keys import KeyLayout
 from processor.queue.scan import IncrementalScanner, scan
 from processor.store.base import ObjectStore
 from processor.store.local import LocalStore
@@ -104,7 +104,7 @@ def test_no_input_is_lost_or_repeated_whatever_the_listing_order(store: ObjectSt
     clock.advance(FULL_RESCAN_S)
     full = scanner.scan()
     assert full.full
-    assert sorted(pending_keys(full)) == sorted(missed + ["inputs/a-c.jpg", "inputs/a/b.jpg"])
+    assert sorted(pending_keys(full)) == sorted([*missed, "inputs/a-c.jpg", "inputs/a/b.jpg"])
 
 
 def test_items_a_pass_left_are_offered_again_before_the_full_rescan(local_store: LocalStore) -> None:

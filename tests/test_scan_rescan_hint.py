@@ -15,8 +15,8 @@ import pytest
 
 from processor.config import PrefixSettings
 from processor.errors import TransientStoreError
-from processor.queue.keys import KeyLayout
 from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo
+from processor.queue.keys import KeyLayout
 from processor.queue.requeue import find_failures, requeue
 from processor.queue.scan import IncrementalScanner
 from processor.store.base import ObjectStore

@@ -150,7 +150,7 @@ def test_cli_wrong_or_missing_keys_exit_4_once_with_no_secret_in_debug_output(s3
 class _RefusingIam(http.server.BaseHTTPRequestHandler):
     """Answers every token request as IAM does for an unknown API key."""
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+    def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         body = json.dumps({"errorCode": "BXNIM0415E", "errorMessage": "Provided API key could not be found.",
                            "context": {"requestId": "test"}}).encode()

@@ -12,9 +12,9 @@ import json
 import pytest
 
 from processor.app.cli import main
-from processor.queue.keys import KeyLayout
 from processor.config import PrefixSettings
 from processor.manifest import Manifest, Source, Variant, WorkerInfo
+from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 
 

@@ -92,7 +92,7 @@ def test_the_scan_sees_the_tree() -> None:
 def test_no_remote_code_and_no_pickle_loading(path: Path) -> None:
     source = path.read_text(encoding="utf-8")
     problems = []
-    for call, name in _calls(ast.parse(source)):
+    for call, _name in _calls(ast.parse(source)):
         where = f"{path.relative_to(REPO)}:{call.lineno}"
         trust = _keyword(call, "trust_remote_code")
         if trust is not None and not (isinstance(trust, ast.Constant) and trust.value is False):
@@ -121,17 +121,25 @@ def test_the_one_allowed_pickle_load_is_restricted_and_explained() -> None:
         assert "convert_components" not in (REPO / module).read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("relative,source", [
-    ("processor/other.py", "import torch\ndef f(p):\n    return torch.load(p, weights_only=True)\n"),
-    ("processor/models/safeweights.py", "import torch\ndef elsewhere(p):\n    return torch.load(p, weights_only=True)\n"),
-    ("processor/models/safeweights.py", "import torch\ndef _load_restricted(p):\n    return torch.load(p)\n"),
-    ("processor/models/safeweights.py",
-     "import torch\ndef _load_restricted(p):\n    return torch.load(p, weights_only=False)\n"),
-    ("processor/other.py", "import torch\nx = torch.serialization.load('w.bin')\n"),
-    ("tests/t.py", "import pickle\nx = pickle.loads(b'')\n"),
-    ("processor/other.py", "from torch import load\n"),
-    ("processor/other.py", "from pickle import loads as l\n"),
-])
+@pytest.mark.parametrize(
+    "relative,source",
+    [
+        ("processor/other.py", "import torch\ndef f(p):\n    return torch.load(p, weights_only=True)\n"),
+        (
+            "processor/models/safeweights.py",
+            "import torch\ndef elsewhere(p):\n    return torch.load(p, weights_only=True)\n",
+        ),
+        ("processor/models/safeweights.py", "import torch\ndef _load_restricted(p):\n    return torch.load(p)\n"),
+        (
+            "processor/models/safeweights.py",
+            "import torch\ndef _load_restricted(p):\n    return torch.load(p, weights_only=False)\n",
+        ),
+        ("processor/other.py", "import torch\nx = torch.serialization.load('w.bin')\n"),
+        ("tests/t.py", "import pickle\nx = pickle.loads(b'')\n"),
+        ("processor/other.py", "from torch import load\n"),
+        ("processor/other.py", "from pickle import loads as l\n"),
+    ],
+)
 def test_the_scan_flags_every_other_pickle_load(relative: str, source: str) -> None:
     assert pickle_problems(source, relative)
 

@@ -14,7 +14,9 @@ def test_get_put_and_never_overwrite(local_store):
     cache.put("flavors-abc.safetensors", b"first")
     cache.put("flavors-abc.safetensors", b"second")  # a racing worker: create-if-absent, no error
     assert cache.get("flavors-abc.safetensors") == b"first"
-    assert [o.key for o in local_store.list(".processor/cache/")] == [".processor/cache/label-tables/flavors-abc.safetensors"]
+    assert [o.key for o in local_store.list(".processor/cache/")] == [
+        ".processor/cache/label-tables/flavors-abc.safetensors"
+    ]
 
 
 class FailingStore:

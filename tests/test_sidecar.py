@@ -25,7 +25,6 @@ from PIL import Image
 from processor.app.cli import build_registry, main
 from processor.config import MAX_SEED, load_settings
 from processor.errors import InvalidSidecar
-from processor.queue.keys import KeyLayout, is_sidecar
 from processor.manifest import FailureRecord, Manifest
 from processor.pipeline.encode import contact_sheet
 from processor.pipeline.sidecar import (
@@ -34,6 +33,7 @@ from processor.pipeline.sidecar import (
     load_sidecar_json,
     validate_overrides,
 )
+from processor.queue.keys import KeyLayout, is_sidecar
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker
 from tests.images import photo_bytes
@@ -86,7 +86,10 @@ REFUSED: dict[str, tuple[str, tuple[str, ...]]] = {
     "variants-zero": ('{"variants": 0}', ("variants", "greater than or equal to 1")),
     "variants-over-style-bound": ('{"variants": 17}', ("variants", "less than or equal to 16")),
     "variants-over-input-cap": ('{"variants": 7}', ("7 variants", "run.max_variants_per_input")),
-    "styles-variants-over-cap": ('{"styles": ["toon", "flat"], "variants": 4}', ("8 variants", "run.max_variants_per_input")),
+    "styles-variants-over-cap": (
+        '{"styles": ["toon", "flat"], "variants": 4}',
+        ("8 variants", "run.max_variants_per_input"),
+    ),
     "styles-duplicated": ('{"styles": ["toon", "toon"]}', ("['toon'] more than once", "name each style once")),
     "styles-too-many": (json.dumps({"styles": ["toon"] * 500}), ("500 entries", "run.max_styles_per_input")),
     "styles-unknown": ('{"styles": ["nope"]}', ("styles.0", "unknown style 'nope'", "disney, flat, toon")),
@@ -104,8 +107,10 @@ REFUSED: dict[str, tuple[str, tuple[str, ...]]] = {
     "background-mode-unknown": ('{"background": {"mode": "lava"}}', ("background.mode",)),
     "background-mode-nested": ('{"background": {"mode": {"a": [[[1]]]}}}', ("background.mode",)),
     "background-without-prompt": ('{"background": {"mode": "instruct"}}', ("background.prompt is required",)),
-    "background-needs-a-model": ('{"background": {"mode": "inpaint", "prompt": "a beach"}}',
-                                 ("style 'toon'", "background.model is required")),
+    "background-needs-a-model": (
+        '{"background": {"mode": "inpaint", "prompt": "a beach"}}',
+        ("style 'toon'", "background.model is required"),
+    ),
     "background-key-unknown": ('{"background": {"model": "x/y"}}', ("background.model", "Extra inputs")),
     "not-an-object": ("[1, 2, 3]", ("must be a JSON object", "not an array")),
     "null": ("null", ("must be a JSON object", "not null")),
@@ -230,7 +235,7 @@ def _hostile_run(store, settings) -> None:
 
     got = results(store, KeyLayout(settings.prefixes))
     assert len(got) == len(sidecars)
-    for name, (text, words) in REFUSED.items():
+    for name, (_text, words) in REFUSED.items():
         record = got[f"inputs/{name}.jpg"]
         assert isinstance(record, FailureRecord), name
         assert record.error == "InvalidSidecar" and record.final and record.permanent, (name, record)
@@ -347,7 +352,7 @@ _json_scalars = (st.none() | st.booleans() | st.integers() | st.integers(min_val
                  | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=40)
                  | st.sampled_from(["toon", "flat", "disney", "nope", "none", "instruct", "inpaint", "generate"]))
 _json = st.recursive(_json_scalars, lambda inner: st.lists(inner, max_size=4)
-                     | st.dictionaries(st.sampled_from(_KNOWN_KEYS + ["mode", "prompt", "x"]) | st.text(max_size=8),
+                     | st.dictionaries(st.sampled_from([*_KNOWN_KEYS, "mode", "prompt", "x"]) | st.text(max_size=8),
                                        inner, max_size=4), max_leaves=12)
 _names = st.sampled_from(["toon", "flat", "disney", "nope"])
 #: Near-valid sidecars: values around each bound, so that many examples pass and run.

@@ -27,7 +27,6 @@ from typing import Any
 
 import pytest
 
-from processor.queue.claims import MAX_CLAIM_BYTES, ClaimManager
 from processor.app.cli import build_registry
 from processor.config import load_settings
 from processor.errors import (
@@ -39,12 +38,14 @@ from processor.errors import (
     StoreAccessError,
     TransientStoreError,
 )
-from processor.queue.keys import KeyLayout
 from processor.log import JsonFormatter, TextFormatter
 from processor.manifest import FailureRecord, Manifest
 from processor.pipeline.sidecar import MAX_SIDECAR_BYTES
+from processor.queue.claims import MAX_CLAIM_BYTES, ClaimManager
+from processor.queue.keys import KeyLayout
 from processor.redact import redact, split_endpoint
 from processor.store import local as local_module
+from processor.store.base import ObjectStore
 from processor.store.local import ETAG_XATTR, LocalStore
 from processor.worker.runner import Worker
 from tests.images import photo_bytes
@@ -156,6 +157,19 @@ def deny_objects(server: S3Server, bucket: str, keys: list[str]) -> None:
     server.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
 
 
+def wait_until_denied(store: ObjectStore, key: str, timeout_s: float = 20.0) -> None:
+    """SeaweedFS's gateway learns a new bucket policy from its filer asynchronously: on a loaded
+    machine the first GET after ``put_bucket_policy`` can still be let through."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            store.get(key)
+        except ObjectAccessDenied:
+            return
+        assert time.monotonic() < deadline, f"the bucket policy never took effect for {key}"
+        time.sleep(0.2)
+
+
 @pytest.mark.parametrize("kind", ["s3", "cos"])
 def test_seaweedfs_one_unreadable_object_is_its_own_failure(policy_server: S3Server, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
@@ -175,6 +189,8 @@ def test_seaweedfs_one_unreadable_object_is_its_own_failure(policy_server: S3Ser
                      SSECustomerAlgorithm="AES256", SSECustomerKey=os.urandom(32))
     deny_objects(policy_server, bucket, ["inputs/denied.jpg", "inputs/side.json"])
     store = s3_store_as(policy_server, bucket, WORKER_KEYS, monkeypatch, kind)
+    wait_until_denied(store, "inputs/denied.jpg")
+    wait_until_denied(store, "inputs/side.json")
 
     with pytest.raises(ObjectAccessDenied):
         store.get("inputs/denied.jpg")
@@ -594,7 +610,9 @@ def test_local_hashes_a_dropped_file_once_and_notices_rewrites(tmp_path: Path) -
     assert store.etags.hashed == 1
     fresh = LocalStore(root)  # another process: the hash rides in the file's xattr
     assert [o.etag for o in fresh.list("inputs/")] == [hashlib.md5(b"A" * 1000).hexdigest()]
-    assert fresh.etags.hashed == 0 and os.getxattr(path, ETAG_XATTR).endswith(hashlib.md5(b"A" * 1000).hexdigest().encode())
+    assert fresh.etags.hashed == 0 and os.getxattr(path, ETAG_XATTR).endswith(
+        hashlib.md5(b"A" * 1000).hexdigest().encode()
+    )
     time.sleep(0.01)
     path.write_bytes(b"B" * 1000)  # rewritten in place, same size: the mtime differs
     assert fresh.head("inputs/hand.jpg").etag == hashlib.md5(b"B" * 1000).hexdigest()

@@ -10,8 +10,9 @@ import pytest
 
 from processor.app.cli import build_registry
 from processor.config import load_settings
-from processor.queue.keys import KeyLayout
+from processor.errors import ObjectNotFound
 from processor.manifest import FailureRecord, Manifest
+from processor.queue.keys import KeyLayout
 from processor.queue.scan import scan
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker
@@ -68,18 +69,20 @@ def test_good_and_bad_inputs_end_with_one_result_each(env):
         for v in manifest.variants:
             assert hashlib.sha256(store.get(v.key).body).hexdigest() == v.sha256
         assert store.head(manifest.contact_sheet).size > 0
-    assert Manifest.model_validate_json(store.get(layout.for_input("inputs/tall.png").manifest).body).variants[0].height > \
-        Manifest.model_validate_json(store.get(layout.for_input("inputs/tall.png").manifest).body).variants[0].width
+    assert (
+        Manifest.model_validate_json(store.get(layout.for_input("inputs/tall.png").manifest).body).variants[0].height
+        > Manifest.model_validate_json(store.get(layout.for_input("inputs/tall.png").manifest).body).variants[0].width
+    )
     for key in bad:
         record = FailureRecord.model_validate_json(store.get(layout.for_input(key).failure).body)
         assert record.source.etag == store.head(key).etag
         assert record.hint and record.message
-        with pytest.raises(Exception):
+        with pytest.raises(ObjectNotFound):
             store.head(layout.for_input(key).manifest)
 
 
 def test_second_run_writes_nothing(env):
-    settings, store, layout = env
+    settings, store, _layout = env
     store.put("inputs/cow.jpg", photo_bytes())
     store.put("inputs/empty.jpg", b"")
     assert make_worker(store, settings).run_once() == 0
@@ -122,7 +125,7 @@ def test_failed_input_fixed_by_reupload(env):
     store.put("inputs/cow.jpg", photo_bytes())
     make_worker(store, settings).run_once()
     assert Manifest.model_validate_json(store.get(keys.manifest).body).source.etag == store.head("inputs/cow.jpg").etag
-    with pytest.raises(Exception):
+    with pytest.raises(ObjectNotFound):
         store.head(keys.failure)  # the stale failure record is gone
 
 
@@ -207,7 +210,7 @@ def test_static_shards_split_the_work(tmp_path):
 
 
 def test_output_keys_never_leave_outputs(env):
-    settings, store, layout = env
+    _settings, _store, layout = env
     for key in ["inputs/../../escape.jpg", "inputs//double.jpg", "inputs/./dot.jpg"]:
         keys = layout.for_input(key)
         for derived in (keys.manifest, keys.variant("toon", 0), keys.failure):

@@ -17,11 +17,11 @@ import pytest
 from processor.app.cli import make_engine
 from processor.config import PrefixSettings
 from processor.errors import EXIT_UNHEALTHY, CorruptImage, StageFailed, WorkerUnhealthy
-from processor.queue.failpolicy import CircuitBreaker
-from processor.queue.keys import KeyLayout
 from processor.manifest import FailureRecord, Manifest
 from processor.metrics import PrometheusObserver
 from processor.pipeline.render import EngineRegistry
+from processor.queue.failpolicy import CircuitBreaker
+from processor.queue.keys import KeyLayout
 from processor.queue.requeue import find_failures, requeue
 from processor.queue.scan import scan
 from processor.store.local import LocalStore
@@ -159,7 +159,7 @@ def test_bad_inputs_are_final_at_once_and_never_trip_the_breaker(local):
 
 
 def test_an_old_failure_record_reads_as_final(local):
-    settings, store, layout = local()
+    _settings, _store, _layout = local()
     old = {"schema": "toy-cartoonizer/failure/v1", "status": "failed",
            "source": {"key": "inputs/cow.jpg", "etag": "abc", "size": 3}, "error": "StageFailed",
            "message": "style 'toon' failed", "hint": "report it", "permanent": False, "attempts": 1,
@@ -355,7 +355,7 @@ def test_processor_retry_on_seaweedfs(s3_server, tmp_path, monkeypatch):
     dry = processor("retry", "--dry-run", env=env, timeout=60)
     assert dry.returncode == 0, dry.stderr
     assert "would requeue 4 failed input(s)" in dry.stdout and "1 permanent failure(s) left out" in dry.stdout
-    for key in crashed + ["inputs/legacy.jpg"]:
+    for key in [*crashed, "inputs/legacy.jpg"]:
         assert key in dry.stdout
     assert "corrupt" not in dry.stdout
     assert scan(store, layout).failed == 5  # a dry run changes nothing

@@ -11,9 +11,9 @@ import hashlib
 import time
 
 from processor.errors import TransientStoreError
-from processor.queue.keys import KeyLayout
 from processor.manifest import Manifest
 from processor.pipeline.outputs import encode_outputs
+from processor.queue.keys import KeyLayout
 from processor.queue.scan import scan
 from processor.store.local import LocalStore
 from processor.worker.runner import Job, PassResult

@@ -7,9 +7,9 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from PIL import Image
 
-from processor.models import accel
 from processor.app.cli import build_registry
 from processor.config import PerformanceSettings
+from processor.models import accel
 from tests.images import photo_image
 from tests.sd.conftest import TINY_NATIVE
 from tests.sd.test_diffusion import img2img_style, make_settings

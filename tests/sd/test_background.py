@@ -15,12 +15,12 @@ from PIL import Image
 from processor.app.cli import build_registry, main
 from processor.config import Img2ImgStyle, MaskSettings, ModelSettings, ToonStyle, load_settings
 from processor.errors import ConfigError
-from processor.queue.keys import KeyLayout
 from processor.manifest import Manifest
 from processor.models.loader import ModelLoader, configured_models
 from processor.pipeline.background import BackgroundEngine, composite, with_background
 from processor.pipeline.mask import SubjectMasker
 from processor.pipeline.toon import ToonEngine
+from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from tests.images import encode
 from tests.scenes import _desk, scene
@@ -37,7 +37,9 @@ def background(mode: str, **extra) -> dict:
 
 def core(mask_png: Image.Image | np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Pixels fully subject at ``size``: outside the feather band."""
-    alpha = mask_png if isinstance(mask_png, np.ndarray) else np.asarray(mask_png.resize(size, Image.Resampling.BILINEAR))
+    alpha = (
+        mask_png if isinstance(mask_png, np.ndarray) else np.asarray(mask_png.resize(size, Image.Resampling.BILINEAR))
+    )
     return alpha == 255
 
 
@@ -70,7 +72,7 @@ def test_size_kept_and_subject_pixels_exact(mode, aspect, loader, tiny_sd, tiny_
     out = engine(photo)
     mask = masker(photo)
     assert mask.fallback is None
-    for before, after in zip(transformed, out):
+    for before, after in zip(transformed, out, strict=False):
         assert after.image.size == before.image.size == photo.size
         inside = core(mask.alpha_at(after.image.size), after.image.size)
         assert inside.mean() > 0.05
@@ -97,14 +99,16 @@ def test_empty_desk_falls_back_to_the_transform_with_the_reason(loader, tiny_sd)
     inner, engine = toon_stage("generate", loader, SubjectMasker(), model=str(tiny_sd))
     desk = Image.fromarray(_desk(96, 72, np.random.default_rng(4), 0.45).astype(np.uint8))
     out = engine(desk)
-    for before, after in zip(inner(desk), out):
+    for before, after in zip(inner(desk), out, strict=False):
         assert np.array_equal(np.asarray(before.image), np.asarray(after.image))
         assert after.background["applied"] is False and after.background["seed"] is None
         assert "min_coverage" in after.background["fallback"]
 
 
 def test_generate_on_the_styles_model_shares_its_weights(tiny_sd, tmp_path):
-    settings = _settings(tmp_path, {"plain": _img2img(tiny_sd), "gen": _img2img(tiny_sd, background=background("generate"))})
+    settings = _settings(
+        tmp_path, {"plain": _img2img(tiny_sd), "gen": _img2img(tiny_sd, background=background("generate"))}
+    )
     registry = build_registry(settings)
     plain, gen = registry.engine("plain"), registry.engine("gen")
     assert isinstance(gen, BackgroundEngine) and not isinstance(plain, BackgroundEngine)
@@ -125,9 +129,9 @@ def test_sidecar_background_merges_into_the_styles(tiny_sd, tiny_inpaint, tmp_pa
 
 
 def test_config_refuses_incomplete_backgrounds(tmp_path, tiny_sd):
-    with pytest.raises(ConfigError, match="background.model is required for mode 'inpaint'"):
+    with pytest.raises(ConfigError, match=r"background\.model is required for mode 'inpaint'"):
         _settings(tmp_path / "a", {"s": _img2img(tiny_sd, background={"mode": "inpaint", "prompt": "x"})})
-    with pytest.raises(ConfigError, match="background.prompt is required"):
+    with pytest.raises(ConfigError, match=r"background\.prompt is required"):
         _settings(tmp_path / "b", {"s": _img2img(tiny_sd, background={"mode": "generate"})})
     with pytest.raises(ConfigError, match="toon style"):
         _settings(tmp_path / "c", {"s": {"engine": "toon", "background": {"mode": "generate", "prompt": "x"}}})
@@ -253,7 +257,7 @@ def test_sidecar_background_is_validated():
 
     car = parse_sidecar(b'{"background": {"mode": "inpaint", "prompt": "a forest"}}', "inputs/a.json")
     assert car.style_overrides() == {"background": {"mode": "inpaint", "prompt": "a forest"}}
-    with pytest.raises(InvalidSidecar, match="background.model"):
+    with pytest.raises(InvalidSidecar, match=r"background\.model"):
         parse_sidecar(b'{"background": {"model": "x/y"}}', "inputs/a.json")
 
 
@@ -321,5 +325,5 @@ def test_cuda_oom_with_one_background_is_a_stage_failure(loader, tiny_sd):
 
     _, engine = toon_stage("generate", loader, SubjectMasker(), model=str(tiny_sd))
     engine.stage.pipe = _BatchSpy(engine.stage.pipe, oom_above=0)
-    with pytest.raises(StageFailed, match="background.size"):
+    with pytest.raises(StageFailed, match=r"background\.size"):
         engine(scene(96, 72, 1, **TOY).image)

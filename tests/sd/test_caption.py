@@ -13,16 +13,19 @@ import torch
 from processor.app.cli import build_captioner, build_registry, main
 from processor.config import load_settings
 from processor.errors import ModelUnavailableError
-from processor.queue.keys import KeyLayout
 from processor.manifest import FailureRecord, Manifest
 from processor.pipeline import interrogator
 from processor.pipeline.caption import TABLES_BY_MODE, label_lists, table_name
+from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker
 from tests.images import photo_bytes
 
 TRIGGER = "cartoon, Pixar, Disney character, 3D render, modern disney style"
-PHOTOS = {"inputs/meerkat.jpg": photo_bytes(160, 120, seed=3), "inputs/bear.png": photo_bytes(120, 160, fmt="PNG", seed=4)}
+PHOTOS = {
+    "inputs/meerkat.jpg": photo_bytes(160, 120, seed=3),
+    "inputs/bear.png": photo_bytes(120, 160, fmt="PNG", seed=4),
+}
 CLIP_MODES = ("fast", "classic", "best", "negative")
 
 
@@ -150,7 +153,9 @@ def test_label_tables_are_computed_once_then_read_from_the_local_then_the_shared
     tables = len(TABLES_BY_MODE["fast"])
 
     def run(name: str, cache: Path, photo: int):
-        config = caption_config(tmp_path / name, tiny_sd, tiny_clip, tiny_blip, tiny_labels, cache=cache, store=store_cfg)
+        config = caption_config(
+            tmp_path / name, tiny_sd, tiny_clip, tiny_blip, tiny_labels, cache=cache, store=store_cfg
+        )
         settings = load_settings(config)
         store = S3Store.from_settings(settings.store)
         before = len(count_encodes)
@@ -254,8 +259,9 @@ def test_a_failing_captioner_gives_a_failure_record_not_a_crash(tiny_sd, tiny_cl
         return original(self, image)
 
     monkeypatch.setattr(interrogator.InjectedInterrogator, "generate_caption", flaky)
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     magenta = io.BytesIO()
     Image.new("RGB", (160, 120), (255, 0, 255)).save(magenta, "PNG")
@@ -355,7 +361,7 @@ def test_open_clip_tags_resolve_to_the_safetensors_file_of_their_hub_repo(tmp_pa
     from processor.pipeline.caption import resolve_clip
 
     loader = ModelLoader(ModelSettings(cache_dir=tmp_path / "hf", offline=True))
-    with pytest.raises(ModelUnavailableError, match="timm/vit_large_patch14_clip_224.openai"):
+    with pytest.raises(ModelUnavailableError, match=r"timm/vit_large_patch14_clip_224\.openai"):
         resolve_clip(CaptionSettings(clip_model="ViT-L-14/openai"), loader)
     weights = tmp_path / "w"
     weights.mkdir()

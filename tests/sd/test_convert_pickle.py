@@ -17,16 +17,22 @@ import shutil
 from pathlib import Path
 
 import pytest
-from PIL import Image
 import torch
+from PIL import Image
 
 from processor.app.cli import main
 from processor.config import ModelSettings
 from processor.errors import EXIT_MODEL, ModelUnavailableError
-from processor.queue.keys import KeyLayout
 from processor.models.loader import IGNORE_PATTERNS, ModelLoader, component_patterns
-from processor.models.safeweights import (CONVERTED_DIR, RECORD_NAME, converted_folder, format_plans, plan_from_listing,
-                                   weight_components)
+from processor.models.safeweights import (
+    CONVERTED_DIR,
+    RECORD_NAME,
+    converted_folder,
+    format_plans,
+    plan_from_listing,
+    weight_components,
+)
+from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from tests.images import photo_bytes
 from tests.sd.test_diffusion import make_settings, manifest_of

@@ -13,12 +13,12 @@ import torch
 from processor.app.cli import build_registry, main
 from processor.config import Img2ImgStyle, ModelSettings, load_settings
 from processor.errors import ConfigError, ModelUnavailableError
-from processor.queue.keys import KeyLayout
 from processor.manifest import FailureRecord, Manifest
 from processor.models.loader import ModelLoader, component_patterns
 from processor.pipeline import diffusion
 from processor.pipeline.diffusion import Img2ImgEngine, working_size
 from processor.pipeline.prompt import build_prompt
+from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker
 from tests.images import photo_bytes
@@ -180,8 +180,16 @@ def test_sidecar_overrides_prompt_negative_seed_and_variants(tiny_sd, tmp_path):
 
 
 def test_instruct_pix2pix_through_the_worker(tiny_pix2pix, tmp_path):
-    style = {"engine": "instruct-pix2pix", "model": str(tiny_pix2pix), "instruction": "Put a waterfall in the background",
-             "image_guidance": 2.1, "guidance": 7.5, "steps": 3, "variants": 2, "seed": 1}
+    style = {
+        "engine": "instruct-pix2pix",
+        "model": str(tiny_pix2pix),
+        "instruction": "Put a waterfall in the background",
+        "image_guidance": 2.1,
+        "guidance": 7.5,
+        "steps": 3,
+        "variants": 2,
+        "seed": 1,
+    }
     settings = make_settings(tmp_path, {"waterfall": style})
     inputs = {"inputs/a.jpg": photo_bytes(480, 640), "inputs/b.jpg": photo_bytes(160, 120, seed=2),
               "inputs/b.json": b'{"instruction": "Make it snow"}'}
@@ -240,7 +248,7 @@ def test_offline_missing_model_fails_at_start_naming_model_and_fix(tmp_path, mon
 def test_local_folder_without_model_index_is_unavailable(tmp_path):
     (tmp_path / "not-a-model").mkdir()
     engine = Img2ImgEngine("x", Img2ImgStyle(model=str(tmp_path / "not-a-model")), ModelLoader(ModelSettings()))
-    with pytest.raises(ModelUnavailableError, match="model_index.json"):
+    with pytest.raises(ModelUnavailableError, match=r"model_index\.json"):
         engine.setup()
 
 
@@ -255,9 +263,16 @@ def test_models_pull_refuses_offline(tmp_path, monkeypatch, capsys):
 def test_models_pull_fetches_components_as_safetensors(tmp_path, monkeypatch):
     calls = []
     index = tmp_path / "model_index.json"
-    index.write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
-                                 "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
-                                 "feature_extractor": [None, None]}))
+    index.write_text(
+        json.dumps(
+            {
+                "_class_name": "StableDiffusionPipeline",
+                "unet": ["diffusers", "UNet2DConditionModel"],
+                "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+                "feature_extractor": [None, None],
+            }
+        )
+    )
     monkeypatch.setattr("huggingface_hub.hf_hub_download", lambda *a, **k: str(index))
 
     def fake_snapshot(repo, **kwargs):
@@ -318,7 +333,9 @@ def test_lora_applies_to_its_style_only(tiny_sd, tiny_lora):
     reference = alone(image)[0].image.tobytes()
 
     loader = ModelLoader(ModelSettings())
-    lora_style = Img2ImgStyle.model_validate(plain_style.model_dump() | {"lora": {"path": str(tiny_lora), "scale": 1.0}})
+    lora_style = Img2ImgStyle.model_validate(
+        plain_style.model_dump() | {"lora": {"path": str(tiny_lora), "scale": 1.0}}
+    )
     with_lora = Img2ImgEngine("lora", lora_style, loader)
     plain = Img2ImgEngine("plain", plain_style, loader)
     with_lora.setup()

@@ -28,8 +28,8 @@ from processor.config import Img2ImgStyle, PrefixSettings
 from processor.finetune.checkpoint import checkpoint_steps
 from processor.finetune.location import Location
 from processor.finetune.record import LORA_NAME, RECORD_NAME, TrainingRecord
-from processor.queue.keys import KeyLayout
 from processor.manifest import Manifest
+from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from tests.images import photo_bytes
 from tests.sd.conftest import CAPTION_WORDS
@@ -250,15 +250,21 @@ def test_too_few_usable_images_lists_every_skipped_file(bad_folder, tmp_path, ti
     assert not (tmp_path / "out" / LORA_NAME).exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--captions", "none"], "--captions none uses --prompt for every image"),
-    (["--mode", "subject"], "--mode subject needs --instance-prompt"),
-    (["--captions", "files"], "no caption file good.txt"),
-    (["--images", "./no-such-folder"], "no such folder"),
-    (["--name", "../up"], "--name '../up'"),
-    (["--resolution", "100"], "--resolution 100: a multiple of 8"),
-    (["--mode", "subject", "--instance-prompt", "sks toy", "--prior-images", "2"], "--prior-images needs --class-prompt"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--captions", "none"], "--captions none uses --prompt for every image"),
+        (["--mode", "subject"], "--mode subject needs --instance-prompt"),
+        (["--captions", "files"], "no caption file good.txt"),
+        (["--images", "./no-such-folder"], "no such folder"),
+        (["--name", "../up"], "--name '../up'"),
+        (["--resolution", "100"], "--resolution 100: a multiple of 8"),
+        (
+            ["--mode", "subject", "--instance-prompt", "sks toy", "--prior-images", "2"],
+            "--prior-images needs --class-prompt",
+        ),
+    ],
+)
 def test_bad_options_and_data_say_what_to_change(bad_folder, tmp_path, tiny_sd, capsys, args, message):
     config = write_config(tmp_path)
     base = ["--name", "bad", "--base", str(tiny_sd), "--images", str(bad_folder), "--out", str(tmp_path / "out"),
@@ -358,7 +364,7 @@ def test_a_bucket_lora_that_is_missing_names_the_key_and_the_fix(tmp_path):
 
     lora = LoraSettings(path="bucket:models/loras/nope/")
     loader = ModelLoader(ModelSettings(cache_dir=tmp_path / "cache"), store=lambda: LocalStore(tmp_path / "bucket"))
-    with pytest.raises(ModelUnavailableError, match="no object models/loras/nope/pytorch_lora_weights.safetensors"):
+    with pytest.raises(ModelUnavailableError, match=r"no object models/loras/nope/pytorch_lora_weights\.safetensors"):
         loader.resolve_lora(lora)
     with pytest.raises(ConfigError, match="names a bucket key"):
         ModelLoader(ModelSettings()).resolve_lora(lora)

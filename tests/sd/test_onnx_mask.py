@@ -14,11 +14,11 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from processor.app.cli import main
 from processor.config import MaskSettings, ModelSettings, OnnxSegmenterSettings, load_settings
-from processor.queue.keys import KeyLayout
 from processor.manifest import Manifest
 from processor.models.loader import ModelLoader
 from processor.pipeline.mask import SegmenterKind, SubjectMasker, iou
 from processor.pipeline.onnx_segmenter import SegmenterUnavailable, choose_providers, sha256_file
+from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from tests.images import encode
 from tests.sd.conftest import build_onnx_segmenter
@@ -145,7 +145,7 @@ def test_cuda_provider_is_chosen_when_onnxruntime_has_it():
 def test_onnx_settings_refuse_what_cannot_work():
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match="must be an .onnx file"):
+    with pytest.raises(ValidationError, match=r"must be an \.onnx file"):
         OnnxSegmenterSettings(model="toys/seg", file="model.bin")
     with pytest.raises(ValidationError, match="not both"):
         MaskSettings(onnx=OnnxSegmenterSettings(model="a.onnx"), segmenter="someone/segformer")

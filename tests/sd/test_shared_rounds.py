@@ -117,8 +117,16 @@ def test_engine_output_follows_the_seeding_contract_and_zero_is_unchanged(tiny_s
         engine = Img2ImgEngine(label, Img2ImgStyle(**base, **extra), loader)
         engine.setup()
         outputs[label] = [v.image.tobytes() for v in engine(image)]
-        reference = reference_chain(engine.pipe, image, rounds=rounds, prompt="cartoon", negative="blurry", steps=4, seed=SEED,
-                                    shared=extra.get("shared_rounds", 0))
+        reference = reference_chain(
+            engine.pipe,
+            image,
+            rounds=rounds,
+            prompt="cartoon",
+            negative="blurry",
+            steps=4,
+            seed=SEED,
+            shared=extra.get("shared_rounds", 0),
+        )
         assert outputs[label] == reference, label
     assert outputs["shared-1"] != outputs["absent"]
     assert len(set(outputs["shared-1"])) == VARIANTS

@@ -91,7 +91,7 @@ def race(rounds: int, racers: int, attempt: Callable[[int, int], Any]) -> list[l
     jobs = [(r, i) for r in range(rounds) for i in range(racers)]
     with ThreadPoolExecutor(len(jobs)) as pool:
         won = list(pool.map(one, jobs))
-    return [[i for (r, i), ok in zip(jobs, won) if ok and r == round_no] for round_no in range(rounds)]
+    return [[i for (r, i), ok in zip(jobs, won, strict=False) if ok and r == round_no] for round_no in range(rounds)]
 
 
 # --------------------------------------------------------------------------- contract
@@ -157,7 +157,13 @@ def test_prefix_need_not_end_at_a_slash(store: ObjectStore) -> None:
     put_all(store, ["inputs/ab.jpg", "inputs/a/x.jpg", "inputs/a_1.jpg", "inputs/b.jpg", "inputsa.jpg", "outputs/a"])
     assert keys_of(store, "inputs/a") == ["inputs/a/x.jpg", "inputs/a_1.jpg", "inputs/ab.jpg"]
     assert keys_of(store, "inputs/") == ["inputs/a/x.jpg", "inputs/a_1.jpg", "inputs/ab.jpg", "inputs/b.jpg"]
-    assert keys_of(store, "inputs") == ["inputs/a/x.jpg", "inputs/a_1.jpg", "inputs/ab.jpg", "inputs/b.jpg", "inputsa.jpg"]
+    assert keys_of(store, "inputs") == [
+        "inputs/a/x.jpg",
+        "inputs/a_1.jpg",
+        "inputs/ab.jpg",
+        "inputs/b.jpg",
+        "inputsa.jpg",
+    ]
     assert keys_of(store, "nothing/") == []
 
 
@@ -453,7 +459,9 @@ def test_read_refusals_tell_one_object_from_the_bucket(code: str, status: int, m
 # --------------------------------------------------------------------------- local specifics
 
 
-@pytest.mark.parametrize("key", ["../x", "a//b", "/abs", "", ".", "a/./b", "a/../../x", "dir/", "x\0y", ".store/meta/x"])
+@pytest.mark.parametrize(
+    "key", ["../x", "a//b", "/abs", "", ".", "a/./b", "a/../../x", "dir/", "x\0y", ".store/meta/x"]
+)
 def test_local_refuses_unsafe_keys(tmp_path: Path, key: str) -> None:
     store = LocalStore(tmp_path / "bucket")
     for operation in (
