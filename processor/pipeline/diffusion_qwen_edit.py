@@ -32,7 +32,7 @@ QWEN_EDITORS = {"QwenImageEditPipeline": "qwen-image-edit", "QwenImageEditPlusPi
 QWEN_TRUE_CFG = 4.0
 #: The negative prompt when the style sets none: the model card's blank one, so that true CFG runs.
 QWEN_NEGATIVE = " "
-#: Pixels squared: the area of the photo copy the pipeline's VAE conditions on (its ``calculate_dimensions``).
+#: Square pixels: the area of the photo copy the pipeline's VAE conditions on (its ``calculate_dimensions``).
 QWEN_CONDITION_AREA = 1024 * 1024
 
 

@@ -99,6 +99,26 @@ def test_the_editor_comes_from_model_index(tiny_qwen_edit, tiny_qwen_edit_plus, 
                        (kontext, KontextEngine)):
         engine = make_engine("e", EditStyle(model=str(model), instruction="make it red"), loader)
         assert type(engine) is cls
+    # Kontext keeps its own defaults under the same keys and has no negative prompt.
+    engine = make_engine("k", EditStyle.model_validate(edit_style(kontext, variants=1, negative="blurry")), loader)
+    engine.setup()
+    [variant] = engine(photo_image(64, 64))
+    p = variant.parameters
+    assert p["editor"] == "flux-kontext" and p["guidance"] == 2.5 and p["negative_used"] is False
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("guidance", -1, r"styles\.q\.guidance"),
+    ("negative", "x" * 5000, r"styles\.q\.negative"),
+    ("size", 100, r"styles\.q\.size.*multiple of 16"),
+])
+def test_a_bad_edit_key_is_refused_naming_it(tmp_path, key, value, message):
+    from processor.config import load_settings
+    from processor.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_settings(None, store={"kind": "local", "root": str(tmp_path)}, run={"styles": ["q"]},
+                      styles={"q": edit_style("some/editor") | {key: value}})
 
 
 def test_the_condition_size_is_the_pipelines_one_megapixel_copy():
