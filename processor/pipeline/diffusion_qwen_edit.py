@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
+from processor.errors import ConfigError
 from processor.pipeline.base import ItemContext, VariantImage
 from processor.pipeline.diffusion_common import to_pil
 from processor.pipeline.diffusion_edit import KontextEngine
@@ -46,6 +47,17 @@ def condition_size(width: int, height: int) -> tuple[int, int]:
 
 class QwenEditEngine(KontextEngine):
     """A Qwen-Image-Edit edit of the photo with true CFG, all variants in one batched call."""
+
+    def setup(self) -> None:
+        import torch
+
+        # Qwen-Image is trained in bfloat16 and its transformer's activations overflow float16
+        # (NaN latents: black pictures), the auto dtype on CUDA; refuse before loading 58 GB.
+        if self.models.dtype() == torch.float16:
+            raise ConfigError(
+                f"styles.{self.style_name}.model: Qwen-Image-Edit overflows in float16 (NaN latents, black "
+                "pictures); set models.dtype: bfloat16 (or float32)")
+        super().setup()
 
     def __call__(self, image: Image.Image, context: ItemContext | None = None) -> list[VariantImage]:
         style = self.style

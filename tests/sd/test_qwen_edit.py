@@ -124,3 +124,13 @@ def test_a_bad_edit_key_is_refused_naming_it(tmp_path, key, value, message):
 def test_the_condition_size_is_the_pipelines_one_megapixel_copy():
     assert condition_size(1600, 1200) == (1184, 896)
     assert condition_size(1000, 1000) == (1024, 1024)
+
+
+def test_float16_is_refused_before_loading_with_the_dtype_to_set(tiny_qwen_edit):
+    from processor.errors import ConfigError
+
+    engine = make_engine("q", EditStyle.model_validate(edit_style(tiny_qwen_edit)),
+                         ModelLoader(ModelSettings(dtype="float16")))
+    with pytest.raises(ConfigError, match=r"styles\.q\.model: .* float16 .* set models\.dtype: bfloat16"):
+        engine.setup()
+    assert engine.pipe is None
