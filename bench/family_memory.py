@@ -207,8 +207,8 @@ FAMILIES = [
            "black-forest-labs/FLUX.1-dev, black-forest-labs/FLUX.1-Kontext-dev",
            {"transformer": _diffusers("FluxTransformer2DModel", FLUX | {"guidance_embeds": True}),
             "vae": _diffusers("AutoencoderKL", VAE_16)} | _FLUX_TEXT),
-    Family("Qwen-Image-Edit (and -2509)", "edit", "apache-2.0",
-           "Qwen/Qwen-Image-Edit, Qwen/Qwen-Image-Edit-2509",
+    Family("Qwen-Image-Edit", "edit", "apache-2.0",
+           "Qwen/Qwen-Image-Edit",
            {"transformer": _diffusers("QwenImageTransformer2DModel", QWEN_IMAGE),
             "vae": _diffusers("AutoencoderKLQwenImage", QWEN_VAE), "text_encoder": _qwen_vl}),
 ]
