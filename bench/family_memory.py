@@ -1,65 +1,117 @@
-"""Weight memory of each model family, counted: every component is built on PyTorch's ``meta``
-device (shapes, no storage, no download) from the architecture fields of the published
-``config.json`` files, and its parameters are counted.
+"""Parameters and weight memory of every model family a style can run, counted.
 
-    python -m bench.family_memory [--bytes-per-param 2]
+Every component (UNet or transformer, VAE, text encoders, ControlNet) is built on PyTorch's
+``meta`` device (shapes, no storage, nothing downloaded) from the architecture fields of the
+published ``config.json`` files, written out below beside the hub ids (only the fields that decide
+the shapes; where diffusers' or transformers' constructor defaults are the published model, as
+``FluxTransformer2DModel`` and ``QwenImageTransformer2DModel``, they are used as is), and its
+parameters are counted.
 
-Printed per family: parameters per component, the total, and its size at ``--bytes-per-param``
-(2: float16 / bfloat16, what a GPU worker loads). The total is what ``offload: none`` keeps on the
-GPU; ``offload: model`` keeps the largest component at a time (printed too); ``sequential``
-about one layer. Activations, the CUDA context and the allocator's slack come on top: measure
-those on the GPU.
+    python -m bench.family_memory                     # README's families table (float16 weights)
+    python -m bench.family_memory --components        # parameters per component
+    python -m bench.family_memory --json              # the same figures as JSON
+    python -m bench.family_memory --family "SD 3.5 large" --bytes-per-param 4
+
+Weights are parameters x ``--bytes-per-param`` (2: float16 / bfloat16, what a GPU worker loads).
+The total is what ``offload: none`` keeps on the GPU; ``offload: model`` the largest component at
+a time (printed too); ``sequential`` about one layer. Activations, the CUDA context and the
+allocator's slack come on top: measure those on the GPU. Licences are the reference checkpoints'
+model-card ids (as declared in config with ``license:``), not read from anywhere.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 GIB = 1024**3
+#: Bytes per parameter in float16 / bfloat16.
+FP16_BYTES = 2
 
 # Architecture fields of the published configs (hub ids in FAMILIES). Only shape-bearing fields.
 CLIP_L: dict[str, Any] = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-              vocab_size=49408, max_position_embeddings=77, projection_dim=768)
+                              vocab_size=49408, max_position_embeddings=77, projection_dim=768,
+                              hidden_act="quick_gelu")
+#: OpenCLIP ViT-H/14's text tower as SD 2.x ships it (23 of its 24 layers).
+OPENCLIP_H: dict[str, Any] = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+                                  num_attention_heads=16, vocab_size=49408, max_position_embeddings=77,
+                                  projection_dim=1024, hidden_act="gelu")
 CLIP_BIG_G: dict[str, Any] = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-                                  num_attention_heads=20,
-                  vocab_size=49408, max_position_embeddings=77, projection_dim=1280)
+                                  num_attention_heads=20, vocab_size=49408, max_position_embeddings=77,
+                                  projection_dim=1280, hidden_act="gelu")
 T5_XXL: dict[str, Any] = dict(vocab_size=32128, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
-              feed_forward_proj="gated-gelu")
+                              feed_forward_proj="gated-gelu")
 VAE_SD: dict[str, Any] = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+                              down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
 VAE_16: dict[str, Any] = VAE_SD | dict(latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
-UNET_SD15: dict[str, Any] = dict(cross_attention_dim=768, attention_head_dim=8)
+UNET_SD15: dict[str, Any] = dict(
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=768, attention_head_dim=8)
+UNET_SD21: dict[str, Any] = UNET_SD15 | dict(sample_size=96, cross_attention_dim=1024,
+                                             attention_head_dim=(5, 10, 20, 20), use_linear_projection=True)
 UNET_SDXL: dict[str, Any] = dict(
-    block_out_channels=(320, 640, 1280),
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2, 10),
     attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
     addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
+UNET_SDXL_REFINER: dict[str, Any] = dict(
+    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(384, 768, 1536, 1536),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=4, attention_head_dim=(6, 12, 24, 24), cross_attention_dim=1280,
+    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2560)
+#: lllyasviel/sd-controlnet-canny: the SD 1.5 UNet's encoder and middle block, plus the condition
+#: embedding and zero convolutions.
+CONTROLNET_SD15: dict[str, Any] = {k: v for k, v in UNET_SD15.items()
+                                   if k not in ("sample_size", "out_channels", "up_block_types")}
 FLUX: dict[str, Any] = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, axes_dims_rope=(16, 56, 56))
+                            num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768,
+                            axes_dims_rope=(16, 56, 56))
 SD3_MEDIUM: dict[str, Any] = dict(sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=24,
-                                  attention_head_dim=64,
-                  num_attention_heads=24, joint_attention_dim=4096, caption_projection_dim=1536,
-                  pooled_projection_dim=2048, pos_embed_max_size=192)
+                                  attention_head_dim=64, num_attention_heads=24, joint_attention_dim=4096,
+                                  caption_projection_dim=1536, pooled_projection_dim=2048, pos_embed_max_size=192)
 SD35_LARGE: dict[str, Any] = SD3_MEDIUM | dict(num_layers=38, num_attention_heads=38, caption_projection_dim=2432)
 SD35_MEDIUM: dict[str, Any] = SD3_MEDIUM | dict(pos_embed_max_size=384, qk_norm="rms_norm",
                                                 dual_attention_layers=tuple(range(13)))
+#: Qwen-Image's MMDiT (60 blocks of width 3072): ``QwenImageTransformer2DModel``'s defaults.
+QWEN_IMAGE: dict[str, Any] = {}
+#: Qwen-Image's VAE (a Wan-style causal 3D VAE, 16 latent channels): ``AutoencoderKLQwenImage``'s defaults.
+QWEN_VAE: dict[str, Any] = {}
+#: Qwen2.5-VL-7B-Instruct, Qwen-Image's text encoder (its language model with lm_head, and the vision tower).
+QWEN25_VL_7B: dict[str, Any] = dict(
+    text_config=dict(vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                     num_attention_heads=28, num_key_value_heads=4, tie_word_embeddings=False),
+    vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                       patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
+    vocab_size=152064, hidden_size=3584, tie_word_embeddings=False)
 
 
-def _clip(fields: dict[str, Any], projection: bool) -> Any:
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+def _clip(fields: dict[str, Any], projection: bool) -> Callable[[], Any]:
+    def build() -> Any:
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(CLIPTextConfig(**fields))
+        return (CLIPTextModelWithProjection if projection else CLIPTextModel)(CLIPTextConfig(**fields))
+
+    return build
 
 
 def _t5() -> Any:
     from transformers import T5Config, T5EncoderModel
 
     return T5EncoderModel(T5Config(**T5_XXL))
+
+
+def _qwen_vl() -> Any:
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    return Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**QWEN25_VL_7B))
 
 
 def _diffusers(cls_name: str, fields: dict[str, Any]) -> Callable[[], Any]:
@@ -73,39 +125,92 @@ def _diffusers(cls_name: str, fields: dict[str, Any]) -> Callable[[], Any]:
 
 @dataclass(frozen=True)
 class Family:
+    """One model family: what a style names to run it, its reference checkpoints, its components."""
+
     name: str
+    #: The style engine(s) and keys that run it here.
+    runs_as: str
+    #: The licence id of the family's reference checkpoint's card.
+    license: str
+    #: Hub ids of the reference checkpoints the configs come from.
     models: str
     components: dict[str, Callable[[], Any]]
 
 
+@dataclass(frozen=True)
+class Counted:
+    """A family with its components' parameters counted."""
+
+    name: str
+    runs_as: str
+    license: str
+    models: str
+    #: Component name -> parameters.
+    components: dict[str, int]
+
+    @property
+    def params(self) -> int:
+        return sum(self.components.values())
+
+    @property
+    def largest(self) -> tuple[str, int]:
+        return max(self.components.items(), key=lambda kv: kv[1])
+
+    def gib(self, bytes_per_param: float = FP16_BYTES) -> float:
+        return self.params * bytes_per_param / GIB
+
+    @property
+    def fp16_gib(self) -> float:
+        return self.gib(FP16_BYTES)
+
+
+_SD15 = {"unet": _diffusers("UNet2DConditionModel", UNET_SD15), "vae": _diffusers("AutoencoderKL", VAE_SD),
+         "text_encoder": _clip(CLIP_L, False)}
+_SDXL_TEXT = {"text_encoder": _clip(CLIP_L, False), "text_encoder_2": _clip(CLIP_BIG_G, True)}
+_SD3_TEXT = {"text_encoder": _clip(CLIP_L, True), "text_encoder_2": _clip(CLIP_BIG_G, True), "text_encoder_3": _t5}
+_FLUX_TEXT = {"text_encoder": _clip(CLIP_L, False), "text_encoder_2": _t5}
+
 FAMILIES = [
-    Family("SD 1.5", "stable-diffusion-v1-5/stable-diffusion-v1-5 (mo-di-diffusion)", {
-        "unet": _diffusers("UNet2DConditionModel", UNET_SD15), "vae": _diffusers("AutoencoderKL", VAE_SD),
-        "text_encoder (CLIP-L)": lambda: _clip(CLIP_L, False)}),
-    Family("SDXL", "stabilityai/stable-diffusion-xl-base-1.0", {
-        "unet": _diffusers("UNet2DConditionModel", UNET_SDXL), "vae": _diffusers("AutoencoderKL", VAE_SD),
-        "text_encoder (CLIP-L)": lambda: _clip(CLIP_L, False),
-        "text_encoder_2 (bigG)": lambda: _clip(CLIP_BIG_G, True)}),
-    Family("SD 3 medium", "stabilityai/stable-diffusion-3-medium-diffusers", {
-        "transformer": _diffusers("SD3Transformer2DModel", SD3_MEDIUM), "vae": _diffusers("AutoencoderKL", VAE_16),
-        "text_encoder (CLIP-L)": lambda: _clip(CLIP_L, True), "text_encoder_2 (bigG)": lambda: _clip(CLIP_BIG_G, True),
-        "text_encoder_3 (T5-XXL)": _t5}),
-    Family("SD 3.5 medium", "stabilityai/stable-diffusion-3.5-medium", {
-        "transformer": _diffusers("SD3Transformer2DModel", SD35_MEDIUM), "vae": _diffusers("AutoencoderKL", VAE_16),
-        "text_encoder (CLIP-L)": lambda: _clip(CLIP_L, True), "text_encoder_2 (bigG)": lambda: _clip(CLIP_BIG_G, True),
-        "text_encoder_3 (T5-XXL)": _t5}),
-    Family("SD 3.5 large", "stabilityai/stable-diffusion-3.5-large", {
-        "transformer": _diffusers("SD3Transformer2DModel", SD35_LARGE), "vae": _diffusers("AutoencoderKL", VAE_16),
-        "text_encoder (CLIP-L)": lambda: _clip(CLIP_L, True), "text_encoder_2 (bigG)": lambda: _clip(CLIP_BIG_G, True),
-        "text_encoder_3 (T5-XXL)": _t5}),
-    Family("FLUX.1 dev / Kontext dev", "black-forest-labs/FLUX.1-dev, FLUX.1-Kontext-dev", {
-        "transformer": _diffusers("FluxTransformer2DModel", FLUX | {"guidance_embeds": True}),
-        "vae": _diffusers("AutoencoderKL", VAE_16), "text_encoder (CLIP-L)": lambda: _clip(CLIP_L, False),
-        "text_encoder_2 (T5-XXL)": _t5}),
-    Family("FLUX.1 schnell", "black-forest-labs/FLUX.1-schnell", {
-        "transformer": _diffusers("FluxTransformer2DModel", FLUX | {"guidance_embeds": False}),
-        "vae": _diffusers("AutoencoderKL", VAE_16), "text_encoder (CLIP-L)": lambda: _clip(CLIP_L, False),
-        "text_encoder_2 (T5-XXL)": _t5}),
+    Family("SD 1.5 (mo-di-diffusion, anything-v3)", "img2img (+ lcm LoRA), txt2img", "creativeml-openrail-m",
+           "stable-diffusion-v1-5/stable-diffusion-v1-5 (mo-di-diffusion, anything-v3)", _SD15),
+    Family("SD 1.5 instruct-pix2pix", "instruct-pix2pix", "mit", "timbrooks/instruct-pix2pix",
+           _SD15 | {"unet": _diffusers("UNet2DConditionModel", UNET_SD15 | {"in_channels": 8})}),
+    Family("SD 1.5 + canny ControlNet", "img2img + control", "openrail", "lllyasviel/sd-controlnet-canny",
+           _SD15 | {"controlnet": _diffusers("ControlNetModel", CONTROLNET_SD15)}),
+    Family("SD 2.1 (768-v)", "img2img, txt2img", "openrail++", "stabilityai/stable-diffusion-2-1",
+           {"unet": _diffusers("UNet2DConditionModel", UNET_SD21), "vae": _diffusers("AutoencoderKL", VAE_SD),
+            "text_encoder": _clip(OPENCLIP_H, False)}),
+    Family("SDXL base 1.0 (and SDXL-Turbo: same architecture, non-commercial licence)",
+           "img2img (+ `turbo`), txt2img", "openrail++", "stabilityai/stable-diffusion-xl-base-1.0",
+           {"unet": _diffusers("UNet2DConditionModel", UNET_SDXL), "vae": _diffusers("AutoencoderKL", VAE_SD)}
+           | _SDXL_TEXT),
+    Family("SDXL refiner 1.0", "img2img `refiner:` (a last round; shares the base's VAE and second text encoder)",
+           "openrail++", "stabilityai/stable-diffusion-xl-refiner-1.0",
+           {"unet": _diffusers("UNet2DConditionModel", UNET_SDXL_REFINER), "vae": _diffusers("AutoencoderKL", VAE_SD),
+            "text_encoder_2": _clip(CLIP_BIG_G, True)}),
+    Family("SD 3 medium", "img2img (flow)", "other (Stability AI Community)",
+           "stabilityai/stable-diffusion-3-medium-diffusers",
+           {"transformer": _diffusers("SD3Transformer2DModel", SD3_MEDIUM), "vae": _diffusers("AutoencoderKL", VAE_16)}
+           | _SD3_TEXT),
+    Family("SD 3.5 medium", "img2img (flow)", "other (Stability AI Community)",
+           "stabilityai/stable-diffusion-3.5-medium",
+           {"transformer": _diffusers("SD3Transformer2DModel", SD35_MEDIUM),
+            "vae": _diffusers("AutoencoderKL", VAE_16)} | _SD3_TEXT),
+    Family("SD 3.5 large", "img2img (flow)", "other (Stability AI Community)",
+           "stabilityai/stable-diffusion-3.5-large",
+           {"transformer": _diffusers("SD3Transformer2DModel", SD35_LARGE),
+            "vae": _diffusers("AutoencoderKL", VAE_16)} | _SD3_TEXT),
+    Family("FLUX.1-schnell", "img2img (flow)", "apache-2.0", "black-forest-labs/FLUX.1-schnell",
+           {"transformer": _diffusers("FluxTransformer2DModel", FLUX | {"guidance_embeds": False}),
+            "vae": _diffusers("AutoencoderKL", VAE_16)} | _FLUX_TEXT),
+    Family("FLUX.1-dev, FLUX.1 Kontext dev", "img2img (flow); Kontext: edit", "non-commercial",
+           "black-forest-labs/FLUX.1-dev, black-forest-labs/FLUX.1-Kontext-dev",
+           {"transformer": _diffusers("FluxTransformer2DModel", FLUX | {"guidance_embeds": True}),
+            "vae": _diffusers("AutoencoderKL", VAE_16)} | _FLUX_TEXT),
+    Family("Qwen-Image-Edit", "edit", "apache-2.0",
+           "Qwen/Qwen-Image-Edit",
+           {"transformer": _diffusers("QwenImageTransformer2DModel", QWEN_IMAGE),
+            "vae": _diffusers("AutoencoderKLQwenImage", QWEN_VAE), "text_encoder": _qwen_vl}),
 ]
 
 
@@ -118,25 +223,55 @@ def count(build: Callable[[], Any]) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bytes-per-param", type=float, default=2.0, help="2: float16/bfloat16; 4: float32")
-    parser.add_argument("--family", action="append", help="only these families (by name), e.g. 'FLUX.1 schnell'")
+def counted(family: Family) -> Counted:
+    return Counted(family.name, family.runs_as, family.license, family.models,
+                   {name: count(build) for name, build in family.components.items()})
+
+
+def table(rows: Sequence[Counted], bytes_per_param: float = FP16_BYTES) -> str:
+    """README's families table: one row per family."""
+    lines = [f"| family | style engine | parameters | weights at {bytes_per_param:g} B/param | largest component "
+             "| licence |", "|---|---|---:|---:|---|---|"]
+    for f in rows:
+        big, n = f.largest
+        lines.append(f"| {f.name} | {f.runs_as} | {f.params / 1e9:.2f} B | {f.gib(bytes_per_param):.1f} GiB | "
+                     f"{big} {n / 1e9:.2f} B | {f.license} |")
+    return "\n".join(lines)
+
+
+def component_table(rows: Sequence[Counted], bytes_per_param: float = FP16_BYTES) -> str:
+    """Parameters per component, the total, and what ``offload: model`` holds at a time."""
+    lines = [f"| family | components (parameters) | total | weights at {bytes_per_param:g} B/param "
+             "| largest component |", "|---|---|---|---|---|"]
+    for f in rows:
+        parts = ", ".join(f"{name} {n / 1e9:.2f}B" for name, n in f.components.items())
+        lines.append(f"| {f.name} | {parts} | {f.params / 1e9:.2f}B | {f.gib(bytes_per_param):.1f} GiB "
+                     f"| {f.largest[1] * bytes_per_param / GIB:.1f} GiB |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> list[Counted]:
+    parser = argparse.ArgumentParser(prog="python -m bench.family_memory", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bytes-per-param", type=float, default=FP16_BYTES, help="2: float16/bfloat16; 4: float32")
+    parser.add_argument("--family", action="append", help="only these families (by name), e.g. 'FLUX.1-schnell'")
+    parser.add_argument("--components", action="store_true", help="parameters per component")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
     args = parser.parse_args(argv)
-    bpp = args.bytes_per_param
-    print(f"| family | components (parameters) | total | weights at {bpp:g} B/param | largest component |")
-    print("|---|---|---|---|---|")
-    for family in FAMILIES:
-        if args.family and family.name not in args.family:
-            continue
-        counts = {name: count(build) for name, build in family.components.items()}
-        total = sum(counts.values())
-        parts = ", ".join(f"{name} {n / 1e9:.2f}B" for name, n in counts.items())
-        largest = max(counts.values())
-        print(f"| {family.name} | {parts} | {total / 1e9:.2f}B | {total * bpp / GIB:.1f} GiB "
-              f"| {largest * bpp / GIB:.1f} GiB |", flush=True)
-    return 0
+    chosen = [f for f in FAMILIES if not args.family or f.name in args.family]
+    if args.family and len(chosen) < len(set(args.family)):
+        known = "; ".join(f.name for f in FAMILIES)
+        parser.error(f"--family: unknown {sorted(set(args.family) - {f.name for f in chosen})}; known: {known}")
+    rows = [counted(f) for f in chosen]
+    if args.json:
+        print(json.dumps([{"name": f.name, "runs_as": f.runs_as, "license": f.license, "models": f.models,
+                           "components": f.components, "params": f.params,
+                           "gib": round(f.gib(args.bytes_per_param), 3)} for f in rows], indent=2))
+    elif args.components:
+        print(component_table(rows, args.bytes_per_param))
+    else:
+        print(table(rows, args.bytes_per_param))
+    return rows
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

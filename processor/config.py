@@ -646,8 +646,9 @@ class Txt2ImgStyle(_Section):
 
 
 class EditStyle(_Section):
-    """An instruction-following editor (FLUX.1 Kontext, picked from the model's ``model_index.json``):
-    the same ``instruction`` and ``guidance`` keys as instruct-pix2pix; the model's own scheduler."""
+    """An instruction-following editor (FLUX.1 Kontext or Qwen-Image-Edit, picked from the model's
+    ``model_index.json``): the same ``instruction`` and ``guidance`` keys as instruct-pix2pix; the
+    model's own scheduler."""
 
     engine: Literal["edit"] = "edit"
     #: Hub id (``black-forest-labs/FLUX.1-Kontext-dev``) or a local diffusers folder.
@@ -657,8 +658,13 @@ class EditStyle(_Section):
     license: ModelLicense | None = None
     #: The edit, in words (a sidecar's ``instruction`` replaces it per image).
     instruction: PromptText
-    #: Kontext's distilled guidance (the model card uses 2.5).
-    guidance: float = Field(default=2.5, ge=0)
+    #: Kontext: its distilled guidance (default 2.5, the model card's). Qwen-Image-Edit: its
+    #: ``true_cfg_scale``, classifier-free guidance against ``negative`` (default 4.0, the card's;
+    #: 1 or less turns it off and halves the transformer calls).
+    guidance: float | None = Field(default=None, ge=0)
+    #: Qwen-Image-Edit's negative prompt for true CFG (default " ", the model card's). Kontext has
+    #: none: there it is unused and its variants record ``negative_used: false``.
+    negative: PromptText | None = None
     steps: int = Field(default=28, ge=1, le=500)
     variants: VariantCount = 4
     seed: Seed = 0

@@ -262,3 +262,23 @@ def test_browse_shows_every_input_and_retries_a_failed_one(service: Service, pag
 
 def _failures(log: Path, key: str) -> int:
     return sum(1 for line in log.read_text().splitlines() if '"input_failed"' in line and key in line)
+
+
+#: Pixels Chromium keeps beside a number input's text for its spin buttons.
+SPIN_PX = 16
+
+
+def test_the_upload_form_shows_its_placeholders_whole(service: Service, page: object, shots: Path) -> None:
+    if service.store != "local":
+        pytest.skip("the form does not depend on the store")
+    pg = page
+    log_in(pg, "/")
+    for name in ("variants", "seed"):
+        # The placeholder's width in the input's own font against the room inside the input.
+        text_px, room_px = pg.eval_on_selector(f"input[name={name}]", """(el) => {
+            const css = getComputedStyle(el), ctx = document.createElement('canvas').getContext('2d');
+            ctx.font = css.font;
+            return [ctx.measureText(el.placeholder).width,
+                    el.clientWidth - parseFloat(css.paddingLeft) - parseFloat(css.paddingRight)]; }""")
+        assert text_px + SPIN_PX <= room_px, f"{name}: placeholder {text_px:.0f} px in {room_px:.0f} px"
+    pg.screenshot(path=str(shots / f"{service.store}-07-upload-form.png"), full_page=True)

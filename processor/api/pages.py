@@ -25,6 +25,7 @@ from processor.api.jobs import MAX_PAGE, JobQueue, JobState, NotFailed, UnknownJ
 from processor.api.problems import Problem
 from processor.api.schemas import JobOut
 from processor.config import Settings
+from processor.licenses import noncommercial_uses
 
 HERE = Path(__file__).parent
 #: The cookie that carries the token for the pages (and the API calls they make).
@@ -78,7 +79,11 @@ def add_pages(app: FastAPI, *, settings: Settings, jobs: JobQueue, tokens: Seque
     """The page routes on ``app``; ``authorize`` is the API's own check (header or cookie)."""
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    styles = sorted(settings.styles)
+    # Offer only the styles a worker of these settings accepts: with run.allow_noncommercial false
+    # it refuses a style with non-commercial weights (validate_overrides), so the page names them apart.
+    refused = sorted(name for name, style in settings.styles.items()
+                     if not settings.run.allow_noncommercial and noncommercial_uses(style))
+    styles = sorted(set(settings.styles) - set(refused))
     defaults = list(settings.run.styles)
     api = settings.api
 
@@ -95,7 +100,7 @@ def add_pages(app: FastAPI, *, settings: Settings, jobs: JobQueue, tokens: Seque
             raise
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> Response:
-        context |= {"open": not tokens, "styles": styles, "defaults": defaults}
+        context |= {"open": not tokens, "styles": styles, "defaults": defaults, "refused": refused}
         resp = templates.TemplateResponse(request, name, context, status_code=status)
         resp.headers["Content-Security-Policy"] = CSP
         resp.headers["X-Content-Type-Options"] = "nosniff"

@@ -64,9 +64,13 @@ def make_engine(style_name: str, style: Any, models: Any = None) -> Any:
         return Txt2ImgEngine(style_name, style, models if models is not None else ModelLoader())
     if style.engine == "edit":
         from processor.models.loader import ModelLoader
-        from processor.pipeline.diffusion_edit import KontextEngine
+        from processor.pipeline.diffusion_edit import KontextEngine, editor_of
+        from processor.pipeline.diffusion_qwen_edit import QWEN_EDITORS, QwenEditEngine
 
-        return KontextEngine(style_name, style, models if models is not None else ModelLoader())
+        loader = models if models is not None else ModelLoader()
+        if editor_of(loader, style.model, style.revision) in QWEN_EDITORS:  # by model_index.json
+            return QwenEditEngine(style_name, style, loader)
+        return KontextEngine(style_name, style, loader)
     raise ConfigError(f"styles.{style_name}.engine: unknown engine {style.engine!r}")
 
 

@@ -1,7 +1,8 @@
-"""``engine: edit``: instruction-following editors beside instruct-pix2pix. Today FLUX.1 Kontext
-(``FluxKontextPipeline``, the FLUX transformer reading the photo's latents as extra tokens),
-picked from the model's ``model_index.json`` (``EDITORS``); any other pipeline is refused at
-start with the engine to use instead.
+"""``engine: edit``: instruction-following editors beside instruct-pix2pix: FLUX.1 Kontext
+(``FluxKontextPipeline``, the FLUX transformer reading the photo's latents as extra tokens) here,
+Qwen-Image-Edit in ``processor.pipeline.diffusion_qwen_edit``; picked from the model's
+``model_index.json`` (``EDITORS``, ``editor_of``); any other pipeline is refused at start with the
+engine to use instead.
 
 Every variant is one batched call (per-variant CPU generators seeded ``seed + i``, as the other
 engines). The working size keeps the photo's aspect ratio with sides of multiples of 16, and is
@@ -27,9 +28,19 @@ from processor.pipeline.diffusion_flow import _flow_size
 from processor.pipeline.prompt import fit_text, tokenizer_counter
 
 #: ``model_index.json`` ``_class_name`` of the editors ``engine: edit`` runs -> their pipeline class.
-EDITORS = {"FluxKontextPipeline": "FluxKontextPipeline"}
+EDITORS = {"FluxKontextPipeline": "FluxKontextPipeline", "QwenImageEditPipeline": "QwenImageEditPipeline",
+           "QwenImageEditPlusPipeline": "QwenImageEditPlusPipeline"}
 #: Pixels: Kontext's training long side (its default area is 1024 x 1024).
 KONTEXT_NATIVE = 1024
+#: Kontext's distilled guidance when the style sets none (the model card's).
+KONTEXT_GUIDANCE = 2.5
+
+
+def editor_of(models: Any, model: str, revision: str | None) -> str:
+    """The pipeline class ``model`` declares in its ``model_index.json`` (which editor runs it)."""
+    resolved = models.resolve(model, revision)
+    index = json.loads((resolved.path / "model_index.json").read_text(encoding="utf-8"))
+    return str(index.get("_class_name", ""))
 
 
 class KontextEngine(_DiffusionEngine):
@@ -78,6 +89,7 @@ class KontextEngine(_DiffusionEngine):
         resized = image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
         source = to_tensor(resized).expand(style.variants, -1, -1, -1)
         seeds = [style.seed + i for i in range(style.variants)]
+        guidance = style.guidance if style.guidance is not None else KONTEXT_GUIDANCE
         tokenizer = self.pipe.tokenizer
         instruction = fit_text(style.instruction, count_tokens=tokenizer_counter(tokenizer),
                                max_tokens=tokenizer.model_max_length, what="instruction",
@@ -90,7 +102,7 @@ class KontextEngine(_DiffusionEngine):
                 prompt=[instruction] * n,
                 image=source[start:stop],
                 num_inference_steps=style.steps,
-                guidance_scale=style.guidance,
+                guidance_scale=guidance,
                 width=size[0],
                 height=size[1],
                 max_area=size[0] * size[1],
@@ -104,15 +116,18 @@ class KontextEngine(_DiffusionEngine):
         results = []
         for i, picture in enumerate(to_pil(out)):
             params = self._common(size) | {
+                "editor": "flux-kontext",
                 "scheduler": self._scheduler_name(),
                 "prompt": instruction,
                 "instruction": instruction,
                 "seed": seeds[i],
-                "guidance": style.guidance,
+                "guidance": guidance,
                 "denoising_steps": style.steps,
                 "batch_size": self.batch_limit,
                 "oom_halvings": halvings,
             }
+            if style.negative is not None:  # Kontext takes no negative prompt (Qwen-Image-Edit does)
+                params["negative_used"] = False
             results.append(VariantImage(style=self.style_name, engine=self.engine, index=i, seed=seeds[i],
                                         image=picture, parameters=params))
         return results

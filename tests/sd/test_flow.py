@@ -152,20 +152,6 @@ def test_edit_refuses_a_model_that_is_not_an_editor(tiny_flux):
         engine.setup()
 
 
-def test_family_memory_counts_on_the_meta_device_what_a_real_module_holds(capsys):
-    from diffusers import SD3Transformer2DModel
-
-    from bench.family_memory import SD3_MEDIUM, count, main
-
-    tiny = SD3_MEDIUM | {"num_layers": 1, "num_attention_heads": 2, "caption_projection_dim": 128,
-                         "joint_attention_dim": 64, "pooled_projection_dim": 64}
-    real = sum(p.numel() for p in SD3Transformer2DModel(**tiny).parameters())
-    assert count(lambda: SD3Transformer2DModel(**tiny)) == real
-    assert main(["--family", "SD 1.5"]) == 0
-    row = capsys.readouterr().out.splitlines()[-1]
-    assert row.startswith("| SD 1.5 | unet 0.86B") and "| 1.07B | 2.0 GiB |" in row
-
-
 def test_a_background_on_a_flow_model_is_refused_with_what_to_set(tiny_sd3, tmp_path):
     from processor.app.compose import build_registry
 
