@@ -281,3 +281,15 @@ def test_models_pull_refuses_a_pickle_that_holds_code(tiny_sd, tiny_controlnet, 
     error = capsys.readouterr().err
     assert "refused to convert" in error and "ControlNetHED.pth" in error and "Nothing from it was run" in error
     assert not list(cache.rglob("*.safetensors"))  # nothing half-converted is left for the worker
+
+
+def test_shipped_held_style_runs_depth_and_lineart_and_is_counted():
+    """``modern-disney-held`` from the shipped config.yaml, on tiny models of its families
+    (``bench.unet_evals``): both ControlNets and both preprocessors run."""
+    from bench import unet_evals
+
+    rows = unet_evals.main(["--styles", "modern-disney-held", "--reference", "modern-disney-held"])
+    held = rows["modern-disney-held"]
+    # 4 variants x int(30 * 0.75) = 22 guided steps in one batched call each; two ControlNets per step.
+    assert (held["variants"], held["unet_calls"], held["unet_evaluations"]) == (4, 22, 176)
+    assert held["controlnet_evaluations"] == 2 * 176
