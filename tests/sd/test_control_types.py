@@ -293,3 +293,17 @@ def test_shipped_held_style_runs_depth_and_lineart_and_is_counted():
     # 4 variants x int(30 * 0.75) = 22 guided steps in one batched call each; two ControlNets per step.
     assert (held["variants"], held["unet_calls"], held["unet_evaluations"]) == (4, 22, 176)
     assert held["controlnet_evaluations"] == 2 * 176
+
+
+def test_sdxl_controlnet_with_a_refiner_steers_the_base_rounds_only(tiny_sdxl, tiny_sdxl_refiner, tiny_sdxl_controlnet,
+                                                                   tmp_path):
+    control = {"type": "canny", "model": str(tiny_sdxl_controlnet)}
+    refiner = {"model": str(tiny_sdxl_refiner), "strength": 0.5, "steps": 4, "guidance": 3.0}
+    settings = make_settings(tmp_path, {"xl": img2img_style(tiny_sdxl, rounds=XL_ROUNDS, variants=1, control=control,
+                                                            refiner=refiner)})
+    store, layout = run_once(settings, PHOTO)
+    [v] = manifest_of(store, layout, "inputs/toy.jpg").variants
+    assert v.parameters["pipeline"] == "StableDiffusionXLControlNetImg2ImgPipeline"
+    assert v.parameters["rounds"][-1]["refiner"] is True
+    assert v.parameters["rounds"][-1]["pipeline"] == "StableDiffusionXLImg2ImgPipeline"
+    assert [c.model for c in v.control] == [str(tiny_sdxl_controlnet)]
