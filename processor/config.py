@@ -398,8 +398,6 @@ DEFAULT_CANNY_LOW = 100
 DEFAULT_CANNY_HIGH = 200
 
 
-#: The map types made by a preprocessor model (``control.preprocessor``), not by OpenCV.
-PREPROCESSED_CONTROL_TYPES = frozenset({"lineart", "softedge", "depth"})
 #: The weights file a lineart / softedge preprocessor repo holds when ``weight_name`` is not given:
 #: the names in ``lllyasviel/Annotators`` (pickles there: ``processor models pull`` converts them).
 DEFAULT_PREPROCESSOR_WEIGHTS = {"lineart": "sk_model.pth", "softedge": "ControlNetHED.pth"}

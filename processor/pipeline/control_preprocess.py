@@ -106,7 +106,7 @@ class _HedStage(nn.Module):
 
 class HedNetwork(nn.Module):
     """ControlNet's Apache-2.0 HED (see the module docstring). Input (N, 3, H, W) RGB in 0-255;
-    output the five side projections (logits), stage k at 1/2^k of the input size."""
+    output the five side projections (logits), stage k at 1/2^(k-1) of the input size."""
 
     def __init__(self) -> None:
         super().__init__()
