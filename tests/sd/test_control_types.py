@@ -307,3 +307,20 @@ def test_sdxl_controlnet_with_a_refiner_steers_the_base_rounds_only(tiny_sdxl, t
     assert v.parameters["rounds"][-1]["refiner"] is True
     assert v.parameters["rounds"][-1]["pipeline"] == "StableDiffusionXLImg2ImgPipeline"
     assert [c.model for c in v.control] == [str(tiny_sdxl_controlnet)]
+
+
+def test_an_offline_worker_loads_a_hub_depth_model_from_the_cache(tiny_sd, tiny_controlnet, tiny_depth, tmp_path):
+    """A hub id resolves to its cached snapshot (no network: offline), and the commit is recorded."""
+    cache = tmp_path / "cache"
+    hub_cache_with(cache, {p.name: p.read_bytes() for p in tiny_depth.iterdir()})
+    control = {"type": "depth", "model": str(tiny_controlnet), "preprocessor": {"model": REPO}}
+    settings = make_settings(tmp_path, {"held": img2img_style(tiny_sd, variants=1, control=control)},
+                             models={"cache_dir": str(cache), "offline": True})
+    store, layout = run_once(settings, PHOTO)
+    [v] = manifest_of(store, layout, "inputs/toy.jpg").variants
+    [c] = v.control
+    assert c.preprocessor is not None
+    assert (c.preprocessor.model, c.preprocessor.revision, c.preprocessor.weights) == (REPO, COMMIT, "safetensors")
+    missing = ControlSettings.model_validate(control | {"preprocessor": {"model": "example-org/not-cached"}})
+    with pytest.raises(ModelUnavailableError, match=r"not-cached.*processor models pull"):
+        load_control_map(missing, ModelLoader(settings.models))
