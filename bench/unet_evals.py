@@ -119,6 +119,8 @@ def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], lis
         for control in controls if isinstance(controls, list) else [controls]:
             control["model"] = str(controlnet)
             control.pop("revision", None)
+            if control.get("preprocessor"):  # lineart / softedge / depth: a tiny map maker of the type
+                control["preprocessor"] = {"model": str(tiny_preprocessor(control["type"], root))}
         background = style.get("background")
         if background and background.get("mode", "none") != "none":
             mode = background["mode"]
@@ -130,6 +132,18 @@ def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], lis
     out.pop("store", None)
     out["caption"] = {"mode": "none"}
     return out, names
+
+
+def tiny_preprocessor(kind: str, root: Path) -> Path:
+    """A tiny random-weight preprocessor for ``kind`` (built once under ``root``)."""
+    from tests.sd.tiny_control import build_annotator, build_depth
+
+    path = root / f"tiny-{kind}" if kind == "depth" else root / f"tiny-{kind}.safetensors"
+    if not path.exists() and kind == "depth":
+        build_depth(path)
+    elif not path.exists():
+        build_annotator(path, kind)
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -390,11 +390,34 @@ class RefinerSettings(_Section):
         return self
 
 
-#: Control image types a style can ask for (``styles.<name>.control[].type``).
-ControlType = Literal["canny"]
+#: Control image types a style can ask for (``styles.<name>.control[].type``): canny is OpenCV
+#: edges (no weights); lineart, softedge and depth are made by a preprocessor model.
+ControlType = Literal["canny", "lineart", "softedge", "depth"]
 #: Canny hysteresis thresholds (OpenCV, 0-255 gradient units): the common ControlNet defaults.
 DEFAULT_CANNY_LOW = 100
 DEFAULT_CANNY_HIGH = 200
+
+
+#: The weights file a lineart / softedge preprocessor repo holds when ``weight_name`` is not given:
+#: the names in ``lllyasviel/Annotators`` (pickles there: ``processor models pull`` converts them).
+DEFAULT_PREPROCESSOR_WEIGHTS = {"lineart": "sk_model.pth", "softedge": "ControlNetHED.pth"}
+
+
+class PreprocessorSettings(_Section):
+    """``styles.<name>.control[].preprocessor``: the model that turns the photo into the map a
+    lineart, softedge or depth ControlNet reads (``processor.pipeline.control_preprocess``)."""
+
+    #: lineart / softedge: a hub repo (``lllyasviel/Annotators``), a local folder or a
+    #: .safetensors file. depth: a transformers depth-estimation folder or hub id
+    #: (``depth-anything/Depth-Anything-V2-Small-hf``, ``Intel/dpt-hybrid-midas``).
+    model: str
+    #: A hub commit / tag / branch to pin (recommended: a commit hash).
+    revision: str | None = None
+    #: lineart / softedge: the weights file in the repo or folder (default ``sk_model.pth`` for
+    #: lineart, ``ControlNetHED.pth`` for softedge: pickles, converted by ``processor models pull``).
+    weight_name: str | None = None
+    #: The model's license (its model card); recorded in every variant, checked by run.allow_noncommercial.
+    license: ModelLicense | None = None
 
 
 class ControlSettings(_Section):
@@ -417,11 +440,31 @@ class ControlSettings(_Section):
     #: Canny thresholds (0-255): edges below ``low`` are dropped, above ``high`` always kept.
     low: int = Field(default=DEFAULT_CANNY_LOW, ge=0, le=255)
     high: int = Field(default=DEFAULT_CANNY_HIGH, ge=1, le=255)
+    #: lineart / softedge / depth: the model that makes the map (canny needs none).
+    preprocessor: PreprocessorSettings | None = None
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> ControlSettings:
         if self.low >= self.high:
             raise ValueError(f"low {self.low} must be below high {self.high} (canny thresholds, 0-255)")
+        return self
+
+    @model_validator(mode="after")
+    def _preprocessor_fits_type(self) -> ControlSettings:
+        if self.type == "canny":
+            if self.preprocessor is not None:
+                raise ValueError("type canny makes its map with OpenCV and takes no preprocessor; drop "
+                                 "control.preprocessor, or set control.type to lineart, softedge or depth")
+            return self
+        if self.preprocessor is None:
+            example = {"lineart": "lllyasviel/Annotators", "softedge": "lllyasviel/Annotators",
+                       "depth": "depth-anything/Depth-Anything-V2-Small-hf"}[self.type]
+            raise ValueError(f"type {self.type} needs control.preprocessor, the model that makes its map from "
+                             f"the photo, e.g. preprocessor: {{model: {example}}}")
+        thresholds = {"low", "high"} & self.model_fields_set
+        if thresholds:
+            raise ValueError(f"{' and '.join(sorted(thresholds))}: canny thresholds do not apply to type "
+                             f"{self.type}; drop them")
         return self
 
 

@@ -29,8 +29,8 @@ class LicenseUse:
 
 
 def style_licenses(style: Any) -> list[LicenseUse]:
-    """The models ``style`` runs, in order (its model, LoRA, LCM-LoRA, ControlNets, background),
-    each with its declared licence; a toon style runs none."""
+    """The models ``style`` runs, in order (its model, LoRA, LCM-LoRA, ControlNets and their
+    preprocessors, background), each with its declared licence; a toon style runs none."""
     uses: list[LicenseUse] = []
     own = getattr(style, "model", None)
     if own:
@@ -43,6 +43,8 @@ def style_licenses(style: Any) -> list[LicenseUse]:
         uses.append(LicenseUse("lcm", lcm.lora, lcm.license))
     for control in getattr(style, "control", None) or []:
         uses.append(LicenseUse("control", control.model, control.license))
+        if control.preprocessor is not None:  # the model that makes the ControlNet's map
+            uses.append(LicenseUse("control", control.preprocessor.model, control.preprocessor.license))
     background = background_model(style)
     if background is not None:
         bg = style.background

@@ -89,10 +89,21 @@ class Background(_Model):
     fallback: str | None = None
 
 
+class ControlPreprocessor(_Model):
+    """The preprocessor model that made a ControlNet's map from the input photo."""
+
+    #: As configured: hub id or path.
+    model: str
+    #: The hub commit loaded, or None for a local file or folder.
+    revision: str | None = None
+    #: ``safetensors`` as published, or ``converted-from-pickle`` by ``processor models pull``.
+    weights: Literal["safetensors", "converted-from-pickle"] = "safetensors"
+
+
 class Control(_Model):
     """A ControlNet that steered a variant (``styles.<name>.control``) and its conditioning image."""
 
-    #: The map type: ``canny``.
+    #: The map type: ``canny``, ``lineart``, ``softedge`` or ``depth``.
     type: str
     model: str
     #: The hub commit loaded, or None for a local folder.
@@ -105,6 +116,8 @@ class Control(_Model):
     image: str
     #: The map's own settings (canny: ``low``, ``high``).
     settings: dict[str, Any] = Field(default_factory=dict)
+    #: The model that made the map (lineart, softedge, depth; ``control.preprocessor``); None for canny.
+    preprocessor: ControlPreprocessor | None = None
 
 
 class Structure(_Model):

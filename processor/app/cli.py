@@ -411,6 +411,12 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
     for model, revision in configured_controlnets(settings.styles):
         print(f"controlnet {model}{'@' + revision if revision else ''}: "
               f"{loader.resolve_controlnet(model, revision, download=True).path}")
+    from processor.models import preprocessors
+
+    for kind, preprocessor in preprocessors.configured_preprocessors(settings.styles):
+        made = preprocessors.pull(kind, preprocessor, cache_dir=loader.cache_dir, offline=loader.offline)
+        print(f"{kind} preprocessor {preprocessor.model}{'@' + preprocessor.revision if preprocessor.revision else ''}"
+              f": {made.path}{' (converted from pickle)' if made.converted else ''}")
     from processor.pipeline.mask import pull_segmenter
 
     segmenter = pull_segmenter(settings.pipeline.mask, loader.cache_dir)
@@ -436,8 +442,8 @@ def models_pull_dry_run(loader: Any, wanted: list[tuple[str, str | None]], conve
     plan = cache_plan if loader.offline else hub_plan
     plans = [plan(m, r, loader.cache_dir, component_patterns, IGNORE_PATTERNS) for m, r in hub]
     print(format_plans(plans, convert=convert))
-    print("(caption models, the segmenter, hub LoRAs and ControlNets are pulled too; --dry-run lists the "
-          "diffusion models)")
+    print("(caption models, the segmenter, hub LoRAs, ControlNets and their preprocessors are pulled too; "
+          "--dry-run lists the diffusion models)")
     return 0 if all(p.loads(convert) for p in plans) else EXIT_MODEL
 
 

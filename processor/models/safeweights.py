@@ -326,6 +326,33 @@ def convert_components(snapshot: Path, index: dict[str, Any], missing: list[str]
     return record
 
 
+def convert_state_dict_file(source: Path, output: Path, *, model: str, commit: str | None,
+                            shown: str) -> dict[str, Any]:
+    """One single-file pickle state dict (a ControlNet preprocessor's ``.pth``, for ``processor
+    models pull``) as safetensors at ``output``, through the same restricted unpickler, with its
+    record beside it (``<output>.json``). Written to a temporary name and renamed, so an
+    ``output`` that exists is complete. Returns the record."""
+    import torch
+
+    source_sha = sha256_file(source)
+    tensors = _state_dict(source, shown)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.name}.tmp-{os.getpid()}")
+    try:
+        count = _write_safetensors(tensors, partial)
+        record = {"version": RECORD_VERSION, "model": model, "commit": commit, "source": source.name,
+                  "source_sha256": source_sha, "source_bytes": source.stat().st_size, "output": output.name,
+                  "output_sha256": sha256_file(partial), "tensors": count,
+                  "loader": "torch.load(map_location='cpu', weights_only=True)", "torch": torch.__version__,
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        output.with_name(output.name + ".json").write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(partial, output)  # the weights last: the record never names a missing file
+    finally:
+        partial.unlink(missing_ok=True)
+    log.info("weights_converted", extra={"model": model, "commit": commit, "file": source.name, "tensors": count})
+    return record
+
+
 # --------------------------------------------------------------------------- dry-run plans
 
 

@@ -45,6 +45,11 @@ class ControlUse:
     image: Image.Image
     #: The map's own settings (canny: low, high thresholds).
     settings: dict[str, Any] = field(default_factory=dict)
+    #: The preprocessor that made the map (lineart, softedge, depth), as configured; None for canny.
+    preprocessor: str | None = None
+    #: Its hub commit (None: a local file or folder), and whether its weights were converted from a pickle.
+    preprocessor_revision: str | None = None
+    preprocessor_converted: bool = False
 
 
 @dataclass

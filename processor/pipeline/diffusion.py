@@ -2,7 +2,9 @@
 
 An img2img style with ``control`` runs diffusers' ControlNet img2img pipeline over the same shared
 modules (``from_pipe``): every round is steered by maps made once per input from the resized photo
-(canny: OpenCV edges), so the toy keeps its outline at strengths that would otherwise redraw it.
+(canny: OpenCV edges; lineart, softedge, depth: a preprocessor model,
+``processor.pipeline.control_preprocess``), so the toy keeps its outline at strengths that would
+otherwise redraw it.
 
 Per image, every variant is computed in ONE batched pipeline call per round (per-variant
 ``torch.Generator`` list, the image repeated), not one call per variant.
@@ -211,16 +213,21 @@ class Img2ImgEngine(_DiffusionEngine):
         super().__init__(style_name, style, models)
         #: Per ``style.control`` entry: where its ControlNet came from (filled by ``setup``).
         self.control_models: list[ResolvedModel] = []
+        #: Per ``style.control`` entry: what makes its map (``processor.pipeline.control_preprocess``).
+        self.control_maps: list[Any] = []
 
     def _load_pipeline(self) -> tuple[Any, ResolvedModel]:
         if not self.style.control:
             return super()._load_pipeline()
+        from processor.pipeline.control_preprocess import load_control_map
+
         nets = []
         self.control_models = []
         for control in self.style.control:
             net, resolved = self.models.controlnet(control.model, control.revision)
             nets.append(net)
             self.control_models.append(resolved)
+        self.control_maps = [load_control_map(control, self.models) for control in self.style.control]
         return self.models.pipeline(self.task, self.style.model, self.style.revision, controlnets=nets)
 
     def describe(self) -> dict[str, Any]:
@@ -230,11 +237,14 @@ class Img2ImgEngine(_DiffusionEngine):
     def _controls(self, resized: Image.Image) -> list[ControlUse]:
         """The conditioning image of each ``style.control`` entry, made from the resized photo."""
         uses = []
-        for control, resolved in zip(self.style.control, self.control_models, strict=True):
+        for control, resolved, maker in zip(self.style.control, self.control_models, self.control_maps, strict=True):
+            made = maker.preprocessor
             uses.append(ControlUse(type=control.type, model=control.model, revision=resolved.revision,
                                    scale=control.scale, guidance_end=control.guidance_end,
-                                   image=canny_map(resized, control.low, control.high),
-                                   settings={"low": control.low, "high": control.high}))
+                                   image=maker(resized), settings=dict(maker.settings),
+                                   preprocessor=made.model if made else None,
+                                   preprocessor_revision=made.revision if made else None,
+                                   preprocessor_converted=bool(made and made.converted)))
         return uses
 
     def _control_kwargs(self, uses: list[ControlUse]) -> dict[str, Any]:

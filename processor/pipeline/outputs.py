@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from PIL import Image
 
 from processor.config import DEFAULT_CONTACT_SHEET_MAX_PIXELS
-from processor.manifest import Background, Control, LicenseRecord, Structure, Variant
-from processor.pipeline.base import VariantImage
+from processor.manifest import Background, Control, ControlPreprocessor, LicenseRecord, Structure, Variant
+from processor.pipeline.base import ControlUse, VariantImage
 from processor.pipeline.encode import (
     PNG_COMPRESS_LEVEL,
     contact_sheet,
@@ -101,7 +101,8 @@ def encode_outputs(
                 if v.background else None,
                 control=[Control(type=c.type, model=c.model, revision=c.revision, scale=c.scale,
                                  guidance_end=c.guidance_end, settings=dict(c.settings),
-                                 image=output_prefix + control_files[id(c.image)].name) for c in v.control],
+                                 image=output_prefix + control_files[id(c.image)].name,
+                                 preprocessor=_preprocessor(c)) for c in v.control],
                 structure=Structure.model_validate(asdict(v.structure)) if v.structure is not None else None,
                 licenses=[LicenseRecord.model_validate(asdict(u)) for u in v.licenses],
             )
@@ -176,13 +177,22 @@ def _control_files(variants: list[VariantImage], compress_level: int) -> dict[in
     return made
 
 
+def _preprocessor(use: ControlUse) -> ControlPreprocessor | None:
+    if use.preprocessor is None:
+        return None
+    return ControlPreprocessor(model=use.preprocessor, revision=use.preprocessor_revision,
+                               weights="converted-from-pickle" if use.preprocessor_converted else "safetensors")
+
+
 def _control_text(variant: VariantImage) -> dict[str, object]:
     """The ControlNets for the PNG ``parameters`` text (``infotext_parameters`` writes them as
     A1111's ``ControlNet <i>`` units)."""
     if not variant.control:
         return {}
     return {"controlnet_units": [{"type": c.type, "model": c.model, "scale": c.scale, "guidance_end": c.guidance_end,
-                                  "settings": dict(c.settings)} for c in variant.control]}
+                                  "settings": dict(c.settings) | ({"preprocessor": c.preprocessor}
+                                                                  if c.preprocessor else {})}
+                                 for c in variant.control]}
 
 
 def _tile_label(variant: VariantImage) -> str:
