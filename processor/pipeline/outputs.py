@@ -162,7 +162,8 @@ def _background_text(background: dict | None) -> dict[str, object]:
 def _control_files(variants: list[VariantImage], compress_level: int) -> dict[int, OutputFile]:
     """One file per conditioning image (every variant of a style shares it), keyed by the image's
     id: ``control-<type>.png``, or ``<style>-control-<type>.png`` when another style's map of
-    that type already took the name (different thresholds make a different map)."""
+    that type already took the name (different thresholds make a different map), then
+    ``<style>-control-<type>-<n>.png`` (two maps of one type in one style's list)."""
     made: dict[int, OutputFile] = {}
     taken: set[str] = set()
     for v in variants:
@@ -172,6 +173,9 @@ def _control_files(variants: list[VariantImage], compress_level: int) -> dict[in
             name = f"control-{safe_segment(c.type)}.png"
             if name in taken:
                 name = f"{safe_segment(v.style)}-{name}"
+            stem, n = name.removesuffix(".png"), 2
+            while name in taken:
+                name, n = f"{stem}-{n}.png", n + 1
             taken.add(name)
             made[id(c.image)] = OutputFile(name, _plain_png(c.image, compress_level), "image/png")
     return made

@@ -155,3 +155,16 @@ def test_models_pull_fetches_the_controlnet_as_safetensors(tmp_path, monkeypatch
     assert repo == "lllyasviel/sd-controlnet-canny" and kwargs["revision"] == "feedbee"
     assert kwargs["allow_patterns"] == ["*.safetensors", "*.json"] and kwargs["local_files_only"] is False
     assert "controlnet lllyasviel/sd-controlnet-canny@feedbee:" in capsys.readouterr().out
+
+
+def test_three_maps_of_one_type_in_one_style_get_three_files():
+    """Names stay distinct past the ``<style>-`` prefix: a third canny map must not overwrite the second."""
+    from types import SimpleNamespace
+
+    from processor.pipeline.outputs import _control_files
+
+    maps = [SimpleNamespace(type="canny", image=Image.new("L", (8, 8), shade)) for shade in (0, 100, 200)]
+    variant = SimpleNamespace(style="held", control=maps)
+    files = _control_files([variant], 1)  # type: ignore[list-item]
+    assert sorted(f.name for f in files.values()) == [
+        "control-canny.png", "held-control-canny-2.png", "held-control-canny.png"]
