@@ -125,6 +125,12 @@ def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], lis
             flow[family] = builders[family](root / f"tiny-{family}")
         return flow[family]
 
+    def tiny_flow_lora(family: str) -> Path:
+        from tests.sd.tiny_flow import build_flow_lora
+
+        target = root / f"tiny-{family}-lora"
+        return target if target.is_dir() else build_flow_lora(target, tiny_flow(family))
+
     out = copy.deepcopy(config)
     names = []
     for name, style in out.get("styles", {}).items():
@@ -144,7 +150,9 @@ def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], lis
             style["refiner"] = {**style["refiner"], "model": str(tiny_xl()[1])}
             style["refiner"].pop("revision", None)
         if style.get("lora"):
-            style["lora"]["path"] = str(lora)
+            # A flow model takes a LoRA for its own transformer (an SD 1.x one has no weights for it).
+            style["lora"]["path"] = str(lora if family is None else tiny_flow_lora(family))
+            style["lora"].pop("revision", None)
         if style.get("lcm"):
             style["lcm"]["lora"] = str(lora)
         controls = style.get("control") or []

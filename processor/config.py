@@ -356,6 +356,17 @@ class LoraSettings(_Section):
     weight_name: str | None = None
     #: The model's license (its model card); recorded in every variant, checked by run.allow_noncommercial.
     license: ModelLicense | None = None
+    #: A hub id only: the commit, branch or tag to fetch (pin it: a LoRA repo's main may change);
+    #: the commit loaded is recorded in every variant (``parameters.lora.revision``).
+    revision: str | None = None
+
+    @model_validator(mode="after")
+    def _revision_is_for_hub_ids(self) -> LoraSettings:
+        if self.revision is not None and (self.path.startswith(("/", ".", "~", "bucket:"))
+                                          or self.path.endswith(".safetensors")):
+            raise ValueError(f"lora.revision {self.revision!r} pins a hub id, and lora.path {self.path!r} is a file, "
+                             "folder or bucket key: drop revision (or give the hub id as path)")
+        return self
 
 
 #: CFG scale above which an LCM-distilled UNet over-saturates (LCM-LoRA is trained for 1-2).

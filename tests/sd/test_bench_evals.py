@@ -103,3 +103,12 @@ def test_the_benchmarked_flow_styles_are_the_ones_config_yaml_offers():
     assert set(offered) == {"flux-fast", "kontext"}
     for name, style in offered.items():
         assert counted[name] == style
+
+
+def test_a_lora_on_a_flow_style_is_counted_on_a_lora_for_its_transformer(tmp_path):
+    style = {"engine": "img2img", "model": "black-forest-labs/FLUX.1-schnell", "steps": 4, "variants": 2,
+             "rounds": [{"strength": 0.5, "guidance": 0}], "lora": {"path": "someone/flux-toon", "revision": "v1"}}
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"styles": {"flux": style}}))
+    rows = unet_evals.main(["--config", str(config), "--reference", "flux"])
+    assert (rows["flux"]["transformer_calls"], rows["flux"]["evaluations"]) == (2, 4)
