@@ -179,3 +179,21 @@ def test_a_missing_or_wrong_model_fails_at_start_naming_the_key(tiny_sd, tmp_pat
 def test_only_a_configured_score_makes_a_toon_worker_need_torch(tiny_hf_clip, tmp_path):
     assert not needs_torch(load_settings(write_config(tmp_path / "a", None)), ["toon", "flat"])
     assert needs_torch(load_settings(write_config(tmp_path / "b", {"model": str(tiny_hf_clip)})), ["toon", "flat"])
+
+
+def test_a_hub_model_loads_offline_at_its_pinned_revision_and_records_the_commit(tiny_hf_clip, tmp_path):
+    from tests.sd.test_convert_pickle import hub_cache
+
+    cache, commit = tmp_path / "hf-cache", "d" * 40
+    hub_cache(cache, "toys/tiny-hf-clip", tiny_hf_clip, commit)
+    (cache / "models--toys--tiny-hf-clip" / "refs" / "v1").write_text(commit)
+    models = ModelLoader(ModelSettings(offline=True, cache_dir=cache))
+    hub = ClipScorer(ClipScoreSettings(model="toys/tiny-hf-clip", revision="v1"), models)
+    hub.setup()
+    [score] = hub(photo(), [photo()])
+    assert (score.model, score.revision) == ("toys/tiny-hf-clip", commit)
+    assert score.similarity == pytest.approx(1.0, abs=1e-4)
+    # Another revision is not in the cache: it says so and names the pull, not some other commit.
+    other = ClipScorer(ClipScoreSettings(model="toys/tiny-hf-clip", revision="v2"), models)
+    with pytest.raises(ModelUnavailableError, match=r"pipeline\.clip_score\.model.*processor models pull"):
+        other.setup()
