@@ -1,17 +1,24 @@
-"""UNet evaluations per input and per variant for every shipped style: what a style costs on any
-GPU, counted rather than timed.
+"""UNet (or transformer) evaluations per input and per variant for every shipped style: what a
+style costs on any GPU, counted rather than timed.
 
 Each diffusion style of ``config.yaml`` runs once on one synthetic photo through the production
 engines (``processor.app.compose.build_registry``: the transform, its ControlNets and LoRAs, its
 background stage) with tiny random-weight models of the same families built offline (an SDXL
-model, one whose id contains "xl", gets the tiny SDXL base and its refiner the tiny refiner; the counts
-depend on steps, rounds, guidance and variants, not on weights or image size).
-``UNet2DConditionModel.forward`` is wrapped to count calls and the samples each evaluates (a
-classifier-free-guided call evaluates two per image, instruct-pix2pix three), and each
-scheduler's ``step`` to count denoising steps.
+model, one whose id contains "xl", gets the tiny SDXL base and its refiner the tiny refiner; one
+whose id names FLUX.1 or SD 3 the tiny flow transformer of that family, ``engine: edit`` the tiny
+FLUX.1 Kontext; the counts depend on steps, rounds, guidance and variants, not on weights or image
+size). ``UNet2DConditionModel.forward`` and the flow transformers' ``forward``
+(``FluxTransformer2DModel``, ``SD3Transformer2DModel``) are wrapped to count calls and the samples
+each evaluates (a classifier-free-guided call evaluates two per image, instruct-pix2pix three;
+FLUX.1's distilled guidance is an input, not a second sample), and each scheduler's ``step`` to
+count denoising steps.
 
-    python -m bench.unet_evals [--config config.yaml] [--reference modern-disney]
-                               [--fast modern-disney-fast --min-ratio 8]
+    python -m bench.unet_evals [--config config.yaml] [--also bench/flow_styles.yaml]
+                               [--reference modern-disney] [--fast modern-disney-fast --min-ratio 8]
+
+``--also`` adds the styles of another config file: ``bench/flow_styles.yaml`` holds the
+flow-family styles ``config.yaml`` offers commented out (not shipped enabled: ``models pull``
+would fetch tens of GB of FLUX.1 weights for every deployment).
 
 With ``--fast`` the run fails (exit 1) unless that style needs at least ``--min-ratio`` times fewer
 UNet evaluations per input than ``--reference``.
@@ -30,7 +37,9 @@ from typing import Any
 
 #: Long side (px) every style runs at here: counts do not depend on it, CPU time does.
 BENCH_SIZE = 64
-DIFFUSION_ENGINES = ("img2img", "instruct-pix2pix", "txt2img")
+DIFFUSION_ENGINES = ("img2img", "instruct-pix2pix", "txt2img", "edit")
+#: The flow-matching scheduler every FLUX.1 / SD 3 pipeline runs (its ``step`` is counted too).
+FLOW_SCHEDULER = "FlowMatchEulerDiscreteScheduler"
 
 
 @dataclass
@@ -39,6 +48,8 @@ class Counts:
     evaluations: int = 0
     steps: int = 0
     controlnet: int = 0
+    transformer_calls: int = 0
+    transformer: int = 0
 
 
 def _count(counts: Counts) -> list[tuple[Any, str, Any]]:
@@ -64,6 +75,11 @@ def _count(counts: Counts) -> list[tuple[Any, str, Any]]:
         counts.calls += 1
         counts.evaluations += int(sample.shape[0])
 
+    def transformer(args: tuple, kwargs: dict) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        counts.transformer_calls += 1
+        counts.transformer += int(hidden.shape[0])
+
     def controlnet(args: tuple, kwargs: dict) -> None:
         sample = args[0] if args else kwargs["sample"]
         counts.controlnet += int(sample.shape[0])
@@ -74,7 +90,9 @@ def _count(counts: Counts) -> list[tuple[Any, str, Any]]:
 
     wrap(diffusers.UNet2DConditionModel, "forward", unet)
     wrap(diffusers.ControlNetModel, "forward", controlnet)
-    for cls_name in sorted({name for name, _ in SCHEDULERS.values()} | {"PNDMScheduler"}):
+    wrap(diffusers.FluxTransformer2DModel, "forward", transformer)
+    wrap(diffusers.SD3Transformer2DModel, "forward", transformer)
+    for cls_name in sorted({name for name, _ in SCHEDULERS.values()} | {"PNDMScheduler", FLOW_SCHEDULER}):
         wrap(getattr(diffusers, cls_name), "step", step)
     return patched
 
@@ -96,13 +114,33 @@ def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], lis
     models = {"inpaint": lambda: build_inpaint(root / "tiny-inpaint")}
     lora = build_lora(root / "tiny-lora", sd / "unet")
     controlnet = build_controlnet(root / "tiny-controlnet", sd / "unet")
+    flow: dict[str, Path] = {}  # built on first use, by family
+
+    def tiny_flow(family: str) -> Path:
+        from tests.sd.tiny_flow import build_flux, build_kontext, build_sd3
+
+        if family not in flow:
+            builders = {"flux-dev": build_flux, "kontext": build_kontext, "sd3": build_sd3,
+                        "flux-schnell": lambda p: build_flux(p, guidance_embeds=False)}
+            flow[family] = builders[family](root / f"tiny-{family}")
+        return flow[family]
+
+    def tiny_flow_lora(family: str) -> Path:
+        from tests.sd.tiny_flow import build_flow_lora
+
+        target = root / f"tiny-{family}-lora"
+        return target if target.is_dir() else build_flow_lora(target, tiny_flow(family))
+
     out = copy.deepcopy(config)
     names = []
     for name, style in out.get("styles", {}).items():
         if style.get("engine") not in DIFFUSION_ENGINES:
             continue
         names.append(name)
-        if style["engine"] == "img2img" and "xl" in style["model"].lower():
+        family = flow_family_of(style)
+        if family is not None:
+            style["model"] = str(tiny_flow(family))
+        elif style["engine"] == "img2img" and "xl" in style["model"].lower():
             style["model"] = str(tiny_xl()[0])
         else:
             style["model"] = str(pix2pix if style["engine"] == "instruct-pix2pix" else sd)
@@ -112,7 +150,9 @@ def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], lis
             style["refiner"] = {**style["refiner"], "model": str(tiny_xl()[1])}
             style["refiner"].pop("revision", None)
         if style.get("lora"):
-            style["lora"]["path"] = str(lora)
+            # A flow model takes a LoRA for its own transformer (an SD 1.x one has no weights for it).
+            style["lora"]["path"] = str(lora if family is None else tiny_flow_lora(family))
+            style["lora"].pop("revision", None)
         if style.get("lcm"):
             style["lcm"]["lora"] = str(lora)
         controls = style.get("control") or []
@@ -146,6 +186,23 @@ def tiny_preprocessor(kind: str, root: Path) -> Path:
     return path
 
 
+def flow_family_of(style: dict[str, Any]) -> str | None:
+    """The tiny flow model a style is counted on, from its model id (the real ``model_index.json``
+    is not at hand offline): ``kontext`` for ``engine: edit``, ``flux-schnell`` / ``flux-dev`` for an
+    id naming FLUX.1 (schnell has no guidance input), ``sd3`` for Stable Diffusion 3 / 3.5; None for
+    a UNet model."""
+    model = str(style.get("model", "")).lower()
+    if style.get("engine") == "edit":
+        return "kontext"
+    if style.get("engine") != "img2img":
+        return None
+    if "flux" in model:
+        return "flux-schnell" if "schnell" in model else "flux-dev"
+    if "stable-diffusion-3" in model or "sd3" in model:
+        return "sd3"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import yaml
 
@@ -155,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(Path(__file__).parents[1] / "config.yaml"))
+    parser.add_argument("--also", action="append", default=[],
+                        help="another config file whose styles are counted too (bench/flow_styles.yaml)")
     parser.add_argument("--reference", default="modern-disney", help="the style the ratios compare with")
     parser.add_argument("--fast", default=None, help="a style that must be --min-ratio times cheaper")
     parser.add_argument("--min-ratio", type=float, default=8.0)
@@ -162,14 +221,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
 
     shipped = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
+    for extra in args.also:
+        more = yaml.safe_load(Path(extra).read_text(encoding="utf-8"))["styles"]
+        shipped["styles"] = shipped.get("styles", {}) | more
     photo = photo_image(320, 240, seed=1)
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-evals-") as tmp:
         config, names = tiny_config(shipped, Path(tmp))
         names = [n for n in names if not args.styles or n in args.styles]
-        # allow_noncommercial: every shipped style is counted, on random weights (no model is used).
-        settings = Settings.model_validate(config | {"run": config["run"] | {"styles": names or ["toon"],
-                                                                              "allow_noncommercial": True}})
+        # allow_noncommercial: every shipped style is counted, on random weights (no model is used);
+        # the per-input bounds are a worker's, not a count's (each style runs on its own here).
+        run = {"styles": names or ["toon"], "allow_noncommercial": True,
+               "max_styles_per_input": min(64, max(len(names), 1)), "max_variants_per_input": 1024}
+        settings = Settings.model_validate(config | {"run": config["run"] | run})
         registry = build_registry(settings)
         counts = Counts()
         patched = _count(counts)
@@ -184,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     "variants": len(variants),
                     "unet_calls": counts.calls - before.calls,
                     "unet_evaluations": counts.evaluations - before.evaluations,
+                    "transformer_calls": counts.transformer_calls - before.transformer_calls,
+                    "transformer_evaluations": counts.transformer - before.transformer,
                     "denoising_steps": counts.steps - before.steps,
                     "controlnet_evaluations": counts.controlnet - before.controlnet,
                 }
@@ -192,30 +258,37 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 setattr(cls, attr, original)
     reference = rows.get(args.reference)
     for row in rows.values():
+        # A style runs on one denoiser: a UNet or a flow transformer (their sum is that one's count).
+        row["denoiser"] = "transformer" if row["transformer_calls"] else "UNet"
+        row["evaluations"] = row["unet_evaluations"] + row["transformer_evaluations"]
         row["unet_evaluations_per_variant"] = row["unet_evaluations"] / row["variants"]
-        row["cheaper_than_reference"] = (reference["unet_evaluations"] / row["unet_evaluations"]
-                                         if reference and row["unet_evaluations"] else None)
+        row["transformer_evaluations_per_variant"] = row["transformer_evaluations"] / row["variants"]
+        row["evaluations_per_variant"] = row["evaluations"] / row["variants"]
+        row["cheaper_than_reference"] = (reference["evaluations"] / row["evaluations"]
+                                         if reference and row["evaluations"] else None)
     print(table(rows, args.reference))
     if args.fast:
         ratio = rows[args.fast]["cheaper_than_reference"] if args.fast in rows else None
         if ratio is None or ratio < args.min_ratio:
-            print(f"FAIL: {args.fast} is {ratio and round(ratio, 2)}x cheaper than {args.reference} in UNet "
+            print(f"FAIL: {args.fast} is {ratio and round(ratio, 2)}x cheaper than {args.reference} in denoiser "
                   f"evaluations per input; at least {args.min_ratio}x is required", file=sys.stderr)
             raise SystemExit(1)
-        print(f"ok: {args.fast} needs {ratio:.1f}x fewer UNet evaluations per input than {args.reference}")
+        print(f"ok: {args.fast} needs {ratio:.1f}x fewer denoiser evaluations per input than {args.reference}")
     return rows
 
 
 def table(rows: dict[str, dict[str, Any]], reference: str) -> str:
-    """The rows as a markdown table (docs/benchmarks.md quotes it)."""
-    lines = [f"| style | model | variants | UNet calls / input | denoising steps / input | UNet evaluations / input "
+    """The rows as a markdown table (docs/benchmarks.md quotes it). ``denoiser``: what the calls
+    and evaluations count, UNet or flow transformer evaluations."""
+    lines = [f"| style | model | denoiser | variants | calls / input | denoising steps / input | evaluations / input "
              f"| per variant | ControlNet evaluations / input | vs {reference} |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in rows.items():
         ratio = ("reference" if name == reference else f"{r['cheaper_than_reference']:.1f}x fewer"
                  if r["cheaper_than_reference"] else "-")
-        lines.append(f"| {name} | {r['model']} | {r['variants']} | {r['unet_calls']} | {r['denoising_steps']} | "
-                     f"{r['unet_evaluations']} | {r['unet_evaluations_per_variant']:g} | "
+        calls = r["unet_calls"] + r["transformer_calls"]
+        lines.append(f"| {name} | {r['model']} | {r['denoiser']} | {r['variants']} | {calls} | "
+                     f"{r['denoising_steps']} | {r['evaluations']} | {r['evaluations_per_variant']:g} | "
                      f"{r['controlnet_evaluations']} | {ratio} |")
     return "\n".join(lines)
 

@@ -261,6 +261,19 @@ class MaskSettings(_Section):
         return self
 
 
+class ClipScoreSettings(_Section):
+    """``pipeline.clip_score``: score every variant by CLIP image similarity to its photo
+    (``processor.pipeline.clipscore``): a transformers ``CLIPModel`` folder or hub id, loaded once
+    per worker like every other model (safetensors only, pinned revision, offline mode) and fetched
+    by ``processor models pull``."""
+
+    #: A hub id (``openai/clip-vit-large-patch14``) or a local folder holding a transformers
+    #: ``CLIPModel`` (``config.json``, ``model.safetensors``, ``preprocessor_config.json``).
+    model: str
+    #: The hub commit, branch or tag to load; the commit loaded is recorded in every variant.
+    revision: str | None = None
+
+
 class PipelineSettings(_Section):
     decode: DecodeSettings = DecodeSettings()
     #: Write a contact sheet (the original beside every variant) per input.
@@ -280,6 +293,9 @@ class PipelineSettings(_Section):
     #: a GrabCut mask costs CPU time on the upload thread for every input, which toon-only
     #: workers would otherwise pay; their scores then cover the whole image (``region``).
     structure_mask: bool = False
+    #: CLIP image similarity of each variant to its photo (inside the subject's box when a subject
+    #: mask is at hand, as the structure score); None: not scored, and no CLIP model loads.
+    clip_score: ClipScoreSettings | None = None
 
 
 class ToonStyle(_Section):
@@ -340,6 +356,17 @@ class LoraSettings(_Section):
     weight_name: str | None = None
     #: The model's license (its model card); recorded in every variant, checked by run.allow_noncommercial.
     license: ModelLicense | None = None
+    #: A hub id only: the commit, branch or tag to fetch (pin it: a LoRA repo's main may change);
+    #: the commit loaded is recorded in every variant (``parameters.lora.revision``).
+    revision: str | None = None
+
+    @model_validator(mode="after")
+    def _revision_is_for_hub_ids(self) -> LoraSettings:
+        if self.revision is not None and (self.path.startswith(("/", ".", "~", "bucket:"))
+                                          or self.path.endswith(".safetensors")):
+            raise ValueError(f"lora.revision {self.revision!r} pins a hub id, and lora.path {self.path!r} is a file, "
+                             "folder or bucket key: drop revision (or give the hub id as path)")
+        return self
 
 
 #: CFG scale above which an LCM-distilled UNet over-saturates (LCM-LoRA is trained for 1-2).
@@ -779,8 +806,9 @@ class RunSettings(_Section):
     #: Styles every input gets (names under ``styles``).
     styles: list[str] = ["toon"]
     #: Order of each style's variants in the manifest and on the contact sheet: ``none`` (by
-    #: index) or ``structure`` (best structure score first; needs pipeline.structure_score).
-    order_variants_by: Literal["none", "structure"] = "none"
+    #: index), ``structure`` (best structure score first; needs pipeline.structure_score) or
+    #: ``clip`` (most CLIP-similar to the photo first; needs pipeline.clip_score).
+    order_variants_by: Literal["none", "structure", "clip"] = "none"
     #: Seconds between scans while the daemon has work.
     poll_interval_s: float = Field(default=10.0, gt=0)
     #: Seconds: the longest wait between scans while idle (doubles from poll_interval_s).
@@ -1063,6 +1091,9 @@ class Settings(BaseSettings):
         if self.run.order_variants_by == "structure" and not self.pipeline.structure_score:
             raise ValueError("run.order_variants_by: structure needs pipeline.structure_score: true "
                              "(or set order_variants_by: none)")
+        if self.run.order_variants_by == "clip" and self.pipeline.clip_score is None:
+            raise ValueError("run.order_variants_by: clip needs pipeline.clip_score: {model: <CLIP model>} "
+                             "(or set order_variants_by: structure or none)")
         return self
 
     @classmethod

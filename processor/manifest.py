@@ -135,6 +135,20 @@ class Structure(_Model):
     tolerance_px: int
 
 
+class ClipSimilarity(_Model):
+    """How much a variant still looks like its photo to CLIP (``processor.pipeline.clipscore``):
+    the cosine similarity of the two image embeddings."""
+
+    #: -1 to 1 (1: the same picture to CLIP).
+    similarity: float
+    #: ``subject`` (both cropped to the subject's box) or ``image`` (no usable mask: whole pictures).
+    region: Literal["subject", "image"]
+    #: The CLIP model as configured (``pipeline.clip_score.model``).
+    model: str
+    #: The hub commit loaded, or None for a local folder.
+    revision: str | None = None
+
+
 class LicenseRecord(_Model):
     """A model that made a variant and the licence its config declares (``license:``)."""
 
@@ -165,6 +179,8 @@ class Variant(_Model):
     control: list[Control] = Field(default_factory=list)
     #: Structure kept from the photo (``pipeline.structure_score``); None when not scored.
     structure: Structure | None = None
+    #: CLIP image similarity to the photo (``pipeline.clip_score``); None when not scored.
+    clip: ClipSimilarity | None = None
     #: The models that made this variant, with their declared licences (empty: none, e.g. toon).
     licenses: list[LicenseRecord] = Field(default_factory=list)
 

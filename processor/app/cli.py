@@ -392,6 +392,11 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
     if captioner is not None:
         for model, path in captioner.pull():
             print(f"caption {model}: {path}")
+    from processor.pipeline.clipscore import pull_clip
+
+    clip = pull_clip(settings.pipeline.clip_score, loader.cache_dir)
+    if clip:
+        print(f"clip score: {clip}")
     if not wanted:
         print("no diffusion styles configured: nothing to pull")
         return 0

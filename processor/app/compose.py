@@ -106,7 +106,7 @@ def build_captioner(settings: Settings, store: ObjectStore | None = None) -> Any
 
 def needs_torch(settings: Settings, styles: Sequence[str]) -> bool:
     """Whether running ``styles`` loads a PyTorch model: a diffusion engine, a background stage
-    or the caption stage. The toon style alone does not."""
+    or the caption stage, or the CLIP score (``pipeline.clip_score``). The toon style alone does not."""
     from processor.config import background_model
     from processor.pipeline.caption import caption_used
 
@@ -114,7 +114,7 @@ def needs_torch(settings: Settings, styles: Sequence[str]) -> bool:
         style = settings.styles[name]
         if style.engine != "toon" or background_model(style) is not None:
             return True
-    return caption_used(settings.caption, settings.styles, list(styles))
+    return caption_used(settings.caption, settings.styles, list(styles)) or settings.pipeline.clip_score is not None
 
 
 def detect_device(settings: Settings | None = None, styles: Sequence[str] | None = None) -> str:

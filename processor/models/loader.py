@@ -105,6 +105,8 @@ class ModelLoader:
         self._switches: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._controlnets: dict[tuple[str, str, str], Any] = {}
         self._lora_hashes: dict[Path, str] = {}
+        #: Hub LoRAs resolved (path, revision) -> snapshot folder: one hub call per LoRA and worker.
+        self._hub_loras: dict[tuple[str, str | None], Path] = {}
 
     # ----------------------------------------------------------------- device / dtype
 
@@ -218,8 +220,21 @@ class ModelLoader:
             if not path.exists():
                 raise ConfigError(f"lora.path {lora.path!r} does not exist")
             return path
-        return fetch_snapshot(lora.path, what=f"LoRA {lora.path!r}", cache_dir=self.cache_dir,
-                              allow_patterns=LORA_PATTERNS, download=not self.offline, offline=self.offline)
+        key = (lora.path, lora.revision)
+        with self._lock:
+            if key not in self._hub_loras:
+                what = f"LoRA {lora.path!r}" + (f" at revision {lora.revision!r}" if lora.revision else "")
+                self._hub_loras[key] = fetch_snapshot(
+                    lora.path, what=what, revision=lora.revision, cache_dir=self.cache_dir,
+                    allow_patterns=LORA_PATTERNS, download=not self.offline, offline=self.offline)
+            return self._hub_loras[key]
+
+    def lora_revision(self, lora: LoraSettings) -> str | None:
+        """The hub commit of a LoRA given as a hub id (its snapshot folder's name: ``lora.revision``
+        resolved), or None for a local file or folder or a bucket key."""
+        if is_bucket(lora.path) or is_local(lora.path) or Path(lora.path).expanduser().is_file():
+            return None
+        return self.resolve_lora(lora).name
 
     def _bucket_lora(self, lora: LoraSettings) -> Path:
         """The local copy of a LoRA in the bucket, made once per (key, ETag)."""
@@ -459,7 +474,7 @@ class ModelLoader:
         """Load ``lora`` into the (shared) modules behind ``pipe`` once; returns its adapter name."""
         base, _ = self.base(model, revision)
         base_key = next(k for k, v in self._bases.items() if v is base)
-        ident = f"{lora.path}|{lora.weight_name}"
+        ident = f"{lora.path}|{lora.weight_name}|{lora.revision}"
         with self._lock:
             key = (base_key, ident)
             if key not in self._adapters:
@@ -472,6 +487,14 @@ class ModelLoader:
                     pipe.load_lora_weights(str(path), use_safetensors=True, **kwargs)
                 except (OSError, ValueError) as exc:
                     raise ModelUnavailableError(f"LoRA {lora.path!r} could not be loaded: {exc}") from exc
+                # diffusers skips keys that name no module of this pipeline with only a warning: a
+                # LoRA for another family (an SD 1.x LoRA on FLUX.1) would load as nothing at all.
+                if not any(name in names for names in pipe.get_list_adapters().values()):
+                    denoiser = "transformer" if getattr(pipe, "transformer", None) is not None else "UNet"
+                    raise ModelUnavailableError(
+                        f"LoRA {lora.path!r} has no weights for {model!r} ({type(pipe).__name__}): none of its keys "
+                        f"names a module of this model's {denoiser} or text encoders; it was trained for another "
+                        f"model family. Use a LoRA trained for this model, or drop lora from the style")
                 self._adapters[key] = name
             return self._adapters[key]
 

@@ -71,6 +71,9 @@ class VariantImage:
     control: list[ControlUse] = field(default_factory=list)
     #: Edge agreement with the photo (``processor.pipeline.structure.StructureScore``), set before encoding.
     structure: Any = None
+    #: CLIP image similarity to the photo (``processor.pipeline.clipscore.ClipScore``) when
+    #: ``pipeline.clip_score`` is set; set before encoding.
+    clip: Any = None
     #: The models that made it and their declared licences (set by ``render``).
     licenses: list[LicenseUse] = field(default_factory=list)
 

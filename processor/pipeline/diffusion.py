@@ -354,7 +354,8 @@ class Img2ImgEngine(_DiffusionEngine):
                 "oom_halvings": halvings,
             }
             if style.lora is not None:
-                params["lora"] = {"path": style.lora.path, "scale": style.lora.scale}
+                params["lora"] = {"path": style.lora.path, "scale": style.lora.scale,
+                                  "revision": self.models.lora_revision(style.lora)}
             if style.lcm is not None:
                 params["lcm"] = {"lora": style.lcm.lora, "scale": style.lcm.scale}
             if self.lora_hashes:

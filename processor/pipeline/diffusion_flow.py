@@ -10,8 +10,10 @@ They run the img2img engine's rounds, seeds, batching and records (``Img2ImgEngi
 - Working sides are multiples of 16 (the VAE's 8x times the transformer's 2x2 latent patches).
 - FLUX.1 takes no negative prompt here (true CFG would double the cost); its ``guidance`` is the
   distilled guidance embedding (dev). schnell has none: a round asking for guidance is refused.
-- ControlNets, LoRAs and LCM-LoRAs of this project are UNet add-ons: such a style is refused at
-  start, naming the key to drop.
+- ``lora:`` works as on a UNet style (the same keys): diffusers' ``load_lora_weights`` puts it on
+  the shared transformer (and text encoders where it has weights for them), switched on with its
+  scale for this style's calls and off for the others'. ControlNets and LCM-LoRAs of this project
+  are UNet add-ons: such a style is refused at start, naming the key to drop.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ class FlowImg2ImgEngine(Img2ImgEngine):
         self.family = family
 
     def _refuse_unet_addons(self) -> None:
-        for key in ("control", "lora", "lcm"):
+        for key in ("control", "lcm"):
             if getattr(self.style, key):
                 raise ConfigError(
                     f"styles.{self.style_name}.{key}: model {self.style.model!r} is {self.family.value.upper()} (a "
@@ -94,6 +96,9 @@ class FlowImg2ImgEngine(Img2ImgEngine):
     def setup(self) -> None:
         self._refuse_unet_addons()
         self.pipe, self.resolved = self._load_pipeline()
+        if self.style.lora is not None:
+            self.adapter = self.models.lora_adapter(self.pipe, self.style.model, self.style.revision, self.style.lora)
+            self.lora_hashes = dict([self.models.lora_hash(self.style.lora)])
         if self.family is FlowFamily.FLUX and not self._guidance_embedded():
             for i, r in enumerate(self.style.rounds):
                 if r.guidance:

@@ -92,6 +92,9 @@ A1111_SAMPLERS: dict[str, tuple[str, str]] = {
     "unipc": ("UniPC", "Automatic"),
     "pndm": ("PLMS", "Automatic"),
     "lcm": ("LCM", "Automatic"),
+    # FLUX.1 / SD 3 keep their own flow-matching Euler sampler (recorded by class name): Forge,
+    # the A1111 fork that runs them, writes it as Euler on the Simple schedule.
+    "FlowMatchEulerDiscreteScheduler": ("Euler", "Simple"),
 }
 
 

@@ -74,11 +74,15 @@ class ItemPipeline:
         self._caption_unavailable: str | None = None
         #: Subject masks for the structure score of inputs no background stage masked (lazy).
         self._masker: Any = None
+        #: The CLIP similarity scorer (``pipeline.clip_score``), loaded once in ``setup``.
+        self._clip: Any = None
 
     def setup(self) -> None:
         """Load every configured style, and the captioner when one of them uses it; a sidecar that
         picks such a style for one input loads it on first use."""
         self.registry.setup(self.styles)
+        if self.settings.pipeline.clip_score is not None:
+            self._clip_scorer().setup()
         if self.captioner is not None and caption_used(self.settings.caption, self.settings.styles, self.styles):
             self.captioner.setup()
 
@@ -149,12 +153,12 @@ class ItemPipeline:
         pipeline = self.settings.pipeline
         started = time.perf_counter()
         variants = rendered.variants
-        if pipeline.structure_score:
-            self._score(prepared.decoded.image, variants)
-            if timings is not None:
-                timings["structure"] = round(time.perf_counter() - started, 4)
+        if pipeline.structure_score or pipeline.clip_score is not None:
+            self._score(prepared.decoded.image, variants, timings)
             if self.settings.run.order_variants_by == "structure":
                 variants = order_by_structure(variants)
+            elif self.settings.run.order_variants_by == "clip":
+                variants = order_by_clip(variants)
             started = time.perf_counter()
         files, entries, sheet = encode_outputs(
             prepared.decoded.image, variants, output_prefix=output_prefix,
@@ -165,20 +169,40 @@ class ItemPipeline:
             timings["encode"] = round(time.perf_counter() - started, 4)
         return Encoded(files=files, variants=entries, contact_sheet=sheet)
 
-    def _score(self, photo: Image.Image, variants: list[VariantImage]) -> None:
-        """Each variant's structure score, inside the subject mask: the one a background stage
-        made, else (``pipeline.structure_mask``) one computed here once per input. Without a mask,
-        or with an unusable one (coverage out of bounds), the score covers the whole image, and
-        says so."""
+    def _score(self, photo: Image.Image, variants: list[VariantImage], timings: dict[str, float] | None = None) -> None:
+        """Each variant's structure score (and CLIP similarity, ``pipeline.clip_score``), inside the
+        subject mask: the one a background stage made, else (``pipeline.structure_mask``) one
+        computed here once per input. Without a mask, or with an unusable one (coverage out of
+        bounds), the scores cover the whole image, and say so."""
         from processor.pipeline.structure import structure_score
 
+        started = time.perf_counter()
         mask = next((v.mask for v in variants if v.mask is not None), None)
         if mask is None and self.settings.pipeline.structure_mask:
             mask = self._subject_mask(photo)
         if mask is not None and mask.fallback:
             mask = None
-        for v in variants:
-            v.structure = structure_score(photo, v.image, mask.alpha_at(v.image.size) if mask is not None else None)
+        if self.settings.pipeline.structure_score:
+            for v in variants:
+                v.structure = structure_score(photo, v.image, mask.alpha_at(v.image.size) if mask is not None else None)
+            if timings is not None:
+                timings["structure"] = round(time.perf_counter() - started, 4)
+        if self.settings.pipeline.clip_score is not None:
+            started = time.perf_counter()
+            scores = self._clip_scorer()(photo, [v.image for v in variants], mask)
+            for v, score in zip(variants, scores, strict=True):
+                v.clip = score
+            if timings is not None:
+                timings["clip"] = round(time.perf_counter() - started, 4)
+
+    def _clip_scorer(self) -> Any:
+        if self._clip is None:
+            from processor.models.loader import ModelLoader
+            from processor.pipeline.clipscore import ClipScorer
+
+            assert self.settings.pipeline.clip_score is not None
+            self._clip = ClipScorer(self.settings.pipeline.clip_score, ModelLoader(self.settings.models))
+        return self._clip
 
     def _subject_mask(self, photo: Image.Image) -> Any:
         if self._masker is None:
@@ -199,6 +223,17 @@ class ItemPipeline:
         prepared = self.prepare(body, name=name, sidecar=sidecar, sidecar_name=sidecar_name, timings=timings)
         rendered = self.compute(prepared, timings)
         return prepared, rendered, self.encode(prepared, rendered, output_prefix=output_prefix, timings=timings)
+
+
+def order_by_clip(variants: list[VariantImage]) -> list[VariantImage]:
+    """Each style's variants most CLIP-similar to the photo first (ties by index); styles keep
+    their order."""
+    styles = list(dict.fromkeys(v.style for v in variants))
+    ranked: list[VariantImage] = []
+    for style in styles:
+        own = [v for v in variants if v.style == style]
+        ranked.extend(sorted(own, key=lambda v: (-(v.clip.similarity if v.clip else -1.0), v.index)))
+    return ranked
 
 
 def order_by_structure(variants: list[VariantImage]) -> list[VariantImage]:

@@ -17,7 +17,15 @@ from dataclasses import asdict, dataclass
 from PIL import Image
 
 from processor.config import DEFAULT_CONTACT_SHEET_MAX_PIXELS
-from processor.manifest import Background, Control, ControlPreprocessor, LicenseRecord, Structure, Variant
+from processor.manifest import (
+    Background,
+    ClipSimilarity,
+    Control,
+    ControlPreprocessor,
+    LicenseRecord,
+    Structure,
+    Variant,
+)
 from processor.pipeline.base import ControlUse, VariantImage
 from processor.pipeline.encode import (
     PNG_COMPRESS_LEVEL,
@@ -104,6 +112,7 @@ def encode_outputs(
                                  image=output_prefix + control_files[id(c.image)].name,
                                  preprocessor=_preprocessor(c)) for c in v.control],
                 structure=Structure.model_validate(asdict(v.structure)) if v.structure is not None else None,
+                clip=ClipSimilarity.model_validate(asdict(v.clip)) if v.clip is not None else None,
                 licenses=[LicenseRecord.model_validate(asdict(u)) for u in v.licenses],
             )
         )
@@ -200,6 +209,8 @@ def _control_text(variant: VariantImage) -> dict[str, object]:
 
 
 def _tile_label(variant: VariantImage) -> str:
-    """``<style> #<index>``, and its structure score when it has one (``s0.62``)."""
+    """``<style> #<index>``, and its structure score and CLIP similarity when it has them
+    (``s0.62``, ``c0.91``)."""
     label = f"{variant.style} #{variant.index}"
-    return label if variant.structure is None else f"{label} s{variant.structure.f1:.2f}"
+    label = label if variant.structure is None else f"{label} s{variant.structure.f1:.2f}"
+    return label if variant.clip is None else f"{label} c{variant.clip.similarity:.2f}"

@@ -470,3 +470,32 @@ def build_onnx_segmenter(path: Path, *, family: str = "u2net", size: int | None 
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory) -> Path:
     return build_onnx_segmenter(tmp_path_factory.mktemp("onnx") / "u2net-tiny.onnx")
+
+
+# --------------------------------------------------------------------------- CLIP image similarity
+
+
+def build_hf_clip(path: Path) -> Path:
+    """A transformers ``CLIPModel`` with random weights and its image processor (32 px, 4x4
+    patches of 8 px), saved like a hub folder: ``pipeline.clip_score.model`` loads it."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    config = CLIPConfig(
+        text_config=dict(vocab_size=99, hidden_size=CLIP_WIDTH, intermediate_size=37, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=1),
+        vision_config=dict(image_size=CLIP_IMAGE, patch_size=8, hidden_size=CLIP_WIDTH, intermediate_size=37,
+                           num_hidden_layers=2, num_attention_heads=2),
+        projection_dim=16,
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(path, safe_serialization=True)
+    CLIPImageProcessor(size={"shortest_edge": CLIP_IMAGE},
+                       crop_size={"height": CLIP_IMAGE, "width": CLIP_IMAGE}).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_clip(tmp_path_factory) -> Path:
+    return build_hf_clip(tmp_path_factory.mktemp("models") / "tiny-hf-clip")

@@ -1,10 +1,13 @@
-"""``bench.unet_evals`` on the CPU: the shipped styles' UNet evaluations, counted with tiny models."""
+"""``bench.unet_evals`` on the CPU: the shipped styles' UNet (and flow transformer) evaluations,
+counted with tiny models."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from bench import unet_evals
 
@@ -20,7 +23,7 @@ def test_shipped_fast_style_is_at_least_8x_cheaper_than_modern_disney(capsys):
     assert (fast["variants"], fast["denoising_steps"], fast["unet_evaluations"]) == (5, 20, 20)
     assert fast["cheaper_than_reference"] == 33.0
     out = capsys.readouterr().out
-    assert "| modern-disney-fast | nitrosocke/mo-di-diffusion | 5 | 4 | 20 | 20 | 4 | 0 | 33.0x fewer |" in out
+    assert "| modern-disney-fast | nitrosocke/mo-di-diffusion | UNet | 5 | 4 | 20 | 20 | 4 | 0 | 33.0x fewer |" in out
 
 
 def test_controlnets_are_counted_and_a_slow_fast_style_fails_the_check(tmp_path):
@@ -42,7 +45,7 @@ def test_shipped_turbo_style_is_counted_on_a_tiny_sdxl(capsys):
     counted = (turbo["variants"], turbo["unet_calls"], turbo["denoising_steps"], turbo["unet_evaluations"])
     assert counted == (5, 1, 5, 5)
     assert turbo["cheaper_than_reference"] == 132.0
-    row = "| cartoon-turbo | stabilityai/sdxl-turbo | 5 | 1 | 5 | 5 | 1 | 0 | 132.0x fewer |"
+    row = "| cartoon-turbo | stabilityai/sdxl-turbo | UNet | 5 | 1 | 5 | 5 | 1 | 0 | 132.0x fewer |"
     assert row in capsys.readouterr().out
 
 
@@ -56,3 +59,56 @@ def test_a_refiner_round_is_counted(tmp_path):
     rows = unet_evals.main(["--config", str(config), "--reference", "xl"])
     # Base: 2 guided steps; refiner: 2 guided steps; 2 variants batched, 2 samples each per call.
     assert (rows["xl"]["unet_calls"], rows["xl"]["denoising_steps"], rows["xl"]["unet_evaluations"]) == (4, 8, 16)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+FLOW_STYLES = str(ROOT / "bench" / "flow_styles.yaml")
+
+
+def test_flow_styles_count_transformer_evaluations(capsys):
+    rows = unet_evals.main(["--also", FLOW_STYLES, "--styles", "modern-disney", "flux-fast", "kontext",
+                            "sd35-medium"])
+    flux, kontext, sd3 = rows["flux-fast"], rows["kontext"], rows["sd35-medium"]
+    for row in (flux, kontext, sd3):
+        assert row["denoiser"] == "transformer" and row["unet_evaluations"] == 0
+        assert row["evaluations"] == row["transformer_evaluations"]
+    # schnell: 4 variants x int(4 x 0.75) = 3 steps, no guidance input: one sample each, batched.
+    assert (flux["variants"], flux["transformer_calls"], flux["denoising_steps"], flux["evaluations"]) == (4, 3, 12, 12)
+    assert flux["cheaper_than_reference"] == 55.0
+    # Kontext dev: 28 steps, distilled guidance (an input, not a second sample).
+    assert (kontext["transformer_calls"], kontext["denoising_steps"], kontext["evaluations"]) == (28, 112, 112)
+    # SD 3.5: int(20 x 0.6) = 12 steps, classifier-free guidance: two samples per image and step.
+    assert (sd3["transformer_calls"], sd3["denoising_steps"], sd3["evaluations"]) == (12, 48, 96)
+    assert sd3["evaluations_per_variant"] == 24
+    out = capsys.readouterr().out
+    assert ("| flux-fast | black-forest-labs/FLUX.1-schnell | transformer | 4 | 3 | 12 | 12 | 3 | 0 | "
+            "55.0x fewer |") in out
+
+
+def commented_flow_styles() -> dict:
+    """The flow styles config.yaml offers commented out, uncommented and parsed."""
+    lines = (ROOT / "config.yaml").read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  # Flow-transformer families"))
+    block = []
+    for line in lines[start + 2:]:
+        if not line.startswith("  #"):
+            break
+        block.append(line[:2] + line[4:])  # "  # flux-fast:" -> "  flux-fast:"
+    return yaml.safe_load("styles:\n" + "\n".join(block))["styles"]
+
+
+def test_the_benchmarked_flow_styles_are_the_ones_config_yaml_offers():
+    offered = commented_flow_styles()
+    counted = yaml.safe_load(Path(FLOW_STYLES).read_text(encoding="utf-8"))["styles"]
+    assert set(offered) == {"flux-fast", "kontext"}
+    for name, style in offered.items():
+        assert counted[name] == style
+
+
+def test_a_lora_on_a_flow_style_is_counted_on_a_lora_for_its_transformer(tmp_path):
+    style = {"engine": "img2img", "model": "black-forest-labs/FLUX.1-schnell", "steps": 4, "variants": 2,
+             "rounds": [{"strength": 0.5, "guidance": 0}], "lora": {"path": "someone/flux-toon", "revision": "v1"}}
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"styles": {"flux": style}}))
+    rows = unet_evals.main(["--config", str(config), "--reference", "flux"])
+    assert (rows["flux"]["transformer_calls"], rows["flux"]["evaluations"]) == (2, 4)

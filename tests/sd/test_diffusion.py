@@ -342,7 +342,7 @@ def test_lora_applies_to_its_style_only(tiny_sd, tiny_lora):
     plain.setup()
     assert with_lora.pipe.unet is plain.pipe.unet
     lora_out = with_lora(image)[0]
-    assert lora_out.parameters["lora"] == {"path": str(tiny_lora), "scale": 1.0}
+    assert lora_out.parameters["lora"] == {"path": str(tiny_lora), "scale": 1.0, "revision": None}
     assert lora_out.image.tobytes() != reference
     assert plain(image)[0].image.tobytes() == reference  # the shared UNet's adapter is switched off
     assert with_lora(image)[0].image.tobytes() == lora_out.image.tobytes()

@@ -142,7 +142,7 @@ def test_the_printed_style_renders_through_processor_run_and_changes_the_pixels(
     layout = KeyLayout(PrefixSettings())
     manifest = Manifest.model_validate_json(store.get(layout.for_input("inputs/bear.png").manifest).body)
     by_style = {v.style: v for v in manifest.variants}
-    assert by_style["toys"].parameters["lora"] == {"path": "bucket:models/loras/toys/", "scale": 1.0}
+    assert by_style["toys"].parameters["lora"] == {"path": "bucket:models/loras/toys/", "scale": 1.0, "revision": None}
     assert "lora" not in by_style["plain"].parameters
     assert by_style["toys"].sha256 != by_style["plain"].sha256
     # Copied once from the bucket into the model cache, named by key and ETag.

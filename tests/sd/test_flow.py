@@ -102,8 +102,7 @@ def test_schnell_refuses_guidance_and_runs_with_none(tiny_schnell):
     assert variant.parameters["max_sequence_length"] == 256  # schnell's T5 length; dev reads 512
 
 
-@pytest.mark.parametrize("key, value", [("lora", {"path": "x"}), ("lcm", {"lora": "x"}),
-                                        ("control", {"model": "y"})])
+@pytest.mark.parametrize("key, value", [("lcm", {"lora": "x"}), ("control", {"model": "y"})])
 def test_unet_addons_on_a_flow_model_are_refused_naming_the_key(tiny_flux, key, value):
     rounds = [{"strength": 0.5, "guidance": 1.0}]
     engine = make_engine("f", Img2ImgStyle.model_validate(flow_style(tiny_flux, rounds=rounds) | {key: value}),

@@ -111,3 +111,29 @@ def build_sd3(path: Path) -> Path:
         text_encoder_3=_t5(t5, SD3_T5_WIDTH), tokenizer_3=t5,
     ).save_pretrained(path, safe_serialization=True)
     return path
+
+
+def build_flow_lora(path: Path, model: Path, *, seed: int = 1) -> Path:
+    """A LoRA for the transformer of the FLUX.1 or SD 3 folder ``model`` (peft on its attention
+    projections, random non-zero B matrices so it visibly changes outputs), saved as diffusers'
+    ``pytorch_lora_weights.safetensors`` in ``path``: the layout diffusers' FLUX / SD 3 LoRA
+    training scripts write."""
+    import json
+
+    import torch
+    from diffusers import FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    flux = "Flux" in json.loads((model / "model_index.json").read_text())["_class_name"]
+    torch.manual_seed(seed)
+    transformer = (FluxTransformer2DModel if flux else SD3Transformer2DModel).from_pretrained(
+        model / "transformer", use_safetensors=True)
+    transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
+    with torch.no_grad():
+        for name, param in transformer.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.5)
+    path.mkdir(parents=True, exist_ok=True)
+    (FluxPipeline if flux else StableDiffusion3Pipeline).save_lora_weights(
+        path, transformer_lora_layers=get_peft_model_state_dict(transformer), safe_serialization=True)
+    return path
