@@ -6,12 +6,13 @@ engines (``processor.app.compose.build_registry``: the transform, its ControlNet
 background stage) with tiny random-weight models of the same families built offline (an SDXL
 model, one whose id contains "xl", gets the tiny SDXL base and its refiner the tiny refiner; one
 whose id names FLUX.1 or SD 3 the tiny flow transformer of that family, ``engine: edit`` the tiny
-FLUX.1 Kontext; the counts depend on steps, rounds, guidance and variants, not on weights or image
-size). ``UNet2DConditionModel.forward`` and the flow transformers' ``forward``
-(``FluxTransformer2DModel``, ``SD3Transformer2DModel``) are wrapped to count calls and the samples
-each evaluates (a classifier-free-guided call evaluates two per image, instruct-pix2pix three;
-FLUX.1's distilled guidance is an input, not a second sample), and each scheduler's ``step`` to
-count denoising steps.
+Qwen-Image-Edit for an id naming Qwen, else the tiny FLUX.1 Kontext; the counts depend on steps,
+rounds, guidance and variants, not on weights or image size). ``UNet2DConditionModel.forward`` and
+the flow transformers' ``forward`` (``FluxTransformer2DModel``, ``SD3Transformer2DModel``,
+``QwenImageTransformer2DModel``) are wrapped to count calls and the samples each evaluates (a
+classifier-free-guided call evaluates two per image, instruct-pix2pix three; FLUX.1's distilled
+guidance is an input, not a second sample; Qwen-Image-Edit's true CFG is a second call), and each
+scheduler's ``step`` to count denoising steps.
 
     python -m bench.unet_evals [--config config.yaml] [--also bench/flow_styles.yaml]
                                [--reference modern-disney] [--fast modern-disney-fast --min-ratio 8]
@@ -92,6 +93,7 @@ def _count(counts: Counts) -> list[tuple[Any, str, Any]]:
     wrap(diffusers.ControlNetModel, "forward", controlnet)
     wrap(diffusers.FluxTransformer2DModel, "forward", transformer)
     wrap(diffusers.SD3Transformer2DModel, "forward", transformer)
+    wrap(diffusers.QwenImageTransformer2DModel, "forward", transformer)
     for cls_name in sorted({name for name, _ in SCHEDULERS.values()} | {"PNDMScheduler", FLOW_SCHEDULER}):
         wrap(getattr(diffusers, cls_name), "step", step)
     return patched
@@ -118,10 +120,13 @@ def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], lis
 
     def tiny_flow(family: str) -> Path:
         from tests.sd.tiny_flow import build_flux, build_kontext, build_sd3
+        from tests.sd.tiny_qwen import build_qwen_edit
 
         if family not in flow:
             builders = {"flux-dev": build_flux, "kontext": build_kontext, "sd3": build_sd3,
-                        "flux-schnell": lambda p: build_flux(p, guidance_embeds=False)}
+                        "flux-schnell": lambda p: build_flux(p, guidance_embeds=False),
+                        "qwen-edit": build_qwen_edit,
+                        "qwen-edit-plus": lambda p: build_qwen_edit(p, plus=True)}
             flow[family] = builders[family](root / f"tiny-{family}")
         return flow[family]
 
@@ -188,11 +193,14 @@ def tiny_preprocessor(kind: str, root: Path) -> Path:
 
 def flow_family_of(style: dict[str, Any]) -> str | None:
     """The tiny flow model a style is counted on, from its model id (the real ``model_index.json``
-    is not at hand offline): ``kontext`` for ``engine: edit``, ``flux-schnell`` / ``flux-dev`` for an
-    id naming FLUX.1 (schnell has no guidance input), ``sd3`` for Stable Diffusion 3 / 3.5; None for
-    a UNet model."""
+    is not at hand offline): for ``engine: edit`` ``qwen-edit`` (``qwen-edit-plus`` for the 2509
+    release) for an id naming Qwen, else ``kontext``; ``flux-schnell`` / ``flux-dev`` for an id
+    naming FLUX.1 (schnell has no guidance input), ``sd3`` for Stable Diffusion 3 / 3.5; None for a
+    UNet model."""
     model = str(style.get("model", "")).lower()
     if style.get("engine") == "edit":
+        if "qwen" in model:
+            return "qwen-edit-plus" if "2509" in model else "qwen-edit"
         return "kontext"
     if style.get("engine") != "img2img":
         return None

@@ -67,9 +67,9 @@ FLOW_STYLES = str(ROOT / "bench" / "flow_styles.yaml")
 
 def test_flow_styles_count_transformer_evaluations(capsys):
     rows = unet_evals.main(["--also", FLOW_STYLES, "--styles", "modern-disney", "flux-fast", "kontext",
-                            "sd35-medium"])
-    flux, kontext, sd3 = rows["flux-fast"], rows["kontext"], rows["sd35-medium"]
-    for row in (flux, kontext, sd3):
+                            "sd35-medium", "qwen-edit"])
+    flux, kontext, sd3, qwen = rows["flux-fast"], rows["kontext"], rows["sd35-medium"], rows["qwen-edit"]
+    for row in (flux, kontext, sd3, qwen):
         assert row["denoiser"] == "transformer" and row["unet_evaluations"] == 0
         assert row["evaluations"] == row["transformer_evaluations"]
     # schnell: 4 variants x int(4 x 0.75) = 3 steps, no guidance input: one sample each, batched.
@@ -80,6 +80,8 @@ def test_flow_styles_count_transformer_evaluations(capsys):
     # SD 3.5: int(20 x 0.6) = 12 steps, classifier-free guidance: two samples per image and step.
     assert (sd3["transformer_calls"], sd3["denoising_steps"], sd3["evaluations"]) == (12, 48, 96)
     assert sd3["evaluations_per_variant"] == 24
+    # Qwen-Image-Edit: 28 steps of true CFG, a conditional and an unconditional call each (4 variants batched).
+    assert (qwen["transformer_calls"], qwen["denoising_steps"], qwen["evaluations"]) == (56, 112, 224)
     out = capsys.readouterr().out
     assert ("| flux-fast | black-forest-labs/FLUX.1-schnell | transformer | 4 | 3 | 12 | 12 | 3 | 0 | "
             "55.0x fewer |") in out
@@ -100,7 +102,7 @@ def commented_flow_styles() -> dict:
 def test_the_benchmarked_flow_styles_are_the_ones_config_yaml_offers():
     offered = commented_flow_styles()
     counted = yaml.safe_load(Path(FLOW_STYLES).read_text(encoding="utf-8"))["styles"]
-    assert set(offered) == {"flux-fast", "kontext"}
+    assert set(offered) == {"flux-fast", "kontext", "qwen-edit"}
     for name, style in offered.items():
         assert counted[name] == style
 
