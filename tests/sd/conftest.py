@@ -470,3 +470,11 @@ def build_onnx_segmenter(path: Path, *, family: str = "u2net", size: int | None 
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory) -> Path:
     return build_onnx_segmenter(tmp_path_factory.mktemp("onnx") / "u2net-tiny.onnx")
+
+
+@pytest.fixture(scope="session")
+def tiny_ip_adapter(tiny_sd, tmp_path_factory) -> Path:
+    """An IP-Adapter folder for ``tiny_sd``'s UNet in h94/IP-Adapter's layout (``tests.sd.tiny_ip_adapter``)."""
+    from tests.sd.tiny_ip_adapter import build_ip_adapter
+
+    return build_ip_adapter(tmp_path_factory.mktemp("models") / "tiny-ip-adapter", tiny_sd / "unet")
