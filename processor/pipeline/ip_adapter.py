@@ -105,3 +105,36 @@ class IpAdapterUse:
             "style_image_sha256": self.style_image.sha256,
             "style_image_etag": self.style_image.etag,
         }
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def a1111_unit(record: dict[str, Any]) -> str:
+    """A ``record()`` as the A1111 ControlNet extension writes an IP-Adapter unit
+    (``Module: ip-adapter_clip, Model: ip-adapter_sd15 [hash], Weight: ...``). A per-block scale
+    is written as its largest value plus ``Block Weights`` (group.block=layer/layer ...)."""
+    scale = record.get("scale", 1.0)
+    model = str(record.get("weight_name", "ip-adapter")).removesuffix(".safetensors")
+    text = f"Module: ip-adapter_clip, Model: {model} [{str(record.get('hash', ''))[:8]}], "
+    if isinstance(scale, dict):
+        blocks = []
+        values: list[float] = []
+        for group, spec in scale.items():
+            if isinstance(spec, dict):
+                for block, layers in spec.items():
+                    layers = layers if isinstance(layers, list) else [layers]
+                    values.extend(layers)
+                    blocks.append(f"{group}.{block}=" + "/".join(_number(x) for x in layers))
+            else:
+                spec = spec if isinstance(spec, list) else [spec]
+                values.extend(spec)
+                blocks.append(f"{group}=" + "/".join(_number(x) for x in spec))
+        text += f"Weight: {_number(max(values, default=0.0))}, Block Weights: {' '.join(blocks)}"
+    else:
+        text += f"Weight: {_number(scale)}"
+    text += ", Guidance Start: 0, Guidance End: 1"
+    if record.get("style_image_sha256"):
+        text += f", Style Image Hash: {record['style_image_sha256'][:10]}"
+    return text
