@@ -69,6 +69,11 @@ class IpAdapterUse:
 
         if style.ip_adapter is None or style.style_image is None:
             raise ValueError(f"style {style_name!r} has no style_image / ip_adapter")
+        if models.switches(style.model, style.revision).get("compile_unet"):
+            # The adapter goes in and out of the shared UNet around every call; a compiled UNet
+            # would recompile each time (and its wrapper does not pass the swap through).
+            raise ConfigError(f"styles.{style_name}.ip_adapter does not work with models.performance.compile_unet: "
+                              f"true; turn one of them off")
         self.settings = style.ip_adapter
         self.scale = style.ip_adapter.scale
         # The picture first: a bad key is the likelier mistake and needs no weights to report.

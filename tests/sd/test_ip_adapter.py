@@ -143,6 +143,28 @@ def test_instantstyle_block_scales_reach_the_attention_layers(tiny_sd, tiny_ip_a
                     "up_blocks.0.attentions.1.transformer_blocks.0.attn2.processor": [1.0]}
 
 
+def test_a_controlnet_style_takes_a_style_image_too(tiny_sd, tiny_ip_adapter, tiny_controlnet, tmp_path):
+    control = {"model": str(tiny_controlnet), "scale": 1.0}
+    settings = make_settings(tmp_path / "c", {"held": styled(tiny_sd, tiny_ip_adapter, control=control)})
+    put_look(settings)
+    store, layout = run_once(settings, PHOTO)
+    variants = manifest_of(store, layout, "inputs/toy.jpg").variants
+    assert [v.parameters["pipeline"] for v in variants] == ["StableDiffusionControlNetImg2ImgPipeline"] * 2
+    info = parse_infotext(Image.open(io.BytesIO(store.get(variants[0].key).body)).text["parameters"])
+    assert info["ControlNet 0"].startswith("Module: canny") and info["ControlNet 1"].startswith("Module: ip-adapter")
+    free = make_settings(tmp_path / "f", {"held": img2img_style(tiny_sd, variants=2, control=control)})
+    assert shas(*run_once(free, PHOTO)) != shas(store, layout)
+
+
+def test_a_compiled_unet_is_refused_naming_both_keys(tiny_sd, tiny_ip_adapter, tmp_path):
+    settings = make_settings(tmp_path, {"look": styled(tiny_sd, tiny_ip_adapter)},
+                             models={"performance": {"compile_unet": True}})
+    put_look(settings)
+    with pytest.raises(ConfigError, match=r"styles\.look\.ip_adapter does not work with "
+                                          r"models\.performance\.compile_unet"):
+        build_registry(settings).setup(["look"])
+
+
 def test_sdxl_img2img_takes_a_style_image(tiny_sdxl, tiny_ip_adapter_xl, tmp_path):
     settings = make_settings(tmp_path / "xl", {"xl": styled(tiny_sdxl, tiny_ip_adapter_xl, rounds=XL_ROUNDS)})
     put_look(settings)
