@@ -316,3 +316,23 @@ def test_infotext_unit_for_a_plain_scale_follows_the_controlnets():
     info = parse_infotext(a1111_parameters(infotext_parameters(params), 64, 64))
     assert info["ControlNet 0"].startswith("Module: canny") and info["ControlNet 1"] == a1111_unit(record)
     assert "Ip adapter" not in info
+
+
+def test_a_pickle_image_encoder_is_refused_never_unpickled(tiny_sd, tiny_ip_adapter, tmp_path):
+    """diffusers' own encoder load would take ``pytorch_model.bin``; ours takes safetensors only."""
+    import pickle
+    import shutil
+
+    from tests.sd.test_security_models import _Trap
+
+    folder = tmp_path / "pickle-encoder"
+    shutil.copytree(tiny_ip_adapter, folder)
+    marker = tmp_path / "UNPICKLED"
+    encoder = folder / "models" / "image_encoder"
+    (encoder / "model.safetensors").unlink()
+    (encoder / "pytorch_model.bin").write_bytes(pickle.dumps(_Trap(marker)))
+    settings = make_settings(tmp_path / "p", {"look": styled(tiny_sd, folder)})
+    put_look(settings)
+    with pytest.raises(ModelUnavailableError, match=r"image encoder .* needs config\.json and \*\.safetensors"):
+        build_registry(settings).setup(["look"])
+    assert not marker.exists(), "a pickle was unpickled"
