@@ -115,6 +115,9 @@ def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], lis
             style["lora"]["path"] = str(lora)
         if style.get("lcm"):
             style["lcm"]["lora"] = str(lora)
+        if style.get("ip_adapter"):  # a tiny IP-Adapter for the UNet the style got, and a picture on disk
+            style["ip_adapter"] = tiny_ip_adapter(root, Path(style["model"]), style["ip_adapter"])
+            style["style_image"] = str(style_image(root))
         controls = style.get("control") or []
         for control in controls if isinstance(controls, list) else [controls]:
             control["model"] = str(controlnet)
@@ -130,6 +133,26 @@ def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], lis
     out.pop("store", None)
     out["caption"] = {"mode": "none"}
     return out, names
+
+
+def tiny_ip_adapter(root: Path, model: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` pointing at a tiny IP-Adapter built once for ``model``'s UNet (its scale kept)."""
+    from tests.sd.tiny_ip_adapter import WEIGHT_NAME, build_ip_adapter
+
+    folder = root / f"tiny-ip-adapter-{model.name}"
+    if not folder.exists():
+        build_ip_adapter(folder, model / "unet")
+    return {"model": str(folder), "subfolder": "models", "weight_name": WEIGHT_NAME,
+            "scale": settings.get("scale", 1.0)}
+
+
+def style_image(root: Path) -> Path:
+    from tests.images import photo_image
+
+    path = root / "style-image.png"
+    if not path.exists():
+        photo_image(96, 96, seed=2).save(path)
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -154,8 +177,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         config, names = tiny_config(shipped, Path(tmp))
         names = [n for n in names if not args.styles or n in args.styles]
         # allow_noncommercial: every shipped style is counted, on random weights (no model is used).
+        # The per-input caps bound one user's input; here each style runs on its own.
         settings = Settings.model_validate(config | {"run": config["run"] | {"styles": names or ["toon"],
-                                                                              "allow_noncommercial": True}})
+                                                                              "allow_noncommercial": True,
+                                                                              "max_styles_per_input": 64,
+                                                                              "max_variants_per_input": 1024}})
         registry = build_registry(settings)
         counts = Counts()
         patched = _count(counts)
