@@ -15,7 +15,8 @@ Contract:
   UNet in that state refuses calls without image embeddings, so after loading the adapter's
   processors and projection are kept aside here and the UNet is put back as it was;
   ``IpAdapter.active`` installs them for one pipeline call and restores the plain UNet after, so
-  other styles on the same base never see the adapter. Loaded once per (base, adapter).
+  other styles on the same base never see the adapter. Loaded once per (base, adapter). The swap
+  assumes one pipeline call at a time on a UNet, as the worker's single compute thread makes them.
 """
 
 from __future__ import annotations

@@ -180,6 +180,8 @@ def test_an_unreadable_style_image_stops_the_worker_at_start_naming_style_and_ke
                                                                                   tmp_path, capsys):
     missing = make_settings(tmp_path / "m", {"look": styled(tiny_sd, tiny_ip_adapter)})
     config = str(tmp_path / "m" / "config.yaml")
+    store = LocalStore(missing.store.root)
+    store.put("inputs/toy.jpg", PHOTO["inputs/toy.jpg"])
     assert main(["run", "--once", "--metrics-port", "0", "--config", config]) == 3  # EXIT_CONFIG
     err = capsys.readouterr().err
     assert "styles.look.style_image" in err and f"bucket:{LOOK_KEY}" in err and "cannot be read" in err
@@ -187,10 +189,9 @@ def test_an_unreadable_style_image_stops_the_worker_at_start_naming_style_and_ke
     assert main(["run", "--once", "--metrics-port", "0", "--config", config]) == 3
     err = capsys.readouterr().err
     assert "styles.look.style_image" in err and "is not a usable picture" in err
-    # Nothing was lost: the input waits for a worker that can run the style.
-    store = LocalStore(missing.store.root)
-    store.put("inputs/toy.jpg", PHOTO["inputs/toy.jpg"])
+    # Nothing was lost: the input was not failed, it waits for a worker that can run the style.
     assert not list(store.list("failed/")) and not list(store.list("outputs/"))
+    assert store.head("inputs/toy.jpg").size == len(PHOTO["inputs/toy.jpg"])
 
 
 def test_a_sidecar_style_whose_image_is_bad_fails_that_input_only(tiny_sd, tiny_ip_adapter, tmp_path):
