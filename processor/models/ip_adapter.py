@@ -135,13 +135,14 @@ def _check_fits(settings: IpAdapterSettings, weights: Path, unet: Any, encoder: 
 
 def block_layout(unet: Any) -> str:
     """The UNet's attention blocks a per-block scale can name, e.g. ``down: block_1 (2 layers)``."""
-    layers = {"down": unet.config.layers_per_block, "up": unet.config.layers_per_block + 1}
+    per_block = unet.config.layers_per_block
+    if isinstance(per_block, (list, tuple)):  # per-block layer counts: say the first, a hint is enough
+        per_block = per_block[0]
+    layers = {"down": per_block, "up": per_block + 1}  # an up block has one layer more (diffusers' layout)
     parts = []
     for group, blocks in (("down", unet.down_blocks), ("up", unet.up_blocks)):
         named = [f"block_{i}" for i, b in enumerate(blocks) if hasattr(b, "attentions")]
         n = layers[group]
-        if isinstance(n, (list, tuple)):  # per-block layer counts: say the first, a hint is enough
-            n = n[0]
         parts.append(f"{group}: {', '.join(named) or 'none'} ({n} layer{'s' if n != 1 else ''} each)")
     return "; ".join([*parts, "mid: one number"])
 

@@ -259,6 +259,16 @@ def test_an_ip_adapter_for_another_family_is_a_config_error(tiny_sdxl, tiny_ip_a
         build_registry(settings).setup(["xl"])
 
 
+def test_a_file_that_is_not_an_ip_adapter_is_named(tiny_sd, tiny_lora, tiny_ip_adapter, tmp_path):
+    not_ip = ip_adapter(tiny_lora, subfolder="", weight_name="pytorch_lora_weights.safetensors",
+                        image_encoder={"model": str(tiny_ip_adapter), "subfolder": "models/image_encoder"})
+    settings = make_settings(tmp_path, {"look": styled(tiny_sd, tiny_ip_adapter, ip_adapter=not_ip)})
+    put_look(settings)
+    with pytest.raises(ConfigError, match=r"ip_adapter\.weight_name 'pytorch_lora_weights\.safetensors' is not an "
+                                          r"IP-Adapter"):
+        build_registry(settings).setup(["look"])
+
+
 def test_missing_weights_and_offline_hub_adapter_name_the_fix(tiny_ip_adapter, tmp_path):
     loader = ModelLoader()
     with pytest.raises(ModelUnavailableError, match=r"no models/ip-adapter_sd15\.safetensors .*weight_name"):
