@@ -160,6 +160,9 @@ def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], lis
             style["lora"].pop("revision", None)
         if style.get("lcm"):
             style["lcm"]["lora"] = str(lora)
+        if style.get("ip_adapter"):  # a tiny IP-Adapter for the UNet the style got, and a picture on disk
+            style["ip_adapter"] = tiny_ip_adapter(root, Path(style["model"]), style["ip_adapter"])
+            style["style_image"] = str(style_image(root))
         controls = style.get("control") or []
         for control in controls if isinstance(controls, list) else [controls]:
             control["model"] = str(controlnet)
@@ -209,6 +212,26 @@ def flow_family_of(style: dict[str, Any]) -> str | None:
     if "stable-diffusion-3" in model or "sd3" in model:
         return "sd3"
     return None
+
+
+def tiny_ip_adapter(root: Path, model: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` pointing at a tiny IP-Adapter built once for ``model``'s UNet (its scale kept)."""
+    from tests.sd.tiny_ip_adapter import WEIGHT_NAME, build_ip_adapter
+
+    folder = root / f"tiny-ip-adapter-{model.name}"
+    if not folder.exists():
+        build_ip_adapter(folder, model / "unet")
+    return {"model": str(folder), "subfolder": "models", "weight_name": WEIGHT_NAME,
+            "scale": settings.get("scale", 1.0)}
+
+
+def style_image(root: Path) -> Path:
+    from tests.images import photo_image
+
+    path = root / "style-image.png"
+    if not path.exists():
+        photo_image(96, 96, seed=2).save(path)
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -495,6 +495,103 @@ class ControlSettings(_Section):
         return self
 
 
+#: ``ip_adapter.scale`` keys of a per-block mapping (InstantStyle): the UNet's block groups.
+IP_ADAPTER_BLOCK_GROUPS = ("down", "mid", "up")
+#: The largest IP-Adapter scale: past 2 the style image swamps the prompt and the photo.
+MAX_IP_ADAPTER_SCALE = 2.0
+_IP_BLOCK = re.compile(r"block_[0-9]+")
+
+
+class IpAdapterEncoderSettings(_Section):
+    """The CLIP image encoder an IP-Adapter reads the style image with (a
+    ``CLIPVisionModelWithProjection`` folder: config.json and safetensors)."""
+
+    #: Hub id or local folder (default: the IP-Adapter's own ``model``).
+    model: str | None = None
+    #: The folder inside it (default: ``<ip_adapter.subfolder>/image_encoder``, h94/IP-Adapter's layout).
+    subfolder: str | None = None
+    #: A hub commit / tag to pin (default: the IP-Adapter's ``revision`` when the model is the same).
+    revision: str | None = None
+
+
+class IpAdapterSettings(_Section):
+    """``styles.<name>.ip_adapter``: an IP-Adapter that steers the style by ``style_image``, a
+    picture of the look wanted (``h94/IP-Adapter``: ``models/ip-adapter_sd15.safetensors`` for
+    SD 1.x, ``sdxl_models/ip-adapter_sdxl_vit-h.safetensors`` for SDXL)."""
+
+    #: Hub id or a local folder holding ``<subfolder>/<weight_name>``.
+    model: str
+    #: The folder inside ``model`` holding the weights ("" for the top).
+    subfolder: str = "models"
+    #: The weights file: safetensors only (a .bin would be unpickled).
+    weight_name: str = "ip-adapter_sd15.safetensors"
+    #: A hub commit / tag / branch to pin (recommended: a commit hash).
+    revision: str | None = None
+    image_encoder: IpAdapterEncoderSettings = IpAdapterEncoderSettings()
+    #: How strongly the style image steers: one number for every attention layer (0 = off, 1 = as
+    #: trained), or per block (InstantStyle), e.g. ``{up: {block_0: [0.0, 1.0, 0.0]}}`` for the
+    #: SDXL style layer alone; unnamed blocks get 0.
+    scale: float | dict[str, Any] = 0.6
+    #: The model's license (its model card); recorded in every variant, checked by run.allow_noncommercial.
+    license: ModelLicense | None = None
+
+    @field_validator("weight_name")
+    @classmethod
+    def _safetensors(cls, value: str) -> str:
+        if not value.endswith(".safetensors") or "/" in value:
+            raise ValueError(f"weight_name {value!r} must be a .safetensors file name (the folder goes in "
+                             f"subfolder); pickle weights are never loaded")
+        return value
+
+    @field_validator("subfolder")
+    @classmethod
+    def _inside(cls, value: str) -> str:
+        value = value.strip("/")
+        if any(part in (".", "..") for part in value.split("/")):
+            raise ValueError(f"subfolder {value!r} must stay inside the model (no '.' or '..' parts)")
+        return value
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_shape(cls, value: float | dict[str, Any]) -> float | dict[str, Any]:
+        ip_adapter_scale_problem(value)
+        return value
+
+
+def _scale_number(value: Any, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"scale{where}: {value!r} is not a number")
+    if not 0 <= value <= MAX_IP_ADAPTER_SCALE:
+        raise ValueError(f"scale{where}: {value} must be between 0 and {MAX_IP_ADAPTER_SCALE}")
+
+
+def ip_adapter_scale_problem(value: Any) -> None:
+    """Raise ``ValueError`` naming the part of ``ip_adapter.scale`` that is not a number in
+    [0, 2] or a mapping ``{down|mid|up: number | {block_<i>: number | [number, ...]}}``. Which
+    blocks exist and how many layers each has depends on the UNet; the engine checks that at load."""
+    if not isinstance(value, dict):
+        _scale_number(value, "")
+        return
+    if not value:
+        raise ValueError("scale: an empty mapping; give a number or name blocks, e.g. {up: {block_0: [0.0, 1.0, 0.0]}}")
+    for group, blocks in value.items():
+        if group not in IP_ADAPTER_BLOCK_GROUPS:
+            raise ValueError(f"scale.{group}: unknown block group; use {', '.join(IP_ADAPTER_BLOCK_GROUPS)}")
+        if group == "mid":  # one attention block: a number (or a list of one, as diffusers allows)
+            _scale_number(blocks[0] if isinstance(blocks, list) and len(blocks) == 1 else blocks, ".mid")
+            continue
+        if not isinstance(blocks, dict):
+            _scale_number(blocks, f".{group}")
+            continue
+        for block, layers in blocks.items():
+            if not isinstance(block, str) or not _IP_BLOCK.fullmatch(block):
+                raise ValueError(f"scale.{group}.{block}: a block is named block_<index> (block_0, block_1, ...)")
+            for i, layer in enumerate(layers if isinstance(layers, list) else [layers]):
+                _scale_number(layer, f".{group}.{block}" + (f"[{i}]" if isinstance(layers, list) else ""))
+            if isinstance(layers, list) and not layers:
+                raise ValueError(f"scale.{group}.{block}: an empty list; give one number per attention layer")
+
+
 class BackgroundSettings(_Section):
     """``styles.<name>.background``: what happens behind the subject after the style's transform.
 
@@ -581,6 +678,10 @@ class Img2ImgStyle(_Section):
     #: A turbo model (SD-Turbo, SDXL-Turbo): 1-4 steps at guidance 0 on trailing timesteps
     #: (scheduler default euler-a).
     turbo: bool = False
+    #: A picture of the look wanted: a local path or ``bucket:<key>`` in the configured store,
+    #: decoded like an input at start; it steers every round through ``ip_adapter``.
+    style_image: str | None = None
+    ip_adapter: IpAdapterSettings | None = None
     background: BackgroundSettings = BackgroundSettings()
 
     @field_validator("control", mode="before")
@@ -631,6 +732,15 @@ class Img2ImgStyle(_Section):
         return self
 
     @model_validator(mode="after")
+    def _style_image_and_adapter(self) -> Img2ImgStyle:
+        if (self.style_image is None) != (self.ip_adapter is None):
+            missing = "ip_adapter (the model that reads it)" if self.ip_adapter is None else "style_image"
+            raise ValueError(f"style_image and ip_adapter go together; add {missing} or drop the other")
+        if self.style_image is not None:
+            style_image_problem(self.style_image)
+        return self
+
+    @model_validator(mode="after")
     def _a_round_per_variant(self) -> Img2ImgStyle:
         if self.shared_rounds >= len(self.rounds):
             raise ValueError(
@@ -639,6 +749,17 @@ class Img2ImgStyle(_Section):
                 f"lower shared_rounds to at most {len(self.rounds) - 1} or add rounds"
             )
         return self
+
+
+def style_image_problem(value: str) -> None:
+    """Raise ``ValueError`` when ``style_image`` is neither a path nor a ``bucket:<key>`` of a file."""
+    if not value.strip():
+        raise ValueError("style_image is empty; give a path or bucket:<key>")
+    if value.startswith("bucket:"):
+        key = value[len("bucket:"):].lstrip("/")
+        if not key or key.endswith("/") or any(part in ("", ".", "..") for part in key.split("/")):
+            raise ValueError(f"style_image {value!r}: bucket:<key> names one object, e.g. bucket:styles/look.png "
+                             f"(no empty, '.' or '..' parts)")
 
 
 class InstructPix2PixStyle(_Section):

@@ -16,7 +16,7 @@ from processor.config import NONCOMMERCIAL_LICENSES, background_model
 #: Setting that lets a worker run non-commercial weights.
 ALLOW_KEY = "run.allow_noncommercial"
 #: What a model is to the style that runs it (``processor.manifest.LicenseRecord.role``).
-Role = Literal["model", "lora", "lcm", "control", "background"]
+Role = Literal["model", "lora", "lcm", "control", "background", "ip_adapter"]
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class LicenseUse:
 
 def style_licenses(style: Any) -> list[LicenseUse]:
     """The models ``style`` runs, in order (its model, LoRA, LCM-LoRA, ControlNets and their
-    preprocessors, background), each with its declared licence; a toon style runs none."""
+    preprocessors, IP-Adapter, background), each with its declared licence; a toon style runs none."""
     uses: list[LicenseUse] = []
     own = getattr(style, "model", None)
     if own:
@@ -45,6 +45,9 @@ def style_licenses(style: Any) -> list[LicenseUse]:
         uses.append(LicenseUse("control", control.model, control.license))
         if control.preprocessor is not None:  # the model that makes the ControlNet's map
             uses.append(LicenseUse("control", control.preprocessor.model, control.preprocessor.license))
+    ip_adapter = getattr(style, "ip_adapter", None)
+    if ip_adapter is not None:
+        uses.append(LicenseUse("ip_adapter", ip_adapter.model, ip_adapter.license))
     background = background_model(style)
     if background is not None:
         bg = style.background

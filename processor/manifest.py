@@ -153,8 +153,8 @@ class LicenseRecord(_Model):
     """A model that made a variant and the licence its config declares (``license:``)."""
 
     #: What the model was to the variant: the style's own ``model``, or its ``lora``, ``lcm``,
-    #: ``control`` or ``background`` model.
-    role: Literal["model", "lora", "lcm", "control", "background"]
+    #: ``control``, ``background`` or ``ip_adapter`` model.
+    role: Literal["model", "lora", "lcm", "control", "background", "ip_adapter"]
     model: str
     #: As declared (``creativeml-openrail-m``, ``non-commercial``, ...); None: not declared.
     license: str | None = None

@@ -375,6 +375,8 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
     """Fetch every configured diffusion model (and hub LoRA) into the cache, safetensors only."""
     from processor.config import LoraSettings
+    from processor.models.ip_adapter import encoder_source as ip_adapter_encoder
+    from processor.models.ip_adapter import resolve_files as resolve_ip_adapter
     from processor.models.loader import ModelLoader, configured_models, is_bucket, is_local
 
     loader = ModelLoader(settings.models)
@@ -411,6 +413,10 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
         if lcm is not None and not is_local(lcm.lora) and not is_bucket(lcm.lora):
             lcm_lora = LoraSettings(path=lcm.lora, weight_name=lcm.weight_name)
             print(f"lcm lora {lcm.lora}: {loader.resolve_lora(lcm_lora)}")
+        ip_adapter = getattr(style, "ip_adapter", None)
+        if ip_adapter is not None and not (is_local(ip_adapter.model) and is_local(ip_adapter_encoder(ip_adapter)[0])):
+            files = resolve_ip_adapter(loader, ip_adapter, download=True)
+            print(f"ip-adapter {ip_adapter.model}@{files.revision}: {files.weights} (image encoder {files.encoder})")
     from processor.models.loader import configured_controlnets
 
     for model, revision in configured_controlnets(settings.styles):
@@ -447,8 +453,8 @@ def models_pull_dry_run(loader: Any, wanted: list[tuple[str, str | None]], conve
     plan = cache_plan if loader.offline else hub_plan
     plans = [plan(m, r, loader.cache_dir, component_patterns, IGNORE_PATTERNS) for m, r in hub]
     print(format_plans(plans, convert=convert))
-    print("(caption models, the segmenter, hub LoRAs, ControlNets and their preprocessors are pulled too; "
-          "--dry-run lists the diffusion models)")
+    print("(caption models, the segmenter, hub LoRAs, ControlNets and their preprocessors, and IP-Adapters are "
+          "pulled too; --dry-run lists the diffusion models)")
     return 0 if all(p.loads(convert) for p in plans) else EXIT_MODEL
 
 

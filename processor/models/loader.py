@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from processor.config import LoraSettings, ModelSettings, background_model
+from processor.config import IpAdapterSettings, LoraSettings, ModelSettings, background_model
 from processor.errors import ConfigError, ModelUnavailableError
 from processor.models import safeweights
 from processor.models.hub import (
@@ -107,6 +107,8 @@ class ModelLoader:
         self._lora_hashes: dict[Path, str] = {}
         #: Hub LoRAs resolved (path, revision) -> snapshot folder: one hub call per LoRA and worker.
         self._hub_loras: dict[tuple[str, str | None], Path] = {}
+        #: (base, IP-Adapter) -> that adapter loaded for the base's UNet (``processor.models.ip_adapter``).
+        self._ip_adapters: dict[tuple[tuple[str, str, str], str], Any] = {}
 
     # ----------------------------------------------------------------- device / dtype
 
@@ -517,6 +519,30 @@ class ModelLoader:
                 self._lora_hashes[path] = digest.hexdigest()[:12]
         stem = Path(lora.path.rstrip("/")).name.removesuffix(".safetensors")
         return stem or path.stem, self._lora_hashes[path]
+
+    def ip_adapter(self, pipe: Any, model: str, revision: str | None, settings: IpAdapterSettings) -> Any:
+        """The IP-Adapter ``settings`` for ``model``'s shared UNet (``processor.models.ip_adapter.IpAdapter``),
+        loaded once per base; ``pipe`` (a pipeline object over that base) gets its image encoder."""
+        from processor.models import ip_adapter
+
+        base, _ = self.base(model, revision)
+        base_key = next(k for k, v in self._bases.items() if v is base)
+        # The scale is the style's, applied per call; everything else names the weights.
+        key = (base_key, settings.model_dump_json(exclude={"scale", "license"}))
+        with self._lock:
+            if key not in self._ip_adapters:
+                self._ip_adapters[key] = ip_adapter.load(self, pipe, settings, model)
+            else:
+                ip_adapter.share(self._ip_adapters[key], pipe)
+            return self._ip_adapters[key]
+
+    def read_bucket(self, key: str, *, what: str, max_bytes: int | None = None) -> tuple[bytes, str]:
+        """The body and ETag of ``key`` in the configured store (a ``bucket:`` style image);
+        ``what`` names the setting in the error when this command has no store."""
+        if self._store is None:
+            raise ConfigError(f"{what} names a bucket key, but this command has no store to read it")
+        found = self._store().get(key, max_bytes=max_bytes)
+        return found.body, found.info.etag
 
     def has_adapters(self, model: str, revision: str | None) -> bool:
         base, _ = self.base(model, revision)

@@ -84,6 +84,8 @@ class _DiffusionEngine:
         self.switches: dict[str, Any] = {}
         self.compile_warmup_s: float | None = None
         self._vae_tiled = False
+        #: The style image and its IP-Adapter (``processor.pipeline.ip_adapter.IpAdapterUse``), img2img only.
+        self.ip_adapter: Any = None
 
     def __call__(self, image: Image.Image, context: ItemContext | None = None) -> list[VariantImage]:
         """``style.variants`` images of ``image``; each engine (img2img, instruct-pix2pix) renders its own way."""
@@ -106,6 +108,10 @@ class _DiffusionEngine:
             self.lcm_adapter = self.models.lora_adapter(pipe, self.style.model, self.style.revision, lcm_lora)
             loras.append(lcm_lora)
         self.lora_hashes = dict(self.models.lora_hash(x) for x in loras)
+        if getattr(self.style, "ip_adapter", None) is not None:  # before the warm-up: it runs a call
+            from processor.pipeline.ip_adapter import IpAdapterUse
+
+            self.ip_adapter = IpAdapterUse(self.style_name, self.style, pipe, self.models)
         self.switches = self.models.switches(self.style.model, self.style.revision)
         # A compiled UNet compiles on its first call: do it now, on one blank image at the native
         # size (the shapes of a square input), rather than on the first user's input. Once per
@@ -258,6 +264,19 @@ class Img2ImgEngine(_DiffusionEngine):
                 "controlnet_conditioning_scale": [u.scale for u in uses],
                 "control_guidance_end": [u.guidance_end for u in uses]}
 
+    def _with_ip_adapter(self, call: Callable[[int, int], torch.Tensor]) -> Callable[[int, int], torch.Tensor]:
+        """``call`` with the style's IP-Adapter in the shared UNet for its duration (and out after:
+        other styles share the UNet, ``processor.models.ip_adapter``); ``call`` itself without one."""
+        if self.ip_adapter is None:
+            return call
+        use = self.ip_adapter
+
+        def active(start: int, stop: int) -> torch.Tensor:
+            with use.active(self.pipe):
+                return call(start, stop)
+
+        return active
+
     def _final_rounds(self, current: torch.Tensor, prompt: str, negative: str | None, seeds: list[int],
                       context: ItemContext | None) -> tuple[torch.Tensor, int, list[dict[str, Any]]]:
         """Rounds run after ``style.rounds`` on every variant (the SDXL refiner's): the images, the
@@ -275,6 +294,7 @@ class Img2ImgEngine(_DiffusionEngine):
         start_image = to_tensor(resized)
         controls = self._controls(resized)
         control_kwargs = self._control_kwargs(controls)
+        ip_kwargs = self.ip_adapter.pipe_kwargs() if self.ip_adapter is not None else {}
         built = self._prompt(context)
         prompt = built.prompt.text
         negative = built.negative.text or None
@@ -311,10 +331,11 @@ class Img2ImgEngine(_DiffusionEngine):
                     output_type="pt",
                     callback_on_step_end=on_step if context is not None else None,
                     **control_kwargs,
+                    **ip_kwargs,
                     **self._pipe_kwargs(size),
                 ).images
 
-            return call
+            return self._with_ip_adapter(call)
 
         current = start_image
         with torch.inference_mode():
@@ -360,6 +381,8 @@ class Img2ImgEngine(_DiffusionEngine):
                 params["lcm"] = {"lora": style.lcm.lora, "scale": style.lcm.scale}
             if self.lora_hashes:
                 params["lora_hashes"] = dict(self.lora_hashes)
+            if self.ip_adapter is not None:
+                params["ip_adapter"] = self.ip_adapter.record()
             results.append(VariantImage(style=self.style_name, engine=self.engine, index=i, seed=seeds[i],
                                         image=picture, parameters=params, control=list(controls)))
         return results

@@ -77,7 +77,7 @@ class FlowImg2ImgEngine(Img2ImgEngine):
         self.family = family
 
     def _refuse_unet_addons(self) -> None:
-        for key in ("control", "lcm"):
+        for key in ("control", "lcm", "ip_adapter"):
             if getattr(self.style, key):
                 raise ConfigError(
                     f"styles.{self.style_name}.{key}: model {self.style.model!r} is {self.family.value.upper()} (a "

@@ -119,6 +119,10 @@ def infotext_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
         settings = "".join(f", {_label(k)}: {_format(v)}" for k, v in unit.get("settings", {}).items())
         tail[f"ControlNet {i}"] = (f"Module: {unit['type']}, Model: {unit['model']}, Weight: {_format(unit['scale'])}, "
                                    f"Guidance Start: 0, Guidance End: {_format(unit['guidance_end'])}{settings}")
+    if parameters.get("ip_adapter"):  # the A1111 ControlNet extension runs an IP-Adapter as one more unit
+        from processor.pipeline.ip_adapter import a1111_unit
+
+        tail[f"ControlNet {len(parameters.get('controlnet_units') or [])}"] = a1111_unit(parameters["ip_adapter"])
     refiners = [r for r in rounds if r.get("refiner")]
     if refiners:  # A1111's field; ours is a last img2img round, so there is no "Refiner switch at"
         tail["Refiner"] = refiners[0].get("model")
@@ -126,7 +130,7 @@ def infotext_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     if hashes:
         tail["lora_hashes"] = ", ".join(f"{name}: {digest}" for name, digest in hashes.items())
     # ``size`` is the working size, which is the image's: A1111 readers expect one Size field.
-    for key in ("controlnet_units", "lora_hashes", "size"):
+    for key in ("controlnet_units", "lora_hashes", "size", "ip_adapter"):
         out.pop(key, None)
     return {k: v for k, v in out.items() if k in _CONSUMED} | head | {
         k: v for k, v in out.items() if k not in _CONSUMED} | tail

@@ -499,3 +499,9 @@ def build_hf_clip(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_hf_clip(tmp_path_factory) -> Path:
     return build_hf_clip(tmp_path_factory.mktemp("models") / "tiny-hf-clip")
+@pytest.fixture(scope="session")
+def tiny_ip_adapter(tiny_sd, tmp_path_factory) -> Path:
+    """An IP-Adapter folder for ``tiny_sd``'s UNet in h94/IP-Adapter's layout (``tests.sd.tiny_ip_adapter``)."""
+    from tests.sd.tiny_ip_adapter import build_ip_adapter
+
+    return build_ip_adapter(tmp_path_factory.mktemp("models") / "tiny-ip-adapter", tiny_sd / "unet")
