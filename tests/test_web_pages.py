@@ -115,7 +115,9 @@ def images_loaded(pg: object, selector: str) -> list[int]:
     return pg.eval_on_selector_all(selector + " img", "(imgs) => imgs.map((i) => i.naturalWidth)")
 
 
-def test_login_upload_progress_gallery_and_job_page(service: Service, page: object, shots: Path, tmp_path: Path) -> None:
+def test_login_upload_progress_gallery_and_job_page(
+    service: Service, page: object, shots: Path, tmp_path: Path
+) -> None:
     pg = page
     assert f"open {service.url}/" in service.log.read_text()  # the URL a newcomer opens
     # Without the cookie every page sends the browser to the login form; a wrong token stays there.
@@ -157,7 +159,9 @@ def test_login_upload_progress_gallery_and_job_page(service: Service, page: obje
         assert set(kinds) <= {"status", "progress", "done"}
     widths = images_loaded(pg, "#jobs")
     assert len(widths) == 4 and all(w > 0 for w in widths), widths  # 2 photos x 2 variants, all decoded
-    downloads = pg.eval_on_selector_all("#jobs figcaption a[download]", "(a) => a.map((x) => x.getAttribute('download'))")
+    downloads = pg.eval_on_selector_all(
+        "#jobs figcaption a[download]", "(a) => a.map((x) => x.getAttribute('download'))"
+    )
     assert sorted(downloads) == ["toon-00.png", "toon-00.png", "toon-01.png", "toon-01.png"]
     sheet = pg.get_attribute("#jobs [data-role=sheet]", "href")
     streamed = sheet.startswith(service.url)  # local store; on S3 a presigned URL of the store

@@ -34,10 +34,10 @@ for candidate in (HERE, HERE.parent.parent):
         sys.path.insert(0, str(candidate))
         break
 
-from processor.app.compose import build_captioner, build_registry
-from processor.config import Settings, load_settings
-from processor.errors import ItemError
-from processor.pipeline.item import ItemPipeline
+from processor.app.compose import build_captioner, build_registry  # noqa: E402 - after the sys.path lookup above
+from processor.config import Settings, load_settings  # noqa: E402 - after the sys.path lookup above
+from processor.errors import ItemError  # noqa: E402 - after the sys.path lookup above
+from processor.pipeline.item import ItemPipeline  # noqa: E402 - after the sys.path lookup above
 
 #: Variants the form allows per request (a Space's GPU is shared by its visitors).
 MAX_VARIANTS = 8
@@ -65,7 +65,7 @@ class ProgressBridge:
     def __init__(self, progress: Callable[..., Any]) -> None:
         self.progress = progress
 
-    def __call__(self, *, stage: str, round: int | None = None, rounds: int | None = None,
+    def __call__(self, *, stage: str, round: int | None = None, rounds: int | None = None,  # noqa: A002 - the hook's keyword
                  step: int | None = None, steps: int | None = None) -> None:
         label = stage.removeprefix("style:")
         if rounds:

@@ -39,7 +39,7 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
+    return dict(zip(bs, (chr(c) for c in cs), strict=True))
 
 
 def tiny_tokenizer():
@@ -309,7 +309,13 @@ def build_tiny_clip(path: Path) -> Path:
     cfg = {
         "model_cfg": {
             "embed_dim": CLIP_WIDTH,
-            "vision_cfg": {"image_size": CLIP_IMAGE, "layers": 1, "width": CLIP_WIDTH, "patch_size": 8, "head_width": 16},
+            "vision_cfg": {
+                "image_size": CLIP_IMAGE,
+                "layers": 1,
+                "width": CLIP_WIDTH,
+                "patch_size": 8,
+                "head_width": 16,
+            },
             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": CLIP_WIDTH, "heads": 2, "layers": 1},
         },
         "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711]},
