@@ -162,8 +162,10 @@ class PrefixSettings(_Section):
     outputs: str = "outputs/"
     failed: str = "failed/"
     state: str = ".processor/"
+    #: Per-input style pictures (a sidecar's ``style_image``) are read from under here only.
+    styles: str = "styles/"
 
-    @field_validator("inputs", "outputs", "failed", "state")
+    @field_validator("inputs", "outputs", "failed", "state", "styles")
     @classmethod
     def _normalise(cls, value: str) -> str:
         value = value.strip("/")
@@ -173,7 +175,8 @@ class PrefixSettings(_Section):
 
     @model_validator(mode="after")
     def _disjoint(self) -> PrefixSettings:
-        names = {"inputs": self.inputs, "outputs": self.outputs, "failed": self.failed, "state": self.state}
+        names = {"inputs": self.inputs, "outputs": self.outputs, "failed": self.failed, "state": self.state,
+                 "styles": self.styles}
         for a, pa in names.items():
             for b, pb in names.items():
                 if a != b and pa.startswith(pb):
@@ -679,7 +682,9 @@ class Img2ImgStyle(_Section):
     #: (scheduler default euler-a).
     turbo: bool = False
     #: A picture of the look wanted: a local path or ``bucket:<key>`` in the configured store,
-    #: decoded like an input at start; it steers every round through ``ip_adapter``.
+    #: decoded like an input at start; it steers every round through ``ip_adapter``. An input's
+    #: own picture (its sidecar's ``style_image``) replaces it for that input; without one here,
+    #: every input of the style must bring its own.
     style_image: str | None = None
     ip_adapter: IpAdapterSettings | None = None
     background: BackgroundSettings = BackgroundSettings()
@@ -733,9 +738,10 @@ class Img2ImgStyle(_Section):
 
     @model_validator(mode="after")
     def _style_image_and_adapter(self) -> Img2ImgStyle:
-        if (self.style_image is None) != (self.ip_adapter is None):
-            missing = "ip_adapter (the model that reads it)" if self.ip_adapter is None else "style_image"
-            raise ValueError(f"style_image and ip_adapter go together; add {missing} or drop the other")
+        # ip_adapter alone is allowed: each input then brings its own picture (sidecar style_image).
+        if self.style_image is not None and self.ip_adapter is None:
+            raise ValueError("style_image needs ip_adapter (the model that reads it); add ip_adapter or drop "
+                             "style_image")
         if self.style_image is not None:
             style_image_problem(self.style_image)
         return self

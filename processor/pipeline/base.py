@@ -96,6 +96,9 @@ class ItemContext:
     #: Called with ``stage=`` and optionally ``round=``, ``rounds=``, ``step=``, ``steps=`` as the
     #: transform goes (the worker publishes it in the item's claim). Must be cheap: no I/O.
     report: Callable[..., None] | None = None
+    #: The input's own style picture (``processor.pipeline.look.InputStyleImage``): an IP-Adapter
+    #: style uses it instead of its ``style_image`` for this input. None: the style's own.
+    style_image: Any = None
 
     def progress(self, stage: str, **counts: int) -> None:
         if self.report is not None:

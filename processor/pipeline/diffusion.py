@@ -294,7 +294,7 @@ class Img2ImgEngine(_DiffusionEngine):
         start_image = to_tensor(resized)
         controls = self._controls(resized)
         control_kwargs = self._control_kwargs(controls)
-        ip_kwargs = self.ip_adapter.pipe_kwargs() if self.ip_adapter is not None else {}
+        ip_kwargs = self.ip_adapter.pipe_kwargs(context) if self.ip_adapter is not None else {}
         built = self._prompt(context)
         prompt = built.prompt.text
         negative = built.negative.text or None
@@ -382,7 +382,7 @@ class Img2ImgEngine(_DiffusionEngine):
             if self.lora_hashes:
                 params["lora_hashes"] = dict(self.lora_hashes)
             if self.ip_adapter is not None:
-                params["ip_adapter"] = self.ip_adapter.record()
+                params["ip_adapter"] = self.ip_adapter.record(context)
             results.append(VariantImage(style=self.style_name, engine=self.engine, index=i, seed=seeds[i],
                                         image=picture, parameters=params, control=list(controls)))
         return results

@@ -6,6 +6,11 @@ Contract: the style image is a local path or ``bucket:<key>`` in the configured 
 default limits). One that cannot be read or decoded is a ``ConfigError`` at worker start naming
 the style and the key (for a per-input engine the registry turns that into a failed input). Every
 variant records the adapter, its scale(s) and the image's key and sha256 (``record``).
+
+An input may bring its own picture (``processor.pipeline.look``, in ``ItemContext.style_image``):
+the same engine then uses it for that input only, and records it with ``style_image_source:
+input``; the style's picture stays loaded for the next input. A style with an ``ip_adapter`` and
+no ``style_image`` runs only inputs that bring one (the sidecar check refuses the others first).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from PIL import Image
 from processor.config import DecodeSettings, Img2ImgStyle
 from processor.errors import ConfigError, ItemError, StoreError
 from processor.models.loader import BUCKET_SCHEME, ModelLoader, is_bucket
+from processor.pipeline.look import FROM_INPUT, FROM_STYLE
 
 
 @dataclass(frozen=True)
@@ -67,8 +73,9 @@ class IpAdapterUse:
     def __init__(self, style_name: str, style: Img2ImgStyle, pipe: Any, models: ModelLoader) -> None:
         from processor.models.ip_adapter import check_scale
 
-        if style.ip_adapter is None or style.style_image is None:
-            raise ValueError(f"style {style_name!r} has no style_image / ip_adapter")
+        if style.ip_adapter is None:
+            raise ValueError(f"style {style_name!r} has no ip_adapter")
+        self.style_name = style_name
         if models.switches(style.model, style.revision).get("compile_unet"):
             # The adapter goes in and out of the shared UNet around every call; a compiled UNet
             # would recompile each time (and its wrapper does not pass the swap through).
@@ -77,7 +84,9 @@ class IpAdapterUse:
         self.settings = style.ip_adapter
         self.scale = style.ip_adapter.scale
         # The picture first: a bad key is the likelier mistake and needs no weights to report.
-        self.style_image = read_style_image(style_name, style.style_image, models)
+        # None: each input brings its own (``processor.pipeline.look``).
+        self.style_image = (read_style_image(style_name, style.style_image, models)
+                            if style.style_image is not None else None)
         self.adapter = models.ip_adapter(pipe, style.model, style.revision, style.ip_adapter)
         check_scale(style_name, self.scale, pipe.unet)
 
@@ -87,12 +96,29 @@ class IpAdapterUse:
         with self.adapter.active(pipe, self.scale):
             yield
 
-    def pipe_kwargs(self) -> dict[str, Any]:
-        """The pipeline keywords that hand the style image to the adapter."""
-        return {"ip_adapter_image": self.style_image.image}
+    def picture(self, context: Any = None) -> Any:
+        """The picture for one input: its own (``ItemContext.style_image``) or the style's
+        (``StyleImage``); ``InvalidSidecar`` when the style has none and the input gives none."""
+        own = getattr(context, "style_image", None)
+        if own is not None:
+            return own
+        if self.style_image is None:
+            from processor.errors import InvalidSidecar
 
-    def record(self) -> dict[str, Any]:
-        """What the manifest says steered the variant (``parameters.ip_adapter``)."""
+            raise InvalidSidecar(f"style {self.style_name!r} takes its style picture from each input, and this "
+                                 f"input names none", hint="Set style_image in the sidecar to the key of a picture "
+                                 "of the look under the styles prefix, or pick another style.")
+        return self.style_image
+
+    def pipe_kwargs(self, context: Any = None) -> dict[str, Any]:
+        """The pipeline keywords that hand this input's picture (``picture``) to the adapter."""
+        return {"ip_adapter_image": self.picture(context).image}
+
+    def record(self, context: Any = None) -> dict[str, Any]:
+        """What the manifest says steered the variant (``parameters.ip_adapter``): the adapter and
+        the picture used for this input, and whether it was the input's own or the style's."""
+        picture = self.picture(context)
+        own = picture is not self.style_image
         files = self.adapter.files
         from processor.models.ip_adapter import encoder_source
 
@@ -106,9 +132,10 @@ class IpAdapterUse:
             "image_encoder": f"{enc_model}/{enc_sub}" if enc_sub else enc_model,
             "image_encoder_revision": self.settings.image_encoder.revision or files.encoder_revision,
             "scale": self.scale,
-            "style_image": self.style_image.source,
-            "style_image_sha256": self.style_image.sha256,
-            "style_image_etag": self.style_image.etag,
+            "style_image": picture.source,
+            "style_image_sha256": picture.sha256,
+            "style_image_etag": picture.etag,
+            "style_image_source": FROM_INPUT if own else FROM_STYLE,
         }
 
 

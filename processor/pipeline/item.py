@@ -24,11 +24,15 @@ from processor.manifest import CaptionInfo, Variant
 from processor.pipeline.base import DecodedImage, VariantImage
 from processor.pipeline.caption import caption_item, caption_used
 from processor.pipeline.decode import decode_image
+from processor.pipeline.look import InputStyleImage, decode_style_image
 from processor.pipeline.outputs import OutputFile, encode_outputs
 from processor.pipeline.render import EngineRegistry, render
 from processor.pipeline.sidecar import ItemOverrides, load_sidecar_json, validate_overrides
 
 log = logging.getLogger("processor.pipeline")
+
+#: Reads one bucket object for an input (its own style picture): key -> (bytes, ETag).
+ObjectReader = Callable[[str], tuple[bytes, str | None]]
 
 
 @dataclass
@@ -38,6 +42,8 @@ class Prepared:
     decoded: DecodedImage
     #: Its sidecar and metadata, validated (styles, style fields, prompt and where it came from).
     overrides: ItemOverrides
+    #: Its own style picture (``overrides.style_image``), read and decoded (``pipeline.look``).
+    style_image: InputStyleImage | None = None
 
 
 @dataclass
@@ -87,10 +93,13 @@ class ItemPipeline:
             self.captioner.setup()
 
     def prepare(self, body: bytes, *, name: str, sidecar: bytes | None = None, sidecar_name: str = "",
-                metadata: Mapping[str, str] | None = None, timings: dict[str, float] | None = None) -> Prepared:
+                metadata: Mapping[str, str] | None = None, timings: dict[str, float] | None = None,
+                read_object: ObjectReader | None = None) -> Prepared:
         """Decode and validate the image, then its sidecar and metadata (``InvalidInput`` subclasses).
         The overrides are validated here, before compute: a bad sidecar is a bad input (a failure
-        record), never a compute-stage crash that would spend a retry or feed the circuit breaker."""
+        record), never a compute-stage crash that would spend a retry or feed the circuit breaker.
+        An input's own style picture is read here too, through ``read_object`` (the worker's
+        bounded bucket read: key -> bytes, ETag); without one such an input fails."""
         started = time.perf_counter()
         decoded = decode_image(body, self.settings.pipeline.decode, name=name)
         if timings is not None:
@@ -98,7 +107,19 @@ class ItemPipeline:
         raw = load_sidecar_json(sidecar, sidecar_name or name) if sidecar is not None else None
         where = f"sidecar {sidecar_name}" if raw is not None else f"input {name}"
         overrides = validate_overrides(raw, self.settings, styles=self.styles, metadata=metadata, where=where)
-        return Prepared(decoded=decoded, overrides=overrides)
+        look = None
+        if overrides.style_image is not None:
+            if read_object is None:
+                raise InvalidSidecar(f"{where}: style_image {overrides.style_image!r} is a bucket key, and this "
+                                     "run reads no bucket", hint="Submit the photo to the bucket (processor submit) "
+                                     "or drop style_image.")
+            started = time.perf_counter()
+            data, etag = read_object(overrides.style_image)
+            look = decode_style_image(data, overrides.style_image, etag, self.settings.pipeline.decode,
+                                      overrides.style_image_from or "sidecar")
+            if timings is not None:
+                timings["style_image"] = round(time.perf_counter() - started, 4)
+        return Prepared(decoded=decoded, overrides=overrides, style_image=look)
 
     def compute(self, prepared: Prepared, timings: dict[str, float] | None = None, *,
                 report: Callable[..., None] | None = None) -> Rendered:
@@ -120,6 +141,7 @@ class ItemPipeline:
             timings["caption"] = caption.seconds
         if report is not None:
             context.report = report
+        context.style_image = prepared.style_image
         variants, style_timings = render(image, styles, self.registry, overrides, context)
         if timings is not None:
             timings.update(style_timings)

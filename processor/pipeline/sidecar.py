@@ -71,6 +71,9 @@ class Sidecar(BaseModel):
     instruction: PromptText | None = None
     #: The background for this image: ``{"mode": "generate", "prompt": "a sunny beach"}``.
     background: SidecarBackground | None = None
+    #: A picture of the look wanted, a bucket key under ``prefixes.styles``, for styles with an
+    #: ``ip_adapter`` (``processor.pipeline.look``). Not a style field: no per-picture engine.
+    style_image: str | None = None
 
     def style_overrides(self) -> dict[str, object]:
         """The style fields this sidecar replaces (``background`` merges into the style's own).
@@ -96,6 +99,10 @@ class ItemOverrides:
     prompt_source: str | None = None
     #: True when the input named its own styles (they may need loading on first use).
     own_styles: bool = False
+    #: The input's own style picture, a checked key under ``prefixes.styles`` (``pipeline.look``),
+    #: and where it was given (``sidecar`` / ``metadata``).
+    style_image: str | None = None
+    style_image_from: str | None = None
 
 
 def validate_overrides(
@@ -156,8 +163,25 @@ def validate_overrides(
                                  f"at most {MAX_PROMPT_CHARS:,}: shorten the prompt")
         if clean_text(meta):
             prompt, prompt_source = meta, "metadata"
+    look, look_from = _style_image(car, metadata, names, settings, where)
     return ItemOverrides(styles=tuple(names), style_fields=fields, prompt=prompt, prompt_source=prompt_source,
-                         own_styles=car.styles is not None)
+                         own_styles=car.styles is not None, style_image=look, style_image_from=look_from)
+
+
+def _style_image(car: Sidecar, metadata: Mapping[str, str] | None, names: Sequence[str], settings: Settings,
+                 where: str) -> tuple[str | None, str | None]:
+    """The input's own style picture key (the sidecar's over the metadata's), checked by ``pipeline.look``."""
+    from processor.pipeline.look import STYLE_IMAGE_METADATA_KEY, validate_style_image
+
+    key, given_in = car.style_image, "sidecar"
+    if key is None:
+        key = metadata_text(metadata, STYLE_IMAGE_METADATA_KEY)
+        key = key if key is None or key.strip() else None  # an empty header value: none given
+        given_in = "metadata"
+        if key is not None:
+            where = f"metadata x-amz-meta-{STYLE_IMAGE_METADATA_KEY}"
+    checked = validate_style_image(key, names, settings.styles, settings.prefixes, where)
+    return checked, given_in if checked is not None else None
 
 
 def parse_sidecar(data: bytes, key: str) -> Sidecar:

@@ -39,7 +39,9 @@ from pydantic import ValidationError
 
 from processor.errors import (
     ImageTooLarge,
+    InputUnreadable,
     InvalidInput,
+    InvalidKey,
     InvalidSidecar,
     ItemError,
     ObjectNotFound,
@@ -258,6 +260,24 @@ class BucketQueue:
                 raise InvalidSidecar(f"sidecar {d.item.sidecar} is {exc.size:,} bytes; "
                                      f"limit is {MAX_SIDECAR_BYTES:,}") from exc
         return InputObject(body=obj.body, metadata=dict(obj.metadata or {}), sidecar=sidecar)
+
+    def read_style_image(self, key: str, *, max_bytes: int) -> tuple[bytes, str | None]:
+        """An input's own style picture (a key ``pipeline.look`` checked), read with the input's
+        byte cap: its bytes and ETag. Missing, too large or unnamable is that input's
+        ``InvalidSidecar``; an object we may not read is its ``InputUnreadable``."""
+        hint = "Upload the style picture under that key, or fix or drop style_image."
+        try:
+            obj = self.store.get(key, max_bytes=max_bytes)
+        except ObjectNotFound:
+            raise InvalidSidecar(f"style_image {key} does not exist in the bucket", hint=hint) from None
+        except ObjectTooLarge as exc:
+            raise InvalidSidecar(f"style_image {key} is {exc.size:,} bytes; limit is {max_bytes:,} "
+                                 f"(pipeline.decode.max_bytes)", hint="Upload a smaller picture of the look.") from exc
+        except InvalidKey as exc:
+            raise InvalidSidecar(f"style_image {key} cannot be read under that name: {exc}", hint=hint) from None
+        except ObjectUnreadable as exc:
+            raise InputUnreadable(f"style_image {key}: {exc}") from exc
+        return obj.body, obj.info.etag
 
     # ----------------------------------------------------------------- consumer: publish
 

@@ -411,7 +411,7 @@ class Worker:
             job.timings["download"] = round(time.perf_counter() - started, 4)
             job.prepared = self.pipeline.prepare(job.input.body, name=job.key, sidecar=job.input.sidecar,
                                                  sidecar_name=item.sidecar or "", metadata=job.input.metadata,
-                                                 timings=job.timings)
+                                                 timings=job.timings, read_object=self._read_style_image)
         except ItemError as exc:
             job.error = exc
         except InvalidKey as exc:
@@ -432,6 +432,10 @@ class Worker:
             self._finish(job, Outcome.TRANSIENT, keeper, result)
             return None
         return job
+
+    def _read_style_image(self, key: str) -> tuple[bytes, str | None]:
+        """An input's own style picture, read on this (fetch) thread with the input's byte cap."""
+        return self.queue.read_style_image(key, max_bytes=self.settings.pipeline.decode.max_bytes)
 
     @staticmethod
     def _unclaimed(item: WorkItem) -> Job:
