@@ -274,8 +274,10 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
         content_type = request.headers.get("content-type", "")
         media = content_type.split(";")[0].strip().lower()
         declared = request.headers.get("content-length")
+        look: bytes | None = None
         if media == "multipart/form-data":
-            if declared and declared.isdigit() and int(declared) > limit + 2 * 64 * 1024:
+            # Two files may come: the photo and the picture of the look, each capped at ``limit``.
+            if declared and declared.isdigit() and int(declared) > 2 * limit + 2 * 64 * 1024:
                 raise Problem(413, f"the request is {int(declared):,} bytes; the photo may be at most {limit:,} "
                               "(api.max_upload_bytes)", field=IMAGE_FIELD,
                               hint="Downscale the photo, or raise api.max_upload_bytes.")
@@ -283,9 +285,10 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
             fields: dict[str, Any] = {}
             for name, values in form.fields.items():
                 fields[name] = values if name == "styles" else values[-1]
-            image = form.image
+            image, look = form.image, form.style_image
         elif media == "application/json":
-            body = await read_capped(request.stream(), json_body_limit(limit), "the JSON body")
+            # Room for two base64 pictures (the photo and style_image); each is capped at ``limit``.
+            body = await read_capped(request.stream(), json_body_limit(2 * limit), "the JSON body")
             try:
                 data = json.loads(body)
             except (ValueError, RecursionError):
@@ -304,7 +307,8 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
             raise Problem(422, "webhooks are off on this server" + why,
                           field="webhook", hint="Leave webhook out and poll GET /v1/jobs/{id} or its events; or ask "
                           "the operator to set the allow-list and the signing secret.")
-        submission = await run_in_threadpool(build_submission, image, fields, settings, limit=limit, resolve=resolve)
+        submission = await run_in_threadpool(build_submission, image, fields, settings, limit=limit, resolve=resolve,
+                                             style_image=look)
         try:
             job, created = await run_in_threadpool(jobs.submit, submission, idempotency_key=idempotency_key,
                                                    scope=token)

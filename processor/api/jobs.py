@@ -98,10 +98,16 @@ class Submission:
     #: The sidecar mapping, already validated by ``pipeline.sidecar``; empty: no sidecar.
     sidecar: dict[str, object] = field(default_factory=dict)
     webhook: str | None = None
+    #: The picture of the look uploaded with the photo (written under ``prefixes.styles``), and its
+    #: sniffed format; None when the request named none or an existing key (then in ``sidecar``).
+    style_image: bytes | None = None
+    style_image_format: str | None = None
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256(self.image)
         digest.update(json.dumps([self.sidecar, self.webhook], sort_keys=True).encode())
+        if self.style_image is not None:
+            digest.update(b"\0style_image\0" + hashlib.sha256(self.style_image).digest())
         return digest.hexdigest()
 
 
@@ -200,8 +206,16 @@ class JobQueue:
 
     def _write(self, new_id: str, relpath: str, submission: Submission) -> None:
         keys = self.layout.for_input(self.settings.prefixes.inputs + relpath)
-        if submission.sidecar:
-            self.store.put(keys.sidecar, json.dumps(submission.sidecar).encode(), content_type="application/json")
+        sidecar = dict(submission.sidecar)
+        if submission.style_image is not None and submission.style_image_format is not None:
+            # Job-scoped (the input's unguessable name) and first: the sidecar naming it comes after.
+            look_key = (self.settings.prefixes.styles + relpath.rsplit(".", 1)[0]
+                        + EXTENSIONS[submission.style_image_format])
+            self.store.put(look_key, submission.style_image, content_type=CONTENT_TYPES[submission.style_image_format],
+                           if_none_match=True)
+            sidecar["style_image"] = look_key
+        if sidecar:
+            self.store.put(keys.sidecar, json.dumps(sidecar).encode(), content_type="application/json")
         if submission.webhook:  # before the input: its job may end before a later write
             self.store.put(self._webhooks + f"pending/{new_id}.json",
                            json.dumps({"url": submission.webhook}).encode(), content_type="application/json")

@@ -27,6 +27,9 @@ MAX_FIELDS_BYTES = 64 * 1024
 MAX_PARTS = 32
 #: The form field (and JSON member) that carries the photo.
 IMAGE_FIELD = "image"
+#: The form field (and JSON member) of the picture of the look wanted: a file part (spooled and
+#: capped like the photo), or text naming a key under ``prefixes.styles``.
+STYLE_IMAGE_FIELD = "style_image"
 
 
 @dataclass
@@ -35,11 +38,13 @@ class Form:
 
     image: bytes | None
     fields: dict[str, list[str]] = field(default_factory=dict)
+    #: The ``style_image`` file part's bytes (a text ``style_image`` is in ``fields``).
+    style_image: bytes | None = None
 
 
-def too_large(limit: int, what: str = "the photo") -> Problem:
-    return Problem(413, f"{what} is larger than {limit:,} bytes (api.max_upload_bytes)", field=IMAGE_FIELD,
-                   hint=f"Downscale the photo below {limit:,} bytes, or raise api.max_upload_bytes.")
+def too_large(limit: int, what: str = "the photo", name: str = IMAGE_FIELD) -> Problem:
+    return Problem(413, f"{what} is larger than {limit:,} bytes (api.max_upload_bytes)", field=name,
+                   hint=f"Downscale {what} below {limit:,} bytes, or raise api.max_upload_bytes.")
 
 
 async def read_form(chunks: AsyncIterator[bytes], content_type: str, limit: int) -> Form:
@@ -67,7 +72,7 @@ async def read_form(chunks: AsyncIterator[bytes], content_type: str, limit: int)
         raise Problem(400, f"the multipart body could not be parsed: {exc}", hint="Send a well-formed "
                       "multipart/form-data body (curl -F image=@photo.jpg).") from None
     image = state.image_bytes()
-    return Form(image, state.fields)
+    return Form(image, state.fields, state.style_image_bytes())
 
 
 class _FormState:
@@ -83,6 +88,11 @@ class _FormState:
         self._image: tempfile.SpooledTemporaryFile | None = None
         self._image_size = 0
         self._image_done = False
+        #: The current part has a filename (a file, not a text field).
+        self._file = False
+        self._look: tempfile.SpooledTemporaryFile | None = None
+        self._look_size = 0
+        self._look_done = False
 
     def part_begin(self) -> None:
         self.parts += 1
@@ -90,6 +100,7 @@ class _FormState:
             raise Problem(422, f"the form has more than {MAX_PARTS} parts",
                           hint="Send one image and the documented fields.")
         self._name = None
+        self._file = False
         self._value = bytearray()
 
     def header_field(self, data: bytes, start: int, end: int) -> None:
@@ -102,6 +113,7 @@ class _FormState:
         if self._header_field.lower() == b"content-disposition":
             _, options = parse_options_header(self._header_value)
             self._name = options.get(b"name", b"").decode("utf-8", "replace")
+            self._file = b"filename" in options
         self._header_field, self._header_value = b"", b""
 
     def part_data(self, data: bytes, start: int, end: int) -> None:
@@ -116,6 +128,17 @@ class _FormState:
                 raise too_large(self.limit)
             self._image.write(data[start:end])
             return
+        if self._name == STYLE_IMAGE_FIELD and self._file:
+            if self._look_done:
+                raise Problem(422, "the form has more than one style_image part", field=STYLE_IMAGE_FIELD,
+                              hint="Send one picture of the look per job.")
+            if self._look is None:
+                self._look = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)
+            self._look_size += end - start
+            if self._look_size > self.limit:
+                raise too_large(self.limit, "the style picture", STYLE_IMAGE_FIELD)
+            self._look.write(data[start:end])
+            return
         self.field_bytes += end - start
         self._value += data[start:end]
         if len(self._value) > MAX_FIELD_BYTES or self.field_bytes > MAX_FIELDS_BYTES:
@@ -127,6 +150,11 @@ class _FormState:
             if self._image is None:  # an empty image part: an empty photo (415 names it)
                 self._image = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)
             self._image_done = True
+            return
+        if self._name == STYLE_IMAGE_FIELD and self._file:
+            if self._look is None:  # an empty file part: an empty picture (415 names it)
+                self._look = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)
+            self._look_done = True
             return
         if self._name:
             try:
@@ -144,9 +172,19 @@ class _FormState:
         self._image.close()
         return data
 
+    def style_image_bytes(self) -> bytes | None:
+        if self._look is None:
+            return None
+        self._look.seek(0)
+        data = self._look.read()
+        self._look.close()
+        return data
+
     def close(self) -> None:
         if self._image is not None:
             self._image.close()
+        if self._look is not None:
+            self._look.close()
 
 
 async def read_capped(chunks: AsyncIterator[bytes], limit: int, what: str) -> bytes:

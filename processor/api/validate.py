@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from processor.api.jobs import EXTENSIONS, Submission
 from processor.api.problems import Problem
-from processor.api.upload import IMAGE_FIELD
+from processor.api.upload import IMAGE_FIELD, STYLE_IMAGE_FIELD
 from processor.config import Settings
 from processor.errors import InvalidSidecar
 from processor.pipeline.decode import SNIFF_BYTES, describe_unsupported, sniff_format
@@ -29,7 +29,7 @@ from processor.pipeline.sidecar import ItemOverrides, Sidecar, validate_override
 
 #: Request fields, in the order documented; all but ``image`` optional.
 FIELDS = ("image", "styles", "variants", "seed", "prompt", "negative", "instruction",
-          "background_mode", "background_prompt", "webhook")
+          "background_mode", "background_prompt", "webhook", "style_image")
 #: Sidecar locations → the request field that sets them.
 _FIELD_OF = {"background.mode": "background_mode", "background.prompt": "background_prompt",
              "background": "background_mode"}
@@ -54,9 +54,10 @@ def decode_base64_image(value: Any, limit: int) -> bytes:
 
 
 def build_submission(image: bytes | None, fields: Mapping[str, Any], settings: Settings, *,
-                     limit: int, resolve: Resolver | None = None) -> Submission:
+                     limit: int, resolve: Resolver | None = None, style_image: bytes | None = None) -> Submission:
     """Validate everything before anything is written. ``fields`` come from a form (strings,
-    ``styles`` repeated or comma-separated) or from JSON (typed values)."""
+    ``styles`` repeated or comma-separated) or from JSON (typed values); ``style_image`` is a form's
+    picture file part (a text ``style_image`` field is a key, or base64: ``style_image_value``)."""
     unknown = sorted(set(fields) - set(FIELDS))
     if unknown:
         raise Problem(422, f"unknown field(s): {', '.join(unknown)}", field=unknown[0],
@@ -73,11 +74,81 @@ def build_submission(image: bytes | None, fields: Mapping[str, Any], settings: S
         message, hint = describe_unsupported(image)
         raise Problem(415, message, field=IMAGE_FIELD, hint=hint)
     sidecar = sidecar_mapping(fields)
-    check_sidecar(sidecar, settings)
+    look, look_key = style_image, None
+    if fields.get(STYLE_IMAGE_FIELD) is not None:
+        if look is not None:
+            raise Problem(422, "style_image is given twice (a file and a field)", field=STYLE_IMAGE_FIELD,
+                          hint="Send the picture of the look once: a file, a key or base64.")
+        look, look_key = style_image_value(fields[STYLE_IMAGE_FIELD], settings.prefixes.styles, limit)
+    look_format = None
+    if look_key is not None:  # an existing picture: the sidecar names it as given
+        check_with_style_image(sidecar, look_key, settings)
+        sidecar["style_image"] = look_key
+    elif look is not None:
+        look_format = _picture_format(look, limit)
+        # A key of the form the upload will get (``JobQueue._write``), for the checks.
+        check_with_style_image(sidecar, settings.prefixes.styles + settings.api.submit_prefix + "upload"
+                               + EXTENSIONS[look_format], settings)
+    else:
+        check_sidecar(sidecar, settings)
     webhook = fields.get("webhook")
     if webhook is not None:
         webhook = check_webhook(str(webhook), settings.api.webhook_allow, resolve)
-    return Submission(image=image, format=fmt, sidecar=sidecar, webhook=webhook)
+    return Submission(image=image, format=fmt, sidecar=sidecar, webhook=webhook, style_image=look,
+                      style_image_format=look_format)
+
+
+def style_image_value(value: Any, prefix: str, limit: int) -> tuple[bytes | None, str | None]:
+    """A text ``style_image``: (picture bytes, None) for base64 or a ``data:`` URL, (None, key) for a
+    key under ``prefix`` (checked with the sidecar's rules afterwards); 422 for anything else."""
+    hint = (f"Send the picture as a file (-F style_image=@look.png), as base64, or the key of a picture "
+            f"already under {prefix!r}.")
+    if not isinstance(value, str) or not value:
+        raise Problem(422, f"style_image must be a key under {prefix!r} or a base64 picture", field=STYLE_IMAGE_FIELD,
+                      hint=hint)
+    if value.startswith(prefix):
+        return None, value
+    if value.startswith("data:") and "," in value:
+        value = value.split(",", 1)[1]
+    if (len(value) * 3) // 4 > limit + 2:
+        raise Problem(413, f"the style picture is larger than {limit:,} bytes (api.max_upload_bytes)",
+                      field=STYLE_IMAGE_FIELD, hint=f"Downscale it below {limit:,} bytes.")
+    try:
+        return base64.b64decode(value, validate=True), None
+    except (binascii.Error, ValueError):
+        shown = value if len(value) <= 80 else value[:80] + "..."
+        raise Problem(422, f"style_image {shown!r} is neither a key under {prefix!r} (prefixes.styles) nor "
+                      "base64 of a picture", field=STYLE_IMAGE_FIELD, hint=hint) from None
+
+
+def _picture_format(data: bytes, limit: int) -> str:
+    """The style picture's sniffed format, capped and sniffed like the photo."""
+    if len(data) > limit:
+        raise Problem(413, f"the style picture is {len(data):,} bytes; limit is {limit:,} (api.max_upload_bytes)",
+                      field=STYLE_IMAGE_FIELD, hint="Downscale the picture, or raise api.max_upload_bytes.")
+    fmt = sniff_format(data[:SNIFF_BYTES])
+    if fmt is None or fmt not in EXTENSIONS:
+        message, hint = describe_unsupported(data)
+        raise Problem(415, f"style_image: {message}", field=STYLE_IMAGE_FIELD, hint=hint)
+    return fmt
+
+
+def check_with_style_image(sidecar: dict[str, object], key: str, settings: Settings) -> None:
+    """``check_sidecar`` with the picture's key in it; a refusal of the picture itself (the key,
+    or a style that takes none) is named as the ``style_image`` field."""
+    from processor.pipeline.look import validate_style_image
+
+    try:
+        validate_overrides(sidecar | {"style_image": key}, settings, where="request")
+    except InvalidSidecar as exc:
+        listed = sidecar.get("styles")
+        names = listed if isinstance(listed, list) and all(isinstance(n, str) for n in listed) else settings.run.styles
+        try:
+            validate_style_image(key, names, settings.styles, settings.prefixes, "request")
+        except InvalidSidecar as own:
+            raise Problem(422, str(own), field=STYLE_IMAGE_FIELD, hint=own.hint) from None
+        raise Problem(422, str(exc), field=_first_field(sidecar), hint="Change the field named in the message.",
+                      errors=_field_errors(sidecar)) from None
 
 
 def sidecar_mapping(fields: Mapping[str, Any]) -> dict[str, object]:
