@@ -126,3 +126,32 @@ def test_decoding_uses_the_inputs_limits(tmp_path):
         decode_style_image(data, "styles/s.png", None, s.pipeline.decode.model_copy(update={"min_side": 100}),
                            "sidecar")
     assert "Replace the style picture styles/s.png" in info.value.hint
+
+
+def test_submit_style_image_uploads_the_picture_and_names_it_in_each_photos_metadata(tmp_path, capsys):
+    import json as _json
+
+    from processor.app.cli import main
+
+    config = tmp_path / "config.yaml"
+    config.write_text(_json.dumps({"store": {"kind": "local", "root": str(tmp_path / "bucket")},
+                                   "run": {"styles": ["look"]},
+                                   "styles": {"look": {"engine": "img2img", "model": "m", "ip_adapter": IP}}}))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(photo_bytes(80, 80))
+    (photos / "b.jpg").write_bytes(photo_bytes(80, 80, seed=2))
+    look = tmp_path / "look.webp"
+    look.write_bytes(photo_bytes(96, 96, fmt="WEBP", seed=3))
+    assert main(["submit", str(photos), "--style-image", str(look), "--quiet", "--config", str(config)]) == 0
+    store = LocalStore(tmp_path / "bucket")
+    [stored] = list(store.list("styles/"))
+    assert stored.key.startswith("styles/submit/") and stored.key.endswith(".webp")
+    assert store.get(stored.key).body == look.read_bytes()
+    for name in ("a", "b"):
+        meta = store.get(f"inputs/{name}.jpg").metadata
+        assert validate_overrides(None, load_settings(config), metadata=meta).style_image == stored.key
+
+    look.write_bytes(b"just text, not a picture")
+    assert main(["submit", str(photos), "--style-image", str(look), "--quiet", "--config", str(config)]) == 3
+    assert "--style-image" in capsys.readouterr().err

@@ -218,13 +218,41 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     if not files:
         raise ConfigError(f"no files found under {', '.join(args.paths)}")
     prompt = _metadata_prompt(args.prompt, settings) if args.prompt else None
+    photo_metadata = {"prompt": prompt} if prompt else {}
+    if args.style_image:
+        from processor.pipeline.look import STYLE_IMAGE_METADATA_KEY
+
+        photo_metadata[STYLE_IMAGE_METADATA_KEY] = _upload_style_image(Path(args.style_image), store, settings)
     for path, rel in tqdm(files, desc="uploading", unit="file", disable=args.quiet):
         ctype = "application/json" if is_sidecar(rel) else "application/octet-stream"
-        metadata = {"prompt": prompt} if prompt and not is_sidecar(rel) else None
+        metadata = dict(photo_metadata) if photo_metadata and not is_sidecar(rel) else None
         store.put(prefix + rel, path.read_bytes(), content_type=ctype, metadata=metadata)
     print(f"uploaded {len(files)} file(s) to {store.description} under {prefix}")
     _request_rescan(store, settings, by="submit", count=len(files))
     return 0
+
+
+def _upload_style_image(path: Path, store: ObjectStore, settings: Settings) -> str:
+    """``--style-image``: the picture checked as the worker will decode it, uploaded under
+    ``prefixes.styles`` by its content (the same picture twice is one object); its key."""
+    from processor.api.jobs import CONTENT_TYPES, EXTENSIONS
+    from processor.pipeline.decode import decode_image
+
+    if not any(getattr(style, "ip_adapter", None) is not None for style in settings.styles.values()):
+        raise ConfigError("--style-image: no configured style has an ip_adapter to read it; drop --style-image")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"--style-image {path}: {exc.strerror or exc}") from None
+    try:
+        decoded = decode_image(data, settings.pipeline.decode, name=f"--style-image {path}")
+    except ItemError as exc:
+        raise ConfigError(f"{exc} ({exc.hint})") from None
+    if decoded.format not in EXTENSIONS:
+        raise ConfigError(f"--style-image {path} is {decoded.format}; send a JPEG, PNG or WebP picture")
+    key = f"{settings.prefixes.styles}submit/{hashlib.sha256(data).hexdigest()[:32]}{EXTENSIONS[decoded.format]}"
+    store.put(key, data, content_type=CONTENT_TYPES[decoded.format])
+    return key
 
 
 def _metadata_prompt(text: str, settings: Settings) -> str:
@@ -545,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
     p.add_argument("--prefix", metavar="SUBFOLDER", help="put the files under inputs/SUBFOLDER/")
     p.add_argument("--prompt", help="a prompt stored as object metadata (x-amz-meta-prompt)")
+    p.add_argument("--style-image", metavar="FILE",
+                   help="a picture of the look for styles with an ip_adapter: uploaded under prefixes.styles and "
+                        "named in each photo's metadata (x-amz-meta-style-image)")
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("status", parents=[common], help="counts of pending, in progress, done and failed inputs",
