@@ -85,6 +85,8 @@ def add_pages(app: FastAPI, *, settings: Settings, jobs: JobQueue, tokens: Seque
                      if not settings.run.allow_noncommercial and noncommercial_uses(style))
     styles = sorted(set(settings.styles) - set(refused))
     defaults = list(settings.run.styles)
+    # Styles that read a picture of the look (an IP-Adapter): the page offers a picture for them.
+    looks = [name for name in styles if getattr(settings.styles[name], "ip_adapter", None) is not None]
     api = settings.api
 
     @app.exception_handler(LoginRequired)
@@ -100,7 +102,7 @@ def add_pages(app: FastAPI, *, settings: Settings, jobs: JobQueue, tokens: Seque
             raise
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> Response:
-        context |= {"open": not tokens, "styles": styles, "defaults": defaults, "refused": refused}
+        context |= {"open": not tokens, "styles": styles, "defaults": defaults, "refused": refused, "looks": looks}
         resp = templates.TemplateResponse(request, name, context, status_code=status)
         resp.headers["Content-Security-Policy"] = CSP
         resp.headers["X-Content-Type-Options"] = "nosniff"

@@ -145,6 +145,14 @@ function setupUpload(form) {
     drop.addEventListener(kind, (e) => { e.preventDefault(); drop.classList.remove("over"); });
   }
   drop.addEventListener("drop", (e) => pick(e.dataTransfer.files));
+  // The picture of the look: offered only while a chosen style reads one (data-look: an IP-Adapter).
+  const look = form.querySelector("#look");
+  const lookPicture = form.querySelector("#look-picture");
+  const showLook = () => {
+    if (look) look.hidden = !form.querySelector("input[name=styles][data-look]:checked");
+  };
+  for (const box of form.querySelectorAll("input[name=styles]")) box.addEventListener("change", showLook);
+  showLook();
 
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
@@ -167,6 +175,9 @@ function setupUpload(form) {
       for (const s of styles) data.append("styles", s);
       if (variants) data.append("variants", variants);
       if (seed) data.append("seed", seed);
+      if (look && !look.hidden && lookPicture.files.length) {
+        data.append("style_image", lookPicture.files[0], lookPicture.files[0].name);
+      }
       const body = card.querySelector("[data-role=body]");
       const maxBytes = Number(form.dataset.maxBytes);
       if (maxBytes && file.size > maxBytes) {
