@@ -1,8 +1,9 @@
 """Read a request body as it streams in, with a running byte count: never held whole before the
 size check, and cut off (413) the moment it passes the cap.
 
-``multipart/form-data``: python-multipart's push parser. The ``image`` part goes to a spooled
-temporary file (memory up to ``SPOOL_MEMORY_BYTES``, then disk); every other part is a small text
+``multipart/form-data``: python-multipart's push parser. The ``image`` part (and a ``style_image``
+file part, the picture of the look) goes to a spooled temporary file (memory up to
+``SPOOL_MEMORY_BYTES``, then disk), each capped at the limit; every other part is a small text
 field. JSON: the body is read up to the size a base64 photo at the cap can have.
 """
 
