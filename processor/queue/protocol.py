@@ -265,7 +265,8 @@ class BucketQueue:
         """An input's own style picture (a key ``pipeline.look`` checked), read with the input's
         byte cap: its bytes and ETag. Missing, too large or unnamable is that input's
         ``InvalidSidecar``; an object we may not read is its ``InputUnreadable``."""
-        hint = "Upload the style picture under that key, or fix or drop style_image."
+        hint = ("Upload the style picture under that key and requeue the photo (processor retry --all "
+                "--error InvalidSidecar), or fix or drop style_image and upload the photo again.")
         try:
             obj = self.store.get(key, max_bytes=max_bytes)
         except ObjectNotFound:
