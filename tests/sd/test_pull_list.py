@@ -1,0 +1,134 @@
+"""``processor models pull`` and ``--dry-run`` share one list of add-on models
+(``processor.models.pull_list``): the dry run names every model a pull fetches (ControlNets and
+their preprocessors, IP-Adapters, hub LoRAs, the CLIP scorer, caption models), and whether the
+cache holds it; a pull fetches exactly those."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from processor.app.cli import main
+from processor.errors import EXIT_MODEL
+from processor.models.loader import ModelLoader
+from processor.models.pull_list import Role, addon_models
+from tests.sd.test_convert_pickle import hub_cache
+from tests.sd.test_diffusion import make_settings
+
+COMMIT = "d" * 40
+
+
+def _addon_styles(base: Path) -> dict:
+    """One style naming every kind of add-on, by hub id (the base model is a local folder)."""
+    (base / "unet").mkdir(parents=True, exist_ok=True)
+    (base / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
+                                                       "unet": ["diffusers", "UNet2DConditionModel"]}))
+    (base / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"0")
+    style = {"engine": "img2img", "model": str(base), "rounds": [{"strength": 0.5, "guidance": 1.5}],
+             "steps": 4, "variants": 1, "style_image": "bucket:styles/look.png",
+             "lcm": {"lora": "latent-consistency/lcm-lora-sdv1-5"},
+             "ip_adapter": {"model": "h94/IP-Adapter", "revision": "feedbee"},
+             "control": [{"type": "depth", "model": "lllyasviel/control_v11f1p_sd15_depth",
+                          "preprocessor": {"model": "depth-anything/Depth-Anything-V2-Small-hf"}},
+                         {"type": "lineart", "model": "lllyasviel/control_v11p_sd15_lineart",
+                          "preprocessor": {"model": "lllyasviel/Annotators", "weight_name": "sk_model.safetensors"}}]}
+    toon = {"engine": "img2img", "model": str(base), "rounds": [{"strength": 0.5, "guidance": 7}],
+            "lora": {"path": "toys/toon-lora", "revision": "v1"},
+            "control": {"model": "lllyasviel/control_v11f1p_sd15_depth"}}  # the same ControlNet: listed once
+    return {"look": style, "toon": toon}
+
+
+def _config(tmp_path: Path, models: dict) -> Path:
+    make_settings(tmp_path, _addon_styles(tmp_path / "base"), models=models)
+    config = tmp_path / "config.yaml"
+    cfg = json.loads(config.read_text())
+    cfg["pipeline"]["clip_score"] = {"model": "openai/clip-vit-large-patch14"}
+    config.write_text(json.dumps(cfg))
+    return config
+
+
+def test_the_dry_run_lists_every_add_on_and_what_the_cache_holds(tmp_path, capsys):
+    cache = tmp_path / "hf"
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "config.json").write_text("{}")
+    (files / "model.safetensors").write_bytes(b"0")
+    hub_cache(cache, "openai/clip-vit-large-patch14", files, COMMIT)
+    (files / "diffusion_pytorch_model.safetensors").write_bytes(b"0")
+    hub_cache(cache, "lllyasviel/control_v11f1p_sd15_depth", files, COMMIT)
+    config = _config(tmp_path / "run", {"cache_dir": str(cache), "offline": True})
+
+    assert main(["models", "pull", "--dry-run", "--config", str(config)]) == EXIT_MODEL  # offline, some missing
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'run' / 'base'}: a local folder, nothing to fetch" in out
+    lines = [line.strip() for line in out.split("add-on models (")[1].splitlines()[1:]]
+    assert [line.split(":")[0] for line in lines] == [
+        "clip score openai/clip-vit-large-patch14",
+        "lcm lora latent-consistency/lcm-lora-sdv1-5 [look]",
+        "ip-adapter h94/IP-Adapter@feedbee [look]",
+        "lora toys/toon-lora@v1 [toon]",
+        "controlnet lllyasviel/control_v11f1p_sd15_depth [look, toon]",
+        "controlnet lllyasviel/control_v11p_sd15_lineart [look]",
+        "depth preprocessor depth-anything/Depth-Anything-V2-Small-hf [look]",
+        "lineart preprocessor lllyasviel/Annotators [look]",
+    ]
+    by_model = {line.split(" [")[0].split(":")[0].rsplit(" ", 1)[-1]: line for line in lines}
+    assert f"cached: {cache}" in by_model["openai/clip-vit-large-patch14"] and f"(commit {COMMIT})" in out
+    assert "cached:" in by_model["lllyasviel/control_v11f1p_sd15_depth"]
+    missing = by_model["lllyasviel/Annotators"]
+    assert "NOT in the cache" in missing and "processor models pull" in missing
+
+
+def test_a_pull_fetches_exactly_what_the_dry_run_lists(tmp_path, monkeypatch, capsys):
+    fetched: list[tuple[str, str | None]] = []
+
+    def snapshot(repo, revision=None, local_files_only=False, **kwargs):
+        if local_files_only:
+            from huggingface_hub.errors import LocalEntryNotFoundError
+
+            raise LocalEntryNotFoundError("not cached")
+        fetched.append((repo, revision))
+        folder = tmp_path / "snapshots" / repo.replace("/", "--") / COMMIT
+        for rel in ("config.json", "model.safetensors", "diffusion_pytorch_model.safetensors",
+                    "pytorch_lora_weights.safetensors", "models/ip-adapter_sd15.safetensors",
+                    "models/image_encoder/config.json", "models/image_encoder/model.safetensors"):
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_text("{}")
+        return str(folder)
+
+    def download(repo, filename, revision=None, local_files_only=False, **kwargs):
+        if local_files_only:
+            from huggingface_hub.errors import LocalEntryNotFoundError
+
+            raise LocalEntryNotFoundError("not cached")
+        fetched.append((repo, revision))
+        path = tmp_path / "files" / repo.replace("/", "--") / "snapshots" / COMMIT / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"0")
+        return str(path)
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", snapshot)
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", download)
+    config = _config(tmp_path / "run", {"cache_dir": str(tmp_path / "cache")})
+    from processor.config import load_settings
+
+    settings = load_settings(config)
+    listed = [(a.model, a.revision) for a in addon_models(settings, ModelLoader(settings.models))]
+    assert main(["models", "pull", "--dry-run", "--config", str(config)]) == 0  # online: missing = to fetch
+    assert capsys.readouterr().out.count("would fetch (not in the cache yet)") == len(listed) == 8
+    assert fetched == []  # a dry run downloads nothing
+    assert main(["models", "pull", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert sorted(set(fetched)) == sorted(set(listed))
+    assert f"lineart preprocessor lllyasviel/Annotators: {tmp_path / 'files'}" in out
+    assert "ip-adapter h94/IP-Adapter@feedbee: " in out and f"(commit {COMMIT})" in out
+
+
+def test_the_list_has_a_role_per_kind_and_skips_local_models(tmp_path):
+    base = tmp_path / "base"
+    styles = _addon_styles(base)
+    styles["look"]["ip_adapter"] = {"model": str(base)}  # local adapter and encoder: nothing to fetch
+    settings = make_settings(tmp_path, styles)
+    roles = [a.role for a in addon_models(settings, ModelLoader(settings.models))]
+    assert Role.IP_ADAPTER not in roles and Role.CLIP_SCORE not in roles
+    assert roles.count(Role.CONTROLNET) == 2 and roles.count(Role.PREPROCESSOR) == 2
