@@ -132,3 +132,35 @@ def test_the_list_has_a_role_per_kind_and_skips_local_models(tmp_path):
     roles = [a.role for a in addon_models(settings, ModelLoader(settings.models))]
     assert Role.IP_ADAPTER not in roles and Role.CLIP_SCORE not in roles
     assert roles.count(Role.CONTROLNET) == 2 and roles.count(Role.PREPROCESSOR) == 2
+
+
+def test_doctor_reports_each_add_on_cached_or_not(tmp_path, capsys):
+    from processor.errors import EXIT_DOCTOR
+
+    cache = tmp_path / "hf"
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "config.json").write_text("{}")
+    (files / "model.safetensors").write_bytes(b"0")
+    hub_cache(cache, "openai/clip-vit-large-patch14", files, COMMIT)
+    (files / "diffusion_pytorch_model.safetensors").write_bytes(b"0")
+    hub_cache(cache, "lllyasviel/control_v11f1p_sd15_depth", files, COMMIT)
+    config = _config(tmp_path / "run", {"cache_dir": str(cache), "offline": True})
+    cfg = json.loads(config.read_text())
+    cfg["run"]["styles"] = ["toon"]  # "look" is configured, not run: its missing add-ons only warn
+    config.write_text(json.dumps(cfg))
+
+    assert main(["doctor", "--config", str(config)]) == EXIT_DOCTOR
+    rows = {}
+    for line in capsys.readouterr().out.splitlines():
+        check, _, rest = line.partition("  ")
+        status, _, detail = rest.strip().partition("  ")
+        rows.setdefault(check.strip(), []).append((status, detail.strip()))
+    [(status, detail)] = rows["clip score"]
+    assert status == "ok" and f"cached, {cache}" in detail and f"(commit {COMMIT})" in detail
+    depth, lineart = rows["controlnet"]
+    assert depth[0] == "ok" and depth[1].startswith("lllyasviel/control_v11f1p_sd15_depth (look, toon): cached")
+    assert lineart[0] == "warn" and "no style in run.styles uses it" in lineart[1]
+    [(status, detail)] = rows["lora"]  # toon runs, offline, its LoRA is missing: the worker would stop
+    assert status == "FAIL" and "toys/toon-lora" in detail and "processor models pull" in detail
+    assert [s for s, _ in rows["ip-adapter"]] == ["warn"] and [s for s, _ in rows["lineart preprocessor"]] == ["warn"]
