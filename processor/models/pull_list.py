@@ -203,7 +203,7 @@ def addon_models(settings: Settings, loader: Any, captioner: Any = None) -> list
             add(AddonModel(Role.LORA, lora.path, lora.revision, (name,), _hub_lora(lora, loader)))
         lcm = getattr(style, "lcm", None)
         if lcm is not None and _is_hub_lora(lcm.lora):
-            lcm_lora = LoraSettings(path=lcm.lora, weight_name=lcm.weight_name, revision=getattr(lcm, "revision", None))
+            lcm_lora = lcm.as_lora()
             add(AddonModel(Role.LCM_LORA, lcm.lora, lcm_lora.revision, (name,), _hub_lora(lcm_lora, loader)))
         ip_adapter = getattr(style, "ip_adapter", None)
         if ip_adapter is not None and not (is_local(ip_adapter.model) and is_local(encoder_source(ip_adapter)[0])):
