@@ -137,8 +137,13 @@ def _clip_score(settings: Any, loader: Any) -> Callable[[bool], Fetched]:
 
 def _caption(captioner: Any, clip: bool) -> Callable[[bool], Fetched]:
     def fetch(download: bool) -> Fetched:
-        from processor.pipeline.caption import resolve_caption_model, resolve_clip
+        from processor.errors import ConfigError
+        from processor.pipeline.caption import missing_packages, resolve_caption_model, resolve_clip
 
+        missing = missing_packages()
+        if missing:  # the resolvers import open_clip / transformers
+            raise ConfigError(f"caption.mode {captioner.mode!r} needs the sd extra (missing: {', '.join(missing)}): "
+                              f"pip install -e '.[sd]', or set caption.mode: none")
         if clip:
             found = resolve_clip(captioner.settings, captioner.models, download=download)
             return Fetched(str(found.weights or found.folder))

@@ -57,12 +57,16 @@ def test_the_dry_run_lists_every_add_on_and_what_the_cache_holds(tmp_path, capsy
     (files / "diffusion_pytorch_model.safetensors").write_bytes(b"0")
     hub_cache(cache, "lllyasviel/control_v11f1p_sd15_depth", files, COMMIT)
     config = _config(tmp_path / "run", {"cache_dir": str(cache), "offline": True})
+    cfg = json.loads(config.read_text())
+    cfg["caption"] = {"mode": "blip"}  # the caption model alone (no CLIP)
+    config.write_text(json.dumps(cfg))
 
     assert main(["models", "pull", "--dry-run", "--config", str(config)]) == EXIT_MODEL  # offline, some missing
     out = capsys.readouterr().out
     assert f"{tmp_path / 'run' / 'base'}: a local folder, nothing to fetch" in out
     lines = [line.strip() for line in out.split("add-on models (")[1].splitlines()[1:]]
     assert [line.split(":")[0] for line in lines] == [
+        "caption caption model Salesforce/blip-image-captioning-large",
         "clip score openai/clip-vit-large-patch14",
         "lcm lora latent-consistency/lcm-lora-sdv1-5 [look]",
         "ip-adapter h94/IP-Adapter@feedbee [look]",
