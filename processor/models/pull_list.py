@@ -13,7 +13,7 @@ are ``loader.configured_models``: their dry run is planned file by file in ``saf
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,9 @@ class AddonModel:
     fetch: Callable[[bool], Fetched]
     #: The preprocessor's map type (``depth``, ``lineart``, ``softedge``), else "".
     kind: str = ""
+    #: The file(s) inside the repo, where the config names them (LoRAs, preprocessors, IP-Adapters):
+    #: two entries differing only in these are two downloads.
+    weight_name: str | None = None
 
     @property
     def label(self) -> str:
@@ -184,11 +187,11 @@ def addon_models(settings: Settings, loader: Any, captioner: Any = None) -> list
     found: list[AddonModel] = []
 
     def add(entry: AddonModel) -> None:
+        same = (entry.role, entry.kind, entry.model, entry.revision, entry.weight_name)
         for i, known in enumerate(found):
-            if (known.role, known.kind, known.model, known.revision) == (entry.role, entry.kind, entry.model,
-                                                                         entry.revision):
+            if (known.role, known.kind, known.model, known.revision, known.weight_name) == same:
                 styles = known.styles + tuple(s for s in entry.styles if s not in known.styles)
-                found[i] = AddonModel(known.role, known.model, known.revision, styles, known.fetch, known.kind)
+                found[i] = replace(known, styles=styles)
                 return
         found.append(entry)
 
@@ -205,15 +208,19 @@ def addon_models(settings: Settings, loader: Any, captioner: Any = None) -> list
     for name, style in settings.styles.items():
         lora = getattr(style, "lora", None)
         if lora is not None and _is_hub_lora(lora.path):
-            add(AddonModel(Role.LORA, lora.path, lora.revision, (name,), _hub_lora(lora, loader)))
+            add(AddonModel(Role.LORA, lora.path, lora.revision, (name,), _hub_lora(lora, loader),
+                           weight_name=lora.weight_name))
         lcm = getattr(style, "lcm", None)
         if lcm is not None and _is_hub_lora(lcm.lora):
             lcm_lora = lcm.as_lora()
-            add(AddonModel(Role.LCM_LORA, lcm.lora, lcm_lora.revision, (name,), _hub_lora(lcm_lora, loader)))
+            add(AddonModel(Role.LCM_LORA, lcm.lora, lcm_lora.revision, (name,), _hub_lora(lcm_lora, loader),
+                           weight_name=lcm.weight_name))
         ip_adapter = getattr(style, "ip_adapter", None)
         if ip_adapter is not None and not (is_local(ip_adapter.model) and is_local(encoder_source(ip_adapter)[0])):
+            files = "/".join(p for p in (ip_adapter.subfolder, ip_adapter.weight_name) if p)
+            encoder = "/".join(str(x) for x in encoder_source(ip_adapter))
             add(AddonModel(Role.IP_ADAPTER, ip_adapter.model, ip_adapter.revision, (name,),
-                           _ip_adapter(ip_adapter, loader)))
+                           _ip_adapter(ip_adapter, loader), weight_name=f"{files} (image encoder {encoder})"))
     for name, style in settings.styles.items():
         for control in getattr(style, "control", None) or []:
             if not is_local(control.model):
@@ -223,7 +230,7 @@ def addon_models(settings: Settings, loader: Any, captioner: Any = None) -> list
         for kind, preprocessor in preprocessors.configured_preprocessors({name: style}):
             if not (is_local(preprocessor.model) or Path(preprocessor.model).expanduser().is_file()):
                 add(AddonModel(Role.PREPROCESSOR, preprocessor.model, preprocessor.revision, (name,),
-                               _preprocessor(kind, preprocessor, loader), kind))
+                               _preprocessor(kind, preprocessor, loader), kind, preprocessor.weight_name))
     mask = settings.pipeline.mask
     onnx = mask.onnx
     if onnx is not None:

@@ -132,10 +132,16 @@ def test_the_list_has_a_role_per_kind_and_skips_local_models(tmp_path):
     base = tmp_path / "base"
     styles = _addon_styles(base)
     styles["look"]["ip_adapter"] = {"model": str(base)}  # local adapter and encoder: nothing to fetch
+    other = {"type": "lineart", "model": "lllyasviel/control_v11p_sd15_lineart",
+             "preprocessor": {"model": "lllyasviel/Annotators", "weight_name": "other.safetensors"}}
+    styles["other"] = styles["toon"] | {"lora": {"path": "toys/toon-lora", "revision": "v1"}, "control": other}
     settings = make_settings(tmp_path, styles)
-    roles = [a.role for a in addon_models(settings, ModelLoader(settings.models))]
+    found = addon_models(settings, ModelLoader(settings.models))
+    roles = [a.role for a in found]
     assert Role.IP_ADAPTER not in roles and Role.CLIP_SCORE not in roles
-    assert roles.count(Role.CONTROLNET) == 2 and roles.count(Role.PREPROCESSOR) == 2
+    # The same LoRA and ControlNet in two styles: one download each; another file of a repo: another.
+    assert [a.styles for a in found if a.role is Role.LORA] == [("toon", "other")]
+    assert roles.count(Role.CONTROLNET) == 2 and roles.count(Role.PREPROCESSOR) == 3
 
 
 def test_doctor_reports_each_add_on_cached_or_not(tmp_path, capsys):
@@ -168,3 +174,20 @@ def test_doctor_reports_each_add_on_cached_or_not(tmp_path, capsys):
     [(status, detail)] = rows["lora"]  # toon runs, offline, its LoRA is missing: the worker would stop
     assert status == "FAIL" and "toys/toon-lora" in detail and "processor models pull" in detail
     assert [s for s, _ in rows["ip-adapter"]] == ["warn"] and [s for s, _ in rows["lineart preprocessor"]] == ["warn"]
+
+
+def test_the_segmenter_is_listed_and_fetched_like_the_others(tmp_path):
+    from processor.config import load_settings
+
+    cache = tmp_path / "hf"
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "config.json").write_text("{}")
+    (files / "model.safetensors").write_bytes(b"0")
+    hub_cache(cache, "toys/segmenter", files, COMMIT)
+    settings = load_settings(None, pipeline={"mask": {"segmenter": "toys/segmenter"}},
+                             models={"cache_dir": str(cache), "offline": True})
+    [segmenter] = [a for a in addon_models(settings, ModelLoader(settings.models)) if a.role is Role.SEGMENTER]
+    assert (segmenter.role, segmenter.shown, segmenter.styles) == (Role.SEGMENTER, "toys/segmenter", ())
+    got = segmenter.fetch(False)
+    assert got.commit == COMMIT and got.path.endswith(COMMIT)
