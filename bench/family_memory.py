@@ -13,6 +13,13 @@ parameters are counted.
     python -m bench.family_memory --family "SD 3.5 large" --bytes-per-param 4
     python -m bench.family_memory --addons            # README's add-ons table and shipped styles' totals
 
+``--addons`` counts what a style loads beside its family, the same way. From published config
+files (fields written out below): the IP-Adapter image encoders (ViT-H/14, ViT-bigG/14), the
+ControlNets (SD 1.5, SDXL), Depth Anything V2 Small, the CLIP scorer and the captioner's CLIP and
+BLIP. From diffusers' own classes on the base UNet's published config: the IP-Adapters
+(``ImageProjection`` + one ``IPAdapterAttnProcessor2_0`` per cross-attention). From our own
+architecture code (``processor/pipeline/control_preprocess.py``): the lineart generator and HED.
+
 Weights are parameters x ``--bytes-per-param`` (2: float16 / bfloat16, what a GPU worker loads).
 The total is what ``offload: none`` keeps on the GPU; ``offload: model`` the largest component at
 a time (printed too); ``sequential`` about one layer. Activations, the CUDA context and the
