@@ -11,6 +11,14 @@ parameters are counted.
     python -m bench.family_memory --components        # parameters per component
     python -m bench.family_memory --json              # the same figures as JSON
     python -m bench.family_memory --family "SD 3.5 large" --bytes-per-param 4
+    python -m bench.family_memory --addons            # README's add-ons table and shipped styles' totals
+
+``--addons`` counts what a style loads beside its family, the same way. From published config
+files (fields written out below): the IP-Adapter image encoders (ViT-H/14, ViT-bigG/14), the
+ControlNets (SD 1.5, SDXL), Depth Anything V2 Small, the CLIP scorer and the captioner's CLIP and
+BLIP. From diffusers' own classes on the base UNet's published config: the IP-Adapters
+(``ImageProjection`` + one ``IPAdapterAttnProcessor2_0`` per cross-attention). From our own
+architecture code (``processor/pipeline/control_preprocess.py``): the lineart generator and HED.
 
 Weights are parameters x ``--bytes-per-param`` (2: float16 / bfloat16, what a GPU worker loads).
 The total is what ``offload: none`` keeps on the GPU; ``offload: model`` the largest component at
@@ -214,6 +222,181 @@ FAMILIES = [
 ]
 
 
+# --------------------------------------------------------------------------- add-on models
+#
+# What a style loads beside its base family (``ip_adapter``, ``control``, its preprocessors,
+# ``pipeline.clip_score``, the captioner). From published config files: the two IP-Adapter image
+# encoders, the ControlNets, Depth Anything V2 Small, the CLIP scorer and BLIP large (fields below).
+# From diffusers' own IP-Adapter classes: the adapters (``ImageProjection`` and one
+# ``IPAdapterAttnProcessor2_0`` per cross-attention of the base UNet built from its published
+# config, 4 image tokens, as ``ip-adapter_sd15`` / ``ip-adapter_sdxl`` ship them). From our own
+# architecture code (``processor/pipeline/control_preprocess.py``): the lineart generator and HED.
+
+#: h94/IP-Adapter ``models/image_encoder``: OpenCLIP ViT-H/14's vision tower (card: 632.08M).
+CLIP_VISION_H: dict[str, Any] = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                                     num_attention_heads=16, patch_size=14, image_size=224, projection_dim=1024,
+                                     hidden_act="gelu")
+#: h94/IP-Adapter ``sdxl_models/image_encoder``: OpenCLIP ViT-bigG/14's vision tower (card: 1844.9M).
+CLIP_VISION_BIG_G: dict[str, Any] = dict(hidden_size=1664, intermediate_size=8192, num_hidden_layers=48,
+                                         num_attention_heads=16, patch_size=14, image_size=224, projection_dim=1280,
+                                         hidden_act="gelu")
+#: openai/clip-vit-large-patch14's vision tower (its text tower is CLIP_L).
+CLIP_VISION_L: dict[str, Any] = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                     num_attention_heads=16, patch_size=14, image_size=224, projection_dim=768,
+                                     hidden_act="quick_gelu")
+#: diffusers/controlnet-canny-sdxl-1.0: the SDXL base UNet's encoder and middle block.
+CONTROLNET_SDXL: dict[str, Any] = {k: v for k, v in UNET_SDXL.items()
+                                   if k not in ("sample_size", "out_channels", "up_block_types")}
+#: depth-anything/Depth-Anything-V2-Small-hf: a DINOv2-small backbone and the DPT head.
+DEPTH_ANYTHING_V2_SMALL: dict[str, Any] = dict(
+    backbone_config=dict(model_type="dinov2", hidden_size=384, num_attention_heads=6, image_size=518,
+                         out_indices=[3, 6, 9, 12], reshape_hidden_states=False),
+    reassemble_hidden_size=384, neck_hidden_sizes=[48, 96, 192, 384], fusion_hidden_size=64, head_hidden_size=32,
+    reassemble_factors=[4, 2, 1, 0.5], patch_size=14, depth_estimation_type="relative")
+#: Salesforce/blip-image-captioning-large: ViT-L/16 at 384 px and BLIP's BERT-base text decoder.
+BLIP_LARGE: dict[str, Any] = dict(vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                                     num_attention_heads=16, image_size=384, patch_size=16),
+                                  text_config=dict(vocab_size=30524, hidden_size=768, num_hidden_layers=12,
+                                                   num_attention_heads=12, intermediate_size=3072))
+#: Image tokens of ``ip-adapter_sd15`` / ``ip-adapter_sdxl`` (global embedding, 4 tokens).
+IP_ADAPTER_TOKENS = 4
+
+
+def _clip_vision(fields: dict[str, Any]) -> Callable[[], Any]:
+    def build() -> Any:
+        from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+        return CLIPVisionModelWithProjection(CLIPVisionConfig(**fields))
+
+    return build
+
+
+def _clip_model() -> Any:
+    from transformers import CLIPConfig, CLIPModel
+
+    return CLIPModel(CLIPConfig(text_config=CLIP_L, vision_config=CLIP_VISION_L, projection_dim=768))
+
+
+def _depth_anything() -> Any:
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation
+
+    return DepthAnythingForDepthEstimation(DepthAnythingConfig(**DEPTH_ANYTHING_V2_SMALL))
+
+
+def _blip_large() -> Any:
+    from transformers import BlipConfig, BlipForConditionalGeneration
+
+    return BlipForConditionalGeneration(BlipConfig(**BLIP_LARGE))
+
+
+def _ip_adapter(unet_fields: dict[str, Any], image_embed_dim: int) -> Callable[[], Any]:
+    """The adapter diffusers' ``load_ip_adapter`` adds to a UNet of ``unet_fields``: the image
+    projection and, per cross-attention, ``to_k_ip`` / ``to_v_ip`` (self-attention gets none)."""
+
+    def build() -> Any:
+        from diffusers import UNet2DConditionModel
+        from diffusers.models.attention_processor import Attention, IPAdapterAttnProcessor2_0
+        from diffusers.models.embeddings import ImageProjection
+        from torch import nn
+
+        unet = UNet2DConditionModel(**unet_fields)
+        cross = unet.config.cross_attention_dim
+        processors = [IPAdapterAttnProcessor2_0(hidden_size=m.query_dim, cross_attention_dim=cross,
+                                                num_tokens=(IP_ADAPTER_TOKENS,))
+                      for m in unet.modules() if isinstance(m, Attention) and m.is_cross_attention]
+        projection = ImageProjection(cross_attention_dim=cross, image_embed_dim=image_embed_dim,
+                                     num_image_text_embeds=IP_ADAPTER_TOKENS)
+        return nn.ModuleDict({"image_proj": projection, "ip_adapter": nn.ModuleList(processors)})
+
+    return build
+
+
+def _ours(cls_name: str) -> Callable[[], Any]:
+    def build() -> Any:
+        from processor.pipeline import control_preprocess
+
+        return getattr(control_preprocess, cls_name)()
+
+    return build
+
+
+ADDONS = [
+    Family("IP-Adapter SD 1.5", "`ip_adapter:` on SD 1.x", "apache-2.0",
+           "h94/IP-Adapter (models/ip-adapter_sd15.safetensors, models/image_encoder)",
+           {"adapter": _ip_adapter(UNET_SD15, CLIP_VISION_H["projection_dim"]),
+            "image_encoder": _clip_vision(CLIP_VISION_H)}),
+    Family("IP-Adapter SDXL", "`ip_adapter:` on SDXL", "apache-2.0",
+           "h94/IP-Adapter (sdxl_models/ip-adapter_sdxl.safetensors, sdxl_models/image_encoder)",
+           {"adapter": _ip_adapter(UNET_SDXL, CLIP_VISION_BIG_G["projection_dim"]),
+            "image_encoder": _clip_vision(CLIP_VISION_BIG_G)}),
+    Family("ControlNet SD 1.5 (v1.0 canny, v1.1 depth / lineart / softedge)", "`control:` on SD 1.x, each",
+           "openrail", "lllyasviel/sd-controlnet-canny, lllyasviel/control_v11f1p_sd15_depth, "
+           "lllyasviel/control_v11p_sd15_lineart", {"controlnet": _diffusers("ControlNetModel", CONTROLNET_SD15)}),
+    Family("ControlNet SDXL canny", "`control:` on SDXL", "openrail++", "diffusers/controlnet-canny-sdxl-1.0",
+           {"controlnet": _diffusers("ControlNetModel", CONTROLNET_SDXL)}),
+    Family("Depth Anything V2 Small", "`control: depth` preprocessor", "apache-2.0",
+           "depth-anything/Depth-Anything-V2-Small-hf", {"depth": _depth_anything}),
+    Family("Lineart generator (Informative Drawings)", "`control: lineart` preprocessor", "other",
+           "lllyasviel/Annotators (sk_model.pth)", {"lineart": _ours("LineartGenerator")}),
+    Family("HED (ControlNet Apache-2.0)", "`control: softedge` preprocessor", "apache-2.0",
+           "lllyasviel/Annotators (ControlNetHED.pth)", {"hed": _ours("HedNetwork")}),
+    Family("CLIP ViT-L/14 scorer", "`pipeline.clip_score`", "mit", "openai/clip-vit-large-patch14",
+           {"clip": _clip_model}),
+    Family("Captioner (CLIP Interrogator: ViT-L-14 + BLIP large)", "`caption` (every style that takes a prompt)",
+           "mit, bsd-3-clause", "ViT-L-14/openai (open_clip; the same shapes as openai/clip-vit-large-patch14), "
+           "Salesforce/blip-image-captioning-large", {"clip": _clip_model, "blip": _blip_large}),
+]
+
+#: Shipped styles (config.yaml) that load add-ons: style -> (base family, add-ons; one entry per copy loaded).
+SHIPPED: dict[str, tuple[str, tuple[str, ...]]] = {
+    "modern-disney-held": (FAMILIES[0].name, ("ControlNet SD 1.5 (v1.0 canny, v1.1 depth / lineart / softedge)",
+                                              "ControlNet SD 1.5 (v1.0 canny, v1.1 depth / lineart / softedge)",
+                                              "Depth Anything V2 Small", "Lineart generator (Informative Drawings)")),
+    "modern-disney-look": (FAMILIES[0].name, ("IP-Adapter SD 1.5",)),
+}
+
+
+@dataclass(frozen=True)
+class StyleTotal:
+    """A shipped style's weights: its base family and the add-ons it names (captioner not included)."""
+
+    style: str
+    base: Counted
+    addons: tuple[Counted, ...]
+
+    @property
+    def params(self) -> int:
+        return self.base.params + sum(a.params for a in self.addons)
+
+    def gib(self, bytes_per_param: float = FP16_BYTES) -> float:
+        return self.params * bytes_per_param / GIB
+
+
+def shipped_totals(bases: Sequence[Counted], addons: Sequence[Counted]) -> list[StyleTotal]:
+    by_name = {c.name: c for c in [*bases, *addons]}
+    return [StyleTotal(style, by_name[base], tuple(by_name[a] for a in parts))
+            for style, (base, parts) in SHIPPED.items()]
+
+
+def addon_table(rows: Sequence[Counted], bytes_per_param: float = FP16_BYTES) -> str:
+    """README's add-ons table: one row per add-on model."""
+    lines = [f"| add-on | loaded by | models | parameters | weights at {bytes_per_param:g} B/param | licence |",
+             "|---|---|---|---:|---:|---|"]
+    for a in rows:
+        parts = " + ".join(f"{name} {n / 1e6:.1f} M" for name, n in a.components.items())
+        lines.append(f"| {a.name} | {a.runs_as} | {a.models} | {a.params / 1e6:.1f} M"
+                     f"{' (' + parts + ')' if len(a.components) > 1 else ''} | {a.gib(bytes_per_param):.2f} GiB "
+                     f"| {a.license} |")
+    return "\n".join(lines)
+
+
+def totals_lines(totals: Sequence[StyleTotal], bytes_per_param: float = FP16_BYTES) -> str:
+    return "\n".join(f"- {t.style}: {t.params / 1e9:.2f} B parameters, {t.gib(bytes_per_param):.1f} GiB "
+                     f"({t.base.name.split(' (')[0]} {t.base.params / 1e9:.2f} B + "
+                     + " + ".join(f"{a.name.split(' (')[0]} {a.params / 1e6:.1f} M" for a in t.addons) + ")"
+                     for t in totals)
+
+
 def count(build: Callable[[], Any]) -> int:
     """Parameters of the module ``build`` makes, on the meta device (no memory, no weights)."""
     import torch
@@ -256,13 +439,22 @@ def main(argv: Sequence[str] | None = None) -> list[Counted]:
     parser.add_argument("--family", action="append", help="only these families (by name), e.g. 'FLUX.1-schnell'")
     parser.add_argument("--components", action="store_true", help="parameters per component")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
+    parser.add_argument("--addons", action="store_true",
+                        help="the add-on models (IP-Adapters, ControlNets, preprocessors, CLIP scorer, captioner) "
+                        "instead of the families, and the shipped styles' totals")
     args = parser.parse_args(argv)
-    chosen = [f for f in FAMILIES if not args.family or f.name in args.family]
+    pool = ADDONS if args.addons else FAMILIES
+    chosen = [f for f in pool if not args.family or f.name in args.family]
     if args.family and len(chosen) < len(set(args.family)):
-        known = "; ".join(f.name for f in FAMILIES)
+        known = "; ".join(f.name for f in pool)
         parser.error(f"--family: unknown {sorted(set(args.family) - {f.name for f in chosen})}; known: {known}")
     rows = [counted(f) for f in chosen]
-    if args.json:
+    if args.addons and not args.json:
+        print(addon_table(rows, args.bytes_per_param))
+        if not args.family:
+            print("\nShipped styles with add-ons (base + add-ons; the captioner comes on top):")
+            print(totals_lines(shipped_totals([counted(FAMILIES[0])], rows), args.bytes_per_param))
+    elif args.json:
         print(json.dumps([{"name": f.name, "runs_as": f.runs_as, "license": f.license, "models": f.models,
                            "components": f.components, "params": f.params,
                            "gib": round(f.gib(args.bytes_per_param), 3)} for f in rows], indent=2))

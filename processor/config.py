@@ -390,6 +390,21 @@ class LcmSettings(_Section):
     scale: float = 1.0
     #: The model's license (its model card); recorded in every variant, checked by run.allow_noncommercial.
     license: ModelLicense | None = None
+    #: A hub id only: the commit, branch or tag to fetch, as ``lora.revision``; the commit loaded is
+    #: recorded in every variant (``parameters.lcm.revision``).
+    revision: str | None = None
+
+    @model_validator(mode="after")
+    def _revision_is_for_hub_ids(self) -> LcmSettings:
+        if self.revision is not None and (self.lora.startswith(("/", ".", "~", "bucket:"))
+                                          or self.lora.endswith(".safetensors")):
+            raise ValueError(f"lcm.revision {self.revision!r} pins a hub id, and lcm.lora {self.lora!r} is a file, "
+                             "folder or bucket key: drop revision (or give the hub id as lora)")
+        return self
+
+    def as_lora(self) -> LoraSettings:
+        """The LoRA this loads (what ``ModelLoader.resolve_lora`` and ``lora_adapter`` take)."""
+        return LoraSettings(path=self.lora, weight_name=self.weight_name, scale=self.scale, revision=self.revision)
 
 
 #: Scheduler steps a turbo (adversarially distilled: SD-Turbo, SDXL-Turbo) style may take per round.

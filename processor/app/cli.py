@@ -47,6 +47,7 @@ from processor.errors import (
     FatalError,
     ItemError,
     ObjectNotFound,
+    ProcessorError,
     StoreAccessError,
     StoreError,
 )
@@ -401,72 +402,45 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
-    """Fetch every configured diffusion model (and hub LoRA) into the cache, safetensors only."""
-    from processor.config import LoraSettings
-    from processor.models.ip_adapter import encoder_source as ip_adapter_encoder
-    from processor.models.ip_adapter import resolve_files as resolve_ip_adapter
-    from processor.models.loader import ModelLoader, configured_models, is_bucket, is_local
+    """Fetch every configured diffusion model and every add-on model (caption models, CLIP scorer,
+    hub LoRAs, IP-Adapters, ControlNets and their preprocessors, segmenter) into the cache,
+    safetensors only. The add-ons are ``pull_list.addon_models``, the list ``--dry-run`` prints."""
+    from processor.models.loader import ModelLoader, configured_models
+    from processor.models.pull_list import addon_models
 
     loader = ModelLoader(settings.models)
     wanted = configured_models(settings.styles)
     convert = args.convert_pickle or settings.models.convert_pickle
     if args.dry_run:
-        return models_pull_dry_run(loader, wanted, convert)
+        return models_pull_dry_run(loader, wanted, convert, addon_models(settings, loader, build_captioner(settings)))
     if convert and loader.offline:
         # Offline, only the conversion can run: from the *.bin files the cache already holds.
         for model, revision in wanted:
             print(f"{model}{'@' + revision if revision else ''}: {loader.pull_converting(model, revision).path}")
         print("offline: converted from the cache only; caption models, LoRAs and the segmenter were not fetched")
         return 0
-    captioner = build_captioner(settings)
-    if captioner is not None:
-        for model, path in captioner.pull():
-            print(f"caption {model}: {path}")
-    from processor.pipeline.clipscore import pull_clip
-
-    clip = pull_clip(settings.pipeline.clip_score, loader.cache_dir)
-    if clip:
-        print(f"clip score: {clip}")
-    if not wanted:
+    if loader.offline:
+        raise ConfigError("cannot pull: offline mode is on (models.offline / HF_HUB_OFFLINE); run `processor "
+                          "models pull` where the Hub can be reached, or add --dry-run to see what the cache holds")
+    addons = addon_models(settings, loader, build_captioner(settings))
+    if not wanted and not addons:
         print("no diffusion styles configured: nothing to pull")
         return 0
     for model, revision in wanted:
         resolved = loader.pull_converting(model, revision) if convert else loader.pull(model, revision)
         print(f"{model}{'@' + revision if revision else ''}: {resolved.path}")
-    for style in settings.styles.values():
-        lora = getattr(style, "lora", None)
-        if lora is not None and not is_local(lora.path) and not is_bucket(lora.path):
-            print(f"lora {lora.path}: {loader.resolve_lora(lora)}")
-        lcm = getattr(style, "lcm", None)
-        if lcm is not None and not is_local(lcm.lora) and not is_bucket(lcm.lora):
-            lcm_lora = LoraSettings(path=lcm.lora, weight_name=lcm.weight_name)
-            print(f"lcm lora {lcm.lora}: {loader.resolve_lora(lcm_lora)}")
-        ip_adapter = getattr(style, "ip_adapter", None)
-        if ip_adapter is not None and not (is_local(ip_adapter.model) and is_local(ip_adapter_encoder(ip_adapter)[0])):
-            files = resolve_ip_adapter(loader, ip_adapter, download=True)
-            print(f"ip-adapter {ip_adapter.model}@{files.revision}: {files.weights} (image encoder {files.encoder})")
-    from processor.models.loader import configured_controlnets
-
-    for model, revision in configured_controlnets(settings.styles):
-        print(f"controlnet {model}{'@' + revision if revision else ''}: "
-              f"{loader.resolve_controlnet(model, revision, download=True).path}")
-    from processor.models import preprocessors
-
-    for kind, preprocessor in preprocessors.configured_preprocessors(settings.styles):
-        made = preprocessors.pull(kind, preprocessor, cache_dir=loader.cache_dir, offline=loader.offline)
-        print(f"{kind} preprocessor {preprocessor.model}{'@' + preprocessor.revision if preprocessor.revision else ''}"
-              f": {made.path}{' (converted from pickle)' if made.converted else ''}")
-    from processor.pipeline.mask import pull_segmenter
-
-    segmenter = pull_segmenter(settings.pipeline.mask, loader.cache_dir)
-    if segmenter:
-        print(f"segmenter: {segmenter}")
+    for addon in addons:
+        got = addon.fetch(True)
+        commit = f" (commit {got.commit})" if got.commit and got.commit != addon.revision else ""
+        print(f"{addon.label} {addon.shown}: {got.path}{got.note}{commit}")
     return 0
 
 
-def models_pull_dry_run(loader: Any, wanted: list[tuple[str, str | None]], convert: bool) -> int:
+def models_pull_dry_run(loader: Any, wanted: list[tuple[str, str | None]], convert: bool,
+                        addons: list[Any] | None = None) -> int:
     """``models pull --dry-run``: per diffusion model, the files a pull fetches and their sizes
-    (hub metadata; offline: what the cache holds). Exits non-zero when a model would not load."""
+    (hub metadata; offline: what the cache holds), then every add-on model and whether the cache
+    has it. Exits non-zero when a model would not load (offline: an add-on missing from the cache)."""
     from processor.errors import EXIT_MODEL
     from processor.models.loader import IGNORE_PATTERNS, component_patterns, is_local
     from processor.models.safeweights import cache_plan, format_plans, hub_plan
@@ -475,15 +449,28 @@ def models_pull_dry_run(loader: Any, wanted: list[tuple[str, str | None]], conve
     for model, _ in wanted:
         if is_local(model):
             print(f"{model}: a local folder, nothing to fetch")
-    if not hub:
+    plans = []
+    if hub:
+        plan = cache_plan if loader.offline else hub_plan
+        plans = [plan(m, r, loader.cache_dir, component_patterns, IGNORE_PATTERNS) for m, r in hub]
+        print(format_plans(plans, convert=convert))
+    elif not addons:
         print("no hub models configured: nothing to fetch")
         return 0
-    plan = cache_plan if loader.offline else hub_plan
-    plans = [plan(m, r, loader.cache_dir, component_patterns, IGNORE_PATTERNS) for m, r in hub]
-    print(format_plans(plans, convert=convert))
-    print("(caption models, the segmenter, hub LoRAs, ControlNets and their preprocessors, and IP-Adapters are "
-          "pulled too; --dry-run lists the diffusion models)")
-    return 0 if all(p.loads(convert) for p in plans) else EXIT_MODEL
+    missing = 0
+    if addons:
+        print(f"\nadd-on models ({len(addons)}):")
+    for addon in addons or []:
+        used = f" [{', '.join(addon.styles)}]" if addon.styles else ""
+        try:
+            got = addon.fetch(False)
+            state = f"cached: {got.path}{got.note}" + (f" (commit {got.commit})" if got.commit else "")
+        except ProcessorError as exc:
+            missing += 1
+            state = f"NOT in the cache: {exc}" if loader.offline else "would fetch (not in the cache yet)"
+        print(f"  {addon.label} {addon.shown}{used}: {state}")
+    failed = not all(p.loads(convert) for p in plans) or (loader.offline and missing > 0)
+    return EXIT_MODEL if failed else 0
 
 
 def cmd_schema(args: argparse.Namespace, settings: Settings | None) -> int:

@@ -48,6 +48,7 @@ def run_checks(
     rows.append(Row("device", "ok", detect_device()))
     rows.append(Row("metrics", *describe_endpoint(settings.metrics)))
     rows.extend(_model_checks(settings, build_registry))
+    rows.extend(_addon_checks(settings))
     if build_captioner is not None:
         rows.extend(_caption_checks(settings, build_captioner))
     # Error texts quote endpoints: none may show the credentials written into one.
@@ -124,4 +125,38 @@ def _caption_checks(settings: Settings, build_captioner: Callable[[Settings], An
                                                       f"fetches it (else the worker downloads it at start)"))
         else:
             rows.append(Row(f"caption {role}", "warn", f"{detail} (no style in run.styles uses it)"))
+    return rows
+
+
+def _addon_checks(settings: Settings) -> list[Row]:
+    """Whether each add-on hub model (CLIP scorer, LoRAs, IP-Adapters, ControlNets and their
+    preprocessors, segmenter: ``pull_list.addon_models``, what ``models pull`` fetches) is in the
+    cache; nothing is loaded or fetched. A missing one fails offline when a style in
+    ``run.styles`` (or every style: the CLIP scorer, the segmenter) needs it, else warns."""
+    from processor.models.loader import ModelLoader, offline_mode
+    from processor.models.pull_list import addon_models
+
+    loader = ModelLoader(settings.models)
+    try:
+        addons = addon_models(settings, loader)  # caption models: _caption_checks
+    except ProcessorError as exc:
+        return [Row("add-on models", "FAIL", str(exc))]
+    offline = offline_mode(settings.models)
+    rows = []
+    for addon in addons:
+        used = not addon.styles or any(s in settings.run.styles for s in addon.styles)
+        where = f"{addon.shown}" + (f" ({', '.join(addon.styles)})" if addon.styles else "")
+        try:
+            got = addon.fetch(False)
+        except ProcessorError as exc:
+            if used and offline:
+                rows.append(Row(addon.label, "FAIL", str(exc)))
+            elif used:
+                rows.append(Row(addon.label, "warn", f"{where}: not in the cache yet; `processor models pull` "
+                                                     f"fetches it (else the worker downloads it at start)"))
+            else:
+                rows.append(Row(addon.label, "warn", f"{where}: not in the cache (no style in run.styles uses it)"))
+            continue
+        commit = f" (commit {got.commit})" if got.commit else ""
+        rows.append(Row(addon.label, "ok", f"{where}: cached, {got.path}{got.note}{commit}"))
     return rows

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from processor.config import Img2ImgStyle, InstructPix2PixStyle, LoraSettings
+from processor.config import Img2ImgStyle, InstructPix2PixStyle
 from processor.models import accel
 from processor.models.loader import ModelLoader, ResolvedModel
 from processor.pipeline.base import ControlUse, ItemContext, VariantImage
@@ -104,7 +104,7 @@ class _DiffusionEngine:
         lcm = getattr(self.style, "lcm", None)
         loras = [lora] if lora is not None else []
         if lcm is not None:
-            lcm_lora = LoraSettings(path=lcm.lora, weight_name=lcm.weight_name, scale=lcm.scale)
+            lcm_lora = lcm.as_lora()
             self.lcm_adapter = self.models.lora_adapter(pipe, self.style.model, self.style.revision, lcm_lora)
             loras.append(lcm_lora)
         self.lora_hashes = dict(self.models.lora_hash(x) for x in loras)
@@ -378,7 +378,8 @@ class Img2ImgEngine(_DiffusionEngine):
                 params["lora"] = {"path": style.lora.path, "scale": style.lora.scale,
                                   "revision": self.models.lora_revision(style.lora)}
             if style.lcm is not None:
-                params["lcm"] = {"lora": style.lcm.lora, "scale": style.lcm.scale}
+                params["lcm"] = {"lora": style.lcm.lora, "scale": style.lcm.scale,
+                                 "revision": self.models.lora_revision(style.lcm.as_lora())}
             if self.lora_hashes:
                 params["lora_hashes"] = dict(self.lora_hashes)
             if self.ip_adapter is not None:

@@ -304,7 +304,8 @@ def test_models_pull_fetches_the_adapter_and_its_encoder_pinned(tmp_path, monkey
     assert kwargs["revision"] == "feedbee" and kwargs["local_files_only"] is False
     assert kwargs["allow_patterns"] == ["models/ip-adapter_sd15.safetensors", "models/image_encoder/*.safetensors",
                                         "models/image_encoder/*.json"]
-    assert "ip-adapter h94/IP-Adapter@0123abc:" in capsys.readouterr().out
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("ip-adapter "))
+    assert line.startswith("ip-adapter h94/IP-Adapter@feedbee: ") and line.endswith("(commit 0123abc)")
 
 
 def test_flow_models_refuse_an_ip_adapter(tmp_path):
