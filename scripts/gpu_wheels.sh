@@ -28,7 +28,7 @@ PYTHON=${PYTHON:-python3}
 BUDGET_MIB=${GPU_WHEELS_BUDGET_MIB:-48}
 
 PINS=(
-  # config and manifests (processor/config.py, processor/manifest.py)
+  # config and manifests (processor/config/, processor/manifest.py)
   pydantic==2.14.4
   pydantic-core==2.50.5          # compiled (cp312)
   annotated-types==0.8.0

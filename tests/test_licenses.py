@@ -12,8 +12,8 @@ import pytest
 from processor.app.cli import main
 from processor.app.compose import build_registry
 from processor.config import Img2ImgStyle, load_settings
+from processor.config.licenses import LicenseUse, style_licenses
 from processor.errors import EXIT_CONFIG, ConfigError
-from processor.licenses import LicenseUse, style_licenses
 from processor.manifest import FailureRecord, Manifest
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore

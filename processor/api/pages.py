@@ -25,7 +25,7 @@ from processor.api.jobs import MAX_PAGE, JobQueue, JobState, NotFailed, UnknownJ
 from processor.api.problems import Problem
 from processor.api.schemas import JobOut
 from processor.config import Settings
-from processor.licenses import noncommercial_uses
+from processor.config.licenses import noncommercial_uses
 
 HERE = Path(__file__).parent
 #: The cookie that carries the token for the pages (and the API calls they make).

@@ -132,7 +132,7 @@ def _chosen_styles(args: argparse.Namespace, settings: Settings) -> list[str]:
     if problem:
         raise ConfigError(f"--style: the styles given {problem}")
     if not settings.run.allow_noncommercial:
-        from processor.licenses import noncommercial_problem
+        from processor.config.licenses import noncommercial_problem
 
         problem = noncommercial_problem(args.style, settings.styles)
         if problem:

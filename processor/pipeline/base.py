@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from processor.config import DEFAULT_PROMPT_TEMPLATE
-from processor.licenses import LicenseUse
+from processor.config.licenses import LicenseUse
 
 
 @dataclass

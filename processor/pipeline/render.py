@@ -15,8 +15,8 @@ from typing import Any
 
 from PIL import Image
 
+from processor.config.licenses import style_licenses
 from processor.errors import InvalidSidecar, ItemError, StageFailed
-from processor.licenses import style_licenses
 from processor.pipeline.base import Engine, ItemContext, VariantImage
 from processor.pipeline.sidecar import style_with_overrides
 

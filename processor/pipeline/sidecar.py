@@ -53,7 +53,7 @@ class SidecarBackground(BaseModel):
 
 
 class Sidecar(BaseModel):
-    """The overrides one input may carry; the bounds are the style sections' own (config.py)."""
+    """The overrides one input may carry; the bounds are the style sections' own (processor/config/base.py)."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -139,7 +139,7 @@ def validate_overrides(
         label = "styles" if car.styles is not None else f"the styles it gets ({', '.join(names)})"
         raise InvalidSidecar(f"{where}: {label} {problem}")
     if not settings.run.allow_noncommercial:
-        from processor.licenses import noncommercial_problem
+        from processor.config.licenses import noncommercial_problem
 
         problem = noncommercial_problem(list(names), settings.styles)
         if problem:

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from processor.config import NONCOMMERCIAL_LICENSES, background_model
+from processor.config.base import NONCOMMERCIAL_LICENSES
+from processor.config.styles import background_model
 
 #: Setting that lets a worker run non-commercial weights.
 ALLOW_KEY = "run.allow_noncommercial"

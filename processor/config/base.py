@@ -1,0 +1,98 @@
+"""The settings' building blocks: the section base class, defaults and bounds every section shares.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ENV_PREFIX = "PROCESSOR_"
+CONFIG_ENV = "PROCESSOR_CONFIG"
+#: The default variables of the API's secrets (``api.keys_env``, ``api.webhook_secret_env``):
+#: values, not settings keys, so never read into the settings tree (nor shown in its errors).
+API_KEYS_ENV = "PROCESSOR_API_KEYS"
+WEBHOOK_SECRET_ENV = "PROCESSOR_WEBHOOK_SECRET"
+NOT_SETTINGS_ENV = frozenset({CONFIG_ENV, API_KEYS_ENV, WEBHOOK_SECRET_ENV})
+DEFAULT_CONFIG = Path("config.yaml")
+
+#: Seconds a claim stays valid without renewal.
+DEFAULT_CLAIM_TTL_S = 600.0
+#: Seconds between claim renewals (well inside the TTL so one slow renewal does not lose it).
+DEFAULT_CLAIM_RENEW_S = 120.0
+#: Seconds between progress-carrying claim renewals of an item being worked on: often enough for
+#: a progress bar, and still one small PUT per running item per period, never one per step.
+DEFAULT_CLAIM_PROGRESS_S = 2.0
+#: TCP port of ``processor serve`` (the HTTP API).
+DEFAULT_API_PORT = 8080
+#: Seconds the longest ``Prefer: wait=N`` may hold a request open (larger N are cut to this).
+DEFAULT_API_MAX_WAIT_S = 60.0
+#: Seconds ``POST /generate_image_rest_direct`` waits for its images before answering 504.
+DEFAULT_API_DIRECT_TIMEOUT_S = 600.0
+#: Seconds between the bucket reads of a waiting request or an event stream.
+DEFAULT_API_POLL_S = 0.5
+#: Seconds a presigned variant URL stays valid.
+DEFAULT_API_URL_TTL_S = 300
+#: Seconds: the longest TTL any claim in the bucket is believed to have. A claim names its own TTL,
+#: but whoever can write the bucket can write a claim: one that says a year (or garbage) would
+#: otherwise hold its input forever. An hour: six times the default TTL.
+DEFAULT_CLAIM_MAX_TTL_S = 3600.0
+#: Bytes: inputs larger than this are refused before download.
+DEFAULT_MAX_BYTES = 50 * 1024 * 1024
+#: Pixels: a decoded image larger than this is refused before its pixels are allocated.
+DEFAULT_MAX_PIXELS = 40_000_000
+#: Pixels: the shorter side of an input must be at least this.
+DEFAULT_MIN_SIDE = 64
+#: TCP port of /metrics, /healthz and /readyz (the deploy files name it ``metrics``).
+DEFAULT_METRICS_PORT = 9108
+#: Seconds without progress after which /healthz fails: longer than one item's slowest stage.
+DEFAULT_METRICS_STALL_S = 900.0
+#: zlib level of the variant PNGs. 1, not 6: on a 512 px image level 6 took 134 ms and level 1
+#: 28 ms for a file 17 % larger (a synthetic photo; smooth cartoons differ less), and encoding four
+#: variants is the upload stage's main cost, which must keep up with the GPU (docs/benchmarks.md).
+DEFAULT_PNG_COMPRESS_LEVEL = 1
+#: Seconds between the daemon's full scans (incremental StartAfter scans in between).
+DEFAULT_FULL_RESCAN_S = 300.0
+#: Attempts an input gets when a stage crashes on it (``StageFailed``). Three, not one: a crash
+#: may be the worker's (a poisoned CUDA context, a bad deploy) rather than the input's, and another
+#: attempt, usually on a healthy or restarted worker, tells the two apart. Not more: each attempt
+#: of a diffusion style costs GPU minutes. A bad input (``InvalidInput``) always gets one.
+DEFAULT_MAX_ATTEMPTS = 3
+#: ``StageFailed`` items in a row, with no success between them, after which a worker stops as
+#: unhealthy (exit 7) rather than burning the backlog's retry budgets; 0 turns the breaker off.
+DEFAULT_MAX_CONSECUTIVE_FAILURES = 5
+#: Styles one input may ask for (``run.styles`` or a sidecar's ``styles``).
+DEFAULT_MAX_STYLES_PER_INPUT = 8
+#: Variants one input may ask for, all its styles together: each is a full diffusion run.
+DEFAULT_MAX_VARIANTS_PER_INPUT = 32
+#: Pixels: the contact sheet's encoded size (tiles shrink to fit), whatever the number of
+#: variants or the input's aspect ratio. A 4:3 photo and 32 variants at 256 px tiles are 3.4 MP
+#: (``processor.pipeline.encode._sheet_pixels``), so the cap only bites on odd shapes and sizes.
+DEFAULT_CONTACT_SHEET_MAX_PIXELS = 16_000_000
+
+
+# --- constraints shared by the style sections and per-input overrides (pipeline/sidecar.py) ---
+# A sidecar (or the API) may override these style keys; one definition keeps their bounds equal.
+
+#: The largest seed: 32 bits, as Stable Diffusion front ends use (variant i uses seed + i).
+MAX_SEED = 2**32 - 1
+#: Variants of one style for one input.
+MAX_VARIANTS = 16
+#: Characters of a prompt, negative prompt or instruction (the text encoder reads 77 tokens).
+MAX_PROMPT_CHARS = 2000
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+VariantCount = Annotated[int, Field(ge=1, le=MAX_VARIANTS)]
+PromptText = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+BackgroundMode = Literal["none", "inpaint", "generate", "instruct"]
+#: A model's license, as its model card names it (``license:`` on a style and on its LoRA, LCM-LoRA,
+#: ControlNet and background models). ``non-commercial`` covers every licence that forbids
+#: commercial use (FLUX.1-dev's, CC BY-NC); ``other`` is anything else (read the card).
+ModelLicense = Literal["apache-2.0", "mit", "openrail", "openrail++", "creativeml-openrail-m", "non-commercial",
+                       "other"]
+#: The licences ``run.allow_noncommercial: false`` refuses.
+NONCOMMERCIAL_LICENSES = frozenset({"non-commercial"})
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")

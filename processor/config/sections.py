@@ -1,0 +1,479 @@
+"""The non-style sections of the settings tree: store, prefixes, run, claims, pipeline, models,
+caption, log, metrics, api.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from processor.config.base import (
+    API_KEYS_ENV,
+    DEFAULT_API_DIRECT_TIMEOUT_S,
+    DEFAULT_API_MAX_WAIT_S,
+    DEFAULT_API_POLL_S,
+    DEFAULT_API_PORT,
+    DEFAULT_API_URL_TTL_S,
+    DEFAULT_CLAIM_MAX_TTL_S,
+    DEFAULT_CLAIM_PROGRESS_S,
+    DEFAULT_CLAIM_RENEW_S,
+    DEFAULT_CLAIM_TTL_S,
+    DEFAULT_CONTACT_SHEET_MAX_PIXELS,
+    DEFAULT_FULL_RESCAN_S,
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_CONSECUTIVE_FAILURES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MAX_STYLES_PER_INPUT,
+    DEFAULT_MAX_VARIANTS_PER_INPUT,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_METRICS_STALL_S,
+    DEFAULT_MIN_SIDE,
+    DEFAULT_PNG_COMPRESS_LEVEL,
+    WEBHOOK_SECRET_ENV,
+    Section,
+)
+
+
+class StoreSettings(Section):
+    """Where the bucket is. Keys that do not apply to ``kind`` are ignored."""
+
+    kind: Literal["local", "s3", "cos"] = "local"
+    #: local: the directory that acts as the bucket.
+    root: Path = Path("bucket")
+    #: s3 / cos: bucket name.
+    bucket: str | None = None
+    #: s3 / cos: endpoint, e.g. http://127.0.0.1:8333 or https://s3.eu-de.cloud-object-storage.appdomain.cloud
+    endpoint_url: str | None = None
+    region: str | None = None
+    #: s3: a named AWS profile (else the standard AWS variables / instance role).
+    profile: str | None = None
+    #: cos: the environment variable that holds the IAM API key (the key itself never goes in config).
+    api_key_env: str = "COS_API_KEY"
+    #: cos: the COS service instance CRN.
+    instance_id: str | None = None
+    #: cos: the IAM token endpoint.
+    auth_endpoint: str = "https://iam.cloud.ibm.com/identity/token"
+    #: Attempts per store request before a transient error is raised (tenacity, exponential + jitter).
+    max_attempts: int = Field(default=6, ge=1)
+    #: Seconds: the longest single back-off sleep between attempts.
+    max_backoff_s: float = Field(default=20.0, gt=0)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    read_timeout_s: float = Field(default=60.0, gt=0)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_is_a_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL; write it with its scheme, e.g. "
+                             f"https://{value.strip().split('://')[-1].lstrip('/') or 's3.example.com'}")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _bucket_for_remote(self) -> StoreSettings:
+        if self.kind in ("s3", "cos") and not self.bucket:
+            raise ValueError(f"store.bucket is required when store.kind is {self.kind!r}")
+        if self.kind == "cos" and not self.endpoint_url:
+            raise ValueError("store.endpoint_url is required when store.kind is 'cos'")
+        return self
+
+
+class PrefixSettings(Section):
+    inputs: str = "inputs/"
+    outputs: str = "outputs/"
+    failed: str = "failed/"
+    state: str = ".processor/"
+    #: Per-input style pictures (a sidecar's ``style_image``) are read from under here only.
+    styles: str = "styles/"
+
+    @field_validator("inputs", "outputs", "failed", "state", "styles")
+    @classmethod
+    def _normalise(cls, value: str) -> str:
+        value = value.strip("/")
+        if not value or any(part in ("", ".", "..") for part in value.split("/")):
+            raise ValueError("a prefix is a non-empty path like 'inputs/' without '.' or '..' parts")
+        return value + "/"
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> PrefixSettings:
+        names = {"inputs": self.inputs, "outputs": self.outputs, "failed": self.failed, "state": self.state,
+                 "styles": self.styles}
+        for a, pa in names.items():
+            for b, pb in names.items():
+                if a != b and pa.startswith(pb):
+                    raise ValueError(f"prefixes.{a} ({pa!r}) must not lie inside prefixes.{b} ({pb!r})")
+        return self
+
+
+class DecodeSettings(Section):
+    max_bytes: int = Field(default=DEFAULT_MAX_BYTES, gt=0)
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, gt=0)
+    min_side: int = Field(default=DEFAULT_MIN_SIDE, ge=1)
+
+
+#: Fraction of the image: a subject mask covering less than this is "nothing found".
+DEFAULT_MIN_COVERAGE = 0.02
+#: Fraction of the image: a subject mask covering more than this is "everything is subject".
+DEFAULT_MAX_COVERAGE = 0.90
+
+
+#: The ONNX segmenter families (``processor.pipeline.onnx_segmenter.FAMILIES``).
+OnnxFamily = Literal["u2net", "isnet", "birefnet"]
+
+
+class OnnxSegmenterSettings(Section):
+    """A salient-object / matting model in ONNX form (``processor.pipeline.onnx_segmenter``).
+
+    ONNX files hold a graph and tensors, no pickle, so they keep the safe-weights rule."""
+
+    #: A local ``.onnx`` file, or a hub repo id whose ``file`` is fetched by ``processor models pull``.
+    model: str
+    #: The file inside the hub repo (ignored for a local file), e.g. ``onnx/model.onnx``.
+    file: str = "model.onnx"
+    revision: str | None = None
+    #: Input size and normalisation: ``u2net`` (rembg u2net/u2netp/silueta, 320 px), ``isnet``
+    #: (isnet-general-use, RMBG-1.4-style, 1024 px), ``birefnet`` (1024 px, logits).
+    family: OnnxFamily = "u2net"
+    #: Pixels: the model's square input side (default: the family's).
+    input_size: int | None = Field(default=None, ge=32, le=4096)
+    #: Saliency (0-1) at or above which a pixel is subject.
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    #: ``auto``: the CUDA execution provider when onnxruntime has it, else the CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _onnx_file(self) -> OnnxSegmenterSettings:
+        target = self.model if self.model.endswith(".onnx") else self.file
+        if not target.endswith(".onnx"):
+            raise ValueError(f"onnx segmenter file {target!r} must be an .onnx file (set pipeline.mask.onnx.file)")
+        return self
+
+
+class MaskSettings(Section):
+    """The subject mask background styles use (``processor.pipeline.mask``), one per input."""
+
+    #: An ONNX salient-object model (the rembg family, BiRefNet). When set and its file is present
+    #: it makes the masks; when it is missing or cannot load, GrabCut does, and the reason is
+    #: recorded in every variant's ``background.segmentation.fallback``.
+    onnx: OnnxSegmenterSettings | None = None
+    #: None: the classical segmenter (OpenCV GrabCut seeded from a border colour model; no weights).
+    #: Else a transformers semantic-segmentation model (hub id or local folder, safetensors only);
+    #: every pixel whose label is not in ``background_labels`` is subject.
+    segmenter: str | None = None
+    segmenter_revision: str | None = None
+    #: Labels of the segmenter that count as background (ADE20K scene classes by default; compared
+    #: case- and space-insensitively). "person" is not among them: a toy figure may be labelled so.
+    background_labels: list[str] = Field(default_factory=lambda: [
+        "background", "wall", "floor", "ceiling", "table", "desk", "counter", "countertop", "sky", "road",
+        "sidewalk", "grass", "earth", "sand", "field", "water", "sea", "mountain", "tree", "plant", "building",
+        "windowpane", "door", "curtain", "rug", "cabinet", "shelf", "bookcase", "book", "bed", "sofa", "chair",
+        "armchair", "cushion", "pillow", "painting", "mirror", "lamp", "computer", "screen",
+    ])
+    #: A mask covering less than this fraction of the image falls back to no background change.
+    min_coverage: float = Field(default=DEFAULT_MIN_COVERAGE, ge=0, lt=1)
+    #: A mask covering more than this fraction of the image falls back to no background change.
+    max_coverage: float = Field(default=DEFAULT_MAX_COVERAGE, gt=0, le=1)
+    #: Pixels: the Gaussian sigma of the feathered edge (default: 1% of the image's short side).
+    feather_px: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds_ordered(self) -> MaskSettings:
+        if self.onnx is not None and self.segmenter:
+            raise ValueError("set pipeline.mask.onnx or pipeline.mask.segmenter, not both")
+        if self.min_coverage >= self.max_coverage:
+            raise ValueError(f"min_coverage ({self.min_coverage}) must be below max_coverage ({self.max_coverage})")
+        return self
+
+
+class ClipScoreSettings(Section):
+    """``pipeline.clip_score``: score every variant by CLIP image similarity to its photo
+    (``processor.pipeline.clipscore``): a transformers ``CLIPModel`` folder or hub id, loaded once
+    per worker like every other model (safetensors only, pinned revision, offline mode) and fetched
+    by ``processor models pull``."""
+
+    #: A hub id (``openai/clip-vit-large-patch14``) or a local folder holding a transformers
+    #: ``CLIPModel`` (``config.json``, ``model.safetensors``, ``preprocessor_config.json``).
+    model: str
+    #: The hub commit, branch or tag to load; the commit loaded is recorded in every variant.
+    revision: str | None = None
+
+
+class PipelineSettings(Section):
+    decode: DecodeSettings = DecodeSettings()
+    #: Write a contact sheet (the original beside every variant) per input.
+    contact_sheet: bool = True
+    #: Pixels: the contact sheet's tile height.
+    contact_sheet_height: int = Field(default=256, ge=32, le=2048)
+    #: Pixels: the most the contact sheet may have; its tiles shrink to fit.
+    contact_sheet_max_pixels: int = Field(default=DEFAULT_CONTACT_SHEET_MAX_PIXELS, ge=100_000, le=100_000_000)
+    #: zlib level of the variant and mask PNGs (0-9): higher is smaller and slower to write.
+    png_compress_level: int = Field(default=DEFAULT_PNG_COMPRESS_LEVEL, ge=0, le=9)
+    #: The subject mask for styles with a ``background`` (computed once per input).
+    mask: MaskSettings = MaskSettings()
+    #: Score every variant by the photo's edges it kept inside the subject mask (weight-free,
+    #: ``processor.pipeline.structure``), or over the whole image where no mask is at hand.
+    structure_score: bool = True
+    #: Compute a subject mask for the score when no background stage made one. Off by default:
+    #: a GrabCut mask costs CPU time on the upload thread for every input, which toon-only
+    #: workers would otherwise pay; their scores then cover the whole image (``region``).
+    structure_mask: bool = False
+    #: CLIP image similarity of each variant to its photo (inside the subject's box when a subject
+    #: mask is at hand, as the structure score); None: not scored, and no CLIP model loads.
+    clip_score: ClipScoreSettings | None = None
+
+
+class RunSettings(Section):
+    #: Styles every input gets (names under ``styles``).
+    styles: list[str] = Field(default_factory=lambda: ["toon"])
+    #: Order of each style's variants in the manifest and on the contact sheet: ``none`` (by
+    #: index), ``structure`` (best structure score first; needs pipeline.structure_score) or
+    #: ``clip`` (most CLIP-similar to the photo first; needs pipeline.clip_score).
+    order_variants_by: Literal["none", "structure", "clip"] = "none"
+    #: Seconds between scans while the daemon has work.
+    poll_interval_s: float = Field(default=10.0, gt=0)
+    #: Seconds: the longest wait between scans while idle (doubles from poll_interval_s).
+    idle_backoff_max_s: float = Field(default=300.0, gt=0)
+    #: Seconds between the daemon's full scans; in between it lists only inputs after the last key
+    #: seen (StartAfter). An upload that sorts before that key is found by the next full scan, or by
+    #: the next scan when `processor submit` / `processor retry` wrote the rescan hint (rescan.py).
+    full_rescan_s: float = Field(default=DEFAULT_FULL_RESCAN_S, gt=0)
+    #: Inputs downloaded and decoded ahead of the one computing.
+    prefetch: int = Field(default=2, ge=0, le=64)
+    #: Finished items waiting for upload before compute waits (bounds memory).
+    upload_queue: int = Field(default=2, ge=1, le=64)
+    #: ``claims`` (leases in the bucket), ``shards`` (static hash sharding), ``auto`` (claims,
+    #: or shards when the store's conditional create is not atomic).
+    coordination: Literal["auto", "claims", "shards"] = "claims"
+    #: Shard count for ``shards`` coordination (a Kubernetes Indexed Job's completions).
+    shard_count: int = Field(default=1, ge=1)
+    #: This worker's shard; default from ``$JOB_COMPLETION_INDEX``.
+    shard_index: int | None = Field(default=None, ge=0)
+    #: Identifies this worker in claims and manifests; default host name + pid.
+    worker_id: str | None = None
+    #: Attempts per input version when a stage crashes on it (``StageFailed``); a bad input gets one.
+    max_attempts: int = Field(default=DEFAULT_MAX_ATTEMPTS, ge=1)
+    #: ``StageFailed`` items in a row after which the worker exits as unhealthy (exit 7); 0: never.
+    max_consecutive_failures: int = Field(default=DEFAULT_MAX_CONSECUTIVE_FAILURES, ge=0)
+    #: Styles one input may ask for (a sidecar's ``styles``; ``run.styles`` itself).
+    max_styles_per_input: int = Field(default=DEFAULT_MAX_STYLES_PER_INPUT, ge=1, le=64)
+    #: Variants one input may ask for, summed over its styles (a sidecar's ``variants`` counts once per style).
+    max_variants_per_input: int = Field(default=DEFAULT_MAX_VARIANTS_PER_INPUT, ge=1, le=1024)
+    #: Run styles whose models declare a ``non-commercial`` license. Off by default: a worker that
+    #: serves others must not run such weights unless its operator says so, once, here; with it off
+    #: such a style in run.styles stops the worker at start (exit 3) and a sidecar naming one fails.
+    allow_noncommercial: bool = False
+
+    @model_validator(mode="after")
+    def _shard_in_range(self) -> RunSettings:
+        if self.shard_index is not None and self.shard_index >= self.shard_count:
+            raise ValueError(f"run.shard_index {self.shard_index} must be < run.shard_count {self.shard_count}")
+        return self
+
+
+class ClaimSettings(Section):
+    # allow_inf_nan=False: "inf" or "nan" from YAML or the environment would never expire.
+    ttl_s: float = Field(default=DEFAULT_CLAIM_TTL_S, gt=0, allow_inf_nan=False)
+    renew_s: float = Field(default=DEFAULT_CLAIM_RENEW_S, gt=0, allow_inf_nan=False)
+    #: Cap on the TTL read from any claim in the bucket (``processor.queue.claims``).
+    max_ttl_s: float = Field(default=DEFAULT_CLAIM_MAX_TTL_S, gt=0, allow_inf_nan=False)
+    #: Seconds between the claim rewrites that publish a running item's progress (what
+    #: ``GET /v1/jobs/{id}`` shows); a renewal made early, so at most one write per this period.
+    progress_s: float = Field(default=DEFAULT_CLAIM_PROGRESS_S, gt=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _renew_inside_ttl(self) -> ClaimSettings:
+        if self.renew_s >= self.ttl_s:
+            raise ValueError(f"claims.renew_s ({self.renew_s}) must be shorter than claims.ttl_s ({self.ttl_s})")
+        if self.ttl_s > self.max_ttl_s:
+            raise ValueError(f"claims.ttl_s ({self.ttl_s}) must not exceed claims.max_ttl_s ({self.max_ttl_s}): "
+                             "other workers would take this worker's claims over while it still renews them")
+        return self
+
+
+class PerformanceSettings(Section):
+    """GPU-path switches applied when a pipeline loads (``processor.models.accel`` says why each default)."""
+
+    #: ``sdpa``: PyTorch scaled_dot_product_attention (flash / memory-efficient kernels on CUDA);
+    #: ``eager``: diffusers' plain matmul-softmax attention.
+    attention: Literal["sdpa", "eager"] = "sdpa"
+    #: NHWC memory format for the UNet; default (null): on for CUDA, off for the CPU.
+    channels_last: bool | None = None
+    #: torch.compile the UNet (warm-up at start, recorded; each new input shape compiles again).
+    compile_unet: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    #: Decode a batch of variants one image at a time (lower peak memory).
+    vae_slicing: bool = True
+    #: Tiled VAE decode for large images; ``auto``: when the long side exceeds 2x the native size.
+    vae_tiling: Literal["auto", "on", "off"] = "auto"
+    #: For GPUs smaller than the model: ``model`` keeps one whole module (text encoder, UNet or
+    #: transformer, VAE) on the GPU at a time; ``sequential`` streams weights layer by layer
+    #: (least memory, several times slower). On the CPU both are a no-op, noted in the manifest.
+    offload: Literal["none", "model", "sequential"] = "none"
+
+
+class ModelSettings(Section):
+    """How diffusion weights are loaded (``processor.models.loader``)."""
+
+    #: ``auto`` (CUDA when PyTorch sees a GPU, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ...
+    device: str = "auto"
+    #: ``auto``: float16 on CUDA, float32 on CPU.
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    #: Attention kernel, channels_last, torch.compile, VAE slicing/tiling.
+    performance: PerformanceSettings = PerformanceSettings()
+    #: Never touch the network: a model missing from the cache stops the worker at start
+    #: (``HF_HUB_OFFLINE=1`` does the same).
+    offline: bool = False
+    #: The Hugging Face cache folder (default: $HF_HOME/hub); a mounted volume in Kubernetes.
+    cache_dir: Path | None = None
+    #: ``processor models pull`` only (an init container / image build): convert components that a
+    #: repo ships as pickle ``*.bin`` only into safetensors, loading them with PyTorch's restricted
+    #: unpickler (same as ``--convert-pickle``). The worker never converts or unpickles.
+    convert_pickle: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value not in ("auto", "cpu", "cuda", "mps") and not (
+            value.startswith("cuda:") and value[5:].isdigit()
+        ):
+            raise ValueError("device is auto, cpu, cuda, cuda:N or mps")
+        return value
+
+
+#: How each input is captioned before its prompt is built (``processor.pipeline.caption``).
+CaptionMode = Literal["fast", "classic", "best", "negative", "blip", "none"]
+#: The prompt template's default: the caption (or per-image prompt), then the style's trigger words.
+DEFAULT_PROMPT_TEMPLATE = "{caption}, {trigger}"
+_TEMPLATE_FIELDS = {"caption", "trigger"}
+
+
+class CaptionSettings(Section):
+    """Captions with the CLIP Interrogator; only styles that take a prompt (img2img) use them."""
+
+    #: ``fast``/``classic``/``best``: the caption model's caption plus CLIP-ranked style terms
+    #: (clip-interrogator's modes); ``negative``: the caption, and the CLIP terms least like the
+    #: image appended to the negative prompt; ``blip``: the caption model alone; ``none``: no caption.
+    mode: CaptionMode = "none"
+    #: An open_clip name ``ARCH/TAG`` (``ViT-L-14/openai``), ``hf-hub:org/repo``, or
+    #: ``local-dir:/path`` (``open_clip_config.json`` and safetensors weights inside).
+    clip_model: str = "ViT-L-14/openai"
+    #: Hub commit / tag to pin for the CLIP weights.
+    clip_revision: str | None = None
+    #: A BLIP / BLIP-2 / GIT hub id or local folder, or a clip-interrogator short name (``blip-large``).
+    caption_model: str = "Salesforce/blip-image-captioning-large"
+    caption_revision: str | None = None
+    #: ``first-clause``: the text up to the first comma (the notebook); ``full``: all of it.
+    keep: Literal["first-clause", "full"] = "first-clause"
+    #: Fields: ``{caption}`` (the caption, or a per-image prompt) and ``{trigger}`` (the style's words).
+    template: str = DEFAULT_PROMPT_TEMPLATE
+    #: Move the caption models to the CPU after each caption, so diffusion gets the whole GPU.
+    offload: bool = False
+    #: The local label-embedding cache; default ``$XDG_CACHE_HOME/toy-cartoonizer/label-tables``.
+    cache_dir: Path | None = None
+    #: A folder of label lists (``artists.txt``, ``flavors.txt``, ``mediums.txt``, ``movements.txt``,
+    #: ``negative.txt``, ``trendings.txt``) replacing clip-interrogator's; missing files keep its list.
+    labels_dir: Path | None = None
+    #: Tokens the caption model may generate.
+    max_caption_tokens: int = Field(default=32, ge=1, le=256)
+    #: Most CLIP-ranked terms appended in fast / best / negative mode.
+    max_flavors: int = Field(default=32, ge=1, le=128)
+    #: Labels per CLIP text batch while computing label tables (lower for small GPUs).
+    chunk_size: int = Field(default=2048, ge=1)
+
+    @field_validator("template")
+    @classmethod
+    def _known_fields(cls, value: str) -> str:
+        import string
+
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        except ValueError as exc:
+            raise ValueError(f"template {value!r} is not a format string: {exc}") from None
+        unknown = fields - _TEMPLATE_FIELDS
+        if unknown:
+            raise ValueError(f"template fields are {{caption}} and {{trigger}}; unknown: {sorted(unknown)}")
+        return value
+
+    @field_validator("clip_model")
+    @classmethod
+    def _clip_name(cls, value: str) -> str:
+        if not value.startswith(("local-dir:", "hf-hub:")) and value.count("/") != 1:
+            raise ValueError("clip_model is ARCH/TAG (ViT-L-14/openai), hf-hub:org/repo or local-dir:/path")
+        return value
+
+
+class LogSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: ``auto``: JSON lines when stderr is not a terminal, readable text when it is.
+    format: Literal["auto", "json", "text"] = "auto"
+
+
+class MetricsSettings(Section):
+    """Prometheus ``/metrics`` and the probes ``/healthz``, ``/readyz`` of ``processor run``."""
+
+    #: TCP port; 0 turns the endpoint off.
+    port: int = Field(default=DEFAULT_METRICS_PORT, ge=0, le=65535)
+    #: Address to listen on: 0.0.0.0 (every IPv4 interface, what a pod needs), 127.0.0.1, ``::``.
+    host: str = "0.0.0.0"
+    #: Seconds without progress (an item finished, a scan, a compute started) after which
+    #: /healthz fails, so the kubelet restarts a wedged worker. Idle waits do not count.
+    stall_s: float = Field(default=DEFAULT_METRICS_STALL_S, gt=0)
+
+    @property
+    def port_is_default(self) -> bool:
+        """No source (config file, ``PROCESSOR_METRICS__PORT``, ``--metrics-port``) named the port.
+
+        Then a taken port is not fatal: a second worker on the host serves on a free port instead.
+        A port someone chose (a pod's probes and scrapers target it) that is taken stays an error.
+        """
+        return "port" not in self.model_fields_set
+
+
+class ApiSettings(Section):
+    """``processor serve``: the HTTP API in front of the bucket (``processor.api``)."""
+
+    #: Address to listen on (127.0.0.1: this machine only; 0.0.0.0 in a pod).
+    host: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_API_PORT, ge=0, le=65535)
+    #: The environment variable holding the accepted bearer tokens, comma-separated. Unset or
+    #: empty: the API is open (a warning is logged at start).
+    keys_env: str = API_KEYS_ENV
+    #: Bytes: the largest photo an upload may carry; the upload is cut off when it passes this.
+    #: Default: pipeline.decode.max_bytes (what a worker would accept anyway).
+    max_upload_bytes: int | None = Field(default=None, gt=0)
+    #: The URL clients reach the API at (https://toys.example.com), for the links in answers;
+    #: default: the URL of each request.
+    public_url: str | None = None
+    #: Folder under the inputs prefix that API uploads go to (inputs/api/<id>.<ext>).
+    submit_prefix: str = "api/"
+    #: The style ``POST /generate_image_rest_direct`` applies (default: the first of run.styles).
+    direct_style: str | None = None
+    max_wait_s: float = Field(default=DEFAULT_API_MAX_WAIT_S, ge=0)
+    direct_timeout_s: float = Field(default=DEFAULT_API_DIRECT_TIMEOUT_S, gt=0)
+    poll_s: float = Field(default=DEFAULT_API_POLL_S, gt=0)
+    #: S3 / COS: variants are short-lived presigned URLs (the client fetches them from the store);
+    #: false, or the local store: they are streamed through the API.
+    presign: bool = True
+    url_ttl_s: int = Field(default=DEFAULT_API_URL_TTL_S, ge=1, le=7 * 24 * 3600)
+    #: Hosts webhooks may be sent to (exact names; ``*.example.com`` matches subdomains). Empty:
+    #: webhooks are refused. Private and loopback addresses are refused unless named here.
+    webhook_allow: list[str] = Field(default_factory=list)
+    #: The environment variable holding the webhook signing secret (Standard Webhooks, whsec_...).
+    webhook_secret_env: str = WEBHOOK_SECRET_ENV
+    #: Origins allowed to call the API from a browser (CORS); empty: none.
+    cors_origins: list[str] = Field(default_factory=list)
+
+    @field_validator("submit_prefix")
+    @classmethod
+    def _folder(cls, value: str) -> str:
+        value = value.strip("/")
+        if not value or any(part in ("", ".", "..") for part in value.split("/")):
+            raise ValueError("submit_prefix is a folder like 'api/' without '.' or '..' parts")
+        return value + "/"
