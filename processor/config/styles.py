@@ -594,6 +594,9 @@ class EditStyle(Section):
     seed: Seed = 0
     #: Pixels: the working long side (multiple of 16); default 1024, Kontext's training size.
     size: int | None = Field(default=None, ge=64, le=4096)
+    #: A LoRA trained for the editor (a Kontext style LoRA on FLUX.1 Kontext, a Qwen-Image-Edit
+    #: LoRA), the same keys as on img2img styles; recorded per variant and in ``Lora hashes``.
+    lora: LoraSettings | None = None
     background: BackgroundSettings = BackgroundSettings()
 
     @field_validator("size")

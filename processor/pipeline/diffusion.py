@@ -176,6 +176,19 @@ class _DiffusionEngine:
         elif self.models.has_adapters(self.style.model, self.style.revision):
             self.pipe.disable_lora()
 
+    def _lora_parameters(self) -> dict[str, Any]:
+        """What a variant records of this style's LoRA and LCM-LoRA (none: an empty dict)."""
+        params: dict[str, Any] = {}
+        lora = getattr(self.style, "lora", None)
+        if lora is not None:
+            params["lora"] = {"path": lora.path, "scale": lora.scale, "revision": self.models.lora_revision(lora)}
+        lcm = getattr(self.style, "lcm", None)
+        if lcm is not None:
+            params["lcm"] = {"lora": lcm.lora, "scale": lcm.scale, "revision": self.models.lora_revision(lcm.as_lora())}
+        if self.lora_hashes:
+            params["lora_hashes"] = dict(self.lora_hashes)
+        return params
+
     def _batched(self, count: int, call: Callable[[int, int], torch.Tensor]) -> tuple[torch.Tensor, int]:
         """``call(start, stop)`` over [0, count), halving the chunk on CUDA out-of-memory (the
         engine keeps the smaller batch for later images). Returns the outputs and the halvings."""
@@ -374,14 +387,7 @@ class Img2ImgEngine(_DiffusionEngine):
                 "batch_size": self.batch_limit,
                 "oom_halvings": halvings,
             }
-            if style.lora is not None:
-                params["lora"] = {"path": style.lora.path, "scale": style.lora.scale,
-                                  "revision": self.models.lora_revision(style.lora)}
-            if style.lcm is not None:
-                params["lcm"] = {"lora": style.lcm.lora, "scale": style.lcm.scale,
-                                 "revision": self.models.lora_revision(style.lcm.as_lora())}
-            if self.lora_hashes:
-                params["lora_hashes"] = dict(self.lora_hashes)
+            params |= self._lora_parameters()
             if self.ip_adapter is not None:
                 params["ip_adapter"] = self.ip_adapter.record(context)
             results.append(VariantImage(style=self.style_name, engine=self.engine, index=i, seed=seeds[i],

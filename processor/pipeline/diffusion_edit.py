@@ -67,6 +67,9 @@ class KontextEngine(_DiffusionEngine):
 
     def setup(self) -> None:
         self.pipe, self.resolved = self._load_pipeline()
+        if self.style.lora is not None:  # onto the shared transformer, switched per call (_activate_lora)
+            self.adapter = self.models.lora_adapter(self.pipe, self.style.model, self.style.revision, self.style.lora)
+            self.lora_hashes = dict([self.models.lora_hash(self.style.lora)])
         self.switches = self.models.switches(self.style.model, self.style.revision)
 
     def describe(self) -> dict[str, Any]:
@@ -94,6 +97,7 @@ class KontextEngine(_DiffusionEngine):
         instruction = fit_text(style.instruction, count_tokens=tokenizer_counter(tokenizer),
                                max_tokens=tokenizer.model_max_length, what="instruction",
                                fields={"style": self.style_name}).text
+        self._activate_lora()
         self._prepare_vae(size)
 
         def call(start: int, stop: int) -> torch.Tensor:
@@ -125,7 +129,7 @@ class KontextEngine(_DiffusionEngine):
                 "denoising_steps": style.steps,
                 "batch_size": self.batch_limit,
                 "oom_halvings": halvings,
-            }
+            } | self._lora_parameters()
             if style.negative is not None:  # Kontext takes no negative prompt (Qwen-Image-Edit does)
                 params["negative_used"] = False
             results.append(VariantImage(style=self.style_name, engine=self.engine, index=i, seed=seeds[i],

@@ -75,6 +75,7 @@ class QwenEditEngine(KontextEngine):
         if cfg:  # the blank default as is: fitting would strip it to "", not the card's prompt
             negative = QWEN_NEGATIVE if style.negative is None else fit_text(
                 style.negative, count_tokens=count, max_tokens=limit, what="negative", fields=fields).text
+        self._activate_lora()
         self._prepare_vae(size)
 
         def call(start: int, stop: int) -> torch.Tensor:
@@ -112,7 +113,7 @@ class QwenEditEngine(KontextEngine):
                 "condition_size": f"{condition[0]}x{condition[1]}",
                 "batch_size": self.batch_limit,
                 "oom_halvings": halvings,
-            }
+            } | self._lora_parameters()
             results.append(VariantImage(style=self.style_name, engine=self.engine, index=i, seed=seeds[i],
                                         image=picture, parameters=params))
         return results

@@ -114,26 +114,35 @@ def build_sd3(path: Path) -> Path:
 
 
 def build_flow_lora(path: Path, model: Path, *, seed: int = 1) -> Path:
-    """A LoRA for the transformer of the FLUX.1 or SD 3 folder ``model`` (peft on its attention
-    projections, random non-zero B matrices so it visibly changes outputs), saved as diffusers'
-    ``pytorch_lora_weights.safetensors`` in ``path``: the layout diffusers' FLUX / SD 3 LoRA
-    training scripts write."""
+    """A LoRA for the transformer of the FLUX.1 (or Kontext), SD 3 or Qwen-Image(-Edit) folder
+    ``model`` (peft on its attention projections, random non-zero B matrices so it visibly changes
+    outputs), saved as diffusers' ``pytorch_lora_weights.safetensors`` in ``path``: the layout
+    diffusers' FLUX / SD 3 / Qwen-Image LoRA training scripts write."""
     import json
 
     import torch
-    from diffusers import FluxPipeline, FluxTransformer2DModel, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import (
+        FluxPipeline,
+        FluxTransformer2DModel,
+        QwenImagePipeline,
+        QwenImageTransformer2DModel,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
     from peft import LoraConfig, get_peft_model_state_dict
 
-    flux = "Flux" in json.loads((model / "model_index.json").read_text())["_class_name"]
+    name = json.loads((model / "model_index.json").read_text())["_class_name"]
+    transformer_cls, pipeline_cls = ((FluxTransformer2DModel, FluxPipeline) if "Flux" in name
+                                     else (QwenImageTransformer2DModel, QwenImagePipeline) if "QwenImage" in name
+                                     else (SD3Transformer2DModel, StableDiffusion3Pipeline))
     torch.manual_seed(seed)
-    transformer = (FluxTransformer2DModel if flux else SD3Transformer2DModel).from_pretrained(
-        model / "transformer", use_safetensors=True)
+    transformer = transformer_cls.from_pretrained(model / "transformer", use_safetensors=True)
     transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_k", "to_q", "to_v", "to_out.0"]))
     with torch.no_grad():
         for name, param in transformer.named_parameters():
             if "lora_B" in name:
                 param.normal_(0.0, 0.5)
     path.mkdir(parents=True, exist_ok=True)
-    (FluxPipeline if flux else StableDiffusion3Pipeline).save_lora_weights(
+    pipeline_cls.save_lora_weights(
         path, transformer_lora_layers=get_peft_model_state_dict(transformer), safe_serialization=True)
     return path

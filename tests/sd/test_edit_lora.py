@@ -1,0 +1,109 @@
+"""LoRAs on the instruction editors (``engine: edit``): FLUX.1 Kontext and Qwen-Image-Edit take the
+img2img styles' ``lora:`` keys, loaded onto the shared transformer, switched on for their style only,
+recorded in the manifest and the infotext's ``Lora hashes``, and checked against the model family."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import pytest
+from PIL import Image
+
+from processor.app.cli import build_registry, main
+from processor.errors import ModelUnavailableError
+from processor.manifest import Manifest
+from tests.images import photo_bytes
+from tests.sd.test_diffusion import drain, make_settings, manifest_of
+from tests.sd.test_infotext import parse_infotext
+from tests.sd.tiny_flow import build_flow_lora, build_kontext
+from tests.sd.tiny_qwen import build_qwen_edit
+
+pytest.importorskip("peft")
+
+PHOTO = photo_bytes(160, 120, seed=6)
+INSTRUCTION = "Make it a cartoon toy"
+
+
+@pytest.fixture(scope="module")
+def tiny_kontext(tmp_path_factory):
+    return build_kontext(tmp_path_factory.mktemp("models") / "tiny-kontext")
+
+
+@pytest.fixture(scope="module")
+def kontext_lora(tiny_kontext, tmp_path_factory):
+    return build_flow_lora(tmp_path_factory.mktemp("lora") / "toon-kontext", tiny_kontext)
+
+
+def edit_style(model, **extra) -> dict:
+    return {"engine": "edit", "model": str(model), "instruction": INSTRUCTION, "guidance": 2.5, "steps": 2,
+            "variants": 2, "seed": 3, "size": 64} | extra
+
+
+def lora_sha(folder) -> str:
+    return hashlib.sha256((folder / "pytorch_lora_weights.safetensors").read_bytes()).hexdigest()[:12]
+
+
+def test_a_kontext_lora_runs_through_processor_run_once_and_is_recorded(tiny_kontext, kontext_lora, tmp_path,
+                                                                       monkeypatch):
+    lora = {"path": str(kontext_lora), "scale": 0.7, "license": "apache-2.0"}
+    settings = make_settings(tmp_path, {"kontext": edit_style(tiny_kontext, lora=lora)})
+    root = settings.store.root
+    (root / "inputs").mkdir(parents=True)
+    (root / "inputs/toy.jpg").write_bytes(PHOTO)
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--once", "--metrics-port", "0", "--config", str(tmp_path / "config.yaml")]) == 0
+    manifest = Manifest.model_validate_json((root / "outputs/toy/manifest.json").read_text())
+    assert len(manifest.variants) == 2
+    for v in manifest.variants:
+        p = v.parameters
+        assert p["pipeline"] == "FluxKontextPipeline" and p["editor"] == "flux-kontext"
+        assert p["lora"] == {"path": str(kontext_lora), "scale": 0.7, "revision": None}
+        assert p["lora_hashes"] == {kontext_lora.name: lora_sha(kontext_lora)}
+        assert ("lora", str(kontext_lora), "apache-2.0") in [(u.role, u.model, u.license) for u in v.licenses]
+        info = parse_infotext(Image.open(io.BytesIO((root / v.key).read_bytes())).text["parameters"])
+        assert info["Lora hashes"] == f"{kontext_lora.name}: {lora_sha(kontext_lora)}"
+
+    # The LoRA changed the transformer's output, and a style without it records none.
+    free = make_settings(tmp_path / "free", {"kontext": edit_style(tiny_kontext)})
+    store, layout = drain(free, {"inputs/toy.jpg": PHOTO})
+    free_variants = manifest_of(store, layout, "inputs/toy.jpg").variants
+    assert not {v.sha256 for v in free_variants} & {v.sha256 for v in manifest.variants}
+    assert all("lora" not in v.parameters and "lora_hashes" not in v.parameters for v in free_variants)
+
+
+def test_two_kontext_styles_share_the_transformer_and_only_one_runs_the_lora(tiny_kontext, kontext_lora, tmp_path):
+    alone = make_settings(tmp_path / "alone", {"plain": edit_style(tiny_kontext)})
+    store, layout = drain(alone, {"inputs/toy.jpg": PHOTO})
+    plain_alone = [v.sha256 for v in manifest_of(store, layout, "inputs/toy.jpg").variants]
+
+    styles = {"toon": edit_style(tiny_kontext, lora={"path": str(kontext_lora)}), "plain": edit_style(tiny_kontext)}
+    settings = make_settings(tmp_path / "both", styles)
+    registry = build_registry(settings)
+    store, layout = drain(settings, {"inputs/toy.jpg": PHOTO}, registry)
+    assert registry.engine("toon").pipe.transformer is registry.engine("plain").pipe.transformer
+    variants = manifest_of(store, layout, "inputs/toy.jpg").variants
+    assert [v.sha256 for v in variants if v.style == "plain"] == plain_alone  # the LoRA left nothing on
+    assert not {v.sha256 for v in variants if v.style == "toon"} & set(plain_alone)
+
+
+def test_a_lora_of_another_family_on_kontext_is_refused_at_start(tiny_kontext, tiny_lora, tmp_path):
+    """``tiny_lora`` is an SD 1.x UNet LoRA: diffusers would only warn and load no weights."""
+    registry = build_registry(make_settings(tmp_path, {"k": edit_style(tiny_kontext, lora={"path": str(tiny_lora)})}))
+    with pytest.raises(ModelUnavailableError, match="trained for another model family"):
+        registry.setup(["k"])
+
+
+def test_a_qwen_image_edit_lora_is_loaded_and_recorded(tmp_path_factory, tmp_path):
+    qwen = build_qwen_edit(tmp_path_factory.mktemp("models") / "tiny-qwen-image-edit")
+    lora = build_flow_lora(tmp_path_factory.mktemp("lora") / "toon-qwen", qwen)
+    plain = make_settings(tmp_path / "plain", {"q": edit_style(qwen, guidance=4.0)})
+    store, layout = drain(plain, {"inputs/toy.jpg": PHOTO})
+    plain_sha = {v.sha256 for v in manifest_of(store, layout, "inputs/toy.jpg").variants}
+
+    settings = make_settings(tmp_path / "lora", {"q": edit_style(qwen, guidance=4.0, lora={"path": str(lora)})})
+    store, layout = drain(settings, {"inputs/toy.jpg": PHOTO})
+    variants = manifest_of(store, layout, "inputs/toy.jpg").variants
+    assert all(v.parameters["editor"] == "qwen-image-edit" for v in variants)
+    assert all(v.parameters["lora_hashes"] == {lora.name: lora_sha(lora)} for v in variants)
+    assert not {v.sha256 for v in variants} & plain_sha
