@@ -37,6 +37,15 @@ from tests.seaweed import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _no_fixed_metrics_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every worker a test starts (in process, or a subprocess that inherits the environment)
+    serves no metrics unless the test names a port: the default, 9108, is a fixed port that
+    another program (or a test running beside this one) may hold. Tests of the default port
+    itself delete the variable (``tests/test_metrics_port.py``)."""
+    monkeypatch.setenv("PROCESSOR_METRICS__PORT", "0")
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """One real SeaweedFS (``weed server -s3``) for the session, on free ports, with enforced credentials."""

@@ -325,8 +325,10 @@ def test_keda_scaledobject_targets_the_daemon() -> None:
     assert float(trigger["metadata"]["threshold"]) > 0
 
 
-def test_metrics_port_is_the_same_number_everywhere(rendered: tuple[str, list[dict[str, Any]]], tmp_path: Path) -> None:
+def test_metrics_port_is_the_same_number_everywhere(rendered: tuple[str, list[dict[str, Any]]], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker listens on metrics.port; the pod declares it, the probes and scrapers use its name."""
+    monkeypatch.delenv("PROCESSOR_METRICS__PORT")  # the ConfigMap's own port, not the tests' 0
     _, objs = rendered
     path = tmp_path / "config.yaml"
     path.write_text(_one(objs, "ConfigMap")["data"]["config.yaml"])
