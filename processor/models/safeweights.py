@@ -223,10 +223,17 @@ def _reason(exc: Exception) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(exc).split()))
     if "WeightsUnpickler error:" in text:
         text = text.split("WeightsUnpickler error:", 1)[1]
-        text = re.split(r"\. Please use|Check the documentation", text)[0]
-    else:
-        text = text.split(". ")[0]
-    return text.strip().rstrip(".")
+    # Keep the sentences that name what was rejected ("Unsupported global: GLOBAL os.system ...",
+    # "Trying to load unsupported GLOBAL posix.system whose module posix is blocked"); drop the
+    # advice around them, whose order and wording change between PyTorch releases.
+    sentences = [s.strip() for s in re.split(r"(?<=\.)\s+", text) if s.strip()]
+    kept = [s for s in sentences if not ADVICE.search(s)]
+    return (" ".join(kept) if kept else sentences[0] if sentences else type(exc).__name__).rstrip(".")
+
+
+#: Sentences of a ``torch.load`` error that advise rather than say what was rejected.
+ADVICE = re.compile(r"weights_only|Weights only load failed|Please use|Check the documentation|trusted source|"
+                    r"add_safe_globals|safe_globals", re.IGNORECASE)
 
 
 def _write_safetensors(tensors: dict[str, Any], path: Path) -> int:

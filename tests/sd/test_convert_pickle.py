@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -54,6 +55,16 @@ class _Trap:
 
     def __reduce__(self):
         return (Path.touch, (self.path,))
+
+
+class _SystemTrap:
+    """Unpickling this runs a shell command that touches ``path`` (the classic ``os.system`` payload)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
 
 
 @pytest.fixture(scope="session")
@@ -228,6 +239,8 @@ def test_convert_pickle_then_the_worker_loads_the_safetensors_with_identical_byt
     ("pickle", "Unsupported global"),   # a plain pickle stream (torch.load's legacy format): the global is refused
     ("pickle-4", "UnpicklingError"),    # the same at pickle's default protocol (rejected at its first opcode)
     ("torch.save", "Unsupported global"),  # the trap inside a torch.save zip archive
+    # os.system's module is blocked outright; the message must still say which global it was.
+    ("os.system", f"GLOBAL {os.system.__module__}.system"),
     ("not-a-state-dict", "flat mapping of parameter names to tensors"),  # allowed types, not {name: tensor}
 ])
 def test_booby_trapped_pickle_is_refused_by_the_conversion(bin_sd, tmp_path, form, expected):
@@ -241,6 +254,8 @@ def test_booby_trapped_pickle_is_refused_by_the_conversion(bin_sd, tmp_path, for
         trap.write_bytes(pickle.dumps(_Trap(marker), protocol=4))
     elif form == "torch.save":
         torch.save({"weight": _Trap(marker)}, trap)
+    elif form == "os.system":
+        torch.save({"weight": _SystemTrap(marker)}, trap)
     else:
         torch.save({"weight": [1, 2, 3]}, trap)
     cache = tmp_path / "hf"
@@ -251,7 +266,7 @@ def test_booby_trapped_pickle_is_refused_by_the_conversion(bin_sd, tmp_path, for
     assert "refused to convert" in message and "unet/diffusion_pytorch_model.bin" in message and expected in message
     if form != "not-a-state-dict":  # PyTorch's restricted unpickler itself said no
         assert isinstance(caught.value.__cause__, pickle.UnpicklingError) and "weights_only=True" in message
-        assert "Unsupported" in message and "do not load it with weights_only=False" in message
+        assert "unsupported" in message.lower() and "do not load it with weights_only=False" in message
     assert not marker.exists(), "the trap ran: a pickle was loaded without the restricted unpickler"
     assert not (cache / CONVERTED_DIR).exists() or not any((cache / CONVERTED_DIR).rglob(RECORD_NAME))
     assert not list((cache / CONVERTED_DIR).rglob("*.tmp-*"))
