@@ -1,4 +1,4 @@
-"""One typed Settings tree.
+"""The root ``Settings`` (every section of ``processor.config``) and how it is loaded.
 
 Precedence: keyword arguments > environment ``PROCESSOR_<SECTION>__<KEY>`` > ``config.yaml`` >
 defaults. The file is ``--config PATH``, else ``$PROCESSOR_CONFIG``, else ``./config.yaml`` (optional).
