@@ -4,24 +4,19 @@ recorded in the manifest and the infotext's ``Lora hashes``, and checked against
 
 from __future__ import annotations
 
-import hashlib
-import io
-
 import pytest
-from PIL import Image
 
-from processor.app.cli import build_registry, main
+from processor.app.cli import build_registry
 from processor.errors import ModelUnavailableError
-from processor.manifest import Manifest
-from tests.images import photo_bytes
 from tests.sd.test_diffusion import drain, make_settings, manifest_of
-from tests.sd.test_infotext import parse_infotext
+from tests.sd.test_flow_lora import PHOTO as TOY_PHOTO
+from tests.sd.test_flow_lora import assert_lora_recorded, lora_sha, run_once
 from tests.sd.tiny_flow import build_flow_lora, build_kontext
 from tests.sd.tiny_qwen import build_qwen_edit
 
 pytest.importorskip("peft")
 
-PHOTO = photo_bytes(160, 120, seed=6)
+PHOTO = TOY_PHOTO["inputs/toy.jpg"]
 INSTRUCTION = "Make it a cartoon toy"
 
 
@@ -40,29 +35,15 @@ def edit_style(model, **extra) -> dict:
             "variants": 2, "seed": 3, "size": 64} | extra
 
 
-def lora_sha(folder) -> str:
-    return hashlib.sha256((folder / "pytorch_lora_weights.safetensors").read_bytes()).hexdigest()[:12]
-
-
 def test_a_kontext_lora_runs_through_processor_run_once_and_is_recorded(tiny_kontext, kontext_lora, tmp_path,
                                                                        monkeypatch):
     lora = {"path": str(kontext_lora), "scale": 0.7, "license": "apache-2.0"}
     settings = make_settings(tmp_path, {"kontext": edit_style(tiny_kontext, lora=lora)})
-    root = settings.store.root
-    (root / "inputs").mkdir(parents=True)
-    (root / "inputs/toy.jpg").write_bytes(PHOTO)
-    monkeypatch.chdir(tmp_path)
-    assert main(["run", "--once", "--metrics-port", "0", "--config", str(tmp_path / "config.yaml")]) == 0
-    manifest = Manifest.model_validate_json((root / "outputs/toy/manifest.json").read_text())
+    manifest = run_once(settings, tmp_path, monkeypatch)
     assert len(manifest.variants) == 2
     for v in manifest.variants:
-        p = v.parameters
-        assert p["pipeline"] == "FluxKontextPipeline" and p["editor"] == "flux-kontext"
-        assert p["lora"] == {"path": str(kontext_lora), "scale": 0.7, "revision": None}
-        assert p["lora_hashes"] == {kontext_lora.name: lora_sha(kontext_lora)}
-        assert ("lora", str(kontext_lora), "apache-2.0") in [(u.role, u.model, u.license) for u in v.licenses]
-        info = parse_infotext(Image.open(io.BytesIO((root / v.key).read_bytes())).text["parameters"])
-        assert info["Lora hashes"] == f"{kontext_lora.name}: {lora_sha(kontext_lora)}"
+        assert v.parameters["pipeline"] == "FluxKontextPipeline" and v.parameters["editor"] == "flux-kontext"
+        assert_lora_recorded(v, settings.store.root, kontext_lora, 0.7, "apache-2.0")
 
     # The LoRA changed the transformer's output, and a style without it records none.
     free = make_settings(tmp_path / "free", {"kontext": edit_style(tiny_kontext)})

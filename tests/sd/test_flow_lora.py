@@ -52,25 +52,37 @@ def lora_sha(folder) -> str:
     return hashlib.sha256((folder / "pytorch_lora_weights.safetensors").read_bytes()).hexdigest()[:12]
 
 
-def test_a_flux_lora_runs_through_processor_run_once_and_is_recorded(tiny_flux, tiny_flux_lora, tmp_path,
-                                                                     monkeypatch):
-    lora = {"path": str(tiny_flux_lora), "scale": 0.8, "license": "apache-2.0"}
-    settings = make_settings(tmp_path, {"flux": flow_style(tiny_flux, lora=lora)})
+def run_once(settings, tmp_path, monkeypatch) -> Manifest:
+    """``PHOTO`` through ``processor run --once`` on ``settings`` (written to tmp_path/config.yaml)."""
     root = settings.store.root
     (root / "inputs").mkdir(parents=True)
     (root / "inputs/toy.jpg").write_bytes(PHOTO["inputs/toy.jpg"])
     monkeypatch.chdir(tmp_path)
     assert main(["run", "--once", "--metrics-port", "0", "--config", str(tmp_path / "config.yaml")]) == 0
-    manifest = Manifest.model_validate_json((root / "outputs/toy/manifest.json").read_text())
+    return Manifest.model_validate_json((root / "outputs/toy/manifest.json").read_text())
+
+
+def assert_lora_recorded(variant, root, lora, scale: float, licence: str) -> dict[str, str]:
+    """``variant`` records the LoRA folder ``lora`` (parameters, hashes, licences, the PNG's
+    infotext); returns the parsed infotext."""
+    p = variant.parameters
+    assert p["lora"] == {"path": str(lora), "scale": scale, "revision": None}
+    assert p["lora_hashes"] == {lora.name: lora_sha(lora)}
+    assert ("lora", str(lora), licence) in [(u.role, u.model, u.license) for u in variant.licenses]
+    info = parse_infotext(Image.open(io.BytesIO((root / variant.key).read_bytes())).text["parameters"])
+    assert info["Lora hashes"] == f"{lora.name}: {lora_sha(lora)}"
+    return info
+
+
+def test_a_flux_lora_runs_through_processor_run_once_and_is_recorded(tiny_flux, tiny_flux_lora, tmp_path,
+                                                                     monkeypatch):
+    lora = {"path": str(tiny_flux_lora), "scale": 0.8, "license": "apache-2.0"}
+    settings = make_settings(tmp_path, {"flux": flow_style(tiny_flux, lora=lora)})
+    manifest = run_once(settings, tmp_path, monkeypatch)
     assert len(manifest.variants) == 2
     for v in manifest.variants:
-        p = v.parameters
-        assert p["family"] == "flux" and p["pipeline"] == "FluxImg2ImgPipeline"
-        assert p["lora"] == {"path": str(tiny_flux_lora), "scale": 0.8, "revision": None}
-        assert p["lora_hashes"] == {tiny_flux_lora.name: lora_sha(tiny_flux_lora)}
-        assert ("lora", str(tiny_flux_lora), "apache-2.0") in [(u.role, u.model, u.license) for u in v.licenses]
-        info = parse_infotext(Image.open(io.BytesIO((root / v.key).read_bytes())).text["parameters"])
-        assert info["Lora hashes"] == f"{tiny_flux_lora.name}: {lora_sha(tiny_flux_lora)}"
+        assert v.parameters["family"] == "flux" and v.parameters["pipeline"] == "FluxImg2ImgPipeline"
+        info = assert_lora_recorded(v, settings.store.root, tiny_flux_lora, 0.8, "apache-2.0")
         assert (info["Sampler"], info["Schedule type"]) == ("Euler", "Simple")  # the flow scheduler, as Forge
 
     # The LoRA really changed the transformer's output: the same style without it gives other pixels.
