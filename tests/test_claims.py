@@ -78,3 +78,53 @@ def test_probe_reports_atomic_create_on_the_local_store(tmp_path):
     atomic, detail = probe_conditional_create(store, ".processor/")
     assert atomic, detail
     assert list(store.list(".processor/")) == []
+
+
+class LostResponses:
+    """A store whose conditional writes land but whose responses are lost: each such ``put`` is
+    sent twice, as a client retries a write whose response timed out, and the caller sees the
+    second answer (412: the first write's object is there, or its ETag changed)."""
+
+    def __init__(self, inner: LocalStore) -> None:
+        self.inner = inner
+        self.lose = True
+
+    def put(self, key, body, **kw):
+        if self.lose and (kw.get("if_none_match") or kw.get("if_match")):
+            self.inner.put(key, body, **kw)  # lands; its response never reaches us
+        return self.inner.put(key, body, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_create_whose_response_was_lost_is_still_our_claim(tmp_path):
+    """The retried create meets the claim it wrote (412): the worker holds it, not waits a TTL out."""
+    store = LostResponses(LocalStore(tmp_path))
+    a, b = ClaimManager(store, "a", ttl_s=60), ClaimManager(LocalStore(tmp_path), "b", ttl_s=60)
+    held = a.acquire("c/1.json", "inputs/x.jpg", "e1")
+    assert held is not None and a.conflicts == 0
+    assert a.holds(held) and a.renew(held) and not held.lost.is_set()  # renewal also had its response lost
+    assert b.acquire("c/1.json", "inputs/x.jpg", "e1") is None  # and it is still a live claim to others
+    store.lose = False
+    a.release(held)
+    assert b.acquire("c/1.json", "inputs/x.jpg", "e1") is not None
+
+
+def test_a_takeover_whose_response_was_lost_is_still_ours(tmp_path):
+    clock = Clock()
+    local = LocalStore(tmp_path, clock=clock)
+    old = ClaimManager(local, "old", ttl_s=60)
+    stale = old.acquire("c/1.json", "inputs/x.jpg", "e1")
+    clock.now += timedelta(seconds=61)
+    new = ClaimManager(LostResponses(LocalStore(tmp_path, clock=clock)), "new", ttl_s=60)
+    taken = new.acquire("c/1.json", "inputs/x.jpg", "e1")
+    assert taken is not None and taken.took_over_from == "old" and new.takeovers == 1
+    assert old.renew(stale) is False  # the old owner's token is gone: lost, as before
+
+
+def test_another_workers_claim_is_never_mistaken_for_ours(tmp_path):
+    store = LostResponses(LocalStore(tmp_path))
+    first = ClaimManager(LocalStore(tmp_path), "first", ttl_s=60)
+    assert first.acquire("c/1.json", "inputs/x.jpg", "e1") is not None
+    assert ClaimManager(store, "first", ttl_s=60).acquire("c/1.json", "inputs/x.jpg", "e1") is None  # same name

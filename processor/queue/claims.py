@@ -158,8 +158,15 @@ class ClaimManager:
                 info = self.store.put(claim_key, body, content_type="application/json", if_none_match=True)
                 return Claim(claim_key, input_key, input_etag, info.etag, token)
             except PreconditionFailed:
+                mine = self._ours(claim_key, token)
+                if mine is not None:
+                    return Claim(claim_key, input_key, input_etag, mine.info.etag, token)
                 self.conflicts += 1
                 return None
+        if _token_of(current.body) == token:
+            # Our own create: it landed, but its response was lost and the store's retry of it met
+            # the object it had written (412). Without this the worker would wait out its own claim.
+            return Claim(claim_key, input_key, input_etag, current.info.etag, token)
         owner, ttl = _owner_and_ttl(current.body, max_ttl=self.max_ttl_s)
         server_now = current.info.server_time or datetime.now(timezone.utc)
         age = (server_now - current.info.last_modified).total_seconds()
@@ -172,8 +179,11 @@ class ClaimManager:
         try:
             info = self.store.put(claim_key, body, content_type="application/json", if_match=current.info.etag)
         except (PreconditionFailed, ObjectNotFound):
-            self.conflicts += 1
-            return None
+            mine = self._ours(claim_key, token)  # a retried takeover whose first write landed
+            if mine is None:
+                self.conflicts += 1
+                return None
+            info = mine.info
         self.takeovers += 1
         log.info("claim_taken_over", extra={"key": input_key, "previous_owner": owner, "age_s": round(age, 1)})
         return Claim(claim_key, input_key, input_etag, info.etag, token, took_over_from=owner, takeover_age_s=age)
@@ -188,9 +198,14 @@ class ClaimManager:
         try:
             info = self.store.put(claim.key, body, content_type="application/json", if_match=claim.etag)
         except (PreconditionFailed, ObjectNotFound):
-            claim.lost.set()
-            log.warning("claim_lost", extra={"key": claim.input_key})
-            return False
+            # Our token there still means ours: a retried renewal whose first write landed (its
+            # response lost) changed the ETag the retry was conditioned on. No one else writes it.
+            mine = self._ours(claim.key, claim.token)
+            if mine is None:
+                claim.lost.set()
+                log.warning("claim_lost", extra={"key": claim.input_key})
+                return False
+            info = mine.info
         except StoreError:
             claim.progress_dirty = progress is not None  # not published: the next renewal tries again
             raise
@@ -201,14 +216,16 @@ class ClaimManager:
         """Whether the claim object still carries our token: a fresh read, not the keeper's last
         renewal. False once another worker has taken it over (or it is gone). Unlike ``renew``,
         this writes nothing, so it cannot race the keeper thread's renewals."""
+        return self._ours(claim.key, claim.token) is not None
+
+    def _ours(self, claim_key: str, token: str) -> StoredObject | None:
+        """The claim object as it is now if it carries ``token`` (ours), else None (gone, or another
+        worker's). Tokens are random per acquire: only the writer of a token writes it again."""
         try:
-            current = self._read(claim.key)
+            current = self._read(claim_key)
         except ObjectNotFound:
-            return False
-        try:
-            return json.loads(current.body).get("token") == claim.token
-        except (ValueError, AttributeError):
-            return False
+            return None
+        return current if _token_of(current.body) == token else None
 
     def _read(self, claim_key: str) -> StoredObject:
         """The claim object, read with a byte cap; an oversized one (not ours) comes back with an
@@ -229,6 +246,16 @@ class ClaimManager:
         except (StoreError, StoreAccessError) as exc:
             # Also while shutting down on revoked credentials: the original error is what matters.
             log.warning("claim_release_failed", extra={"key": claim.input_key, "error": type(exc).__name__})
+
+
+def _token_of(body: bytes) -> str | None:
+    """A claim body's token, or None for garbage (never equal to one of ours)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    token = data.get("token") if isinstance(data, dict) else None
+    return token if isinstance(token, str) else None
 
 
 def _owner_and_ttl(body: bytes, max_ttl: float) -> tuple[str, float]:
