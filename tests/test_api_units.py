@@ -206,6 +206,33 @@ def test_a_failed_write_leaves_no_idempotency_record_behind(settings, tmp_path) 
     assert created and queue.state(job).status is JobStatus.queued
 
 
+def test_lost_create_responses_still_write_the_whole_job(settings, tmp_path) -> None:
+    """Every create-if-absent of a submit lands but its response is lost, and the store's retry meets
+    the object (412): the job is still written whole, under the id the client gets, and a repeat
+    with the same idempotency key still answers that job."""
+    store = LocalStore(tmp_path / "bucket")
+    queue = JobQueue(store, settings)
+    real_put = store.put
+    lost: list[str] = []
+
+    def put_twice(key, body, **kwargs):
+        if kwargs.get("if_none_match"):
+            real_put(key, body, **kwargs)  # lands; its answer never arrives
+            lost.append(key)
+        return real_put(key, body, **kwargs)  # the retry: 412
+
+    store.put = put_twice
+    submission = Submission(image=photo_bytes(100, 80), format="JPEG", style_image=photo_bytes(64, 64),
+                            style_image_format="JPEG")
+    job, created = queue.submit(submission, idempotency_key="k1")
+    assert created and any(k.startswith("inputs/") for k in lost) and any(k.startswith("styles/") for k in lost)
+    assert queue.state(job).status is JobStatus.queued
+    again, created_again = queue.submit(submission, idempotency_key="k1")
+    assert (again, created_again) == (job, False)
+    plain, _ = queue.submit(Submission(image=photo_bytes(90, 70), format="JPEG"))
+    assert queue.state(plain).status is JobStatus.queued
+
+
 def test_an_api_without_keys_is_open_and_says_so(tmp_path, caplog) -> None:
     from fastapi.testclient import TestClient
 

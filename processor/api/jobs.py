@@ -190,9 +190,12 @@ class JobQueue:
                 self.store.put(record_key, record, content_type="application/json", if_none_match=True)
             except PreconditionFailed:
                 existing = json.loads(self.store.get(record_key).body)
-                if existing.get("fingerprint") != submission.fingerprint():
-                    raise IdempotencyConflict(existing["job"]) from None
-                return existing["job"], False
+                if existing.get("job") != new_id:  # new_id is unique to this call: else our own write
+                    if existing.get("fingerprint") != submission.fingerprint():
+                        raise IdempotencyConflict(existing["job"]) from None
+                    return existing["job"], False
+                # Our record landed and only its response was lost (the store retried the create
+                # and met it): the job is still to be written, not an earlier request's.
         try:
             self._write(new_id, relpath, submission)
         except BaseException:
@@ -211,18 +214,28 @@ class JobQueue:
             # Job-scoped (the input's unguessable name) and first: the sidecar naming it comes after.
             look_key = (self.settings.prefixes.styles + relpath.rsplit(".", 1)[0]
                         + EXTENSIONS[submission.style_image_format])
-            self.store.put(look_key, submission.style_image, content_type=CONTENT_TYPES[submission.style_image_format],
-                           if_none_match=True)
+            self._create_unique(look_key, submission.style_image, CONTENT_TYPES[submission.style_image_format])
             sidecar["style_image"] = look_key
         if sidecar:
             self.store.put(keys.sidecar, json.dumps(sidecar).encode(), content_type="application/json")
         if submission.webhook:  # before the input: its job may end before a later write
             self.store.put(self._webhooks + f"pending/{new_id}.json",
                            json.dumps({"url": submission.webhook}).encode(), content_type="application/json")
-        self.store.put(keys.input, submission.image, content_type=CONTENT_TYPES[submission.format], if_none_match=True)
+        self._create_unique(keys.input, submission.image, CONTENT_TYPES[submission.format])
         # An upload may sort before a daemon's high-water mark: make its next scan a full one.
         request_rescan(self.store, self.layout, by="api", count=1)
         log.info("job_submitted", extra={"job": new_id, "key": keys.input, "bytes": len(submission.image)})
+
+    def _create_unique(self, key: str, body: bytes, content_type: str) -> None:
+        """Create ``key``, a name unique to this request (``new_upload_name``), only if absent. A 412
+        can then only be our own write, landed with its response lost and retried by the store:
+        the object of our size there is ours. Anything else there is refused (``PreconditionFailed``)."""
+        try:
+            self.store.put(key, body, content_type=content_type, if_none_match=True)
+        except PreconditionFailed:
+            if self.store.head(key).size != len(body):
+                raise
+            log.info("create_response_lost", extra={"key": key, "bytes": len(body)})
 
     def retry(self, job: str) -> JobState:
         """Requeue a failed job (``processor retry``'s requeue, for this one input)."""

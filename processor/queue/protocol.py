@@ -315,6 +315,8 @@ class BucketQueue:
         try:
             self.store.put(key, body, content_type=content_type, if_none_match=True)
         except PreconditionFailed as exc:
+            if self._landed(key, body):  # the name is this attempt's own: a 412 is our lost write
+                return
             raise AlreadyCommitted(key, "attempt-scoped name taken") from exc
 
     def commit(self, d: Delivery, manifest: Manifest) -> Outcome:
@@ -325,17 +327,33 @@ class BucketQueue:
             log.warning("commit_refused", extra={"key": d.key, "reason": "claim taken over by another worker"})
             return Outcome.REFUSED
         condition = {"if_match": d.old_manifest_etag} if d.old_manifest_etag else {"if_none_match": True}
+        body = manifest.to_json_bytes()
         try:
-            self.store.put(keys.manifest, manifest.to_json_bytes(), content_type="application/json", **condition)
+            self.store.put(keys.manifest, body, content_type="application/json", **condition)
         except PreconditionFailed:
-            log.warning("commit_refused", extra={"key": d.key, "reason": "manifest changed since we read it"})
-            return Outcome.REFUSED
+            if not self._landed(keys.manifest, body):
+                log.warning("commit_refused", extra={"key": d.key, "reason": "manifest changed since we read it"})
+                return Outcome.REFUSED
         log.info("committed", extra={"key": d.key, "etag": d.etag, "variants": len(manifest.variants),
                                      "seconds": round(sum(manifest.timings.values()), 3)})
         self._mark(d, Outcome.DONE)
         if d.stale_failure:
             self._delete_quietly(keys.failure)
         return Outcome.DONE
+
+    def _landed(self, key: str, body: bytes) -> bool:
+        """Whether ``key`` holds exactly ``body``: a conditional write answered 412 because our own
+        first try landed and its response was lost (the store retried it). A manifest names its
+        worker, attempt and timings, and an attempt-scoped output its token: no other writer's
+        bytes are these."""
+        try:
+            current = self.store.get(key, max_bytes=len(body))
+        except (ObjectNotFound, ObjectTooLarge):
+            return False
+        if current.body != body:
+            return False
+        log.info("write_response_lost", extra={"key": key, "bytes": len(body)})
+        return True
 
     def fail(self, d: Delivery, error: ItemError, source: Source) -> Outcome:
         """Reject: the failure record. Final (plus the ``failed`` done marker) for a bad input or a
