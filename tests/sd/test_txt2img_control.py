@@ -158,3 +158,38 @@ def _decode_settings():
     from processor.config import DecodeSettings
 
     return DecodeSettings()
+
+
+def test_models_pull_fetches_a_t2i_adapter_like_a_controlnet(tmp_path, monkeypatch, capsys):
+    index = tmp_path / "model_index.json"
+    index.write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
+                                 "unet": ["diffusers", "UNet2DConditionModel"]}))
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", lambda *a, **k: str(index))
+    calls = []
+
+    def fake_snapshot(repo, **kwargs):
+        calls.append((repo, kwargs))
+        folder = tmp_path / "snapshots" / repo.replace("/", "--") / "0123abc"
+        (folder / "unet").mkdir(parents=True, exist_ok=True)
+        for name in ("unet/diffusion_pytorch_model.safetensors", "config.json", "diffusion_pytorch_model.safetensors"):
+            (folder / name).touch()
+        return str(folder)
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot)
+    style = {"engine": "txt2img", "model": "nitrosocke/mo-di-diffusion",
+             "control": {"model": "TencentARC/t2iadapter_canny_sd15v2", "revision": "feedbee", "license": "apache-2.0"}}
+    make_settings(tmp_path, {"fresh": style}, models={"cache_dir": str(tmp_path / "cache")})
+    assert main(["models", "pull", "--config", str(tmp_path / "config.yaml")]) == 0
+    repo, kwargs = calls[-1]
+    assert (repo, kwargs["revision"]) == ("TencentARC/t2iadapter_canny_sd15v2", "feedbee")
+    assert kwargs["allow_patterns"] == ["*.safetensors", "*.json"]
+    assert "TencentARC/t2iadapter_canny_sd15v2@feedbee:" in capsys.readouterr().out
+
+
+def test_an_adapters_license_is_recorded_as_a_controlnets():
+    from processor.config.licenses import style_licenses
+
+    style = Txt2ImgStyle(model="m", license="creativeml-openrail-m",
+                         control={"model": "TencentARC/t2iadapter_canny_sd15v2", "license": "apache-2.0"})
+    assert [(u.role, u.model, u.license) for u in style_licenses(style)] == [
+        ("model", "m", "creativeml-openrail-m"), ("control", "TencentARC/t2iadapter_canny_sd15v2", "apache-2.0")]
