@@ -36,6 +36,9 @@ class ControlledEngine:
         self.control_maps: list[Any] = []
         #: The kind every entry is (one per style), or None without control.
         self.control_kind: ControlKind | None = None
+        #: Per entry: the image channels its model reads (the published canny and sketch
+        #: T2I-Adapters read one, a grayscale map; ControlNets three).
+        self.control_channels: list[int] = []
 
     def _style_control_kind(self) -> ControlKind:
         """The kind every ``style.control`` entry is (read from config.json, nothing loaded yet);
@@ -61,6 +64,7 @@ class ControlledEngine:
             self.control_models.append(resolved)
         self.control_maps = [load_control_map(control, self.models) for control in self.style.control]
         self.control_kind = kind
+        self.control_channels = [int(getattr(m.config, "in_channels", 3)) for m in modules]
         return modules
 
     def _describe_control(self) -> list[str]:
@@ -98,9 +102,12 @@ class ControlledEngine:
                 "control_guidance_end": [u.guidance_end for u in uses]}
 
     def _adapter_kwargs(self, uses: list[ControlUse], batch: int) -> dict[str, Any]:
+        # diffusers gives an adapter as many channels as the PIL image has: "L" for a 1-channel one.
+        maps = [u.image.convert("L" if channels == 1 else "RGB")
+                for u, channels in zip(uses, self.control_channels, strict=True)]
         one = len(uses) == 1
         kwargs: dict[str, Any] = {
-            "image": [uses[0].image] * batch if one else [[u.image] * batch for u in uses],
+            "image": [maps[0]] * batch if one else [[m] * batch for m in maps],
             "adapter_conditioning_scale": uses[0].scale if one else [u.scale for u in uses],
         }
         if self._adapter_has_factor():  # checked at setup: every entry has the same guidance_end

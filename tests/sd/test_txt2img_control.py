@@ -193,3 +193,16 @@ def test_an_adapters_license_is_recorded_as_a_controlnets():
                          control={"model": "TencentARC/t2iadapter_canny_sd15v2", "license": "apache-2.0"})
     assert [(u.role, u.model, u.license) for u in style_licenses(style)] == [
         ("model", "m", "creativeml-openrail-m"), ("control", "TencentARC/t2iadapter_canny_sd15v2", "apache-2.0")]
+
+
+def test_a_grayscale_adapter_gets_a_one_channel_map(tiny_sd_for_adapter, tmp_path):
+    from tests.sd.tiny_adapter import build_t2i_adapter
+
+    gray = build_t2i_adapter(tmp_path / "gray-adapter", in_channels=1)
+    style = Txt2ImgStyle.model_validate(txt2img_style(tiny_sd_for_adapter, steps=2, variants=2, control=canny(gray)))
+    engine = Txt2ImgEngine("gray", style, ModelLoader(ModelSettings()))
+    engine.setup()
+    photo = decode_image(WIDE, _decode_settings(), name="toy.jpg").image
+    variants = engine(photo)
+    assert len(variants) == 2 and variants[0].image.size == (64, 32)
+    assert variants[0].control[0].image.mode == "RGB"  # the recorded map is the canny image as made

@@ -24,14 +24,15 @@ def build_sd_for_adapter(path: Path) -> Path:
                                         "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D")})
 
 
-def build_t2i_adapter(path: Path, *, xl: bool = False, seed: int = 5) -> Path:
+def build_t2i_adapter(path: Path, *, xl: bool = False, seed: int = 5, in_channels: int = 3) -> Path:
     """A tiny ``T2IAdapter`` for ``build_sd_for_adapter``'s UNet (``full_adapter``, 8x unshuffle)
-    or, with ``xl``, for the tiny SDXL's (``full_adapter_xl``, 16x unshuffle)."""
+    or, with ``xl``, for the tiny SDXL's (``full_adapter_xl``, 16x unshuffle). ``in_channels`` 1
+    is a grayscale-map adapter, as TencentARC's canny and sketch ones are."""
     import torch
     from diffusers import T2IAdapter
 
     torch.manual_seed(seed)
-    adapter = T2IAdapter(in_channels=3, channels=TINY_CHANNELS, num_res_blocks=1, downscale_factor=16 if xl else 8,
-                         adapter_type="full_adapter_xl" if xl else "full_adapter")
+    adapter = T2IAdapter(in_channels=in_channels, channels=TINY_CHANNELS, num_res_blocks=1,
+                         downscale_factor=16 if xl else 8, adapter_type="full_adapter_xl" if xl else "full_adapter")
     adapter.save_pretrained(path, safe_serialization=True)
     return path
