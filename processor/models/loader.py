@@ -336,9 +336,9 @@ class ModelLoader:
 
     def resolve_controlnet(self, model: str, revision: str | None = None, *,
                            download: bool | None = None) -> ResolvedModel:
-        """The local folder of a ControlNet (one model, ``config.json`` + safetensors, not a
-        pipeline): a local folder as is, a hub id fetched like a pipeline (safetensors only;
-        offline: the cache or ``ModelUnavailableError`` naming the pull command)."""
+        """The local folder of a ControlNet or T2I-Adapter (one model, ``config.json`` +
+        safetensors, not a pipeline): a local folder as is, a hub id fetched like a pipeline
+        (safetensors only; offline: the cache or ``ModelUnavailableError`` naming the pull command)."""
         key = (f"controlnet:{model}", revision)
         if key in self._resolved:
             return self._resolved[key]
@@ -352,9 +352,9 @@ class ModelLoader:
             commit = path.name
         if not (path / "config.json").is_file():
             raise ModelUnavailableError(f"ControlNet {model!r}: {path} has no config.json (a diffusers ControlNetModel "
-                                        f"folder, as ControlNetModel.save_pretrained writes, is needed)")
+                                        f"or T2IAdapter folder, as their save_pretrained writes, is needed)")
         if not any(path.glob("*.safetensors")):
-            raise ModelUnavailableError(f"ControlNet {model!r}: no *.safetensors in {path}; pick a revision that "
+            raise ModelUnavailableError(f"control model {model!r}: no *.safetensors in {path}; pick a revision that "
                                         f"publishes safetensors (pickle weights are never loaded)")
         resolved = ResolvedModel(model, path, commit)
         self._resolved[key] = resolved
