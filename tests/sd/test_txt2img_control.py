@@ -206,3 +206,23 @@ def test_a_grayscale_adapter_gets_a_one_channel_map(tiny_sd_for_adapter, tmp_pat
     variants = engine(photo)
     assert len(variants) == 2 and variants[0].image.size == (64, 32)
     assert variants[0].control[0].image.mode == "RGB"  # the recorded map is the canny image as made
+
+
+def test_sdxl_txt2img_with_a_controlnet_and_a_list_of_sd_controlnets(tiny_sdxl, tiny_sd, tiny_controlnet,
+                                                                     tiny_controlnet_b, tmp_path):
+    from tests.sd.conftest import build_controlnet
+
+    xl_net = build_controlnet(tmp_path / "xl-controlnet", tiny_sdxl / "unet")
+    style = txt2img_style(tiny_sdxl, steps=2, variants=1, control=canny(xl_net, guidance_end=0.5))
+    _, manifest = run_once(tmp_path / "xl", {"fresh": style})
+    [v] = manifest.variants
+    assert v.parameters["pipeline"] == "StableDiffusionXLControlNetPipeline"
+    assert [(c.kind, c.guidance_end) for c in v.control] == [("controlnet", 0.5)]
+    # A list of ControlNets is one MultiControlNet, each entry recorded.
+    both = Txt2ImgStyle.model_validate(txt2img_style(tiny_sd, steps=2, control=[canny(tiny_controlnet),
+                                                                                canny(tiny_controlnet_b, scale=0.5)]))
+    engine = Txt2ImgEngine("two", both, ModelLoader(ModelSettings()))
+    engine.setup()
+    assert type(engine.pipe.controlnet).__name__ == "MultiControlNetModel"
+    variants = engine(decode_image(WIDE, _decode_settings(), name="toy.jpg").image)
+    assert [[c.scale for c in v.control] for v in variants] == [[1.0, 0.5], [1.0, 0.5]]
