@@ -12,7 +12,12 @@ the flow transformers' ``forward`` (``FluxTransformer2DModel``, ``SD3Transformer
 ``QwenImageTransformer2DModel``) are wrapped to count calls and the samples each evaluates (a
 classifier-free-guided call evaluates two per image, instruct-pix2pix three; FLUX.1's distilled
 guidance is an input, not a second sample; Qwen-Image-Edit's true CFG is a second call), and each
-scheduler's ``step`` to count denoising steps.
+scheduler's ``step`` to count denoising steps. ControlNet evaluations are counted per sample as
+the UNet's (a ControlNet runs beside every UNet evaluation while its guidance lasts, on img2img
+and txt2img alike); a T2I-Adapter runs ONCE per pipeline call (its features are reused at every
+step), so ``T2IAdapter.forward`` is counted per call and per sample it encodes. A control model
+whose id names "t2i" is counted as a tiny T2I-Adapter (on a tiny SD of SD 1.5's block layout, or
+the tiny SDXL for an id with "xl"), any other as a tiny ControlNet.
 
     python -m bench.unet_evals [--config config.yaml] [--also bench/flow_styles.yaml]
                                [--reference modern-disney] [--fast modern-disney-fast --min-ratio 8]
@@ -49,6 +54,8 @@ class Counts:
     evaluations: int = 0
     steps: int = 0
     controlnet: int = 0
+    adapter_calls: int = 0
+    adapter: int = 0
     transformer_calls: int = 0
     transformer: int = 0
 
@@ -85,12 +92,18 @@ def _count(counts: Counts) -> list[tuple[Any, str, Any]]:
         sample = args[0] if args else kwargs["sample"]
         counts.controlnet += int(sample.shape[0])
 
+    def adapter(args: tuple, kwargs: dict) -> None:
+        sample = args[0] if args else kwargs["x"]
+        counts.adapter_calls += 1
+        counts.adapter += int(sample.shape[0])
+
     def step(args: tuple, kwargs: dict) -> None:
         sample = args[2] if len(args) > 2 else kwargs["sample"]
         counts.steps += int(sample.shape[0])
 
     wrap(diffusers.UNet2DConditionModel, "forward", unet)
     wrap(diffusers.ControlNetModel, "forward", controlnet)
+    wrap(diffusers.T2IAdapter, "forward", adapter)
     wrap(diffusers.FluxTransformer2DModel, "forward", transformer)
     wrap(diffusers.SD3Transformer2DModel, "forward", transformer)
     wrap(diffusers.QwenImageTransformer2DModel, "forward", transformer)
@@ -143,7 +156,14 @@ def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], lis
             continue
         names.append(name)
         family = flow_family_of(style)
-        if family is not None:
+        controls = style.get("control") or []
+        controls = controls if isinstance(controls, list) else [controls]
+        xl_model = "xl" in style["model"].lower()
+        if any(is_adapter_id(c["model"]) for c in controls):  # an adapter fits only its UNet's block layout
+            style["model"] = str(tiny_xl()[0] if xl_model else tiny_sd_for_adapter(root))
+            for control in controls:
+                control["model"] = str(tiny_adapter(root, xl=xl_model))
+        elif family is not None:
             style["model"] = str(tiny_flow(family))
         elif style["engine"] == "img2img" and "xl" in style["model"].lower():
             style["model"] = str(tiny_xl()[0])
@@ -163,9 +183,9 @@ def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], lis
         if style.get("ip_adapter"):  # a tiny IP-Adapter for the UNet the style got, and a picture on disk
             style["ip_adapter"] = tiny_ip_adapter(root, Path(style["model"]), style["ip_adapter"])
             style["style_image"] = str(style_image(root))
-        controls = style.get("control") or []
-        for control in controls if isinstance(controls, list) else [controls]:
-            control["model"] = str(controlnet)
+        for control in controls:
+            if not is_adapter_id(control["model"]):
+                control["model"] = str(controlnet)
             control.pop("revision", None)
             if control.get("preprocessor"):  # lineart / softedge / depth: a tiny map maker of the type
                 control["preprocessor"] = {"model": str(tiny_preprocessor(control["type"], root))}
@@ -180,6 +200,25 @@ def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], lis
     out.pop("store", None)
     out["caption"] = {"mode": "none"}
     return out, names
+
+
+def is_adapter_id(model: str) -> bool:
+    """A control model counted as a T2I-Adapter (TencentARC's ids name "t2i"; tiny ones are paths)."""
+    return "t2i" in model.lower()
+
+
+def tiny_sd_for_adapter(root: Path) -> Path:
+    from tests.sd.tiny_adapter import build_sd_for_adapter
+
+    path = root / "tiny-sd-for-adapter"
+    return path if path.is_dir() else build_sd_for_adapter(path)
+
+
+def tiny_adapter(root: Path, *, xl: bool) -> Path:
+    from tests.sd.tiny_adapter import build_t2i_adapter
+
+    path = root / ("tiny-t2i-adapter-xl" if xl else "tiny-t2i-adapter")
+    return path if path.is_dir() else build_t2i_adapter(path, xl=xl)
 
 
 def tiny_preprocessor(kind: str, root: Path) -> Path:
@@ -283,6 +322,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     "transformer_evaluations": counts.transformer - before.transformer,
                     "denoising_steps": counts.steps - before.steps,
                     "controlnet_evaluations": counts.controlnet - before.controlnet,
+                    # Once per pipeline call, not per step (see the module docstring).
+                    "adapter_calls": counts.adapter_calls - before.adapter_calls,
+                    "adapter_evaluations": counts.adapter - before.adapter,
                 }
         finally:
             for cls, attr, original in patched:

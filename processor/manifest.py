@@ -100,15 +100,23 @@ class ControlPreprocessor(_Model):
     weights: Literal["safetensors", "converted-from-pickle"] = "safetensors"
 
 
+#: ``control[].kind``: ``processor.models.loader.ControlKind``'s values.
+ControlKindName = Literal["controlnet", "t2i-adapter"]
+
+
 class Control(_Model):
-    """A ControlNet that steered a variant (``styles.<name>.control``) and its conditioning image."""
+    """A ControlNet or T2I-Adapter that steered a variant (``styles.<name>.control``) and its
+    conditioning image."""
 
     #: The map type: ``canny``, ``lineart``, ``softedge`` or ``depth``.
     type: str
     model: str
+    #: What ``model`` is: a ControlNet (ran beside the UNet per evaluation) or a T2I-Adapter (ran
+    #: once per pipeline call). Manifests from before adapters were offered have only ControlNets.
+    kind: ControlKindName = "controlnet"
     #: The hub commit loaded, or None for a local folder.
     revision: str | None = None
-    #: controlnet_conditioning_scale.
+    #: controlnet_conditioning_scale or adapter_conditioning_scale.
     scale: float
     #: Fraction of the denoising steps the map steered.
     guidance_end: float
@@ -175,7 +183,7 @@ class Variant(_Model):
     parameters: dict[str, Any] = Field(default_factory=dict)
     #: Set when the style changes the background (its remaining keys: size, steps, guidance, ...).
     background: Background | None = None
-    #: The ControlNets that steered this variant, in config order (empty: none).
+    #: The ControlNets or T2I-Adapters that steered this variant, in config order (empty: none).
     control: list[Control] = Field(default_factory=list)
     #: Structure kept from the photo (``pipeline.structure_score``); None when not scored.
     structure: Structure | None = None

@@ -30,8 +30,9 @@ class LicenseUse:
 
 
 def style_licenses(style: Any) -> list[LicenseUse]:
-    """The models ``style`` runs, in order (its model, LoRA, LCM-LoRA, ControlNets and their
-    preprocessors, IP-Adapter, background), each with its declared licence; a toon style runs none."""
+    """The models ``style`` runs, in order (its model, LoRA, LCM-LoRA, ControlNets or T2I-Adapters
+    and their preprocessors, IP-Adapter, background), each with its declared licence; a toon style
+    runs none."""
     uses: list[LicenseUse] = []
     own = getattr(style, "model", None)
     if own:

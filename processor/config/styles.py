@@ -178,21 +178,25 @@ class PreprocessorSettings(Section):
 
 
 class ControlSettings(Section):
-    """``styles.<name>.control``: a ControlNet that holds the variant to a map made from the input
-    photo (canny: OpenCV edges, no weights), so high strengths restyle the toy without losing its
-    shape."""
+    """``styles.<name>.control``: a ControlNet or T2I-Adapter that holds the variant to a map made
+    from the input photo (canny: OpenCV edges, no weights), so high strengths (img2img) or a fresh
+    picture (txt2img) keep the toy's shape. Which of the two ``model`` is comes from its
+    config.json (``_class_name``), read at worker start."""
 
     type: ControlType = "canny"
-    #: The ControlNet: hub id (``lllyasviel/sd-controlnet-canny``) or a local folder (config.json
-    #: and diffusion_pytorch_model.safetensors), matching the style model's family (SD 1.x / SDXL).
+    #: The ControlNet (``lllyasviel/sd-controlnet-canny``) or T2I-Adapter
+    #: (``TencentARC/t2iadapter_canny_sd15v2``, txt2img styles only): hub id or a local folder
+    #: (config.json and diffusion_pytorch_model.safetensors), matching the style model's family.
     model: str
     #: A hub commit / tag / branch to pin (recommended: a commit hash).
     revision: str | None = None
     #: The model's license (its model card); recorded in every variant, checked by run.allow_noncommercial.
     license: ModelLicense | None = None
-    #: How strongly the map steers the UNet (controlnet_conditioning_scale; 0 = off).
+    #: How strongly the map steers the UNet (controlnet_conditioning_scale or
+    #: adapter_conditioning_scale; 0 = off).
     scale: float = Field(default=1.0, ge=0, le=2)
-    #: 0-1: the fraction of the denoising steps the map steers (later steps run free, for detail).
+    #: 0-1: the fraction of the denoising steps the map steers (later steps run free, for detail);
+    #: an SDXL T2I-Adapter's adapter_conditioning_factor; below 1 is refused for an SD 1.x adapter.
     guidance_end: float = Field(default=1.0, gt=0, le=1)
     #: Canny thresholds (0-255): edges below ``low`` are dropped, above ``high`` always kept.
     low: int = Field(default=DEFAULT_CANNY_LOW, ge=0, le=255)
@@ -223,6 +227,11 @@ class ControlSettings(Section):
             raise ValueError(f"{' and '.join(sorted(thresholds))}: canny thresholds do not apply to type "
                              f"{self.type}; drop them")
         return self
+
+
+def one_or_many(value: Any) -> Any:
+    """``control`` as one mapping or a list of them: always a list."""
+    return [value] if isinstance(value, dict) else value
 
 
 #: ``ip_adapter.scale`` keys of a per-block mapping (InstantStyle): the UNet's block groups.
@@ -419,7 +428,7 @@ class Img2ImgStyle(Section):
     @field_validator("control", mode="before")
     @classmethod
     def _one_or_many(cls, value: Any) -> Any:
-        return [value] if isinstance(value, dict) else value
+        return one_or_many(value)
 
     @model_validator(mode="after")
     def _every_round_denoises(self) -> Img2ImgStyle:
@@ -560,6 +569,9 @@ class Txt2ImgStyle(Section):
     #: Pixels: the picture's long side (multiple of 8), its aspect the photo's; default the model's
     #: native resolution (512 for SD 1.x, 1024 for SDXL).
     size: int | None = Field(default=None, ge=64, le=4096)
+    #: ControlNets or T2I-Adapters that keep the toy's outline from the photo (one mapping, or a
+    #: list of one kind): the maps are made from the photo at the picture's size.
+    control: list[ControlSettings] = Field(default_factory=list)
 
     @field_validator("size")
     @classmethod
@@ -567,6 +579,11 @@ class Txt2ImgStyle(Section):
         if value is not None and value % 8:
             raise ValueError(f"size {value} must be a multiple of 8")
         return value
+
+    @field_validator("control", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return one_or_many(value)
 
 
 class EditStyle(Section):

@@ -37,6 +37,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,19 @@ BUCKET_SCHEME = "bucket:"
 #: The file a LoRA folder holds by default (diffusers' ``save_lora_weights`` name).
 LORA_FILE = "pytorch_lora_weights.safetensors"
 _TRUTHY = {"1", "true", "yes", "on"}
+
+
+class ControlKind(str, Enum):
+    """What a ``control.model`` is, read from its config.json (``_class_name``)."""
+
+    CONTROLNET = "controlnet"
+    T2I_ADAPTER = "t2i-adapter"
+
+
+#: config.json ``_class_name`` -> the kind of control model it is (nothing else is loaded).
+CONTROL_CLASSES = {"ControlNetModel": ControlKind.CONTROLNET, "T2IAdapter": ControlKind.T2I_ADAPTER}
+#: T2I-Adapter ``adapter_type`` values built for SDXL's UNet (the others are for SD 1.x / 2.x).
+XL_ADAPTER_TYPES = {"full_adapter_xl"}
 
 
 def offline_mode(settings: ModelSettings) -> bool:
@@ -322,9 +336,9 @@ class ModelLoader:
 
     def resolve_controlnet(self, model: str, revision: str | None = None, *,
                            download: bool | None = None) -> ResolvedModel:
-        """The local folder of a ControlNet (one model, ``config.json`` + safetensors, not a
-        pipeline): a local folder as is, a hub id fetched like a pipeline (safetensors only;
-        offline: the cache or ``ModelUnavailableError`` naming the pull command)."""
+        """The local folder of a ControlNet or T2I-Adapter (one model, ``config.json`` +
+        safetensors, not a pipeline): a local folder as is, a hub id fetched like a pipeline
+        (safetensors only; offline: the cache or ``ModelUnavailableError`` naming the pull command)."""
         key = (f"controlnet:{model}", revision)
         if key in self._resolved:
             return self._resolved[key]
@@ -338,39 +352,63 @@ class ModelLoader:
             commit = path.name
         if not (path / "config.json").is_file():
             raise ModelUnavailableError(f"ControlNet {model!r}: {path} has no config.json (a diffusers ControlNetModel "
-                                        f"folder, as ControlNetModel.save_pretrained writes, is needed)")
+                                        f"or T2IAdapter folder, as their save_pretrained writes, is needed)")
         if not any(path.glob("*.safetensors")):
-            raise ModelUnavailableError(f"ControlNet {model!r}: no *.safetensors in {path}; pick a revision that "
+            raise ModelUnavailableError(f"control model {model!r}: no *.safetensors in {path}; pick a revision that "
                                         f"publishes safetensors (pickle weights are never loaded)")
         resolved = ResolvedModel(model, path, commit)
         self._resolved[key] = resolved
         return resolved
 
+    def control_kind(self, model: str, revision: str | None = None) -> ControlKind:
+        """Whether ``model`` is a ControlNet or a T2I-Adapter (its config.json ``_class_name``);
+        ``ConfigError`` for anything else."""
+        resolved = self.resolve_controlnet(model, revision)
+        try:
+            name = json.loads((resolved.path / "config.json").read_text(encoding="utf-8")).get("_class_name")
+        except (OSError, ValueError) as exc:
+            raise ModelUnavailableError(f"control model {model!r}: {resolved.path / 'config.json'} is unreadable: "
+                                        f"{exc}") from exc
+        if name not in CONTROL_CLASSES:
+            raise ConfigError(f"control model {model!r} is a {name!r} (config.json _class_name), neither a ControlNet "
+                              f"(ControlNetModel) nor a T2I-Adapter (T2IAdapter); point control.model at one of those")
+        return CONTROL_CLASSES[name]
+
     def controlnet(self, model: str, revision: str | None = None) -> tuple[Any, ResolvedModel]:
         """The shared ``ControlNetModel`` for ``model`` (loaded once per device and dtype)."""
+        return self._control_module(model, revision, ControlKind.CONTROLNET)
+
+    def t2i_adapter(self, model: str, revision: str | None = None) -> tuple[Any, ResolvedModel]:
+        """The shared ``T2IAdapter`` for ``model`` (loaded once per device and dtype, as a ControlNet)."""
+        return self._control_module(model, revision, ControlKind.T2I_ADAPTER)
+
+    def _control_module(self, model: str, revision: str | None, kind: ControlKind) -> tuple[Any, ResolvedModel]:
         resolved = self.resolve_controlnet(model, revision)
         device, dtype = self.device(), self.dtype()
-        key = (f"controlnet:{resolved.path.resolve()}", str(dtype), device)
+        key = (f"{kind.value}:{resolved.path.resolve()}", str(dtype), device)
+        what = "ControlNet" if kind is ControlKind.CONTROLNET else "T2I-Adapter"
         with self._lock:
             if key not in self._controlnets:
-                from diffusers import ControlNetModel
+                import diffusers
 
-                log.info("model_loading", extra={"model": model, "revision": resolved.revision, "kind": "controlnet",
+                cls = diffusers.ControlNetModel if kind is ControlKind.CONTROLNET else diffusers.T2IAdapter
+                log.info("model_loading", extra={"model": model, "revision": resolved.revision, "kind": kind.value,
                                                  "device": device, "dtype": str(dtype)})
                 try:
-                    net = ControlNetModel.from_pretrained(resolved.path, use_safetensors=True,
-                                                          local_files_only=True, **{_dtype_keyword(): dtype})
+                    net = cls.from_pretrained(resolved.path, use_safetensors=True,
+                                              local_files_only=True, **{_dtype_keyword(): dtype})
                 except (OSError, ValueError) as exc:
-                    raise ModelUnavailableError(f"ControlNet {model!r} could not be loaded from {resolved.path}: "
+                    raise ModelUnavailableError(f"{what} {model!r} could not be loaded from {resolved.path}: "
                                                 f"{exc} (`{PULL_COMMAND}` fetches it)") from exc
                 self._controlnets[key] = net.to(device) if device != "cpu" else net
             return self._controlnets[key], resolved
 
     def pipeline(self, task: str, model: str, revision: str | None = None, *,
-                 controlnets: list[Any] | None = None) -> tuple[Any, ResolvedModel]:
+                 controlnets: list[Any] | None = None, adapters: list[Any] | None = None) -> tuple[Any, ResolvedModel]:
         """A new pipeline object for ``task`` (``img2img``, ``instruct-pix2pix``, ``inpaint`` or
         ``text2img``) that shares the base pipeline's modules; the caller may replace its scheduler
-        freely. ``controlnets`` (img2img only) makes it a ControlNet img2img pipeline over them."""
+        freely. ``controlnets`` (img2img, text2img) makes it a ControlNet pipeline over them;
+        ``adapters`` (text2img only: diffusers has no img2img adapter pipeline) a T2I-Adapter one."""
         base, resolved = self.base(model, revision)
         if getattr(base, "unet", None) is None:  # FLUX.1 / SD 3: a transformer (processor.pipeline.diffusion_flow)
             raise ConfigError(
@@ -405,6 +443,10 @@ class ModelLoader:
                     f"model {model!r} has a {in_channels}-channel UNet; background mode generate needs a "
                     f"text-to-image checkpoint (set styles.<name>.background.model)"
                 )
+            if controlnets:
+                return self._controlnet_pipeline(base, model, controlnets, task), resolved
+            if adapters:
+                return self._adapter_pipeline(base, model, adapters), resolved
             from diffusers import AutoPipelineForText2Image
 
             return _quiet(AutoPipelineForText2Image.from_pipe(base)), resolved
@@ -415,8 +457,11 @@ class ModelLoader:
                 f"model {model!r} has a {in_channels}-channel UNet ({type(base).__name__}); engine img2img needs "
                 f"a text-to-image checkpoint (use engine: instruct-pix2pix for instruct-pix2pix models)"
             )
+        if adapters:
+            raise ConfigError(f"model {model!r}: diffusers has no img2img adapter pipeline: use engine: txt2img for "
+                              f"a T2I-Adapter, or a ControlNet")
         if controlnets:
-            return self._controlnet_img2img(base, model, controlnets), resolved
+            return self._controlnet_pipeline(base, model, controlnets, task), resolved
         from diffusers import AutoPipelineForImage2Image
 
         try:
@@ -424,11 +469,15 @@ class ModelLoader:
         except ValueError as exc:
             raise ConfigError(f"model {model!r} ({type(base).__name__}) has no img2img pipeline: {exc}") from exc
 
-    def _controlnet_img2img(self, base: Any, model: str, controlnets: list[Any]) -> Any:
-        from diffusers import StableDiffusionControlNetImg2ImgPipeline, StableDiffusionXLControlNetImg2ImgPipeline
+    def _controlnet_pipeline(self, base: Any, model: str, controlnets: list[Any], task: str) -> Any:
+        import diffusers
 
         xl = getattr(base, "text_encoder_2", None) is not None
-        cls = StableDiffusionXLControlNetImg2ImgPipeline if xl else StableDiffusionControlNetImg2ImgPipeline
+        names = {("img2img", False): "StableDiffusionControlNetImg2ImgPipeline",
+                 ("img2img", True): "StableDiffusionXLControlNetImg2ImgPipeline",
+                 ("text2img", False): "StableDiffusionControlNetPipeline",
+                 ("text2img", True): "StableDiffusionXLControlNetPipeline"}
+        cls = getattr(diffusers, names[(task, xl)])
         width = base.unet.config.cross_attention_dim
         for net in controlnets:  # an SD 1.x ControlNet on SDXL (or back) fails deep in the UNet otherwise
             if net.config.cross_attention_dim != width:
@@ -439,6 +488,25 @@ class ModelLoader:
         # A list makes diffusers wrap them in one MultiControlNetModel.
         net = controlnets[0] if len(controlnets) == 1 else list(controlnets)
         return _quiet(cls.from_pipe(base, controlnet=net))
+
+    def _adapter_pipeline(self, base: Any, model: str, adapters: list[Any]) -> Any:
+        from diffusers import StableDiffusionAdapterPipeline, StableDiffusionXLAdapterPipeline
+
+        xl = getattr(base, "text_encoder_2", None) is not None
+        cls = StableDiffusionXLAdapterPipeline if xl else StableDiffusionAdapterPipeline
+        for adapter in adapters:  # an SD 1.x adapter's features do not line up with SDXL's UNet blocks (or back)
+            for_xl = adapter.config.adapter_type in XL_ADAPTER_TYPES
+            if for_xl != xl:
+                raise ConfigError(
+                    f"a T2I-Adapter of type {adapter.config.adapter_type} is for {'SDXL' if for_xl else 'SD 1.x / 2.x'}"
+                    f" and does not fit model {model!r} ({type(base).__name__}); use a T2I-Adapter trained for "
+                    f"{'SDXL' if xl else 'SD 1.x / 2.x'}")
+        # A list makes diffusers wrap them in one MultiAdapter (which needs one downscale factor).
+        adapter = adapters[0] if len(adapters) == 1 else list(adapters)
+        try:
+            return _quiet(cls.from_pipe(base, adapter=adapter))
+        except ValueError as exc:
+            raise ConfigError(f"these T2I-Adapters cannot run together on {model!r}: {exc}") from exc
 
     def refiner(self, model: str, revision: str | None, base_model: str,
                 base_revision: str | None = None) -> tuple[Any, ResolvedModel]:

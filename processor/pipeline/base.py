@@ -15,6 +15,7 @@ from PIL import Image
 
 from processor.config import DEFAULT_PROMPT_TEMPLATE
 from processor.config.licenses import LicenseUse
+from processor.manifest import ControlKindName
 
 
 @dataclass
@@ -33,7 +34,7 @@ class DecodedImage:
 
 @dataclass(frozen=True)
 class ControlUse:
-    """One ControlNet that steered a variant, and the conditioning image it was given."""
+    """One ControlNet or T2I-Adapter that steered a variant, and the conditioning image it was given."""
 
     type: str
     model: str
@@ -50,6 +51,8 @@ class ControlUse:
     #: Its hub commit (None: a local file or folder), and whether its weights were converted from a pickle.
     preprocessor_revision: str | None = None
     preprocessor_converted: bool = False
+    #: ``controlnet`` or ``t2i-adapter`` (``processor.models.loader.ControlKind``'s values).
+    kind: ControlKindName = "controlnet"
 
 
 @dataclass
@@ -67,7 +70,7 @@ class VariantImage:
     background: dict[str, Any] | None = None
     #: The input's subject mask (``processor.pipeline.mask.SubjectMask``) when a background stage ran.
     mask: Any = None
-    #: The ControlNets that steered this variant (``styles.<name>.control``), in config order.
+    #: The ControlNets / T2I-Adapters that steered this variant (``styles.<name>.control``), in config order.
     control: list[ControlUse] = field(default_factory=list)
     #: Edge agreement with the photo (``processor.pipeline.structure.StructureScore``), set before encoding.
     structure: Any = None

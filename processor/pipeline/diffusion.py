@@ -42,9 +42,10 @@ import torch
 from PIL import Image
 
 from processor.config import Img2ImgStyle, InstructPix2PixStyle
+from processor.errors import ConfigError
 from processor.models import accel
-from processor.models.loader import ModelLoader, ResolvedModel
-from processor.pipeline.base import ControlUse, ItemContext, VariantImage
+from processor.models.loader import ControlKind, ModelLoader, ResolvedModel
+from processor.pipeline.base import ItemContext, VariantImage
 from processor.pipeline.diffusion_common import (  # noqa: F401 - the helpers' old home: re-exported
     ROUND_SEED_STRIDE,
     SCHEDULERS,
@@ -58,6 +59,7 @@ from processor.pipeline.diffusion_common import (  # noqa: F401 - the helpers' o
     to_tensor,
     working_size,
 )
+from processor.pipeline.diffusion_control import ControlledEngine
 from processor.pipeline.prompt import StylePrompt, fit_text, style_prompt, tokenizer_counter
 
 log = logging.getLogger("processor.diffusion")
@@ -216,7 +218,7 @@ class _DiffusionEngine:
         }
 
 
-class Img2ImgEngine(_DiffusionEngine):
+class Img2ImgEngine(ControlledEngine, _DiffusionEngine):
     """Stable Diffusion img2img in ``style.rounds`` (every round runs; see the module docstring).
 
     With ``style.shared_rounds`` = S > 0 the first S rounds run once, as one chain of batch 1
@@ -230,52 +232,20 @@ class Img2ImgEngine(_DiffusionEngine):
 
     def __init__(self, style_name: str, style: Img2ImgStyle, models: ModelLoader) -> None:
         super().__init__(style_name, style, models)
-        #: Per ``style.control`` entry: where its ControlNet came from (filled by ``setup``).
-        self.control_models: list[ResolvedModel] = []
-        #: Per ``style.control`` entry: what makes its map (``processor.pipeline.control_preprocess``).
-        self.control_maps: list[Any] = []
+        self._init_control()
 
     def _load_pipeline(self) -> tuple[Any, ResolvedModel]:
         if not self.style.control:
             return super()._load_pipeline()
-        from processor.pipeline.control_preprocess import load_control_map
-
-        nets = []
-        self.control_models = []
-        for control in self.style.control:
-            net, resolved = self.models.controlnet(control.model, control.revision)
-            nets.append(net)
-            self.control_models.append(resolved)
-        self.control_maps = [load_control_map(control, self.models) for control in self.style.control]
-        return self.models.pipeline(self.task, self.style.model, self.style.revision, controlnets=nets)
+        if self._style_control_kind() is ControlKind.T2I_ADAPTER:  # before any weights load
+            raise ConfigError(f"styles.{self.style_name}.control: {self.style.control[0].model} is a T2I-Adapter, and "
+                              f"diffusers has no img2img adapter pipeline: use engine: txt2img, or a ControlNet")
+        modules = self._load_control(ControlKind.CONTROLNET)
+        return self.models.pipeline(self.task, self.style.model, self.style.revision, controlnets=modules)
 
     def describe(self) -> dict[str, Any]:
         return super().describe() | {"rounds": len(self.style.rounds), "shared_rounds": self.style.shared_rounds,
-                                     "control": [f"{c.type}:{c.model}" for c in self.style.control]}
-
-    def _controls(self, resized: Image.Image) -> list[ControlUse]:
-        """The conditioning image of each ``style.control`` entry, made from the resized photo."""
-        uses = []
-        for control, resolved, maker in zip(self.style.control, self.control_models, self.control_maps, strict=True):
-            made = maker.preprocessor
-            uses.append(ControlUse(type=control.type, model=control.model, revision=resolved.revision,
-                                   scale=control.scale, guidance_end=control.guidance_end,
-                                   image=maker(resized), settings=dict(maker.settings),
-                                   preprocessor=made.model if made else None,
-                                   preprocessor_revision=made.revision if made else None,
-                                   preprocessor_converted=bool(made and made.converted)))
-        return uses
-
-    def _control_kwargs(self, uses: list[ControlUse]) -> dict[str, Any]:
-        """The pipeline keywords for the ControlNets: one value each, or lists for several."""
-        if not uses:
-            return {}
-        if len(uses) == 1:
-            return {"control_image": uses[0].image, "controlnet_conditioning_scale": uses[0].scale,
-                    "control_guidance_end": uses[0].guidance_end}
-        return {"control_image": [u.image for u in uses],
-                "controlnet_conditioning_scale": [u.scale for u in uses],
-                "control_guidance_end": [u.guidance_end for u in uses]}
+                                     "control": self._describe_control()}
 
     def _with_ip_adapter(self, call: Callable[[int, int], torch.Tensor]) -> Callable[[int, int], torch.Tensor]:
         """``call`` with the style's IP-Adapter in the shared UNet for its duration (and out after:

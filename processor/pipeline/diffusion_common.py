@@ -95,12 +95,13 @@ def native_size(pipe: Any) -> int:
     return int(sample) * int(getattr(pipe, "vae_scale_factor", 8))
 
 
-def working_size(width: int, height: int, long_side: int) -> tuple[int, int]:
-    """(w, h) with the aspect ratio of ``width`` x ``height``, long side ``long_side``, multiples of 8."""
+def working_size(width: int, height: int, long_side: int, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
+    """(w, h) with the aspect ratio of ``width`` x ``height``, long side ``long_side``, multiples
+    of ``multiple`` (default 8, the VAE factor)."""
     scale = long_side / max(width, height)
 
     def snap(side: float) -> int:
-        return max(SIZE_MULTIPLE, round(side / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+        return max(multiple, round(side / multiple) * multiple)
 
     return snap(width * scale), snap(height * scale)
 

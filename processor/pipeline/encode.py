@@ -117,8 +117,10 @@ def infotext_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     tail: dict[str, Any] = {}
     for i, unit in enumerate(parameters.get("controlnet_units") or []):
         settings = "".join(f", {_label(k)}: {_format(v)}" for k, v in unit.get("settings", {}).items())
+        # A1111's ControlNet extension lists T2I-Adapters as units too; the kind says which ran.
+        kind = ", Kind: t2i-adapter" if unit.get("kind") == "t2i-adapter" else ""
         tail[f"ControlNet {i}"] = (f"Module: {unit['type']}, Model: {unit['model']}, Weight: {_format(unit['scale'])}, "
-                                   f"Guidance Start: 0, Guidance End: {_format(unit['guidance_end'])}{settings}")
+                                   f"Guidance Start: 0, Guidance End: {_format(unit['guidance_end'])}{settings}{kind}")
     if parameters.get("ip_adapter"):  # the A1111 ControlNet extension runs an IP-Adapter as one more unit
         from processor.pipeline.ip_adapter import a1111_unit
 

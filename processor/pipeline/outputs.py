@@ -107,7 +107,7 @@ def encode_outputs(
                 parameters=v.parameters,
                 background=Background.model_validate(v.background | {"mask": output_prefix + MASK_NAME})
                 if v.background else None,
-                control=[Control(type=c.type, model=c.model, revision=c.revision, scale=c.scale,
+                control=[Control(type=c.type, model=c.model, kind=c.kind, revision=c.revision, scale=c.scale,
                                  guidance_end=c.guidance_end, settings=dict(c.settings),
                                  image=output_prefix + control_files[id(c.image)].name,
                                  preprocessor=_preprocessor(c)) for c in v.control],
@@ -198,11 +198,12 @@ def _preprocessor(use: ControlUse) -> ControlPreprocessor | None:
 
 
 def _control_text(variant: VariantImage) -> dict[str, object]:
-    """The ControlNets for the PNG ``parameters`` text (``infotext_parameters`` writes them as
-    A1111's ``ControlNet <i>`` units)."""
+    """The ControlNets and T2I-Adapters for the PNG ``parameters`` text (``infotext_parameters``
+    writes them as A1111's ``ControlNet <i>`` units, as its ControlNet extension does for both)."""
     if not variant.control:
         return {}
-    return {"controlnet_units": [{"type": c.type, "model": c.model, "scale": c.scale, "guidance_end": c.guidance_end,
+    return {"controlnet_units": [{"type": c.type, "model": c.model, "kind": c.kind, "scale": c.scale,
+                                  "guidance_end": c.guidance_end,
                                   "settings": dict(c.settings) | ({"preprocessor": c.preprocessor}
                                                                   if c.preprocessor else {})}
                                  for c in variant.control]}

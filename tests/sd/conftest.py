@@ -103,16 +103,16 @@ def _unet(in_channels: int = 4, **extra):
     return UNet2DConditionModel(**options)
 
 
-def build_sd(path: Path, *, in_channels: int = 4) -> Path:
+def build_sd(path: Path, *, in_channels: int = 4, unet_options: dict | None = None) -> Path:
     import torch
     from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionPipeline
     from transformers import CLIPTextModel
 
     torch.manual_seed(0)
     tokenizer = tiny_tokenizer()
-    parts = dict(unet=_unet(in_channels), vae=_vae(), text_encoder=CLIPTextModel(_text_config(tokenizer)),
-                 tokenizer=tokenizer, scheduler=_scheduler(), safety_checker=None, feature_extractor=None,
-                 requires_safety_checker=False)
+    parts = dict(unet=_unet(in_channels, **(unet_options or {})), vae=_vae(),
+                 text_encoder=CLIPTextModel(_text_config(tokenizer)), tokenizer=tokenizer, scheduler=_scheduler(),
+                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     cls = StableDiffusionInstructPix2PixPipeline if in_channels == 8 else StableDiffusionPipeline
     cls(**parts).save_pretrained(path, safe_serialization=True)
     return path
@@ -248,6 +248,36 @@ def tiny_controlnet(tiny_sd, tmp_path_factory) -> Path:
 def tiny_controlnet_b(tiny_sd, tmp_path_factory) -> Path:
     """A second ControlNet (other random weights), for styles with several."""
     return build_controlnet(tmp_path_factory.mktemp("models") / "tiny-controlnet-b", tiny_sd / "unet", seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_for_adapter(tmp_path_factory) -> Path:
+    """A tiny SD 1.x with SD 1.5's block order, which SD 1.x T2I-Adapters fit (``tests.sd.tiny_adapter``)."""
+    from tests.sd.tiny_adapter import build_sd_for_adapter
+
+    return build_sd_for_adapter(tmp_path_factory.mktemp("models") / "tiny-sd-for-adapter")
+
+
+@pytest.fixture(scope="session")
+def tiny_t2i_adapter(tmp_path_factory) -> Path:
+    from tests.sd.tiny_adapter import build_t2i_adapter
+
+    return build_t2i_adapter(tmp_path_factory.mktemp("models") / "tiny-t2i-adapter")
+
+
+@pytest.fixture(scope="session")
+def tiny_t2i_adapter_b(tmp_path_factory) -> Path:
+    """A second SD 1.x T2I-Adapter (other random weights), for styles with several."""
+    from tests.sd.tiny_adapter import build_t2i_adapter
+
+    return build_t2i_adapter(tmp_path_factory.mktemp("models") / "tiny-t2i-adapter-b", seed=6)
+
+
+@pytest.fixture(scope="session")
+def tiny_t2i_adapter_xl(tmp_path_factory) -> Path:
+    from tests.sd.tiny_adapter import build_t2i_adapter
+
+    return build_t2i_adapter(tmp_path_factory.mktemp("models") / "tiny-t2i-adapter-xl", xl=True)
 
 
 def build_inpaint(path: Path) -> Path:

@@ -114,3 +114,18 @@ def test_a_lora_on_a_flow_style_is_counted_on_a_lora_for_its_transformer(tmp_pat
     config.write_text(json.dumps({"styles": {"flux": style}}))
     rows = unet_evals.main(["--config", str(config), "--reference", "flux"])
     assert (rows["flux"]["transformer_calls"], rows["flux"]["evaluations"]) == (2, 4)
+
+
+def test_txt2img_control_is_counted_per_evaluation_for_controlnets_and_once_per_call_for_adapters(tmp_path):
+    base = {"engine": "txt2img", "model": "some/model", "steps": 4, "guidance": 5.0, "variants": 2}
+    styles = {"net": base | {"control": {"model": "some/controlnet"}},
+              "adapter": base | {"control": {"model": "TencentARC/t2iadapter_canny_sd15v2"}}}
+    config = tmp_path / "config.yaml"
+    config.write_text(json.dumps({"styles": styles}))
+    rows = unet_evals.main(["--config", str(config), "--reference", "net"])
+    net, adapter = rows["net"], rows["adapter"]
+    # 2 variants x 4 guided steps: 16 UNet samples, each beside a ControlNet sample.
+    assert net["unet_evaluations"] == net["controlnet_evaluations"] == 16 and net["adapter_calls"] == 0
+    # The adapter encodes its map once per call (one per variant in the batch), then every step reuses it.
+    assert adapter["unet_evaluations"] == 16 and adapter["controlnet_evaluations"] == 0
+    assert (adapter["adapter_calls"], adapter["adapter_evaluations"]) == (1, 2)
