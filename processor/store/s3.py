@@ -111,6 +111,38 @@ def _add_condition_headers(params: dict[str, Any], context: dict[str, Any], **_:
     params["headers"].update(context.get(_CONDITION_CONTEXT, {}))
 
 
+#: Bytes: a PUT body below this goes without ``Expect: 100-continue``. botocore adds the header to
+#: every PutObject; the handshake saves sending a large body the server will refuse (a 412 on a
+#: create-if-absent, a 403), but for a small one it costs a round trip, and S3-compatible servers
+#: (SeaweedFS here, MinIO: boto/botocore#1833) now and then answer it with a response urllib3
+#: cannot parse, which stalls the request for the whole read timeout (60 s) before the retry. Claims,
+#: manifests, records and markers are far below this; large variants keep the handshake.
+EXPECT_CONTINUE_MIN_BYTES = 1024 * 1024
+
+
+def _drop_expect_for_small_bodies(params: dict[str, Any], **_: Any) -> None:
+    """``before-call.s3``, registered last: after botocore's own handler (on that same event, so
+    it runs after any handler on the more specific ``before-call.s3.PutObject``) added the header."""
+    headers = params.get("headers", {})
+    if "Expect" not in headers:
+        return
+    body = params.get("body")
+    size = len(body) if isinstance(body, (bytes, bytearray)) else _stream_size(body)
+    if size is not None and size < EXPECT_CONTINUE_MIN_BYTES:
+        del headers["Expect"]
+
+
+def _stream_size(body: Any) -> int | None:
+    """Bytes left in a seekable stream (botocore wraps ``bytes`` bodies in ``BytesIO``), else None."""
+    try:
+        here = body.tell()
+        end = body.seek(0, 2)
+        body.seek(here)
+    except (AttributeError, OSError, ValueError):
+        return None
+    return int(end - here)
+
+
 def client_config(
     settings: StoreSettings, config_cls: Callable[..., Any] = botocore.config.Config, **extra: Any
 ) -> Any:
@@ -170,6 +202,7 @@ class S3Store(Closeable):
         events = client.meta.events
         # before-send fires once per HTTP request actually sent (pages and retries included).
         events.register("before-send.s3", self._count_request)
+        events.register_last("before-call.s3", _drop_expect_for_small_bodies)
         if conditional_via_headers:
             for op in ("PutObject", "DeleteObject"):
                 events.register(f"provide-client-params.s3.{op}", _take_condition)
