@@ -5,6 +5,7 @@ sent as the job's ``style_image``. No worker: what is checked is what the page w
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,6 +65,8 @@ def test_the_look_picture_is_offered_for_ip_adapter_styles_and_sent_with_the_job
     picture.write_bytes(photo_bytes(96, 96, fmt="PNG", seed=4))
     pg.set_input_files("#photos", str(photo))
     pg.set_input_files("#look-picture", str(picture))
+    shots = Path(os.environ.get("WEB_SCREENSHOTS", tmp_path))  # looked at by whoever changes the form
+    pg.screenshot(path=str(shots / "look-01-form.png"), full_page=True)
     pg.click("#submit")
     card = pg.locator("#jobs article.job[data-job]")
     card.wait_for(timeout=30_000)
