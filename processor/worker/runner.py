@@ -32,6 +32,7 @@ from processor import __version__
 from processor.config import Settings
 from processor.errors import (
     EXIT_INCOMPLETE,
+    EXIT_STOPPED,
     FatalError,
     InputUnreadable,
     InputVanished,
@@ -211,7 +212,14 @@ class Worker:
             backoff = min(backoff * 2, self.settings.run.idle_backoff_max_s)
             self.observer.heartbeat(quiet_s=min(wait, self.settings.claims.ttl_s))
             self.stop_event.wait(min(wait, self.settings.claims.ttl_s))
-        return 0
+        return self._stopped_exit_code()
+
+    def _stopped_exit_code(self) -> int:
+        """``run_once`` after a stop request: ``EXIT_STOPPED`` while inputs remain (one more scan
+        says), so that an Indexed Job retries the index rather than counting a drain it never finished."""
+        left = len(self._my_items())
+        log.info("stopped_early" if left else "stopped_drained", extra={"left": left})
+        return EXIT_STOPPED if left else 0
 
     def run_forever(self) -> int:
         """The daemon: scan, work, and back off while idle (doubling up to idle_backoff_max_s)."""
