@@ -1,4 +1,5 @@
-"""The worker as a Kubernetes Job sees it: the exit code of a drain stopped by SIGTERM.
+"""The worker as a Kubernetes Job sees it: the exit code of a drain stopped by SIGTERM, and the
+liveness (/healthz) of a worker busy with one long item.
 
 An Indexed Job counts an index done when its pod exits 0. A worker evicted, preempted or deleted
 mid-drain gets SIGTERM; exiting 0 then would mark the index complete with inputs still waiting,
@@ -18,6 +19,7 @@ from typing import Any
 
 from processor.config import load_settings
 from processor.errors import EXIT_STOPPED
+from processor.metrics import PrometheusObserver
 from processor.pipeline.render import EngineRegistry
 from processor.pipeline.toon import ToonEngine
 from processor.queue.keys import KeyLayout
@@ -112,3 +114,50 @@ def test_a_stop_after_the_last_input_exits_zero(tmp_path: Path) -> None:
     workers[0].setup()
     assert workers[0].run_once() == 0
     assert any(o.key.endswith("manifest.json") for o in store.list("outputs/"))
+
+
+# --------------------------------------------------------------------------- liveness
+
+
+class SlowSteps(ToonEngine):
+    """The toon engine as a long diffusion style looks from outside: it reports ``STEPS`` steps,
+    and each one takes ``step_s`` on the injected clock."""
+
+    STEPS = 5
+
+    def __init__(self, name: str, style: Any, clock: list[float], step_s: float,
+                 health: list[bool], observer: PrometheusObserver) -> None:
+        super().__init__(name, style)
+        self.clock, self.step_s, self.health, self.observer = clock, step_s, health, observer
+
+    def __call__(self, image: Any, context: Any = None) -> Any:
+        for step in range(self.STEPS):
+            self.clock[0] += self.step_s
+            context.progress(f"style:{self.style_name}", step=step + 1, steps=self.STEPS)
+            self.health.append(self.observer.health()[0])
+        return super().__call__(image, context)
+
+
+def test_a_long_item_keeps_the_liveness_probe_green_while_its_steps_advance(tmp_path: Path) -> None:
+    """One item takes three times metrics.stall_s, but every step is progress: /healthz never fails."""
+    stall_s = 100.0
+    clock = [0.0]
+    observer = PrometheusObserver(stall_s=stall_s, clock=lambda: clock[0])
+    health: list[bool] = []
+
+    def engine(name: str, style: Any) -> SlowSteps:
+        return SlowSteps(name, style, clock, stall_s * 0.6, health, observer)
+
+    # Without claims (coordination: shards) too: no claim to report to, still a heartbeat.
+    for use_claims in (True, False):
+        settings = load_settings(_config(tmp_path / f"claims-{use_claims}"))
+        store = LocalStore(settings.store.root)
+        store.put("inputs/toy.jpg", photo_bytes(320, 240))
+        health.clear()
+        started = clock[0]
+        worker = Worker(store, settings, EngineRegistry(settings.styles, engine), worker_id="w1",
+                        use_claims=use_claims, observer=observer)
+        worker.setup()
+        assert worker.run_once() == 0
+        assert health == [True] * SlowSteps.STEPS, (use_claims, health)
+        assert clock[0] - started > 2 * stall_s  # the item really outlasted stall_s

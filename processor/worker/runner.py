@@ -458,11 +458,13 @@ class Worker:
         if job.error or (job.claim and job.claim.lost.is_set()) or job.prepared is None:
             return
         self._report(job, "caption")
-        report = None
-        if job.claim is not None:
-            claim = job.claim
+        claim = job.claim
 
-            def report(**progress: Any) -> None:
+        def report(**progress: Any) -> None:
+            # Each style, round and denoising step is progress: one item may take longer than
+            # metrics.stall_s, and the liveness probe (/healthz) must not kill a working pod.
+            self.observer.heartbeat()
+            if claim is not None:
                 claim.report(ClaimProgress(**progress))
         try:
             job.rendered = self.pipeline.compute(job.prepared, job.timings, report=report)
