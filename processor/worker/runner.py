@@ -212,11 +212,7 @@ class Worker:
             backoff = min(backoff * 2, self.settings.run.idle_backoff_max_s)
             self.observer.heartbeat(quiet_s=min(wait, self.settings.claims.ttl_s))
             self.stop_event.wait(min(wait, self.settings.claims.ttl_s))
-        return self._stopped_exit_code()
-
-    def _stopped_exit_code(self) -> int:
-        """``run_once`` after a stop request: ``EXIT_STOPPED`` while inputs remain (one more scan
-        says), so that an Indexed Job retries the index rather than counting a drain it never finished."""
+        # Stopped (SIGTERM): non-zero while inputs remain, so an Indexed Job retries the index.
         left = len(self._my_items())
         log.info("stopped_early" if left else "stopped_drained", extra={"left": left})
         return EXIT_STOPPED if left else 0
@@ -461,9 +457,7 @@ class Worker:
         claim = job.claim
 
         def report(**progress: Any) -> None:
-            # Each style, round and denoising step is progress: one item may take longer than
-            # metrics.stall_s, and the liveness probe (/healthz) must not kill a working pod.
-            self.observer.heartbeat()
+            self.observer.heartbeat()  # each step is progress: /healthz must outlast a long item
             if claim is not None:
                 claim.report(ClaimProgress(**progress))
         try:
