@@ -2,6 +2,7 @@
 #
 # The toy cartoonizer's GPU worker image.
 #
+#   bash scripts/release.sh                  # the release build: wheel, sdist, SBOM, and this image, labelled
 #   docker build -t toy-cartoonizer:0.1.0 .
 #   docker build --build-arg BAKE_MODELS=true -t toy-cartoonizer:0.1.0-models .
 #   docker run --gpus all -e PROCESSOR_STORE__KIND=s3 -e PROCESSOR_STORE__BUCKET=my-toys \
@@ -22,9 +23,10 @@
 #   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 \
 #       --build-arg LOCK_FILE=requirements/image-cu128.txt .
 #
-# Dependencies come from a lock file with hashes (requirements/image.txt: the versions CI tested,
-# resolved by scripts/lock.sh for CPython 3.11, hence the 3.11 base) and are installed before the
-# source is copied, so a code change rebuilds only the small last layer.
+# Dependencies come from a lock file with hashes (requirements/image.txt: the sd, api and cos extras,
+# resolved by scripts/lock.sh for CPython 3.11, hence the 3.11 base; its pins equal CI's wherever a
+# CI-only package allows, tests/test_lock.py) and are installed before the source is copied, so a
+# code change rebuilds only the small last layer.
 #
 # Pin the base by digest for reproducible builds: --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:...
 
@@ -56,8 +58,8 @@ RUN --mount=type=cache,target=/root/.cache/pip \
  && pip install --require-hashes --no-deps --extra-index-url "${TORCH_INDEX_URL}" -r "${LOCK_FILE}"
 
 # The project itself, without dependencies (the layer above has them all). Only what the package
-# build reads: pyproject names README.md as the long description.
-COPY pyproject.toml README.md ./
+# build reads: pyproject names README.md as the long description and LICENSE as its licence file.
+COPY pyproject.toml README.md LICENSE ./
 COPY processor ./processor
 # DL3013 (pin versions in pip) cannot apply to ".": it is this source tree, not a registry name.
 # hadolint ignore=DL3013
@@ -76,7 +78,7 @@ ARG TINI_VERSION=0.19.0-1+b3
 ARG APP_UID=10001
 
 # tini as PID 1: it forwards SIGTERM to the worker (whose first SIGTERM finishes the current item
-# and exits 0) and reaps zombies (torch and the tokenizers may start helper processes). Python as
+# and exits: 0 when nothing is left, 9 when `run --once` left inputs) and reaps zombies (torch and the tokenizers may start helper processes). Python as
 # PID 1 would get handled signals too, but would leave orphans unreaped.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends "tini=${TINI_VERSION}" \
@@ -112,6 +114,22 @@ WORKDIR /home/app
 RUN if [ "${BAKE_MODELS}" = "true" ]; then processor models pull; fi
 
 VOLUME ["/models"]
+
+# OCI image labels (the annotation keys of the OCI image spec). scripts/release.sh passes the
+# values; a plain `docker build` gets these placeholders. Declared last: a build argument that
+# changes every build (revision, created) would otherwise invalidate the cache of every later step.
+ARG VERSION=0.0.0-dev
+ARG REVISION=unknown
+ARG CREATED=unknown
+ARG SOURCE_URL=unknown
+ARG LICENSES=Apache-2.0
+LABEL org.opencontainers.image.title="toy-cartoonizer" \
+      org.opencontainers.image.description="GPU batch processor: toy photos in an object-storage bucket become Pixar/Disney-like cartoons" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="${SOURCE_URL}" \
+      org.opencontainers.image.licenses="${LICENSES}"
 
 # Prometheus /metrics and the probes /healthz, /readyz (metrics.port in the config; 0 turns it off).
 EXPOSE 9108

@@ -66,6 +66,10 @@ EXIT_UNHEALTHY = 7
 #: Exit code of ``run --once`` when the store kept failing and some inputs are still without a
 #: result (also any command whose store calls ran out of retries). Worth a retry, later.
 EXIT_INCOMPLETE = 8
+#: Exit code of ``run --once`` stopped by SIGTERM or SIGINT while inputs were still without a result:
+#: it finished the item in hand and released its other claims, but it is not done. Non-zero, so a
+#: Kubernetes Indexed Job runs the index again instead of counting it complete.
+EXIT_STOPPED = 9
 #: Exit code after SIGINT (Ctrl-C): 128 + the signal number, as shells report it.
 EXIT_INTERRUPTED = 130
 

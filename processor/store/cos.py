@@ -1,19 +1,18 @@
-"""IBM Cloud Object Storage through ibm_boto3 (ibm-cos-sdk): an ``S3Store`` with an IBM client.
+"""IBM Cloud Object Storage: an ``S3Store`` over the SDK its credentials need.
 
-ibm_boto3 is a fork of an older boto3 whose service model lacks the conditional-write parameters:
-its PutObject accepts neither ``IfNoneMatch`` nor ``IfMatch``, and its DeleteObject no ``IfMatch``
-(checked against ibm-cos-sdk 2.16; passing them fails parameter validation). The conditions
-therefore travel as raw HTTP headers (``S3Store(conditional_via_headers=True)``), which COS honours.
+HMAC keys (a COS service credential with "Include HMAC Credential" on) sign requests with SigV4,
+so plain boto3 talks to COS with them: the core install is enough, and the conditional writes go
+as boto3's own ``IfNoneMatch``/``IfMatch`` parameters. An IAM API key needs ibm_boto3
+(ibm-cos-sdk, the ``cos`` extra), which trades the key for OAuth tokens and refreshes them; that
+adapter is ``processor.store.cos_ibm.IbmCosStore``, imported only when an API key is configured.
+ibm-cos-sdk ships as a source distribution only and caps jmespath, which is why it is optional.
 """
 
 from __future__ import annotations
 
 import os
 
-import ibm_boto3
-import ibm_botocore.config
-import ibm_botocore.exceptions
-import requests
+import boto3
 
 from processor.config import StoreSettings
 from processor.errors import ConfigError, StoreAccessError
@@ -24,66 +23,69 @@ from processor.store.s3 import ENDPOINT_CREDENTIAL_SOURCE, S3Store, client_confi
 #: The standard variables that hold HMAC keys (COS "service credentials" with HMAC enabled).
 HMAC_KEY_ENV = "AWS_ACCESS_KEY_ID"
 HMAC_SECRET_ENV = "AWS_SECRET_ACCESS_KEY"
+#: What installs the IBM SDK an IAM API key needs.
+COS_EXTRA_INSTALL = "pip install 'toy-cartoonizer[cos]'"
+#: Top-level modules of ibm-cos-sdk: an ImportError naming one of them means the extra is missing.
+IBM_SDK_MODULES = frozenset({"ibm_boto3", "ibm_botocore", "ibm_s3transfer"})
 
 
 class CosStore(S3Store):
-    """``S3Store`` over an ibm_boto3 client: IAM API key (OAuth tokens) or HMAC keys (SigV4)."""
-
-    vendor_exceptions = ibm_botocore.exceptions
-    # The IAM token endpoint is reached through requests, outside botocore's error types.
-    extra_transient = (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+    """An IBM COS bucket. ``from_settings`` picks the SDK by the credentials it finds, in this
+    order: keys in ``store.endpoint_url`` (HMAC, boto3), an IAM API key in ``$<store.api_key_env>``
+    (ibm_boto3), HMAC keys in ``$AWS_ACCESS_KEY_ID``/``$AWS_SECRET_ACCESS_KEY`` (boto3)."""
 
     @classmethod
     def from_settings(cls, settings: StoreSettings) -> CosStore:
-        """The API key from ``$<store.api_key_env>``, else HMAC keys from the standard AWS variables."""
         if not settings.bucket or not settings.endpoint_url:
             raise ConfigError("store.bucket and store.endpoint_url are required for an IBM COS store")
-        session = ibm_boto3.session.Session()
         # Keys in the URL (HMAC ``key:secret@``) never reach the client, whose errors quote the URL.
         endpoint_url, url_keys = split_endpoint(settings.endpoint_url)
         api_key = os.environ.get(settings.api_key_env)
         if url_keys is not None:
-            client = session.client(
-                "s3",
-                endpoint_url=endpoint_url,
-                region_name=settings.region,
-                aws_access_key_id=url_keys.access_key,
-                aws_secret_access_key=url_keys.secret_key,
-                config=client_config(settings, ibm_botocore.config.Config, signature_version="s3v4"),
-            )
-            source = ENDPOINT_CREDENTIAL_SOURCE
-        elif api_key:
-            client = session.client(
-                "s3",
-                endpoint_url=endpoint_url,
-                region_name=settings.region,
-                ibm_api_key_id=api_key,
-                ibm_service_instance_id=settings.instance_id,
-                ibm_auth_endpoint=settings.auth_endpoint,
-                config=client_config(settings, ibm_botocore.config.Config, signature_version="oauth"),
-            )
-            source = f"IAM API key from ${settings.api_key_env}"
-        elif os.environ.get(HMAC_KEY_ENV) and os.environ.get(HMAC_SECRET_ENV):
-            client = session.client(
-                "s3",
-                endpoint_url=endpoint_url,
-                region_name=settings.region,
-                aws_access_key_id=os.environ[HMAC_KEY_ENV],
-                aws_secret_access_key=os.environ[HMAC_SECRET_ENV],
-                config=client_config(settings, ibm_botocore.config.Config, signature_version="s3v4"),
-            )
-            source = f"HMAC keys from ${HMAC_KEY_ENV}/${HMAC_SECRET_ENV}"
-        else:
-            raise StoreAccessError(
-                f"IBM COS at {endpoint_url}: no credentials. Set ${settings.api_key_env} to an IAM "
-                f"API key (store.api_key_env names the variable), or ${HMAC_KEY_ENV} and "
-                f"${HMAC_SECRET_ENV} to HMAC keys."
-            )
+            return cls.with_hmac_keys(settings, endpoint_url, url_keys.access_key, url_keys.secret_key,
+                                      source=ENDPOINT_CREDENTIAL_SOURCE)
+        if api_key:
+            return _ibm_sdk_store(settings, endpoint_url, api_key)
+        if os.environ.get(HMAC_KEY_ENV) and os.environ.get(HMAC_SECRET_ENV):
+            return cls.with_hmac_keys(settings, endpoint_url, os.environ[HMAC_KEY_ENV], os.environ[HMAC_SECRET_ENV],
+                                      source=f"HMAC keys from ${HMAC_KEY_ENV}/${HMAC_SECRET_ENV}")
+        raise StoreAccessError(
+            f"IBM COS at {endpoint_url}: no credentials. Set ${settings.api_key_env} to an IAM "
+            f"API key (store.api_key_env names the variable; needs {COS_EXTRA_INSTALL}), or "
+            f"${HMAC_KEY_ENV} and ${HMAC_SECRET_ENV} to HMAC keys."
+        )
+
+    @classmethod
+    def with_hmac_keys(cls, settings: StoreSettings, endpoint_url: str | None, access_key: str, secret_key: str,
+                       *, source: str) -> CosStore:
+        """A store over a boto3 client signing with HMAC keys (SigV4); ``source`` says where they came from."""
+        client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=settings.region,
+            aws_access_key_id=access_key,
+            aws_secret_access_key=secret_key,
+            config=client_config(settings),
+        )
         return cls(
             client,
-            settings.bucket,
+            settings.bucket or "",
             description=redact(f"cos://{settings.bucket} at {client.meta.endpoint_url}"),
             retry_policy=RetryPolicy.from_settings(settings),
-            conditional_via_headers=True,
             credential_source=source,
         )
+
+
+def _ibm_sdk_store(settings: StoreSettings, endpoint_url: str | None, api_key: str) -> CosStore:
+    """The ibm_boto3 store for an IAM API key, or a ConfigError naming the extra when it is missing."""
+    try:
+        from processor.store.cos_ibm import IbmCosStore
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in IBM_SDK_MODULES:
+            raise
+        raise ConfigError(
+            f"store.kind: cos with an IAM API key (${settings.api_key_env}) needs the IBM COS SDK, which is "
+            f"not installed: {COS_EXTRA_INSTALL}. HMAC keys (${HMAC_KEY_ENV}/${HMAC_SECRET_ENV}) work "
+            "without it."
+        ) from exc
+    return IbmCosStore.with_api_key(settings, endpoint_url, api_key)

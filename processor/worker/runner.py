@@ -32,6 +32,7 @@ from processor import __version__
 from processor.config import Settings
 from processor.errors import (
     EXIT_INCOMPLETE,
+    EXIT_STOPPED,
     FatalError,
     InputUnreadable,
     InputVanished,
@@ -211,7 +212,10 @@ class Worker:
             backoff = min(backoff * 2, self.settings.run.idle_backoff_max_s)
             self.observer.heartbeat(quiet_s=min(wait, self.settings.claims.ttl_s))
             self.stop_event.wait(min(wait, self.settings.claims.ttl_s))
-        return 0
+        # Stopped (SIGTERM): non-zero while inputs remain, so an Indexed Job retries the index.
+        left = len(self._my_items())
+        log.info("stopped_early" if left else "stopped_drained", extra={"left": left})
+        return EXIT_STOPPED if left else 0
 
     def run_forever(self) -> int:
         """The daemon: scan, work, and back off while idle (doubling up to idle_backoff_max_s)."""
@@ -450,11 +454,11 @@ class Worker:
         if job.error or (job.claim and job.claim.lost.is_set()) or job.prepared is None:
             return
         self._report(job, "caption")
-        report = None
-        if job.claim is not None:
-            claim = job.claim
+        claim = job.claim
 
-            def report(**progress: Any) -> None:
+        def report(**progress: Any) -> None:
+            self.observer.heartbeat()  # each step is progress: /healthz must outlast a long item
+            if claim is not None:
                 claim.report(ClaimProgress(**progress))
         try:
             job.rendered = self.pipeline.compute(job.prepared, job.timings, report=report)

@@ -1,6 +1,7 @@
 """The ObjectStore contract (``processor/store/base.py``), run over every adapter, plus adapter specifics.
 
-``local`` is a directory; ``s3`` (boto3) and ``cos`` (ibm_boto3 with HMAC keys, conditions as raw
+``local`` is a directory; ``s3`` (boto3), ``cos`` (``store.kind: cos`` with HMAC keys: boto3) and
+``cos-ibm`` (the ibm_boto3 adapter of IAM API keys, signing with HMAC keys, conditions as raw
 headers) run against a real SeaweedFS started once per session.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -26,6 +28,8 @@ from botocore.stub import Stubber
 
 from processor.config import StoreSettings
 from processor.errors import (
+    EXIT_CONFIG,
+    ConfigError,
     InvalidKey,
     ObjectAccessDenied,
     ObjectEncrypted,
@@ -38,7 +42,7 @@ from processor.errors import (
     TransientStoreError,
 )
 from processor.store.base import ObjectStore
-from processor.store.cos import CosStore
+from processor.store.cos import IBM_SDK_MODULES, CosStore
 from processor.store.local import LocalStore
 from processor.store.retry import RetryPolicy
 from processor.store.s3 import LIST_PAGE_KEYS, S3Store
@@ -54,9 +58,12 @@ PROCESS_RACERS = 4
 PROCESS_RACE_KEYS = 40
 
 
-@pytest.fixture(params=["local", "s3", "cos"])
+STORE_FIXTURES = {"local": "local_store", "s3": "s3_store", "cos": "cos_hmac_store", "cos-ibm": "ibm_cos_hmac_store"}
+
+
+@pytest.fixture(params=list(STORE_FIXTURES))
 def store(request: pytest.FixtureRequest) -> ObjectStore:
-    return request.getfixturevalue({"local": "local_store", "s3": "s3_store", "cos": "cos_hmac_store"}[request.param])
+    return request.getfixturevalue(STORE_FIXTURES[request.param])
 
 
 def keys_of(store: ObjectStore, prefix: str = "", start_after: str = "") -> list[str]:
@@ -570,6 +577,7 @@ def test_local_racing_processes_have_exactly_one_winner(tmp_path: Path) -> None:
 
 
 def test_cos_prefers_the_iam_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("ibm_boto3", reason="the cos extra (ibm-cos-sdk) is not installed")
     monkeypatch.setenv("TEST_COS_KEY", "not-a-real-key")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "hmac-key")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hmac-secret")
@@ -586,6 +594,44 @@ def test_cos_without_credentials_names_the_variable(monkeypatch: pytest.MonkeyPa
     settings = StoreSettings(kind="cos", bucket="b", endpoint_url="https://cos.example", api_key_env="TEST_COS_KEY")
     with pytest.raises(StoreAccessError, match=r"\$TEST_COS_KEY"):
         CosStore.from_settings(settings)
+
+
+def _without_the_ibm_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Imports of ibm-cos-sdk fail from here on, as on the core install (no ``cos`` extra)."""
+    for name in list(sys.modules):
+        if name.split(".")[0] in IBM_SDK_MODULES or name == "processor.store.cos_ibm":
+            monkeypatch.delitem(sys.modules, name)
+    for name in IBM_SDK_MODULES:
+        monkeypatch.setitem(sys.modules, name, None)  # `import name` now raises ModuleNotFoundError
+
+
+def test_cos_with_hmac_keys_works_on_the_core_install(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """HMAC keys need no IBM SDK: boto3 signs them, and boto3's own conditional writes hold."""
+    _without_the_ibm_sdk(monkeypatch)
+    settings = s3_server.settings(s3_server.new_bucket(), kind="cos")
+    monkeypatch.delenv(settings.api_key_env, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
+    store = CosStore.from_settings(settings)  # what build_store makes of store.kind: cos
+    assert type(store) is CosStore and store.description.startswith("cos://")
+    assert store.credential_source == "HMAC keys from $AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY"
+    assert type(store._client).__module__.startswith("botocore")
+    first = store.put("claims/a.json", b"first", if_none_match=True)
+    with pytest.raises(PreconditionFailed):
+        store.put("claims/a.json", b"second", if_none_match=True)
+    store.put("claims/a.json", b"third", if_match=first.etag)
+    assert store.get("claims/a.json").body == b"third"
+    assert "ibm_boto3" not in [m for m in sys.modules if sys.modules[m] is not None]
+
+
+def test_cos_iam_key_without_the_cos_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    _without_the_ibm_sdk(monkeypatch)
+    monkeypatch.setenv("TEST_COS_KEY", "not-a-real-key")
+    settings = StoreSettings(kind="cos", bucket="b", endpoint_url="https://cos.example", api_key_env="TEST_COS_KEY")
+    with pytest.raises(ConfigError, match=re.escape("pip install 'toy-cartoonizer[cos]'")) as raised:
+        CosStore.from_settings(settings)
+    assert "$TEST_COS_KEY" in str(raised.value) and "not-a-real-key" not in str(raised.value)
+    assert raised.value.exit_code == EXIT_CONFIG
 
 
 def test_a_store_is_a_context_manager_that_closes_once_or_twice(store: ObjectStore) -> None:
