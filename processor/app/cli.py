@@ -341,8 +341,7 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     wanted = [v.key for v in manifest.variants] + ([manifest.contact_sheet] if manifest.contact_sheet else [])
     # Whoever can write the bucket can write a manifest: only its own plain file names are fetched.
     for obj_key in wanted:
-        name = obj_key[len(keys.output_prefix):] if obj_key.startswith(keys.output_prefix) else ""
-        if name in ("", ".", "..") or "/" in name or "\\" in name:
+        if keys.output_name(obj_key) is None:
             raise FatalError(f"{keys.manifest} lists {obj_key!r}, which is not a file in {keys.output_prefix}; "
                               "refusing to download it (the manifest was not written by this processor)")
     out.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ import hashlib
 from dataclasses import dataclass
 
 from processor.config import PrefixSettings
+from processor.names import is_plain_name
 from processor.queue.outcomes import Outcome
 
 #: Extensions of per-image sidecar files (``inputs/<path>.json``), which are not inputs themselves.
@@ -128,6 +129,14 @@ class ItemKeys:
     @property
     def mask(self) -> str:
         return self.output_prefix + MASK_NAME
+
+    def output_name(self, key: str) -> str | None:
+        """The plain file name of ``key`` in this input's output folder; None for any other key.
+
+        Whoever can write the bucket can write a manifest: the API, ``processor results`` and the
+        prototype's route serve, sign or download only the files a manifest names by this rule."""
+        name = key[len(self.output_prefix):] if key.startswith(self.output_prefix) else ""
+        return name if is_plain_name(name) else None
 
     def done_marker(self, etag: str, outcome: Outcome | str) -> str:
         """``<state>/done/<safe relpath>/<safe etag>.<done|failed>``: one key per finished input
