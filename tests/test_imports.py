@@ -14,7 +14,7 @@ TORCH_FREE = (
     "processor.manifest",
     "processor.store.local",
     "processor.store.s3",
-    "processor.metrics",
+    "processor.worker.metrics",
     "processor.app.cli",
     "processor.pipeline.item",
     "processor.pipeline.background",

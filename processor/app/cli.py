@@ -74,8 +74,8 @@ RECENT_FAILURES = 5
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from processor.metrics import MetricsEndpoint
     from processor.queue.claims import probe_conditional_create
+    from processor.worker.metrics import MetricsEndpoint
     from processor.worker.runner import Worker
 
     if getattr(args, "metrics_port", None) is not None:
