@@ -22,7 +22,8 @@ The rules it keeps (DESIGN.md, "The object protocol"):
 - An output folder belongs to the input its manifest names: another input whose name maps to the
   same folder (``a.png`` and ``a.jpg``) gets a failure record while that owner exists, and never
   replaces its result.
-- Manifests, failure records and sidecars are read with a byte cap: bucket state is untrusted.
+- Manifests, failure records and sidecars are read with a byte cap (``records``): bucket state is
+  untrusted.
 - A failure record follows the commit's rule: only the claim holder writes one, never beside a
   committed manifest.
 - After a commit or a final failure, a done marker lets the next scan skip this version with LIST
@@ -56,8 +57,9 @@ from processor.queue.claims import Claim, ClaimManager
 from processor.queue.failpolicy import is_final
 from processor.queue.keys import MAX_SIDECAR_BYTES, KeyLayout
 from processor.queue.outcomes import Outcome
+from processor.queue.records import get_capped
 from processor.queue.scan import Backlog, WorkItem, scan
-from processor.store.base import ObjectStore, StoredObject
+from processor.store.base import ObjectStore
 
 log = logging.getLogger("processor.protocol")
 
@@ -173,7 +175,7 @@ class BucketQueue:
         on ``d`` what the commit must replace and which attempt this is."""
         keys = d.item.keys
         try:
-            found = self._get_record(keys.manifest)
+            found = get_capped(self.store, keys.manifest)
             d.old_manifest_etag = found.info.etag
             try:
                 existing: Manifest | None = Manifest.model_validate_json(found.body)
@@ -189,7 +191,7 @@ class BucketQueue:
         except ObjectNotFound:
             pass
         try:
-            found = self._get_record(keys.failure)
+            found = get_capped(self.store, keys.failure)
             try:
                 record = FailureRecord.model_validate_json(found.body)
                 if record.source.etag == d.etag:
@@ -221,15 +223,6 @@ class BucketQueue:
             f"{d.key} and {owner} both write to {d.item.keys.output_prefix}, which holds the result of {owner}",
             hint="Rename this input: inputs whose names differ only by extension share an output folder.",
         )
-
-    def _get_record(self, key: str) -> StoredObject:
-        """A manifest or failure record, read with a byte cap. An oversized one was not written
-        by us: it comes back with an empty body (which fails validation, so it is replaced by
-        our commit or record) and the ETag of a HEAD, for the If-Match of that replacement."""
-        try:
-            return self.store.get(key, max_bytes=MAX_RECORD_BYTES)
-        except ObjectTooLarge:
-            return StoredObject(info=self.store.head(key), body=b"")
 
     def read_input(self, d: Delivery, *, max_bytes: int) -> InputObject:
         """The input's bytes, metadata and sidecar. The version read is the one recorded: when the
@@ -420,7 +413,7 @@ class BucketQueue:
         whether another input's is (a name mapping to the same folder): its outputs are not ours
         to replace either."""
         try:
-            found = self._get_record(d.item.keys.manifest)
+            found = get_capped(self.store, d.item.keys.manifest)
         except ObjectNotFound:
             return False
         if found.info.etag == d.old_manifest_etag:
