@@ -236,8 +236,8 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 def _upload_style_image(path: Path, store: ObjectStore, settings: Settings) -> str:
     """``--style-image``: the picture checked as the worker will decode it, uploaded under
     ``prefixes.styles`` by its content (the same picture twice is one object); its key."""
-    from processor.api.jobs import CONTENT_TYPES, EXTENSIONS
     from processor.pipeline.decode import decode_image
+    from processor.queue.submit import CONTENT_TYPES, EXTENSIONS
 
     if not any(getattr(style, "ip_adapter", None) is not None for style in settings.styles.values()):
         raise ConfigError("--style-image: no configured style has an ip_adapter to read it; drop --style-image")

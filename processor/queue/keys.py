@@ -157,6 +157,10 @@ class KeyLayout:
         #: Written by ``retry`` and ``submit`` so that daemons make their next scan a full one
         #: (``processor.queue.rescan``): their changes may sort before a daemon's high-water mark.
         self.rescan_hint = prefixes.state + "rescan.json"
+        #: The API's idempotency records (``processor.queue.idempotency``).
+        self.idempotency_prefix = prefixes.state + "api/idempotency/"
+        #: The API's webhook records: pending, claims, done (``processor.queue.webhook_records``).
+        self.webhooks_prefix = prefixes.state + "api/webhooks/"
 
     def relpath(self, input_key: str) -> str:
         if not input_key.startswith(self.prefixes.inputs):
