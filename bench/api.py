@@ -4,7 +4,8 @@ Part 1, per store (``--store local|s3|both``): a real ``processor serve`` (subpr
 ``--clients`` concurrent clients doing ``--requests`` ``POST /v1/jobs`` (multipart, one small
 JPEG) and then as many ``GET /v1/jobs/{id}``. In the same run, with the same concurrency and
 the same photo: the store's own single PUT and GET, and the protocol's own calls in-process
-(``JobQueue.submit``: the photo and the rescan hint; ``JobQueue.state``: a HEAD and three GETs),
+(``BucketQueue.submit``: the photo and the rescan hint; ``BucketQueue.state``: a HEAD, three GETs
+and, while the job is queued, one LIST of its done markers),
 so the API's own share is what the HTTP figure adds to the in-process one.
 
 Part 2 (``--e2e N``, local store): ``N`` requests of the prototype's ``POST
@@ -37,8 +38,9 @@ import httpx
 from pydantic import BaseModel
 
 from bench.common import machine, report, s3_store, seaweedfs_server
-from processor.api.jobs import JobQueue, Submission
 from processor.config import Settings
+from processor.queue.protocol import BucketQueue
+from processor.queue.submit import Submission
 from processor.store.base import ObjectStore
 from processor.store.local import LocalStore
 from tests.api_service import TOKEN, serve, worker, write_env
@@ -86,7 +88,7 @@ def overhead(kind: str, store: ObjectStore, env: dict[str, str], tmp: Path, clie
     lat, wall = timed(requests, clients, lambda i: store.get(f"bench/raw/{i}.jpg"))
     results |= summary(f"{kind}_store_get", lat, wall)
     # The protocol in-process: what one submit and one status read cost in store requests.
-    queue = JobQueue(store, settings)
+    queue = BucketQueue.for_settings(store, settings)
     ids: list[str] = [""] * requests
 
     def submit_direct(i: int) -> None:

@@ -14,7 +14,9 @@ inputs that vanish between LIST and GET. ``plant`` writes a state; ``run_cli`` r
 - no key outside its prefix: every object the run wrote or changed is an output, failure record,
   done marker or claim derived from one of the inputs; no input changed;
 - ``committed`` (from ``snapshot_commits`` before a later run): every manifest and the files it
-  names are byte for byte what they were.
+  names are byte for byte what they were;
+- the job view agrees: what the HTTP API shows of every input (``BucketQueue.state``, the same
+  bounded reads) is ``done`` with that manifest or ``failed`` with that record.
 
 ``tests/test_bucket_properties.py`` draws states with hypothesis (local store) and runs a fixed
 mixed bucket on the local store and SeaweedFS.
@@ -38,7 +40,9 @@ from processor.errors import InvalidKey, ObjectAccessDenied
 from processor.manifest import MAX_RECORD_BYTES, FailureRecord, Manifest, Source, WorkerInfo
 from processor.pipeline.sidecar import MAX_SIDECAR_BYTES
 from processor.queue.claims import MAX_CLAIM_BYTES
+from processor.queue.jobs import JobStatus, job_id
 from processor.queue.keys import KeyLayout, is_directory_marker, is_sidecar
+from processor.queue.protocol import BucketQueue
 from tests.images import photo_bytes
 
 #: Stems whose inputs share one output folder once an extension is added.
@@ -304,6 +308,7 @@ def check_invariants(store: Any, layout: KeyLayout, *, code: int, before: dict[s
     assert code == 0, f"the worker exited {code}"
     after = objects(store)
     inputs = input_keys(store, layout)
+    jobs = BucketQueue(store, layout)
     results: dict[str, Any] = {}
     for key, etag in inputs.items():
         keys = layout.for_input(key)
@@ -321,6 +326,9 @@ def check_invariants(store: Any, layout: KeyLayout, *, code: int, before: dict[s
             for v in manifest.variants:
                 assert v.key.startswith(keys.output_prefix), (key, v.key)
                 assert hashlib.sha256(store.get(v.key).body).hexdigest() == v.sha256, v.key
+        shown = jobs.state(job_id(layout.relpath(key)))
+        assert (shown.status, shown.etag) == (JobStatus.done if done else JobStatus.failed, etag), (key, shown)
+        assert (shown.manifest if done else shown.failure) == result, key
         results[key] = result
         if expect:
             expect(key, result)

@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from processor.api.app import create_app
-from processor.api.jobs import relpath_of
 from processor.config import load_settings
+from processor.queue.jobs import relpath_of
 from processor.store.local import LocalStore
 from tests.images import photo_bytes
 

@@ -8,13 +8,15 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from processor.api.app import prefer_wait
-from processor.api.jobs import JobQueue, JobStatus, Submission, UnknownJob, job_id, relpath_of
 from processor.api.problems import Problem
+from processor.api.routes.jobs import prefer_wait
 from processor.api.validate import build_submission, check_webhook, sidecar_mapping
 from processor.config import load_settings
 from processor.queue.claims import ClaimKeeper, ClaimManager, ClaimProgress
+from processor.queue.jobs import JobStatus, UnknownJob, job_id, relpath_of
 from processor.queue.keys import KeyLayout
+from processor.queue.protocol import BucketQueue
+from processor.queue.submit import Submission
 from processor.store.local import LocalStore
 from tests.images import photo_bytes
 
@@ -37,7 +39,7 @@ class FakeClock:
 def test_progress_goes_out_with_the_next_early_renewal_and_the_api_reads_it(settings, tmp_path) -> None:
     clock = FakeClock()
     store = LocalStore(tmp_path / "bucket")
-    queue = JobQueue(store, settings)
+    queue = BucketQueue.for_settings(store, settings)
     job, _ = queue.submit(Submission(image=photo_bytes(100, 80), format="JPEG"))
     state = queue.state(job)
     assert state.status is JobStatus.queued and state.progress is None
@@ -78,7 +80,7 @@ def test_an_expired_claim_is_not_running(settings, tmp_path) -> None:
 
     server_clock = Clock()
     store = LocalStore(tmp_path / "bucket", clock=server_clock)
-    queue = JobQueue(store, settings)
+    queue = BucketQueue.for_settings(store, settings)
     job, _ = queue.submit(Submission(image=photo_bytes(100, 80), format="JPEG"))
     state = queue.state(job)
     keys = KeyLayout(settings.prefixes).for_input(state.input_key)
@@ -96,7 +98,7 @@ def test_the_submission_is_the_sidecar_the_worker_reads(settings, tmp_path) -> N
     assert submission.format == "PNG"
     assert submission.sidecar == {"styles": ["toon"], "variants": 3, "seed": 5, "prompt": "a robot",
                                   "background": {"mode": "none"}}
-    job, _ = JobQueue(store, settings).submit(submission)
+    job, _ = BucketQueue.for_settings(store, settings).submit(submission)
     relpath = relpath_of(job)
     assert relpath.startswith("api/") and relpath.endswith(".png")
     from processor.pipeline.sidecar import parse_sidecar
@@ -189,7 +191,7 @@ def test_a_failed_write_leaves_no_idempotency_record_behind(settings, tmp_path) 
     from processor.errors import TransientStoreError
 
     store = LocalStore(tmp_path / "bucket")
-    queue = JobQueue(store, settings)
+    queue = BucketQueue.for_settings(store, settings)
     real_put = store.put
 
     def failing_put(key, body, **kwargs):
@@ -211,7 +213,7 @@ def test_lost_create_responses_still_write_the_whole_job(settings, tmp_path) -> 
     the object (412): the job is still written whole, under the id the client gets, and a repeat
     with the same idempotency key still answers that job."""
     store = LocalStore(tmp_path / "bucket")
-    queue = JobQueue(store, settings)
+    queue = BucketQueue.for_settings(store, settings)
     real_put = store.put
     lost: list[str] = []
 
@@ -249,7 +251,7 @@ def test_an_api_without_keys_is_open_and_says_so(tmp_path, caplog) -> None:
 
 def test_a_running_worker_publishes_its_progress_where_the_api_reads_it(tmp_path) -> None:
     """The whole chain in one process: a style reports a step, the worker hands it to the claim,
-    the keeper writes it within claims.progress_s, and JobQueue.state shows it as running."""
+    the keeper writes it within claims.progress_s, and BucketQueue.state shows it as running."""
     import threading
     import time
 
@@ -261,7 +263,7 @@ def test_a_running_worker_publishes_its_progress_where_the_api_reads_it(tmp_path
                              styles={"toon": {"engine": "toon", "variants": 1, "max_side": 64}},
                              run={"styles": ["toon"]}, claims={"ttl_s": 30, "renew_s": 10, "progress_s": 0.1})
     store = LocalStore(tmp_path / "bucket")
-    queue = JobQueue(store, settings)
+    queue = BucketQueue.for_settings(store, settings)
     job, _ = queue.submit(Submission(image=photo_bytes(96, 72), format="JPEG"))
     release = threading.Event()
 
@@ -297,7 +299,7 @@ def test_a_manifest_naming_keys_outside_its_folder_gets_no_urls_for_them(tmp_pat
 
     settings = load_settings(None, store={"kind": "local", "root": str(tmp_path / "bucket")})
     store = LocalStore(tmp_path / "bucket")
-    queue = JobQueue(store, settings)
+    queue = BucketQueue.for_settings(store, settings)
     job, _ = queue.submit(Submission(image=photo_bytes(100, 80), format="JPEG"))
     state = queue.state(job)
     keys = KeyLayout(settings.prefixes).for_input(state.input_key)
@@ -351,7 +353,7 @@ def test_files_stream_from_the_local_store_in_chunks(tmp_path, monkeypatch) -> N
 
     settings = load_settings(None, store={"kind": "local", "root": str(tmp_path / "bucket")})
     store = LocalStore(tmp_path / "bucket")
-    queue = JobQueue(store, settings)
+    queue = BucketQueue.for_settings(store, settings)
     job, _ = queue.submit(Submission(image=photo_bytes(100, 80), format="JPEG"))
     keys = KeyLayout(settings.prefixes).for_input(queue.state(job).input_key)
     body = bytes(range(256)) * 4096  # 1 MiB

@@ -137,8 +137,8 @@ def test_a_delivery_connects_to_the_address_it_vetted_not_a_second_lookup(receiv
     (RFC 6761), so a request that reached the receiver went to the vetted address."""
     from types import SimpleNamespace
 
-    from processor.api.jobs import Delivery
     from processor.api.webhooks import WebhookDispatcher
+    from processor.queue.webhook_records import WebhookDelivery
 
     port = receiver.url.rsplit(":", 1)[1]
     answers: list[str] = []
@@ -150,7 +150,7 @@ def test_a_delivery_connects_to_the_address_it_vetted_not_a_second_lookup(receiv
     dispatcher = WebhookDispatcher(None, lambda state: {"id": state.id}, WEBHOOK_SECRET,  # type: ignore[arg-type]
                                    replica="r1", allow=["hooks.invalid"], resolve=resolve, sleep=lambda s: None)
     try:
-        outcome = dispatcher.send(Delivery("job-1", f"http://hooks.invalid:{port}/pinned"),
+        outcome = dispatcher.send(WebhookDelivery("job-1", f"http://hooks.invalid:{port}/pinned"),
                                   SimpleNamespace(id="job-1", etag="e1"))  # type: ignore[arg-type]
     finally:
         dispatcher.close()

@@ -414,7 +414,7 @@ def test_api_secret_example_names_the_variables_the_api_reads() -> None:
 def test_keda_scales_the_workers_from_zero_on_the_api_backlog() -> None:
     """minReplicaCount 0 works only because the API, not the workers, reports the backlog: the query
     must name a gauge the API's /metrics really exports, scraped from the API's pods."""
-    from processor.api.metrics import ApiMetrics
+    from processor.api.http_metrics import ApiMetrics
 
     monitor, scaled = _docs(DEPLOY / "examples" / "keda-scaledobject-from-zero.yaml")
     assert (monitor["kind"], scaled["kind"]) == ("PodMonitor", "ScaledObject")
@@ -426,7 +426,7 @@ def test_keda_scales_the_workers_from_zero_on_the_api_backlog() -> None:
     assert trigger["type"] == "prometheus" and float(trigger["metadata"]["threshold"]) > 0
 
     class Backlog:
-        def pending(self) -> tuple[int, int]:
+        def backlog(self) -> tuple[int, int]:
             return 7, 2
 
     exported, _ = ApiMetrics(Backlog()).render("")

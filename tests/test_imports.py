@@ -14,7 +14,7 @@ TORCH_FREE = (
     "processor.manifest",
     "processor.store.local",
     "processor.store.s3",
-    "processor.metrics",
+    "processor.worker.metrics",
     "processor.app.cli",
     "processor.pipeline.item",
     "processor.pipeline.background",
@@ -48,7 +48,7 @@ def test_a_toon_only_run_sets_up_without_torch(tmp_path) -> None:
 
 def test_only_the_space_app_imports_gradio() -> None:
     """gradio is the optional space extra: the processor package (serve included) runs without it."""
-    code = ("import sys\nimport processor.api.app, processor.api.pages, processor.app.cli\n"
+    code = ("import sys\nimport processor.api.app, processor.api.routes.pages, processor.app.cli\n"
             "print(sorted(k for k in sys.modules if k.split('.')[0] in ('gradio', 'gradio_client')))")
     assert run_python(code) == "[]"
     import ast

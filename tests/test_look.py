@@ -12,6 +12,7 @@ from processor.config import PrefixSettings, load_settings
 from processor.errors import InvalidSidecar
 from processor.pipeline.look import check_style_image_key, decode_style_image
 from processor.pipeline.sidecar import validate_overrides
+from processor.queue.keys import KeyLayout
 from processor.queue.protocol import BucketQueue
 from processor.store.local import LocalStore
 from tests.images import photo_bytes
@@ -104,7 +105,7 @@ def test_the_read_is_bounded_and_a_missing_picture_is_named(tmp_path):
     s = settings(tmp_path)
     store = LocalStore(s.store.root)
     store.put("styles/big.png", b"x" * 2000)
-    q = BucketQueue(store, s)
+    q = BucketQueue(store, KeyLayout(s.prefixes))
     with pytest.raises(InvalidSidecar, match=r"style_image styles/big.png is 2,000 bytes; limit is 1,000 "
                                              r"\(pipeline.decode.max_bytes\)"):
         q.read_style_image("styles/big.png", max_bytes=1000)

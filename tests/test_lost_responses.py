@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 
 from processor.app.compose import build_registry
-from processor.metrics import WorkerObserver
 from processor.queue.keys import KeyLayout
 from processor.queue.outcomes import Outcome
 from processor.store.local import LocalStore
+from processor.worker.metrics import WorkerObserver
 from processor.worker.runner import Worker
 from tests.images import photo_bytes
 from tests.test_claims import LostResponses

@@ -1,4 +1,4 @@
-"""processor.metrics in process: what a real worker run puts in its registry, the probes' rules
+"""processor.worker.metrics in process: what a real worker run puts in its registry, the probes' rules
 (with an injected clock), the HTTP endpoints, and the input key on every log line of an item.
 
 The whole thing through the command line, against SeaweedFS, is tests/test_metrics_daemon.py.
@@ -25,11 +25,11 @@ from processor.app.cli import build_registry, make_engine
 from processor.config import MetricsSettings, StoreSettings
 from processor.errors import ConfigError, TransientStoreError
 from processor.log import configure_logging
-from processor.metrics import OUTCOMES, MetricsEndpoint, MetricsServer, PrometheusObserver, describe_endpoint
 from processor.pipeline.render import EngineRegistry
 from processor.queue.claims import ClaimManager
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
+from processor.worker.metrics import OUTCOMES, MetricsEndpoint, MetricsServer, PrometheusObserver, describe_endpoint
 from processor.worker.runner import Worker
 from tests.images import bad_inputs, photo_bytes
 from tests.test_worker import make_settings
@@ -117,8 +117,8 @@ def test_a_run_is_counted_by_outcome_stage_and_backlog(tmp_path):
 def test_a_raising_observer_hook_never_ends_a_pass(tmp_path, caplog):
     """Observer hooks run on the stage threads; one that raises is logged and swallowed (a broken
     metrics backend must not stop the work it measures)."""
-    from processor.metrics import WorkerObserver
     from processor.queue.scan import scan
+    from processor.worker.metrics import WorkerObserver
 
     class Broken(WorkerObserver):
         def item(self, outcome, timings=None):
@@ -418,7 +418,7 @@ def test_metrics_never_import_torch():
     code = (
         "import sys\n"
         "from prometheus_client import generate_latest\n"
-        "from processor.metrics import PrometheusObserver\n"
+        "from processor.worker.metrics import PrometheusObserver\n"
         "import processor.worker.runner\n"
         "generate_latest(PrometheusObserver(stall_s=60).registry)\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"

@@ -24,7 +24,7 @@ import pytest
 
 from processor.config import DEFAULT_METRICS_PORT, MetricsSettings, load_settings
 from processor.errors import EXIT_CONFIG, ConfigError
-from processor.metrics import MetricsEndpoint, describe_endpoint
+from processor.worker.metrics import MetricsEndpoint, describe_endpoint
 from tests.images import photo_bytes
 from tests.test_metrics import get
 

@@ -10,9 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from processor.api.app import create_app
-from processor.api.jobs import JobQueue, Submission
-from processor.api.pages import COOKIE, safe_next, same_origin
+from processor.api.auth import COOKIE, safe_next, same_origin
 from processor.config import load_settings
+from processor.queue.protocol import BucketQueue
+from processor.queue.submit import Submission
 from processor.store.local import LocalStore
 from tests.images import photo_bytes
 
@@ -66,7 +67,7 @@ def test_the_cookie_is_secure_over_https(settings, store) -> None:
 
 
 def test_state_changing_requests_with_the_cookie_must_come_from_our_origin(settings, store) -> None:
-    job, _ = JobQueue(store, settings).submit(Submission(image=photo_bytes(100, 80), format="JPEG"))
+    job, _ = BucketQueue.for_settings(store, settings).submit(Submission(image=photo_bytes(100, 80), format="JPEG"))
     c = client(settings, store)
     assert login(c).status_code == 303
     photo = {"image": ("t.jpg", photo_bytes(100, 80))}
@@ -97,7 +98,7 @@ def test_an_open_server_shows_the_pages_without_login(settings, store) -> None:
     page = c.get("/")
     assert page.status_code == 200 and "Log out" not in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]
-    job, _ = JobQueue(store, settings).submit(Submission(image=photo_bytes(100, 80), format="JPEG"))
+    job, _ = BucketQueue.for_settings(store, settings).submit(Submission(image=photo_bytes(100, 80), format="JPEG"))
     # Without keys anyone may call the API, but the retry form still refuses posts from other sites.
     assert c.post(f"/jobs/{job}/retry", headers={"Origin": "https://evil.example"}).status_code == 403
 

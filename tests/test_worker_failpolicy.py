@@ -18,13 +18,13 @@ from processor.app.cli import make_engine
 from processor.config import PrefixSettings
 from processor.errors import EXIT_UNHEALTHY, CorruptImage, StageFailed, WorkerUnhealthy
 from processor.manifest import FailureRecord, Manifest
-from processor.metrics import PrometheusObserver
 from processor.pipeline.render import EngineRegistry
 from processor.queue.failpolicy import CircuitBreaker
 from processor.queue.keys import KeyLayout
 from processor.queue.requeue import find_failures, requeue
 from processor.queue.scan import scan
 from processor.store.local import LocalStore
+from processor.worker.metrics import PrometheusObserver
 from processor.worker.runner import Worker
 from tests.images import bad_inputs, photo_bytes
 from tests.test_s3_integration import cli_env, processor

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from processor.api.jobs import JobStatus
+from processor.queue.jobs import JobStatus
 
 
 class Links(BaseModel):
@@ -68,6 +68,9 @@ class JobOut(BaseModel):
     manifest: dict[str, Any] | None = None
     #: The failure record (``docs/failure.schema.json``), when failed.
     failure: FailureOut | None = None
+    #: Why a done job has no manifest, or a failed one no failure record (the bucket says it
+    #: ended, but that record is gone or unreadable), and what to do; null otherwise.
+    detail: str | None = None
     links: Links
 
 

@@ -19,13 +19,13 @@ from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
-from processor.api.jobs import EXTENSIONS, Submission
 from processor.api.problems import Problem
 from processor.api.upload import IMAGE_FIELD, STYLE_IMAGE_FIELD
 from processor.config import Settings
 from processor.errors import InvalidSidecar
 from processor.pipeline.decode import SNIFF_BYTES, describe_unsupported, sniff_format
 from processor.pipeline.sidecar import ItemOverrides, Sidecar, validate_overrides
+from processor.queue.submit import EXTENSIONS, Submission
 
 #: Request fields, in the order documented; all but ``image`` optional.
 FIELDS = ("image", "styles", "variants", "seed", "prompt", "negative", "instruction",
@@ -86,7 +86,7 @@ def build_submission(image: bytes | None, fields: Mapping[str, Any], settings: S
         sidecar["style_image"] = look_key
     elif look is not None:
         look_format = _picture_format(look, limit)
-        # A key of the form the upload will get (``JobQueue._write``), for the checks.
+        # A key of the form the upload will get (``processor.queue.submit.write_job``), for the checks.
         check_with_style_image(sidecar, settings.prefixes.styles + settings.api.submit_prefix + "upload"
                                + EXTENSIONS[look_format], settings)
     else:

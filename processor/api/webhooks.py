@@ -6,7 +6,8 @@ the pending deliveries (``<state>/api/webhooks/pending/<job>.json``, written at 
 (``<state>/api/webhooks/claims/<job>.json``, ``ClaimManager``: create with ``If-None-Match: *``,
 taken over only after ``DELIVERY_TTL_S`` when its sender died), so exactly one replica sends
 it. The winner POSTs with retries and back-off, then deletes the pending record (no replica sends
-it again), writes the outcome beside it (``.../done/<job>.json``) and releases the claim.
+it again), writes the outcome beside it (``.../done/<job>.json``) and releases the claim. The
+records are the bucket protocol's (``processor.queue.webhook_records``); this module only sends.
 
 At least once, like every webhook: a sender that dies after the receiver's 2xx and before the
 pending record is deleted leaves it to another replica after the claim's TTL. The receiver
@@ -34,11 +35,13 @@ from dataclasses import dataclass
 
 import httpx
 
-from processor.api.jobs import Delivery, JobQueue, JobState, UnknownJob
 from processor.api.problems import Problem
 from processor.api.validate import Resolver, vet_webhook
 from processor.errors import StoreAccessError, StoreError
 from processor.queue.claims import Claim
+from processor.queue.jobs import JobState, UnknownJob
+from processor.queue.protocol import BucketQueue
+from processor.queue.webhook_records import WebhookDelivery
 
 log = logging.getLogger("processor.api.webhooks")
 
@@ -104,11 +107,11 @@ class Outcome:
 class WebhookDispatcher:
     """One replica's share of the deliveries (module docstring)."""
 
-    def __init__(self, jobs: JobQueue, render: Callable[[JobState], dict], secret: str, *, replica: str,
+    def __init__(self, queue: BucketQueue, render: Callable[[JobState], dict], secret: str, *, replica: str,
                  allow: list[str], resolve: Resolver | None = None, poll_s: float = POLL_S,
                  sleep: Callable[[float], None] = time.sleep,
                  transport: httpx.BaseTransport | None = None) -> None:
-        self.jobs = jobs
+        self.queue = queue
         self.render = render
         self.secret = secret
         self.allow = allow
@@ -143,18 +146,19 @@ class WebhookDispatcher:
     def tick(self) -> int:
         """Start the deliveries of the jobs that ended; how many this call started."""
         started = 0
-        for delivery in self.jobs.pending_webhooks():
+        for delivery in self.queue.webhooks.pending():
             with self._lock:
                 if delivery.job in self._busy:
                     continue
             try:
-                state = self.jobs.state(delivery.job)
+                state = self.queue.state(delivery.job)
             except UnknownJob:
-                self.jobs.finish_webhook(delivery.job, {"delivered": False, "error": "the input was deleted"})
+                self.queue.webhooks.finish(delivery.job, {"delivered": False, "error": "the input was deleted"})
                 continue
             if not state.status.ended:
                 continue
-            claim = self.jobs.claim_webhook(delivery.job, state.etag, self.replica, DELIVERY_TTL_S)
+            claim = self.queue.webhooks.claim(delivery.job, state.input_key, state.etag, self.replica,
+                                              DELIVERY_TTL_S)
             if claim is None:
                 continue  # another replica is sending it
             with self._lock:
@@ -163,10 +167,10 @@ class WebhookDispatcher:
             started += 1
         return started
 
-    def _deliver(self, delivery: Delivery, state: JobState, claim: Claim) -> None:
+    def _deliver(self, delivery: WebhookDelivery, state: JobState, claim: Claim) -> None:
         try:
             outcome = self.send(delivery, state)
-            self.jobs.finish_webhook(delivery.job, {"delivered": outcome.delivered, "attempts": outcome.attempts,
+            self.queue.webhooks.finish(delivery.job, {"delivered": outcome.delivered, "attempts": outcome.attempts,
                                                     "status": outcome.status, "error": outcome.error,
                                                     "url": delivery.url})
             log.info("webhook_sent" if outcome.delivered else "webhook_gave_up",
@@ -174,11 +178,11 @@ class WebhookDispatcher:
         except (StoreError, StoreAccessError) as exc:
             log.warning("webhook_record_failed", extra={"job": delivery.job, "error": type(exc).__name__})
         finally:
-            self.jobs.release_webhook(claim, self.replica)
+            self.queue.webhooks.release(claim, self.replica)
             with self._lock:
                 self._busy.discard(delivery.job)
 
-    def send(self, delivery: Delivery, state: JobState) -> Outcome:
+    def send(self, delivery: WebhookDelivery, state: JobState) -> Outcome:
         """POST the job with retries and back-off (``ATTEMPTS``, ``FIRST_BACKOFF_S`` doubling)."""
         body = json.dumps(self.render(state), separators=(",", ":")).encode()
         msg_id = f"{state.id}.{state.etag}"
@@ -211,4 +215,4 @@ class WebhookDispatcher:
         return Outcome(False, ATTEMPTS, status, error)
 
 
-__all__ = ["Delivery", "Outcome", "WebhookDispatcher", "read_secret", "sign", "verify"]
+__all__ = ["Outcome", "WebhookDispatcher", "read_secret", "sign", "verify"]

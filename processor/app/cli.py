@@ -74,8 +74,8 @@ RECENT_FAILURES = 5
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from processor.metrics import MetricsEndpoint
     from processor.queue.claims import probe_conditional_create
+    from processor.worker.metrics import MetricsEndpoint
     from processor.worker.runner import Worker
 
     if getattr(args, "metrics_port", None) is not None:
@@ -236,8 +236,8 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 def _upload_style_image(path: Path, store: ObjectStore, settings: Settings) -> str:
     """``--style-image``: the picture checked as the worker will decode it, uploaded under
     ``prefixes.styles`` by its content (the same picture twice is one object); its key."""
-    from processor.api.jobs import CONTENT_TYPES, EXTENSIONS
     from processor.pipeline.decode import decode_image
+    from processor.queue.submit import CONTENT_TYPES, EXTENSIONS
 
     if not any(getattr(style, "ip_adapter", None) is not None for style in settings.styles.values()):
         raise ConfigError("--style-image: no configured style has an ip_adapter to read it; drop --style-image")
@@ -341,8 +341,7 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     wanted = [v.key for v in manifest.variants] + ([manifest.contact_sheet] if manifest.contact_sheet else [])
     # Whoever can write the bucket can write a manifest: only its own plain file names are fetched.
     for obj_key in wanted:
-        name = obj_key[len(keys.output_prefix):] if obj_key.startswith(keys.output_prefix) else ""
-        if name in ("", ".", "..") or "/" in name or "\\" in name:
+        if keys.output_name(obj_key) is None:
             raise FatalError(f"{keys.manifest} lists {obj_key!r}, which is not a file in {keys.output_prefix}; "
                               "refusing to download it (the manifest was not written by this processor)")
     out.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,9 @@ from typing import Any
 
 from processor.config import Settings
 from processor.errors import FatalError, ProcessorError, StoreError
-from processor.metrics import describe_endpoint
 from processor.queue.claims import probe_conditional_create
 from processor.redact import redact
+from processor.worker.metrics import describe_endpoint
 
 
 @dataclass(frozen=True)

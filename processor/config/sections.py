@@ -35,6 +35,7 @@ from processor.config.base import (
     WEBHOOK_SECRET_ENV,
     Section,
 )
+from processor.names import is_plain_path
 
 
 class StoreSettings(Section):
@@ -97,7 +98,7 @@ class PrefixSettings(Section):
     @classmethod
     def _normalise(cls, value: str) -> str:
         value = value.strip("/")
-        if not value or any(part in ("", ".", "..") for part in value.split("/")):
+        if not is_plain_path(value):
             raise ValueError("a prefix is a non-empty path like 'inputs/' without '.' or '..' parts")
         return value + "/"
 
@@ -474,6 +475,6 @@ class ApiSettings(Section):
     @classmethod
     def _folder(cls, value: str) -> str:
         value = value.strip("/")
-        if not value or any(part in ("", ".", "..") for part in value.split("/")):
+        if not is_plain_path(value):
             raise ValueError("submit_prefix is a folder like 'api/' without '.' or '..' parts")
         return value + "/"

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from processor.config.base import BackgroundMode, ModelLicense, PromptText, Section, Seed, VariantCount
+from processor.names import is_plain_path
 
 
 class ToonStyle(Section):
@@ -286,8 +287,8 @@ class IpAdapterSettings(Section):
     @classmethod
     def _inside(cls, value: str) -> str:
         value = value.strip("/")
-        if any(part in (".", "..") for part in value.split("/")):
-            raise ValueError(f"subfolder {value!r} must stay inside the model (no '.' or '..' parts)")
+        if value and not is_plain_path(value):
+            raise ValueError(f"subfolder {value!r} must stay inside the model (no empty, '.' or '..' parts)")
         return value
 
     @field_validator("scale")
@@ -499,7 +500,7 @@ def style_image_problem(value: str) -> None:
         raise ValueError("style_image is empty; give a path or bucket:<key>")
     if value.startswith("bucket:"):
         key = value[len("bucket:"):].lstrip("/")
-        if not key or key.endswith("/") or any(part in ("", ".", "..") for part in key.split("/")):
+        if not is_plain_path(key):
             raise ValueError(f"style_image {value!r}: bucket:<key> names one object, e.g. bucket:styles/look.png "
                              f"(no empty, '.' or '..' parts)")
 

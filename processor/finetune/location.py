@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from processor.errors import ObjectNotFound
+from processor.names import is_plain_path
 from processor.store.base import Closeable, ObjectInfo, ObjectStore, StoredObject
 
 
@@ -54,7 +55,7 @@ class ReadOnlyFolder(Closeable):
 
     def _path(self, key: str) -> Path:
         path = self.root / key
-        if ".." in key.split("/") or not path.is_file():
+        if not is_plain_path(key) or not path.is_file():
             raise ObjectNotFound(f"{key} does not exist in {self.description}", key=key)
         return path
 

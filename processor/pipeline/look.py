@@ -31,6 +31,7 @@ from PIL import Image
 
 from processor.config import DecodeSettings, PrefixSettings
 from processor.errors import InvalidSidecar, ItemError
+from processor.names import is_plain_path
 
 #: The object metadata key of a per-input style picture (``x-amz-meta-style-image`` on S3). A
 #: hyphen, not an underscore: proxies (nginx by default) drop header names with underscores.
@@ -79,8 +80,7 @@ def check_style_image_key(value: Any, prefixes: PrefixSettings, where: str) -> s
     if value.startswith("/") or value.startswith("~") or ":" in value.split("/", 1)[0]:
         raise InvalidSidecar(f"{where}: style_image {shown!r} is a path or URL; it names a bucket key under "
                              f"{prefix!r} (prefixes.styles), like {example!r}", hint=_key_hint(prefix))
-    parts = value.split("/")
-    if any(part in ("", ".", "..") for part in parts):
+    if not is_plain_path(value):
         raise InvalidSidecar(f"{where}: style_image {shown!r} has empty, '.' or '..' parts; name one object "
                              f"like {example!r}", hint=_key_hint(prefix))
     if not value.startswith(prefix) or value == prefix:

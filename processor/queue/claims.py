@@ -18,7 +18,9 @@ changes. So a progress bar costs no request per step: one small PUT per running 
 The bucket is untrusted: a claim is read with a byte cap (``MAX_CLAIM_BYTES``), and one whose
 body is not a claim of ours (garbage JSON, a TTL that is missing, non-finite, not positive or
 absurd) counts as one with the cap as its TTL, so it expires ``claims.max_ttl_s`` after its last
-write, like any claim of a dead worker.
+write, like any claim of a dead worker. ``judge_claim`` is that one judgement: the workers'
+``ClaimManager`` (may it take a claim over?) and the job view (is this input running?) both use it,
+so the API never calls an input running that a worker would take over, nor the reverse.
 
 A lease alone cannot stop a worker that was paused past its TTL from finishing its item; the
 conditional commit of the manifest does that (see ``worker.py``). Claims only keep two healthy
@@ -55,6 +57,28 @@ PROBE_ROUNDS = 2
 CLOCK_RESOLUTION_S = 1.0
 #: Bytes: the most of a claim object anyone reads. Ours are about 250 bytes.
 MAX_CLAIM_BYTES = 4096
+#: Characters of a claim's ``worker`` field kept for logs (a log field, not a novel).
+MAX_OWNER_CHARS = 200
+
+
+@dataclass(frozen=True)
+class ClaimView:
+    """What a claim object in the bucket says, as far as it is trusted (``judge_claim``)."""
+
+    #: Who wrote it (for logs; cut to ``MAX_OWNER_CHARS``); ``?`` when the body is not a claim of ours.
+    owner: str
+    #: Its random token (ours, when we wrote it); None for garbage.
+    token: str | None
+    #: The input version it names; None for garbage.
+    input_etag: str | None
+    #: Seconds it is judged by: its own TTL, at most the configured cap (``claims.max_ttl_s``).
+    ttl_s: float
+    #: Seconds since its last write, by the server's clock.
+    age_s: float
+    #: Whether it still holds: younger than ``ttl_s`` (plus ``CLOCK_RESOLUTION_S`` on whole-second dates).
+    live: bool
+    #: The progress it carries, when it carries a valid one.
+    progress: ClaimProgress | None = None
 
 
 @dataclass
@@ -163,16 +187,13 @@ class ClaimManager:
                     return Claim(claim_key, input_key, input_etag, mine.info.etag, token)
                 self.conflicts += 1
                 return None
-        if _token_of(current.body) == token:
+        view = judge_claim(current, max_ttl_s=self.max_ttl_s)
+        if view.token == token:
             # Our own create: it landed, but its response was lost and the store's retry of it met
             # the object it had written (412). Without this the worker would wait out its own claim.
             return Claim(claim_key, input_key, input_etag, current.info.etag, token)
-        owner, ttl = _owner_and_ttl(current.body, max_ttl=self.max_ttl_s)
-        server_now = current.info.server_time or datetime.now(timezone.utc)
-        age = (server_now - current.info.last_modified).total_seconds()
-        # HTTP dates (S3) carry whole seconds; a store with a finer clock (the local one) needs no margin.
-        whole_seconds = server_now.microsecond == 0 and current.info.last_modified.microsecond == 0
-        if age < ttl + (CLOCK_RESOLUTION_S if whole_seconds else 0.0):
+        owner, age = view.owner, view.age_s
+        if view.live:
             self.conflicts += 1
             log.debug("claim_held", extra={"key": input_key, "owner": owner, "age_s": round(age, 1)})
             return None
@@ -228,12 +249,7 @@ class ClaimManager:
         return current if _token_of(current.body) == token else None
 
     def _read(self, claim_key: str) -> StoredObject:
-        """The claim object, read with a byte cap; an oversized one (not ours) comes back with an
-        empty body (garbage, so it expires at the cap) and the ETag and dates of a HEAD."""
-        try:
-            return self.store.get(claim_key, max_bytes=MAX_CLAIM_BYTES)
-        except ObjectTooLarge:
-            return StoredObject(info=self.store.head(claim_key), body=b"")
+        return read_claim_object(self.store, claim_key)
 
     def release(self, claim: Claim) -> None:
         """Best effort: an expired claim is taken over by the next worker anyway."""
@@ -248,36 +264,66 @@ class ClaimManager:
             log.warning("claim_release_failed", extra={"key": claim.input_key, "error": type(exc).__name__})
 
 
+def read_claim_object(store: ObjectStore, claim_key: str) -> StoredObject:
+    """The claim object, read with a byte cap (``MAX_CLAIM_BYTES``); an oversized one (not ours)
+    comes back with an empty body (garbage, so it expires at the cap) and the ETag and dates of a
+    HEAD. ``ObjectNotFound`` when there is none."""
+    try:
+        return store.get(claim_key, max_bytes=MAX_CLAIM_BYTES)
+    except ObjectTooLarge:
+        return StoredObject(info=store.head(claim_key), body=b"")
+
+
+def read_claim(store: ObjectStore, claim_key: str, *, max_ttl_s: float) -> ClaimView | None:
+    """The claim at ``claim_key`` as ``judge_claim`` sees it; None when there is none."""
+    try:
+        found = read_claim_object(store, claim_key)
+    except ObjectNotFound:
+        return None
+    return judge_claim(found, max_ttl_s=max_ttl_s)
+
+
+def judge_claim(found: StoredObject, *, max_ttl_s: float) -> ClaimView:
+    """The one judgement of a claim object read from the bucket (module docstring).
+
+    Its TTL is its own, at most ``max_ttl_s`` (``claims.max_ttl_s``). Anything that is not a finite
+    positive number of seconds (garbage JSON, a missing, negative, ``NaN``, ``Infinity`` or string
+    TTL) counts as ``max_ttl_s``: the claim still expires, at the latest moment any honest worker's
+    could. Its age is measured on the server's clock (``Date`` minus ``Last-Modified``)."""
+    data = _claim_fields(found.body)
+    own_ttl = data.get("ttl_s")
+    ttl = max_ttl_s
+    if isinstance(own_ttl, (int, float)) and not isinstance(own_ttl, bool) and math.isfinite(own_ttl) and own_ttl > 0:
+        ttl = min(float(own_ttl), max_ttl_s)
+    server_now = found.info.server_time or datetime.now(timezone.utc)
+    age = (server_now - found.info.last_modified).total_seconds()
+    # HTTP dates (S3) carry whole seconds; a store with a finer clock (the local one) needs no margin.
+    whole_seconds = server_now.microsecond == 0 and found.info.last_modified.microsecond == 0
+    token, etag = data.get("token"), data.get("etag")
+    return ClaimView(
+        owner=str(data.get("worker", "?"))[:MAX_OWNER_CHARS],
+        token=token if isinstance(token, str) else None,
+        input_etag=etag if isinstance(etag, str) else None,
+        ttl_s=ttl,
+        age_s=age,
+        live=age < ttl + (CLOCK_RESOLUTION_S if whole_seconds else 0.0),
+        progress=ClaimProgress.from_json(data.get("progress")),
+    )
+
+
+def _claim_fields(body: bytes) -> dict[str, object]:
+    """A claim body's JSON object; empty for garbage (whose token is never one of ours)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):  # also UnicodeDecodeError
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _token_of(body: bytes) -> str | None:
     """A claim body's token, or None for garbage (never equal to one of ours)."""
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    token = data.get("token") if isinstance(data, dict) else None
+    token = _claim_fields(body).get("token")
     return token if isinstance(token, str) else None
-
-
-def _owner_and_ttl(body: bytes, max_ttl: float) -> tuple[str, float]:
-    """The claim's owner (for logs) and the TTL it is judged by: its own, at most ``max_ttl``.
-
-    Anything that is not a finite positive number of seconds (garbage JSON, a missing, negative,
-    ``NaN``, ``Infinity`` or string TTL) counts as ``max_ttl``: the claim still expires, at the
-    latest moment any honest worker's could."""
-    try:
-        data = json.loads(body)
-    except ValueError:  # also UnicodeDecodeError
-        return "?", max_ttl
-    if not isinstance(data, dict):
-        return "?", max_ttl
-    owner = str(data.get("worker", "?"))[:200]  # a log field, not a novel
-    ttl = data.get("ttl_s")
-    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)):
-        return owner, max_ttl
-    ttl = float(ttl)
-    if not math.isfinite(ttl) or ttl <= 0:
-        return owner, max_ttl
-    return owner, min(ttl, max_ttl)
 
 
 class ClaimKeeper:

@@ -27,6 +27,7 @@ import hashlib
 from dataclasses import dataclass
 
 from processor.config import PrefixSettings
+from processor.names import is_plain_name
 from processor.queue.outcomes import Outcome
 
 #: Extensions of per-image sidecar files (``inputs/<path>.json``), which are not inputs themselves.
@@ -129,6 +130,14 @@ class ItemKeys:
     def mask(self) -> str:
         return self.output_prefix + MASK_NAME
 
+    def output_name(self, key: str) -> str | None:
+        """The plain file name of ``key`` in this input's output folder; None for any other key.
+
+        Whoever can write the bucket can write a manifest: the API, ``processor results`` and the
+        prototype's route serve, sign or download only the files a manifest names by this rule."""
+        name = key[len(self.output_prefix):] if key.startswith(self.output_prefix) else ""
+        return name if is_plain_name(name) else None
+
     def done_marker(self, etag: str, outcome: Outcome | str) -> str:
         """``<state>/done/<safe relpath>/<safe etag>.<done|failed>``: one key per finished input
         version, so a scan learns what is finished from LIST calls alone (1000 keys a call).
@@ -148,6 +157,10 @@ class KeyLayout:
         #: Written by ``retry`` and ``submit`` so that daemons make their next scan a full one
         #: (``processor.queue.rescan``): their changes may sort before a daemon's high-water mark.
         self.rescan_hint = prefixes.state + "rescan.json"
+        #: The API's idempotency records (``processor.queue.idempotency``).
+        self.idempotency_prefix = prefixes.state + "api/idempotency/"
+        #: The API's webhook records: pending, claims, done (``processor.queue.webhook_records``).
+        self.webhooks_prefix = prefixes.state + "api/webhooks/"
 
     def relpath(self, input_key: str) -> str:
         if not input_key.startswith(self.prefixes.inputs):

@@ -1,12 +1,14 @@
-"""The bucket as a job queue: the one module that reads and writes an input's state in the bucket.
+"""The bucket as a job queue: ``BucketQueue``, the one face every reader and writer of job state uses.
 
 The worker takes an input (``take``: claim it), checks whether its version already has a result
 (``existing_result``), reads it (``read_input``), writes its outputs (``put_output``) and then
 acknowledges it (``commit``: the manifest, written last and conditionally) or rejects it
-(``fail``: a failure record, final or retryable), and finally gives the claim back (``release``).
-``processor status``, ``processor retry`` and the HTTP API read the same state through
-``status``, ``result`` and ``find_failures`` / ``requeue`` (dramatiq's ``Consumer.ack / nack /
-requeue``, with the bucket as the broker).
+(``fail``: a failure record, final or retryable), and finally gives the claim back (``release``)
+(dramatiq's ``Consumer.ack / nack / requeue``, with the bucket as the broker). ``processor
+status`` / ``results`` / ``retry`` and the HTTP API read and write the same state through the
+methods ``BucketQueue`` inherits from ``processor.queue.jobs.BucketJobs`` (``state``, ``page``,
+``status``, ``result``, ``submit``, ``retry``, ``find_failures`` / ``requeue``), with the same
+bounded reads (``records``) and the same claim judgement (``claims.judge_claim``).
 
 The rules it keeps (DESIGN.md, "The object protocol"):
 
@@ -22,7 +24,8 @@ The rules it keeps (DESIGN.md, "The object protocol"):
 - An output folder belongs to the input its manifest names: another input whose name maps to the
   same folder (``a.png`` and ``a.jpg``) gets a failure record while that owner exists, and never
   replaces its result.
-- Manifests, failure records and sidecars are read with a byte cap: bucket state is untrusted.
+- Manifests, failure records and sidecars are read with a byte cap (``records``): bucket state is
+  untrusted.
 - A failure record follows the commit's rule: only the claim holder writes one, never beside a
   committed manifest.
 - After a commit or a final failure, a done marker lets the next scan skip this version with LIST
@@ -32,11 +35,14 @@ The rules it keeps (DESIGN.md, "The object protocol"):
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import ValidationError
 
+from processor.config import DEFAULT_CLAIM_MAX_TTL_S, Settings
 from processor.errors import (
     ImageTooLarge,
     InputUnreadable,
@@ -50,14 +56,15 @@ from processor.errors import (
     PreconditionFailed,
     StoreError,
 )
-from processor.manifest import MAX_RECORD_BYTES, FailureRecord, Manifest, Source, WorkerInfo
-from processor.queue import requeue as requeue_module
+from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo
 from processor.queue.claims import Claim, ClaimManager
 from processor.queue.failpolicy import is_final
+from processor.queue.jobs import DEFAULT_UPLOAD_FOLDER, BucketJobs
 from processor.queue.keys import MAX_SIDECAR_BYTES, KeyLayout
 from processor.queue.outcomes import Outcome
-from processor.queue.scan import Backlog, WorkItem, scan
-from processor.store.base import ObjectStore, StoredObject
+from processor.queue.records import get_capped
+from processor.queue.scan import WorkItem
+from processor.store.base import ObjectStore
 
 log = logging.getLogger("processor.protocol")
 
@@ -111,34 +118,15 @@ class InputObject:
     sidecar: bytes | None = None
 
 
-@dataclass(frozen=True)
-class RecentFailure:
-    """A failure record ``status`` shows, with the record's object key."""
-
-    key: str
-    record: FailureRecord
-
-
-@dataclass(frozen=True)
-class QueueStatus:
-    """Counts of inputs by state (LIST calls only) and the latest failure records."""
-
-    inputs: int
-    pending: int
-    in_progress: int
-    done: int
-    failed: int
-    recent_failures: list[RecentFailure]
-
-
-class BucketQueue:
-    """The bucket protocol for one worker (or one operator command).
+class BucketQueue(BucketJobs):
+    """The bucket protocol for one worker, one operator command or one API replica.
 
     ``claims`` is None when workers coordinate by static shards: then the conditional commit alone
     decides who publishes. ``worker`` (who writes records) is needed by ``fail`` only; the readers
-    (``status``, ``result``, ``find_failures``, ``requeue``) need neither. Every method may raise
-    ``StoreError`` (retries spent) and ``FatalError``; the outcomes of ``commit`` and ``fail`` are
-    ``Outcome`` members.
+    (``BucketJobs``: ``state``, ``status``, ``result``, ``submit``, ``retry``, ...) need neither.
+    ``max_claim_ttl_s`` (``claims.max_ttl_s``, default: the claim manager's) caps the TTL of every
+    claim the readers judge. Every method may raise ``StoreError`` (retries spent) and
+    ``FatalError``; the outcomes of ``commit`` and ``fail`` are ``Outcome`` members.
     """
 
     def __init__(
@@ -149,12 +137,23 @@ class BucketQueue:
         claims: ClaimManager | None = None,
         worker: WorkerInfo | None = None,
         max_attempts: int = 1,
+        max_claim_ttl_s: float | None = None,
+        upload_folder: str = DEFAULT_UPLOAD_FOLDER,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.store = store
-        self.layout = layout
+        if max_claim_ttl_s is None:
+            max_claim_ttl_s = claims.max_ttl_s if claims is not None else DEFAULT_CLAIM_MAX_TTL_S
+        super().__init__(store, layout, max_claim_ttl_s=max_claim_ttl_s, upload_folder=upload_folder, clock=clock)
         self.claims = claims
         self.worker = worker
         self.max_attempts = max_attempts
+
+    @classmethod
+    def for_settings(cls, store: ObjectStore, settings: Settings, **kwargs: Any) -> BucketQueue:
+        """A queue over ``store`` with ``settings``' prefixes, claim TTL cap (``claims.max_ttl_s``)
+        and upload folder (``api.submit_prefix``): what the API and the operator commands use."""
+        kwargs.setdefault("max_claim_ttl_s", settings.claims.max_ttl_s)
+        return cls(store, KeyLayout(settings.prefixes), upload_folder=settings.api.submit_prefix, **kwargs)
 
     # ----------------------------------------------------------------- consumer: take
 
@@ -173,7 +172,7 @@ class BucketQueue:
         on ``d`` what the commit must replace and which attempt this is."""
         keys = d.item.keys
         try:
-            found = self._get_record(keys.manifest)
+            found = get_capped(self.store, keys.manifest)
             d.old_manifest_etag = found.info.etag
             try:
                 existing: Manifest | None = Manifest.model_validate_json(found.body)
@@ -189,7 +188,7 @@ class BucketQueue:
         except ObjectNotFound:
             pass
         try:
-            found = self._get_record(keys.failure)
+            found = get_capped(self.store, keys.failure)
             try:
                 record = FailureRecord.model_validate_json(found.body)
                 if record.source.etag == d.etag:
@@ -221,15 +220,6 @@ class BucketQueue:
             f"{d.key} and {owner} both write to {d.item.keys.output_prefix}, which holds the result of {owner}",
             hint="Rename this input: inputs whose names differ only by extension share an output folder.",
         )
-
-    def _get_record(self, key: str) -> StoredObject:
-        """A manifest or failure record, read with a byte cap. An oversized one was not written
-        by us: it comes back with an empty body (which fails validation, so it is replaced by
-        our commit or record) and the ETag of a HEAD, for the If-Match of that replacement."""
-        try:
-            return self.store.get(key, max_bytes=MAX_RECORD_BYTES)
-        except ObjectTooLarge:
-            return StoredObject(info=self.store.head(key), body=b"")
 
     def read_input(self, d: Delivery, *, max_bytes: int) -> InputObject:
         """The input's bytes, metadata and sidecar. The version read is the one recorded: when the
@@ -420,7 +410,7 @@ class BucketQueue:
         whether another input's is (a name mapping to the same folder): its outputs are not ours
         to replace either."""
         try:
-            found = self._get_record(d.item.keys.manifest)
+            found = get_capped(self.store, d.item.keys.manifest)
         except ObjectNotFound:
             return False
         if found.info.etag == d.old_manifest_etag:
@@ -442,63 +432,3 @@ class BucketQueue:
             self.store.delete(key)
         except StoreError as exc:
             log.warning("delete_failed", extra={"key": key, "error": type(exc).__name__})
-
-    # ----------------------------------------------------------------- readers: status, results, retry
-
-    def scan(self) -> Backlog:
-        """A full scan: every input version without a result (LIST calls only)."""
-        return scan(self.store, self.layout)
-
-    def status(self, recent: int = 5) -> QueueStatus:
-        """Inputs by state (pending excludes those under a claim) and the ``recent`` latest
-        failure records (unreadable ones are skipped)."""
-        backlog = self.scan()
-        pending_keys = {item.keys.claim for item in backlog.pending}
-        in_progress = sum(1 for obj in self.store.list(self.layout.claims_prefix) if obj.key in pending_keys)
-        failures = sorted(self.store.list(self.layout.prefixes.failed), key=lambda o: o.last_modified, reverse=True)
-        records = []
-        for obj in failures[:recent]:
-            try:
-                body = self.store.get(obj.key, max_bytes=MAX_RECORD_BYTES).body
-                records.append(RecentFailure(obj.key, FailureRecord.model_validate_json(body)))
-            except (ObjectNotFound, ObjectTooLarge, ObjectUnreadable, ValueError):
-                continue  # gone, or not a record of ours: status reports what it can read
-        return QueueStatus(inputs=backlog.inputs, pending=len(backlog.pending) - in_progress,
-                           in_progress=in_progress, done=backlog.done, failed=backlog.failed,
-                           recent_failures=records)
-
-    def result(self, input_key: str) -> Manifest | FailureRecord | None:
-        """The input's manifest, else its failure record, else None (no result yet). Reads the
-        latest of each, whichever input version it is about, with a byte cap. A manifest that
-        names another input (``a.png`` holding the folder ``a.jpg`` maps to) is never answered."""
-        keys = self.layout.for_input(input_key)
-        try:
-            manifest = Manifest.model_validate_json(self.store.get(keys.manifest, max_bytes=MAX_RECORD_BYTES).body)
-            if manifest.source.key == input_key:
-                return manifest
-        except (ObjectNotFound, ObjectTooLarge, ValidationError):
-            pass  # none, or not a manifest of ours
-        try:
-            return FailureRecord.model_validate_json(self.store.get(keys.failure, max_bytes=MAX_RECORD_BYTES).body)
-        except (ObjectNotFound, ObjectTooLarge, ValidationError):
-            return None
-
-    def folder_owner(self, input_key: str) -> str | None:
-        """The input whose manifest holds this input's output folder, when it is another one."""
-        keys = self.layout.for_input(input_key)
-        try:
-            owner = Manifest.model_validate_json(self.store.get(keys.manifest, max_bytes=MAX_RECORD_BYTES).body)
-        except (ObjectNotFound, ObjectTooLarge, ValidationError):
-            return None
-        return owner.source.key if owner.source.key != input_key else None
-
-    def find_failures(self, *, include_permanent: bool, prefix: str = "",
-                      errors: frozenset[str] | None = None) -> requeue_module.Selection:
-        """The failure records ``requeue`` would act on (``processor.queue.requeue.find_failures``)."""
-        return requeue_module.find_failures(self.store, self.layout, include_permanent=include_permanent,
-                                            prefix=prefix, errors=errors)
-
-    def requeue(self, failures: Iterable[requeue_module.Failure]) -> requeue_module.RequeueResult:
-        """Make failed inputs pending again (``processor.queue.requeue.requeue``)."""
-        return requeue_module.requeue(self.store, self.layout, failures)
-

@@ -54,6 +54,7 @@ from processor.errors import (
     StoreAccessError,
     StoreError,
 )
+from processor.names import is_plain_path
 from processor.store.base import STREAM_CHUNK_BYTES, Closeable, ObjectInfo, StoredObject
 
 #: The hidden directory under root that holds the store's own files; no key may start with it.
@@ -304,9 +305,9 @@ class LocalStore(Closeable):
             # A path separator on Windows: "..\\x" would leave root there. Refused everywhere, so a
             # bucket directory means the same on every OS (S3 servers vary too: SeaweedFS maps it to "/").
             raise InvalidKey(f"{key!r} holds a backslash, which a file system may take for a separator", key=key)
-        parts = key.split("/")
-        if any(part in ("", ".", "..") for part in parts):
+        if not is_plain_path(key):
             raise InvalidKey(f"{key!r} has an empty, '.' or '..' segment, which a file system cannot store", key=key)
+        parts = key.split("/")
         if parts[0] == INTERNAL_DIR:
             raise InvalidKey(f"{key!r} lies in the store's internal directory {INTERNAL_DIR}/", key=key)
         path = self.root.joinpath(*parts)

@@ -46,7 +46,6 @@ from processor.errors import (
 )
 from processor.log import bind_item
 from processor.manifest import Manifest, Source, WorkerInfo
-from processor.metrics import GuardedObserver, WorkerObserver
 from processor.pipeline.base import DecodedImage, VariantImage
 from processor.pipeline.item import Encoded, ItemPipeline, Prepared, Rendered
 from processor.pipeline.outputs import attempt_scoped
@@ -58,6 +57,7 @@ from processor.queue.outcomes import OFFER_AGAIN, PROGRESS, Outcome
 from processor.queue.protocol import AlreadyCommitted, BucketQueue, Delivery, InputObject, OutputTaken
 from processor.queue.scan import IncrementalScanner, WorkItem, scan, shard_of
 from processor.store.base import ObjectStore
+from processor.worker.metrics import GuardedObserver, WorkerObserver
 
 log = logging.getLogger("processor.worker")
 
@@ -169,7 +169,7 @@ class Worker:
         self._abort = threading.Event()
         #: All three stage threads count outcomes; ``Counter[k] += 1`` is not atomic.
         self._count_lock = threading.Lock()
-        #: Metrics and health hooks (processor.metrics), guarded: a raising hook is logged and
+        #: Metrics and health hooks (processor.worker.metrics), guarded: a raising hook is logged and
         #: swallowed. The default does nothing.
         self.observer = GuardedObserver(observer or WorkerObserver())
         #: Drives the daemon's full-rescan schedule (injectable for tests).

@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from processor.api.app import create_app
-from processor.api.jobs import relpath_of
 from processor.app.cli import build_registry
+from processor.queue.jobs import relpath_of
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker

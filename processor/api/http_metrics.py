@@ -1,7 +1,7 @@
 """The API's ``/metrics``: the bucket's pending backlog (what KEDA scales GPU workers on, from
 zero: the API runs while no worker does) and the API's own counters.
 
-The backlog is counted at scrape time with LIST calls (``JobQueue.pending``: the inputs and the
+The backlog is counted at scrape time with LIST calls (``BucketQueue.backlog``: the inputs and the
 done markers, 1000 keys a call), cached for ``BACKLOG_CACHE_S`` so that several scrapers, or a
 scraper per replica, do not multiply the listings.
 """
@@ -24,9 +24,9 @@ BACKLOG_CACHE_S = 10.0
 
 
 class BacklogSource(Protocol):
-    """What the backlog gauge counts from (``JobQueue.pending``)."""
+    """What the backlog gauge counts from (``BucketQueue.backlog``)."""
 
-    def pending(self) -> tuple[int, int]:
+    def backlog(self) -> tuple[int, int]:
         """(inputs without a result, of them claimed by a worker)."""
         ...
 
@@ -54,7 +54,7 @@ class ApiMetrics:
             if self._cached is not None and self.clock() - self._cached[0] < BACKLOG_CACHE_S:
                 return self._cached[1], self._cached[2]
             try:
-                pending, claimed = self.jobs.pending()
+                pending, claimed = self.jobs.backlog()
             except (StoreError, StoreAccessError):
                 return None
             self._cached = (self.clock(), pending, claimed)

@@ -1,0 +1,107 @@
+"""The routers' dependencies (FastAPI ``Depends``): the API's context, the caller's token, the
+bucket face (``BucketQueue``), the settings, the clock and the renderer, plus the job lookups
+that answer a missing job with a 404 problem.
+
+``create_app`` builds one ``ApiContext`` and keeps it on ``app.state``; routes name what they
+need with the ``Annotated`` aliases below (``Queue``, ``Token``, ...), so a test can override any
+one of them with ``app.dependency_overrides``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+
+from processor.api.auth import check_token
+from processor.api.http_metrics import ApiMetrics
+from processor.api.problems import Problem
+from processor.api.render import JobRenderer
+from processor.api.validate import Resolver
+from processor.api.webhooks import WebhookDispatcher
+from processor.config import Settings
+from processor.queue.jobs import JobState, UnknownJob
+from processor.queue.protocol import BucketQueue
+
+
+@dataclass
+class ApiContext:
+    """Everything the routes share; one per app, stateless apart from the bucket."""
+
+    settings: Settings
+    queue: BucketQueue
+    #: Accepted bearer tokens; empty: the API is open.
+    tokens: list[bytes]
+    #: Monotonic seconds, for waits and event streams (tests drive it).
+    clock: Callable[[], float]
+    metrics: ApiMetrics
+    renderer: JobRenderer
+    #: Bytes: the largest photo (and picture of the look) an upload may carry.
+    upload_limit: int
+    #: Host name -> addresses, for the webhook check (tests inject one); None: the system's.
+    resolve: Resolver | None = None
+    #: The webhook signing secret; None: requests with a webhook are refused.
+    webhook_secret: str | None = None
+    #: This replica's webhook sender; None when webhooks are off.
+    dispatcher: WebhookDispatcher | None = None
+
+
+def get_context(request: Request) -> ApiContext:
+    context: ApiContext = request.app.state.context
+    return context
+
+
+Context = Annotated[ApiContext, Depends(get_context)]
+
+
+def get_queue(context: Context) -> BucketQueue:
+    return context.queue
+
+
+def get_settings(context: Context) -> Settings:
+    return context.settings
+
+
+def get_clock(context: Context) -> Callable[[], float]:
+    return context.clock
+
+
+def get_renderer(context: Context) -> JobRenderer:
+    return context.renderer
+
+
+def authorize(request: Request, context: Context) -> str:
+    """The caller's token ('' when the API is open); 401 without a valid one."""
+    return check_token(request, context.tokens, context.settings.api.public_url)
+
+
+Queue = Annotated[BucketQueue, Depends(get_queue)]
+AppSettings = Annotated[Settings, Depends(get_settings)]
+Clock = Annotated[Callable[[], float], Depends(get_clock)]
+Renderer = Annotated[JobRenderer, Depends(get_renderer)]
+Token = Annotated[str, Depends(authorize)]
+
+
+async def state_or_404(queue: BucketQueue, job: str) -> JobState:
+    """The job's state; a 404 problem when the id names no input."""
+    try:
+        return await run_in_threadpool(queue.state, job)
+    except UnknownJob:
+        raise Problem(404, f"no job {job!r}", field="id",
+                      hint="Use an id returned by POST /v1/jobs or listed by GET /v1/jobs.") from None
+
+
+async def wait_for_end(queue: BucketQueue, job: str, seconds: float, *, clock: Callable[[], float],
+                       poll_s: float) -> JobState:
+    """The job's state once it ended, or after ``seconds`` (polling every ``poll_s``)."""
+    deadline = clock() + seconds
+    state = await state_or_404(queue, job)
+    while not state.status.ended and clock() < deadline:
+        await asyncio.sleep(min(poll_s, max(0.0, deadline - clock())))
+        state = await state_or_404(queue, job)
+    return state

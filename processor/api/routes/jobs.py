@@ -1,0 +1,143 @@
+"""``/v1/jobs``: submit a photo, list jobs, read one, retry a failed one. The bucket work is
+``BucketQueue``'s; these routes read requests, map outcomes to statuses and render jobs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse, Response
+
+from processor.api.deps import Context, Queue, Renderer, Token, state_or_404, wait_for_end
+from processor.api.problems import Problem
+from processor.api.schemas import JobCreated, JobList, JobOut
+from processor.api.upload import IMAGE_FIELD, json_body_limit, read_capped, read_form
+from processor.api.validate import build_submission, decode_base64_image
+from processor.queue.idempotency import IdempotencyConflict
+from processor.queue.jobs import MAX_PAGE, JobStatus, NotFailed, UnknownJob
+
+#: The longest Idempotency-Key accepted (Stripe's limit).
+MAX_IDEMPOTENCY_KEY = 255
+#: Bytes of multipart framing allowed per file part beyond its cap (boundaries, part headers).
+FORM_OVERHEAD_BYTES = 64 * 1024
+
+router = APIRouter()
+
+
+@router.post("/v1/jobs", status_code=202, response_model=JobCreated,
+             responses={200: {"model": JobOut}, 401: {}, 413: {}, 415: {}, 422: {}})
+async def submit(request: Request, context: Context, token: Token) -> Response:
+    api, limit, renderer = context.settings.api, context.upload_limit, context.renderer
+    idempotency_key = request.headers.get("idempotency-key")
+    if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+        raise Problem(422, f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters",
+                      field="Idempotency-Key", hint="Send a short unique string per job, e.g. a UUID.")
+    wait = prefer_wait(request.headers.get("prefer"), api.max_wait_s)
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";")[0].strip().lower()
+    declared = request.headers.get("content-length")
+    look: bytes | None = None
+    if media == "multipart/form-data":
+        # Two files may come: the photo and the picture of the look, each capped at ``limit``.
+        if declared and declared.isdigit() and int(declared) > 2 * limit + 2 * FORM_OVERHEAD_BYTES:
+            raise Problem(413, f"the request is {int(declared):,} bytes; the photo may be at most {limit:,} "
+                          "(api.max_upload_bytes)", field=IMAGE_FIELD,
+                          hint="Downscale the photo, or raise api.max_upload_bytes.")
+        form = await read_form(request.stream(), content_type, limit)
+        fields: dict[str, Any] = {}
+        for name, values in form.fields.items():
+            fields[name] = values if name == "styles" else values[-1]
+        image, look = form.image, form.style_image
+    elif media == "application/json":
+        # Room for two base64 pictures (the photo and style_image); each is capped at ``limit``.
+        body = await read_capped(request.stream(), json_body_limit(2 * limit), "the JSON body")
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            raise Problem(422, "the body is not valid JSON", hint='Send {"image": "<base64>", ...}.') from None
+        if not isinstance(data, dict):
+            raise Problem(422, "the JSON body must be an object", hint='Send {"image": "<base64>", ...}.')
+        image = decode_base64_image(data.pop(IMAGE_FIELD, None), limit) if IMAGE_FIELD in data else None
+        fields = data
+    else:
+        raise Problem(415, f"Content-Type {media or '(none)'!r} is not a form or JSON", field="Content-Type",
+                      hint="Send multipart/form-data with the photo in 'image', or application/json with "
+                      "the photo base64 in 'image'.")
+    if fields.get("webhook") is not None and context.dispatcher is None:
+        why = ("" if api.webhook_allow else " (api.webhook_allow is empty)") + (
+            "" if context.webhook_secret else f" ({api.webhook_secret_env} is unset)")
+        raise Problem(422, "webhooks are off on this server" + why,
+                      field="webhook", hint="Leave webhook out and poll GET /v1/jobs/{id} or its events; or ask "
+                      "the operator to set the allow-list and the signing secret.")
+    submission = await run_in_threadpool(build_submission, image, fields, context.settings, limit=limit,
+                                         resolve=context.resolve, style_image=look)
+    try:
+        job, created = await run_in_threadpool(context.queue.submit, submission,
+                                               idempotency_key=idempotency_key, scope=token)
+    except IdempotencyConflict as exc:
+        conflict = Problem(422, "this Idempotency-Key was used for a different request", field="Idempotency-Key",
+                           hint="Use a new key for a new job; repeat a request unchanged to get its job back.")
+        if exc.job_id is not None:
+            conflict.extra["job"] = exc.job_id
+        raise conflict from None
+    context.metrics.submitted(created)
+    base = renderer.base_url(request)
+    headers = {"Location": f"{base}/v1/jobs/{job}"}
+    if wait:
+        state = await wait_for_end(context.queue, job, wait, clock=context.clock, poll_s=api.poll_s)
+        if state.status.ended:
+            return JSONResponse(renderer.render(base, state).model_dump(mode="json"), status_code=200,
+                                headers=headers)
+    status = JobStatus.queued
+    if not created:  # a repeat: answer with the job as it is now
+        status = (await state_or_404(context.queue, job)).status
+    accepted = JobCreated(id=job, status=status, links=renderer.links(base, job, status))
+    return JSONResponse(accepted.model_dump(mode="json"), status_code=202, headers=headers)
+
+
+@router.get("/v1/jobs", response_model=JobList)
+async def list_jobs(request: Request, queue: Queue, renderer: Renderer, _token: Token, cursor: str | None = None,
+                    limit: int = Query(50, ge=1, le=MAX_PAGE)) -> JobList:
+    try:
+        page = await run_in_threadpool(queue.page, cursor, limit)
+    except UnknownJob:
+        raise Problem(422, "cursor is not a job id", field="cursor",
+                      hint="Pass the next_cursor of the previous page, or no cursor for the first.") from None
+    base = renderer.base_url(request)
+    return JobList(jobs=[renderer.render(base, s) for s in page.jobs], next_cursor=page.next_cursor)
+
+
+@router.get("/v1/jobs/{job}", response_model=JobOut)
+async def get_job(request: Request, job: str, queue: Queue, renderer: Renderer, _token: Token) -> JobOut:
+    return renderer.render(renderer.base_url(request), await state_or_404(queue, job))
+
+
+@router.post("/v1/jobs/{job}/retry", response_model=JobOut, status_code=202)
+async def retry(request: Request, job: str, queue: Queue, renderer: Renderer, _token: Token) -> JobOut:
+    await state_or_404(queue, job)  # 404 first
+    try:
+        state = await run_in_threadpool(queue.retry, job)
+    except NotFailed as exc:
+        raise Problem(409, f"job {job} is {exc.status.value}; only a failed job can be retried", field="id",
+                      hint="Wait for the job to end; retry it only when its status is failed.") from None
+    except UnknownJob:  # deleted between the two reads
+        raise Problem(404, f"no job {job!r}", field="id",
+                      hint="Use an id returned by POST /v1/jobs or listed by GET /v1/jobs.") from None
+    return renderer.render(renderer.base_url(request), state)
+
+
+def prefer_wait(header: str | None, max_wait_s: float) -> float:
+    """Seconds of ``Prefer: wait=N`` (RFC 7240), capped at ``api.max_wait_s``; 0 without one."""
+    if not header:
+        return 0.0
+    for pref in header.split(","):
+        name, _, value = pref.strip().partition("=")
+        if name.strip().lower() == "wait":
+            try:
+                return max(0.0, min(float(value.strip().strip('"')), max_wait_s))
+            except ValueError:
+                raise Problem(422, f"Prefer: wait={value!r} is not a number of seconds", field="Prefer",
+                              hint="Send 'Prefer: wait=10'.") from None
+    return 0.0

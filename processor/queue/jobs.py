@@ -1,0 +1,387 @@
+"""The job view of the bucket: what every client of the queue reads, and the writes of its clients.
+
+``BucketJobs`` is the read side of ``BucketQueue`` (``protocol.py`` adds the worker's
+transitions): ``processor status`` / ``results`` / ``retry`` and the HTTP API read job state here,
+with the same bounded reads (``records``) and the same claim judgement (``claims.judge_claim``) as
+the worker, so none of them trusts what the worker would not.
+
+- A job is one input key. Its id is the key's path under ``inputs/`` in URL-safe base64 (no
+  padding; ``job_id``), so inputs dropped into the bucket directly are jobs too. An id names a
+  job only when that path is a plain path (``processor.names``) and the key fits a store
+  (``MAX_KEY_BYTES``): anything else (a NUL, a ``..`` segment, a path too long) is ``UnknownJob``,
+  as on the stores, which cannot hold such keys either.
+- Its status, for the input's current version (its ETag): ``done`` when the manifest names this
+  input and version, ``failed`` when a final failure record names this version, ``running``
+  while a live claim names it (its ``progress`` comes with it), else what the version's done
+  marker says (a committed result whose manifest was deleted is still ``done``, as
+  ``processor status`` counts it, with a ``detail`` saying so), else ``queued``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import Enum
+
+from processor.config import DEFAULT_CLAIM_MAX_TTL_S
+from processor.errors import InvalidKey, ObjectNotFound, ObjectUnreadable
+from processor.manifest import FailureRecord, Manifest
+from processor.names import is_plain_name, is_plain_path
+from processor.queue import requeue as requeue_module
+from processor.queue.claims import ClaimProgress, read_claim
+from processor.queue.idempotency import IdempotencyRecords
+from processor.queue.keys import ItemKeys, KeyLayout, is_directory_marker, is_sidecar, safe_path, safe_segment
+from processor.queue.outcomes import Outcome
+from processor.queue.records import RecordT, get_capped, parse_record, read_record
+from processor.queue.rescan import request_rescan
+from processor.queue.scan import Backlog, scan
+from processor.queue.submit import EXTENSIONS, Submission, new_upload_name, write_job
+from processor.queue.webhook_records import WebhookRecords
+from processor.store.base import ObjectInfo, ObjectStore, StoredObject, StreamsObjects
+
+log = logging.getLogger("processor.jobs")
+
+#: Bytes: the longest object key a store takes (S3's limit; the local store keeps the same).
+MAX_KEY_BYTES = 1024
+#: Characters: the longest job id accepted (the base64 of a path that could fit ``MAX_KEY_BYTES``).
+MAX_JOB_ID_CHARS = 2048
+#: Jobs one page of ``page`` holds at most.
+MAX_PAGE = 200
+#: The folder under the inputs prefix that ``submit`` writes to unless told (``api.submit_prefix``'s default).
+DEFAULT_UPLOAD_FOLDER = "api/"
+
+
+class JobStatus(str, Enum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
+
+    @property
+    def ended(self) -> bool:
+        return self in (JobStatus.done, JobStatus.failed)
+
+
+class UnknownJob(LookupError):
+    """No input under this id (never submitted, deleted, or not an id)."""
+
+
+class NotFailed(RuntimeError):
+    """A retry of a job that has no final failure."""
+
+    def __init__(self, status: JobStatus) -> None:
+        super().__init__(f"the job is {status.value}, not failed")
+        self.status = status
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What the bucket says about one job now."""
+
+    id: str
+    input_key: str
+    #: The input version this state is about.
+    etag: str
+    status: JobStatus
+    submitted_at: datetime
+    progress: ClaimProgress | None = None
+    manifest: Manifest | None = None
+    failure: FailureRecord | None = None
+    #: Why a ``done`` job has no manifest, or a ``failed`` one no failure record (its done marker
+    #: says it ended, its record is gone or unreadable), and what to do; None otherwise.
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class JobPage:
+    jobs: list[JobState]
+    #: Pass as ``cursor`` for the next page; None on the last one.
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    """Counts of inputs by state (LIST calls only) and the latest failure records."""
+
+    inputs: int
+    pending: int
+    in_progress: int
+    done: int
+    failed: int
+    recent_failures: list[RecordedFailure]
+
+
+@dataclass(frozen=True)
+class RecordedFailure:
+    """A failure record ``status`` shows, with the record's object key."""
+
+    key: str
+    record: FailureRecord
+
+
+def job_id(relpath: str) -> str:
+    """The id of the input ``inputs/<relpath>`` (the wire format of ids in URLs and records)."""
+    return base64.urlsafe_b64encode(relpath.encode("utf-8", "surrogatepass")).decode().rstrip("=")
+
+
+def relpath_of(job: str) -> str:
+    """The input's path under ``inputs/`` for a job id; ``UnknownJob`` for anything else."""
+    if not job or len(job) > MAX_JOB_ID_CHARS or not all(c.isalnum() or c in "-_" for c in job):
+        raise UnknownJob(job)
+    try:
+        relpath = base64.urlsafe_b64decode(job + "=" * (-len(job) % 4)).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise UnknownJob(job) from None
+    if not addressable(relpath):
+        raise UnknownJob(job)
+    return relpath
+
+
+def addressable(relpath: str) -> bool:
+    """Whether an input path can be a job: a plain path (``processor.names``; no NUL, ``\\``,
+    empty, ``.`` or ``..`` segment, which the stores cannot hold) that is not a sidecar."""
+    return is_plain_path(relpath) and not is_sidecar(relpath) and not is_directory_marker(relpath)
+
+
+class BucketJobs:
+    """Jobs in the bucket: each input's state, pages of them, their files, submit and retry, the
+    counts ``processor status`` shows. Every method may raise ``StoreError`` (retries spent) and
+    ``StoreAccessError``; reads of records and claims are capped (module docstring).
+
+    ``max_claim_ttl_s`` is ``claims.max_ttl_s``: the longest TTL any claim is believed to have.
+    ``upload_folder`` (``api.submit_prefix``) is where ``submit`` writes under the inputs prefix;
+    ``clock`` names those uploads (``submit.new_upload_name``)."""
+
+    def __init__(self, store: ObjectStore, layout: KeyLayout, *, max_claim_ttl_s: float = DEFAULT_CLAIM_MAX_TTL_S,
+                 upload_folder: str = DEFAULT_UPLOAD_FOLDER, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.layout = layout
+        self.max_claim_ttl_s = max_claim_ttl_s
+        self.upload_folder = upload_folder
+        self.clock = clock
+        self.webhooks = WebhookRecords(store, layout)
+        self.idempotency = IdempotencyRecords(store, layout)
+
+    # ----------------------------------------------------------------- one job
+
+    def state(self, job: str) -> JobState:
+        """The job's state now; ``UnknownJob`` when its input does not exist (or ``job`` is no id)."""
+        keys = self.keys_of(job)
+        try:
+            info: ObjectInfo | None = self.store.head(keys.input)
+        except (ObjectNotFound, InvalidKey):
+            raise UnknownJob(job) from None
+        except ObjectUnreadable:
+            # A HEAD refused for this one object (SSE-C, a policy): the worker fails such an input
+            # with a record of that version, which the listing still names.
+            info = next((o for o in self.store.list(keys.input) if o.key == keys.input), None)
+        if info is None:
+            raise UnknownJob(job)
+        return self._state(job, keys, info)
+
+    def keys_of(self, job: str) -> ItemKeys:
+        """The keys of the job's input; ``UnknownJob`` when the id names no key a store can hold."""
+        return self.layout.for_input(self.input_key_of(job))
+
+    def input_key_of(self, job: str) -> str:
+        """The job's input key; ``UnknownJob`` when the id names no key a store can hold."""
+        key = self.layout.prefixes.inputs + relpath_of(job)
+        if len(key.encode("utf-8")) > MAX_KEY_BYTES:
+            raise UnknownJob(job)
+        return key
+
+    def _state(self, job: str, keys: ItemKeys, info: ObjectInfo) -> JobState:
+        queued = JobState(id=job, input_key=keys.input, etag=info.etag, status=JobStatus.queued,
+                          submitted_at=info.last_modified)
+        manifest = self._record(keys.manifest, Manifest)
+        # The manifest of another input sharing the folder (a.png, a.jpg) is not this job's result.
+        if manifest is not None and manifest.source.key == keys.input and manifest.source.etag == info.etag:
+            return replace(queued, status=JobStatus.done, manifest=manifest)
+        failure = self._record(keys.failure, FailureRecord)
+        if failure is not None and failure.source.etag == info.etag and failure.final:
+            return replace(queued, status=JobStatus.failed, failure=failure)
+        claim = read_claim(self.store, keys.claim, max_ttl_s=self.max_claim_ttl_s)
+        if claim is not None and claim.live and claim.input_etag == info.etag:
+            return replace(queued, status=JobStatus.running, progress=claim.progress or ClaimProgress("claimed"))
+        ended = self._marker(keys, info.etag)
+        if ended is Outcome.DONE:
+            return replace(queued, status=JobStatus.done, detail=(
+                f"this version was committed, but its manifest ({keys.manifest}) is gone or not readable; "
+                "upload the photo again to make a new result"))
+        if ended is Outcome.FAILED:
+            return replace(queued, status=JobStatus.failed, detail=(
+                f"this version failed, but its failure record ({keys.failure}) is gone or not readable; "
+                "retry the job to process it again"))
+        return queued
+
+    def _record(self, key: str, model: type[RecordT]) -> RecordT | None:
+        try:
+            return read_record(self.store, key, model)
+        except ObjectUnreadable:
+            return None  # the worker fails such an input with its own record; until then: not a result
+
+    def _marker(self, keys: ItemKeys, etag: str) -> Outcome | None:
+        """The done marker of this input version, from one LIST of the input's markers."""
+        own, version = safe_path(keys.relpath), safe_segment(etag)
+        for obj in self.store.list(keys.done_prefix):
+            parsed = self.layout.parse_done_marker(obj.key)
+            if parsed is not None and parsed[0] == own and parsed[1] == version:
+                return Outcome(parsed[2])
+        return None
+
+    def output(self, job: str, name: str) -> StoredObject:
+        """One file of a job (a variant, the contact sheet, the mask), by its plain name in the
+        job's output folder. ``ObjectNotFound`` for anything else."""
+        return self.store.get(self._output_key(job, name))
+
+    def output_stream(self, job: str, name: str) -> tuple[ObjectInfo, Iterator[bytes]] | None:
+        """``output``'s file as chunks when the store streams (``StreamsObjects``), else None."""
+        if not isinstance(self.store, StreamsObjects):
+            return None
+        return self.store.stream(self._output_key(job, name))
+
+    def _output_key(self, job: str, name: str) -> str:
+        if not is_plain_name(name):
+            raise ObjectNotFound(name)
+        return self.keys_of(job).output_prefix + name
+
+    def presigned_url(self, key: str, ttl_s: int, *, attachment: bool = False) -> str | None:
+        """A short-lived GET URL for ``key`` when the store can sign one (S3, COS), else None;
+        ``attachment``: one that makes a browser save the file rather than show it."""
+        sign = getattr(self.store, "presigned_get_url", None)
+        return sign(key, ttl_s, attachment=attachment) if sign is not None else None
+
+    # ----------------------------------------------------------------- many jobs
+
+    def page(self, cursor: str | None, limit: int) -> JobPage:
+        """Jobs in key order after ``cursor`` (a job id; ``UnknownJob`` for anything else), with
+        their status: one LIST of the inputs (paginated by the store) plus the reads of each job's
+        status. Inputs no id can name (``addressable``) are left out."""
+        start_after = self.input_key_of(cursor) if cursor else ""
+        limit = max(1, min(limit, MAX_PAGE))
+        listed: list[ObjectInfo] = []
+        more = False
+        for obj in self.store.list(self.layout.prefixes.inputs, start_after=start_after):
+            if not addressable(self.layout.relpath(obj.key)):
+                continue
+            if len(listed) == limit:
+                more = True
+                break
+            listed.append(obj)
+        jobs = [self._state(job_id(self.layout.relpath(obj.key)), self.layout.for_input(obj.key), obj)
+                for obj in listed]
+        return JobPage(jobs, jobs[-1].id if more and jobs else None)
+
+    def scan(self) -> Backlog:
+        """A full scan: every input version without a result (LIST calls only)."""
+        return scan(self.store, self.layout)
+
+    def backlog(self) -> tuple[int, int]:
+        """(inputs without a result, of them claimed by a worker): LIST calls only."""
+        backlog = self.scan()
+        pending_claims = {item.keys.claim for item in backlog.pending}
+        claimed = sum(1 for obj in self.store.list(self.layout.claims_prefix) if obj.key in pending_claims)
+        return len(backlog.pending), claimed
+
+    def status(self, recent: int = 5) -> QueueStatus:
+        """Inputs by state (pending excludes those under a claim) and the ``recent`` latest
+        failure records (unreadable ones are skipped)."""
+        backlog = self.scan()
+        pending_claims = {item.keys.claim for item in backlog.pending}
+        in_progress = sum(1 for obj in self.store.list(self.layout.claims_prefix) if obj.key in pending_claims)
+        failures = sorted(self.store.list(self.layout.prefixes.failed), key=lambda o: o.last_modified, reverse=True)
+        records = []
+        for obj in failures[:recent]:
+            try:
+                record = read_record(self.store, obj.key, FailureRecord)
+            except ObjectUnreadable:
+                continue
+            if record is not None:  # else gone, or not a record of ours: status reports what it can read
+                records.append(RecordedFailure(obj.key, record))
+        return QueueStatus(inputs=backlog.inputs, pending=len(backlog.pending) - in_progress,
+                           in_progress=in_progress, done=backlog.done, failed=backlog.failed,
+                           recent_failures=records)
+
+    def ping(self) -> None:
+        """One cheap request that fails when the store is unreachable (for readiness probes)."""
+        try:
+            self.store.head(self.layout.rescan_hint)
+        except ObjectNotFound:
+            pass
+
+    # ----------------------------------------------------------------- results of one input key
+
+    def result(self, input_key: str) -> Manifest | FailureRecord | None:
+        """The input's manifest, else its failure record, else None (no result yet). Reads the
+        latest of each, whichever input version it is about, with a byte cap. A manifest that
+        names another input (``a.png`` holding the folder ``a.jpg`` maps to) is never answered."""
+        keys = self.layout.for_input(input_key)
+        manifest = read_record(self.store, keys.manifest, Manifest)
+        if manifest is not None and manifest.source.key == input_key:
+            return manifest
+        return read_record(self.store, keys.failure, FailureRecord)
+
+    def folder_owner(self, input_key: str) -> str | None:
+        """The input whose manifest holds this input's output folder, when it is another one."""
+        owner = read_record(self.store, self.layout.for_input(input_key).manifest, Manifest)
+        return owner.source.key if owner is not None and owner.source.key != input_key else None
+
+    # ----------------------------------------------------------------- writes
+
+    def submit(self, submission: Submission, *, idempotency_key: str | None = None,
+               scope: str = "") -> tuple[str, bool]:
+        """Write a new job under ``inputs/<upload_folder>`` (``submit.write_job``): (its id, whether
+        this call created it). With ``idempotency_key`` (per ``scope``, the caller's token), a
+        repeat returns the first job and writes nothing; ``IdempotencyConflict`` when it differs."""
+        relpath = self.upload_folder + new_upload_name(self.clock) + EXTENSIONS[submission.format]
+        new_id = job_id(relpath)
+        record_key = None
+        if idempotency_key is not None:
+            record_key = self.idempotency.key_for(scope, idempotency_key)
+            earlier = self.idempotency.reserve(record_key, new_id, submission.fingerprint())
+            if earlier is not None:
+                return earlier, False
+        try:
+            write_job(self.store, self.layout, relpath, submission, job=new_id, webhooks=self.webhooks)
+        except BaseException:
+            if record_key is not None:
+                self.idempotency.drop(record_key)
+            raise
+        return new_id, True
+
+    def retry(self, job: str) -> JobState:
+        """Requeue a failed job (``processor retry``'s requeue, for this one input); ``NotFailed``
+        when it is not failed, or a worker rewrote its record meanwhile."""
+        state = self.state(job)
+        if state.status is not JobStatus.failed:
+            raise NotFailed(state.status)
+        keys = self.keys_of(job)
+        if state.failure is None:
+            # Its done marker says failed but its record is gone: the marker alone holds it back.
+            self.store.delete(keys.done_marker(state.etag, Outcome.FAILED))
+            request_rescan(self.store, self.layout, by="retry", count=1)
+            return self.state(job)
+        found = get_capped(self.store, keys.failure)
+        record = parse_record(found, FailureRecord)
+        if record is None or record.source.etag != state.etag or not record.final:
+            raise NotFailed(JobStatus.running)  # a worker rewrote the record meanwhile
+        # marked=False: requeue deletes the done marker of every final record anyway.
+        result = self.requeue([requeue_module.Failure(keys.failure, found.info.etag, record, marked=False)])
+        if result.changed:
+            raise NotFailed(JobStatus.running)
+        return self.state(job)
+
+    def find_failures(self, *, include_permanent: bool, prefix: str = "",
+                      errors: frozenset[str] | None = None) -> requeue_module.Selection:
+        """The failure records ``requeue`` would act on (``processor.queue.requeue.find_failures``)."""
+        return requeue_module.find_failures(self.store, self.layout, include_permanent=include_permanent,
+                                            prefix=prefix, errors=errors)
+
+    def requeue(self, failures: Iterable[requeue_module.Failure]) -> requeue_module.RequeueResult:
+        """Make failed inputs pending again (``processor.queue.requeue.requeue``)."""
+        return requeue_module.requeue(self.store, self.layout, failures)

@@ -1,0 +1,102 @@
+"""Writing a job: the photo, its sidecar and its picture of the look, in the order that keeps a
+worker from ever seeing half of it.
+
+A job submitted through the queue (the HTTP API; ``processor submit`` uploads plain inputs) is
+written as:
+
+1. the picture of the look, when one came with it, under ``prefixes.styles`` (a job-scoped name);
+2. the sidecar beside the input (``inputs/<path>.json``), naming that picture;
+3. the webhook's pending record, when the job has one (its job may end before a later write);
+4. the input itself, created only if absent: the photo is what makes a worker take the job, so
+   everything it reads with it is already there;
+5. the rescan hint, so daemons find an upload that sorts before their high-water mark.
+
+Names are time-ordered (listings show jobs in submit order) and unguessable
+(``new_upload_name``), so a create-if-absent that answers 412 can only be our own write, landed
+with its response lost and retried by the store (``create_unique``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from processor.errors import PreconditionFailed
+from processor.queue.keys import KeyLayout, split_extension
+from processor.queue.rescan import request_rescan
+from processor.queue.webhook_records import WebhookRecords
+from processor.store.base import ObjectStore
+
+log = logging.getLogger("processor.submit")
+
+#: File extension of an upload, from its sniffed format (``pipeline.decode.sniff_format``).
+EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "HEIF": ".heic", "AVIF": ".avif",
+              "GIF": ".gif", "TIFF": ".tif", "BMP": ".bmp"}
+CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "HEIF": "image/heif",
+                 "AVIF": "image/avif", "GIF": "image/gif", "TIFF": "image/tiff", "BMP": "image/bmp"}
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A validated request: the photo's bytes and format, and the sidecar to write beside it."""
+
+    image: bytes
+    #: The sniffed format (``JPEG``, ``PNG``, ...).
+    format: str
+    #: The sidecar mapping, already validated by ``pipeline.sidecar``; empty: no sidecar.
+    sidecar: dict[str, object] = field(default_factory=dict)
+    webhook: str | None = None
+    #: The picture of the look uploaded with the photo (written under ``prefixes.styles``), and its
+    #: sniffed format; None when the request named none or an existing key (then in ``sidecar``).
+    style_image: bytes | None = None
+    style_image_format: str | None = None
+
+    def fingerprint(self) -> str:
+        """What makes two requests the same (an ``Idempotency-Key`` reused with another is a conflict)."""
+        digest = hashlib.sha256(self.image)
+        digest.update(json.dumps([self.sidecar, self.webhook], sort_keys=True).encode())
+        if self.style_image is not None:
+            digest.update(b"\0style_image\0" + hashlib.sha256(self.style_image).digest())
+        return digest.hexdigest()
+
+
+def new_upload_name(now: Callable[[], float] = time.time) -> str:
+    """Time-ordered (listings show jobs in submit order) and unguessable."""
+    return f"{int(now() * 1000):013d}-{secrets.token_hex(8)}"
+
+
+def write_job(store: ObjectStore, layout: KeyLayout, relpath: str, submission: Submission, *,
+              job: str, webhooks: WebhookRecords) -> None:
+    """Write ``submission`` as the input ``inputs/<relpath>`` (module docstring: the order)."""
+    keys = layout.for_input(layout.prefixes.inputs + relpath)
+    sidecar = dict(submission.sidecar)
+    if submission.style_image is not None and submission.style_image_format is not None:
+        # Job-scoped (the input's unguessable name) and first: the sidecar naming it comes after.
+        look_key = layout.prefixes.styles + split_extension(relpath)[0] + EXTENSIONS[submission.style_image_format]
+        create_unique(store, look_key, submission.style_image, CONTENT_TYPES[submission.style_image_format])
+        sidecar["style_image"] = look_key
+    if sidecar:
+        store.put(keys.sidecar, json.dumps(sidecar).encode(), content_type="application/json")
+    if submission.webhook:
+        webhooks.add(job, submission.webhook)
+    create_unique(store, keys.input, submission.image, CONTENT_TYPES[submission.format])
+    # An upload may sort before a daemon's high-water mark: make its next scan a full one.
+    request_rescan(store, layout, by="api", count=1)
+    log.info("job_submitted", extra={"job": job, "key": keys.input, "bytes": len(submission.image)})
+
+
+def create_unique(store: ObjectStore, key: str, body: bytes, content_type: str) -> None:
+    """Create ``key``, a name unique to this request (``new_upload_name``), only if absent. A 412
+    can then only be our own write, landed with its response lost and retried by the store: the
+    object of our size there is ours. Anything else there is refused (``PreconditionFailed``)."""
+    try:
+        store.put(key, body, content_type=content_type, if_none_match=True)
+    except PreconditionFailed:
+        if store.head(key).size != len(body):
+            raise
+        log.info("create_response_lost", extra={"key": key, "bytes": len(body)})
