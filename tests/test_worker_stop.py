@@ -19,11 +19,11 @@ from typing import Any
 
 from processor.config import load_settings
 from processor.errors import EXIT_STOPPED
-from processor.metrics import PrometheusObserver
 from processor.pipeline.render import EngineRegistry
 from processor.pipeline.toon import ToonEngine
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
+from processor.worker.metrics import PrometheusObserver
 from processor.worker.runner import Worker
 from tests.images import photo_bytes
 
