@@ -13,7 +13,8 @@ header is read, then ``cpu_floor_s + cpu_s_per_megapixel x megapixels``. Two thi
 - ``RLIMIT_CPU``, a whole ``KERNEL_LIMIT_GRACE_S`` later, for a decoder that holds the GIL in C:
   the kernel sends SIGXCPU, which ends the process.
 
-The process ends when its request pipe is closed (the worker exited or retired it).
+The process ends when its request pipe is closed (the worker exited or retired it); it ignores
+SIGINT and SIGTERM.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import contextlib
 import math
 import os
 import resource
+import signal
 import sys
 import threading
 import time
@@ -112,6 +114,11 @@ def _limit_cpu(total_s: float | None) -> None:
 def serve(requests: int, replies: int, pixels: int) -> int:
     """Answer requests until the request pipe closes; the exit status."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crashing decoder leaves no core files behind
+    # The worker decides when this process ends (it closes the request pipe): a Ctrl-C in a terminal,
+    # or a SIGTERM sent to the whole process group, must not turn the decode in progress into a
+    # failure record while the worker itself shuts down in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     watchdog = Watchdog(lambda message: send_message(replies, message))
     send_message(replies, {"kind": "ready", "pid": os.getpid()})
     while True:

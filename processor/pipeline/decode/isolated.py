@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import atexit
 import builtins
+import math
 import mmap
 import os
 import select
@@ -170,9 +171,9 @@ class DecoderChild:
 
     def _next(self, deadline: float) -> dict[str, Any] | None:
         """The child's next message; None when it ended (or was killed, past ``deadline``)."""
-        remaining = deadline - time.monotonic()
-        ready, _, _ = select.select([self._replies], [], [], max(0.0, remaining))
-        if not ready:
+        poller = select.poll()  # not select(): a busy worker's descriptors may be past FD_SETSIZE
+        poller.register(self._replies, select.POLLIN)
+        if not poller.poll(max(0, math.ceil((deadline - time.monotonic()) * 1000))):
             self.process.kill()
             self._starved = True
             return None
