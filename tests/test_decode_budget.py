@@ -24,7 +24,7 @@ from processor.errors import CorruptImage, DecodeBudgetExceeded, ImageTooLarge, 
 from processor.pipeline import decode as decode_package
 from processor.pipeline.decode import DecodeRoute, decode_image, sniff_format, survey
 from processor.pipeline.decode import isolated as isolated_module
-from processor.pipeline.decode.child import KERNEL_LIMIT_GRACE_S
+from processor.pipeline.decode.child import KERNEL_LIMIT_GRACE_S, cpu_budget_s
 from processor.pipeline.decode.isolated import DecoderChild
 from tests.decode_bombs import BOMBS, BOUNDED_BY_DESIGN, jpeg_many_scans, tiff_many_ifds
 from tests.images import encode, photo_bytes, photo_image
@@ -79,7 +79,7 @@ def test_the_budget_grows_with_the_declared_pixels() -> None:
     side = 2048
     assert caught.value.budget_s == pytest.approx(TINY_FLOOR_S + 0.1 * side * side / 1e6)
     assert f"{side}x{side} JPEG" in str(caught.value)
-    assert limits.cpu_budget_s(side * side) == pytest.approx(caught.value.budget_s)
+    assert cpu_budget_s(TINY_FLOOR_S, 0.1, side * side) == pytest.approx(caught.value.budget_s)
 
 
 #: Frames of the bombs bounded by design: their repeated frames and the real ones.

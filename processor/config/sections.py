@@ -130,11 +130,6 @@ class DecodeSettings(Section):
     cpu_floor_s: float = Field(default=DEFAULT_DECODE_CPU_FLOOR_S, gt=0)
     cpu_s_per_megapixel: float = Field(default=DEFAULT_DECODE_CPU_S_PER_MEGAPIXEL, ge=0)
 
-    def cpu_budget_s(self, pixels: int) -> float:
-        """CPU seconds a decode of a ``pixels``-pixel picture may take (the floor alone before its
-        header is read)."""
-        return self.cpu_floor_s + self.cpu_s_per_megapixel * pixels / 1_000_000
-
 
 #: Fraction of the image: a subject mask covering less than this is "nothing found".
 DEFAULT_MIN_COVERAGE = 0.02

@@ -102,6 +102,11 @@ class Watchdog:
                 os._exit(EXIT_OVER_BUDGET)
 
 
+def cpu_budget_s(floor_s: float, s_per_megapixel: float, pixels: int) -> float:
+    """CPU seconds a decode of a ``pixels``-pixel picture may take (``pipeline.decode``)."""
+    return floor_s + s_per_megapixel * pixels / 1_000_000
+
+
 def _limit_cpu(total_s: float | None) -> None:
     """Set this process's RLIMIT_CPU (its whole lifetime's CPU seconds) to ``total_s``, or lift it."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
@@ -139,7 +144,7 @@ def _decode(request: dict[str, Any], data: bytes, watchdog: Watchdog, replies: i
     floor_s, per_megapixel = float(request["cpu_floor_s"]), float(request["cpu_s_per_megapixel"])
 
     def on_size(width: int, height: int) -> None:
-        budget_s = floor_s + per_megapixel * width * height / 1_000_000
+        budget_s = cpu_budget_s(floor_s, per_megapixel, width * height)
         watchdog.extend(budget_s)
         with watchdog.lock:
             send_message(replies, {"kind": "header", "seq": seq, "width": width, "height": height,

@@ -249,13 +249,15 @@ class _Fate:
                       f"pipeline.decode.cpu_s_per_megapixel {limits.cpu_s_per_megapixel:g}")
         else:
             budget = f"pipeline.decode.cpu_floor_s {limits.cpu_floor_s:g}, before its header was read"
-        spent = (f"after {self.cpu_s:.2f} CPU s" if self.cpu_s is not None and returncode == EXIT_OVER_BUDGET
-                 else "by the kernel's CPU limit")
+        cpu_s = self.cpu_s if returncode == EXIT_OVER_BUDGET else None
+        if cpu_s is not None:
+            spent = f"after {cpu_s:.2f} CPU s"
+        else:
+            spent = "by its watchdog" if returncode == EXIT_OVER_BUDGET else "by the kernel's CPU limit"
         because = f"; {self.reason}" if self.reason else ""
         return DecodeBudgetExceeded(
             f"{self.where}decoding this {what} was stopped {spent}: its budget is {self.budget_s:.2f} CPU s "
-            f"({budget}){because}",
-            budget_s=self.budget_s, cpu_s=self.cpu_s if returncode == EXIT_OVER_BUDGET else None)
+            f"({budget}){because}", budget_s=self.budget_s, cpu_s=cpu_s)
 
 
 def _refusal(message: dict[str, Any]) -> InvalidInput:
