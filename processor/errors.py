@@ -26,6 +26,7 @@
         │   ├── CorruptImage
         │   ├── ImageTooLarge
         │   ├── ImageTooSmall
+        │   ├── DecodeBudgetExceeded  decoding took more CPU than ``pipeline.decode`` allows; stopped
         │   ├── InvalidSidecar
         │   └── InputUnreadable    the input (or its sidecar) exists but we may not read it
         ├── InputVanished          the input was deleted between the listing and its GET
@@ -189,6 +190,23 @@ class ImageTooLarge(InvalidInput):
 
 class ImageTooSmall(InvalidInput):
     hint = "Upload a larger photo or lower the limit named in the message."
+
+
+class DecodeBudgetExceeded(InvalidInput):
+    """Decoding the file took more CPU seconds than its budget (``pipeline.decode.cpu_floor_s`` plus
+    ``cpu_s_per_megapixel`` per megapixel) and was stopped. Final: the same bytes cost the same.
+    ``cpu_s`` is what the decode had spent when it was stopped (None when the kernel's CPU limit
+    stopped it rather than the decoder's own watchdog)."""
+
+    hint = ("Save the picture again the usual way (a JPEG or PNG export from a camera, phone or editor) "
+            "and upload that; its structure (thousands of scans, chunks, frames or pages) makes it too slow "
+            "to decode. An operator may raise pipeline.decode.cpu_s_per_megapixel.")
+
+    def __init__(self, message: str, *, budget_s: float, cpu_s: float | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.budget_s = budget_s
+        self.cpu_s = cpu_s
 
 
 class InvalidSidecar(InvalidInput):

@@ -113,10 +113,23 @@ class PrefixSettings(Section):
         return self
 
 
+#: CPU seconds any decode that runs isolated may spend whatever the picture's size: its header,
+#: frame walk and set-up. A 12 MP HEIC decodes in about half a second of CPU here.
+DEFAULT_DECODE_CPU_FLOOR_S = 2.0
+#: CPU seconds per megapixel (of the size the header declares) on top of the floor. Normal photos
+#: need well under a tenth of this; a progressive JPEG of tens of thousands of scans needs minutes.
+DEFAULT_DECODE_CPU_S_PER_MEGAPIXEL = 2.0
+
+
 class DecodeSettings(Section):
     max_bytes: int = Field(default=DEFAULT_MAX_BYTES, gt=0)
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, gt=0)
     min_side: int = Field(default=DEFAULT_MIN_SIDE, ge=1)
+    #: The decode budget of a file decoded isolated (one whose structure can be slow: many scans,
+    #: chunks, frames or IFDs; GIF, TIFF, HEIF, AVIF): ``cpu_floor_s`` plus ``cpu_s_per_megapixel``
+    #: per declared megapixel, in CPU seconds. A decode past it is stopped (``DecodeBudgetExceeded``).
+    cpu_floor_s: float = Field(default=DEFAULT_DECODE_CPU_FLOOR_S, gt=0)
+    cpu_s_per_megapixel: float = Field(default=DEFAULT_DECODE_CPU_S_PER_MEGAPIXEL, ge=0)
 
 
 #: Fraction of the image: a subject mask covering less than this is "nothing found".

@@ -41,6 +41,7 @@ from processor.errors import (
     ItemError,
     ObjectNotFound,
     ObjectUnreadable,
+    StageFailed,
     StoreError,
     WorkerUnhealthy,
 )
@@ -392,11 +393,12 @@ class Worker:
             delivery = self.queue.take(item)
         except FatalError:
             raise
-        except StoreError as exc:
-            # Out of retries (an outage): this item waits for the next pass. Raised from this
-            # thread it would end the pass and set stop_event, and the daemon would exit.
+        except Exception as exc:  # a store error, or a bug on this item: never the worker's death
+            # Out of retries (an outage), or a fault on this item's claim: it waits for the next
+            # pass. Raised from this thread it would end the pass and set stop_event, and the
+            # daemon would exit.
             log.warning("claim_failed", extra={"key": item.keys.input, "error": type(exc).__name__,
-                                               "detail": str(exc)})
+                                               "detail": str(exc)}, exc_info=not isinstance(exc, StoreError))
             self._finish(self._unclaimed(item), Outcome.TRANSIENT, keeper, result)
             return None
         if delivery is None:
@@ -435,6 +437,10 @@ class Worker:
             log.warning("fetch_failed", extra={"key": job.key, "error": type(exc).__name__, "detail": str(exc)})
             self._finish(job, Outcome.TRANSIENT, keeper, result)
             return None
+        except Exception as exc:  # whatever this input makes crash is its failure record
+            log.error("prepare_crashed", extra={"key": job.key, "error": type(exc).__name__, "detail": str(exc)},
+                      exc_info=True)
+            job.error = StageFailed(f"{job.key}: preparing the input failed: {type(exc).__name__}: {exc}")
         return job
 
     def _read_style_image(self, key: str) -> tuple[bytes, str | None]:
