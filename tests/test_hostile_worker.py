@@ -17,12 +17,12 @@ from processor.app.cli import build_registry
 from processor.config import load_settings
 from processor.errors import DecodeBudgetExceeded
 from processor.manifest import FailureRecord, Manifest
-from processor.metrics import PrometheusObserver
 from processor.pipeline.item import ItemPipeline
 from processor.queue.keys import KeyLayout
 from processor.queue.outcomes import Outcome
 from processor.queue.protocol import BucketQueue
 from processor.store.local import LocalStore
+from processor.worker.metrics import PrometheusObserver
 from processor.worker.runner import Worker
 from tests.decode_bombs import BOMBS
 from tests.images import encode, photo_bytes, photo_image
