@@ -20,7 +20,7 @@ from processor.errors import ModelUnavailableError
 from processor.models.loader import ModelLoader
 from processor.pipeline.control_preprocess import HedNetwork, LineartGenerator, load_control_map
 from processor.pipeline.decode import decode_image
-from processor.pipeline.diffusion import Img2ImgEngine
+from processor.pipeline.img2img import Img2ImgEngine
 from tests.images import photo_bytes
 from tests.sd.conftest import build_controlnet
 from tests.sd.test_diffusion import img2img_style, make_settings, manifest_of

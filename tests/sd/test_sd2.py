@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from processor.app.cli import build_registry
-from processor.pipeline.diffusion_common import SCHEDULERS
+from processor.pipeline.sampling import SCHEDULERS
 from tests.images import photo_bytes
 from tests.sd.conftest import _text_config, _unet, _vae, tiny_tokenizer
 from tests.sd.test_diffusion import img2img_style, make_settings, manifest_of
