@@ -63,6 +63,8 @@ class StyleLoras:
         #: Adapter names in the shared modules (the LoRA's, the LCM-LoRA's).
         self.names: list[str] = []
         self.scales: list[float] = []
+        #: The LCM-LoRA's adapter name (also in ``names``), once loaded.
+        self.lcm_name: str | None = None
         #: name -> A1111's short hash of each LoRA file (``Lora hashes``).
         self.hashes: dict[str, str] = {}
 
@@ -71,6 +73,8 @@ class StyleLoras:
         for lora in wanted:
             self.names.append(self.models.lora_adapter(pipe, self.model.model, self.model.revision, lora))
             self.scales.append(lora.scale)
+        if self.lcm is not None:
+            self.lcm_name = self.names[-1]
         self.hashes = dict(self.models.lora_hash(lora) for lora in wanted)
 
     def activate(self, pipe: Any) -> None:
@@ -139,19 +143,24 @@ def prepare_vae(loaded: LoadedModel, pipe: Any, size: tuple[int, int], native: i
     return accel.set_vae_tiling(pipe, loaded.switches, max(size), native)
 
 
+def performance(switches: dict[str, Any], vae_tiled: bool) -> dict[str, Any]:
+    """What a variant records of the performance switches (``processor.models.accel``): the
+    active ones, and whether its VAE decode was tiled."""
+    return {k: v for k, v in switches.items() if v is not None} | {"vae_tiled": vae_tiled}
+
+
 def revision(ref: ModelRef, resolved: ResolvedModel | None) -> str | None:
     return ref.revision or (resolved.revision if resolved else None)
 
 
 def model_record(engine: str, style_name: str, style: DiffusionStyle, loaded: LoadedModel, pipe: Any, *,
                  scheduler: str | None, steps: int, size: tuple[int, int], dtype: Any, vae_tiled: bool) -> ModelRecord:
-    performance = {k: v for k, v in loaded.switches.items() if v is not None} | {"vae_tiled": vae_tiled}
     return ModelRecord(
         engine=engine, style=style_name, model=style.model, revision=revision(style.ref, loaded.resolved),
         # Provenance: the repo's own safetensors, or its pickle weights converted here.
         weights="converted-from-pickle" if loaded.resolved.converted else "safetensors",
         pipeline=type(pipe).__name__, scheduler=scheduler, steps=steps, size=f"{size[0]}x{size[1]}",
-        dtype=str(dtype).replace("torch.", ""), performance=performance,
+        dtype=str(dtype).replace("torch.", ""), performance=performance(loaded.switches, vae_tiled),
         turbo_timestep_spacing=loaded.family.timestep_spacing if loaded.family.turbo else None)
 
 

@@ -85,14 +85,14 @@ class EditEngine:
         self.loras = StyleLoras(style_name, models, style.ref, style.addons().lora)
         self.batches = Batches(style_name, style.variants)
         self.compile_warmup_s: float | None = None
+        #: Whether the last call's VAE decode was tiled (``models.performance.vae_tiling``).
+        self.vae_tiled = False
 
     @property
     def switches(self) -> dict[str, Any]:
         return self.loaded.switches if self.loaded else {}
 
     def setup(self) -> None:
-        import torch
-
         style = self.style
         found = self.models.family(style.model, style.revision)
         row = refuse_unsupported(self.style_name, style, found)
@@ -148,7 +148,7 @@ class EditEngine:
         assert guidance is not None
         negative = self._negative(guidance, count, limit)
         self.loras.activate(self.pipe)
-        vae_tiled = prepare_vae(self.loaded, self.pipe, size, native)
+        vae_tiled = self.vae_tiled = prepare_vae(self.loaded, self.pipe, size, native)
 
         def call(start: int, stop: int) -> torch.Tensor:
             return self.pipe(**self._call_kwargs(editor, start, stop, photo=photo, source=source, size=size,

@@ -92,6 +92,8 @@ class Img2ImgEngine:
         self.refiner_resolved: ResolvedModel | None = None
         self.batches = Batches(style_name, style.variants)
         self.compile_warmup_s: float | None = None
+        #: Whether the last call's VAE decode was tiled (``models.performance.vae_tiling``).
+        self.vae_tiled = False
 
     @property
     def switches(self) -> dict[str, Any]:
@@ -180,7 +182,7 @@ class Img2ImgEngine:
         seeds = [style.seed + i for i in range(style.variants)]
         shared = style.shared_rounds
         self.loras.activate(self.pipe)
-        vae_tiled = prepare_vae(self.loaded, self.pipe, size, native)
+        vae_tiled = self.vae_tiled = prepare_vae(self.loaded, self.pipe, size, native)
         stage = f"style:{self.style_name}"
 
         def text(n: int) -> dict[str, Any]:

@@ -60,6 +60,8 @@ class Txt2ImgEngine:
         #: Pixels: both working sides are multiples of this (an adapter's downscale factor, else the family's).
         self.size_multiple = 0
         self.compile_warmup_s: float | None = None
+        #: Whether the last call's VAE decode was tiled (``models.performance.vae_tiling``).
+        self.vae_tiled = False
 
     @property
     def switches(self) -> dict[str, Any]:
@@ -111,7 +113,7 @@ class Txt2ImgEngine:
         seeds = [style.seed + i for i in range(style.variants)]
         # The UNet may be shared with a style that has a LoRA: this style runs with adapters off.
         self.loras.activate(self.pipe)
-        vae_tiled = prepare_vae(self.loaded, self.pipe, size, native)
+        vae_tiled = self.vae_tiled = prepare_vae(self.loaded, self.pipe, size, native)
         stage = f"style:{self.style_name}"
 
         def on_step(pipe: Any, step: int, _timestep: Any, kwargs: dict) -> dict:
