@@ -16,7 +16,9 @@ Contract:
   ``<cache>/processor-converted/`` when ``processor models pull --convert-pickle`` made one; else
   ``ModelUnavailableError`` names the components and the fixes (a ``revision:`` with safetensors,
   or that conversion). The worker itself never unpickles anything.
-- Device and dtype: ``auto`` means CUDA in float16 when PyTorch sees a GPU, else CPU in float32.
+- Device and dtype: ``auto`` means CUDA when PyTorch sees a GPU, else the CPU; on CUDA each model
+  loads in the dtype its family wants (``processor.models.families``: bfloat16 for FLUX.1, SD 3.5,
+  Kontext and Qwen-Image-Edit, float16 otherwise), on the CPU in float32.
 - Sharing: one base pipeline per (folder, dtype, device). Styles derive their own pipeline object
   with ``from_pipe`` (a new scheduler, the same UNet/VAE/text encoders in memory), so two styles on
   ``mo-di-diffusion`` cost one copy of the weights.
@@ -152,7 +154,10 @@ class ModelLoader:
         their add-ons load in (float16 on a GPU)."""
         import torch
 
-        return getattr(torch, choose_dtype(self.settings.dtype, family, on_gpu=self.device() != "cpu"))
+        device = self.device()
+        if device != "cpu" and not device.startswith("cuda"):
+            family = None  # another accelerator (mps): float16 for every family, as before
+        return getattr(torch, choose_dtype(self.settings.dtype, family, on_gpu=device != "cpu"))
 
     def family(self, model: str, revision: str | None = None) -> FamilyMatch:
         """The family of ``model`` (``processor.models.families.identify``), resolving it first."""
