@@ -170,9 +170,9 @@ class Img2ImgEngine:
         ip_kwargs = self.ip_adapter.pipe_kwargs(context) if self.ip_adapter is not None else {}
         clip, t5 = self._prompts(context)
         negative = clip.negative.text or None
-        round_guidance = [r.guidance for r in style.rounds]
-        cfg = any(row.guidance.uses_negative(g) for g in round_guidance)
-        # What every call reads besides the image: the prompts (the T5's too) and, on a flow
+        # Whether any round runs classifier-free guidance: else a negative prompt changes nothing.
+        cfg = any(row.guidance.uses_negative(r.guidance) for r in style.rounds)
+        # What every call reads besides the image and the prompts: control, IP-Adapter and, on a flow
         # transformer, the size (without it FLUX.1 and SD 3 resize to their default 1024 x 1024).
         fixed: dict[str, Any] = dict(control_kwargs) | ip_kwargs
         if row.denoiser is Denoiser.TRANSFORMER:
@@ -242,7 +242,7 @@ class Img2ImgEngine:
             cfg = cfg or refined.guidance > 1
         counted = [row.denoising_steps(style.steps, r.strength) for r in style.rounds]
         if refined is not None:
-            counted.append(int(refined.steps * refined.strength))
+            counted.append(row.denoising_steps(refined.steps, refined.strength))  # SDXL: the refiner's family
         chain_steps = sum(counted)
         shared_steps = sum(counted[:shared])
         loras = self.loras.record()
@@ -290,7 +290,8 @@ class Img2ImgEngine:
         refiner = self.style.refiner
         assert refiner is not None
         k = len(self.style.rounds)
-        steps = int(refiner.steps * refiner.strength)
+        assert self.loaded is not None
+        steps = self.loaded.family.denoising_steps(refiner.steps, refiner.strength)
 
         def call(start: int, stop: int) -> torch.Tensor:
             n = stop - start
