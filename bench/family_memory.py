@@ -21,8 +21,9 @@ BLIP. From diffusers' own classes on the base UNet's published config: the IP-Ad
 architecture code (``processor/pipeline/control_preprocess.py``): the lineart generator and HED.
 
 Weights are parameters x ``--bytes-per-param`` (2: float16 / bfloat16, what a GPU worker loads).
-The total is what ``offload: none`` keeps on the GPU; ``offload: model`` the largest component at
-a time (printed too); ``sequential`` about one layer. Activations, the CUDA context and the
+The total is what ``offload: none`` keeps on the GPU (``--json`` also gives each family's dtype
+under ``models.dtype: auto`` on a GPU, from ``processor.models.families``); ``offload: model``
+the largest component at a time (printed too); ``sequential`` about one layer. Activations, the CUDA context and the
 allocator's slack come on top: measure those on the GPU. Licences are the reference checkpoints'
 model-card ids (as declared in config with ``license:``), not read from anywhere.
 """
@@ -34,6 +35,9 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from processor.models.families import FamilyId, choose_dtype
+from processor.models.families import family as table_row
 
 GIB = 1024**3
 #: Bytes per parameter in float16 / bfloat16.
@@ -143,6 +147,8 @@ class Family:
     #: Hub ids of the reference checkpoints the configs come from.
     models: str
     components: dict[str, Callable[[], Any]]
+    #: Its row in the model family table (``processor.models.families``): the dtype it loads in.
+    table: FamilyId | None = None
 
 
 @dataclass(frozen=True)
@@ -155,6 +161,8 @@ class Counted:
     models: str
     #: Component name -> parameters.
     components: dict[str, int]
+    #: The dtype the family table gives it on a GPU under ``models.dtype: auto`` (None: not a family).
+    dtype: str | None = None
 
     @property
     def params(self) -> int:
@@ -180,45 +188,47 @@ _FLUX_TEXT = {"text_encoder": _clip(CLIP_L, False), "text_encoder_2": _t5}
 
 FAMILIES = [
     Family("SD 1.5 (mo-di-diffusion, anything-v3)", "img2img (+ lcm LoRA), txt2img", "creativeml-openrail-m",
-           "stable-diffusion-v1-5/stable-diffusion-v1-5 (mo-di-diffusion, anything-v3)", _SD15),
+           "stable-diffusion-v1-5/stable-diffusion-v1-5 (mo-di-diffusion, anything-v3)", _SD15, table=FamilyId.SD),
     Family("SD 1.5 instruct-pix2pix", "instruct-pix2pix", "mit", "timbrooks/instruct-pix2pix",
-           _SD15 | {"unet": _diffusers("UNet2DConditionModel", UNET_SD15 | {"in_channels": 8})}),
+           _SD15 | {"unet": _diffusers("UNet2DConditionModel", UNET_SD15 | {"in_channels": 8})},
+           table=FamilyId.SD_PIX2PIX),
     Family("SD 1.5 + canny ControlNet", "img2img + control", "openrail", "lllyasviel/sd-controlnet-canny",
-           _SD15 | {"controlnet": _diffusers("ControlNetModel", CONTROLNET_SD15)}),
+           _SD15 | {"controlnet": _diffusers("ControlNetModel", CONTROLNET_SD15)}, table=FamilyId.SD),
     Family("SD 2.1 (768-v)", "img2img, txt2img", "openrail++", "stabilityai/stable-diffusion-2-1",
            {"unet": _diffusers("UNet2DConditionModel", UNET_SD21), "vae": _diffusers("AutoencoderKL", VAE_SD),
-            "text_encoder": _clip(OPENCLIP_H, False)}),
+            "text_encoder": _clip(OPENCLIP_H, False)}, table=FamilyId.SD),
     Family("SDXL base 1.0 (and SDXL-Turbo: same architecture, non-commercial licence)",
            "img2img (+ `turbo`), txt2img", "openrail++", "stabilityai/stable-diffusion-xl-base-1.0",
            {"unet": _diffusers("UNet2DConditionModel", UNET_SDXL), "vae": _diffusers("AutoencoderKL", VAE_SD)}
-           | _SDXL_TEXT),
+           | _SDXL_TEXT, table=FamilyId.SDXL),
     Family("SDXL refiner 1.0", "img2img `refiner:` (a last round; shares the base's VAE and second text encoder)",
            "openrail++", "stabilityai/stable-diffusion-xl-refiner-1.0",
            {"unet": _diffusers("UNet2DConditionModel", UNET_SDXL_REFINER), "vae": _diffusers("AutoencoderKL", VAE_SD),
-            "text_encoder_2": _clip(CLIP_BIG_G, True)}),
+            "text_encoder_2": _clip(CLIP_BIG_G, True)}, table=FamilyId.SDXL),
     Family("SD 3 medium", "img2img (flow)", "other (Stability AI Community)",
            "stabilityai/stable-diffusion-3-medium-diffusers",
            {"transformer": _diffusers("SD3Transformer2DModel", SD3_MEDIUM), "vae": _diffusers("AutoencoderKL", VAE_16)}
-           | _SD3_TEXT),
+           | _SD3_TEXT, table=FamilyId.SD3),
     Family("SD 3.5 medium", "img2img (flow)", "other (Stability AI Community)",
            "stabilityai/stable-diffusion-3.5-medium",
            {"transformer": _diffusers("SD3Transformer2DModel", SD35_MEDIUM),
-            "vae": _diffusers("AutoencoderKL", VAE_16)} | _SD3_TEXT),
+            "vae": _diffusers("AutoencoderKL", VAE_16)} | _SD3_TEXT, table=FamilyId.SD3_5),
     Family("SD 3.5 large", "img2img (flow)", "other (Stability AI Community)",
            "stabilityai/stable-diffusion-3.5-large",
            {"transformer": _diffusers("SD3Transformer2DModel", SD35_LARGE),
-            "vae": _diffusers("AutoencoderKL", VAE_16)} | _SD3_TEXT),
+            "vae": _diffusers("AutoencoderKL", VAE_16)} | _SD3_TEXT, table=FamilyId.SD3_5),
     Family("FLUX.1-schnell", "img2img (flow)", "apache-2.0", "black-forest-labs/FLUX.1-schnell",
            {"transformer": _diffusers("FluxTransformer2DModel", FLUX | {"guidance_embeds": False}),
-            "vae": _diffusers("AutoencoderKL", VAE_16)} | _FLUX_TEXT),
+            "vae": _diffusers("AutoencoderKL", VAE_16)} | _FLUX_TEXT, table=FamilyId.FLUX_SCHNELL),
     Family("FLUX.1-dev, FLUX.1 Kontext dev", "img2img (flow); Kontext: edit", "non-commercial",
            "black-forest-labs/FLUX.1-dev, black-forest-labs/FLUX.1-Kontext-dev",
            {"transformer": _diffusers("FluxTransformer2DModel", FLUX | {"guidance_embeds": True}),
-            "vae": _diffusers("AutoencoderKL", VAE_16)} | _FLUX_TEXT),
+            "vae": _diffusers("AutoencoderKL", VAE_16)} | _FLUX_TEXT, table=FamilyId.FLUX_DEV),
     Family("Qwen-Image-Edit", "edit", "apache-2.0",
            "Qwen/Qwen-Image-Edit",
            {"transformer": _diffusers("QwenImageTransformer2DModel", QWEN_IMAGE),
-            "vae": _diffusers("AutoencoderKLQwenImage", QWEN_VAE), "text_encoder": _qwen_vl}),
+            "vae": _diffusers("AutoencoderKLQwenImage", QWEN_VAE), "text_encoder": _qwen_vl},
+           table=FamilyId.QWEN_IMAGE_EDIT),
 ]
 
 
@@ -407,8 +417,9 @@ def count(build: Callable[[], Any]) -> int:
 
 
 def counted(family: Family) -> Counted:
+    dtype = choose_dtype("auto", table_row(family.table), on_gpu=True) if family.table is not None else None
     return Counted(family.name, family.runs_as, family.license, family.models,
-                   {name: count(build) for name, build in family.components.items()})
+                   {name: count(build) for name, build in family.components.items()}, dtype)
 
 
 def table(rows: Sequence[Counted], bytes_per_param: float = FP16_BYTES) -> str:
@@ -456,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> list[Counted]:
             print(totals_lines(shipped_totals([counted(FAMILIES[0])], rows), args.bytes_per_param))
     elif args.json:
         print(json.dumps([{"name": f.name, "runs_as": f.runs_as, "license": f.license, "models": f.models,
-                           "components": f.components, "params": f.params,
+                           "components": f.components, "params": f.params, "dtype": f.dtype,
                            "gib": round(f.gib(args.bytes_per_param), 3)} for f in rows], indent=2))
     elif args.components:
         print(component_table(rows, args.bytes_per_param))

@@ -328,6 +328,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     from processor.config import ModelSettings
     from processor.models.loader import ModelLoader
+    from processor.pipeline.diffusion import performance
     from tests.images import photo_image
 
     args = build_parser().parse_args(argv)
@@ -370,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         alone_s = unet_alone(pipe.unet, inputs, batch, UNET_ALONE_CALLS_GPU if device.startswith("cuda")
                              else UNET_ALONE_CALLS_CPU, device)
         peak = results["bf16_matmul_peak_tflops"] * 1e12
-        switches = engine._performance()
+        switches = performance(engine.switches, engine.vae_tiled)
         results |= {
             "processor_dtype": str(pipe.unet.dtype).replace("torch.", ""),
             "processor_switches": ",".join(f"{k}={v}" for k, v in switches.items()),

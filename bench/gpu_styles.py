@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         registry.setup(list(styles))
         results["setup_s"] = time.perf_counter() - started
         fast = registry.engine(FAST)
-        loaded, saved = lora_modules(fast.pipe.unet, fast.lcm_adapter), saved_lora_modules(lora)
+        loaded, saved = lora_modules(fast.pipe.unet, fast.loras.lcm_name), saved_lora_modules(lora)
         results["fast_lcm_lora_modules"] = loaded
         if loaded != saved:  # a LoRA on fewer layers than the real one would time too fast
             raise SystemExit(f"the LCM-LoRA adapts {saved} modules in its file but {loaded} after loading")

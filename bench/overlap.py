@@ -39,12 +39,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from bench.common import MIB, RssSampler, machine, peak_rss_bytes, report, s3_store, seaweedfs_server
 from processor import __version__
 from processor.app.compose import make_engine
-from processor.config import Settings
+from processor.config import Settings, StyleBase
 from processor.manifest import Manifest, Source, WorkerInfo
 from processor.pipeline.base import ItemContext, VariantImage
 from processor.pipeline.decode import decode_image
@@ -72,10 +72,10 @@ SD_STYLE = "modern-disney"
 TINY_SD_SIZE, TINY_SD_STEPS = 64, 5
 
 
-class FixedCostStyle(BaseModel):
-    """A style whose engine takes ``ms`` per item, like a GPU stage of fixed cost."""
+class FixedCostStyle(StyleBase):
+    """A style whose engine takes ``ms`` per item, like a GPU stage of fixed cost (a ``StyleBase``:
+    it answers what it loads, nothing)."""
 
-    model_config = ConfigDict(extra="forbid")
     engine: Literal["fixed-cost"] = "fixed-cost"
     ms: float = Field(gt=0)
     variants: int = Field(default=DEFAULT_VARIANTS, ge=1)

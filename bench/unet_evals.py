@@ -64,7 +64,7 @@ def _count(counts: Counts) -> list[tuple[Any, str, Any]]:
     """Wrap the UNet, ControlNet and scheduler entry points to add to ``counts``; returns what to restore."""
     import diffusers
 
-    from processor.pipeline.diffusion_common import SCHEDULERS
+    from processor.pipeline.sampling import SCHEDULERS
 
     patched: list[tuple[Any, str, Any]] = []
 

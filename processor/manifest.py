@@ -162,7 +162,7 @@ class LicenseRecord(_Model):
 
     #: What the model was to the variant: the style's own ``model``, or its ``lora``, ``lcm``,
     #: ``control``, ``background`` or ``ip_adapter`` model.
-    role: Literal["model", "lora", "lcm", "control", "background", "ip_adapter"]
+    role: Literal["model", "refiner", "lora", "lcm", "control", "background", "ip_adapter"]
     model: str
     #: As declared (``creativeml-openrail-m``, ``non-commercial``, ...); None: not declared.
     license: str | None = None

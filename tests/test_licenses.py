@@ -97,3 +97,17 @@ def test_a_sidecar_asking_for_a_noncommercial_style_fails_and_toon_variants_reco
     assert "style 'dev'" in record.message and "license non-commercial" in record.message
     manifest = Manifest.model_validate_json(store.get(layout.for_input("inputs/b.jpg").manifest).body)
     assert [v.licenses for v in manifest.variants] == [[]]
+
+
+def test_the_refiner_has_a_license_that_is_recorded_and_checked(tmp_path):
+    from processor.manifest import LicenseRecord
+
+    refiner = {"model": "stabilityai/stable-diffusion-xl-refiner-1.0", "license": "openrail++"}
+    style = Img2ImgStyle(model="stabilityai/stable-diffusion-xl-base-1.0", license="openrail++", refiner=refiner)
+    assert style_licenses(style) == [LicenseUse("model", "stabilityai/stable-diffusion-xl-base-1.0", "openrail++"),
+                                     LicenseUse("refiner", "stabilityai/stable-diffusion-xl-refiner-1.0", "openrail++")]
+    assert LicenseRecord(role="refiner", model=refiner["model"], license="openrail++").role == "refiner"
+    gated = {"engine": "img2img", "model": "m", "license": "openrail++",
+             "refiner": {"model": "r", "license": "non-commercial"}}
+    with pytest.raises(ConfigError, match=r"'xl' \(refiner r: license non-commercial\).*run\.allow_noncommercial"):
+        load_settings(write_config(tmp_path, {"styles": ["xl"]}, {"xl": gated}))

@@ -8,7 +8,7 @@ import logging
 from starlette.requests import Request
 
 from processor.api.schemas import FailureOut, JobOut, Links, Progress, VariantOut
-from processor.config import ApiSettings
+from processor.config.sections import ApiSettings
 from processor.queue.jobs import JobState, JobStatus
 from processor.queue.protocol import BucketQueue
 

@@ -239,7 +239,7 @@ def _upload_style_image(path: Path, store: ObjectStore, settings: Settings) -> s
     from processor.pipeline.decode import decode_image
     from processor.queue.submit import CONTENT_TYPES, EXTENSIONS
 
-    if not any(getattr(style, "ip_adapter", None) is not None for style in settings.styles.values()):
+    if not any(style.addons().ip_adapter is not None for style in settings.styles.values()):
         raise ConfigError("--style-image: no configured style has an ip_adapter to read it; drop --style-image")
     try:
         data = path.read_bytes()

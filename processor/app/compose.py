@@ -30,48 +30,23 @@ def build_store(settings: Settings) -> ObjectStore:
 
 
 def make_engine(style_name: str, style: Any, models: Any = None) -> Any:
-    """The engine for one style (the factory ``EngineRegistry`` calls). ``models`` is the worker's
-    ``ModelLoader``, shared by every diffusion style so equal base models load once."""
+    """The engine for one style (the factory ``EngineRegistry`` calls), by its ``engine`` key; what
+    the model's family changes inside an engine is data (``processor.models.families``). ``models``
+    is the worker's ``ModelLoader``, shared by every diffusion style so equal base models load once."""
     if style.engine == "toon":
         from processor.pipeline.toon import ToonEngine
 
         return ToonEngine(style_name, style)
-    if style.engine in ("img2img", "instruct-pix2pix"):
-        from processor.models.loader import ModelLoader
-        from processor.pipeline.diffusion import Img2ImgEngine, InstructPix2PixEngine
+    from processor.models.loader import ModelLoader
+    from processor.pipeline.edit import EditEngine
+    from processor.pipeline.img2img import Img2ImgEngine
+    from processor.pipeline.txt2img import Txt2ImgEngine
 
-        loader = models if models is not None else ModelLoader()
-        if style.engine == "img2img":
-            from processor.pipeline.diffusion_flow import FlowImg2ImgEngine, flow_family
-
-            family = flow_family(loader, style.model, style.revision)  # FLUX.1 / SD 3 by model_index.json
-            if family is not None:
-                return FlowImg2ImgEngine(style_name, style, loader, family)
-        cls: Any = Img2ImgEngine if style.engine == "img2img" else InstructPix2PixEngine
-        if style.engine == "img2img" and style.refiner is not None:  # SDXL base + refiner
-            from processor.pipeline.diffusion_xl import RefinedImg2ImgEngine
-
-            cls = RefinedImg2ImgEngine
-        elif style.engine == "img2img" and style.turbo:  # SD-Turbo / SDXL-Turbo
-            from processor.pipeline.diffusion_turbo import TurboImg2ImgEngine
-
-            cls = TurboImg2ImgEngine
-        return cls(style_name, style, loader)
-    if style.engine == "txt2img":
-        from processor.models.loader import ModelLoader
-        from processor.pipeline.diffusion_txt2img import Txt2ImgEngine
-
-        return Txt2ImgEngine(style_name, style, models if models is not None else ModelLoader())
-    if style.engine == "edit":
-        from processor.models.loader import ModelLoader
-        from processor.pipeline.diffusion_edit import KontextEngine, editor_of
-        from processor.pipeline.diffusion_qwen_edit import QWEN_EDITORS, QwenEditEngine
-
-        loader = models if models is not None else ModelLoader()
-        if editor_of(loader, style.model, style.revision) in QWEN_EDITORS:  # by model_index.json
-            return QwenEditEngine(style_name, style, loader)
-        return KontextEngine(style_name, style, loader)
-    raise ConfigError(f"styles.{style_name}.engine: unknown engine {style.engine!r}")
+    engines: dict[str, Any] = {"img2img": Img2ImgEngine, "txt2img": Txt2ImgEngine, "instruct-pix2pix": EditEngine,
+                               "edit": EditEngine}
+    if style.engine not in engines:
+        raise ConfigError(f"styles.{style_name}.engine: unknown engine {style.engine!r}")
+    return engines[style.engine](style_name, style, models if models is not None else ModelLoader())
 
 
 def build_registry(settings: Settings) -> Any:

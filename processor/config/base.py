@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -96,3 +97,34 @@ NONCOMMERCIAL_LICENSES = frozenset({"non-commercial"})
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as the config names it: where it is, the revision pinned, the licence declared, and
+    the file inside it where the folder or repo holds several. The value every section that names
+    weights gives (``.ref``), and what the loader, the licence check and ``models pull`` take."""
+
+    #: Hub id, local folder or file, or ``bucket:<key>`` (LoRAs).
+    model: str
+    #: A hub commit / tag / branch (None: the default branch, or a local path).
+    revision: str | None = None
+    #: As declared in config (``license:``); None: not declared.
+    license: str | None = None
+    #: The weights file inside ``model`` (LoRAs, IP-Adapters, preprocessors).
+    weight_name: str | None = None
+
+
+class ModelReference(Section):
+    """The keys of a section that names one model: ``model``, ``revision``, ``license``."""
+
+    #: Hub id or a local folder.
+    model: str
+    #: A hub commit / tag / branch to pin (recommended: a commit hash).
+    revision: str | None = None
+    #: The model's license (its model card); recorded in every variant, checked by run.allow_noncommercial.
+    license: ModelLicense | None = None
+
+    @property
+    def ref(self) -> ModelRef:
+        return ModelRef(self.model, self.revision, self.license)

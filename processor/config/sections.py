@@ -337,7 +337,8 @@ class ModelSettings(Section):
 
     #: ``auto`` (CUDA when PyTorch sees a GPU, else CPU), ``cpu``, ``cuda``, ``cuda:1``, ...
     device: str = "auto"
-    #: ``auto``: float16 on CUDA, float32 on CPU.
+    #: ``auto``: float32 on the CPU; on CUDA the dtype the model's family wants (bfloat16 for FLUX.1,
+    #: SD 3.5, FLUX.1 Kontext and Qwen-Image-Edit, float16 for the rest: ``processor.models.families``).
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
     #: Attention kernel, channels_last, torch.compile, VAE slicing/tiling.
     performance: PerformanceSettings = PerformanceSettings()

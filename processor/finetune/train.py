@@ -39,6 +39,7 @@ from processor.finetune.record import (
     Versions,
 )
 from processor.manifest import utcnow
+from processor.models.families import FamilyId, read_model_index
 
 log = logging.getLogger("processor.finetune")
 
@@ -125,13 +126,15 @@ class Trainer:
 
         self.resolved = self.models.resolve(self.base, self.revision)
         path = self.resolved.path
-        index = _read_index(path)
-        if "text_encoder_2" in index or index.get("_class_name", "").startswith("StableDiffusionXL"):
+        found = self.models.family(self.base, self.revision)  # processor.models.families
+        if found.family.series == "sdxl":
             raise ConfigError(f"--base {self.base}: SDXL training is not supported yet; use an SD 1.x/2.x model")
-        unet_config = UNet2DConditionModel.load_config(path, subfolder="unet")
-        if unet_config.get("in_channels", 4) != 4:
-            raise ConfigError(f"--base {self.base}: its UNet takes {unet_config['in_channels']} channels "
+        if found.family.unet_channels not in (None, 4):
+            raise ConfigError(f"--base {self.base}: its UNet takes {found.family.unet_channels} channels "
                               "(an inpainting or instruct-pix2pix model); train on a text-to-image model")
+        if found.family.id is not FamilyId.SD:
+            raise ConfigError(f"--base {self.base}: a {found.family.label} model ({found.class_name}); LoRA "
+                              f"training runs on SD 1.x/2.x models")
         self.device = self.models.device()
         precision = self.hp.mixed_precision
         if self.device == "cpu" and precision != "float32":
@@ -347,7 +350,7 @@ class Trainer:
         return TrainingRecord(
             name=self.name,
             base=BaseModelInfo(model=self.base, revision=self.resolved.revision,
-                               pipeline=_read_index(self.resolved.path).get("_class_name")),
+                               pipeline=read_model_index(self.resolved.path).get("_class_name")),
             hyperparameters=self.hp.model_copy(update={"prediction_type": self.prediction_type}),
             images=self.dataset.source, dataset=self.dataset.records(), skipped=self.dataset.skipped,
             device=self._device_name(), seed=self.hp.seed, versions=library_versions(),
@@ -532,17 +535,11 @@ class Trainer:
         return TrainResult(record=record, lora_key=lora_key, record_key=record_key, started_at_step=start)
 
 
-def _read_index(path: Any) -> dict[str, Any]:
-    import json
-
-    return json.loads((path / "model_index.json").read_text(encoding="utf-8"))
-
-
 def _scheduler_class(path: Any) -> Any:
     """The scheduler class the model ships (its validation renders use it, like inference)."""
     import diffusers
 
-    name = _read_index(path).get("scheduler", [None, "PNDMScheduler"])[1]
+    name = read_model_index(path).get("scheduler", [None, "PNDMScheduler"])[1]
     return getattr(diffusers, name, diffusers.PNDMScheduler)
 
 

@@ -16,7 +16,9 @@ Contract:
   ``<cache>/processor-converted/`` when ``processor models pull --convert-pickle`` made one; else
   ``ModelUnavailableError`` names the components and the fixes (a ``revision:`` with safetensors,
   or that conversion). The worker itself never unpickles anything.
-- Device and dtype: ``auto`` means CUDA in float16 when PyTorch sees a GPU, else CPU in float32.
+- Device and dtype: ``auto`` means CUDA when PyTorch sees a GPU, else the CPU; on CUDA each model
+  loads in the dtype its family wants (``processor.models.families``: bfloat16 for FLUX.1, SD 3.5,
+  Kontext and Qwen-Image-Edit, float16 otherwise), on the CPU in float32.
 - Sharing: one base pipeline per (folder, dtype, device). Styles derive their own pipeline object
   with ``from_pipe`` (a new scheduler, the same UNet/VAE/text encoders in memory), so two styles on
   ``mo-di-diffusion`` cost one copy of the weights.
@@ -35,15 +37,16 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from processor.config import IpAdapterSettings, LoraSettings, ModelSettings, background_model
+from processor.config import IpAdapterSettings, LoraSettings, ModelSettings, StyleBase, StyleOption
 from processor.errors import ConfigError, ModelUnavailableError
 from processor.models import safeweights
+from processor.models.families import Family, FamilyMatch, Task, choose_dtype, identify, read_model_index
 from processor.models.hub import (
     IGNORE_PATTERNS,
     PULL_COMMAND,
@@ -53,6 +56,8 @@ from processor.models.hub import (
     fetch_snapshot,
     is_local,
 )
+from processor.models.lora_hash import a1111_lora_hash
+from processor.models.pipelines import check_adapters, check_controlnets, pipeline_class
 
 log = logging.getLogger("processor.models")
 
@@ -76,8 +81,6 @@ class ControlKind(str, Enum):
 
 #: config.json ``_class_name`` -> the kind of control model it is (nothing else is loaded).
 CONTROL_CLASSES = {"ControlNetModel": ControlKind.CONTROLNET, "T2IAdapter": ControlKind.T2I_ADAPTER}
-#: T2I-Adapter ``adapter_type`` values built for SDXL's UNet (the others are for SD 1.x / 2.x).
-XL_ADAPTER_TYPES = {"full_adapter_xl"}
 
 
 def offline_mode(settings: ModelSettings) -> bool:
@@ -123,6 +126,7 @@ class ModelLoader:
         self._hub_loras: dict[tuple[str, str | None], Path] = {}
         #: (base, IP-Adapter) -> that adapter loaded for the base's UNet (``processor.models.ip_adapter``).
         self._ip_adapters: dict[tuple[tuple[str, str, str], str], Any] = {}
+        self._families: dict[tuple[str, str | None], FamilyMatch] = {}
 
     # ----------------------------------------------------------------- device / dtype
 
@@ -144,12 +148,23 @@ class ModelLoader:
             raise ConfigError(f"models.device is {wanted!r} but PyTorch sees no CUDA device")
         return wanted
 
-    def dtype(self) -> Any:
+    def dtype(self, family: Family | None = None) -> Any:
+        """The torch dtype ``family``'s weights load in (``families.choose_dtype``: under ``auto``
+        the family's own on a GPU, float32 on the CPU); without a family, what UNet models and
+        their add-ons load in (float16 on a GPU)."""
         import torch
 
-        if self.settings.dtype == "auto":
-            return torch.float32 if self.device() == "cpu" else torch.float16
-        return getattr(torch, self.settings.dtype)
+        device = self.device()
+        if device != "cpu" and not device.startswith("cuda"):
+            family = None  # another accelerator (mps): float16 for every family, as before
+        return getattr(torch, choose_dtype(self.settings.dtype, family, on_gpu=device != "cpu"))
+
+    def family(self, model: str, revision: str | None = None) -> FamilyMatch:
+        """The family of ``model`` (``processor.models.families.identify``), resolving it first."""
+        key = (model, revision)
+        if key not in self._families:
+            self._families[key] = identify(self.resolve(model, revision).path, model)
+        return self._families[key]
 
     # ----------------------------------------------------------------- resolving
 
@@ -165,7 +180,7 @@ class ModelLoader:
                 raise ModelUnavailableError(
                     f"model {model!r}: {path} is not a diffusers pipeline folder (no model_index.json)"
                 )
-            missing = safeweights.missing_safetensors(path, _read_index(path))
+            missing = safeweights.missing_safetensors(path, read_model_index(path))
             if missing:
                 raise safeweights.unsafe_weights_error(model, None, None, missing, path, local=True)
             resolved = ResolvedModel(model, path, None)
@@ -284,9 +299,10 @@ class ModelLoader:
     # ----------------------------------------------------------------- loading
 
     def base(self, model: str, revision: str | None = None) -> tuple[Any, ResolvedModel]:
-        """The shared pipeline for ``model`` (loaded on first use) and where it came from."""
+        """The shared pipeline for ``model`` (loaded on first use, in its family's dtype) and where
+        it came from."""
         resolved = self.resolve(model, revision)
-        device, dtype = self.device(), self.dtype()
+        device, dtype = self.device(), self.dtype(self.family(model, revision).family)
         key = (str(resolved.path.resolve()), str(dtype), device)
         with self._lock:
             if key not in self._bases:
@@ -306,7 +322,7 @@ class ModelLoader:
     def _load(self, resolved: ResolvedModel, device: str, dtype: Any, shared: dict[str, Any] | None = None) -> Any:
         from diffusers import DiffusionPipeline
 
-        index = _read_index(resolved.path)
+        index = read_model_index(resolved.path)
         extra: dict[str, Any] = dict(shared or {})  # modules passed in are not loaded again
         for name in SKIPPED_COMPONENTS & index.keys():
             extra[name] = None
@@ -403,121 +419,45 @@ class ModelLoader:
                 self._controlnets[key] = net.to(device) if device != "cpu" else net
             return self._controlnets[key], resolved
 
-    def pipeline(self, task: str, model: str, revision: str | None = None, *,
+    def pipeline(self, task: Task | str, model: str, revision: str | None = None, *,
                  controlnets: list[Any] | None = None, adapters: list[Any] | None = None) -> tuple[Any, ResolvedModel]:
-        """A new pipeline object for ``task`` (``img2img``, ``instruct-pix2pix``, ``inpaint`` or
-        ``text2img``) that shares the base pipeline's modules; the caller may replace its scheduler
-        freely. ``controlnets`` (img2img, text2img) makes it a ControlNet pipeline over them;
-        ``adapters`` (text2img only: diffusers has no img2img adapter pipeline) a T2I-Adapter one."""
+        """A new pipeline object for ``task`` that shares the base pipeline's modules: the class
+        the model's family runs it with (``processor.models.families``); the caller may replace
+        its scheduler freely. ``controlnets`` (img2img, text2img) makes it a ControlNet pipeline
+        over them; ``adapters`` (text2img only: diffusers has no img2img adapter pipeline) a
+        T2I-Adapter one. ``ConfigError`` saying what to use when the family does not run the task."""
+        found = self.family(model, revision)
+        name = pipeline_class(found, Task(task), model, controlnets=bool(controlnets), adapters=bool(adapters))
         base, resolved = self.base(model, revision)
-        if getattr(base, "unet", None) is None:  # FLUX.1 / SD 3: a transformer (processor.pipeline.diffusion_flow)
-            raise ConfigError(
-                f"model {model!r} ({type(base).__name__}) has no UNet; {task} here (backgrounds, instruct-pix2pix, "
-                f"ControlNets) needs an SD 1.x / 2.x / SDXL model: set background.model to one, or drop it"
-            )
-        in_channels = base.unet.config.in_channels
-        if task == "instruct-pix2pix":
-            if in_channels != 8:
-                raise ConfigError(
-                    f"model {model!r} is not an instruct-pix2pix model (its UNet takes {in_channels} channels, "
-                    f"not 8); use engine: img2img for it"
-                )
-            from diffusers import StableDiffusionInstructPix2PixPipeline, StableDiffusionXLInstructPix2PixPipeline
-
-            cls = (StableDiffusionXLInstructPix2PixPipeline if getattr(base, "text_encoder_2", None) is not None
-                   else StableDiffusionInstructPix2PixPipeline)
-            return _quiet(cls.from_pipe(base)), resolved
-        if task == "inpaint":
-            if in_channels != 9:
-                raise ConfigError(
-                    f"model {model!r} is not an inpainting model (its UNet takes {in_channels} channels, not 9); "
-                    f"background.model for mode inpaint needs an inpainting checkpoint, "
-                    f"e.g. stable-diffusion-v1-5/stable-diffusion-inpainting"
-                )
-            from diffusers import AutoPipelineForInpainting
-
-            return _quiet(AutoPipelineForInpainting.from_pipe(base)), resolved
-        if task == "text2img":
-            if in_channels != 4:
-                raise ConfigError(
-                    f"model {model!r} has a {in_channels}-channel UNet; background mode generate needs a "
-                    f"text-to-image checkpoint (set styles.<name>.background.model)"
-                )
-            if controlnets:
-                return self._controlnet_pipeline(base, model, controlnets, task), resolved
-            if adapters:
-                return self._adapter_pipeline(base, model, adapters), resolved
-            from diffusers import AutoPipelineForText2Image
-
-            return _quiet(AutoPipelineForText2Image.from_pipe(base)), resolved
-        if task != "img2img":
-            raise ValueError(f"unknown task {task!r}")
-        if in_channels != 4:
-            raise ConfigError(
-                f"model {model!r} has a {in_channels}-channel UNet ({type(base).__name__}); engine img2img needs "
-                f"a text-to-image checkpoint (use engine: instruct-pix2pix for instruct-pix2pix models)"
-            )
-        if adapters:
-            raise ConfigError(f"model {model!r}: diffusers has no img2img adapter pipeline: use engine: txt2img for "
-                              f"a T2I-Adapter, or a ControlNet")
-        if controlnets:
-            return self._controlnet_pipeline(base, model, controlnets, task), resolved
-        from diffusers import AutoPipelineForImage2Image
-
-        try:
-            return _quiet(AutoPipelineForImage2Image.from_pipe(base)), resolved
-        except ValueError as exc:
-            raise ConfigError(f"model {model!r} ({type(base).__name__}) has no img2img pipeline: {exc}") from exc
-
-    def _controlnet_pipeline(self, base: Any, model: str, controlnets: list[Any], task: str) -> Any:
         import diffusers
 
-        xl = getattr(base, "text_encoder_2", None) is not None
-        names = {("img2img", False): "StableDiffusionControlNetImg2ImgPipeline",
-                 ("img2img", True): "StableDiffusionXLControlNetImg2ImgPipeline",
-                 ("text2img", False): "StableDiffusionControlNetPipeline",
-                 ("text2img", True): "StableDiffusionXLControlNetPipeline"}
-        cls = getattr(diffusers, names[(task, xl)])
-        width = base.unet.config.cross_attention_dim
-        for net in controlnets:  # an SD 1.x ControlNet on SDXL (or back) fails deep in the UNet otherwise
-            if net.config.cross_attention_dim != width:
-                raise ConfigError(
-                    f"a ControlNet for text width {net.config.cross_attention_dim} does not fit model {model!r} "
-                    f"(text width {width}); use a ControlNet trained for {'SDXL' if xl else 'SD 1.x / 2.x'}"
-                )
-        # A list makes diffusers wrap them in one MultiControlNetModel.
-        net = controlnets[0] if len(controlnets) == 1 else list(controlnets)
-        return _quiet(cls.from_pipe(base, controlnet=net))
-
-    def _adapter_pipeline(self, base: Any, model: str, adapters: list[Any]) -> Any:
-        from diffusers import StableDiffusionAdapterPipeline, StableDiffusionXLAdapterPipeline
-
-        xl = getattr(base, "text_encoder_2", None) is not None
-        cls = StableDiffusionXLAdapterPipeline if xl else StableDiffusionAdapterPipeline
-        for adapter in adapters:  # an SD 1.x adapter's features do not line up with SDXL's UNet blocks (or back)
-            for_xl = adapter.config.adapter_type in XL_ADAPTER_TYPES
-            if for_xl != xl:
-                raise ConfigError(
-                    f"a T2I-Adapter of type {adapter.config.adapter_type} is for {'SDXL' if for_xl else 'SD 1.x / 2.x'}"
-                    f" and does not fit model {model!r} ({type(base).__name__}); use a T2I-Adapter trained for "
-                    f"{'SDXL' if xl else 'SD 1.x / 2.x'}")
-        # A list makes diffusers wrap them in one MultiAdapter (which needs one downscale factor).
-        adapter = adapters[0] if len(adapters) == 1 else list(adapters)
-        try:
-            return _quiet(cls.from_pipe(base, adapter=adapter))
-        except ValueError as exc:
-            raise ConfigError(f"these T2I-Adapters cannot run together on {model!r}: {exc}") from exc
+        cls = getattr(diffusers, name)
+        if controlnets:
+            check_controlnets(controlnets, base, model, found.family)
+            # A list makes diffusers wrap them in one MultiControlNetModel.
+            return _quiet(cls.from_pipe(base, controlnet=controlnets[0] if len(controlnets) == 1
+                                        else list(controlnets))), resolved
+        if adapters:
+            check_adapters(adapters, model, found)
+            # A list makes diffusers wrap them in one MultiAdapter (which needs one downscale factor).
+            try:
+                return _quiet(cls.from_pipe(base, adapter=adapters[0] if len(adapters) == 1 else list(adapters))), \
+                    resolved
+            except ValueError as exc:
+                raise ConfigError(f"these T2I-Adapters cannot run together on {model!r}: {exc}") from exc
+        return _quiet(cls.from_pipe(base)), resolved
 
     def refiner(self, model: str, revision: str | None, base_model: str,
                 base_revision: str | None = None) -> tuple[Any, ResolvedModel]:
         """An SDXL refiner's img2img pipeline, loaded once per base: the base's VAE and second text
         encoder are passed in (diffusers' refiner pattern), so only the refiner's UNet is loaded."""
-        base, _ = self.base(base_model, base_revision)
-        if getattr(base, "text_encoder_2", None) is None:
+        found = self.family(base_model, base_revision)
+        if StyleOption.REFINER not in found.family.options:
             raise ConfigError(f"refiner {model!r} needs an SDXL base model; {base_model!r} is a "
-                              f"{type(base).__name__} (drop refiner, or use an SDXL model)")
+                              f"{found.class_name} (drop refiner, or use an SDXL model)")
+        base, _ = self.base(base_model, base_revision)
         resolved = self.resolve(model, revision)
-        device, dtype = self.device(), self.dtype()
+        device, dtype = self.device(), self.dtype(found.family)
         base_key = next(k for k, v in self._bases.items() if v is base)
         key = (f"refiner:{resolved.path.resolve()}|{base_key[0]}", str(dtype), device)
         with self._lock:
@@ -535,10 +475,10 @@ class ModelLoader:
 
                 self._switches[key] = apply(pipe, self.settings.performance, device)
             refiner = self._bases[key]
-        from diffusers import StableDiffusionXLImg2ImgPipeline
+        import diffusers
 
         # A pipeline object of its own (the engine sets its scheduler) over the shared modules.
-        return _quiet(StableDiffusionXLImg2ImgPipeline.from_pipe(refiner)), resolved
+        return _quiet(getattr(diffusers, found.family.pipelines[Task.IMG2IMG]).from_pipe(refiner)), resolved
 
     def lora_adapter(self, pipe: Any, model: str, revision: str | None, lora: LoraSettings) -> str:
         """Load ``lora`` into the (shared) modules behind ``pipe`` once; returns its adapter name."""
@@ -570,7 +510,7 @@ class ModelLoader:
 
     def lora_hash(self, lora: LoraSettings) -> tuple[str, str]:
         """(name, short hash) of a LoRA for A1111's ``Lora hashes``: the file's stem (a hub repo's
-        name) and the first 12 hex digits of the file's sha256, as A1111 shortens it."""
+        name) and the hash AUTOMATIC1111 computes for it (``processor.models.lora_hash``)."""
         path = self.resolve_lora(lora)
         if path.is_dir():
             named = path / (lora.weight_name or LORA_FILE)
@@ -580,11 +520,7 @@ class ModelLoader:
             path = found[0]
         with self._lock:
             if path not in self._lora_hashes:
-                digest = hashlib.sha256()
-                with path.open("rb") as handle:
-                    for block in iter(lambda: handle.read(1 << 20), b""):
-                        digest.update(block)
-                self._lora_hashes[path] = digest.hexdigest()[:12]
+                self._lora_hashes[path] = a1111_lora_hash(path)
         stem = Path(lora.path.rstrip("/")).name.removesuffix(".safetensors")
         return stem or path.stem, self._lora_hashes[path]
 
@@ -617,10 +553,6 @@ class ModelLoader:
         return any(self._bases.get(k[0]) is base for k in self._adapters)
 
 
-def _read_index(folder: Path) -> dict[str, Any]:
-    return json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-
-
 def _quiet(pipe: Any) -> Any:
     """No per-call progress bars: the worker logs events, not bars."""
     pipe.set_progress_bar_config(disable=True)
@@ -635,27 +567,26 @@ def _dtype_keyword() -> str:
     return "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
 
 
-def configured_models(styles: dict[str, Any]) -> list[tuple[str, str | None]]:
-    """(model, revision) of every diffusion style, each once, in config order."""
+#: Roles of the weights that are whole diffusion pipelines (``models pull`` fetches them as such).
+PIPELINE_ROLES = frozenset({"model", "refiner", "background"})
+
+
+def configured_models(styles: Mapping[str, StyleBase]) -> list[tuple[str, str | None]]:
+    """(model, revision) of every diffusion pipeline the styles load (their models, refiners and
+    background models), each once, in config order."""
     seen: list[tuple[str, str | None]] = []
     for style in styles.values():
-        model = getattr(style, "model", None)
-        if model and (model, style.revision) not in seen:
-            seen.append((model, style.revision))
-        refiner = getattr(style, "refiner", None)
-        if refiner is not None and (refiner.model, refiner.revision) not in seen:
-            seen.append((refiner.model, refiner.revision))
-        background = background_model(style)
-        if background is not None and background not in seen:
-            seen.append(background)
+        for use in style.weights():
+            if use.role in PIPELINE_ROLES and (use.ref.model, use.ref.revision) not in seen:
+                seen.append((use.ref.model, use.ref.revision))
     return seen
 
 
-def configured_controlnets(styles: dict[str, Any]) -> list[tuple[str, str | None]]:
+def configured_controlnets(styles: Mapping[str, StyleBase]) -> list[tuple[str, str | None]]:
     """(model, revision) of every style's ControlNets, each once, in config order."""
     seen: list[tuple[str, str | None]] = []
     for style in styles.values():
-        for control in getattr(style, "control", None) or []:
+        for control in style.addons().control:
             if (control.model, control.revision) not in seen:
                 seen.append((control.model, control.revision))
     return seen

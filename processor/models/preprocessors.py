@@ -151,7 +151,7 @@ def configured_preprocessors(styles: dict[str, Any]) -> list[tuple[str, Preproce
     """(map type, preprocessor) of every style's ControlNets that have one, each once, in config order."""
     seen: list[tuple[str, PreprocessorSettings]] = []
     for style in styles.values():
-        for control in getattr(style, "control", None) or []:
+        for control in style.addons().control:
             if control.preprocessor is not None and (control.type, control.preprocessor) not in seen:
                 seen.append((control.type, control.preprocessor))
     return seen

@@ -206,23 +206,21 @@ def addon_models(settings: Settings, loader: Any, captioner: Any = None) -> list
     if clip is not None and not is_local(clip.model):
         add(AddonModel(Role.CLIP_SCORE, clip.model, clip.revision, (), _clip_score(clip, loader)))
     for name, style in settings.styles.items():
-        lora = getattr(style, "lora", None)
+        lora, lcm, ip_adapter = style.addons().lora, style.addons().lcm, style.addons().ip_adapter
         if lora is not None and _is_hub_lora(lora.path):
             add(AddonModel(Role.LORA, lora.path, lora.revision, (name,), _hub_lora(lora, loader),
                            weight_name=lora.weight_name))
-        lcm = getattr(style, "lcm", None)
         if lcm is not None and _is_hub_lora(lcm.lora):
             lcm_lora = lcm.as_lora()
             add(AddonModel(Role.LCM_LORA, lcm.lora, lcm_lora.revision, (name,), _hub_lora(lcm_lora, loader),
                            weight_name=lcm.weight_name))
-        ip_adapter = getattr(style, "ip_adapter", None)
         if ip_adapter is not None and not (is_local(ip_adapter.model) and is_local(encoder_source(ip_adapter)[0])):
             files = "/".join(p for p in (ip_adapter.subfolder, ip_adapter.weight_name) if p)
             encoder = "/".join(str(x) for x in encoder_source(ip_adapter))
             add(AddonModel(Role.IP_ADAPTER, ip_adapter.model, ip_adapter.revision, (name,),
                            _ip_adapter(ip_adapter, loader), weight_name=f"{files} (image encoder {encoder})"))
     for name, style in settings.styles.items():
-        for control in getattr(style, "control", None) or []:
+        for control in style.addons().control:
             if not is_local(control.model):
                 add(AddonModel(Role.CONTROLNET, control.model, control.revision, (name,),
                                _controlnet(control.model, control.revision, loader)))

@@ -38,9 +38,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from processor.config import background_model
+from processor.config import StyleBase
+from processor.models.families import Task
 from processor.pipeline.base import Engine, ItemContext, VariantImage
-from processor.pipeline.diffusion_common import (
+from processor.pipeline.mask import SubjectMask, SubjectMasker
+from processor.pipeline.sampling import (
     ROUND_SEED_STRIDE,
     make_scheduler,
     native_size,
@@ -49,12 +51,11 @@ from processor.pipeline.diffusion_common import (
     to_tensor,
     working_size,
 )
-from processor.pipeline.mask import SubjectMask, SubjectMasker
 
 log = logging.getLogger("processor.background")
 
 #: Pipeline each mode runs on (``ModelLoader.pipeline`` tasks).
-MODE_TASKS = {"inpaint": "inpaint", "generate": "text2img", "instruct": "instruct-pix2pix"}
+MODE_TASKS = {"inpaint": Task.INPAINT, "generate": Task.TXT2IMG, "instruct": Task.INSTRUCT_PIX2PIX}
 #: Variants per pipeline call at most (a style has at most 16); halves on CUDA out of memory.
 MAX_BATCH = 16
 #: Scheduler per mode when ``background.scheduler`` is not set.
@@ -76,16 +77,16 @@ def composite(subject: Image.Image, backdrop: Image.Image, alpha: np.ndarray) ->
 class BackgroundStage:
     """One style's background (mode other than ``none``); see the module docstring."""
 
-    def __init__(self, style_name: str, style: Any, models: Any, masker: SubjectMasker) -> None:
+    def __init__(self, style_name: str, style: StyleBase, models: Any, masker: SubjectMasker) -> None:
         self.style_name = style_name
-        self.settings = style.background
+        settings, found = style.background_settings(), style.background_ref()
+        if settings is None or found is None:
+            raise ValueError(f"style {style_name!r} has no background (background.mode: none)")
+        self.settings = settings
         self.mode: str = self.settings.mode
         if self.mode not in MODE_TASKS:
             raise ValueError(f"no background stage for mode {self.mode!r}")
-        found = background_model(style)
-        if found is None:
-            raise ValueError(f"style {style_name!r} has no background (background.mode: none)")
-        self.model, self.revision = found
+        self.model, self.revision = found.model, found.revision
         self.models = models
         self.masker = masker
         self.scheduler = self.settings.scheduler or DEFAULT_SCHEDULERS[self.mode]
@@ -99,7 +100,7 @@ class BackgroundStage:
         self.pipe, self.resolved = self.models.pipeline(MODE_TASKS[self.mode], self.model, self.revision)
         self.pipe.scheduler = make_scheduler(self.scheduler, self.pipe.scheduler.config)
         if self.mode == "generate" and self.settings.harmonize > 0:
-            self.harmonizer, _ = self.models.pipeline("img2img", self.model, self.revision)
+            self.harmonizer, _ = self.models.pipeline(Task.IMG2IMG, self.model, self.revision)
             self.harmonizer.scheduler = make_scheduler(self.scheduler, self.harmonizer.scheduler.config)
         self.masker.setup()
 
@@ -248,10 +249,10 @@ class BackgroundEngine:
         return self.stage(image, self.inner(image, context))
 
 
-def with_background(engine: Engine, style_name: str, style: Any, models: Any, masker: SubjectMasker) -> Engine:
+def with_background(engine: Engine, style_name: str, style: StyleBase, models: Any, masker: SubjectMasker) -> Engine:
     """``engine`` wrapped with its style's background stage, or unchanged for mode ``none``.
     ``models`` is the worker's one loader: the stage shares the transform's weights through it."""
-    background = getattr(style, "background", None)
+    background = style.background_settings()
     if background is None or background.mode == "none":
         return engine
     return BackgroundEngine(engine, BackgroundStage(style_name, style, models, masker))

@@ -1,7 +1,7 @@
 """The conditioning maps a ControlNet reads, made from the resized input photo
 (``styles.<name>.control[].type``).
 
-- ``canny``: OpenCV Canny edges (``diffusion_common.canny_map``), no weights.
+- ``canny``: OpenCV Canny edges (``processor.pipeline.control.canny_map``), no weights.
 - ``lineart``: the Informative-Drawings line generator (Chan et al. 2022, "Learning to generate line
   drawings that convey geometry and semantics") that ControlNet 1.1's lineart models were trained
   on: the published architecture (``input_nc=3, output_nc=1``, 3 residual blocks, sigmoid out),
@@ -37,7 +37,7 @@ from torch import nn
 from processor.config import ControlSettings
 from processor.errors import ModelUnavailableError
 from processor.models.preprocessors import ResolvedPreprocessor, resolve
-from processor.pipeline.diffusion_common import canny_map
+from processor.pipeline.control import canny_map
 
 log = logging.getLogger("processor.control")
 

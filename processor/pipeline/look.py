@@ -95,9 +95,9 @@ def validate_style_image(key: str | None, style_names: Sequence[str], styles: Ma
     style of the input cannot take a picture, or when a style needs one and the input gives none."""
     if key is not None:
         key = check_style_image_key(key, prefixes, where)
-        unable = [n for n in style_names if n in styles and getattr(styles[n], "ip_adapter", None) is None]
+        unable = [n for n in style_names if n in styles and styles[n].addons().ip_adapter is None]
         if unable:
-            able = sorted(n for n, s in styles.items() if getattr(s, "ip_adapter", None) is not None)
+            able = sorted(n for n, s in styles.items() if s.addons().ip_adapter is not None)
             raise InvalidSidecar(
                 f"{where}: style_image {key!r} is for a style with an ip_adapter; style "
                 f"{unable[0]!r} has none",
@@ -105,8 +105,8 @@ def validate_style_image(key: str | None, style_names: Sequence[str], styles: Ma
                       if able else "No style of this worker takes a style picture; drop style_image")
                 + ", or drop style_image.")
         return key
-    needing = [n for n in style_names if n in styles and getattr(styles[n], "ip_adapter", None) is not None
-               and getattr(styles[n], "style_image", None) is None]
+    needing = [n for n in style_names if n in styles and styles[n].addons().ip_adapter is not None
+               and styles[n].addons().style_image is None]
     if needing:
         raise InvalidSidecar(
             f"{where}: style {needing[0]!r} takes its style picture from each input, and this input names "

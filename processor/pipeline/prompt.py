@@ -7,9 +7,11 @@ Contract (one place for every engine that takes a prompt):
 - The prompt is ``caption.template`` (default ``{caption}, {trigger}``) filled with the subject and
   the style's trigger words. Control characters are removed, whitespace runs collapse to one space,
   and separators left empty by a missing part are dropped (no caption gives just the trigger words).
-- It fits the text encoder's token limit (77 for CLIP, start and end tokens included). When it does
-  not, the subject is cut word by word from its end, keeping the trigger words whole; only if the
-  trigger words alone are too long are they cut too. Every cut logs ``prompt_truncated`` with what
+- It fits the text encoder's token limit (77 for CLIP, start and end tokens included; a family
+  with a T5 encoder beside CLIP, FLUX.1, SD 3 and Kontext, gets a second prompt fitted to the T5's
+  own limit, 256 or 512 tokens: ``processor.models.families``). When it does not, the subject is
+  cut word by word from its end, keeping the trigger words whole; only if the trigger words alone
+  are too long are they cut too. Every cut logs ``prompt_truncated`` with what
   was dropped. The negative prompt (the style's, a sidecar's, plus ``negative`` mode terms) is
   cleaned and fitted the same way.
 
@@ -27,12 +29,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from processor.config import DEFAULT_PROMPT_TEMPLATE
+from processor.models.families import CLIP_TOKENS, TextEncoder
 from processor.pipeline.base import ItemContext
 
 log = logging.getLogger("processor.prompt")
 
 #: Tokens a CLIP text encoder reads, start and end tokens included.
-CLIP_MAX_TOKENS = 77
+CLIP_MAX_TOKENS = CLIP_TOKENS
 
 #: Counts the tokens of a text as the text encoder sees it (start and end tokens included).
 TokenCounter = Callable[[str], int]
@@ -223,3 +226,9 @@ def tokenizer_counter(tokenizer: Any) -> TokenCounter:
         return len(tokenizer.tokenize(text)) + special
 
     return count
+
+
+def encoder_counter(pipe: Any, encoder: TextEncoder) -> tuple[TokenCounter, int]:
+    """The token counter of ``encoder``'s tokenizer in ``pipe`` (``TextEncoder.tokenizer`` names
+    the pipeline attribute) and the tokens that encoder reads (the family table's limit)."""
+    return tokenizer_counter(getattr(pipe, encoder.tokenizer)), encoder.max_tokens

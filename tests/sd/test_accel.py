@@ -10,6 +10,7 @@ from PIL import Image
 from processor.app.cli import build_registry
 from processor.config import PerformanceSettings
 from processor.models import accel
+from processor.pipeline.diffusion import prepare_vae
 from tests.images import photo_image
 from tests.sd.conftest import TINY_NATIVE
 from tests.sd.test_diffusion import img2img_style, make_settings
@@ -58,7 +59,7 @@ def test_auto_tiling_only_above_twice_the_native_size(tiny_sd, tmp_path):
     assert accel.set_vae_tiling(engine.pipe, engine.switches, 2 * native + 8, native) and vae.use_tiling
     assert not accel.set_vae_tiling(engine.pipe, engine.switches, 2 * native, native) and not vae.use_tiling
     # The engine decides per call: a native-size input after a large one is decoded untiled again.
-    engine._prepare_vae((2 * native + 8, native))
+    prepare_vae(engine.loaded, engine.pipe, (2 * native + 8, native), native)
     assert vae.use_tiling
     assert not engine(photo_image(96, 64))[0].parameters["performance"]["vae_tiled"] and not vae.use_tiling
 

@@ -14,9 +14,9 @@ from processor.app.cli import build_registry, main
 from processor.config import ControlSettings, DecodeSettings, Img2ImgStyle, ModelSettings
 from processor.errors import ConfigError, ModelUnavailableError, ObjectNotFound
 from processor.models.loader import ModelLoader
+from processor.pipeline.control import canny_map
 from processor.pipeline.decode import decode_image
-from processor.pipeline.diffusion import Img2ImgEngine
-from processor.pipeline.diffusion_common import canny_map
+from processor.pipeline.img2img import Img2ImgEngine
 from tests.images import photo_bytes
 from tests.sd.test_diffusion import drain, img2img_style, make_settings, manifest_of
 

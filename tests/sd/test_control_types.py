@@ -20,7 +20,7 @@ from processor.errors import ModelUnavailableError
 from processor.models.loader import ModelLoader
 from processor.pipeline.control_preprocess import HedNetwork, LineartGenerator, load_control_map
 from processor.pipeline.decode import decode_image
-from processor.pipeline.diffusion import Img2ImgEngine
+from processor.pipeline.img2img import Img2ImgEngine
 from tests.images import photo_bytes
 from tests.sd.conftest import build_controlnet
 from tests.sd.test_diffusion import img2img_style, make_settings, manifest_of
@@ -107,7 +107,7 @@ def test_two_styles_share_one_loaded_preprocessor(tiny_sd, tiny_controlnet, tiny
               "b": img2img_style(tiny_sd, variants=1, seed=3, control=control | {"scale": 0.5})}
     registry = build_registry(make_settings(tmp_path, styles))
     a, b = registry.engine("a"), registry.engine("b")
-    assert a.control_maps[0] is b.control_maps[0]
+    assert a.control.maps[0] is b.control.maps[0]
 
 
 def test_sdxl_canny_controlnet_through_the_worker(tiny_sdxl, tiny_sdxl_controlnet, tmp_path):

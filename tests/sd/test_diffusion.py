@@ -15,9 +15,10 @@ from processor.config import Img2ImgStyle, ModelSettings, load_settings
 from processor.errors import ConfigError, ModelUnavailableError
 from processor.manifest import FailureRecord, Manifest
 from processor.models.loader import ModelLoader, component_patterns
-from processor.pipeline import diffusion
-from processor.pipeline.diffusion import Img2ImgEngine, working_size
+from processor.pipeline import sampling
+from processor.pipeline.img2img import Img2ImgEngine
 from processor.pipeline.prompt import build_prompt
+from processor.pipeline.sampling import working_size
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker
@@ -302,7 +303,7 @@ def test_sizes_keep_aspect_in_multiples_of_8():
     assert working_size(4000, 30, 512) == (512, 8)
     assert build_prompt(None, TRIGGER).text == TRIGGER
     assert build_prompt("a bear ", "cartoon").text == "a bear, cartoon"
-    assert diffusion.round_seed(5, 0) == 5
+    assert sampling.round_seed(5, 0) == 5
 
 
 def test_zero_denoising_steps_is_refused():

@@ -85,6 +85,7 @@ def test_a_qwen_image_edit_lora_is_loaded_and_recorded(tmp_path_factory, tmp_pat
     settings = make_settings(tmp_path / "lora", {"q": edit_style(qwen, guidance=4.0, lora={"path": str(lora)})})
     store, layout = drain(settings, {"inputs/toy.jpg": PHOTO})
     variants = manifest_of(store, layout, "inputs/toy.jpg").variants
+    assert len(variants) == 2 and len(plain_sha) == 2
     assert all(v.parameters["editor"] == "qwen-image-edit" for v in variants)
     assert all(v.parameters["lora_hashes"] == {lora.name: lora_sha(lora)} for v in variants)
     assert not {v.sha256 for v in variants} & plain_sha

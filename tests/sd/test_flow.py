@@ -1,4 +1,4 @@
-"""FLUX.1 and Stable Diffusion 3 img2img (``processor.pipeline.diffusion_flow``): tiny random-weight
+"""FLUX.1 and Stable Diffusion 3 img2img (``processor.pipeline.img2img`` on a flow family): tiny random-weight
 pipelines built offline (``tests.sd.tiny_flow``), picked by ``model_index.json``, loaded through
 the production loader and run through ``processor run --once`` and the worker."""
 
@@ -11,9 +11,9 @@ from processor.app.compose import make_engine
 from processor.config import Img2ImgStyle, ModelSettings, PerformanceSettings
 from processor.errors import ConfigError
 from processor.models import accel
+from processor.models.families import FamilyId
 from processor.models.loader import ModelLoader
-from processor.pipeline.diffusion import Img2ImgEngine
-from processor.pipeline.diffusion_flow import FlowFamily, FlowImg2ImgEngine
+from processor.pipeline.img2img import Img2ImgEngine
 from tests.images import photo_bytes, photo_image
 from tests.sd.test_diffusion import drain, img2img_style, make_settings, manifest_of
 from tests.sd.tiny_flow import build_flux, build_kontext, build_sd3
@@ -84,9 +84,9 @@ def test_the_family_comes_from_model_index_and_a_unet_model_keeps_the_unet_engin
     flux = make_engine("f", Img2ImgStyle.model_validate(flow_style(tiny_flux)), loader)
     sd3 = make_engine("s", Img2ImgStyle.model_validate(flow_style(tiny_sd3)), loader)
     plain = make_engine("p", Img2ImgStyle.model_validate(img2img_style(tiny_sd)), loader)
-    assert isinstance(flux, FlowImg2ImgEngine) and flux.family is FlowFamily.FLUX
-    assert isinstance(sd3, FlowImg2ImgEngine) and sd3.family is FlowFamily.SD3
-    assert type(plain) is Img2ImgEngine
+    assert type(flux) is Img2ImgEngine and loader.family(str(tiny_flux)).family.id is FamilyId.FLUX_DEV
+    assert type(sd3) is Img2ImgEngine and loader.family(str(tiny_sd3)).family.id is FamilyId.SD3
+    assert type(plain) is Img2ImgEngine and loader.family(str(tiny_sd)).family.id is FamilyId.SD
 
 
 def test_schnell_refuses_guidance_and_runs_with_none(tiny_schnell):

@@ -4,7 +4,6 @@ infotext's ``Lora hashes``; and ``lora.revision`` pinning a hub LoRA."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 
@@ -20,7 +19,7 @@ from processor.models.loader import ModelLoader
 from tests.images import photo_bytes
 from tests.sd.test_convert_pickle import hub_cache
 from tests.sd.test_diffusion import drain, img2img_style, make_settings, manifest_of
-from tests.sd.test_infotext import parse_infotext
+from tests.sd.test_infotext import a1111_lora_sha, parse_infotext
 from tests.sd.tiny_flow import build_flow_lora, build_flux, build_sd3
 
 pytest.importorskip("peft")
@@ -49,7 +48,8 @@ def flow_style(model, **extra) -> dict:
 
 
 def lora_sha(folder) -> str:
-    return hashlib.sha256((folder / "pytorch_lora_weights.safetensors").read_bytes()).hexdigest()[:12]
+    """A1111's ``Lora hashes`` value of the LoRA in ``folder`` (``test_infotext.a1111_lora_sha``)."""
+    return a1111_lora_sha((folder / "pytorch_lora_weights.safetensors").read_bytes())
 
 
 def run_once(settings, tmp_path, monkeypatch) -> Manifest:

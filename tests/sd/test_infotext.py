@@ -20,6 +20,13 @@ from tests.sd.test_diffusion import drain, img2img_style, make_settings, manifes
 PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 
 
+def a1111_lora_sha(data: bytes) -> str:
+    """A1111's LoRA hash of a safetensors file's bytes: the sha256 of what follows the 8-byte header
+    length and the header, first 12 hex digits (its ``Lora hashes``, what Civitai looks up)."""
+    length = int.from_bytes(data[:8], "little")
+    return hashlib.sha256(data[8 + length:]).hexdigest()[:12]
+
+
 def parse_infotext(text: str) -> dict[str, str]:
     """A1111's ``parse_generation_parameters``, reduced to what it does with our text."""
     *lines, last = text.strip().split("\n")
@@ -44,7 +51,7 @@ def test_img2img_variant_infotext_parses_back_with_controlnet_and_lora_hashes(ti
                           control={"model": str(tiny_controlnet), "scale": 0.9, "guidance_end": 0.5})
     settings = make_settings(tmp_path, {"disney": style})
     store, layout = drain(settings, {"inputs/toy.jpg": photo_bytes(160, 120, seed=1)})
-    lora_sha = hashlib.sha256((tiny_lora / "pytorch_lora_weights.safetensors").read_bytes()).hexdigest()[:12]
+    lora_sha = a1111_lora_sha((tiny_lora / "pytorch_lora_weights.safetensors").read_bytes())
     for v in manifest_of(store, layout, "inputs/toy.jpg").variants:
         text = Image.open(io.BytesIO(store.get(v.key).body)).text["parameters"]
         assert text.count("Size: ") == 1

@@ -309,12 +309,13 @@ def test_models_pull_fetches_the_adapter_and_its_encoder_pinned(tmp_path, monkey
 
 
 def test_flow_models_refuse_an_ip_adapter(tmp_path):
-    from processor.pipeline.diffusion_flow import FlowFamily, FlowImg2ImgEngine
+    from processor.models.families import FamilyId, FamilyMatch, family
+    from processor.pipeline.diffusion import refuse_unsupported
 
     style = Img2ImgStyle(model="black-forest-labs/FLUX.1-schnell", style_image="look.png",
                          ip_adapter={"model": "h94/IP-Adapter"})
     with pytest.raises(ConfigError, match=r"styles\.f\.ip_adapter: .*flow transformer"):
-        FlowImg2ImgEngine("f", style, ModelLoader(), FlowFamily.FLUX).setup()
+        refuse_unsupported("f", style, FamilyMatch(family(FamilyId.FLUX_SCHNELL), "FluxPipeline"))
 
 
 def test_infotext_unit_for_a_plain_scale_follows_the_controlnets():

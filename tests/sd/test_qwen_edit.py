@@ -1,4 +1,4 @@
-"""Qwen-Image-Edit under ``engine: edit`` (``processor.pipeline.diffusion_qwen_edit``): tiny random-weight
+"""Qwen-Image-Edit under ``engine: edit`` (``processor.pipeline.edit``): tiny random-weight
 pipelines built offline (``tests.sd.tiny_qwen``), picked by ``model_index.json``, loaded through the
 production loader and run through ``processor run --once`` and the worker."""
 
@@ -10,9 +10,9 @@ from processor.app.cli import main
 from processor.app.compose import make_engine
 from processor.config import EditStyle, ModelSettings
 from processor.manifest import Manifest
+from processor.models.families import Editor
 from processor.models.loader import ModelLoader
-from processor.pipeline.diffusion_edit import KontextEngine
-from processor.pipeline.diffusion_qwen_edit import QwenEditEngine, condition_size
+from processor.pipeline.edit import EditEngine, condition_size
 from tests.images import photo_bytes, photo_image
 from tests.sd.test_diffusion import drain, make_settings, manifest_of
 from tests.sd.tiny_flow import build_kontext
@@ -95,10 +95,10 @@ def test_a_negative_steers_the_edit_and_a_variant_does_not_depend_on_its_batch(t
 def test_the_editor_comes_from_model_index(tiny_qwen_edit, tiny_qwen_edit_plus, tmp_path_factory):
     loader = ModelLoader(ModelSettings())
     kontext = build_kontext(tmp_path_factory.mktemp("models") / "tiny-kontext")
-    for model, cls in ((tiny_qwen_edit, QwenEditEngine), (tiny_qwen_edit_plus, QwenEditEngine),
-                       (kontext, KontextEngine)):
+    for model, editor in ((tiny_qwen_edit, Editor.QWEN_IMAGE_EDIT), (tiny_qwen_edit_plus, Editor.QWEN_IMAGE_EDIT_PLUS),
+                          (kontext, Editor.FLUX_KONTEXT)):
         engine = make_engine("e", EditStyle(model=str(model), instruction="make it red"), loader)
-        assert type(engine) is cls
+        assert type(engine) is EditEngine and loader.family(str(model)).family.editor is editor
     # Kontext keeps its own defaults under the same keys and has no negative prompt.
     engine = make_engine("k", EditStyle.model_validate(edit_style(kontext, variants=1, negative="blurry")), loader)
     engine.setup()

@@ -14,7 +14,7 @@ from processor.app.cli import build_registry, main
 from processor.config import Img2ImgStyle, ModelSettings
 from processor.errors import ConfigError
 from processor.models.loader import ModelLoader, configured_models
-from processor.pipeline.diffusion_xl import RefinedImg2ImgEngine
+from processor.pipeline.img2img import Img2ImgEngine
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from tests.images import photo_bytes
@@ -44,7 +44,7 @@ def test_sdxl_refiner_runs_as_the_last_round_sharing_the_base_vae_and_text_encod
     settings = make_settings(tmp_path / "r", styles)
     registry = build_registry(settings)
     engine = registry.engine("xl")
-    assert isinstance(engine, RefinedImg2ImgEngine)
+    assert isinstance(engine, Img2ImgEngine) and engine.refiner_pipe is not None
     assert type(engine.pipe).__name__ == "StableDiffusionXLImg2ImgPipeline"
     assert type(engine.refiner_pipe).__name__ == "StableDiffusionXLImg2ImgPipeline"
     # diffusers' refiner pattern: the base's modules passed in, not loaded a second time.
@@ -76,7 +76,7 @@ def test_sdxl_refiner_runs_as_the_last_round_sharing_the_base_vae_and_text_encod
 def test_a_refiner_on_an_sd_1x_model_is_a_config_error_naming_the_fix(tiny_sd, tiny_sdxl_refiner):
     style = Img2ImgStyle.model_validate(img2img_style(tiny_sd, refiner=refiner(tiny_sdxl_refiner)))
     with pytest.raises(ConfigError, match="needs an SDXL base model"):
-        RefinedImg2ImgEngine("x", style, ModelLoader(ModelSettings())).setup()
+        Img2ImgEngine("x", style, ModelLoader(ModelSettings())).setup()
 
 
 def test_refiner_settings_refuse_zero_denoising_steps():
@@ -115,4 +115,4 @@ def test_a_refiner_that_does_not_read_the_base_text_encoder_is_a_config_error(ti
     # An SDXL base as "refiner": its UNet reads both encoders (width 64), the refiner pattern gives it one (32).
     style = Img2ImgStyle.model_validate(img2img_style(tiny_sdxl, refiner=refiner(tiny_sdxl)))
     with pytest.raises(ConfigError, match=r"does not fit base.*use the refiner trained with this base"):
-        RefinedImg2ImgEngine("x", style, ModelLoader(ModelSettings())).setup()
+        Img2ImgEngine("x", style, ModelLoader(ModelSettings())).setup()

@@ -19,7 +19,8 @@ from processor.config import Img2ImgStyle, ModelSettings, load_settings
 from processor.errors import ConfigError, InvalidSidecar
 from processor.manifest import FailureRecord
 from processor.models.loader import ModelLoader
-from processor.pipeline.diffusion import Img2ImgEngine, round_seed, to_pil, to_tensor, working_size
+from processor.pipeline.img2img import Img2ImgEngine
+from processor.pipeline.sampling import round_seed, to_pil, to_tensor, working_size
 from processor.pipeline.sidecar import parse_sidecar
 from tests.images import photo_bytes, photo_image
 from tests.sd.test_diffusion import ROUNDS, drain, img2img_style, make_settings, manifest_of, spying_registry

@@ -13,8 +13,8 @@ from processor.app.cli import build_registry, main
 from processor.config import ModelSettings, Txt2ImgStyle
 from processor.errors import ConfigError
 from processor.models.loader import ModelLoader
-from processor.pipeline.diffusion_txt2img import Txt2ImgEngine
 from processor.pipeline.encode import PARAMETERS_KEY
+from processor.pipeline.txt2img import Txt2ImgEngine
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from tests.images import photo_bytes

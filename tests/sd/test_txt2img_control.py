@@ -16,11 +16,11 @@ from processor.config.styles import Img2ImgStyle
 from processor.errors import ConfigError
 from processor.manifest import Control
 from processor.models.loader import ModelLoader
+from processor.pipeline.control import canny_map
 from processor.pipeline.decode import decode_image
-from processor.pipeline.diffusion import Img2ImgEngine
-from processor.pipeline.diffusion_common import canny_map
-from processor.pipeline.diffusion_txt2img import Txt2ImgEngine
 from processor.pipeline.encode import PARAMETERS_KEY
+from processor.pipeline.img2img import Img2ImgEngine
+from processor.pipeline.txt2img import Txt2ImgEngine
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from tests.images import photo_bytes

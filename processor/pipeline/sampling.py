@@ -1,6 +1,6 @@
-"""Helpers the diffusion styles (``processor.pipeline.diffusion``) and the background stage
-(``processor.pipeline.background``) share: working sizes, seeds, schedulers, tensor conversion
-and out-of-memory batching. Importing this module imports neither torch nor diffusers; the
+"""What every diffusion engine and the background stage share around a pipeline call: working
+sizes, seeds and their CPU generators, the style's scheduler, tensor conversion and batching that
+halves on CUDA out-of-memory. Importing this module imports neither torch nor diffusers; the
 functions that need them import them when called.
 """
 
@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from processor.errors import StageFailed
+from processor.models.families import Family
 
 if TYPE_CHECKING:
     import torch
 
 log = logging.getLogger("processor.diffusion")
+
+#: Added to a variant's seed per round (variants are at most 16, so rounds never share a seed).
+ROUND_SEED_STRIDE = 1_000_003
+#: Pixels: every working side of a UNet model is a multiple of this (the SD VAE downsampling factor).
+SIZE_MULTIPLE = 8
 
 
 def run_in_batches(
@@ -55,11 +61,6 @@ def run_in_batches(
                 torch.cuda.empty_cache()
     return torch.cat(outputs), limit, halvings
 
-#: Added to a variant's seed per round (variants are at most 16, so rounds never share a seed).
-ROUND_SEED_STRIDE = 1_000_003
-#: Pixels: every working side is a multiple of this (the SD VAE downsampling factor).
-SIZE_MULTIPLE = 8
-
 
 def _scheduler_classes() -> dict[str, tuple[str, dict[str, Any]]]:
     return {
@@ -80,16 +81,25 @@ def _scheduler_classes() -> dict[str, tuple[str, dict[str, Any]]]:
 SCHEDULERS = _scheduler_classes()
 
 
-def make_scheduler(name: str, config: Any) -> Any:
+def make_scheduler(name: str, config: Any, timestep_spacing: str | None = None) -> Any:
+    """The style's scheduler ``name`` built from the model's scheduler ``config`` (with the
+    family's ``timestep_spacing`` when it has one: the turbo models' trailing timesteps)."""
     import diffusers
 
     cls_name, options = SCHEDULERS[name]
+    if timestep_spacing is not None:
+        config = {**config, "timestep_spacing": timestep_spacing}
     return getattr(diffusers, cls_name).from_config(config, **options)
 
 
-def native_size(pipe: Any) -> int:
-    """Pixels: the long side the model was trained at (UNet sample size x VAE factor)."""
-    sample = pipe.unet.config.sample_size
+def native_size(pipe: Any, family: Family | None = None) -> int:
+    """Pixels: the long side the model was trained at. Read from the loaded model (UNet or SD 3
+    transformer sample size x VAE factor) for a UNet model or a family that says so; else the
+    family table's."""
+    if family is not None and not family.native_from_config:
+        return family.native_size
+    denoiser = pipe.unet if getattr(pipe, "unet", None) is not None else pipe.transformer
+    sample = denoiser.config.sample_size
     if isinstance(sample, (list, tuple)):
         sample = max(sample)
     return int(sample) * int(getattr(pipe, "vae_scale_factor", 8))
@@ -110,6 +120,13 @@ def round_seed(variant_seed: int, round_index: int) -> int:
     return variant_seed + round_index * ROUND_SEED_STRIDE
 
 
+def generators(seeds: Sequence[int]) -> list[Any]:
+    """One CPU generator per seed: the noise does not depend on the device or the batch split."""
+    import torch
+
+    return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """(1, 3, H, W) float32 in [0, 1]."""
     import torch
@@ -124,13 +141,3 @@ def to_pil(batch: torch.Tensor) -> list[Image.Image]:
 
     array = (batch.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [Image.fromarray(a, "RGB") for a in array]
-
-
-def canny_map(image: Image.Image, low: int, high: int) -> Image.Image:
-    """The ControlNet conditioning image for ``type: canny``: OpenCV Canny edges of ``image`` (white
-    on black, three channels, as the canny ControlNets were trained on)."""
-    import cv2
-
-    gray = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2GRAY)
-    edges = cv2.Canny(gray, low, high)
-    return Image.fromarray(np.stack([edges] * 3, axis=-1), "RGB")
