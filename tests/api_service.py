@@ -22,6 +22,9 @@ import httpx
 START_TIMEOUT_S = 60.0
 #: Seconds a job of the tiny toon style gets to finish (a daemon polls every 0.2 s here).
 JOB_TIMEOUT_S = 90.0
+#: The base URL of in-process clients of an open app (``create_app(..., keys=[])``): an open server
+#: answers its own host names only (``processor.api.guard``), and TestClient's default is not one.
+OPEN_BASE_URL = "http://localhost"
 TOKEN = "test-token-1"
 OTHER_TOKEN = "test-token-2"
 #: Standard Webhooks secret of the test servers ("whsec_" + base64).
@@ -55,7 +58,7 @@ class Service:
 
 
 def write_env(tmp: Path, store_env: dict[str, str], *, max_upload: int = 4_000_000,
-              allow: tuple[str, ...] = ("127.0.0.1",), keys: str = f"{TOKEN},{OTHER_TOKEN}") -> dict[str, str]:
+              allow: tuple[str, ...] = ("127.0.0.1",), keys: str = f"tester:{TOKEN}:admin,{OTHER_TOKEN}") -> dict[str, str]:
     config = tmp / "config.yaml"
     config.write_text(CONFIG % {"max_upload": max_upload, "allow": ", ".join(f'"{a}"' for a in allow)})
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROCESSOR_", "AWS_"))}

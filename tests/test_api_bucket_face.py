@@ -25,6 +25,7 @@ from processor.queue.keys import KeyLayout
 from processor.queue.protocol import BucketQueue
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker
+from tests.api_service import OPEN_BASE_URL
 from tests.bucket_states import CLAIM_GARBAGE, Hostile
 from tests.images import photo_bytes
 
@@ -78,7 +79,7 @@ def metered(store: Any) -> Metered:
 
 @pytest.fixture
 def client(settings: Settings, metered: Metered) -> Iterator[TestClient]:
-    yield TestClient(create_app(settings, metered, keys=[]))
+    yield TestClient(create_app(settings, metered, keys=[]), base_url=OPEN_BASE_URL)
 
 
 def run_worker(store: Any, settings: Settings) -> None:
@@ -218,7 +219,7 @@ def test_ids_of_keys_no_store_holds_are_404_everywhere(client: TestClient, store
     for method, path in [("GET", f"/v1/jobs/{job}"), ("GET", f"/v1/jobs/{job}/events"),
                          ("POST", f"/v1/jobs/{job}/retry"), ("GET", f"/v1/jobs/{job}/files/toon-00.png"),
                          ("GET", f"/jobs/{job}"), ("POST", f"/jobs/{job}/retry")]:
-        resp = client.request(method, path, headers={"Origin": "http://testserver"})
+        resp = client.request(method, path, headers={"Origin": OPEN_BASE_URL})
         assert resp.status_code == 404, (method, path[:60], resp.status_code, resp.text[:300])
     assert client.get("/v1/jobs", params={"cursor": job}).status_code == 422
 
@@ -229,7 +230,7 @@ def test_a_deleted_photo_is_404_and_leaves_the_listing(client: TestClient, setti
     store.delete(keys_of(settings, job).input)
     for method, path in [("GET", f"/v1/jobs/{job}"), ("GET", f"/v1/jobs/{job}/events"),
                          ("POST", f"/v1/jobs/{job}/retry"), ("GET", f"/jobs/{job}")]:
-        assert client.request(method, path, headers={"Origin": "http://testserver"}).status_code == 404, path
+        assert client.request(method, path, headers={"Origin": OPEN_BASE_URL}).status_code == 404, path
     assert [j["id"] for j in client.get("/v1/jobs").json()["jobs"]] == [kept]
     assert BucketQueue.for_settings(store, settings).status().inputs == 1
 
@@ -319,7 +320,8 @@ def test_a_forged_done_manifest_names_only_files_of_its_folder(tmp_path, setting
                 for i, k in enumerate([keys.output_prefix + "toon-00.png", "outputs/cow/a\\b.png"])]
     store.put(keys.manifest, Manifest(source=Source(key="inputs/cow.jpg", etag=etag, size=1), variants=variants,
                                       worker=WorkerInfo(id="w", version="0", device="cpu")).to_json_bytes())
-    body = TestClient(create_app(settings, store, keys=[])).get(f"/v1/jobs/{job_id('cow.jpg')}").json()
+    client = TestClient(create_app(settings, store, keys=[]), base_url=OPEN_BASE_URL)
+    body = client.get(f"/v1/jobs/{job_id('cow.jpg')}").json()
     assert [v["index"] for v in body["variants"]] == [0]
 
 
@@ -329,7 +331,7 @@ def test_a_photo_the_store_will_not_let_us_read_still_has_a_state(tmp_path, sett
     inner = LocalStore(tmp_path / "bucket")
     inner.put("inputs/locked.jpg", photo_bytes(96, 72))
     store = Hostile(inner, {"inputs/locked.jpg"}, set())
-    client = TestClient(create_app(settings, store, keys=[]))
+    client = TestClient(create_app(settings, store, keys=[]), base_url=OPEN_BASE_URL)
     assert status(client, job_id("locked.jpg"))["status"] == "queued"
     run_worker(store, settings)
     failed = status(client, job_id("locked.jpg"))
