@@ -17,6 +17,7 @@ from anyio import CapacityLimiter
 from fastapi import APIRouter, Request
 from starlette.responses import StreamingResponse
 
+from processor.api.auth import client_address
 from processor.api.deps import ApiContext, Caller, Clock, Context, check_visible, no_job
 from processor.api.streams import SlotResponse
 from processor.queue.jobs import JobState, JobStatus, UnknownJob
@@ -34,7 +35,8 @@ async def events(request: Request, job: str, context: Context, clock: Clock, cal
     queue, renderer, api = context.queue, context.renderer, context.settings.api
     poll_s = api.poll_s
     check_visible(queue, job, caller)
-    slot = context.streams.take(caller.name)
+    # On an open server every caller is the same anonymous admin: its address tells clients apart.
+    slot = context.streams.take(caller.name or client_address(request))
     try:
         first = await _read(context, job)
     except UnknownJob:
