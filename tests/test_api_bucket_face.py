@@ -20,9 +20,10 @@ from processor.manifest import MAX_RECORD_BYTES, Manifest, Source, WorkerInfo
 from processor.pipeline.render import EngineRegistry
 from processor.pipeline.toon import ToonEngine
 from processor.queue.claims import MAX_CLAIM_BYTES, ClaimManager
-from processor.queue.jobs import job_id, relpath_of
+from processor.queue.jobs import JobStatus, job_id, relpath_of
 from processor.queue.keys import KeyLayout
 from processor.queue.protocol import BucketQueue
+from processor.queue.submit import Submission
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker
 from tests.api_service import OPEN_BASE_URL
@@ -192,6 +193,32 @@ def test_a_deleted_manifest_is_done_with_a_detail_as_status_counts_it(client: Te
         assert "event: done" in events.read().decode()  # the stream ends, as for any ended job
     page = client.get(f"/jobs/{job}")
     assert page.status_code == 200 and 'data-role="detail"' in page.text
+
+
+def test_a_commit_landing_while_the_state_is_read_is_a_result_not_a_deleted_manifest(settings: Settings,
+                                                                                     store: Any) -> None:
+    """The worker writes the manifest, then the done marker. A reader whose manifest read came just
+    before the commit, and whose marker read just after it, reads the manifest again."""
+    queue = BucketQueue.for_settings(store, settings)
+    job, _ = queue.submit(Submission(image=photo_bytes(96, 72), format="JPEG"))
+    run_worker(store, settings)
+    manifest_key = keys_of(settings, job).manifest
+    committed = store.get(manifest_key).body
+    store.delete(manifest_key)
+    reads = []
+
+    class CommitDuringRead(Metered):
+        def get(self, key: str, *, max_bytes: int | None = None) -> Any:
+            reads.append(key)
+            try:
+                return super().get(key, max_bytes=max_bytes)
+            finally:
+                if key == manifest_key and reads.count(key) == 1:
+                    store.put(manifest_key, committed)  # the commit lands right after this read
+
+    state = BucketQueue.for_settings(CommitDuringRead(store), settings).state(job)
+    assert state.status is JobStatus.done and state.manifest is not None and state.detail is None
+    assert reads.count(manifest_key) == 2
 
 
 def test_a_failed_job_without_its_record_is_failed_and_can_be_retried(client: TestClient, settings: Settings,

@@ -228,11 +228,19 @@ class BucketJobs:
         if claim is not None and claim.live and claim.input_etag == info.etag:
             return replace(queued, status=JobStatus.running, progress=claim.progress or ClaimProgress("claimed"))
         ended = self._marker(keys, info.etag)
+        # A record is written before its marker: one that landed between the reads above and the
+        # marker's is read again here, rather than taken for a deleted record.
         if ended is Outcome.DONE:
+            manifest = self._record(keys.manifest, Manifest)
+            if manifest is not None and manifest.source.key == keys.input and manifest.source.etag == info.etag:
+                return replace(queued, status=JobStatus.done, manifest=manifest)
             return replace(queued, status=JobStatus.done, detail=(
                 f"this version was committed, but its manifest ({keys.manifest}) is gone or not readable; "
                 "upload the photo again to make a new result"))
         if ended is Outcome.FAILED:
+            failure = self._record(keys.failure, FailureRecord)
+            if failure is not None and failure.source.etag == info.etag and failure.final:
+                return replace(queued, status=JobStatus.failed, failure=failure)
             return replace(queued, status=JobStatus.failed, detail=(
                 f"this version failed, but its failure record ({keys.failure}) is gone or not readable; "
                 "retry the job to process it again"))
