@@ -98,6 +98,7 @@ def test_an_open_server_answers_its_own_host_names_and_origin_only(tmp_path) -> 
             # DNS rebinding: another name that resolves here. Its answers are not this page's to read.
             rebound = c.get("/v1/jobs", headers={"Host": f"evil.example:{port}"})
             assert rebound.status_code == 421 and rebound.json()["field"] == "Host"
+            assert c.get("/healthz", headers={"Host": f"10.1.2.3:{port}"}).status_code == 200  # a kubelet's probe
             photo = {"image": ("t.jpg", photo_bytes(80, 60))}
             for origin in ("http://evil.example", f"http://localhost:{port + 1}", "null"):
                 refused = c.post("/v1/jobs", files=photo, headers={"Origin": origin})

@@ -13,7 +13,8 @@ trusted proxies only, or rate-limit at the proxy.
 the user's machine, and DNS rebinding lets a page read the answers too (its own host name,
 resolved to 127.0.0.1). Without a token to stop them, an open server answers only requests whose
 ``Host`` is one of its own names (loopback, the address it listens on, ``api.public_url``'s host,
-``api.allowed_hosts``), and refuses any request whose ``Origin`` is another site's.
+``api.allowed_hosts``), and refuses any request whose ``Origin`` is another site's. The probes
+(``PROBE_PATHS``) answer whatever the Host.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ AUTH_FAILURE_REFILL_S = 6.0
 MAX_TRACKED_ADDRESSES = 10_000
 #: The names every open server answers to: this machine.
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+#: Paths an open server answers whatever the Host: the probes, which carry no job data and which a
+#: kubelet sends to the pod's address.
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 
 
 class AuthFailures:
@@ -115,7 +119,7 @@ class OpenServerGuard:
         self.origins = frozenset(o.rstrip("/").lower() for o in origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in PROBE_PATHS:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k in (b"host", b"origin")}
