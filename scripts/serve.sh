@@ -2,6 +2,10 @@
 # The web page and the HTTP API (processor serve) with a worker (processor run) beside it, on the
 # quickstart's bucket (./bucket). Open the URL it prints, upload a photo, watch its variants appear.
 # Ctrl-C stops both. Arguments go to processor serve (e.g. --port 9000).
+#
+# The API is not open: without PROCESSOR_API_KEYS, serve makes an admin token for this run and
+# prints the URL that carries it (open http://127.0.0.1:8080/?token=...); opening it logs the
+# browser in. Anyone else on this machine or network needs that token.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import signal
@@ -22,6 +23,9 @@ import httpx
 START_TIMEOUT_S = 60.0
 #: Seconds a job of the tiny toon style gets to finish (a daemon polls every 0.2 s here).
 JOB_TIMEOUT_S = 90.0
+#: The base URL of in-process clients of an open app (``create_app(..., keys=[])``): an open server
+#: answers its own host names only (``processor.api.guard``), and TestClient's default is not one.
+OPEN_BASE_URL = "http://localhost"
 TOKEN = "test-token-1"
 OTHER_TOKEN = "test-token-2"
 #: Standard Webhooks secret of the test servers ("whsec_" + base64).
@@ -34,7 +38,7 @@ claims: {ttl_s: 30, renew_s: 5, progress_s: 0.2}
 pipeline: {contact_sheet_height: 64}
 metrics: {port: 0}
 api: {poll_s: 0.1, max_upload_bytes: %(max_upload)d, max_wait_s: 60, direct_timeout_s: 90,
-      webhook_allow: [%(allow)s]}
+      webhook_allow: [%(allow)s]%(api)s}
 """
 
 
@@ -55,9 +59,13 @@ class Service:
 
 
 def write_env(tmp: Path, store_env: dict[str, str], *, max_upload: int = 4_000_000,
-              allow: tuple[str, ...] = ("127.0.0.1",), keys: str = f"{TOKEN},{OTHER_TOKEN}") -> dict[str, str]:
+              allow: tuple[str, ...] = ("127.0.0.1",), keys: str = f"tester:{TOKEN}:admin,{OTHER_TOKEN}",
+              api: dict[str, object] | None = None) -> dict[str, str]:
+    """The environment of a test server: its config file (``api``: more keys of its api section),
+    its clients (``keys``, as PROCESSOR_API_KEYS: ``TOKEN`` is an admin's) and store."""
     config = tmp / "config.yaml"
-    config.write_text(CONFIG % {"max_upload": max_upload, "allow": ", ".join(f'"{a}"' for a in allow)})
+    more = "".join(f", {k}: {json.dumps(v)}" for k, v in (api or {}).items())
+    config.write_text(CONFIG % {"max_upload": max_upload, "allow": ", ".join(f'"{a}"' for a in allow), "api": more})
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROCESSOR_", "AWS_"))}
     env |= {"PROCESSOR_CONFIG": str(config), "PROCESSOR_API_KEYS": keys, "PROCESSOR_WEBHOOK_SECRET": WEBHOOK_SECRET,
             **store_env}
@@ -79,6 +87,32 @@ def serve(env: dict[str, str], tmp: Path, *args: str) -> Iterator[Service]:
         yield Service(url, env, proc, log)
     finally:
         stop(proc)
+
+
+@contextmanager
+def running(app: object) -> Iterator[str]:
+    """``app`` served by uvicorn on a free port in a thread of this process (its store can be a
+    test's own, slowed or failing); its URL."""
+    import threading
+
+    import uvicorn
+
+    from processor.api.server import bind
+
+    sock, url = bind("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))  # type: ignore[arg-type]
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the in-process server did not start"
+        time.sleep(0.02)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
 
 
 @contextmanager

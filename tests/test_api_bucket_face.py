@@ -20,11 +20,13 @@ from processor.manifest import MAX_RECORD_BYTES, Manifest, Source, WorkerInfo
 from processor.pipeline.render import EngineRegistry
 from processor.pipeline.toon import ToonEngine
 from processor.queue.claims import MAX_CLAIM_BYTES, ClaimManager
-from processor.queue.jobs import job_id, relpath_of
+from processor.queue.jobs import JobStatus, job_id, relpath_of
 from processor.queue.keys import KeyLayout
 from processor.queue.protocol import BucketQueue
+from processor.queue.submit import Submission
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker
+from tests.api_service import OPEN_BASE_URL
 from tests.bucket_states import CLAIM_GARBAGE, Hostile
 from tests.images import photo_bytes
 
@@ -78,7 +80,7 @@ def metered(store: Any) -> Metered:
 
 @pytest.fixture
 def client(settings: Settings, metered: Metered) -> Iterator[TestClient]:
-    yield TestClient(create_app(settings, metered, keys=[]))
+    yield TestClient(create_app(settings, metered, keys=[]), base_url=OPEN_BASE_URL)
 
 
 def run_worker(store: Any, settings: Settings) -> None:
@@ -193,6 +195,32 @@ def test_a_deleted_manifest_is_done_with_a_detail_as_status_counts_it(client: Te
     assert page.status_code == 200 and 'data-role="detail"' in page.text
 
 
+def test_a_commit_landing_while_the_state_is_read_is_a_result_not_a_deleted_manifest(settings: Settings,
+                                                                                     store: Any) -> None:
+    """The worker writes the manifest, then the done marker. A reader whose manifest read came just
+    before the commit, and whose marker read just after it, reads the manifest again."""
+    queue = BucketQueue.for_settings(store, settings)
+    job, _ = queue.submit(Submission(image=photo_bytes(96, 72), format="JPEG"))
+    run_worker(store, settings)
+    manifest_key = keys_of(settings, job).manifest
+    committed = store.get(manifest_key).body
+    store.delete(manifest_key)
+    reads = []
+
+    class CommitDuringRead(Metered):
+        def get(self, key: str, *, max_bytes: int | None = None) -> Any:
+            reads.append(key)
+            try:
+                return super().get(key, max_bytes=max_bytes)
+            finally:
+                if key == manifest_key and reads.count(key) == 1:
+                    store.put(manifest_key, committed)  # the commit lands right after this read
+
+    state = BucketQueue.for_settings(CommitDuringRead(store), settings).state(job)
+    assert state.status is JobStatus.done and state.manifest is not None and state.detail is None
+    assert reads.count(manifest_key) == 2
+
+
 def test_a_failed_job_without_its_record_is_failed_and_can_be_retried(client: TestClient, settings: Settings,
                                                                        store: Any) -> None:
     job = submit(client, b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)  # sniffed as PNG, undecodable
@@ -218,7 +246,7 @@ def test_ids_of_keys_no_store_holds_are_404_everywhere(client: TestClient, store
     for method, path in [("GET", f"/v1/jobs/{job}"), ("GET", f"/v1/jobs/{job}/events"),
                          ("POST", f"/v1/jobs/{job}/retry"), ("GET", f"/v1/jobs/{job}/files/toon-00.png"),
                          ("GET", f"/jobs/{job}"), ("POST", f"/jobs/{job}/retry")]:
-        resp = client.request(method, path, headers={"Origin": "http://testserver"})
+        resp = client.request(method, path, headers={"Origin": OPEN_BASE_URL})
         assert resp.status_code == 404, (method, path[:60], resp.status_code, resp.text[:300])
     assert client.get("/v1/jobs", params={"cursor": job}).status_code == 422
 
@@ -229,7 +257,7 @@ def test_a_deleted_photo_is_404_and_leaves_the_listing(client: TestClient, setti
     store.delete(keys_of(settings, job).input)
     for method, path in [("GET", f"/v1/jobs/{job}"), ("GET", f"/v1/jobs/{job}/events"),
                          ("POST", f"/v1/jobs/{job}/retry"), ("GET", f"/jobs/{job}")]:
-        assert client.request(method, path, headers={"Origin": "http://testserver"}).status_code == 404, path
+        assert client.request(method, path, headers={"Origin": OPEN_BASE_URL}).status_code == 404, path
     assert [j["id"] for j in client.get("/v1/jobs").json()["jobs"]] == [kept]
     assert BucketQueue.for_settings(store, settings).status().inputs == 1
 
@@ -319,7 +347,8 @@ def test_a_forged_done_manifest_names_only_files_of_its_folder(tmp_path, setting
                 for i, k in enumerate([keys.output_prefix + "toon-00.png", "outputs/cow/a\\b.png"])]
     store.put(keys.manifest, Manifest(source=Source(key="inputs/cow.jpg", etag=etag, size=1), variants=variants,
                                       worker=WorkerInfo(id="w", version="0", device="cpu")).to_json_bytes())
-    body = TestClient(create_app(settings, store, keys=[])).get(f"/v1/jobs/{job_id('cow.jpg')}").json()
+    client = TestClient(create_app(settings, store, keys=[]), base_url=OPEN_BASE_URL)
+    body = client.get(f"/v1/jobs/{job_id('cow.jpg')}").json()
     assert [v["index"] for v in body["variants"]] == [0]
 
 
@@ -329,7 +358,7 @@ def test_a_photo_the_store_will_not_let_us_read_still_has_a_state(tmp_path, sett
     inner = LocalStore(tmp_path / "bucket")
     inner.put("inputs/locked.jpg", photo_bytes(96, 72))
     store = Hostile(inner, {"inputs/locked.jpg"}, set())
-    client = TestClient(create_app(settings, store, keys=[]))
+    client = TestClient(create_app(settings, store, keys=[]), base_url=OPEN_BASE_URL)
     assert status(client, job_id("locked.jpg"))["status"] == "queued"
     run_worker(store, settings)
     failed = status(client, job_id("locked.jpg"))

@@ -14,6 +14,7 @@ from processor.api.app import create_app
 from processor.config import load_settings
 from processor.queue.jobs import relpath_of
 from processor.store.local import LocalStore
+from tests.api_service import OPEN_BASE_URL
 from tests.images import photo_bytes
 
 IP = {"model": "h94/IP-Adapter"}
@@ -31,7 +32,8 @@ def settings(tmp_path):
 
 @pytest.fixture
 def client(settings):
-    return TestClient(create_app(settings, LocalStore(settings.store.root), keys=[]))
+    return TestClient(create_app(settings, LocalStore(settings.store.root), keys=[]),
+                      base_url=OPEN_BASE_URL)
 
 
 def sidecar_of(store: LocalStore, job: str) -> dict:

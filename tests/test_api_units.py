@@ -18,6 +18,7 @@ from processor.queue.keys import KeyLayout
 from processor.queue.protocol import BucketQueue
 from processor.queue.submit import Submission
 from processor.store.local import LocalStore
+from tests.api_service import OPEN_BASE_URL
 from tests.images import photo_bytes
 
 
@@ -244,7 +245,8 @@ def test_an_api_without_keys_is_open_and_says_so(tmp_path, caplog) -> None:
     assert read_keys(settings, {"PROCESSOR_API_KEYS": " a, ,b "}) == ["a", "b"]
     assert read_keys(settings, {}) == []
     with caplog.at_level("WARNING", logger="processor.api"):
-        client = TestClient(create_app(settings, LocalStore(tmp_path / "bucket"), keys=[]))
+        client = TestClient(create_app(settings, LocalStore(tmp_path / "bucket"), keys=[]),
+                            base_url=OPEN_BASE_URL)
     assert any(r.message == "api_open" for r in caplog.records)
     assert client.get("/v1/jobs").status_code == 200
 
@@ -318,7 +320,8 @@ def test_a_manifest_naming_keys_outside_its_folder_gets_no_urls_for_them(tmp_pat
         worker=WorkerInfo(id="w", version="0", device="cpu"),
     )
     store.put(keys.manifest, manifest.to_json_bytes())
-    body = TestClient(create_app(settings, store, keys=[])).get(f"/v1/jobs/{job}").json()
+    client = TestClient(create_app(settings, store, keys=[]), base_url=OPEN_BASE_URL)
+    body = client.get(f"/v1/jobs/{job}").json()
     assert body["status"] == "done"
     assert [v["index"] for v in body["variants"]] == [0]
     assert body["variants"][0]["url"].endswith(f"/v1/jobs/{job}/files/toon-00.png")
@@ -330,7 +333,7 @@ def test_form_edge_cases_are_named(tmp_path) -> None:
     from processor.api.app import create_app
 
     settings = load_settings(None, store={"kind": "local", "root": str(tmp_path / "bucket")})
-    client = TestClient(create_app(settings, LocalStore(tmp_path / "bucket"), keys=[]))
+    client = TestClient(create_app(settings, LocalStore(tmp_path / "bucket"), keys=[]), base_url=OPEN_BASE_URL)
     empty = client.post("/v1/jobs", files={"image": ("e.jpg", b"")})
     assert empty.status_code == 415 and "empty" in empty.json()["detail"]
     photo = photo_bytes(80, 60)
@@ -369,7 +372,7 @@ def test_files_stream_from_the_local_store_in_chunks(tmp_path, monkeypatch) -> N
         raise AssertionError(f"{key} was read whole")
 
     monkeypatch.setattr(LocalStore, "stream", spy)
-    client = TestClient(create_app(settings, store, keys=[]))
+    client = TestClient(create_app(settings, store, keys=[]), base_url=OPEN_BASE_URL)
     monkeypatch.setattr(LocalStore, "get", no_whole_reads)
     got = client.get(f"/v1/jobs/{job}/files/toon-00.png")
     assert got.status_code == 200 and got.content == body

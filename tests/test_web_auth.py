@@ -15,6 +15,7 @@ from processor.config import load_settings
 from processor.queue.protocol import BucketQueue
 from processor.queue.submit import Submission
 from processor.store.local import LocalStore
+from tests.api_service import OPEN_BASE_URL
 from tests.images import photo_bytes
 
 KEY = "page-key"
@@ -94,7 +95,7 @@ def test_a_wrong_cookie_is_refused_like_a_wrong_token(settings, store) -> None:
 
 
 def test_an_open_server_shows_the_pages_without_login(settings, store) -> None:
-    c = client(settings, store, keys=())
+    c = client(settings, store, keys=(), base_url=OPEN_BASE_URL)
     page = c.get("/")
     assert page.status_code == 200 and "Log out" not in page.text
     assert "script-src 'self'" in page.headers["content-security-policy"]
@@ -104,7 +105,7 @@ def test_an_open_server_shows_the_pages_without_login(settings, store) -> None:
 
 
 def test_a_page_for_an_unknown_job_says_so(settings, store) -> None:
-    c = client(settings, store, keys=())
+    c = client(settings, store, keys=(), base_url=OPEN_BASE_URL)
     resp = c.get("/jobs/bm8tc3VjaC5wbmc")
     assert resp.status_code == 404 and "No such job" in resp.text
 

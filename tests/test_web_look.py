@@ -71,7 +71,7 @@ def test_the_look_picture_is_offered_for_ip_adapter_styles_and_sent_with_the_job
     card = pg.locator("#jobs article.job[data-job]")
     card.wait_for(timeout=30_000)
     bucket = Path(service.env["PROCESSOR_STORE__ROOT"])
-    [sidecar] = list((bucket / "inputs" / "api").glob("*.json"))
+    [sidecar] = list((bucket / "inputs" / "api").rglob("*.json"))  # in the client's folder
     written = json.loads(sidecar.read_text())
     assert written["styles"] == ["look"] and written["style_image"].startswith("styles/api/")
     assert (bucket / written["style_image"]).read_bytes() == picture.read_bytes()
@@ -83,5 +83,5 @@ def test_the_look_picture_is_offered_for_ip_adapter_styles_and_sent_with_the_job
     pg.set_input_files("#photos", str(photo))
     pg.click("#submit")
     pg.locator("#jobs article.job[data-job]").nth(1).wait_for(timeout=30_000)
-    sidecars = [json.loads(p.read_text()) for p in (bucket / "inputs" / "api").glob("*.json")]
+    sidecars = [json.loads(p.read_text()) for p in (bucket / "inputs" / "api").rglob("*.json")]
     assert sorted("style_image" in s for s in sidecars) == [False, True]

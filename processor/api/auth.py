@@ -1,21 +1,20 @@
-"""Who may call the API: bearer tokens, the pages' login cookie, and the same-origin rule.
+"""Who is calling: bearer tokens, the pages' login cookie, and the same-origin rule.
 
-Tokens come from the variable named by ``api.keys_env`` (comma-separated); none: the API is open.
-A request carries its token as ``Authorization: Bearer <token>`` or, from the web pages, in the
-HttpOnly, SameSite=Strict login cookie (``COOKIE``); a state-changing request with the cookie must
-also come from our own pages (its Origin), so no other site can post on a user's behalf.
+The clients and their tokens are ``processor.api.clients``'s (``Access``). A request carries its
+token as ``Authorization: Bearer <token>`` or, from the web pages, in the HttpOnly,
+SameSite=Strict login cookie (``COOKIE``); a state-changing request with the cookie must also come
+from our own pages (its Origin), so no other site can post on a user's behalf. Wrong tokens count
+against the caller's address (``processor.api.guard.AuthFailures``). On an open server every
+caller is ``ANONYMOUS`` (an admin).
 """
 
 from __future__ import annotations
 
-import hmac
-import os
-from collections.abc import Sequence
-
 from starlette.requests import Request
 
+from processor.api.clients import ANONYMOUS, Access, Identity
+from processor.api.guard import AuthFailures, too_many_failures
 from processor.api.problems import Problem
-from processor.config import Settings
 
 #: The cookie that carries the token for the pages (and the API calls they make).
 COOKIE = "processor_token"
@@ -26,24 +25,28 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 REALM = "toy-cartoonizer"
 
 
-def read_keys(settings: Settings, environ: dict[str, str] | None = None) -> list[str]:
-    """The bearer tokens from the variable named by ``api.keys_env`` (comma-separated)."""
-    raw = (environ if environ is not None else os.environ).get(settings.api.keys_env, "")
-    return [k.strip() for k in raw.split(",") if k.strip()]
+def client_address(request: Request) -> str:
+    """The address wrong tokens are counted against."""
+    return request.client.host if request.client else ""
 
 
-def token_matches(given: bytes, tokens: Sequence[bytes]) -> bool:
-    """Whether ``given`` is one of ``tokens``; compared with every one, without stopping at a
-    match, so timing says nothing."""
-    matched = [hmac.compare_digest(given, t) for t in tokens]
-    return any(matched)
+def identify(given: str, access: Access, failures: AuthFailures, address: str) -> Identity | None:
+    """The client whose token ``given`` is; None (counted against ``address``) for a wrong one. A
+    429 problem while ``address`` is out of tries: its token is not even compared."""
+    wait = failures.retry_after(address)
+    if wait is not None:
+        raise too_many_failures(wait)
+    identity = access.identify(given.encode())
+    if identity is None:
+        failures.failed(address)
+    return identity
 
 
-def check_token(request: Request, tokens: Sequence[bytes], public_url: str | None) -> str:
-    """The caller's token ('' when the API is open); 401 without a valid one, 403 for a
-    cookie-carrying state change from another origin."""
-    if not tokens:
-        return ""
+def check_token(request: Request, access: Access, public_url: str | None, failures: AuthFailures) -> Identity:
+    """The caller; 401 without a valid token, 403 for a cookie-carrying state change from another
+    origin, 429 for an address that sent too many wrong tokens."""
+    if access.open:
+        return ANONYMOUS
     header = request.headers.get("authorization", "")
     scheme, _, given = header.partition(" ")
     if not header and request.cookies.get(COOKIE):
@@ -57,11 +60,12 @@ def check_token(request: Request, tokens: Sequence[bytes], public_url: str | Non
                       hint="Send 'Authorization: Bearer <token>' with a token from the operator "
                       "(or log in at /login in a browser).",
                       headers={"WWW-Authenticate": f'Bearer realm="{REALM}"'})
-    if not token_matches(given.strip().encode(), tokens):
+    identity = identify(given.strip(), access, failures, client_address(request))
+    if identity is None:
         raise Problem(401, "the bearer token is not valid", field="Authorization",
                       hint="Check the token; ask the operator for a new one if it was revoked.",
                       headers={"WWW-Authenticate": f'Bearer realm="{REALM}", error="invalid_token"'})
-    return given.strip()
+    return identity
 
 
 def same_origin(request: Request, public_url: str | None) -> bool:

@@ -1,30 +1,41 @@
-"""The routers' dependencies (FastAPI ``Depends``): the API's context, the caller's token, the
-bucket face (``BucketQueue``), the settings, the clock and the renderer, plus the job lookups
-that answer a missing job with a 404 problem.
+"""The routers' dependencies (FastAPI ``Depends``): the API's context, the caller (``Identity``),
+the bucket face (``BucketQueue``), the settings, the clock and the renderer, plus the job lookups
+that answer a missing job, or one the caller may not see, with the same 404 problem.
 
 ``create_app`` builds one ``ApiContext`` and keeps it on ``app.state``; routes name what they
-need with the ``Annotated`` aliases below (``Queue``, ``Token``, ...), so a test can override any
+need with the ``Annotated`` aliases below (``Queue``, ``Caller``, ...), so a test can override any
 one of them with ``app.dependency_overrides``.
+
+Tenancy: a job belongs to the client that submitted it (``BucketQueue.owner_of``, from the folder
+its input was written to); ``visible_state_or_404`` and ``check_visible`` answer 404 for another
+client's job exactly as for a job that does not exist, before the bucket is read. Admins see all.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
+from anyio import CapacityLimiter
 from fastapi import Depends
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from processor.api.auth import check_token
+from processor.api.clients import Access, Identity
+from processor.api.guard import AuthFailures
 from processor.api.http_metrics import ApiMetrics
+from processor.api.limits import BodyBudget
 from processor.api.problems import Problem
+from processor.api.readiness import WriteProbe
 from processor.api.render import JobRenderer
+from processor.api.streams import StreamSlots
 from processor.api.validate import Resolver
 from processor.api.webhooks import WebhookDispatcher
 from processor.config import Settings
+from processor.config.sections import DEFAULT_API_MAX_STREAMS, DEFAULT_API_MAX_STREAMS_PER_CLIENT
 from processor.queue.jobs import JobState, UnknownJob
 from processor.queue.protocol import BucketQueue
 
@@ -35,8 +46,8 @@ class ApiContext:
 
     settings: Settings
     queue: BucketQueue
-    #: Accepted bearer tokens; empty: the API is open.
-    tokens: list[bytes]
+    #: Who may call, and how (``processor.api.clients``).
+    access: Access
     #: Monotonic seconds, for waits and event streams (tests drive it).
     clock: Callable[[], float]
     metrics: ApiMetrics
@@ -49,6 +60,17 @@ class ApiContext:
     webhook_secret: str | None = None
     #: This replica's webhook sender; None when webhooks are off.
     dispatcher: WebhookDispatcher | None = None
+    #: Wrong tokens per client address.
+    failures: AuthFailures = field(default_factory=AuthFailures)
+    #: Request bodies in flight (``api.body_budget_bytes``); None: unbounded.
+    budget: BodyBudget | None = None
+    #: Event streams open (``api.max_streams``, ``api.max_streams_per_client``).
+    streams: StreamSlots = field(default_factory=lambda: StreamSlots(DEFAULT_API_MAX_STREAMS,
+                                                                      DEFAULT_API_MAX_STREAMS_PER_CLIENT))
+    #: Whether the bucket takes writes (``/readyz``); None: not probed.
+    ready: WriteProbe | None = None
+    #: The threads of the event streams' bucket reads (``routes.events``), made on first use.
+    stream_reads: CapacityLimiter | None = None
 
 
 def get_context(request: Request) -> ApiContext:
@@ -75,16 +97,38 @@ def get_renderer(context: Context) -> JobRenderer:
     return context.renderer
 
 
-def authorize(request: Request, context: Context) -> str:
-    """The caller's token ('' when the API is open); 401 without a valid one."""
-    return check_token(request, context.tokens, context.settings.api.public_url)
+async def authorize(request: Request, context: Context) -> Identity:
+    """The caller; 401 without a valid token (``processor.api.auth.check_token``)."""
+    return check_token(request, context.access, context.settings.api.public_url, context.failures)
 
 
 Queue = Annotated[BucketQueue, Depends(get_queue)]
 AppSettings = Annotated[Settings, Depends(get_settings)]
 Clock = Annotated[Callable[[], float], Depends(get_clock)]
 Renderer = Annotated[JobRenderer, Depends(get_renderer)]
-Token = Annotated[str, Depends(authorize)]
+Caller = Annotated[Identity, Depends(authorize)]
+
+
+def no_job(job: str) -> Problem:
+    return Problem(404, f"no job {job!r}", field="id",
+                   hint="Use an id returned by POST /v1/jobs or listed by GET /v1/jobs.")
+
+
+def check_visible(queue: BucketQueue, job: str, caller: Identity) -> None:
+    """A 404 problem unless ``job`` is an id ``caller`` may see (no bucket request)."""
+    try:
+        owner = queue.owner_of(job)
+    except UnknownJob:
+        raise no_job(job) from None
+    if not caller.sees(owner):
+        raise no_job(job)
+
+
+async def visible_state_or_404(queue: BucketQueue, job: str, caller: Identity) -> JobState:
+    """The job's state when ``caller`` may see it; the same 404 problem for another client's job
+    as for one that does not exist."""
+    check_visible(queue, job, caller)
+    return await state_or_404(queue, job)
 
 
 async def state_or_404(queue: BucketQueue, job: str) -> JobState:
@@ -92,8 +136,7 @@ async def state_or_404(queue: BucketQueue, job: str) -> JobState:
     try:
         return await run_in_threadpool(queue.state, job)
     except UnknownJob:
-        raise Problem(404, f"no job {job!r}", field="id",
-                      hint="Use an id returned by POST /v1/jobs or listed by GET /v1/jobs.") from None
+        raise no_job(job) from None
 
 
 async def wait_for_end(queue: BucketQueue, job: str, seconds: float, *, clock: Callable[[], float],

@@ -4,14 +4,23 @@ size check, and cut off (413) the moment it passes the cap.
 ``multipart/form-data``: python-multipart's push parser. The ``image`` part (and a ``style_image``
 file part, the picture of the look) goes to a spooled temporary file (memory up to
 ``SPOOL_MEMORY_BYTES``, then disk), each capped at the limit; every other part is a small text
-field. JSON: the body is read up to the size a base64 photo at the cap can have.
+field; the whole body is capped too (``form_limit``: the files, the fields and the framing), so
+bytes before the first part or after the last one cannot stream on forever. JSON: the body is read
+up to the size a base64 photo at the cap can have, and parsed with limits (``parse_json_object``):
+a body of thousands of small values is refused before it costs many times its size in memory.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+
+# The pure-Python object and array parsers and scanner: public in the module, absent from typeshed.
+from json.decoder import JSONArray, JSONObject  # type: ignore[attr-defined]
+from json.scanner import py_make_scanner  # type: ignore[attr-defined]
+from typing import Any
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -26,6 +35,13 @@ MAX_FIELD_BYTES = 16 * 1024
 MAX_FIELDS_BYTES = 64 * 1024
 #: Parts a form may have (the image and the documented fields).
 MAX_PARTS = 32
+#: Bytes of a form's framing (boundaries, part headers, bytes around the parts) beyond its files
+#: and fields.
+FORM_OVERHEAD_BYTES = 64 * 1024
+#: Values a JSON body may hold in all, and how deep: an object of the documented fields, one of
+#: them a list of style names. Anything bigger is not a request of ours.
+MAX_JSON_VALUES = 256
+MAX_JSON_DEPTH = 3
 #: The form field (and JSON member) that carries the photo.
 IMAGE_FIELD = "image"
 #: The form field (and JSON member) of the picture of the look wanted: a file part (spooled and
@@ -48,8 +64,14 @@ def too_large(limit: int, what: str = "the photo", name: str = IMAGE_FIELD) -> P
                    hint=f"Downscale {what} below {limit:,} bytes, or raise api.max_upload_bytes.")
 
 
+def form_limit(limit: int, files: int = 2) -> int:
+    """Bytes a whole form with ``files`` file parts of at most ``limit`` bytes may take."""
+    return files * limit + MAX_FIELDS_BYTES + FORM_OVERHEAD_BYTES
+
+
 async def read_form(chunks: AsyncIterator[bytes], content_type: str, limit: int) -> Form:
-    """Parse a multipart body from ``chunks``; 413 as soon as the image passes ``limit`` bytes."""
+    """Parse a multipart body from ``chunks``; 413 as soon as the image passes ``limit`` bytes, or
+    the whole body ``form_limit(limit)``."""
     _, params = parse_options_header(content_type)
     boundary = params.get(b"boundary")
     if not boundary:
@@ -61,8 +83,14 @@ async def read_form(chunks: AsyncIterator[bytes], content_type: str, limit: int)
         "on_header_field": state.header_field, "on_header_value": state.header_value,
         "on_header_end": state.header_end,
     })
+    total, cap = 0, form_limit(limit)
     try:
         async for chunk in chunks:
+            total += len(chunk)
+            if total > cap:
+                raise Problem(413, f"the form is larger than {cap:,} bytes (two photos of api.max_upload_bytes "
+                              "and the fields)", hint="Send one photo, a picture of the look at most, and the "
+                              "documented fields.")
             parser.write(chunk)
         parser.finalize()
     except Problem:
@@ -188,15 +216,79 @@ class _FormState:
             self._look.close()
 
 
-async def read_capped(chunks: AsyncIterator[bytes], limit: int, what: str) -> bytes:
-    """The whole body when it is at most ``limit`` bytes; 413 the moment it passes that."""
+async def read_capped(chunks: AsyncIterator[bytes], limit: int, what: str, *, field: str | None = IMAGE_FIELD,
+                      hint: str = "Downscale the photo, or raise api.max_upload_bytes.") -> bytearray:
+    """The whole body when it is at most ``limit`` bytes; 413 the moment it passes that. A
+    bytearray: no second copy of a large body."""
     body = bytearray()
     async for chunk in chunks:
         body += chunk
         if len(body) > limit:
-            raise Problem(413, f"{what} is larger than {limit:,} bytes", field=IMAGE_FIELD,
-                          hint="Downscale the photo, or raise api.max_upload_bytes.")
-    return bytes(body)
+            raise Problem(413, f"{what} is larger than {limit:,} bytes", field=field, hint=hint)
+    return body
+
+
+def parse_json_object(body: bytes | bytearray, *, hint: str, max_values: int = MAX_JSON_VALUES,
+                      max_depth: int = MAX_JSON_DEPTH) -> dict[str, Any]:
+    """The JSON object in ``body``; 422 for invalid JSON, for anything but an object, and, as
+    soon as the parser meets them, for more than ``max_values`` values or nesting deeper than
+    ``max_depth``: memory is spent on the values of a request, not on thousands of empty ones."""
+    try:
+        text = body.decode(json.detect_encoding(body))
+        data = _LimitedDecoder(max_values, max_depth).decode(text)
+    except _TooMuch as exc:
+        raise Problem(422, f"the JSON body is not a request: {exc}", hint=hint) from None
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise Problem(422, "the body is not valid JSON", hint=hint) from None
+    if not isinstance(data, dict):
+        raise Problem(422, "the JSON body must be an object", hint=hint)
+    return data
+
+
+class _TooMuch(Exception):
+    pass
+
+
+class _LimitedDecoder(json.JSONDecoder):
+    """The standard library's decoder (its pure-Python scanner, whose object and array parsers can
+    be wrapped; strings are still scanned in C) counting values and depth as it goes."""
+
+    def __init__(self, max_values: int, max_depth: int) -> None:
+        super().__init__()
+        self.max_values, self.max_depth = max_values, max_depth
+        self.values = 0
+        self.depth = 0
+        self.parse_object = self._object
+        self.parse_array = self._array
+        self.scan_once = py_make_scanner(self)
+
+    def _counting(self, scan_once: Callable[[str, int], Any]) -> Callable[[str, int], Any]:
+        def counted(string: str, idx: int) -> Any:
+            self.values += 1
+            if self.values > self.max_values:
+                raise _TooMuch(f"more than {self.max_values} values")
+            return scan_once(string, idx)
+        return counted
+
+    def _nested(self) -> None:
+        self.depth += 1
+        if self.depth > self.max_depth:
+            raise _TooMuch(f"nested deeper than {self.max_depth} levels")
+
+    def _object(self, s_and_end: tuple[str, int], strict: bool, scan_once: Callable[[str, int], Any],
+                *args: Any) -> tuple[Any, int]:
+        self._nested()
+        try:
+            return JSONObject(s_and_end, strict, self._counting(scan_once), *args)
+        finally:
+            self.depth -= 1
+
+    def _array(self, s_and_end: tuple[str, int], scan_once: Callable[[str, int], Any]) -> tuple[Any, int]:
+        self._nested()
+        try:
+            return JSONArray(s_and_end, self._counting(scan_once))
+        finally:
+            self.depth -= 1
 
 
 def json_body_limit(image_limit: int) -> int:

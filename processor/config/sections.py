@@ -451,15 +451,51 @@ class MetricsSettings(Section):
         return "port" not in self.model_fields_set
 
 
+#: Bytes of request bodies all of one API replica's requests may hold at once (the sum of every
+#: upload in flight): past it, a request is answered 503 with Retry-After. Parsing a JSON body
+#: costs about three times its size at its peak, so this bounds the replica's upload memory to
+#: about 3 x this plus its idle 100 MiB: under the API pod's 1 GiB limit with a margin. At least
+#: the largest single request (two base64 photos at the upload cap: 134 MiB at the defaults).
+DEFAULT_API_BODY_BUDGET_BYTES = 160 * 1024 * 1024
+#: Event streams one API replica serves at once, in all and per client.
+DEFAULT_API_MAX_STREAMS = 64
+DEFAULT_API_MAX_STREAMS_PER_CLIENT = 8
+#: Seconds an event stream lasts at most; the client reconnects (EventSource does it by itself).
+DEFAULT_API_STREAM_MAX_S = 300.0
+#: Seconds after which a request's Idempotency-Key whose job was never written (its writer died
+#: between the key's record and the photo) is taken over by a repeat of the request. Far longer
+#: than writing a job takes, retries included.
+DEFAULT_API_IDEMPOTENCY_TAKEOVER_S = 60.0
+#: Seconds a client has to send a request's headers (slow clients hold a connection otherwise).
+DEFAULT_API_HEADER_TIMEOUT_S = 10.0
+#: Connections one API replica keeps open at once; past it new requests are answered 503.
+DEFAULT_API_MAX_CONNECTIONS = 256
+
+
 class ApiSettings(Section):
     """``processor serve``: the HTTP API in front of the bucket (``processor.api``)."""
 
     #: Address to listen on (127.0.0.1: this machine only; 0.0.0.0 in a pod).
     host: str = "127.0.0.1"
     port: int = Field(default=DEFAULT_API_PORT, ge=0, le=65535)
-    #: The environment variable holding the accepted bearer tokens, comma-separated. Unset or
-    #: empty: the API is open (a warning is logged at start).
+    #: The environment variable holding the API's clients, comma-separated: ``token``,
+    #: ``name:token`` or ``name:token:admin`` (``processor.api.clients``). Unset or empty: ``serve``
+    #: makes one admin token at start and prints the URL that logs a browser in with it.
     keys_env: str = API_KEYS_ENV
+    #: Serve without any token (everyone is an admin). Only for a trusted machine: the server then
+    #: answers only requests whose Host is its own (``allowed_hosts``) and refuses other sites'
+    #: Origins, so web pages and DNS rebinding cannot reach it through a browser.
+    open: bool = False
+    #: Host names an open server answers besides loopback (localhost, 127.0.0.1, ::1), the address
+    #: it listens on and the host of ``public_url``.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    body_budget_bytes: int = Field(default=DEFAULT_API_BODY_BUDGET_BYTES, gt=0)
+    max_streams: int = Field(default=DEFAULT_API_MAX_STREAMS, ge=1)
+    max_streams_per_client: int = Field(default=DEFAULT_API_MAX_STREAMS_PER_CLIENT, ge=1)
+    stream_max_s: float = Field(default=DEFAULT_API_STREAM_MAX_S, gt=0)
+    idempotency_takeover_s: float = Field(default=DEFAULT_API_IDEMPOTENCY_TAKEOVER_S, gt=0)
+    header_timeout_s: float = Field(default=DEFAULT_API_HEADER_TIMEOUT_S, gt=0)
+    max_connections: int = Field(default=DEFAULT_API_MAX_CONNECTIONS, ge=1)
     #: Bytes: the largest photo an upload may carry; the upload is cut off when it passes this.
     #: Default: pipeline.decode.max_bytes (what a worker would accept anyway).
     max_upload_bytes: int | None = Field(default=None, gt=0)

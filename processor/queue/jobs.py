@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -34,13 +35,21 @@ from processor.manifest import FailureRecord, Manifest
 from processor.names import is_plain_name, is_plain_path
 from processor.queue import requeue as requeue_module
 from processor.queue.claims import ClaimProgress, read_claim
-from processor.queue.idempotency import IdempotencyRecords
+from processor.queue.idempotency import DEFAULT_TAKEOVER_S, IdempotencyPending, IdempotencyRecords
 from processor.queue.keys import ItemKeys, KeyLayout, is_directory_marker, is_sidecar, safe_path, safe_segment
 from processor.queue.outcomes import Outcome
 from processor.queue.records import RecordT, get_capped, parse_record, read_record
 from processor.queue.rescan import request_rescan
 from processor.queue.scan import Backlog, scan
-from processor.queue.submit import EXTENSIONS, Submission, new_upload_name, write_job
+from processor.queue.submit import (
+    EXTENSIONS,
+    Submission,
+    discard_job,
+    new_upload_name,
+    owner_folder,
+    upload_owner,
+    write_job,
+)
 from processor.queue.webhook_records import WebhookRecords
 from processor.store.base import ObjectInfo, ObjectStore, StoredObject, StreamsObjects
 
@@ -52,6 +61,8 @@ MAX_KEY_BYTES = 1024
 MAX_JOB_ID_CHARS = 2048
 #: Jobs one page of ``page`` holds at most.
 MAX_PAGE = 200
+#: The object under the state prefix that ``probe_write`` writes (every replica the same one).
+READY_PROBE_KEY = "api/ready.json"
 #: The folder under the inputs prefix that ``submit`` writes to unless told (``api.submit_prefix``'s default).
 DEFAULT_UPLOAD_FOLDER = "api/"
 
@@ -155,17 +166,19 @@ class BucketJobs:
 
     ``max_claim_ttl_s`` is ``claims.max_ttl_s``: the longest TTL any claim is believed to have.
     ``upload_folder`` (``api.submit_prefix``) is where ``submit`` writes under the inputs prefix;
-    ``clock`` names those uploads (``submit.new_upload_name``)."""
+    ``clock`` names those uploads (``submit.new_upload_name``); ``idempotency_takeover_s`` is
+    ``api.idempotency_takeover_s`` (``processor.queue.idempotency``)."""
 
     def __init__(self, store: ObjectStore, layout: KeyLayout, *, max_claim_ttl_s: float = DEFAULT_CLAIM_MAX_TTL_S,
-                 upload_folder: str = DEFAULT_UPLOAD_FOLDER, clock: Callable[[], float] = time.time) -> None:
+                 upload_folder: str = DEFAULT_UPLOAD_FOLDER, clock: Callable[[], float] = time.time,
+                 idempotency_takeover_s: float = DEFAULT_TAKEOVER_S) -> None:
         self.store = store
         self.layout = layout
         self.max_claim_ttl_s = max_claim_ttl_s
         self.upload_folder = upload_folder
         self.clock = clock
         self.webhooks = WebhookRecords(store, layout)
-        self.idempotency = IdempotencyRecords(store, layout)
+        self.idempotency = IdempotencyRecords(store, layout, takeover_s=idempotency_takeover_s)
 
     # ----------------------------------------------------------------- one job
 
@@ -188,6 +201,12 @@ class BucketJobs:
         """The keys of the job's input; ``UnknownJob`` when the id names no key a store can hold."""
         return self.layout.for_input(self.input_key_of(job))
 
+    def owner_of(self, job: str) -> str | None:
+        """The client whose upload the job is (``submit.upload_owner``); None for an input with
+        no owner. ``UnknownJob`` when the id names no key a store can hold. No store request."""
+        self.input_key_of(job)
+        return upload_owner(self.upload_folder, relpath_of(job))
+
     def input_key_of(self, job: str) -> str:
         """The job's input key; ``UnknownJob`` when the id names no key a store can hold."""
         key = self.layout.prefixes.inputs + relpath_of(job)
@@ -209,11 +228,19 @@ class BucketJobs:
         if claim is not None and claim.live and claim.input_etag == info.etag:
             return replace(queued, status=JobStatus.running, progress=claim.progress or ClaimProgress("claimed"))
         ended = self._marker(keys, info.etag)
+        # A record is written before its marker: one that landed between the reads above and the
+        # marker's is read again here, rather than taken for a deleted record.
         if ended is Outcome.DONE:
+            manifest = self._record(keys.manifest, Manifest)
+            if manifest is not None and manifest.source.key == keys.input and manifest.source.etag == info.etag:
+                return replace(queued, status=JobStatus.done, manifest=manifest)
             return replace(queued, status=JobStatus.done, detail=(
                 f"this version was committed, but its manifest ({keys.manifest}) is gone or not readable; "
                 "upload the photo again to make a new result"))
         if ended is Outcome.FAILED:
+            failure = self._record(keys.failure, FailureRecord)
+            if failure is not None and failure.source.etag == info.etag and failure.final:
+                return replace(queued, status=JobStatus.failed, failure=failure)
             return replace(queued, status=JobStatus.failed, detail=(
                 f"this version failed, but its failure record ({keys.failure}) is gone or not readable; "
                 "retry the job to process it again"))
@@ -258,15 +285,19 @@ class BucketJobs:
 
     # ----------------------------------------------------------------- many jobs
 
-    def page(self, cursor: str | None, limit: int) -> JobPage:
+    def page(self, cursor: str | None, limit: int, *, owner: str | None = None) -> JobPage:
         """Jobs in key order after ``cursor`` (a job id; ``UnknownJob`` for anything else), with
         their status: one LIST of the inputs (paginated by the store) plus the reads of each job's
-        status. Inputs no id can name (``addressable``) are left out."""
+        status. Inputs no id can name (``addressable``) are left out. With ``owner``: that client's
+        jobs only, one LIST of its folder (a cursor outside it is ``UnknownJob``)."""
+        prefix = self.layout.prefixes.inputs + (owner_folder(self.upload_folder, owner) if owner else "")
         start_after = self.input_key_of(cursor) if cursor else ""
+        if start_after and not start_after.startswith(prefix):
+            raise UnknownJob(cursor or "")
         limit = max(1, min(limit, MAX_PAGE))
         listed: list[ObjectInfo] = []
         more = False
-        for obj in self.store.list(self.layout.prefixes.inputs, start_after=start_after):
+        for obj in self.store.list(prefix, start_after=start_after):
             if not addressable(self.layout.relpath(obj.key)):
                 continue
             if len(listed) == limit:
@@ -314,6 +345,12 @@ class BucketJobs:
         except ObjectNotFound:
             pass
 
+    def probe_write(self, replica: str) -> None:
+        """Write one small object under the state prefix (for readiness probes): raises what the
+        store raises when it takes no writes (a full disk, a read-only policy)."""
+        body = json.dumps({"replica": replica, "at": self.clock()}).encode()
+        self.store.put(self.layout.prefixes.state + READY_PROBE_KEY, body, content_type="application/json")
+
     # ----------------------------------------------------------------- results of one input key
 
     def result(self, input_key: str) -> Manifest | FailureRecord | None:
@@ -334,16 +371,17 @@ class BucketJobs:
     # ----------------------------------------------------------------- writes
 
     def submit(self, submission: Submission, *, idempotency_key: str | None = None,
-               scope: str = "") -> tuple[str, bool]:
-        """Write a new job under ``inputs/<upload_folder>`` (``submit.write_job``): (its id, whether
-        this call created it). With ``idempotency_key`` (per ``scope``, the caller's token), a
-        repeat returns the first job and writes nothing; ``IdempotencyConflict`` when it differs."""
-        relpath = self.upload_folder + new_upload_name(self.clock) + EXTENSIONS[submission.format]
+               scope: str = "", owner: str | None = None) -> tuple[str, bool]:
+        """Write a new job under ``inputs/<upload_folder>[<owner>/]`` (``submit.write_job``): (its id,
+        whether this call created it). With ``idempotency_key`` (per ``scope``, the caller's client),
+        a repeat returns the first job and writes nothing; ``IdempotencyConflict`` when it differs,
+        ``IdempotencyPending`` while the first is still being written (``processor.queue.idempotency``)."""
+        relpath = owner_folder(self.upload_folder, owner) + new_upload_name(self.clock) + EXTENSIONS[submission.format]
         new_id = job_id(relpath)
         record_key = None
         if idempotency_key is not None:
             record_key = self.idempotency.key_for(scope, idempotency_key)
-            earlier = self.idempotency.reserve(record_key, new_id, submission.fingerprint())
+            earlier = self.idempotency.reserve(record_key, new_id, submission.fingerprint(), exists=self._exists)
             if earlier is not None:
                 return earlier, False
         try:
@@ -352,7 +390,24 @@ class BucketJobs:
             if record_key is not None:
                 self.idempotency.drop(record_key)
             raise
+        if record_key is not None:
+            other = self.idempotency.confirm(record_key, new_id)
+            if other is not None:  # we stalled past the takeover and a repeat wrote its job: that one stands
+                discard_job(self.store, self.layout, relpath, job=new_id)
+                if not self._exists(other):
+                    raise IdempotencyPending(other)
+                return other, False
         return new_id, True
+
+    def _exists(self, job: str) -> bool:
+        """Whether the job's input exists (a HEAD)."""
+        try:
+            self.store.head(self.input_key_of(job))
+        except (ObjectNotFound, InvalidKey, UnknownJob):
+            return False
+        except ObjectUnreadable:
+            return True
+        return True
 
     def retry(self, job: str) -> JobState:
         """Requeue a failed job (``processor retry``'s requeue, for this one input); ``NotFailed``

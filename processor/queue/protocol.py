@@ -59,6 +59,7 @@ from processor.errors import (
 from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo
 from processor.queue.claims import Claim, ClaimManager
 from processor.queue.failpolicy import is_final
+from processor.queue.idempotency import DEFAULT_TAKEOVER_S
 from processor.queue.jobs import DEFAULT_UPLOAD_FOLDER, BucketJobs
 from processor.queue.keys import MAX_SIDECAR_BYTES, KeyLayout
 from processor.queue.outcomes import Outcome
@@ -140,10 +141,12 @@ class BucketQueue(BucketJobs):
         max_claim_ttl_s: float | None = None,
         upload_folder: str = DEFAULT_UPLOAD_FOLDER,
         clock: Callable[[], float] = time.time,
+        idempotency_takeover_s: float = DEFAULT_TAKEOVER_S,
     ) -> None:
         if max_claim_ttl_s is None:
             max_claim_ttl_s = claims.max_ttl_s if claims is not None else DEFAULT_CLAIM_MAX_TTL_S
-        super().__init__(store, layout, max_claim_ttl_s=max_claim_ttl_s, upload_folder=upload_folder, clock=clock)
+        super().__init__(store, layout, max_claim_ttl_s=max_claim_ttl_s, upload_folder=upload_folder, clock=clock,
+                         idempotency_takeover_s=idempotency_takeover_s)
         self.claims = claims
         self.worker = worker
         self.max_attempts = max_attempts
@@ -151,8 +154,10 @@ class BucketQueue(BucketJobs):
     @classmethod
     def for_settings(cls, store: ObjectStore, settings: Settings, **kwargs: Any) -> BucketQueue:
         """A queue over ``store`` with ``settings``' prefixes, claim TTL cap (``claims.max_ttl_s``)
-        and upload folder (``api.submit_prefix``): what the API and the operator commands use."""
+        upload folder (``api.submit_prefix``) and idempotency takeover (``api.idempotency_takeover_s``):
+        what the API and the operator commands use."""
         kwargs.setdefault("max_claim_ttl_s", settings.claims.max_ttl_s)
+        kwargs.setdefault("idempotency_takeover_s", settings.api.idempotency_takeover_s)
         return cls(store, KeyLayout(settings.prefixes), upload_folder=settings.api.submit_prefix, **kwargs)
 
     # ----------------------------------------------------------------- consumer: take

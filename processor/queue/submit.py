@@ -14,6 +14,12 @@ written as:
 Names are time-ordered (listings show jobs in submit order) and unguessable
 (``new_upload_name``), so a create-if-absent that answers 412 can only be our own write, landed
 with its response lost and retried by the store (``create_unique``).
+
+Ownership: a client's uploads go to a folder of its own under the upload folder
+(``inputs/api/<client>/<name>.<ext>``, ``owner_folder``), and the folder is what records the owner
+(``upload_owner``): the API writes it from the caller's identity, never from the request, and a
+client's jobs are one LIST of that folder. Inputs anywhere else (dropped into the bucket directly,
+or uploaded by an open server) have no owner.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from processor.errors import PreconditionFailed
+from processor.errors import PreconditionFailed, StoreAccessError, StoreError
 from processor.queue.keys import KeyLayout, split_extension
 from processor.queue.rescan import request_rescan
 from processor.queue.webhook_records import WebhookRecords
@@ -70,6 +76,23 @@ def new_upload_name(now: Callable[[], float] = time.time) -> str:
     return f"{int(now() * 1000):013d}-{secrets.token_hex(8)}"
 
 
+def owner_folder(upload_folder: str, owner: str | None) -> str:
+    """The folder under the inputs prefix that ``owner``'s uploads go to (``upload_folder`` itself
+    without an owner)."""
+    return upload_folder + (f"{owner}/" if owner else "")
+
+
+def upload_owner(upload_folder: str, relpath: str) -> str | None:
+    """The owner an input path records: the folder right under ``upload_folder`` that holds it
+    (``api/alice/<name>.jpg`` -> ``alice``); None for any other path."""
+    if not relpath.startswith(upload_folder):
+        return None
+    owner, sep, name = relpath[len(upload_folder):].partition("/")
+    if not sep or not owner or not name or "/" in name:
+        return None
+    return owner
+
+
 def write_job(store: ObjectStore, layout: KeyLayout, relpath: str, submission: Submission, *,
               job: str, webhooks: WebhookRecords) -> None:
     """Write ``submission`` as the input ``inputs/<relpath>`` (module docstring: the order)."""
@@ -100,3 +123,15 @@ def create_unique(store: ObjectStore, key: str, body: bytes, content_type: str) 
         if store.head(key).size != len(body):
             raise
         log.info("create_response_lost", extra={"key": key, "bytes": len(body)})
+
+
+def discard_job(store: ObjectStore, layout: KeyLayout, relpath: str, *, job: str) -> None:
+    """Delete the input and sidecar ``write_job`` wrote for ``inputs/<relpath>`` (best effort: a
+    store that refuses leaves an extra job, which a worker processes like any other). A pending
+    webhook of it ends by itself: the sender finds its input deleted."""
+    keys = layout.for_input(layout.prefixes.inputs + relpath)
+    for key in (keys.input, keys.sidecar):
+        try:
+            store.delete(key)
+        except (StoreError, StoreAccessError):
+            log.warning("discard_failed", extra={"job": job, "key": key})

@@ -15,6 +15,7 @@ from processor.queue.jobs import relpath_of
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker
+from tests.api_service import OPEN_BASE_URL
 from tests.images import photo_bytes
 from tests.sd.test_diffusion import img2img_style, make_settings, manifest_of
 from tests.sd.test_ip_adapter import ip_adapter
@@ -29,7 +30,7 @@ def test_an_uploaded_picture_steers_its_job(backend, request, tiny_sd, tiny_ip_a
     settings = make_settings(tmp_path, {"yours": img2img_style(tiny_sd, variants=1,
                                                                ip_adapter=ip_adapter(tiny_ip_adapter))})
     store = LocalStore(settings.store.root) if backend == "local" else request.getfixturevalue("s3_store")
-    client = TestClient(create_app(settings, store, keys=[]))
+    client = TestClient(create_app(settings, store, keys=[]), base_url=OPEN_BASE_URL)
     jobs = []
     for i, picture in enumerate(PICTURES):
         resp = client.post("/v1/jobs", files={"image": ("toy.jpg", PHOTO), "style_image": (f"l{i}", picture)})

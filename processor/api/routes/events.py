@@ -1,4 +1,10 @@
-"""``/v1/jobs/{job}/events``: a job's status and progress as server-sent events, until it ends."""
+"""``/v1/jobs/{job}/events``: a job's status and progress as server-sent events, until it ends.
+
+A stream takes one of the replica's stream slots (``processor.api.streams``: 429 past
+``api.max_streams`` or ``api.max_streams_per_client``) and lasts at most ``api.stream_max_s``: then
+an ``expired`` event says where the job is and the stream ends (EventSource reconnects by itself).
+Its bucket reads run on threads of their own (``STREAM_READ_THREADS``), so many open streams never
+hold the threads that health and job reads need."""
 
 from __future__ import annotations
 
@@ -6,24 +12,41 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
+import anyio.to_thread
+from anyio import CapacityLimiter
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
-from processor.api.deps import Clock, Context, Token, state_or_404
-from processor.queue.jobs import JobStatus, UnknownJob
+from processor.api.auth import client_address
+from processor.api.deps import ApiContext, Caller, Clock, Context, check_visible, no_job
+from processor.api.streams import SlotResponse
+from processor.queue.jobs import JobState, JobStatus, UnknownJob
 
 #: Seconds between keep-alive comments on a quiet event stream (proxies drop idle connections).
 SSE_KEEPALIVE_S = 15.0
+#: Threads the event streams' bucket reads share (apart from the threads of every other route).
+STREAM_READ_THREADS = 4
 
 router = APIRouter()
 
 
 @router.get("/v1/jobs/{job}/events")
-async def events(request: Request, job: str, context: Context, clock: Clock, _token: Token) -> StreamingResponse:
-    queue, renderer, poll_s = context.queue, context.renderer, context.settings.api.poll_s
-    first = await state_or_404(queue, job)
+async def events(request: Request, job: str, context: Context, clock: Clock, caller: Caller) -> StreamingResponse:
+    queue, renderer, api = context.queue, context.renderer, context.settings.api
+    poll_s = api.poll_s
+    check_visible(queue, job, caller)
+    # On an open server every caller is the same anonymous admin: its address tells clients apart.
+    slot = context.streams.take(caller.name or client_address(request))
+    try:
+        first = await _read(context, job)
+    except UnknownJob:
+        slot.close()
+        raise no_job(job) from None
+    except BaseException:
+        slot.close()
+        raise
     base = renderer.base_url(request)
+    ends_at = clock() + api.stream_max_s
 
     async def stream() -> AsyncIterator[bytes]:
         state, last_status, last_progress, quiet_since = first, None, None, clock()
@@ -45,15 +68,26 @@ async def events(request: Request, job: str, context: Context, clock: Clock, _to
             if await request.is_disconnected():
                 return
             await asyncio.sleep(poll_s)
+            if clock() >= ends_at:
+                yield sse("expired", {"id": job, "status": state.status.value, "detail": (
+                    f"this stream reached its lifetime ({api.stream_max_s:g} s, api.stream_max_s); reconnect")})
+                return
             try:
-                state = await run_in_threadpool(queue.state, job)
+                state = await _read(context, job)
             except UnknownJob:
                 yield sse(JobStatus.failed.value, {"id": job, "status": JobStatus.failed.value,
                                                    "detail": "the input was deleted"})
                 return
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return SlotResponse(stream(), slot=slot, media_type="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _read(context: ApiContext, job: str) -> JobState:
+    """``queue.state`` on the streams' own threads (module docstring)."""
+    if context.stream_reads is None:  # made here: a limiter belongs to the running event loop
+        context.stream_reads = CapacityLimiter(STREAM_READ_THREADS)
+    return await anyio.to_thread.run_sync(context.queue.state, job, limiter=context.stream_reads)
 
 
 def sse(event: str, data: object) -> bytes:

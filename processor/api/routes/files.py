@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
-from processor.api.deps import Queue, Token
+from processor.api.deps import Caller, Queue, check_visible
 from processor.api.problems import Problem
 from processor.errors import ObjectNotFound
 from processor.queue.jobs import UnknownJob
@@ -19,7 +19,8 @@ router = APIRouter()
 
 
 @router.get("/v1/jobs/{job}/files/{name}")
-async def file(job: str, name: str, queue: Queue, _token: Token, download: bool = False) -> Response:
+async def file(job: str, name: str, queue: Queue, caller: Caller, download: bool = False) -> Response:
+    check_visible(queue, job, caller)
     media = "image/jpeg" if name.endswith(".jpg") else "image/png" if name.endswith(".png") else \
         "application/octet-stream"
     saved = {"Content-Disposition": attachment_header(name)} if download else {}

@@ -1,11 +1,16 @@
-"""Probes and Prometheus: ``/healthz``, ``/readyz`` and ``/metrics``, open to the kubelet and the scraper."""
+"""Probes and Prometheus: ``/healthz``, ``/readyz`` and ``/metrics``, open to the kubelet and the scraper.
+
+``/healthz`` runs on the event loop itself (no thread, no bucket): it answers while every thread is
+busy. ``/readyz`` is one HEAD on the bucket plus, at most every ``READY_WRITE_EVERY_S``, a small
+write under the state prefix (``processor.api.readiness``): not ready while the bucket takes no
+writes (a full disk)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
-from processor.api.deps import Context, Queue
+from processor.api.deps import Context
 from processor.api.problems import Problem
 from processor.errors import StoreAccessError, StoreError
 
@@ -13,17 +18,22 @@ router = APIRouter()
 
 
 @router.get("/healthz", include_in_schema=False)
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
 @router.get("/readyz", include_in_schema=False)
-def readyz(queue: Queue) -> Response:
+def readyz(context: Context) -> Response:
     try:
-        queue.ping()
+        context.queue.ping()
     except (StoreError, StoreAccessError) as exc:
         return Problem(503, f"the bucket is not reachable: {type(exc).__name__}",
                        hint="Check the store settings and credentials (processor doctor).").response()
+    refused = context.ready.failure() if context.ready is not None else None
+    if refused is not None:
+        return Problem(503, f"the bucket takes no writes: {refused}",
+                       hint="Free space or lift the write restriction on the bucket (a full disk, a quota, a "
+                       "read-only policy); submits fail until then.").response()
     return JSONResponse({"status": "ready"})
 
 

@@ -3,32 +3,47 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
-from processor.api.deps import Context, Queue, Renderer, Token, state_or_404, wait_for_end
+from processor.api.deps import (
+    ApiContext,
+    Caller,
+    Context,
+    Queue,
+    Renderer,
+    no_job,
+    state_or_404,
+    visible_state_or_404,
+    wait_for_end,
+)
 from processor.api.problems import Problem
 from processor.api.schemas import JobCreated, JobList, JobOut
-from processor.api.upload import IMAGE_FIELD, json_body_limit, read_capped, read_form
+from processor.api.upload import IMAGE_FIELD, form_limit, json_body_limit, parse_json_object, read_capped, read_form
 from processor.api.validate import build_submission, decode_base64_image
-from processor.queue.idempotency import IdempotencyConflict
+from processor.queue.idempotency import IdempotencyConflict, IdempotencyPending
 from processor.queue.jobs import MAX_PAGE, JobStatus, NotFailed, UnknownJob
+from processor.queue.submit import Submission
 
 #: The longest Idempotency-Key accepted (Stripe's limit).
 MAX_IDEMPOTENCY_KEY = 255
-#: Bytes of multipart framing allowed per file part beyond its cap (boundaries, part headers).
-FORM_OVERHEAD_BYTES = 64 * 1024
+#: Seconds a repeat of a request waits for the first request with its Idempotency-Key to write
+#: its job before it is answered 409 (ask again later).
+IDEMPOTENCY_WAIT_S = 10.0
+#: Seconds a client told so is asked to wait before repeating the request.
+IDEMPOTENCY_RETRY_AFTER_S = 2
+JSON_HINT = 'Send {"image": "<base64>", ...}.'
 
 router = APIRouter()
 
 
 @router.post("/v1/jobs", status_code=202, response_model=JobCreated,
              responses={200: {"model": JobOut}, 401: {}, 413: {}, 415: {}, 422: {}})
-async def submit(request: Request, context: Context, token: Token) -> Response:
+async def submit(request: Request, context: Context, caller: Caller) -> Response:
     api, limit, renderer = context.settings.api, context.upload_limit, context.renderer
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
@@ -41,7 +56,7 @@ async def submit(request: Request, context: Context, token: Token) -> Response:
     look: bytes | None = None
     if media == "multipart/form-data":
         # Two files may come: the photo and the picture of the look, each capped at ``limit``.
-        if declared and declared.isdigit() and int(declared) > 2 * limit + 2 * FORM_OVERHEAD_BYTES:
+        if declared and declared.isdigit() and int(declared) > form_limit(limit):
             raise Problem(413, f"the request is {int(declared):,} bytes; the photo may be at most {limit:,} "
                           "(api.max_upload_bytes)", field=IMAGE_FIELD,
                           hint="Downscale the photo, or raise api.max_upload_bytes.")
@@ -53,12 +68,8 @@ async def submit(request: Request, context: Context, token: Token) -> Response:
     elif media == "application/json":
         # Room for two base64 pictures (the photo and style_image); each is capped at ``limit``.
         body = await read_capped(request.stream(), json_body_limit(2 * limit), "the JSON body")
-        try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):
-            raise Problem(422, "the body is not valid JSON", hint='Send {"image": "<base64>", ...}.') from None
-        if not isinstance(data, dict):
-            raise Problem(422, "the JSON body must be an object", hint='Send {"image": "<base64>", ...}.')
+        data = parse_json_object(body, hint=JSON_HINT)
+        del body  # the parsed strings are what is left to hold: not the body as well
         image = decode_base64_image(data.pop(IMAGE_FIELD, None), limit) if IMAGE_FIELD in data else None
         fields = data
     else:
@@ -73,15 +84,7 @@ async def submit(request: Request, context: Context, token: Token) -> Response:
                       "the operator to set the allow-list and the signing secret.")
     submission = await run_in_threadpool(build_submission, image, fields, context.settings, limit=limit,
                                          resolve=context.resolve, style_image=look)
-    try:
-        job, created = await run_in_threadpool(context.queue.submit, submission,
-                                               idempotency_key=idempotency_key, scope=token)
-    except IdempotencyConflict as exc:
-        conflict = Problem(422, "this Idempotency-Key was used for a different request", field="Idempotency-Key",
-                           hint="Use a new key for a new job; repeat a request unchanged to get its job back.")
-        if exc.job_id is not None:
-            conflict.extra["job"] = exc.job_id
-        raise conflict from None
+    job, created = await write(context, submission, idempotency_key, caller.name)
     context.metrics.submitted(created)
     base = renderer.base_url(request)
     headers = {"Location": f"{base}/v1/jobs/{job}"}
@@ -97,11 +100,36 @@ async def submit(request: Request, context: Context, token: Token) -> Response:
     return JSONResponse(accepted.model_dump(mode="json"), status_code=202, headers=headers)
 
 
+async def write(context: ApiContext, submission: Submission, idempotency_key: str | None,
+                client: str) -> tuple[str, bool]:
+    """``BucketQueue.submit`` for ``client`` (the owner of the job and the scope of its key): a
+    repeat of a request whose first is still writing its job waits for it, for at most
+    ``IDEMPOTENCY_WAIT_S`` (409 with Retry-After after that)."""
+    deadline = context.clock() + IDEMPOTENCY_WAIT_S
+    while True:
+        try:
+            return await run_in_threadpool(context.queue.submit, submission, idempotency_key=idempotency_key,
+                                           scope=client, owner=client or None)
+        except IdempotencyConflict as exc:
+            conflict = Problem(422, "this Idempotency-Key was used for a different request", field="Idempotency-Key",
+                               hint="Use a new key for a new job; repeat a request unchanged to get its job back.")
+            if exc.job_id is not None:
+                conflict.extra["job"] = exc.job_id
+            raise conflict from None
+        except IdempotencyPending as exc:
+            if context.clock() >= deadline:
+                raise Problem(409, "the first request with this Idempotency-Key is still writing its job",
+                              field="Idempotency-Key", job=exc.job_id,
+                              hint=f"Repeat the request unchanged in {IDEMPOTENCY_RETRY_AFTER_S} s to get its job.",
+                              headers={"Retry-After": str(IDEMPOTENCY_RETRY_AFTER_S)}) from None
+            await asyncio.sleep(context.settings.api.poll_s)
+
+
 @router.get("/v1/jobs", response_model=JobList)
-async def list_jobs(request: Request, queue: Queue, renderer: Renderer, _token: Token, cursor: str | None = None,
+async def list_jobs(request: Request, queue: Queue, renderer: Renderer, caller: Caller, cursor: str | None = None,
                     limit: int = Query(50, ge=1, le=MAX_PAGE)) -> JobList:
     try:
-        page = await run_in_threadpool(queue.page, cursor, limit)
+        page = await run_in_threadpool(queue.page, cursor, limit, owner=None if caller.admin else caller.name)
     except UnknownJob:
         raise Problem(422, "cursor is not a job id", field="cursor",
                       hint="Pass the next_cursor of the previous page, or no cursor for the first.") from None
@@ -110,21 +138,20 @@ async def list_jobs(request: Request, queue: Queue, renderer: Renderer, _token: 
 
 
 @router.get("/v1/jobs/{job}", response_model=JobOut)
-async def get_job(request: Request, job: str, queue: Queue, renderer: Renderer, _token: Token) -> JobOut:
-    return renderer.render(renderer.base_url(request), await state_or_404(queue, job))
+async def get_job(request: Request, job: str, queue: Queue, renderer: Renderer, caller: Caller) -> JobOut:
+    return renderer.render(renderer.base_url(request), await visible_state_or_404(queue, job, caller))
 
 
 @router.post("/v1/jobs/{job}/retry", response_model=JobOut, status_code=202)
-async def retry(request: Request, job: str, queue: Queue, renderer: Renderer, _token: Token) -> JobOut:
-    await state_or_404(queue, job)  # 404 first
+async def retry(request: Request, job: str, queue: Queue, renderer: Renderer, caller: Caller) -> JobOut:
+    await visible_state_or_404(queue, job, caller)  # 404 first
     try:
         state = await run_in_threadpool(queue.retry, job)
     except NotFailed as exc:
         raise Problem(409, f"job {job} is {exc.status.value}; only a failed job can be retried", field="id",
                       hint="Wait for the job to end; retry it only when its status is failed.") from None
     except UnknownJob:  # deleted between the two reads
-        raise Problem(404, f"no job {job!r}", field="id",
-                      hint="Use an id returned by POST /v1/jobs or listed by GET /v1/jobs.") from None
+        raise no_job(job) from None
     return renderer.render(renderer.base_url(request), state)
 
 

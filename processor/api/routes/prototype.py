@@ -10,32 +10,35 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from processor.api.deps import Context, Token, wait_for_end
+from processor.api.deps import Caller, Context, wait_for_end
 from processor.api.problems import Problem
 from processor.api.schemas import DirectRequest, DirectResponse
-from processor.api.upload import json_body_limit, read_capped
+from processor.api.upload import json_body_limit, parse_json_object, read_capped
 from processor.api.validate import build_submission, decode_base64_image
 from processor.queue.jobs import JobStatus
 
 #: Our request fields -> the prototype's names for them, so its problems name its own fields.
 PROTOTYPE_FIELDS = {"image": "initial_image", "negative": "negative_prompt", "variants": "final_images_to_return"}
+DIRECT_HINT = "Send {initial_image (base64), prompt, negative_prompt, final_images_to_return, seed}."
 
 router = APIRouter()
 
 
 @router.post("/generate_image_rest_direct", response_model=DirectResponse)
-async def direct(request: Request, context: Context, token: Token) -> DirectResponse:
+async def direct(request: Request, context: Context, caller: Caller) -> DirectResponse:
     """The original prototype's synchronous route, served through the queue: it submits a job
     with ``final_images_to_return`` variants of ``api.direct_style`` and waits for it."""
     settings, limit, queue = context.settings, context.upload_limit, context.queue
     api = settings.api
     body = await read_capped(request.stream(), json_body_limit(limit), "the JSON body")
+    parsed = parse_json_object(body, hint=DIRECT_HINT)
+    del body  # the parsed strings are what is left to hold: not the body as well
     try:
-        req = DirectRequest.model_validate_json(body)
+        req = DirectRequest.model_validate(parsed)
     except ValidationError as exc:
         errors = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]
         raise Problem(422, f"{errors[0]['field']}: {errors[0]['message']}", field=errors[0]["field"],
-                      hint="Send {initial_image (base64), prompt, negative_prompt, final_images_to_return, seed}.",
+                      hint=DIRECT_HINT,
                       errors=errors) from None
     image = decode_base64_image(req.initial_image, limit)
     fields: dict[str, Any] = {"styles": [api.direct_style or settings.run.styles[0]],
@@ -51,7 +54,7 @@ async def direct(request: Request, context: Context, token: Token) -> DirectResp
     except Problem as exc:  # name the prototype's fields, not ours
         exc.field = PROTOTYPE_FIELDS.get(exc.field or "", exc.field)
         raise
-    job, _ = await run_in_threadpool(queue.submit, submission, scope=token)
+    job, _ = await run_in_threadpool(queue.submit, submission, scope=caller.name, owner=caller.name or None)
     context.metrics.submitted(True)
     state = await wait_for_end(queue, job, api.direct_timeout_s, clock=context.clock, poll_s=api.poll_s)
     if state.status is JobStatus.failed and state.failure is not None:

@@ -76,6 +76,9 @@ function renderFailure(body, job) {
   }
 }
 
+// Milliseconds before a refused event stream is asked for again (the API's Retry-After).
+const STREAM_RETRY_MS = 10000;
+
 // Follow one job's server-sent events until it ends; onEnd gets the final job.
 function follow(card, eventsUrl, onEnd) {
   const seen = [];
@@ -106,10 +109,15 @@ function follow(card, eventsUrl, onEnd) {
     });
   }
   source.onerror = () => {
-    // The browser reconnects by itself; say so instead of freezing silently.
+    const label = card.querySelector("[data-role=progress]");
+    // The browser reconnects by itself after a lost connection (or a stream's lifetime); say so
+    // instead of freezing silently.
     if (source.readyState === EventSource.CONNECTING) {
-      const label = card.querySelector("[data-role=progress]");
       if (label) label.textContent = "connection lost, reconnecting…";
+    } else if (source.readyState === EventSource.CLOSED) {
+      // Refused (the server's stream caps answer 429): the browser gives up, so ask again later.
+      if (label) label.textContent = "waiting for the server…";
+      setTimeout(() => follow(card, eventsUrl, onEnd), STREAM_RETRY_MS);
     }
   };
 }
