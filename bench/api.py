@@ -41,8 +41,8 @@ from processor.api.jobs import JobQueue, Submission
 from processor.config import Settings
 from processor.store.base import ObjectStore
 from processor.store.local import LocalStore
-from tests.api_service import TOKEN, serve, worker, write_env
-from tests.images import photo_bytes
+from testkit.api_service import TOKEN, serve, worker, write_env
+from testkit.images import photo_bytes
 
 DEFAULT_CLIENTS = 8
 DEFAULT_REQUESTS = 200

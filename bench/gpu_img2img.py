@@ -67,7 +67,7 @@ def sd15_modules(device: str) -> tuple[Any, Any, Any, Any]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from tests.sd.conftest import tiny_tokenizer
+    from testkit.models.sd import tiny_tokenizer
 
     torch.manual_seed(0)
     tokenizer = tiny_tokenizer()  # token ids only index the embedding; its vocabulary size is irrelevant
@@ -328,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     from processor.config import ModelSettings
     from processor.models.loader import ModelLoader
-    from tests.images import photo_image
+    from testkit.images import photo_image
 
     args = build_parser().parse_args(argv)
     if args.images < 1 or args.steps < 3 or args.variants < 1:
@@ -350,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if args.model:
             model = Path(args.model)
         elif args.tiny:
-            from tests.sd.conftest import build_sd
+            from testkit.models.sd import build_sd
 
             model = build_sd(Path(tmp) / "tiny-sd")
         else:

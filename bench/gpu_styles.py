@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from processor.app.compose import build_registry
     from processor.config import ModelSettings, Settings
     from processor.models.loader import ModelLoader
-    from tests.images import photo_image
+    from testkit.images import photo_image
 
     args = build_parser().parse_args(argv)
     if args.images < 1:
@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if args.model:
             model = Path(args.model)
         elif args.tiny:
-            from tests.sd.conftest import build_sd
+            from testkit.models.sd import build_sd
 
             model = build_sd(Path(tmp) / "tiny-sd")
         else:

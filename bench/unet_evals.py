@@ -114,7 +114,7 @@ def _count(counts: Counts) -> list[tuple[Any, str, Any]]:
 
 def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], list[str]]:
     """``config`` with every model replaced by a tiny one of its family; the diffusion style names."""
-    from tests.sd.conftest import build_controlnet, build_inpaint, build_lora, build_sd, build_sdxl, build_sdxl_refiner
+    from testkit.models.sd import build_controlnet, build_inpaint, build_lora, build_sd, build_sdxl, build_sdxl_refiner
 
     sd = build_sd(root / "tiny-sd")
     xl: list[Path] = []  # built on first use: (base, refiner)
@@ -132,8 +132,8 @@ def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], lis
     flow: dict[str, Path] = {}  # built on first use, by family
 
     def tiny_flow(family: str) -> Path:
-        from tests.sd.tiny_flow import build_flux, build_kontext, build_sd3
-        from tests.sd.tiny_qwen import build_qwen_edit
+        from testkit.models.flow import build_flux, build_kontext, build_sd3
+        from testkit.models.qwen import build_qwen_edit
 
         if family not in flow:
             builders = {"flux-dev": build_flux, "kontext": build_kontext, "sd3": build_sd3,
@@ -144,7 +144,7 @@ def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], lis
         return flow[family]
 
     def tiny_flow_lora(family: str) -> Path:
-        from tests.sd.tiny_flow import build_flow_lora
+        from testkit.models.flow import build_flow_lora
 
         target = root / f"tiny-{family}-lora"
         return target if target.is_dir() else build_flow_lora(target, tiny_flow(family))
@@ -208,14 +208,14 @@ def is_adapter_id(model: str) -> bool:
 
 
 def tiny_sd_for_adapter(root: Path) -> Path:
-    from tests.sd.tiny_adapter import build_sd_for_adapter
+    from testkit.models.adapter import build_sd_for_adapter
 
     path = root / "tiny-sd-for-adapter"
     return path if path.is_dir() else build_sd_for_adapter(path)
 
 
 def tiny_adapter(root: Path, *, xl: bool) -> Path:
-    from tests.sd.tiny_adapter import build_t2i_adapter
+    from testkit.models.adapter import build_t2i_adapter
 
     path = root / ("tiny-t2i-adapter-xl" if xl else "tiny-t2i-adapter")
     return path if path.is_dir() else build_t2i_adapter(path, xl=xl)
@@ -223,7 +223,7 @@ def tiny_adapter(root: Path, *, xl: bool) -> Path:
 
 def tiny_preprocessor(kind: str, root: Path) -> Path:
     """A tiny random-weight preprocessor for ``kind`` (built once under ``root``)."""
-    from tests.sd.tiny_control import build_annotator, build_depth
+    from testkit.models.control import build_annotator, build_depth
 
     path = root / f"tiny-{kind}" if kind == "depth" else root / f"tiny-{kind}.safetensors"
     if not path.exists() and kind == "depth":
@@ -255,7 +255,7 @@ def flow_family_of(style: dict[str, Any]) -> str | None:
 
 def tiny_ip_adapter(root: Path, model: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """``settings`` pointing at a tiny IP-Adapter built once for ``model``'s UNet (its scale kept)."""
-    from tests.sd.tiny_ip_adapter import WEIGHT_NAME, build_ip_adapter
+    from testkit.models.ip_adapter import WEIGHT_NAME, build_ip_adapter
 
     folder = root / f"tiny-ip-adapter-{model.name}"
     if not folder.exists():
@@ -265,7 +265,7 @@ def tiny_ip_adapter(root: Path, model: Path, settings: dict[str, Any]) -> dict[s
 
 
 def style_image(root: Path) -> Path:
-    from tests.images import photo_image
+    from testkit.images import photo_image
 
     path = root / "style-image.png"
     if not path.exists():
@@ -278,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     from processor.app.compose import build_registry
     from processor.config import Settings
-    from tests.images import photo_image
+    from testkit.images import photo_image
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(Path(__file__).parents[1] / "config.yaml"))

@@ -39,7 +39,7 @@ from processor.manifest import MAX_RECORD_BYTES, FailureRecord, Manifest, Source
 from processor.pipeline.sidecar import MAX_SIDECAR_BYTES
 from processor.queue.claims import MAX_CLAIM_BYTES
 from processor.queue.keys import KeyLayout, is_directory_marker, is_sidecar
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 
 #: Stems whose inputs share one output folder once an extension is added.
 STEMS = ["a", "A", "toy", "sub/a", "x.png", "ü/teddy"]

@@ -21,20 +21,10 @@ if TYPE_CHECKING:  # imported in the fixtures: sessions without store tests skip
 
 # --------------------------------------------------------------------------- S3 (SeaweedFS)
 
-# The server itself lives in tests/seaweed.py, shared with bench/chaos.py (which stops and restarts
-# its own instance); these names stay importable from here.
-from tests.seaweed import (  # noqa: F401
-    TEST_MAX_ATTEMPTS,
-    TEST_MAX_BACKOFF_S,
-    TEST_REGION,
-    WEED_START_TIMEOUT_S,
-    WEED_STOP_GRACE_S,
-    S3Server,
-    WeedServer,
-)
-from tests.seaweed import (
-    weed_binary as _weed_binary,
-)
+# The server itself lives in testkit/seaweed.py, shared with bench/chaos.py (which stops and restarts
+# its own instance).
+from testkit.seaweed import S3Server, WeedServer
+from testkit.seaweed import weed_binary as _weed_binary
 
 
 @pytest.fixture(autouse=True)

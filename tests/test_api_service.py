@@ -14,8 +14,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.api_service import OTHER_TOKEN, TOKEN, Service, serve, wait_status, worker, write_env
-from tests.images import photo_bytes
+from testkit.api_service import OTHER_TOKEN, TOKEN, Service, serve, wait_status, worker, write_env
+from testkit.images import photo_bytes
 
 PROBLEM = "application/problem+json"
 

@@ -14,7 +14,7 @@ from processor.api.app import create_app
 from processor.api.jobs import relpath_of
 from processor.config import load_settings
 from processor.store.local import LocalStore
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 
 IP = {"model": "h94/IP-Adapter"}
 PHOTO = photo_bytes(120, 90)

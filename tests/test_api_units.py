@@ -16,7 +16,7 @@ from processor.config import load_settings
 from processor.queue.claims import ClaimKeeper, ClaimManager, ClaimProgress
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.api_service import TOKEN, Service, rss_bytes, serve, write_env
+from testkit.api_service import TOKEN, Service, rss_bytes, serve, write_env
 
 GIB = 1024 ** 3
 CHUNK = 1024 * 1024

@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from processor.api.webhooks import verify
-from tests.api_service import WEBHOOK_SECRET, Service, serve, wait_status, worker, write_env
-from tests.images import photo_bytes
+from testkit.api_service import WEBHOOK_SECRET, Service, serve, wait_status, worker, write_env
+from testkit.images import photo_bytes
 
 #: Seconds to keep listening after the first delivery, for a second (duplicate) one to show up:
 #: longer than the replicas' poll period (2 s) and one back-off.

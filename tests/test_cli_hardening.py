@@ -11,7 +11,7 @@ import pytest
 
 from processor.app.cli import EXIT_INCOMPLETE, main
 from processor.errors import EXIT_CONFIG, EXIT_DOCTOR, EXIT_MODEL
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 
 
 @pytest.fixture

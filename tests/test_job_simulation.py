@@ -18,8 +18,8 @@ import pytest
 
 from processor.manifest import Manifest
 from processor.queue.scan import shard_of
+from testkit.images import photo_bytes
 from tests import test_s3_integration
-from tests.images import photo_bytes
 from tests.test_s3_integration import cli_env, processor
 
 #: The versioned-bucket fixture of the S3 integration tests (a fixture is found by its name here).

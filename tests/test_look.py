@@ -14,7 +14,7 @@ from processor.pipeline.look import check_style_image_key, decode_style_image
 from processor.pipeline.sidecar import validate_overrides
 from processor.queue.protocol import BucketQueue
 from processor.store.local import LocalStore
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 
 IP = {"model": "h94/IP-Adapter"}
 

@@ -31,7 +31,7 @@ from processor.queue.claims import ClaimManager
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker
-from tests.images import bad_inputs, photo_bytes
+from testkit.images import bad_inputs, photo_bytes
 from tests.test_worker import make_settings
 
 #: Seconds an HTTP request to the local endpoint may take before the test fails.

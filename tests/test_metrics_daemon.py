@@ -17,8 +17,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from testkit.images import bad_inputs, photo_bytes
 from tests import test_s3_integration
-from tests.images import bad_inputs, photo_bytes
 from tests.test_s3_integration import cli_env
 
 #: The versioned-bucket fixture of the S3 integration tests (a fixture is found by its name here).

@@ -25,7 +25,7 @@ import pytest
 from processor.config import DEFAULT_METRICS_PORT, MetricsSettings, load_settings
 from processor.errors import EXIT_CONFIG, ConfigError
 from processor.metrics import MetricsEndpoint, describe_endpoint
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 from tests.test_metrics import get
 
 #: Seconds one `processor run --once` over two small photos may take.

@@ -21,7 +21,7 @@ import pytest
 from botocore.config import Config
 
 from processor.manifest import FailureRecord, Manifest
-from tests.images import bad_inputs, photo_bytes
+from testkit.images import bad_inputs, photo_bytes
 
 
 @pytest.fixture

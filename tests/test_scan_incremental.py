@@ -19,7 +19,7 @@ from processor.queue.keys import KeyLayout
 from processor.queue.scan import IncrementalScanner, scan
 from processor.store.base import ObjectStore
 from processor.store.local import LocalStore
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 from tests.test_worker import make_settings, make_worker
 
 #: Seconds between full rescans in these tests (the clock is fake: only the tests move it).

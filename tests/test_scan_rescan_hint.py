@@ -21,7 +21,7 @@ from processor.queue.requeue import find_failures, requeue
 from processor.queue.scan import IncrementalScanner
 from processor.store.base import ObjectStore
 from processor.store.local import LocalStore
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 from tests.test_scan_incremental import DAEMON_DEADLINE_S, FULL_RESCAN_S, FakeClock, pending_keys, wait_for
 from tests.test_worker import make_settings, make_worker
 

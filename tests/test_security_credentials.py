@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import pytest
 
 from processor.errors import StoreAccessError, StoreError, TransientStoreError
-from tests.conftest import S3Server
+from testkit.seaweed import S3Server
 
 #: Seconds a refused IAM key or an unreachable IAM endpoint may take to surface (tight retries here).
 COS_FAIL_FAST_S = 15.0

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from testkit.images import encode, photo_bytes
 from tests.corpus import bombs
-from tests.images import encode, photo_bytes
 
 #: MiB a bomb's decode may add to the baseline's peak RSS (generous: the allowed control adds about 3x this).
 BOMB_RSS_MARGIN_MIB = 24

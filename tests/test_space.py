@@ -17,7 +17,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 
 gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is not installed (the space extra)")
 pytest.importorskip("gradio", reason="gradio is not installed (the space extra)")

@@ -48,8 +48,8 @@ from processor.store import local as local_module
 from processor.store.base import ObjectStore
 from processor.store.local import ETAG_XATTR, LocalStore
 from processor.worker.runner import Worker
-from tests.images import photo_bytes
-from tests.seaweed import S3Server, WeedServer, free_ports, weed_binary
+from testkit.images import photo_bytes
+from testkit.seaweed import S3Server, WeedServer, free_ports, weed_binary
 
 LAYOUT_PREFIXES = None  # settings.prefixes, set per test through make_settings
 

@@ -14,7 +14,7 @@ from processor.api.jobs import JobQueue, Submission
 from processor.api.pages import COOKIE, safe_next, same_origin
 from processor.config import load_settings
 from processor.store.local import LocalStore
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 
 KEY = "page-key"
 HOST = "http://testserver"

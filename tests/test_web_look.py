@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.api_service import Service, serve, write_env
-from tests.images import photo_bytes
+from testkit.api_service import Service, serve, write_env
+from testkit.images import photo_bytes
 from tests.test_web_pages import CHROMIUM, log_in
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.api_service import JOB_TIMEOUT_S, TOKEN, Service, serve, wait_status, worker, write_env
-from tests.images import photo_bytes
+from testkit.api_service import JOB_TIMEOUT_S, TOKEN, Service, serve, wait_status, worker, write_env
+from testkit.images import photo_bytes
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")

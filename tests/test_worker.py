@@ -16,7 +16,7 @@ from processor.queue.keys import KeyLayout
 from processor.queue.scan import scan
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker
-from tests.images import bad_inputs, photo_bytes
+from testkit.images import bad_inputs, photo_bytes
 
 
 def make_settings(tmp_path: Path, **run: object):

@@ -26,7 +26,7 @@ from processor.queue.requeue import find_failures, requeue
 from processor.queue.scan import scan
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker
-from tests.images import bad_inputs, photo_bytes
+from testkit.images import bad_inputs, photo_bytes
 from tests.test_s3_integration import cli_env, processor
 from tests.test_worker import make_settings
 

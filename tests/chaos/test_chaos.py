@@ -12,7 +12,7 @@ import os
 import pytest
 
 from bench.chaos import FAULTS, Outcome, Plan, print_table, run_chaos
-from tests.seaweed import weed_binary
+from testkit.seaweed import weed_binary
 
 #: Seconds past the TTL within which every claim is taken over, outages included (the full run
 #: measured at most 21.5 s with a 15 s outage; the short run's outage is 3 s).

@@ -8,11 +8,11 @@ import pytest
 
 from processor.app.cli import build_registry
 from processor.errors import ModelUnavailableError
+from testkit.models.flow import build_flow_lora, build_kontext
+from testkit.models.qwen import build_qwen_edit
 from tests.sd.test_diffusion import drain, make_settings, manifest_of
 from tests.sd.test_flow_lora import PHOTO as TOY_PHOTO
 from tests.sd.test_flow_lora import assert_lora_recorded, lora_sha, run_once
-from tests.sd.tiny_flow import build_flow_lora, build_kontext
-from tests.sd.tiny_qwen import build_qwen_edit
 
 pytest.importorskip("peft")
 

@@ -31,8 +31,8 @@ from processor.finetune.record import LORA_NAME, RECORD_NAME, TrainingRecord
 from processor.manifest import Manifest
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
-from tests.images import photo_bytes
-from tests.sd.conftest import CAPTION_WORDS
+from testkit.images import photo_bytes
+from testkit.models.caption import CAPTION_WORDS
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Small but real: 64 px (an 8x8 latent), 8 steps, a checkpoint every 2.

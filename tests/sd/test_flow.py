@@ -1,5 +1,5 @@
 """FLUX.1 and Stable Diffusion 3 img2img (``processor.pipeline.diffusion_flow``): tiny random-weight
-pipelines built offline (``tests.sd.tiny_flow``), picked by ``model_index.json``, loaded through
+pipelines built offline (``testkit.models.flow``), picked by ``model_index.json``, loaded through
 the production loader and run through ``processor run --once`` and the worker."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from processor.models import accel
 from processor.models.loader import ModelLoader
 from processor.pipeline.diffusion import Img2ImgEngine
 from processor.pipeline.diffusion_flow import FlowFamily, FlowImg2ImgEngine
-from tests.images import photo_bytes, photo_image
+from testkit.images import photo_bytes, photo_image
+from testkit.models.flow import build_flux, build_kontext, build_sd3
 from tests.sd.test_diffusion import drain, img2img_style, make_settings, manifest_of
-from tests.sd.tiny_flow import build_flux, build_kontext, build_sd3
 
 ROUNDS = [{"strength": 0.75, "guidance": 3.5}, {"strength": 0.5, "guidance": 3.0}]
 PHOTO = {"inputs/toy.jpg": photo_bytes(160, 120, seed=6)}

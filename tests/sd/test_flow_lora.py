@@ -17,11 +17,11 @@ from processor.config import Img2ImgStyle, LoraSettings, ModelSettings, load_set
 from processor.errors import ConfigError, ModelUnavailableError
 from processor.manifest import Manifest
 from processor.models.loader import ModelLoader
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
+from testkit.models.flow import build_flow_lora, build_flux, build_sd3
 from tests.sd.test_convert_pickle import hub_cache
 from tests.sd.test_diffusion import drain, img2img_style, make_settings, manifest_of
 from tests.sd.test_infotext import parse_infotext
-from tests.sd.tiny_flow import build_flow_lora, build_flux, build_sd3
 
 pytest.importorskip("peft")
 

@@ -15,7 +15,7 @@ from processor.app.cli import build_registry
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 from tests.sd.test_diffusion import img2img_style, make_settings, manifest_of
 from tests.sd.test_ip_adapter import ip_adapter
 

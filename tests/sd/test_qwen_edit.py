@@ -1,5 +1,5 @@
 """Qwen-Image-Edit under ``engine: edit`` (``processor.pipeline.diffusion_qwen_edit``): tiny random-weight
-pipelines built offline (``tests.sd.tiny_qwen``), picked by ``model_index.json``, loaded through the
+pipelines built offline (``testkit.models.qwen``), picked by ``model_index.json``, loaded through the
 production loader and run through ``processor run --once`` and the worker."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from processor.manifest import Manifest
 from processor.models.loader import ModelLoader
 from processor.pipeline.diffusion_edit import KontextEngine
 from processor.pipeline.diffusion_qwen_edit import QwenEditEngine, condition_size
-from tests.images import photo_bytes, photo_image
+from testkit.images import photo_bytes, photo_image
+from testkit.models.flow import build_kontext
+from testkit.models.qwen import build_qwen_edit
 from tests.sd.test_diffusion import drain, make_settings, manifest_of
-from tests.sd.tiny_flow import build_kontext
-from tests.sd.tiny_qwen import build_qwen_edit
 
 PHOTO = photo_bytes(160, 120, seed=6)
 INSTRUCTION = "Put a waterfall in the background"
