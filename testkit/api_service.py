@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -49,7 +50,7 @@ class Service:
     #: The ``processor run`` daemon beside it, when the test started one.
     worker: subprocess.Popen | None = None
 
-    def client(self, token: str | None = TOKEN, **kwargs: object) -> httpx.Client:
+    def client(self, token: str | None = TOKEN, **kwargs: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
 
