@@ -17,6 +17,7 @@ from processor.queue.claims import ClaimKeeper, ClaimManager, ClaimProgress
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from testkit.images import photo_bytes
+from testkit.waits import HANG_GUARD_S
 
 
 @pytest.fixture
@@ -278,14 +279,14 @@ def test_a_running_worker_publishes_its_progress_where_the_api_reads_it(tmp_path
     thread.start()
     try:
         wanted = ClaimProgress("style:toon", round=2, rounds=3, step=4, steps=10)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + HANG_GUARD_S
         while (state := queue.state(job)).progress != wanted:
             assert time.monotonic() < deadline, f"never saw the progress; last: {state}"
             time.sleep(0.05)
         assert state.status is JobStatus.running
     finally:
         release.set()
-        thread.join(timeout=30)
+        thread.join(timeout=HANG_GUARD_S)
     assert queue.state(job).status is JobStatus.done
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from testkit.waits import HANG_GUARD_S
+
 TORCH_FREE = (
     "processor.worker.runner",
     "processor.queue.protocol",
@@ -22,7 +24,7 @@ TORCH_FREE = (
 
 
 def run_python(code: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
