@@ -1,4 +1,7 @@
-"""Shared fixtures.
+"""Shared fixtures and the session's policies.
+
+Policy: tests marked ``slow`` run only when asked for (``-m slow``, or ``RUN_SLOW=1``;
+``CHAOS_FULL=1`` is the chaos run's older switch).
 
 Stores: ``local_store`` (a directory), and against one real SeaweedFS per test session
 (``s3_server``): ``s3_store`` (boto3) and ``cos_hmac_store`` (ibm_boto3 with HMAC keys), each on a
@@ -14,18 +17,36 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-if TYPE_CHECKING:  # imported in the fixtures: sessions without store tests skip ibm_boto3's import
-    from processor.store.cos import CosStore
-    from processor.store.local import LocalStore
-    from processor.store.s3 import S3Store
-
-# --------------------------------------------------------------------------- S3 (SeaweedFS)
-
 # The server itself lives in testkit/seaweed.py, shared with bench/chaos.py (which stops and restarts
 # its own instance).
 from testkit.seaweed import S3Server, WeedServer
 from testkit.seaweed import weed_binary as _weed_binary
 
+if TYPE_CHECKING:  # imported in the fixtures: sessions without store tests skip ibm_boto3's import
+    from processor.store.cos import CosStore
+    from processor.store.local import LocalStore
+    from processor.store.s3 import S3Store
+
+# --------------------------------------------------------------------------- policies
+
+#: Environment variables that select the ``slow`` tests as ``-m slow`` does (``CHAOS_FULL``: the
+#: full chaos run's older switch).
+SLOW_SWITCHES = ("RUN_SLOW", "CHAOS_FULL")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``slow`` tests (minutes each: the full chaos run, torch.compile on the CPU) unless a
+    ``-m`` expression names ``slow`` or a switch of ``SLOW_SWITCHES`` is 1: the default run stays
+    within CI's budget, and a skipped test says how to select it."""
+    if "slow" in (config.getoption("markexpr") or "") or any(os.environ.get(v) == "1" for v in SLOW_SWITCHES):
+        return
+    skip = pytest.mark.skip(reason="slow: select it with -m slow or RUN_SLOW=1")
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(skip)
+
+
+# --------------------------------------------------------------------------- S3 (SeaweedFS)
 
 @pytest.fixture(autouse=True)
 def _no_fixed_metrics_port(monkeypatch: pytest.MonkeyPatch) -> None:
