@@ -1,7 +1,8 @@
 """Shared fixtures and the session's policies.
 
-Policy: tests marked ``slow`` run only when asked for (``-m slow``, or ``RUN_SLOW=1``;
-``CHAOS_FULL=1`` is the chaos run's older switch).
+Policies: torch runs one intra-op thread in the tests and the processes they start
+(``TEST_TORCH_THREADS``); tests marked ``slow`` run only when asked for (``-m slow``, or
+``RUN_SLOW=1``; ``CHAOS_FULL=1`` is the chaos run's older switch).
 
 Stores: ``local_store`` (a directory), and against one real SeaweedFS per test session
 (``s3_server``): ``s3_store`` (boto3) and ``cos_hmac_store`` (ibm_boto3 with HMAC keys), each on a
@@ -11,6 +12,7 @@ fresh bucket.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 # The server itself lives in testkit/seaweed.py, shared with bench/chaos.py (which stops and restarts
-# its own instance).
+# its own instance). No module imported here imports torch: the thread policy below comes first.
 from testkit.seaweed import S3Server, WeedServer
 from testkit.seaweed import weed_binary as _weed_binary
 
@@ -28,6 +30,17 @@ if TYPE_CHECKING:  # imported in the fixtures: sessions without store tests skip
     from processor.store.s3 import S3Store
 
 # --------------------------------------------------------------------------- policies
+
+#: torch's intra-op threads in the tests and in every process they start (set before torch is
+#: imported; an explicit OMP_NUM_THREADS wins). Tiny models gain nothing from a second thread, and
+#: with torch's default of one thread per core OpenMP's spinning threads fight every other process
+#: for the cores: on the busy 2-core machine a tiny img2img call took 25x the CPU time and 15x the
+#: wall time with two threads than with one.
+TEST_TORCH_THREADS = 1
+for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, str(TEST_TORCH_THREADS))
+if "torch" in sys.modules:  # imported before this file (a plugin): the variables came too late
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 #: Environment variables that select the ``slow`` tests as ``-m slow`` does (``CHAOS_FULL``: the
 #: full chaos run's older switch).
