@@ -267,10 +267,11 @@ def notebook_call(pipe: Any, image: Any, steps: int, variants: int) -> list[Any]
                 num_inference_steps=steps, num_images_per_prompt=variants).images
 
 
-def timed(run: Any, images: int, device: str, counter: UNetCounter) -> tuple[float, int]:
-    """Seconds for ``images`` inputs after one untimed warm-up input, and the outputs made;
+def timed(run: Any, images: int, device: str, counter: UNetCounter, *, warmups: int = 1) -> tuple[float, int]:
+    """Seconds for ``images`` inputs after ``warmups`` untimed warm-up inputs, and the outputs made;
     ``counter`` counts the timed inputs' UNet samples only."""
-    run()
+    for _ in range(warmups):
+        run()
     sync(device)
     counter.samples = counter.calls = 0
     made = 0
