@@ -21,6 +21,7 @@ the tiny SDXL for an id with "xl"), any other as a tiny ControlNet.
 
     python -m bench.unet_evals [--config config.yaml] [--also bench/flow_styles.yaml]
                                [--reference modern-disney] [--fast modern-disney-fast --min-ratio 8]
+                               [--models DIR]
 
 ``--also`` adds the styles of another config file: ``bench/flow_styles.yaml`` holds the
 flow-family styles ``config.yaml`` offers commented out (not shipped enabled: ``models pull``
@@ -36,7 +37,7 @@ import argparse
 import copy
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,23 +113,30 @@ def _count(counts: Counts) -> list[tuple[Any, str, Any]]:
     return patched
 
 
+def built(path: Path, build: Callable[[Path], Path]) -> Path:
+    """``path`` as ``build`` makes it, built only when absent: a ``--models`` folder that an earlier
+    run filled is reused (each model's random weights come from a fixed seed)."""
+    return path if path.exists() else build(path)
+
+
 def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], list[str]]:
-    """``config`` with every model replaced by a tiny one of its family; the diffusion style names."""
+    """``config`` with every model replaced by a tiny one of its family (built in ``root``, or found
+    there); the diffusion style names."""
     from testkit.models.sd import build_controlnet, build_inpaint, build_lora, build_sd, build_sdxl, build_sdxl_refiner
 
-    sd = build_sd(root / "tiny-sd")
+    sd = built(root / "tiny-sd", build_sd)
     xl: list[Path] = []  # built on first use: (base, refiner)
 
     def tiny_xl() -> list[Path]:
         if not xl:
-            xl.append(build_sdxl(root / "tiny-sdxl"))
-            xl.append(build_sdxl_refiner(root / "tiny-sdxl-refiner", xl[0]))
+            xl.append(built(root / "tiny-sdxl", build_sdxl))
+            xl.append(built(root / "tiny-sdxl-refiner", lambda p: build_sdxl_refiner(p, xl[0])))
         return xl
 
-    pix2pix = build_sd(root / "tiny-pix2pix", in_channels=8)
-    models = {"inpaint": lambda: build_inpaint(root / "tiny-inpaint")}
-    lora = build_lora(root / "tiny-lora", sd / "unet")
-    controlnet = build_controlnet(root / "tiny-controlnet", sd / "unet")
+    pix2pix = built(root / "tiny-pix2pix", lambda p: build_sd(p, in_channels=8))
+    models = {"inpaint": lambda: built(root / "tiny-inpaint", build_inpaint)}
+    lora = built(root / "tiny-lora", lambda p: build_lora(p, sd / "unet"))
+    controlnet = built(root / "tiny-controlnet", lambda p: build_controlnet(p, sd / "unet"))
     flow: dict[str, Path] = {}  # built on first use, by family
 
     def tiny_flow(family: str) -> Path:
@@ -140,7 +148,7 @@ def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], lis
                         "flux-schnell": lambda p: build_flux(p, guidance_embeds=False),
                         "qwen-edit": build_qwen_edit,
                         "qwen-edit-plus": lambda p: build_qwen_edit(p, plus=True)}
-            flow[family] = builders[family](root / f"tiny-{family}")
+            flow[family] = built(root / f"tiny-{family}", builders[family])
         return flow[family]
 
     def tiny_flow_lora(family: str) -> Path:
@@ -288,6 +296,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--fast", default=None, help="a style that must be --min-ratio times cheaper")
     parser.add_argument("--min-ratio", type=float, default=8.0)
     parser.add_argument("--styles", nargs="*", help="only these styles (default: every diffusion style)")
+    parser.add_argument("--models", metavar="DIR", default=None,
+                        help="where the tiny models are built, and found by a later run that names the same "
+                        "folder (default: a temporary folder, removed at the end)")
     args = parser.parse_args(argv)
 
     shipped = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
@@ -297,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     photo = photo_image(320, 240, seed=1)
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-evals-") as tmp:
-        config, names = tiny_config(shipped, Path(tmp))
+        config, names = tiny_config(shipped, Path(args.models or tmp))
         names = [n for n in names if not args.styles or n in args.styles]
         # allow_noncommercial: every shipped style is counted, on random weights (no model is used);
         # the per-input bounds are a worker's, not a count's (each style runs on its own here).
