@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from testkit.models.caption import build_hf_clip, build_tiny_blip, build_tiny_clip, build_tiny_git, write_tiny_labels
+from testkit.models.flow import build_flux, build_kontext, build_sd3
+from testkit.models.qwen import build_qwen_edit
 from testkit.models.sd import build_controlnet, build_inpaint, build_lora, build_sd, build_sdxl, build_sdxl_refiner
 from testkit.models.segmenters import build_onnx_segmenter, build_segformer
 
@@ -131,9 +133,48 @@ def tiny_onnx(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_hf_clip(tmp_path_factory) -> Path:
     return build_hf_clip(tmp_path_factory.mktemp("models") / "tiny-hf-clip")
+
+
 @pytest.fixture(scope="session")
 def tiny_ip_adapter(tiny_sd, tmp_path_factory) -> Path:
     """An IP-Adapter folder for ``tiny_sd``'s UNet in h94/IP-Adapter's layout (``testkit.models.ip_adapter``)."""
     from testkit.models.ip_adapter import build_ip_adapter
 
     return build_ip_adapter(tmp_path_factory.mktemp("models") / "tiny-ip-adapter", tiny_sd / "unet")
+
+
+# --------------------------------------------------------------------------- flow transformers, Qwen-Image-Edit
+
+
+@pytest.fixture(scope="session")
+def tiny_flux(tmp_path_factory) -> Path:
+    """FLUX.1 dev, which takes a guidance input (``testkit.models.flow``)."""
+    return build_flux(tmp_path_factory.mktemp("models") / "tiny-flux-dev")
+
+
+@pytest.fixture(scope="session")
+def tiny_schnell(tmp_path_factory) -> Path:
+    """FLUX.1 schnell (no guidance input)."""
+    return build_flux(tmp_path_factory.mktemp("models") / "tiny-flux-schnell", guidance_embeds=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3(tmp_path_factory) -> Path:
+    return build_sd3(tmp_path_factory.mktemp("models") / "tiny-sd3")
+
+
+@pytest.fixture(scope="session")
+def tiny_kontext(tmp_path_factory) -> Path:
+    return build_kontext(tmp_path_factory.mktemp("models") / "tiny-kontext")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_edit(tmp_path_factory) -> Path:
+    """Qwen-Image-Edit (``testkit.models.qwen``)."""
+    return build_qwen_edit(tmp_path_factory.mktemp("models") / "tiny-qwen-image-edit")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_edit_plus(tmp_path_factory) -> Path:
+    """Qwen-Image-Edit-2509 (the Plus pipeline)."""
+    return build_qwen_edit(tmp_path_factory.mktemp("models") / "tiny-qwen-image-edit-2509", plus=True)

@@ -14,22 +14,10 @@ from processor.models.loader import ModelLoader
 from processor.pipeline.diffusion_edit import KontextEngine
 from processor.pipeline.diffusion_qwen_edit import QwenEditEngine, condition_size
 from testkit.images import photo_bytes, photo_image
-from testkit.models.flow import build_kontext
-from testkit.models.qwen import build_qwen_edit
 from tests.sd.test_diffusion import drain, make_settings, manifest_of
 
 PHOTO = photo_bytes(160, 120, seed=6)
 INSTRUCTION = "Put a waterfall in the background"
-
-
-@pytest.fixture(scope="module")
-def tiny_qwen_edit(tmp_path_factory):
-    return build_qwen_edit(tmp_path_factory.mktemp("models") / "tiny-qwen-image-edit")
-
-
-@pytest.fixture(scope="module")
-def tiny_qwen_edit_plus(tmp_path_factory):
-    return build_qwen_edit(tmp_path_factory.mktemp("models") / "tiny-qwen-image-edit-2509", plus=True)
 
 
 def edit_style(model, **extra) -> dict:
@@ -92,9 +80,9 @@ def test_a_negative_steers_the_edit_and_a_variant_does_not_depend_on_its_batch(t
     assert diff <= 2  # seed 4 alone and seed 4 second in a batch of two: the same picture
 
 
-def test_the_editor_comes_from_model_index(tiny_qwen_edit, tiny_qwen_edit_plus, tmp_path_factory):
+def test_the_editor_comes_from_model_index(tiny_qwen_edit, tiny_qwen_edit_plus, tiny_kontext):
     loader = ModelLoader(ModelSettings())
-    kontext = build_kontext(tmp_path_factory.mktemp("models") / "tiny-kontext")
+    kontext = tiny_kontext
     for model, cls in ((tiny_qwen_edit, QwenEditEngine), (tiny_qwen_edit_plus, QwenEditEngine),
                        (kontext, KontextEngine)):
         engine = make_engine("e", EditStyle(model=str(model), instruction="make it red"), loader)
