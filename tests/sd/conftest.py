@@ -1,11 +1,14 @@
-"""Tiny random-weight models as session fixtures: each is built once per test session into its own
-temporary folder by the builders of ``testkit.models`` and loaded by the tests through
-``processor.models.loader`` exactly like a production model folder.
+"""Tiny random-weight models as session fixtures: each is built once per test run by the builders of
+``testkit.models`` (``build_once``: once for all pytest-xdist workers too) and loaded by the tests
+through ``processor.models.loader`` exactly like a production model folder.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,41 +25,64 @@ if not HAVE_SD:
     collect_ignore_glob = ["test_*.py"]
 
 
+def build_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Path]) -> Path:
+    """``build(path)`` of the model ``name``, once per test run. In one process: a folder of the
+    session's temporary directory. Under pytest-xdist: one folder shared by the workers (the parent
+    of their temporary directories); the first worker to need a model builds it under a file lock
+    while the others wait, and a marker written after the build keeps a half-built model unused."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return build(factory.mktemp("models") / name)
+    from filelock import FileLock
+
+    root = factory.getbasetemp().parent / "tiny-models"
+    root.mkdir(exist_ok=True)
+    target, built = root / name, root / f"{name}.built"
+    with FileLock(str(root / f"{name}.lock")):
+        if not built.exists():
+            if target.is_dir():
+                shutil.rmtree(target)
+            target.unlink(missing_ok=True)
+            build(target)
+            built.touch()
+    return target
+
+
 @pytest.fixture(scope="session")
 def tiny_sd(tmp_path_factory) -> Path:
-    return build_sd(tmp_path_factory.mktemp("models") / "tiny-sd")
+    return build_once(tmp_path_factory, "tiny-sd", build_sd)
 
 
 @pytest.fixture(scope="session")
 def tiny_pix2pix(tmp_path_factory) -> Path:
-    return build_sd(tmp_path_factory.mktemp("models") / "tiny-pix2pix", in_channels=8)
+    return build_once(tmp_path_factory, "tiny-pix2pix", lambda path: build_sd(path, in_channels=8))
 
 
 @pytest.fixture(scope="session")
 def tiny_sdxl(tmp_path_factory) -> Path:
-    return build_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+    return build_once(tmp_path_factory, "tiny-sdxl", build_sdxl)
 
 
 @pytest.fixture(scope="session")
 def tiny_sdxl_refiner(tiny_sdxl, tmp_path_factory) -> Path:
-    return build_sdxl_refiner(tmp_path_factory.mktemp("models") / "tiny-sdxl-refiner", tiny_sdxl)
+    return build_once(tmp_path_factory, "tiny-sdxl-refiner", lambda path: build_sdxl_refiner(path, tiny_sdxl))
 
 
 @pytest.fixture(scope="session")
 def tiny_lora(tiny_sd, tmp_path_factory) -> Path:
     """A LoRA for ``tiny_sd``'s UNet (``build_lora``)."""
-    return build_lora(tmp_path_factory.mktemp("lora"), tiny_sd / "unet")
+    return build_once(tmp_path_factory, "tiny-lora", lambda path: build_lora(path, tiny_sd / "unet"))
 
 
 @pytest.fixture(scope="session")
 def tiny_controlnet(tiny_sd, tmp_path_factory) -> Path:
-    return build_controlnet(tmp_path_factory.mktemp("models") / "tiny-controlnet", tiny_sd / "unet")
+    return build_once(tmp_path_factory, "tiny-controlnet", lambda path: build_controlnet(path, tiny_sd / "unet"))
 
 
 @pytest.fixture(scope="session")
 def tiny_controlnet_b(tiny_sd, tmp_path_factory) -> Path:
     """A second ControlNet (other random weights), for styles with several."""
-    return build_controlnet(tmp_path_factory.mktemp("models") / "tiny-controlnet-b", tiny_sd / "unet", seed=3)
+    return build_once(tmp_path_factory, "tiny-controlnet-b",
+                      lambda path: build_controlnet(path, tiny_sd / "unet", seed=3))
 
 
 @pytest.fixture(scope="session")
@@ -64,14 +90,14 @@ def tiny_sd_for_adapter(tmp_path_factory) -> Path:
     """A tiny SD 1.x with SD 1.5's block order, which SD 1.x T2I-Adapters fit (``testkit.models.adapter``)."""
     from testkit.models.adapter import build_sd_for_adapter
 
-    return build_sd_for_adapter(tmp_path_factory.mktemp("models") / "tiny-sd-for-adapter")
+    return build_once(tmp_path_factory, "tiny-sd-for-adapter", build_sd_for_adapter)
 
 
 @pytest.fixture(scope="session")
 def tiny_t2i_adapter(tmp_path_factory) -> Path:
     from testkit.models.adapter import build_t2i_adapter
 
-    return build_t2i_adapter(tmp_path_factory.mktemp("models") / "tiny-t2i-adapter")
+    return build_once(tmp_path_factory, "tiny-t2i-adapter", build_t2i_adapter)
 
 
 @pytest.fixture(scope="session")
@@ -79,19 +105,19 @@ def tiny_t2i_adapter_b(tmp_path_factory) -> Path:
     """A second SD 1.x T2I-Adapter (other random weights), for styles with several."""
     from testkit.models.adapter import build_t2i_adapter
 
-    return build_t2i_adapter(tmp_path_factory.mktemp("models") / "tiny-t2i-adapter-b", seed=6)
+    return build_once(tmp_path_factory, "tiny-t2i-adapter-b", lambda path: build_t2i_adapter(path, seed=6))
 
 
 @pytest.fixture(scope="session")
 def tiny_t2i_adapter_xl(tmp_path_factory) -> Path:
     from testkit.models.adapter import build_t2i_adapter
 
-    return build_t2i_adapter(tmp_path_factory.mktemp("models") / "tiny-t2i-adapter-xl", xl=True)
+    return build_once(tmp_path_factory, "tiny-t2i-adapter-xl", lambda path: build_t2i_adapter(path, xl=True))
 
 
 @pytest.fixture(scope="session")
 def tiny_inpaint(tmp_path_factory) -> Path:
-    return build_inpaint(tmp_path_factory.mktemp("models") / "tiny-inpaint")
+    return build_once(tmp_path_factory, "tiny-inpaint", build_inpaint)
 
 
 @pytest.fixture(scope="session")
@@ -102,37 +128,37 @@ def tiny_text2img(tiny_sd) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_segformer(tmp_path_factory) -> Path:
-    return build_segformer(tmp_path_factory.mktemp("models") / "tiny-segformer")
+    return build_once(tmp_path_factory, "tiny-segformer", build_segformer)
 
 
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory) -> Path:
-    return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")
+    return build_once(tmp_path_factory, "tiny-clip", build_tiny_clip)
 
 
 @pytest.fixture(scope="session")
 def tiny_blip(tmp_path_factory) -> Path:
-    return build_tiny_blip(tmp_path_factory.mktemp("models") / "tiny-blip")
+    return build_once(tmp_path_factory, "tiny-blip", build_tiny_blip)
 
 
 @pytest.fixture(scope="session")
 def tiny_labels(tmp_path_factory) -> Path:
-    return write_tiny_labels(tmp_path_factory.mktemp("labels"))
+    return build_once(tmp_path_factory, "tiny-labels", write_tiny_labels)
 
 
 @pytest.fixture(scope="session")
 def tiny_git(tmp_path_factory) -> Path:
-    return build_tiny_git(tmp_path_factory.mktemp("models") / "tiny-git")
+    return build_once(tmp_path_factory, "tiny-git", build_tiny_git)
 
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tmp_path_factory) -> Path:
-    return build_onnx_segmenter(tmp_path_factory.mktemp("onnx") / "u2net-tiny.onnx")
+    return build_once(tmp_path_factory, "u2net-tiny.onnx", build_onnx_segmenter)
 
 
 @pytest.fixture(scope="session")
 def tiny_hf_clip(tmp_path_factory) -> Path:
-    return build_hf_clip(tmp_path_factory.mktemp("models") / "tiny-hf-clip")
+    return build_once(tmp_path_factory, "tiny-hf-clip", build_hf_clip)
 
 
 @pytest.fixture(scope="session")
@@ -140,7 +166,7 @@ def tiny_ip_adapter(tiny_sd, tmp_path_factory) -> Path:
     """An IP-Adapter folder for ``tiny_sd``'s UNet in h94/IP-Adapter's layout (``testkit.models.ip_adapter``)."""
     from testkit.models.ip_adapter import build_ip_adapter
 
-    return build_ip_adapter(tmp_path_factory.mktemp("models") / "tiny-ip-adapter", tiny_sd / "unet")
+    return build_once(tmp_path_factory, "tiny-ip-adapter", lambda path: build_ip_adapter(path, tiny_sd / "unet"))
 
 
 # --------------------------------------------------------------------------- flow transformers, Qwen-Image-Edit
@@ -149,32 +175,32 @@ def tiny_ip_adapter(tiny_sd, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_flux(tmp_path_factory) -> Path:
     """FLUX.1 dev, which takes a guidance input (``testkit.models.flow``)."""
-    return build_flux(tmp_path_factory.mktemp("models") / "tiny-flux-dev")
+    return build_once(tmp_path_factory, "tiny-flux-dev", build_flux)
 
 
 @pytest.fixture(scope="session")
 def tiny_schnell(tmp_path_factory) -> Path:
     """FLUX.1 schnell (no guidance input)."""
-    return build_flux(tmp_path_factory.mktemp("models") / "tiny-flux-schnell", guidance_embeds=False)
+    return build_once(tmp_path_factory, "tiny-flux-schnell", lambda path: build_flux(path, guidance_embeds=False))
 
 
 @pytest.fixture(scope="session")
 def tiny_sd3(tmp_path_factory) -> Path:
-    return build_sd3(tmp_path_factory.mktemp("models") / "tiny-sd3")
+    return build_once(tmp_path_factory, "tiny-sd3", build_sd3)
 
 
 @pytest.fixture(scope="session")
 def tiny_kontext(tmp_path_factory) -> Path:
-    return build_kontext(tmp_path_factory.mktemp("models") / "tiny-kontext")
+    return build_once(tmp_path_factory, "tiny-kontext", build_kontext)
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen_edit(tmp_path_factory) -> Path:
     """Qwen-Image-Edit (``testkit.models.qwen``)."""
-    return build_qwen_edit(tmp_path_factory.mktemp("models") / "tiny-qwen-image-edit")
+    return build_once(tmp_path_factory, "tiny-qwen-image-edit", build_qwen_edit)
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen_edit_plus(tmp_path_factory) -> Path:
     """Qwen-Image-Edit-2509 (the Plus pipeline)."""
-    return build_qwen_edit(tmp_path_factory.mktemp("models") / "tiny-qwen-image-edit-2509", plus=True)
+    return build_once(tmp_path_factory, "tiny-qwen-image-edit-2509", lambda path: build_qwen_edit(path, plus=True))
