@@ -44,7 +44,9 @@ def _all_log_text(caplog: pytest.LogCaptureFixture) -> str:
 def debug_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG)  # the root logger: botocore, urllib3 and ibm_botocore too
     for name in ("botocore", "ibm_botocore", "urllib3", "boto3", "ibm_boto3", "processor"):
-        logging.getLogger(name).setLevel(logging.DEBUG)
+        # Through caplog, which restores each level after the test: a level left at DEBUG made
+        # later tests' output (a CLI's stderr) carry botocore's debug records.
+        caplog.set_level(logging.DEBUG, logger=name)
     return caplog
 
 
