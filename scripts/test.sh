@@ -14,7 +14,8 @@
 #
 # PYTEST_WORKERS=N runs it in N processes (pytest-xdist, --dist loadfile: a test module stays on
 # one process, so module fixtures are built once; each process starts its own SeaweedFS on free
-# ports, and the tiny models are built once for all of them). The default, 0, is one process.
+# ports, and the tiny models are built once for all of them). The default, 0, is one process;
+# .ci/run uses 2.
 # pytest's exit code passes through (5: no test collected, which .ci/run fails on).
 set -euo pipefail
 cd "$(dirname "$0")/.."
