@@ -43,8 +43,8 @@ from processor.queue.protocol import BucketQueue
 from processor.queue.submit import Submission
 from processor.store.base import ObjectStore
 from processor.store.local import LocalStore
-from tests.api_service import TOKEN, serve, worker, write_env
-from tests.images import photo_bytes
+from testkit.api_service import TOKEN, serve, worker, write_env
+from testkit.images import photo_bytes
 
 DEFAULT_CLIENTS = 8
 DEFAULT_REQUESTS = 200

@@ -61,8 +61,8 @@ from bench.chaos_check import BucketReport, check_bucket, percentile
 from bench.chaos_worker import folder_id
 from processor.config import PrefixSettings
 from processor.queue.keys import KeyLayout, is_sidecar, safe_path
-from tests.images import bad_inputs, photo_bytes
-from tests.seaweed import S3Server, WeedServer
+from testkit.images import bad_inputs, photo_bytes
+from testkit.seaweed import S3Server, WeedServer
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_SCRIPT = ROOT / "bench" / "chaos_worker.py"

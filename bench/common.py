@@ -32,7 +32,7 @@ def seaweedfs_server(server: Any = None) -> Iterator[Any]:
     if server is not None:
         yield server
         return
-    from tests.seaweed import WeedServer
+    from testkit.seaweed import WeedServer
 
     with tempfile.TemporaryDirectory(prefix="bench-weed-") as tmp:
         with WeedServer(Path(tmp)) as weed:

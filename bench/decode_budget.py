@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sniff_format,
         survey,
     )
-    from tests.images import HEIF_ENCODER, encode, photo_image
+    from testkit.images import HEIF_ENCODER, encode, photo_image
 
     limits = DecodeSettings()
     photo = photo_image(args.width, args.height, seed=3)

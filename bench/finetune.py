@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from processor.finetune.record import CaptionSource, Hyperparameters, Mode
     from processor.finetune.train import TARGET_MODULES
     from processor.models.loader import ModelLoader
-    from tests.images import photo_image
+    from testkit.images import photo_image
 
     args = build_parser().parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if args.model:
             model = Path(args.model)
         elif args.tiny:
-            from tests.sd.conftest import build_sd
+            from testkit.models.sd import build_sd
 
             model = build_sd(Path(tmp) / "tiny-sd")
         else:

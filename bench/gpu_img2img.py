@@ -67,7 +67,7 @@ def sd15_modules(device: str) -> tuple[Any, Any, Any, Any]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from tests.sd.conftest import tiny_tokenizer
+    from testkit.models.sd import tiny_tokenizer
 
     torch.manual_seed(0)
     tokenizer = tiny_tokenizer()  # token ids only index the embedding; its vocabulary size is irrelevant
@@ -267,10 +267,11 @@ def notebook_call(pipe: Any, image: Any, steps: int, variants: int) -> list[Any]
                 num_inference_steps=steps, num_images_per_prompt=variants).images
 
 
-def timed(run: Any, images: int, device: str, counter: UNetCounter) -> tuple[float, int]:
-    """Seconds for ``images`` inputs after one untimed warm-up input, and the outputs made;
+def timed(run: Any, images: int, device: str, counter: UNetCounter, *, warmups: int = 1) -> tuple[float, int]:
+    """Seconds for ``images`` inputs after ``warmups`` untimed warm-up inputs, and the outputs made;
     ``counter`` counts the timed inputs' UNet samples only."""
-    run()
+    for _ in range(warmups):
+        run()
     sync(device)
     counter.samples = counter.calls = 0
     made = 0
@@ -329,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from processor.config import ModelSettings
     from processor.models.loader import ModelLoader
     from processor.pipeline.diffusion import performance
-    from tests.images import photo_image
+    from testkit.images import photo_image
 
     args = build_parser().parse_args(argv)
     if args.images < 1 or args.steps < 3 or args.variants < 1:
@@ -351,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if args.model:
             model = Path(args.model)
         elif args.tiny:
-            from tests.sd.conftest import build_sd
+            from testkit.models.sd import build_sd
 
             model = build_sd(Path(tmp) / "tiny-sd")
         else:

@@ -19,6 +19,7 @@ input, peak GPU memory; and the fast and canny styles' ratios against ``modern-d
 
     python -m bench.gpu_styles --model DIR --dtype float16      # a CUDA machine
     python -m bench.gpu_styles --tiny --device cpu --images 1   # anywhere (tiny models, 64 px)
+    python -m bench.gpu_styles --tiny --device cpu --images 1 --warmups 0   # the CPU smoke test
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def saved_lora_modules(path: Path) -> int:
         return sum(1 for key in fh.keys() if "lora_A" in key or "lora.down" in key)
 
 
-def time_style(engine: Any, image: Any, images: int, device: str) -> StyleTiming:
+def time_style(engine: Any, image: Any, images: int, device: str, warmups: int = 1) -> StyleTiming:
     import torch
 
     from bench.gpu_img2img import UNetCounter, timed
@@ -139,7 +140,7 @@ def time_style(engine: Any, image: Any, images: int, device: str) -> StyleTiming
         torch.cuda.reset_peak_memory_stats()
     counter = UNetCounter(engine.pipe.unet)
     try:
-        seconds, made = timed(lambda: engine(image), images, device, counter)
+        seconds, made = timed(lambda: engine(image), images, device, counter, warmups=warmups)
     finally:
         counter.remove()
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
@@ -156,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", default=str(ROOT / "config.yaml"), help="where the styles come from")
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES,
                         help=f"inputs timed per style after one warm-up input (default {DEFAULT_IMAGES})")
+    parser.add_argument("--warmups", type=int, default=1,
+                        help="untimed inputs per style before the timed ones (default 1: a GPU's first call "
+                        "pays for kernel selection and allocation; 0 for a CPU smoke run, whose figures are not kept)")
     parser.add_argument("--size", type=int, default=None, help=f"input side in pixels (default {FULL_SIZE}; "
                         f"--tiny {TINY_SIZE})")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
@@ -172,11 +176,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from processor.app.compose import build_registry
     from processor.config import ModelSettings, Settings
     from processor.models.loader import ModelLoader
-    from tests.images import photo_image
+    from testkit.images import photo_image
 
     args = build_parser().parse_args(argv)
-    if args.images < 1:
-        raise SystemExit("--images must be >= 1")
+    if args.images < 1 or args.warmups < 0:
+        raise SystemExit("--images must be >= 1 and --warmups >= 0")
     device = ModelLoader(ModelSettings(device=args.device)).device()
     dtype = getattr(torch, args.dtype) if device.startswith("cuda") else torch.float32
     size = args.size or (TINY_SIZE if args.tiny else FULL_SIZE)
@@ -185,13 +189,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     described = args.model or ("tiny SD (test configs)" if args.tiny else "SD 1.5 architecture, random weights")
     results: dict[str, Any] = {"model": described, "size": f"{size}x{size}",
                                "device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
-                               "dtype": args.dtype, "images_timed": args.images}
+                               "dtype": args.dtype, "images_timed": args.images, "warmups": args.warmups}
     with tempfile.TemporaryDirectory(prefix="bench-styles-") as tmp:
         started = time.perf_counter()
         if args.model:
             model = Path(args.model)
         elif args.tiny:
-            from tests.sd.conftest import build_sd
+            from testkit.models.sd import build_sd
 
             model = build_sd(Path(tmp) / "tiny-sd")
         else:
@@ -215,7 +219,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         results["fast_lcm_lora_modules"] = loaded
         if loaded != saved:  # a LoRA on fewer layers than the real one would time too fast
             raise SystemExit(f"the LCM-LoRA adapts {saved} modules in its file but {loaded} after loading")
-        timings = {name: time_style(registry.engine(name), image, args.images, device) for name in styles}
+        timings = {name: time_style(registry.engine(name), image, args.images, device, args.warmups)
+                   for name in styles}
     for name, t in timings.items():
         slug = SLUGS[name]
         results |= {f"{slug}_images_per_s": t.images_per_s, f"{slug}_s_per_input": t.s_per_input,

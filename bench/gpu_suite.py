@@ -75,8 +75,8 @@ PRESENT_MODULES = ("torch", "transformers", "accelerate", "peft", "safetensors",
 #: The project's modules the steps import (each pulls its own dependencies).
 PROJECT_MODULES = ("processor.app.cli", "processor.pipeline.img2img", "processor.pipeline.interrogator",
                    "processor.pipeline.caption", "processor.store.local", "processor.store.s3", "bench.gpu_img2img",
-                   "bench.real_run", "bench.overlap", "bench.gpu_styles", "bench.unet_evals", "tests.sd.conftest",
-                   "tests.conftest")
+                   "bench.real_run", "bench.overlap", "bench.gpu_styles", "bench.unet_evals", "testkit.models.sd",
+                   "tests.sd.conftest", "tests.conftest")
 #: Modules the GPU machine lacks that no step may need (store adapters and the HTTP API); the guard
 #: hides them too, so a step that starts needing one fails the rehearsal.
 #: (Not httpx2 / httpcore2: only this environment's newer huggingface-hub needs them, and the GPU
@@ -492,7 +492,7 @@ def build(into: Path, tiny: bool) -> int:
     started = time.perf_counter()
     into.mkdir(parents=True, exist_ok=True)
     if tiny:
-        from tests.sd.conftest import build_sd
+        from testkit.models.sd import build_sd
 
         model = build_sd(into / "tiny-sd")
     else:
@@ -522,7 +522,7 @@ def prepare_photos(source: Path, into: Path, count: int, side: int = PHOTO_SIDE)
             image.thumbnail((side, side))
             image.save(path, "JPEG", quality=PHOTO_QUALITY)
         else:
-            from tests.images import photo_bytes
+            from testkit.images import photo_bytes
 
             width, height = (side, side * 3 // 4) if i % 2 == 0 else (side * 3 // 4, side)
             path.write_bytes(photo_bytes(width, height, seed=i))

@@ -188,7 +188,7 @@ def sd_model(args: argparse.Namespace, into: Any) -> str:
     if args.model:
         return args.model
     if args.tiny:
-        from tests.sd.conftest import build_sd
+        from testkit.models.sd import build_sd
 
         return str(build_sd(Path(into) / "tiny-sd"))
     from bench.gpu_img2img import build_sd15
@@ -199,7 +199,7 @@ def sd_model(args: argparse.Namespace, into: Any) -> str:
 
 
 def photos(count: int, size: int) -> list[bytes]:
-    from tests.images import photo_bytes
+    from testkit.images import photo_bytes
 
     return [photo_bytes(size, size * 3 // 4, seed=i) for i in range(count)]
 

@@ -99,7 +99,7 @@ def photos(source: str | None, count: int, into: Path) -> list[Path]:
             src = found[i % len(found)]
             made.append(Path(shutil.copy(src, into / f"{i:03d}-{src.name}")))
         return made
-    from tests.images import photo_bytes
+    from testkit.images import photo_bytes
 
     for i in range(count):
         width, height = SYNTHETIC_SIZES[i % len(SYNTHETIC_SIZES)]
@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if args.model:
             model = Path(args.model)
         elif args.tiny:
-            from tests.sd.conftest import build_sd
+            from testkit.models.sd import build_sd
 
             model = build_sd(root / "tiny-sd")
         else:

@@ -187,7 +187,7 @@ def main(argv: Sequence[str] | None = None, *, server: Any = None) -> dict[str, 
     args = build_parser().parse_args(argv)
     if args.inputs < 1 or args.verify < 1:
         raise SystemExit("--inputs and --verify must be at least 1")
-    from tests.images import photo_bytes
+    from testkit.images import photo_bytes
 
     cfg = settings()
     body = photo_bytes(PHOTO_SIDE, PHOTO_SIDE)

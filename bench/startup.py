@@ -54,7 +54,7 @@ CONFIG = (
 
 
 def make_project(root: Path, photos: int, size: int) -> None:
-    from tests.images import photo_bytes
+    from testkit.images import photo_bytes
 
     (root / "config.yaml").write_text(CONFIG)
     inputs = root / "bucket" / "inputs"

@@ -21,6 +21,7 @@ the tiny SDXL for an id with "xl"), any other as a tiny ControlNet.
 
     python -m bench.unet_evals [--config config.yaml] [--also bench/flow_styles.yaml]
                                [--reference modern-disney] [--fast modern-disney-fast --min-ratio 8]
+                               [--models DIR]
 
 ``--also`` adds the styles of another config file: ``bench/flow_styles.yaml`` holds the
 flow-family styles ``config.yaml`` offers commented out (not shipped enabled: ``models pull``
@@ -36,7 +37,7 @@ import argparse
 import copy
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,39 +113,46 @@ def _count(counts: Counts) -> list[tuple[Any, str, Any]]:
     return patched
 
 
-def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], list[str]]:
-    """``config`` with every model replaced by a tiny one of its family; the diffusion style names."""
-    from tests.sd.conftest import build_controlnet, build_inpaint, build_lora, build_sd, build_sdxl, build_sdxl_refiner
+def built(path: Path, build: Callable[[Path], Path]) -> Path:
+    """``path`` as ``build`` makes it, built only when absent: a ``--models`` folder that an earlier
+    run filled is reused (each model's random weights come from a fixed seed)."""
+    return path if path.exists() else build(path)
 
-    sd = build_sd(root / "tiny-sd")
+
+def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], list[str]]:
+    """``config`` with every model replaced by a tiny one of its family (built in ``root``, or found
+    there); the diffusion style names."""
+    from testkit.models.sd import build_controlnet, build_inpaint, build_lora, build_sd, build_sdxl, build_sdxl_refiner
+
+    sd = built(root / "tiny-sd", build_sd)
     xl: list[Path] = []  # built on first use: (base, refiner)
 
     def tiny_xl() -> list[Path]:
         if not xl:
-            xl.append(build_sdxl(root / "tiny-sdxl"))
-            xl.append(build_sdxl_refiner(root / "tiny-sdxl-refiner", xl[0]))
+            xl.append(built(root / "tiny-sdxl", build_sdxl))
+            xl.append(built(root / "tiny-sdxl-refiner", lambda p: build_sdxl_refiner(p, xl[0])))
         return xl
 
-    pix2pix = build_sd(root / "tiny-pix2pix", in_channels=8)
-    models = {"inpaint": lambda: build_inpaint(root / "tiny-inpaint")}
-    lora = build_lora(root / "tiny-lora", sd / "unet")
-    controlnet = build_controlnet(root / "tiny-controlnet", sd / "unet")
+    pix2pix = built(root / "tiny-pix2pix", lambda p: build_sd(p, in_channels=8))
+    models = {"inpaint": lambda: built(root / "tiny-inpaint", build_inpaint)}
+    lora = built(root / "tiny-lora", lambda p: build_lora(p, sd / "unet"))
+    controlnet = built(root / "tiny-controlnet", lambda p: build_controlnet(p, sd / "unet"))
     flow: dict[str, Path] = {}  # built on first use, by family
 
     def tiny_flow(family: str) -> Path:
-        from tests.sd.tiny_flow import build_flux, build_kontext, build_sd3
-        from tests.sd.tiny_qwen import build_qwen_edit
+        from testkit.models.flow import build_flux, build_kontext, build_sd3
+        from testkit.models.qwen import build_qwen_edit
 
         if family not in flow:
             builders = {"flux-dev": build_flux, "kontext": build_kontext, "sd3": build_sd3,
                         "flux-schnell": lambda p: build_flux(p, guidance_embeds=False),
                         "qwen-edit": build_qwen_edit,
                         "qwen-edit-plus": lambda p: build_qwen_edit(p, plus=True)}
-            flow[family] = builders[family](root / f"tiny-{family}")
+            flow[family] = built(root / f"tiny-{family}", builders[family])
         return flow[family]
 
     def tiny_flow_lora(family: str) -> Path:
-        from tests.sd.tiny_flow import build_flow_lora
+        from testkit.models.flow import build_flow_lora
 
         target = root / f"tiny-{family}-lora"
         return target if target.is_dir() else build_flow_lora(target, tiny_flow(family))
@@ -208,14 +216,14 @@ def is_adapter_id(model: str) -> bool:
 
 
 def tiny_sd_for_adapter(root: Path) -> Path:
-    from tests.sd.tiny_adapter import build_sd_for_adapter
+    from testkit.models.adapter import build_sd_for_adapter
 
     path = root / "tiny-sd-for-adapter"
     return path if path.is_dir() else build_sd_for_adapter(path)
 
 
 def tiny_adapter(root: Path, *, xl: bool) -> Path:
-    from tests.sd.tiny_adapter import build_t2i_adapter
+    from testkit.models.adapter import build_t2i_adapter
 
     path = root / ("tiny-t2i-adapter-xl" if xl else "tiny-t2i-adapter")
     return path if path.is_dir() else build_t2i_adapter(path, xl=xl)
@@ -223,7 +231,7 @@ def tiny_adapter(root: Path, *, xl: bool) -> Path:
 
 def tiny_preprocessor(kind: str, root: Path) -> Path:
     """A tiny random-weight preprocessor for ``kind`` (built once under ``root``)."""
-    from tests.sd.tiny_control import build_annotator, build_depth
+    from testkit.models.control import build_annotator, build_depth
 
     path = root / f"tiny-{kind}" if kind == "depth" else root / f"tiny-{kind}.safetensors"
     if not path.exists() and kind == "depth":
@@ -255,7 +263,7 @@ def flow_family_of(style: dict[str, Any]) -> str | None:
 
 def tiny_ip_adapter(root: Path, model: Path, settings: dict[str, Any]) -> dict[str, Any]:
     """``settings`` pointing at a tiny IP-Adapter built once for ``model``'s UNet (its scale kept)."""
-    from tests.sd.tiny_ip_adapter import WEIGHT_NAME, build_ip_adapter
+    from testkit.models.ip_adapter import WEIGHT_NAME, build_ip_adapter
 
     folder = root / f"tiny-ip-adapter-{model.name}"
     if not folder.exists():
@@ -265,7 +273,7 @@ def tiny_ip_adapter(root: Path, model: Path, settings: dict[str, Any]) -> dict[s
 
 
 def style_image(root: Path) -> Path:
-    from tests.images import photo_image
+    from testkit.images import photo_image
 
     path = root / "style-image.png"
     if not path.exists():
@@ -278,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     from processor.app.compose import build_registry
     from processor.config import Settings
-    from tests.images import photo_image
+    from testkit.images import photo_image
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(Path(__file__).parents[1] / "config.yaml"))
@@ -288,6 +296,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--fast", default=None, help="a style that must be --min-ratio times cheaper")
     parser.add_argument("--min-ratio", type=float, default=8.0)
     parser.add_argument("--styles", nargs="*", help="only these styles (default: every diffusion style)")
+    parser.add_argument("--models", metavar="DIR", default=None,
+                        help="where the tiny models are built, and found by a later run that names the same "
+                        "folder (default: a temporary folder, removed at the end)")
     args = parser.parse_args(argv)
 
     shipped = yaml.safe_load(Path(args.config).read_text(encoding="utf-8"))
@@ -297,7 +308,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     photo = photo_image(320, 240, seed=1)
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-evals-") as tmp:
-        config, names = tiny_config(shipped, Path(tmp))
+        config, names = tiny_config(shipped, Path(args.models or tmp))
         names = [n for n in names if not args.styles or n in args.styles]
         # allow_noncommercial: every shipped style is counted, on random weights (no model is used);
         # the per-input bounds are a worker's, not a count's (each style runs on its own here).

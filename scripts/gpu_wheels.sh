@@ -48,7 +48,7 @@ PINS=(
   clip-interrogator==0.6.0
   ftfy==6.3.1
   wcwidth==0.9.4
-  # tests/conftest.py imports tests/seaweed.py, which imports boto3 at module level
+  # tests/conftest.py imports testkit/seaweed.py, which imports boto3 at module level
   boto3==1.44.8
   botocore==1.44.8
   s3transfer==0.19.3

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 
 out = Path(sys.argv[1])
 out.mkdir(parents=True, exist_ok=True)

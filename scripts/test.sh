@@ -1,17 +1,32 @@
 #!/usr/bin/env bash
-# The test suite: unit tests, the store contract suite against a real SeaweedFS, worker and CLI tests.
-# Extra arguments go to pytest (e.g. -m "not slow", -k claims).
+# The test suite, in tiers (one folder each under tests/):
+#   unit         in-process: pure functions, the local store, fakes (no server, browser or weights)
+#   contract     the store contract suite over every adapter (local, and S3 / COS on a real SeaweedFS)
+#   integration  a real SeaweedFS, real `processor` subprocesses (CLI, run, serve), the worker end to end
+#   models       tiny random-weight diffusion / caption / segmenter models (needs the sd extra)
+#   chaos        the fault-injection harness (its full run is marked slow)
+#   web          the pages of `processor serve` in Chromium
+#
+#   bash scripts/test.sh                      # every tier (what .ci/run runs)
+#   bash scripts/test.sh unit contract        # some tiers, by name (tests/unit works too)
+#   bash scripts/test.sh unit -k claims       # other arguments go to pytest
+#   bash scripts/test.sh -m slow              # the slow tests only (RUN_SLOW=1 adds them to a run)
+#
 # PYTEST_WORKERS=N runs it in N processes (pytest-xdist, --dist loadfile: a test module stays on
 # one process, so module fixtures are built once; each process starts its own SeaweedFS on free
-# ports). The default, 0, is one process: on the 2-core CI machine two processes were not faster
-# (each builds the session's tiny models again, and torch already uses both cores), see the
-# commit that set this. pytest's exit code passes through (5: no test collected, which .ci/run
-# fails on).
+# ports, and the tiny models are built once for all of them). The default, 0, is one process;
+# .ci/run uses 2.
+# pytest's exit code passes through (5: no test collected, which .ci/run fails on).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -d .venv ] && . .venv/bin/activate
+tiers=()
+while [ $# -gt 0 ] && [[ $1 != -* && $1 != */* && -d tests/$1 ]]; do
+  tiers+=("tests/$1")  # leading tier names; the first other argument and the rest go to pytest as given
+  shift
+done
 workers="${PYTEST_WORKERS:-0}"
 if [ "$workers" != 0 ]; then
   set -- -n "$workers" --dist loadfile "$@"
 fi
-exec python -m pytest -q "$@"
+exec python -m pytest -q ${tiers[@]+"${tiers[@]}"} "$@"

@@ -43,7 +43,7 @@ from processor.queue.claims import MAX_CLAIM_BYTES
 from processor.queue.jobs import JobStatus, job_id
 from processor.queue.keys import KeyLayout, is_directory_marker, is_sidecar
 from processor.queue.protocol import BucketQueue
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 
 #: Stems whose inputs share one output folder once an extension is added.
 STEMS = ["a", "A", "toy", "sub/a", "x.png", "ü/teddy"]

@@ -1,4 +1,8 @@
-"""Shared fixtures.
+"""Shared fixtures and the session's policies.
+
+Policies: torch runs one intra-op thread in the tests and the processes they start
+(``TEST_TORCH_THREADS``); tests marked ``slow`` run only when asked for (``-m slow``, or
+``RUN_SLOW=1``; ``CHAOS_FULL=1`` is the chaos run's older switch).
 
 Stores: ``local_store`` (a directory), and against one real SeaweedFS per test session
 (``s3_server``): ``s3_store`` (boto3), ``cos_hmac_store`` (``store.kind: cos`` with HMAC keys: boto3)
@@ -9,11 +13,17 @@ a fresh bucket.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+
+# The server itself lives in testkit/seaweed.py, shared with bench/chaos.py (which stops and restarts
+# its own instance). No module imported here imports torch: the thread policy below comes first.
+from testkit.seaweed import S3Server, WeedServer
+from testkit.seaweed import weed_binary as _weed_binary
 
 if TYPE_CHECKING:  # imported in the fixtures: sessions without store tests skip ibm_boto3's import
     from processor.store.cos import CosStore
@@ -21,23 +31,37 @@ if TYPE_CHECKING:  # imported in the fixtures: sessions without store tests skip
     from processor.store.local import LocalStore
     from processor.store.s3 import S3Store
 
+# --------------------------------------------------------------------------- policies
+
+#: torch's intra-op threads in the tests and in every process they start (set before torch is
+#: imported; an explicit OMP_NUM_THREADS wins). Tiny models gain nothing from a second thread, and
+#: with torch's default of one thread per core OpenMP's spinning threads fight every other process
+#: for the cores: on the busy 2-core machine a tiny img2img call took 25x the CPU time and 15x the
+#: wall time with two threads than with one.
+TEST_TORCH_THREADS = 1
+for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_variable, str(TEST_TORCH_THREADS))
+if "torch" in sys.modules:  # imported before this file (a plugin): the variables came too late
+    sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+#: Environment variables that select the ``slow`` tests as ``-m slow`` does (``CHAOS_FULL``: the
+#: full chaos run's older switch).
+SLOW_SWITCHES = ("RUN_SLOW", "CHAOS_FULL")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``slow`` tests (minutes each: the full chaos run, torch.compile on the CPU) unless a
+    ``-m`` expression names ``slow`` or a switch of ``SLOW_SWITCHES`` is 1: the default run stays
+    within CI's budget, and a skipped test says how to select it."""
+    if "slow" in (config.getoption("markexpr") or "") or any(os.environ.get(v) == "1" for v in SLOW_SWITCHES):
+        return
+    skip = pytest.mark.skip(reason="slow: select it with -m slow or RUN_SLOW=1")
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(skip)
+
+
 # --------------------------------------------------------------------------- S3 (SeaweedFS)
-
-# The server itself lives in tests/seaweed.py, shared with bench/chaos.py (which stops and restarts
-# its own instance); these names stay importable from here.
-from tests.seaweed import (  # noqa: F401
-    TEST_MAX_ATTEMPTS,
-    TEST_MAX_BACKOFF_S,
-    TEST_REGION,
-    WEED_START_TIMEOUT_S,
-    WEED_STOP_GRACE_S,
-    S3Server,
-    WeedServer,
-)
-from tests.seaweed import (
-    weed_binary as _weed_binary,
-)
-
 
 @pytest.fixture(autouse=True)
 def _no_fixed_metrics_port(monkeypatch: pytest.MonkeyPatch) -> None:

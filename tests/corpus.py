@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from tests.images import (
+from testkit.images import (
     PNG_SIGNATURE,
     SMALL_HEIGHT,
     SMALL_WIDTH,
@@ -88,7 +88,7 @@ class Entry:
         return (self.s3_key or self.key) if store == "s3" else self.key
 
 
-# --- extra hostile files (beyond tests/images.py) ----------------------------------------------
+# --- extra hostile files (beyond testkit/images.py) ----------------------------------------------
 
 
 def real_png_bomb(side: int = REAL_BOMB_SIDE) -> bytes:

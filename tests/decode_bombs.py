@@ -14,7 +14,7 @@ import zlib
 
 from PIL import Image
 
-from tests.images import encode
+from testkit.images import encode
 
 #: Pixels: the side of the JPEG scan bomb (4.2 MP of one grey component: 65,536 blocks a scan).
 SCAN_BOMB_SIDE = 2048

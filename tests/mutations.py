@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from PIL import Image
 
-from tests.images import HEIF_ENCODER, encode, photo_image
+from testkit.images import HEIF_ENCODER, encode, photo_image
 
 #: Pixels: the samples' size (above the default min_side of 64, small enough to decode in ~1 ms).
 FUZZ_WIDTH, FUZZ_HEIGHT = 96, 72

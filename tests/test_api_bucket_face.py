@@ -26,9 +26,9 @@ from processor.queue.protocol import BucketQueue
 from processor.queue.submit import Submission
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker
-from tests.api_service import OPEN_BASE_URL
+from testkit.api_service import OPEN_BASE_URL
+from testkit.images import photo_bytes
 from tests.bucket_states import CLAIM_GARBAGE, Hostile
-from tests.images import photo_bytes
 
 #: Seconds: the claim TTL cap of these tests (claims.max_ttl_s), short so that the S3 case can
 #: watch a planted claim expire on the server's clock.

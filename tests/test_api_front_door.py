@@ -38,8 +38,8 @@ from processor.api.upload import MAX_JSON_DEPTH, MAX_JSON_VALUES, parse_json_obj
 from processor.config import Settings, load_settings
 from processor.errors import ConfigError
 from processor.store.local import LocalStore
-from tests.api_service import TOKEN, serve, write_env
-from tests.images import photo_bytes
+from testkit.api_service import TOKEN, serve, write_env
+from testkit.images import photo_bytes
 
 #: Seconds the real servers here give a client to send its headers.
 HEADER_TIMEOUT_S = 1.0

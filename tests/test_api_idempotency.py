@@ -25,8 +25,8 @@ from processor.queue.jobs import JobStatus, job_id
 from processor.queue.protocol import BucketQueue
 from processor.queue.submit import Submission
 from processor.store.local import LocalStore
-from tests.api_service import running
-from tests.images import photo_bytes
+from testkit.api_service import running
+from testkit.images import photo_bytes
 
 TOKEN = "alice-token"
 KEYS = [f"alice:{TOKEN}"]

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from testkit.api_service import TOKEN, serve, write_env
 from tests.api_attacks import (
     JPEG_START,
     MIB,
@@ -34,7 +35,6 @@ from tests.api_attacks import (
     post,
     repeat,
 )
-from tests.api_service import TOKEN, serve, write_env
 
 REPO = Path(__file__).resolve().parents[1]
 #: The upload cap of the server under test: the default, pipeline.decode.max_bytes.

@@ -12,8 +12,8 @@ from contextlib import ExitStack, closing
 import httpx
 import pytest
 
-from tests.api_service import OTHER_TOKEN, TOKEN, Service, serve, write_env
-from tests.images import photo_bytes
+from testkit.api_service import OTHER_TOKEN, TOKEN, Service, serve, write_env
+from testkit.images import photo_bytes
 
 THIRD = "carol-token"
 #: The caps of the test server.

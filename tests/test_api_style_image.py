@@ -14,8 +14,8 @@ from processor.api.app import create_app
 from processor.config import load_settings
 from processor.queue.jobs import relpath_of
 from processor.store.local import LocalStore
-from tests.api_service import OPEN_BASE_URL
-from tests.images import photo_bytes
+from testkit.api_service import OPEN_BASE_URL
+from testkit.images import photo_bytes
 
 IP = {"model": "h94/IP-Adapter"}
 PHOTO = photo_bytes(120, 90)

@@ -19,7 +19,7 @@ from processor.queue.jobs import job_id, relpath_of
 from processor.queue.keys import KeyLayout
 from processor.queue.submit import owner_folder, upload_owner
 from processor.store.local import LocalStore
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 
 ALICE, BOB, OPS, PLAIN = "alice-token", "bob-token", "ops-token", "plain-token"
 KEYS = [f"alice:{ALICE}", f"bob:{BOB}", f"ops:{OPS}:admin", PLAIN]

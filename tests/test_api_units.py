@@ -18,8 +18,9 @@ from processor.queue.keys import KeyLayout
 from processor.queue.protocol import BucketQueue
 from processor.queue.submit import Submission
 from processor.store.local import LocalStore
-from tests.api_service import OPEN_BASE_URL
-from tests.images import photo_bytes
+from testkit.api_service import OPEN_BASE_URL
+from testkit.images import photo_bytes
+from testkit.waits import HANG_GUARD_S
 
 
 @pytest.fixture
@@ -282,14 +283,14 @@ def test_a_running_worker_publishes_its_progress_where_the_api_reads_it(tmp_path
     thread.start()
     try:
         wanted = ClaimProgress("style:toon", round=2, rounds=3, step=4, steps=10)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + HANG_GUARD_S
         while (state := queue.state(job)).progress != wanted:
             assert time.monotonic() < deadline, f"never saw the progress; last: {state}"
             time.sleep(0.05)
         assert state.status is JobStatus.running
     finally:
         release.set()
-        thread.join(timeout=30)
+        thread.join(timeout=HANG_GUARD_S)
     assert queue.state(job).status is JobStatus.done
 
 

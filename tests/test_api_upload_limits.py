@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.api_service import TOKEN, Service, rss_bytes, serve, write_env
+from testkit.api_service import TOKEN, Service, rss_bytes, serve, write_env
+from testkit.waits import REQUEST_GUARD_S
 
 GIB = 1024 ** 3
 CHUNK = 1024 * 1024
@@ -39,7 +40,7 @@ def stream_request(url: str, path: str, content_type: str, body: Iterator[bytes]
     """POST ``body`` chunked over a raw socket, stopping as soon as the server answers: (status, the
     JSON body, bytes of body sent)."""
     parts = urlsplit(url)
-    sock = socket.create_connection((parts.hostname, parts.port), timeout=60)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=REQUEST_GUARD_S)
     head = (f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {TOKEN}\r\n"
             f"Content-Type: {content_type}\r\nTransfer-Encoding: chunked\r\n{extra_headers}\r\n")
     sock.sendall(head.encode())
@@ -112,7 +113,7 @@ def test_a_gib_upload_is_refused_while_it_streams_without_memory_growth(service:
 
 def test_a_declared_gib_is_refused_before_its_body_is_read(service: Service) -> None:
     parts = urlsplit(service.url)
-    with socket.create_connection((parts.hostname, parts.port), timeout=30) as sock:
+    with socket.create_connection((parts.hostname, parts.port), timeout=REQUEST_GUARD_S) as sock:
         sock.sendall((f"POST /v1/jobs HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {TOKEN}\r\n"
                       f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {GIB}\r\n\r\n").encode())
         response = b""

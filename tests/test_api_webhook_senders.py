@@ -24,8 +24,8 @@ from processor.queue.submit import Submission
 from processor.queue.webhook_records import WebhookDelivery
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker
-from tests.api_service import WEBHOOK_SECRET
-from tests.images import photo_bytes
+from testkit.api_service import WEBHOOK_SECRET
+from testkit.images import photo_bytes
 
 #: Seconds between two bytes of the trickling receiver.
 TRICKLE_S = 0.05

@@ -13,8 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from processor.api.webhooks import verify
-from tests.api_service import WEBHOOK_SECRET, Service, serve, wait_status, worker, write_env
-from tests.images import photo_bytes
+from testkit.api_service import WEBHOOK_SECRET, Service, serve, wait_status, worker, write_env
+from testkit.images import photo_bytes
+from testkit.waits import HANG_GUARD_S
 
 #: Seconds to keep listening after the first delivery, for a second (duplicate) one to show up:
 #: longer than the replicas' poll period (2 s) and one back-off.
@@ -53,7 +54,7 @@ class Receiver:
         with self.lock:
             return [r for r in self.requests if r[0] == path]
 
-    def wait(self, path: str, count: int, timeout: float = 90) -> list[tuple[str, dict[str, str], bytes]]:
+    def wait(self, path: str, count: int, timeout: float = HANG_GUARD_S) -> list[tuple[str, dict[str, str], bytes]]:
         deadline = time.monotonic() + timeout
         while len(self.for_path(path)) < count:
             assert time.monotonic() < deadline, f"{path}: {len(self.for_path(path))} of {count} deliveries"

@@ -31,6 +31,7 @@ from processor.manifest import FailureRecord, Manifest
 from processor.queue.keys import KeyLayout
 from processor.queue.requeue import find_failures
 from processor.store.local import LocalStore
+from testkit.images import photo_bytes
 from tests.bucket_states import (
     CLAIM_GARBAGE,
     CONTENTS,
@@ -49,7 +50,6 @@ from tests.bucket_states import (
     snapshot_commits,
     write_config,
 )
-from tests.images import photo_bytes
 
 #: Examples per run: each runs the worker twice over up to 8 inputs (about 1 s each here).
 MAX_EXAMPLES = int(os.environ.get("BUCKET_PROPERTY_EXAMPLES", "12"))

@@ -12,7 +12,7 @@ import pytest
 from processor.app.cli import main
 from processor.errors import EXIT_CONFIG
 from processor.manifest import Manifest
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 
 from processor.app.cli import EXIT_INCOMPLETE, main
 from processor.errors import EXIT_CONFIG, EXIT_DOCTOR, EXIT_MODEL
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 
 
 @pytest.fixture
@@ -81,7 +81,6 @@ def test_an_endpoint_without_a_scheme(project, capsys, monkeypatch):
     assert "store.endpoint_url" in err and "https://127.0.0.1:8333" in err and "Traceback" not in err
 
 
-@pytest.mark.timeout(120)
 def test_status_against_a_wrong_endpoint_says_to_check_it(wrong_endpoint, capsys):
     assert main(["status"]) == EXIT_INCOMPLETE
     err = capsys.readouterr().err
@@ -97,7 +96,6 @@ def test_the_endpoint_hint_never_prints_credentials(wrong_endpoint, capsys, monk
     assert "hunter2" not in err.split("check store.endpoint_url", 1)[1]
 
 
-@pytest.mark.timeout(120)
 def test_doctor_does_not_say_store_ok_above_a_failing_listing(wrong_endpoint, capsys):
     assert main(["doctor"]) == EXIT_DOCTOR
     out = capsys.readouterr().out

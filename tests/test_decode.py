@@ -12,7 +12,7 @@ from processor.config import DecodeSettings
 from processor.errors import CorruptImage, ImageTooLarge, ImageTooSmall, InvalidInput, UnsupportedFormat
 from processor.pipeline.base import DecodedImage
 from processor.pipeline.decode import decode_image, sniff_format, webp_canvas_size
-from tests.images import (
+from testkit.images import (
     BOMB_SIDE,
     SMALL_HEIGHT,
     SMALL_WIDTH,
@@ -80,7 +80,7 @@ VALID_EXPECTED: dict[str, tuple[str, tuple[int, int], str | None]] = {
 
 @pytest.fixture(scope="module")
 def odd() -> dict[str, bytes]:
-    from tests.images import odd_but_valid
+    from testkit.images import odd_but_valid
 
     return odd_but_valid()
 

@@ -26,8 +26,8 @@ from processor.pipeline.decode import DecodeRoute, decode_image, sniff_format, s
 from processor.pipeline.decode import isolated as isolated_module
 from processor.pipeline.decode.child import KERNEL_LIMIT_GRACE_S, cpu_budget_s
 from processor.pipeline.decode.isolated import DecoderChild
+from testkit.images import encode, photo_bytes, photo_image
 from tests.decode_bombs import BOMBS, BOUNDED_BY_DESIGN, jpeg_many_scans, tiff_many_ifds
-from tests.images import encode, photo_bytes, photo_image
 
 #: CPU seconds: the tiny budget the bombs get here (a floor, and next to nothing per megapixel).
 TINY_FLOOR_S = 0.25
@@ -112,7 +112,7 @@ def test_a_normal_photo_decodes_in_process_and_an_isolated_one_the_same() -> Non
 
 def test_limits_are_checked_in_the_child_too() -> None:
     """A GIF declaring 65535x65535 is refused from its header by the isolated decoder."""
-    from tests.images import bad_inputs
+    from testkit.images import bad_inputs
 
     with pytest.raises(ImageTooLarge, match="65535x65535"):
         decode_image(bad_inputs()["gif-bomb-65535"], DecodeSettings(), name="bomb.gif")

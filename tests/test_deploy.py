@@ -28,6 +28,7 @@ import yaml
 from processor import errors
 from processor.config import DEFAULT_METRICS_PORT, load_settings
 from processor.errors import EXIT_CONFIG, EXIT_INCOMPLETE, EXIT_STOPPED, EXIT_STORE, EXIT_UNHEALTHY, EXIT_USAGE
+from testkit.waits import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -106,7 +107,7 @@ def _kustomization_resources() -> list[Path]:
 def _render(overlay: str) -> list[dict[str, Any]]:
     kubectl = _tool("kubectl")
     proc = subprocess.run([kubectl, "kustomize", str(DEPLOY / "overlays" / overlay)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, f"kubectl kustomize deploy/overlays/{overlay} failed:\n{proc.stderr}"
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
@@ -470,7 +471,7 @@ def _dockerfile_uid() -> int:
 def test_dockerfile_passes_hadolint() -> None:
     hadolint = _tool("hadolint")
     proc = subprocess.run([hadolint, "--failure-threshold", "style", "--format", "json", str(DOCKERFILE)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+                          capture_output=True, text=True, cwd=ROOT, timeout=HANG_GUARD_S)
     findings = json.loads(proc.stdout or "[]")
     assert proc.returncode == 0 and not findings, "\n".join(
         f"Dockerfile:{f['line']} {f['code']} {f['level']}: {f['message']}" for f in findings) or proc.stderr
@@ -504,7 +505,8 @@ def test_the_build_steps_own_check_runs() -> None:
     """The build stage ends with `processor --version`: the installed entry point must answer."""
     from processor import __version__
 
-    proc = subprocess.run([sys.executable, "-m", "processor", "--version"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "processor", "--version"], capture_output=True, text=True,
+                          timeout=HANG_GUARD_S)
     assert proc.returncode == 0 and proc.stdout.strip() == f"processor {__version__}", proc.stderr
     assert "&& processor --version" in DOCKERFILE.read_text()
 

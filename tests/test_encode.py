@@ -17,7 +17,7 @@ from processor.pipeline.encode import (
     encode_png,
     sha256_hex,
 )
-from tests.images import photo_bytes, photo_image
+from testkit.images import photo_bytes, photo_image
 
 # A1111's own infotext field pattern (modules/infotext_utils.py, ``re_param_code``).
 A1111_FIELD = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')

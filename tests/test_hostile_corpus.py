@@ -160,7 +160,7 @@ def test_corpus_over_seaweedfs(s3_store, tmp_path: Path) -> None:
 
 def test_file_dropped_into_a_local_bucket_with_a_backslash_gets_a_failure_record(local_store, tmp_path: Path) -> None:
     """A name the store refuses as a key can still appear on disk: it must fail visibly, not loop."""
-    from tests.images import photo_bytes
+    from testkit.images import photo_bytes
 
     settings = corpus_settings(tmp_path)
     (local_store.root / "inputs").mkdir()

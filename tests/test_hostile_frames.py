@@ -8,7 +8,7 @@ from PIL import Image
 
 from processor.config import DecodeSettings
 from processor.pipeline.decode import decode_image
-from tests.images import encode
+from testkit.images import encode
 
 #: One solid colour per frame, so which frame was decoded is plain from any pixel.
 FRAME_COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 210), (240, 220, 20)]

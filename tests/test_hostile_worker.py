@@ -24,8 +24,8 @@ from processor.queue.protocol import BucketQueue
 from processor.store.local import LocalStore
 from processor.worker.metrics import PrometheusObserver
 from processor.worker.runner import Worker
+from testkit.images import encode, photo_bytes, photo_image
 from tests.decode_bombs import BOMBS
-from tests.images import encode, photo_bytes, photo_image
 from tests.mutations import corrupt_avif, mutate, samples, tiff_second_page_without_size
 
 #: Mutations per sample in the bucket (11 samples: 220 inputs), seeds apart from the unit fuzz's.

@@ -9,6 +9,7 @@ import pytest
 
 from processor.errors import ModelUnavailableError
 from processor.models.hub import PULL_COMMAND, fetch_file, fetch_snapshot
+from testkit.waits import HANG_GUARD_S
 
 
 @pytest.mark.parametrize("offline", [True, False])
@@ -30,6 +31,6 @@ def test_a_file_missing_from_the_cache_names_models_pull(tmp_path) -> None:
 def test_safeweights_does_not_import_the_model_loader() -> None:
     """models imports safeweights; the other way round was an import loop."""
     code = "import sys, processor.models.safeweights; print('processor.models.loader' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"

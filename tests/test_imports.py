@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from testkit.waits import HANG_GUARD_S
+
 TORCH_FREE = (
     "processor.worker.runner",
     "processor.queue.protocol",
@@ -22,7 +24,7 @@ TORCH_FREE = (
 
 
 def run_python(code: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
@@ -59,3 +61,31 @@ def test_only_the_space_app_imports_gradio() -> None:
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n.split(".")[0] in ("gradio", "gradio_client") for n in names), path
+
+
+#: Folders whose code runs outside a test session: none of them may import the ``tests`` package
+#: (their shared harnesses and tiny-model builders live in ``testkit``).
+NOT_TESTS = ("bench", "testkit", "scripts", "processor", "deploy")
+
+
+def imported_modules(path) -> list[str]:
+    """Every module name ``path`` imports, at any depth (function-level imports included)."""
+    import ast
+
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.append(node.module or "")
+    return names
+
+
+def test_bench_testkit_and_scripts_never_import_tests() -> None:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    offenders = [f"{path.relative_to(root)}: {name}"
+                 for folder in NOT_TESTS for path in sorted((root / folder).rglob("*.py"))
+                 for name in imported_modules(path) if name.split(".")[0] == "tests"]
+    assert not offenders, "import testkit instead of tests:\n" + "\n".join(offenders)

@@ -18,8 +18,9 @@ import pytest
 
 from processor.manifest import Manifest
 from processor.queue.scan import shard_of
+from testkit.images import photo_bytes
+from testkit.waits import HANG_GUARD_S
 from tests import test_s3_integration
-from tests.images import photo_bytes
 from tests.test_s3_integration import cli_env, processor
 
 #: The versioned-bucket fixture of the S3 integration tests (a fixture is found by its name here).
@@ -93,6 +94,6 @@ def test_an_index_outside_the_shard_count_is_a_config_error(s3_server, bucket, t
     name, _ = bucket
     env = cli_env(s3_server, name, tmp_path, PROCESSOR_RUN__COORDINATION="shards", PROCESSOR_RUN__SHARD_COUNT="2",
                   JOB_COMPLETION_INDEX="2")
-    proc = processor("run", "--once", env=env, timeout=60)
+    proc = processor("run", "--once", env=env, timeout=HANG_GUARD_S)
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "PROCESSOR_RUN__SHARD_COUNT" in proc.stderr and "JOB_COMPLETION_INDEX" in proc.stderr

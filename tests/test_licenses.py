@@ -18,7 +18,7 @@ from processor.manifest import FailureRecord, Manifest
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 
 NC_STYLE = {"engine": "img2img", "model": "black-forest-labs/FLUX.1-dev", "license": "non-commercial"}
 

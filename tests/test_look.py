@@ -15,7 +15,7 @@ from processor.pipeline.sidecar import validate_overrides
 from processor.queue.keys import KeyLayout
 from processor.queue.protocol import BucketQueue
 from processor.store.local import LocalStore
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 
 IP = {"model": "h94/IP-Adapter"}
 

@@ -13,7 +13,7 @@ from processor.queue.outcomes import Outcome
 from processor.store.local import LocalStore
 from processor.worker.metrics import WorkerObserver
 from processor.worker.runner import Worker
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 from tests.test_claims import LostResponses
 from tests.test_store_hardening import make_settings, manifest_of
 

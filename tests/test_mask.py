@@ -9,7 +9,7 @@ from PIL import Image
 
 from processor.config import MaskSettings
 from processor.pipeline.mask import SubjectMasker, clean, feather, iou
-from tests.scenes import ASPECTS, _desk, scene
+from testkit.scenes import ASPECTS, _desk, scene
 
 #: The issue's bar for easy scenes.
 MIN_IOU = 0.85

@@ -11,7 +11,7 @@ from PIL import Image
 from bench.mask_scenes import make_scene
 from processor.app.cli import main
 from processor.pipeline.mask import iou
-from tests.images import encode
+from testkit.images import encode
 
 
 def _config(tmp_path) -> str:

@@ -31,11 +31,12 @@ from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from processor.worker.metrics import OUTCOMES, MetricsEndpoint, MetricsServer, PrometheusObserver, describe_endpoint
 from processor.worker.runner import Worker
-from tests.images import bad_inputs, photo_bytes
+from testkit.images import bad_inputs, photo_bytes
+from testkit.waits import HANG_GUARD_S, REQUEST_GUARD_S
 from tests.test_worker import make_settings
 
 #: Seconds an HTTP request to the local endpoint may take before the test fails.
-HTTP_TIMEOUT_S = 5.0
+HTTP_TIMEOUT_S = REQUEST_GUARD_S
 
 
 def samples(observer: PrometheusObserver) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -423,5 +424,5 @@ def test_metrics_never_import_torch():
         "generate_latest(PrometheusObserver(stall_s=60).registry)\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stderr

@@ -17,16 +17,17 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from testkit.images import bad_inputs, photo_bytes
+from testkit.waits import HANG_GUARD_S, REQUEST_GUARD_S
 from tests import test_s3_integration
-from tests.images import bad_inputs, photo_bytes
 from tests.test_s3_integration import cli_env
 
 #: The versioned-bucket fixture of the S3 integration tests (a fixture is found by its name here).
 bucket = test_s3_integration.bucket
 
-#: Seconds the daemon gets to start, process the inputs, and stop.
-DEADLINE_S = 120.0
-HTTP_TIMEOUT_S = 5.0
+#: Seconds the daemon gets to start, process the inputs, and stop; one request: hang guards.
+DEADLINE_S = HANG_GUARD_S
+HTTP_TIMEOUT_S = REQUEST_GUARD_S
 
 
 def free_port() -> int:
@@ -77,7 +78,7 @@ def daemon(env: dict[str, str], *args: str) -> Iterator[subprocess.Popen]:
 
 def stop(proc: subprocess.Popen) -> str:
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=HANG_GUARD_S)
     assert proc.returncode == 0, err[-3000:]
     return err
 

@@ -25,11 +25,12 @@ import pytest
 from processor.config import DEFAULT_METRICS_PORT, MetricsSettings, load_settings
 from processor.errors import EXIT_CONFIG, ConfigError
 from processor.worker.metrics import MetricsEndpoint, describe_endpoint
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
+from testkit.waits import HANG_GUARD_S
 from tests.test_metrics import get
 
-#: Seconds one `processor run --once` over two small photos may take.
-RUN_TIMEOUT_S = 120
+#: Seconds one `processor run --once` over two small photos may take: a hang guard.
+RUN_TIMEOUT_S = HANG_GUARD_S
 
 
 @contextlib.contextmanager

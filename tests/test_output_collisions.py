@@ -19,7 +19,7 @@ from processor.errors import ObjectNotFound
 from processor.manifest import FailureRecord, Manifest
 from processor.queue.keys import KeyLayout
 from processor.worker.runner import Worker
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 
 STORES = ["local", "s3"]
 

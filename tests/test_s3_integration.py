@@ -21,7 +21,8 @@ import pytest
 from botocore.config import Config
 
 from processor.manifest import FailureRecord, Manifest
-from tests.images import bad_inputs, photo_bytes
+from testkit.images import bad_inputs, photo_bytes
+from testkit.waits import HANG_GUARD_S
 
 
 @pytest.fixture
@@ -128,7 +129,7 @@ def test_wrong_credentials_are_one_clear_fatal_error_without_the_secret(s3_serve
     name, _ = bucket
     secret = "not-the-secret-" + uuid.uuid4().hex
     env = cli_env(s3_server, name, tmp_path, AWS_SECRET_ACCESS_KEY=secret)
-    proc = processor("run", "--once", env=env, timeout=120)
+    proc = processor("run", "--once", env=env, timeout=HANG_GUARD_S)
     assert proc.returncode == 4, proc.stderr[-2000:]
     assert s3_server.endpoint_url in proc.stderr
     assert secret not in proc.stderr + proc.stdout
@@ -136,7 +137,7 @@ def test_wrong_credentials_are_one_clear_fatal_error_without_the_secret(s3_serve
 
 def test_doctor_against_seaweedfs(s3_server, bucket, tmp_path):
     name, _ = bucket
-    proc = processor("doctor", env=cli_env(s3_server, name, tmp_path), timeout=120)
+    proc = processor("doctor", env=cli_env(s3_server, name, tmp_path), timeout=HANG_GUARD_S)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "atomic" in proc.stdout and s3_server.endpoint_url in proc.stdout
 
@@ -149,7 +150,7 @@ def test_daemon_stops_cleanly_on_sigterm(s3_server, bucket, tmp_path):
     daemon = subprocess.Popen([sys.executable, "-m", "processor", "run"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + HANG_GUARD_S
         while time.monotonic() < deadline:
             listed = client.list_objects_v2(Bucket=name, Prefix="outputs/").get("Contents", [])
             if sum(o["Key"].endswith("manifest.json") for o in listed) == 4:
@@ -162,7 +163,7 @@ def test_daemon_stops_cleanly_on_sigterm(s3_server, bucket, tmp_path):
                 break
             time.sleep(0.5)
         daemon.send_signal(signal.SIGTERM)
-        _, err = daemon.communicate(timeout=60)
+        _, err = daemon.communicate(timeout=HANG_GUARD_S)
     finally:
         if daemon.poll() is None:
             daemon.kill()
@@ -182,7 +183,7 @@ def test_parallel_workers_commit_each_input_once(s3_server, bucket, tmp_path):
     procs = [subprocess.Popen([sys.executable, "-m", "processor", "run", "--once"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
     for p in procs:
-        _, err = p.communicate(timeout=240)
+        _, err = p.communicate(timeout=HANG_GUARD_S)
         assert p.returncode == 0, err[-2000:]
     versions = client.list_object_versions(Bucket=name, Prefix="outputs/").get("Versions", [])
     manifest_writes = [v for v in versions if v["Key"].endswith("manifest.json")]

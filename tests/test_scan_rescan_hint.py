@@ -21,7 +21,8 @@ from processor.queue.requeue import find_failures, requeue
 from processor.queue.scan import IncrementalScanner
 from processor.store.base import ObjectStore
 from processor.store.local import LocalStore
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
+from testkit.waits import HANG_GUARD_S
 from tests.test_scan_incremental import DAEMON_DEADLINE_S, FULL_RESCAN_S, FakeClock, pending_keys, wait_for
 from tests.test_worker import make_settings, make_worker
 
@@ -36,7 +37,8 @@ def store(request: pytest.FixtureRequest) -> ObjectStore:
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     """The real command, in its own process (as an operator runs it beside a daemon)."""
-    return subprocess.run([sys.executable, "-m", "processor", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "processor", *args], capture_output=True, text=True,
+                          timeout=HANG_GUARD_S)
 
 
 def fail_finally(store: ObjectStore, layout: KeyLayout, key: str) -> None:

@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from testkit.images import encode, photo_bytes
+from testkit.waits import HANG_GUARD_S
 from tests.corpus import bombs
-from tests.images import encode, photo_bytes
 
 #: MiB a bomb's decode may add to the baseline's peak RSS (generous: the allowed control adds about 3x this).
 BOMB_RSS_MARGIN_MIB = 24
@@ -65,7 +66,7 @@ def measure(data: bytes) -> dict[str, object]:
         fh.write(data)
         fh.flush()
         proc = subprocess.run([sys.executable, "-c", _CHILD, fh.name], capture_output=True, text=True,
-                              timeout=120, cwd=REPO, check=False)
+                              timeout=HANG_GUARD_S, cwd=REPO, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout)
 

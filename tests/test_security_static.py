@@ -2,7 +2,7 @@
 
 ``trust_remote_code=True`` runs Python shipped with a model; ``torch.load`` without
 ``weights_only=True`` and ``pickle.load(s)`` execute whatever a weights file contains. None of them
-may appear in code we ship or run (the processor, scripts, benchmarks, deploy files and tests).
+may appear in code we ship or run (the processor, scripts, benchmarks, deploy files, tests and their harnesses).
 
 One pickle load is allowed, at exactly one call site: ``torch.load(..., weights_only=True)`` in
 ``processor/models/safeweights.py:_load_restricted``, the opt-in conversion of pickle-only weights that runs
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCANNED = ("processor", "scripts", "bench", "deploy", "tests")
+SCANNED = ("processor", "scripts", "bench", "deploy", "tests", "testkit")
 THIS_FILE = Path(__file__).resolve()
 
 

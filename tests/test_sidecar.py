@@ -36,7 +36,7 @@ from processor.pipeline.sidecar import (
 from processor.queue.keys import KeyLayout, is_sidecar
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 
 #: A configured style whose model is missing: a sidecar may name it; the worker cannot run it.
 MISSING_MODEL = "/nonexistent/diffusers-folder"

@@ -17,7 +17,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
+from testkit.waits import HANG_GUARD_S
 
 gradio_client = pytest.importorskip("gradio_client", reason="gradio_client is not installed (the space extra)")
 pytest.importorskip("gradio", reason="gradio is not installed (the space extra)")
@@ -28,8 +29,8 @@ styles: {toon: {engine: toon, variants: 3, max_side: 128}}
 run: {styles: [toon]}
 pipeline: {contact_sheet_height: 64}
 """
-#: Seconds the app gets to import gradio and the pipeline and answer.
-START_TIMEOUT_S = 120.0
+#: Seconds the app gets to import gradio and the pipeline and answer: a hang guard.
+START_TIMEOUT_S = HANG_GUARD_S
 
 
 def free_port() -> int:

@@ -48,8 +48,9 @@ from processor.store import local as local_module
 from processor.store.base import ObjectStore
 from processor.store.local import ETAG_XATTR, LocalStore
 from processor.worker.runner import Worker
-from tests.images import photo_bytes
-from tests.seaweed import S3Server, WeedServer, free_ports, weed_binary
+from testkit.images import photo_bytes
+from testkit.seaweed import S3Server, WeedServer, free_ports, weed_binary
+from testkit.waits import HANG_GUARD_S
 
 LAYOUT_PREFIXES = None  # settings.prefixes, set per test through make_settings
 
@@ -451,8 +452,10 @@ def test_an_honest_short_ttl_is_still_believed(local_store: LocalStore) -> None:
 
 def test_seaweedfs_absurd_claim_is_taken_over_once_the_cap_ran_out(s3_store: Any) -> None:
     s3_store.put("claims/x.json", GARBAGE_CLAIMS["absurd-ttl"])
+    # Believed while younger than the cap: an hour, so that no slowness of a busy machine between
+    # the put and this acquire can make the claim look older than it.
+    assert ClaimManager(s3_store, "b", ttl_s=0.5, max_ttl_s=3600).acquire("claims/x.json", "inputs/x.jpg", "e") is None
     manager = ClaimManager(s3_store, "b", ttl_s=0.5, max_ttl_s=1.0)
-    assert manager.acquire("claims/x.json", "inputs/x.jpg", "e") is None
     time.sleep(2.2)  # the cap plus the 1 s resolution of HTTP dates
     claim = manager.acquire("claims/x.json", "inputs/x.jpg", "e")
     assert claim is not None and claim.took_over_from == "evil"
@@ -560,7 +563,7 @@ def test_seaweedfs_endpoint_with_credentials_works_and_never_shows_them(s3_serve
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "processor", *args], env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+                          timeout=HANG_GUARD_S, check=False)
 
 
 def test_cli_status_doctor_and_errors_never_print_endpoint_credentials(s3_server: S3Server, tmp_path: Path) -> None:

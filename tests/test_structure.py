@@ -21,7 +21,7 @@ from processor.pipeline.structure import StructureScore, structure_score
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker
-from tests.images import photo_bytes, photo_image
+from testkit.images import photo_bytes, photo_image
 
 
 def test_the_photo_itself_scores_one_and_a_blank_scores_zero():

@@ -13,7 +13,7 @@ from processor.config import ToonStyle
 from processor.pipeline.base import VariantImage
 from processor.pipeline.encode import encode_png
 from processor.pipeline.toon import ToonEngine, draw_parameters
-from tests.images import photo_image
+from testkit.images import photo_image
 
 #: Mean absolute difference (0-255 per channel) two variants must exceed to count as "visibly
 #: different" (real toy photos measure 5-11 between default variants).

@@ -15,8 +15,8 @@ from processor.config import load_settings
 from processor.queue.protocol import BucketQueue
 from processor.queue.submit import Submission
 from processor.store.local import LocalStore
-from tests.api_service import OPEN_BASE_URL
-from tests.images import photo_bytes
+from testkit.api_service import OPEN_BASE_URL
+from testkit.images import photo_bytes
 
 KEY = "page-key"
 HOST = "http://testserver"

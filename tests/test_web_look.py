@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.api_service import Service, serve, write_env
-from tests.images import photo_bytes
-from tests.test_web_pages import CHROMIUM, log_in
+from testkit.api_service import Service, serve, write_env
+from testkit.images import photo_bytes
+from tests.test_web_pages import CHROMIUM, WAIT_MS, log_in
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no chromium at {CHROMIUM}")
@@ -69,7 +69,7 @@ def test_the_look_picture_is_offered_for_ip_adapter_styles_and_sent_with_the_job
     pg.screenshot(path=str(shots / "look-01-form.png"), full_page=True)
     pg.click("#submit")
     card = pg.locator("#jobs article.job[data-job]")
-    card.wait_for(timeout=30_000)
+    card.wait_for(timeout=WAIT_MS)
     bucket = Path(service.env["PROCESSOR_STORE__ROOT"])
     [sidecar] = list((bucket / "inputs" / "api").rglob("*.json"))  # in the client's folder
     written = json.loads(sidecar.read_text())
@@ -82,6 +82,6 @@ def test_the_look_picture_is_offered_for_ip_adapter_styles_and_sent_with_the_job
     assert not look.is_visible()
     pg.set_input_files("#photos", str(photo))
     pg.click("#submit")
-    pg.locator("#jobs article.job[data-job]").nth(1).wait_for(timeout=30_000)
+    pg.locator("#jobs article.job[data-job]").nth(1).wait_for(timeout=WAIT_MS)
     sidecars = [json.loads(p.read_text()) for p in (bucket / "inputs" / "api").rglob("*.json")]
     assert sorted("style_image" in s for s in sidecars) == [False, True]

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.api_service import JOB_TIMEOUT_S, TOKEN, Service, serve, wait_status, worker, write_env
-from tests.images import photo_bytes
+from testkit.api_service import JOB_TIMEOUT_S, TOKEN, Service, serve, wait_status, worker, write_env
+from testkit.images import photo_bytes
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no chromium at {
 
 #: A PNG signature then zeros: accepted by the upload sniffing, undecodable for the worker.
 BROKEN_PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+#: Milliseconds a page waits for an element: a hang guard (testkit.waits), in playwright's unit.
 WAIT_MS = int(JOB_TIMEOUT_S * 1000)
 
 
@@ -111,7 +112,7 @@ def log_in(pg: object, path: str = "/") -> None:
 def images_loaded(pg: object, selector: str) -> list[int]:
     """The naturalWidth of every image under ``selector``, after each finished loading."""
     pg.wait_for_function("""(sel) => { const imgs = [...document.querySelectorAll(sel + ' img')];
-        return imgs.length > 0 && imgs.every((i) => i.complete); }""", arg=selector, timeout=30_000)
+        return imgs.length > 0 && imgs.every((i) => i.complete); }""", arg=selector, timeout=WAIT_MS)
     return pg.eval_on_selector_all(selector + " img", "(imgs) => imgs.map((i) => i.naturalWidth)")
 
 
@@ -146,7 +147,7 @@ def test_login_upload_progress_gallery_and_job_page(
     try:
         pg.click("#submit")
         pg.wait_for_function("() => document.querySelectorAll('#jobs [data-role=job][data-status=queued]').length == 2",
-                             timeout=30_000)
+                             timeout=WAIT_MS)
         pg.screenshot(path=str(shots / f"{service.store}-02-queued.png"), full_page=True)
     finally:
         service.worker.send_signal(signal.SIGCONT)
@@ -176,7 +177,7 @@ def test_login_upload_progress_gallery_and_job_page(
     pg.set_input_files("#photos", [str(fake)])
     pg.click("#submit")
     refused = pg.locator("#jobs [data-role=job][data-status=refused]")
-    refused.wait_for(timeout=30_000)
+    refused.wait_for(timeout=WAIT_MS)
     assert "refused (415)" in refused.inner_text()
     assert "HTML" in refused.locator("[data-role=message]").inner_text()  # the API's detail and hint
     assert "upload a JPEG, PNG, WebP or HEIC photo" in refused.locator("[data-role=hint]").inner_text()
@@ -187,7 +188,7 @@ def test_login_upload_progress_gallery_and_job_page(
         before = len(api.get("/v1/jobs", params={"limit": 200}).json()["jobs"])
         pg.set_input_files("#photos", [str(big)])
         pg.click("#submit")
-        pg.locator("#jobs [data-role=job][data-status=refused]", has_text="too large").wait_for(timeout=10_000)
+        pg.locator("#jobs [data-role=job][data-status=refused]", has_text="too large").wait_for(timeout=WAIT_MS)
         assert len(api.get("/v1/jobs", params={"limit": 200}).json()["jobs"]) == before
     pg.screenshot(path=str(shots / f"{service.store}-03b-refused.png"), full_page=True)
 

@@ -16,7 +16,8 @@ from processor.queue.keys import KeyLayout
 from processor.queue.scan import scan
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker
-from tests.images import bad_inputs, photo_bytes
+from testkit.images import bad_inputs, photo_bytes
+from testkit.waits import HANG_GUARD_S
 
 
 def make_settings(tmp_path: Path, **run: object):
@@ -231,7 +232,6 @@ def test_sidecar_values_are_validated_by_the_style(env):
     assert two.error == "InvalidSidecar" and "variants" in two.message
 
 
-@pytest.mark.timeout(60)
 def test_a_fatal_store_error_while_uploading_stops_the_pass_without_hanging(tmp_path):
     """Credentials revoked mid-run: the upload stage dies; compute and fetch must not block on
     queues nobody drains, and the error reaches the caller (the CLI exits non-zero)."""
@@ -253,7 +253,6 @@ def test_a_fatal_store_error_while_uploading_stops_the_pass_without_hanging(tmp_
     assert list(store.list(".processor/claims/")) == []  # every claim was released
 
 
-@pytest.mark.timeout(60)
 def test_the_pass_ends_when_the_fetch_stage_gives_up_its_end_marker(tmp_path):
     """The race behind the hang above, made certain: the upload stage dies while the compute
     stage is busy and the prefetch queue is full, so the fetch stage gives up offering its end
@@ -271,7 +270,7 @@ def test_the_pass_ends_when_the_fetch_stage_gives_up_its_end_marker(tmp_path):
             if key.startswith("outputs/"):
                 # Fail the first upload only once the compute stage holds the second item, with
                 # the third already waiting in the (full) prefetch queue behind it.
-                computing_second.wait(10)
+                computing_second.wait(HANG_GUARD_S)
                 raise StoreAccessError("credentials revoked")
             return super().put(key, body, **kw)
 

@@ -26,14 +26,15 @@ from processor.queue.scan import scan
 from processor.store.local import LocalStore
 from processor.worker.metrics import PrometheusObserver
 from processor.worker.runner import Worker
-from tests.images import bad_inputs, photo_bytes
+from testkit.images import bad_inputs, photo_bytes
+from testkit.waits import HANG_GUARD_S
 from tests.test_s3_integration import cli_env, processor
 from tests.test_worker import make_settings
 
 #: What a poisoned CUDA context says on every call after the first fault.
 CUDA_FAULT = "CUDA error: an illegal memory access was encountered"
-#: Seconds a daemon gets to retry and commit a flaky input in the test below.
-DAEMON_DEADLINE_S = 30.0
+#: Seconds a daemon gets to retry and commit a flaky input in the test below: a hang guard.
+DAEMON_DEADLINE_S = HANG_GUARD_S
 
 
 class FaultyEngine:
@@ -352,7 +353,7 @@ def test_processor_retry_on_seaweedfs(s3_server, tmp_path, monkeypatch):
     store.put(legacy.done_marker(etag, "failed"), b"")
 
     env = cli_env(s3_server, bucket, tmp_path)
-    dry = processor("retry", "--dry-run", env=env, timeout=60)
+    dry = processor("retry", "--dry-run", env=env, timeout=HANG_GUARD_S)
     assert dry.returncode == 0, dry.stderr
     assert "would requeue 4 failed input(s)" in dry.stdout and "1 permanent failure(s) left out" in dry.stdout
     for key in [*crashed, "inputs/legacy.jpg"]:
@@ -360,7 +361,7 @@ def test_processor_retry_on_seaweedfs(s3_server, tmp_path, monkeypatch):
     assert "corrupt" not in dry.stdout
     assert scan(store, layout).failed == 5  # a dry run changes nothing
 
-    by_prefix = processor("retry", "--prefix", "toys/", env=env, timeout=60)
+    by_prefix = processor("retry", "--prefix", "toys/", env=env, timeout=HANG_GUARD_S)
     assert by_prefix.returncode == 0, by_prefix.stderr
     assert "requeued 2 failed input(s)" in by_prefix.stdout
     pending = {i.keys.input for i in scan(store, layout).pending}
@@ -368,14 +369,14 @@ def test_processor_retry_on_seaweedfs(s3_server, tmp_path, monkeypatch):
     record = record_of(store, layout, "inputs/toys/a.jpg")
     assert (record.final, record.attempts, record.error) == (False, 0, "StageFailed") and record.requeued_at
 
-    by_error = processor("retry", "--all", "--error", "CorruptImage", env=env, timeout=60)
+    by_error = processor("retry", "--all", "--error", "CorruptImage", env=env, timeout=HANG_GUARD_S)
     assert by_error.returncode == 0, by_error.stderr
     assert "requeued 1 failed input(s)" in by_error.stdout and "inputs/toys/corrupt.jpg" in by_error.stdout
-    unknown = processor("retry", "--error", "NoSuchError", env=env, timeout=60)
+    unknown = processor("retry", "--error", "NoSuchError", env=env, timeout=HANG_GUARD_S)
     assert unknown.returncode == 3 and "StageFailed" in unknown.stderr  # names the known classes
 
     # The next run --once (a fixed deploy) processes what was requeued, and only that.
-    run = processor("run", "--once", env=env, timeout=120)
+    run = processor("run", "--once", env=env, timeout=HANG_GUARD_S)
     assert run.returncode == 0, run.stderr
     for key in ("inputs/toys/a.jpg", "inputs/toys/b.jpg"):
         assert manifest_of(store, layout, key).attempt == 1  # the budget started over
@@ -385,9 +386,9 @@ def test_processor_retry_on_seaweedfs(s3_server, tmp_path, monkeypatch):
     assert not exists(store, layout.for_input("inputs/other/c.jpg").manifest)  # not requeued
     assert not exists(store, legacy.manifest)
 
-    rest = processor("retry", env=env, timeout=60)  # the default: every non-permanent failure left
+    rest = processor("retry", env=env, timeout=HANG_GUARD_S)  # the default: every non-permanent failure left
     assert "requeued 2 failed input(s)" in rest.stdout, rest.stdout + rest.stderr
-    assert processor("run", "--once", env=env, timeout=120).returncode == 0
+    assert processor("run", "--once", env=env, timeout=HANG_GUARD_S).returncode == 0
     backlog = scan(store, layout)
     assert (backlog.done, backlog.failed, len(backlog.pending)) == (4, 1, 0)
 

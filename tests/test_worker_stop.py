@@ -25,7 +25,7 @@ from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from processor.worker.metrics import PrometheusObserver
 from processor.worker.runner import Worker
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 
 #: Inputs in the bucket: far more than the worker holds at once (prefetch 1, the upload queue).
 INPUTS = 16

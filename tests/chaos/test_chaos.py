@@ -2,7 +2,7 @@
 
 ``test_short_chaos_run`` is the run CI does (``python bench/chaos.py --ci``: 40 good and 6 bad
 inputs, one round of hostile state, 3 workers, one fault of each kind, a 3 s outage). The full run
-(``python bench/chaos.py``) is ``slow``: select it with ``-m slow`` or ``CHAOS_FULL=1``.
+(``python bench/chaos.py``) is ``slow``: select it with ``-m slow``, ``RUN_SLOW=1`` or ``CHAOS_FULL=1``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import pytest
 
 from bench.chaos import FAULTS, Outcome, Plan, print_table, run_chaos
-from tests.seaweed import weed_binary
+from testkit.seaweed import weed_binary
 
 #: Seconds past the TTL within which every claim is taken over, outages included (the full run
 #: measured at most 21.5 s with a 15 s outage; the short run's outage is 3 s).

@@ -11,8 +11,8 @@ from processor.app.cli import build_registry
 from processor.config import PerformanceSettings
 from processor.models import accel
 from processor.pipeline.diffusion import prepare_vae
-from tests.images import photo_image
-from tests.sd.conftest import TINY_NATIVE
+from testkit.images import photo_image
+from testkit.models.sd import TINY_NATIVE
 from tests.sd.test_diffusion import img2img_style, make_settings
 
 

@@ -22,8 +22,8 @@ from processor.pipeline.mask import SubjectMasker
 from processor.pipeline.toon import ToonEngine
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
-from tests.images import encode
-from tests.scenes import _desk, scene
+from testkit.images import encode
+from testkit.scenes import _desk, scene
 
 #: Odd sizes on purpose (not multiples of 8): the result must come back at exactly this size.
 ODD_SIZES = {"4:3": (100, 75), "3:4": (75, 100), "16:9": (112, 63)}

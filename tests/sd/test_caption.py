@@ -19,7 +19,7 @@ from processor.pipeline.caption import TABLES_BY_MODE, label_lists, table_name
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 
 TRIGGER = "cartoon, Pixar, Disney character, 3D render, modern disney style"
 PHOTOS = {

@@ -24,7 +24,7 @@ from processor.pipeline.clipscore import ClipScorer, subject_box
 from processor.pipeline.decode import decode_image
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 
 PHOTO = photo_bytes(320, 240, seed=6)
 

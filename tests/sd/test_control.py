@@ -17,7 +17,7 @@ from processor.models.loader import ModelLoader
 from processor.pipeline.control import canny_map
 from processor.pipeline.decode import decode_image
 from processor.pipeline.img2img import Img2ImgEngine
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 from tests.sd.test_diffusion import drain, img2img_style, make_settings, manifest_of
 
 PHOTO = {"inputs/toy.jpg": photo_bytes(160, 120, seed=5)}
@@ -93,7 +93,7 @@ def test_a_background_stage_keeps_the_control_record(tiny_sd, tiny_controlnet, t
 
 def scene_photo() -> bytes:
     """A toy on a plain wall that GrabCut finds (the background stage needs a usable mask)."""
-    from tests.scenes import scene
+    from testkit.scenes import scene
 
     buffer = io.BytesIO()
     scene(160, 120, seed=1).image.save(buffer, format="PNG")

@@ -21,11 +21,11 @@ from processor.models.loader import ModelLoader
 from processor.pipeline.control_preprocess import HedNetwork, LineartGenerator, load_control_map
 from processor.pipeline.decode import decode_image
 from processor.pipeline.img2img import Img2ImgEngine
-from tests.images import photo_bytes
-from tests.sd.conftest import build_controlnet
+from testkit.images import photo_bytes
+from testkit.models.control import build_annotator, build_depth
+from testkit.models.sd import build_controlnet
 from tests.sd.test_diffusion import img2img_style, make_settings, manifest_of
 from tests.sd.test_sdxl import XL_ROUNDS, run_once
-from tests.sd.tiny_control import build_annotator, build_depth
 
 PHOTO = {"inputs/toy.jpg": photo_bytes(160, 120, seed=5)}
 #: The working size of PHOTO on the tiny models (long side 64, multiples of 8).

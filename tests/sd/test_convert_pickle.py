@@ -35,7 +35,7 @@ from processor.models.safeweights import (
 )
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 from tests.sd.test_diffusion import make_settings, manifest_of
 
 REPO = "toys/tiny-bin"

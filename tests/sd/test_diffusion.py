@@ -22,7 +22,7 @@ from processor.pipeline.sampling import working_size
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 
 ROUNDS = [{"strength": 0.7, "guidance": 7.5}, {"strength": 0.5, "guidance": 6.0}, {"strength": 0.4, "guidance": 5.0}]
 TRIGGER = "cartoon, Pixar, Disney character, 3D render, modern disney style"

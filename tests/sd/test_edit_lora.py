@@ -8,21 +8,15 @@ import pytest
 
 from processor.app.cli import build_registry
 from processor.errors import ModelUnavailableError
+from testkit.models.flow import build_flow_lora
 from tests.sd.test_diffusion import drain, make_settings, manifest_of
 from tests.sd.test_flow_lora import PHOTO as TOY_PHOTO
 from tests.sd.test_flow_lora import assert_lora_recorded, lora_sha, run_once
-from tests.sd.tiny_flow import build_flow_lora, build_kontext
-from tests.sd.tiny_qwen import build_qwen_edit
 
 pytest.importorskip("peft")
 
 PHOTO = TOY_PHOTO["inputs/toy.jpg"]
 INSTRUCTION = "Make it a cartoon toy"
-
-
-@pytest.fixture(scope="module")
-def tiny_kontext(tmp_path_factory):
-    return build_kontext(tmp_path_factory.mktemp("models") / "tiny-kontext")
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +69,8 @@ def test_a_lora_of_another_family_on_kontext_is_refused_at_start(tiny_kontext, t
         registry.setup(["k"])
 
 
-def test_a_qwen_image_edit_lora_is_loaded_and_recorded(tmp_path_factory, tmp_path):
-    qwen = build_qwen_edit(tmp_path_factory.mktemp("models") / "tiny-qwen-image-edit")
+def test_a_qwen_image_edit_lora_is_loaded_and_recorded(tiny_qwen_edit, tmp_path_factory, tmp_path):
+    qwen = tiny_qwen_edit
     lora = build_flow_lora(tmp_path_factory.mktemp("lora") / "toon-qwen", qwen)
     plain = make_settings(tmp_path / "plain", {"q": edit_style(qwen, guidance=4.0)})
     store, layout = drain(plain, {"inputs/toy.jpg": PHOTO})

@@ -13,8 +13,8 @@ from processor.config import EditStyle, Img2ImgStyle, InstructPix2PixStyle, Mode
 from processor.errors import ConfigError
 from processor.models.loader import ModelLoader
 from processor.pipeline.base import ItemContext
-from tests.images import photo_image
-from tests.sd.tiny_flow import T5_WORDS, build_flux, build_kontext, build_sd3
+from testkit.images import photo_image
+from testkit.models.flow import T5_WORDS, build_flux, build_kontext, build_sd3
 
 
 @pytest.fixture(scope="module")

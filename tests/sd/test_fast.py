@@ -9,7 +9,7 @@ from PIL import Image
 from processor.config import Img2ImgStyle, ModelSettings
 from processor.models.loader import ModelLoader
 from processor.pipeline.img2img import Img2ImgEngine
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 from tests.sd.test_diffusion import drain, img2img_style, make_settings, manifest_of
 
 pytest.importorskip("peft")

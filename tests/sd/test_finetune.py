@@ -31,15 +31,16 @@ from processor.finetune.record import LORA_NAME, RECORD_NAME, TrainingRecord
 from processor.manifest import Manifest
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
-from tests.images import photo_bytes
-from tests.sd.conftest import CAPTION_WORDS
+from testkit.images import photo_bytes
+from testkit.models.caption import CAPTION_WORDS
+from testkit.waits import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Small but real: 64 px (an 8x8 latent), 8 steps, a checkpoint every 2.
 TRAIN = ["--resolution", "64", "--steps", "8", "--checkpoint-every", "2", "--keep-checkpoints", "2",
          "--validation-steps", "2", "--validation-images", "2", "--lr", "5e-3", "--seed", "3"]
-#: Seconds the killed run may take to reach its first checkpoint (model load included).
-CHECKPOINT_WAIT_S = 120
+#: Seconds the killed run may take to reach its first checkpoint (model load included): a hang guard.
+CHECKPOINT_WAIT_S = HANG_GUARD_S
 
 
 def write_config(tmp_path: Path, styles: dict | None = None) -> Path:

@@ -1,5 +1,5 @@
 """FLUX.1 and Stable Diffusion 3 img2img (``processor.pipeline.img2img`` on a flow family): tiny random-weight
-pipelines built offline (``tests.sd.tiny_flow``), picked by ``model_index.json``, loaded through
+pipelines built offline (``testkit.models.flow``), picked by ``model_index.json``, loaded through
 the production loader and run through ``processor run --once`` and the worker."""
 
 from __future__ import annotations
@@ -14,27 +14,11 @@ from processor.models import accel
 from processor.models.families import FamilyId
 from processor.models.loader import ModelLoader
 from processor.pipeline.img2img import Img2ImgEngine
-from tests.images import photo_bytes, photo_image
+from testkit.images import photo_bytes, photo_image
 from tests.sd.test_diffusion import drain, img2img_style, make_settings, manifest_of
-from tests.sd.tiny_flow import build_flux, build_kontext, build_sd3
 
 ROUNDS = [{"strength": 0.75, "guidance": 3.5}, {"strength": 0.5, "guidance": 3.0}]
 PHOTO = {"inputs/toy.jpg": photo_bytes(160, 120, seed=6)}
-
-
-@pytest.fixture(scope="module")
-def tiny_flux(tmp_path_factory):
-    return build_flux(tmp_path_factory.mktemp("models") / "tiny-flux-dev")
-
-
-@pytest.fixture(scope="module")
-def tiny_schnell(tmp_path_factory):
-    return build_flux(tmp_path_factory.mktemp("models") / "tiny-flux-schnell", guidance_embeds=False)
-
-
-@pytest.fixture(scope="module")
-def tiny_sd3(tmp_path_factory):
-    return build_sd3(tmp_path_factory.mktemp("models") / "tiny-sd3")
 
 
 def flow_style(model, **extra) -> dict:
@@ -121,11 +105,6 @@ def test_offload_is_a_noop_on_the_cpu_and_says_so(tiny_sd3):
     engine.setup()
     record = engine(photo_image(64, 64))[0].parameters["performance"]
     assert record["offload"] == "none" and record["offload_note"] == "offload sequential is a no-op on cpu"
-
-
-@pytest.fixture(scope="module")
-def tiny_kontext(tmp_path_factory):
-    return build_kontext(tmp_path_factory.mktemp("models") / "tiny-kontext")
 
 
 def test_a_kontext_edit_runs_through_the_worker_and_records_the_instruction(tiny_kontext, tmp_path):

@@ -16,11 +16,11 @@ from processor.config import Img2ImgStyle, LoraSettings, ModelSettings, load_set
 from processor.errors import ConfigError, ModelUnavailableError
 from processor.manifest import Manifest
 from processor.models.loader import ModelLoader
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
+from testkit.models.flow import build_flow_lora
 from tests.sd.test_convert_pickle import hub_cache
 from tests.sd.test_diffusion import drain, img2img_style, make_settings, manifest_of
 from tests.sd.test_infotext import a1111_lora_sha, parse_infotext
-from tests.sd.tiny_flow import build_flow_lora, build_flux, build_sd3
 
 pytest.importorskip("peft")
 
@@ -29,18 +29,8 @@ PHOTO = {"inputs/toy.jpg": photo_bytes(160, 120, seed=6)}
 
 
 @pytest.fixture(scope="module")
-def tiny_flux(tmp_path_factory):
-    return build_flux(tmp_path_factory.mktemp("models") / "tiny-flux-dev")
-
-
-@pytest.fixture(scope="module")
 def tiny_flux_lora(tiny_flux, tmp_path_factory):
     return build_flow_lora(tmp_path_factory.mktemp("lora") / "toon-flux", tiny_flux)
-
-
-@pytest.fixture(scope="module")
-def tiny_sd3(tmp_path_factory):
-    return build_sd3(tmp_path_factory.mktemp("models") / "tiny-sd3")
 
 
 def flow_style(model, **extra) -> dict:

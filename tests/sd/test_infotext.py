@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from processor.pipeline.encode import a1111_parameters, infotext_parameters
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 from tests.sd.test_diffusion import drain, img2img_style, make_settings, manifest_of
 
 # A1111's own pattern (modules/infotext_utils.py): a key, then a quoted or comma-free value.

@@ -1,5 +1,5 @@
 """IP-Adapter style images (``styles.<name>.style_image`` + ``ip_adapter``): a tiny random-weight
-IP-Adapter and CLIP image encoder built offline for the tiny UNets (``tests.sd.tiny_ip_adapter``),
+IP-Adapter and CLIP image encoder built offline for the tiny UNets (``testkit.models.ip_adapter``),
 loaded through ``load_ip_adapter`` by the production path and run through ``processor run --once``."""
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from processor.models.loader import ModelLoader
 from processor.pipeline.encode import a1111_parameters, infotext_parameters
 from processor.pipeline.ip_adapter import a1111_unit
 from processor.store.local import LocalStore
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
+from testkit.models.ip_adapter import WEIGHT_NAME, build_ip_adapter
 from tests.sd.test_diffusion import img2img_style, make_settings, manifest_of
 from tests.sd.test_infotext import parse_infotext
 from tests.sd.test_sdxl import XL_ROUNDS, run_once
-from tests.sd.tiny_ip_adapter import WEIGHT_NAME, build_ip_adapter
 
 PHOTO = {"inputs/toy.jpg": photo_bytes(160, 120, seed=5)}
 #: The picture of the look wanted: another image than the photo, PNG.

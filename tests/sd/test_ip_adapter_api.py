@@ -15,8 +15,8 @@ from processor.queue.jobs import relpath_of
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker
-from tests.api_service import OPEN_BASE_URL
-from tests.images import photo_bytes
+from testkit.api_service import OPEN_BASE_URL
+from testkit.images import photo_bytes
 from tests.sd.test_diffusion import img2img_style, make_settings, manifest_of
 from tests.sd.test_ip_adapter import ip_adapter
 

@@ -1,5 +1,5 @@
 """An input's own style picture (``style_image: <key>`` in its sidecar or ``x-amz-meta-style-image``)
-through ``processor run --once`` with the tiny IP-Adapter (``tests.sd.tiny_ip_adapter``): it steers
+through ``processor run --once`` with the tiny IP-Adapter (``testkit.models.ip_adapter``): it steers
 that input only, every variant records which picture it used, and a bad one fails that input alone."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from PIL import Image
 from processor.app.cli import build_registry
 from processor.manifest import FailureRecord
 from processor.store.local import LocalStore
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 from tests.sd.test_diffusion import drain, img2img_style, make_settings, manifest_of
 from tests.sd.test_ip_adapter import LOOK, LOOK_KEY, ip_adapter, styled
 from tests.sd.test_sdxl import run_once

@@ -4,7 +4,7 @@ models: the style's model, its ControlNet, and the background stage on the style
 from __future__ import annotations
 
 from processor.manifest import LicenseRecord
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 from tests.sd.test_diffusion import drain, img2img_style, make_settings, manifest_of
 
 

@@ -20,8 +20,8 @@ from processor.pipeline.mask import SegmenterKind, SubjectMasker, iou
 from processor.pipeline.onnx_segmenter import SegmenterUnavailable, choose_providers, sha256_file
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
-from tests.images import encode
-from tests.sd.conftest import build_onnx_segmenter
+from testkit.images import encode
+from testkit.models.segmenters import build_onnx_segmenter
 
 pytest.importorskip("onnxruntime")
 

@@ -1,5 +1,5 @@
 """Qwen-Image-Edit under ``engine: edit`` (``processor.pipeline.edit``): tiny random-weight
-pipelines built offline (``tests.sd.tiny_qwen``), picked by ``model_index.json``, loaded through the
+pipelines built offline (``testkit.models.qwen``), picked by ``model_index.json``, loaded through the
 production loader and run through ``processor run --once`` and the worker."""
 
 from __future__ import annotations
@@ -13,23 +13,11 @@ from processor.manifest import Manifest
 from processor.models.families import Editor
 from processor.models.loader import ModelLoader
 from processor.pipeline.edit import EditEngine, condition_size
-from tests.images import photo_bytes, photo_image
+from testkit.images import photo_bytes, photo_image
 from tests.sd.test_diffusion import drain, make_settings, manifest_of
-from tests.sd.tiny_flow import build_kontext
-from tests.sd.tiny_qwen import build_qwen_edit
 
 PHOTO = photo_bytes(160, 120, seed=6)
 INSTRUCTION = "Put a waterfall in the background"
-
-
-@pytest.fixture(scope="module")
-def tiny_qwen_edit(tmp_path_factory):
-    return build_qwen_edit(tmp_path_factory.mktemp("models") / "tiny-qwen-image-edit")
-
-
-@pytest.fixture(scope="module")
-def tiny_qwen_edit_plus(tmp_path_factory):
-    return build_qwen_edit(tmp_path_factory.mktemp("models") / "tiny-qwen-image-edit-2509", plus=True)
 
 
 def edit_style(model, **extra) -> dict:
@@ -92,9 +80,9 @@ def test_a_negative_steers_the_edit_and_a_variant_does_not_depend_on_its_batch(t
     assert diff <= 2  # seed 4 alone and seed 4 second in a batch of two: the same picture
 
 
-def test_the_editor_comes_from_model_index(tiny_qwen_edit, tiny_qwen_edit_plus, tmp_path_factory):
+def test_the_editor_comes_from_model_index(tiny_qwen_edit, tiny_qwen_edit_plus, tiny_kontext):
     loader = ModelLoader(ModelSettings())
-    kontext = build_kontext(tmp_path_factory.mktemp("models") / "tiny-kontext")
+    kontext = tiny_kontext
     for model, editor in ((tiny_qwen_edit, Editor.QWEN_IMAGE_EDIT), (tiny_qwen_edit_plus, Editor.QWEN_IMAGE_EDIT_PLUS),
                           (kontext, Editor.FLUX_KONTEXT)):
         engine = make_engine("e", EditStyle(model=str(model), instruction="make it red"), loader)

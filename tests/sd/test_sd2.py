@@ -16,8 +16,8 @@ from PIL import Image
 
 from processor.app.cli import build_registry
 from processor.pipeline.sampling import SCHEDULERS
-from tests.images import photo_bytes
-from tests.sd.conftest import _text_config, _unet, _vae, tiny_tokenizer
+from testkit.images import photo_bytes
+from testkit.models.sd import _text_config, _unet, _vae, tiny_tokenizer
 from tests.sd.test_diffusion import img2img_style, make_settings, manifest_of
 from tests.sd.test_sdxl import run_once
 

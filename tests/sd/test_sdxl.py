@@ -17,7 +17,7 @@ from processor.models.loader import ModelLoader, configured_models
 from processor.pipeline.img2img import Img2ImgEngine
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 from tests.sd.test_diffusion import drain, img2img_style, make_settings, manifest_of
 
 PHOTO = {"inputs/toy.jpg": photo_bytes(160, 120, seed=6)}

@@ -22,7 +22,7 @@ from processor.models.loader import ModelLoader
 from processor.pipeline.img2img import Img2ImgEngine
 from processor.pipeline.sampling import round_seed, to_pil, to_tensor, working_size
 from processor.pipeline.sidecar import parse_sidecar
-from tests.images import photo_bytes, photo_image
+from testkit.images import photo_bytes, photo_image
 from tests.sd.test_diffusion import ROUNDS, drain, img2img_style, make_settings, manifest_of, spying_registry
 
 #: ROUNDS at steps 4 denoise int(4 x strength) = 2, 2, 1 steps; DPM++ 2M makes one UNet call per
@@ -188,8 +188,8 @@ def test_shipped_styles_do_not_share_rounds():
 
 def test_background_stage_runs_per_variant_after_shared_rounds(tiny_sd, tmp_path):
     """The background stage sees ordinary variants: one background per variant, seeded by it."""
-    from tests.images import encode
-    from tests.scenes import scene
+    from testkit.images import encode
+    from testkit.scenes import scene
 
     style = img2img_style(tiny_sd, rounds=ROUNDS[:2], shared_rounds=1, variants=2,
                           background={"mode": "generate", "prompt": "a sunny beach", "steps": 3, "harmonize": 0})

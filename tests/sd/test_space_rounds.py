@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 from tests.sd.test_diffusion import ROUNDS, img2img_style, make_settings
 
 pytest.importorskip("gradio", reason="gradio is not installed (the space extra)")

@@ -8,7 +8,7 @@ from diffusers import UNet2DConditionModel
 
 from processor.app.cli import build_registry
 from processor.config import Img2ImgStyle
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 from tests.sd.test_diffusion import img2img_style, make_settings, manifest_of
 from tests.sd.test_sdxl import run_once
 

@@ -17,7 +17,7 @@ from processor.pipeline.encode import PARAMETERS_KEY
 from processor.pipeline.txt2img import Txt2ImgEngine
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 from tests.sd.test_diffusion import TRIGGER, drain, img2img_style, make_settings, manifest_of
 
 

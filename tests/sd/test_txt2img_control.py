@@ -23,7 +23,7 @@ from processor.pipeline.img2img import Img2ImgEngine
 from processor.pipeline.txt2img import Txt2ImgEngine
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
-from tests.images import photo_bytes
+from testkit.images import photo_bytes
 from tests.sd.test_diffusion import make_settings, manifest_of
 from tests.sd.test_txt2img import txt2img_style
 
@@ -196,7 +196,7 @@ def test_an_adapters_license_is_recorded_as_a_controlnets():
 
 
 def test_a_grayscale_adapter_gets_a_one_channel_map(tiny_sd_for_adapter, tmp_path):
-    from tests.sd.tiny_adapter import build_t2i_adapter
+    from testkit.models.adapter import build_t2i_adapter
 
     gray = build_t2i_adapter(tmp_path / "gray-adapter", in_channels=1)
     style = Txt2ImgStyle.model_validate(txt2img_style(tiny_sd_for_adapter, steps=2, variants=2, control=canny(gray)))
@@ -210,7 +210,7 @@ def test_a_grayscale_adapter_gets_a_one_channel_map(tiny_sd_for_adapter, tmp_pat
 
 def test_sdxl_txt2img_with_a_controlnet_and_a_list_of_sd_controlnets(tiny_sdxl, tiny_sd, tiny_controlnet,
                                                                      tiny_controlnet_b, tmp_path):
-    from tests.sd.conftest import build_controlnet
+    from testkit.models.sd import build_controlnet
 
     xl_net = build_controlnet(tmp_path / "xl-controlnet", tiny_sdxl / "unet")
     style = txt2img_style(tiny_sdxl, steps=2, variants=1, control=canny(xl_net, guidance_end=0.5))

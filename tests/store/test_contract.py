@@ -46,6 +46,7 @@ from processor.store.cos import IBM_SDK_MODULES, CosStore
 from processor.store.local import LocalStore
 from processor.store.retry import RetryPolicy
 from processor.store.s3 import LIST_PAGE_KEYS, S3Store
+from testkit.waits import HANG_GUARD_S
 
 #: Threads racing one conditional create, and rounds of that race (run at once, on their own keys).
 CREATE_RACERS = 16
@@ -564,7 +565,7 @@ def test_local_racing_processes_have_exactly_one_winner(tmp_path: Path) -> None:
         )
         for r in range(PROCESS_RACERS)
     ]
-    won = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    won = [json.loads(p.communicate(timeout=HANG_GUARD_S)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     store = LocalStore(root)
     for i in range(PROCESS_RACE_KEYS):

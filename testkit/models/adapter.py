@@ -5,20 +5,20 @@ An adapter's features are added to the UNet's down blocks, so its shapes must li
 The published SD 1.x adapters (``full_adapter``) fit SD 1.5's UNet, whose first block has
 cross-attention (the feature is added before that block downsamples): ``build_sd_for_adapter``
 makes a tiny SD of that layout. ``full_adapter_xl`` fits SDXL's layout, which the tiny SDXL of
-``tests.sd.conftest`` already has (a plain first block, the feature added after it downsamples).
+``testkit.models.sd`` already has (a plain first block, the feature added after it downsamples).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-#: The tiny UNets' block widths (``tests.sd.conftest._unet``): one adapter feature per block.
+#: The tiny UNets' block widths (``testkit.models.sd._unet``): one adapter feature per block.
 TINY_CHANNELS = [32, 64]
 
 
 def build_sd_for_adapter(path: Path) -> Path:
     """A tiny SD 1.x pipeline with SD 1.5's block order (cross-attention first, a plain last block)."""
-    from tests.sd.conftest import build_sd
+    from testkit.models.sd import build_sd
 
     return build_sd(path, unet_options={"down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
                                         "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D")})

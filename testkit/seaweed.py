@@ -29,9 +29,11 @@ import boto3
 import botocore.config
 
 from processor.config import StoreSettings
+from testkit.waits import HANG_GUARD_S
 
-#: Seconds to wait for SeaweedFS to answer S3 requests after start (about 3 s here).
-WEED_START_TIMEOUT_S = 60.0
+#: Seconds to wait for SeaweedFS to answer S3 requests after start (about 3 s on an idle machine):
+#: a hang guard (``testkit.waits``).
+WEED_START_TIMEOUT_S = HANG_GUARD_S
 #: Seconds SeaweedFS gets to exit after SIGTERM; its filer's graceful gRPC stop can hang for good.
 WEED_STOP_GRACE_S = 1.0
 #: Region the test clients sign for (SeaweedFS accepts any).
@@ -221,7 +223,7 @@ class WeedServer:
             except Exception as exc:
                 if time.monotonic() > deadline:
                     raise RuntimeError(
-                        f"SeaweedFS not ready after {WEED_START_TIMEOUT_S}s ({exc}):\n{tail(self.log_path)}"
+                        f"SeaweedFS not ready after {WEED_START_TIMEOUT_S:g} s ({exc}):\n{tail(self.log_path)}"
                     ) from exc
                 time.sleep(0.1)
 

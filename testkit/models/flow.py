@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.sd.conftest import TEXT_WIDTH, TINY_NATIVE, _text_config, tiny_tokenizer
+from testkit.models.sd import TEXT_WIDTH, TINY_NATIVE, _text_config, tiny_tokenizer
 
 #: T5 width for FLUX (its transformer's ``joint_attention_dim``).
 FLUX_T5_WIDTH = 32

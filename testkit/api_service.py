@@ -16,13 +16,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-#: Seconds a server gets to print its URL and answer /readyz.
-START_TIMEOUT_S = 60.0
-#: Seconds a job of the tiny toon style gets to finish (a daemon polls every 0.2 s here).
-JOB_TIMEOUT_S = 90.0
+from testkit.waits import HANG_GUARD_S, REQUEST_GUARD_S, wait_until
+
+#: Seconds a server gets to print its URL and answer /readyz, and a job of the tiny toon style to
+#: finish (a daemon polls every 0.2 s here): hang guards, not expectations (``testkit.waits``).
+START_TIMEOUT_S = JOB_TIMEOUT_S = HANG_GUARD_S
+#: Seconds the test servers hold a request that asks to wait for its job (api.max_wait_s).
+MAX_WAIT_S = 60
+#: Seconds the direct (prototype) route waits for its job (api.direct_timeout_s): long, as a busy
+#: machine makes jobs slow, and below the clients' hang guard, so a stuck job ends in the server's
+#: own answer.
+DIRECT_TIMEOUT_S = int(HANG_GUARD_S) - 60
 #: The base URL of in-process clients of an open app (``create_app(..., keys=[])``): an open server
 #: answers its own host names only (``processor.api.guard``), and TestClient's default is not one.
 OPEN_BASE_URL = "http://localhost"
@@ -37,7 +45,7 @@ run: {styles: [toon], poll_interval_s: 0.2, idle_backoff_max_s: 0.5, full_rescan
 claims: {ttl_s: 30, renew_s: 5, progress_s: 0.2}
 pipeline: {contact_sheet_height: 64}
 metrics: {port: 0}
-api: {poll_s: 0.1, max_upload_bytes: %(max_upload)d, max_wait_s: 60, direct_timeout_s: 90,
+api: {poll_s: 0.1, max_upload_bytes: %(max_upload)d, max_wait_s: %(max_wait)d, direct_timeout_s: %(direct)d,
       webhook_allow: [%(allow)s]%(api)s}
 """
 
@@ -53,9 +61,9 @@ class Service:
     #: The ``processor run`` daemon beside it, when the test started one.
     worker: subprocess.Popen | None = None
 
-    def client(self, token: str | None = TOKEN, **kwargs: object) -> httpx.Client:
+    def client(self, token: str | None = TOKEN, **kwargs: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=REQUEST_GUARD_S, **kwargs)
 
 
 def write_env(tmp: Path, store_env: dict[str, str], *, max_upload: int = 4_000_000,
@@ -64,8 +72,10 @@ def write_env(tmp: Path, store_env: dict[str, str], *, max_upload: int = 4_000_0
     """The environment of a test server: its config file (``api``: more keys of its api section),
     its clients (``keys``, as PROCESSOR_API_KEYS: ``TOKEN`` is an admin's) and store."""
     config = tmp / "config.yaml"
+    allowed = ", ".join(f'"{a}"' for a in allow)
     more = "".join(f", {k}: {json.dumps(v)}" for k, v in (api or {}).items())
-    config.write_text(CONFIG % {"max_upload": max_upload, "allow": ", ".join(f'"{a}"' for a in allow), "api": more})
+    config.write_text(CONFIG % {"max_upload": max_upload, "max_wait": MAX_WAIT_S, "direct": DIRECT_TIMEOUT_S,
+                                "allow": allowed, "api": more})
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROCESSOR_", "AWS_"))}
     env |= {"PROCESSOR_CONFIG": str(config), "PROCESSOR_API_KEYS": keys, "PROCESSOR_WEBHOOK_SECRET": WEBHOOK_SECRET,
             **store_env}
@@ -80,10 +90,8 @@ def serve(env: dict[str, str], tmp: Path, *args: str) -> Iterator[Service]:
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
         url = _wait_url(proc, log)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while httpx.get(url + "/readyz", timeout=5).status_code != 200:
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.1)
+        wait_until(lambda: httpx.get(url + "/readyz", timeout=REQUEST_GUARD_S).status_code == 200,
+                   f"processor serve ready at {url}/readyz", check=lambda: _alive(proc, log))
         yield Service(url, env, proc, log)
     finally:
         stop(proc)
@@ -137,15 +145,14 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def _alive(proc: subprocess.Popen, log: Path) -> None:
+    assert proc.poll() is None, f"processor serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+
+
 def _wait_url(proc: subprocess.Popen, log: Path) -> str:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        found = re.search(r"serving (http://\S+) over", log.read_text(errors="replace"))
-        if found:
-            return found.group(1)
-        assert proc.poll() is None, f"processor serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-        time.sleep(0.05)
-    raise AssertionError(f"processor serve printed no URL:\n{log.read_text()[-3000:]}")
+    found = wait_until(lambda: re.search(r"serving (http://\S+) over", log.read_text(errors="replace")),
+                       "processor serve printing its URL", timeout_s=START_TIMEOUT_S, check=lambda: _alive(proc, log))
+    return found.group(1)
 
 
 def rss_bytes(pid: int) -> int:
