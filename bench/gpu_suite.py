@@ -76,7 +76,7 @@ PRESENT_MODULES = ("torch", "transformers", "accelerate", "peft", "safetensors",
 PROJECT_MODULES = ("processor.app.cli", "processor.pipeline.img2img", "processor.pipeline.interrogator",
                    "processor.pipeline.caption", "processor.store.local", "processor.store.s3", "bench.gpu_img2img",
                    "bench.real_run", "bench.overlap", "bench.gpu_styles", "bench.unet_evals", "testkit.models.sd",
-                   "tests.sd.conftest", "tests.conftest")
+                   "tests.models.conftest", "tests.conftest")
 #: Modules the GPU machine lacks that no step may need (store adapters and the HTTP API); the guard
 #: hides them too, so a step that starts needing one fails the rehearsal.
 #: (Not httpx2 / httpcore2: only this environment's newer huggingface-hub needs them, and the GPU

@@ -3,7 +3,7 @@
 # on a CUDA machine that has PyTorch, transformers, accelerate, peft, safetensors,
 # huggingface-hub, Pillow, OpenCV, numpy, PyYAML, tqdm, prometheus-client and pytest but cannot
 # download anything. Target: CPython 3.12, manylinux x86-64. bench/gpu_suite.py's
-# CARRIED_MODULES names what each wheel is for; tests/test_gpu_suite.py keeps the two in step.
+# CARRIED_MODULES names what each wheel is for; tests/models/test_gpu_suite.py keeps the two in step.
 #
 #   scripts/gpu_wheels.sh            # into .whl/ (gitignored); prints the total, fails over budget
 #   scripts/gpu_wheels.sh --list     # the pins only

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-resolve the lock files from pyproject.toml and requirements/pins.txt. Run it after changing a
-# dependency, an extra or a pin, and commit the result with that change (tests/test_lock.py fails
+# dependency, an extra or a pin, and commit the result with that change (tests/unit/test_lock.py fails
 # while the lock lags behind pyproject.toml):
 #
 #   bash scripts/lock.sh                 # re-lock, keeping every version that still fits
@@ -12,7 +12,7 @@
 #                         only a CI or Space package brings (gradio's pillow<13) never holds the image back
 # requirements/ci.txt     every extra (sd, test, lint, space, release, ...): what .ci/run installs. Resolved with
 #                         image.txt's versions as preferences, so every package the two share is pinned alike
-#                         wherever a package only CI installs allows it. tests/test_lock.py holds the rule for
+#                         wherever a package only CI installs allows it. tests/unit/test_lock.py holds the rule for
 #                         the rest: an unforced difference fails, a forced one is reported, and a forced one in
 #                         a dependency the project declares must be acknowledged in requirements/ci-differs.txt.
 #

@@ -1,8 +1,8 @@
 """Hostile requests against a real ``processor serve``, over raw sockets, and what each cost the
 server: its peak resident memory (``VmHWM``, reset before each attack through
 ``/proc/<pid>/clear_refs``), the bytes it let the client send before it answered, and the most its
-upload spool held on disk. ``tests/test_api_memory.py`` asserts on them; ``python -m
-tests.test_api_memory`` prints the table in docs/security.md.
+upload spool held on disk. ``tests/integration/test_api_memory.py`` asserts on them; ``python -m
+tests.integration.test_api_memory`` prints the table in docs/security.md.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ inputs that vanish between LIST and GET. ``plant`` writes a state; ``run_cli`` r
 - the job view agrees: what the HTTP API shows of every input (``BucketQueue.state``, the same
   bounded reads) is ``done`` with that manifest or ``failed`` with that record.
 
-``tests/test_bucket_properties.py`` draws states with hypothesis (local store) and runs a fixed
+``tests/integration/test_bucket_properties.py`` draws states with hypothesis (local store) and runs a fixed
 mixed bucket on the local store and SeaweedFS.
 """
 

@@ -68,7 +68,7 @@ def _no_fixed_metrics_port(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every worker a test starts (in process, or a subprocess that inherits the environment)
     serves no metrics unless the test names a port: the default, 9108, is a fixed port that
     another program (or a test running beside this one) may hold. Tests of the default port
-    itself delete the variable (``tests/test_metrics_port.py``)."""
+    itself delete the variable (``tests/integration/test_metrics_port.py``)."""
     monkeypatch.setenv("PROCESSOR_METRICS__PORT", "0")
 
 

@@ -188,7 +188,7 @@ def _load_restricted(path: Path) -> Any:
     """One pickle weights file, through PyTorch's restricted unpickler."""
     import torch
 
-    # The project's one pickle load (tests/test_security_static.py allows exactly this call).
+    # The project's one pickle load (tests/unit/test_security_static.py allows exactly this call).
     # Safe because weights_only=True swaps in PyTorch's restricted unpickler: it rebuilds only
     # tensors, storages and plain containers/numbers from an allowlist and raises
     # UnpicklingError on any other global (os.system, a __reduce__ trap), so no code from the file

@@ -1,6 +1,6 @@
 """The ObjectStore protocol: the only way the rest of the project talks to a bucket.
 
-Contract, shared by every adapter and checked by ``tests/store/test_contract.py``:
+Contract, shared by every adapter and checked by ``tests/contract/test_contract.py``:
 
 - Keys are ``/``-separated strings. ``list`` yields every object under a prefix exactly once, in
   the server's order (UTF-8 byte order on AWS S3 and the local store; SeaweedFS lists folder by

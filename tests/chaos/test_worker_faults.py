@@ -18,7 +18,7 @@ from processor.queue.scan import scan
 from processor.store.local import LocalStore
 from processor.worker.runner import Job, PassResult
 from testkit.images import photo_bytes
-from tests.test_worker import make_settings, make_worker
+from tests.unit.test_worker import make_settings, make_worker
 
 #: Seconds: a claim TTL short enough to let a test expire it by sleeping.
 SHORT_TTL_S = 0.2

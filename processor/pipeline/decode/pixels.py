@@ -188,7 +188,7 @@ def _decode_opened(opened: ImageFile.ImageFile, fmt: str, limits: PixelLimits, w
     if rgb is opened:
         # Hand back a plain image, not the file object that still references the input bytes. A
         # new wrapper around the same pixel core, not copy(): a copy doubled decode's peak memory
-        # (302 vs 151 MiB over baseline at max_pixels; python -m tests.test_security_memory).
+        # (302 vs 151 MiB over baseline at max_pixels; python -m tests.integration.test_security_memory).
         # close() below only drops the file object's reference to the core.
         rgb = rgb._new(rgb.im)  # noqa: SLF001 - Pillow has no public way to rewrap a core
     return DecodedPixels(image=rgb, format=fmt, source_width=width, source_height=height, notes=notes)

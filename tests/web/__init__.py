@@ -1,0 +1,1 @@
+"""Web tier: the pages of `processor serve` in Chromium (playwright)."""
