@@ -392,7 +392,7 @@ def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
     from processor.app.doctor import run_checks
 
     rows = run_checks(settings, build_store=build_store, build_registry=build_registry,
-                      detect_device=detect_device, config_path=args.config_source, build_captioner=build_captioner)
+                      detect_device=detect_device, config_path=args.config_source)
     width = max(len(r.check) for r in rows)
     for r in rows:
         print(f"{r.check:<{width}}  {r.status:<4}  {r.detail}")
@@ -412,7 +412,7 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
     wanted = configured_models(settings.styles)
     convert = args.convert_pickle or settings.models.convert_pickle
     if args.dry_run:
-        return models_pull_dry_run(loader, wanted, convert, addon_models(settings, loader, build_captioner(settings)))
+        return models_pull_dry_run(loader, wanted, convert, addon_models(settings, loader, captions=True))
     if convert and loader.offline:
         # Offline, only the conversion can run: from the *.bin files the cache already holds.
         for model, revision in wanted:
@@ -422,7 +422,7 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
     if loader.offline:
         raise ConfigError("cannot pull: offline mode is on (models.offline / HF_HUB_OFFLINE); run `processor "
                           "models pull` where the Hub can be reached, or add --dry-run to see what the cache holds")
-    addons = addon_models(settings, loader, build_captioner(settings))
+    addons = addon_models(settings, loader, captions=True)
     if not wanted and not addons:
         print("no diffusion styles configured: nothing to pull")
         return 0

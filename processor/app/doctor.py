@@ -29,7 +29,6 @@ def run_checks(
     build_registry: Callable[[Settings], Any],
     detect_device: Callable[[], str],
     config_path: str,
-    build_captioner: Callable[[Settings], Any] | None = None,
 ) -> list[Row]:
     rows = [Row("config", "ok", f"{config_path}: styles {', '.join(settings.run.styles)}; store {settings.store.kind}")]
     try:
@@ -49,8 +48,7 @@ def run_checks(
     rows.append(Row("metrics", *describe_endpoint(settings.metrics)))
     rows.extend(_model_checks(settings, build_registry))
     rows.extend(_addon_checks(settings))
-    if build_captioner is not None:
-        rows.extend(_caption_checks(settings, build_captioner))
+    rows.extend(_caption_checks(settings))
     # Error texts quote endpoints: none may show the credentials written into one.
     return [Row(r.check, r.status, redact(r.detail)) for r in rows]
 
@@ -98,10 +96,11 @@ def _model_checks(settings: Settings, build_registry: Callable[[Settings], Any])
     return rows
 
 
-def _caption_checks(settings: Settings, build_captioner: Callable[[Settings], Any]) -> list[Row]:
+def _caption_checks(settings: Settings) -> list[Row]:
     """Whether the caption models are in the cache (nothing is loaded or fetched). A missing
     model fails only when a style in ``run.styles`` would caption with it, or in offline mode."""
-    from processor.models.loader import is_local, offline_mode
+    from processor.models.caption import caption_availability
+    from processor.models.loader import ModelLoader, is_local, offline_mode
     from processor.pipeline.caption import caption_used
 
     mode = settings.caption.mode
@@ -110,21 +109,21 @@ def _caption_checks(settings: Settings, build_captioner: Callable[[Settings], An
     used = caption_used(settings.caption, settings.styles, settings.run.styles)
     rows = [Row("caption", "ok", f"mode {mode}" + ("" if used else "; no style in run.styles takes a prompt"))]
     try:
-        captioner = build_captioner(settings)
-        checks = captioner.availability()
+        checks = caption_availability(settings.caption, ModelLoader(settings.models))
     except ProcessorError as exc:
         return [*rows, Row("caption models", "FAIL" if used else "warn", str(exc))]
-    for role, model, available, detail in checks:
+    for check in checks:
+        model, detail = check.model, check.detail
         local = model.startswith("local-dir:") or is_local(model)
-        if available:
-            rows.append(Row(f"caption {role}", "ok", f"{model}: {detail}"))
+        if check.available:
+            rows.append(Row(f"caption {check.role}", "ok", f"{model}: {detail}"))
         elif used and (local or offline_mode(settings.models)):
-            rows.append(Row(f"caption {role}", "FAIL", detail))
+            rows.append(Row(f"caption {check.role}", "FAIL", detail))
         elif used:
-            rows.append(Row(f"caption {role}", "warn", f"{model}: not in the cache yet; `processor models pull` "
-                                                      f"fetches it (else the worker downloads it at start)"))
+            rows.append(Row(f"caption {check.role}", "warn", f"{model}: not in the cache yet; `processor models pull` "
+                                                            f"fetches it (else the worker downloads it at start)"))
         else:
-            rows.append(Row(f"caption {role}", "warn", f"{detail} (no style in run.styles uses it)"))
+            rows.append(Row(f"caption {check.role}", "warn", f"{detail} (no style in run.styles uses it)"))
     return rows
 
 

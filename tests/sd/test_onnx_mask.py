@@ -16,8 +16,9 @@ from processor.app.cli import main
 from processor.config import MaskSettings, ModelSettings, OnnxSegmenterSettings, load_settings
 from processor.manifest import Manifest
 from processor.models.loader import ModelLoader
+from processor.models.safeweights import sha256_file
 from processor.pipeline.mask import SegmenterKind, SubjectMasker, iou
-from processor.pipeline.onnx_segmenter import SegmenterUnavailable, choose_providers, sha256_file
+from processor.pipeline.onnx_segmenter import SegmenterUnavailable, choose_providers
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from tests.images import encode
@@ -211,12 +212,16 @@ def test_models_pull_fetches_only_the_onnx_file(tiny_onnx, tmp_path, monkeypatch
     hub client treats as offline (no network), so the resolution path is the production one."""
     import huggingface_hub.constants as hub_constants
 
-    from processor.pipeline.mask import pull_segmenter
+    from processor.models.pull_list import Role, addon_models
 
     commit = "89abcdef0123456789abcdef0123456789abcdef"
     _hub_cache(tmp_path / "cache", "toys/isnet-onnx", commit, "isnet.onnx", tiny_onnx)
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
-    settings = MaskSettings(onnx=OnnxSegmenterSettings(model="toys/isnet-onnx", file="isnet.onnx", family="isnet"))
-    fetched = pull_segmenter(settings, str(tmp_path / "cache"))
-    assert fetched.startswith("toys/isnet-onnx -> ") and fetched.endswith(f"{commit}/isnet.onnx")
-    assert pull_segmenter(MaskSettings(onnx=OnnxSegmenterSettings(model=str(tiny_onnx))), None) is None
+    onnx = {"model": "toys/isnet-onnx", "file": "isnet.onnx", "family": "isnet"}
+    settings = load_settings(None, pipeline={"mask": {"onnx": onnx}}, models={"cache_dir": str(tmp_path / "cache")})
+    [segmenter] = [a for a in addon_models(settings, ModelLoader(settings.models)) if a.role is Role.SEGMENTER]
+    fetched = segmenter.fetch(True)
+    assert segmenter.shown == "toys/isnet-onnx" and fetched.commit == commit
+    assert fetched.path.endswith(f"{commit}/isnet.onnx")
+    local = load_settings(None, pipeline={"mask": {"onnx": {"model": str(tiny_onnx)}}})
+    assert not [a for a in addon_models(local, ModelLoader(local.models)) if a.role is Role.SEGMENTER]
