@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from processor.app import cli
+from processor.cli import main as cli
 from processor.config import Settings, load_settings
 from processor.errors import InvalidKey, ObjectAccessDenied
 from processor.manifest import MAX_RECORD_BYTES, FailureRecord, Manifest, Source, WorkerInfo

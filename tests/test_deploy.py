@@ -507,8 +507,8 @@ def test_finetune_overlay_renders_valid_objects() -> None:
 
 def test_finetune_job_runs_the_worker_pod_with_a_valid_command() -> None:
     """One GPU, the worker's image, ConfigMap, Secret and volumes; args the CLI itself accepts."""
-    from processor.app.cli import build_parser
-    from processor.finetune.cli import cmd_finetune
+    from processor.cli.finetune import cmd_finetune
+    from processor.cli.main import build_parser
 
     objs = _render("finetune")
     job = _one(objs, "Job")

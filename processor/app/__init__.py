@@ -1,1 +1,1 @@
-"""The application: the composition root and the command line (``cli``), and ``doctor``'s checks."""
+"""The composition root (``compose``); the commands live in ``processor.cli``."""

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from processor.app.cli import build_captioner, build_registry, main
+from processor.app.compose import build_captioner, build_registry
+from processor.cli.main import main
 from processor.config import load_settings
 from processor.errors import ModelUnavailableError
 from processor.manifest import FailureRecord, Manifest

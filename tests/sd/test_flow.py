@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from processor.app.cli import main
 from processor.app.compose import make_engine
+from processor.cli.main import main
 from processor.config import Img2ImgStyle, ModelSettings, PerformanceSettings
 from processor.errors import ConfigError
 from processor.models import accel

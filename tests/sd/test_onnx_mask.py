@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from processor.app.cli import main
+from processor.cli.main import main
 from processor.config import MaskSettings, ModelSettings, OnnxSegmenterSettings, load_settings
 from processor.manifest import Manifest
 from processor.models.loader import ModelLoader

@@ -8,6 +8,7 @@ import socket
 import sys
 from typing import Any
 
+from processor.app.compose import build_store
 from processor.config import Settings
 from processor.errors import ConfigError
 
@@ -43,7 +44,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from processor.api.app import create_app
-    from processor.app.compose import build_store
 
     host = args.host or settings.api.host
     port = settings.api.port if args.port is None else args.port

@@ -1,18 +1,43 @@
-"""``processor doctor``: one row per check, each independent, so one failure does not hide others."""
+"""``processor doctor``: one row per check (config, store, conditional create, device, metrics,
+each style's models, add-on and caption models), each independent, so one failure does not hide
+others."""
 
 from __future__ import annotations
 
+import argparse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
+from processor.app.compose import build_registry, build_store, detect_device
 from processor.config import Settings
-from processor.errors import FatalError, ProcessorError, StoreError
+from processor.errors import EXIT_DOCTOR, FatalError, ProcessorError, StoreError
 from processor.metrics import describe_endpoint
 from processor.queue.claims import probe_conditional_create
 from processor.redact import redact
+
+
+def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    rows = run_checks(settings, build_store=build_store, build_registry=build_registry,
+                      detect_device=detect_device, config_path=args.config_source)
+    width = max(len(r.check) for r in rows)
+    for r in rows:
+        print(f"{r.check:<{width}}  {r.status:<4}  {r.detail}")
+    problems = [r for r in rows if r.status == "FAIL"]
+    print(f"\n{len(problems)} problem(s)" if problems else "\nall checks passed")
+    return EXIT_DOCTOR if problems else 0
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Register ``doctor`` (``common``: --config, --log-level, --quiet)."""
+    p = sub.add_parser("doctor", parents=[common], help="check config, store, credentials, device and models",
+                       description="Check the configuration, that the store is reachable with the configured "
+                       "credentials and writable, whether its conditional create is atomic (a race of "
+                       "concurrent creates on a scratch key), the compute device, and the configured styles' "
+                       f"models. Prints a table; exits {EXIT_DOCTOR} when a check fails.")
+    p.set_defaults(func=cmd_doctor)
 
 
 @dataclass(frozen=True)
