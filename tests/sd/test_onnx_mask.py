@@ -225,3 +225,21 @@ def test_models_pull_fetches_only_the_onnx_file(tiny_onnx, tmp_path, monkeypatch
     assert fetched.path.endswith(f"{commit}/isnet.onnx")
     local = load_settings(None, pipeline={"mask": {"onnx": {"model": str(tiny_onnx)}}})
     assert not [a for a in addon_models(local, ModelLoader(local.models)) if a.role is Role.SEGMENTER]
+
+
+def test_a_hub_repo_without_the_configured_file_names_the_key_to_set(tiny_onnx, tmp_path):
+    """The same resolution serves the dry run (an error naming the key) and the masker (GrabCut, with that reason)."""
+    from processor.errors import ModelUnavailableError
+    from processor.models.pull_list import Role, addon_models
+
+    commit = "fedcba9876543210fedcba9876543210fedcba98"
+    _hub_cache(tmp_path / "cache", "toys/u2net-onnx", commit, "u2net.onnx", tiny_onnx)
+    onnx = {"model": "toys/u2net-onnx", "file": "isnet.onnx"}
+    settings = load_settings(None, pipeline={"mask": {"onnx": onnx}},
+                             models={"cache_dir": str(tmp_path / "cache"), "offline": True})
+    [segmenter] = [a for a in addon_models(settings, ModelLoader(settings.models)) if a.role is Role.SEGMENTER]
+    with pytest.raises(ModelUnavailableError, match=r"no file 'isnet\.onnx' \(set pipeline\.mask\.onnx\.file\)"):
+        segmenter.fetch(False)
+    mask = SubjectMasker(settings.pipeline.mask, ModelLoader(settings.models)).compute(red_toy(160, 120)[0])
+    assert mask.segmentation.kind is SegmenterKind.GRABCUT
+    assert "set pipeline.mask.onnx.file" in mask.segmentation.fallback
