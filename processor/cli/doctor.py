@@ -125,7 +125,8 @@ def _caption_checks(settings: Settings) -> list[Row]:
     """Whether the caption models are in the cache (nothing is loaded or fetched). A missing
     model fails only when a style in ``run.styles`` would caption with it, or in offline mode."""
     from processor.models.caption import caption_availability
-    from processor.models.loader import ModelLoader, is_local, offline_mode
+    from processor.models.hub import is_local
+    from processor.models.loader import ModelLoader, offline_mode
     from processor.pipeline.caption import caption_used
 
     mode = settings.caption.mode

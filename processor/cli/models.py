@@ -51,7 +51,7 @@ def models_pull_dry_run(loader: Any, wanted: list[tuple[str, str | None]], conve
     (hub metadata; offline: what the cache holds), then every add-on model and whether the cache
     has it. Exits non-zero when a model would not load (offline: an add-on missing from the cache)."""
     from processor.errors import EXIT_MODEL
-    from processor.models.loader import IGNORE_PATTERNS, component_patterns, is_local
+    from processor.models.hub import IGNORE_PATTERNS, component_patterns, is_local
     from processor.models.safeweights import cache_plan, format_plans, hub_plan
 
     hub = [(m, r) for m, r in wanted if not is_local(m)]
