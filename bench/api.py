@@ -145,7 +145,7 @@ def prototype_app(settings: Settings, style_name: str) -> Any:
     """The prototype's design: the style runs inside a synchronous request handler."""
     from fastapi import FastAPI
 
-    from processor.app.compose import make_engine
+    from processor.cli.compose import make_engine
     from processor.pipeline.decode import decode_image
     from processor.pipeline.encode import encode_png
 

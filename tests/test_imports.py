@@ -36,7 +36,7 @@ FLOORS = (
     {"worker", "metrics"},
     {"api"},
     {"finetune"},
-    {"cli", "app"},
+    {"cli"},
 )
 PACKAGE = Path(__file__).resolve().parent.parent / "processor"
 
@@ -105,7 +105,7 @@ def test_core_modules_import_without_torch() -> None:
 def test_a_toon_only_run_sets_up_without_torch(tmp_path) -> None:
     code = (
         "import sys\n"
-        "from processor.app.compose import build_registry, detect_device\n"
+        "from processor.cli.compose import build_registry, detect_device\n"
         "from processor.config import load_settings\n"
         f"settings = load_settings(None, store={{'kind': 'local', 'root': {str(tmp_path)!r}}})\n"
         "build_registry(settings).setup(['toon'])\n"

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from processor.app.compose import build_registry
 from processor.cli.bucket import cmd_results
+from processor.cli.compose import build_registry
 from processor.config import load_settings
 from processor.errors import ObjectNotFound
 from processor.manifest import FailureRecord, Manifest

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from processor.app.compose import make_engine
+from processor.cli.compose import make_engine
 from processor.config import PrefixSettings
 from processor.errors import EXIT_UNHEALTHY, CorruptImage, StageFailed, WorkerUnhealthy
 from processor.manifest import FailureRecord, Manifest

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from processor.app.compose import build_store
+from processor.cli.compose import build_store
 from processor.config import Settings
 from processor.errors import FatalError, ObjectNotFound
 from processor.manifest import FailureRecord

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-from processor.app.compose import build_registry, build_store, detect_device
+from processor.cli.compose import build_registry, build_store, detect_device
 from processor.config import Settings
 from processor.errors import EXIT_DOCTOR, FatalError, ProcessorError, StoreError
 from processor.metrics import describe_endpoint

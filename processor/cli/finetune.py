@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from processor.app.compose import build_captioner, build_store
+from processor.cli.compose import build_captioner, build_store
 from processor.config import Settings
 from processor.errors import ConfigError
 from processor.finetune.location import Location

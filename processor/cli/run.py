@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from processor import __version__
-from processor.app.compose import build_captioner, build_registry, build_store, detect_device, worker_id
+from processor.cli.compose import build_captioner, build_registry, build_store, detect_device, worker_id
 from processor.config import Settings
 from processor.errors import EXIT_INCOMPLETE, EXIT_SOME_FAILED, EXIT_UNHEALTHY, ConfigError, ItemError
 from processor.localfiles import walk

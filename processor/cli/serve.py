@@ -8,7 +8,7 @@ import socket
 import sys
 from typing import Any
 
-from processor.app.compose import build_store
+from processor.cli.compose import build_store
 from processor.config import Settings
 from processor.errors import ConfigError
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from processor.app.compose import build_store
+from processor.cli.compose import build_store
 from processor.config import Settings
 from processor.errors import ConfigError, ItemError
 from processor.localfiles import walk

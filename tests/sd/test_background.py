@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from processor.app.compose import build_registry
+from processor.cli.compose import build_registry
 from processor.cli.main import main
 from processor.config import Img2ImgStyle, MaskSettings, ModelSettings, ToonStyle, load_settings
 from processor.errors import ConfigError

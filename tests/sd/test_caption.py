@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from processor.app.compose import build_captioner, build_registry
+from processor.cli.compose import build_captioner, build_registry
 from processor.cli.main import main
 from processor.config import load_settings
 from processor.errors import ModelUnavailableError

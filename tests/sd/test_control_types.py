@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from processor.app.compose import build_registry
+from processor.cli.compose import build_registry
 from processor.cli.main import main
 from processor.config import ControlSettings, DecodeSettings, Img2ImgStyle, ModelSettings
 from processor.errors import ModelUnavailableError

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from processor.app.compose import build_registry
+from processor.cli.compose import build_registry
 from processor.errors import ModelUnavailableError
 from tests.sd.test_diffusion import drain, make_settings, manifest_of
 from tests.sd.test_flow_lora import PHOTO as TOY_PHOTO

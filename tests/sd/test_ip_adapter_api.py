@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from processor.api.app import create_app
 from processor.api.jobs import relpath_of
-from processor.app.compose import build_registry
+from processor.cli.compose import build_registry
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from processor.worker.runner import Worker

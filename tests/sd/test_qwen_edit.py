@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from processor.app.compose import make_engine
+from processor.cli.compose import make_engine
 from processor.cli.main import main
 from processor.config import EditStyle, ModelSettings
 from processor.manifest import Manifest

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from processor.app.compose import build_registry
+from processor.cli.compose import build_registry
 from processor.pipeline.diffusion_common import SCHEDULERS
 from tests.images import photo_bytes
 from tests.sd.conftest import _text_config, _unet, _vae, tiny_tokenizer

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from diffusers import UNet2DConditionModel
 
-from processor.app.compose import build_registry
+from processor.cli.compose import build_registry
 from processor.config import Img2ImgStyle
 from processor.pipeline.diffusion_turbo import TurboImg2ImgEngine
 from tests.images import photo_bytes

@@ -1,1 +1,0 @@
-"""The composition root (``compose``); the commands live in ``processor.cli``."""
