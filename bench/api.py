@@ -147,7 +147,7 @@ def prototype_app(settings: Settings, style_name: str) -> Any:
     """The prototype's design: the style runs inside a synchronous request handler."""
     from fastapi import FastAPI
 
-    from processor.app.compose import make_engine
+    from processor.cli.compose import make_engine
     from processor.pipeline.decode import decode_image
     from processor.pipeline.encode import encode_png
 
@@ -167,7 +167,7 @@ def prototype_app(settings: Settings, style_name: str) -> Any:
 def serve_in_thread(app: Any) -> tuple[str, Callable[[], None]]:
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY: see api/cli.py
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY: see api/server.py
     sock.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)

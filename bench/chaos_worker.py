@@ -153,7 +153,7 @@ def install() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     install()
-    from processor.app.cli import main as cli_main
+    from processor.cli.main import main as cli_main
 
     code = cli_main(argv)
     # From here on only interpreter shutdown runs: the harness compares this event's time with

@@ -93,8 +93,8 @@ def time_training(model: Path, hp: Any, images: list[Any], models: Any, warmup: 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import torch
 
+    from processor.cli.finetune import _precision
     from processor.config import ModelSettings
-    from processor.finetune.cli import _precision
     from processor.finetune.data import TrainingImage
     from processor.finetune.record import CaptionSource, Hyperparameters, Mode
     from processor.finetune.train import TARGET_MODULES

@@ -217,7 +217,7 @@ def profile_tables(path: Path, engine: Any, image: Any, inputs: Any, batch: int,
 def processor_engines(model: Path, args: argparse.Namespace, size: int) -> tuple[Any, Any]:
     """The processor's engine with ``shared_rounds: 0`` and, with ``--shared-rounds N``, a second
     one with ``shared_rounds: N`` on the same weights (one registry, one model loader); else None."""
-    from processor.app.compose import build_registry
+    from processor.cli.compose import build_registry
     from processor.config import Settings
 
     def style(shared: int) -> dict[str, Any]:

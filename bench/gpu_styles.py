@@ -4,7 +4,7 @@ with a canny ControlNet (``control:``), on the same input, weights and dtype.
 
 Each style is ``config.yaml``'s own (rounds, steps, scheduler, variants, guidance), with the model
 replaced by ``--model`` (a diffusers SD 1.x folder; the GPU suite passes the random-weight SD 1.5
-it built) and run through the production engines (``processor.app.compose.build_registry``). The
+it built) and run through the production engines (``processor.cli.compose.build_registry``). The
 LCM-LoRA and the ControlNet are built here with random weights, on the device, and saved as
 safetensors (speed does not depend on weight values; nothing is downloaded):
 
@@ -173,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import torch
     import yaml
 
-    from processor.app.compose import build_registry
+    from processor.cli.compose import build_registry
     from processor.config import ModelSettings, Settings
     from processor.models.loader import ModelLoader
     from testkit.images import photo_image

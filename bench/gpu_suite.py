@@ -73,7 +73,7 @@ CARRIED_MODULES = {
 PRESENT_MODULES = ("torch", "transformers", "accelerate", "peft", "safetensors", "huggingface_hub", "cv2",
                    "numpy", "yaml", "tqdm", "prometheus_client", "pytest", "torchvision", "timm", "regex")
 #: The project's modules the steps import (each pulls its own dependencies).
-PROJECT_MODULES = ("processor.app.cli", "processor.pipeline.img2img", "processor.pipeline.interrogator",
+PROJECT_MODULES = ("processor.cli.main", "processor.pipeline.img2img", "processor.pipeline.interrogator",
                    "processor.pipeline.caption", "processor.store.local", "processor.store.s3", "bench.gpu_img2img",
                    "bench.real_run", "bench.overlap", "bench.gpu_styles", "bench.unet_evals", "testkit.models.sd",
                    "tests.models.conftest", "tests.conftest")

@@ -43,7 +43,7 @@ from pydantic import Field
 
 from bench.common import MIB, RssSampler, machine, peak_rss_bytes, report, s3_store, seaweedfs_server
 from processor import __version__
-from processor.app.compose import make_engine
+from processor.cli.compose import make_engine
 from processor.config import Settings, StyleBase
 from processor.manifest import Manifest, Source, WorkerInfo
 from processor.pipeline.base import ItemContext, VariantImage
@@ -122,7 +122,7 @@ class FixedCostEngine:
 
 def registry_with_fixed_cost(settings: Settings, style: FixedCostStyle) -> tuple[EngineRegistry, list[FixedCostEngine]]:
     """The worker's registry with the fixed-cost style added; the factory falls back to the real
-    engines (``processor.app.compose.make_engine``) for every other style."""
+    engines (``processor.cli.compose.make_engine``) for every other style."""
     made: list[FixedCostEngine] = []
 
     def factory(name: str, configured: Any) -> Any:
@@ -157,8 +157,8 @@ class TimedEngine:
 
 
 def registry_with_timed_engines(settings: Settings) -> tuple[EngineRegistry, list[TimedEngine]]:
-    """The worker's own registry (``processor.app.compose.build_registry``), every engine it makes timed."""
-    from processor.app.compose import build_registry
+    """The worker's own registry (``processor.cli.compose.build_registry``), every engine it makes timed."""
+    from processor.cli.compose import build_registry
 
     base = build_registry(settings)
     made: list[TimedEngine] = []

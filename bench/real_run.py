@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import torch
     import yaml
 
-    from processor.app.cli import main as processor_main
+    from processor.cli.main import main as processor_main
     from processor.config import ModelSettings
     from processor.models.loader import ModelLoader
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import machine, report, s3_store, seaweedfs_server
-from processor.app.compose import build_registry
+from processor.cli.compose import build_registry
 from processor.config import Settings
 from processor.manifest import Manifest
 from processor.queue.keys import KeyLayout

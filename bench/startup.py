@@ -39,7 +39,7 @@ CHILD = (
     "import sys\n"
     "if sys.argv[1] == 'torch':\n"
     "    import torch  # noqa: F401\n"
-    "from processor.app.cli import main\n"
+    "from processor.cli.main import main\n"
     "code = main(sys.argv[3:])\n"
     "open(sys.argv[2], 'w').write('1' if 'torch' in sys.modules else '0')\n"
     "raise SystemExit(code)\n"

@@ -2,7 +2,7 @@
 style costs on any GPU, counted rather than timed.
 
 Each diffusion style of ``config.yaml`` runs once on one synthetic photo through the production
-engines (``processor.app.compose.build_registry``: the transform, its ControlNets and LoRAs, its
+engines (``processor.cli.compose.build_registry``: the transform, its ControlNets and LoRAs, its
 background stage) with tiny random-weight models of the same families built offline (an SDXL
 model, one whose id contains "xl", gets the tiny SDXL base and its refiner the tiny refiner; one
 whose id names FLUX.1 or SD 3 the tiny flow transformer of that family, ``engine: edit`` the tiny
@@ -284,7 +284,7 @@ def style_image(root: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import yaml
 
-    from processor.app.compose import build_registry
+    from processor.cli.compose import build_registry
     from processor.config import Settings
     from testkit.images import photo_image
 

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from processor.app import cli
+from processor.cli import main as cli
+from processor.cli import run as run_command
 from processor.config import Settings, load_settings
 from processor.errors import InvalidKey, ObjectAccessDenied
 from processor.manifest import MAX_RECORD_BYTES, FailureRecord, Manifest, Source, WorkerInfo
@@ -252,7 +253,7 @@ def plant(store: Any, layout: KeyLayout, state: BucketState) -> tuple[set[str], 
 def run_cli(config: Path, store: Any, unreadable: Set[str] = frozenset(), vanish: Set[str] = frozenset()) -> int:
     """``processor run --once`` in-process, over ``store`` wrapped in ``Hostile``."""
     hostile = Hostile(store, set(unreadable), set(vanish))
-    with mock.patch.object(cli, "build_store", lambda settings: hostile):
+    with mock.patch.object(run_command, "build_store", lambda settings: hostile):
         return cli.main(["run", "--config", str(config), "--once", "--metrics-port", "0", "--log-level", "ERROR"])
 
 

@@ -34,7 +34,7 @@ for candidate in (HERE, HERE.parent.parent):
         sys.path.insert(0, str(candidate))
         break
 
-from processor.app.compose import build_captioner, build_registry  # noqa: E402 - after the sys.path lookup above
+from processor.cli.compose import build_captioner, build_registry  # noqa: E402 - after the sys.path lookup above
 from processor.config import Settings, load_settings  # noqa: E402 - after the sys.path lookup above
 from processor.errors import ItemError  # noqa: E402 - after the sys.path lookup above
 from processor.pipeline.item import ItemPipeline  # noqa: E402 - after the sys.path lookup above

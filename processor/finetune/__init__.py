@@ -8,7 +8,8 @@ Modules, one job each:
 - ``record``     the training record (pydantic): base model, hyperparameters, dataset, loss per step
 - ``checkpoint`` checkpoints every N steps (LoRA, optimizer, RNG, record) and finding the last one
 - ``train``      the recipe: diffusers' LoRA training (peft on the UNet attention projections)
-- ``cli``        the ``finetune`` subcommand
+
+The ``finetune`` command itself is ``processor.cli.finetune``.
 
 Torch, diffusers and peft are imported by ``train`` and ``checkpoint`` only.
 """

@@ -10,6 +10,7 @@ caller is the ``--convert-pickle`` conversion.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,14 @@ COMPONENT_FILE_PATTERNS = ("*.safetensors", "*.json", "*.txt")
 IGNORE_PATTERNS = ["*.fp16.safetensors", "*.bf16.safetensors", "*non_ema*", "*.ema.safetensors",
                    # the same variants in pickle form, never fetched for a ``--convert-pickle`` conversion
                    "*.fp16.bin", "*.bf16.bin", "*.ema.bin"]
+
+
+@dataclass(frozen=True)
+class ResolvedPath:
+    """A model's file or folder on disk, and the hub commit it is (None: a local path)."""
+
+    path: Path
+    revision: str | None
 
 
 def is_local(model: str) -> bool:

@@ -15,6 +15,9 @@ Contract:
   runs) into ``<cache>/processor-converted/<org>--<name>/<commit>/<stem>.safetensors``. The worker
   only ever reads that safetensors file: it never downloads nor unpickles the ``.pth``, and
   without the conversion it stops at start naming ``processor models pull``.
+- Loading: ``load_depth_model`` opens a depth folder (safetensors only, no remote code, nothing
+  from the network); ``load_state_dict`` loads a lineart / softedge safetensors file into the
+  stage's network (``processor.pipeline.control_preprocess``), refusing weights of another network.
 """
 
 from __future__ import annotations
@@ -155,3 +158,54 @@ def configured_preprocessors(styles: dict[str, Any]) -> list[tuple[str, Preproce
             if control.preprocessor is not None and (control.type, control.preprocessor) not in seen:
                 seen.append((control.type, control.preprocessor))
     return seen
+
+
+@dataclass(frozen=True)
+class LoadedDepthModel:
+    """A transformers depth-estimation model, as loaded, and its image processor."""
+
+    model: Any
+    processor: Any
+
+
+def load_depth_model(resolved: ResolvedPreprocessor) -> LoadedDepthModel:
+    """The depth model in ``resolved.path`` (a folder ``resolve`` checked)."""
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+    try:
+        model = AutoModelForDepthEstimation.from_pretrained(resolved.path, use_safetensors=True,
+                                                            local_files_only=True, trust_remote_code=False)
+        processor = AutoImageProcessor.from_pretrained(resolved.path, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailableError(f"depth preprocessor {resolved.model!r} could not be loaded from "
+                                    f"{resolved.path}: {exc}") from exc
+    return LoadedDepthModel(model, processor)
+
+
+def load_state_dict(net: Any, resolved: ResolvedPreprocessor, kind: str, network: str) -> None:
+    """Load ``resolved``'s safetensors into the torch module ``net``, every parameter and no other:
+    a file of another network is refused naming what is missing or extra (``network`` says what
+    ``net`` is, in that message)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(resolved.path))
+    except (OSError, SafetensorError) as exc:
+        raise ModelUnavailableError(f"{kind} preprocessor {resolved.model!r}: {resolved.path} is not a readable "
+                                    f"safetensors file: {exc}") from exc
+    expected = net.state_dict()
+    missing = sorted(expected.keys() - tensors.keys())
+    extra = sorted(tensors.keys() - expected.keys())
+    wrong = sorted(k for k in expected.keys() & tensors.keys() if tensors[k].shape != expected[k].shape)
+    if missing or extra or wrong:
+        def some(keys: list[str]) -> str:
+            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
+        details = "; ".join(part for part in (f"missing {some(missing)}" if missing else "",
+                                              f"unexpected {some(extra)}" if extra else "",
+                                              f"wrong shape {some(wrong)}" if wrong else "") if part)
+        raise ModelUnavailableError(
+            f"{kind} preprocessor {resolved.model!r}: {resolved.path.name} does not hold {network}: "
+            f"{details}; set control.preprocessor to weights of that network (or fix control.type)")
+    net.load_state_dict(tensors, strict=True)

@@ -8,6 +8,10 @@ only and raises ``ModelUnavailableError`` (or ``ConfigError``) saying what is mi
 So what a pull fetches, what a dry run lists and what doctor checks cannot drift apart. Local
 folders and ``bucket:`` keys are not listed: there is nothing to fetch. (The diffusion pipelines
 are ``loader.configured_models``: their dry run is planned file by file in ``safeweights``.)
+Each entry resolves through the module that owns its weights (``caption``, ``clip``,
+``segmenters``, ``preprocessors``, ``ip_adapter``, ``loader``), the same code the stages load
+through; nothing here imports a pipeline stage. The caption models are listed with
+``captions=True`` (``doctor`` checks them in its own rows).
 """
 
 from __future__ import annotations
@@ -18,7 +22,14 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from processor.config import LoraSettings, PreprocessorSettings, Settings
+from processor.config import (
+    CaptionSettings,
+    ClipScoreSettings,
+    LoraSettings,
+    MaskSettings,
+    PreprocessorSettings,
+    Settings,
+)
 from processor.models.hub import fetch_snapshot, is_local
 
 
@@ -128,61 +139,52 @@ def _preprocessor(kind: str, settings: PreprocessorSettings, loader: Any) -> Cal
     return fetch
 
 
-def _clip_score(settings: Any, loader: Any) -> Callable[[bool], Fetched]:
+def _clip_score(settings: ClipScoreSettings, loader: Any) -> Callable[[bool], Fetched]:
     def fetch(download: bool) -> Fetched:
-        from processor.pipeline.clipscore import resolve_clip
+        from processor.models.clip import resolve_clip_scorer
 
-        folder, commit = resolve_clip(settings, loader.cache_dir, download=download, offline=loader.offline)
-        return Fetched(str(folder), commit)
+        found = resolve_clip_scorer(settings, loader.cache_dir, download=download, offline=loader.offline)
+        return Fetched(str(found.path), found.revision)
 
     return fetch
 
 
-def _caption(captioner: Any, clip: bool) -> Callable[[bool], Fetched]:
+def _caption(caption: CaptionSettings, loader: Any, clip: bool) -> Callable[[bool], Fetched]:
     def fetch(download: bool) -> Fetched:
-        from processor.errors import ConfigError
-        from processor.pipeline.caption import missing_packages, resolve_caption_model, resolve_clip
+        from processor.models.caption import require_packages, resolve_caption_model
+        from processor.models.clip import resolve_open_clip
 
-        missing = missing_packages()
-        if missing:  # the resolvers import open_clip / transformers
-            raise ConfigError(f"caption.mode {captioner.mode!r} needs the sd extra (missing: {', '.join(missing)}): "
-                              f"pip install -e '.[sd]', or set caption.mode: none")
+        require_packages(caption.mode)  # the resolvers import open_clip / transformers
         if clip:
-            found = resolve_clip(captioner.settings, captioner.models, download=download)
-            return Fetched(str(found.weights or found.folder))
-        model = resolve_caption_model(captioner.settings, captioner.models, download=download)
+            return Fetched(str(resolve_open_clip(caption, loader, download=download).location))
+        model = resolve_caption_model(caption, loader, download=download)
         return Fetched(str(model.path), model.revision)
 
     return fetch
 
 
-def _segmenter(mask: Any, cache_dir: str | None, offline: bool) -> Callable[[bool], Fetched]:
+def _segmenter(mask: MaskSettings, cache_dir: str | None, offline: bool) -> Callable[[bool], Fetched]:
     def fetch(download: bool) -> Fetched:
-        from processor.errors import ModelUnavailableError
-        from processor.pipeline.mask import SEGMENTER_PATTERNS
+        from processor.models.segmenters import resolve_onnx, resolve_semantic_segmenter
 
         if mask.onnx is not None:
-            from processor.pipeline.onnx_segmenter import SegmenterUnavailable, resolve_file
-
-            try:
-                path, commit = resolve_file(mask.onnx, cache_dir, download=download)
-            except SegmenterUnavailable as exc:
-                raise ModelUnavailableError(str(exc)) from exc
-            return Fetched(str(path), commit)
-        folder = fetch_snapshot(mask.segmenter, what=f"segmenter {mask.segmenter!r}",
-                                revision=mask.segmenter_revision, cache_dir=cache_dir,
-                                allow_patterns=SEGMENTER_PATTERNS, download=download, offline=offline)
-        return Fetched(str(folder), folder.name)
+            found = resolve_onnx(mask.onnx, cache_dir, download=download)
+        else:
+            found = resolve_semantic_segmenter(mask, cache_dir, download=download, offline=offline)
+        return Fetched(str(found.path), found.revision)
 
     return fetch
 
 
-def addon_models(settings: Settings, loader: Any, captioner: Any = None) -> list[AddonModel]:
+def addon_models(settings: Settings, loader: Any, *, captions: bool = False) -> list[AddonModel]:
     """Every hub model besides the diffusion pipelines that the configuration loads, each once, in
-    the order ``models pull`` fetches them. ``loader`` is the ``ModelLoader``; ``captioner`` the
-    caption stage (None with ``caption.mode: none``)."""
+    the order ``models pull`` fetches them. ``loader`` is the ``ModelLoader``; ``captions`` adds
+    the caption stage's models (when ``caption.mode`` is not ``none``)."""
     from processor.models import preprocessors
+    from processor.models.caption import clip_used
+    from processor.models.clip import LOCAL_DIR
     from processor.models.ip_adapter import encoder_source
+    from processor.models.segmenters import is_local_onnx
 
     found: list[AddonModel] = []
 
@@ -195,13 +197,13 @@ def addon_models(settings: Settings, loader: Any, captioner: Any = None) -> list
                 return
         found.append(entry)
 
-    if captioner is not None:
-        caption = captioner.settings
-        if captioner.uses_clip() and not caption.clip_model.startswith("local-dir:"):
-            add(AddonModel(Role.CAPTION_CLIP, caption.clip_model, None, (), _caption(captioner, clip=True)))
+    caption = settings.caption
+    if captions and caption.mode != "none":
+        if clip_used(caption.mode) and not caption.clip_model.startswith(LOCAL_DIR):
+            add(AddonModel(Role.CAPTION_CLIP, caption.clip_model, None, (), _caption(caption, loader, clip=True)))
         if not is_local(caption.caption_model):
             add(AddonModel(Role.CAPTION, caption.caption_model, caption.caption_revision, (),
-                           _caption(captioner, clip=False)))
+                           _caption(caption, loader, clip=False)))
     clip = settings.pipeline.clip_score
     if clip is not None and not is_local(clip.model):
         add(AddonModel(Role.CLIP_SCORE, clip.model, clip.revision, (), _clip_score(clip, loader)))
@@ -232,9 +234,7 @@ def addon_models(settings: Settings, loader: Any, captioner: Any = None) -> list
     mask = settings.pipeline.mask
     onnx = mask.onnx
     if onnx is not None:
-        from processor.pipeline.onnx_segmenter import is_local_file
-
-        if not is_local_file(onnx.model):
+        if not is_local_onnx(onnx.model):
             add(AddonModel(Role.SEGMENTER, onnx.model, onnx.revision, (),
                            _segmenter(mask, loader.cache_dir, loader.offline)))
     elif mask.segmenter and not is_local(mask.segmenter):

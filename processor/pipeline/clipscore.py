@@ -1,11 +1,12 @@
 """How much a variant still looks like the photo's toy, by CLIP: cosine similarity of image embeddings.
 
 Contract: ``ClipScorer(settings, models)`` loads a transformers ``CLIPModel`` and its image
-processor once per worker in ``setup()`` (safetensors only, no remote code, the pinned revision,
-nothing from the network in offline mode: ``ModelUnavailableError`` naming
-``pipeline.clip_score.model`` and ``processor models pull``). ``scorer(photo, images, mask)``
-returns one ``ClipScore`` per image: the cosine of the L2-normalised image embeddings of the photo
-and that image, in [-1, 1] (1: CLIP sees the same picture).
+processor once per worker in ``setup()``, through ``processor.models.clip`` (safetensors only, no
+remote code, the pinned revision, nothing from the network in offline mode:
+``ModelUnavailableError`` naming ``pipeline.clip_score.model`` and ``processor models pull``).
+``scorer(photo, images, mask)`` returns one ``ClipScore`` per image: the cosine of the
+L2-normalised image embeddings of the photo and that image, in [-1, 1] (1: CLIP sees the same
+picture).
 
 Region: with a usable subject mask (the one the structure score uses), photo and variant are both
 cropped to the subject's bounding box (``CROP_MARGIN`` around it), the same fraction of each
@@ -24,19 +25,16 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from processor.config import ClipScoreSettings
-from processor.errors import ModelUnavailableError
+from processor.models.clip import load_clip_scorer
 
 log = logging.getLogger("processor.pipeline")
 
-#: Files fetched for a CLIP model given as a hub id: weights (safetensors only), configs, vocabularies.
-CLIP_PATTERNS = ["*.safetensors", "*.json", "*.txt"]
 #: Padding around the subject's bounding box, as a fraction of the box's side: CLIP judges an
 #: object better with a little of its outline's surroundings than cut at its edge.
 CROP_MARGIN = 0.1
@@ -90,36 +88,6 @@ def subject_box(alpha: np.ndarray, margin: float = CROP_MARGIN) -> Box | None:
                min(1.0, (y1 + pad_y) / h))
 
 
-def resolve_clip(settings: ClipScoreSettings, cache_dir: str | None, *, download: bool,
-                 offline: bool = False) -> tuple[Path, str | None]:
-    """(the folder to load, the commit it is) for ``settings.model``: a local folder as it is, a hub
-    id from the cache (fetched first when ``download``)."""
-    from processor.models.hub import fetch_snapshot, is_local
-
-    if is_local(settings.model):
-        folder = Path(settings.model).expanduser()
-        if not folder.is_dir():
-            raise ModelUnavailableError(
-                f"CLIP model folder {settings.model} (pipeline.clip_score.model) does not exist")
-        return folder, None
-    folder = fetch_snapshot(settings.model, what=f"CLIP model {settings.model!r} (pipeline.clip_score.model)",
-                            revision=settings.revision, cache_dir=cache_dir, allow_patterns=CLIP_PATTERNS,
-                            download=download, offline=offline)
-    # A snapshot folder is named by its commit: the revision pinned, resolved.
-    return folder, folder.name
-
-
-def pull_clip(settings: ClipScoreSettings | None, cache_dir: str | None) -> str | None:
-    """Fetch the configured CLIP model (a hub id) into the cache for ``processor models pull``;
-    what was fetched, or None when there is nothing to fetch."""
-    from processor.models.hub import is_local
-
-    if settings is None or is_local(settings.model):
-        return None
-    folder, _ = resolve_clip(settings, cache_dir, download=True)
-    return f"{settings.model} -> {folder}"
-
-
 class ClipScorer:
     """CLIP image similarity between a photo and its variants, loaded once per worker.
 
@@ -144,26 +112,10 @@ class ClipScorer:
         with self._lock:
             if self._model is not None:
                 return
-            from transformers import CLIPImageProcessor, CLIPModel
-
-            from processor.models.hub import PULL_COMMAND
-
-            folder, revision = resolve_clip(self.settings, self.models.cache_dir, download=not self.models.offline,
-                                            offline=self.models.offline)
-            try:
-                processor = CLIPImageProcessor.from_pretrained(folder)
-                model: Any = CLIPModel.from_pretrained(folder, use_safetensors=True, trust_remote_code=False)
-            except (OSError, ValueError) as exc:
-                raise ModelUnavailableError(
-                    f"CLIP model {self.settings.model!r} (pipeline.clip_score.model) could not be loaded from "
-                    f"{folder}: {exc} (a transformers CLIPModel with model.safetensors and "
-                    f"preprocessor_config.json is required; `{PULL_COMMAND}` fetches a hub id into the cache)"
-                ) from exc
             self._device = self.models.device()
-            self._model = model.to(device=self._device, dtype=self.models.dtype()).eval()
-            self._processor = processor
-            self.revision = revision
-            log.info("clip_score_ready", extra={"model": self.settings.model, "revision": revision,
+            loaded = load_clip_scorer(self.settings, self.models, self._device)
+            self._model, self._processor, self.revision = loaded.model, loaded.processor, loaded.revision
+            log.info("clip_score_ready", extra={"model": self.settings.model, "revision": self.revision,
                                                 "device": self._device})
 
     def embed(self, images: list[Image.Image]) -> np.ndarray:

@@ -35,8 +35,7 @@ from PIL import Image
 from torch import nn
 
 from processor.config import ControlSettings
-from processor.errors import ModelUnavailableError
-from processor.models.preprocessors import ResolvedPreprocessor, resolve
+from processor.models.preprocessors import ResolvedPreprocessor, load_depth_model, load_state_dict, resolve
 from processor.pipeline.control import canny_map
 
 log = logging.getLogger("processor.control")
@@ -250,19 +249,10 @@ def load_control_map(control: ControlSettings, models: Any) -> ControlMap:
 
 def _load(kind: str, resolved: ResolvedPreprocessor, device: str) -> ControlMap:
     if kind == "depth":
-        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
-
-        try:
-            model = AutoModelForDepthEstimation.from_pretrained(resolved.path, use_safetensors=True,
-                                                                local_files_only=True, trust_remote_code=False)
-            processor = AutoImageProcessor.from_pretrained(resolved.path, local_files_only=True,
-                                                           trust_remote_code=False)
-        except (OSError, ValueError) as exc:
-            raise ModelUnavailableError(f"depth preprocessor {resolved.model!r} could not be loaded from "
-                                        f"{resolved.path}: {exc}") from exc
-        return DepthMap(model.float().to(device).eval(), processor, device, resolved)
+        depth = load_depth_model(resolved)
+        return DepthMap(depth.model.float().to(device).eval(), depth.processor, device, resolved)
     net: nn.Module = LineartGenerator() if kind == "lineart" else HedNetwork()
-    load_state_dict(net, resolved, kind)
+    load_state_dict(net, resolved, kind, _ARCHITECTURES[kind])
     net = net.float().to(device).eval()
     if isinstance(net, LineartGenerator):
         return LineartMap(net, device, resolved)
@@ -273,31 +263,3 @@ def _load(kind: str, resolved: ResolvedPreprocessor, device: str) -> ControlMap:
 #: What each architecture is, for the message when weights do not fit it.
 _ARCHITECTURES = {"lineart": "the Informative-Drawings lineart generator (sk_model.pth)",
                   "softedge": "ControlNet's Apache-2.0 HED (ControlNetHED.pth)"}
-
-
-def load_state_dict(net: nn.Module, resolved: ResolvedPreprocessor, kind: str) -> None:
-    """Load ``resolved``'s safetensors into ``net``, every parameter and no other: a file of another
-    network is refused naming what is missing or extra."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(resolved.path))
-    except (OSError, SafetensorError) as exc:
-        raise ModelUnavailableError(f"{kind} preprocessor {resolved.model!r}: {resolved.path} is not a readable "
-                                    f"safetensors file: {exc}") from exc
-    expected = net.state_dict()
-    missing = sorted(expected.keys() - tensors.keys())
-    extra = sorted(tensors.keys() - expected.keys())
-    wrong = sorted(k for k in expected.keys() & tensors.keys() if tensors[k].shape != expected[k].shape)
-    if missing or extra or wrong:
-        def some(keys: list[str]) -> str:
-            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
-
-        details = "; ".join(part for part in (f"missing {some(missing)}" if missing else "",
-                                              f"unexpected {some(extra)}" if extra else "",
-                                              f"wrong shape {some(wrong)}" if wrong else "") if part)
-        raise ModelUnavailableError(
-            f"{kind} preprocessor {resolved.model!r}: {resolved.path.name} does not hold {_ARCHITECTURES[kind]}: "
-            f"{details}; set control.preprocessor to weights of that network (or fix control.type)")
-    net.load_state_dict(tensors, strict=True)

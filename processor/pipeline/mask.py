@@ -51,7 +51,7 @@ import numpy as np
 from PIL import Image
 
 from processor.config import MaskSettings, OnnxSegmenterSettings
-from processor.errors import ConfigError, ModelUnavailableError
+from processor.errors import ConfigError
 
 if TYPE_CHECKING:  # imported when an ONNX segmenter is configured (it needs onnxruntime)
     from processor.pipeline.onnx_segmenter import OnnxSegmenter
@@ -535,8 +535,8 @@ class SubjectMasker:
 class SegmenterModel:
     """A transformers semantic-segmentation model (SegFormer, DPT, UperNet, ...) as a subject masker.
 
-    Loaded like the diffusion models: safetensors only, no remote code, the pinned revision, and
-    nothing from the network in offline mode.
+    Loaded by ``processor.models.segmenters`` like the diffusion models: safetensors only, no
+    remote code, the pinned revision, and nothing from the network in offline mode.
     """
 
     def __init__(self, processor: Any, model: Any, background_ids: set[int], device: str) -> None:
@@ -547,31 +547,17 @@ class SegmenterModel:
 
     @classmethod
     def load(cls, settings: MaskSettings, models: Any) -> SegmenterModel:
-        from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
-
-        from processor.models.loader import PULL_COMMAND, ModelLoader, is_local
+        from processor.models.loader import ModelLoader
+        from processor.models.segmenters import load_semantic_segmenter
 
         models = models or ModelLoader()
-        name = settings.segmenter
-        if name is None:
-            raise ValueError("SegmenterModel.load needs mask.segmenter set (None means GrabCut, which loads nothing)")
-        options: dict[str, Any] = {"revision": settings.segmenter_revision, "cache_dir": models.cache_dir,
-                                   "local_files_only": models.offline or is_local(name)}
-        try:
-            processor = AutoImageProcessor.from_pretrained(name, **options)
-            model = AutoModelForSemanticSegmentation.from_pretrained(
-                name, use_safetensors=True, trust_remote_code=False, **options)
-        except (OSError, ValueError) as exc:
-            raise ModelUnavailableError(
-                f"segmenter {name!r} (pipeline.mask.segmenter) could not be loaded: {exc} "
-                f"(a transformers semantic-segmentation model with safetensors weights is required; "
-                f"`{PULL_COMMAND}` fetches it into the model cache)"
-            ) from exc
+        loaded = load_semantic_segmenter(settings, models)
+        processor, model = loaded.processor, loaded.model
         labels = {int(i): str(label).strip().lower() for i, label in model.config.id2label.items()}
         wanted = {label.strip().lower() for label in settings.background_labels}
         background_ids = {i for i, label in labels.items() if label in wanted}
         if len(background_ids) == len(labels):
-            raise ConfigError(f"segmenter {name!r}: every label is in pipeline.mask.background_labels; "
+            raise ConfigError(f"segmenter {settings.segmenter!r}: every label is in pipeline.mask.background_labels; "
                               f"nothing could be subject")
         device = models.device()
         model.to(device).eval()
@@ -587,34 +573,6 @@ class SegmenterModel:
                                                  align_corners=False)
         labels = logits.argmax(dim=1)[0].cpu().numpy()
         return ~np.isin(labels, list(self.background_ids))
-
-
-#: Files fetched for a segmenter given as a hub id (weights as safetensors, configs, vocabularies).
-SEGMENTER_PATTERNS = ["*.safetensors", "*.json", "*.txt"]
-
-
-def pull_segmenter(settings: MaskSettings, cache_dir: str | None) -> str | None:
-    """Download the configured segmenter (a hub id) into the cache for ``processor models pull``;
-    returns what was fetched (the ONNX file, or the transformers snapshot folder), or None when
-    there is nothing to fetch. An ONNX repo gives only its ``.onnx`` file (and external data)."""
-    from processor.models.hub import fetch_snapshot, is_local
-
-    if settings.onnx is not None:
-        from processor.pipeline.onnx_segmenter import SegmenterUnavailable, is_local_file, resolve_file
-
-        if is_local_file(settings.onnx.model):
-            return None
-        try:
-            path, _ = resolve_file(settings.onnx, cache_dir, download=True)
-        except SegmenterUnavailable as exc:
-            raise ModelUnavailableError(str(exc)) from exc
-        return f"{settings.onnx.model} -> {path}"
-    if not settings.segmenter or is_local(settings.segmenter):
-        return None
-    folder = fetch_snapshot(settings.segmenter, what=f"segmenter {settings.segmenter!r}",
-                            revision=settings.segmenter_revision, cache_dir=cache_dir,
-                            allow_patterns=SEGMENTER_PATTERNS)
-    return f"{settings.segmenter} -> {folder}"
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -3,13 +3,14 @@ isnet-general-use) and BiRefNet-style models.
 
 Contract:
 
-- ``OnnxSegmenter.load(settings, cache_dir=..., offline=...)`` finds the file (a local ``.onnx``, or
-  ``settings.file`` of hub repo ``settings.model`` at ``settings.revision`` in the model cache,
-  fetched by ``processor models pull``) and opens an onnxruntime session on the CUDA execution
-  provider when onnxruntime has it (``settings.device: auto``), else the CPU. Anything that stops
-  it (no file, not in the cache while offline, no onnxruntime, a graph that does not load or does
-  not look like a segmenter) raises ``SegmenterUnavailable`` with the reason, which the masker
-  records as its fallback to GrabCut.
+- ``OnnxSegmenter.load(settings, cache_dir=..., offline=...)`` finds the file through
+  ``processor.models.segmenters`` (a local ``.onnx``, or ``settings.file`` of hub repo
+  ``settings.model`` at ``settings.revision`` in the model cache, fetched by ``processor models
+  pull``) and opens an onnxruntime session on the CUDA execution provider when onnxruntime has
+  it (``settings.device: auto``), else the CPU. Anything that stops it (no file, not in the cache
+  while offline, no onnxruntime, a graph that does not load or does not look like a segmenter)
+  raises ``SegmenterUnavailable`` with the reason, which the masker records as its fallback to
+  GrabCut.
 - ``segmenter(rgb)`` returns the saliency map (float32 in [0, 1]) at the image's own size.
 - Preprocessing per family, as rembg does it: resize to the model's square input, divide by the
   image's maximum, normalise with the family's mean and std, NCHW float32. The first output's
@@ -22,7 +23,6 @@ file: the safe-weights rule holds without safetensors.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +32,15 @@ import cv2
 import numpy as np
 
 from processor.config import OnnxSegmenterSettings
-from processor.errors import StageFailed
+from processor.errors import ModelUnavailableError, StageFailed
+from processor.models.safeweights import sha256_file
+from processor.models.segmenters import resolve_onnx
 
 log = logging.getLogger("processor.mask")
 
 #: ImageNet statistics (u2net and BiRefNet were trained with them).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-#: Bytes read at a time when hashing the model file.
-HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -63,48 +63,6 @@ FAMILIES = {
 
 class SegmenterUnavailable(Exception):
     """The configured ONNX segmenter cannot be used; ``str(exc)`` says why and what to change."""
-
-
-def is_local_file(model: str) -> bool:
-    return model.endswith(".onnx") or model.startswith((".", "/", "~")) or Path(model).expanduser().is_file()
-
-
-def resolve_file(settings: OnnxSegmenterSettings, cache_dir: str | Path | None, *,
-                 download: bool) -> tuple[Path, str | None]:
-    """(the .onnx file, the hub commit or None for a local file); fetches it when ``download``."""
-    if is_local_file(settings.model):
-        path = Path(settings.model).expanduser()
-        if not path.is_file():
-            raise SegmenterUnavailable(f"ONNX segmenter {settings.model!r} (pipeline.mask.onnx.model) does not exist")
-        return path, None
-    from processor.errors import ModelUnavailableError
-    from processor.models.hub import fetch_snapshot
-
-    where = f"{settings.model}:{settings.file}" + (f"@{settings.revision}" if settings.revision else "")
-    try:
-        # The graph and, for models over protobuf's 2 GB, its external-data file beside it; nothing else.
-        folder = fetch_snapshot(settings.model, what=f"ONNX segmenter {where}", revision=settings.revision,
-                                cache_dir=str(cache_dir) if cache_dir is not None else None,
-                                allow_patterns=onnx_patterns(settings), download=download, offline=not download)
-    except ModelUnavailableError as exc:
-        raise SegmenterUnavailable(str(exc)) from exc
-    path = folder / settings.file
-    if not path.is_file():
-        raise SegmenterUnavailable(f"ONNX segmenter {where}: the repo has no file {settings.file!r} "
-                                   f"(set pipeline.mask.onnx.file)")
-    return path, folder.name
-
-
-def onnx_patterns(settings: OnnxSegmenterSettings) -> list[str]:
-    return [settings.file, settings.file + "_data", settings.file + ".data"]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def choose_providers(device: str, available: list[str]) -> list[str]:
@@ -138,7 +96,11 @@ class OnnxSegmenter:
     @classmethod
     def load(cls, settings: OnnxSegmenterSettings, *, cache_dir: str | Path | None = None,
              offline: bool = False) -> OnnxSegmenter:
-        path, revision = resolve_file(settings, cache_dir, download=not offline)
+        try:
+            resolved = resolve_onnx(settings, cache_dir, download=not offline)
+        except ModelUnavailableError as exc:
+            raise SegmenterUnavailable(str(exc)) from exc
+        path, revision = resolved.path, resolved.revision
         try:
             import onnxruntime as ort
         except ImportError as exc:

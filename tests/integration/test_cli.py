@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from processor.app.cli import main
+from processor.cli.main import main
 from processor.errors import EXIT_CONFIG
 from processor.manifest import Manifest
 from testkit.images import photo_bytes

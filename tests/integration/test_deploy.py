@@ -523,8 +523,8 @@ def test_finetune_overlay_renders_valid_objects() -> None:
 
 def test_finetune_job_runs_the_worker_pod_with_a_valid_command() -> None:
     """One GPU, the worker's image, ConfigMap, Secret and volumes; args the CLI itself accepts."""
-    from processor.app.cli import build_parser
-    from processor.finetune.cli import cmd_finetune
+    from processor.cli.finetune import cmd_finetune
+    from processor.cli.main import build_parser
 
     objs = _render("finetune")
     job = _one(objs, "Job")
@@ -721,7 +721,8 @@ def test_every_component_is_named_in_the_manifests() -> None:
 
 
 def test_kueue_rwx_cache_and_prepull_components_render_valid_objects(tmp_path: Path) -> None:
-    from processor.app.cli import build_parser, cmd_models_pull
+    from processor.cli.main import build_parser
+    from processor.cli.models import cmd_models_pull
 
     objs = _render_with(tmp_path, "job", ["kueue", "rwx-model-cache", "model-prepull"])
     job = _one(objs, "Job")

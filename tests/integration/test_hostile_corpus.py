@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from processor.app.cli import build_registry
+from processor.cli.compose import build_registry
 from processor.config import load_settings
 from processor.errors import InvalidKey, ObjectNotFound, StoreError
 from processor.manifest import FailureRecord, Manifest

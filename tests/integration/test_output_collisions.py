@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from processor.app.cli import build_registry, cmd_results
+from processor.cli.bucket import cmd_results
+from processor.cli.compose import build_registry
 from processor.config import load_settings
 from processor.errors import ObjectNotFound
 from processor.manifest import FailureRecord, Manifest

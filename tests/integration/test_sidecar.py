@@ -22,7 +22,8 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from PIL import Image
 
-from processor.app.cli import build_registry, main
+from processor.cli.compose import build_registry
+from processor.cli.main import main
 from processor.config import MAX_SEED, load_settings
 from processor.errors import InvalidSidecar
 from processor.manifest import FailureRecord, Manifest
@@ -394,7 +395,7 @@ def test_any_json_sidecar_ends_with_a_manifest_or_an_invalid_sidecar_record(bodi
 def test_an_engine_this_install_lacks_fails_the_input_that_asks_for_it(settings) -> None:
     """A style (or background) whose engine is not installed (no diffusers, say) stops the worker
     at start when it is one of its own styles, and fails only the input when a sidecar picks it."""
-    from processor.app.cli import make_engine
+    from processor.cli.compose import make_engine
     from processor.pipeline.render import EngineRegistry
 
     calls: list[str] = []

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from processor.app.cli import build_registry
+from processor.cli.compose import build_registry
 from processor.config import load_settings
 from processor.errors import (
     ConfigError,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import pytest
 
-from processor.app.cli import make_engine
+from processor.cli.compose import make_engine
 from processor.config import PrefixSettings
 from processor.errors import EXIT_UNHEALTHY, CorruptImage, StageFailed, WorkerUnhealthy
 from processor.manifest import FailureRecord, Manifest
@@ -394,7 +394,8 @@ def test_processor_retry_on_seaweedfs(s3_server, tmp_path, monkeypatch):
 
 
 def test_processor_run_exits_7_when_the_breaker_trips(tmp_path, monkeypatch, capsys):
-    import processor.app.cli as cli
+    import processor.cli.main as cli
+    import processor.cli.run as run_command
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PROCESSOR_CONFIG", raising=False)
@@ -408,7 +409,7 @@ def test_processor_run_exits_7_when_the_breaker_trips(tmp_path, monkeypatch, cap
     for i in range(4):
         store.put(f"inputs/toy{i}.jpg", photo_bytes(160, 120, seed=i))
     # The deploy's engines crash on every call; everything else is the real composition root.
-    monkeypatch.setattr(cli, "build_registry", lambda settings: EngineRegistry(
+    monkeypatch.setattr(run_command, "build_registry", lambda settings: EngineRegistry(
         settings.styles, lambda name, style: FaultyEngine(make_engine(name, style), [], lambda n: True)))
     assert cli.main(["run", "--once"]) == EXIT_UNHEALTHY
     assert "run.max_consecutive_failures: 2" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from PIL import Image
 
-from processor.app.cli import build_registry
+from processor.cli.compose import build_registry
 from processor.config import PerformanceSettings
 from processor.models import accel
 from processor.pipeline.diffusion import prepare_vae

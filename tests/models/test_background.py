@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from processor.app.cli import build_registry, main
+from processor.cli.compose import build_registry
+from processor.cli.main import main
 from processor.config import Img2ImgStyle, MaskSettings, ModelSettings, ToonStyle, load_settings
 from processor.errors import ConfigError
 from processor.manifest import Manifest

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from processor.app.cli import build_captioner, build_registry, main
+from processor.cli.compose import build_captioner, build_registry
+from processor.cli.main import main
 from processor.config import load_settings
 from processor.errors import ModelUnavailableError
 from processor.manifest import FailureRecord, Manifest
@@ -357,21 +358,21 @@ def test_open_clip_tags_resolve_to_the_safetensors_file_of_their_hub_repo(tmp_pa
     """``ViT-L-14/openai`` is looked up in open_clip's pretrained table and only its safetensors
     weights are fetched (here: found in an offline cache, never loaded: that would be 1.7 GB)."""
     from processor.config import CaptionSettings, ModelSettings
+    from processor.models.clip import resolve_open_clip
     from processor.models.loader import ModelLoader
-    from processor.pipeline.caption import resolve_clip
 
     loader = ModelLoader(ModelSettings(cache_dir=tmp_path / "hf", offline=True))
     with pytest.raises(ModelUnavailableError, match=r"timm/vit_large_patch14_clip_224\.openai"):
-        resolve_clip(CaptionSettings(clip_model="ViT-L-14/openai"), loader)
+        resolve_open_clip(CaptionSettings(clip_model="ViT-L-14/openai"), loader)
     weights = tmp_path / "w"
     weights.mkdir()
     (weights / "open_clip_model.safetensors").write_bytes(b"not loaded here")
     fake_hub_cache(tmp_path / "hf", "timm/vit_large_patch14_clip_224.openai", weights, "d" * 40)
-    resolved = resolve_clip(CaptionSettings(clip_model="ViT-L-14/openai"), loader)
+    resolved = resolve_open_clip(CaptionSettings(clip_model="ViT-L-14/openai"), loader)
     assert resolved.weights.name == "open_clip_model.safetensors" and resolved.revision == "d" * 40
     assert resolved.open_clip_name == "ViT-L-14" and resolved.tag_cfg["quick_gelu"] is True
     with pytest.raises(Exception, match="no such model/tag"):
-        resolve_clip(CaptionSettings(clip_model="ViT-L-14/nonsense"), loader)
+        resolve_open_clip(CaptionSettings(clip_model="ViT-L-14/nonsense"), loader)
 
 
 def test_git_captions_in_float32_and_other_model_types_are_refused(tiny_git, tiny_sd, tmp_path):
@@ -411,3 +412,12 @@ def test_offload_frees_the_gpu_between_captions(tiny_sd, tiny_clip, tiny_blip, t
         assert captioner(Image.new("RGB", (64, 48), colour)).text
         assert next(captioner.interrogator.clip_model.parameters()).device.type == "cpu"
         assert next(captioner.interrogator.caption_model.parameters()).device.type == "cpu"
+
+
+def test_the_modes_that_load_clip_are_the_modes_that_rank_label_tables():
+    """``models pull`` and ``doctor`` decide from ``models.caption.clip_used`` whether the CLIP model is
+    needed; the stage ranks with the tables of ``TABLES_BY_MODE``: the two must name the same modes."""
+    from processor.models.caption import clip_used
+
+    assert {mode for mode, tables in TABLES_BY_MODE.items() if tables} == set(CLIP_MODES)
+    assert [mode for mode in TABLES_BY_MODE if clip_used(mode)] == list(CLIP_MODES)

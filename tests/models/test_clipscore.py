@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from processor.app.cli import main
-from processor.app.compose import needs_torch
+from processor.cli.compose import needs_torch
+from processor.cli.main import main
 from processor.config import ClipScoreSettings, DecodeSettings, ModelSettings, load_settings
 from processor.errors import ConfigError, ModelUnavailableError
 from processor.manifest import Manifest

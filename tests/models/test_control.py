@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from processor.app.cli import build_registry, main
+from processor.cli.compose import build_registry
+from processor.cli.main import main
 from processor.config import ControlSettings, DecodeSettings, Img2ImgStyle, ModelSettings
 from processor.errors import ConfigError, ModelUnavailableError, ObjectNotFound
 from processor.models.loader import ModelLoader

@@ -21,7 +21,7 @@ import pytest
 import torch
 from PIL import Image
 
-from processor.app.cli import main
+from processor.cli.main import main
 from processor.config import ModelSettings
 from processor.errors import EXIT_MODEL, ModelUnavailableError
 from processor.models.loader import IGNORE_PATTERNS, ModelLoader, component_patterns

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from processor.app.cli import build_registry, main
+from processor.cli.compose import build_registry
+from processor.cli.main import main
 from processor.config import Img2ImgStyle, ModelSettings, load_settings
 from processor.errors import ConfigError, ModelUnavailableError
 from processor.manifest import FailureRecord, Manifest

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from processor.app.cli import build_registry
+from processor.cli.compose import build_registry
 from processor.errors import ModelUnavailableError
 from testkit.models.flow import build_flow_lora
 from tests.models.test_diffusion import drain, make_settings, manifest_of

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from processor.app.compose import make_engine
+from processor.cli.compose import make_engine
 from processor.config import EditStyle, Img2ImgStyle, InstructPix2PixStyle, ModelSettings, Txt2ImgStyle
 from processor.errors import ConfigError
 from processor.models.loader import ModelLoader

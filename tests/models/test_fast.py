@@ -53,7 +53,7 @@ def test_a_hub_lcm_lora_is_fetched_at_its_pinned_revision_and_the_commit_is_reco
                                                                                      capsys):
     """``lcm.revision`` as ``lora.revision``: pinned, passed to the hub fetch (here a cached tag),
     listed by ``models pull --dry-run``, and the commit recorded in every variant."""
-    from processor.app.cli import main
+    from processor.cli.main import main
     from processor.errors import ModelUnavailableError
     from processor.worker.runner import Worker
     from tests.models.test_convert_pickle import hub_cache
@@ -76,7 +76,7 @@ def test_a_hub_lcm_lora_is_fetched_at_its_pinned_revision_and_the_commit_is_reco
     lcm["revision"] = "v2"
     other = make_settings(tmp_path / "v2", {"fast": img2img_style(tiny_sd, rounds=FAST_ROUNDS, steps=8, lcm=lcm)},
                           models=models)
-    from processor.app.cli import build_registry
+    from processor.cli.compose import build_registry
     from processor.store.local import LocalStore
 
     worker = Worker(LocalStore(other.store.root), other, build_registry(other), worker_id="w1")

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from processor.app.cli import main
+from processor.cli.main import main
 from processor.config import Img2ImgStyle, PrefixSettings
 from processor.finetune.checkpoint import checkpoint_steps
 from processor.finetune.location import Location

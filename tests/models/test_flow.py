@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from processor.app.cli import main
-from processor.app.compose import make_engine
+from processor.cli.compose import make_engine
+from processor.cli.main import main
 from processor.config import Img2ImgStyle, ModelSettings, PerformanceSettings
 from processor.errors import ConfigError
 from processor.models import accel
@@ -131,7 +131,7 @@ def test_edit_refuses_a_model_that_is_not_an_editor(tiny_flux):
 
 
 def test_a_background_on_a_flow_model_is_refused_with_what_to_set(tiny_sd3, tmp_path):
-    from processor.app.compose import build_registry
+    from processor.cli.compose import build_registry
 
     style = flow_style(tiny_sd3, background={"mode": "generate", "prompt": "a beach"})
     registry = build_registry(make_settings(tmp_path, {"sd3": style}))

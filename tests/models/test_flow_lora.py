@@ -10,8 +10,8 @@ import json
 import pytest
 from PIL import Image
 
-from processor.app.cli import build_registry, main
-from processor.app.compose import make_engine
+from processor.cli.compose import build_registry, make_engine
+from processor.cli.main import main
 from processor.config import Img2ImgStyle, LoraSettings, ModelSettings, load_settings
 from processor.errors import ConfigError, ModelUnavailableError
 from processor.manifest import Manifest

@@ -11,7 +11,8 @@ import json
 import pytest
 from PIL import Image
 
-from processor.app.cli import build_registry, main
+from processor.cli.compose import build_registry
+from processor.cli.main import main
 from processor.config import Img2ImgStyle, IpAdapterSettings, load_settings
 from processor.errors import ConfigError, ModelUnavailableError
 from processor.manifest import FailureRecord

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from processor.api.app import create_app
-from processor.app.cli import build_registry
+from processor.cli.compose import build_registry
 from processor.queue.jobs import relpath_of
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore

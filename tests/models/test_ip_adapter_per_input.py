@@ -10,7 +10,7 @@ import json
 
 from PIL import Image
 
-from processor.app.cli import build_registry
+from processor.cli.compose import build_registry
 from processor.manifest import FailureRecord
 from processor.store.local import LocalStore
 from testkit.images import photo_bytes

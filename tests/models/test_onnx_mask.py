@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from processor.app.cli import main
+from processor.cli.main import main
 from processor.config import MaskSettings, ModelSettings, OnnxSegmenterSettings, load_settings
 from processor.manifest import Manifest
 from processor.models.loader import ModelLoader
+from processor.models.safeweights import sha256_file
 from processor.pipeline.mask import SegmenterKind, SubjectMasker, iou
-from processor.pipeline.onnx_segmenter import SegmenterUnavailable, choose_providers, sha256_file
+from processor.pipeline.onnx_segmenter import SegmenterUnavailable, choose_providers
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
 from testkit.images import encode
@@ -211,12 +212,34 @@ def test_models_pull_fetches_only_the_onnx_file(tiny_onnx, tmp_path, monkeypatch
     hub client treats as offline (no network), so the resolution path is the production one."""
     import huggingface_hub.constants as hub_constants
 
-    from processor.pipeline.mask import pull_segmenter
+    from processor.models.pull_list import Role, addon_models
 
     commit = "89abcdef0123456789abcdef0123456789abcdef"
     _hub_cache(tmp_path / "cache", "toys/isnet-onnx", commit, "isnet.onnx", tiny_onnx)
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
-    settings = MaskSettings(onnx=OnnxSegmenterSettings(model="toys/isnet-onnx", file="isnet.onnx", family="isnet"))
-    fetched = pull_segmenter(settings, str(tmp_path / "cache"))
-    assert fetched.startswith("toys/isnet-onnx -> ") and fetched.endswith(f"{commit}/isnet.onnx")
-    assert pull_segmenter(MaskSettings(onnx=OnnxSegmenterSettings(model=str(tiny_onnx))), None) is None
+    onnx = {"model": "toys/isnet-onnx", "file": "isnet.onnx", "family": "isnet"}
+    settings = load_settings(None, pipeline={"mask": {"onnx": onnx}}, models={"cache_dir": str(tmp_path / "cache")})
+    [segmenter] = [a for a in addon_models(settings, ModelLoader(settings.models)) if a.role is Role.SEGMENTER]
+    fetched = segmenter.fetch(True)
+    assert segmenter.shown == "toys/isnet-onnx" and fetched.commit == commit
+    assert fetched.path.endswith(f"{commit}/isnet.onnx")
+    local = load_settings(None, pipeline={"mask": {"onnx": {"model": str(tiny_onnx)}}})
+    assert not [a for a in addon_models(local, ModelLoader(local.models)) if a.role is Role.SEGMENTER]
+
+
+def test_a_hub_repo_without_the_configured_file_names_the_key_to_set(tiny_onnx, tmp_path):
+    """The same resolution serves the dry run (an error naming the key) and the masker (GrabCut, with that reason)."""
+    from processor.errors import ModelUnavailableError
+    from processor.models.pull_list import Role, addon_models
+
+    commit = "fedcba9876543210fedcba9876543210fedcba98"
+    _hub_cache(tmp_path / "cache", "toys/u2net-onnx", commit, "u2net.onnx", tiny_onnx)
+    onnx = {"model": "toys/u2net-onnx", "file": "isnet.onnx"}
+    settings = load_settings(None, pipeline={"mask": {"onnx": onnx}},
+                             models={"cache_dir": str(tmp_path / "cache"), "offline": True})
+    [segmenter] = [a for a in addon_models(settings, ModelLoader(settings.models)) if a.role is Role.SEGMENTER]
+    with pytest.raises(ModelUnavailableError, match=r"no file 'isnet\.onnx' \(set pipeline\.mask\.onnx\.file\)"):
+        segmenter.fetch(False)
+    mask = SubjectMasker(settings.pipeline.mask, ModelLoader(settings.models)).compute(red_toy(160, 120)[0])
+    assert mask.segmentation.kind is SegmenterKind.GRABCUT
+    assert "set pipeline.mask.onnx.file" in mask.segmentation.fallback

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from processor.app.cli import main
+from processor.cli.main import main
 from processor.errors import EXIT_MODEL
 from processor.models.loader import ModelLoader
 from processor.models.pull_list import Role, addon_models

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from processor.app.cli import main
-from processor.app.compose import make_engine
+from processor.cli.compose import make_engine
+from processor.cli.main import main
 from processor.config import EditStyle, ModelSettings
 from processor.manifest import Manifest
 from processor.models.families import Editor

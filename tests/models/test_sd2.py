@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from processor.app.cli import build_registry
+from processor.cli.compose import build_registry
 from processor.pipeline.sampling import SCHEDULERS
 from testkit.images import photo_bytes
 from testkit.models.sd import _text_config, _unet, _vae, tiny_tokenizer

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from processor.app.cli import build_registry
+from processor.cli.compose import build_registry
 from processor.config import Img2ImgStyle, ModelSettings, load_settings
 from processor.errors import ConfigError, InvalidSidecar
 from processor.manifest import FailureRecord

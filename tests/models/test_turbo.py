@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from diffusers import UNet2DConditionModel
 
-from processor.app.cli import build_registry
+from processor.cli.compose import build_registry
 from processor.config import Img2ImgStyle
 from testkit.images import photo_bytes
 from tests.models.test_diffusion import img2img_style, make_settings, manifest_of

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from processor.app.cli import main
+from processor.cli.main import main
 from processor.config import ModelSettings, Txt2ImgStyle
 from processor.config.styles import Img2ImgStyle
 from processor.errors import ConfigError

@@ -9,8 +9,8 @@ import socket
 
 import pytest
 
-from processor.app.cli import EXIT_INCOMPLETE, main
-from processor.errors import EXIT_CONFIG, EXIT_DOCTOR, EXIT_MODEL
+from processor.cli.main import main
+from processor.errors import EXIT_CONFIG, EXIT_DOCTOR, EXIT_INCOMPLETE, EXIT_MODEL
 from testkit.images import photo_bytes
 
 

@@ -3,8 +3,12 @@ only the model stages import torch, and only when a configured style needs them.
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from testkit.waits import HANG_GUARD_S
 
@@ -17,10 +21,74 @@ TORCH_FREE = (
     "processor.store.local",
     "processor.store.s3",
     "processor.worker.metrics",
-    "processor.app.cli",
+    "processor.cli.main",
     "processor.pipeline.item",
     "processor.pipeline.background",
 )
+
+
+#: The floors of DESIGN.md section 2, lowest first: a module imports from its own floor or lower ones,
+#: never higher (``names``, ``redact`` and ``localfiles`` are helpers on the lowest floor).
+FLOORS = (
+    {"config", "errors", "manifest", "log", "names", "redact", "localfiles"},
+    {"store"},
+    {"models"},
+    {"queue"},
+    {"pipeline"},
+    {"worker"},
+    {"api"},
+    {"finetune"},
+    {"cli"},
+)
+PACKAGE = Path(__file__).resolve().parents[2] / "processor"
+
+
+def imported_modules(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, dotted module) of every import in ``tree``, function-level and TYPE_CHECKING ones included."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module == "processor":  # from processor import errors
+            found += [(node.lineno, f"processor.{alias.name}") for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def upward_imports(package: Path) -> list[str]:
+    """``path:line: floor -> module`` for every import from a lower floor to a higher one."""
+    floor_of = {name: level for level, names in enumerate(FLOORS) for name in names}
+    upward = []
+    for path in sorted(package.rglob("*.py")):
+        top = path.relative_to(package).parts[0].removesuffix(".py")
+        if top in ("__init__", "__main__"):  # the version, and `python -m processor`
+            continue
+        assert top in floor_of, f"processor/{top} is on no floor: add it to FLOORS (DESIGN.md section 2)"
+        for line, module in imported_modules(ast.parse(path.read_text(encoding="utf-8"))):
+            parts = module.split(".")
+            if parts[0] == "processor" and len(parts) > 1 and floor_of.get(parts[1], -1) > floor_of[top]:
+                upward.append(f"{path.relative_to(package.parent)}:{line}: {top} -> {module}")
+    return upward
+
+
+def test_imports_only_point_down_the_floors() -> None:
+    assert upward_imports(PACKAGE) == []
+
+
+@pytest.mark.parametrize(("module", "source"), [
+    ("models/pull_list.py", "def f():\n    from processor.pipeline.caption import Captioner\n"),
+    ("api/serve.py", "from processor.cli.compose import build_store\n"),
+    ("queue/requeue.py", "from processor import worker\n"),
+])
+def test_an_upward_import_is_found(tmp_path, module, source) -> None:
+    for name in FLOORS[0]:
+        (tmp_path / f"{name}.py").write_text("")
+    target = tmp_path / module
+    target.parent.mkdir(parents=True)
+    target.write_text(source)
+    [found] = upward_imports(tmp_path)
+    assert found.startswith(f"{tmp_path.name}/{module}:")
 
 
 def run_python(code: str) -> str:
@@ -39,7 +107,7 @@ def test_core_modules_import_without_torch() -> None:
 def test_a_toon_only_run_sets_up_without_torch(tmp_path) -> None:
     code = (
         "import sys\n"
-        "from processor.app.cli import build_registry, detect_device\n"
+        "from processor.cli.compose import build_registry, detect_device\n"
         "from processor.config import load_settings\n"
         f"settings = load_settings(None, store={{'kind': 'local', 'root': {str(tmp_path)!r}}})\n"
         "build_registry(settings).setup(['toon'])\n"
@@ -50,7 +118,7 @@ def test_a_toon_only_run_sets_up_without_torch(tmp_path) -> None:
 
 def test_only_the_space_app_imports_gradio() -> None:
     """gradio is the optional space extra: the processor package (serve included) runs without it."""
-    code = ("import sys\nimport processor.api.app, processor.api.routes.pages, processor.app.cli\n"
+    code = ("import sys\nimport processor.api.app, processor.api.routes.pages, processor.cli.main\n"
             "print(sorted(k for k in sys.modules if k.split('.')[0] in ('gradio', 'gradio_client')))")
     assert run_python(code) == "[]"
     import ast
@@ -68,24 +136,12 @@ def test_only_the_space_app_imports_gradio() -> None:
 NOT_TESTS = ("bench", "testkit", "scripts", "processor", "deploy")
 
 
-def imported_modules(path) -> list[str]:
-    """Every module name ``path`` imports, at any depth (function-level imports included)."""
-    import ast
-
-    names: list[str] = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            names += [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            names.append(node.module or "")
-    return names
-
-
 def test_bench_testkit_and_scripts_never_import_tests() -> None:
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
     offenders = [f"{path.relative_to(root)}: {name}"
                  for folder in NOT_TESTS for path in sorted((root / folder).rglob("*.py"))
-                 for name in imported_modules(path) if name.split(".")[0] == "tests"]
+                 for _line, name in imported_modules(ast.parse(path.read_text(encoding="utf-8")))
+                 if name.split(".")[0] == "tests"]
     assert not offenders, "import testkit instead of tests:\n" + "\n".join(offenders)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from processor.app.cli import main
-from processor.app.compose import build_registry
+from processor.cli.compose import build_registry
+from processor.cli.main import main
 from processor.config import Img2ImgStyle, load_settings
 from processor.config.licenses import LicenseUse, style_licenses
 from processor.errors import EXIT_CONFIG, ConfigError

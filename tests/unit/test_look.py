@@ -132,7 +132,7 @@ def test_decoding_uses_the_inputs_limits(tmp_path):
 def test_submit_style_image_uploads_the_picture_and_names_it_in_each_photos_metadata(tmp_path, capsys):
     import json as _json
 
-    from processor.app.cli import main
+    from processor.cli.main import main
 
     config = tmp_path / "config.yaml"
     config.write_text(_json.dumps({"store": {"kind": "local", "root": str(tmp_path / "bucket")},

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from processor.app.compose import build_registry
+from processor.cli.compose import build_registry
 from processor.queue.keys import KeyLayout
 from processor.queue.outcomes import Outcome
 from processor.store.local import LocalStore

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from bench.mask_scenes import make_scene
-from processor.app.cli import main
+from processor.cli.main import main
 from processor.pipeline.mask import iou
 from testkit.images import encode
 

@@ -21,7 +21,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from processor.app.cli import build_registry, make_engine
+from processor.cli.compose import build_registry, make_engine
 from processor.config import MetricsSettings, StoreSettings
 from processor.errors import ConfigError, TransientStoreError
 from processor.log import configure_logging

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from processor.app.cli import main
+from processor.cli.main import main
 from processor.config import PrefixSettings
 from processor.manifest import Manifest, Source, Variant, WorkerInfo
 from processor.queue.keys import KeyLayout

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from processor.app.cli import build_registry
+from processor.cli.compose import build_registry
 from processor.config import load_settings
 from processor.errors import ConfigError
 from processor.manifest import Manifest

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from processor.app.cli import build_registry
+from processor.cli.compose import build_registry
 from processor.config import load_settings
 from processor.errors import ObjectNotFound
 from processor.manifest import FailureRecord, Manifest

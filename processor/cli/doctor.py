@@ -1,18 +1,43 @@
-"""``processor doctor``: one row per check, each independent, so one failure does not hide others."""
+"""``processor doctor``: one row per check (config, store, conditional create, device, metrics,
+each style's models, add-on and caption models), each independent, so one failure does not hide
+others."""
 
 from __future__ import annotations
 
+import argparse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
+from processor.cli.compose import build_registry, build_store, detect_device
 from processor.config import Settings
-from processor.errors import FatalError, ProcessorError, StoreError
+from processor.errors import EXIT_DOCTOR, FatalError, ProcessorError, StoreError
 from processor.queue.claims import probe_conditional_create
 from processor.redact import redact
 from processor.worker.metrics import describe_endpoint
+
+
+def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
+    rows = run_checks(settings, build_store=build_store, build_registry=build_registry,
+                      detect_device=detect_device, config_path=args.config_source)
+    width = max(len(r.check) for r in rows)
+    for r in rows:
+        print(f"{r.check:<{width}}  {r.status:<4}  {r.detail}")
+    problems = [r for r in rows if r.status == "FAIL"]
+    print(f"\n{len(problems)} problem(s)" if problems else "\nall checks passed")
+    return EXIT_DOCTOR if problems else 0
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Register ``doctor`` (``common``: --config, --log-level, --quiet)."""
+    p = sub.add_parser("doctor", parents=[common], help="check config, store, credentials, device and models",
+                       description="Check the configuration, that the store is reachable with the configured "
+                       "credentials and writable, whether its conditional create is atomic (a race of "
+                       "concurrent creates on a scratch key), the compute device, and the configured styles' "
+                       f"models. Prints a table; exits {EXIT_DOCTOR} when a check fails.")
+    p.set_defaults(func=cmd_doctor)
 
 
 @dataclass(frozen=True)
@@ -29,7 +54,6 @@ def run_checks(
     build_registry: Callable[[Settings], Any],
     detect_device: Callable[[], str],
     config_path: str,
-    build_captioner: Callable[[Settings], Any] | None = None,
 ) -> list[Row]:
     rows = [Row("config", "ok", f"{config_path}: styles {', '.join(settings.run.styles)}; store {settings.store.kind}")]
     try:
@@ -49,8 +73,7 @@ def run_checks(
     rows.append(Row("metrics", *describe_endpoint(settings.metrics)))
     rows.extend(_model_checks(settings, build_registry))
     rows.extend(_addon_checks(settings))
-    if build_captioner is not None:
-        rows.extend(_caption_checks(settings, build_captioner))
+    rows.extend(_caption_checks(settings))
     # Error texts quote endpoints: none may show the credentials written into one.
     return [Row(r.check, r.status, redact(r.detail)) for r in rows]
 
@@ -98,10 +121,12 @@ def _model_checks(settings: Settings, build_registry: Callable[[Settings], Any])
     return rows
 
 
-def _caption_checks(settings: Settings, build_captioner: Callable[[Settings], Any]) -> list[Row]:
+def _caption_checks(settings: Settings) -> list[Row]:
     """Whether the caption models are in the cache (nothing is loaded or fetched). A missing
     model fails only when a style in ``run.styles`` would caption with it, or in offline mode."""
-    from processor.models.loader import is_local, offline_mode
+    from processor.models.caption import caption_availability
+    from processor.models.hub import is_local
+    from processor.models.loader import ModelLoader, offline_mode
     from processor.pipeline.caption import caption_used
 
     mode = settings.caption.mode
@@ -110,21 +135,21 @@ def _caption_checks(settings: Settings, build_captioner: Callable[[Settings], An
     used = caption_used(settings.caption, settings.styles, settings.run.styles)
     rows = [Row("caption", "ok", f"mode {mode}" + ("" if used else "; no style in run.styles takes a prompt"))]
     try:
-        captioner = build_captioner(settings)
-        checks = captioner.availability()
+        checks = caption_availability(settings.caption, ModelLoader(settings.models))
     except ProcessorError as exc:
         return [*rows, Row("caption models", "FAIL" if used else "warn", str(exc))]
-    for role, model, available, detail in checks:
+    for check in checks:
+        model, detail = check.model, check.detail
         local = model.startswith("local-dir:") or is_local(model)
-        if available:
-            rows.append(Row(f"caption {role}", "ok", f"{model}: {detail}"))
+        if check.available:
+            rows.append(Row(f"caption {check.role}", "ok", f"{model}: {detail}"))
         elif used and (local or offline_mode(settings.models)):
-            rows.append(Row(f"caption {role}", "FAIL", detail))
+            rows.append(Row(f"caption {check.role}", "FAIL", detail))
         elif used:
-            rows.append(Row(f"caption {role}", "warn", f"{model}: not in the cache yet; `processor models pull` "
-                                                      f"fetches it (else the worker downloads it at start)"))
+            rows.append(Row(f"caption {check.role}", "warn", f"{model}: not in the cache yet; `processor models pull` "
+                                                            f"fetches it (else the worker downloads it at start)"))
         else:
-            rows.append(Row(f"caption {role}", "warn", f"{detail} (no style in run.styles uses it)"))
+            rows.append(Row(f"caption {check.role}", "warn", f"{detail} (no style in run.styles uses it)"))
     return rows
 
 

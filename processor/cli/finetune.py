@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from processor.cli.compose import build_captioner, build_store
 from processor.config import Settings
 from processor.errors import ConfigError
 from processor.finetune.location import Location
@@ -126,7 +127,6 @@ def _paragraphs(text: str) -> str:
 
 
 def cmd_finetune(args: argparse.Namespace, settings: Settings) -> int:
-    from processor.app.compose import build_store
     from processor.finetune import checkpoint as ckpt
     from processor.finetune.data import check_caption_options, load_dataset
     from processor.models.loader import ModelLoader
@@ -308,8 +308,6 @@ def _images_location(args: argparse.Namespace, settings: Settings, store: Any) -
     if args.images and (args.images.startswith((".", "/", "~")) or Path(args.images).exists()):
         raise ConfigError(f"--images {args.images}: no such folder (a bucket prefix has no leading '/', '.' or '~')")
     if store is None:
-        from processor.app.compose import build_store
-
         store = build_store(settings)
     return Location.of(store, args.images or TRAINING_PREFIX + args.name)
 
@@ -317,8 +315,6 @@ def _images_location(args: argparse.Namespace, settings: Settings, store: Any) -
 def _captioner(settings: Settings) -> Any:
     """``--captions auto``: the product's captioner; ``blip`` (the caption model alone) when the
     config turns captions off for rendering."""
-    from processor.app.compose import build_captioner
-
     if settings.caption.mode == "none":
         settings = settings.model_copy(update={"caption": settings.caption.model_copy(update={"mode": "blip"})})
     captioner = build_captioner(settings)

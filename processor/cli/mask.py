@@ -34,8 +34,6 @@ OUTLINE_FRACTION = 0.006
 OVERLAY_QUALITY = 90
 #: The summary file written beside the masks.
 SUMMARY_NAME = "masks.json"
-#: Exit status when some photos could not be read (the others still got masks), as ``process``.
-EXIT_SOME_FAILED = 1
 
 
 @dataclass(frozen=True)
@@ -83,7 +81,7 @@ def build_masker(settings: Any, onnx: str | None, family: OnnxFamily | None) -> 
 def cmd_mask(args: argparse.Namespace, settings: Any) -> int:
     from tqdm import tqdm
 
-    from processor.errors import ConfigError, ItemError
+    from processor.errors import EXIT_SOME_FAILED, ConfigError, ItemError
     from processor.localfiles import walk
     from processor.pipeline.decode import decode_image
     from processor.queue.keys import is_sidecar

@@ -6,6 +6,7 @@ import argparse
 import logging
 from typing import Any
 
+from processor.cli.compose import build_store
 from processor.config import Settings
 
 log = logging.getLogger("processor.api")
@@ -39,6 +40,5 @@ def _port(value: str) -> int:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from processor.api.server import serve
-    from processor.app.compose import build_store
 
     return serve(settings, build_store(settings), host=args.host, port=args.port)

@@ -1,1 +1,0 @@
-"""The application: the composition root and the command line (``cli``), and ``doctor``'s checks."""

@@ -1,0 +1,106 @@
+"""``processor submit``: upload photos (and their sidecars) under ``inputs/``, then ask running
+daemons for a full scan."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from processor.cli.compose import build_store
+from processor.config import Settings
+from processor.errors import ConfigError, ItemError
+from processor.localfiles import walk
+from processor.queue.keys import KeyLayout, is_sidecar
+from processor.store.base import ObjectStore
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    store = build_store(settings)
+    prefix = settings.prefixes.inputs + (args.prefix.strip("/") + "/" if args.prefix else "")
+    files = sorted(walk(args.paths))
+    if not files:
+        raise ConfigError(f"no files found under {', '.join(args.paths)}")
+    prompt = _metadata_prompt(args.prompt, settings) if args.prompt else None
+    photo_metadata = {"prompt": prompt} if prompt else {}
+    if args.style_image:
+        from processor.pipeline.look import STYLE_IMAGE_METADATA_KEY
+
+        photo_metadata[STYLE_IMAGE_METADATA_KEY] = _upload_style_image(Path(args.style_image), store, settings)
+    for path, rel in tqdm(files, desc="uploading", unit="file", disable=args.quiet):
+        ctype = "application/json" if is_sidecar(rel) else "application/octet-stream"
+        metadata = dict(photo_metadata) if photo_metadata and not is_sidecar(rel) else None
+        store.put(prefix + rel, path.read_bytes(), content_type=ctype, metadata=metadata)
+    print(f"uploaded {len(files)} file(s) to {store.description} under {prefix}")
+    _request_rescan(store, settings, by="submit", count=len(files))
+    return 0
+
+
+def _upload_style_image(path: Path, store: ObjectStore, settings: Settings) -> str:
+    """``--style-image``: the picture checked as the worker will decode it, uploaded under
+    ``prefixes.styles`` by its content (the same picture twice is one object); its key."""
+    from processor.pipeline.decode import decode_image
+    from processor.queue.submit import CONTENT_TYPES, EXTENSIONS
+
+    if not any(style.addons().ip_adapter is not None for style in settings.styles.values()):
+        raise ConfigError("--style-image: no configured style has an ip_adapter to read it; drop --style-image")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"--style-image {path}: {exc.strerror or exc}") from None
+    try:
+        decoded = decode_image(data, settings.pipeline.decode, name=f"--style-image {path}")
+    except ItemError as exc:
+        raise ConfigError(f"{exc} ({exc.hint})") from None
+    if decoded.format not in EXTENSIONS:
+        raise ConfigError(f"--style-image {path} is {decoded.format}; send a JPEG, PNG or WebP picture")
+    key = f"{settings.prefixes.styles}submit/{hashlib.sha256(data).hexdigest()[:32]}{EXTENSIONS[decoded.format]}"
+    store.put(key, data, content_type=CONTENT_TYPES[decoded.format])
+    return key
+
+
+def _metadata_prompt(text: str, settings: Settings) -> str:
+    """``--prompt`` checked as the worker will check it, encoded so every store takes it (S3
+    metadata is ASCII: non-ASCII text travels RFC 2047-encoded and the worker decodes it)."""
+    from processor.pipeline.sidecar import MAX_METADATA_BYTES, encode_metadata, validate_overrides
+
+    try:
+        validate_overrides({"prompt": text}, settings, where="--prompt")
+    except ItemError as exc:
+        raise ConfigError(str(exc)) from None
+    encoded = encode_metadata(text)
+    if len(encoded) + len("prompt") > MAX_METADATA_BYTES:
+        raise ConfigError(f"--prompt is {len(encoded):,} bytes as object metadata; S3 keeps at most "
+                          f"{MAX_METADATA_BYTES:,}: shorten it, or put it in a sidecar photo.json "
+                          '({"prompt": "..."}) next to the photo')
+    return encoded
+
+
+def _request_rescan(store: ObjectStore, settings: Settings, *, by: str, count: int) -> None:
+    """Ask running daemons for a full scan now: what ``by`` wrote may sort before their mark."""
+    from processor.queue.rescan import request_rescan
+
+    layout = KeyLayout(settings.prefixes)
+    if not request_rescan(store, layout, by=by, count=count):
+        print(f"could not write the rescan hint ({layout.rescan_hint}); running daemons "
+              "will find these inputs at their next full scan (run.full_rescan_s)", file=sys.stderr)
+
+
+def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Register ``submit`` (``common``: --config, --log-level, --quiet)."""
+    p = sub.add_parser("submit", parents=[common], help="upload photos to inputs/",
+                       description="Upload files (folders recursively, keeping relative paths) under inputs/. "
+                       "A photo.json next to photo.jpg is uploaded too and acts as its sidecar. Then writes the "
+                       "rescan hint under the state prefix, so that running daemons make their next scan a full "
+                       "one and find a re-upload under a key they had already passed.")
+    p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
+    p.add_argument("--prefix", metavar="SUBFOLDER", help="put the files under inputs/SUBFOLDER/")
+    p.add_argument("--prompt", help="a prompt stored as object metadata (x-amz-meta-prompt)")
+    p.add_argument("--style-image", metavar="FILE",
+                   help="a picture of the look for styles with an ip_adapter: uploaded under prefixes.styles and "
+                        "named in each photo's metadata (x-amz-meta-style-image)")
+    p.set_defaults(func=cmd_submit)
