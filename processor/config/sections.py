@@ -22,6 +22,8 @@ from processor.config.base import (
     DEFAULT_CLAIM_TTL_S,
     DEFAULT_CONTACT_SHEET_MAX_PIXELS,
     DEFAULT_FULL_RESCAN_S,
+    DEFAULT_HINT_POLL_S,
+    DEFAULT_IDLE_BACKOFF_MAX_S,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_CONSECUTIVE_FAILURES,
@@ -239,8 +241,22 @@ class RunSettings(Section):
     order_variants_by: Literal["none", "structure", "clip"] = "none"
     #: Seconds between scans while the daemon has work.
     poll_interval_s: float = Field(default=10.0, gt=0)
-    #: Seconds: the longest wait between scans while idle (doubles from poll_interval_s).
-    idle_backoff_max_s: float = Field(default=300.0, gt=0)
+    #: Seconds: the longest wait between scans while idle (doubles from poll_interval_s); the worst
+    #: pickup of an input that no hint announced.
+    idle_backoff_max_s: float = Field(default=DEFAULT_IDLE_BACKOFF_MAX_S, gt=0)
+    #: Where an idle daemon learns of new inputs between scans (``processor.queue.hints``):
+    #: ``bucket`` (the rescan hint the API and ``processor submit`` write, HEADed every
+    #: ``hint_poll_s``), ``local`` (the local store's inputs folder, watched by the OS), ``seaweedfs``
+    #: (the filer's metadata subscription; needs ``seaweedfs_filer``). Unset: bucket, and local on the
+    #: local store; ``[]``: scans alone.
+    hints: list[Literal["bucket", "local", "seaweedfs"]] | None = None
+    #: Seconds between the ``bucket`` hint source's HEADs of the rescan hint.
+    hint_poll_s: float = Field(default=DEFAULT_HINT_POLL_S, gt=0, allow_inf_nan=False)
+    #: ``seaweedfs`` hints: the filer's ``host:port`` (``host:port.grpcport`` when gRPC is not port + 10000).
+    seaweedfs_filer: str | None = None
+    #: Processes that compute items of CPU-only styles (toon, masks) at once; unset: the node's
+    #: cores. Styles that load a PyTorch model compute one item at a time in the worker itself.
+    cpu_workers: int | None = Field(default=None, ge=1, le=256)
     #: Seconds between the daemon's full scans; in between it lists only inputs after the last key
     #: seen (StartAfter). An upload that sorts before that key is found by the next full scan, or by
     #: the next scan when `processor submit` / `processor retry` wrote the rescan hint (rescan.py).

@@ -11,7 +11,10 @@ inputs after the last key the previous listing returned (``StartAfter``). A full
 upload may sort before the high-water mark, and SeaweedFS lists folder by folder rather than in
 byte order. Correctness never depends on the listing order; only how soon an input is found does.
 ``processor retry`` and ``processor submit``, whose changes may sort before the mark, also write a
-rescan hint (``processor.queue.rescan``) that makes each daemon's next scan a full one.
+rescan hint (``processor.queue.rescan``) that makes each daemon's next scan a full one. A hint
+source that knows where inputs arrived (``processor.queue.hints``: a watched folder, a bucket
+notification) makes the next scan a targeted one: the incremental listing plus one listing of
+each named prefix that sorts before the mark, with its done markers.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from processor.queue.keys import ItemKeys, KeyLayout, is_directory_marker, is_sidecar, safe_path, safe_segment
@@ -71,10 +74,12 @@ def scan(store: ObjectStore, layout: KeyLayout) -> Backlog:
     return backlog
 
 
-def _list_finished(store: ObjectStore, layout: KeyLayout) -> dict[str, dict[str, str]]:
-    """safe relpath -> {safe etag: outcome}, from the done markers."""
-    finished: dict[str, dict[str, str]] = defaultdict(dict)
-    for obj in store.list(layout.done_prefix):
+def _list_finished(store: ObjectStore, layout: KeyLayout, under: str = "",
+                   into: dict[str, dict[str, str]] | None = None) -> dict[str, dict[str, str]]:
+    """safe relpath -> {safe etag: outcome}, from the done markers (those under ``under``, a safe
+    relpath prefix, when given), added to ``into`` when given."""
+    finished: dict[str, dict[str, str]] = into if into is not None else defaultdict(dict)
+    for obj in store.list(layout.done_prefix + under):
         parsed = layout.parse_done_marker(obj.key)
         if parsed:
             safe_rel, etag, outcome = parsed
@@ -83,14 +88,15 @@ def _list_finished(store: ObjectStore, layout: KeyLayout) -> dict[str, dict[str,
 
 
 def _list_inputs(
-    store: ObjectStore, layout: KeyLayout, start_after: str = ""
+    store: ObjectStore, layout: KeyLayout, start_after: str = "", prefix: str | None = None
 ) -> tuple[list[ObjectInfo], set[str], str]:
-    """Inputs and sidecar keys under the inputs prefix (after ``start_after``), and the last key
-    the listing returned (in the server's own order: what ``StartAfter`` continues from)."""
+    """Inputs and sidecar keys under the inputs prefix (or ``prefix`` inside it; after
+    ``start_after``), and the last key the listing returned (in the server's own order: what
+    ``StartAfter`` continues from)."""
     inputs: list[ObjectInfo] = []
     sidecars: set[str] = set()
     last = ""
-    for obj in store.list(layout.prefixes.inputs, start_after=start_after):
+    for obj in store.list(prefix or layout.prefixes.inputs, start_after=start_after):
         last = obj.key
         if is_directory_marker(obj.key):
             continue
@@ -153,6 +159,10 @@ class IncrementalScanner:
       A store error on that HEAD is logged and the scan keeps to the schedule.
     - ``retry_later`` carries items a pass left without a result (store errors, a stop) into the
       next incremental scan, so they need not wait for the full one.
+    - ``scan(prefixes)``: a hint source named where inputs arrived. Unless a full scan is due or
+      asked for, the scan is the incremental one plus, for each prefix that does not sort after the
+      mark, one listing of it and one of its done markers (an upload anywhere in the key space is
+      found without listing the whole bucket).
 
     Output-folder ownership (``a.jpg`` and ``a.png`` share ``outputs/a/``) is remembered across
     scans, so an incremental scan applies the same rule as a full one: the first key in byte order
@@ -181,6 +191,8 @@ class IncrementalScanner:
         #: Scans made so far, by kind (for logs and tests); "hinted" counts the full scans that the
         #: rescan hint asked for before their time (they count as "full" too).
         self.scans = {"full": 0, "incremental": 0, "hinted": 0}
+        #: Incremental scans that also listed prefixes a hint source named.
+        self.targeted_scans = 0
 
     def full_due(self) -> bool:
         return self._last_full is None or self.clock() - self._last_full >= self.full_rescan_s
@@ -191,7 +203,9 @@ class IncrementalScanner:
             return 0.0
         return max(0.0, self.full_rescan_s - (self.clock() - self._last_full))
 
-    def scan(self) -> Backlog:
+    def scan(self, prefixes: Collection[str] = ()) -> Backlog:
+        """Full when due or asked for by the rescan hint; else incremental, plus the ``prefixes``
+        (keys under the inputs prefix) a hint source named."""
         before = requests_sent(self.store)
         # Read before the listings: a hint written after this read is a change for the next scan.
         hint = read_hint_version(self.store, self.layout)
@@ -202,7 +216,7 @@ class IncrementalScanner:
             self.scans["hinted"] += 1
             backlog = self._full(hint)
         else:
-            backlog = self._incremental()
+            backlog = self._incremental(prefixes)
         backlog.requests = requests_sent(self.store) - before
         return backlog
 
@@ -226,20 +240,46 @@ class IncrementalScanner:
         self.scans["full"] += 1
         return backlog
 
-    def _incremental(self) -> Backlog:
+    def _incremental(self, prefixes: Collection[str] = ()) -> Backlog:
         inputs, sidecars, last = _list_inputs(self.store, self.layout, start_after=self.high_water)
+        finished: dict[str, dict[str, str]] = defaultdict(dict)
+        targeted = self._targeted(prefixes, inputs, sidecars, finished)
         self._sidecars |= sidecars
         listed = {i.key for i in inputs}
         carried = [c for c in self._carried.values() if c.keys.input not in listed]
         self._carried.clear()
         backlog = Backlog(inputs=len(inputs), full=False)
-        _classify(backlog, self.layout, inputs, self._sidecars, {}, self._owners)
+        _classify(backlog, self.layout, inputs, self._sidecars, finished, self._owners)
+        if targeted:
+            self.targeted_scans += 1
         backlog.pending = carried + backlog.pending
         backlog.carried = len(carried)
         if last:
             self.high_water = last
         self.scans["incremental"] += 1
         return backlog
+
+
+    def _targeted(self, prefixes: Collection[str], inputs: list[ObjectInfo], sidecars: set[str],
+                  finished: dict[str, dict[str, str]]) -> bool:
+        """List each of ``prefixes`` that does not sort after the mark (the incremental listing has
+        those that do), adding its inputs, sidecars and done markers; whether any was listed."""
+        root, mark = self.layout.prefixes.inputs, self.high_water.encode("utf-8")
+        seen = {i.key for i in inputs}
+        listed = False
+        for prefix in sorted(set(prefixes)):
+            if not mark or not prefix.startswith(root) or len(prefix) == len(root) or prefix.encode("utf-8") > mark:
+                continue
+            found, found_sidecars, _last = _list_inputs(self.store, self.layout, prefix=prefix)
+            inputs.extend(i for i in found if i.key not in seen)
+            seen.update(i.key for i in found)
+            sidecars |= found_sidecars
+            rel = prefix[len(root):]
+            # The markers' folder is the input's safe path: a prefix ending in "/" is a folder's.
+            under = safe_path(rel.rstrip("/")) + "/" if rel.endswith("/") else safe_path(rel)
+            _list_finished(self.store, self.layout, under, into=finished)
+            listed = True
+        return listed
 
 
 def shard_of(input_key: str, shard_count: int) -> int:
