@@ -75,6 +75,8 @@ class LocalFolderWatcher:
             return
         prefix = listing_prefix(key, folder=folder)
         if kind in _FINISHED:
+            with self._changed:
+                self._due.pop(prefix, None)  # its creation need not be announced again
             assert self._wakeup is not None
             self._wakeup.notify(self.name, [prefix])
             return
