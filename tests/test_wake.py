@@ -249,3 +249,32 @@ def test_an_idle_daemon_starts_a_dropped_photo_within_five_seconds(shipped) -> N
         pickups.append(_pickup(log, f"inputs/dropped-{n}.jpg"))
     print(f"drop-in to claimed, idle daemon, shipped settings: {pickups} s")
     assert max(pickups) < DROP_IN_PICKUP_S, pickups
+
+
+# --------------------------------------------------------------------------- scale-out signals
+
+
+def test_the_worker_exports_the_age_of_the_oldest_pending_input_and_the_queue_depth(tmp_path: Path) -> None:
+    """What an autoscaler scales on: how many inputs wait (processor_backlog_inputs) and for how long
+    the oldest has (processor_oldest_pending_age_seconds, from its Last-Modified; 0 when none waits)."""
+    from datetime import datetime, timedelta, timezone
+
+    from processor.worker.metrics import PrometheusObserver
+
+    settings = make_settings(tmp_path)
+    an_hour_ago = datetime.now(timezone.utc) - timedelta(hours=1)
+    store = LocalStore(settings.store.root)
+    store.put("inputs/old.jpg", photo_bytes(160, 120))
+    os.utime(store.root / "inputs" / "old.jpg", (an_hour_ago.timestamp(),) * 2)
+    store.put("inputs/new.jpg", photo_bytes(160, 120, seed=1))
+    observer = PrometheusObserver(stall_s=60)
+    worker = Worker(store, settings, build_registry(settings), worker_id="w1", observer=observer)
+    worker.setup()
+    gauge = lambda name: observer.registry.get_sample_value(name)  # noqa: E731
+    assert gauge("processor_oldest_pending_age_seconds") == 0
+    items = worker._my_items()
+    assert gauge("processor_backlog_inputs") == 2
+    assert 3600 <= gauge("processor_oldest_pending_age_seconds") < 3600 + DEADLINE_S
+    worker.run_pass(items)
+    worker._my_items()
+    assert gauge("processor_backlog_inputs") == 0 and gauge("processor_oldest_pending_age_seconds") == 0

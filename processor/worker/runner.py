@@ -220,6 +220,7 @@ class Worker:
         # found to the backlog gauge instead of replacing the full scan's count.
         self.observer.scanned(len(backlog.pending) - backlog.carried, time.perf_counter() - scan_started,
                               full=backlog.full)
+        self.observer.oldest_pending(min((i.info.last_modified.timestamp() for i in backlog.pending), default=None))
         return items
 
     def run_pass(self, items: list[WorkItem], refill: Callable[[Hint], list[WorkItem]] | None = None) -> PassResult:
