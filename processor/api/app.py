@@ -30,6 +30,7 @@ from processor.api.problems import MEDIA_TYPE, Problem
 from processor.api.render import JobRenderer
 from processor.api.routes import events, files, health, jobs, pages, prototype
 from processor.api.validate import Resolver
+from processor.api.watch import JobWatch
 from processor.api.webhooks import WebhookDispatcher, read_secret
 from processor.config import Settings
 from processor.errors import StoreAccessError, StoreError
@@ -65,9 +66,12 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
         dispatcher = WebhookDispatcher(
             queue, lambda state: renderer.render(webhook_base, state).model_dump(mode="json"), secret,
             replica=f"{socket.gethostname()}-{os.getpid()}", allow=api.webhook_allow, resolve=resolve)
+    # One watcher of job changes for every waiting request and event stream of this replica.
+    local_root = getattr(store, "root", None) if settings.store.kind == "local" else None
+    watch = JobWatch(queue, api.poll_s, local_root=local_root)
     context = ApiContext(settings=settings, queue=queue, tokens=tokens, clock=clock, metrics=ApiMetrics(queue),
                          renderer=renderer, upload_limit=upload_limit, resolve=resolve, webhook_secret=secret,
-                         dispatcher=dispatcher)
+                         dispatcher=dispatcher, watch=watch)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -76,6 +80,7 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
         try:
             yield
         finally:
+            await run_in_threadpool(watch.close)
             if dispatcher is not None:
                 await run_in_threadpool(dispatcher.close)
 
