@@ -235,3 +235,34 @@ def test_a_hint_source_that_cannot_run_here_is_a_config_error_that_says_why(tmp_
     settings.setdefault("store", {"kind": "local", "root": str(tmp_path)})
     with pytest.raises(ConfigError, match=says):
         build_hint_sources(Settings(**settings), LocalStore(tmp_path))
+
+
+def test_a_relisting_finds_an_upload_before_the_mark_without_the_done_markers(tmp_path: Path) -> None:
+    """Without any hint, an upload that sorts before the mark is found within run.relist_s: one
+    listing of inputs/ and one of the new input's own done markers, not a full scan."""
+
+    class Clock:
+        now = 0.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    store = LocalStore(tmp_path / "bucket")
+    for key in ("inputs/b.jpg", "inputs/d.jpg"):
+        store.put(key, b"x" + key.encode())
+    scanner = IncrementalScanner(store, LAYOUT, full_rescan_s=300, clock=clock, relist_s=30)
+    assert len(scanner.scan().pending) == 2
+    store.put("inputs/a.jpg", b"new")
+    store.put("inputs/b.jpg", b"replaced")  # a new version of a listed input is new work too
+    assert scanner.scan().pending == []  # incremental: both sort before the mark
+    assert scanner.seconds_to_listing() == 30
+    clock.now = 30
+    relisted = scanner.scan()
+    assert not relisted.full and scanner.relists == 1 and scanner.scans["full"] == 1
+    assert sorted(i.keys.input for i in relisted.pending) == ["inputs/a.jpg", "inputs/b.jpg"]
+    # The rescan hint's HEAD, the inputs LIST and one done-marker LIST per new input.
+    assert relisted.requests == 1 + 1 + 2
+    # Known and unchanged inputs are not offered again by the next relisting.
+    clock.now = 60
+    assert scanner.scan().pending == [] and scanner.relists == 2

@@ -120,6 +120,36 @@ def test_a_job_an_api_replica_writes_wakes_a_worker_in_another_pod_through_the_b
     print(f"submit (another replica) to claimed through the bucket hint: {fetched[0].since_upload_s} s")
 
 
+def test_without_hints_an_upload_before_the_mark_waits_for_the_relisting_not_the_full_scan(tmp_path: Path) -> None:
+    """run.hints: [] and the clock driven by the test: an input that sorts before the mark is done
+    once run.relist_s passed, with no full scan since the first."""
+
+    class Clock:
+        now = 1000.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    settings = make_settings(tmp_path, full_rescan_s=3600, relist_s=30, idle_backoff_max_s=0.1, hints=[])
+    store = LocalStore(settings.store.root)
+    layout = KeyLayout(settings.prefixes)
+    store.put("inputs/m.jpg", photo_bytes(160, 120))
+    worker = Worker(store, settings, build_registry(settings), worker_id="w1", clock=clock)
+    worker.setup()
+    thread = _daemon(worker)
+    try:
+        _wait_until(lambda: _done(store, layout, "inputs/m.jpg"), "the first input")
+        store.put("inputs/a.jpg", photo_bytes(160, 120, seed=1))  # sorts before the mark
+        time.sleep(0.5)  # several incremental scans: none lists it
+        assert not _done(store, layout, "inputs/a.jpg")
+        clock.now += 30
+        _wait_until(lambda: _done(store, layout, "inputs/a.jpg"), "the relisting to find it")
+    finally:
+        worker.request_stop()
+        thread.join(timeout=DEADLINE_S)
+
+
 class GatedEngine:
     """The real toon engine; its first call waits for ``gate`` (an item computing for as long as
     the test needs)."""

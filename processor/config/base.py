@@ -58,6 +58,10 @@ DEFAULT_FULL_RESCAN_S = 300.0
 #: bounds the pickup of an input no hint announced: 30 s costs two requests (a HEAD and a LIST)
 #: 120 times an idle hour.
 DEFAULT_IDLE_BACKOFF_MAX_S = 30.0
+#: Seconds between an idle daemon's listings of the whole inputs prefix (without done markers)
+#: between full scans: the worst pickup of an upload no hint announced that sorts before the last
+#: key seen. ⌈N / 1000⌉ LISTs for N inputs, 120 times an idle hour.
+DEFAULT_RELIST_S = 30.0
 #: Seconds between the ``bucket`` hint source's HEADs of the rescan hint: how soon a worker in
 #: another pod learns of a job the API wrote (3,600 HEADs an idle hour).
 DEFAULT_HINT_POLL_S = 1.0

@@ -34,6 +34,7 @@ from processor.config.base import (
     DEFAULT_METRICS_STALL_S,
     DEFAULT_MIN_SIDE,
     DEFAULT_PNG_COMPRESS_LEVEL,
+    DEFAULT_RELIST_S,
     WEBHOOK_SECRET_ENV,
     Section,
 )
@@ -261,6 +262,9 @@ class RunSettings(Section):
     #: seen (StartAfter). An upload that sorts before that key is found by the next full scan, or by
     #: the next scan when `processor submit` / `processor retry` wrote the rescan hint (rescan.py).
     full_rescan_s: float = Field(default=DEFAULT_FULL_RESCAN_S, gt=0)
+    #: Seconds between the daemon's listings of the whole inputs prefix (no done markers) between full
+    #: scans: what finds, without a hint, an upload that sorts before the last key seen; 0: only full scans.
+    relist_s: float = Field(default=DEFAULT_RELIST_S, ge=0, allow_inf_nan=False)
     #: Inputs downloaded and decoded ahead of the one computing.
     prefetch: int = Field(default=2, ge=0, le=64)
     #: Finished items waiting for upload before compute waits (bounds memory).

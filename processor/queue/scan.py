@@ -33,6 +33,9 @@ from processor.store.base import ObjectInfo, ObjectStore, requests_sent
 
 log = logging.getLogger("processor.scan")
 
+#: New inputs a relisting checks one done-marker listing each; past this it lists all the markers.
+MAX_RELIST_MARKER_LISTINGS = 16
+
 
 @dataclass(frozen=True)
 class WorkItem:
@@ -152,7 +155,11 @@ class IncrementalScanner:
       manifest check. The mark is the last key *the server returned*, so ``StartAfter`` continues
       in the server's own order (SeaweedFS: folder by folder; S3: bytes) without repeats.
     - Inputs that sort before the mark (new uploads anywhere in the key space, replaced inputs)
-      are found by the next full scan: within ``full_rescan_s`` plus one poll interval.
+      are found by the next *relisting*, every ``relist_s`` between full scans (None: none): one
+      listing of the whole inputs prefix, without the done markers. Its inputs that the scanner has
+      not seen before under this ETag are new: only their own done markers are listed (all of them
+      at once when more than ``MAX_RELIST_MARKER_LISTINGS`` are new). The next full scan is the
+      safety net: within ``full_rescan_s`` plus one poll interval.
     - Every scan first HEADs the rescan hint (``processor.queue.rescan``; one request). When its
       version differs from the one read before the last full scan (``processor retry`` requeued
       inputs, ``processor submit`` uploaded some), this scan is a full one, whatever the schedule.
@@ -175,13 +182,19 @@ class IncrementalScanner:
         layout: KeyLayout,
         full_rescan_s: float,
         clock: Callable[[], float] = time.monotonic,
+        relist_s: float | None = None,
     ) -> None:
         self.store = store
         self.layout = layout
         self.full_rescan_s = full_rescan_s
+        self.relist_s = relist_s
         self.clock = clock
         self.high_water = ""
         self._last_full: float | None = None
+        #: When the whole inputs prefix was last listed (a full scan or a relisting).
+        self._last_list: float | None = None
+        #: Input key -> ETag of every input listed so far (the last full listing, and since).
+        self._known: dict[str, str] = {}
         self._owners: dict[str, str] = {}
         self._sidecars: set[str] = set()
         self._carried: dict[str, WorkItem] = {}
@@ -193,6 +206,8 @@ class IncrementalScanner:
         self.scans = {"full": 0, "incremental": 0, "hinted": 0}
         #: Incremental scans that also listed prefixes a hint source named.
         self.targeted_scans = 0
+        #: Relistings of the inputs prefix between full scans.
+        self.relists = 0
 
     def full_due(self) -> bool:
         return self._last_full is None or self.clock() - self._last_full >= self.full_rescan_s
@@ -202,6 +217,12 @@ class IncrementalScanner:
         if self._last_full is None:
             return 0.0
         return max(0.0, self.full_rescan_s - (self.clock() - self._last_full))
+
+    def seconds_to_listing(self) -> float:
+        """Seconds until the next listing of the whole inputs prefix (full scan or relisting)."""
+        if self._last_list is None or not self.relist_s:
+            return self.seconds_to_full()
+        return min(self.seconds_to_full(), max(0.0, self.relist_s - (self.clock() - self._last_list)))
 
     def scan(self, prefixes: Collection[str] = ()) -> Backlog:
         """Full when due or asked for by the rescan hint; else incremental, plus the ``prefixes``
@@ -215,6 +236,8 @@ class IncrementalScanner:
             log.info("rescan_hint_seen", extra={"key": self.layout.rescan_hint, "high_water": self.high_water})
             self.scans["hinted"] += 1
             backlog = self._full(hint)
+        elif self.seconds_to_listing() <= 0:
+            backlog = self._relist()
         else:
             backlog = self._incremental(prefixes)
         backlog.requests = requests_sent(self.store) - before
@@ -234,7 +257,8 @@ class IncrementalScanner:
         self._sidecars = sidecars
         self._carried.clear()  # the full scan found everything still pending
         self.high_water = last
-        self._last_full = started
+        self._last_full = self._last_list = started
+        self._known = {i.key: i.etag for i in inputs}
         if hint is not None:  # unread: keep the old version (a later read may then ask again)
             self._hint_seen = hint
         self.scans["full"] += 1
@@ -252,6 +276,7 @@ class IncrementalScanner:
         _classify(backlog, self.layout, inputs, self._sidecars, finished, self._owners)
         if targeted:
             self.targeted_scans += 1
+        self._known.update((i.key, i.etag) for i in inputs)
         backlog.pending = carried + backlog.pending
         backlog.carried = len(carried)
         if last:
@@ -259,6 +284,32 @@ class IncrementalScanner:
         self.scans["incremental"] += 1
         return backlog
 
+
+    def _relist(self) -> Backlog:
+        """The whole inputs prefix, and the done markers of the inputs new to the scanner only."""
+        started = self.clock()
+        inputs, sidecars, last = _list_inputs(self.store, self.layout)
+        new = [i for i in inputs if self._known.get(i.key) != i.etag]
+        finished: dict[str, dict[str, str]] = defaultdict(dict)
+        if len(new) > MAX_RELIST_MARKER_LISTINGS:
+            _list_finished(self.store, self.layout, into=finished)
+        else:
+            for info in new:
+                folder = self.layout.for_input(info.key).done_prefix
+                _list_finished(self.store, self.layout, folder[len(self.layout.done_prefix):], into=finished)
+        self._known = {i.key: i.etag for i in inputs}
+        self._sidecars = sidecars
+        listed = {i.key for i in new}
+        carried = [c for c in self._carried.values() if c.keys.input not in listed]
+        self._carried.clear()
+        backlog = Backlog(inputs=len(new), full=False)
+        _classify(backlog, self.layout, new, sidecars, finished, self._owners)
+        backlog.pending = carried + backlog.pending
+        backlog.carried = len(carried)
+        self.high_water = last
+        self._last_list = started
+        self.relists += 1
+        return backlog
 
     def _targeted(self, prefixes: Collection[str], inputs: list[ObjectInfo], sidecars: set[str],
                   finished: dict[str, dict[str, str]]) -> bool:

@@ -29,7 +29,8 @@ log = logging.getLogger("processor.worker")
 def run_daemon(worker: Worker) -> int:
     """``Worker.run_forever``: until ``worker.stop_event`` is set. Returns the exit code (0)."""
     run = worker.settings.run
-    scanner = IncrementalScanner(worker.store, worker.layout, run.full_rescan_s, clock=worker.clock)
+    scanner = IncrementalScanner(worker.store, worker.layout, run.full_rescan_s, clock=worker.clock,
+                                 relist_s=run.relist_s or None)
     interval = run.poll_interval_s
     hint: Hint | None = None
 
@@ -55,8 +56,8 @@ def run_daemon(worker: Worker) -> int:
                 interval = run.poll_interval_s
                 continue
             interval = min(interval * 2, run.idle_backoff_max_s)
-            # Never sleep past a due full rescan: it is what finds inputs sorting before the mark.
-            wait = max(min(interval, scanner.seconds_to_full()), run.poll_interval_s)
+            # Never sleep past a due listing of the whole prefix: it finds inputs sorting before the mark.
+            wait = max(min(interval, scanner.seconds_to_listing()), run.poll_interval_s)
             log.debug("idle", extra={"next_scan_s": wait})
             worker.observer.heartbeat(quiet_s=wait)
             hint = worker.wakeup.wait(wait, stop=worker.stop_event)
