@@ -229,6 +229,7 @@ def test_the_default_sources_are_the_bucket_and_on_the_local_store_its_folder(tm
     ({"store": {"kind": "s3", "bucket": "b"}, "run": {"hints": ["local"]}}, "store.kind is s3"),
     ({"store": {"kind": "s3", "bucket": "b"}, "run": {"hints": ["seaweedfs"]}}, "run.seaweedfs_filer"),
     ({"run": {"hints": ["seaweedfs"]}}, "store.kind s3"),
+    ({"store": {"kind": "s3", "bucket": "b"}, "run": {"hints": ["sqs"]}}, "run.sqs_queue_url"),
 ])
 def test_a_hint_source_that_cannot_run_here_is_a_config_error_that_says_why(tmp_path: Path, settings: dict,
                                                                               says: str) -> None:

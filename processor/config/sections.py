@@ -248,13 +248,16 @@ class RunSettings(Section):
     #: Where an idle daemon learns of new inputs between scans (``processor.queue.hints``):
     #: ``bucket`` (the rescan hint the API and ``processor submit`` write, HEADed every
     #: ``hint_poll_s``), ``local`` (the local store's inputs folder, watched by the OS), ``seaweedfs``
-    #: (the filer's metadata subscription; needs ``seaweedfs_filer``). Unset: bucket, and local on the
-    #: local store; ``[]``: scans alone.
-    hints: list[Literal["bucket", "local", "seaweedfs"]] | None = None
+    #: (the filer's metadata subscription; needs ``seaweedfs_filer``), ``sqs`` (S3 event notifications
+    #: in an SQS queue; needs ``sqs_queue_url``). Unset: bucket, and local on the local store; ``[]``:
+    #: scans alone.
+    hints: list[Literal["bucket", "local", "seaweedfs", "sqs"]] | None = None
     #: Seconds between the ``bucket`` hint source's HEADs of the rescan hint.
     hint_poll_s: float = Field(default=DEFAULT_HINT_POLL_S, gt=0, allow_inf_nan=False)
     #: ``seaweedfs`` hints: the filer's ``host:port`` (``host:port.grpcport`` when gRPC is not port + 10000).
     seaweedfs_filer: str | None = None
+    #: ``sqs`` hints: the URL of the queue the bucket's ``s3:ObjectCreated:*`` notifications go to.
+    sqs_queue_url: str | None = None
     #: Processes that compute items of CPU-only styles (toon, masks) at once; unset: the node's
     #: cores. Styles that load a PyTorch model compute one item at a time in the worker itself.
     cpu_workers: int | None = Field(default=None, ge=1, le=256)

@@ -38,7 +38,7 @@ def build_hint_sources(settings: Settings, store: ObjectStore, *, names: Sequenc
 
             sources.append(RescanHintPoller(store, layout, run.hint_poll_s))
         elif name == "local":
-            root = local_root or getattr(store, "root", None) if settings.store.kind == "local" else None
+            root = (local_root or getattr(store, "root", None)) if settings.store.kind == "local" else None
             if root is None:
                 raise ConfigError(f"run.hints: local watches the local store's folder, and store.kind is "
                                   f"{settings.store.kind}; drop local from run.hints")
@@ -55,6 +55,15 @@ def build_hint_sources(settings: Settings, store: ObjectStore, *, names: Sequenc
             from processor.queue.hints.seaweedfs import FilerMetaTail
 
             sources.append(FilerMetaTail(run.seaweedfs_filer, settings.store.bucket, layout.prefixes.inputs))
+        elif name == "sqs":
+            if not run.sqs_queue_url:
+                raise ConfigError("run.hints: sqs needs run.sqs_queue_url, the queue the bucket's event "
+                                  "notifications go to")
+            from processor.queue.hints.sqs import SqsNotifications
+            from processor.store.sqs import SqsQueue
+
+            sources.append(SqsNotifications(SqsQueue.from_settings(run.sqs_queue_url, settings.store),
+                                            layout.prefixes.inputs, bucket=settings.store.bucket))
         else:
-            raise ConfigError(f"run.hints: unknown hint source {name!r}; use bucket, local or seaweedfs")
+            raise ConfigError(f"run.hints: unknown hint source {name!r}; use bucket, local, seaweedfs or sqs")
     return sources
