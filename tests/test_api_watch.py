@@ -110,3 +110,20 @@ def test_an_id_that_names_no_key_is_unknown(tmp_path: Path) -> None:
     with pytest.raises(UnknownJob):
         watch.generation("not an id!")
     watch.close()
+
+
+def test_an_id_only_named_is_not_probed(tmp_path: Path) -> None:
+    """A request for a job that does not exist takes a generation, then answers 404 and never waits:
+    the watcher must not spend store requests on it (a client could name any number of ids)."""
+    from processor.queue.jobs import job_id
+
+    store, queue, _job_id = _job(tmp_path)
+    watch = JobWatch(queue, POLL_S)
+    try:
+        for n in range(20):
+            watch.generation(job_id(f"api/no-such-{n}.jpg"))
+        before = store.request_count()
+        time.sleep(10 * POLL_S)
+        assert watch.probes == 0 and store.request_count() == before
+    finally:
+        watch.close()

@@ -150,6 +150,39 @@ def test_without_hints_an_upload_before_the_mark_waits_for_the_relisting_not_the
         thread.join(timeout=DEADLINE_S)
 
 
+class BrokenSource:
+    """A hint source that cannot start (a watch limit reached, a binary missing)."""
+
+    name = "broken"
+
+    def start(self, wakeup) -> None:
+        raise OSError("inotify watch limit reached")
+
+    def close(self) -> None:
+        raise AssertionError("a source that did not start is not closed")
+
+
+def test_a_hint_source_that_cannot_start_is_logged_and_the_others_still_wake_the_daemon(tmp_path: Path,
+                                                                                       caplog) -> None:
+    settings = make_settings(tmp_path, **ASLEEP)
+    store = LocalStore(settings.store.root)
+    layout = KeyLayout(settings.prefixes)
+    worker = Worker(store, settings, build_registry(settings), worker_id="w1",
+                    hints=[BrokenSource(), LocalFolderWatcher(store.root, layout.prefixes.inputs)])
+    worker.setup()
+    caplog.set_level(logging.INFO, logger="processor")
+    thread = _daemon(worker)
+    try:
+        _wait_until(lambda: any(r.getMessage() == "scanned" for r in caplog.records), "the first scan")
+        store.put("inputs/toy.jpg", photo_bytes(160, 120))
+        _wait_until(lambda: _done(store, layout, "inputs/toy.jpg"), "the photo's result")
+    finally:
+        worker.request_stop()
+        thread.join(timeout=DEADLINE_S)
+    failed = [r for r in caplog.records if r.getMessage() == "hints_source_failed"]
+    assert [r.source for r in failed] == ["broken"] and "watch limit" in failed[0].detail
+
+
 class GatedEngine:
     """The real toon engine; its first call waits for ``gate`` (an item computing for as long as
     the test needs)."""

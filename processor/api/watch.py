@@ -40,6 +40,9 @@ log = logging.getLogger("processor.api")
 RESYNC_S = 15.0
 #: Seconds a job stays watched after its last waiter left (a stream's next wait finds its version).
 LINGER_S = 30.0
+#: Jobs watched at once; past this a request's wait falls back to reading the state every RESYNC_S
+#: (each id a client names costs memory, and on S3 a probe every poll_s while it is waited on).
+MAX_WATCHED_JOBS = 10_000
 
 #: A job's version as the probe sees it: the claim's ETag ("" without one) and its done markers.
 Version = tuple[str, tuple[str, ...]]
@@ -51,6 +54,8 @@ class _Watched:
     version: Version | None = None
     #: Changes seen so far.
     generation: int = 0
+    #: Someone waited on it: only then is it probed (an id a client merely named is not).
+    waited: bool = False
     waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=set)
     #: Monotonic seconds of the last use (the job is forgotten LINGER_S after, without waiters).
     used_at: float = field(default_factory=time.monotonic)
@@ -79,7 +84,11 @@ class JobWatch:
         keys = self.queue.keys_of(job)
         self._start()
         with self._lock:
-            watched = self._jobs.setdefault(job, _Watched(keys))
+            watched = self._jobs.get(job)
+            if watched is None:
+                if len(self._jobs) >= MAX_WATCHED_JOBS:
+                    return 0  # not watched: ``changed`` only times out
+                watched = self._jobs[job] = _Watched(keys)
             watched.used_at = time.monotonic()
             return watched.generation
 
@@ -88,9 +97,13 @@ class JobWatch:
         be ``since``)."""
         event, loop = asyncio.Event(), asyncio.get_running_loop()
         with self._lock:
-            watched = self._jobs.setdefault(job, _Watched(self.queue.keys_of(job)))
+            watched = self._jobs.get(job)
+            if watched is None:  # never taken, forgotten, or past MAX_WATCHED_JOBS
+                await asyncio.sleep(timeout_s)
+                return since
             if watched.generation != since:
                 return watched.generation
+            watched.waited = True
             watched.waiters.add((loop, event))
         try:
             await asyncio.wait_for(event.wait(), timeout_s)
@@ -132,7 +145,8 @@ class JobWatch:
                 watched = list(self._jobs.values())
             if self._observer is None:
                 for entry in watched:
-                    self._probe(entry)
+                    if entry.waited:
+                        self._probe(entry)
 
     def _probe(self, watched: _Watched) -> None:
         store, keys = self.queue.store, watched.keys

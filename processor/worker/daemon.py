@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING
 
 from processor.errors import FatalError, StoreError
@@ -37,10 +39,11 @@ def run_daemon(worker: Worker) -> int:
     def refill(more: Hint) -> list[WorkItem]:
         return worker.scan_for_work(scanner, more)
 
-    with worker.hints_started():
+    with _hints_started(worker):
         while not worker.stop_event.is_set():
             try:
-                items = worker.scan_for_work(scanner, hint)
+                # A hint that came after the pass's fetch stage stopped taking them is this scan's.
+                items = worker.scan_for_work(scanner, hint or worker.wakeup.take())
                 result = worker.run_pass(items, refill=refill) if items else PassResult()
                 # An item the pass never reached (stopped) has no outcome: it is offered again too.
                 scanner.retry_later(i for i in result.items
@@ -66,3 +69,19 @@ def run_daemon(worker: Worker) -> int:
                                          "anywhere": hint.anywhere,
                                          "hint_age_s": round(time.monotonic() - hint.since, 3)})
     return 0
+
+
+@contextmanager
+def _hints_started(worker: Worker) -> Iterator[None]:
+    """The worker's hint sources deliver to its wakeup while the block runs. One that cannot start
+    (a watch limit, a missing binary) is logged and left out: hints only hasten, the scans go on."""
+    with ExitStack() as stack:
+        for source in worker.hint_sources:
+            try:
+                source.start(worker.wakeup)
+            except Exception as exc:  # noqa: BLE001 - see above
+                log.warning("hints_source_failed", extra={"source": source.name, "error": type(exc).__name__,
+                                                          "detail": str(exc)})
+                continue
+            stack.callback(source.close)
+        yield

@@ -24,8 +24,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from processor import __version__
@@ -124,7 +123,7 @@ class Worker:
         #: Set when the breaker tripped: the pass ends and raises it (exit EXIT_UNHEALTHY).
         self._unhealthy: WorkerUnhealthy | None = None
         #: Where hint sources tell the daemon that work may have arrived (processor.queue.hints);
-        #: the sources start with ``run_forever``.
+        #: the sources run while ``run_forever`` does (processor.worker.daemon).
         self.wakeup = Wakeup()
         self.hint_sources = list(hints)
         #: Processes that compute CPU-only styles (processor.worker.cpu_pool); None: this process,
@@ -154,15 +153,6 @@ class Worker:
         """Stop the compute processes (the hint sources stop with ``run_forever``)."""
         if self.compute_pool is not None:
             self.compute_pool.close()
-
-    @contextmanager
-    def hints_started(self) -> Iterator[None]:
-        """The hint sources deliver to ``wakeup`` while the block runs."""
-        with ExitStack() as stack:
-            for source in self.hint_sources:
-                source.start(self.wakeup)
-                stack.callback(source.close)
-            yield
 
     def run_once(self) -> int:
         """Drain the inputs: pass after pass until every input has a result. Returns an exit code."""
