@@ -80,6 +80,24 @@ def test_an_item_computes_in_a_process_and_its_failures_keep_their_hint() -> Non
         with_pool.close()
 
 
+def test_a_signal_to_the_process_group_leaves_the_computing_to_the_worker() -> None:
+    """Ctrl-C reaches every process of the group; the worker's first signal finishes the items in
+    hand, so its compute processes must not die of it."""
+    import signal
+
+    settings = Settings(**TOON)
+    pool = ProcessCompute(functools.partial(cpu_pipeline, settings, ["toon"]), 2)
+    try:
+        pool.start()
+        for pid in pool.pids():
+            os.kill(pid, signal.SIGINT)
+            os.kill(pid, signal.SIGTERM)
+        assert pool.compute(_prepared(settings, 128), {}).variants
+        assert len(pool.pids()) == 2
+    finally:
+        pool.close()
+
+
 def test_a_worker_with_compute_processes_finishes_every_input(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     store = LocalStore(settings.store.root)

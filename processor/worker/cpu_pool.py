@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -33,6 +34,11 @@ _pipeline: ItemPipeline | None = None
 
 def _start(setup: Callable[[], ItemPipeline]) -> None:
     global _pipeline
+    # The worker decides when to stop (its first signal finishes the items in hand): a Ctrl-C that
+    # reaches the whole process group must not kill the items computing here. A process ends when
+    # the worker closes the pool, or when the worker is gone (its end of the pipe closes).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _pipeline = setup()
 
 
@@ -96,6 +102,12 @@ class ProcessCompute:
             raise failure
         assert rendered is not None
         return rendered
+
+    def pids(self) -> list[int]:
+        """The pool's processes (for tests and logs)."""
+        with self._lock:
+            processes = getattr(self._executor, "_processes", None) or {}
+        return list(processes)
 
     def close(self) -> None:
         with self._lock:
