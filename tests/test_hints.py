@@ -218,15 +218,19 @@ def test_the_seaweedfs_source_hears_uploads_from_the_real_filer(s3_server) -> No
 
 def test_the_default_sources_are_the_bucket_and_on_the_local_store_its_folder(tmp_path: Path) -> None:
     local = Settings(store={"kind": "local", "root": str(tmp_path)})
-    s3 = Settings(store={"kind": "s3", "bucket": "b"})
-    assert chosen_hints(local) == ["bucket", "local"] and chosen_hints(s3) == ["bucket"]
-    assert chosen_hints(Settings(store={"kind": "local", "root": str(tmp_path)}, run={"hints": []})) == []
     store = LocalStore(tmp_path)
+    assert chosen_hints(local, store) == ["bucket", "local"]
+    assert chosen_hints(local, _NotLocal()) == ["bucket"]  # the store given, whatever the settings say
+    assert chosen_hints(Settings(store={"kind": "local", "root": str(tmp_path)}, run={"hints": []}), store) == []
     assert [s.name for s in build_hint_sources(local, store)] == ["bucket", "local"]
 
 
+class _NotLocal:
+    description = "s3://b at http://127.0.0.1:8333"
+
+
 @pytest.mark.parametrize(("settings", "says"), [
-    ({"store": {"kind": "s3", "bucket": "b"}, "run": {"hints": ["local"]}}, "store.kind is s3"),
+    ({"store": {"kind": "s3", "bucket": "b"}, "run": {"hints": ["local"]}}, "the store is s3://b"),
     ({"store": {"kind": "s3", "bucket": "b"}, "run": {"hints": ["seaweedfs"]}}, "run.seaweedfs_filer"),
     ({"run": {"hints": ["seaweedfs"]}}, "store.kind s3"),
     ({"store": {"kind": "s3", "bucket": "b"}, "run": {"hints": ["sqs"]}}, "run.sqs_queue_url"),
@@ -234,8 +238,9 @@ def test_the_default_sources_are_the_bucket_and_on_the_local_store_its_folder(tm
 def test_a_hint_source_that_cannot_run_here_is_a_config_error_that_says_why(tmp_path: Path, settings: dict,
                                                                               says: str) -> None:
     settings.setdefault("store", {"kind": "local", "root": str(tmp_path)})
+    store = LocalStore(tmp_path) if settings["store"]["kind"] == "local" else _NotLocal()
     with pytest.raises(ConfigError, match=says):
-        build_hint_sources(Settings(**settings), LocalStore(tmp_path))
+        build_hint_sources(Settings(**settings), store)
 
 
 def test_a_relisting_finds_an_upload_before_the_mark_without_the_done_markers(tmp_path: Path) -> None:

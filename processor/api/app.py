@@ -36,6 +36,7 @@ from processor.config import Settings
 from processor.errors import StoreAccessError, StoreError
 from processor.queue.protocol import BucketQueue
 from processor.store.base import ObjectStore
+from processor.store.local import LocalStore
 
 log = logging.getLogger("processor.api")
 
@@ -67,8 +68,7 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
             queue, lambda state: renderer.render(webhook_base, state).model_dump(mode="json"), secret,
             replica=f"{socket.gethostname()}-{os.getpid()}", allow=api.webhook_allow, resolve=resolve)
     # One watcher of job changes for every waiting request and event stream of this replica.
-    local_root = getattr(store, "root", None) if settings.store.kind == "local" else None
-    watch = JobWatch(queue, api.poll_s, local_root=local_root)
+    watch = JobWatch(queue, api.poll_s, local_root=store.root if isinstance(store, LocalStore) else None)
     context = ApiContext(settings=settings, queue=queue, tokens=tokens, clock=clock, metrics=ApiMetrics(queue),
                          renderer=renderer, upload_limit=upload_limit, resolve=resolve, webhook_secret=secret,
                          dispatcher=dispatcher, watch=watch)

@@ -6,7 +6,8 @@ commit or the final failure: ``processor.queue.keys``). ``JobWatch`` watches exa
 the jobs someone waits on, and wakes their waiters; the waiters then read the job's state once.
 
 - On the local store, the OS tells it (``watchdog`` on ``<state>/claims/`` and ``<state>/done/``):
-  no request at all.
+  no request at all. (A folder shared over a network file system may not report another host's
+  writes: there the waiters' own ``RESYNC_S`` is the bound.)
 - On S3 and COS, one thread probes each watched job every ``api.poll_s``: a HEAD of its claim and
   a LIST of its done markers (two requests, where a state read takes up to five), however many
   streams watch that job.

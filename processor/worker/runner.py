@@ -5,9 +5,12 @@ waits for the network and memory stays flat however many inputs there are::
 
     fetch thread   claim → check for an existing result → GET input (+ sidecar) → decode
          │  queue of run.prefetch items (their claims are renewed while they wait)
-    main thread    render every style
+    main thread    render every style (with run.cpu_workers compute processes: one thread per process)
          │  queue of run.upload_queue items
     upload thread  encode → put variants → commit manifest (conditional) → done marker → release
+
+The daemon's loop and its waits are ``processor.worker.daemon``'s: hints end an idle wait, and
+while a pass computes the fetch stage scans what a hint announces, so new work joins the pass.
 
 The worker only moves jobs between stages. What an input's state in the bucket is, and how it
 changes (claim, existing result, put output, commit, failure record, done marker, release), is

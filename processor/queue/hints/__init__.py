@@ -15,33 +15,34 @@ from processor.errors import ConfigError
 from processor.queue.hints.base import Hint, HintSource, Wakeup
 from processor.queue.keys import KeyLayout
 from processor.store.base import ObjectStore
+from processor.store.local import LocalStore
 
 __all__ = ["Hint", "HintSource", "Wakeup", "build_hint_sources", "chosen_hints"]
 
 
-def chosen_hints(settings: Settings) -> list[str]:
-    """``run.hints``, or its default for the configured store."""
+def chosen_hints(settings: Settings, store: ObjectStore) -> list[str]:
+    """``run.hints``, or its default for ``store``: ``bucket``, and ``local`` on the local store."""
     if settings.run.hints is not None:
         return list(dict.fromkeys(settings.run.hints))
-    return ["bucket", "local"] if settings.store.kind == "local" else ["bucket"]
+    return ["bucket", "local"] if isinstance(store, LocalStore) else ["bucket"]
 
 
 def build_hint_sources(settings: Settings, store: ObjectStore, *, names: Sequence[str] | None = None,
                        local_root: Path | None = None) -> list[HintSource]:
     """The sources ``run.hints`` names (not started). ``ConfigError`` when one cannot run with this
-    store or lacks its settings. ``local_root``: the local store's folder (default ``store.root``)."""
+    store or lacks its settings. ``local_root``: the folder to watch (default: the local store's)."""
     run, layout = settings.run, KeyLayout(settings.prefixes)
     sources: list[HintSource] = []
-    for name in names if names is not None else chosen_hints(settings):
+    for name in names if names is not None else chosen_hints(settings, store):
         if name == "bucket":
             from processor.queue.hints.bucket import RescanHintPoller
 
             sources.append(RescanHintPoller(store, layout, run.hint_poll_s))
         elif name == "local":
-            root = (local_root or getattr(store, "root", None)) if settings.store.kind == "local" else None
+            root = local_root or (store.root if isinstance(store, LocalStore) else None)
             if root is None:
-                raise ConfigError(f"run.hints: local watches the local store's folder, and store.kind is "
-                                  f"{settings.store.kind}; drop local from run.hints")
+                raise ConfigError(f"run.hints: local watches the local store's folder, and the store is "
+                                  f"{getattr(store, 'description', type(store).__name__)}; drop local from run.hints")
             from processor.queue.hints.local import LocalFolderWatcher
 
             sources.append(LocalFolderWatcher(Path(root), layout.prefixes.inputs))
