@@ -39,6 +39,7 @@ from processor.errors import (
     InvalidInput,
     InvalidKey,
     ItemError,
+    JobCancelled,
     ObjectNotFound,
     ObjectUnreadable,
     StageFailed,
@@ -86,6 +87,8 @@ class Job:
     prepared: Prepared | None = None
     rendered: Rendered | None = None
     error: ItemError | None = None
+    #: Set when the job was cancelled while it computed: the upload stage records the cancel.
+    cancelled: JobCancelled | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -408,8 +411,9 @@ class Worker:
             keeper.hold(delivery.claim)
         job = Job(delivery)
         try:
-            if self.queue.existing_result(delivery):
-                self._finish(job, Outcome.ALREADY, keeper, result)
+            ended = self.queue.existing_result(delivery)  # already done or failed, or cancelled
+            if ended is not None:
+                self._finish(job, ended, keeper, result)
                 return None
             self._report(job, "download")
             started = time.perf_counter()
@@ -461,19 +465,23 @@ class Worker:
             return
         self._report(job, "caption")
         claim = job.claim
+        with self.queue.watch_cancel(job.delivery, every_s=self.settings.claims.progress_s) as cancel:
 
-        def report(**progress: Any) -> None:
-            self.observer.heartbeat()  # each step is progress: /healthz must outlast a long item
-            if claim is not None:
-                claim.report(ClaimProgress(**progress))
-        try:
-            job.rendered = self.pipeline.compute(job.prepared, job.timings, report=report)
-        except ItemError as exc:
-            job.error = exc
-            if self.breaker.failed(job.key, exc) and not self._unhealthy:
-                self._trip()
-        else:
-            self.breaker.succeeded()
+            def report(**progress: Any) -> None:
+                self.observer.heartbeat()  # each step is progress: /healthz must outlast a long item
+                if claim is not None:
+                    claim.report(ClaimProgress(**progress))
+                cancel.stop_if_requested(progress)  # a flag the watch's own thread sets: no I/O here
+            try:
+                job.rendered = self.pipeline.compute(job.prepared, job.timings, report=report)
+            except JobCancelled as exc:  # not a failure: never counted by the breaker
+                job.cancelled = exc
+            except ItemError as exc:
+                job.error = exc
+                if self.breaker.failed(job.key, exc) and not self._unhealthy:
+                    self._trip()
+            else:
+                self.breaker.succeeded()
 
     def _trip(self) -> None:
         """The breaker tripped: take no more work. The item that tripped it and those computed
@@ -506,7 +514,10 @@ class Worker:
                 self._finish(job, Outcome.LOST, keeper, result)
                 continue
             try:
-                outcome = self._publish_failure(job) if job.error else self._publish(job)
+                if job.cancelled is not None:
+                    outcome = self.queue.finish_cancelled(job.delivery, job.cancelled.progress)
+                else:
+                    outcome = self._publish_failure(job) if job.error else self._publish(job)
             except FatalError:
                 self._finish(job, Outcome.RELEASED, keeper, result)
                 raise
