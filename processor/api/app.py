@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from processor.api import openapi
 from processor.api.clients import Access, read_keys, resolve_access
 from processor.api.deps import ApiContext
 from processor.api.guard import OpenServerGuard, own_hosts
@@ -114,7 +115,7 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
     app.state.metrics = context.metrics
     app.state.webhooks = dispatcher
     if api.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=api.cors_origins, allow_methods=["GET", "POST"],
+        app.add_middleware(CORSMiddleware, allow_origins=api.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Prefer"])
     app.add_middleware(BodyLimits, budget=budget)
     if access.open:
@@ -127,6 +128,7 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
     for module in (health, jobs, files, events, prototype, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=str(pages.STATIC_DIR)), name="static")
+    openapi.install(app)
     return app
 
 
