@@ -3,9 +3,9 @@
 ``create_app(settings, store)`` builds it (tests build one per store); ``processor serve`` runs
 it under uvicorn (``processor.api.server``). Stateless: replicas share nothing but the bucket, which
 every route reads and writes through one ``BucketQueue`` (``processor.queue``), handed to it as a
-dependency (``processor.api.deps``). In front of the routes, outermost first: an open server's Host
-and Origin checks (``processor.api.guard``), the body budget and deadline (``processor.api.limits``)
-and CORS.
+dependency (``processor.api.deps``). In front of the routes, outermost first: the request metrics
+and spans (``processor.api.http_metrics.RequestObserver``), an open server's Host and Origin checks
+(``processor.api.guard``), the body budget and deadline (``processor.api.limits``) and CORS.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from processor.api import openapi
 from processor.api.clients import Access, read_keys, resolve_access
 from processor.api.deps import ApiContext
 from processor.api.guard import OpenServerGuard, own_hosts
-from processor.api.http_metrics import ApiMetrics
+from processor.api.http_metrics import ApiMetrics, RequestObserver
 from processor.api.limits import (
     BodyBudget,
     BodyBudgetFull,
@@ -51,6 +51,7 @@ from processor.config import Settings
 from processor.errors import ConfigError, StoreAccessError, StoreError
 from processor.queue.protocol import BucketQueue
 from processor.store.base import ObjectStore
+from processor.tracing import NO_TRACING, Tracer
 
 log = logging.getLogger("processor.api")
 
@@ -61,14 +62,15 @@ STORE_RETRY_AFTER_S = 5
 def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None = None,
                resolve: Resolver | None = None, clock: Callable[[], float] = time.monotonic,
                self_url: str | None = None, webhook_secret: str | None = None,
-               access: Access | None = None) -> FastAPI:
+               access: Access | None = None, tracer: Tracer = NO_TRACING) -> FastAPI:
     """The API over ``store``. ``access``: who may call (``processor.api.clients``); default from
     ``keys`` (entries as in ``PROCESSOR_API_KEYS``; ``[]``: open), else from the environment
     (``resolve_access``: without clients, one generated admin token, in ``app.state.access``).
     ``resolve``: host name → addresses, for the webhook check (tests inject one). ``self_url``:
     where this server listens, for the links in webhooks when ``api.public_url`` is unset, and an
     open server's own host. ``webhook_secret``: default from ``api.webhook_secret_env``; without
-    one, requests with a ``webhook`` are refused (unsigned webhooks could be forged)."""
+    one, requests with a ``webhook`` are refused (unsigned webhooks could be forged). ``tracer``:
+    a span per request (``processor.tracing``; default: none)."""
     api = settings.api
     access = access or resolve_access(settings, keys)
     if access.open:
@@ -122,6 +124,8 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
         hosts = own_hosts(self_url=self_url, public_url=api.public_url, allowed=api.allowed_hosts)
         origins = [*api.cors_origins, *([api.public_url] if api.public_url else [])]
         app.add_middleware(OpenServerGuard, hosts=hosts, origins=[_origin_of(o) for o in origins])
+    # Outermost: every answer is counted, the guards' and the limits' too.
+    app.add_middleware(RequestObserver, metrics=context.metrics, tracer=tracer)
     add_problem_handlers(app)
     app.add_exception_handler(pages.LoginRequired, pages.login_redirect)
     app.add_exception_handler(pages.LoggedInByUrl, pages.url_login)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import Enum
+from typing import NamedTuple
 
 from processor.config import DEFAULT_CLAIM_MAX_TTL_S
 from processor.errors import InvalidKey, ObjectNotFound, ObjectUnreadable, PreconditionFailed
@@ -130,6 +131,15 @@ class JobPage:
     jobs: list[JobState]
     #: Pass as ``cursor`` for the next page; None on the last one.
     next_cursor: str | None
+
+
+class BacklogCount(NamedTuple):
+    """What ``backlog`` counts: inputs without a result, how many of them a worker holds, and when
+    the oldest of them was uploaded (None: none pending)."""
+
+    pending: int
+    claimed: int
+    oldest_pending_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -351,12 +361,14 @@ class BucketJobs:
         """A full scan: every input version without a result (LIST calls only)."""
         return scan(self.store, self.layout)
 
-    def backlog(self) -> tuple[int, int]:
-        """(inputs without a result, of them claimed by a worker): LIST calls only."""
+    def backlog(self) -> BacklogCount:
+        """Inputs without a result, of them claimed by a worker, and the oldest one's upload time:
+        LIST calls only."""
         backlog = self.scan()
         pending_claims = {item.keys.claim for item in backlog.pending}
         claimed = sum(1 for obj in self.store.list(self.layout.claims_prefix) if obj.key in pending_claims)
-        return len(backlog.pending), claimed
+        oldest = min((item.info.last_modified for item in backlog.pending), default=None)
+        return BacklogCount(len(backlog.pending), claimed, oldest)
 
     def status(self, recent: int = 5) -> QueueStatus:
         """Inputs by state (pending excludes those under a claim) and the ``recent`` latest

@@ -106,6 +106,8 @@ class Delivery:
     stale_failure: bool = False
     #: 1, or n + 1 when a retryable failure record says n attempts at this version failed.
     attempt: int = 1
+    #: The trace of the worker's work on it (``processor.tracing``), for the records it writes.
+    trace_id: str | None = None
 
     @property
     def key(self) -> str:
@@ -389,6 +391,7 @@ class BucketQueue(BucketJobs):
             final=final,
             max_attempts=self.max_attempts,
             worker=self.worker,
+            trace_id=d.trace_id,
         )
         self.store.put(d.item.keys.failure, record.to_json_bytes(), content_type="application/json")
         log.warning("input_failed", extra={"key": d.key, "error": record.error, "detail": record.message,
@@ -412,8 +415,8 @@ class BucketQueue(BucketJobs):
             self._cancels = CancelWatch(self.store, every_s)
         return self._cancels.watching(d.item.keys, d.etag)
 
-    def finish_cancelled(self, d: Delivery, progress: Mapping[str, object], *, request: CancelRecord | None = None,
-                         trace_id: str | None = None) -> Outcome:
+    def finish_cancelled(self, d: Delivery, progress: Mapping[str, object], *,
+                         request: CancelRecord | None = None) -> Outcome:
         """Record the cancel of ``d`` where its work stopped (``progress``: the engine's last report):
         the cancel record, then the ``cancelled`` done marker: ``CANCELLED``. ``REFUSED`` /
         ``ALREADY`` when another worker holds the claim or has committed this version (as ``fail``)."""
@@ -426,7 +429,7 @@ class BucketQueue(BucketJobs):
         keys = d.item.keys
         request = request or read_cancel(self.store, keys, d.etag)
         record = stopped_record(request, Source(key=d.key, etag=d.etag, size=d.size), progress,
-                                worker=self.worker, trace_id=trace_id)
+                                worker=self.worker, trace_id=d.trace_id)
         self.store.put(keys.cancel, record.to_json_bytes(), content_type="application/json")
         self._mark(d, Outcome.CANCELLED)
         log.info("cancelled", extra={"key": d.key, "etag": d.etag, "stage": record.stage, "step": record.step})

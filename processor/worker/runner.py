@@ -9,6 +9,9 @@ waits for the network and memory stays flat however many inputs there are::
          │  queue of run.upload_queue items
     upload thread  encode → put variants → commit manifest (conditional) → done marker → release
 
+With tracing on (``processor.tracing``) each item is one trace: an ``item`` span from its claim to
+its outcome, with ``claim``, ``download``, ``decode``, ``render``, ``upload`` and ``commit`` under it.
+
 The worker only moves jobs between stages. What an input's state in the bucket is, and how it
 changes (claim, existing result, put output, commit, failure record, done marker, release), is
 ``processor.queue.protocol.BucketQueue``'s; what happens to the pixels is
@@ -59,6 +62,7 @@ from processor.queue.outcomes import OFFER_AGAIN, PROGRESS, Outcome
 from processor.queue.protocol import AlreadyCommitted, BucketQueue, Delivery, InputObject, OutputTaken
 from processor.queue.scan import IncrementalScanner, WorkItem, scan, shard_of
 from processor.store.base import ObjectStore
+from processor.tracing import NO_SPAN, NO_TRACING, Span, Tracer
 from processor.worker.metrics import GuardedObserver, WorkerObserver
 
 log = logging.getLogger("processor.worker")
@@ -90,6 +94,8 @@ class Job:
     #: Set when the job was cancelled while it computed: the upload stage records the cancel.
     cancelled: JobCancelled | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    #: The item's span (``processor.tracing``), from its claim to ``_finish``.
+    trace: Span = NO_SPAN
 
     @property
     def item(self) -> WorkItem:
@@ -154,6 +160,7 @@ class Worker:
         observer: WorkerObserver | None = None,
         captioner: Any | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -182,6 +189,8 @@ class Worker:
         self.breaker = CircuitBreaker(settings.run.max_consecutive_failures)
         #: Set when the breaker tripped: the pass ends and raises it (exit EXIT_UNHEALTHY).
         self._unhealthy: WorkerUnhealthy | None = None
+        #: Spans of scans and items (``processor.tracing``); the default records nothing.
+        self.tracer = tracer
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -251,7 +260,9 @@ class Worker:
 
     def _my_items(self, scanner: IncrementalScanner | None = None) -> list[WorkItem]:
         scan_started = time.perf_counter()
-        backlog = scanner.scan() if scanner else scan(self.store, self.layout)
+        with self.tracer.span("scan", full=scanner is None) as span:
+            backlog = scanner.scan() if scanner else scan(self.store, self.layout)
+            span.set(inputs=backlog.inputs, pending=len(backlog.pending), requests=backlog.requests)
         items = backlog.pending
         run = self.settings.run
         if not self.claims:
@@ -391,9 +402,11 @@ class Worker:
     def _fetch(self, item: WorkItem, keeper: ClaimKeeper | None, result: PassResult) -> Job | None:
         """Claim, check for an existing result, read and prepare one input; None when it needs no
         compute (it has left through ``_finish``)."""
-        bind_item(item.keys.input)
+        trace = self.tracer.start("item", key=item.keys.input, etag=item.info.etag)
+        bind_item(item.keys.input, trace.trace_id)
         try:
-            delivery = self.queue.take(item)
+            with self.tracer.span("claim", parent=trace):
+                delivery = self.queue.take(item)
         except FatalError:
             raise
         except Exception as exc:  # a store error, or a bug on this item: never the worker's death
@@ -402,14 +415,15 @@ class Worker:
             # daemon would exit.
             log.warning("claim_failed", extra={"key": item.keys.input, "error": type(exc).__name__,
                                                "detail": str(exc)}, exc_info=not isinstance(exc, StoreError))
-            self._finish(self._unclaimed(item), Outcome.TRANSIENT, keeper, result)
+            self._finish(self._unclaimed(item, trace), Outcome.TRANSIENT, keeper, result)
             return None
         if delivery is None:
-            self._finish(self._unclaimed(item), Outcome.BUSY, keeper, result)
+            self._finish(self._unclaimed(item, trace), Outcome.BUSY, keeper, result)
             return None
         if delivery.claim and keeper:
             keeper.hold(delivery.claim)
-        job = Job(delivery)
+        delivery.trace_id = trace.trace_id
+        job = Job(delivery, trace=trace)
         try:
             ended = self.queue.existing_result(delivery)  # already done or failed, or cancelled
             if ended is not None:
@@ -417,11 +431,13 @@ class Worker:
                 return None
             self._report(job, "download")
             started = time.perf_counter()
-            job.input = self.queue.read_input(delivery, max_bytes=self.settings.pipeline.decode.max_bytes)
+            with self.tracer.span("download", parent=trace):
+                job.input = self.queue.read_input(delivery, max_bytes=self.settings.pipeline.decode.max_bytes)
             job.timings["download"] = round(time.perf_counter() - started, 4)
-            job.prepared = self.pipeline.prepare(job.input.body, name=job.key, sidecar=job.input.sidecar,
-                                                 sidecar_name=item.sidecar or "", metadata=job.input.metadata,
-                                                 timings=job.timings, read_object=self._read_style_image)
+            with self.tracer.span("decode", parent=trace):
+                job.prepared = self.pipeline.prepare(job.input.body, name=job.key, sidecar=job.input.sidecar,
+                                                     sidecar_name=item.sidecar or "", metadata=job.input.metadata,
+                                                     timings=job.timings, read_object=self._read_style_image)
         except ItemError as exc:
             job.error = exc
         except InvalidKey as exc:
@@ -452,20 +468,21 @@ class Worker:
         return self.queue.read_style_image(key, max_bytes=self.settings.pipeline.decode.max_bytes)
 
     @staticmethod
-    def _unclaimed(item: WorkItem) -> Job:
+    def _unclaimed(item: WorkItem, trace: Span = NO_SPAN) -> Job:
         """A job for an item we hold no claim on (busy, or the claim failed): for ``_finish``."""
-        return Job(Delivery(item=item, claim=None, etag=item.info.etag, size=item.info.size))
+        return Job(Delivery(item=item, claim=None, etag=item.info.etag, size=item.info.size), trace=trace)
 
     # ----------------------------------------------------------------- stage 2: compute
 
     def _compute(self, job: Job) -> None:
-        bind_item(job.key)
+        bind_item(job.key, job.trace.trace_id)
         self.observer.heartbeat()
         if job.error or (job.claim and job.claim.lost.is_set()) or job.prepared is None:
             return
         self._report(job, "caption")
         claim = job.claim
-        with self.queue.watch_cancel(job.delivery, every_s=self.settings.claims.progress_s) as cancel:
+        with self.tracer.span("render", parent=job.trace), \
+                self.queue.watch_cancel(job.delivery, every_s=self.settings.claims.progress_s) as cancel:
 
             def report(**progress: Any) -> None:
                 self.observer.heartbeat()  # each step is progress: /healthz must outlast a long item
@@ -508,7 +525,7 @@ class Worker:
             job = self._take(finished, computed.is_set)
             if job is _END:
                 return
-            bind_item(job.key)
+            bind_item(job.key, job.trace.trace_id)
             if job.claim and job.claim.lost.is_set():
                 log.warning("claim_lost_skip", extra={"key": job.key})
                 self._finish(job, Outcome.LOST, keeper, result)
@@ -561,18 +578,19 @@ class Worker:
         encoded = self.pipeline.encode(job.prepared, job.rendered, output_prefix=prefix, timings=job.timings)
         started = time.perf_counter()
         try:
-            try:
-                for f in encoded.files:
-                    self.queue.put_output(delivery, prefix + f.name, f.body, f.content_type)
-            except OutputTaken as exc:
-                # Shards: a twin pod (or a dead attempt) wrote these names; ours go beside them
-                # under names of our own, created only if absent, and the manifest names ours.
-                files, entries, sheet = attempt_scoped(encoded.files, encoded.variants, encoded.contact_sheet,
-                                                       output_prefix=prefix, token=uuid.uuid4().hex[:12])
-                encoded = Encoded(files=files, variants=entries, contact_sheet=sheet)
-                log.info("outputs_attempt_scoped", extra={"key": job.key, "taken": str(exc)})
-                for f in encoded.files:
-                    self.queue.put_new_output(prefix + f.name, f.body, f.content_type)
+            with self.tracer.span("upload", parent=job.trace, files=len(encoded.files)):
+                try:
+                    for f in encoded.files:
+                        self.queue.put_output(delivery, prefix + f.name, f.body, f.content_type)
+                except OutputTaken as exc:
+                    # Shards: a twin pod (or a dead attempt) wrote these names; ours go beside them
+                    # under names of our own, created only if absent, and the manifest names ours.
+                    files, entries, sheet = attempt_scoped(encoded.files, encoded.variants, encoded.contact_sheet,
+                                                           output_prefix=prefix, token=uuid.uuid4().hex[:12])
+                    encoded = Encoded(files=files, variants=entries, contact_sheet=sheet)
+                    log.info("outputs_attempt_scoped", extra={"key": job.key, "taken": str(exc)})
+                    for f in encoded.files:
+                        self.queue.put_new_output(prefix + f.name, f.body, f.content_type)
         except AlreadyCommitted as exc:
             log.warning("commit_refused", extra={"key": job.key, "reason": exc.reason})
             return Outcome.REFUSED
@@ -585,9 +603,11 @@ class Worker:
             worker=self.info,
             caption=job.rendered.caption,
             attempt=delivery.attempt,
+            trace_id=job.trace.trace_id,
         )
         started = time.perf_counter()
-        outcome = self.queue.commit(delivery, manifest)
+        with self.tracer.span("commit", parent=job.trace):
+            outcome = self.queue.commit(delivery, manifest)
         if outcome is Outcome.DONE:
             self.observer.stage("commit", time.perf_counter() - started)
         return outcome
@@ -624,7 +644,8 @@ class Worker:
     def _finish(self, job: Job, outcome: Outcome, keeper: ClaimKeeper | None, result: PassResult) -> None:
         """Every job leaves the worker here, once: count its outcome, tell the observer, give its
         claim back."""
-        bind_item(job.key)
+        bind_item(job.key, job.trace.trace_id)
+        job.trace.end(outcome=outcome.value)
         with self._count_lock:
             result.outcomes[outcome] += 1
             result.outcome_of[job.key] = outcome
