@@ -58,6 +58,13 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     keys = layout.for_input(key)
     bucket = BucketQueue(store, layout)
     manifest = bucket.result(key)
+    cancelled = bucket.cancelled(key) if manifest is None else None
+    if cancelled is not None:
+        step = f", step {cancelled.step} of {cancelled.steps}" if cancelled.step else ""
+        where = (cancelled.stage or "an unknown stage") + step
+        print(f"{key} was cancelled at {where} ({cancelled.cancelled_at}): no results; upload the photo again "
+              "to have it processed", file=sys.stderr)
+        return 1
     if manifest is None:
         try:
             store.head(key)

@@ -414,6 +414,11 @@ class BucketJobs:
             return manifest
         return read_record(self.store, keys.failure, FailureRecord)
 
+    def cancelled(self, input_key: str) -> CancelRecord | None:
+        """The record of the input's cancel, once it took effect (whichever version it names)."""
+        record = read_cancel(self.store, self.layout.for_input(input_key))
+        return record if record is not None and record.status == "cancelled" else None
+
     def folder_owner(self, input_key: str) -> str | None:
         """The input whose manifest holds this input's output folder, when it is another one."""
         owner = read_record(self.store, self.layout.for_input(input_key).manifest, Manifest)

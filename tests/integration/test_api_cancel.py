@@ -9,7 +9,7 @@ import io
 import json
 import threading
 from collections.abc import Iterator
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -152,7 +152,8 @@ def test_a_queued_job_is_removed_before_any_worker_takes_it(api, store, settings
 def test_processor_status_shows_the_cancelled_job(api, store, settings, tmp_path: Path) -> None:
     if not isinstance(store, LocalStore):
         pytest.skip("the command reads its store from the config: the local store's is enough")
-    with Running(store, settings, ENDLESS_STEPS), Client(http=api, token="token-root") as root:
+    root = Client(http=api, token="token-root")
+    with Running(store, settings, ENDLESS_STEPS):
         job = root.submit(photo_bytes(96, 72, seed=5), variants=1).id
         wait_until(lambda: (s := root.get(job)).progress is not None and s.progress.step, "the job running")
         root.cancel(job)
@@ -164,3 +165,8 @@ def test_processor_status_shows_the_cancelled_job(api, store, settings, tmp_path
         assert cli_main(["status", "--config", str(config), "--json"]) == 0
     counts = json.loads(printed.getvalue())
     assert (counts["cancelled"], counts["inputs"], counts["pending"], counts["done"]) == (1, 1, 0, 0)
+    # `processor results` says how it ended instead of "no results yet".
+    told = io.StringIO()
+    with redirect_stderr(told):
+        assert cli_main(["results", "--config", str(config), "--out", str(tmp_path / "out"), root.get(job).input]) == 1
+    assert "was cancelled at style:toon, step" in told.getvalue()
