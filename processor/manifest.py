@@ -1,7 +1,8 @@
-"""The wire format: ``manifest.json`` (the commit of one input) and failure records.
+"""The wire format: ``manifest.json`` (the commit of one input), failure records and cancel records.
 
-Both are pydantic models with a schema version; ``processor schema`` and
-``docs/manifest.schema.json`` / ``docs/failure.schema.json`` export their JSON Schema.
+Each is a pydantic model with a schema version; ``processor schema`` and
+``docs/manifest.schema.json`` / ``docs/failure.schema.json`` / ``docs/cancel.schema.json`` export
+their JSON Schema.
 Readers must check ``schema`` and ignore fields they do not know.
 """
 
@@ -18,6 +19,7 @@ MANIFEST_SCHEMA: Final = "toy-cartoonizer/manifest/v1"
 #: processor and is treated as unreadable, never downloaded whole.
 MAX_RECORD_BYTES = 1024 * 1024
 FAILURE_SCHEMA: Final = "toy-cartoonizer/failure/v1"
+CANCEL_SCHEMA: Final = "toy-cartoonizer/cancel/v1"
 
 
 def utcnow() -> datetime:
@@ -243,6 +245,9 @@ class Manifest(_Model):
     created_at: datetime = Field(default_factory=utcnow)
     #: The input's caption, when a style built its prompt from one (``caption.mode``).
     caption: CaptionInfo | None = None
+    #: The OpenTelemetry trace (32 hex digits) of the worker's work on this input, when tracing was
+    #: on (``tracing.enabled``): find its spans in the tracing backend with it.
+    trace_id: str | None = None
 
 
 class FailureRecord(_Model):
@@ -273,10 +278,42 @@ class FailureRecord(_Model):
     max_attempts: int | None = None
     #: When ``processor retry`` last requeued this input (None when it never did).
     requeued_at: datetime | None = None
+    #: The OpenTelemetry trace of the attempt that wrote this record, when tracing was on.
+    trace_id: str | None = None
+
+
+class CancelRecord(_Model):
+    """``<state>/cancel/<path>.json``: a request to cancel one input version (``requested``) and,
+    once it took effect, the record of it (``cancelled``): where the job was when it stopped
+    (``processor.queue.cancel``)."""
+
+    schema_: Literal["toy-cartoonizer/cancel/v1"] = Field(default=CANCEL_SCHEMA, alias="schema")
+    status: Literal["requested", "cancelled"] = "requested"
+    #: The input version cancelled: a new upload under the same key is new work, never cancelled by this.
+    source: Source
+    #: When that version was uploaded: a queued job's input is deleted, and its job keeps this date.
+    submitted_at: datetime | None = None
+    requested_at: datetime = Field(default_factory=utcnow)
+    #: The API client that asked (None: an open server's anonymous caller).
+    requested_by: str | None = None
+    cancelled_at: datetime | None = None
+    #: Where the job stopped: ``queued`` (removed before a worker took it), ``claimed`` (taken, not
+    #: started) or the stage of the worker's progress (``style:<name>``, ``caption``).
+    stage: str | None = None
+    #: The progress within ``stage`` when the worker stopped (None: the engine reports none).
+    round: int | None = None
+    rounds: int | None = None
+    step: int | None = None
+    steps: int | None = None
+    #: The worker that stopped it; None when the API removed a queued job.
+    worker: WorkerInfo | None = None
+    #: The OpenTelemetry trace of the worker's attempt, when tracing was on.
+    trace_id: str | None = None
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
     return {
         "manifest.schema.json": Manifest.model_json_schema(by_alias=True),
         "failure.schema.json": FailureRecord.model_json_schema(by_alias=True),
+        "cancel.schema.json": CancelRecord.model_json_schema(by_alias=True),
     }

@@ -7,7 +7,7 @@ import logging
 
 from starlette.requests import Request
 
-from processor.api.schemas import FailureOut, JobOut, Links, Progress, VariantOut
+from processor.api.schemas import CancelOut, FailureOut, JobOut, Links, Progress, VariantOut
 from processor.config.sections import ApiSettings
 from processor.queue.jobs import JobState, JobStatus
 from processor.queue.protocol import BucketQueue
@@ -81,4 +81,8 @@ class JobRenderer:
             f = state.failure
             out.failure = FailureOut(error=f.error, message=f.message, hint=f.hint, permanent=f.permanent,
                                      attempts=f.attempts)
+        if state.cancel is not None:
+            c = state.cancel
+            out.cancel = CancelOut(requested_at=c.requested_at, cancelled_at=c.cancelled_at, stage=c.stage,
+                                   round=c.round, rounds=c.rounds, step=c.step, steps=c.steps)
         return out

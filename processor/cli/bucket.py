@@ -30,6 +30,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         "in_progress": status.in_progress,
         "done": status.done,
         "failed": status.failed,
+        "cancelled": status.cancelled,
     }
     recent = [{"input": r.source.key, "error": r.error, "message": r.message, "hint": r.hint,
                "at": r.created_at.isoformat(), "attempts": r.attempts, "final": r.final}
@@ -57,6 +58,13 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     keys = layout.for_input(key)
     bucket = BucketQueue(store, layout)
     manifest = bucket.result(key)
+    cancelled = bucket.cancelled(key) if manifest is None else None
+    if cancelled is not None:
+        step = f", step {cancelled.step} of {cancelled.steps}" if cancelled.step else ""
+        where = (cancelled.stage or "an unknown stage") + step
+        print(f"{key} was cancelled at {where} ({cancelled.cancelled_at}): no results; upload the photo again "
+              "to have it processed", file=sys.stderr)
+        return 1
     if manifest is None:
         try:
             store.head(key)
@@ -125,7 +133,8 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     """Register ``status``, ``results`` and ``retry`` (``common``: --config, --log-level, --quiet)."""
-    p = sub.add_parser("status", parents=[common], help="counts of pending, in progress, done and failed inputs",
+    p = sub.add_parser("status", parents=[common],
+                       help="counts of pending, in progress, done, failed and cancelled inputs",
                        description="Count inputs by state (from LIST calls) and show the most recent failures.")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_status)

@@ -15,7 +15,9 @@ CONFIG_ENV = "PROCESSOR_CONFIG"
 #: values, not settings keys, so never read into the settings tree (nor shown in its errors).
 API_KEYS_ENV = "PROCESSOR_API_KEYS"
 WEBHOOK_SECRET_ENV = "PROCESSOR_WEBHOOK_SECRET"
-NOT_SETTINGS_ENV = frozenset({CONFIG_ENV, API_KEYS_ENV, WEBHOOK_SECRET_ENV})
+#: The token ``processor submit --api`` sends (a client's, of those in PROCESSOR_API_KEYS).
+API_TOKEN_ENV = "PROCESSOR_API_TOKEN"
+NOT_SETTINGS_ENV = frozenset({CONFIG_ENV, API_KEYS_ENV, WEBHOOK_SECRET_ENV, API_TOKEN_ENV})
 DEFAULT_CONFIG = Path("config.yaml")
 
 #: Seconds a claim stays valid without renewal.

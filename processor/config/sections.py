@@ -453,6 +453,18 @@ class LogSettings(Section):
     format: Literal["auto", "json", "text"] = "auto"
 
 
+class TracingSettings(Section):
+    """Optional OpenTelemetry traces of the worker's items and the API's requests (``processor.tracing``;
+    needs the ``otel`` extra)."""
+
+    enabled: bool = False
+    #: ``otlp``: OTLP over HTTP, where the standard ``OTEL_EXPORTER_OTLP_*`` variables say;
+    #: ``console``: spans printed to stderr (to try it out).
+    exporter: Literal["otlp", "console"] = "otlp"
+    #: Fraction of traces kept (0-1); a trace the caller sampled is kept whatever this says.
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
+
+
 class MetricsSettings(Section):
     """Prometheus ``/metrics`` and the probes ``/healthz``, ``/readyz`` of ``processor run``."""
 

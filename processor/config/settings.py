@@ -29,6 +29,7 @@ from processor.config.sections import (
     PrefixSettings,
     RunSettings,
     StoreSettings,
+    TracingSettings,
 )
 from processor.config.styles import StyleSettings, default_styles, work_bound_problem
 from processor.errors import ConfigError
@@ -50,6 +51,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     caption: CaptionSettings = CaptionSettings()
     api: ApiSettings = ApiSettings()
+    tracing: TracingSettings = TracingSettings()
 
     @model_validator(mode="after")
     def _styles_exist(self) -> Settings:

@@ -7,6 +7,7 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
 from processor.api.deps import Caller, Queue, check_visible
+from processor.api.openapi import AUTH_AND_STORE, problems
 from processor.api.problems import Problem
 from processor.errors import ObjectNotFound
 from processor.queue.jobs import UnknownJob
@@ -18,7 +19,10 @@ FILE_CACHE_CONTROL = "private, max-age=3600"
 router = APIRouter()
 
 
-@router.get("/v1/jobs/{job}/files/{name}")
+@router.get("/v1/jobs/{job}/files/{name}", response_class=Response, responses={
+    200: {"description": "The file's bytes.", "content": {
+        media: {"schema": {"type": "string", "format": "binary"}} for media in ("image/png", "image/jpeg")}},
+    **problems(*AUTH_AND_STORE, 404)})
 async def file(job: str, name: str, queue: Queue, caller: Caller, download: bool = False) -> Response:
     check_visible(queue, job, caller)
     media = "image/jpeg" if name.endswith(".jpg") else "image/png" if name.endswith(".png") else \

@@ -95,7 +95,7 @@ function follow(card, eventsUrl, onEnd) {
     setStatus(card, "running");
     setProgress(card, JSON.parse(e.data));
   });
-  for (const kind of ["done", "failed"]) {
+  for (const kind of ["done", "failed", "cancelled"]) {
     source.addEventListener(kind, (e) => {
       note(kind);
       source.close();
@@ -231,7 +231,7 @@ document.addEventListener("DOMContentLoaded", () => {
   const form = document.getElementById("upload");
   if (form) setupUpload(form);
   const single = document.querySelector("article.job.single");
-  if (single && !["done", "failed"].includes(single.dataset.status)) {
+  if (single && !["done", "failed", "cancelled"].includes(single.dataset.status)) {
     // The server rendered the job as it was; when it ends, render it again (its gallery or failure).
     follow(single, single.dataset.events, () => location.reload());
   }
