@@ -13,7 +13,7 @@ preview of the same frames.
 Both are deterministic: equal frames give equal bytes (bit-exact muxing, no timestamps, a fixed
 x264 thread count, which decides how x264 splits its work and so its output).
 
-PyAV is the ``video`` extra (``pip install toy-cartoonizer[video]``); it is imported here only,
+PyAV comes with the ``sd`` extra (``pip install toy-cartoonizer[sd]``); it is imported here only,
 when a clip is encoded or read.
 """
 
@@ -42,8 +42,8 @@ MP4_THREADS = 4
 #: WebP quality of the preview (0-100) and Pillow's effort (0 fast .. 6 small).
 WEBP_QUALITY = 80
 WEBP_METHOD = 4
-#: The extra that installs PyAV.
-VIDEO_EXTRA = "pip install 'toy-cartoonizer[video]' (PyAV)"
+#: What installs PyAV.
+VIDEO_EXTRA = "pip install 'toy-cartoonizer[sd]' (it brings PyAV, the av package)"
 
 
 @dataclass(frozen=True)
