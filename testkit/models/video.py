@@ -112,7 +112,12 @@ def build_ltx(path: Path) -> Path:
     """LTX-Video (saved as its text-to-video ``LTXPipeline``, as Lightricks/LTX-Video is): a
     transformer over 128 latent channels, the video VAE (32x spatial, 8x temporal) and a T5 encoder."""
     import torch
-    from diffusers import AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline, LTXVideoTransformer3DModel
+    from diffusers import (
+        AutoencoderKLLTXVideo,
+        FlowMatchEulerDiscreteScheduler,
+        LTXPipeline,
+        LTXVideoTransformer3DModel,
+    )
 
     torch.manual_seed(0)
     tokenizer = tiny_t5_tokenizer()
