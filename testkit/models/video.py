@@ -108,6 +108,29 @@ def build_wan_i2v(path: Path, *, image_encoder: bool = True) -> Path:
     return path
 
 
+def build_wan_ti2v(path: Path) -> Path:
+    """Wan 2.2 TI2V: saved as a text-to-video ``WanPipeline`` with ``expand_timesteps`` (as
+    Wan-AI/Wan2.2-TI2V-5B-Diffusers is), a transformer over 48 channels and the residual VAE that
+    compresses 16x in space (2x2 patches, then 8x) to a 48-channel latent; no image encoder (the
+    photo's latent replaces the first frame's)."""
+    import torch
+    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+
+    torch.manual_seed(0)
+    tokenizer = tiny_t5_tokenizer()
+    vae = AutoencoderKLWan(base_dim=16, decoder_base_dim=16, z_dim=48, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12,
+                           patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4, latents_mean=[0.0] * 48,
+                           latents_std=[1.0] * 48)
+    transformer = WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=48, out_channels=48,
+        text_dim=VIDEO_T5_WIDTH, freq_dim=32, ffn_dim=32, num_layers=1, rope_max_seq_len=32)
+    scheduler = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0)
+    WanPipeline(tokenizer=tokenizer, text_encoder=_t5(tokenizer), vae=vae, scheduler=scheduler, transformer=transformer,
+                expand_timesteps=True).save_pretrained(path, safe_serialization=True)
+    return path
+
+
 def build_ltx(path: Path) -> Path:
     """LTX-Video (saved as its text-to-video ``LTXPipeline``, as Lightricks/LTX-Video is): a
     transformer over 128 latent channels, the video VAE (32x spatial, 8x temporal) and a T5 encoder."""

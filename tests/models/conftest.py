@@ -226,6 +226,14 @@ def tiny_wan(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_wan_ti2v(tmp_path_factory) -> Path:
+    """Wan 2.2 TI2V (a WanPipeline folder with a 48-channel transformer and the 16x VAE)."""
+    from testkit.models.video import build_wan_ti2v
+
+    return build_once(tmp_path_factory, "tiny-wan-ti2v", build_wan_ti2v)
+
+
+@pytest.fixture(scope="session")
 def tiny_ltx(tmp_path_factory) -> Path:
     """LTX-Video, saved as its text-to-video LTXPipeline as the published checkpoint is."""
     from testkit.models.video import build_ltx

@@ -133,6 +133,43 @@ def test_still_style_then_animate_runs_in_one_pass_and_records_which_variant_it_
             first, Image.open(root / "inputs/toy.jpg"))
 
 
+def test_svd_animates_the_first_variant_of_a_still_style_in_the_same_pass(tiny_sd, tiny_svd, tmp_path, monkeypatch):
+    still = {"engine": "img2img", "model": str(tiny_sd), "trigger": "pixar", "steps": 2, "size": 64, "variants": 3,
+             "rounds": [{"strength": 0.5}], "seed": 20}
+    # Listed first, the animate style still runs after the still style it starts from.
+    styles = {"alive": svd_style(tiny_svd, image_from="disney"), "disney": still}
+    root = run_once(tmp_path, styles, monkeypatch, run={"styles": ["alive", "disney"], "allow_noncommercial": True})
+    keys = [v.key for v in read_manifest(root).variants]
+    assert keys == ["outputs/toy/disney-00.png", "outputs/toy/disney-01.png", "outputs/toy/disney-02.png",
+                    "outputs/toy/alive-00.mp4"]
+    clip = read_manifest(root).variants[-1]
+    assert (clip.video.source.style, clip.video.source.index, clip.video.source.seed) == ("disney", 0, 20)
+    assert probe_mp4((root / clip.key).read_bytes()).frames == 4
+
+
+def test_wan_2_2_ti2v_runs_from_its_text_to_video_folder(tiny_wan_ti2v):
+    style = AnimateStyle.model_validate(text_style(tiny_wan_ti2v, frames=5, size=64))
+    engine = make_engine("t", style, ModelLoader(ModelSettings()))
+    engine.setup()
+    (clip,) = engine(photo_image(80, 60))
+    p = clip.parameters
+    assert p["family"] == "wan-ti2v" and p["pipeline"] == "WanImageToVideoPipeline" and p["fps"] == 24
+    assert len(clip.video.frames) == 5 and p["size"] == "64x64"  # sides of 32: its 16x VAE, 2x2 patches
+    assert engine.pipe.config.expand_timesteps  # the folder's own setting carried over
+
+
+def test_a_style_sets_its_own_vae_tiling_recorded_like_the_workers_switches_and_sharing_styles_agree(tiny_wan):
+    loader = ModelLoader(ModelSettings())
+    tiled = make_engine("a", AnimateStyle.model_validate(text_style(tiny_wan, frames=5, vae_tiling="on")), loader)
+    tiled.setup()
+    (clip,) = tiled(photo_image(80, 60))
+    assert clip.parameters["performance"]["vae_tiling"] == "on" and clip.parameters["performance"]["vae_tiled"]
+    assert clip.parameters["performance"]["offload"] == "none"  # the worker's, on the CPU
+    other = make_engine("b", AnimateStyle.model_validate(text_style(tiny_wan, frames=5, vae_tiling="off")), loader)
+    with pytest.raises(ConfigError, match=r"is loaded by another style with other offload / vae_tiling"):
+        other.setup()
+
+
 def _first_frame(mp4: bytes) -> Image.Image:
     import io
 
