@@ -33,7 +33,9 @@ def test_the_mp4_is_h264_420_with_its_index_first_and_plays_the_frames_at_the_ra
         "h264", "yuv420p", 96, 64, 9, 12.0)
     assert clip.duration_s == pytest.approx(9 / 12)
     assert body.index(b"moov") < body.index(b"mdat")
-    assert encode_mp4(frames, 12) == body  # equal frames, equal bytes
+    # Equal frames, equal bytes: run after run (x264's variation, when it had one, showed about
+    # once in 40 runs; see video_encode.MP4_X264_PARAMS).
+    assert {encode_mp4(frames, 12) for _ in range(12)} == {body}
     assert encode_mp4(frames, 12, crf=40) != body
     with av.open(io.BytesIO(body)) as container:  # the moving disc survives: frames differ
         first, *_, last = [f.to_image() for f in container.decode(video=0)]
