@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from PIL import Image
 
@@ -59,8 +59,7 @@ class ControlUse:
 class ClipSource:
     """The picture a clip was animated from: the photo, or a variant of a still style (``image_from``)."""
 
-    #: ``photo`` or ``variant``.
-    kind: str = "photo"
+    kind: Literal["photo", "variant"] = "photo"
     style: str | None = None
     index: int | None = None
     seed: int | None = None

@@ -109,8 +109,8 @@ def _video_record(v: VariantImage, preview: str, preview_body: bytes, output_pre
         key = output_prefix + variant_name(source.style, source.index)
     return VideoRecord(frames=len(clip.frames), fps=clip.fps, duration_s=clip.duration_s,
                        preview=output_prefix + preview, preview_sha256=sha256_hex(preview_body),
-                       source=ClipSourceRecord(kind="variant" if source.kind == "variant" else "photo",
-                                               style=source.style, index=source.index, seed=source.seed, key=key))
+                       source=ClipSourceRecord(kind=source.kind, style=source.style, index=source.index,
+                                               seed=source.seed, key=key))
 
 
 def encode_outputs(
