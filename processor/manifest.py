@@ -170,8 +170,36 @@ class LicenseRecord(_Model):
     license: str | None = None
 
 
+class ClipSourceRecord(_Model):
+    """The picture a clip was animated from."""
+
+    #: ``photo`` (the input itself) or ``variant`` (a still style's variant: ``image_from``).
+    kind: Literal["photo", "variant"]
+    style: str | None = None
+    index: int | None = None
+    seed: int | None = None
+    #: Key of that variant's file (``outputs/<path>/<style>-<nn>.png``).
+    key: str | None = None
+
+
+class VideoRecord(_Model):
+    """A clip (``engine: animate``): the variant's ``key`` is its MP4; this says what it holds."""
+
+    frames: int
+    fps: int
+    duration_s: float
+    #: The MP4's video: H.264 in 4:2:0 (``yuv420p``), its index first (plays while downloading).
+    codec: Literal["h264"] = "h264"
+    pixel_format: Literal["yuv420p"] = "yuv420p"
+    #: Key of the animated WebP preview with the same frames (``<style>-<nn>.webp``), and its sha256.
+    preview: str
+    preview_sha256: str
+    source: ClipSourceRecord
+
+
 class Variant(_Model):
-    """One output image of one style, with how it was made and the hash of its bytes."""
+    """One output of one style, with how it was made and the hash of its bytes: a PNG, or for a
+    clip (``video``) an MP4."""
 
     key: str
     style: str
@@ -193,6 +221,8 @@ class Variant(_Model):
     clip: ClipSimilarity | None = None
     #: The models that made this variant, with their declared licences (empty: none, e.g. toon).
     licenses: list[LicenseRecord] = Field(default_factory=list)
+    #: Set for a clip (``engine: animate``): frames, fps, duration, preview and source picture.
+    video: VideoRecord | None = None
 
 
 class WorkerInfo(_Model):

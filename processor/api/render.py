@@ -70,9 +70,15 @@ class JobRenderer:
         if state.manifest is not None:
             for v in state.manifest.variants:
                 url, download = self.file_url(base, state, v.key), self.file_url(base, state, v.key, download=True)
-                if url is not None and download is not None:
-                    out.variants.append(VariantOut(url=url, download=download, style=v.style, index=v.index,
-                                                   seed=v.seed, width=v.width, height=v.height))
+                if url is None or download is None:
+                    continue
+                shown = VariantOut(url=url, download=download, style=v.style, index=v.index, seed=v.seed,
+                                   width=v.width, height=v.height)
+                if v.video is not None:  # a clip: the MP4 plays, its WebP preview is the poster
+                    shown = shown.model_copy(update={
+                        "kind": "video", "preview": self.file_url(base, state, v.video.preview),
+                        "frames": v.video.frames, "fps": v.video.fps, "duration_s": v.video.duration_s})
+                out.variants.append(shown)
             if state.manifest.contact_sheet:
                 out.contact_sheet = self.file_url(base, state, state.manifest.contact_sheet)
                 out.contact_sheet_download = self.file_url(base, state, state.manifest.contact_sheet, download=True)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,6 +45,14 @@ class VariantOut(BaseModel):
     seed: int
     width: int
     height: int
+    #: ``image`` (``url`` is a PNG) or ``video`` (``url`` is an H.264 MP4: ``engine: animate``).
+    kind: Literal["image", "video"] = "image"
+    #: A clip's animated WebP preview (the same frames; the ``<video>`` poster), its frame count,
+    #: frames per second and seconds.
+    preview: str | None = None
+    frames: int | None = None
+    fps: int | None = None
+    duration_s: float | None = None
 
 
 class FailureOut(BaseModel):

@@ -82,7 +82,9 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     # The folder name is a safe segment: an input named ".." must not become "--out/..".
     out = Path(args.out) / safe_segment(split_extension(keys.relpath.rsplit("/", 1)[-1])[0])
-    wanted = [v.key for v in manifest.variants] + ([manifest.contact_sheet] if manifest.contact_sheet else [])
+    # Every variant (a clip: its MP4 and its WebP preview) and the contact sheet.
+    wanted = [key for v in manifest.variants for key in (v.key, *([v.video.preview] if v.video else []))]
+    wanted += [manifest.contact_sheet] if manifest.contact_sheet else []
     # Whoever can write the bucket can write a manifest: only its own plain file names are fetched.
     for obj_key in wanted:
         if keys.output_name(obj_key) is None:
@@ -140,8 +142,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("results", parents=[common], help="download one input's outputs",
-                       description="Download the variants, contact sheet and manifest of one input. KEY is the "
-                       "input key (inputs/toys/bear.jpg) or its path under inputs/ (toys/bear.jpg).")
+                       description="Download the variants (a clip: its MP4 and WebP preview), contact sheet and "
+                       "manifest of one input. KEY is the input key (inputs/toys/bear.jpg) or its path under inputs/ "
+                       "(toys/bear.jpg).")
     p.add_argument("key", metavar="KEY")
     p.add_argument("--out", required=True, metavar="DIR")
     p.set_defaults(func=cmd_results)

@@ -12,7 +12,7 @@ from itertools import islice
 from typing import Any
 
 from processor.cli.compose import build_registry, build_store, detect_device
-from processor.config import Settings
+from processor.config import Settings, with_sources
 from processor.errors import EXIT_DOCTOR, FatalError, ProcessorError, StoreError
 from processor.queue.claims import probe_conditional_create
 from processor.redact import redact
@@ -110,7 +110,7 @@ def _store_checks(store: Any, settings: Settings) -> list[Row]:
 def _model_checks(settings: Settings, build_registry: Callable[[Settings], Any]) -> list[Row]:
     rows = []
     registry = build_registry(settings)
-    for name in settings.run.styles:
+    for name in with_sources(settings.run.styles, settings.styles):  # and the still styles animate styles start from
         try:
             engine = registry.engine(name)
             described = engine.describe()

@@ -14,8 +14,8 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
     """Fetch every configured diffusion model and every add-on model (caption models, CLIP scorer,
     hub LoRAs, IP-Adapters, ControlNets and their preprocessors, segmenter) into the cache,
     safetensors only. The add-ons are ``pull_list.addon_models``, the list ``--dry-run`` prints."""
-    from processor.models.loader import ModelLoader, configured_models
-    from processor.models.pull_list import addon_models
+    from processor.models.loader import ModelLoader
+    from processor.models.pull_list import addon_models, configured_models
 
     loader = ModelLoader(settings.models)
     wanted = configured_models(settings.styles)

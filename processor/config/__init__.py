@@ -3,7 +3,8 @@
 - ``base``: the section base class, defaults and bounds shared by every section, and ``ModelRef``
   (a model as configured: model, revision, license, weight_name);
 - ``styles``: the style sections (``styles.<name>``), their one diffusion base and the checks that
-  span a style;
+  span a style; ``animate``: the image-to-video style (``engine: animate``) and its chain checks;
+  ``engines``: every style section by its ``engine`` key;
 - ``addons``: what a style loads beside its model (LoRA, LCM, refiner, ControlNets and their
   preprocessors, IP-Adapter) and its background;
 - ``sections``: the other sections (store, prefixes, run, claims, pipeline, models, caption, ...);
@@ -24,11 +25,13 @@ from processor.config.addons import (
     PreprocessorSettings,
     RefinerSettings,
 )
+from processor.config.animate import AnimateStyle
 from processor.config.base import (
     DEFAULT_CLAIM_MAX_TTL_S,
     DEFAULT_CONTACT_SHEET_MAX_PIXELS,
     DEFAULT_METRICS_PORT,
     DEFAULT_PNG_COMPRESS_LEVEL,
+    MAX_FRAMES,
     MAX_PROMPT_CHARS,
     MAX_SEED,
     BackgroundMode,
@@ -50,6 +53,7 @@ from processor.config.sections import (
     PerformanceSettings,
     PrefixSettings,
     StoreSettings,
+    VideoSettings,
 )
 from processor.config.settings import (
     Settings,
@@ -65,6 +69,7 @@ from processor.config.styles import (
     ToonStyle,
     Txt2ImgStyle,
     background_model,
+    with_sources,
     work_bound_problem,
 )
 
@@ -75,8 +80,10 @@ __all__ = [
     "DEFAULT_PNG_COMPRESS_LEVEL",
     "DEFAULT_PREPROCESSOR_WEIGHTS",
     "DEFAULT_PROMPT_TEMPLATE",
+    "MAX_FRAMES",
     "MAX_PROMPT_CHARS",
     "MAX_SEED",
+    "AnimateStyle",
     "BackgroundMode",
     "CaptionSettings",
     "ClipScoreSettings",
@@ -108,7 +115,9 @@ __all__ = [
     "ToonStyle",
     "Txt2ImgStyle",
     "VariantCount",
+    "VideoSettings",
     "background_model",
     "load_settings",
+    "with_sources",
     "work_bound_problem",
 ]

@@ -33,8 +33,13 @@ from processor.config.base import (
     DEFAULT_METRICS_PORT,
     DEFAULT_METRICS_STALL_S,
     DEFAULT_MIN_SIDE,
+    DEFAULT_MP4_CRF,
     DEFAULT_PNG_COMPRESS_LEVEL,
     DEFAULT_RELIST_S,
+    DEFAULT_VIDEO_MAX_DECODE_CHUNK,
+    DEFAULT_VIDEO_MAX_FRAMES,
+    DEFAULT_VIDEO_MAX_SIZE,
+    MAX_FRAMES,
     WEBHOOK_SECRET_ENV,
     Section,
 )
@@ -222,6 +227,20 @@ class ClipScoreSettings(Section):
     revision: str | None = None
 
 
+class VideoSettings(Section):
+    """Bounds on the clips of ``engine: animate`` styles, the styles' own settings and an input's
+    sidecar alike (a sidecar cannot ask for 10,000 frames), and how the MP4s are encoded."""
+
+    #: Frames one clip may have (a style's ``frames``, its family's default, a sidecar's ``frames``).
+    max_frames: int = Field(default=DEFAULT_VIDEO_MAX_FRAMES, ge=2, le=MAX_FRAMES)
+    #: Pixels: the longest working side of a clip (a style's ``size``, else its family's native size).
+    max_size: int = Field(default=DEFAULT_VIDEO_MAX_SIZE, ge=64, le=4096)
+    #: Frames Stable Video Diffusion's VAE may decode at once (a style's ``decode_chunk_size``).
+    max_decode_chunk_size: int = Field(default=DEFAULT_VIDEO_MAX_DECODE_CHUNK, ge=1, le=MAX_FRAMES)
+    #: x264 constant rate factor of the MP4s: 0 lossless, 18 visually lossless, 23 x264's default, 51 worst.
+    crf: int = Field(default=DEFAULT_MP4_CRF, ge=0, le=51)
+
+
 class PipelineSettings(Section):
     decode: DecodeSettings = DecodeSettings()
     #: Write a contact sheet (the original beside every variant) per input.
@@ -244,6 +263,8 @@ class PipelineSettings(Section):
     #: CLIP image similarity of each variant to its photo (inside the subject's box when a subject
     #: mask is at hand, as the structure score); None: not scored, and no CLIP model loads.
     clip_score: ClipScoreSettings | None = None
+    #: Clip bounds and MP4 quality of ``engine: animate`` styles.
+    video: VideoSettings = VideoSettings()
 
 
 class RunSettings(Section):

@@ -16,7 +16,9 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from processor.config.animate import animate_problem
 from processor.config.base import CONFIG_ENV, DEFAULT_CONFIG, ENV_PREFIX, NOT_SETTINGS_ENV
+from processor.config.engines import ENGINE_KEYS, StyleSettings, default_styles
 from processor.config.licenses import noncommercial_problem
 from processor.config.sections import (
     ApiSettings,
@@ -31,7 +33,7 @@ from processor.config.sections import (
     StoreSettings,
     TracingSettings,
 )
-from processor.config.styles import StyleSettings, default_styles, work_bound_problem
+from processor.config.styles import work_bound_problem
 from processor.errors import ConfigError
 
 
@@ -64,6 +66,9 @@ class Settings(BaseSettings):
         problem = work_bound_problem(self.run.styles, self.styles, self.run)
         if problem:
             raise ValueError(f"run.styles {problem}")
+        problem = animate_problem(self.styles, self.pipeline.video)
+        if problem:
+            raise ValueError(problem)
         if self.api.direct_style is not None and self.api.direct_style not in self.styles:
             raise ValueError(f"api.direct_style {self.api.direct_style!r} is not defined under styles")
         if not self.run.allow_noncommercial:
@@ -197,8 +202,9 @@ def _describe(exc: ValidationError, path: Path, file_data: dict[str, Any]) -> st
 
 
 #: Discriminator tags pydantic puts in a style's error location.
-_ENGINE_TAGS = {"toon", "img2img", "instruct-pix2pix", "txt2img", "edit"}
-_KEY_FIRST = re.compile(r"([a-z_]+\.[a-z_]+) ")
+_ENGINE_TAGS = ENGINE_KEYS
+#: A message that starts with the key it is about: ``run.styles ...``, ``styles.<name>.image_from ...``.
+_KEY_FIRST = re.compile(r"([a-z_]+(?:\.[\w-]+)+) ")
 
 
 def _source_of(loc: list[str], path: Path, file_data: dict[str, Any]) -> str:

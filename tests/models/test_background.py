@@ -17,7 +17,8 @@ from processor.cli.main import main
 from processor.config import Img2ImgStyle, MaskSettings, ModelSettings, ToonStyle, load_settings
 from processor.errors import ConfigError
 from processor.manifest import Manifest
-from processor.models.loader import ModelLoader, configured_models
+from processor.models.loader import ModelLoader
+from processor.models.pull_list import configured_models
 from processor.pipeline.background import BackgroundEngine, composite, with_background
 from processor.pipeline.mask import SubjectMasker
 from processor.pipeline.toon import ToonEngine

@@ -42,12 +42,24 @@ function renderGallery(body, job) {
   const gallery = el("div", {class: "gallery", "data-role": "gallery"});
   for (const v of job.variants) {
     const fig = el("figure");
-    const link = el("a", {href: v.url});
-    link.append(el("img", {src: v.url, alt: `${v.style} variant ${v.index}`, width: v.width, height: v.height}));
-    const cap = el("figcaption", {}, `${v.style} #${v.index} · seed ${v.seed} · ${v.width}×${v.height} `);
-    const name = `${v.style}-${String(v.index).padStart(2, "0")}.png`;
+    const stem = `${v.style}-${String(v.index).padStart(2, "0")}`;
+    let shown, caption, name;
+    if (v.kind === "video") {
+      // A clip (engine: animate): the MP4 plays; its animated WebP preview is the poster.
+      shown = el("video", {src: v.url, poster: v.preview || "", width: v.width, height: v.height, controls: "",
+                           loop: "", muted: "", playsinline: "", preload: "metadata", "data-role": "clip"});
+      shown.muted = true;
+      caption = `${v.style} #${v.index} · seed ${v.seed} · ${v.width}×${v.height} · ${v.frames} frames at ${v.fps} fps `;
+      name = `${stem}.mp4`;
+    } else {
+      shown = el("a", {href: v.url});
+      shown.append(el("img", {src: v.url, alt: `${v.style} variant ${v.index}`, width: v.width, height: v.height}));
+      caption = `${v.style} #${v.index} · seed ${v.seed} · ${v.width}×${v.height} `;
+      name = `${stem}.png`;
+    }
+    const cap = el("figcaption", {}, caption);
     cap.append(el("a", {class: "button", href: v.download, download: name}, "Download"));
-    fig.append(link, cap);
+    fig.append(shown, cap);
     gallery.append(fig);
   }
   body.append(gallery);
