@@ -38,7 +38,9 @@ from processor.config.base import (
     VariantCount,
 )
 from processor.config.sections import (
+    DEFAULT_ONNX_SEGMENTER,
     DEFAULT_PROMPT_TEMPLATE,
+    KNOWN_ONNX_SEGMENTERS,
     CaptionSettings,
     ClipScoreSettings,
     DecodeSettings,
@@ -72,9 +74,11 @@ __all__ = [
     "DEFAULT_CLAIM_MAX_TTL_S",
     "DEFAULT_CONTACT_SHEET_MAX_PIXELS",
     "DEFAULT_METRICS_PORT",
+    "DEFAULT_ONNX_SEGMENTER",
     "DEFAULT_PNG_COMPRESS_LEVEL",
     "DEFAULT_PREPROCESSOR_WEIGHTS",
     "DEFAULT_PROMPT_TEMPLATE",
+    "KNOWN_ONNX_SEGMENTERS",
     "MAX_PROMPT_CHARS",
     "MAX_SEED",
     "BackgroundMode",

@@ -140,6 +140,11 @@ DEFAULT_MAX_COVERAGE = 0.90
 
 #: The ONNX segmenter families (``processor.pipeline.onnx_segmenter.FAMILIES``).
 OnnxFamily = Literal["u2net", "isnet", "birefnet"]
+#: ONNX segmenters known by name, each with its family: their files are pinned by hash and fetched
+#: into the model cache without the Hub (``processor.models.segmenters.PINNED_SEGMENTERS``).
+KNOWN_ONNX_SEGMENTERS: dict[str, OnnxFamily] = {"u2netp": "u2net"}
+#: The default subject segmenter: U^2-Net small, rembg's ``u2netp.onnx`` (4.5 MB, Apache-2.0).
+DEFAULT_ONNX_SEGMENTER = "u2netp"
 
 
 class OnnxSegmenterSettings(Section):
@@ -147,8 +152,9 @@ class OnnxSegmenterSettings(Section):
 
     ONNX files hold a graph and tensors, no pickle, so they keep the safe-weights rule."""
 
-    #: A local ``.onnx`` file, or a hub repo id whose ``file`` is fetched by ``processor models pull``.
-    model: str
+    #: ``u2netp`` (a segmenter known by name, pinned by hash), a local ``.onnx`` file, or a hub repo
+    #: id whose ``file`` is fetched by ``processor models pull``.
+    model: str = DEFAULT_ONNX_SEGMENTER
     #: The file inside the hub repo (ignored for a local file), e.g. ``onnx/model.onnx``.
     file: str = "model.onnx"
     revision: str | None = None
@@ -164,6 +170,12 @@ class OnnxSegmenterSettings(Section):
 
     @model_validator(mode="after")
     def _onnx_file(self) -> OnnxSegmenterSettings:
+        known = KNOWN_ONNX_SEGMENTERS.get(self.model)
+        if known is not None:
+            if self.family != known:
+                raise ValueError(f"onnx segmenter {self.model!r} is of the {known!r} family, not {self.family!r} "
+                                 f"(remove pipeline.mask.onnx.family)")
+            return self
         target = self.model if self.model.endswith(".onnx") else self.file
         if not target.endswith(".onnx"):
             raise ValueError(f"onnx segmenter file {target!r} must be an .onnx file (set pipeline.mask.onnx.file)")
@@ -173,13 +185,14 @@ class OnnxSegmenterSettings(Section):
 class MaskSettings(Section):
     """The subject mask background styles use (``processor.pipeline.mask``), one per input."""
 
-    #: An ONNX salient-object model (the rembg family, BiRefNet). When set and its file is present
-    #: it makes the masks; when it is missing or cannot load, GrabCut does, and the reason is
-    #: recorded in every variant's ``background.segmentation.fallback``.
-    onnx: OnnxSegmenterSettings | None = None
-    #: None: the classical segmenter (OpenCV GrabCut seeded from a border colour model; no weights).
-    #: Else a transformers semantic-segmentation model (hub id or local folder, safetensors only);
-    #: every pixel whose label is not in ``background_labels`` is subject.
+    #: An ONNX salient-object model (the rembg family, BiRefNet); by default ``u2netp``. When its
+    #: file is present (or can be fetched: online, not ``models.offline``) it makes the masks; when
+    #: it is missing, fails its hash or cannot load, GrabCut does, and the reason is recorded in
+    #: every variant's ``background.segmentation.fallback``. ``null``: GrabCut (OpenCV, seeded from
+    #: a border colour model; no weights).
+    onnx: OnnxSegmenterSettings | None = OnnxSegmenterSettings(model=DEFAULT_ONNX_SEGMENTER)
+    #: A transformers semantic-segmentation model (hub id or local folder, safetensors only) instead
+    #: of the ONNX one; every pixel whose label is not in ``background_labels`` is subject.
     segmenter: str | None = None
     segmenter_revision: str | None = None
     #: Labels of the segmenter that count as background (ADE20K scene classes by default; compared
@@ -196,6 +209,15 @@ class MaskSettings(Section):
     max_coverage: float = Field(default=DEFAULT_MAX_COVERAGE, gt=0, le=1)
     #: Pixels: the Gaussian sigma of the feathered edge (default: 1% of the image's short side).
     feather_px: float | None = Field(default=None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _segmenter_replaces_default_onnx(cls, data: object) -> object:
+        """A configured transformers segmenter takes the default ONNX model's place (both given is
+        still an error)."""
+        if isinstance(data, dict) and data.get("segmenter") and "onnx" not in data:
+            return {**data, "onnx": None}
+        return data
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> MaskSettings:
@@ -214,7 +236,7 @@ class ClipScoreSettings(Section):
 
     #: A hub id (``openai/clip-vit-large-patch14``) or a local folder holding a transformers
     #: ``CLIPModel`` (``config.json``, ``model.safetensors``, ``preprocessor_config.json``).
-    model: str
+    model: str = DEFAULT_ONNX_SEGMENTER
     #: The hub commit, branch or tag to load; the commit loaded is recorded in every variant.
     revision: str | None = None
 
