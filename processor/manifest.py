@@ -42,6 +42,9 @@ class Source(_Model):
     format: str | None = None
     #: What decode did to the pixels: EXIF rotation, colour conversion, first frame of many.
     notes: list[str] = Field(default_factory=list)
+    #: The description of the photo's embedded ICC profile ("Display P3"), from which decode
+    #: converted the pixels to sRGB; None: no profile (read as sRGB) or an unreadable one (a note says so).
+    color_profile: str | None = None
 
 
 class Segmentation(_Model):
