@@ -73,6 +73,10 @@ class JobRenderer:
                 if url is not None and download is not None:
                     out.variants.append(VariantOut(url=url, download=download, style=v.style, index=v.index,
                                                    seed=v.seed, width=v.width, height=v.height))
+            overlay = next((v.background.mask_overlay for v in state.manifest.variants
+                            if v.background is not None and v.background.mask_overlay), None)
+            if overlay:
+                out.mask_overlay = self.file_url(base, state, overlay)
             if state.manifest.contact_sheet:
                 out.contact_sheet = self.file_url(base, state, state.manifest.contact_sheet)
                 out.contact_sheet_download = self.file_url(base, state, state.manifest.contact_sheet, download=True)

@@ -65,6 +65,9 @@ OVERLAY_TINT_WEIGHT = 0.55
 OVERLAY_OUTLINE = (255, 0, 200)
 #: Fraction of the short side: the outline's thickness (at least 2 px).
 OUTLINE_FRACTION = 0.006
+#: Pixels: the long side of the overlay written beside ``mask.png`` in the outputs (it is for
+#: looking at on the job page, not for reuse).
+PREVIEW_SIDE = 1024
 
 
 class SegmenterKind(str, Enum):
@@ -184,6 +187,14 @@ def overlay(image: Image.Image, hard: np.ndarray) -> Image.Image:
     thickness = max(2, round(OUTLINE_FRACTION * min(hard.shape)))
     cv2.drawContours(out, contours, -1, OVERLAY_OUTLINE, thickness)
     return Image.fromarray(out, "RGB")
+
+
+def preview_overlay(image: Image.Image, mask: SubjectMask, long_side: int = PREVIEW_SIDE) -> Image.Image:
+    """``overlay`` of ``mask`` on ``image`` (the photo it was made from), at most ``long_side`` px long."""
+    size = fit_size(image.size, long_side)
+    shown = image if size == image.size else image.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+    hard = mask.hard if size == mask.size else mask.alpha_at(size) >= 128
+    return overlay(shown, hard)
 
 
 def fingerprint(image: Image.Image) -> str:

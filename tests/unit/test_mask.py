@@ -109,3 +109,30 @@ def test_outputs_write_one_mask_and_a_background_record_per_variant():
     plain, _, _ = encode_outputs(photo, [VariantImage(style="t", engine="toon", index=0, seed=0, image=photo)],
                                  output_prefix="outputs/b/", sheet_height=None)
     assert [f.name for f in plain] == ["t-00.png"]
+
+
+def test_outputs_write_the_mask_over_the_photo_beside_the_mask():
+    """mask-overlay.jpg (background tinted, subject outlined; sRGB, at most PREVIEW_SIDE long) comes
+    right after mask.png, every background record names it, and attempt-scoped names follow it."""
+    import io
+
+    from processor.pipeline.base import VariantImage
+    from processor.pipeline.mask import PREVIEW_SIDE
+    from processor.pipeline.outputs import attempt_scoped, encode_outputs
+    from processor.queue.keys import MASK_NAME, MASK_OVERLAY_NAME
+
+    photo = scene(1200, 900, 0, scale=0.6).image
+    mask = SubjectMasker(GRABCUT)(photo)
+    info = {"mode": "generate", "prompt": "a beach", "coverage": round(mask.coverage, 4), "applied": True}
+    variants = [VariantImage(style="s", engine="toon", index=0, seed=0, image=photo, background=info, mask=mask)]
+    files, entries, sheet = encode_outputs(photo, variants, output_prefix="outputs/a/", sheet_height=32)
+    assert [f.name for f in files][:2] == [MASK_NAME, MASK_OVERLAY_NAME] and files[1].content_type == "image/jpeg"
+    shown = Image.open(io.BytesIO(files[1].body))
+    assert shown.size == (PREVIEW_SIDE, 768) and shown.info.get("icc_profile")
+    pixels = np.asarray(shown.convert("RGB"), float)
+    small = np.asarray(photo.resize(shown.size), float)
+    outside = mask.alpha_at(shown.size) == 0
+    assert np.abs(pixels[outside] - small[outside]).mean() > 20  # the background is tinted
+    assert entries[0].background.mask_overlay == "outputs/a/" + MASK_OVERLAY_NAME
+    _, renamed, _ = attempt_scoped(files, entries, sheet, output_prefix="outputs/a/", token="t1")
+    assert renamed[0].background.mask_overlay == "outputs/a/mask-overlay.t1.jpg"
