@@ -6,7 +6,7 @@ Policies: torch runs one intra-op thread in the tests and the processes they sta
 
 Real weights: the one real model the tests run is ``u2netp`` (the default subject segmenter,
 4.5 MB): ``u2netp_model`` fetches it once, through the product's own fetch path, into the test
-model cache (``PROCESSOR_TEST_MODEL_CACHE``, default ``.cache/test-models`` in the checkout, which
+model cache (``TEST_MODEL_CACHE``, default ``.cache/test-models`` in the checkout, which
 ``.ci/run`` fills and reuses). That folder is the Hugging Face hub cache of the whole session
 (``HF_HUB_CACHE``, subprocesses included), so a test never reads or writes the developer's own
 cache, and a worker a test starts with the default mask settings finds the model there.
@@ -49,7 +49,7 @@ TEST_TORCH_THREADS = 1
 for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, str(TEST_TORCH_THREADS))
 #: The test model cache (see the module docstring); set before anything imports huggingface_hub.
-TEST_MODEL_CACHE = Path(os.environ.get("PROCESSOR_TEST_MODEL_CACHE")
+TEST_MODEL_CACHE = Path(os.environ.get("TEST_MODEL_CACHE")
                         or Path(__file__).resolve().parent.parent / ".cache" / "test-models")
 os.environ["HF_HUB_CACHE"] = str(TEST_MODEL_CACHE)
 if "torch" in sys.modules:  # imported before this file (a plugin): the variables came too late
