@@ -1,9 +1,12 @@
 """Mask benchmark: IoU of each segmenter against the true mask of synthetic toy photos.
 
-    python -m bench.masks [--long-side 256] [--seeds 1] [--segmenters grabcut,u2netp]
+    python -m bench.masks [--long-side 256] [--seeds 1] [--segmenters grabcut,u2netp] [--composed 2]
                           [--onnx MODEL.onnx --family u2net]
 
-Scenes come from ``bench.mask_scenes`` (every scene type at every placement and aspect ratio).
+Scenes come from ``bench.mask_scenes`` (every scene type at every placement and aspect ratio);
+``--composed N`` adds N composed photos of each room of ``testkit.photos`` (a plush toy on a
+table in front of a room out of focus, with lens blur, noise and JPEG), scored apart as
+``<segmenter>_composed_iou`` (their mean) and not counted in the scene figures.
 Segmenters: ``grabcut`` (no weights), ``u2netp`` (the default real model, from the model cache;
 fetched first when it is missing and the network allows) and, with ``--onnx``, any ONNX file as
 ``onnx``. Prints, per segmenter, one ``<segmenter>_<scene type>_iou`` line per scene type (the
@@ -94,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument("--onnx", metavar="MODEL", help="also score an ONNX segmenter (local .onnx file)")
     parser.add_argument("--family", default="u2net", choices=["u2net", "isnet", "birefnet"],
                         help="the --onnx model's family (default u2net)")
+    parser.add_argument("--composed", type=int, default=2,
+                        help="composed photos per room, scored apart (default 2; 0: none)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     args = parser.parse_args(argv)
 
@@ -107,9 +112,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     settings = {name: SEGMENTERS[name] for name in chosen}
     if args.onnx:
         settings["onnx"] = MaskSettings(onnx=OnnxSegmenterSettings(model=args.onnx, family=args.family))
-    results: dict[str, float] = {"scenes": len(scenes), "long_side": args.long_side}
+    from testkit.photos import COMPOSED_KINDS, composed_photo
+
+    composed = [composed_photo(kind, seed) for seed in range(args.composed) for kind in COMPOSED_KINDS]
+    results: dict[str, float] = {"scenes": len(scenes), "long_side": args.long_side, "composed": len(composed)}
     for name, mask_settings in settings.items():
-        results |= score(name, ready_masker(name, mask_settings), scenes).report()
+        masker = ready_masker(name, mask_settings)
+        results |= score(name, masker, scenes).report()
+        if composed:
+            results[f"{name}_composed_iou"] = round(score(name, masker, composed).mean, 4)
     if args.json:
         print(json.dumps(results))
     else:

@@ -245,3 +245,14 @@ def test_a_background_style_records_the_real_model(u2netp_model, tiny_sd, tmp_pa
     assert bg.applied and bg.segmenter == "onnx:u2netp"
     assert bg.segmentation.kind == "onnx" and bg.segmentation.sha256 == U2NETP.sha256
     assert bg.segmentation.fallback is None
+
+
+def test_the_mask_bench_scores_the_real_model_beside_grabcut(u2netp_model, capsys):
+    from bench import masks as mask_bench
+
+    results = mask_bench.main(["--long-side", "160", "--aspects", "1:1", "--types", "wall,hand", "--composed", "1"])
+    assert results["composed"] == len(COMPOSED_KINDS)
+    for segmenter in ("grabcut", "u2netp"):
+        assert {f"{segmenter}_{k}_iou" for k in ("wall", "hand", "mean", "worst_type", "composed")} <= set(results)
+    # The composed photos (closer to a phone's than the flat scenes): the model finds the toy.
+    assert results["u2netp_composed_iou"] >= 0.9
