@@ -162,3 +162,19 @@ def test_every_segmenter_the_config_knows_by_name_is_pinned():
 
     assert set(KNOWN_ONNX_SEGMENTERS) == set(PINNED_SEGMENTERS) == {"u2netp"}
     assert U2NETP.file == "u2netp.onnx" and len(U2NETP.sha256) == 64 and len(U2NETP.md5) == 32
+
+
+def test_models_pull_lists_the_default_segmenter_and_says_how_to_fetch_it(tmp_path):
+    """The shared list of ``models pull``, its dry run and doctor holds u2netp by default; looked
+    up offline in an empty cache it names the command that fetches it."""
+    from processor.config import load_settings
+    from processor.models.loader import ModelLoader
+    from processor.models.pull_list import Role, addon_models
+
+    settings = load_settings(None, models={"cache_dir": str(tmp_path), "offline": True})
+    [segmenter] = [a for a in addon_models(settings, ModelLoader(settings.models)) if a.role is Role.SEGMENTER]
+    assert (segmenter.shown, segmenter.styles) == ("u2netp", ())
+    with pytest.raises(ModelUnavailableError, match=r"processor models pull --mask"):
+        segmenter.fetch(False)
+    grabcut = load_settings(None, pipeline={"mask": {"onnx": None}})
+    assert not [a for a in addon_models(grabcut, ModelLoader(grabcut.models)) if a.role is Role.SEGMENTER]
