@@ -80,7 +80,7 @@ def models_pull_dry_run(loader: Any, wanted: list[tuple[str, str | None]], conve
             got = addon.fetch(False)
             state = f"cached: {got.path}{got.note}" + (f" (commit {got.commit})" if got.commit else "")
         except ProcessorError as exc:
-            missing += 1
+            missing += 0 if addon.fallback else 1  # one that has a fallback does not stop a worker
             state = f"NOT in the cache: {exc}" if loader.offline else "would fetch (not in the cache yet)"
         print(f"  {addon.label} {addon.shown}{used}: {state}")
     failed = not all(p.loads(convert) for p in plans) or (loader.offline and missing > 0)

@@ -178,3 +178,19 @@ def test_models_pull_lists_the_default_segmenter_and_says_how_to_fetch_it(tmp_pa
         segmenter.fetch(False)
     grabcut = load_settings(None, pipeline={"mask": {"onnx": None}})
     assert not [a for a in addon_models(grabcut, ModelLoader(grabcut.models)) if a.role is Role.SEGMENTER]
+
+
+def test_a_missing_segmenter_warns_in_doctor_and_dry_run_but_fails_neither(tmp_path, capsys, monkeypatch):
+    """Offline without u2netp the worker still masks (GrabCut, recorded), so doctor warns and says
+    so, and the offline dry run lists it as missing without failing."""
+    from processor.cli.main import main
+
+    config = tmp_path / "config.yaml"
+    config.write_text(f"store: {{kind: local, root: {tmp_path / 'bucket'}}}\n"
+                      f"models: {{offline: true, cache_dir: {tmp_path / 'cache'}}}\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["models", "pull", "--mask", "--dry-run", "--config", str(config)]) == 0
+    assert "segmenter u2netp: NOT in the cache" in capsys.readouterr().out
+    main(["doctor", "--config", str(config)])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("segmenter")]
+    assert len(rows) == 1 and " warn " in rows[0] and "until then GrabCut makes the masks" in rows[0], rows
