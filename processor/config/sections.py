@@ -236,7 +236,7 @@ class ClipScoreSettings(Section):
 
     #: A hub id (``openai/clip-vit-large-patch14``) or a local folder holding a transformers
     #: ``CLIPModel`` (``config.json``, ``model.safetensors``, ``preprocessor_config.json``).
-    model: str = DEFAULT_ONNX_SEGMENTER
+    model: str
     #: The hub commit, branch or tag to load; the commit loaded is recorded in every variant.
     revision: str | None = None
 
