@@ -44,6 +44,9 @@ class Source(_Model):
     format: str | None = None
     #: What decode did to the pixels: EXIF rotation, colour conversion, first frame of many.
     notes: list[str] = Field(default_factory=list)
+    #: The description of the photo's embedded ICC profile ("Display P3"), from which decode
+    #: converted the pixels to sRGB; None: no profile (read as sRGB) or an unreadable one (a note says so).
+    color_profile: str | None = None
 
 
 class Segmentation(_Model):
@@ -61,7 +64,8 @@ class Segmentation(_Model):
     #: ONNX: the model family (input size, normalisation) and the onnxruntime execution provider.
     family: str | None = None
     provider: str | None = None
-    #: Set when a model is configured but GrabCut made the mask: why (missing file, not loadable).
+    #: Set when a model is configured but GrabCut made the mask: why (missing file, wrong hash,
+    #: not loadable).
     fallback: str | None = None
 
 
@@ -79,6 +83,9 @@ class Background(_Model):
     seed: int | None = None
     #: Key of the input's subject mask (``outputs/<path>/mask.png``).
     mask: str | None = None
+    #: Key of the mask drawn over the photo (``outputs/<path>/mask-overlay.jpg``: background tinted,
+    #: subject outlined), to see why a background went wrong.
+    mask_overlay: str | None = None
     #: Fraction of the image the subject mask covers.
     coverage: float
     #: ``grabcut``, ``onnx:<model>`` or ``model:<segmenter>``.

@@ -81,6 +81,10 @@ class JobRenderer:
                         "kind": "video", "preview": self.file_url(base, state, v.video.preview),
                         "frames": v.video.frames, "fps": v.video.fps, "duration_s": v.video.duration_s})
                 out.variants.append(shown)
+            overlay = next((v.background.mask_overlay for v in state.manifest.variants
+                            if v.background is not None and v.background.mask_overlay), None)
+            if overlay:
+                out.mask_overlay = self.file_url(base, state, overlay)
             if state.manifest.contact_sheet:
                 out.contact_sheet = self.file_url(base, state, state.manifest.contact_sheet)
                 out.contact_sheet_download = self.file_url(base, state, state.manifest.contact_sheet, download=True)

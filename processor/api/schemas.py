@@ -89,6 +89,9 @@ class JobOut(BaseModel):
     variants: list[VariantOut] = Field(default_factory=list)
     contact_sheet: str | None = None
     contact_sheet_download: str | None = None
+    #: The subject mask drawn over the photo (background tinted, subject outlined), when a style
+    #: changed the background: where to look when a background went wrong.
+    mask_overlay: str | None = None
     #: The manifest (``docs/manifest.schema.json``), when done.
     manifest: dict[str, Any] | None = None
     #: The failure record (``docs/failure.schema.json``), when failed.

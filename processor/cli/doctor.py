@@ -174,7 +174,9 @@ def _addon_checks(settings: Settings) -> list[Row]:
         try:
             got = addon.fetch(False)
         except ProcessorError as exc:
-            if used and offline:
+            if addon.fallback:  # never fatal: something else runs in its place
+                rows.append(Row(addon.label, "warn", f"{exc}; until then {addon.fallback}"))
+            elif used and offline:
                 rows.append(Row(addon.label, "FAIL", str(exc)))
             elif used:
                 rows.append(Row(addon.label, "warn", f"{where}: not in the cache yet; `processor models pull` "

@@ -15,13 +15,19 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
     hub LoRAs, IP-Adapters, ControlNets and their preprocessors, segmenter) into the cache,
     safetensors only. The add-ons are ``pull_list.addon_models``, the list ``--dry-run`` prints."""
     from processor.models.loader import ModelLoader
-    from processor.models.pull_list import addon_models, configured_models
+    from processor.models.pull_list import Role, addon_models, configured_models
 
     loader = ModelLoader(settings.models)
     wanted = configured_models(settings.styles)
     convert = args.convert_pickle or settings.models.convert_pickle
+    addons = addon_models(settings, loader, captions=True)
+    if args.mask:  # the subject-mask segmenter alone: what `processor mask` needs (the quickstart's pull)
+        wanted, addons = [], [a for a in addons if a.role is Role.SEGMENTER]
+        if not addons:
+            print("pipeline.mask uses no model to fetch (GrabCut, or a local file): nothing to pull")
+            return 0
     if args.dry_run:
-        return models_pull_dry_run(loader, wanted, convert, addon_models(settings, loader, captions=True))
+        return models_pull_dry_run(loader, wanted, convert, addons)
     if convert and loader.offline:
         # Offline, only the conversion can run: from the *.bin files the cache already holds.
         for model, revision in wanted:
@@ -31,7 +37,6 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
     if loader.offline:
         raise ConfigError("cannot pull: offline mode is on (models.offline / HF_HUB_OFFLINE); run `processor "
                           "models pull` where the Hub can be reached, or add --dry-run to see what the cache holds")
-    addons = addon_models(settings, loader, captions=True)
     if not wanted and not addons:
         print("no diffusion styles configured: nothing to pull")
         return 0
@@ -75,7 +80,7 @@ def models_pull_dry_run(loader: Any, wanted: list[tuple[str, str | None]], conve
             got = addon.fetch(False)
             state = f"cached: {got.path}{got.note}" + (f" (commit {got.commit})" if got.commit else "")
         except ProcessorError as exc:
-            missing += 1
+            missing += 0 if addon.fallback else 1  # one that has a fallback does not stop a worker
             state = f"NOT in the cache: {exc}" if loader.offline else "would fetch (not in the cache yet)"
         print(f"  {addon.label} {addon.shown}{used}: {state}")
     failed = not all(p.loads(convert) for p in plans) or (loader.offline and missing > 0)
@@ -100,4 +105,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    "safetensors with PyTorch's restricted unpickler (weights_only=True) into "
                    "<cache>/processor-converted/ (also models.convert_pickle: true); offline, converts what the "
                    "cache holds")
+    p.add_argument("--mask", action="store_true",
+                   help="only the subject-mask segmenter (pipeline.mask; u2netp by default, 4.5 MB): what "
+                   "`processor mask` and background styles need")
     p.set_defaults(func=cmd_models_pull)

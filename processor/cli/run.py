@@ -167,7 +167,8 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
             (target / f.name).write_bytes(f.body)
         decoded = prepared.decoded
         source = source.model_copy(update={"width": decoded.image.width, "height": decoded.image.height,
-                                           "format": decoded.format, "notes": decoded.notes})
+                                           "format": decoded.format, "notes": decoded.notes,
+                                           "color_profile": decoded.color_profile})
         manifest = Manifest(source=source, variants=encoded.variants, contact_sheet=encoded.contact_sheet,
                             timings=timings, worker=info, caption=rendered.caption)
         (target / "manifest.json").write_bytes(manifest.to_json_bytes())

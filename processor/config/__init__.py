@@ -7,7 +7,9 @@
   ``engines``: every style section by its ``engine`` key;
 - ``addons``: what a style loads beside its model (LoRA, LCM, refiner, ControlNets and their
   preprocessors, IP-Adapter) and its background;
-- ``sections``: the other sections (store, prefixes, run, claims, pipeline, models, caption, ...);
+- ``pipeline``: the ``pipeline`` section (decode limits, the subject mask and segmenters, the CLIP
+  score, clip bounds);
+- ``sections``: the other sections (store, prefixes, run, claims, models, caption, ...);
 - ``licenses``: which licences a style's weights come under (``run.allow_noncommercial``);
 - ``settings``: the root ``Settings``, its sources (keywords, environment, ``config.yaml``) and
   ``load_settings``, whose ``ConfigError`` names the key and where it came from.
@@ -40,20 +42,24 @@ from processor.config.base import (
     Seed,
     VariantCount,
 )
-from processor.config.sections import (
-    DEFAULT_PROMPT_TEMPLATE,
-    CaptionSettings,
+from processor.config.pipeline import (
+    DEFAULT_ONNX_SEGMENTER,
+    KNOWN_ONNX_SEGMENTERS,
     ClipScoreSettings,
     DecodeSettings,
     MaskSettings,
-    MetricsSettings,
-    ModelSettings,
     OnnxFamily,
     OnnxSegmenterSettings,
+    VideoSettings,
+)
+from processor.config.sections import (
+    DEFAULT_PROMPT_TEMPLATE,
+    CaptionSettings,
+    MetricsSettings,
+    ModelSettings,
     PerformanceSettings,
     PrefixSettings,
     StoreSettings,
-    VideoSettings,
 )
 from processor.config.settings import (
     Settings,
@@ -77,9 +83,11 @@ __all__ = [
     "DEFAULT_CLAIM_MAX_TTL_S",
     "DEFAULT_CONTACT_SHEET_MAX_PIXELS",
     "DEFAULT_METRICS_PORT",
+    "DEFAULT_ONNX_SEGMENTER",
     "DEFAULT_PNG_COMPRESS_LEVEL",
     "DEFAULT_PREPROCESSOR_WEIGHTS",
     "DEFAULT_PROMPT_TEMPLATE",
+    "KNOWN_ONNX_SEGMENTERS",
     "MAX_FRAMES",
     "MAX_PROMPT_CHARS",
     "MAX_SEED",

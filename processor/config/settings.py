@@ -20,6 +20,7 @@ from processor.config.animate import animate_problem
 from processor.config.base import CONFIG_ENV, DEFAULT_CONFIG, ENV_PREFIX, NOT_SETTINGS_ENV
 from processor.config.engines import ENGINE_KEYS, StyleSettings, default_styles
 from processor.config.licenses import noncommercial_problem
+from processor.config.pipeline import PipelineSettings
 from processor.config.sections import (
     ApiSettings,
     CaptionSettings,
@@ -27,7 +28,6 @@ from processor.config.sections import (
     LogSettings,
     MetricsSettings,
     ModelSettings,
-    PipelineSettings,
     PrefixSettings,
     RunSettings,
     StoreSettings,

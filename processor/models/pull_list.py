@@ -75,6 +75,9 @@ class AddonModel:
     #: The file(s) inside the repo, where the config names them (LoRAs, preprocessors, IP-Adapters):
     #: two entries differing only in these are two downloads.
     weight_name: str | None = None
+    #: What runs in its place when it is missing (the segmenter: GrabCut), so that its absence is
+    #: worth a warning, never a failure; "" when nothing does.
+    fallback: str = ""
 
     @property
     def label(self) -> str:
@@ -237,7 +240,8 @@ def addon_models(settings: Settings, loader: Any, *, captions: bool = False) -> 
     if onnx is not None:
         if not is_local_onnx(onnx.model):
             add(AddonModel(Role.SEGMENTER, onnx.model, onnx.revision, (),
-                           _segmenter(mask, loader.cache_dir, loader.offline)))
+                           _segmenter(mask, loader.cache_dir, loader.offline),
+                           fallback="GrabCut makes the masks, and each records why"))
     elif mask.segmenter and not is_local(mask.segmenter):
         add(AddonModel(Role.SEGMENTER, mask.segmenter, mask.segmenter_revision, (),
                        _segmenter(mask, loader.cache_dir, loader.offline)))

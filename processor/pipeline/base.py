@@ -20,7 +20,7 @@ from processor.manifest import ControlKindName
 
 @dataclass
 class DecodedImage:
-    """A validated RGB image, EXIF orientation applied."""
+    """A validated sRGB image, EXIF orientation applied."""
 
     image: Image.Image
     #: The sniffed container format: JPEG, PNG, WEBP, HEIF, GIF, ...
@@ -30,6 +30,8 @@ class DecodedImage:
     source_height: int
     #: What decode changed: "exif-rotated 90", "converted CMYK to RGB", "first of 12 frames", ...
     notes: list[str] = field(default_factory=list)
+    #: The embedded ICC profile's description (the pixels were converted from it to sRGB), or None.
+    color_profile: str | None = None
 
 
 @dataclass(frozen=True)

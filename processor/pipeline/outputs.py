@@ -3,9 +3,9 @@
 Shared by the worker (bucket) and ``processor process`` (local folder) so both produce the same
 files: ``<style>-<nn>.png`` with a ``parameters`` text chunk (a clip: ``<style>-<nn>.mp4`` and its
 animated ``<style>-<nn>.webp`` preview, ``processor.pipeline.video_encode``), the contact sheet
-(a clip shows its first, middle and last frames), ``mask.png``
-(the subject mask) when a style changed the background, and ``control-<type>.png`` (a ControlNet's
-conditioning image) when a style used one.
+(a clip shows its first, middle and last frames), ``mask.png`` (the subject mask) and
+``mask-overlay.jpg`` (the mask drawn over the photo, for the job page) when a style changed the
+background, and ``control-<type>.png`` (a ControlNet's conditioning image) when a style used one.
 """
 
 from __future__ import annotations
@@ -35,12 +35,14 @@ from processor.pipeline.base import ControlUse, VariantImage, VideoFrames
 from processor.pipeline.encode import (
     PNG_COMPRESS_LEVEL,
     contact_sheet,
+    encode_jpeg,
     encode_png,
     infotext_parameters,
     sha256_hex,
 )
+from processor.pipeline.mask import preview_overlay
 from processor.pipeline.video_encode import encode_mp4, encode_webp
-from processor.queue.keys import CONTACT_SHEET_NAME, MASK_NAME, safe_segment
+from processor.queue.keys import CONTACT_SHEET_NAME, MASK_NAME, MASK_OVERLAY_NAME, safe_segment
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ def encode_outputs(
     mask = next((v.mask for v in variants if v.mask is not None), None)
     if mask is not None:
         files.append(OutputFile(MASK_NAME, _plain_png(mask.image(), png_compress_level), "image/png"))
+        files.append(OutputFile(MASK_OVERLAY_NAME, encode_jpeg(preview_overlay(original, mask)), "image/jpeg"))
     control_files = _control_files(variants, png_compress_level)
     files.extend(control_files.values())
     bodies = _encode_pool().map(lambda v: _encode_variant(v, png_compress_level, video_crf), variants)
@@ -155,7 +158,8 @@ def encode_outputs(
                 height=v.image.height,
                 sha256=sha256_hex(body),
                 parameters=v.parameters,
-                background=Background.model_validate(v.background | {"mask": output_prefix + MASK_NAME})
+                background=Background.model_validate(v.background | {
+                    "mask": output_prefix + MASK_NAME, "mask_overlay": output_prefix + MASK_OVERLAY_NAME})
                 if v.background else None,
                 control=[Control(type=c.type, model=c.model, kind=c.kind, revision=c.revision, scale=c.scale,
                                  guidance_end=c.guidance_end, settings=dict(c.settings),
@@ -202,7 +206,9 @@ def attempt_scoped(
     for entry in entries:
         background = entry.background
         if background is not None and background.mask in by_key:
-            background = background.model_copy(update={"mask": by_key[background.mask]})
+            background = background.model_copy(update={
+                "mask": by_key[background.mask],
+                "mask_overlay": by_key.get(background.mask_overlay or "", background.mask_overlay)})
         control = [c.model_copy(update={"image": by_key.get(c.image, c.image)}) for c in entry.control]
         video = entry.video
         if video is not None:

@@ -38,6 +38,8 @@ MANIFEST_NAME = "manifest.json"
 CONTACT_SHEET_NAME = "contact-sheet.jpg"
 #: The subject mask of an input whose styles change the background (8-bit greyscale, 255 = subject).
 MASK_NAME = "mask.png"
+#: The subject mask drawn over the photo (background tinted, subject outlined), beside ``mask.png``.
+MASK_OVERLAY_NAME = "mask-overlay.jpg"
 
 
 #: Bytes: the longest safe segment kept whole. File systems allow 255 bytes a name, and derived

@@ -131,5 +131,6 @@ class Publisher:
             height=decoded.image.height if decoded else None,
             format=decoded.format if decoded else None,
             notes=decoded.notes if decoded else [],
+            color_profile=decoded.color_profile if decoded else None,
         )
 

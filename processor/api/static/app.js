@@ -63,6 +63,14 @@ function renderGallery(body, job) {
     gallery.append(fig);
   }
   body.append(gallery);
+  if (job.mask_overlay) {
+    const fig = el("figure", {class: "mask", "data-role": "mask-overlay"});
+    const link = el("a", {href: job.mask_overlay});
+    link.append(el("img", {src: job.mask_overlay, alt: "subject mask over the photo"}));
+    fig.append(link, el("figcaption", {},
+                        "Subject mask: the toy as the background styles saw it (outlined), the background tinted"));
+    body.append(fig);
+  }
   if (job.contact_sheet) {
     const p = el("p", {class: "sheet"});
     p.append(el("a", {class: "button", href: job.contact_sheet_download, download: "contact-sheet.jpg", "data-role": "sheet"},
