@@ -21,6 +21,7 @@ from typing import Any, Literal
 from processor.config import Settings, background_model
 from processor.manifest import WorkerInfo, utcnow
 from processor.pipeline.caption import caption_used
+from processor.pipeline.render import MAX_REASON_CHARS
 from processor.queue.workers import StyleCapability, StyleState, WorkerRecord
 
 log = logging.getLogger("processor.worker")
@@ -145,6 +146,16 @@ class WorkerCapabilities:
         self.started_at = utcnow()
         self._checked: dict[str, tuple[StyleState, str | None]] = {}
         self._extras: list[str] | None = None
+        #: Style -> why it failed to load for an input (from the item's StyleUnavailable, which also
+        #: comes back from compute processes, whose registries this process cannot see).
+        self._failed: dict[str, str] = {}
+
+    def note_unavailable(self, styles: Sequence[str], reason: str) -> None:
+        """An input's StyleUnavailable: ``styles`` cannot load on this worker, for ``reason``."""
+        line = " ".join(reason.split())
+        for name in styles:
+            if name in self.settings.styles:
+                self._failed[name] = line if len(line) <= MAX_REASON_CHARS else line[: MAX_REASON_CHARS - 1] + "…"
 
     def record(self, phase: Literal["starting", "ready", "stopping"]) -> WorkerRecord:
         if self._extras is None:
@@ -156,7 +167,7 @@ class WorkerCapabilities:
 
     def unavailable(self, style_name: str) -> str | None:
         """Why a style failed to load for an input here (its engine, or the captioner it needs)."""
-        reason: str | None = self.pipeline.registry.unavailable(style_name)
+        reason: str | None = self._failed.get(style_name) or self.pipeline.registry.unavailable(style_name)
         caption = self.pipeline.caption_unavailable
         if reason is None and caption is not None and caption_used(self.settings.caption, self.settings.styles,
                                                                    [style_name]):

@@ -48,6 +48,7 @@ from processor.errors import (
     ObjectUnreadable,
     StageFailed,
     StoreError,
+    StyleUnavailable,
     WorkerUnhealthy,
 )
 from processor.log import bind_item
@@ -570,6 +571,8 @@ class Worker:
                 self._left_for_others.move_to_end(job.key)
                 if len(self._left_for_others) > MAX_LEFT_FOR_OTHERS:
                     self._left_for_others.popitem(last=False)
+            if isinstance(job.error, StyleUnavailable):
+                self.capabilities.note_unavailable(job.error.styles, str(job.error))
             if self.presence is not None:
                 self.presence.changed()  # the record says so now, not at the next refresh
         if job.claim and keeper:
