@@ -107,7 +107,7 @@ function renderWaiting(body, job) {
   const first = el("p");
   first.append(el("strong", {}, "Waiting for a worker that can run it."), " ",
                el("span", {"data-role": "message"}, job.waiting.message));
-  const hint = el("p", {class: "hint"}, "For the operator: ");
+  const hint = el("p", {class: "hint"});
   hint.append(el("span", {"data-role": "hint"}, job.waiting.hint));
   box.append(first, hint);
   body.append(box, retryForm(job.id));
