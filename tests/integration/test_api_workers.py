@@ -6,6 +6,7 @@ the operator's reason, until a worker that can run it takes it."""
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,7 +32,8 @@ def unavailable_style(tmp: Path) -> dict[str, object]:
 @pytest.fixture
 def service(tmp_path: Path) -> Iterator[Service]:
     store_env = {"PROCESSOR_STORE__KIND": "local", "PROCESSOR_STORE__ROOT": str(tmp_path / "bucket")}
-    env = write_env(tmp_path, store_env, styles=unavailable_style(tmp_path))
+    # The prototype's route renders the style no worker can load.
+    env = write_env(tmp_path, store_env, styles=unavailable_style(tmp_path), api={"direct_style": "disney"})
     with serve(env, tmp_path) as api:
         yield api
 
@@ -84,6 +86,12 @@ def test_the_api_offers_what_live_workers_run_and_jobs_wait_for_a_capable_one(se
             assert "style 'disney' cannot run on this worker" in waiting["waiting"]["message"]
             assert waiting["waiting"]["hint"].startswith("Operator:")
             assert waiting["links"]["retry"], waiting  # retryable once a worker can
+            # The prototype's route does not wait out its timeout: 503, with the operator's reason.
+            direct = client.post("/generate_image_rest_direct", json={
+                "initial_image": base64.b64encode(photo_bytes(120, 90, seed=4)).decode()})
+            assert direct.status_code == 503, direct.text
+            assert direct.json()["detail"].startswith("StyleUnavailable: style 'disney' cannot run on this worker")
+            assert direct.json()["hint"].startswith("Operator:")
             # `processor retry --error StyleUnavailable` selects it (running workers rescan at once).
             subprocess.run([sys.executable, "-m", "processor", "retry", "--error", "StyleUnavailable"],
                            env=service.env, capture_output=True, check=True)
