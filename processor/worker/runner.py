@@ -189,7 +189,6 @@ class Worker:
         if self.presence is not None:
             self.presence.close()
 
-
     def run_once(self) -> int:
         """Drain the inputs: pass after pass until every input has a result. Returns an exit code."""
         stalled = 0
