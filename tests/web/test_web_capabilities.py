@@ -135,7 +135,23 @@ def test_pages_offer_what_workers_run_and_say_what_to_do_at_desktop_and_phone_wi
         assert not pg.query_selector_all("[data-role=unavailable-style]")  # no worker: nothing to judge by
         assert_choices_keep_their_labels(pg, width)
 
+    # With no worker to judge by, every style is offered: a photo for 'disney' goes in, and waits.
+    photo = tmp_path / "bear-for-disney.jpg"
+    photo.write_bytes(photo_bytes(140, 100, seed=8))
+    pg.uncheck("input[value=toon]")
+    pg.check("input[value=disney]")
+    pg.set_input_files("#photos", [str(photo)])
+    pg.click("#submit")
+    pg.wait_for_selector("#jobs [data-role=job][data-status=queued]", timeout=WAIT_MS)
+
     with service.client() as api, worker(service.env, tmp_path):
+        # The card follows the job's events: once the worker could not load the style, it says so.
+        card = pg.locator("#jobs [data-role=job]")
+        card.locator("[data-role=waiting]").wait_for(timeout=WAIT_MS)
+        assert "style 'disney' cannot run on this worker" in card.inner_text()
+        assert card.locator("[data-role=retry]").count() == 1
+        card.locator("[data-role=progress]", has_text="waiting for a worker").wait_for(timeout=WAIT_MS)
+        pg.screenshot(path=str(shots / "01b-card-waiting-phone.png"), full_page=True)
         wait_until(lambda: any(s["workers"] for s in api.get("/v1/styles").json()["styles"]), "a live worker",
                    timeout_s=120)
         for width in at_both_widths(pg, shots, "02-upload", "/"):

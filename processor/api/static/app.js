@@ -126,6 +126,9 @@ function follow(card, eventsUrl, onEnd) {
     const job = JSON.parse(e.data);
     setStatus(card, job.status);
     if (job.progress) setProgress(card, job.progress);
+    // A job that waits for a capable worker is not at the stage it last reported.
+    const label = card.querySelector("[data-role=progress]");
+    if (job.waiting && !job.progress && label) label.textContent = "waiting for a worker that can run it";
     const body = card.querySelector("[data-role=body]");
     if (body && (job.waiting || body.querySelector("[data-role=waiting]"))) renderWaiting(body, job);
   });
