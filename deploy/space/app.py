@@ -212,9 +212,14 @@ class ApiCartoonizer(Form):
         gallery: list[tuple[Image.Image, str]] = []
         for variant in job.variants:
             files.append(str(api.download(variant.url, folder)))
-            # A clip's gallery picture is its animated preview; a still's is its PNG.
-            shown = variant.preview if variant.kind == "video" and variant.preview else variant.url
-            picture = Path(files[-1]) if shown == variant.url else api.download(shown, folder)
+            # A still's gallery picture is its PNG; a clip's is its animated preview (an MP4 is no
+            # picture: a clip without a preview is in the files only).
+            if variant.kind == "image":
+                picture = Path(files[-1])
+            elif variant.preview:
+                picture = api.download(variant.preview, folder)
+            else:
+                continue
             with Image.open(picture) as image:
                 gallery.append((image.convert("RGB"), f"{variant.style} #{variant.index} · seed {variant.seed}"))
         sheet = None
