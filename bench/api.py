@@ -244,7 +244,8 @@ def end_to_end(url: str, photos: list[bytes], clients: int, variants: int,
             "cpu_s_per_job_total": sum(cpu.values())}
 
 
-def compare(tmp: Path, clients: int, count: int, variants: int, side: int, workers: int) -> dict[str, float]:
+def compare(tmp: Path, clients: int, count: int, variants: int, side: int, workers: int,
+            cpu_workers: int | None = None) -> dict[str, float]:
     settings = Settings(styles={"toon": {"engine": "toon", "variants": variants, "max_side": side}},
                         run={"styles": ["toon"]})
     photos = [photo_bytes(side, side * 3 // 4, seed=i) for i in range(count)]
@@ -253,8 +254,10 @@ def compare(tmp: Path, clients: int, count: int, variants: int, side: int, worke
         proto = end_to_end(url, photos, clients, variants)
     finally:
         stop()
-    env = write_env(tmp, {"PROCESSOR_STORE__KIND": "local", "PROCESSOR_STORE__ROOT": str(tmp / "e2e-bucket")},
-                    max_upload=50_000_000)
+    store_env = {"PROCESSOR_STORE__KIND": "local", "PROCESSOR_STORE__ROOT": str(tmp / "e2e-bucket")}
+    if cpu_workers is not None:
+        store_env["PROCESSOR_RUN__CPU_WORKERS"] = str(cpu_workers)
+    env = write_env(tmp, store_env, max_upload=50_000_000)
     config = (tmp / "config.yaml").read_text().replace("variants: 2, max_side: 128", f"variants: {variants}, "
                                                         f"max_side: {side}")
     (tmp / "config.yaml").write_text(config)
@@ -267,7 +270,8 @@ def compare(tmp: Path, clients: int, count: int, variants: int, side: int, worke
                     "compute": [c for p in procs for c in child_pids(p.pid)]}
 
         queued = end_to_end(api.url, photos, clients, variants, roles)
-    out = {f"prototype_{k}": v for k, v in proto.items()} | {"queue_workers": workers}
+    out = {f"prototype_{k}": v for k, v in proto.items()} | {"queue_workers": workers,
+                                                              "queue_cpu_workers": cpu_workers or 0}
     out |= {f"queue_{k}": v for k, v in queued.items()}
     out["queue_over_prototype_images_per_s"] = queued["images_per_s"] / proto["images_per_s"]
     out |= {f"breakdown_{k}": v for k, v in breakdown(tmp / "e2e-bucket", queued["mean_s"]).items()}
@@ -315,6 +319,9 @@ def main(argv: Sequence[str] | None = None, *, server: Any = None) -> dict[str, 
     parser.add_argument("--side", type=int, default=256, help="part 2: photo width and the style's max_side")
     parser.add_argument("--workers", type=int, default=1, help="part 2: processor run daemons behind the queue "
                         "(each takes one item at a time, as one GPU does)")
+    parser.add_argument("--cpu-workers", type=int, default=None,
+                        help="part 2: each daemon's compute processes (run.cpu_workers; default: its own, the "
+                        "node's cores; reported as 0)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     results: dict[str, Any] = machine() | {"clients": args.clients, "requests": args.requests}
@@ -335,7 +342,8 @@ def main(argv: Sequence[str] | None = None, *, server: Any = None) -> dict[str, 
                                   "AWS_SECRET_ACCESS_KEY": weed.secret_key}, max_upload=50_000_000)
             results |= overhead("s3", store, env, tmp, args.clients, args.requests, settings)
         if args.e2e:
-            results |= compare(tmp, args.clients, args.e2e, args.variants, args.side, args.workers)
+            results |= compare(tmp, args.clients, args.e2e, args.variants, args.side, args.workers,
+                               args.cpu_workers)
     report(results, as_json=args.json)
     return results
 
