@@ -78,6 +78,10 @@ def test_api_bench_smoke(s3_server, capsys) -> None:
             assert float(printed[f"{kind}_{what}_p99_ms"]) >= float(printed[f"{kind}_{what}_p50_ms"]) > 0
     assert results["prototype_images_per_s"] > 0 and results["queue_images_per_s"] > 0
     assert results["queue_p99_s"] >= results["queue_p50_s"] > 0
+    queue_parts = [results[f"queue_cpu_s_per_job_{role}"] for role in ("bench", "api", "worker", "compute")]
+    assert min(queue_parts) >= 0 and results["queue_cpu_s_per_job_total"] == pytest.approx(sum(queue_parts))
+    assert results["queue_cpu_s_per_job_api"] + results["queue_cpu_s_per_job_worker"] > 0
+    assert results["prototype_cpu_s_per_job_total"] == results["prototype_cpu_s_per_job_bench"] >= 0
 
 
 def test_bounded_reads_smoke_local(capsys) -> None:

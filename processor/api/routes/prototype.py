@@ -4,6 +4,7 @@ through the queue like every other submission."""
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -21,6 +22,9 @@ from processor.queue.jobs import JobStatus
 #: Our request fields -> the prototype's names for them, so its problems name its own fields.
 PROTOTYPE_FIELDS = {"image": "initial_image", "negative": "negative_prompt", "variants": "final_images_to_return"}
 DIRECT_HINT = "Send {initial_image (base64), prompt, negative_prompt, final_images_to_return, seed}."
+#: The route answers with the variants only: the job skips the outputs made for people reviewing
+#: it (its manifest lists no contact sheet and no structure scores), which cost CPU per job.
+VARIANTS_ONLY = {"contact_sheet": False, "structure_score": False}
 
 router = APIRouter()
 
@@ -57,6 +61,7 @@ async def direct(request: Request, context: Context, caller: Caller) -> DirectRe
     except Problem as exc:  # name the prototype's fields, not ours
         exc.field = PROTOTYPE_FIELDS.get(exc.field or "", exc.field)
         raise
+    submission = replace(submission, sidecar=submission.sidecar | VARIANTS_ONLY)
     job, _ = await run_in_threadpool(queue.submit, submission, scope=caller.name, owner=caller.name or None)
     context.metrics.submitted(True)
     state = await wait_for_end(queue, job, api.direct_timeout_s, clock=context.clock, poll_s=api.poll_s,
