@@ -20,7 +20,11 @@ where the queue's time goes, as means over its jobs (``breakdown_*``): from POST
 manifest committed, from the objects' own times), split into the wait for a worker
 (``scan_wait_s``), ``compute_s`` (decode and style), ``encode_s`` and ``writes_s`` (outputs put);
 the rest, ``api_notice_s``, is the API's (request, submit writes, noticing the manifest, reading
-the outputs).
+the outputs). And the CPU each design spends per request (``cpu_s_per_job_*``, user + system seconds
+from ``/proc/<pid>/stat`` before and after the timed requests, over ``N``): ``bench`` is this process
+(the clients, and for the prototype its handler as well: the prototype's own share is
+``prototype_cpu_s_per_job_bench`` less ``queue_cpu_s_per_job_bench``), ``api`` the ``processor serve``
+process, ``worker`` the daemon's main process and ``compute`` its compute processes together.
 
     python -m bench.api --store both --clients 8 --requests 200 --e2e 40
 """
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import socket
 import statistics
 import tempfile
@@ -189,7 +194,35 @@ def serve_in_thread(app: Any) -> tuple[str, Callable[[], None]]:
     return f"http://127.0.0.1:{sock.getsockname()[1]}", stop
 
 
-def end_to_end(url: str, photos: list[bytes], clients: int, variants: int) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used so far (``/proc/<pid>/stat``), 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    # After the command's closing parenthesis, field 3 (state) is index 0: utime and stime are 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live processes whose parent is ``pid`` (the worker's compute processes)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+    return found
+
+
+def cpu_by_role(roles: dict[str, list[int]]) -> dict[str, float]:
+    return {role: sum(cpu_seconds(pid) for pid in pids) for role, pids in roles.items()}
+
+
+def end_to_end(url: str, photos: list[bytes], clients: int, variants: int,
+               roles: Callable[[], dict[str, list[int]]] = lambda: {}) -> dict[str, float]:
+    """The timed requests; ``roles()`` names the processes (by role) whose CPU per request is reported."""
     local = threading.local()
 
     def one(i: int) -> None:
@@ -201,12 +234,18 @@ def end_to_end(url: str, photos: list[bytes], clients: int, variants: int) -> di
         assert resp.status_code == 200, resp.text
         assert len(resp.json()["generated_images"]) == variants
 
+    named = {"bench": [os.getpid()]} | roles()
+    before = cpu_by_role(named)
     lat, wall = timed(len(photos), clients, one)
+    after = cpu_by_role(named)
+    cpu = {f"cpu_s_per_job_{role}": (after[role] - before[role]) / len(photos) for role in named}
     return {"images_per_s": len(photos) * variants / wall, "p50_s": statistics.median(lat),
-            "p99_s": percentile(lat, 99), "mean_s": statistics.fmean(lat)}
+            "p99_s": percentile(lat, 99), "mean_s": statistics.fmean(lat), **cpu,
+            "cpu_s_per_job_total": sum(cpu.values())}
 
 
-def compare(tmp: Path, clients: int, count: int, variants: int, side: int, workers: int) -> dict[str, float]:
+def compare(tmp: Path, clients: int, count: int, variants: int, side: int, workers: int,
+            cpu_workers: int | None = None) -> dict[str, float]:
     settings = Settings(styles={"toon": {"engine": "toon", "variants": variants, "max_side": side}},
                         run={"styles": ["toon"]})
     photos = [photo_bytes(side, side * 3 // 4, seed=i) for i in range(count)]
@@ -215,17 +254,24 @@ def compare(tmp: Path, clients: int, count: int, variants: int, side: int, worke
         proto = end_to_end(url, photos, clients, variants)
     finally:
         stop()
-    env = write_env(tmp, {"PROCESSOR_STORE__KIND": "local", "PROCESSOR_STORE__ROOT": str(tmp / "e2e-bucket")},
-                    max_upload=50_000_000)
+    store_env = {"PROCESSOR_STORE__KIND": "local", "PROCESSOR_STORE__ROOT": str(tmp / "e2e-bucket")}
+    if cpu_workers is not None:
+        store_env["PROCESSOR_RUN__CPU_WORKERS"] = str(cpu_workers)
+    env = write_env(tmp, store_env, max_upload=50_000_000)
     config = (tmp / "config.yaml").read_text().replace("variants: 2, max_side: 128", f"variants: {variants}, "
                                                         f"max_side: {side}")
     (tmp / "config.yaml").write_text(config)
     with serve(env, tmp) as api, ExitStack() as daemons:
-        for _ in range(workers):
-            daemons.enter_context(worker(env, tmp))
+        procs = [daemons.enter_context(worker(env, tmp)) for _ in range(workers)]
         _wait_for_workers(tmp, workers)
-        queued = end_to_end(api.url, photos, clients, variants)
-    out = {f"prototype_{k}": v for k, v in proto.items()} | {"queue_workers": workers}
+
+        def roles() -> dict[str, list[int]]:
+            return {"api": [api.proc.pid], "worker": [p.pid for p in procs],
+                    "compute": [c for p in procs for c in child_pids(p.pid)]}
+
+        queued = end_to_end(api.url, photos, clients, variants, roles)
+    out = {f"prototype_{k}": v for k, v in proto.items()} | {"queue_workers": workers,
+                                                              "queue_cpu_workers": cpu_workers or 0}
     out |= {f"queue_{k}": v for k, v in queued.items()}
     out["queue_over_prototype_images_per_s"] = queued["images_per_s"] / proto["images_per_s"]
     out |= {f"breakdown_{k}": v for k, v in breakdown(tmp / "e2e-bucket", queued["mean_s"]).items()}
@@ -273,6 +319,9 @@ def main(argv: Sequence[str] | None = None, *, server: Any = None) -> dict[str, 
     parser.add_argument("--side", type=int, default=256, help="part 2: photo width and the style's max_side")
     parser.add_argument("--workers", type=int, default=1, help="part 2: processor run daemons behind the queue "
                         "(each takes one item at a time, as one GPU does)")
+    parser.add_argument("--cpu-workers", type=int, default=None,
+                        help="part 2: each daemon's compute processes (run.cpu_workers; default: its own, the "
+                        "node's cores; reported as 0)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     results: dict[str, Any] = machine() | {"clients": args.clients, "requests": args.requests}
@@ -293,7 +342,8 @@ def main(argv: Sequence[str] | None = None, *, server: Any = None) -> dict[str, 
                                   "AWS_SECRET_ACCESS_KEY": weed.secret_key}, max_upload=50_000_000)
             results |= overhead("s3", store, env, tmp, args.clients, args.requests, settings)
         if args.e2e:
-            results |= compare(tmp, args.clients, args.e2e, args.variants, args.side, args.workers)
+            results |= compare(tmp, args.clients, args.e2e, args.variants, args.side, args.workers,
+                               args.cpu_workers)
     report(results, as_json=args.json)
     return results
 

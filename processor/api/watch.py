@@ -45,6 +45,10 @@ LINGER_S = 30.0
 #: (each id a client names costs memory, and on S3 a probe every poll_s while it is waited on).
 MAX_WATCHED_JOBS = 10_000
 
+#: watchdog's events for a file opened or closed without a write: reading a claim (as every state
+#: read does) must not wake its waiters, or each read would cause the next.
+READ_ONLY_EVENTS = frozenset({"opened", "closed_no_write"})
+
 #: A job's version as the probe sees it: the claim's ETag ("" without one) and its done markers.
 Version = tuple[str, tuple[str, ...]]
 
@@ -179,6 +183,8 @@ class JobWatch:
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
+                if event.event_type in READ_ONLY_EVENTS:
+                    return  # a read (the waiters' own state reads among them) changes nothing
                 for path in (event.src_path, getattr(event, "dest_path", "")):
                     if path:
                         watch._seen(os.path.relpath(os.fsdecode(path), root).replace(os.sep, "/"))

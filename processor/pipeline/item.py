@@ -181,12 +181,13 @@ class ItemPipeline:
     def encode(self, prepared: Prepared, rendered: Rendered, *, output_prefix: str = "",
                timings: dict[str, float] | None = None) -> Encoded:
         """The PNGs (with their ``parameters`` text), the clips (MP4 and WebP preview), the subject
-        mask and the contact sheet."""
+        mask and the contact sheet (unless the input's overrides turn it off, ``review_outputs``)."""
         pipeline = self.settings.pipeline
         started = time.perf_counter()
         variants = rendered.variants
-        if pipeline.structure_score or pipeline.clip_score is not None:
-            self._score(prepared.decoded.image, variants, timings)
+        sheet_wanted, structure_wanted = self.review_outputs(prepared.overrides)
+        if structure_wanted or pipeline.clip_score is not None:
+            self._score(prepared.decoded.image, variants, timings, structure=structure_wanted)
             if self.settings.run.order_variants_by == "structure":
                 variants = order_by_structure(variants)
             elif self.settings.run.order_variants_by == "clip":
@@ -194,7 +195,7 @@ class ItemPipeline:
             started = time.perf_counter()
         files, entries, sheet = encode_outputs(
             prepared.decoded.image, variants, output_prefix=output_prefix,
-            sheet_height=pipeline.contact_sheet_height if pipeline.contact_sheet else None,
+            sheet_height=pipeline.contact_sheet_height if sheet_wanted else None,
             png_compress_level=pipeline.png_compress_level, sheet_max_pixels=pipeline.contact_sheet_max_pixels,
             video_crf=pipeline.video.crf,
         )
@@ -202,7 +203,19 @@ class ItemPipeline:
             timings["encode"] = round(time.perf_counter() - started, 4)
         return Encoded(files=files, variants=entries, contact_sheet=sheet)
 
-    def _score(self, photo: Image.Image, variants: list[VariantImage], timings: dict[str, float] | None = None) -> None:
+    def review_outputs(self, overrides: ItemOverrides) -> tuple[bool, bool]:
+        """(contact sheet, structure score) for an input: its overrides' choice, else the pipeline
+        settings'. Where ``run.order_variants_by`` is ``structure`` the score is always computed:
+        it decides which variants come first."""
+        pipeline = self.settings.pipeline
+        sheet = pipeline.contact_sheet if overrides.contact_sheet is None else overrides.contact_sheet
+        structure = pipeline.structure_score if overrides.structure_score is None else overrides.structure_score
+        if self.settings.run.order_variants_by == "structure":
+            structure = pipeline.structure_score
+        return sheet, structure
+
+    def _score(self, photo: Image.Image, variants: list[VariantImage], timings: dict[str, float] | None = None,
+               *, structure: bool = True) -> None:
         """Each variant's structure score (and CLIP similarity, ``pipeline.clip_score``), inside the
         subject mask: the one a background stage made, else (``pipeline.structure_mask``) one
         computed here once per input. Without a mask, or with an unusable one (coverage out of
@@ -215,7 +228,7 @@ class ItemPipeline:
             mask = self._subject_mask(photo)
         if mask is not None and mask.fallback:
             mask = None
-        if self.settings.pipeline.structure_score:
+        if structure:
             for v in variants:
                 v.structure = structure_score(photo, v.image, mask.alpha_at(v.image.size) if mask is not None else None)
             if timings is not None:

@@ -80,6 +80,11 @@ class Sidecar(BaseModel):
     #: A picture of the look wanted, a bucket key under ``prefixes.styles``, for styles with an
     #: ``ip_adapter`` (``processor.pipeline.look``). Not a style field: no per-picture engine.
     style_image: str | None = None
+    #: The review outputs for this image instead of ``pipeline.contact_sheet`` and
+    #: ``pipeline.structure_score`` (a client that takes only the variants, such as the
+    #: prototype's route, sets both false: nobody would look at them). Not style fields.
+    contact_sheet: bool | None = None
+    structure_score: bool | None = None
 
     def style_overrides(self) -> dict[str, object]:
         """The style fields this sidecar replaces (``background`` merges into the style's own).
@@ -109,6 +114,10 @@ class ItemOverrides:
     #: and where it was given (``sidecar`` / ``metadata``).
     style_image: str | None = None
     style_image_from: str | None = None
+    #: The review outputs asked for (the sidecar's ``contact_sheet`` and ``structure_score``); None:
+    #: the pipeline's settings decide.
+    contact_sheet: bool | None = None
+    structure_score: bool | None = None
 
 
 def validate_overrides(
@@ -177,7 +186,8 @@ def validate_overrides(
             prompt, prompt_source = meta, "metadata"
     look, look_from = _style_image(car, metadata, names, settings, where)
     return ItemOverrides(styles=tuple(names), style_fields=fields, prompt=prompt, prompt_source=prompt_source,
-                         own_styles=car.styles is not None, style_image=look, style_image_from=look_from)
+                         own_styles=car.styles is not None, style_image=look, style_image_from=look_from,
+                         contact_sheet=car.contact_sheet, structure_score=car.structure_score)
 
 
 def _style_image(car: Sidecar, metadata: Mapping[str, str] | None, names: Sequence[str], settings: Settings,

@@ -253,8 +253,9 @@ def test_webhook_hosts_off_the_allow_list_are_refused(client: httpx.Client) -> N
     assert_problem(submit(client, webhook="ftp://127.0.0.1/x"), 422, "webhook")
 
 
-def test_seed_route_serves_the_prototype_client(service: Service) -> None:
-    """A client written like the prototype's: a JSON body with a base64 photo, base64 PNGs back."""
+def test_seed_route_serves_the_prototype_client(service: Service, api: Client) -> None:
+    """A client written like the prototype's: a JSON body with a base64 photo, base64 PNGs back;
+    its job skips the review outputs that client never sees (no contact sheet, no scores)."""
     payload = {
         "initial_image": base64.b64encode(photo_bytes(160, 120, seed=5)).decode("utf-8"),
         "prompt": "a toy robot",
@@ -270,6 +271,10 @@ def test_seed_route_serves_the_prototype_client(service: Service) -> None:
     for encoded in images:
         image = Image.open(io.BytesIO(base64.b64decode(encoded)))
         assert image.format == "PNG" and image.width > 0
+    job = max(api.jobs(page_size=200), key=lambda j: j.submitted_at)  # the route's job, the newest
+    assert job.manifest is not None and len(job.manifest["variants"]) == 3
+    assert job.contact_sheet is None and job.manifest.get("contact_sheet") is None
+    assert all(v.get("structure") is None for v in job.manifest["variants"])
     # It says which style ran, and that this style (toon) ignored the prompt it was sent.
     assert response.headers["X-Processor-Style"] == "toon" and response.json()["style"] == "toon"
     assert response.headers["X-Processor-Ignored"] == "prompt, negative_prompt"

@@ -78,6 +78,10 @@ def test_api_bench_smoke(s3_server, capsys) -> None:
             assert float(printed[f"{kind}_{what}_p99_ms"]) >= float(printed[f"{kind}_{what}_p50_ms"]) > 0
     assert results["prototype_images_per_s"] > 0 and results["queue_images_per_s"] > 0
     assert results["queue_p99_s"] >= results["queue_p50_s"] > 0
+    queue_parts = [results[f"queue_cpu_s_per_job_{role}"] for role in ("bench", "api", "worker", "compute")]
+    assert min(queue_parts) >= 0 and results["queue_cpu_s_per_job_total"] == pytest.approx(sum(queue_parts))
+    assert results["queue_cpu_s_per_job_api"] + results["queue_cpu_s_per_job_worker"] > 0
+    assert results["prototype_cpu_s_per_job_total"] == results["prototype_cpu_s_per_job_bench"] >= 0
 
 
 def test_bounded_reads_smoke_local(capsys) -> None:
@@ -106,7 +110,10 @@ def test_wake_smoke(capsys) -> None:
 def test_cpu_pool_smoke(capsys) -> None:
     from bench import cpu_pool
 
-    results = cpu_pool.main(["--inputs", "4", "--processes", "2", "--side", "96", "--variants", "1"])
+    # A progress period longer than any item: the requests per item are then the protocol's alone,
+    # not a count of how many progress periods a loaded machine let pass.
+    results = cpu_pool.main(["--inputs", "4", "--processes", "2", "--side", "96", "--variants", "1",
+                             "--progress-s", "3600"])
     printed = parse_report(capsys.readouterr().out)
     assert float(printed["processes_over_one_slot"]) > 0
     # The same work either way: every input done, with the same store requests per item.

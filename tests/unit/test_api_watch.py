@@ -63,6 +63,30 @@ def test_a_claim_and_then_a_done_marker_wake_the_waiter(tmp_path: Path, os_event
         assert watch.probes == 0  # the OS told it: no request
 
 
+def test_reading_the_claim_wakes_nobody(tmp_path: Path) -> None:
+    """A state read opens the claim: were that a change, each waiter's read would wake it again."""
+    store, queue, job = _job(tmp_path)
+    keys = queue.keys_of(job)
+    store.put(keys.claim, b'{"worker": "w1"}')
+    watch = JobWatch(queue, POLL_S, local_root=store.root)
+
+    async def scenario() -> tuple[int, int, int]:
+        before = watch.generation(job)
+        for _ in range(5):
+            store.get(keys.claim)
+            queue.state(job)
+        after_reads = await watch.changed(job, before, 1.0)
+        store.put(keys.claim, b'{"worker": "w2"}')
+        return before, after_reads, await watch.changed(job, after_reads, DEADLINE_S)
+
+    try:
+        before, after_reads, after_write = asyncio.run(scenario())
+    finally:
+        watch.close()
+    assert after_reads == before
+    assert after_write > after_reads
+
+
 def test_a_change_between_the_read_and_the_wait_is_not_lost(tmp_path: Path) -> None:
     store, queue, job = _job(tmp_path)
     watch = JobWatch(queue, POLL_S, local_root=store.root)

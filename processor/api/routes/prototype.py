@@ -14,6 +14,7 @@ on a server that runs only the toon style.
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -35,6 +36,9 @@ DIRECT_HINT = "Send {initial_image (base64), prompt, negative_prompt, final_imag
 STYLE_HEADER = "X-Processor-Style"
 #: The response header listing request fields that style does not use (absent when none).
 IGNORED_HEADER = "X-Processor-Ignored"
+#: The route answers with the variants only: the job skips the outputs made for people reviewing
+#: it (its manifest lists no contact sheet and no structure scores), which cost CPU per job.
+VARIANTS_ONLY = {"contact_sheet": False, "structure_score": False}
 
 router = APIRouter()
 
@@ -75,6 +79,7 @@ async def direct(request: Request, response: Response, context: Context, caller:
     except Problem as exc:  # name the prototype's fields, not ours
         exc.field = PROTOTYPE_FIELDS.get(exc.field or "", exc.field)
         raise
+    submission = replace(submission, sidecar=submission.sidecar | VARIANTS_ONLY)
     job, _ = await run_in_threadpool(queue.submit, submission, scope=caller.name, owner=caller.name or None)
     context.metrics.submitted(True)
     state = await wait_for_end(queue, job, api.direct_timeout_s, clock=context.clock, poll_s=api.poll_s,
