@@ -189,3 +189,14 @@ def test_describe() -> None:
     info = ToonEngine("comic", ToonStyle(variants=3)).describe()
     assert info["engine"] == "toon" and info["style"] == "comic" and info["available"] is True
     assert info["variants"] == 3
+
+
+def test_the_variants_bench_reports_speed_and_how_far_apart_the_variants_are(monkeypatch, capsys) -> None:
+    from bench import toon_variants
+
+    monkeypatch.setattr("sys.argv", ["toon_variants", "--size", "96x64", "--variants", "3", "--repeats", "1"])
+    toon_variants.main()
+    out = capsys.readouterr().out
+    assert "3 variants of a 96x64 photo: median " in out and "over 1 runs" in out
+    assert "mean absolute difference between two variants: min " in out
+    assert "#2: colors " in out and "palette pastel, tones 3" in out
