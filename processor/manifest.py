@@ -42,6 +42,9 @@ class Source(_Model):
     format: str | None = None
     #: What decode did to the pixels: EXIF rotation, colour conversion, first frame of many.
     notes: list[str] = Field(default_factory=list)
+    #: The photo's original file name, when its upload recorded one (``x-amz-meta-filename``:
+    #: ``processor submit``, the HTTP API): for people; the key is what identifies the input.
+    filename: str | None = None
 
 
 class Segmentation(_Model):

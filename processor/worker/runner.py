@@ -57,6 +57,7 @@ from processor.queue.keys import KeyLayout
 from processor.queue.outcomes import OFFER_AGAIN, PROGRESS, Outcome
 from processor.queue.protocol import AlreadyCommitted, BucketQueue, Delivery, InputObject, OutputTaken
 from processor.queue.scan import IncrementalScanner, WorkItem, scan, shard_of
+from processor.queue.submit import filename_from_metadata
 from processor.store.base import ObjectStore
 from processor.worker.metrics import GuardedObserver, WorkerObserver
 
@@ -600,6 +601,7 @@ class Worker:
             height=decoded.image.height if decoded else None,
             format=decoded.format if decoded else None,
             notes=decoded.notes if decoded else [],
+            filename=filename_from_metadata(job.input.metadata) if job.input is not None else None,
         )
 
     # ----------------------------------------------------------------- bookkeeping
