@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from processor.cli.console import Where
+
 if TYPE_CHECKING:
     from processor.config import OnnxFamily
 
@@ -130,11 +132,11 @@ def add_parser(subparsers: Any, common: argparse.ArgumentParser) -> argparse.Arg
         "configured ONNX / transformers segmenter) for local photos, and write OUT/<path>.mask.png, "
         "OUT/<path>.overlay.jpg (background tinted, subject outlined) and OUT/masks.json (coverage, "
         "segmenter, fallbacks per photo), to check the masks before spending a GPU on backgrounds.")
-    p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
+    p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR", help="photos, and folders searched recursively")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--onnx", metavar="MODEL", help="use this ONNX segmenter (a .onnx file or hub repo) instead "
                    "of pipeline.mask")
     p.add_argument("--family", choices=["u2net", "isnet", "birefnet"],
                    help="the --onnx model's family (default u2net)")
-    p.set_defaults(func=cmd_mask)
+    p.set_defaults(func=cmd_mask, where=Where.CONFIG)
     return p

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from processor.cli.console import Where
+from processor.cli.extras import Extra, require
 from processor.config import Settings
 from processor.errors import ConfigError, ProcessorError
 
@@ -20,8 +22,12 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
     loader = ModelLoader(settings.models)
     wanted = configured_models(settings.styles)
     convert = args.convert_pickle or settings.models.convert_pickle
+    addons = addon_models(settings, loader, captions=True)
+    if wanted or addons:
+        # Hub metadata, the cache and the conversion all go through huggingface_hub and torch.
+        require(Extra.SD, "processor models pull" + (" --dry-run" if args.dry_run else ""))
     if args.dry_run:
-        return models_pull_dry_run(loader, wanted, convert, addon_models(settings, loader, captions=True))
+        return models_pull_dry_run(loader, wanted, convert, addons)
     if convert and loader.offline:
         # Offline, only the conversion can run: from the *.bin files the cache already holds.
         for model, revision in wanted:
@@ -31,7 +37,6 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
     if loader.offline:
         raise ConfigError("cannot pull: offline mode is on (models.offline / HF_HUB_OFFLINE); run `processor "
                           "models pull` where the Hub can be reached, or add --dry-run to see what the cache holds")
-    addons = addon_models(settings, loader, captions=True)
     if not wanted and not addons:
         print("no diffusion styles configured: nothing to pull")
         return 0
@@ -100,4 +105,4 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    "safetensors with PyTorch's restricted unpickler (weights_only=True) into "
                    "<cache>/processor-converted/ (also models.convert_pickle: true); offline, converts what the "
                    "cache holds")
-    p.set_defaults(func=cmd_models_pull)
+    p.set_defaults(func=cmd_models_pull, where=Where.CONFIG)
