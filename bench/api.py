@@ -11,10 +11,16 @@ so the API's own share is what the HTTP figure adds to the in-process one.
 Part 2 (``--e2e N``, local store): ``N`` requests of the prototype's ``POST
 /generate_image_rest_direct`` from ``--clients`` clients, against (a) the prototype's design, a
 synchronous FastAPI handler that runs the style inside the request (uvicorn, one process), and
-(b) ``processor serve`` over the bucket with ``--workers`` ``processor run`` daemons (default 1: one
-GPU's worth; each computes one item at a time). Same style (``toon``,
-``--variants`` variants at ``--side`` px), same photos. Images per second and p50/p99 seconds to
-the result for both.
+(b) ``processor serve`` over the bucket with ``--workers`` ``processor run`` daemons (default 1; each
+computes ``run.cpu_workers`` items at once, default the node's cores, for this CPU-only style),
+started and idle before the clock starts. Same style (``toon``, ``--variants`` variants at
+``--side`` px), same photos. Images per second and p50/p99 seconds to the result for both, and
+where the queue's time goes, as means over its jobs (``breakdown_*``): from POST to result
+(``post_to_result_s``), the part the job spent in the bucket (``in_bucket_s``: input written to
+manifest committed, from the objects' own times), split into the wait for a worker
+(``scan_wait_s``), ``compute_s`` (decode and style), ``encode_s`` and ``writes_s`` (outputs put);
+the rest, ``api_notice_s``, is the API's (request, submit writes, noticing the manifest, reading
+the outputs).
 
     python -m bench.api --store both --clients 8 --requests 200 --e2e 40
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import socket
 import statistics
 import tempfile
@@ -196,7 +203,7 @@ def end_to_end(url: str, photos: list[bytes], clients: int, variants: int) -> di
 
     lat, wall = timed(len(photos), clients, one)
     return {"images_per_s": len(photos) * variants / wall, "p50_s": statistics.median(lat),
-            "p99_s": percentile(lat, 99)}
+            "p99_s": percentile(lat, 99), "mean_s": statistics.fmean(lat)}
 
 
 def compare(tmp: Path, clients: int, count: int, variants: int, side: int, workers: int) -> dict[str, float]:
@@ -216,11 +223,41 @@ def compare(tmp: Path, clients: int, count: int, variants: int, side: int, worke
     with serve(env, tmp) as api, ExitStack() as daemons:
         for _ in range(workers):
             daemons.enter_context(worker(env, tmp))
+        _wait_for_workers(tmp, workers)
         queued = end_to_end(api.url, photos, clients, variants)
     out = {f"prototype_{k}": v for k, v in proto.items()} | {"queue_workers": workers}
     out |= {f"queue_{k}": v for k, v in queued.items()}
     out["queue_over_prototype_images_per_s"] = queued["images_per_s"] / proto["images_per_s"]
+    out |= {f"breakdown_{k}": v for k, v in breakdown(tmp / "e2e-bucket", queued["mean_s"]).items()}
     return out
+
+
+def _wait_for_workers(tmp: Path, count: int, timeout_s: float = 120.0) -> None:
+    """Until each daemon has set up and scanned once: the clock starts with the workers ready."""
+    deadline = time.monotonic() + timeout_s
+    while sum('"scanned"' in p.read_text(errors="replace") for p in tmp.glob("worker-*.log")) < count:
+        assert time.monotonic() < deadline, "the workers did not start"
+        time.sleep(0.1)
+
+
+def breakdown(bucket: Path, post_to_result_s: float) -> dict[str, float]:
+    """Mean seconds per job, from the bucket's objects: the input's and the manifest's modification
+    times and the manifest's timings (module docstring)."""
+    parts: dict[str, list[float]] = {"in_bucket_s": [], "scan_wait_s": [], "compute_s": [], "encode_s": [],
+                                     "writes_s": []}
+    for path in (bucket / "outputs").rglob("manifest.json"):
+        manifest = json.loads(path.read_text())
+        timings: dict[str, float] = manifest["timings"]
+        in_bucket = path.stat().st_mtime - (bucket / manifest["source"]["key"]).stat().st_mtime
+        compute = timings.get("decode", 0.0) + sum(v for k, v in timings.items() if k.startswith("style:"))
+        busy = timings.get("download", 0.0) + compute + timings.get("encode", 0.0) + timings.get("upload", 0.0)
+        parts["in_bucket_s"].append(in_bucket)
+        parts["scan_wait_s"].append(max(0.0, in_bucket - busy))
+        parts["compute_s"].append(compute)
+        parts["encode_s"].append(timings.get("encode", 0.0))
+        parts["writes_s"].append(timings.get("upload", 0.0))
+    means = {k: statistics.fmean(v) if v else 0.0 for k, v in parts.items()}
+    return {"post_to_result_s": post_to_result_s, **means, "api_notice_s": post_to_result_s - means["in_bucket_s"]}
 
 
 def main(argv: Sequence[str] | None = None, *, server: Any = None) -> dict[str, Any]:

@@ -64,6 +64,8 @@ class S3Server:
     access_key: str
     secret_key: str
     region: str = TEST_REGION
+    #: The filer's address for ``weed filer.*`` commands: ``host:port.grpcport``.
+    filer: str | None = None
 
     def client(self, **config: Any) -> Any:
         return boto3.client(
@@ -147,6 +149,7 @@ class WeedServer:
             endpoint_url=f"http://127.0.0.1:{self.ports['s3.port']}",
             access_key=access_key or "test" + secrets.token_hex(8),
             secret_key=secret_key or secrets.token_hex(20),
+            filer=f"127.0.0.1:{self.ports['filer.port']}.{self.ports['filer.port.grpc']}",
         )
         self.extra_flags = tuple(extra_flags)
         self.log_path = self.data_dir / "weed.log"

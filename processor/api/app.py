@@ -45,11 +45,13 @@ from processor.api.routes import events, files, health, jobs, pages, prototype
 from processor.api.streams import StreamSlots
 from processor.api.upload import form_limit, json_body_limit
 from processor.api.validate import Resolver
+from processor.api.watch import JobWatch
 from processor.api.webhooks import WebhookDispatcher, read_secret
 from processor.config import Settings
 from processor.errors import ConfigError, StoreAccessError, StoreError
 from processor.queue.protocol import BucketQueue
 from processor.store.base import ObjectStore
+from processor.store.local import LocalStore
 
 log = logging.getLogger("processor.api")
 
@@ -91,11 +93,13 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
             queue, lambda state: renderer.render(webhook_base, state).model_dump(mode="json"), secret,
             replica=replica, allow=api.webhook_allow, resolve=resolve)
     budget = BodyBudget(api.body_budget_bytes)
+    # One watcher of job changes for every waiting request and event stream of this replica.
+    watch = JobWatch(queue, api.poll_s, local_root=store.root if isinstance(store, LocalStore) else None)
     context = ApiContext(settings=settings, queue=queue, access=access, clock=clock, metrics=ApiMetrics(queue),
                          renderer=renderer, upload_limit=upload_limit, resolve=resolve, webhook_secret=secret,
                          dispatcher=dispatcher, budget=budget,
                          streams=StreamSlots(api.max_streams, api.max_streams_per_client),
-                         ready=WriteProbe(queue, replica, clock=clock))
+                         ready=WriteProbe(queue, replica, clock=clock), watch=watch)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -104,6 +108,7 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
         try:
             yield
         finally:
+            await run_in_threadpool(watch.close)
             if dispatcher is not None:
                 await run_in_threadpool(dispatcher.close)
 

@@ -33,6 +33,7 @@ from processor.api.readiness import WriteProbe
 from processor.api.render import JobRenderer
 from processor.api.streams import StreamSlots
 from processor.api.validate import Resolver
+from processor.api.watch import RESYNC_S, JobWatch
 from processor.api.webhooks import WebhookDispatcher
 from processor.config import Settings
 from processor.config.sections import DEFAULT_API_MAX_STREAMS, DEFAULT_API_MAX_STREAMS_PER_CLIENT
@@ -71,6 +72,9 @@ class ApiContext:
     ready: WriteProbe | None = None
     #: The threads of the event streams' bucket reads (``routes.events``), made on first use.
     stream_reads: CapacityLimiter | None = None
+    #: What tells waiting requests and event streams that a job moved (one per replica); None:
+    #: they read the job's state every ``api.poll_s``.
+    watch: JobWatch | None = None
 
 
 def get_context(request: Request) -> ApiContext:
@@ -140,11 +144,27 @@ async def state_or_404(queue: BucketQueue, job: str) -> JobState:
 
 
 async def wait_for_end(queue: BucketQueue, job: str, seconds: float, *, clock: Callable[[], float],
-                       poll_s: float) -> JobState:
-    """The job's state once it ended, or after ``seconds`` (polling every ``poll_s``)."""
+                       poll_s: float, watch: JobWatch | None = None) -> JobState:
+    """The job's state once it ended, or after ``seconds``: read again whenever ``watch`` says the
+    job moved (and every ``RESYNC_S`` regardless), or without one every ``poll_s``."""
     deadline = clock() + seconds
+    generation = watch_generation(watch, job)
     state = await state_or_404(queue, job)
     while not state.status.ended and clock() < deadline:
-        await asyncio.sleep(min(poll_s, max(0.0, deadline - clock())))
+        if watch is None:
+            await asyncio.sleep(min(poll_s, max(0.0, deadline - clock())))
+        else:
+            generation = await watch.changed(job, generation, min(RESYNC_S, max(0.0, deadline - clock())))
         state = await state_or_404(queue, job)
     return state
+
+
+def watch_generation(watch: JobWatch | None, job: str) -> int:
+    """The watch's generation of ``job`` (0 without a watch); a 404 problem for an unknown id."""
+    if watch is None:
+        return 0
+    try:
+        return watch.generation(job)
+    except UnknownJob:
+        raise Problem(404, f"no job {job!r}", field="id",
+                      hint="Use an id returned by POST /v1/jobs or listed by GET /v1/jobs.") from None

@@ -3,6 +3,7 @@ caption stage). Every command, the HTTP API and the trainer build their parts he
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from collections.abc import Sequence
@@ -24,7 +25,8 @@ class StoreUse(Enum):
     #: ``status``, ``results``, ``retry``, ``doctor``: a person waits (``store.command_timeout_s``),
     #: and a missing local bucket is an error: reading one never creates it.
     READ = "read"
-    #: ``submit``, ``run --once``, ``finetune``: a person waits; the first upload makes the bucket.
+    #: ``submit``, and ``run --once`` until the store first answered: a person waits; the first
+    #: upload makes the bucket.
     WRITE = "write"
     #: ``run`` and ``serve``: the configured retries and back-off (``store.max_attempts``).
     DAEMON = "daemon"
@@ -118,6 +120,31 @@ def needs_torch(settings: Settings, styles: Sequence[str]) -> bool:
         if style.engine != "toon" or background_model(style) is not None:
             return True
     return caption_used(settings.caption, settings.styles, list(styles)) or settings.pipeline.clip_score is not None
+
+
+def build_compute_pool(settings: Settings, styles: Sequence[str]) -> Any:
+    """The worker's compute processes (``processor.worker.cpu_pool``) when ``styles`` need no PyTorch
+    model and ``run.cpu_workers`` (unset: this node's cores) is above one; else None (compute in
+    the worker's own process, one item at a time)."""
+    if needs_torch(settings, styles):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    size = settings.run.cpu_workers or cores
+    if size < 2:
+        return None
+    from processor.worker.cpu_pool import ProcessCompute
+
+    return ProcessCompute(functools.partial(cpu_pipeline, settings, list(styles)), size)
+
+
+def cpu_pipeline(settings: Settings, styles: list[str]) -> Any:
+    """The item pipeline of one compute process: the styles' engines, set up (no captioner: the
+    styles it runs take none)."""
+    from processor.pipeline.item import ItemPipeline
+
+    pipeline = ItemPipeline(settings, build_registry(settings), styles=styles)
+    pipeline.setup()
+    return pipeline
 
 
 def detect_device(settings: Settings | None = None, styles: Sequence[str] | None = None) -> str:

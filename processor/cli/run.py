@@ -16,6 +16,7 @@ from processor import __version__
 from processor.cli.compose import (
     StoreUse,
     build_captioner,
+    build_compute_pool,
     build_registry,
     build_store,
     detect_device,
@@ -35,6 +36,7 @@ log = logging.getLogger("processor.cli")
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from processor.queue.claims import probe_conditional_create
+    from processor.queue.hints import build_hint_sources
     from processor.worker.metrics import MetricsEndpoint
     from processor.worker.runner import Worker
 
@@ -64,16 +66,19 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     metrics = MetricsEndpoint(settings.metrics)
     worker = Worker(store, settings, build_registry(settings), worker_id=worker_id(settings), styles=styles,
                     device=detect_device(settings, styles), use_claims=use_claims, observer=metrics.observer,
-                    captioner=build_captioner(settings, store))
+                    captioner=build_captioner(settings, store), hints=build_hint_sources(settings, store),
+                    compute_pool=build_compute_pool(settings, styles))
     metrics.observer.watch(store=store, claims=worker.claims, info=worker.info.model_dump())
     _install_signal_handlers(worker)
     log.info("worker_start", extra={"worker": worker.info.id, "store": store.description, "styles": styles,
                                     "once": args.once, "coordination": "claims" if use_claims else "shards",
-                                    "metrics_port": metrics.port})
+                                    "metrics_port": metrics.port, "compute_slots": worker.compute_slots,
+                                    "hints": [h.name for h in worker.hint_sources]})
     try:
         worker.setup()
         code = worker.run_once() if args.once else worker.run_forever()
     finally:
+        worker.close()
         metrics.close()
         store.close()
     log.info("worker_stop", extra={str(o): n for o, n in worker.totals.items()} | {"exit_code": code})

@@ -58,6 +58,17 @@ DEFAULT_METRICS_STALL_S = 900.0
 DEFAULT_PNG_COMPRESS_LEVEL = 1
 #: Seconds between the daemon's full scans (incremental StartAfter scans in between).
 DEFAULT_FULL_RESCAN_S = 300.0
+#: Seconds: the longest wait between an idle daemon's scans (its back-off doubles up to this). It
+#: bounds the pickup of an input no hint announced: 30 s costs two requests (a HEAD and a LIST)
+#: 120 times an idle hour.
+DEFAULT_IDLE_BACKOFF_MAX_S = 30.0
+#: Seconds between an idle daemon's listings of the whole inputs prefix (without done markers)
+#: between full scans: the worst pickup of an upload no hint announced that sorts before the last
+#: key seen. ⌈N / 1000⌉ LISTs for N inputs, 120 times an idle hour.
+DEFAULT_RELIST_S = 30.0
+#: Seconds between the ``bucket`` hint source's HEADs of the rescan hint: how soon a worker in
+#: another pod learns of a job the API wrote (3,600 HEADs an idle hour).
+DEFAULT_HINT_POLL_S = 1.0
 #: Attempts an input gets when a stage crashes on it (``StageFailed``). Three, not one: a crash
 #: may be the worker's (a poisoned CUDA context, a bad deploy) rather than the input's, and another
 #: attempt, usually on a healthy or restarted worker, tells the two apart. Not more: each attempt

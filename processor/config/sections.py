@@ -23,6 +23,8 @@ from processor.config.base import (
     DEFAULT_COMMAND_TIMEOUT_S,
     DEFAULT_CONTACT_SHEET_MAX_PIXELS,
     DEFAULT_FULL_RESCAN_S,
+    DEFAULT_HINT_POLL_S,
+    DEFAULT_IDLE_BACKOFF_MAX_S,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_CONSECUTIVE_FAILURES,
@@ -33,6 +35,7 @@ from processor.config.base import (
     DEFAULT_METRICS_STALL_S,
     DEFAULT_MIN_SIDE,
     DEFAULT_PNG_COMPRESS_LEVEL,
+    DEFAULT_RELIST_S,
     WEBHOOK_SECRET_ENV,
     Section,
 )
@@ -257,12 +260,32 @@ class RunSettings(Section):
     order_variants_by: Literal["none", "structure", "clip"] = "none"
     #: Seconds between scans while the daemon has work.
     poll_interval_s: float = Field(default=10.0, gt=0)
-    #: Seconds: the longest wait between scans while idle (doubles from poll_interval_s).
-    idle_backoff_max_s: float = Field(default=300.0, gt=0)
+    #: Seconds: the longest wait between scans while idle (doubles from poll_interval_s); the worst
+    #: pickup of an input that no hint announced.
+    idle_backoff_max_s: float = Field(default=DEFAULT_IDLE_BACKOFF_MAX_S, gt=0)
+    #: Where an idle daemon learns of new inputs between scans (``processor.queue.hints``):
+    #: ``bucket`` (the rescan hint the API and ``processor submit`` write, HEADed every
+    #: ``hint_poll_s``), ``local`` (the local store's inputs folder, watched by the OS), ``seaweedfs``
+    #: (the filer's metadata subscription; needs ``seaweedfs_filer``), ``sqs`` (S3 event notifications
+    #: in an SQS queue; needs ``sqs_queue_url``). Unset: bucket, and local on the local store; ``[]``:
+    #: scans alone.
+    hints: list[Literal["bucket", "local", "seaweedfs", "sqs"]] | None = None
+    #: Seconds between the ``bucket`` hint source's HEADs of the rescan hint.
+    hint_poll_s: float = Field(default=DEFAULT_HINT_POLL_S, gt=0, allow_inf_nan=False)
+    #: ``seaweedfs`` hints: the filer's ``host:port`` (``host:port.grpcport`` when gRPC is not port + 10000).
+    seaweedfs_filer: str | None = None
+    #: ``sqs`` hints: the URL of the queue the bucket's ``s3:ObjectCreated:*`` notifications go to.
+    sqs_queue_url: str | None = None
+    #: Processes that compute items of CPU-only styles (toon, masks) at once; unset: the node's
+    #: cores. Styles that load a PyTorch model compute one item at a time in the worker itself.
+    cpu_workers: int | None = Field(default=None, ge=1, le=256)
     #: Seconds between the daemon's full scans; in between it lists only inputs after the last key
     #: seen (StartAfter). An upload that sorts before that key is found by the next full scan, or by
     #: the next scan when `processor submit` / `processor retry` wrote the rescan hint (rescan.py).
     full_rescan_s: float = Field(default=DEFAULT_FULL_RESCAN_S, gt=0)
+    #: Seconds between the daemon's listings of the whole inputs prefix (no done markers) between full
+    #: scans: what finds, without a hint, an upload that sorts before the last key seen; 0: only full scans.
+    relist_s: float = Field(default=DEFAULT_RELIST_S, ge=0, allow_inf_nan=False)
     #: Inputs downloaded and decoded ahead of the one computing.
     prefetch: int = Field(default=2, ge=0, le=64)
     #: Finished items waiting for upload before compute waits (bounds memory).

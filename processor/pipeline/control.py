@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 from PIL import Image
 
 from processor.config import ControlSettings
@@ -22,16 +21,7 @@ from processor.errors import ConfigError
 from processor.manifest import ControlKindName
 from processor.models.loader import ControlKind, ModelLoader, ResolvedModel
 from processor.pipeline.base import ControlUse
-
-
-def canny_map(image: Image.Image, low: int, high: int) -> Image.Image:
-    """The ControlNet conditioning image for ``type: canny``: OpenCV Canny edges of ``image`` (white
-    on black, three channels, as the canny ControlNets were trained on)."""
-    import cv2
-
-    gray = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2GRAY)
-    edges = cv2.Canny(gray, low, high)
-    return Image.fromarray(np.stack([edges] * 3, axis=-1), "RGB")
+from processor.pipeline.control_preprocess import load_control_map
 
 
 class StyleControl:
@@ -70,8 +60,6 @@ class StyleControl:
     def load(self, kind: ControlKind, *, xl: bool = False) -> list[Any]:
         """The entries' loaded modules of ``kind`` (ControlNets or T2I-Adapters) in config order,
         and the map maker of each entry. ``xl``: the style's model is SDXL (adapter factor)."""
-        from processor.pipeline.control_preprocess import load_control_map
-
         load = self.models.controlnet if kind is ControlKind.CONTROLNET else self.models.t2i_adapter
         modules = []
         self.resolved = []

@@ -1,7 +1,7 @@
 """The conditioning maps a ControlNet reads, made from the resized input photo
 (``styles.<name>.control[].type``).
 
-- ``canny``: OpenCV Canny edges (``processor.pipeline.control.canny_map``), no weights.
+- ``canny``: OpenCV Canny edges (``canny_map``), no weights.
 - ``lineart``: the Informative-Drawings line generator (Chan et al. 2022, "Learning to generate line
   drawings that convey geometry and semantics") that ControlNet 1.1's lineart models were trained
   on: the published architecture (``input_nc=3, output_nc=1``, 3 residual blocks, sigmoid out),
@@ -36,9 +36,19 @@ from torch import nn
 
 from processor.config import ControlSettings
 from processor.models.preprocessors import ResolvedPreprocessor, load_depth_model, load_state_dict, resolve
-from processor.pipeline.control import canny_map
 
 log = logging.getLogger("processor.control")
+
+
+def canny_map(image: Image.Image, low: int, high: int) -> Image.Image:
+    """The ControlNet conditioning image for ``type: canny``: OpenCV Canny edges of ``image`` (white
+    on black, three channels, as the canny ControlNets were trained on)."""
+    import cv2
+
+    gray = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2GRAY)
+    edges = cv2.Canny(gray, low, high)
+    return Image.fromarray(np.stack([edges] * 3, axis=-1), "RGB")
+
 
 #: Residual blocks of the published lineart generator (``Generator(3, 1, 3)``).
 LINEART_RESIDUAL_BLOCKS = 3

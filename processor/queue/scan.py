@@ -11,7 +11,10 @@ inputs after the last key the previous listing returned (``StartAfter``). A full
 upload may sort before the high-water mark, and SeaweedFS lists folder by folder rather than in
 byte order. Correctness never depends on the listing order; only how soon an input is found does.
 ``processor retry`` and ``processor submit``, whose changes may sort before the mark, also write a
-rescan hint (``processor.queue.rescan``) that makes each daemon's next scan a full one.
+rescan hint (``processor.queue.rescan``) that makes each daemon's next scan a full one. A hint
+source that knows where inputs arrived (``processor.queue.hints``: a watched folder, a bucket
+notification) makes the next scan a targeted one: the incremental listing plus one listing of
+each named prefix that sorts before the mark, with its done markers.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import hashlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from processor.queue.keys import ItemKeys, KeyLayout, is_directory_marker, is_sidecar, safe_path, safe_segment
@@ -29,6 +32,9 @@ from processor.queue.rescan import HintVersion, read_hint_version
 from processor.store.base import ObjectInfo, ObjectStore, requests_sent
 
 log = logging.getLogger("processor.scan")
+
+#: New inputs a relisting checks one done-marker listing each; past this it lists all the markers.
+MAX_RELIST_MARKER_LISTINGS = 16
 
 
 @dataclass(frozen=True)
@@ -71,10 +77,12 @@ def scan(store: ObjectStore, layout: KeyLayout) -> Backlog:
     return backlog
 
 
-def _list_finished(store: ObjectStore, layout: KeyLayout) -> dict[str, dict[str, str]]:
-    """safe relpath -> {safe etag: outcome}, from the done markers."""
-    finished: dict[str, dict[str, str]] = defaultdict(dict)
-    for obj in store.list(layout.done_prefix):
+def _list_finished(store: ObjectStore, layout: KeyLayout, under: str = "",
+                   into: dict[str, dict[str, str]] | None = None) -> dict[str, dict[str, str]]:
+    """safe relpath -> {safe etag: outcome}, from the done markers (those under ``under``, a safe
+    relpath prefix, when given), added to ``into`` when given."""
+    finished: dict[str, dict[str, str]] = into if into is not None else defaultdict(dict)
+    for obj in store.list(layout.done_prefix + under):
         parsed = layout.parse_done_marker(obj.key)
         if parsed:
             safe_rel, etag, outcome = parsed
@@ -83,14 +91,15 @@ def _list_finished(store: ObjectStore, layout: KeyLayout) -> dict[str, dict[str,
 
 
 def _list_inputs(
-    store: ObjectStore, layout: KeyLayout, start_after: str = ""
+    store: ObjectStore, layout: KeyLayout, start_after: str = "", prefix: str | None = None
 ) -> tuple[list[ObjectInfo], set[str], str]:
-    """Inputs and sidecar keys under the inputs prefix (after ``start_after``), and the last key
-    the listing returned (in the server's own order: what ``StartAfter`` continues from)."""
+    """Inputs and sidecar keys under the inputs prefix (or ``prefix`` inside it; after
+    ``start_after``), and the last key the listing returned (in the server's own order: what
+    ``StartAfter`` continues from)."""
     inputs: list[ObjectInfo] = []
     sidecars: set[str] = set()
     last = ""
-    for obj in store.list(layout.prefixes.inputs, start_after=start_after):
+    for obj in store.list(prefix or layout.prefixes.inputs, start_after=start_after):
         last = obj.key
         if is_directory_marker(obj.key):
             continue
@@ -146,13 +155,21 @@ class IncrementalScanner:
       manifest check. The mark is the last key *the server returned*, so ``StartAfter`` continues
       in the server's own order (SeaweedFS: folder by folder; S3: bytes) without repeats.
     - Inputs that sort before the mark (new uploads anywhere in the key space, replaced inputs)
-      are found by the next full scan: within ``full_rescan_s`` plus one poll interval.
+      are found by the next *relisting*, every ``relist_s`` between full scans (None: none): one
+      listing of the whole inputs prefix, without the done markers. Its inputs that the scanner has
+      not seen before under this ETag are new: only their own done markers are listed (all of them
+      at once when more than ``MAX_RELIST_MARKER_LISTINGS`` are new). The next full scan is the
+      safety net: within ``full_rescan_s`` plus one poll interval.
     - Every scan first HEADs the rescan hint (``processor.queue.rescan``; one request). When its
       version differs from the one read before the last full scan (``processor retry`` requeued
       inputs, ``processor submit`` uploaded some), this scan is a full one, whatever the schedule.
       A store error on that HEAD is logged and the scan keeps to the schedule.
     - ``retry_later`` carries items a pass left without a result (store errors, a stop) into the
       next incremental scan, so they need not wait for the full one.
+    - ``scan(prefixes)``: a hint source named where inputs arrived. Unless a full scan is due or
+      asked for, the scan is the incremental one plus, for each prefix that does not sort after the
+      mark, one listing of it and one of its done markers (an upload anywhere in the key space is
+      found without listing the whole bucket).
 
     Output-folder ownership (``a.jpg`` and ``a.png`` share ``outputs/a/``) is remembered across
     scans, so an incremental scan applies the same rule as a full one: the first key in byte order
@@ -165,13 +182,19 @@ class IncrementalScanner:
         layout: KeyLayout,
         full_rescan_s: float,
         clock: Callable[[], float] = time.monotonic,
+        relist_s: float | None = None,
     ) -> None:
         self.store = store
         self.layout = layout
         self.full_rescan_s = full_rescan_s
+        self.relist_s = relist_s
         self.clock = clock
         self.high_water = ""
         self._last_full: float | None = None
+        #: When the whole inputs prefix was last listed (a full scan or a relisting).
+        self._last_list: float | None = None
+        #: Input key -> ETag of every input listed so far (the last full listing, and since).
+        self._known: dict[str, str] = {}
         self._owners: dict[str, str] = {}
         self._sidecars: set[str] = set()
         self._carried: dict[str, WorkItem] = {}
@@ -181,6 +204,10 @@ class IncrementalScanner:
         #: Scans made so far, by kind (for logs and tests); "hinted" counts the full scans that the
         #: rescan hint asked for before their time (they count as "full" too).
         self.scans = {"full": 0, "incremental": 0, "hinted": 0}
+        #: Incremental scans that also listed prefixes a hint source named.
+        self.targeted_scans = 0
+        #: Relistings of the inputs prefix between full scans.
+        self.relists = 0
 
     def full_due(self) -> bool:
         return self._last_full is None or self.clock() - self._last_full >= self.full_rescan_s
@@ -191,7 +218,15 @@ class IncrementalScanner:
             return 0.0
         return max(0.0, self.full_rescan_s - (self.clock() - self._last_full))
 
-    def scan(self) -> Backlog:
+    def seconds_to_listing(self) -> float:
+        """Seconds until the next listing of the whole inputs prefix (full scan or relisting)."""
+        if self._last_list is None or not self.relist_s:
+            return self.seconds_to_full()
+        return min(self.seconds_to_full(), max(0.0, self.relist_s - (self.clock() - self._last_list)))
+
+    def scan(self, prefixes: Collection[str] = ()) -> Backlog:
+        """Full when due or asked for by the rescan hint; else incremental, plus the ``prefixes``
+        (keys under the inputs prefix) a hint source named."""
         before = requests_sent(self.store)
         # Read before the listings: a hint written after this read is a change for the next scan.
         hint = read_hint_version(self.store, self.layout)
@@ -201,8 +236,10 @@ class IncrementalScanner:
             log.info("rescan_hint_seen", extra={"key": self.layout.rescan_hint, "high_water": self.high_water})
             self.scans["hinted"] += 1
             backlog = self._full(hint)
+        elif self.seconds_to_listing() <= 0:
+            backlog = self._relist()
         else:
-            backlog = self._incremental()
+            backlog = self._incremental(prefixes)
         backlog.requests = requests_sent(self.store) - before
         return backlog
 
@@ -220,26 +257,80 @@ class IncrementalScanner:
         self._sidecars = sidecars
         self._carried.clear()  # the full scan found everything still pending
         self.high_water = last
-        self._last_full = started
+        self._last_full = self._last_list = started
+        self._known = {i.key: i.etag for i in inputs}
         if hint is not None:  # unread: keep the old version (a later read may then ask again)
             self._hint_seen = hint
         self.scans["full"] += 1
         return backlog
 
-    def _incremental(self) -> Backlog:
+    def _incremental(self, prefixes: Collection[str] = ()) -> Backlog:
         inputs, sidecars, last = _list_inputs(self.store, self.layout, start_after=self.high_water)
+        finished: dict[str, dict[str, str]] = defaultdict(dict)
+        targeted = self._targeted(prefixes, inputs, sidecars, finished)
         self._sidecars |= sidecars
         listed = {i.key for i in inputs}
         carried = [c for c in self._carried.values() if c.keys.input not in listed]
         self._carried.clear()
         backlog = Backlog(inputs=len(inputs), full=False)
-        _classify(backlog, self.layout, inputs, self._sidecars, {}, self._owners)
+        _classify(backlog, self.layout, inputs, self._sidecars, finished, self._owners)
+        if targeted:
+            self.targeted_scans += 1
+        self._known.update((i.key, i.etag) for i in inputs)
         backlog.pending = carried + backlog.pending
         backlog.carried = len(carried)
         if last:
             self.high_water = last
         self.scans["incremental"] += 1
         return backlog
+
+
+    def _relist(self) -> Backlog:
+        """The whole inputs prefix, and the done markers of the inputs new to the scanner only."""
+        started = self.clock()
+        inputs, sidecars, last = _list_inputs(self.store, self.layout)
+        new = [i for i in inputs if self._known.get(i.key) != i.etag]
+        finished: dict[str, dict[str, str]] = defaultdict(dict)
+        if len(new) > MAX_RELIST_MARKER_LISTINGS:
+            _list_finished(self.store, self.layout, into=finished)
+        else:
+            for info in new:
+                folder = self.layout.for_input(info.key).done_prefix
+                _list_finished(self.store, self.layout, folder[len(self.layout.done_prefix):], into=finished)
+        self._known = {i.key: i.etag for i in inputs}
+        self._sidecars = sidecars
+        listed = {i.key for i in new}
+        carried = [c for c in self._carried.values() if c.keys.input not in listed]
+        self._carried.clear()
+        backlog = Backlog(inputs=len(new), full=False)
+        _classify(backlog, self.layout, new, sidecars, finished, self._owners)
+        backlog.pending = carried + backlog.pending
+        backlog.carried = len(carried)
+        self.high_water = last
+        self._last_list = started
+        self.relists += 1
+        return backlog
+
+    def _targeted(self, prefixes: Collection[str], inputs: list[ObjectInfo], sidecars: set[str],
+                  finished: dict[str, dict[str, str]]) -> bool:
+        """List each of ``prefixes`` that does not sort after the mark (the incremental listing has
+        those that do), adding its inputs, sidecars and done markers; whether any was listed."""
+        root, mark = self.layout.prefixes.inputs, self.high_water.encode("utf-8")
+        seen = {i.key for i in inputs}
+        listed = False
+        for prefix in sorted(set(prefixes)):
+            if not mark or not prefix.startswith(root) or len(prefix) == len(root) or prefix.encode("utf-8") > mark:
+                continue
+            found, found_sidecars, _last = _list_inputs(self.store, self.layout, prefix=prefix)
+            inputs.extend(i for i in found if i.key not in seen)
+            seen.update(i.key for i in found)
+            sidecars |= found_sidecars
+            rel = prefix[len(root):]
+            # The markers' folder is the input's safe path: a prefix ending in "/" is a folder's.
+            under = safe_path(rel.rstrip("/")) + "/" if rel.endswith("/") else safe_path(rel)
+            _list_finished(self.store, self.layout, under, into=finished)
+            listed = True
+        return listed
 
 
 def shard_of(input_key: str, shard_count: int) -> int:

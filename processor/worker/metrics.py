@@ -79,6 +79,10 @@ class WorkerObserver:
     def scan_failed(self, error: str) -> None:
         """A scan could not reach the store (after retries)."""
 
+    def oldest_pending(self, uploaded_at: float | None) -> None:
+        """The last scan's oldest input without a result was uploaded at ``uploaded_at`` (Unix
+        seconds, the store's Last-Modified); None: it found none."""
+
     def item(self, outcome: Outcome, timings: Mapping[str, float] | None = None) -> None:
         """One input left the worker with ``outcome``; ``timings`` are its stages' seconds."""
 
@@ -119,6 +123,9 @@ class GuardedObserver(WorkerObserver):
 
     def scan_failed(self, error: str) -> None:
         self._call("scan_failed", error)
+
+    def oldest_pending(self, uploaded_at: float | None) -> None:
+        self._call("oldest_pending", uploaded_at)
 
     def item(self, outcome: Outcome, timings: Mapping[str, float] | None = None) -> None:
         self._call("item", outcome, timings)
@@ -171,6 +178,11 @@ class PrometheusObserver(WorkerObserver):
                              registry=r)
         self.last_scan = Gauge("processor_last_scan_timestamp_seconds", "Unix time of the last successful scan.",
                                registry=r)
+        #: Unix time the oldest pending input of the last scan was uploaded; None: none pending.
+        self._oldest_pending: float | None = None
+        Gauge("processor_oldest_pending_age_seconds",
+              "Age of the oldest input without a result that the last scan found (0: none): what to scale out on "
+              "beside processor_backlog_inputs.", registry=r).set_function(self._oldest_pending_age)
         Gauge("processor_ready", "1 when /readyz answers 200.", registry=r).set_function(lambda: float(self.ready()[0]))
         Gauge("processor_seconds_since_progress", "Seconds since the worker last made progress (/healthz).",
               registry=r).set_function(lambda: self._clock() - self._last_progress)
@@ -214,6 +226,15 @@ class PrometheusObserver(WorkerObserver):
             self.backlog.set(self._backlog)
             self._scan_ok, self._scan_error = True, ""
         self.heartbeat()
+
+    def oldest_pending(self, uploaded_at: float | None) -> None:
+        with self._lock:
+            self._oldest_pending = uploaded_at
+
+    def _oldest_pending_age(self) -> float:
+        with self._lock:
+            oldest = self._oldest_pending
+        return 0.0 if oldest is None else max(0.0, time.time() - oldest)
 
     def scan_failed(self, error: str) -> None:
         self.scan_failures.inc()

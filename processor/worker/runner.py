@@ -5,9 +5,12 @@ waits for the network and memory stays flat however many inputs there are::
 
     fetch thread   claim → check for an existing result → GET input (+ sidecar) → decode
          │  queue of run.prefetch items (their claims are renewed while they wait)
-    main thread    render every style
+    main thread    render every style (with run.cpu_workers compute processes: one thread per process)
          │  queue of run.upload_queue items
     upload thread  encode → put variants → commit manifest (conditional) → done marker → release
+
+The daemon's loop and its waits are ``processor.worker.daemon``'s: hints end an idle wait, and
+while a pass computes the fetch stage scans what a hint announces, so new work joins the pass.
 
 The worker only moves jobs between stages. What an input's state in the bucket is, and how it
 changes (claim, existing result, put output, commit, failure record, done marker, release), is
@@ -23,9 +26,8 @@ import queue
 import threading
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from processor import __version__
@@ -47,18 +49,21 @@ from processor.errors import (
 )
 from processor.log import bind_item
 from processor.manifest import Manifest, Source, WorkerInfo
-from processor.pipeline.base import DecodedImage, VariantImage
-from processor.pipeline.item import Encoded, ItemPipeline, Prepared, Rendered
+from processor.pipeline.item import Encoded, ItemPipeline
 from processor.pipeline.outputs import attempt_scoped
 from processor.pipeline.render import EngineRegistry
-from processor.queue.claims import Claim, ClaimKeeper, ClaimManager, ClaimProgress
+from processor.queue.claims import ClaimKeeper, ClaimManager, ClaimProgress
 from processor.queue.failpolicy import CircuitBreaker
+from processor.queue.hints.base import Hint, HintSource, Wakeup
 from processor.queue.keys import KeyLayout
-from processor.queue.outcomes import OFFER_AGAIN, PROGRESS, Outcome
-from processor.queue.protocol import AlreadyCommitted, BucketQueue, Delivery, InputObject, OutputTaken
+from processor.queue.outcomes import Outcome
+from processor.queue.protocol import AlreadyCommitted, BucketQueue, Delivery, OutputTaken
 from processor.queue.scan import IncrementalScanner, WorkItem, scan, shard_of
 from processor.queue.submit import filename_from_metadata
 from processor.store.base import ObjectStore
+from processor.worker.cpu_pool import ProcessCompute
+from processor.worker.handoff import END, QUEUE_POLL_S, offer, take
+from processor.worker.job import Job, PassResult
 from processor.worker.metrics import GuardedObserver, WorkerObserver
 
 log = logging.getLogger("processor.worker")
@@ -67,72 +72,12 @@ log = logging.getLogger("processor.worker")
 MAX_STALLED_PASSES = 5
 #: Seconds ``--once`` waits before rescanning inputs that other workers hold.
 BUSY_RESCAN_S = 5.0
-#: Seconds a stage waits on a full queue before checking whether the pass was aborted.
-QUEUE_POLL_S = 0.2
 #: Claim TTLs after which a pass takes no new items and the worker rescans. Items skipped as
 #: busy are only tried again by a rescan: without this bound, the claim of a crashed worker
 #: waited for every other worker to get through its whole backlog (bench/chaos.py measured
 #: takeovers 75 s after the last renewal with a 4 s TTL).
 PASS_MAX_TTLS = 1.0
-_END = object()
-
-
-@dataclass
-class Job:
-    """One input on its way through the stages: its delivery (the bucket protocol's state) and
-    what the pipeline has made of it so far."""
-
-    delivery: Delivery
-    input: InputObject | None = None
-    prepared: Prepared | None = None
-    rendered: Rendered | None = None
-    error: ItemError | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def item(self) -> WorkItem:
-        return self.delivery.item
-
-    @property
-    def claim(self) -> Claim | None:
-        return self.delivery.claim
-
-    @property
-    def etag(self) -> str:
-        return self.delivery.etag
-
-    @property
-    def key(self) -> str:
-        return self.delivery.key
-
-    @property
-    def decoded(self) -> DecodedImage | None:
-        return self.prepared.decoded if self.prepared else None
-
-    @property
-    def variants(self) -> list[VariantImage]:
-        return self.rendered.variants if self.rendered else []
-
-
-@dataclass
-class PassResult:
-    """What one pass did: outcome counts, and each input's outcome."""
-
-    outcomes: Counter[Outcome] = field(default_factory=Counter)
-    #: Inputs still without a result after this pass (store errors, held by other workers).
-    left: int = 0
-    #: The pass stopped taking items after PASS_MAX_TTLS claim TTLs; the rest wait for a rescan.
-    cut_short: bool = False
-    #: Input key -> its outcome in this pass.
-    outcome_of: dict[str, Outcome] = field(default_factory=dict)
-
-    @property
-    def progress(self) -> int:
-        return sum(self.outcomes[o] for o in PROGRESS)
-
-    def counts(self) -> dict[str, int]:
-        """Outcome value -> count, for log fields."""
-        return {o.value: n for o, n in self.outcomes.items()}
+__all__ = ["Job", "PassResult", "Worker"]
 
 
 class Worker:
@@ -152,6 +97,8 @@ class Worker:
         observer: WorkerObserver | None = None,
         captioner: Any | None = None,
         clock: Callable[[], float] = time.monotonic,
+        hints: Sequence[HintSource] = (),
+        compute_pool: ProcessCompute | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -180,17 +127,37 @@ class Worker:
         self.breaker = CircuitBreaker(settings.run.max_consecutive_failures)
         #: Set when the breaker tripped: the pass ends and raises it (exit EXIT_UNHEALTHY).
         self._unhealthy: WorkerUnhealthy | None = None
+        #: Where hint sources tell the daemon that work may have arrived (processor.queue.hints);
+        #: the sources run while ``run_forever`` does (processor.worker.daemon).
+        self.wakeup = Wakeup()
+        self.hint_sources = list(hints)
+        #: Processes that compute CPU-only styles (processor.worker.cpu_pool); None: this process,
+        #: one item at a time. With a pool, that many compute threads each wait on one process.
+        self.compute_pool = compute_pool
+        self.compute_slots = compute_pool.size if compute_pool is not None else 1
+        #: Items taken by the compute stage and not yet handed on (the fetch stage waits for work
+        #: to join the pass while this is non-zero).
+        self._computing = 0
+        #: Guards the breaker and ``_computing`` (several compute threads with a pool).
+        self._compute_lock = threading.Lock()
 
     # ----------------------------------------------------------------- lifecycle
 
     def request_stop(self) -> None:
-        """Finish the item computing now and the uploads queued behind it; take no new work."""
+        """Finish the items computing now and the uploads queued behind them; take no new work."""
         self.stop_event.set()
         self.observer.stopping()
 
     def setup(self) -> None:
         self.pipeline.setup()
+        if self.compute_pool is not None:
+            self.compute_pool.start()
         self.observer.setup_done()
+
+    def close(self) -> None:
+        """Stop the compute processes (the hint sources stop with ``run_forever``)."""
+        if self.compute_pool is not None:
+            self.compute_pool.close()
 
     def run_once(self) -> int:
         """Drain the inputs: pass after pass until every input has a result. Returns an exit code."""
@@ -220,36 +187,19 @@ class Worker:
         return EXIT_STOPPED if left else 0
 
     def run_forever(self) -> int:
-        """The daemon: scan, work, and back off while idle (doubling up to idle_backoff_max_s)."""
-        interval = self.settings.run.poll_interval_s
-        scanner = IncrementalScanner(self.store, self.layout, self.settings.run.full_rescan_s, clock=self.clock)
-        while not self.stop_event.is_set():
-            try:
-                items = self._my_items(scanner)
-                result = self.run_pass(items) if items else PassResult()
-                # An item the pass never reached (stopped) has no outcome: it is offered again too.
-                scanner.retry_later(i for i in items
-                                    if result.outcome_of.get(i.keys.input, Outcome.RELEASED) in OFFER_AGAIN)
-            except FatalError:
-                raise
-            except StoreError as exc:
-                log.warning("scan_failed", extra={"error": type(exc).__name__, "detail": str(exc)})
-                self.observer.scan_failed(f"{type(exc).__name__}: {exc}")
-                result = PassResult()
-            if result.progress:
-                interval = self.settings.run.poll_interval_s
-            else:
-                interval = min(interval * 2, self.settings.run.idle_backoff_max_s)
-                # Never sleep past a due full rescan: it is what finds inputs sorting before the mark.
-                wait = max(min(interval, scanner.seconds_to_full()), self.settings.run.poll_interval_s)
-                log.debug("idle", extra={"next_scan_s": wait})
-                self.observer.heartbeat(quiet_s=wait)
-                self.stop_event.wait(wait)
-        return 0
+        """The daemon (``processor.worker.daemon``): scan, work, and wait for a hint or the back-off."""
+        from processor.worker.daemon import run_daemon
 
-    def _my_items(self, scanner: IncrementalScanner | None = None) -> list[WorkItem]:
+        return run_daemon(self)
+
+    def scan_for_work(self, scanner: IncrementalScanner, hint: Hint | None = None) -> list[WorkItem]:
+        """The daemon's scan: what it should take now (the prefixes a hint named are listed too)."""
+        return self._my_items(scanner, hint.prefixes if hint is not None else ())
+
+    def _my_items(self, scanner: IncrementalScanner | None = None, prefixes: Sequence[str] | frozenset[str] = (),
+                  ) -> list[WorkItem]:
         scan_started = time.perf_counter()
-        backlog = scanner.scan() if scanner else scan(self.store, self.layout)
+        backlog = scanner.scan(prefixes) if scanner else scan(self.store, self.layout)
         items = backlog.pending
         run = self.settings.run
         if not self.claims:
@@ -265,12 +215,16 @@ class Worker:
         # found to the backlog gauge instead of replacing the full scan's count.
         self.observer.scanned(len(backlog.pending) - backlog.carried, time.perf_counter() - scan_started,
                               full=backlog.full)
+        self.observer.oldest_pending(min((i.info.last_modified.timestamp() for i in backlog.pending), default=None))
         return items
 
-    def run_pass(self, items: list[WorkItem]) -> PassResult:
-        """One pass over ``items`` through the three stages."""
-        result = PassResult()
-        ready: queue.Queue = queue.Queue(maxsize=max(1, self.settings.run.prefetch))
+    def run_pass(self, items: list[WorkItem], refill: Callable[[Hint], list[WorkItem]] | None = None) -> PassResult:
+        """One pass over ``items`` through the three stages. With ``refill`` (the daemon's scan), hints
+        that arrive while the pass computes are scanned on the fetch thread and what they find joins
+        this pass."""
+        result = PassResult(items=list(items))
+        # Enough prepared items for every compute slot, and run.prefetch beyond the one computing.
+        ready: queue.Queue = queue.Queue(maxsize=max(1, self.settings.run.prefetch, self.compute_slots))
         finished: queue.Queue = queue.Queue(maxsize=self.settings.run.upload_queue)
         keeper = (ClaimKeeper(self.claims, self.settings.claims.renew_s, progress_s=self.settings.claims.progress_s)
                   if self.claims else None)
@@ -278,31 +232,27 @@ class Worker:
             keeper.start()
         self._fatal = None
         self._abort.clear()
-        #: Set when this thread offers no more jobs to the upload stage.
+        #: Set when the compute threads offer no more jobs to the upload stage.
         computed = threading.Event()
-        fetcher = threading.Thread(target=self._guard, args=(self._fetch_all, items, ready, keeper, result),
+        fetcher = threading.Thread(target=self._guard, args=(self._fetch_all, result, ready, keeper, refill),
                                    name="fetch", daemon=True)
         uploader = threading.Thread(target=self._guard, args=(self._upload_all, finished, keeper, result, computed),
                                     name="upload", daemon=True)
-        fetcher.start()
-        uploader.start()
+        helpers = [threading.Thread(target=self._guard, name=f"compute-{n}", daemon=True,
+                                    args=(self._compute_all, ready, finished, keeper, result, fetcher))
+                   for n in range(1, self.compute_slots)]
+        for thread in (fetcher, uploader, *helpers):
+            thread.start()
         try:
-            while True:
-                job = self._take(ready, lambda: not fetcher.is_alive())
-                if job is _END:
-                    break
-                if self.stop_event.is_set() or self._fatal:
-                    self._finish(job, Outcome.RELEASED, keeper, result)
-                    continue
-                self._compute(job)
-                if not self._offer(finished, job):
-                    self._finish(job, Outcome.RELEASED, keeper, result)
+            self._compute_all(ready, finished, keeper, result, fetcher)
         except BaseException:
             self._abort.set()
             raise
         finally:
+            for helper in helpers:
+                helper.join()
             computed.set()
-            self._offer(finished, _END)
+            self._offer(finished, END)
             uploader.join()
             fetcher.join()
             # After an abort, jobs may still sit in the queues: give their claims back now
@@ -314,12 +264,32 @@ class Worker:
             bind_item(None)  # the lines after the pass are about no input
         if self._fatal:
             raise self._fatal
-        result.left = len(items) - result.progress
+        result.left = len(result.items) - result.progress
         self.totals.update(result.outcomes)
         log.info("pass_done", extra=result.counts() | {"left": result.left})
         if self._unhealthy:
             raise self._unhealthy
         return result
+
+    def _compute_all(self, ready: queue.Queue, finished: queue.Queue, keeper: ClaimKeeper | None,
+                     result: PassResult, fetcher: threading.Thread) -> None:
+        """One compute slot: take prepared jobs, compute them, hand them to the upload stage."""
+        while True:
+            job = take(ready, lambda: not fetcher.is_alive())
+            if job is END:
+                return
+            with self._compute_lock:
+                self._computing += 1
+            try:
+                if self.stop_event.is_set() or self._fatal:
+                    self._finish(job, Outcome.RELEASED, keeper, result)
+                    continue
+                self._compute(job)
+                if not self._offer(finished, job):
+                    self._finish(job, Outcome.RELEASED, keeper, result)
+            finally:
+                with self._compute_lock:
+                    self._computing -= 1
 
     def _guard(self, target: Any, *args: Any) -> None:
         """Run a stage thread; a fatal error stops the whole pass instead of dying silently."""
@@ -336,55 +306,54 @@ class Worker:
                 job = q.get_nowait()
             except queue.Empty:
                 return
-            if job is not _END:
+            if job is not END:
                 self._finish(job, Outcome.RELEASED, keeper, result)
 
-    @staticmethod
-    def _take(q: queue.Queue, producer_done: Callable[[], bool]) -> Any:
-        """The next job on ``q``, or ``_END`` once ``q`` is empty and its producer has finished.
-
-        The end marker alone cannot end a reader's loop: after an abort, ``_offer`` gives up on
-        a full queue, so a producer may finish without delivering it (the reader then waited on
-        ``get`` forever)."""
-        while True:
-            try:
-                return q.get(timeout=QUEUE_POLL_S)
-            except queue.Empty:
-                if producer_done():
-                    # The producer has ended: whatever it put after the timed-out get is there now.
-                    try:
-                        return q.get_nowait()
-                    except queue.Empty:
-                        return _END
-
     def _offer(self, q: queue.Queue, item: object) -> bool:
-        """Put ``item`` on a bounded queue unless the pass was aborted (its reader may be gone)."""
-        while True:
-            try:
-                q.put(item, timeout=QUEUE_POLL_S)
-                return True
-            except queue.Full:
-                if self._abort.is_set():
-                    return False
+        return offer(q, item, self._abort)
 
     # ----------------------------------------------------------------- stage 1: fetch
 
-    def _fetch_all(self, items: list[WorkItem], ready: queue.Queue, keeper: ClaimKeeper | None,
-                   result: PassResult) -> None:
+    def _fetch_all(self, result: PassResult, ready: queue.Queue, keeper: ClaimKeeper | None,
+                   refill: Callable[[Hint], list[WorkItem]] | None) -> None:
         deadline = time.monotonic() + PASS_MAX_TTLS * self.settings.claims.ttl_s if self.claims else None
+        todo = deque(result.items)
         try:
-            for item in items:
-                if self.stop_event.is_set():
-                    break
+            while not self.stop_event.is_set():
                 if deadline is not None and time.monotonic() > deadline:
                     result.cut_short = True
                     log.info("pass_cut_short", extra={"after_s": round(PASS_MAX_TTLS * self.settings.claims.ttl_s, 1)})
                     break
-                job = self._fetch(item, keeper, result)
-                if job is not None and not self._offer(ready, job):
+                if not todo:
+                    if refill is None or not self._join_arrivals(result, ready, refill, todo):
+                        break
+                    continue
+                job = self._fetch(todo.popleft(), keeper, result)
+                if job is None:
+                    continue
+                # Upload to claimed and read, as the worker sees it (the store's clock against its own).
+                log.info("fetched", extra={"key": job.key, "since_upload_s": round(
+                    time.time() - job.item.info.last_modified.timestamp(), 3)})
+                if not self._offer(ready, job):
                     self._finish(job, Outcome.RELEASED, keeper, result)
         finally:
-            self._offer(ready, _END)
+            self._offer(ready, END)
+
+    def _join_arrivals(self, result: PassResult, ready: queue.Queue, refill: Callable[[Hint], list[WorkItem]],
+                       todo: deque[WorkItem]) -> bool:
+        """The fetch stage ran out of items: while the compute stage still works, wait a moment for a
+        hint and scan for what it announces. False once the pass has nothing left to wait for."""
+        hint = self.wakeup.wait(QUEUE_POLL_S, stop=self.stop_event)
+        if hint is not None:
+            known = {i.keys.input for i in result.items}
+            arrived = [i for i in refill(hint) if i.keys.input not in known]
+            if arrived:
+                log.info("joined_pass", extra={"items": len(arrived), "sources": sorted(hint.sources)})
+                result.items.extend(arrived)
+                todo.extend(arrived)
+            return True
+        with self._compute_lock:
+            return self._computing > 0 or not ready.empty()
 
     def _fetch(self, item: WorkItem, keeper: ClaimKeeper | None, result: PassResult) -> Job | None:
         """Claim, check for an existing result, read and prepare one input; None when it needs no
@@ -468,13 +437,18 @@ class Worker:
             if claim is not None:
                 claim.report(ClaimProgress(**progress))
         try:
-            job.rendered = self.pipeline.compute(job.prepared, job.timings, report=report)
+            if self.compute_pool is not None:
+                job.rendered = self.compute_pool.compute(job.prepared, job.timings)
+            else:
+                job.rendered = self.pipeline.compute(job.prepared, job.timings, report=report)
         except ItemError as exc:
             job.error = exc
-            if self.breaker.failed(job.key, exc) and not self._unhealthy:
-                self._trip()
+            with self._compute_lock:
+                if self.breaker.failed(job.key, exc) and not self._unhealthy:
+                    self._trip()
         else:
-            self.breaker.succeeded()
+            with self._compute_lock:
+                self.breaker.succeeded()
 
     def _trip(self) -> None:
         """The breaker tripped: take no more work. The item that tripped it and those computed
@@ -498,8 +472,8 @@ class Worker:
     def _upload_all(self, finished: queue.Queue, keeper: ClaimKeeper | None, result: PassResult,
                     computed: threading.Event) -> None:
         while True:
-            job = self._take(finished, computed.is_set)
-            if job is _END:
+            job = take(finished, computed.is_set)
+            if job is END:
                 return
             bind_item(job.key)
             if job.claim and job.claim.lost.is_set():

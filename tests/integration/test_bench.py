@@ -88,3 +88,26 @@ def test_bounded_reads_smoke_local(capsys) -> None:
     assert "local, 2 MiB: get max_bytes=64 KiB (now)" in report
     assert report["local: next list, new process (hash from xattr)"].endswith(" 0 hashed")
     assert report["local: first list of 20 dropped-in files (64 KiB)"].endswith(" 20 hashed")
+
+
+def test_wake_smoke(capsys) -> None:
+    """The idle daemon of the shipped settings picks up an API job and a dropped photo; the figures
+    parse (their size is the machine's, checked by tests/test_wake.py with its own margins)."""
+    from bench import wake
+
+    results = wake.main(["--idle-s", "1"])
+    printed = parse_report(capsys.readouterr().out)
+    for key in ("api_submit_to_running_s", "api_submit_to_done_less_compute_s", "drop_in_to_running_s",
+                "idle_requests_per_hour"):
+        assert float(printed[key]) >= 0 and key in results
+    assert results["api_submit_to_running_s"] <= results["api_submit_to_done_s"]
+
+
+def test_cpu_pool_smoke(capsys) -> None:
+    from bench import cpu_pool
+
+    results = cpu_pool.main(["--inputs", "4", "--processes", "2", "--side", "96", "--variants", "1"])
+    printed = parse_report(capsys.readouterr().out)
+    assert float(printed["processes_over_one_slot"]) > 0
+    # The same work either way: every input done, with the same store requests per item.
+    assert results["one_slot_requests_per_item"] == results["processes_requests_per_item"]

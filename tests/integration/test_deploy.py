@@ -338,6 +338,35 @@ def test_keda_scaledobject_targets_the_daemon() -> None:
     assert float(trigger["metadata"]["threshold"]) > 0
 
 
+def test_keda_scaledjob_runs_the_base_jobs_pod_on_the_api_backlog() -> None:
+    """One Job per burst: its pod is the base Job's (same image, args, config, volumes, credentials),
+    and its trigger names a gauge the API exports while no worker runs."""
+    from processor.api.http_metrics import ApiMetrics
+
+    (obj,) = _docs(DEPLOY / "examples" / "keda-scaledjob.yaml")
+    assert obj["apiVersion"] == "keda.sh/v1alpha1" and obj["kind"] == "ScaledJob"
+    assert obj["spec"]["maxReplicaCount"] >= 1
+    pod = obj["spec"]["jobTargetRef"]["template"]["spec"]
+    base = _one(_rendered.get("job") or _render("job"), "Job")["spec"]["template"]["spec"]
+    ours, theirs = _container({"spec": {"template": {"spec": pod}}}), _container({"spec": {"template": {"spec": base}}})
+    assert ours["args"] == theirs["args"] == ["run", "--once"] and pod["restartPolicy"] == "Never"
+    assert ours["image"].split(":")[0] == theirs["image"].split(":")[0].split("/")[-1]
+    assert ours["envFrom"] == theirs["envFrom"] and ours["securityContext"] == theirs["securityContext"]
+    assert {v["name"]: v.get("persistentVolumeClaim") for v in pod["volumes"]}.items() <= \
+        {v["name"]: v.get("persistentVolumeClaim") for v in base["volumes"]}.items()
+    assert pod["serviceAccountName"] == base["serviceAccountName"]
+    (trigger,) = obj["spec"]["triggers"]
+    assert trigger["type"] == "prometheus" and float(trigger["metadata"]["threshold"]) > 0
+
+    class Backlog:
+        def backlog(self) -> tuple[int, int]:
+            return 7, 2
+
+    exported, _ = ApiMetrics(Backlog()).render("")
+    (metric,) = re.findall(r"\b(processor_[a-z_]+)\b", trigger["metadata"]["query"])
+    assert re.search(rf"(?m)^{metric} 7\.0$", exported.decode()), exported.decode()
+
+
 def test_metrics_port_is_the_same_number_everywhere(rendered: tuple[str, list[dict[str, Any]]], tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker listens on metrics.port; the pod declares it, the probes and scrapers use its name."""

@@ -402,7 +402,8 @@ def test_processor_run_exits_7_when_the_breaker_trips(tmp_path, monkeypatch, cap
     (tmp_path / "config.yaml").write_text(
         "store: {kind: local, root: bucket}\n"
         "styles: {toon: {engine: toon, variants: 1, max_side: 128}}\n"
-        "run: {max_consecutive_failures: 2}\n"
+        # One compute slot: the faulty registry below replaces this process's, not a compute process's.
+        "run: {max_consecutive_failures: 2, cpu_workers: 1}\n"
         "metrics: {port: 0}\n"
     )
     store = LocalStore(tmp_path / "bucket")

@@ -15,7 +15,7 @@ from processor.cli.main import main
 from processor.config import ControlSettings, DecodeSettings, Img2ImgStyle, ModelSettings
 from processor.errors import ConfigError, ModelUnavailableError, ObjectNotFound
 from processor.models.loader import ModelLoader
-from processor.pipeline.control import canny_map
+from processor.pipeline.control_preprocess import canny_map
 from processor.pipeline.decode import decode_image
 from processor.pipeline.img2img import Img2ImgEngine
 from testkit.images import photo_bytes

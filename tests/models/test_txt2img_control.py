@@ -16,7 +16,7 @@ from processor.config.styles import Img2ImgStyle
 from processor.errors import ConfigError
 from processor.manifest import Control
 from processor.models.loader import ModelLoader
-from processor.pipeline.control import canny_map
+from processor.pipeline.control_preprocess import canny_map
 from processor.pipeline.decode import decode_image
 from processor.pipeline.encode import PARAMETERS_KEY
 from processor.pipeline.img2img import Img2ImgEngine

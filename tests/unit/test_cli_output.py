@@ -258,10 +258,11 @@ def test_the_extras_table_names_every_package_of_each_extra() -> None:
     """``processor.cli.extras`` translates an import of any of an extra's packages: a package added
     to an extra in pyproject.toml must be added to its table too."""
     import re
-    import tomllib
     from pathlib import Path
 
     from processor.cli.extras import CORE_MODULES, EXTRA_MODULES, Extra
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     extras = pyproject["project"]["optional-dependencies"]

@@ -145,3 +145,13 @@ def test_bench_testkit_and_scripts_never_import_tests() -> None:
                  for _line, name in imported_modules(ast.parse(path.read_text(encoding="utf-8")))
                  if name.split(".")[0] == "tests"]
     assert not offenders, "import testkit instead of tests:\n" + "\n".join(offenders)
+
+
+#: Lines a module of ``processor/`` may hold: past it, split it by responsibility.
+MAX_MODULE_LINES = 600
+
+
+def test_no_module_of_the_package_is_over_the_line_limit() -> None:
+    too_long = {str(path.relative_to(PACKAGE.parent)): n for path in sorted(PACKAGE.rglob("*.py"))
+                if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
+    assert not too_long, f"modules over {MAX_MODULE_LINES} lines (split them by responsibility): {too_long}"

@@ -3,8 +3,10 @@
 A stream takes one of the replica's stream slots (``processor.api.streams``: 429 past
 ``api.max_streams`` or ``api.max_streams_per_client``) and lasts at most ``api.stream_max_s``: then
 an ``expired`` event says where the job is and the stream ends (EventSource reconnects by itself).
-Its bucket reads run on threads of their own (``STREAM_READ_THREADS``), so many open streams never
-hold the threads that health and job reads need."""
+Updates come from the replica's job watcher (``processor.api.watch``), so an open stream reads the
+bucket when its job moved, not on a timer. Its bucket reads run on threads of their own
+(``STREAM_READ_THREADS``), so many open streams never hold the threads that health and job reads
+need."""
 
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ from fastapi import APIRouter, Request
 from starlette.responses import StreamingResponse
 
 from processor.api.auth import client_address
-from processor.api.deps import ApiContext, Caller, Clock, Context, check_visible, no_job
+from processor.api.deps import ApiContext, Caller, Clock, Context, check_visible, no_job, watch_generation
 from processor.api.streams import SlotResponse
+from processor.api.watch import RESYNC_S
 from processor.queue.jobs import JobState, JobStatus, UnknownJob
 
 #: Seconds between keep-alive comments on a quiet event stream (proxies drop idle connections).
@@ -32,11 +35,14 @@ router = APIRouter()
 
 @router.get("/v1/jobs/{job}/events")
 async def events(request: Request, job: str, context: Context, clock: Clock, caller: Caller) -> StreamingResponse:
-    queue, renderer, api = context.queue, context.renderer, context.settings.api
+    queue, renderer, api, watch = context.queue, context.renderer, context.settings.api, context.watch
     poll_s = api.poll_s
     check_visible(queue, job, caller)
     # On an open server every caller is the same anonymous admin: its address tells clients apart.
     slot = context.streams.take(caller.name or client_address(request))
+    # The watcher's generation is taken before each read, so a change between the read and the
+    # wait still wakes the stream.
+    generation = watch_generation(watch, job)
     try:
         first = await _read(context, job)
     except UnknownJob:
@@ -49,7 +55,8 @@ async def events(request: Request, job: str, context: Context, clock: Clock, cal
     ends_at = clock() + api.stream_max_s
 
     async def stream() -> AsyncIterator[bytes]:
-        state, last_status, last_progress, quiet_since = first, None, None, clock()
+        nonlocal generation
+        state, last_status, last_progress, quiet_since, read_at = first, None, None, clock(), clock()
         while True:
             if state.status != last_status:
                 last_status = state.status
@@ -67,11 +74,21 @@ async def events(request: Request, job: str, context: Context, clock: Clock, cal
                 quiet_since = clock()
             if await request.is_disconnected():
                 return
-            await asyncio.sleep(poll_s)
             if clock() >= ends_at:
                 yield sse("expired", {"id": job, "status": state.status.value, "detail": (
                     f"this stream reached its lifetime ({api.stream_max_s:g} s, api.stream_max_s); reconnect")})
                 return
+            if watch is None:
+                await asyncio.sleep(poll_s)
+            else:
+                seen = generation
+                until_keepalive = SSE_KEEPALIVE_S - (clock() - quiet_since)
+                until_expiry = ends_at - clock()
+                wait_s = max(poll_s, min(until_keepalive, until_expiry, RESYNC_S))
+                generation = await watch.changed(job, seen, wait_s)
+                if generation == seen and clock() - read_at < RESYNC_S:
+                    continue  # nothing moved: only the keep-alive, expiry and disconnect checks are due
+            read_at = clock()
             try:
                 state = await _read(context, job)
             except UnknownJob:

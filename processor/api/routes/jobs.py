@@ -90,7 +90,8 @@ async def submit(request: Request, context: Context, caller: Caller) -> Response
     base = renderer.base_url(request)
     headers = {"Location": f"{base}/v1/jobs/{job}"}
     if wait:
-        state = await wait_for_end(context.queue, job, wait, clock=context.clock, poll_s=api.poll_s)
+        state = await wait_for_end(context.queue, job, wait, clock=context.clock, poll_s=api.poll_s,
+                                   watch=context.watch)
         if state.status.ended:
             return JSONResponse(renderer.render(base, state).model_dump(mode="json"), status_code=200,
                                 headers=headers)

@@ -56,7 +56,8 @@ async def direct(request: Request, context: Context, caller: Caller) -> DirectRe
         raise
     job, _ = await run_in_threadpool(queue.submit, submission, scope=caller.name, owner=caller.name or None)
     context.metrics.submitted(True)
-    state = await wait_for_end(queue, job, api.direct_timeout_s, clock=context.clock, poll_s=api.poll_s)
+    state = await wait_for_end(queue, job, api.direct_timeout_s, clock=context.clock, poll_s=api.poll_s,
+                               watch=context.watch)
     if state.status is JobStatus.failed and state.failure is not None:
         f = state.failure
         raise Problem(422 if f.permanent else 502, f"{f.error}: {f.message}", hint=f.hint, job=job)

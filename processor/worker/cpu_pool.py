@@ -1,0 +1,116 @@
+"""Compute on every core: a pool of processes for styles that need no GPU (toon, masks).
+
+A GPU worker computes one item at a time in its own process (the GPU is the bottleneck, and CUDA
+does not survive a fork). A CPU-only style is bound by the Python and OpenCV work of one core, so
+on a CPU node the worker runs ``run.cpu_workers`` items at once, each in a process of this pool;
+the worker's threads still do the fetching, claiming and uploading.
+
+Each process is started (``spawn``: nothing of the parent's threads or locks is inherited) with
+``setup``, a picklable callable that builds and sets up the item pipeline once; items then travel
+as pickles (a decoded image in, the variants out). An item's failure comes back as the same
+``ItemError`` with its hint; a process that dies (out of memory, a crash in native code) fails
+only the item it held (``StageFailed``), and the pool is built anew for the next.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from processor.errors import ItemError, StageFailed
+from processor.pipeline.item import ItemPipeline, Prepared, Rendered
+
+log = logging.getLogger("processor.worker")
+
+#: The pipeline of this pool process, built by ``_start``.
+_pipeline: ItemPipeline | None = None
+
+
+def _start(setup: Callable[[], ItemPipeline]) -> None:
+    global _pipeline
+    # The worker decides when to stop (its first signal finishes the items in hand): a Ctrl-C that
+    # reaches the whole process group must not kill the items computing here. A process ends when
+    # the worker closes the pool, or when the worker is gone (its end of the pipe closes).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _pipeline = setup()
+
+
+def _ready() -> bool:
+    return _pipeline is not None
+
+
+def _compute(prepared: Prepared) -> tuple[Rendered | None, dict[str, float], tuple[type, str, str] | None]:
+    """One item in a pool process: (rendered, timings, None) or (None, timings, the ItemError as
+    class, message and hint: exceptions pickle without their keyword arguments)."""
+    assert _pipeline is not None, "the pool process was not set up"
+    timings: dict[str, float] = {}
+    try:
+        return _pipeline.compute(prepared, timings), timings, None
+    except ItemError as exc:
+        return None, timings, (type(exc), str(exc), exc.hint)
+
+
+class ProcessCompute:
+    """``size`` processes that compute items; ``compute`` blocks the calling thread until its item
+    is done (the worker calls it from ``size`` compute threads)."""
+
+    def __init__(self, setup: Callable[[], ItemPipeline], size: int) -> None:
+        self.setup = setup
+        self.size = size
+        self._lock = threading.Lock()
+        self._executor: ProcessPoolExecutor | None = None
+
+    def start(self) -> None:
+        """Start every process and wait until each has set up its pipeline (models load once, at
+        the worker's start, not on the first items)."""
+        executor = self._pool()
+        # One call per process cannot be forced, but each call waits for a process that set up.
+        for future in [executor.submit(_ready) for _ in range(self.size)]:
+            future.result()
+        log.info("compute_processes", extra={"processes": self.size})
+
+    def _pool(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = ProcessPoolExecutor(self.size, mp_context=multiprocessing.get_context("spawn"),
+                                                     initializer=_start, initargs=(self.setup,))
+            return self._executor
+
+    def compute(self, prepared: Prepared, timings: dict[str, float]) -> Rendered:
+        executor = self._pool()
+        try:
+            rendered, spent, error = executor.submit(_compute, prepared).result()
+        except BrokenProcessPool as exc:
+            with self._lock:
+                if self._executor is executor:
+                    self._executor = None
+            executor.shutdown(wait=False, cancel_futures=True)
+            log.error("compute_process_died", extra={"detail": str(exc)})
+            raise StageFailed(f"the process computing this item died ({exc})") from exc
+        timings.update(spent)
+        if error is not None:
+            cls, message, hint = error
+            failure: Any = cls(message)
+            failure.hint = hint
+            raise failure
+        assert rendered is not None
+        return rendered
+
+    def pids(self) -> list[int]:
+        """The pool's processes (for tests and logs)."""
+        with self._lock:
+            processes = getattr(self._executor, "_processes", None) or {}
+        return list(processes)
+
+    def close(self) -> None:
+        with self._lock:
+            executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
