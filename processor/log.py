@@ -127,8 +127,9 @@ def _using_line(fields: dict[str, Any]) -> str:
 
 def _retry_line(fields: dict[str, Any]) -> str:
     sleep = fields.get("sleep_s")
+    wait = f"{sleep:.1f}" if isinstance(sleep, (int, float)) else "?"
     return (f"store: {fields.get('op')} {fields.get('key')!r} failed ({fields.get('error_class')}); attempt "
-            f"{fields.get('attempt')} of {fields.get('attempts', '?')}, next in {sleep} s")
+            f"{fields.get('attempt')} of {fields.get('attempts', '?')}, next in {wait} s")
 
 
 #: Events rendered as a sentence in text lines (the same fields go into JSON lines).

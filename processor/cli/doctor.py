@@ -143,7 +143,7 @@ def _model_checks(settings: Settings, build_registry: Callable[[Settings], Any])
             rows.append(Row(f"style {name}", "ok", detail or "ready"))
         except ProcessorError as exc:
             rows.append(Row(f"style {name}", "FAIL", str(exc)))
-        except ImportError as exc:
+        except ModuleNotFoundError as exc:
             extra = extra_of(exc)
             if extra is None:
                 raise

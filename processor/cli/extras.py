@@ -47,7 +47,7 @@ CORE_MODULES: dict[Extra, tuple[str, ...]] = {
 #: What each extra is for, in a message.
 PURPOSE = {
     Extra.SD: "diffusion styles, captions and hub models",
-    Extra.API: "processor serve",
+    Extra.API: "the HTTP API and its web page",
     Extra.COS: "IBM COS with an IAM API key",
 }
 
@@ -84,12 +84,15 @@ def require(extra: Extra, needed_by: str) -> None:
 
 
 def extra_of(exc: ImportError) -> Extra | None:
-    """The extra whose module ``exc`` failed to import, or None (a bug, or a core dependency)."""
+    """The extra whose module ``exc`` failed to import, or None (a bug, or a core dependency). Only
+    a missing module counts: a name missing from an installed package is a version problem."""
+    if not isinstance(exc, ModuleNotFoundError):
+        return None
     top = (exc.name or "").split(".")[0]
     return next((extra for extra, modules in EXTRA_MODULES.items() if top in modules), None)
 
 
-def missing_extra(exc: ImportError, needed_by: str = "this command") -> MissingExtra | None:
+def missing_extra(exc: ModuleNotFoundError, needed_by: str = "this command") -> MissingExtra | None:
     """``exc`` as ``MissingExtra`` when it is the import of an extra's module, else None."""
     extra = extra_of(exc)
     if extra is None:

@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Retries ran out outside the worker's per-item handling (e.g. during a scan).
         report_fatal(type(exc).__name__, f"store: {exc}", EXIT_INCOMPLETE, _endpoint_hint(settings))
         return EXIT_INCOMPLETE
-    except ImportError as exc:
+    except ModuleNotFoundError as exc:
         # A path no command checked up front imported a missing extra's module: the same one line.
         missing = missing_extra(exc, f"processor {args.command}")
         if missing is None:

@@ -130,6 +130,8 @@ def test_7_unhealthy(project: Path, monkeypatch: pytest.MonkeyPatch, signal_hand
     for i in range(3):
         store.put(f"inputs/toy{i}.jpg", photo_bytes(96, 80, seed=i))
     monkeypatch.setenv("PROCESSOR_RUN__MAX_CONSECUTIVE_FAILURES", "2")
+    # One compute slot: the crashing registry replaces this process's, not a compute process's.
+    monkeypatch.setenv("PROCESSOR_RUN__CPU_WORKERS", "1")
     monkeypatch.setattr(run_command, "build_registry", lambda settings: EngineRegistry(settings.styles, CrashingEngine))
     assert main(["run", "--once", "-q"]) == errors.EXIT_UNHEALTHY
 

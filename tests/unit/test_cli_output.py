@@ -196,6 +196,13 @@ def test_an_import_error_that_is_a_bug_stays_a_traceback(project, monkeypatch) -
     with pytest.raises(ModuleNotFoundError):
         main(["status"])
 
+    def too_old(*_args: object) -> int:  # the package is there, the name is not: a version problem
+        raise ImportError("cannot import name 'FluxPipeline' from 'diffusers'", name="diffusers")
+
+    monkeypatch.setattr(bucket_command, "cmd_status", too_old)
+    with pytest.raises(ImportError, match="FluxPipeline"):
+        main(["status"])
+
 
 # --------------------------------------------------------------------------- log lines
 
