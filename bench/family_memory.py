@@ -7,7 +7,8 @@ the shapes; where diffusers' or transformers' constructor defaults are the publi
 ``FluxTransformer2DModel`` and ``QwenImageTransformer2DModel``, they are used as is), and its
 parameters are counted.
 
-    python -m bench.family_memory                     # README's families table (float16 weights)
+    python -m bench.family_memory                     # the families table (float16 weights), still and video
+    python -m bench.family_memory --video             # the image-to-video families (engine: animate) only
     python -m bench.family_memory --components        # parameters per component
     python -m bench.family_memory --json              # the same figures as JSON
     python -m bench.family_memory --family "SD 3.5 large" --bytes-per-param 4
@@ -232,6 +233,94 @@ FAMILIES = [
 ]
 
 
+# --------------------------------------------------------------------------- image-to-video families
+#
+# ``engine: animate``. From the published configs (fields that decide the shapes), the same way:
+# SVD's spatio-temporal UNet is ``UNetSpatioTemporalConditionModel``'s defaults (they are the
+# stable-video-diffusion-img2vid(-xt) config; SVD and SVD-XT differ only in ``num_frames``, which
+# holds no weights), its temporal-decoder VAE and OpenCLIP ViT-H/14 image encoder are written out;
+# Wan's and LTX-Video's transformers and VAEs are the fields of diffusers' conversion scripts
+# (``scripts/convert_wan_to_diffusers.py``, ``scripts/convert_ltx_to_diffusers.py``); their text
+# encoders are UMT5-XXL's and T5-XXL's encoders.
+
+#: stabilityai/stable-video-diffusion-img2vid-xt ``vae/config.json``.
+VAE_SVD: dict[str, Any] = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                               layers_per_block=2, latent_channels=4, sample_size=768)
+#: google/umt5-xxl's encoder (Wan's text encoder).
+UMT5_XXL: dict[str, Any] = dict(vocab_size=256384, d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24,
+                                feed_forward_proj="gated-gelu")
+_WAN_14B: dict[str, Any] = dict(patch_size=(1, 2, 2), attention_head_dim=128, num_attention_heads=40, num_layers=40,
+                                ffn_dim=13824, freq_dim=256, text_dim=4096, in_channels=36, out_channels=16,
+                                cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6)
+#: Wan-AI/Wan2.1-I2V-14B-480P-Diffusers (and 720P) ``transformer/config.json``: the CLIP image tokens' K/V too.
+WAN21_I2V_14B: dict[str, Any] = _WAN_14B | dict(image_dim=1280, added_kv_proj_dim=5120)
+#: Wan-AI/Wan2.2-I2V-A14B-Diffusers: two such experts (high noise, low noise), no image encoder.
+WAN22_I2V_A14B: dict[str, Any] = _WAN_14B
+#: Wan-AI/Wan2.2-TI2V-5B-Diffusers ``transformer/config.json``.
+WAN22_TI2V_5B: dict[str, Any] = _WAN_14B | dict(num_attention_heads=24, num_layers=30, ffn_dim=14336, in_channels=48,
+                                               out_channels=48)
+#: Wan 2.1's causal 3D VAE: ``AutoencoderKLWan``'s defaults. Wan 2.2 TI2V's (16x, 48 channels):
+VAE_WAN22: dict[str, Any] = dict(base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, in_channels=12,
+                                 out_channels=12, patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4)
+#: Lightricks/LTX-Video 0.9.5 (2B): ``LTXVideoTransformer3DModel``'s defaults are its transformer; its VAE:
+VAE_LTX_095: dict[str, Any] = dict(
+    latent_channels=128, block_out_channels=(128, 256, 512, 1024, 2048),
+    down_block_types=("LTXVideo095DownBlock3D",) * 4, decoder_block_out_channels=(256, 512, 1024),
+    layers_per_block=(4, 6, 6, 2, 2), decoder_layers_per_block=(5, 5, 5, 5),
+    spatio_temporal_scaling=(True, True, True, True), decoder_spatio_temporal_scaling=(True, True, True),
+    decoder_inject_noise=(False, False, False, False), downsample_type=("spatial", "temporal", "spatiotemporal",
+                                                                          "spatiotemporal"),
+    upsample_residual=(True, True, True), upsample_factor=(2, 2, 2), timestep_conditioning=True, patch_size=4,
+    patch_size_t=1, encoder_causal=True, decoder_causal=False, spatial_compression_ratio=32,
+    temporal_compression_ratio=8)
+#: Lightricks/LTX-Video 0.9.7 dev (13B) ``transformer/config.json`` (its VAE is 0.9.5's shape).
+LTX_13B: dict[str, Any] = dict(num_attention_heads=32, attention_head_dim=128, cross_attention_dim=4096, num_layers=48)
+#: OpenCLIP ViT-H/14's vision tower (card: 632.08M): SVD's and Wan 2.1's image encoder, and the
+#: IP-Adapter SD 1.5's (h94/IP-Adapter ``models/image_encoder``).
+CLIP_VISION_H: dict[str, Any] = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                                     num_attention_heads=16, patch_size=14, image_size=224, projection_dim=1024,
+                                     hidden_act="gelu")
+
+
+def _umt5() -> Any:
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    return UMT5EncoderModel(UMT5Config(**UMT5_XXL))
+
+
+def _vision_h() -> Any:
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    return CLIPVisionModelWithProjection(CLIPVisionConfig(**CLIP_VISION_H))
+
+
+_WAN_VAE = _diffusers("AutoencoderKLWan", {})
+VIDEO_FAMILIES = [
+    Family("Stable Video Diffusion, SVD-XT", "animate", "non-commercial",
+           "stabilityai/stable-video-diffusion-img2vid, stabilityai/stable-video-diffusion-img2vid-xt",
+           {"unet": _diffusers("UNetSpatioTemporalConditionModel", {}),
+            "vae": _diffusers("AutoencoderKLTemporalDecoder", VAE_SVD), "image_encoder": _vision_h},
+           table=FamilyId.SVD_XT),
+    Family("Wan 2.1 I2V 14B (480P, 720P)", "animate", "apache-2.0",
+           "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers, Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
+           {"transformer": _diffusers("WanTransformer3DModel", WAN21_I2V_14B), "vae": _WAN_VAE,
+            "text_encoder": _umt5, "image_encoder": _vision_h}, table=FamilyId.WAN_I2V),
+    Family("Wan 2.2 I2V A14B", "animate", "apache-2.0", "Wan-AI/Wan2.2-I2V-A14B-Diffusers",
+           {"transformer": _diffusers("WanTransformer3DModel", WAN22_I2V_A14B),
+            "transformer_2": _diffusers("WanTransformer3DModel", WAN22_I2V_A14B), "vae": _WAN_VAE,
+            "text_encoder": _umt5}, table=FamilyId.WAN_I2V),
+    Family("Wan 2.2 TI2V 5B", "animate", "apache-2.0", "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
+           {"transformer": _diffusers("WanTransformer3DModel", WAN22_TI2V_5B),
+            "vae": _diffusers("AutoencoderKLWan", VAE_WAN22), "text_encoder": _umt5}, table=FamilyId.WAN_TI2V),
+    Family("LTX-Video 2B (0.9.5)", "animate", "other (LTX-Video open weights)", "Lightricks/LTX-Video",
+           {"transformer": _diffusers("LTXVideoTransformer3DModel", {}),
+            "vae": _diffusers("AutoencoderKLLTXVideo", VAE_LTX_095), "text_encoder": _t5}, table=FamilyId.LTX),
+    Family("LTX-Video 13B (0.9.7 dev)", "animate", "other (LTX-Video open weights)", "Lightricks/LTX-Video",
+           {"transformer": _diffusers("LTXVideoTransformer3DModel", LTX_13B),
+            "vae": _diffusers("AutoencoderKLLTXVideo", VAE_LTX_095), "text_encoder": _t5}, table=FamilyId.LTX),
+]
+
+
 # --------------------------------------------------------------------------- add-on models
 #
 # What a style loads beside its base family (``ip_adapter``, ``control``, its preprocessors,
@@ -242,10 +331,7 @@ FAMILIES = [
 # config, 4 image tokens, as ``ip-adapter_sd15`` / ``ip-adapter_sdxl`` ship them). From our own
 # architecture code (``processor/pipeline/control_preprocess.py``): the lineart generator and HED.
 
-#: h94/IP-Adapter ``models/image_encoder``: OpenCLIP ViT-H/14's vision tower (card: 632.08M).
-CLIP_VISION_H: dict[str, Any] = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
-                                     num_attention_heads=16, patch_size=14, image_size=224, projection_dim=1024,
-                                     hidden_act="gelu")
+#: h94/IP-Adapter ``models/image_encoder``: OpenCLIP ViT-H/14's vision tower (CLIP_VISION_H, above).
 #: h94/IP-Adapter ``sdxl_models/image_encoder``: OpenCLIP ViT-bigG/14's vision tower (card: 1844.9M).
 CLIP_VISION_BIG_G: dict[str, Any] = dict(hidden_size=1664, intermediate_size=8192, num_hidden_layers=48,
                                          num_attention_heads=16, patch_size=14, image_size=224, projection_dim=1280,
@@ -450,11 +536,13 @@ def main(argv: Sequence[str] | None = None) -> list[Counted]:
     parser.add_argument("--family", action="append", help="only these families (by name), e.g. 'FLUX.1-schnell'")
     parser.add_argument("--components", action="store_true", help="parameters per component")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a Markdown table")
+    parser.add_argument("--video", action="store_true",
+                        help="only the image-to-video families (engine: animate: SVD, Wan 2.x, LTX-Video)")
     parser.add_argument("--addons", action="store_true",
                         help="the add-on models (IP-Adapters, ControlNets, preprocessors, CLIP scorer, captioner) "
                         "instead of the families, and the shipped styles' totals")
     args = parser.parse_args(argv)
-    pool = ADDONS if args.addons else FAMILIES
+    pool = ADDONS if args.addons else VIDEO_FAMILIES if args.video else FAMILIES + VIDEO_FAMILIES
     chosen = [f for f in pool if not args.family or f.name in args.family]
     if args.family and len(chosen) < len(set(args.family)):
         known = "; ".join(f.name for f in pool)

@@ -75,7 +75,8 @@ PRESENT_MODULES = ("torch", "transformers", "accelerate", "peft", "safetensors",
 #: The project's modules the steps import (each pulls its own dependencies).
 PROJECT_MODULES = ("processor.cli.main", "processor.pipeline.img2img", "processor.pipeline.interrogator",
                    "processor.pipeline.caption", "processor.store.local", "processor.store.s3", "bench.gpu_img2img",
-                   "bench.real_run", "bench.overlap", "bench.gpu_styles", "bench.unet_evals", "testkit.models.sd",
+                   "bench.real_run", "bench.overlap", "bench.gpu_styles", "bench.gpu_video", "bench.unet_evals",
+                   "testkit.models.sd",
                    "tests.models.conftest", "tests.conftest")
 #: Modules the GPU machine lacks that no step may need (store adapters and the HTTP API); the guard
 #: hides them too, so a step that starts needing one fails the rehearsal.
@@ -186,9 +187,13 @@ STYLES_KEYS = ("modern_disney_images_per_s", "modern_disney_s_per_input", "fast_
                "fast_unet_evaluations_per_input", "fast_lcm_lora_modules", "modern_disney_gpu_peak_allocated_gib",
                "fast_gpu_peak_allocated_gib", "canny_gpu_peak_allocated_gib")
 
+VIDEO_KEYS = ("s_per_clip", "s_per_frame", "frames", "size", "steps", "unet_calls_per_clip",
+              "unet_evaluations_per_clip", "gpu_peak_allocated_gib", "mp4_encode_s", "build_s")
+
 #: In order of importance: when the budget runs out, the last ones are skipped (the summary says
 #: which; ``--only`` reruns them). The README's figures and the two goals come first, then the
-#: fast and canny styles, the tests, the caption tables, the overlap; the torch.compile steps last.
+#: fast and canny styles, the tests, an animate clip, the caption tables, the overlap; the
+#: torch.compile steps last.
 #: The notebook runs in float16 only (img2img-fp16): the goals compare the other steps with it.
 STEPS: tuple[Step, ...] = (
     Step("env", 40, 150, lambda p: _py(p, "-m", "bench.gpu_suite", "check"),
@@ -213,6 +218,10 @@ STEPS: tuple[Step, ...] = (
     Step("pytest-gpu", 45, 180, lambda p: _py(p, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
                                               *gpu_test_files()),
          "the gpu-marked tests", parse="pytest", keys=("passed", "failed", "skipped", "errors")),
+    Step("animate-svd", 90, 150, lambda p: _py(p, "-m", "bench.gpu_video", "--json")
+         + (["--tiny", "--device", "cpu", "--clips", "1"] if p.tiny else []),
+         "engine: animate: a 14-frame Stable Video Diffusion clip at 1024x576, 25 steps (random full-size weights)",
+         keys=VIDEO_KEYS),
     Step("caption-tables", 30, 180, lambda p: _py(p, "-m", "bench.caption_tables", "--json")
          + (["--device", "cpu", "--labels", "64", "--arch", "ViT-B-32"] if p.tiny else
             ["--device", "cuda", "--labels", "20000"]),

@@ -19,13 +19,17 @@ step), so ``T2IAdapter.forward`` is counted per call and per sample it encodes. 
 whose id names "t2i" is counted as a tiny T2I-Adapter (on a tiny SD of SD 1.5's block layout, or
 the tiny SDXL for an id with "xl"), any other as a tiny ControlNet.
 
-    python -m bench.unet_evals [--config config.yaml] [--also bench/flow_styles.yaml]
+    python -m bench.unet_evals [--config config.yaml] [--also bench/flow_styles.yaml] [--also bench/video_styles.yaml]
                                [--reference modern-disney] [--fast modern-disney-fast --min-ratio 8]
                                [--models DIR]
 
 ``--also`` adds the styles of another config file: ``bench/flow_styles.yaml`` holds the
 flow-family styles ``config.yaml`` offers commented out (not shipped enabled: ``models pull``
-would fetch tens of GB of FLUX.1 weights for every deployment).
+would fetch tens of GB of FLUX.1 weights for every deployment); ``bench/video_styles.yaml`` the
+image-to-video styles (``engine: animate``: Stable Video Diffusion, Wan 2.x, LTX-Video), each counted
+per clip on a tiny model of its family (``UNetSpatioTemporalConditionModel``, ``WanTransformer3DModel``
+and ``LTXVideoTransformer3DModel`` are wrapped too: a sample is one clip, whatever its frames;
+SVD and LTX-Video batch the negative sample into the step's call, Wan calls twice).
 
 With ``--fast`` the run fails (exit 1) unless that style needs at least ``--min-ratio`` times fewer
 UNet evaluations per input than ``--reference``.
@@ -44,7 +48,10 @@ from typing import Any
 
 #: Long side (px) every style runs at here: counts do not depend on it, CPU time does.
 BENCH_SIZE = 64
-DIFFUSION_ENGINES = ("img2img", "instruct-pix2pix", "txt2img", "edit")
+DIFFUSION_ENGINES = ("img2img", "instruct-pix2pix", "txt2img", "edit", "animate")
+#: Frames each tiny video family runs here (its shortest clip that fits): the calls per clip do not
+#: depend on the frame count, CPU time does.
+BENCH_FRAMES = {"svd": 4, "wan": 5, "ltx": 9}
 #: The flow-matching scheduler every FLUX.1 / SD 3 pipeline runs (its ``step`` is counted too).
 FLOW_SCHEDULER = "FlowMatchEulerDiscreteScheduler"
 
@@ -108,6 +115,11 @@ def _count(counts: Counts) -> list[tuple[Any, str, Any]]:
     wrap(diffusers.FluxTransformer2DModel, "forward", transformer)
     wrap(diffusers.SD3Transformer2DModel, "forward", transformer)
     wrap(diffusers.QwenImageTransformer2DModel, "forward", transformer)
+    # Image to video: SVD's spatio-temporal UNet (a batch of clips: (clips, frames, ...)), Wan's and
+    # LTX-Video's transformers; a sample is one clip, whatever its frame count.
+    wrap(diffusers.UNetSpatioTemporalConditionModel, "forward", unet)
+    wrap(diffusers.WanTransformer3DModel, "forward", transformer)
+    wrap(diffusers.LTXVideoTransformer3DModel, "forward", transformer)
     for cls_name in sorted({name for name, _ in SCHEDULERS.values()} | {"PNDMScheduler", FLOW_SCHEDULER}):
         wrap(getattr(diffusers, cls_name), "step", step)
     return patched
@@ -163,6 +175,9 @@ def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], lis
         if style.get("engine") not in DIFFUSION_ENGINES:
             continue
         names.append(name)
+        if style["engine"] == "animate":
+            tiny_video_style(style, root)
+            continue
         family = flow_family_of(style)
         controls = style.get("control") or []
         controls = controls if isinstance(controls, list) else [controls]
@@ -208,6 +223,28 @@ def tiny_config(config: dict[str, Any], root: Path) -> tuple[dict[str, Any], lis
     out.pop("store", None)
     out["caption"] = {"mode": "none"}
     return out, names
+
+
+def video_family_of(style: dict[str, Any]) -> str:
+    """The tiny image-to-video family an animate style is counted on, from its model id: ``wan``
+    for an id naming Wan, ``ltx`` for LTX-Video, else ``svd`` (Stable Video Diffusion)."""
+    model = str(style.get("model", "")).lower()
+    return "wan" if "wan" in model else "ltx" if "ltx" in model else "svd"
+
+
+def tiny_video_style(style: dict[str, Any], root: Path) -> None:
+    """``style`` (an animate one) on the tiny model of its family, at the bench size and that model's
+    shortest clip; ``image_from`` is dropped: the clip is counted on the photo, its still style on its own."""
+    from testkit.models.video import build_ltx, build_svd, build_wan_i2v
+
+    family = video_family_of(style)
+    builders = {"svd": build_svd, "wan": build_wan_i2v, "ltx": build_ltx}
+    style["model"] = str(built(root / f"tiny-video-{family}", builders[family]))
+    style.pop("revision", None)
+    style.pop("image_from", None)
+    style.pop("image_from_variants", None)
+    style["size"], style["frames"] = BENCH_SIZE, BENCH_FRAMES[family]
+    style.pop("decode_chunk_size", None)  # the tiny clip's frames are fewer than a real chunk
 
 
 def is_adapter_id(model: str) -> bool:

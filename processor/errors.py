@@ -30,7 +30,9 @@
         │   ├── InvalidSidecar
         │   └── InputUnreadable    the input (or its sidecar) exists but we may not read it
         ├── InputVanished          the input was deleted between the listing and its GET
-        └── StageFailed            a pipeline stage crashed on this input (a bug or a model fault)
+        ├── StageFailed            a pipeline stage crashed on this input (a bug or a model fault)
+        └── JobCancelled           not a failure: the job was cancelled while it computed; the worker
+                                   records the cancel (``processor.queue.cancel``), never a failure
 
 Per-item failures (``ItemError``) and process failures (``FatalError``) are different types on
 purpose: the worker records the first and carries on; it exits on the second. Retries key on
@@ -170,6 +172,20 @@ class ItemError(ProcessorError):
         super().__init__(message)
         if hint is not None:
             self.hint = hint
+
+
+class JobCancelled(ItemError):
+    """The job was cancelled (``DELETE /v1/jobs/{id}``) while the worker computed it: raised from
+    the engines' progress hook at their next step, to stop the work. An ``ItemError`` so that the
+    stages let it through as they let an input's own failure through; the worker records a cancel
+    for it, never a failure record, and it never counts against the worker's health."""
+
+    hint = "Upload the photo again to have it processed."
+
+    def __init__(self, message: str, *, progress: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        #: The progress the engine reported when it stopped (``stage``, ``step``, ``steps``, ...).
+        self.progress = dict(progress or {})
 
 
 class InvalidInput(ItemError):

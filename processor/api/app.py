@@ -3,9 +3,9 @@
 ``create_app(settings, store)`` builds it (tests build one per store); ``processor serve`` runs
 it under uvicorn (``processor.api.server``). Stateless: replicas share nothing but the bucket, which
 every route reads and writes through one ``BucketQueue`` (``processor.queue``), handed to it as a
-dependency (``processor.api.deps``). In front of the routes, outermost first: an open server's Host
-and Origin checks (``processor.api.guard``), the body budget and deadline (``processor.api.limits``)
-and CORS.
+dependency (``processor.api.deps``). In front of the routes, outermost first: the request metrics
+and spans (``processor.api.http_metrics.RequestObserver``), an open server's Host and Origin checks
+(``processor.api.guard``), the body budget and deadline (``processor.api.limits``) and CORS.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from processor.api import openapi
 from processor.api.clients import Access, read_keys, resolve_access
 from processor.api.deps import ApiContext
 from processor.api.guard import OpenServerGuard, own_hosts
-from processor.api.http_metrics import ApiMetrics
+from processor.api.http_metrics import ApiMetrics, RequestObserver
 from processor.api.limits import (
     BodyBudget,
     BodyBudgetFull,
@@ -52,6 +53,7 @@ from processor.errors import ConfigError, StoreAccessError, StoreError
 from processor.queue.protocol import BucketQueue
 from processor.store.base import ObjectStore
 from processor.store.local import LocalStore
+from processor.tracing import NO_TRACING, Tracer
 
 log = logging.getLogger("processor.api")
 
@@ -62,14 +64,15 @@ STORE_RETRY_AFTER_S = 5
 def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None = None,
                resolve: Resolver | None = None, clock: Callable[[], float] = time.monotonic,
                self_url: str | None = None, webhook_secret: str | None = None,
-               access: Access | None = None) -> FastAPI:
+               access: Access | None = None, tracer: Tracer = NO_TRACING) -> FastAPI:
     """The API over ``store``. ``access``: who may call (``processor.api.clients``); default from
     ``keys`` (entries as in ``PROCESSOR_API_KEYS``; ``[]``: open), else from the environment
     (``resolve_access``: without clients, one generated admin token, in ``app.state.access``).
     ``resolve``: host name → addresses, for the webhook check (tests inject one). ``self_url``:
     where this server listens, for the links in webhooks when ``api.public_url`` is unset, and an
     open server's own host. ``webhook_secret``: default from ``api.webhook_secret_env``; without
-    one, requests with a ``webhook`` are refused (unsigned webhooks could be forged)."""
+    one, requests with a ``webhook`` are refused (unsigned webhooks could be forged). ``tracer``:
+    a span per request (``processor.tracing``; default: none)."""
     api = settings.api
     access = access or resolve_access(settings, keys)
     if access.open:
@@ -119,19 +122,22 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
     app.state.metrics = context.metrics
     app.state.webhooks = dispatcher
     if api.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=api.cors_origins, allow_methods=["GET", "POST"],
+        app.add_middleware(CORSMiddleware, allow_origins=api.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "Prefer"])
     app.add_middleware(BodyLimits, budget=budget)
     if access.open:
         hosts = own_hosts(self_url=self_url, public_url=api.public_url, allowed=api.allowed_hosts)
         origins = [*api.cors_origins, *([api.public_url] if api.public_url else [])]
         app.add_middleware(OpenServerGuard, hosts=hosts, origins=[_origin_of(o) for o in origins])
+    # Outermost: every answer is counted, the guards' and the limits' too.
+    app.add_middleware(RequestObserver, metrics=context.metrics, tracer=tracer)
     add_problem_handlers(app)
     app.add_exception_handler(pages.LoginRequired, pages.login_redirect)
     app.add_exception_handler(pages.LoggedInByUrl, pages.url_login)
     for module in (health, jobs, files, events, prototype, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=str(pages.STATIC_DIR)), name="static")
+    openapi.install(app)
     return app
 
 

@@ -20,10 +20,11 @@ from typing import Annotated
 
 from anyio import CapacityLimiter
 from fastapi import Depends
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from processor.api.auth import check_token
+from processor.api.auth import COOKIE, check_token
 from processor.api.clients import Access, Identity
 from processor.api.guard import AuthFailures
 from processor.api.http_metrics import ApiMetrics
@@ -101,7 +102,18 @@ def get_renderer(context: Context) -> JobRenderer:
     return context.renderer
 
 
-async def authorize(request: Request, context: Context) -> Identity:
+#: The two ways a caller sends its token, as the OpenAPI document names them (either one will do).
+#: Neither raises: ``check_token`` reads both and answers the problem.
+BEARER = HTTPBearer(auto_error=False, scheme_name="bearer",
+                    description="A client's token (PROCESSOR_API_KEYS, or the one `processor serve` prints).")
+LOGIN_COOKIE = APIKeyCookie(name=COOKIE, auto_error=False, scheme_name="cookie",
+                            description="The login cookie of the web pages (POST /login); a state-changing request "
+                            "with it must come from this server's own pages (its Origin).")
+
+
+async def authorize(request: Request, context: Context,
+                    _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+                    _cookie: Annotated[str | None, Depends(LOGIN_COOKIE)]) -> Identity:
     """The caller; 401 without a valid token (``processor.api.auth.check_token``)."""
     return check_token(request, context.access, context.settings.api.public_url, context.failures)
 

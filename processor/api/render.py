@@ -7,7 +7,7 @@ import logging
 
 from starlette.requests import Request
 
-from processor.api.schemas import FailureOut, JobOut, Links, Progress, VariantOut
+from processor.api.schemas import CancelOut, FailureOut, JobOut, Links, Progress, VariantOut
 from processor.config.sections import ApiSettings
 from processor.queue.jobs import JobState, JobStatus
 from processor.queue.protocol import BucketQueue
@@ -71,9 +71,19 @@ class JobRenderer:
         if state.manifest is not None:
             for v in state.manifest.variants:
                 url, download = self.file_url(base, state, v.key), self.file_url(base, state, v.key, download=True)
-                if url is not None and download is not None:
-                    out.variants.append(VariantOut(url=url, download=download, style=v.style, index=v.index,
-                                                   seed=v.seed, width=v.width, height=v.height))
+                if url is None or download is None:
+                    continue
+                shown = VariantOut(url=url, download=download, style=v.style, index=v.index, seed=v.seed,
+                                   width=v.width, height=v.height)
+                if v.video is not None:  # a clip: the MP4 plays, its WebP preview is the poster
+                    shown = shown.model_copy(update={
+                        "kind": "video", "preview": self.file_url(base, state, v.video.preview),
+                        "frames": v.video.frames, "fps": v.video.fps, "duration_s": v.video.duration_s})
+                out.variants.append(shown)
+            overlay = next((v.background.mask_overlay for v in state.manifest.variants
+                            if v.background is not None and v.background.mask_overlay), None)
+            if overlay:
+                out.mask_overlay = self.file_url(base, state, overlay)
             if state.manifest.contact_sheet:
                 out.contact_sheet = self.file_url(base, state, state.manifest.contact_sheet)
                 out.contact_sheet_download = self.file_url(base, state, state.manifest.contact_sheet, download=True)
@@ -82,4 +92,8 @@ class JobRenderer:
             f = state.failure
             out.failure = FailureOut(error=f.error, message=f.message, hint=f.hint, permanent=f.permanent,
                                      attempts=f.attempts)
+        if state.cancel is not None:
+            c = state.cancel
+            out.cancel = CancelOut(requested_at=c.requested_at, cancelled_at=c.cancelled_at, stage=c.stage,
+                                   round=c.round, rounds=c.rounds, step=c.step, steps=c.steps)
         return out

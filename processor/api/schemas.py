@@ -1,13 +1,16 @@
-"""The API's response bodies (typed; FastAPI publishes them in its OpenAPI document)."""
+"""The API's request and response bodies (typed; published in its OpenAPI document,
+``processor.api.openapi``)."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from processor.config.base import BackgroundMode, PromptText, Seed, VariantCount
 from processor.queue.jobs import JobStatus
+from processor.queue.webhook_records import WebhookEvent
 
 
 class Links(BaseModel):
@@ -42,6 +45,14 @@ class VariantOut(BaseModel):
     seed: int
     width: int
     height: int
+    #: ``image`` (``url`` is a PNG) or ``video`` (``url`` is an H.264 MP4: ``engine: animate``).
+    kind: Literal["image", "video"] = "image"
+    #: A clip's animated WebP preview (the same frames; the ``<video>`` poster), its frame count,
+    #: frames per second and seconds.
+    preview: str | None = None
+    frames: int | None = None
+    fps: int | None = None
+    duration_s: float | None = None
 
 
 class FailureOut(BaseModel):
@@ -52,6 +63,20 @@ class FailureOut(BaseModel):
     #: True when the photo itself is bad (a retry of the same bytes fails again).
     permanent: bool
     attempts: int
+
+
+class CancelOut(BaseModel):
+    """How a cancelled job stopped (its cancel record, ``docs/cancel.schema.json``)."""
+
+    requested_at: datetime
+    cancelled_at: datetime | None = None
+    #: ``queued`` (removed before a worker took it: its input is gone), ``claimed`` (taken, not
+    #: started), or the worker's stage (``style:<name>``) with its ``step`` of ``steps``.
+    stage: str | None = None
+    round: int | None = None
+    rounds: int | None = None
+    step: int | None = None
+    steps: int | None = None
 
 
 class JobOut(BaseModel):
@@ -67,10 +92,15 @@ class JobOut(BaseModel):
     variants: list[VariantOut] = Field(default_factory=list)
     contact_sheet: str | None = None
     contact_sheet_download: str | None = None
+    #: The subject mask drawn over the photo (background tinted, subject outlined), when a style
+    #: changed the background: where to look when a background went wrong.
+    mask_overlay: str | None = None
     #: The manifest (``docs/manifest.schema.json``), when done.
     manifest: dict[str, Any] | None = None
     #: The failure record (``docs/failure.schema.json``), when failed.
     failure: FailureOut | None = None
+    #: How the job stopped, when cancelled.
+    cancel: CancelOut | None = None
     #: Why a done job has no manifest, or a failed one no failure record (the bucket says it
     #: ended, but that record is gone or unreadable), and what to do; null otherwise.
     detail: str | None = None
@@ -96,3 +126,80 @@ class DirectRequest(BaseModel):
 class DirectResponse(BaseModel):
     #: Base64 PNGs, one per variant.
     generated_images: list[str]
+
+
+class StreamEnded(BaseModel):
+    """The data of an event stream's ``expired`` event (where the job was when the stream reached
+    its lifetime), and of its ``failed`` event for a job whose input was deleted while streamed."""
+
+    id: str
+    status: JobStatus
+    detail: str
+
+
+class FieldError(BaseModel):
+    field: str | None
+    message: str
+
+
+class ProblemOut(BaseModel):
+    """Every error (``application/problem+json``, RFC 9457; ``processor.api.problems``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    #: ``about:blank``: the status says what kind of problem it is.
+    type: str = "about:blank"
+    #: The status phrase.
+    title: str
+    status: int
+    #: What was wrong.
+    detail: str
+    #: The request field or header at fault, when there is one.
+    field: str | None = None
+    #: What to change.
+    hint: str | None = None
+    #: One entry per bad field.
+    errors: list[FieldError] | None = None
+
+
+class JobFields(BaseModel):
+    """The optional fields of ``POST /v1/jobs`` (``processor.api.validate.FIELDS``). Limits the
+    server's config sets (which styles exist, what a style takes) are checked too: a value out of
+    them is a 422 problem naming the field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Styles for this photo instead of the server's (run.styles): repeated form fields, a list, or
+    #: comma-separated.
+    styles: list[str] | str | None = None
+    variants: VariantCount | None = None
+    seed: Seed | None = None
+    #: Replaces the caption in the styles that build a prompt.
+    prompt: PromptText | None = None
+    negative: PromptText | None = None
+    #: An instruct-pix2pix edit instruction.
+    instruction: PromptText | None = None
+    background_mode: BackgroundMode | None = None
+    background_prompt: PromptText | None = None
+    #: Where to POST the job when it ends (a host on api.webhook_allow), signed (Standard Webhooks).
+    webhook: str | None = Field(default=None, json_schema_extra={"format": "uri"})
+    #: The ends of the job the webhook is sent for; default: all of them.
+    webhook_events: list[WebhookEvent] | WebhookEvent | None = None
+
+
+class JobJson(JobFields):
+    """``POST /v1/jobs`` as ``application/json``."""
+
+    #: The photo's bytes, base64 (RFC 4648), or a ``data:`` URL.
+    image: str = Field(json_schema_extra={"contentEncoding": "base64"})
+    #: A picture of the look: base64, or the key of a picture under prefixes.styles.
+    style_image: str | None = None
+
+
+class JobForm(JobFields):
+    """``POST /v1/jobs`` as ``multipart/form-data``."""
+
+    #: The photo file (JPEG, PNG, WebP, HEIC, AVIF, ...).
+    image: bytes
+    #: A picture of the look: a file, or the key of a picture under prefixes.styles.
+    style_image: bytes | str | None = None

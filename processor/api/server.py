@@ -24,6 +24,7 @@ from processor.api.app import create_app
 from processor.config import Settings
 from processor.errors import ConfigError
 from processor.store.base import ObjectStore
+from processor.tracing import build_tracer
 
 log = logging.getLogger("processor.api")
 
@@ -31,6 +32,8 @@ log = logging.getLogger("processor.api")
 KEEP_ALIVE_S = 5
 #: Seconds a stopping server gives its requests (event streams and waits end first).
 GRACEFUL_SHUTDOWN_S = 10
+#: The service name of the API's spans (``OTEL_SERVICE_NAME`` overrides it).
+TRACING_SERVICE = "toy-cartoonizer-api"
 
 
 class HeaderDeadlineProtocol(H11Protocol):
@@ -102,7 +105,8 @@ def serve(settings: Settings, store: ObjectStore, *, host: str | None = None, po
 
     api = settings.api
     sock, url = bind(host or api.host, api.port if port is None else port)
-    app = create_app(settings, store, self_url=url)
+    tracer = build_tracer(settings.tracing, TRACING_SERVICE)
+    app = create_app(settings, store, self_url=url, tracer=tracer)
     access = app.state.access
     log.info("api_start", extra={"url": url, "store": store.description, "access": access.mode.value,
                                  "webhooks": app.state.webhooks is not None})
@@ -117,7 +121,10 @@ def serve(settings: Settings, store: ObjectStore, *, host: str | None = None, po
     config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on", http=protocol,
                             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, timeout_keep_alive=KEEP_ALIVE_S,
                             limit_concurrency=api.max_connections)
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        tracer.close()
     return 0
 
 

@@ -26,10 +26,13 @@ from processor.errors import InvalidSidecar
 from processor.pipeline.decode import SNIFF_BYTES, describe_unsupported, sniff_format
 from processor.pipeline.sidecar import ItemOverrides, Sidecar, validate_overrides
 from processor.queue.submit import EXTENSIONS, Submission
+from processor.queue.webhook_records import ALL_EVENTS, WebhookEvent
 
 #: Request fields, in the order documented; all but ``image`` optional.
 FIELDS = ("image", "styles", "variants", "seed", "prompt", "negative", "instruction",
-          "background_mode", "background_prompt", "webhook", "style_image")
+          "background_mode", "background_prompt", "webhook", "webhook_events", "style_image")
+#: Fields a form may repeat (or give comma-separated), and JSON gives as a list of strings.
+LIST_FIELDS = ("styles", "webhook_events")
 #: Sidecar locations → the request field that sets them.
 _FIELD_OF = {"background.mode": "background_mode", "background.prompt": "background_prompt",
              "background": "background_mode"}
@@ -96,8 +99,30 @@ def build_submission(image: bytes | None, fields: Mapping[str, Any], settings: S
     webhook = fields.get("webhook")
     if webhook is not None:
         webhook = check_webhook(str(webhook), settings.api.webhook_allow, resolve)
-    return Submission(image=image, format=fmt, sidecar=sidecar, webhook=webhook, style_image=look,
-                      style_image_format=look_format, filename=filename)
+    events = webhook_events(fields.get("webhook_events"), webhook)
+    return Submission(image=image, format=fmt, sidecar=sidecar, webhook=webhook, webhook_events=events,
+                      style_image=look, style_image_format=look_format, filename=filename)
+
+
+def webhook_events(value: Any, webhook: str | None) -> frozenset[WebhookEvent]:
+    """The ``webhook_events`` a request chose (a list, repeated form fields or comma-separated);
+    every end of the job when it names none. 422 for an unknown event, or events without a webhook."""
+    if value is None:
+        return ALL_EVENTS
+    known = ", ".join(e.value for e in WebhookEvent)
+    hint = f"Name one or more of: {known}."
+    if webhook is None:
+        raise Problem(422, "webhook_events without a webhook", field="webhook_events",
+                      hint="Send the webhook URL too, or leave webhook_events out.")
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise Problem(422, "webhook_events must be a list of event names", field="webhook_events", hint=hint)
+    names = [name.strip() for item in items for name in item.split(",") if name.strip()]
+    unknown = [n for n in names if n not in {e.value for e in WebhookEvent}]
+    if unknown or not names:
+        what = f"unknown webhook event(s): {', '.join(unknown)}" if unknown else "webhook_events names no event"
+        raise Problem(422, what, field="webhook_events", hint=hint)
+    return frozenset(WebhookEvent(n) for n in names)
 
 
 def style_image_value(value: Any, prefix: str, limit: int) -> tuple[bytes | None, str | None]:

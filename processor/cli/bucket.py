@@ -32,6 +32,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         "in_progress": status.in_progress,
         "done": status.done,
         "failed": status.failed,
+        "cancelled": status.cancelled,
     }
     records = [f.record for f in status.recent_failures]
     if args.json:
@@ -69,6 +70,13 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     keys = layout.for_input(key)
     bucket = BucketQueue(store, layout)
     manifest = bucket.result(key)
+    cancelled = bucket.cancelled(key) if manifest is None else None
+    if cancelled is not None:
+        step = f", step {cancelled.step} of {cancelled.steps}" if cancelled.step else ""
+        where = (cancelled.stage or "an unknown stage") + step
+        print(f"{key} was cancelled at {where} ({cancelled.cancelled_at}): no results; upload the photo again "
+              "to have it processed", file=sys.stderr)
+        return 1
     if manifest is None:
         try:
             store.head(key)
@@ -86,7 +94,9 @@ def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     # The folder name is a safe segment: an input named ".." must not become "--out/..".
     out = Path(args.out) / safe_segment(split_extension(keys.relpath.rsplit("/", 1)[-1])[0])
-    wanted = [v.key for v in manifest.variants] + ([manifest.contact_sheet] if manifest.contact_sheet else [])
+    # Every variant (a clip: its MP4 and its WebP preview) and the contact sheet.
+    wanted = [key for v in manifest.variants for key in (v.key, *([v.video.preview] if v.video else []))]
+    wanted += [manifest.contact_sheet] if manifest.contact_sheet else []
     # Whoever can write the bucket can write a manifest: only its own plain file names are fetched.
     for obj_key in wanted:
         if keys.output_name(obj_key) is None:
@@ -137,7 +147,8 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     """Register ``status``, ``results`` and ``retry`` (``common``: --config, --log-level, --quiet)."""
-    p = sub.add_parser("status", parents=[common], help="counts of pending, in progress, done and failed inputs",
+    p = sub.add_parser("status", parents=[common],
+                       help="counts of pending, in progress, done, failed and cancelled inputs",
                        description="Count inputs by state (from LIST calls) and show the most recent failures, "
                        "under a header naming the config file and the store. Reads only: a local bucket "
                        "directory that does not exist is an error (exit 4), never created.")
@@ -145,8 +156,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_status, where=Where.OUTPUT)
 
     p = sub.add_parser("results", parents=[common], help="download one input's outputs",
-                       description="Download the variants, contact sheet and manifest of one input. KEY is the "
-                       "input key (inputs/toys/bear.jpg) or its path under inputs/ (toys/bear.jpg).")
+                       description="Download the variants (a clip: its MP4 and WebP preview), contact sheet and "
+                       "manifest of one input. KEY is the input key (inputs/toys/bear.jpg) or its path under inputs/ "
+                       "(toys/bear.jpg).")
     p.add_argument("key", metavar="KEY", help="the input key (inputs/toys/bear.jpg) or its path under inputs/")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the files into (DIR/<name>/)")
     p.set_defaults(func=cmd_results)

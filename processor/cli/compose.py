@@ -59,15 +59,21 @@ def missing_local_bucket(root: Path) -> str:
             f"a new one, `mkdir -p {where}` makes an empty one")
 
 
-def make_engine(style_name: str, style: Any, models: Any = None) -> Any:
+def make_engine(style_name: str, style: Any, models: Any = None, video: Any = None) -> Any:
     """The engine for one style (the factory ``EngineRegistry`` calls), by its ``engine`` key; what
     the model's family changes inside an engine is data (``processor.models.families``). ``models``
-    is the worker's ``ModelLoader``, shared by every diffusion style so equal base models load once."""
+    is the worker's ``ModelLoader``, shared by every diffusion style so equal base models load once;
+    ``video`` the clip limits of animate styles (``pipeline.video``, default its defaults)."""
     if style.engine == "toon":
         from processor.pipeline.toon import ToonEngine
 
         return ToonEngine(style_name, style)
     from processor.models.loader import ModelLoader
+
+    if style.engine == "animate":
+        from processor.pipeline.animate import AnimateEngine
+
+        return AnimateEngine(style_name, style, models if models is not None else ModelLoader(), video)
     from processor.pipeline.edit import EditEngine
     from processor.pipeline.img2img import Img2ImgEngine
     from processor.pipeline.txt2img import Txt2ImgEngine
@@ -90,7 +96,7 @@ def build_registry(settings: Settings) -> Any:
 
     masker = SubjectMasker(settings.pipeline.mask, models)  # one mask per input, shared by every style
     return EngineRegistry(settings.styles, lambda name, style: with_background(
-        make_engine(name, style, models), name, style, models, masker))
+        make_engine(name, style, models, settings.pipeline.video), name, style, models, masker))
 
 
 def build_captioner(settings: Settings, store: ObjectStore | None = None) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 from processor.cli.compose import StoreUse, build_registry, build_store, detect_device, needs_torch
 from processor.cli.extras import PURPOSE, Extra, extra_of, missing_modules
-from processor.config import Settings
+from processor.config import Settings, with_sources
 from processor.errors import EXIT_DOCTOR, FatalError, ProcessorError, StoreError
 from processor.queue.claims import probe_conditional_create
 from processor.redact import redact
@@ -135,7 +135,7 @@ def _extra_checks(settings: Settings) -> list[Row]:
 def _model_checks(settings: Settings, build_registry: Callable[[Settings], Any]) -> list[Row]:
     rows = []
     registry = build_registry(settings)
-    for name in settings.run.styles:
+    for name in with_sources(settings.run.styles, settings.styles):  # and the still styles animate styles start from
         try:
             engine = registry.engine(name)
             described = engine.describe()
@@ -205,7 +205,9 @@ def _addon_checks(settings: Settings) -> list[Row]:
         try:
             got = addon.fetch(False)
         except ProcessorError as exc:
-            if used and offline:
+            if addon.fallback:  # never fatal: something else runs in its place
+                rows.append(Row(addon.label, "warn", f"{exc}; until then {addon.fallback}"))
+            elif used and offline:
                 rows.append(Row(addon.label, "FAIL", str(exc)))
             elif used:
                 rows.append(Row(addon.label, "warn", f"{where}: not in the cache yet; `processor models pull` "

@@ -33,12 +33,12 @@ class Extra(str, Enum):
 #: ``[project.optional-dependencies]``; ``tests/unit/test_cli_output.py`` keeps the two in step).
 EXTRA_MODULES: dict[Extra, tuple[str, ...]] = {
     Extra.SD: ("torch", "diffusers", "transformers", "safetensors", "accelerate", "huggingface_hub", "peft",
-               "clip_interrogator", "open_clip", "onnxruntime"),
-    Extra.API: ("fastapi", "uvicorn", "python_multipart", "httpx", "jinja2"),
+               "clip_interrogator", "open_clip", "onnxruntime", "av"),
+    Extra.API: ("fastapi", "uvicorn", "python_multipart", "httpx", "jinja2", "standardwebhooks"),
     Extra.COS: ("ibm_boto3", "ibm_botocore", "ibm_s3transfer"),
 }
 #: The modules without which nothing of the extra works (what ``require`` and ``doctor`` check);
-#: the others are needed by one feature each (captions, ONNX masks) and say so when it loads.
+#: the others are needed by one feature each (captions, ONNX masks, video) and say so when it loads.
 CORE_MODULES: dict[Extra, tuple[str, ...]] = {
     Extra.SD: ("torch", "diffusers", "transformers", "safetensors", "huggingface_hub"),
     Extra.API: ("fastapi", "uvicorn", "python_multipart", "jinja2"),

@@ -1,10 +1,11 @@
 """``processor mask FILE_OR_DIR... --out DIR``: the subject mask of local photos, before any GPU.
 
 For each photo it writes ``OUT/<path>.mask.png`` (the feathered mask the background styles use)
-and ``OUT/<path>.overlay.jpg`` (the photo with the background dimmed and tinted and the subject
-outlined), then ``OUT/masks.json`` (per photo: coverage, segmenter, fallbacks). The masker is the
-configured one (``pipeline.mask``), or ``--onnx MODEL`` to try an ONNX model without editing the
-config; a photo that does not decode is reported and skipped, the rest still run.
+and ``OUT/<path>.overlay.jpg`` (``processor.pipeline.mask.overlay``: the photo with the background
+dimmed and tinted and the subject outlined), then ``OUT/masks.json`` (per photo: coverage,
+segmenter, fallbacks). The masker is the configured one (``pipeline.mask``: the u2netp model by
+default), or ``--onnx MODEL`` to try an ONNX model, or ``--grabcut`` to see the weight-free one,
+without editing the config; a photo that does not decode is reported and skipped, the rest still run.
 """
 
 from __future__ import annotations
@@ -16,24 +17,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cv2
-import numpy as np
-from PIL import Image
-
 from processor.cli.console import Where
 
 if TYPE_CHECKING:
     from processor.config import OnnxFamily
 
-#: RGB of the tint laid over the background in overlays, and its weight (0-1).
-OVERLAY_TINT = (20, 40, 120)
-OVERLAY_TINT_WEIGHT = 0.55
-#: RGB of the subject's outline in overlays.
-OVERLAY_OUTLINE = (255, 0, 200)
-#: Fraction of the short side: the outline's thickness (at least 2 px).
-OUTLINE_FRACTION = 0.006
-#: JPEG quality of overlays (they are for looking at, not for reuse).
-OVERLAY_QUALITY = 90
 #: The summary file written beside the masks.
 SUMMARY_NAME = "masks.json"
 
@@ -55,26 +43,15 @@ class MaskResult:
     error: str | None = None
 
 
-def overlay(image: Image.Image, hard: np.ndarray) -> Image.Image:
-    """``image`` with the background tinted and the subject's outline drawn."""
-    rgb = np.asarray(image.convert("RGB"), np.float32)
-    tint = np.array(OVERLAY_TINT, np.float32)
-    out = rgb.copy()
-    out[~hard] = rgb[~hard] * (1 - OVERLAY_TINT_WEIGHT) + tint * OVERLAY_TINT_WEIGHT
-    out = np.clip(out, 0, 255).astype(np.uint8)
-    contours, _ = cv2.findContours(hard.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    thickness = max(2, round(OUTLINE_FRACTION * min(hard.shape)))
-    cv2.drawContours(out, contours, -1, OVERLAY_OUTLINE, thickness)
-    return Image.fromarray(out, "RGB")
-
-
-def build_masker(settings: Any, onnx: str | None, family: OnnxFamily | None) -> Any:
+def build_masker(settings: Any, onnx: str | None, family: OnnxFamily | None, *, grabcut: bool = False) -> Any:
     from processor.config import OnnxSegmenterSettings
     from processor.models.loader import ModelLoader
     from processor.pipeline.mask import SubjectMasker
 
     mask = settings.pipeline.mask
-    if onnx:
+    if grabcut:
+        mask = mask.model_copy(update={"segmenter": None, "onnx": None})
+    elif onnx:
         mask = mask.model_copy(update={"segmenter": None, "onnx": OnnxSegmenterSettings(
             model=onnx, family=family or "u2net")})
     return SubjectMasker(mask, ModelLoader(settings.models))
@@ -86,13 +63,15 @@ def cmd_mask(args: argparse.Namespace, settings: Any) -> int:
     from processor.errors import EXIT_SOME_FAILED, ConfigError, ItemError
     from processor.localfiles import walk
     from processor.pipeline.decode import decode_image
+    from processor.pipeline.encode import encode_jpeg
+    from processor.pipeline.mask import overlay
     from processor.queue.keys import is_sidecar
 
     # Sidecars (photo.json) lie beside the photos, as in the bucket: not photos themselves.
     files = [(path, rel) for path, rel in walk(args.paths) if not is_sidecar(rel)]
     if not files:
         raise ConfigError(f"no photos found under {', '.join(args.paths)}")
-    masker = build_masker(settings, args.onnx, args.family)
+    masker = build_masker(settings, args.onnx, args.family, grabcut=args.grabcut)
     masker.setup()
     out = Path(args.out)
     results: list[MaskResult] = []
@@ -108,7 +87,7 @@ def cmd_mask(args: argparse.Namespace, settings: Any) -> int:
         mask_path, overlay_path = out / f"{stem}.mask.png", out / f"{stem}.overlay.jpg"
         mask_path.parent.mkdir(parents=True, exist_ok=True)
         mask.image().save(mask_path)
-        overlay(decoded.image, mask.hard).save(overlay_path, quality=OVERLAY_QUALITY)
+        overlay_path.write_bytes(encode_jpeg(overlay(decoded.image, mask.hard)))
         results.append(MaskResult(path=rel, mask=mask_path.relative_to(out).as_posix(),
                                   overlay=overlay_path.relative_to(out).as_posix(), coverage=round(mask.coverage, 4),
                                   segmenter=mask.method, fallback=mask.fallback,
@@ -128,14 +107,18 @@ def add_parser(subparsers: Any, common: argparse.ArgumentParser) -> argparse.Arg
     """Register ``processor mask`` on the CLI's subparsers (``common``: --config, --quiet, ...)."""
     p = subparsers.add_parser(
         "mask", parents=[common], help="write subject masks and overlays for local photos (no GPU needed)",
-        description="Compute the subject mask that background styles use (pipeline.mask: GrabCut, or the "
-        "configured ONNX / transformers segmenter) for local photos, and write OUT/<path>.mask.png, "
+        description="Compute the subject mask that background styles use (pipeline.mask: the u2netp model by "
+        "default, GrabCut, or the configured ONNX / transformers segmenter) for local photos, and write "
+        "OUT/<path>.mask.png, "
         "OUT/<path>.overlay.jpg (background tinted, subject outlined) and OUT/masks.json (coverage, "
         "segmenter, fallbacks per photo), to check the masks before spending a GPU on backgrounds.")
     p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR", help="photos, and folders searched recursively")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--onnx", metavar="MODEL", help="use this ONNX segmenter (a .onnx file or hub repo) instead "
-                   "of pipeline.mask")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--onnx", metavar="MODEL", help="use this ONNX segmenter (u2netp, a .onnx file or a hub "
+                       "repo) instead of pipeline.mask")
+    which.add_argument("--grabcut", action="store_true", help="use GrabCut (no weights) instead of pipeline.mask, "
+                       "to compare it with the model")
     p.add_argument("--family", choices=["u2net", "isnet", "birefnet"],
                    help="the --onnx model's family (default u2net)")
     p.set_defaults(func=cmd_mask, where=Where.CONFIG)

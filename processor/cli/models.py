@@ -16,15 +16,22 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
     """Fetch every configured diffusion model and every add-on model (caption models, CLIP scorer,
     hub LoRAs, IP-Adapters, ControlNets and their preprocessors, segmenter) into the cache,
     safetensors only. The add-ons are ``pull_list.addon_models``, the list ``--dry-run`` prints."""
-    from processor.models.loader import ModelLoader, configured_models
-    from processor.models.pull_list import addon_models
+    from processor.models.loader import ModelLoader
+    from processor.models.pull_list import Role, addon_models, configured_models
 
     loader = ModelLoader(settings.models)
     wanted = configured_models(settings.styles)
     convert = args.convert_pickle or settings.models.convert_pickle
     addons = addon_models(settings, loader, captions=True)
-    if wanted or addons:
-        # Hub metadata, the cache and the conversion all go through huggingface_hub and torch.
+    if args.mask:  # the subject-mask segmenter alone: what `processor mask` needs (the quickstart's pull)
+        wanted, addons = [], [a for a in addons if a.role is Role.SEGMENTER]
+        if not addons:
+            print("pipeline.mask uses no model to fetch (GrabCut, or a local file): nothing to pull")
+            return 0
+    # The ONNX subject mask downloads over plain HTTPS; everything else (hub metadata, the cache, the
+    # conversion) goes through huggingface_hub and torch.
+    onnx_mask = settings.pipeline.mask.onnx is not None
+    if wanted or any(not (a.role is Role.SEGMENTER and onnx_mask) for a in addons):
         require(Extra.SD, "processor models pull" + (" --dry-run" if args.dry_run else ""))
     if args.dry_run:
         return models_pull_dry_run(loader, wanted, convert, addons)
@@ -80,7 +87,7 @@ def models_pull_dry_run(loader: Any, wanted: list[tuple[str, str | None]], conve
             got = addon.fetch(False)
             state = f"cached: {got.path}{got.note}" + (f" (commit {got.commit})" if got.commit else "")
         except ProcessorError as exc:
-            missing += 1
+            missing += 0 if addon.fallback else 1  # one that has a fallback does not stop a worker
             state = f"NOT in the cache: {exc}" if loader.offline else "would fetch (not in the cache yet)"
         print(f"  {addon.label} {addon.shown}{used}: {state}")
     failed = not all(p.loads(convert) for p in plans) or (loader.offline and missing > 0)
@@ -105,4 +112,7 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
                    "safetensors with PyTorch's restricted unpickler (weights_only=True) into "
                    "<cache>/processor-converted/ (also models.convert_pickle: true); offline, converts what the "
                    "cache holds")
+    p.add_argument("--mask", action="store_true",
+                   help="only the subject-mask segmenter (pipeline.mask; u2netp by default, 4.5 MB): what "
+                   "`processor mask` and background styles need")
     p.set_defaults(func=cmd_models_pull, where=Where.CONFIG)

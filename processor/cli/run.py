@@ -30,8 +30,11 @@ from processor.errors import EXIT_INCOMPLETE, EXIT_SOME_FAILED, EXIT_UNHEALTHY, 
 from processor.localfiles import walk
 from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo
 from processor.queue.keys import SIDECAR_SUFFIX, KeyLayout, is_sidecar, split_extension
+from processor.tracing import build_tracer
 
 log = logging.getLogger("processor.cli")
+#: The service name of the worker's spans (``OTEL_SERVICE_NAME`` overrides it).
+TRACING_SERVICE = "toy-cartoonizer-worker"
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
@@ -64,10 +67,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         )
     # Serving starts before setup: /healthz answers (and /readyz says 503) while models load.
     metrics = MetricsEndpoint(settings.metrics)
+    tracer = build_tracer(settings.tracing, TRACING_SERVICE)
     worker = Worker(store, settings, build_registry(settings), worker_id=worker_id(settings), styles=styles,
                     device=detect_device(settings, styles), use_claims=use_claims, observer=metrics.observer,
                     captioner=build_captioner(settings, store), hints=build_hint_sources(settings, store),
-                    compute_pool=build_compute_pool(settings, styles))
+                    compute_pool=build_compute_pool(settings, styles), tracer=tracer)
     metrics.observer.watch(store=store, claims=worker.claims, info=worker.info.model_dump())
     _install_signal_handlers(worker)
     log.info("worker_start", extra={"worker": worker.info.id, "store": store.description, "styles": styles,
@@ -81,6 +85,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         worker.close()
         metrics.close()
         store.close()
+        tracer.close()
     log.info("worker_stop", extra={str(o): n for o, n in worker.totals.items()} | {"exit_code": code})
     return code
 
@@ -193,7 +198,8 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
             (target / f.name).write_bytes(f.body)
         decoded = prepared.decoded
         source = source.model_copy(update={"width": decoded.image.width, "height": decoded.image.height,
-                                           "format": decoded.format, "notes": decoded.notes})
+                                           "format": decoded.format, "notes": decoded.notes,
+                                           "color_profile": decoded.color_profile})
         manifest = Manifest(source=source, variants=encoded.variants, contact_sheet=encoded.contact_sheet,
                             timings=timings, worker=info, caption=rendered.caption)
         (target / "manifest.json").write_bytes(manifest.to_json_bytes())

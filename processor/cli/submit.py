@@ -1,23 +1,33 @@
 """``processor submit``: upload photos (and their sidecars) under ``inputs/``, then ask running
-daemons for a full scan."""
+daemons for a full scan; or, with ``--api URL``, submit them as jobs of the HTTP API through the
+Python client (``processor.client``), with the token from ``PROCESSOR_API_TOKEN``."""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from processor.cli.compose import StoreUse, build_store
 from processor.config import Settings
+from processor.config.base import API_TOKEN_ENV
 from processor.errors import EXIT_SOME_FAILED, ConfigError, ItemError
 from processor.localfiles import walk
 from processor.queue.keys import KeyLayout, is_sidecar
 from processor.store.base import ObjectStore
 
+#: Sidecar fields that ``submit --api`` sends as request fields, and the field each becomes.
+SIDECAR_FIELDS = {"styles": "styles", "variants": "variants", "seed": "seed", "prompt": "prompt",
+                  "negative": "negative", "instruction": "instruction"}
+
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    if args.api:
+        return _submit_over_api(args)
     from tqdm import tqdm
 
     prefix = settings.prefixes.inputs + (args.prefix.strip("/") + "/" if args.prefix else "")
@@ -76,6 +86,56 @@ def _filename(path: Path, others: dict[str, str]) -> dict[str, str]:
 
     used = sum(len(k) + len(v) for k, v in others.items()) + len(FILENAME_METADATA_KEY)
     return filename_metadata(path.name, min(MAX_FILENAME_BYTES, MAX_METADATA_BYTES - used))
+
+
+def _submit_over_api(args: argparse.Namespace) -> int:
+    """``--api URL``: each photo a job of the API (a sidecar beside it gives its fields); with
+    ``--wait``, wait for every job and exit ``EXIT_SOME_FAILED`` when one did not end done."""
+    from processor.client import ApiError, Client
+
+    if args.prefix:
+        raise ConfigError("--prefix and --api: the API names its uploads; drop --prefix")
+    files = sorted(walk(args.paths))
+    photos = [(path, rel) for path, rel in files if not is_sidecar(rel)]
+    if not photos:
+        raise ConfigError(f"no photos found under {', '.join(args.paths)}")
+    sidecars = {rel: path for path, rel in files if is_sidecar(rel)}
+    jobs: list[tuple[str, str]] = []
+    with Client(args.api, os.environ.get(API_TOKEN_ENV) or None) as api:
+        for path, rel in photos:
+            fields = _sidecar_fields(sidecars.get(rel.rsplit(".", 1)[0] + ".json"))
+            if args.prompt:
+                fields["prompt"] = args.prompt
+            try:
+                job = api.submit(path, style_image=Path(args.style_image) if args.style_image else None, **fields)
+            except ApiError as exc:
+                raise ConfigError(f"{rel}: {exc}") from None
+            jobs.append((rel, job.id))
+            print(f"{rel} -> {job.id} {job.status.value}")
+        if not args.wait:
+            return 0
+        ended = [(rel, api.wait(job)) for rel, job in jobs]
+    for rel, state in ended:
+        why = f": {state.failure.error}: {state.failure.message}" if state.failure else ""
+        print(f"{rel} {state.status.value}{why}")
+    return 0 if all(state.status.value == "done" for _, state in ended) else EXIT_SOME_FAILED
+
+
+def _sidecar_fields(path: Path | None) -> dict[str, Any]:
+    """The request fields a sidecar gives (``SIDECAR_FIELDS`` and its ``background``)."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"sidecar {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"sidecar {path} is not a JSON object")
+    fields = {SIDECAR_FIELDS[k]: v for k, v in data.items() if k in SIDECAR_FIELDS}
+    background = data.get("background")
+    if isinstance(background, dict):
+        fields |= {f"background_{k}": background[k] for k in ("mode", "prompt") if k in background}
+    return fields
 
 
 def _upload_style_image(path: Path, store: ObjectStore, settings: Settings) -> str:
@@ -145,4 +205,10 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--style-image", metavar="FILE",
                    help="a picture of the look for styles with an ip_adapter: uploaded under prefixes.styles and "
                         "named in each photo's metadata (x-amz-meta-style-image)")
+    p.add_argument("--api", metavar="URL",
+                   help=f"submit each photo as a job of the HTTP API at URL (processor serve) instead of writing "
+                        f"the bucket; the token is read from {API_TOKEN_ENV}; a sidecar's fields become the job's")
+    p.add_argument("--wait", action="store_true",
+                   help=f"with --api: wait for every job and print how it ended (exit {EXIT_SOME_FAILED} if one "
+                        "did not end done)")
     p.set_defaults(func=cmd_submit)

@@ -3,10 +3,13 @@
 - ``base``: the section base class, defaults and bounds shared by every section, and ``ModelRef``
   (a model as configured: model, revision, license, weight_name);
 - ``styles``: the style sections (``styles.<name>``), their one diffusion base and the checks that
-  span a style;
+  span a style; ``animate``: the image-to-video style (``engine: animate``) and its chain checks;
+  ``engines``: every style section by its ``engine`` key;
 - ``addons``: what a style loads beside its model (LoRA, LCM, refiner, ControlNets and their
   preprocessors, IP-Adapter) and its background;
-- ``sections``: the other sections (store, prefixes, run, claims, pipeline, models, caption, ...);
+- ``pipeline``: the ``pipeline`` section (decode limits, the subject mask and segmenters, the CLIP
+  score, clip bounds);
+- ``sections``: the other sections (store, prefixes, run, claims, models, caption, ...);
 - ``licenses``: which licences a style's weights come under (``run.allow_noncommercial``);
 - ``settings``: the root ``Settings``, its sources (keywords, environment, ``config.yaml``) and
   ``load_settings``, whose ``ConfigError`` names the key and where it came from.
@@ -24,11 +27,13 @@ from processor.config.addons import (
     PreprocessorSettings,
     RefinerSettings,
 )
+from processor.config.animate import AnimateStyle
 from processor.config.base import (
     DEFAULT_CLAIM_MAX_TTL_S,
     DEFAULT_CONTACT_SHEET_MAX_PIXELS,
     DEFAULT_METRICS_PORT,
     DEFAULT_PNG_COMPRESS_LEVEL,
+    MAX_FRAMES,
     MAX_PROMPT_CHARS,
     MAX_SEED,
     BackgroundMode,
@@ -37,16 +42,21 @@ from processor.config.base import (
     Seed,
     VariantCount,
 )
-from processor.config.sections import (
-    DEFAULT_PROMPT_TEMPLATE,
-    CaptionSettings,
+from processor.config.pipeline import (
+    DEFAULT_ONNX_SEGMENTER,
+    KNOWN_ONNX_SEGMENTERS,
     ClipScoreSettings,
     DecodeSettings,
     MaskSettings,
-    MetricsSettings,
-    ModelSettings,
     OnnxFamily,
     OnnxSegmenterSettings,
+    VideoSettings,
+)
+from processor.config.sections import (
+    DEFAULT_PROMPT_TEMPLATE,
+    CaptionSettings,
+    MetricsSettings,
+    ModelSettings,
     PerformanceSettings,
     PrefixSettings,
     StoreSettings,
@@ -65,6 +75,7 @@ from processor.config.styles import (
     ToonStyle,
     Txt2ImgStyle,
     background_model,
+    with_sources,
     work_bound_problem,
 )
 
@@ -72,11 +83,15 @@ __all__ = [
     "DEFAULT_CLAIM_MAX_TTL_S",
     "DEFAULT_CONTACT_SHEET_MAX_PIXELS",
     "DEFAULT_METRICS_PORT",
+    "DEFAULT_ONNX_SEGMENTER",
     "DEFAULT_PNG_COMPRESS_LEVEL",
     "DEFAULT_PREPROCESSOR_WEIGHTS",
     "DEFAULT_PROMPT_TEMPLATE",
+    "KNOWN_ONNX_SEGMENTERS",
+    "MAX_FRAMES",
     "MAX_PROMPT_CHARS",
     "MAX_SEED",
+    "AnimateStyle",
     "BackgroundMode",
     "CaptionSettings",
     "ClipScoreSettings",
@@ -108,7 +123,9 @@ __all__ = [
     "ToonStyle",
     "Txt2ImgStyle",
     "VariantCount",
+    "VideoSettings",
     "background_model",
     "load_settings",
+    "with_sources",
     "work_bound_problem",
 ]

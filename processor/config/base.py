@@ -15,7 +15,9 @@ CONFIG_ENV = "PROCESSOR_CONFIG"
 #: values, not settings keys, so never read into the settings tree (nor shown in its errors).
 API_KEYS_ENV = "PROCESSOR_API_KEYS"
 WEBHOOK_SECRET_ENV = "PROCESSOR_WEBHOOK_SECRET"
-NOT_SETTINGS_ENV = frozenset({CONFIG_ENV, API_KEYS_ENV, WEBHOOK_SECRET_ENV})
+#: The token ``processor submit --api`` sends (a client's, of those in PROCESSOR_API_KEYS).
+API_TOKEN_ENV = "PROCESSOR_API_TOKEN"
+NOT_SETTINGS_ENV = frozenset({CONFIG_ENV, API_KEYS_ENV, WEBHOOK_SECRET_ENV, API_TOKEN_ENV})
 DEFAULT_CONFIG = Path("config.yaml")
 
 #: Seconds a claim stays valid without renewal.
@@ -96,9 +98,24 @@ MAX_SEED = 2**32 - 1
 MAX_VARIANTS = 16
 #: Characters of a prompt, negative prompt or instruction (the text encoder reads 77 tokens).
 MAX_PROMPT_CHARS = 2000
+#: Frames of one clip (``engine: animate``): LTX-Video's longest recommended clip (8 x 32 + 1).
+MAX_FRAMES = 257
+#: Frames per second of a clip.
+MAX_FPS = 60
+#: ``pipeline.video.max_frames``: the longest clip a style or sidecar may ask for, every family's
+#: default clip included (Wan 2.2 TI2V and LTX-Video: 121 frames).
+DEFAULT_VIDEO_MAX_FRAMES = 121
+#: Pixels: ``pipeline.video.max_size``, the longest working side of a clip (Wan's 720p: 1280).
+DEFAULT_VIDEO_MAX_SIZE = 1280
+#: ``pipeline.video.max_decode_chunk_size``: frames SVD's VAE may decode at once (SVD-XT's clip).
+DEFAULT_VIDEO_MAX_DECODE_CHUNK = 25
+#: x264's constant rate factor for the MP4s (0 lossless .. 51; 18 looks lossless to most eyes).
+DEFAULT_MP4_CRF = 18
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 VariantCount = Annotated[int, Field(ge=1, le=MAX_VARIANTS)]
 PromptText = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+FrameCount = Annotated[int, Field(ge=2, le=MAX_FRAMES)]
+FramesPerSecond = Annotated[int, Field(ge=1, le=MAX_FPS)]
 BackgroundMode = Literal["none", "inpaint", "generate", "instruct"]
 #: A model's license, as its model card names it (``license:`` on a style and on its LoRA, LCM-LoRA,
 #: ControlNet and background models). ``non-commercial`` covers every licence that forbids

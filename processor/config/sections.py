@@ -1,5 +1,5 @@
-"""The non-style sections of the settings tree: store, prefixes, run, claims, pipeline, models,
-caption, log, metrics, api.
+"""The non-style sections of the settings tree: store, prefixes, run, claims, models, caption, log,
+tracing, metrics, api (the pipeline section is ``processor.config.pipeline``'s).
 """
 
 from __future__ import annotations
@@ -21,20 +21,15 @@ from processor.config.base import (
     DEFAULT_CLAIM_RENEW_S,
     DEFAULT_CLAIM_TTL_S,
     DEFAULT_COMMAND_TIMEOUT_S,
-    DEFAULT_CONTACT_SHEET_MAX_PIXELS,
     DEFAULT_FULL_RESCAN_S,
     DEFAULT_HINT_POLL_S,
     DEFAULT_IDLE_BACKOFF_MAX_S,
     DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_MAX_BYTES,
     DEFAULT_MAX_CONSECUTIVE_FAILURES,
-    DEFAULT_MAX_PIXELS,
     DEFAULT_MAX_STYLES_PER_INPUT,
     DEFAULT_MAX_VARIANTS_PER_INPUT,
     DEFAULT_METRICS_PORT,
     DEFAULT_METRICS_STALL_S,
-    DEFAULT_MIN_SIDE,
-    DEFAULT_PNG_COMPRESS_LEVEL,
     DEFAULT_RELIST_S,
     WEBHOOK_SECRET_ENV,
     Section,
@@ -119,136 +114,6 @@ class PrefixSettings(Section):
                 if a != b and pa.startswith(pb):
                     raise ValueError(f"prefixes.{a} ({pa!r}) must not lie inside prefixes.{b} ({pb!r})")
         return self
-
-
-#: CPU seconds any decode that runs isolated may spend whatever the picture's size: its header,
-#: frame walk and set-up. A 12 MP HEIC decodes in about half a second of CPU here.
-DEFAULT_DECODE_CPU_FLOOR_S = 2.0
-#: CPU seconds per megapixel (of the size the header declares) on top of the floor. Normal photos
-#: need well under a tenth of this; a progressive JPEG of tens of thousands of scans needs minutes.
-DEFAULT_DECODE_CPU_S_PER_MEGAPIXEL = 2.0
-
-
-class DecodeSettings(Section):
-    max_bytes: int = Field(default=DEFAULT_MAX_BYTES, gt=0)
-    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, gt=0)
-    min_side: int = Field(default=DEFAULT_MIN_SIDE, ge=1)
-    #: The decode budget of a file decoded isolated (one whose structure can be slow: many scans,
-    #: chunks, frames or IFDs; GIF, TIFF, HEIF, AVIF): ``cpu_floor_s`` plus ``cpu_s_per_megapixel``
-    #: per declared megapixel, in CPU seconds. A decode past it is stopped (``DecodeBudgetExceeded``).
-    cpu_floor_s: float = Field(default=DEFAULT_DECODE_CPU_FLOOR_S, gt=0)
-    cpu_s_per_megapixel: float = Field(default=DEFAULT_DECODE_CPU_S_PER_MEGAPIXEL, ge=0)
-
-
-#: Fraction of the image: a subject mask covering less than this is "nothing found".
-DEFAULT_MIN_COVERAGE = 0.02
-#: Fraction of the image: a subject mask covering more than this is "everything is subject".
-DEFAULT_MAX_COVERAGE = 0.90
-
-
-#: The ONNX segmenter families (``processor.pipeline.onnx_segmenter.FAMILIES``).
-OnnxFamily = Literal["u2net", "isnet", "birefnet"]
-
-
-class OnnxSegmenterSettings(Section):
-    """A salient-object / matting model in ONNX form (``processor.pipeline.onnx_segmenter``).
-
-    ONNX files hold a graph and tensors, no pickle, so they keep the safe-weights rule."""
-
-    #: A local ``.onnx`` file, or a hub repo id whose ``file`` is fetched by ``processor models pull``.
-    model: str
-    #: The file inside the hub repo (ignored for a local file), e.g. ``onnx/model.onnx``.
-    file: str = "model.onnx"
-    revision: str | None = None
-    #: Input size and normalisation: ``u2net`` (rembg u2net/u2netp/silueta, 320 px), ``isnet``
-    #: (isnet-general-use, RMBG-1.4-style, 1024 px), ``birefnet`` (1024 px, logits).
-    family: OnnxFamily = "u2net"
-    #: Pixels: the model's square input side (default: the family's).
-    input_size: int | None = Field(default=None, ge=32, le=4096)
-    #: Saliency (0-1) at or above which a pixel is subject.
-    threshold: float = Field(default=0.5, gt=0, lt=1)
-    #: ``auto``: the CUDA execution provider when onnxruntime has it, else the CPU.
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    @model_validator(mode="after")
-    def _onnx_file(self) -> OnnxSegmenterSettings:
-        target = self.model if self.model.endswith(".onnx") else self.file
-        if not target.endswith(".onnx"):
-            raise ValueError(f"onnx segmenter file {target!r} must be an .onnx file (set pipeline.mask.onnx.file)")
-        return self
-
-
-class MaskSettings(Section):
-    """The subject mask background styles use (``processor.pipeline.mask``), one per input."""
-
-    #: An ONNX salient-object model (the rembg family, BiRefNet). When set and its file is present
-    #: it makes the masks; when it is missing or cannot load, GrabCut does, and the reason is
-    #: recorded in every variant's ``background.segmentation.fallback``.
-    onnx: OnnxSegmenterSettings | None = None
-    #: None: the classical segmenter (OpenCV GrabCut seeded from a border colour model; no weights).
-    #: Else a transformers semantic-segmentation model (hub id or local folder, safetensors only);
-    #: every pixel whose label is not in ``background_labels`` is subject.
-    segmenter: str | None = None
-    segmenter_revision: str | None = None
-    #: Labels of the segmenter that count as background (ADE20K scene classes by default; compared
-    #: case- and space-insensitively). "person" is not among them: a toy figure may be labelled so.
-    background_labels: list[str] = Field(default_factory=lambda: [
-        "background", "wall", "floor", "ceiling", "table", "desk", "counter", "countertop", "sky", "road",
-        "sidewalk", "grass", "earth", "sand", "field", "water", "sea", "mountain", "tree", "plant", "building",
-        "windowpane", "door", "curtain", "rug", "cabinet", "shelf", "bookcase", "book", "bed", "sofa", "chair",
-        "armchair", "cushion", "pillow", "painting", "mirror", "lamp", "computer", "screen",
-    ])
-    #: A mask covering less than this fraction of the image falls back to no background change.
-    min_coverage: float = Field(default=DEFAULT_MIN_COVERAGE, ge=0, lt=1)
-    #: A mask covering more than this fraction of the image falls back to no background change.
-    max_coverage: float = Field(default=DEFAULT_MAX_COVERAGE, gt=0, le=1)
-    #: Pixels: the Gaussian sigma of the feathered edge (default: 1% of the image's short side).
-    feather_px: float | None = Field(default=None, ge=0)
-
-    @model_validator(mode="after")
-    def _bounds_ordered(self) -> MaskSettings:
-        if self.onnx is not None and self.segmenter:
-            raise ValueError("set pipeline.mask.onnx or pipeline.mask.segmenter, not both")
-        if self.min_coverage >= self.max_coverage:
-            raise ValueError(f"min_coverage ({self.min_coverage}) must be below max_coverage ({self.max_coverage})")
-        return self
-
-
-class ClipScoreSettings(Section):
-    """``pipeline.clip_score``: score every variant by CLIP image similarity to its photo
-    (``processor.pipeline.clipscore``): a transformers ``CLIPModel`` folder or hub id, loaded once
-    per worker like every other model (safetensors only, pinned revision, offline mode) and fetched
-    by ``processor models pull``."""
-
-    #: A hub id (``openai/clip-vit-large-patch14``) or a local folder holding a transformers
-    #: ``CLIPModel`` (``config.json``, ``model.safetensors``, ``preprocessor_config.json``).
-    model: str
-    #: The hub commit, branch or tag to load; the commit loaded is recorded in every variant.
-    revision: str | None = None
-
-
-class PipelineSettings(Section):
-    decode: DecodeSettings = DecodeSettings()
-    #: Write a contact sheet (the original beside every variant) per input.
-    contact_sheet: bool = True
-    #: Pixels: the contact sheet's tile height.
-    contact_sheet_height: int = Field(default=256, ge=32, le=2048)
-    #: Pixels: the most the contact sheet may have; its tiles shrink to fit.
-    contact_sheet_max_pixels: int = Field(default=DEFAULT_CONTACT_SHEET_MAX_PIXELS, ge=100_000, le=100_000_000)
-    #: zlib level of the variant and mask PNGs (0-9): higher is smaller and slower to write.
-    png_compress_level: int = Field(default=DEFAULT_PNG_COMPRESS_LEVEL, ge=0, le=9)
-    #: The subject mask for styles with a ``background`` (computed once per input).
-    mask: MaskSettings = MaskSettings()
-    #: Score every variant by the photo's edges it kept inside the subject mask (weight-free,
-    #: ``processor.pipeline.structure``), or over the whole image where no mask is at hand.
-    structure_score: bool = True
-    #: Compute a subject mask for the score when no background stage made one. Off by default:
-    #: a GrabCut mask costs CPU time on the upload thread for every input, which toon-only
-    #: workers would otherwise pay; their scores then cover the whole image (``region``).
-    structure_mask: bool = False
-    #: CLIP image similarity of each variant to its photo (inside the subject's box when a subject
-    #: mask is at hand, as the structure score); None: not scored, and no CLIP model loads.
-    clip_score: ClipScoreSettings | None = None
 
 
 class RunSettings(Section):
@@ -456,6 +321,18 @@ class LogSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: ``auto``: JSON lines when stderr is not a terminal, readable text when it is.
     format: Literal["auto", "json", "text"] = "auto"
+
+
+class TracingSettings(Section):
+    """Optional OpenTelemetry traces of the worker's items and the API's requests (``processor.tracing``;
+    needs the ``otel`` extra)."""
+
+    enabled: bool = False
+    #: ``otlp``: OTLP over HTTP, where the standard ``OTEL_EXPORTER_OTLP_*`` variables say;
+    #: ``console``: spans printed to stderr (to try it out).
+    exporter: Literal["otlp", "console"] = "otlp"
+    #: Fraction of traces kept (0-1); a trace the caller sampled is kept whatever this says.
+    sample_ratio: float = Field(default=1.0, ge=0, le=1)
 
 
 class MetricsSettings(Section):

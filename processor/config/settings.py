@@ -19,8 +19,11 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from processor.config.animate import animate_problem
 from processor.config.base import CONFIG_ENV, DEFAULT_CONFIG, ENV_PREFIX, NOT_SETTINGS_ENV
+from processor.config.engines import ENGINE_KEYS, StyleSettings, default_styles
 from processor.config.licenses import noncommercial_problem
+from processor.config.pipeline import PipelineSettings
 from processor.config.sections import (
     ApiSettings,
     CaptionSettings,
@@ -28,12 +31,12 @@ from processor.config.sections import (
     LogSettings,
     MetricsSettings,
     ModelSettings,
-    PipelineSettings,
     PrefixSettings,
     RunSettings,
     StoreSettings,
+    TracingSettings,
 )
-from processor.config.styles import StyleSettings, default_styles, work_bound_problem
+from processor.config.styles import work_bound_problem
 from processor.errors import ConfigError
 
 
@@ -53,6 +56,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     caption: CaptionSettings = CaptionSettings()
     api: ApiSettings = ApiSettings()
+    tracing: TracingSettings = TracingSettings()
 
     @model_validator(mode="after")
     def _styles_exist(self) -> Settings:
@@ -65,6 +69,9 @@ class Settings(BaseSettings):
         problem = work_bound_problem(self.run.styles, self.styles, self.run)
         if problem:
             raise ValueError(f"run.styles {problem}")
+        problem = animate_problem(self.styles, self.pipeline.video)
+        if problem:
+            raise ValueError(problem)
         if self.api.direct_style is not None and self.api.direct_style not in self.styles:
             raise ValueError(f"api.direct_style {self.api.direct_style!r} is not defined under styles")
         if not self.run.allow_noncommercial:
@@ -246,8 +253,9 @@ KEY_SUGGESTION_CUTOFF = 0.6
 MAX_KEYS_LISTED = 12
 
 #: Discriminator tags pydantic puts in a style's error location.
-_ENGINE_TAGS = {"toon", "img2img", "instruct-pix2pix", "txt2img", "edit"}
-_KEY_FIRST = re.compile(r"([a-z_]+\.[a-z_]+) ")
+_ENGINE_TAGS = ENGINE_KEYS
+#: A message that starts with the key it is about: ``run.styles ...``, ``styles.<name>.image_from ...``.
+_KEY_FIRST = re.compile(r"([a-z_]+(?:\.[\w-]+)+) ")
 
 
 def _source_of(loc: list[str], path: Path, file_data: dict[str, Any]) -> str:

@@ -9,10 +9,10 @@ model it loads, with its role: licences, ``models pull``) and ``background_ref()
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -41,6 +41,18 @@ class StyleOption(str, Enum):
     IP_ADAPTER = "ip_adapter"
     REFINER = "refiner"
     TURBO = "turbo"
+
+
+#: ``image_from_variants``: animate a still style's first variant, or each of them.
+ChainVariants = Literal["first", "all"]
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """The still style whose variants a style animates instead of the photo (``image_from``)."""
+
+    style: str
+    variants: ChainVariants = "first"
 
 
 #: What a model is to the style that runs it (``processor.manifest.LicenseRecord.role``).
@@ -100,6 +112,14 @@ class StyleBase(Section):
 
     def addons(self) -> StyleAddons:
         return StyleAddons()
+
+    def image_source(self) -> ImageSource | None:
+        """The still style this style starts from instead of the photo (None: the photo)."""
+        return None
+
+    def takes_prompt(self) -> bool:
+        """Whether the style builds a prompt from a caption (it has trigger words: img2img, txt2img)."""
+        return "trigger" in type(self).model_fields
 
     def background_ref(self) -> ModelRef | None:
         """The model the background runs on, or None when the style has no background.
@@ -451,29 +471,50 @@ def background_model(style: StyleBase) -> tuple[str, str | None] | None:
     return (ref.model, ref.revision) if ref is not None else None
 
 
+def with_sources(names: Sequence[str], styles: Mapping[str, StyleBase]) -> list[str]:
+    """``names`` in the order they run: each style that animates a still style (``image_from``)
+    comes after that still style, which runs for the input too when ``names`` lacks it."""
+    ordered: list[str] = []
+    for name in names:
+        style = styles.get(name)
+        source = style.image_source() if style is not None else None
+        if source is not None and source.style in styles and source.style not in ordered:
+            ordered.append(source.style)
+        if name not in ordered:
+            ordered.append(name)
+    return ordered
+
+
+def outputs_of(name: str, styles: Mapping[str, StyleBase], variants: int | None = None) -> int:
+    """The variants (clips) style ``name`` makes for one input, each style with ``variants`` (else
+    its own count): a style animating each variant of a still style makes its count per variant."""
+    style = styles[name]
+    own = variants if variants is not None else style.variants
+    source = style.image_source()
+    if source is not None and source.variants == "all" and source.style in styles:
+        own *= variants if variants is not None else styles[source.style].variants
+    return own
+
+
 def work_bound_problem(names: list[str], styles: Mapping[str, StyleBase], run: Any,
                        variants: int | None = None) -> str | None:
     """What is wrong with asking for styles ``names`` for one input (each with ``variants``, else
     its own count) under ``run.max_styles_per_input`` / ``run.max_variants_per_input``; None: fine.
-    The text follows the key that asked ("run.styles ...", "sidecar styles ...")."""
+    The still styles an animate style starts from (``image_from``) count too. The text follows the
+    key that asked ("run.styles ...", "sidecar styles ...")."""
     twice = sorted(n for n, count in Counter(names).items() if count > 1)
     if twice:
         return f"name {twice} more than once; name each style once"
-    if len(names) > run.max_styles_per_input:
-        return (f"name {len(names)} styles; at most {run.max_styles_per_input} per input "
+    running = with_sources(names, styles)
+    if len(running) > run.max_styles_per_input:
+        added = len(running) - len(names)
+        also = f" (and {added} still style{'s' if added > 1 else ''} they animate)" if added else ""
+        return (f"name {len(names)} styles{also}; at most {run.max_styles_per_input} per input "
                 f"(run.max_styles_per_input)")
-    total = sum(variants if variants is not None else styles[n].variants for n in names if n in styles)
+    total = sum(outputs_of(n, styles, variants) for n in running if n in styles)
     if total > run.max_variants_per_input:
         return (f"ask for {total} variants in all; at most {run.max_variants_per_input} per input "
                 f"(run.max_variants_per_input): fewer styles or fewer variants")
     return None
 
 
-StyleSettings = Annotated[
-    ToonStyle | Img2ImgStyle | InstructPix2PixStyle | Txt2ImgStyle | EditStyle, Field(discriminator="engine")
-]
-
-
-def default_styles() -> dict[str, Any]:
-    """The styles a config without ``styles:`` has: the weight-free toon filter."""
-    return {"toon": ToonStyle()}

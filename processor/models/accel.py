@@ -12,7 +12,8 @@ Each switch has a default that is right without measuring on the machine at hand
   aspect ratio compiles again. Turn it on for long runs of same-sized inputs after measuring with
   ``python -m bench.gpu_img2img --compile``.
 - ``vae_slicing``: decode a batch of variants one image at a time (lower peak memory, about the
-  same speed); default on.
+  same speed); default on. A VAE that does not slice or tile (SVD's temporal decoder, whose
+  ``decode_chunk_size`` bounds its memory instead) records the switch off, with a note.
 - ``vae_tiling``: decode in overlapping tiles so large images fit in memory; ``auto`` turns it on
   per call when the working long side exceeds ``VAE_TILING_AUTO_FACTOR`` x the model's native size
   (tiles change pixels slightly, so it stays off at normal sizes).
@@ -68,11 +69,19 @@ def apply(pipe: Any, performance: Any, device: str) -> dict[str, Any]:
             module.set_attn_processor(processor_cls())
     unet = getattr(pipe, "unet", None)  # FLUX.1 / SD 3 have a transformer instead (no convolutions)
     if active["channels_last"] and unet is not None:
-        unet.to(memory_format=torch.channels_last)
+        if any(p.dim() == 5 for p in unet.parameters()):  # SVD's temporal 3D convolutions: no NHWC form
+            active |= {"channels_last": False, "channels_last_note": "the UNet has 3D convolutions"}
+        else:
+            unet.to(memory_format=torch.channels_last)
     vae = getattr(pipe, "vae", None)
     if vae is not None:
-        (vae.enable_slicing if active["vae_slicing"] else vae.disable_slicing)()
-        if active["vae_tiling"] == "on":
+        if not hasattr(vae, "use_slicing"):  # SVD's temporal decoder: decode_chunk_size bounds it instead
+            active |= {"vae_slicing": False, "vae_slicing_note": f"{type(vae).__name__} does not slice"}
+        else:
+            (vae.enable_slicing if active["vae_slicing"] else vae.disable_slicing)()
+        if not hasattr(vae, "use_tiling"):
+            active |= {"vae_tiling": "off", "vae_tiling_note": f"{type(vae).__name__} does not tile"}
+        elif active["vae_tiling"] == "on":
             vae.enable_tiling()
     if active["compile_unet"] and unet is not None:
         pipe.unet = torch.compile(unet, mode=active["compile_mode"])
@@ -87,7 +96,7 @@ def apply(pipe: Any, performance: Any, device: str) -> dict[str, Any]:
 def set_vae_tiling(pipe: Any, active: dict[str, Any], long_side: int, native: int) -> bool:
     """Turn VAE tiling on or off for one call (the VAE is shared: set it before every call)."""
     vae = getattr(pipe, "vae", None)
-    if vae is None:
+    if vae is None or not hasattr(vae, "use_tiling"):
         return False
     mode = active.get("vae_tiling", "off")
     tiled = mode == "on" or (mode == "auto" and long_side > VAE_TILING_AUTO_FACTOR * native)

@@ -14,6 +14,12 @@ SD 3's ``qk_norm`` (SD 3.5 normalises queries and keys, SD 3 medium not). Turbo 
 (SD-Turbo, SDXL-Turbo) have their base's architecture and files: ``turbo: true`` on a style picks
 the turbo row of its family (``Family.turbo_row``).
 
+The image-to-video families (``VIDEO_FAMILIES``: Stable Video Diffusion, Wan 2.x, LTX-Video) are
+rows of the same shape with ``video`` set (``VideoTraits``: clip length, fps, the motion keys they
+take and their defaults, how their guidance is evaluated, their published licence); they run one
+task, ``Task.VIDEO`` (``engine: animate``). SVD-XT is told from SVD by its UNet's ``num_frames``
+(25), Wan 2.1 / 2.2 A14B image-to-video from Wan 2.2 TI2V 5B by the transformer's ``in_channels``.
+
 Importing this module imports neither torch nor diffusers.
 """
 
@@ -45,7 +51,8 @@ class Task(str, Enum):
     CONTROLNET_IMG2IMG = "controlnet-img2img"
     CONTROLNET_TXT2IMG = "controlnet-text2img"
     ADAPTER_TXT2IMG = "adapter-text2img"
-    # Room for image-to-video families (Stable Video Diffusion, Wan, LTX): a VIDEO task and rows.
+    #: Image to video (``engine: animate``): Stable Video Diffusion, Wan 2.x and LTX-Video.
+    VIDEO = "video"
 
 
 class Denoiser(str, Enum):
@@ -160,6 +167,84 @@ class FamilyId(str, Enum):
     FLUX_KONTEXT = "flux-kontext"
     QWEN_IMAGE_EDIT = "qwen-image-edit"
     QWEN_IMAGE_EDIT_PLUS = "qwen-image-edit-plus"
+    SVD = "svd"
+    SVD_XT = "svd-xt"
+    WAN_I2V = "wan-i2v"
+    WAN_TI2V = "wan-ti2v"
+    LTX = "ltx-video"
+
+
+class VideoKnob(str, Enum):
+    """The ``engine: animate`` keys only some image-to-video families take (``VideoTraits.knobs``);
+    the value is the key as written under ``styles.<name>``. Setting one the family does not take
+    is refused at start, naming the key."""
+
+    #: ``prompt`` and ``trigger``: the family reads text (Wan, LTX); SVD reads the photo alone.
+    PROMPT = "prompt"
+    #: Classifier-free guidance against ``negative`` (Wan, LTX).
+    GUIDANCE = "guidance"
+    #: SVD: how much motion (its micro-conditioning; higher moves more).
+    MOTION_BUCKET_ID = "motion_bucket_id"
+    #: SVD: noise added to the photo's conditioning latent (more: freer motion, less likeness).
+    NOISE_AUG_STRENGTH = "noise_aug_strength"
+    #: SVD: classifier-free guidance ramped linearly over the frames, from the first to the last.
+    MIN_GUIDANCE = "min_guidance"
+    MAX_GUIDANCE = "max_guidance"
+    #: SVD: frames its temporal VAE decodes at once (the decode's peak memory).
+    DECODE_CHUNK_SIZE = "decode_chunk_size"
+    #: LTX-Video: the timestep and noise of its timestep-conditioned VAE decode (0.9.1 and later).
+    DECODE_TIMESTEP = "decode_timestep"
+    DECODE_NOISE_SCALE = "decode_noise_scale"
+
+
+class VideoKind(str, Enum):
+    """Which image-to-video pipeline a family runs: what its call takes differs per kind."""
+
+    SVD = "svd"
+    WAN = "wan"
+    LTX = "ltx"
+
+
+class FrameSource(str, Enum):
+    """Where a family's default clip length comes from."""
+
+    #: The family table (``VideoTraits.frames``).
+    TABLE = "table"
+    #: The loaded UNet's ``num_frames`` (SVD: 14, SVD-XT: 25; a fine-tune keeps its own).
+    UNET_CONFIG = "unet-config"
+
+
+class CfgCalls(str, Enum):
+    """How a video pipeline evaluates classifier-free guidance: the denoiser calls per step."""
+
+    #: The negative and positive samples in one batched call (SVD, LTX).
+    BATCHED = "batched"
+    #: A second call per step (Wan).
+    SEPARATE = "separate"
+
+
+@dataclass(frozen=True)
+class VideoTraits:
+    """What an image-to-video family adds to its row (``Family.video``)."""
+
+    kind: VideoKind
+    #: Frames of the reference checkpoint's clip: a style's default ``frames``.
+    frames: int
+    #: Frames per second it was trained for: a style's default ``fps``.
+    fps: int
+    #: Clip lengths are ``k * frame_step + 1`` (the VAE's temporal compression); 1: any length.
+    frame_step: int
+    #: Whether the pipeline is told the fps (SVD's micro-conditioning, LTX's rotary positions);
+    #: Wan is not, and plays at its training rate.
+    fps_input: bool
+    knobs: frozenset[VideoKnob]
+    #: The knob values a style that sets none runs with (the model cards' / pipelines' defaults).
+    defaults: Mapping[VideoKnob, float]
+    cfg_calls: CfgCalls
+    #: The licence of the family's published weights, as ``license:`` names it; a style on a
+    #: ``non-commercial`` family must declare that licence (``run.allow_noncommercial`` gates it).
+    published_license: str
+    frames_from: FrameSource = FrameSource.TABLE
 
 
 @dataclass(frozen=True)
@@ -207,6 +292,8 @@ class Family:
     timestep_spacing: str | None = None
     #: Its activations overflow float16 (NaN latents, black pictures): float16 is refused.
     refuses_float16: bool = False
+    #: An image-to-video family (``engine: animate``): its clip length, fps and motion keys.
+    video: VideoTraits | None = None
 
     @property
     def prompt_encoder(self) -> TextEncoder:
@@ -307,7 +394,62 @@ FAMILIES: tuple[Family, ...] = (
           turbo=True, timestep_spacing="trailing"),
 )
 
-_BY_ID = {family.id: family for family in FAMILIES}
+#: T5 tokens Wan's UMT5 encoder reads (its pipelines' ``max_sequence_length``).
+WAN_T5_TOKENS = 512
+#: T5 tokens LTX-Video's image-to-video pipeline reads (its ``max_sequence_length`` default).
+LTX_T5_TOKENS = 128
+_WAN_T5 = TextEncoder(EncoderKind.T5, "tokenizer", WAN_T5_TOKENS)
+_LTX_T5 = TextEncoder(EncoderKind.T5, "tokenizer", LTX_T5_TOKENS)
+
+_SVD_KNOBS = frozenset({VideoKnob.MOTION_BUCKET_ID, VideoKnob.NOISE_AUG_STRENGTH, VideoKnob.MIN_GUIDANCE,
+                        VideoKnob.MAX_GUIDANCE, VideoKnob.DECODE_CHUNK_SIZE})
+#: SVD's card and pipeline: motion bucket 127, noise augmentation 0.02, guidance ramped 1 -> 3;
+#: 8 frames decoded at a time (the card's example; the pipeline's own default decodes them all).
+_SVD_DEFAULTS = {VideoKnob.MOTION_BUCKET_ID: 127, VideoKnob.NOISE_AUG_STRENGTH: 0.02, VideoKnob.MIN_GUIDANCE: 1.0,
+                 VideoKnob.MAX_GUIDANCE: 3.0, VideoKnob.DECODE_CHUNK_SIZE: 8}
+
+
+def _svd(fid: FamilyId, label: str, frames: int, config: tuple[ConfigKey, ...]) -> Family:
+    """A Stable Video Diffusion row: the photo alone steers it (no text), 7 fps, its own Euler scheduler."""
+    return Family(fid, label, "svd", ("StableVideoDiffusionPipeline",), Denoiser.UNET,
+                  {Task.VIDEO: "StableVideoDiffusionPipeline"}, 1024, 8, "float16", (), StepRounding.TRUNCATE,
+                  Guidance.CFG, SchedulerChoice.MODEL, _NO_ADDONS, config=config, unet_channels=8,
+                  video=VideoTraits(VideoKind.SVD, frames, 7, 1, True, _SVD_KNOBS, _SVD_DEFAULTS, CfgCalls.BATCHED,
+                                    "non-commercial", FrameSource.UNET_CONFIG))
+
+
+def _wan(fid: FamilyId, label: str, channels: int, native: int, multiple: int, frames: int, fps: int) -> Family:
+    """A Wan row: a flow transformer told apart by its input channels (36: noise + mask + the photo's
+    latent; 48: Wan 2.2 TI2V's 48-channel latent); CFG as a second call per step."""
+    return Family(fid, label, "wan", ("WanImageToVideoPipeline", "WanPipeline"), Denoiser.TRANSFORMER,
+                  {Task.VIDEO: "WanImageToVideoPipeline"}, native, multiple, "bfloat16", (_WAN_T5,), StepRounding.FLOW,
+                  Guidance.CFG, SchedulerChoice.MODEL, _NO_ADDONS,
+                  config=(ConfigKey("transformer", "in_channels", channels),),
+                  video=VideoTraits(VideoKind.WAN, frames, fps, 4, False,
+                                    frozenset({VideoKnob.PROMPT, VideoKnob.GUIDANCE}), {VideoKnob.GUIDANCE: 5.0},
+                                    CfgCalls.SEPARATE, "apache-2.0"))
+
+
+#: The image-to-video families (``engine: animate``), in lookup order: SVD-XT (its UNet built for 25
+#: frames) before SVD; Wan's rows by transformer input channels.
+VIDEO_FAMILIES: tuple[Family, ...] = (
+    _svd(FamilyId.SVD_XT, "Stable Video Diffusion XT", 25, (ConfigKey("unet", "num_frames", 25),)),
+    _svd(FamilyId.SVD, "Stable Video Diffusion", 14, ()),
+    _wan(FamilyId.WAN_I2V, "Wan 2.x image-to-video", 36, 832, 16, 81, 16),
+    # Wan 2.2's VAE is 16x in space: with 2x2 patches a side is a multiple of 32.
+    _wan(FamilyId.WAN_TI2V, "Wan 2.2 TI2V", 48, 1280, 32, 121, 24),
+    Family(FamilyId.LTX, "LTX-Video", "ltx", ("LTXPipeline", "LTXImageToVideoPipeline", "LTXConditionPipeline"),
+           Denoiser.TRANSFORMER, {Task.VIDEO: "LTXImageToVideoPipeline"}, 704, 32, "bfloat16", (_LTX_T5,),
+           StepRounding.FLOW, Guidance.CFG, SchedulerChoice.MODEL, _NO_ADDONS,
+           video=VideoTraits(VideoKind.LTX, 121, 25, 8, True, frozenset({VideoKnob.PROMPT, VideoKnob.GUIDANCE,
+                                                          VideoKnob.DECODE_TIMESTEP, VideoKnob.DECODE_NOISE_SCALE}),
+                             {VideoKnob.GUIDANCE: 3.0, VideoKnob.DECODE_TIMESTEP: 0.0}, CfgCalls.BATCHED, "other")),
+)
+
+#: Every row ``identify`` reads: the still-image families, then the image-to-video ones.
+ALL_FAMILIES: tuple[Family, ...] = FAMILIES + VIDEO_FAMILIES
+
+_BY_ID = {family.id: family for family in ALL_FAMILIES}
 
 
 def family(fid: FamilyId) -> Family:
@@ -360,7 +502,7 @@ def identify(folder: Path, model: str | None = None) -> FamilyMatch:
     index = read_model_index(folder)
     class_name = str(index.get("_class_name", ""))
     configs: dict[str, dict[str, Any]] = {}
-    candidates = [f for f in FAMILIES if class_name in f.class_names]
+    candidates = [f for f in ALL_FAMILIES if class_name in f.class_names]
     for row in candidates:
         if all(_config_value(folder, c.component, c.key, configs) == c.value for c in row.config):
             return FamilyMatch(row, class_name, index)
@@ -369,7 +511,7 @@ def identify(folder: Path, model: str | None = None) -> FamilyMatch:
         keys = sorted({f"{c.component}/config.json {c.key}" for row in candidates for c in row.config})
         raise ConfigError(f"model {name!r} is a {class_name} whose {', '.join(keys)} matches no family this worker "
                           f"runs ({', '.join(row.label for row in candidates)}); use a checkpoint of one of them")
-    known = ", ".join(dict.fromkeys(f.label for f in FAMILIES if f.class_names))
+    known = ", ".join(dict.fromkeys(f.label for f in ALL_FAMILIES if f.class_names))
     raise ConfigError(f"model {name!r} is a {class_name or 'pipeline without _class_name'} ({MODEL_INDEX}); the "
                       f"families this worker runs are {known}: use a model of one of them")
 

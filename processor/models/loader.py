@@ -37,13 +37,13 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from processor.config import IpAdapterSettings, LoraSettings, ModelSettings, StyleBase, StyleOption
+from processor.config import IpAdapterSettings, LoraSettings, ModelSettings, PerformanceSettings, StyleOption
 from processor.errors import ConfigError, ModelUnavailableError
 from processor.models import safeweights
 from processor.models.families import Family, FamilyMatch, Task, choose_dtype, identify, read_model_index
@@ -127,6 +127,8 @@ class ModelLoader:
         #: (base, IP-Adapter) -> that adapter loaded for the base's UNet (``processor.models.ip_adapter``).
         self._ip_adapters: dict[tuple[tuple[str, str, str], str], Any] = {}
         self._families: dict[tuple[str, str | None], FamilyMatch] = {}
+        #: Per base pipeline: the switches it was loaded with (``base(performance=...)``).
+        self._performance: dict[tuple[str, str, str], PerformanceSettings] = {}
 
     # ----------------------------------------------------------------- device / dtype
 
@@ -298,28 +300,37 @@ class ModelLoader:
 
     # ----------------------------------------------------------------- loading
 
-    def base(self, model: str, revision: str | None = None) -> tuple[Any, ResolvedModel]:
+    def base(self, model: str, revision: str | None = None, *,
+             performance: PerformanceSettings | None = None) -> tuple[Any, ResolvedModel]:
         """The shared pipeline for ``model`` (loaded on first use, in its family's dtype) and where
-        it came from."""
+        it came from; ``performance``: this model's own switches (an animate style's ``offload``),
+        the same for every style that shares it, instead of ``models.performance``."""
         resolved = self.resolve(model, revision)
         device, dtype = self.device(), self.dtype(self.family(model, revision).family)
         key = (str(resolved.path.resolve()), str(dtype), device)
+        wanted = performance or self.settings.performance
         with self._lock:
             if key not in self._bases:
-                self._bases[key] = self._load(resolved, device, dtype)
+                self._bases[key] = self._load(resolved, device, dtype, offload=wanted.offload)
                 from processor.models.accel import apply
 
-                self._switches[key] = apply(self._bases[key], self.settings.performance, device)
+                self._switches[key] = apply(self._bases[key], wanted, device)
+                self._performance[key] = wanted
+            elif performance is not None and self._performance.get(key) != performance:
+                raise ConfigError(f"model {model!r} is loaded by another style with other offload / vae_tiling; "
+                                  f"styles that share a model share its switches: give them the same values")
             return self._bases[key], resolved
 
-    def switches(self, model: str, revision: str | None = None) -> dict[str, Any]:
+    def switches(self, model: str, revision: str | None = None, *,
+                 performance: PerformanceSettings | None = None) -> dict[str, Any]:
         """The performance switches active on ``model``'s shared modules (loads it if needed);
         the engines add warm-up seconds here and record it in every variant's parameters."""
-        base, _ = self.base(model, revision)
+        base, _ = self.base(model, revision, performance=performance)
         with self._lock:
             return next(self._switches[k] for k, v in self._bases.items() if v is base)
 
-    def _load(self, resolved: ResolvedModel, device: str, dtype: Any, shared: dict[str, Any] | None = None) -> Any:
+    def _load(self, resolved: ResolvedModel, device: str, dtype: Any, shared: dict[str, Any] | None = None, *,
+              offload: str | None = None) -> Any:
         from diffusers import DiffusionPipeline
 
         index = read_model_index(resolved.path)
@@ -346,7 +357,7 @@ class ModelLoader:
             ) from exc
         # Loaded on the CPU; moving to the CPU again only logs dtype warnings. With offload the
         # weights stay in host memory (``processor.models.accel`` installs the offload hooks).
-        if device != "cpu" and self.settings.performance.offload == "none":
+        if device != "cpu" and (offload or self.settings.performance.offload) == "none":
             pipe.to(device)
         return pipe
 
@@ -420,7 +431,8 @@ class ModelLoader:
             return self._controlnets[key], resolved
 
     def pipeline(self, task: Task | str, model: str, revision: str | None = None, *,
-                 controlnets: list[Any] | None = None, adapters: list[Any] | None = None) -> tuple[Any, ResolvedModel]:
+                 controlnets: list[Any] | None = None, adapters: list[Any] | None = None,
+                 performance: PerformanceSettings | None = None) -> tuple[Any, ResolvedModel]:
         """A new pipeline object for ``task`` that shares the base pipeline's modules: the class
         the model's family runs it with (``processor.models.families``); the caller may replace
         its scheduler freely. ``controlnets`` (img2img, text2img) makes it a ControlNet pipeline
@@ -428,7 +440,7 @@ class ModelLoader:
         T2I-Adapter one. ``ConfigError`` saying what to use when the family does not run the task."""
         found = self.family(model, revision)
         name = pipeline_class(found, Task(task), model, controlnets=bool(controlnets), adapters=bool(adapters))
-        base, resolved = self.base(model, revision)
+        base, resolved = self.base(model, revision, performance=performance)
         import diffusers
 
         cls = getattr(diffusers, name)
@@ -565,28 +577,3 @@ def _dtype_keyword() -> str:
     from diffusers.utils import deprecation_utils
 
     return "dtype" if hasattr(deprecation_utils, "_TORCH_DTYPE_DEPRECATION_MESSAGE") else "torch_dtype"
-
-
-#: Roles of the weights that are whole diffusion pipelines (``models pull`` fetches them as such).
-PIPELINE_ROLES = frozenset({"model", "refiner", "background"})
-
-
-def configured_models(styles: Mapping[str, StyleBase]) -> list[tuple[str, str | None]]:
-    """(model, revision) of every diffusion pipeline the styles load (their models, refiners and
-    background models), each once, in config order."""
-    seen: list[tuple[str, str | None]] = []
-    for style in styles.values():
-        for use in style.weights():
-            if use.role in PIPELINE_ROLES and (use.ref.model, use.ref.revision) not in seen:
-                seen.append((use.ref.model, use.ref.revision))
-    return seen
-
-
-def configured_controlnets(styles: Mapping[str, StyleBase]) -> list[tuple[str, str | None]]:
-    """(model, revision) of every style's ControlNets, each once, in config order."""
-    seen: list[tuple[str, str | None]] = []
-    for style in styles.values():
-        for control in style.addons().control:
-            if (control.model, control.revision) not in seen:
-                seen.append((control.model, control.revision))
-    return seen

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from processor.errors import ConfigError
-from processor.models.families import Denoiser, Family, FamilyMatch, Task
+from processor.models.families import VIDEO_FAMILIES, Denoiser, Family, FamilyMatch, Task
 
 #: T2I-Adapter ``adapter_type`` values built for SDXL's UNet (the others are for SD 1.x / 2.x).
 XL_ADAPTER_TYPES = {"full_adapter_xl"}
@@ -21,6 +21,13 @@ _CONTROL_TASKS = {(Task.IMG2IMG, "controlnet"): Task.CONTROLNET_IMG2IMG,
 def task_problem(task: Task, model: str, found: FamilyMatch) -> str:
     """What to use instead when ``found``'s family does not run ``task`` (the message names the key)."""
     family, channels = found.family, found.family.unet_channels
+    if task is Task.VIDEO:
+        runs = ", ".join(dict.fromkeys(f.label for f in VIDEO_FAMILIES))
+        return (f"model {model!r} is {family.label} ({found.class_name}), not an image-to-video model; engine animate "
+                f"runs {runs} models")
+    if family.video is not None:
+        return (f"model {model!r} is an image-to-video model ({family.label}); it runs under engine: animate only, "
+                f"not as a {task.value} model")
     if family.denoiser is Denoiser.TRANSFORMER:
         return (f"model {model!r} ({found.class_name}) has no UNet; {task.value} here (backgrounds, instruct-pix2pix, "
                 f"ControlNets) needs an SD 1.x / 2.x / SDXL model: set background.model to one, or drop it")

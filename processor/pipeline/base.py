@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from PIL import Image
 
@@ -20,7 +20,7 @@ from processor.manifest import ControlKindName
 
 @dataclass
 class DecodedImage:
-    """A validated RGB image, EXIF orientation applied."""
+    """A validated sRGB image, EXIF orientation applied."""
 
     image: Image.Image
     #: The sniffed container format: JPEG, PNG, WEBP, HEIF, GIF, ...
@@ -30,6 +30,8 @@ class DecodedImage:
     source_height: int
     #: What decode changed: "exif-rotated 90", "converted CMYK to RGB", "first of 12 frames", ...
     notes: list[str] = field(default_factory=list)
+    #: The embedded ICC profile's description (the pixels were converted from it to sRGB), or None.
+    color_profile: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,9 +57,33 @@ class ControlUse:
     kind: ControlKindName = "controlnet"
 
 
+@dataclass(frozen=True)
+class ClipSource:
+    """The picture a clip was animated from: the photo, or a variant of a still style (``image_from``)."""
+
+    kind: Literal["photo", "variant"] = "photo"
+    style: str | None = None
+    index: int | None = None
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class VideoFrames:
+    """A clip (``engine: animate``): its frames, the rate they play at, and what it was animated from."""
+
+    frames: list[Image.Image]
+    fps: int
+    source: ClipSource = ClipSource()
+
+    @property
+    def duration_s(self) -> float:
+        return round(len(self.frames) / self.fps, 4)
+
+
 @dataclass
 class VariantImage:
-    """One output of one style for one input."""
+    """One output of one style for one input: a picture, or a clip (``video``; ``image`` is then
+    its first frame, which the scores and the contact sheet read)."""
 
     style: str
     engine: str
@@ -79,6 +105,8 @@ class VariantImage:
     clip: Any = None
     #: The models that made it and their declared licences (set by ``render``).
     licenses: list[LicenseUse] = field(default_factory=list)
+    #: The clip, for an ``engine: animate`` variant (written as MP4 and an animated WebP preview).
+    video: VideoFrames | None = None
 
 
 @dataclass
@@ -102,6 +130,9 @@ class ItemContext:
     #: The input's own style picture (``processor.pipeline.look.InputStyleImage``): an IP-Adapter
     #: style uses it instead of its ``style_image`` for this input. None: the style's own.
     style_image: Any = None
+    #: The variants this input's styles made so far, by style (``render`` fills it in the order the
+    #: styles run): an animate style with ``image_from`` starts from its still style's here.
+    made: dict[str, list[VariantImage]] = field(default_factory=dict)
 
     def progress(self, stage: str, **counts: int) -> None:
         if self.report is not None:

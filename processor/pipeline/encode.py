@@ -2,6 +2,10 @@
 
 Every encoder here is deterministic: equal images and parameters give equal bytes (no timestamps,
 fixed compression settings), so re-running an input rewrites identical objects.
+
+Every colour picture says it is sRGB (decode converted any embedded profile, so it is): a PNG
+carries the ``sRGB`` chunk, a JPEG the sRGB ICC profile. A viewer that colour-manages then shows
+the colours as computed, not as whatever it assumes for untagged files.
 """
 
 from __future__ import annotations
@@ -10,9 +14,10 @@ import hashlib
 import io
 import json
 import math
+from functools import lru_cache
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageCms, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from processor.config import DEFAULT_CONTACT_SHEET_MAX_PIXELS, DEFAULT_PNG_COMPRESS_LEVEL
@@ -24,6 +29,12 @@ PARAMETERS_KEY = "parameters"
 PNG_COMPRESS_LEVEL = DEFAULT_PNG_COMPRESS_LEVEL
 #: JPEG quality of contact sheets.
 CONTACT_SHEET_QUALITY = 85
+#: JPEG quality of pictures made to be looked at, not reused (mask overlays).
+PREVIEW_QUALITY = 90
+#: The PNG ``sRGB`` chunk's rendering intent (0: perceptual, what encoders write by default).
+PNG_SRGB_INTENT = 0
+#: Bytes 24-35 of an ICC profile's header: its creation date and time.
+ICC_DATE = slice(24, 36)
 #: Tiles per contact-sheet row before it wraps.
 CONTACT_SHEET_MAX_COLUMNS = 6
 #: Pixels between tiles and around the sheet.
@@ -141,10 +152,30 @@ def infotext_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
 def encode_png(image: Image.Image, parameters: dict[str, Any], *, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
     """``image`` as PNG bytes with ``a1111_parameters`` in a ``parameters`` text chunk."""
     info = PngInfo()
+    info.add(b"sRGB", bytes([PNG_SRGB_INTENT]))
     # add_text writes tEXt for Latin-1 text and switches to iTXt (UTF-8) when it must.
     info.add_text(PARAMETERS_KEY, a1111_parameters(parameters, image.width, image.height))
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info, compress_level=compress_level, optimize=False)
+    # icc_profile=None: a profile the picture's info still names must not replace the sRGB chunk
+    # (a PNG holds one or the other).
+    image.save(buffer, format="PNG", pnginfo=info, compress_level=compress_level, optimize=False, icc_profile=None)
+    return buffer.getvalue()
+
+
+@lru_cache(maxsize=1)
+def srgb_icc_profile() -> bytes:
+    """The sRGB ICC profile (LittleCMS's built-in), with its creation date zeroed so that the
+    files that embed it stay byte-for-byte deterministic."""
+    profile = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    profile[ICC_DATE] = bytes(ICC_DATE.stop - ICC_DATE.start)
+    return bytes(profile)
+
+
+def encode_jpeg(image: Image.Image, *, quality: int = PREVIEW_QUALITY) -> bytes:
+    """``image`` as a baseline JPEG tagged sRGB (its ICC profile)."""
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality, optimize=False, progressive=False,
+                              icc_profile=srgb_icc_profile())
     return buffer.getvalue()
 
 
@@ -189,9 +220,7 @@ def contact_sheet(
             label = _fit_text(draw, labels[row_index * CONTACT_SHEET_MAX_COLUMNS + column], font, tile.width)
             draw.text((x + 1, y + height + 2), label, fill=CONTACT_SHEET_TEXT, font=font)
             x += tile.width + CONTACT_SHEET_GAP
-    buffer = io.BytesIO()
-    sheet.save(buffer, format="JPEG", quality=CONTACT_SHEET_QUALITY, optimize=False, progressive=False)
-    return buffer.getvalue()
+    return encode_jpeg(sheet, quality=CONTACT_SHEET_QUALITY)
 
 
 def sha256_hex(data: bytes) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 from PIL import Image
 
-from processor.config import Settings
+from processor.config import Settings, with_sources
 from processor.errors import InvalidSidecar
 from processor.manifest import CaptionInfo, Variant
 from processor.pipeline.base import DecodedImage, VariantImage
@@ -86,10 +86,12 @@ class ItemPipeline:
     def setup(self) -> None:
         """Load every configured style, and the captioner when one of them uses it; a sidecar that
         picks such a style for one input loads it on first use."""
-        self.registry.setup(self.styles)
+        # With the still styles the animate styles start from (``image_from``): they run too.
+        running = with_sources(self.styles, self.settings.styles)
+        self.registry.setup(running)
         if self.settings.pipeline.clip_score is not None:
             self._clip_scorer().setup()
-        if self.captioner is not None and caption_used(self.settings.caption, self.settings.styles, self.styles):
+        if self.captioner is not None and caption_used(self.settings.caption, self.settings.styles, running):
             self.captioner.setup()
 
     def prepare(self, body: bytes, *, name: str, sidecar: bytes | None = None, sidecar_name: str = "",
@@ -171,7 +173,8 @@ class ItemPipeline:
 
     def encode(self, prepared: Prepared, rendered: Rendered, *, output_prefix: str = "",
                timings: dict[str, float] | None = None) -> Encoded:
-        """The PNGs (with their ``parameters`` text), the subject mask and the contact sheet."""
+        """The PNGs (with their ``parameters`` text), the clips (MP4 and WebP preview), the subject
+        mask and the contact sheet."""
         pipeline = self.settings.pipeline
         started = time.perf_counter()
         variants = rendered.variants
@@ -186,6 +189,7 @@ class ItemPipeline:
             prepared.decoded.image, variants, output_prefix=output_prefix,
             sheet_height=pipeline.contact_sheet_height if pipeline.contact_sheet else None,
             png_compress_level=pipeline.png_compress_level, sheet_max_pixels=pipeline.contact_sheet_max_pixels,
+            video_crf=pipeline.video.crf,
         )
         if timings is not None:
             timings["encode"] = round(time.perf_counter() - started, 4)

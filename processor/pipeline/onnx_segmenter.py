@@ -11,11 +11,17 @@ Contract:
   while offline, no onnxruntime, a graph that does not load or does not look like a segmenter)
   raises ``SegmenterUnavailable`` with the reason, which the masker records as its fallback to
   GrabCut.
-- ``segmenter(rgb)`` returns the saliency map (float32 in [0, 1]) at the image's own size.
-- Preprocessing per family, as rembg does it: resize to the model's square input, divide by the
-  image's maximum, normalise with the family's mean and std, NCHW float32. The first output's
-  first channel is the map; BiRefNet gives logits (a sigmoid makes them saliency); the map is then
-  stretched to [0, 1] (min-max, as rembg does).
+- ``segmenter(image, size)`` returns the saliency map (float32 in [0, 1]) at ``size`` (default
+  the image's own).
+- Pre- and post-processing are rembg's, step for step (rembg 2.0.77, ``rembg/sessions/base.py``
+  ``BaseSession.normalize`` and ``rembg/sessions/u2netp.py`` / ``dis_general_use.py`` /
+  ``birefnet_general.py`` ``predict``), so a mask here is the mask rembg makes from the same file:
+  the whole photo resized to the model's square input with Pillow's LANCZOS (a filter that widens
+  with the reduction, so a 12-megapixel photo is averaged, not sampled), divided by its maximum,
+  normalised with the family's mean and std, NCHW float32; the first output's first channel (a
+  sigmoid first for BiRefNet's logits) min-max scaled to [0, 1], truncated to 8 bits, and resized
+  back with LANCZOS. (OpenCV's LANCZOS4 is a fixed 8x8 kernel: shrinking a photo with it samples
+  rather than averages, and thin parts of the toy went missing from the map.)
 
 ONNX files hold a graph and tensors (protobuf), never pickle, so loading one runs no code from the
 file: the safe-weights rule holds without safetensors.
@@ -28,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
+from PIL import Image
 
 from processor.config import OnnxSegmenterSettings
 from processor.errors import ModelUnavailableError, StageFailed
@@ -131,18 +137,19 @@ class OnnxSegmenter:
         # Hashed once at start (a second or two for a 1 GB BiRefNet): a local file has no commit.
         return cls(session, settings, (width, height), path=path, revision=revision, sha256=sha256_file(path))
 
-    def preprocess(self, rgb: np.ndarray) -> np.ndarray:
-        resized = cv2.resize(rgb, self.size, interpolation=cv2.INTER_LANCZOS4).astype(np.float32)
-        resized /= max(float(resized.max()), 1e-6)
-        mean, std = np.array(self.family.mean, np.float32), np.array(self.family.std, np.float32)
-        normalised: np.ndarray = (resized - mean) / std
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """The model's input for ``image``: rembg's ``BaseSession.normalize``."""
+        resized = np.asarray(image.convert("RGB").resize(self.size, Image.Resampling.LANCZOS))
+        scaled = resized / max(float(resized.max()), 1e-6)  # float64, as rembg divides
+        mean, std = np.array(self.family.mean), np.array(self.family.std)
+        normalised: np.ndarray = (scaled - mean) / std
         return np.ascontiguousarray(normalised.transpose(2, 0, 1)[None], dtype=np.float32)
 
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        """Saliency in [0, 1] (float32) at ``rgb``'s own size."""
-        h, w = rgb.shape[:2]
+    def saliency_map(self, image: Image.Image) -> Image.Image:
+        """The model's map at its own resolution as an 8-bit greyscale image (rembg's mask before
+        its final resize)."""
         try:
-            out = self.session.run(None, {self.input_name: self.preprocess(rgb)})[0]
+            out = self.session.run(None, {self.input_name: self.preprocess(image)})[0]
         except Exception as exc:  # onnxruntime's pybind errors: a run that fails is this stage's failure
             raise StageFailed(f"ONNX segmenter {self.settings.model!r} failed: {type(exc).__name__}: {exc}") from exc
         pred = np.asarray(out, np.float32)
@@ -150,5 +157,11 @@ class OnnxSegmenter:
         if self.family.logits:
             pred = 1.0 / (1.0 + np.exp(-pred))
         low, high = float(pred.min()), float(pred.max())
+        # A constant map (rembg would divide by zero) has no subject.
         pred = (pred - low) / (high - low) if high - low > 1e-6 else np.zeros_like(pred)
-        return cv2.resize(pred, (w, h), interpolation=cv2.INTER_LINEAR)
+        return Image.fromarray((pred * 255).astype(np.uint8), "L")  # astype truncates, as rembg's does
+
+    def __call__(self, image: Image.Image, size: tuple[int, int] | None = None) -> np.ndarray:
+        """Saliency in [0, 1] (float32) at ``size`` (w, h; default ``image``'s own)."""
+        mask = self.saliency_map(image).resize(size or image.size, Image.Resampling.LANCZOS)
+        return np.asarray(mask, np.float32) / 255.0

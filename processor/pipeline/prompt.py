@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from processor.config import DEFAULT_PROMPT_TEMPLATE
+from processor.config import DEFAULT_PROMPT_TEMPLATE, StyleBase
 from processor.models.families import CLIP_TOKENS, TextEncoder
 from processor.pipeline.base import ItemContext
 
@@ -212,7 +212,10 @@ def style_prompt(
 
 
 def takes_prompt(style: Any) -> bool:
-    """True for styles whose prompt is built here (they have trigger words): img2img."""
+    """True for styles whose prompt is built here from a caption (``StyleBase.takes_prompt``:
+    img2img, txt2img, an animate style with trigger words or a prompt)."""
+    if isinstance(style, StyleBase):
+        return style.takes_prompt()
     return "trigger" in getattr(type(style), "model_fields", {})
 
 

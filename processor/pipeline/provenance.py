@@ -250,3 +250,45 @@ class EditRecord:
         if self.t5 is not None:
             params |= {"max_sequence_length": self.t5.max_tokens} | self.t5.parameters()
         return params
+
+
+@dataclass(frozen=True)
+class AnimateRecord:
+    """A clip (``engine: animate``): the family and its motion settings, the frames, the picture it
+    started from, and the denoiser work it cost."""
+
+    model: ModelRecord
+    #: The family table row (``svd``, ``svd-xt``, ``wan-i2v``, ``wan-ti2v``, ``ltx-video``).
+    family: str
+    seed: int
+    frames: int
+    fps: int
+    duration_s: float
+    #: Whether the model was told the fps (SVD, LTX-Video) or plays at its training rate (Wan).
+    fps_conditioned: bool
+    #: The family's knobs as they ran (the style's, else the family's defaults), by style key.
+    motion: dict[str, Any]
+    #: The picture animated: ``{"kind": "photo"}`` or the still variant's style, index and seed.
+    source: dict[str, Any]
+    #: Denoiser (UNet or transformer) calls for the clip, and the samples they evaluated
+    #: (classifier-free guidance: two per step, in one batched call or in two).
+    denoiser_calls: int
+    denoiser_evaluations: int
+    oom_halvings: int = 0
+    #: The prompt (Wan, LTX-Video); None for a family that reads no text.
+    prompt: StylePrompt | None = None
+    #: False when a negative prompt was given and nothing read it.
+    negative_used: bool | None = None
+
+    def parameters(self) -> dict[str, Any]:
+        params = self.model.parameters() | {"family": self.family}
+        if self.prompt is not None:
+            params |= self.prompt.parameters()
+        params |= {"seed": self.seed, "frames": self.frames, "fps": self.fps, "duration_s": self.duration_s,
+                   "fps_conditioned": self.fps_conditioned} | dict(self.motion) | {
+            "source": dict(self.source), "denoiser_calls": self.denoiser_calls,
+            "denoiser_evaluations": self.denoiser_evaluations, "oom_halvings": self.oom_halvings}
+        if self.negative_used is False:
+            params["negative_used"] = False
+        return params
+

@@ -15,6 +15,7 @@ from typing import Any
 
 from PIL import Image
 
+from processor.config import with_sources
 from processor.config.licenses import style_licenses
 from processor.errors import InvalidSidecar, ItemError, StageFailed
 from processor.pipeline.base import Engine, ItemContext, VariantImage
@@ -115,10 +116,15 @@ def render(
     context: ItemContext | None = None,
 ) -> tuple[list[VariantImage], dict[str, float]]:
     """Every variant of every style, and the seconds each style took. ``context`` carries the
-    caption and per-image prompt to engines that build a prompt."""
+    caption and per-image prompt to engines that build a prompt, and each style's variants to the
+    animate styles that start from them (``image_from``: that still style runs first, and for the
+    input even when it did not name it)."""
     variants: list[VariantImage] = []
     timings: dict[str, float] = {}
-    for name in style_names:
+    running = with_sources(style_names, registry.styles)
+    if context is None and any(registry.styles[n].image_source() for n in running if n in registry.styles):
+        context = ItemContext()  # the chain's variants travel in it
+    for name in running:
         engine = registry.engine(name, overrides)
         if context is not None:
             context.progress(f"style:{name}")
@@ -133,6 +139,8 @@ def render(
         licenses = style_licenses(registry.configured(name, overrides))
         for v in made:
             v.licenses = list(licenses)
+        if context is not None:
+            context.made[name] = made
         variants.extend(made)
         timings[f"style:{name}"] = round(time.perf_counter() - started, 4)
     return variants, timings

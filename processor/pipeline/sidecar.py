@@ -15,9 +15,9 @@ import email.header
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from processor.config import (
     MAX_PROMPT_CHARS,
@@ -26,8 +26,10 @@ from processor.config import (
     Seed,
     Settings,
     VariantCount,
+    with_sources,
     work_bound_problem,
 )
+from processor.config.base import FramesPerSecond
 from processor.errors import InvalidSidecar
 from processor.pipeline.prompt import clean_text
 from processor.queue.keys import MAX_SIDECAR_BYTES
@@ -71,6 +73,10 @@ class Sidecar(BaseModel):
     instruction: PromptText | None = None
     #: The background for this image: ``{"mode": "generate", "prompt": "a sunny beach"}``.
     background: SidecarBackground | None = None
+    #: Frames of each clip of the ``engine: animate`` styles, at most ``pipeline.video.max_frames``.
+    frames: Annotated[int, Field(ge=2)] | None = None
+    #: Frames per second of those clips.
+    fps: FramesPerSecond | None = None
     #: A picture of the look wanted, a bucket key under ``prefixes.styles``, for styles with an
     #: ``ip_adapter`` (``processor.pipeline.look``). Not a style field: no per-picture engine.
     style_image: str | None = None
@@ -79,7 +85,7 @@ class Sidecar(BaseModel):
         """The style fields this sidecar replaces (``background`` merges into the style's own).
         ``prompt`` is not one of them: it replaces the caption for this input
         (``processor.pipeline.prompt``), without a per-image engine."""
-        fields = ("variants", "seed", "negative", "instruction")
+        fields = ("variants", "seed", "negative", "instruction", "frames", "fps")
         overrides: dict[str, object] = {name: getattr(self, name) for name in fields if getattr(self, name) is not None}
         if self.background is not None and self.background.model_fields_set:
             overrides["background"] = self.background.model_dump(exclude_unset=True)
@@ -138,6 +144,12 @@ def validate_overrides(
     if problem:
         label = "styles" if car.styles is not None else f"the styles it gets ({', '.join(names)})"
         raise InvalidSidecar(f"{where}: {label} {problem}")
+    if car.frames is not None and car.frames > settings.pipeline.video.max_frames:
+        raise InvalidSidecar(f"{where}: frames {car.frames:,} is more than this worker makes "
+                             f"(pipeline.video.max_frames: {settings.pipeline.video.max_frames}); ask for at most "
+                             f"{settings.pipeline.video.max_frames}")
+    # The still styles the input's animate styles start from run for it too, before them.
+    names = tuple(with_sources(names, settings.styles))
     if not settings.run.allow_noncommercial:
         from processor.config.licenses import noncommercial_problem
 

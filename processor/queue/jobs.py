@@ -14,7 +14,9 @@ the worker, so none of them trusts what the worker would not.
   input and version, ``failed`` when a final failure record names this version, ``running``
   while a live claim names it (its ``progress`` comes with it), else what the version's done
   marker says (a committed result whose manifest was deleted is still ``done``, as
-  ``processor status`` counts it, with a ``detail`` saying so), else ``queued``.
+  ``processor status`` counts it, with a ``detail`` saying so; ``cancelled`` with the cancel
+  record), else ``queued``. A queued job that was cancelled has no input any more: its cancel
+  record alone answers for it (``cancelled``; listings, which list inputs, leave it out).
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import Enum
+from typing import NamedTuple
 
 from processor.config import DEFAULT_CLAIM_MAX_TTL_S
-from processor.errors import InvalidKey, ObjectNotFound, ObjectUnreadable
-from processor.manifest import FailureRecord, Manifest
+from processor.errors import InvalidKey, ObjectNotFound, ObjectUnreadable, PreconditionFailed
+from processor.manifest import CancelRecord, FailureRecord, Manifest
 from processor.names import is_plain_name, is_plain_path
 from processor.queue import requeue as requeue_module
+from processor.queue.cancel import read_cancel, remove_queued, request_cancel
 from processor.queue.claims import ClaimProgress, read_claim
 from processor.queue.idempotency import DEFAULT_TAKEOVER_S, IdempotencyPending, IdempotencyRecords
 from processor.queue.keys import ItemKeys, KeyLayout, is_directory_marker, is_sidecar, safe_path, safe_segment
@@ -73,14 +77,24 @@ class JobStatus(str, Enum):
     running = "running"
     done = "done"
     failed = "failed"
+    #: Cancelled (``DELETE /v1/jobs/{id}``, ``processor.queue.cancel``): no manifest, a cancel record.
+    cancelled = "cancelled"
 
     @property
     def ended(self) -> bool:
-        return self in (JobStatus.done, JobStatus.failed)
+        return self in (JobStatus.done, JobStatus.failed, JobStatus.cancelled)
 
 
 class UnknownJob(LookupError):
     """No input under this id (never submitted, deleted, or not an id)."""
+
+
+class NotCancellable(RuntimeError):
+    """A cancel of a job that already ended done or failed (its result stands)."""
+
+    def __init__(self, status: JobStatus) -> None:
+        super().__init__(f"the job is {status.value}; only a queued or running job can be cancelled")
+        self.status = status
 
 
 class NotFailed(RuntimeError):
@@ -101,9 +115,13 @@ class JobState:
     etag: str
     status: JobStatus
     submitted_at: datetime
+    #: Bytes of that version (0 when only a cancel record answers for it).
+    size: int = 0
     progress: ClaimProgress | None = None
     manifest: Manifest | None = None
     failure: FailureRecord | None = None
+    #: The cancel record of a ``cancelled`` job.
+    cancel: CancelRecord | None = None
     #: Why a ``done`` job has no manifest, or a ``failed`` one no failure record (its done marker
     #: says it ended, its record is gone or unreadable), and what to do; None otherwise.
     detail: str | None = None
@@ -119,6 +137,15 @@ class JobPage:
     next_cursor: str | None
 
 
+class BacklogCount(NamedTuple):
+    """What ``backlog`` counts: inputs without a result, how many of them a worker holds, and when
+    the oldest of them was uploaded (None: none pending)."""
+
+    pending: int
+    claimed: int
+    oldest_pending_at: datetime | None = None
+
+
 @dataclass(frozen=True)
 class QueueStatus:
     """Counts of inputs by state (LIST calls only) and the latest failure records."""
@@ -129,6 +156,8 @@ class QueueStatus:
     done: int
     failed: int
     recent_failures: list[RecordedFailure]
+    #: Inputs whose job was cancelled while running (a queued job's input is removed: not counted).
+    cancelled: int = 0
 
 
 @dataclass(frozen=True)
@@ -191,7 +220,12 @@ class BucketJobs:
         keys = self.keys_of(job)
         try:
             info: ObjectInfo | None = self.store.head(keys.input)
-        except (ObjectNotFound, InvalidKey):
+        except ObjectNotFound:
+            removed = self._removed(job, keys)
+            if removed is None:
+                raise UnknownJob(job) from None
+            return removed
+        except InvalidKey:
             raise UnknownJob(job) from None
         except ObjectUnreadable:
             # A HEAD refused for this one object (SSE-C, a policy): the worker fails such an input
@@ -200,6 +234,17 @@ class BucketJobs:
         if info is None:
             raise UnknownJob(job)
         return self._state(job, keys, info)
+
+    def _removed(self, job: str, keys: ItemKeys) -> JobState | None:
+        """The state of a queued job that was cancelled (its input removed), from its cancel record."""
+        try:
+            record = read_cancel(self.store, keys)
+        except InvalidKey:
+            return None
+        if record is None or record.status != "cancelled":
+            return None
+        return JobState(id=job, input_key=keys.input, etag=record.source.etag, status=JobStatus.cancelled,
+                        submitted_at=record.submitted_at or record.requested_at, cancel=record)
 
     def keys_of(self, job: str) -> ItemKeys:
         """The keys of the job's input; ``UnknownJob`` when the id names no key a store can hold."""
@@ -220,7 +265,8 @@ class BucketJobs:
 
     def _state(self, job: str, keys: ItemKeys, info: ObjectInfo) -> JobState:
         queued = JobState(id=job, input_key=keys.input, etag=info.etag, status=JobStatus.queued,
-                          submitted_at=info.last_modified, filename=filename_from_metadata(info.metadata))
+                          submitted_at=info.last_modified, size=info.size,
+                          filename=filename_from_metadata(info.metadata))
         manifest = self._record(keys.manifest, Manifest)
         # The manifest of another input sharing the folder (a.png, a.jpg) is not this job's result.
         if manifest is not None and manifest.source.key == keys.input and manifest.source.etag == info.etag:
@@ -252,6 +298,10 @@ class BucketJobs:
             return replace(queued, status=JobStatus.failed, detail=(
                 f"this version failed, but its failure record ({keys.failure}) is gone or not readable; "
                 "retry the job to process it again"))
+        if ended is Outcome.CANCELLED:
+            record = read_cancel(self.store, keys, info.etag)
+            return replace(queued, status=JobStatus.cancelled, cancel=record, detail=None if record else (
+                f"this version was cancelled, but its cancel record ({keys.cancel}) is gone or not readable"))
         return queued
 
     def _record(self, key: str, model: type[RecordT]) -> RecordT | None:
@@ -320,12 +370,14 @@ class BucketJobs:
         """A full scan: every input version without a result (LIST calls only)."""
         return scan(self.store, self.layout)
 
-    def backlog(self) -> tuple[int, int]:
-        """(inputs without a result, of them claimed by a worker): LIST calls only."""
+    def backlog(self) -> BacklogCount:
+        """Inputs without a result, of them claimed by a worker, and the oldest one's upload time:
+        LIST calls only."""
         backlog = self.scan()
         pending_claims = {item.keys.claim for item in backlog.pending}
         claimed = sum(1 for obj in self.store.list(self.layout.claims_prefix) if obj.key in pending_claims)
-        return len(backlog.pending), claimed
+        oldest = min((item.info.last_modified for item in backlog.pending), default=None)
+        return BacklogCount(len(backlog.pending), claimed, oldest)
 
     def status(self, recent: int = 5) -> QueueStatus:
         """Inputs by state (pending excludes those under a claim) and the ``recent`` latest
@@ -344,7 +396,7 @@ class BucketJobs:
                 records.append(RecordedFailure(obj.key, record))
         return QueueStatus(inputs=backlog.inputs, pending=len(backlog.pending) - in_progress,
                            in_progress=in_progress, done=backlog.done, failed=backlog.failed,
-                           recent_failures=records)
+                           recent_failures=records, cancelled=backlog.cancelled)
 
     def ping(self) -> None:
         """One cheap request that fails when the store is unreachable (for readiness probes)."""
@@ -370,6 +422,11 @@ class BucketJobs:
         if manifest is not None and manifest.source.key == input_key:
             return manifest
         return read_record(self.store, keys.failure, FailureRecord)
+
+    def cancelled(self, input_key: str) -> CancelRecord | None:
+        """The record of the input's cancel, once it took effect (whichever version it names)."""
+        record = read_cancel(self.store, self.layout.for_input(input_key))
+        return record if record is not None and record.status == "cancelled" else None
 
     def folder_owner(self, input_key: str) -> str | None:
         """The input whose manifest holds this input's output folder, when it is another one."""
@@ -408,14 +465,37 @@ class BucketJobs:
         return new_id, True
 
     def _exists(self, job: str) -> bool:
-        """Whether the job's input exists (a HEAD)."""
+        """Whether the job exists: its input (a HEAD), or the record of its cancel (a queued job
+        that was cancelled has no input, and a repeat of its Idempotency-Key still answers it)."""
         try:
             self.store.head(self.input_key_of(job))
-        except (ObjectNotFound, InvalidKey, UnknownJob):
+        except ObjectNotFound:
+            return self._removed(job, self.keys_of(job)) is not None
+        except (InvalidKey, UnknownJob):
             return False
         except ObjectUnreadable:
             return True
         return True
+
+    def cancel(self, job: str, *, by: str | None = None) -> JobState:
+        """Cancel a queued or running job (``processor.queue.cancel``): the job afterwards, which is
+        ``cancelled`` for a queued one (removed) and still ``running`` until its worker stops at its
+        next step. A repeat answers the cancelled job. ``NotCancellable`` for a job that ended done
+        or failed (its result stands); ``UnknownJob`` when there is no such job."""
+        state = self.state(job)
+        if state.status is JobStatus.cancelled:
+            return state
+        if state.status in (JobStatus.done, JobStatus.failed):
+            raise NotCancellable(state.status)
+        keys = self.keys_of(job)
+        request = request_cancel(self.store, keys, etag=state.etag, size=state.size, submitted_at=state.submitted_at,
+                                 by=by)
+        if state.status is JobStatus.queued:
+            try:
+                remove_queued(self.store, self.layout, keys, request)
+            except PreconditionFailed:
+                log.info("cancel_replaced", extra={"key": keys.input, "etag": state.etag})
+        return self.state(job)
 
     def retry(self, job: str) -> JobState:
         """Requeue a failed job (``processor retry``'s requeue, for this one input); ``NotFailed``

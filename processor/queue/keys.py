@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from processor.config import PrefixSettings
 from processor.names import is_plain_name
-from processor.queue.outcomes import Outcome
+from processor.queue.outcomes import ENDED, Outcome
 
 #: Extensions of per-image sidecar files (``inputs/<path>.json``), which are not inputs themselves.
 SIDECAR_SUFFIX = ".json"
@@ -38,6 +38,8 @@ MANIFEST_NAME = "manifest.json"
 CONTACT_SHEET_NAME = "contact-sheet.jpg"
 #: The subject mask of an input whose styles change the background (8-bit greyscale, 255 = subject).
 MASK_NAME = "mask.png"
+#: The subject mask drawn over the photo (background tinted, subject outlined), beside ``mask.png``.
+MASK_OVERLAY_NAME = "mask-overlay.jpg"
 
 
 #: Bytes: the longest safe segment kept whole. File systems allow 255 bytes a name, and derived
@@ -118,6 +120,8 @@ class ItemKeys:
     sidecar: str
     claim: str
     done_prefix: str
+    #: The input's cancel request, then record (``processor.queue.cancel``).
+    cancel: str
 
     def variant(self, style: str, index: int) -> str:
         return f"{self.output_prefix}{safe_segment(style)}-{index:02d}.png"
@@ -139,9 +143,9 @@ class ItemKeys:
         return name if is_plain_name(name) else None
 
     def done_marker(self, etag: str, outcome: Outcome | str) -> str:
-        """``<state>/done/<safe relpath>/<safe etag>.<done|failed>``: one key per finished input
+        """``<state>/done/<safe relpath>/<safe etag>.<done|failed|cancelled>``: one key per ended input
         version, so a scan learns what is finished from LIST calls alone (1000 keys a call).
-        ``outcome`` is ``Outcome.DONE`` or ``Outcome.FAILED`` (or their values)."""
+        ``outcome`` is one of ``outcomes.ENDED`` (done, failed, cancelled), or its value."""
         return f"{self.done_prefix}{safe_segment(etag)}.{Outcome(outcome).value}"
 
 
@@ -161,6 +165,8 @@ class KeyLayout:
         self.idempotency_prefix = prefixes.state + "api/idempotency/"
         #: The API's webhook records: pending, claims, done (``processor.queue.webhook_records``).
         self.webhooks_prefix = prefixes.state + "api/webhooks/"
+        #: Cancel requests and records, one per input (``processor.queue.cancel``).
+        self.cancel_prefix = prefixes.state + "cancel/"
 
     def relpath(self, input_key: str) -> str:
         if not input_key.startswith(self.prefixes.inputs):
@@ -182,6 +188,7 @@ class KeyLayout:
             sidecar=f"{self.prefixes.inputs}{stem}{SIDECAR_SUFFIX}",
             claim=f"{self.claims_prefix}{digest}.json",
             done_prefix=f"{self.done_prefix}{safe_rel}/",
+            cancel=f"{self.cancel_prefix}{record_path(safe_rel)}.json",
         )
 
     def parse_done_marker(self, key: str) -> tuple[str, str, str] | None:
@@ -190,6 +197,6 @@ class KeyLayout:
             return None
         safe_rel, sep, name = key[len(self.done_prefix) :].rpartition("/")
         etag, dot, outcome = name.rpartition(".")
-        if not sep or not dot or outcome not in (Outcome.DONE, Outcome.FAILED):
+        if not sep or not dot or outcome not in ENDED:
             return None
         return safe_rel, etag, outcome

@@ -30,6 +30,8 @@ class Outcome(str, Enum):
     RELEASED = "released"
     #: Deleted from the bucket since the scan (its record says so; see ``errors.InputVanished``).
     VANISHED = "vanished"
+    #: Cancelled (``processor.queue.cancel``): its cancel record and ``cancelled`` done marker are written.
+    CANCELLED = "cancelled"
 
     # Enum hashes by member name; hash by value so that a member and its string are one key.
     __hash__ = str.__hash__
@@ -39,10 +41,13 @@ class Outcome(str, Enum):
 
 
 #: Outcomes after which the input no longer waits for anyone: the backlog shrinks by one.
-RESOLVED = frozenset({Outcome.DONE, Outcome.FAILED, Outcome.ALREADY, Outcome.REFUSED, Outcome.VANISHED})
+RESOLVED = frozenset({Outcome.DONE, Outcome.FAILED, Outcome.ALREADY, Outcome.REFUSED, Outcome.VANISHED,
+                      Outcome.CANCELLED})
+#: The outcomes a done marker records (``<etag>.<outcome>``): the version ended, scans skip it.
+ENDED = frozenset({Outcome.DONE, Outcome.FAILED, Outcome.CANCELLED})
 #: Outcomes that count as progress for ``run --once``: something was written or found. ``RETRY``
 #: spent an attempt, so ``--once`` rescans at once, bounded by ``run.max_attempts``.
-PROGRESS = frozenset({Outcome.DONE, Outcome.FAILED, Outcome.ALREADY, Outcome.RETRY})
+PROGRESS = frozenset({Outcome.DONE, Outcome.FAILED, Outcome.ALREADY, Outcome.RETRY, Outcome.CANCELLED})
 #: Outcomes after which the daemon offers an item again at its next (incremental) scan. Busy and
 #: lost items are among them: another worker holds them, and if it died its claim must be taken
 #: over once the TTL runs out (the promise in README), not at the next full rescan minutes later

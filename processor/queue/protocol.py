@@ -30,13 +30,16 @@ The rules it keeps (DESIGN.md, "The object protocol"):
   committed manifest.
 - After a commit or a final failure, a done marker lets the next scan skip this version with LIST
   calls alone.
+- A cancelled job (``processor.queue.cancel``) gets a cancel record and a ``cancelled`` done
+  marker from the claim holder, on the same terms as a failure record: never beside a commit.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +59,8 @@ from processor.errors import (
     PreconditionFailed,
     StoreError,
 )
-from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo
+from processor.manifest import CancelRecord, FailureRecord, Manifest, Source, WorkerInfo
+from processor.queue.cancel import CancelWatch, Watched, read_cancel, stopped_record
 from processor.queue.claims import Claim, ClaimManager
 from processor.queue.failpolicy import is_final
 from processor.queue.idempotency import DEFAULT_TAKEOVER_S
@@ -102,6 +106,8 @@ class Delivery:
     stale_failure: bool = False
     #: 1, or n + 1 when a retryable failure record says n attempts at this version failed.
     attempt: int = 1
+    #: The trace of the worker's work on it (``processor.tracing``), for the records it writes.
+    trace_id: str | None = None
 
     @property
     def key(self) -> str:
@@ -150,6 +156,8 @@ class BucketQueue(BucketJobs):
         self.claims = claims
         self.worker = worker
         self.max_attempts = max_attempts
+        #: Reads the cancel requests of the items being computed (made on first use).
+        self._cancels: CancelWatch | None = None
 
     @classmethod
     def for_settings(cls, store: ObjectStore, settings: Settings, **kwargs: Any) -> BucketQueue:
@@ -171,10 +179,12 @@ class BucketQueue(BucketJobs):
                 return None
         return Delivery(item=item, claim=claim, etag=item.info.etag, size=item.info.size)
 
-    def existing_result(self, d: Delivery) -> bool:
-        """True when a manifest or final failure record for this version already exists (a crash
-        after the commit but before the done marker): the marker is written now. Otherwise notes
-        on ``d`` what the commit must replace and which attempt this is."""
+    def existing_result(self, d: Delivery) -> Outcome | None:
+        """``ALREADY`` when a manifest or final failure record for this version already exists (a
+        crash after the commit but before the done marker): the marker is written now.
+        ``CANCELLED`` when a cancel of this version was requested (or recorded): its record and
+        marker are written now, and nothing is computed. Otherwise None, having noted on ``d`` what
+        the commit must replace and which attempt this is."""
         keys = d.item.keys
         try:
             found = get_capped(self.store, keys.manifest)
@@ -189,7 +199,7 @@ class BucketQueue(BucketJobs):
                 d.owns_folder = True
                 if existing.source.etag == d.etag:
                     self._mark(d, Outcome.DONE)
-                    return True
+                    return Outcome.ALREADY
         except ObjectNotFound:
             pass
         try:
@@ -199,7 +209,7 @@ class BucketQueue(BucketJobs):
                 if record.source.etag == d.etag:
                     if record.final:
                         self._mark(d, Outcome.FAILED)
-                        return True
+                        return Outcome.ALREADY
                     # Retryable (run.max_attempts, or requeued by `processor retry`): this is
                     # the next attempt; a success deletes the record (stale_failure).
                     d.attempt = record.attempts + 1
@@ -208,7 +218,10 @@ class BucketQueue(BucketJobs):
             d.stale_failure = True
         except ObjectNotFound:
             pass
-        return False
+        request = read_cancel(self.store, keys, d.etag)
+        if request is not None:
+            return self.finish_cancelled(d, {"stage": "claimed"}, request=request)
+        return None
 
     def _check_folder_owner(self, d: Delivery, owner: str) -> None:
         """The output folder holds the result of ``owner``, another input whose name maps to the
@@ -378,6 +391,7 @@ class BucketQueue(BucketJobs):
             final=final,
             max_attempts=self.max_attempts,
             worker=self.worker,
+            trace_id=d.trace_id,
         )
         self.store.put(d.item.keys.failure, record.to_json_bytes(), content_type="application/json")
         log.warning("input_failed", extra={"key": d.key, "error": record.error, "detail": record.message,
@@ -392,6 +406,34 @@ class BucketQueue(BucketJobs):
         refuses (``InvalidKey``: an object outside our layout made it a folder): ``FAILED``."""
         self._mark(d, Outcome.FAILED)
         return Outcome.FAILED
+
+    def watch_cancel(self, d: Delivery, *, every_s: float) -> AbstractContextManager[Watched]:
+        """While in the context, ``d``'s cancel request is read every ``every_s`` on a thread of the
+        queue's own (``processor.queue.cancel.CancelWatch``); the engines' progress hook calls the
+        ``Watched``'s ``stop_if_requested``, which does no I/O."""
+        if self._cancels is None:
+            self._cancels = CancelWatch(self.store, every_s)
+        return self._cancels.watching(d.item.keys, d.etag)
+
+    def finish_cancelled(self, d: Delivery, progress: Mapping[str, object], *,
+                         request: CancelRecord | None = None) -> Outcome:
+        """Record the cancel of ``d`` where its work stopped (``progress``: the engine's last report):
+        the cancel record, then the ``cancelled`` done marker: ``CANCELLED``. ``REFUSED`` /
+        ``ALREADY`` when another worker holds the claim or has committed this version (as ``fail``)."""
+        if not self.still_ours(d):
+            log.warning("cancel_refused", extra={"key": d.key, "reason": "claim taken over by another worker"})
+            return Outcome.REFUSED
+        if self._committed(d):
+            log.warning("cancel_refused", extra={"key": d.key, "reason": "already committed"})
+            return Outcome.ALREADY
+        keys = d.item.keys
+        request = request or read_cancel(self.store, keys, d.etag)
+        record = stopped_record(request, Source(key=d.key, etag=d.etag, size=d.size), progress,
+                                worker=self.worker, trace_id=d.trace_id)
+        self.store.put(keys.cancel, record.to_json_bytes(), content_type="application/json")
+        self._mark(d, Outcome.CANCELLED)
+        log.info("cancelled", extra={"key": d.key, "etag": d.etag, "stage": record.stage, "step": record.step})
+        return Outcome.CANCELLED
 
     def release(self, d: Delivery) -> None:
         """Give the claim back (best effort: an expired claim is taken over anyway)."""

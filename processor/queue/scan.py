@@ -56,6 +56,8 @@ class Backlog:
     inputs: int = 0
     done: int = 0
     failed: int = 0
+    #: Inputs whose job was cancelled (their ``cancelled`` done marker).
+    cancelled: int = 0
     pending: list[WorkItem] = field(default_factory=list)
     #: Keys of failure records / manifests whose input no longer exists are not counted.
     requests: int = 0
@@ -132,6 +134,8 @@ def _classify(
             backlog.done += 1
         elif outcome == Outcome.FAILED:
             backlog.failed += 1
+        elif outcome == Outcome.CANCELLED:
+            backlog.cancelled += 1
         else:
             backlog.pending.append(
                 WorkItem(

@@ -37,7 +37,7 @@ from urllib.parse import quote, unquote
 from processor.errors import PreconditionFailed, StoreAccessError, StoreError
 from processor.queue.keys import KeyLayout, split_extension
 from processor.queue.rescan import request_rescan
-from processor.queue.webhook_records import WebhookRecords
+from processor.queue.webhook_records import ALL_EVENTS, WebhookEvent, WebhookRecords
 from processor.store.base import ObjectStore
 
 log = logging.getLogger("processor.submit")
@@ -113,6 +113,8 @@ class Submission:
     #: The sidecar mapping, already validated by ``pipeline.sidecar``; empty: no sidecar.
     sidecar: dict[str, object] = field(default_factory=dict)
     webhook: str | None = None
+    #: The events the webhook is sent for (``webhook_events``; default: every end of the job).
+    webhook_events: frozenset[WebhookEvent] = ALL_EVENTS
     #: The picture of the look uploaded with the photo (written under ``prefixes.styles``), and its
     #: sniffed format; None when the request named none or an existing key (then in ``sidecar``).
     style_image: bytes | None = None
@@ -124,7 +126,10 @@ class Submission:
     def fingerprint(self) -> str:
         """What makes two requests the same (an ``Idempotency-Key`` reused with another is a conflict)."""
         digest = hashlib.sha256(self.image)
-        digest.update(json.dumps([self.sidecar, self.webhook], sort_keys=True).encode())
+        # Only a chosen set of events enters it: a request that names none stays the same request
+        # (an Idempotency-Key repeat, not a conflict) whatever the default set is.
+        chosen = [sorted(e.value for e in self.webhook_events)] if self.webhook_events != ALL_EVENTS else []
+        digest.update(json.dumps([self.sidecar, self.webhook, *chosen], sort_keys=True).encode())
         if self.style_image is not None:
             digest.update(b"\0style_image\0" + hashlib.sha256(self.style_image).digest())
         return digest.hexdigest()
@@ -165,7 +170,7 @@ def write_job(store: ObjectStore, layout: KeyLayout, relpath: str, submission: S
     if sidecar:
         store.put(keys.sidecar, json.dumps(sidecar).encode(), content_type="application/json")
     if submission.webhook:
-        webhooks.add(job, submission.webhook)
+        webhooks.add(job, submission.webhook, submission.webhook_events)
     create_unique(store, keys.input, submission.image, CONTENT_TYPES[submission.format],
                   metadata=filename_metadata(submission.filename) or None)
     # An upload may sort before a daemon's high-water mark: make its next scan a full one.

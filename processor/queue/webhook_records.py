@@ -2,7 +2,8 @@
 
 Under ``<state>/api/webhooks/`` (``KeyLayout.webhooks_prefix``), per job id:
 
-- ``pending/<job>.json``: ``{"url": ...}``, written at submit before the input;
+- ``pending/<job>.json``: ``{"url": ..., "events": [...]}``, written at submit before the input
+  (``events``: the ``WebhookEvent`` values to send for; a record without them sends for all);
 - ``claims/<job>.json``: the right to send it, a claim like a worker's on an input
   (``ClaimManager``: exactly one replica holds it; taken over after its TTL when its sender died);
 - ``done/<job>.json``: the outcome, written before the pending record is deleted.
@@ -14,8 +15,10 @@ Sending, signing and retrying are ``processor.api.webhooks``'s.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from enum import Enum
 
 from processor.errors import ObjectNotFound, ObjectTooLarge, ObjectUnreadable
 from processor.queue.claims import Claim, ClaimManager
@@ -29,12 +32,25 @@ MAX_WEBHOOK_RECORD_BYTES = 64 * 1024
 _RELEASE_TTL_S = 1.0
 
 
+class WebhookEvent(str, Enum):
+    """What a webhook is sent for: a job's end, by how it ended (``webhook_events`` of a submit)."""
+
+    done = "job.done"
+    failed = "job.failed"
+    cancelled = "job.cancelled"
+
+
+#: The events a webhook is sent for when the submit names none: every end of a job.
+ALL_EVENTS: frozenset[WebhookEvent] = frozenset(WebhookEvent)
+
+
 @dataclass(frozen=True)
 class WebhookDelivery:
-    """A webhook still to send: the job and where to."""
+    """A webhook still to send: the job, where to, and the events it is sent for."""
 
     job: str
     url: str
+    events: frozenset[WebhookEvent] = field(default=ALL_EVENTS)
 
 
 class WebhookRecords:
@@ -44,9 +60,10 @@ class WebhookRecords:
         self.store = store
         self.prefix = layout.webhooks_prefix
 
-    def add(self, job: str, url: str) -> None:
+    def add(self, job: str, url: str, events: Iterable[WebhookEvent] = ALL_EVENTS) -> None:
         """The pending record of a new job's webhook."""
-        self.store.put(self._pending(job), json.dumps({"url": url}).encode(), content_type="application/json")
+        record = {"url": url, "events": sorted(e.value for e in events)}
+        self.store.put(self._pending(job), json.dumps(record).encode(), content_type="application/json")
 
     def pending(self) -> list[WebhookDelivery]:
         """The deliveries not sent yet: one LIST, one capped GET each; unreadable records are skipped."""
@@ -57,7 +74,7 @@ class WebhookRecords:
             data = self._read(obj.key)
             url = data.get("url") if data is not None else None
             if isinstance(url, str):
-                out.append(WebhookDelivery(job, url))
+                out.append(WebhookDelivery(job, url, _events(data.get("events") if data is not None else None)))
         return out
 
     def claim(self, job: str, input_key: str, etag: str, sender: str, ttl_s: float) -> Claim | None:
@@ -92,3 +109,10 @@ class WebhookRecords:
         except (ValueError, RecursionError):
             return None
         return data if isinstance(data, dict) else None
+
+
+def _events(value: object) -> frozenset[WebhookEvent]:
+    """The events a pending record names; all for a record written before events existed."""
+    if not isinstance(value, list):
+        return ALL_EVENTS
+    return frozenset(WebhookEvent(v) for v in value if v in {e.value for e in WebhookEvent})

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from processor.errors import ItemError
+from processor.errors import ItemError, JobCancelled
 from processor.pipeline.base import DecodedImage, VariantImage
 from processor.pipeline.item import Prepared, Rendered
 from processor.queue.claims import Claim
 from processor.queue.outcomes import PROGRESS, Outcome
 from processor.queue.protocol import Delivery, InputObject
 from processor.queue.scan import WorkItem
+from processor.tracing import NO_SPAN, Span
 
 
 @dataclass
@@ -24,7 +25,11 @@ class Job:
     prepared: Prepared | None = None
     rendered: Rendered | None = None
     error: ItemError | None = None
+    #: Set when the job was cancelled while it computed: the upload stage records the cancel.
+    cancelled: JobCancelled | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    #: The item's span (``processor.tracing``), from its claim to ``_finish``.
+    trace: Span = NO_SPAN
 
     @property
     def item(self) -> WorkItem:

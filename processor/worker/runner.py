@@ -12,6 +12,9 @@ waits for the network and memory stays flat however many inputs there are::
 The daemon's loop and its waits are ``processor.worker.daemon``'s: hints end an idle wait, and
 while a pass computes the fetch stage scans what a hint announces, so new work joins the pass.
 
+With tracing on (``processor.tracing``) each item is one trace: an ``item`` span from its claim to
+its outcome, with ``claim``, ``download``, ``decode``, ``render``, ``upload`` and ``commit`` under it.
+
 The worker only moves jobs between stages. What an input's state in the bucket is, and how it
 changes (claim, existing result, put output, commit, failure record, done marker, release), is
 ``processor.queue.protocol.BucketQueue``'s; what happens to the pixels is
@@ -25,7 +28,6 @@ import logging
 import queue
 import threading
 import time
-import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,6 +43,7 @@ from processor.errors import (
     InvalidInput,
     InvalidKey,
     ItemError,
+    JobCancelled,
     ObjectNotFound,
     ObjectUnreadable,
     StageFailed,
@@ -48,23 +51,23 @@ from processor.errors import (
     WorkerUnhealthy,
 )
 from processor.log import bind_item
-from processor.manifest import Manifest, Source, WorkerInfo
-from processor.pipeline.item import Encoded, ItemPipeline
-from processor.pipeline.outputs import attempt_scoped
+from processor.manifest import WorkerInfo
+from processor.pipeline.item import ItemPipeline
 from processor.pipeline.render import EngineRegistry
 from processor.queue.claims import ClaimKeeper, ClaimManager, ClaimProgress
 from processor.queue.failpolicy import CircuitBreaker
 from processor.queue.hints.base import Hint, HintSource, Wakeup
 from processor.queue.keys import KeyLayout
 from processor.queue.outcomes import Outcome
-from processor.queue.protocol import AlreadyCommitted, BucketQueue, Delivery, OutputTaken
+from processor.queue.protocol import BucketQueue, Delivery
 from processor.queue.scan import IncrementalScanner, WorkItem, scan, shard_of
-from processor.queue.submit import filename_from_metadata
 from processor.store.base import ObjectStore
+from processor.tracing import NO_SPAN, NO_TRACING, Span, Tracer
 from processor.worker.cpu_pool import ProcessCompute
 from processor.worker.handoff import END, QUEUE_POLL_S, offer, take
 from processor.worker.job import Job, PassResult
 from processor.worker.metrics import GuardedObserver, WorkerObserver
+from processor.worker.publish import Publisher
 
 log = logging.getLogger("processor.worker")
 
@@ -99,6 +102,7 @@ class Worker:
         clock: Callable[[], float] = time.monotonic,
         hints: Sequence[HintSource] = (),
         compute_pool: ProcessCompute | None = None,
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -140,6 +144,10 @@ class Worker:
         self._computing = 0
         #: Guards the breaker and ``_computing`` (several compute threads with a pool).
         self._compute_lock = threading.Lock()
+        #: Spans of scans and items (``processor.tracing``); the default records nothing.
+        self.tracer = tracer
+        #: What the upload stage writes for each job (``processor.worker.publish``).
+        self.publisher = Publisher(self.queue, self.pipeline, self.info, self.observer, tracer)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -199,7 +207,9 @@ class Worker:
     def _my_items(self, scanner: IncrementalScanner | None = None, prefixes: Sequence[str] | frozenset[str] = (),
                   ) -> list[WorkItem]:
         scan_started = time.perf_counter()
-        backlog = scanner.scan(prefixes) if scanner else scan(self.store, self.layout)
+        with self.tracer.span("scan", full=scanner is None) as span:
+            backlog = scanner.scan(prefixes) if scanner else scan(self.store, self.layout)
+            span.set(inputs=backlog.inputs, pending=len(backlog.pending), requests=backlog.requests)
         items = backlog.pending
         run = self.settings.run
         if not self.claims:
@@ -358,9 +368,11 @@ class Worker:
     def _fetch(self, item: WorkItem, keeper: ClaimKeeper | None, result: PassResult) -> Job | None:
         """Claim, check for an existing result, read and prepare one input; None when it needs no
         compute (it has left through ``_finish``)."""
-        bind_item(item.keys.input)
+        trace = self.tracer.start("item", key=item.keys.input, etag=item.info.etag)
+        bind_item(item.keys.input, trace.trace_id)
         try:
-            delivery = self.queue.take(item)
+            with self.tracer.span("claim", parent=trace):
+                delivery = self.queue.take(item)
         except FatalError:
             raise
         except Exception as exc:  # a store error, or a bug on this item: never the worker's death
@@ -369,25 +381,29 @@ class Worker:
             # daemon would exit.
             log.warning("claim_failed", extra={"key": item.keys.input, "error": type(exc).__name__,
                                                "detail": str(exc)}, exc_info=not isinstance(exc, StoreError))
-            self._finish(self._unclaimed(item), Outcome.TRANSIENT, keeper, result)
+            self._finish(self._unclaimed(item, trace), Outcome.TRANSIENT, keeper, result)
             return None
         if delivery is None:
-            self._finish(self._unclaimed(item), Outcome.BUSY, keeper, result)
+            self._finish(self._unclaimed(item, trace), Outcome.BUSY, keeper, result)
             return None
         if delivery.claim and keeper:
             keeper.hold(delivery.claim)
-        job = Job(delivery)
+        delivery.trace_id = trace.trace_id
+        job = Job(delivery, trace=trace)
         try:
-            if self.queue.existing_result(delivery):
-                self._finish(job, Outcome.ALREADY, keeper, result)
+            ended = self.queue.existing_result(delivery)  # already done or failed, or cancelled
+            if ended is not None:
+                self._finish(job, ended, keeper, result)
                 return None
             self._report(job, "download")
             started = time.perf_counter()
-            job.input = self.queue.read_input(delivery, max_bytes=self.settings.pipeline.decode.max_bytes)
+            with self.tracer.span("download", parent=trace):
+                job.input = self.queue.read_input(delivery, max_bytes=self.settings.pipeline.decode.max_bytes)
             job.timings["download"] = round(time.perf_counter() - started, 4)
-            job.prepared = self.pipeline.prepare(job.input.body, name=job.key, sidecar=job.input.sidecar,
-                                                 sidecar_name=item.sidecar or "", metadata=job.input.metadata,
-                                                 timings=job.timings, read_object=self._read_style_image)
+            with self.tracer.span("decode", parent=trace):
+                job.prepared = self.pipeline.prepare(job.input.body, name=job.key, sidecar=job.input.sidecar,
+                                                     sidecar_name=item.sidecar or "", metadata=job.input.metadata,
+                                                     timings=job.timings, read_object=self._read_style_image)
         except ItemError as exc:
             job.error = exc
         except InvalidKey as exc:
@@ -418,37 +434,44 @@ class Worker:
         return self.queue.read_style_image(key, max_bytes=self.settings.pipeline.decode.max_bytes)
 
     @staticmethod
-    def _unclaimed(item: WorkItem) -> Job:
+    def _unclaimed(item: WorkItem, trace: Span = NO_SPAN) -> Job:
         """A job for an item we hold no claim on (busy, or the claim failed): for ``_finish``."""
-        return Job(Delivery(item=item, claim=None, etag=item.info.etag, size=item.info.size))
+        return Job(Delivery(item=item, claim=None, etag=item.info.etag, size=item.info.size), trace=trace)
 
     # ----------------------------------------------------------------- stage 2: compute
 
     def _compute(self, job: Job) -> None:
-        bind_item(job.key)
+        bind_item(job.key, job.trace.trace_id)
         self.observer.heartbeat()
         if job.error or (job.claim and job.claim.lost.is_set()) or job.prepared is None:
             return
         self._report(job, "caption")
         claim = job.claim
+        with self.tracer.span("render", parent=job.trace), \
+                self.queue.watch_cancel(job.delivery, every_s=self.settings.claims.progress_s) as cancel:
 
-        def report(**progress: Any) -> None:
-            self.observer.heartbeat()  # each step is progress: /healthz must outlast a long item
-            if claim is not None:
-                claim.report(ClaimProgress(**progress))
-        try:
-            if self.compute_pool is not None:
-                job.rendered = self.compute_pool.compute(job.prepared, job.timings)
+            def report(**progress: Any) -> None:
+                self.observer.heartbeat()  # each step is progress: /healthz must outlast a long item
+                if claim is not None:
+                    claim.report(ClaimProgress(**progress))
+                cancel.stop_if_requested(progress)  # a flag the watch's own thread sets: no I/O here
+            try:
+                if self.compute_pool is not None:
+                    # A compute process reports no steps: a cancel takes effect before it starts.
+                    cancel.stop_if_requested({"stage": "render"})
+                    job.rendered = self.compute_pool.compute(job.prepared, job.timings)
+                else:
+                    job.rendered = self.pipeline.compute(job.prepared, job.timings, report=report)
+            except JobCancelled as exc:  # not a failure: never counted by the breaker
+                job.cancelled = exc
+            except ItemError as exc:
+                job.error = exc
+                with self._compute_lock:
+                    if self.breaker.failed(job.key, exc) and not self._unhealthy:
+                        self._trip()
             else:
-                job.rendered = self.pipeline.compute(job.prepared, job.timings, report=report)
-        except ItemError as exc:
-            job.error = exc
-            with self._compute_lock:
-                if self.breaker.failed(job.key, exc) and not self._unhealthy:
-                    self._trip()
-        else:
-            with self._compute_lock:
-                self.breaker.succeeded()
+                with self._compute_lock:
+                    self.breaker.succeeded()
 
     def _trip(self) -> None:
         """The breaker tripped: take no more work. The item that tripped it and those computed
@@ -475,108 +498,22 @@ class Worker:
             job = take(finished, computed.is_set)
             if job is END:
                 return
-            bind_item(job.key)
+            bind_item(job.key, job.trace.trace_id)
             if job.claim and job.claim.lost.is_set():
                 log.warning("claim_lost_skip", extra={"key": job.key})
                 self._finish(job, Outcome.LOST, keeper, result)
                 continue
             try:
-                outcome = self._publish_failure(job) if job.error else self._publish(job)
+                outcome = self.publisher.publish(job)
             except FatalError:
                 self._finish(job, Outcome.RELEASED, keeper, result)
                 raise
             except InvalidKey as exc:
-                outcome = self._unstorable(job, exc)
+                outcome = self.publisher.unstorable(job, exc)
             except StoreError as exc:
                 log.warning("upload_failed", extra={"key": job.key, "error": type(exc).__name__, "detail": str(exc)})
                 outcome = Outcome.TRANSIENT
             self._finish(job, outcome, keeper, result)
-
-    def _unstorable(self, job: Job, exc: InvalidKey) -> Outcome:
-        """The store refused one of this input's result keys (on a file system: a file where another
-        input's outputs need a folder). No retry can help: record it as a failure of the input."""
-        if job.error is None:
-            job.error = InvalidInput(
-                f"{job.key}: its results cannot be stored: {exc}",
-                hint="Rename the input so that its name does not clash with another input's results folder.",
-            )
-            try:
-                return self._publish_failure(job)
-            except InvalidKey as again:
-                exc = again
-            except StoreError as again:
-                log.warning("upload_failed",
-                            extra={"key": job.key, "error": type(again).__name__, "detail": str(again)})
-                return Outcome.TRANSIENT
-        # The record's own key is blocked (on a file system: another object's folder is there, so
-        # the bucket holds objects no input of ours derives). The `failed` done marker alone keeps
-        # scans off this version, so the worker does not retry it every pass, forever.
-        log.error("unrecordable", extra={"key": job.key, "error": type(exc).__name__, "detail": str(exc)})
-        try:
-            return self.queue.mark_failed(job.delivery)
-        except InvalidKey:
-            return Outcome.TRANSIENT
-
-    def _publish(self, job: Job) -> Outcome:
-        """Encode, put every output, then commit the manifest."""
-        self._report(job, "upload")
-        assert job.prepared is not None and job.rendered is not None  # no error: both stages ran
-        delivery, prefix = job.delivery, job.item.keys.output_prefix
-        encoded = self.pipeline.encode(job.prepared, job.rendered, output_prefix=prefix, timings=job.timings)
-        started = time.perf_counter()
-        try:
-            try:
-                for f in encoded.files:
-                    self.queue.put_output(delivery, prefix + f.name, f.body, f.content_type)
-            except OutputTaken as exc:
-                # Shards: a twin pod (or a dead attempt) wrote these names; ours go beside them
-                # under names of our own, created only if absent, and the manifest names ours.
-                files, entries, sheet = attempt_scoped(encoded.files, encoded.variants, encoded.contact_sheet,
-                                                       output_prefix=prefix, token=uuid.uuid4().hex[:12])
-                encoded = Encoded(files=files, variants=entries, contact_sheet=sheet)
-                log.info("outputs_attempt_scoped", extra={"key": job.key, "taken": str(exc)})
-                for f in encoded.files:
-                    self.queue.put_new_output(prefix + f.name, f.body, f.content_type)
-        except AlreadyCommitted as exc:
-            log.warning("commit_refused", extra={"key": job.key, "reason": exc.reason})
-            return Outcome.REFUSED
-        job.timings["upload"] = round(time.perf_counter() - started, 4)
-        manifest = Manifest(
-            source=self._source(job),
-            variants=encoded.variants,
-            contact_sheet=prefix + encoded.contact_sheet if encoded.contact_sheet else None,
-            timings=job.timings,
-            worker=self.info,
-            caption=job.rendered.caption,
-            attempt=delivery.attempt,
-        )
-        started = time.perf_counter()
-        outcome = self.queue.commit(delivery, manifest)
-        if outcome is Outcome.DONE:
-            self.observer.stage("commit", time.perf_counter() - started)
-        return outcome
-
-    def _publish_failure(self, job: Job) -> Outcome:
-        """The failure record (``BucketQueue.fail``). A vanished input's record is retryable (no
-        done marker), yet the input waits for no one: its outcome is ``VANISHED``."""
-        assert job.error is not None
-        outcome = self.queue.fail(job.delivery, job.error, self._source(job))
-        if isinstance(job.error, InputVanished) and outcome is Outcome.RETRY:
-            return Outcome.VANISHED
-        return outcome
-
-    def _source(self, job: Job) -> Source:
-        decoded = job.decoded
-        return Source(
-            key=job.key,
-            etag=job.etag,
-            size=job.delivery.size,
-            width=decoded.image.width if decoded else None,
-            height=decoded.image.height if decoded else None,
-            format=decoded.format if decoded else None,
-            notes=decoded.notes if decoded else [],
-            filename=filename_from_metadata(job.input.metadata) if job.input is not None else None,
-        )
 
     # ----------------------------------------------------------------- bookkeeping
 
@@ -589,7 +526,8 @@ class Worker:
     def _finish(self, job: Job, outcome: Outcome, keeper: ClaimKeeper | None, result: PassResult) -> None:
         """Every job leaves the worker here, once: count its outcome, tell the observer, give its
         claim back."""
-        bind_item(job.key)
+        bind_item(job.key, job.trace.trace_id)
+        job.trace.end(outcome=outcome.value)
         with self._count_lock:
             result.outcomes[outcome] += 1
             result.outcome_of[job.key] = outcome

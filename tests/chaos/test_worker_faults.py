@@ -57,7 +57,7 @@ class _Keeper:
 
 
 def write_variants(worker, job: Job) -> None:
-    """The first half of ``_publish``: every output written, no manifest yet."""
+    """The first half of ``Publisher.outputs_and_commit``: every output written, no manifest yet."""
     keys = job.item.keys
     files, _entries, _sheet = encode_outputs(job.decoded.image, job.variants, output_prefix=keys.output_prefix,
                                              sheet_height=64)
@@ -70,9 +70,9 @@ def test_a_zombie_does_not_overwrite_the_variants_of_the_worker_that_took_its_cl
     write_variants(healthy, hjob)  # the new holder wrote its variants and is about to commit
     before = outputs(store)
     # The zombie resumes: its creates fail, nothing is committed yet, but its claim is gone.
-    assert zombie._publish(zjob) == "refused"
+    assert zombie.publisher.outputs_and_commit(zjob) == "refused"
     assert outputs(store) == before
-    assert healthy._publish(hjob) == "done"
+    assert healthy.publisher.outputs_and_commit(hjob) == "done"
     manifest = Manifest.model_validate_json(store.get(hjob.item.keys.manifest).body)
     assert manifest.worker.id == "healthy"
     for v in manifest.variants:
@@ -83,9 +83,10 @@ def test_a_zombie_that_wrote_first_does_not_commit_after_a_takeover(tmp_path):
     """The zombie's creates win (it was ahead) but it must not commit: the new holder may already
     have replaced some of those files, and a commit would then name bytes that are not there."""
     store, zombie, zjob, healthy, hjob = taken_over(tmp_path)
-    assert zombie._publish(zjob) == "refused"
+    assert zombie.publisher.outputs_and_commit(zjob) == "refused"
     assert not list(store.list(zjob.item.keys.manifest))
-    assert healthy._publish(hjob) == "done"  # the holder replaces the zombie's leftovers, then commits
+    # The holder replaces the zombie's leftovers, then commits.
+    assert healthy.publisher.outputs_and_commit(hjob) == "done"
     manifest = Manifest.model_validate_json(store.get(hjob.item.keys.manifest).body)
     for v in manifest.variants:
         assert hashlib.sha256(store.get(v.key).body).hexdigest() == v.sha256

@@ -1,5 +1,7 @@
 """The HTTP API end to end: a real ``processor serve`` (uvicorn on a free port) and a real
-``processor run`` daemon (toon style), on the local store and on SeaweedFS."""
+``processor run`` daemon (toon style), on the local store and on SeaweedFS, driven through the
+Python client (``processor.client``) where a test is about what a route does, and through raw
+HTTP where it is about the wire (headers, problem bodies)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from processor.client import ApiError, Client
 from testkit.api_service import MAX_WAIT_S, OTHER_TOKEN, TOKEN, Service, serve, wait_status, worker, write_env
 from testkit.images import photo_bytes
 from testkit.waits import HANG_GUARD_S
@@ -43,6 +46,12 @@ def client(service: Service) -> Iterator[httpx.Client]:
         yield c
 
 
+@pytest.fixture
+def api(service: Service) -> Iterator[Client]:
+    with Client(service.url, TOKEN, timeout_s=HANG_GUARD_S) as c:
+        yield c
+
+
 def submit(client: httpx.Client, image: bytes | None = None, **fields: str) -> httpx.Response:
     return client.post("/v1/jobs", files={"image": ("toy.jpg", image or photo_bytes(160, 120))}, data=fields)
 
@@ -58,22 +67,35 @@ def assert_problem(resp: httpx.Response, status: int, field: str | None) -> dict
     return body
 
 
-def test_submit_runs_to_done_with_variants_and_files(service: Service, client: httpx.Client) -> None:
-    resp = submit(client, variants="2", seed="7")
+def test_submit_answers_202_with_the_job_location(client: httpx.Client) -> None:
+    resp = submit(client, variants="1")
     assert resp.status_code == 202, resp.text
     created = resp.json()
     assert created["status"] == "queued" and created["links"]["self"].endswith(created["id"])
     assert resp.headers["location"] == created["links"]["self"]
-    done = wait_status(client, created["id"], {"done", "failed"})
-    assert done["status"] == "done", done
-    assert [(v["style"], v["index"], v["seed"]) for v in done["variants"]] == [("toon", 0, 7), ("toon", 1, 8)]
-    assert done["manifest"]["source"]["key"] == done["input"] and done["failure"] is None
-    for v in done["variants"]:
+
+
+def test_submit_runs_to_done_with_variants_and_files(service: Service, client: httpx.Client, api: Client) -> None:
+    created = api.submit(photo_bytes(160, 120), variants=2, seed=7)
+    assert created.status.value == "queued" and created.links.self.endswith(created.id)
+    done = api.wait(created.id, timeout_s=HANG_GUARD_S)
+    assert done.status.value == "done", done
+    assert [(v.style, v.index, v.seed) for v in done.variants] == [("toon", 0, 7), ("toon", 1, 8)]
+    assert done.manifest is not None and done.manifest["source"]["key"] == done.input and done.failure is None
+    for v in done.variants:
         # Local store: streamed by the API (with the token). S3: a presigned URL, fetched without one.
+        assert api.file(v.url) == (client.get(v.url) if v.url.startswith(service.url) else httpx.get(v.url)).content
+        image = Image.open(io.BytesIO(api.file(v.url)))
+        assert (image.width, image.height) == (v.width, v.height)
+    saved = api.download(done.variants[0].url, service.log.parent / "downloads")
+    assert saved.read_bytes() == api.file(done.variants[0].url)
+    _files_answer_as_attachments(service, client, done.model_dump(mode="json"))
+
+
+def _files_answer_as_attachments(service: Service, client: httpx.Client, done: dict) -> None:
+    for v in done["variants"]:
         got = client.get(v["url"]) if v["url"].startswith(service.url) else httpx.get(v["url"])
         assert got.status_code == 200
-        image = Image.open(io.BytesIO(got.content))
-        assert (image.width, image.height) == (v["width"], v["height"])
         assert "content-disposition" not in got.headers  # shown in the page, not saved
         # The Download link: the same bytes, answered as an attachment. For S3 the header is part
         # of the signed URL (a link's download attribute is ignored across origins).
@@ -130,41 +152,35 @@ def test_idempotency_key_returns_the_same_job_and_writes_nothing_new(service: Se
     assert theirs.status_code == 202 and theirs.json()["id"] != first.json()["id"]
 
 
-def test_events_stream_status_until_done(service: Service, client: httpx.Client) -> None:
-    job = submit(client, variants="1").json()["id"]
-    events = []
+def test_events_stream_status_until_done(service: Service, client: httpx.Client, api: Client) -> None:
+    job = api.submit(photo_bytes(160, 120), variants=1).id
     with client.stream("GET", f"/v1/jobs/{job}/events", timeout=HANG_GUARD_S) as resp:
         assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
-        kind = None
-        for line in resp.iter_lines():
-            if line.startswith("event: "):
-                kind = line[len("event: "):]
-            elif line.startswith("data: "):
-                events.append((kind, json.loads(line[len("data: "):])))
+    events = [(e.name, e.data.model_dump(mode="json")) for e in api.events(job)]
     kinds = [k for k, _ in events]
     assert kinds[0] == "status" and kinds[-1] == "done", kinds
     assert events[-1][1]["status"] == "done" and events[-1][1]["variants"]
     assert set(kinds) <= {"status", "progress", "done"}
 
 
-def test_bad_photo_fails_with_its_record_and_retry_requeues_it(service: Service, client: httpx.Client) -> None:
+def test_bad_photo_fails_with_its_record_and_retry_requeues_it(service: Service, client: httpx.Client,
+                                                              api: Client) -> None:
     # A PNG signature then garbage: sniffed as PNG (accepted), undecodable (the worker fails it).
     broken = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
-    job = submit(client, broken).json()["id"]
-    failed = wait_status(client, job, {"failed", "done"})
-    assert failed["status"] == "failed" and failed["failure"]["permanent"], failed
-    assert failed["failure"]["hint"] and failed["links"]["retry"]
-    first_record = failed["failure"]
-    retried = client.post(f"/v1/jobs/{job}/retry")
-    assert retried.status_code == 202, retried.text
-    assert retried.json()["status"] in ("queued", "running", "failed")
+    job = api.submit(broken, filename="broken.png").id
+    failed = api.wait(job, timeout_s=HANG_GUARD_S)
+    assert failed.status.value == "failed" and failed.failure is not None and failed.failure.permanent, failed
+    assert failed.failure.hint and failed.links.retry
+    first_record = failed.failure
+    retried = api.retry(job)
+    assert retried.status.value in ("queued", "running", "failed")
     again = wait_status(client, job, {"failed"})
-    assert again["failure"]["error"] == first_record["error"]
+    assert again["failure"]["error"] == first_record.error
     # The worker really took it again: two failures of this input in its log.
     (log,) = service.log.parent.glob("worker-*.log")
     deadline = time.monotonic() + HANG_GUARD_S
     while sum(1 for line in log.read_text().splitlines()
-              if '"input_failed"' in line and failed["input"] in line) < 2:
+              if '"input_failed"' in line and failed.input in line) < 2:
         assert time.monotonic() < deadline, "the retried job was not processed again"
         time.sleep(0.2)
     # Only a failed job can be retried.
@@ -173,20 +189,21 @@ def test_bad_photo_fails_with_its_record_and_retry_requeues_it(service: Service,
     assert_problem(client.post(f"/v1/jobs/{good.json()['id']}/retry"), 409, "id")
 
 
-def test_listing_pages_and_includes_inputs_dropped_in_the_bucket(service: Service, client: httpx.Client) -> None:
+def test_listing_pages_and_includes_inputs_dropped_in_the_bucket(service: Service, client: httpx.Client,
+                                                                api: Client) -> None:
     for seed in range(3):
-        assert submit(client, photo_bytes(100, 80, seed=seed + 20)).status_code == 202
+        api.submit(photo_bytes(100, 80, seed=seed + 20))
     seen: list[str] = []
     cursor = None
     while True:
-        params = {"limit": 2} | ({"cursor": cursor} if cursor else {})
-        page = client.get("/v1/jobs", params=params).json()
-        assert len(page["jobs"]) <= 2
-        seen += [j["id"] for j in page["jobs"]]
-        cursor = page["next_cursor"]
+        page = api.list(cursor=cursor, limit=2)
+        assert len(page.jobs) <= 2
+        seen += [j.id for j in page.jobs]
+        cursor = page.next_cursor
         if not cursor:
             break
     assert len(seen) == len(set(seen)) >= 3
+    assert [j.id for j in api.jobs(page_size=2)] == seen
     # An input dropped straight into the bucket (processor submit) is a job too.
     photo = service.log.parent / "dropped.jpg"
     photo.write_bytes(photo_bytes(100, 80, seed=99))
@@ -194,13 +211,13 @@ def test_listing_pages_and_includes_inputs_dropped_in_the_bucket(service: Servic
     import sys
     subprocess.run([sys.executable, "-m", "processor", "submit", "-q", str(photo)], env=service.env, check=True,
                    capture_output=True)
-    inputs = [j["input"] for j in client.get("/v1/jobs", params={"limit": 200}).json()["jobs"]]
+    inputs = [j.input for j in api.jobs(page_size=200)]
     assert "inputs/dropped.jpg" in inputs
 
 
 def test_auth_is_required_on_every_v1_route_and_the_seed_route(service: Service) -> None:
     routes = [("POST", "/v1/jobs"), ("GET", "/v1/jobs"), ("GET", "/v1/jobs/abc"), ("GET", "/v1/jobs/abc/events"),
-              ("POST", "/v1/jobs/abc/retry"), ("GET", "/v1/jobs/abc/files/toon-00.png"),
+              ("POST", "/v1/jobs/abc/retry"), ("DELETE", "/v1/jobs/abc"), ("GET", "/v1/jobs/abc/files/toon-00.png"),
               ("POST", "/generate_image_rest_direct")]
     for token in (None, "wrong-token"):
         with service.client(token) as c:
@@ -256,3 +273,49 @@ def test_seed_route_serves_the_prototype_client(service: Service) -> None:
     bad = httpx.post(service.url + "/generate_image_rest_direct", json=payload | {"final_images_to_return": 0},
                      headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
     assert_problem(bad, 422, "final_images_to_return")
+
+
+def test_a_queued_job_is_cancelled_and_an_ended_one_is_not(service: Service, api: Client) -> None:
+    service.worker.send_signal(signal.SIGSTOP)  # a busy fleet: the job stays queued meanwhile
+    try:
+        job = api.submit(photo_bytes(140, 100, seed=31), variants=1).id
+        cancelled = api.cancel(job)
+    finally:
+        service.worker.send_signal(signal.SIGCONT)
+    assert cancelled.status.value == "cancelled" and cancelled.cancel is not None
+    assert cancelled.cancel.stage == "queued"
+    assert api.wait(job, timeout_s=HANG_GUARD_S).status.value == "cancelled"
+    assert job not in [j.id for j in api.jobs(page_size=200)]  # its input is gone: listings leave it out
+    done = api.submit(photo_bytes(140, 100, seed=32), variants=1).id
+    assert api.wait(done, timeout_s=HANG_GUARD_S).status.value == "done"
+    with pytest.raises(ApiError) as refused:
+        api.cancel(done)
+    assert refused.value.status == 409 and refused.value.problem.hint
+    with Client(service.url, OTHER_TOKEN) as other, pytest.raises(ApiError) as hidden:
+        other.cancel(done)
+    assert hidden.value.status == 404
+
+
+def test_processor_submit_over_the_api_waits_for_its_jobs(service: Service, api: Client) -> None:
+    """``processor submit --api URL --wait``: the photos as jobs of the API (the token from the
+    environment, a sidecar's fields as the job's), each followed until it ends."""
+    import subprocess
+    import sys
+
+    folder = service.log.parent / "over-api"
+    folder.mkdir()
+    (folder / "one.jpg").write_bytes(photo_bytes(120, 90, seed=41))
+    (folder / "two.jpg").write_bytes(photo_bytes(120, 90, seed=42))
+    (folder / "two.json").write_text(json.dumps({"variants": 2, "seed": 5}))
+    env = service.env | {"PROCESSOR_API_TOKEN": TOKEN}
+    done = subprocess.run([sys.executable, "-m", "processor", "submit", "--api", service.url, "--wait", str(folder)],
+                          env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert done.returncode == 0, done.stderr
+    submitted = dict(line.split(" -> ") for line in done.stdout.splitlines() if " -> " in line)
+    assert set(submitted) == {"one.jpg", "two.jpg"}
+    assert "one.jpg done" in done.stdout and "two.jpg done" in done.stdout
+    two = api.get(submitted["two.jpg"].split()[0])
+    assert [(v.index, v.seed) for v in two.variants] == [(0, 5), (1, 6)]
+    no_token = subprocess.run([sys.executable, "-m", "processor", "submit", "--api", service.url, str(folder)],
+                              env=service.env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert no_token.returncode != 0 and "401" in no_token.stderr and "Authorization" in no_token.stderr

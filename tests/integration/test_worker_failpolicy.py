@@ -244,7 +244,7 @@ def test_a_late_failure_never_lands_beside_another_workers_commit(local):
 
     healthy, _ = faulty_worker(store, settings, fails=lambda n: False, wid="healthy")
     assert healthy.run_once() == 0
-    assert late._publish_failure(job) == "already"
+    assert late.publisher.failure(job) == "already"
     assert not exists(store, layout.for_input("inputs/cow.jpg").failure)
     assert markers(store, layout, "inputs/cow.jpg") == ["done"]
     assert scan(store, layout).done == 1
@@ -270,7 +270,7 @@ def test_a_failure_after_the_claim_was_taken_over_is_not_written(local):
     taker = paused.claims.__class__(store, "taker", settings.claims.ttl_s)
     assert taker.acquire(keys.claim, keys.input, job.etag) is not None
 
-    assert paused._publish_failure(job) == "refused"
+    assert paused.publisher.failure(job) == "refused"
     assert not exists(store, keys.failure)
     assert markers(store, layout, "inputs/cow.jpg") == []
 

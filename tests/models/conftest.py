@@ -204,3 +204,38 @@ def tiny_qwen_edit(tmp_path_factory) -> Path:
 def tiny_qwen_edit_plus(tmp_path_factory) -> Path:
     """Qwen-Image-Edit-2509 (the Plus pipeline)."""
     return build_once(tmp_path_factory, "tiny-qwen-image-edit-2509", lambda path: build_qwen_edit(path, plus=True))
+
+
+# --------------------------------------------------------------------------- image-to-video (engine: animate)
+
+
+@pytest.fixture(scope="session")
+def tiny_svd(tmp_path_factory) -> Path:
+    """Stable Video Diffusion, its UNet built for 4 frames (``testkit.models.video``)."""
+    from testkit.models.video import build_svd
+
+    return build_once(tmp_path_factory, "tiny-svd", build_svd)
+
+
+@pytest.fixture(scope="session")
+def tiny_wan(tmp_path_factory) -> Path:
+    """Wan 2.1 image-to-video (a CLIP image encoder beside the T5)."""
+    from testkit.models.video import build_wan_i2v
+
+    return build_once(tmp_path_factory, "tiny-wan-i2v", build_wan_i2v)
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_ti2v(tmp_path_factory) -> Path:
+    """Wan 2.2 TI2V (a WanPipeline folder with a 48-channel transformer and the 16x VAE)."""
+    from testkit.models.video import build_wan_ti2v
+
+    return build_once(tmp_path_factory, "tiny-wan-ti2v", build_wan_ti2v)
+
+
+@pytest.fixture(scope="session")
+def tiny_ltx(tmp_path_factory) -> Path:
+    """LTX-Video, saved as its text-to-video LTXPipeline as the published checkpoint is."""
+    from testkit.models.video import build_ltx
+
+    return build_once(tmp_path_factory, "tiny-ltx-video", build_ltx)

@@ -17,7 +17,8 @@ from processor.cli.main import main
 from processor.config import Img2ImgStyle, MaskSettings, ModelSettings, ToonStyle, load_settings
 from processor.errors import ConfigError
 from processor.manifest import Manifest
-from processor.models.loader import ModelLoader, configured_models
+from processor.models.loader import ModelLoader
+from processor.models.pull_list import configured_models
 from processor.pipeline.background import BackgroundEngine, composite, with_background
 from processor.pipeline.mask import SubjectMasker
 from processor.pipeline.toon import ToonEngine
@@ -30,6 +31,9 @@ from testkit.scenes import _desk, scene
 ODD_SIZES = {"4:3": (100, 75), "3:4": (75, 100), "16:9": (112, 63)}
 #: A toy large enough to have a core well inside the feather band at these sizes.
 TOY = {"centre": (0.4, 0.6), "scale": 0.7}
+#: The weight-free segmenter: these tests are about the background stage (the default model's own
+#: tests are tests/models/test_real_mask.py).
+GRABCUT = MaskSettings(onnx=None)
 
 
 def background(mode: str, **extra) -> dict:
@@ -66,7 +70,7 @@ MODE_ASPECTS = [("generate", "4:3"), ("generate", "3:4"), ("generate", "16:9"), 
 @pytest.mark.parametrize("mode,aspect", MODE_ASPECTS)
 def test_size_kept_and_subject_pixels_exact(mode, aspect, loader, tiny_sd, tiny_pix2pix, tiny_inpaint):
     model = {"generate": tiny_sd, "instruct": tiny_pix2pix, "inpaint": tiny_inpaint}[mode]
-    masker = SubjectMasker()
+    masker = SubjectMasker(GRABCUT)
     inner, engine = toon_stage(mode, loader, masker, model=str(model))
     photo = scene(*ODD_SIZES[aspect], seed=1, **TOY).image
     transformed = inner(photo)
@@ -97,7 +101,7 @@ def test_composite_is_exact_at_full_and_zero_alpha():
 
 
 def test_empty_desk_falls_back_to_the_transform_with_the_reason(loader, tiny_sd):
-    inner, engine = toon_stage("generate", loader, SubjectMasker(), model=str(tiny_sd))
+    inner, engine = toon_stage("generate", loader, SubjectMasker(GRABCUT), model=str(tiny_sd))
     desk = Image.fromarray(_desk(96, 72, np.random.default_rng(4), 0.45).astype(np.uint8))
     out = engine(desk)
     for before, after in zip(inner(desk), out, strict=False):
@@ -140,7 +144,7 @@ def test_config_refuses_incomplete_backgrounds(tmp_path, tiny_sd):
 
 def test_inpaint_with_a_text_to_image_model_is_a_config_error(loader, tiny_sd):
     style = Img2ImgStyle(model=str(tiny_sd), background=background("inpaint", model=str(tiny_sd)))
-    engine = with_background(ToonEngine("t", ToonStyle()), "t", style, loader, SubjectMasker())
+    engine = with_background(ToonEngine("t", ToonStyle()), "t", style, loader, SubjectMasker(GRABCUT))
     with pytest.raises(ConfigError, match="not an inpainting model"):
         engine.setup()
 
@@ -179,7 +183,7 @@ def _settings(tmp_path: Path, styles: dict):
     tmp_path.mkdir(parents=True, exist_ok=True)
     cfg = {"store": {"kind": "local", "root": str(tmp_path / "bucket")},
            "run": {"styles": list(styles), "poll_interval_s": 0.05}, "styles": styles,
-           "pipeline": {"contact_sheet_height": 32}}
+           "pipeline": {"contact_sheet_height": 32, "mask": {"onnx": None}}}
     (tmp_path / "config.yaml").write_text(json.dumps(cfg))
     return load_settings(tmp_path / "config.yaml")
 
@@ -310,7 +314,7 @@ class _BatchSpy:
 
 @pytest.mark.parametrize("oom_above,expected", [(None, [3]), (1, [1, 1, 1])])
 def test_variants_go_through_one_call_and_halve_on_cuda_oom(loader, tiny_sd, oom_above, expected):
-    inner, engine = toon_stage("generate", loader, SubjectMasker(), model=str(tiny_sd), harmonize=0.5)
+    inner, engine = toon_stage("generate", loader, SubjectMasker(GRABCUT), model=str(tiny_sd), harmonize=0.5)
     inner.style = engine.inner.style = inner.style.model_copy(update={"variants": 3})
     engine.stage.pipe = _BatchSpy(engine.stage.pipe, oom_above)
     engine.stage.harmonizer = _BatchSpy(engine.stage.harmonizer)
@@ -324,7 +328,7 @@ def test_variants_go_through_one_call_and_halve_on_cuda_oom(loader, tiny_sd, oom
 def test_cuda_oom_with_one_background_is_a_stage_failure(loader, tiny_sd):
     from processor.errors import StageFailed
 
-    _, engine = toon_stage("generate", loader, SubjectMasker(), model=str(tiny_sd))
+    _, engine = toon_stage("generate", loader, SubjectMasker(GRABCUT), model=str(tiny_sd))
     engine.stage.pipe = _BatchSpy(engine.stage.pipe, oom_above=0)
     with pytest.raises(StageFailed, match=r"background\.size"):
         engine(scene(96, 72, 1, **TOY).image)

@@ -149,6 +149,7 @@ def test_with_a_subject_mask_the_score_compares_the_subject_crop(tiny_hf_clip, t
     config = write_config(tmp_path, {"model": str(tiny_hf_clip)})
     raw = json.loads(config.read_text())
     raw["pipeline"]["structure_mask"] = True  # GrabCut finds the toy: both scores judge the subject
+    raw["pipeline"]["mask"] = {"onnx": None}
     config.write_text(json.dumps(raw))
     _, manifest, _ = run_once(config, monkeypatch)
     assert all(v.clip is not None and v.clip.region == "subject" for v in manifest.variants)

@@ -39,7 +39,9 @@ def make_settings(tmp_path: Path, styles: dict, run_styles: list[str] | None = N
         "store": {"kind": "local", "root": str(tmp_path / "bucket")},
         "run": {"styles": run_styles or list(styles), "poll_interval_s": 0.05},
         "styles": styles,
-        "pipeline": {"contact_sheet_height": 32},
+        # GrabCut: these tests are about diffusion; the default segmenter (fetched from the network
+        # by `models pull`) has its own tests in tests/models/test_real_mask.py.
+        "pipeline": {"contact_sheet_height": 32, "mask": {"onnx": None}},
         "models": models or {},
     }
     tmp_path.mkdir(parents=True, exist_ok=True)

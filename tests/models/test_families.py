@@ -59,9 +59,13 @@ def test_the_family_is_the_model_index_class_and_one_component_key(tmp_path, cla
 
 
 def test_a_class_no_family_runs_is_a_config_error_naming_it(tmp_path):
-    with pytest.raises(ConfigError, match=r"model 'some/video' is a WanPipeline .*families this worker runs are "
+    with pytest.raises(ConfigError, match=r"model 'some/video' is a CogVideoXPipeline .*families this worker runs are "
                                           r"SD 1\.x / 2\.x, .*FLUX\.1 dev"):
-        identify(pipeline_folder(tmp_path / "w", "WanPipeline"), "some/video")
+        identify(pipeline_folder(tmp_path / "w", "CogVideoXPipeline"), "some/video")
+    # Wan's text-to-video checkpoints share WanPipeline with Wan 2.2 TI2V; their 16 input channels run nowhere.
+    with pytest.raises(ConfigError, match=r"is a WanPipeline whose transformer/config\.json in_channels matches no "
+                                          r"family this worker runs \(Wan 2\.x image-to-video, Wan 2\.2 TI2V\)"):
+        identify(pipeline_folder(tmp_path / "t", "WanPipeline", transformer={"in_channels": 16}), "wan/t2v")
     with pytest.raises(ConfigError, match=r"unet/config\.json in_channels matches no family"):
         identify(pipeline_folder(tmp_path / "d", "StableDiffusionPipeline", unet={"in_channels": 5}))
 

@@ -43,6 +43,9 @@ def _config(tmp_path: Path, models: dict) -> Path:
     config = tmp_path / "config.yaml"
     cfg = json.loads(config.read_text())
     cfg["pipeline"]["clip_score"] = {"model": "openai/clip-vit-large-patch14"}
+    # The hub add-ons only: the default segmenter is pinned and fetched without the Hub
+    # (tests/unit/test_pinned.py, tests/models/test_real_mask.py).
+    cfg["pipeline"]["mask"] = {"onnx": None}
     config.write_text(json.dumps(cfg))
     return config
 

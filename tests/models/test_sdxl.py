@@ -14,7 +14,8 @@ from processor.cli.compose import build_registry
 from processor.cli.main import main
 from processor.config import Img2ImgStyle, ModelSettings
 from processor.errors import ConfigError
-from processor.models.loader import ModelLoader, configured_models
+from processor.models.loader import ModelLoader
+from processor.models.pull_list import configured_models
 from processor.pipeline.img2img import Img2ImgEngine
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore

@@ -175,3 +175,23 @@ def test_contact_sheet_rejects_wrong_label_count() -> None:
 def test_sha256_hex() -> None:
     assert sha256_hex(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     assert sha256_hex(b"abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_outputs_are_tagged_srgb_and_stay_deterministic() -> None:
+    """A variant PNG carries the sRGB chunk (never a profile left in the picture's info: decode
+    converted the pixels to sRGB); a contact sheet JPEG carries the sRGB ICC profile, with no
+    creation time in it, so equal inputs still give equal bytes."""
+    from PIL import ImageCms
+
+    from processor.pipeline.encode import encode_jpeg, srgb_icc_profile
+
+    image = photo_image(64, 48)
+    image.info["icc_profile"] = b"a stale profile of the source"
+    png = Image.open(io.BytesIO(encode_png(image, TOON_PARAMETERS)))
+    assert png.info.get("srgb") == 0 and "icc_profile" not in png.info
+    sheet = contact_sheet(image, [image], height=32)
+    assert sheet == contact_sheet(image, [image], height=32)
+    embedded = Image.open(io.BytesIO(sheet)).info["icc_profile"]
+    assert embedded == srgb_icc_profile() and embedded[24:36] == bytes(12)
+    assert ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(embedded))).startswith("sRGB")
+    assert Image.open(io.BytesIO(encode_jpeg(image))).info["icc_profile"] == embedded

@@ -1,5 +1,6 @@
-"""The classical subject mask (GrabCut seeded from the border's colours) on synthetic scenes with a
-known subject: off-centre toys on a desk in front of a wall, at several aspect ratios."""
+"""The classical subject mask (GrabCut seeded from the border's colours, ``pipeline.mask.onnx: null``)
+on synthetic scenes with a known subject: off-centre toys on a desk in front of a wall, at several
+aspect ratios. (The default, the real u2netp model, is tested in ``tests/models/test_real_mask.py``.)"""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from testkit.scenes import ASPECTS, _desk, scene
 
 #: The issue's bar for easy scenes.
 MIN_IOU = 0.85
+#: The weight-free segmenter.
+GRABCUT = MaskSettings(onnx=None)
 
 #: (seed, centre as fractions of w/h, height as a fraction of the image height): off-centre left,
 #: right, low, and one cut off by the bottom edge (a toy photographed close).
@@ -24,7 +27,7 @@ PLACEMENTS = [(0, (0.33, 0.6), 0.45), (1, (0.7, 0.55), 0.5), (3, (0.25, 0.7), 0.
 def test_mask_finds_an_off_centre_toy(aspect, seed, centre, scale):
     w, h = ASPECTS[aspect]
     truth = scene(w * 2, h * 2, seed, centre=centre, scale=scale)
-    mask = SubjectMasker().compute(truth.image)
+    mask = SubjectMasker(GRABCUT).compute(truth.image)
     assert mask.size == truth.image.size
     assert iou(mask.hard, truth.truth) >= MIN_IOU, (aspect, seed, centre, scale)
     assert mask.coverage == pytest.approx(truth.truth.mean(), abs=0.05)
@@ -33,20 +36,20 @@ def test_mask_finds_an_off_centre_toy(aspect, seed, centre, scale):
 
 def test_an_empty_desk_falls_back_with_a_reason():
     desk = Image.fromarray(_desk(240, 180, np.random.default_rng(2), 0.45).astype(np.uint8))
-    mask = SubjectMasker().compute(desk)
+    mask = SubjectMasker(GRABCUT).compute(desk)
     assert mask.coverage < 0.02
     assert "below pipeline.mask.min_coverage" in mask.fallback
 
 
 def test_a_toy_touching_top_and_bottom_edges_is_found():
     big = scene(160, 120, 1, centre=(0.5, 0.55), scale=1.2)
-    mask = SubjectMasker().compute(big.image)
+    mask = SubjectMasker(GRABCUT).compute(big.image)
     assert iou(mask.hard, big.truth) >= MIN_IOU and mask.fallback is None
 
 
 def test_a_subject_filling_too_much_of_the_frame_falls_back():
     big = scene(160, 120, 1, centre=(0.5, 0.55), scale=1.2)
-    mask = SubjectMasker(MaskSettings(max_coverage=0.3)).compute(big.image)
+    mask = SubjectMasker(MaskSettings(onnx=None, max_coverage=0.3)).compute(big.image)
     assert mask.coverage > 0.3 and "above pipeline.mask.max_coverage" in mask.fallback
 
 
@@ -70,7 +73,7 @@ def test_feathered_edge_is_exact_inside_and_outside():
 
 
 def test_mask_is_cached_per_image_and_resized_for_smaller_variants():
-    masker = SubjectMasker()
+    masker = SubjectMasker(GRABCUT)
     image = scene(200, 150, 0).image
     first = masker(image)
     assert masker(image.copy()) is first  # same pixels: computed once
@@ -88,7 +91,7 @@ def test_outputs_write_one_mask_and_a_background_record_per_variant():
     from processor.queue.keys import MASK_NAME
 
     photo = scene(160, 120, 0, scale=0.6).image
-    mask = SubjectMasker()(photo)
+    mask = SubjectMasker(GRABCUT)(photo)
     info = {"mode": "generate", "prompt": "a beach", "model": "m", "coverage": round(mask.coverage, 4),
             "segmenter": mask.method, "applied": True, "fallback": None, "steps": 3}
     variants = [VariantImage(style="s", engine="img2img", index=i, seed=i, image=photo, background=info | {"seed": i},
@@ -106,3 +109,30 @@ def test_outputs_write_one_mask_and_a_background_record_per_variant():
     plain, _, _ = encode_outputs(photo, [VariantImage(style="t", engine="toon", index=0, seed=0, image=photo)],
                                  output_prefix="outputs/b/", sheet_height=None)
     assert [f.name for f in plain] == ["t-00.png"]
+
+
+def test_outputs_write_the_mask_over_the_photo_beside_the_mask():
+    """mask-overlay.jpg (background tinted, subject outlined; sRGB, at most PREVIEW_SIDE long) comes
+    right after mask.png, every background record names it, and attempt-scoped names follow it."""
+    import io
+
+    from processor.pipeline.base import VariantImage
+    from processor.pipeline.mask import PREVIEW_SIDE
+    from processor.pipeline.outputs import attempt_scoped, encode_outputs
+    from processor.queue.keys import MASK_NAME, MASK_OVERLAY_NAME
+
+    photo = scene(1200, 900, 0, scale=0.6).image
+    mask = SubjectMasker(GRABCUT)(photo)
+    info = {"mode": "generate", "prompt": "a beach", "coverage": round(mask.coverage, 4), "applied": True}
+    variants = [VariantImage(style="s", engine="toon", index=0, seed=0, image=photo, background=info, mask=mask)]
+    files, entries, sheet = encode_outputs(photo, variants, output_prefix="outputs/a/", sheet_height=32)
+    assert [f.name for f in files][:2] == [MASK_NAME, MASK_OVERLAY_NAME] and files[1].content_type == "image/jpeg"
+    shown = Image.open(io.BytesIO(files[1].body))
+    assert shown.size == (PREVIEW_SIDE, 768) and shown.info.get("icc_profile")
+    pixels = np.asarray(shown.convert("RGB"), float)
+    small = np.asarray(photo.resize(shown.size), float)
+    outside = mask.alpha_at(shown.size) == 0
+    assert np.abs(pixels[outside] - small[outside]).mean() > 20  # the background is tinted
+    assert entries[0].background.mask_overlay == "outputs/a/" + MASK_OVERLAY_NAME
+    _, renamed, _ = attempt_scoped(files, entries, sheet, output_prefix="outputs/a/", token="t1")
+    assert renamed[0].background.mask_overlay == "outputs/a/mask-overlay.t1.jpg"

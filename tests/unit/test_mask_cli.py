@@ -15,8 +15,10 @@ from testkit.images import encode
 
 
 def _config(tmp_path) -> str:
+    """GrabCut (no weights): the default model's own tests are ``tests/models/test_real_mask.py``."""
     path = tmp_path / "config.yaml"
-    path.write_text(json.dumps({"store": {"kind": "local", "root": str(tmp_path / "bucket")}}))
+    path.write_text(json.dumps({"store": {"kind": "local", "root": str(tmp_path / "bucket")},
+                                "pipeline": {"mask": {"onnx": None}}}))
     return str(path)
 
 

@@ -80,7 +80,8 @@ def make_settings(tmp_path: Path, structure_mask: bool = True, **run: object):
         "run": {"styles": ["toon", "flat"], "poll_interval_s": 0.05, **run},
         "styles": {"toon": {"engine": "toon", "variants": 3, "max_side": 256, "seed": 4},
                    "flat": {"engine": "toon", "variants": 1, "max_side": 256, "colors": [4, 5]}},
-        "pipeline": {"contact_sheet_height": 32, "structure_mask": structure_mask},
+        # GrabCut: the unit tier loads no weights.
+        "pipeline": {"contact_sheet_height": 32, "structure_mask": structure_mask, "mask": {"onnx": None}},
     }
     path = tmp_path / "config.yaml"
     path.write_text(json.dumps(cfg))

@@ -168,7 +168,7 @@ def test_zombie_worker_cannot_publish_over_a_commit(env):
     # Meanwhile a healthy worker does the whole item.
     assert make_worker(store, settings, "healthy").run_once() == 0
     committed = snapshot(store)
-    assert zombie._publish(job) == "refused"
+    assert zombie.publisher.outputs_and_commit(job) == "refused"
     assert snapshot(store) == committed
 
 

@@ -21,6 +21,7 @@ from starlette.responses import StreamingResponse
 
 from processor.api.auth import client_address
 from processor.api.deps import ApiContext, Caller, Clock, Context, check_visible, no_job, watch_generation
+from processor.api.openapi import AUTH_AND_STORE, event_stream, problems
 from processor.api.streams import SlotResponse
 from processor.api.watch import RESYNC_S
 from processor.queue.jobs import JobState, JobStatus, UnknownJob
@@ -33,7 +34,8 @@ STREAM_READ_THREADS = 4
 router = APIRouter()
 
 
-@router.get("/v1/jobs/{job}/events")
+@router.get("/v1/jobs/{job}/events", response_class=StreamingResponse,
+            responses={**event_stream(), **problems(*AUTH_AND_STORE, 404)})
 async def events(request: Request, job: str, context: Context, clock: Clock, caller: Caller) -> StreamingResponse:
     queue, renderer, api, watch = context.queue, context.renderer, context.settings.api, context.watch
     poll_s = api.poll_s

@@ -1,5 +1,6 @@
-"""``/v1/jobs``: submit a photo, list jobs, read one, retry a failed one. The bucket work is
-``BucketQueue``'s; these routes read requests, map outcomes to statuses and render jobs."""
+"""``/v1/jobs``: submit a photo, list jobs, read one, cancel one, retry a failed one. The bucket
+work is ``BucketQueue``'s; these routes read requests, map outcomes to statuses and render jobs.
+Each declares the statuses it answers (``processor.api.openapi``)."""
 
 from __future__ import annotations
 
@@ -16,17 +17,19 @@ from processor.api.deps import (
     Context,
     Queue,
     Renderer,
+    check_visible,
     no_job,
     state_or_404,
     visible_state_or_404,
     wait_for_end,
 )
+from processor.api.openapi import AUTH_AND_STORE, BODY, problems, request_bodies
 from processor.api.problems import Problem
-from processor.api.schemas import JobCreated, JobList, JobOut
+from processor.api.schemas import JobCreated, JobForm, JobJson, JobList, JobOut
 from processor.api.upload import IMAGE_FIELD, form_limit, json_body_limit, parse_json_object, read_capped, read_form
-from processor.api.validate import build_submission, decode_base64_image
+from processor.api.validate import LIST_FIELDS, build_submission, decode_base64_image
 from processor.queue.idempotency import IdempotencyConflict, IdempotencyPending
-from processor.queue.jobs import MAX_PAGE, JobStatus, NotFailed, UnknownJob
+from processor.queue.jobs import MAX_PAGE, JobStatus, NotCancellable, NotFailed, UnknownJob
 from processor.queue.submit import Submission
 
 #: The longest Idempotency-Key accepted (Stripe's limit).
@@ -42,8 +45,15 @@ router = APIRouter()
 
 
 @router.post("/v1/jobs", status_code=202, response_model=JobCreated,
-             responses={200: {"model": JobOut}, 401: {}, 413: {}, 415: {}, 422: {}})
+             openapi_extra=request_bodies(multipart=JobForm, json=JobJson),
+             responses={200: {"model": JobOut, "description": "The job ended within `Prefer: wait=N` seconds."},
+                         202: {"description": "Accepted: the job is queued (or, for a repeated Idempotency-Key, "
+                               "the first request's job as it is now)."},
+                         **problems(*AUTH_AND_STORE, *BODY, 400, 409, 415, 422)})
 async def submit(request: Request, context: Context, caller: Caller) -> Response:
+    """Submit a photo: a form with the file in ``image``, or JSON with it base64. Headers:
+    ``Idempotency-Key`` (a repeat returns the first job), ``Prefer: wait=N`` (answer when the job
+    ends, within N seconds)."""
     api, limit, renderer = context.settings.api, context.upload_limit, context.renderer
     idempotency_key = request.headers.get("idempotency-key")
     if idempotency_key is not None and not 0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
@@ -64,7 +74,7 @@ async def submit(request: Request, context: Context, caller: Caller) -> Response
         form = await read_form(request.stream(), content_type, limit)
         fields: dict[str, Any] = {}
         for name, values in form.fields.items():
-            fields[name] = values if name == "styles" else values[-1]
+            fields[name] = values if name in LIST_FIELDS else values[-1]
         image, look, filename = form.image, form.style_image, form.image_filename
     elif media == "application/json":
         # Room for two base64 pictures (the photo and style_image); each is capped at ``limit``.
@@ -127,7 +137,7 @@ async def write(context: ApiContext, submission: Submission, idempotency_key: st
             await asyncio.sleep(context.settings.api.poll_s)
 
 
-@router.get("/v1/jobs", response_model=JobList)
+@router.get("/v1/jobs", response_model=JobList, responses=problems(*AUTH_AND_STORE, 422))
 async def list_jobs(request: Request, queue: Queue, renderer: Renderer, caller: Caller, cursor: str | None = None,
                     limit: int = Query(50, ge=1, le=MAX_PAGE)) -> JobList:
     try:
@@ -139,12 +149,37 @@ async def list_jobs(request: Request, queue: Queue, renderer: Renderer, caller: 
     return JobList(jobs=[renderer.render(base, s) for s in page.jobs], next_cursor=page.next_cursor)
 
 
-@router.get("/v1/jobs/{job}", response_model=JobOut)
+@router.get("/v1/jobs/{job}", response_model=JobOut, responses=problems(*AUTH_AND_STORE, 404))
 async def get_job(request: Request, job: str, queue: Queue, renderer: Renderer, caller: Caller) -> JobOut:
     return renderer.render(renderer.base_url(request), await visible_state_or_404(queue, job, caller))
 
 
-@router.post("/v1/jobs/{job}/retry", response_model=JobOut, status_code=202)
+@router.delete("/v1/jobs/{job}", response_model=JobOut, status_code=202, responses={
+    200: {"model": JobOut, "description": "Cancelled: a queued job was removed (or the job was cancelled before)."},
+    202: {"description": "The cancel is requested: the worker running the job stops at its next step and "
+          "records it `cancelled`. Follow the job (its events, or GET) to see it end."},
+    **problems(*AUTH_AND_STORE, 403, 404, 409)})
+async def cancel(request: Request, job: str, queue: Queue, renderer: Renderer, caller: Caller) -> Response:
+    """Cancel a queued or running job (``processor.queue.cancel``). A done or failed job is a 409:
+    its result stands (delete its files from the bucket if they are not wanted)."""
+    check_visible(queue, job, caller)
+    try:
+        state = await run_in_threadpool(queue.cancel, job, by=caller.name or None)
+    except UnknownJob:
+        raise no_job(job) from None
+    except NotCancellable as exc:
+        raise Problem(409, f"job {job} is {exc.status.value}; only a queued or running job can be cancelled",
+                      field="id", hint="Its result stands: download it, or delete its files from the bucket if you "
+                      "no longer want them.") from None
+    if state.status in (JobStatus.done, JobStatus.failed):  # it ended before the request reached its worker
+        raise Problem(409, f"job {job} ended {state.status.value} before it could be cancelled", field="id",
+                      hint="Its result stands: download it, or delete its files from the bucket.")
+    body = renderer.render(renderer.base_url(request), state).model_dump(mode="json")
+    return JSONResponse(body, status_code=200 if state.status is JobStatus.cancelled else 202)
+
+
+@router.post("/v1/jobs/{job}/retry", response_model=JobOut, status_code=202,
+             responses=problems(*AUTH_AND_STORE, 403, 404, 409))
 async def retry(request: Request, job: str, queue: Queue, renderer: Renderer, caller: Caller) -> JobOut:
     await visible_state_or_404(queue, job, caller)  # 404 first
     try:

@@ -43,9 +43,10 @@ BROWSE_PAGE = 24
 LOGIN_BODY_BYTES = 4096
 #: The one form encoding the login form is read in (what the login page's form sends).
 LOGIN_MEDIA_TYPE = "application/x-www-form-urlencoded"
-#: No inline script or style, nothing from elsewhere but images (S3/COS presigned variant URLs).
+#: No inline script or style, nothing from elsewhere but images and clips (S3/COS presigned URLs).
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob: https: http:; "
-       "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+       "media-src 'self' blob: https: http:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+       "base-uri 'none'")
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 router = APIRouter(include_in_schema=False)

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from processor.api.deps import Caller, Context, wait_for_end
+from processor.api.openapi import AUTH_AND_STORE, BODY, problems, request_bodies
 from processor.api.problems import Problem
 from processor.api.schemas import DirectRequest, DirectResponse
 from processor.api.upload import json_body_limit, parse_json_object, read_capped
@@ -24,7 +25,9 @@ DIRECT_HINT = "Send {initial_image (base64), prompt, negative_prompt, final_imag
 router = APIRouter()
 
 
-@router.post("/generate_image_rest_direct", response_model=DirectResponse)
+@router.post("/generate_image_rest_direct", response_model=DirectResponse,
+             openapi_extra=request_bodies(json=DirectRequest),
+             responses=problems(*AUTH_AND_STORE, *BODY, 415, 422, 502, 504))
 async def direct(request: Request, context: Context, caller: Caller) -> DirectResponse:
     """The original prototype's synchronous route, served through the queue: it submits a job
     with ``final_images_to_return`` variants of ``api.direct_style`` and waits for it."""
@@ -62,7 +65,7 @@ async def direct(request: Request, context: Context, caller: Caller) -> DirectRe
         f = state.failure
         raise Problem(422 if f.permanent else 502, f"{f.error}: {f.message}", hint=f.hint, job=job)
     if state.status.ended and state.manifest is None:
-        raise Problem(502, f"job {job} ended {state.status.value}: {state.detail}",
+        raise Problem(502, f"job {job} ended {state.status.value}: {state.detail or 'without a result'}",
                       hint="Submit the photo again.", job=job)
     if state.status is not JobStatus.done or state.manifest is None:
         raise Problem(504, f"job {job} did not finish within {api.direct_timeout_s:g} s (api.direct_timeout_s)",

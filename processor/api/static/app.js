@@ -42,15 +42,35 @@ function renderGallery(body, job) {
   const gallery = el("div", {class: "gallery", "data-role": "gallery"});
   for (const v of job.variants) {
     const fig = el("figure");
-    const link = el("a", {href: v.url});
-    link.append(el("img", {src: v.url, alt: `${v.style} variant ${v.index}`, width: v.width, height: v.height}));
-    const cap = el("figcaption", {}, `${v.style} #${v.index} · seed ${v.seed} · ${v.width}×${v.height} `);
-    const name = `${v.style}-${String(v.index).padStart(2, "0")}.png`;
+    const stem = `${v.style}-${String(v.index).padStart(2, "0")}`;
+    let shown, caption, name;
+    if (v.kind === "video") {
+      // A clip (engine: animate): the MP4 plays; its animated WebP preview is the poster.
+      shown = el("video", {src: v.url, poster: v.preview || "", width: v.width, height: v.height, controls: "",
+                           loop: "", muted: "", playsinline: "", preload: "metadata", "data-role": "clip"});
+      shown.muted = true;
+      caption = `${v.style} #${v.index} · seed ${v.seed} · ${v.width}×${v.height} · ${v.frames} frames at ${v.fps} fps `;
+      name = `${stem}.mp4`;
+    } else {
+      shown = el("a", {href: v.url});
+      shown.append(el("img", {src: v.url, alt: `${v.style} variant ${v.index}`, width: v.width, height: v.height}));
+      caption = `${v.style} #${v.index} · seed ${v.seed} · ${v.width}×${v.height} `;
+      name = `${stem}.png`;
+    }
+    const cap = el("figcaption", {}, caption);
     cap.append(el("a", {class: "button", href: v.download, download: name}, "Download"));
-    fig.append(link, cap);
+    fig.append(shown, cap);
     gallery.append(fig);
   }
   body.append(gallery);
+  if (job.mask_overlay) {
+    const fig = el("figure", {class: "mask", "data-role": "mask-overlay"});
+    const link = el("a", {href: job.mask_overlay});
+    link.append(el("img", {src: job.mask_overlay, alt: "subject mask over the photo"}));
+    fig.append(link, el("figcaption", {},
+                        "Subject mask: the toy as the background styles saw it (outlined), the background tinted"));
+    body.append(fig);
+  }
   if (job.contact_sheet) {
     const p = el("p", {class: "sheet"});
     p.append(el("a", {class: "button", href: job.contact_sheet_download, download: "contact-sheet.jpg", "data-role": "sheet"},
@@ -95,7 +115,7 @@ function follow(card, eventsUrl, onEnd) {
     setStatus(card, "running");
     setProgress(card, JSON.parse(e.data));
   });
-  for (const kind of ["done", "failed"]) {
+  for (const kind of ["done", "failed", "cancelled"]) {
     source.addEventListener(kind, (e) => {
       note(kind);
       source.close();
@@ -231,7 +251,7 @@ document.addEventListener("DOMContentLoaded", () => {
   const form = document.getElementById("upload");
   if (form) setupUpload(form);
   const single = document.querySelector("article.job.single");
-  if (single && !["done", "failed"].includes(single.dataset.status)) {
+  if (single && !["done", "failed", "cancelled"].includes(single.dataset.status)) {
     // The server rendered the job as it was; when it ends, render it again (its gallery or failure).
     follow(single, single.dataset.events, () => location.reload());
   }

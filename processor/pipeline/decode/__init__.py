@@ -13,7 +13,8 @@ CPU time bounded by the decode budget:
    ``pipeline.decode.cpu_floor_s`` plus ``pipeline.decode.cpu_s_per_megapixel`` per megapixel;
 4. the header alone, then the pixels (``pixels``), on either path: width x height against
    ``pipeline.decode.max_pixels``, the shorter side against ``pipeline.decode.min_side``, then
-   the first frame, EXIF orientation and conversion to 8-bit RGB, each change noted.
+   the first frame, EXIF orientation, conversion to 8-bit RGB and from an embedded ICC profile
+   to sRGB (the same code on both paths), each change noted.
 
 Every exception of a decoder is the input's: ``CorruptImage`` (or, past the budget,
 ``DecodeBudgetExceeded``), both final. ``MemoryError`` is the exception: memory runs out because
@@ -59,7 +60,7 @@ __all__ = [
 
 
 def decode_image(data: bytes, limits: DecodeSettings, *, name: str = "") -> DecodedImage:
-    """Decode ``data`` into a validated, fully loaded RGB image (EXIF orientation applied).
+    """Decode ``data`` into a validated, fully loaded sRGB image (EXIF orientation applied).
 
     ``name`` (the object key, say) is used in messages only; the format comes from the bytes.
     Raises ``ImageTooLarge``, ``ImageTooSmall``, ``UnsupportedFormat``, ``CorruptImage`` or
@@ -89,7 +90,8 @@ def decode_image(data: bytes, limits: DecodeSettings, *, name: str = "") -> Deco
         raise StageFailed(f"{where}decoding the {fmt} file ran out of memory ({reason(exc)})",
                           hint=RETRY_HINT) from exc
     return DecodedImage(image=decoded.image, format=decoded.format, source_width=decoded.source_width,
-                        source_height=decoded.source_height, notes=decoded.notes)
+                        source_height=decoded.source_height, notes=decoded.notes,
+                        color_profile=decoded.color_profile)
 
 
 def _mib(size: int) -> str:

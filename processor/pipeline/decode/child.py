@@ -163,7 +163,7 @@ def _decode(request: dict[str, Any], data: bytes, watchdog: Watchdog, replies: i
         return {"kind": "out_of_memory", "seq": seq, "message": reason(exc)}
     return {"kind": "done", "seq": seq, "format": decoded.format, "width": decoded.image.width,
             "height": decoded.image.height, "source_width": decoded.source_width,
-            "source_height": decoded.source_height, "notes": decoded.notes}
+            "source_height": decoded.source_height, "notes": decoded.notes, "color_profile": decoded.color_profile}
 
 
 def _write_pixels(decoded: DecodedPixels, fd: int) -> None:

@@ -212,7 +212,8 @@ class DecoderChild:
             if not self._closed:
                 os.ftruncate(self._pixels, 0)  # give the memory back until the next decode
         return DecodedPixels(image=image, format=str(message["format"]), source_width=int(message["source_width"]),
-                             source_height=int(message["source_height"]), notes=[str(n) for n in message["notes"]])
+                             source_height=int(message["source_height"]), notes=[str(n) for n in message["notes"]],
+                             color_profile=_optional_text(message.get("color_profile")))
 
 
 class _Fate:
@@ -258,6 +259,10 @@ class _Fate:
         return DecodeBudgetExceeded(
             f"{self.where}decoding this {what} was stopped {spent}: its budget is {self.budget_s:.2f} CPU s "
             f"({budget}){because}", budget_s=self.budget_s, cpu_s=cpu_s)
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def _refusal(message: dict[str, Any]) -> InvalidInput:

@@ -6,8 +6,11 @@ code. The order of checks keeps peak memory bounded by the limits, not by the fi
 
 1. the header alone (no pixel memory yet): width x height against ``pipeline.decode.max_pixels``
    and the shorter side against ``pipeline.decode.min_side``;
-2. only then the pixels: first frame, EXIF orientation, and conversion to 8-bit RGB, each change
-   recorded in ``DecodedPixels.notes``.
+2. only then the pixels: first frame, EXIF orientation, conversion to 8-bit RGB, and colour
+   management: an embedded RGB ICC profile (Display P3 from a phone, Adobe RGB from a camera) is
+   converted to sRGB, the colour space every model and every output assumes. Each change is
+   recorded in ``DecodedPixels.notes`` and the profile's description in ``color_profile``; a
+   profile that cannot be read or used is a note (the pixels are read as sRGB), never a failure.
 
 Any exception a decoder raises on the way (Pillow's plugins raise OSError, SyntaxError, ValueError,
 TypeError, RuntimeError, IndexError, struct.error, zlib.error, ...) is the input's
@@ -48,6 +51,14 @@ _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 #: EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _SRGB = ImageCms.createProfile("sRGB")
+_SRGB_PROFILE = ImageCms.ImageCmsProfile(_SRGB)
+#: How colours outside sRGB are brought in (P3's deepest reds, say): relative colorimetric, what
+#: browsers and photo viewers use for display, keeps every in-gamut colour exact and clips the rest.
+ICC_INTENT = ImageCms.Intent.RELATIVE_COLORIMETRIC
+#: Characters of an ICC profile's description kept (it is the file's text, and it goes in the manifest).
+MAX_PROFILE_DESCRIPTION = 120
+#: XYZ distance within which a profile's red, green and blue colorants count as sRGB's.
+SRGB_COLORANT_TOLERANCE = 0.003
 
 #: Called with the stored width and height once the header passed the size checks, before any
 #: pixel is decoded (the isolated child sets its CPU budget from it).
@@ -73,6 +84,9 @@ class DecodedPixels:
     source_width: int
     source_height: int
     notes: list[str] = field(default_factory=list)
+    #: The description of the embedded ICC profile ("Display P3"), None when there was none or it
+    #: could not be read; the pixels are sRGB either way.
+    color_profile: str | None = None
 
 
 def decode_here(data: bytes, fmt: str, limits: PixelLimits, *, where: str = "",
@@ -181,9 +195,11 @@ def _decode_opened(opened: ImageFile.ImageFile, fmt: str, limits: PixelLimits, w
     if fmt in ("HEIF", "AVIF") and isinstance(bit_depth, int) and bit_depth > 8:
         notes.append(f"reduced {bit_depth}-bit {fmt} to 8-bit")
 
+    icc = opened.info.get("icc_profile")
     image: Image.Image = opened
     if fmt != "HEIF":
         image = _apply_exif_orientation(opened, notes)
+    cmyk = image.mode == "CMYK"  # its profile is applied by _cmyk_to_rgb, on the way to RGB
     rgb = _to_rgb(image, fmt, where, notes)
     if rgb is opened:
         # Hand back a plain image, not the file object that still references the input bytes. A
@@ -191,7 +207,55 @@ def _decode_opened(opened: ImageFile.ImageFile, fmt: str, limits: PixelLimits, w
         # (302 vs 151 MiB over baseline at max_pixels; python -m tests.integration.test_security_memory).
         # close() below only drops the file object's reference to the core.
         rgb = rgb._new(rgb.im)  # noqa: SLF001 - Pillow has no public way to rewrap a core
-    return DecodedPixels(image=rgb, format=fmt, source_width=width, source_height=height, notes=notes)
+    profile = _to_srgb(rgb, icc, notes, applied=cmyk) if isinstance(icc, bytes) and icc else None
+    # The pixels are sRGB now: the source's profile must not travel on with them into an output.
+    rgb.info.pop("icc_profile", None)
+    return DecodedPixels(image=rgb, format=fmt, source_width=width, source_height=height, notes=notes,
+                         color_profile=profile)
+
+
+def _to_srgb(rgb: Image.Image, icc: bytes, notes: list[str], *, applied: bool) -> str | None:
+    """Convert ``rgb`` (8-bit RGB, in place) from the embedded profile ``icc`` to sRGB, noting
+    what was done; the profile's description. ``applied``: the profile was already used (CMYK)."""
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        description = " ".join(ImageCms.getProfileDescription(source).split())[:MAX_PROFILE_DESCRIPTION] or None
+    except Exception as exc:  # noqa: BLE001 - a damaged profile leaves the pixels as they are
+        notes.append(f"embedded ICC profile unreadable ({reason(exc)}); colours read as sRGB")
+        return None
+    name = repr(description) if description else "(no description)"
+    space = source.profile.xcolor_space.strip()
+    if applied:
+        return description
+    if space != "RGB":
+        notes.append(f"embedded {space} ICC profile {name} not applied (RGB and CMYK profiles are); "
+                     f"colours read as sRGB")
+        return description
+    if _is_srgb(source, description):
+        return description
+    try:
+        transform = ImageCms.buildTransform(source, _SRGB, "RGB", "RGB", renderingIntent=ICC_INTENT)
+        ImageCms.applyTransform(rgb, transform, inPlace=True)
+    except Exception as exc:  # noqa: BLE001 - a profile LittleCMS cannot use leaves the pixels as they are
+        notes.append(f"embedded ICC profile {name} unusable ({reason(exc)}); colours read as sRGB")
+        return description
+    notes.append(f"converted from the embedded ICC profile {name} to sRGB")
+    return description
+
+
+def _is_srgb(profile: ImageCms.ImageCmsProfile, description: str | None) -> bool:
+    """An sRGB profile by name and by primaries: converting it would change nothing but time."""
+    if not description or "srgb" not in description.lower():
+        return False
+    found = (profile.profile.red_colorant, profile.profile.green_colorant, profile.profile.blue_colorant)
+    reference = (_SRGB_PROFILE.profile.red_colorant, _SRGB_PROFILE.profile.green_colorant,
+                 _SRGB_PROFILE.profile.blue_colorant)
+    pairs = list(zip(found, reference, strict=True))
+    if any(got is None or want is None for got, want in pairs):  # no colorant tags: not a matrix sRGB
+        return False
+    return all(abs(a - b) <= SRGB_COLORANT_TOLERANCE
+               for got, want in pairs if got is not None and want is not None
+               for a, b in zip(got[0], want[0], strict=True))
 
 
 def _apply_exif_orientation(image: Image.Image, notes: list[str]) -> Image.Image:

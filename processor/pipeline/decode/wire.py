@@ -7,7 +7,8 @@ them as a binary PPM into a memory file both processes hold, and the parent copi
 Child to parent, per request (``seq`` echoes the request's):
 
 - ``header``: the stored size passed the limits; ``budget_s`` is the decode's CPU budget now;
-- ``done``: the pixels are in the memory file (``width``, ``height``, ``format``, ``notes``, ...);
+- ``done``: the pixels are in the memory file (``width``, ``height``, ``format``, ``notes``,
+  ``color_profile``, ...);
 - ``refused``: an ``InvalidInput`` (``error`` class name, ``message``, ``hint``, and its cause);
 - ``out_of_memory``: the decoder raised ``MemoryError``;
 - ``over_budget``: the watchdog stopped the decode at ``cpu_s``; the child then exits with
