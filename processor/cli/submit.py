@@ -35,13 +35,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     if not files:
         raise ConfigError(f"no files found under {', '.join(args.paths)}")
     prompt = _metadata_prompt(args.prompt, settings) if args.prompt else None
-    # Every file is looked at before the first upload: a folder with a stray notes.txt uploads its
-    # photos and says which files it left out, rather than stopping half-way.
-    refused = [(path, why) for path, rel in files if (why := _not_a_photo(path, rel)) is not None]
-    for path, why in refused:
-        print(f"refused {path}: {why}", file=sys.stderr)
-    skipped = {path for path, _ in refused}
-    files = [(path, rel) for path, rel in files if path not in skipped]
+    files, refused = _refuse_non_photos(files)
     store = build_store(settings, StoreUse.WRITE)
     photo_metadata = {"prompt": prompt} if prompt else {}
     if args.style_image:
@@ -57,6 +51,17 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     if files:
         _request_rescan(store, settings, by="submit", count=len(files))
     return EXIT_SOME_FAILED if refused else 0
+
+
+def _refuse_non_photos(files: list[tuple[Path, str]]) -> tuple[list[tuple[Path, str]], list[Path]]:
+    """The files to upload and those refused, each refusal said in one line on stderr."""
+    # Every file is looked at before the first upload: a folder with a stray notes.txt uploads its
+    # photos and says which files it left out, rather than stopping half-way.
+    refused = [(path, why) for path, rel in files if (why := _not_a_photo(path, rel)) is not None]
+    for path, why in refused:
+        print(f"refused {path}: {why}", file=sys.stderr)
+    skipped = {path for path, _ in refused}
+    return [(path, rel) for path, rel in files if path not in skipped], [path for path, _ in refused]
 
 
 def _not_a_photo(path: Path, rel: str) -> str | None:
@@ -99,6 +104,10 @@ def _submit_over_api(args: argparse.Namespace) -> int:
     photos = [(path, rel) for path, rel in files if not is_sidecar(rel)]
     if not photos:
         raise ConfigError(f"no photos found under {', '.join(args.paths)}")
+    photos, refused = _refuse_non_photos(photos)
+    if not photos:
+        print(f"submitted no job: refused {len(refused)} file(s) that are not photos")
+        return EXIT_SOME_FAILED
     sidecars = {rel: path for path, rel in files if is_sidecar(rel)}
     jobs: list[tuple[str, str]] = []
     with Client(args.api, os.environ.get(API_TOKEN_ENV) or None) as api:
@@ -113,12 +122,13 @@ def _submit_over_api(args: argparse.Namespace) -> int:
             jobs.append((rel, job.id))
             print(f"{rel} -> {job.id} {job.status.value}")
         if not args.wait:
-            return 0
+            return EXIT_SOME_FAILED if refused else 0
         ended = [(rel, api.wait(job)) for rel, job in jobs]
     for rel, state in ended:
         why = f": {state.failure.error}: {state.failure.message}" if state.failure else ""
         print(f"{rel} {state.status.value}{why}")
-    return 0 if all(state.status.value == "done" for _, state in ended) else EXIT_SOME_FAILED
+    all_done = all(state.status.value == "done" for _, state in ended)
+    return 0 if all_done and not refused else EXIT_SOME_FAILED
 
 
 def _sidecar_fields(path: Path | None) -> dict[str, Any]:
