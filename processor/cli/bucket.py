@@ -24,7 +24,11 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from processor.queue.protocol import BucketQueue
 
     config = config_source(args.config)
+    if not args.json:  # the header first: it says where, even when the store then fails or hangs
+        print(f"config: {config}", flush=True)
     store = build_store(settings, StoreUse.READ)
+    if not args.json:
+        print(f"store: {store.description}", flush=True)
     status = BucketQueue(store, KeyLayout(settings.prefixes)).status(recent=RECENT_FAILURES)
     counts = {
         "inputs": status.inputs,
@@ -42,8 +46,6 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps({"config": config, "store": store.description, **counts, "recent_failures": recent},
                          indent=2))
         return 0
-    print(f"config: {config}")
-    print(f"store: {store.description}")
     for name, value in counts.items():
         print(f"  {name:12} {value}")
     if records:

@@ -101,6 +101,40 @@ def test_a_one_shot_command_gives_up_with_the_refused_port_message(black_hole, p
     assert took_s < HANG_GUARD_S
 
 
+def test_on_a_terminal_the_retries_are_text_without_being_asked(black_hole, project) -> None:
+    """``log.format: auto`` with stderr a terminal (a pseudo-terminal here): sentences, never JSON."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    try:
+        env = s3_env(black_hole.port, command_timeout_s=str(SHORT_COMMAND_TIMEOUT_S))
+        proc = subprocess.run([sys.executable, "-m", "processor", "status"], cwd=project, stdout=subprocess.PIPE,
+                              stderr=terminal, env=env, timeout=HANG_GUARD_S, check=False)
+        os.close(terminal)
+        terminal = -1
+        said = b""
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the terminal's other end is closed: everything was read
+                break
+            if not chunk:
+                break
+            said += chunk
+    finally:
+        if terminal >= 0:
+            os.close(terminal)
+        os.close(controller)
+    assert proc.returncode == EXIT_INCOMPLETE
+    # The header says where before the store is asked anything (status's first line is on stdout).
+    header = proc.stdout.decode().splitlines()
+    assert header[0].startswith(f"config: {project / 'config.yaml'} + environment ") and "store.bucket" in header[0]
+    assert header[1:] == [f"store: s3://toys at http://127.0.0.1:{black_hole.port}"]
+    lines = said.decode().splitlines()
+    assert any(line.startswith("store: ") and "attempt" in line for line in lines), lines
+    assert [line for line in lines if line.startswith("error: ")] and not any(line.startswith("{") for line in lines)
+
+
 def test_the_message_is_the_one_a_refused_port_gets(black_hole, project) -> None:
     silent, _ = processor(s3_env(black_hole.port, command_timeout_s=str(SHORT_COMMAND_TIMEOUT_S)), project, "status")
     port = closed_port()

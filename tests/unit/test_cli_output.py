@@ -103,6 +103,23 @@ def test_without_a_config_file_it_says_built_in_defaults(project, capsys) -> Non
     assert first == f"using config {NO_CONFIG} + environment metrics.port"  # process reads no bucket
 
 
+@pytest.mark.parametrize(("argv", "names_store"), [
+    (["submit", "photos"], True),
+    (["retry", "--dry-run"], True),
+    (["results", "cow.jpg", "--out", "got"], True),
+    (["doctor"], True),
+    (["models", "pull", "--dry-run"], False),
+    (["mask", "photos", "--out", "masks", "--grabcut"], False),
+])
+def test_every_command_starts_with_where_it_is(project, capsys, argv, names_store) -> None:
+    assert main(["submit", "photos", "-q"]) == 0  # a bucket to read
+    capsys.readouterr()
+    main([*argv, "--log-format", "text"])
+    first = capsys.readouterr().err.splitlines()[0]
+    using = f"using config {project / 'config.yaml'} + environment metrics.port"
+    assert first == (f"{using}; store local directory {project / 'bucket'}" if names_store else using)
+
+
 def test_the_first_line_never_shows_credentials(project, capsys, monkeypatch) -> None:
     monkeypatch.setenv("PROCESSOR_STORE__KIND", "s3")
     monkeypatch.setenv("PROCESSOR_STORE__BUCKET", "toys")
@@ -170,6 +187,14 @@ def test_a_config_error_is_printed_once_in_the_format_asked(project, capsys) -> 
     assert main(["status", "--log-format", "text"]) == EXIT_CONFIG
     err = capsys.readouterr().err
     assert err.count("error:") == 1 and "unknown setting run.styels: did you mean run.styles?" in err
+
+
+def test_a_mistyped_environment_key_names_the_closest_setting(project, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("PROCESSOR_RUN__STYELS", "toon")
+    assert main(["status", "--log-format", "text"]) == EXIT_CONFIG
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1, err
+    assert "unknown setting run.styels: did you mean run.styles?" in err and "PROCESSOR_RUN__STYELS" in err
 
 
 def test_an_extra_imported_where_nobody_checked_is_one_line(project, capsys, monkeypatch) -> None:
