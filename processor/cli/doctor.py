@@ -118,15 +118,19 @@ def _store_checks(store: Any, settings: Settings) -> list[Row]:
 
 def _extra_checks(settings: Settings) -> list[Row]:
     """Whether the optional extras are installed: ``sd`` fails when a style in ``run.styles`` (or the
-    caption stage) needs PyTorch, else only warns; ``api`` warns (only ``serve`` needs it)."""
+    caption stage) needs PyTorch, else only warns; ``api`` warns (only ``serve`` needs it); ``mask``
+    warns when ``pipeline.mask`` names an ONNX model (GrabCut makes the masks without it)."""
     rows = []
-    for extra in (Extra.SD, Extra.API):
+    extras = [Extra.MASK] if settings.pipeline.mask.onnx is not None else []
+    for extra in (*extras, Extra.SD, Extra.API):
         missing = missing_modules(extra)
         if not missing:
             rows.append(Row(f"extra {extra.value}", "ok", f"installed ({PURPOSE[extra]})"))
             continue
         needed = extra is Extra.SD and needs_torch(settings, settings.run.styles)
         why = "run.styles needs it" if needed else f"needed for {PURPOSE[extra]}"
+        if extra is Extra.MASK:
+            why += "; until then GrabCut makes the masks"
         rows.append(Row(f"extra {extra.value}", "FAIL" if needed else "warn",
                         f"not installed (no module {', '.join(missing)}); {why}: {extra.install}"))
     return rows

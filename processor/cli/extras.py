@@ -17,6 +17,8 @@ from processor.errors import ConfigError
 class Extra(str, Enum):
     """An optional extra of the package, by its name in ``pip install -e ".[NAME]"``."""
 
+    #: The subject mask's ONNX model (onnxruntime; the sd extra includes it).
+    MASK = "mask"
     #: Stable Diffusion, captions, hub models, ONNX masks.
     SD = "sd"
     #: ``processor serve``: the HTTP API and its web page.
@@ -31,7 +33,9 @@ class Extra(str, Enum):
 
 #: The top-level modules each extra installs, as imported (the distributions of pyproject.toml's
 #: ``[project.optional-dependencies]``; ``tests/unit/test_cli_output.py`` keeps the two in step).
+#: The smallest extra comes first: a missing module names the least there is to install.
 EXTRA_MODULES: dict[Extra, tuple[str, ...]] = {
+    Extra.MASK: ("onnxruntime",),
     Extra.SD: ("torch", "diffusers", "transformers", "safetensors", "accelerate", "huggingface_hub", "peft",
                "clip_interrogator", "open_clip", "onnxruntime", "av"),
     Extra.API: ("fastapi", "uvicorn", "python_multipart", "httpx", "jinja2", "standardwebhooks"),
@@ -40,12 +44,14 @@ EXTRA_MODULES: dict[Extra, tuple[str, ...]] = {
 #: The modules without which nothing of the extra works (what ``require`` and ``doctor`` check);
 #: the others are needed by one feature each (captions, ONNX masks, video) and say so when it loads.
 CORE_MODULES: dict[Extra, tuple[str, ...]] = {
+    Extra.MASK: ("onnxruntime",),
     Extra.SD: ("torch", "diffusers", "transformers", "safetensors", "huggingface_hub"),
     Extra.API: ("fastapi", "uvicorn", "python_multipart", "jinja2"),
     Extra.COS: ("ibm_boto3",),
 }
 #: What each extra is for, in a message.
 PURPOSE = {
+    Extra.MASK: "the subject mask's ONNX model, u2netp by default",
     Extra.SD: "diffusion styles, captions and hub models",
     Extra.API: "the HTTP API and its web page",
     Extra.COS: "IBM COS with an IAM API key",

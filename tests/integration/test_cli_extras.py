@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from processor.cli.extras import EXTRA_MODULES, Extra
+from processor.cli.extras import EXTRA_MODULES, Extra, extra_of
 from processor.errors import EXIT_CONFIG, EXIT_DOCTOR
 from testkit.blockers import env_without
 from testkit.images import photo_bytes
@@ -62,6 +62,16 @@ def test_doctor_prints_its_table_and_marks_the_missing_extra(core_install, tmp_p
     assert " warn " in rows["extra sd"] and INSTALL_SD in rows["extra sd"] and "torch" in rows["extra sd"]
     assert " ok " in rows["style toon"] and " ok " in rows["store"]
     assert " warn " in rows["add-on and caption models"]
+
+
+def test_doctor_marks_the_smaller_mask_extra_and_what_runs_without_it(core_install, tmp_path) -> None:
+    """The core install without onnxruntime: the default subject mask (u2netp) needs only the mask
+    extra, and GrabCut stands in meanwhile: a warning naming that extra, not the sd one."""
+    proc = processor(core_install, tmp_path, "doctor")
+    rows = {line.split("  ")[0].strip(): line for line in proc.stdout.splitlines() if line.strip()}
+    assert " warn " in rows["extra mask"] and 'pip install -e ".[mask]"' in rows["extra mask"], proc.stdout
+    assert "onnxruntime" in rows["extra mask"] and "GrabCut" in rows["extra mask"]
+    assert extra_of(ModuleNotFoundError("No module named 'onnxruntime'", name="onnxruntime")) is Extra.MASK
 
 
 def test_doctor_fails_a_diffusion_style_in_run_styles_and_names_the_extra(core_install, tmp_path) -> None:
