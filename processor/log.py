@@ -145,8 +145,9 @@ def _fatal_line(fields: dict[str, Any]) -> str:
 
 
 def _using_line(fields: dict[str, Any]) -> str:
-    store = fields.get("store")
-    return f"using config {fields.get('config', '?')}" + (f"; store {store}" if store else "")
+    store, api = fields.get("store"), fields.get("api")
+    return (f"using config {fields.get('config', '?')}" + (f"; store {store}" if store else "")
+            + (f"; the HTTP API at {api}" if api else ""))
 
 
 def _retry_line(fields: dict[str, Any]) -> str:

@@ -109,7 +109,11 @@ def announce(args: argparse.Namespace, settings: Settings) -> None:
     if where is Where.OUTPUT:
         return
     fields = {"config": config_source(args.config)}
-    if where is Where.STORE:
+    api = getattr(args, "api", None)
+    if api:  # ``submit --api``: the jobs go to the API, never to the configured bucket
+        endpoint, _ = split_endpoint(api)
+        fields["api"] = redact(endpoint or api)
+    elif where is Where.STORE:
         fields["store"] = describe_store(settings.store)
     log.info(USING_EVENT, extra=fields)
 
