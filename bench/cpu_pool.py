@@ -4,8 +4,10 @@ in one run on the same inputs.
 
 For each: items per second over the whole drain (``processor run --once`` in-process, local store),
 the mean seconds per item of each manifest timing (``style:toon`` is the compute), and store
-requests per item. On a node with free cores the processes multiply the items per second; on a
-saturated one they only share the cores (each item's style time grows as much).
+requests per item (which include the reads and writes a running item makes every
+``claims.progress_s``: a slower item makes more of them; ``--progress-s`` sets that period). On a
+node with free cores the processes multiply the items per second; on a saturated one they only
+share the cores (each item's style time grows as much).
 
     python -m bench.cpu_pool --inputs 40 --processes 2
 """
@@ -33,10 +35,11 @@ from testkit.images import photo_bytes
 DEFAULT_INPUTS = 40
 
 
-def drain(inputs: int, processes: int, side: int, variants: int) -> dict[str, float]:
+def drain(inputs: int, processes: int, side: int, variants: int, progress_s: float | None = None) -> dict[str, float]:
     """Items per second, mean timings and requests per item of one worker draining ``inputs``."""
     with tempfile.TemporaryDirectory(prefix="bench-cpu-pool-") as root:
-        settings = Settings(store={"kind": "local", "root": root}, run={"styles": ["toon"]},
+        claims = {} if progress_s is None else {"progress_s": progress_s}
+        settings = Settings(store={"kind": "local", "root": root}, run={"styles": ["toon"]}, claims=claims,
                             styles={"toon": {"engine": "toon", "variants": variants, "max_side": side}})
         store = LocalStore(root)
         for n in range(inputs):
@@ -69,12 +72,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help="compute processes of the second drain (default: this machine's cores)")
     parser.add_argument("--side", type=int, default=256, help="photo width and the style's max_side")
     parser.add_argument("--variants", type=int, default=2)
+    parser.add_argument("--progress-s", type=float,
+                        help="claims.progress_s: seconds between a running item's progress reads and writes "
+                             "(default: the shipped one)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     results: dict[str, Any] = machine() | {"inputs": args.inputs, "processes": args.processes,
                                            "load_average": os.getloadavg()[0]}
-    results |= {f"one_slot_{k}": v for k, v in drain(args.inputs, 1, args.side, args.variants).items()}
-    results |= {f"processes_{k}": v for k, v in drain(args.inputs, args.processes, args.side, args.variants).items()}
+    results |= {f"one_slot_{k}": v for k, v in drain(args.inputs, 1, args.side, args.variants, args.progress_s).items()}
+    results |= {f"processes_{k}": v for k, v in drain(args.inputs, args.processes, args.side, args.variants,
+                                                                   args.progress_s).items()}
     results["processes_over_one_slot"] = results["processes_items_per_s"] / results["one_slot_items_per_s"]
     report(results, as_json=args.json)
     return results

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -123,6 +124,8 @@ class Watched:
         self.etag = etag
         #: The request, once read.
         self.request: CancelRecord | None = None
+        #: Monotonic time of this item's next read: now for a new item, then one period after each read.
+        self.due = 0.0
         self._seen = threading.Event()
 
     @property
@@ -140,44 +143,62 @@ class Watched:
 
 
 class CancelWatch:
-    """Reads the cancel requests of the items being computed, every ``every_s``, on a daemon thread
-    of its own, started on first use; idle (no request sent) while nothing is watched."""
+    """Reads the cancel request of each item being computed once when it starts and then every
+    ``every_s`` after its own last read, on a daemon thread of its own, started on first use; idle
+    (no request sent) while nothing is watched. Each item keeps its own period, so an item that
+    starts never makes the others be read early: the reads are one per item per period, however
+    many items compute at once. ``close`` stops the thread."""
 
     def __init__(self, store: ObjectStore, every_s: float) -> None:
         self.store = store
         self.every_s = every_s
         self._watched: list[Watched] = []
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
+        self._changed = threading.Condition()
+        self._closed = False
         self._thread: threading.Thread | None = None
 
     @contextmanager
     def watching(self, keys: ItemKeys, etag: str) -> Iterator[Watched]:
         watched = Watched(keys, etag)
-        with self._lock:
+        with self._changed:
+            if self._closed:
+                raise RuntimeError("the cancel watch is closed")
             self._watched.append(watched)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="cancel-watch", daemon=True)
                 self._thread.start()
-        self._wake.set()  # its first read now, not a period later
+            self._changed.notify()  # its first read now, not a period later
         try:
             yield watched
         finally:
-            with self._lock:
+            with self._changed:
                 self._watched.remove(watched)
+
+    def close(self) -> None:
+        """Stop the thread (a watch in progress ends with it); idempotent."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
 
     def _run(self) -> None:
         while True:
-            with self._lock:
-                watched = [w for w in self._watched if not w.requested]
-            if not watched:
-                self._wake.wait()
-                self._wake.clear()
-                continue
-            for w in watched:
+            with self._changed:
+                if self._closed:
+                    return
+                now = time.monotonic()
+                pending = [w for w in self._watched if not w.requested]
+                due = [w for w in pending if w.due <= now]
+                if not due:
+                    next_due = min((w.due for w in pending), default=None)
+                    self._changed.wait(None if next_due is None else next_due - now)
+                    continue
+                for w in due:
+                    w.due = now + self.every_s
+            for w in due:  # outside the lock: a read may take a while, and watching() must not wait
                 self.check(w)
-            self._wake.wait(self.every_s)
-            self._wake.clear()
 
     def check(self, watched: Watched) -> None:
         """One read of ``watched``'s request; a store that fails is asked again next period."""

@@ -407,6 +407,11 @@ class BucketQueue(BucketJobs):
         self._mark(d, Outcome.FAILED)
         return Outcome.FAILED
 
+    def close(self) -> None:
+        """Stop the queue's own thread (the cancel watch), if it started one."""
+        if self._cancels is not None:
+            self._cancels.close()
+
     def watch_cancel(self, d: Delivery, *, every_s: float) -> AbstractContextManager[Watched]:
         """While in the context, ``d``'s cancel request is read every ``every_s`` on a thread of the
         queue's own (``processor.queue.cancel.CancelWatch``); the engines' progress hook calls the

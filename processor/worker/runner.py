@@ -163,9 +163,11 @@ class Worker:
         self.observer.setup_done()
 
     def close(self) -> None:
-        """Stop the compute processes (the hint sources stop with ``run_forever``)."""
+        """Stop the compute processes and the queue's cancel watch (the hint sources stop with
+        ``run_forever``)."""
         if self.compute_pool is not None:
             self.compute_pool.close()
+        self.queue.close()
 
     def run_once(self) -> int:
         """Drain the inputs: pass after pass until every input has a result. Returns an exit code."""
