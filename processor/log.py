@@ -121,12 +121,12 @@ class TextFormatter(logging.Formatter):
         event = record.getMessage()
         level = record.levelname.lower()
         template = HUMAN_EVENTS.get(event)
-        if template is not None:
-            line = template(fields)
-        elif self.timestamps:
-            line = f"{level:7} {event}" + ("  " + _pairs(fields) if fields else "")
-        else:
-            prefix = "" if record.levelno < logging.WARNING else f"{level}: "
+        line = template(fields) if template is not None else None
+        if line is None:
+            if self.timestamps:
+                prefix = f"{level:7} "
+            else:  # a one-shot command: its info lines read as output, a warning says that it is one
+                prefix = "" if record.levelno < logging.WARNING else f"{level}: "
             line = f"{prefix}{event}" + ("  " + _pairs(fields) if fields else "")
         if self.timestamps:
             line = datetime.fromtimestamp(record.created).strftime("%H:%M:%S ") + line
@@ -150,7 +150,9 @@ def _using_line(fields: dict[str, Any]) -> str:
             + (f"; the HTTP API at {api}" if api else ""))
 
 
-def _retry_line(fields: dict[str, Any]) -> str:
+def _retry_line(fields: dict[str, Any]) -> str | None:
+    if "op" not in fields:  # not the retry policy's event: its fields as they are
+        return None
     sleep = fields.get("sleep_s")
     wait = f"{sleep:.1f}" if isinstance(sleep, (int, float)) else "?"
     return (f"store: {fields.get('op')} {fields.get('key')!r} failed ({fields.get('error_class')}); attempt "
@@ -158,7 +160,8 @@ def _retry_line(fields: dict[str, Any]) -> str:
 
 
 #: Events rendered as a sentence in text lines (the same fields go into JSON lines).
-HUMAN_EVENTS: dict[str, Callable[[dict[str, Any]], str]] = {
+#: A renderer that returns None leaves the line to the generic form (the event and its fields).
+HUMAN_EVENTS: dict[str, Callable[[dict[str, Any]], str | None]] = {
     FATAL_EVENT: _fatal_line,
     USING_EVENT: _using_line,
     "store_retry": _retry_line,
