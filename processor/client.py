@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,16 +164,20 @@ class Client:
                     yield JobEvent(name, _event_data(name, json.loads(line[len("data: "):])))
                     name = None
 
-    def wait(self, job: str, timeout_s: float | None = None, *, stream: bool = True) -> JobOut:
+    def wait(self, job: str, timeout_s: float | None = None, *, stream: bool = True,
+             on_progress: Callable[[Progress], None] | None = None) -> JobOut:
         """The job once it ended (done, failed or cancelled), following its events; by polling
         (every ``poll_s``) when ``stream`` is off or the server refuses a stream (429).
-        ``WaitTimeout`` after ``timeout_s``."""
+        ``on_progress`` is called with each progress report seen on the way (every event, or the
+        job's ``progress`` at each poll). ``WaitTimeout`` after ``timeout_s``."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while stream:
             try:
                 for event in self.events(job):
                     if isinstance(event.data, JobOut) and event.data.status.value in ENDED:
                         return event.data
+                    if on_progress is not None and isinstance(event.data, Progress):
+                        on_progress(event.data)
                     if deadline is not None and time.monotonic() > deadline:
                         raise WaitTimeout(self.get(job), timeout_s or 0.0)
             except ApiError as exc:
@@ -188,6 +192,8 @@ class Client:
             state = self.get(job)
             if state.status.value in ENDED:
                 return state
+            if on_progress is not None and state.progress is not None:
+                on_progress(state.progress)
             if deadline is not None and time.monotonic() > deadline:
                 raise WaitTimeout(state, timeout_s or 0.0)
             time.sleep(self.poll_s)

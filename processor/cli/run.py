@@ -31,6 +31,7 @@ from processor.localfiles import walk
 from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo
 from processor.queue.keys import SIDECAR_SUFFIX, KeyLayout, is_sidecar, split_extension
 from processor.tracing import build_tracer
+from processor.worker.daemon import run_daemon
 
 log = logging.getLogger("processor.cli")
 #: The service name of the worker's spans (``OTEL_SERVICE_NAME`` overrides it).
@@ -80,7 +81,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                                     "hints": [h.name for h in worker.hint_sources]})
     try:
         worker.setup()
-        code = worker.run_once() if args.once else worker.run_forever()
+        code = worker.run_once() if args.once else run_daemon(worker)
     finally:
         worker.close()
         metrics.close()

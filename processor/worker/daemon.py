@@ -29,7 +29,8 @@ log = logging.getLogger("processor.worker")
 
 
 def run_daemon(worker: Worker) -> int:
-    """``Worker.run_forever``: until ``worker.stop_event`` is set. Returns the exit code (0)."""
+    """Run ``worker`` as a daemon until its ``stop_event`` is set: scan, work, and wait for a hint or
+    the back-off. Returns the exit code (0)."""
     run = worker.settings.run
     scanner = IncrementalScanner(worker.store, worker.layout, run.full_rescan_s, clock=worker.clock,
                                  relist_s=run.relist_s or None)

@@ -85,7 +85,8 @@ __all__ = ["Job", "PassResult", "Worker"]
 
 class Worker:
     """Moves jobs between the fetch, compute and upload stages; a pass at a time (``run_pass``),
-    drained once (``run_once``) or as a daemon (``run_forever``)."""
+    drained once (``run_once``) or as a daemon (``processor.worker.daemon.run_daemon``, which
+    drives it from above: this class knows nothing of the daemon's loop)."""
 
     def __init__(
         self,
@@ -132,7 +133,7 @@ class Worker:
         #: Set when the breaker tripped: the pass ends and raises it (exit EXIT_UNHEALTHY).
         self._unhealthy: WorkerUnhealthy | None = None
         #: Where hint sources tell the daemon that work may have arrived (processor.queue.hints);
-        #: the sources run while ``run_forever`` does (processor.worker.daemon).
+        #: the sources run while the daemon does (processor.worker.daemon).
         self.wakeup = Wakeup()
         self.hint_sources = list(hints)
         #: Processes that compute CPU-only styles (processor.worker.cpu_pool); None: this process,
@@ -164,7 +165,7 @@ class Worker:
 
     def close(self) -> None:
         """Stop the compute processes and the queue's cancel watch (the hint sources stop with
-        ``run_forever``)."""
+        the daemon)."""
         if self.compute_pool is not None:
             self.compute_pool.close()
         self.queue.close()
@@ -195,12 +196,6 @@ class Worker:
         left = len(self._my_items())
         log.info("stopped_early" if left else "stopped_drained", extra={"left": left})
         return EXIT_STOPPED if left else 0
-
-    def run_forever(self) -> int:
-        """The daemon (``processor.worker.daemon``): scan, work, and wait for a hint or the back-off."""
-        from processor.worker.daemon import run_daemon
-
-        return run_daemon(self)
 
     def scan_for_work(self, scanner: IncrementalScanner, hint: Hint | None = None) -> list[WorkItem]:
         """The daemon's scan: what it should take now (the prefixes a hint named are listed too)."""

@@ -22,6 +22,7 @@ from processor.client import ApiError, Client
 from processor.config import Settings, load_settings
 from processor.queue.protocol import BucketQueue
 from processor.store.local import LocalStore
+from processor.worker.daemon import run_daemon
 from processor.worker.runner import Worker
 from testkit.api_service import OPEN_BASE_URL
 from testkit.images import photo_bytes
@@ -67,7 +68,7 @@ class Running:
         registry, self.stepping = stepping_registry(settings, steps, STEP_S)
         self.worker = Worker(store, settings, registry, worker_id="w-cancel")
         self.worker.setup()
-        self.thread = threading.Thread(target=self.worker.run_forever, daemon=True)
+        self.thread = threading.Thread(target=run_daemon, args=(self.worker,), daemon=True)
 
     def __enter__(self) -> Running:
         self.thread.start()

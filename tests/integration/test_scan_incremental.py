@@ -19,6 +19,7 @@ from processor.queue.keys import KeyLayout
 from processor.queue.scan import IncrementalScanner, scan
 from processor.store.base import ObjectStore
 from processor.store.local import LocalStore
+from processor.worker.daemon import run_daemon
 from testkit.images import photo_bytes
 from testkit.waits import HANG_GUARD_S
 from tests.unit.test_worker import make_settings, make_worker
@@ -156,7 +157,7 @@ def test_daemon_finds_an_input_sorting_before_the_mark_at_the_full_rescan(tmp_pa
             return False
 
     store.put("inputs/m.jpg", photo_bytes(160, 120, seed=1))
-    daemon = threading.Thread(target=worker.run_forever, daemon=True)
+    daemon = threading.Thread(target=run_daemon, args=(worker,), daemon=True)
     daemon.start()
     try:
         wait_for(lambda: has_manifest("inputs/m.jpg"), "the first input")
@@ -190,7 +191,7 @@ def test_daemon_takes_over_a_dead_workers_claim_without_waiting_for_the_full_res
     dead = ClaimManager(store, "dead-worker", settings.claims.ttl_s)
     assert dead.acquire(keys.claim, keys.input, store.head(keys.input).etag) is not None  # never renewed
     worker = make_worker(store, settings, clock=FakeClock())  # the fake clock never makes a full rescan due
-    daemon = threading.Thread(target=worker.run_forever, daemon=True)
+    daemon = threading.Thread(target=run_daemon, args=(worker,), daemon=True)
     daemon.start()
     try:
         deadline = time.monotonic() + TAKEOVER_DEADLINE_S

@@ -21,6 +21,7 @@ from processor.queue.requeue import find_failures, requeue
 from processor.queue.scan import IncrementalScanner
 from processor.store.base import ObjectStore
 from processor.store.local import LocalStore
+from processor.worker.daemon import run_daemon
 from testkit.images import photo_bytes
 from testkit.waits import HANG_GUARD_S
 from tests.integration.test_scan_incremental import DAEMON_DEADLINE_S, FULL_RESCAN_S, FakeClock, pending_keys, wait_for
@@ -171,7 +172,7 @@ def test_the_daemon_commits_a_retried_input_within_a_few_polls(tmp_path) -> None
     def committed(key: str) -> bool:
         return any(o.key == layout.for_input(key).manifest for o in store.list(layout.for_input(key).manifest))
 
-    daemon = threading.Thread(target=worker.run_forever, daemon=True)
+    daemon = threading.Thread(target=run_daemon, args=(worker,), daemon=True)
     daemon.start()
     try:
         wait_for(lambda: committed("inputs/m.jpg"), "the daemon's first input")

@@ -29,6 +29,7 @@ from processor.queue.hints.local import LocalFolderWatcher
 from processor.queue.jobs import relpath_of
 from processor.queue.keys import KeyLayout
 from processor.store.local import LocalStore
+from processor.worker.daemon import run_daemon
 from processor.worker.runner import Worker
 from testkit.api_service import TOKEN, serve, stop
 from testkit.images import photo_bytes
@@ -60,7 +61,7 @@ def _wait_until(predicate, what: str) -> None:
 
 
 def _daemon(worker: Worker) -> threading.Thread:
-    thread = threading.Thread(target=worker.run_forever, daemon=True)
+    thread = threading.Thread(target=run_daemon, args=(worker,), daemon=True)
     thread.start()
     return thread
 

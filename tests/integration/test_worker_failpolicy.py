@@ -24,6 +24,7 @@ from processor.queue.keys import KeyLayout
 from processor.queue.requeue import find_failures, requeue
 from processor.queue.scan import scan
 from processor.store.local import LocalStore
+from processor.worker.daemon import run_daemon
 from processor.worker.metrics import PrometheusObserver
 from processor.worker.runner import Worker
 from testkit.images import bad_inputs, photo_bytes
@@ -291,7 +292,7 @@ def test_the_daemon_retries_a_flaky_input(local):
     settings, store, layout = local(idle_backoff_max_s=0.2)
     store.put("inputs/cow.jpg", photo_bytes(200, 150))
     worker, calls = faulty_worker(store, settings, fails=lambda n: n == 1)
-    daemon = threading.Thread(target=worker.run_forever, daemon=True)
+    daemon = threading.Thread(target=run_daemon, args=(worker,), daemon=True)
     daemon.start()
     try:
         deadline = time.monotonic() + DAEMON_DEADLINE_S
