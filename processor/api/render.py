@@ -62,8 +62,9 @@ class JobRenderer:
 
     def render(self, base: str, state: JobState) -> JobOut:
         """The job as every route (and the webhook) shows it; URLs under ``base``."""
-        out = JobOut(id=state.id, status=state.status, input=state.input_key, submitted_at=state.submitted_at,
-                     links=self.links(base, state.id, state.status), detail=state.detail)
+        out = JobOut(id=state.id, status=state.status, input=state.input_key, filename=state.filename,
+                     submitted_at=state.submitted_at, links=self.links(base, state.id, state.status),
+                     detail=state.detail)
         if state.progress is not None:
             p = state.progress
             out.progress = Progress(stage=p.stage, round=p.round, rounds=p.rounds, step=p.step, steps=p.steps)
