@@ -71,7 +71,7 @@ def run_once(variant: str, photos: int, size: int) -> dict[str, Any]:
         flag = root / "torch-loaded"
         env = dict(os.environ, PROCESSOR_CONFIG=str(root / "config.yaml"), PROCESSOR_LOG__FORMAT="json")
         started = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-c", CHILD, variant, str(flag), "run", "--once", "-q"],
+        proc = subprocess.Popen([sys.executable, "-c", CHILD, variant, str(flag), "run", "--once"],
                                 cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         startup = None
         assert proc.stderr is not None

@@ -47,6 +47,9 @@ class Source(_Model):
     #: The description of the photo's embedded ICC profile ("Display P3"), from which decode
     #: converted the pixels to sRGB; None: no profile (read as sRGB) or an unreadable one (a note says so).
     color_profile: str | None = None
+    #: The photo's original file name, when its upload recorded one (``x-amz-meta-filename``:
+    #: ``processor submit``, the HTTP API): for people; the key is what identifies the input.
+    filename: str | None = None
 
 
 class Segmentation(_Model):

@@ -31,7 +31,8 @@ if [ -z "$photos" ]; then
   python scripts/sample_photos.py "$photos"
 fi
 
-processor submit "$photos" --quiet
+# Exit 1: some files were no photos and were refused (each named); the photos went up.
+processor submit "$photos" --quiet || [ $? -eq 1 ]
 processor run --once --log-level WARNING
 processor status
 echo

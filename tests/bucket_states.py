@@ -253,7 +253,7 @@ def plant(store: Any, layout: KeyLayout, state: BucketState) -> tuple[set[str], 
 def run_cli(config: Path, store: Any, unreadable: Set[str] = frozenset(), vanish: Set[str] = frozenset()) -> int:
     """``processor run --once`` in-process, over ``store`` wrapped in ``Hostile``."""
     hostile = Hostile(store, set(unreadable), set(vanish))
-    with mock.patch.object(run_command, "build_store", lambda settings: hostile):
+    with mock.patch.object(run_command, "build_store", lambda settings, *_use: hostile):
         return cli.main(["run", "--config", str(config), "--once", "--metrics-port", "0", "--log-level", "ERROR"])
 
 

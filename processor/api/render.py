@@ -63,7 +63,8 @@ class JobRenderer:
 
     def render(self, base: str, state: JobState) -> JobOut:
         """The job as every route (and the webhook) shows it; URLs under ``base``."""
-        out = JobOut(id=state.id, status=state.status, input=state.input_key, submitted_at=state.submitted_at,
+        out = JobOut(id=state.id, status=state.status, input=state.input_key, filename=state.filename,
+                     submitted_at=state.submitted_at,
                      links=self.links(base, state.id, state.status, waiting=state.waiting is not None),
                      detail=state.detail)
         if state.progress is not None:

@@ -84,6 +84,9 @@ class JobOut(BaseModel):
     status: JobStatus
     #: The input's key in the bucket.
     input: str
+    #: The photo's original file name, when its upload recorded one (``processor submit``, a form
+    #: upload's file name); null otherwise.
+    filename: str | None = None
     submitted_at: datetime
     progress: Progress | None = None
     variants: list[VariantOut] = Field(default_factory=list)

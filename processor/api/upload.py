@@ -57,6 +57,8 @@ class Form:
     fields: dict[str, list[str]] = field(default_factory=dict)
     #: The ``style_image`` file part's bytes (a text ``style_image`` is in ``fields``).
     style_image: bytes | None = None
+    #: The file name the ``image`` part came with (its ``Content-Disposition`` ``filename``).
+    image_filename: str | None = None
 
 
 def too_large(limit: int, what: str = "the photo", name: str = IMAGE_FIELD) -> Problem:
@@ -101,7 +103,7 @@ async def read_form(chunks: AsyncIterator[bytes], content_type: str, limit: int)
         raise Problem(400, f"the multipart body could not be parsed: {exc}", hint="Send a well-formed "
                       "multipart/form-data body (curl -F image=@photo.jpg).") from None
     image = state.image_bytes()
-    return Form(image, state.fields, state.style_image_bytes())
+    return Form(image, state.fields, state.style_image_bytes(), state.image_filename)
 
 
 class _FormState:
@@ -119,6 +121,8 @@ class _FormState:
         self._image_done = False
         #: The current part has a filename (a file, not a text field).
         self._file = False
+        #: The ``image`` part's file name, as the client sent it.
+        self.image_filename: str | None = None
         self._look: tempfile.SpooledTemporaryFile | None = None
         self._look_size = 0
         self._look_done = False
@@ -143,6 +147,8 @@ class _FormState:
             _, options = parse_options_header(self._header_value)
             self._name = options.get(b"name", b"").decode("utf-8", "replace")
             self._file = b"filename" in options
+            if self._name == IMAGE_FIELD and self._file:
+                self.image_filename = options[b"filename"].decode("utf-8", "replace")
         self._header_field, self._header_value = b"", b""
 
     def part_data(self, data: bytes, start: int, end: int) -> None:

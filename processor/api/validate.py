@@ -57,10 +57,12 @@ def decode_base64_image(value: Any, limit: int) -> bytes:
 
 
 def build_submission(image: bytes | None, fields: Mapping[str, Any], settings: Settings, *,
-                     limit: int, resolve: Resolver | None = None, style_image: bytes | None = None) -> Submission:
+                     limit: int, resolve: Resolver | None = None, style_image: bytes | None = None,
+                     filename: str | None = None) -> Submission:
     """Validate everything before anything is written. ``fields`` come from a form (strings,
     ``styles`` repeated or comma-separated) or from JSON (typed values); ``style_image`` is a form's
-    picture file part (a text ``style_image`` field is a key, or base64: ``style_image_value``)."""
+    picture file part (a text ``style_image`` field is a key, or base64: ``style_image_value``);
+    ``filename`` the photo part's file name (kept with the upload, ``queue.submit.filename_metadata``)."""
     unknown = sorted(set(fields) - set(FIELDS))
     if unknown:
         raise Problem(422, f"unknown field(s): {', '.join(unknown)}", field=unknown[0],
@@ -99,7 +101,7 @@ def build_submission(image: bytes | None, fields: Mapping[str, Any], settings: S
         webhook = check_webhook(str(webhook), settings.api.webhook_allow, resolve)
     events = webhook_events(fields.get("webhook_events"), webhook)
     return Submission(image=image, format=fmt, sidecar=sidecar, webhook=webhook, webhook_events=events,
-                      style_image=look, style_image_format=look_format)
+                      style_image=look, style_image_format=look_format, filename=filename)
 
 
 def webhook_events(value: Any, webhook: str | None) -> frozenset[WebhookEvent]:

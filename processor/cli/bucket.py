@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from processor.cli.compose import build_store
+from processor.cli.compose import StoreUse, build_store
+from processor.cli.console import Where, config_source
 from processor.config import Settings
 from processor.errors import FatalError, ObjectNotFound
 from processor.manifest import FailureRecord
@@ -22,7 +23,12 @@ RECENT_FAILURES = 5
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from processor.queue.protocol import BucketQueue
 
-    store = build_store(settings)
+    config = config_source(args.config)
+    if not args.json:  # the header first: it says where, even when the store then fails or hangs
+        print(f"config: {config}", flush=True)
+    store = build_store(settings, StoreUse.READ)
+    if not args.json:
+        print(f"store: {store.description}", flush=True)
     status = BucketQueue(store, KeyLayout(settings.prefixes)).status(recent=RECENT_FAILURES)
     counts = {
         "inputs": status.inputs,
@@ -32,27 +38,35 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         "failed": status.failed,
         "cancelled": status.cancelled,
     }
-    recent = [{"input": r.source.key, "error": r.error, "message": r.message, "hint": r.hint,
-               "at": r.created_at.isoformat(), "attempts": r.attempts, "final": r.final}
-              for r in (f.record for f in status.recent_failures)]
+    records = [f.record for f in status.recent_failures]
     if args.json:
-        print(json.dumps({"store": store.description, **counts, "recent_failures": recent}, indent=2))
+        recent = [{"input": r.source.key, "filename": r.source.filename, "error": r.error, "message": r.message,
+                   "hint": r.hint, "at": r.created_at.isoformat(), "attempts": r.attempts, "final": r.final}
+                  for r in records]
+        print(json.dumps({"config": config, "store": store.description, **counts, "recent_failures": recent},
+                         indent=2))
         return 0
-    print(f"store: {store.description}")
     for name, value in counts.items():
         print(f"  {name:12} {value}")
-    if recent:
+    if records:
         print("recent failures:")
-        for r in recent:
-            retry = "" if r["final"] else f" (attempt {r['attempts']} failed; will be retried)"
-            print(f"  {r['input']}: {r['error']}{retry}: {r['message']}\n      -> {r['hint']}")
+        for r in records:
+            retry = "" if r.final else f" (attempt {r.attempts} failed; will be retried)"
+            print(f"  {r.source.key}{_named(r.source.key, r.source.filename)}: {r.error}{retry}: {r.message}\n"
+                  f"      -> {r.hint}")
     return 0
+
+
+def _named(key: str, filename: str | None) -> str:
+    """`` (bear.jpg)`` when the photo was uploaded under another name than its key's (the HTTP
+    API names uploads by time); empty when the key already says it."""
+    return f" ({filename})" if filename and filename != key.rsplit("/", 1)[-1] else ""
 
 
 def cmd_results(args: argparse.Namespace, settings: Settings) -> int:
     from processor.queue.protocol import BucketQueue
 
-    store = build_store(settings)
+    store = build_store(settings, StoreUse.READ)
     layout = KeyLayout(settings.prefixes)
     key = args.key if args.key.startswith(settings.prefixes.inputs) else settings.prefixes.inputs + args.key
     keys = layout.for_input(key)
@@ -102,7 +116,7 @@ def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
     from processor.queue.protocol import BucketQueue
     from processor.queue.requeue import error_classes
 
-    store = build_store(settings)
+    store = build_store(settings, StoreUse.READ)
     layout = KeyLayout(settings.prefixes)
     bucket = BucketQueue(store, layout)
     selection = bucket.find_failures(include_permanent=args.all, prefix=args.prefix or "",
@@ -137,16 +151,18 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     """Register ``status``, ``results`` and ``retry`` (``common``: --config, --log-level, --quiet)."""
     p = sub.add_parser("status", parents=[common],
                        help="counts of pending, in progress, done, failed and cancelled inputs",
-                       description="Count inputs by state (from LIST calls) and show the most recent failures.")
+                       description="Count inputs by state (from LIST calls) and show the most recent failures, "
+                       "under a header naming the config file and the store. Reads only: a local bucket "
+                       "directory that does not exist is an error (exit 4), never created.")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_status)
+    p.set_defaults(func=cmd_status, where=Where.OUTPUT)
 
     p = sub.add_parser("results", parents=[common], help="download one input's outputs",
                        description="Download the variants (a clip: its MP4 and WebP preview), contact sheet and "
                        "manifest of one input. KEY is the input key (inputs/toys/bear.jpg) or its path under inputs/ "
                        "(toys/bear.jpg).")
-    p.add_argument("key", metavar="KEY")
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("key", metavar="KEY", help="the input key (inputs/toys/bear.jpg) or its path under inputs/")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write the files into (DIR/<name>/)")
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("retry", parents=[common], help="requeue failed inputs so workers process them again",

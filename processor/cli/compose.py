@@ -7,27 +7,56 @@ import functools
 import os
 import socket
 from collections.abc import Sequence
+from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from processor.config import Settings
-from processor.errors import ConfigError
+from processor.errors import ConfigError, StoreAccessError
 from processor.queue.keys import KeyLayout
 from processor.store.base import ObjectStore
+from processor.store.retry import for_command
 
 
-def build_store(settings: Settings) -> ObjectStore:
-    kind = settings.store.kind
+class StoreUse(Enum):
+    """Who opens the store: how long a store that does not answer is waited for, and whether a
+    local bucket directory that does not exist may be made."""
+
+    #: ``status``, ``results``, ``retry``, ``doctor``: a person waits (``store.command_timeout_s``),
+    #: and a missing local bucket is an error: reading one never creates it.
+    READ = "read"
+    #: ``submit``, and ``run --once`` until the store first answered: a person waits; the first
+    #: upload makes the bucket.
+    WRITE = "write"
+    #: ``run`` and ``serve``: the configured retries and back-off (``store.max_attempts``).
+    DAEMON = "daemon"
+
+
+def build_store(settings: Settings, use: StoreUse = StoreUse.DAEMON) -> ObjectStore:
+    """The configured store, opened for ``use`` (``StoreUse``)."""
+    store = settings.store if use is StoreUse.DAEMON else for_command(settings.store)
+    kind = store.kind
     if kind == "local":
         from processor.store.local import LocalStore
 
-        return LocalStore(settings.store.root)
+        if use is StoreUse.READ and not store.root.is_dir():
+            raise StoreAccessError(missing_local_bucket(store.root))
+        return LocalStore(store.root)
     if kind == "s3":
         from processor.store.s3 import S3Store
 
-        return S3Store.from_settings(settings.store)
+        return S3Store.from_settings(store)
     from processor.store.cos import CosStore
 
-    return CosStore.from_settings(settings.store)
+    return CosStore.from_settings(store)
+
+
+def missing_local_bucket(root: Path) -> str:
+    """What a command that only reads says when the local bucket directory is not there."""
+    where = root.absolute()
+    return (f"no bucket at {where} (store.root: {root}): the directory does not exist. Run from the folder "
+            f"that holds it, point store.root at it, or create it: `processor submit PHOTOS` uploads into "
+            f"a new one, `mkdir -p {where}` makes an empty one")
 
 
 def make_engine(style_name: str, style: Any, models: Any = None, video: Any = None) -> Any:

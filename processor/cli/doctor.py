@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Any
 
-from processor.cli.compose import build_registry, build_store, detect_device
+from processor.cli.compose import StoreUse, build_registry, build_store, detect_device, needs_torch
+from processor.cli.extras import PURPOSE, Extra, extra_of, missing_modules
 from processor.config import Settings, with_sources
 from processor.errors import EXIT_DOCTOR, FatalError, ProcessorError, StoreError
 from processor.queue.claims import probe_conditional_create
@@ -20,7 +21,7 @@ from processor.worker.metrics import describe_endpoint
 
 
 def cmd_doctor(args: argparse.Namespace, settings: Settings) -> int:
-    rows = run_checks(settings, build_store=build_store, build_registry=build_registry,
+    rows = run_checks(settings, build_store=lambda s: build_store(s, StoreUse.READ), build_registry=build_registry,
                       detect_device=detect_device, config_path=args.config_source)
     width = max(len(r.check) for r in rows)
     for r in rows:
@@ -35,8 +36,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("doctor", parents=[common], help="check config, store, credentials, device and models",
                        description="Check the configuration, that the store is reachable with the configured "
                        "credentials and writable, whether its conditional create is atomic (a race of "
-                       "concurrent creates on a scratch key), the compute device, and the configured styles' "
-                       f"models. Prints a table; exits {EXIT_DOCTOR} when a check fails.")
+                       "concurrent creates on a scratch key), the compute device, which optional extras are "
+                       "installed, and the configured styles' models. Prints a table; exits "
+                       f"{EXIT_DOCTOR} when a check fails. Reads a local bucket only where it exists.")
     p.set_defaults(func=cmd_doctor)
 
 
@@ -71,9 +73,16 @@ def run_checks(
         rows.extend(checks)
     rows.append(Row("device", "ok", detect_device()))
     rows.append(Row("metrics", *describe_endpoint(settings.metrics)))
+    extras = _extra_checks(settings)
+    rows.extend(extras)
     rows.extend(_model_checks(settings, build_registry))
-    rows.extend(_addon_checks(settings))
-    rows.extend(_caption_checks(settings))
+    if any(r.check == f"extra {Extra.SD.value}" and r.status != "ok" for r in extras):
+        # Without the sd extra no hub model can be looked up: one row says so, not one per model.
+        rows.append(Row("add-on and caption models", "warn", f"not checked: they need the {Extra.SD.value} "
+                                                               f"extra ({Extra.SD.install})"))
+    else:
+        rows.extend(_addon_checks(settings))
+        rows.extend(_caption_checks(settings))
     # Error texts quote endpoints: none may show the credentials written into one.
     return [Row(r.check, r.status, redact(r.detail)) for r in rows]
 
@@ -107,6 +116,26 @@ def _store_checks(store: Any, settings: Settings) -> list[Row]:
     return rows
 
 
+def _extra_checks(settings: Settings) -> list[Row]:
+    """Whether the optional extras are installed: ``sd`` fails when a style in ``run.styles`` (or the
+    caption stage) needs PyTorch, else only warns; ``api`` warns (only ``serve`` needs it); ``mask``
+    warns when ``pipeline.mask`` names an ONNX model (GrabCut makes the masks without it)."""
+    rows = []
+    extras = [Extra.MASK] if settings.pipeline.mask.onnx is not None else []
+    for extra in (*extras, Extra.SD, Extra.API):
+        missing = missing_modules(extra)
+        if not missing:
+            rows.append(Row(f"extra {extra.value}", "ok", f"installed ({PURPOSE[extra]})"))
+            continue
+        needed = extra is Extra.SD and needs_torch(settings, settings.run.styles)
+        why = "run.styles needs it" if needed else f"needed for {PURPOSE[extra]}"
+        if extra is Extra.MASK:
+            why += "; until then GrabCut makes the masks"
+        rows.append(Row(f"extra {extra.value}", "FAIL" if needed else "warn",
+                        f"not installed (no module {', '.join(missing)}); {why}: {extra.install}"))
+    return rows
+
+
 def _model_checks(settings: Settings, build_registry: Callable[[Settings], Any]) -> list[Row]:
     rows = []
     registry = build_registry(settings)
@@ -118,6 +147,12 @@ def _model_checks(settings: Settings, build_registry: Callable[[Settings], Any])
             rows.append(Row(f"style {name}", "ok", detail or "ready"))
         except ProcessorError as exc:
             rows.append(Row(f"style {name}", "FAIL", str(exc)))
+        except ModuleNotFoundError as exc:
+            extra = extra_of(exc)
+            if extra is None:
+                raise
+            rows.append(Row(f"style {name}", "FAIL", f"needs the {extra.value} extra, which is not installed "
+                                                     f"(no module {exc.name}): {extra.install}"))
     return rows
 
 

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from processor.cli.console import Where
+
 if TYPE_CHECKING:
     from processor.config import OnnxFamily
 
@@ -110,7 +112,7 @@ def add_parser(subparsers: Any, common: argparse.ArgumentParser) -> argparse.Arg
         "OUT/<path>.mask.png, "
         "OUT/<path>.overlay.jpg (background tinted, subject outlined) and OUT/masks.json (coverage, "
         "segmenter, fallbacks per photo), to check the masks before spending a GPU on backgrounds.")
-    p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
+    p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR", help="photos, and folders searched recursively")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--onnx", metavar="MODEL", help="use this ONNX segmenter (u2netp, a .onnx file or a hub "
@@ -119,5 +121,5 @@ def add_parser(subparsers: Any, common: argparse.ArgumentParser) -> argparse.Arg
                        "to compare it with the model")
     p.add_argument("--family", choices=["u2net", "isnet", "birefnet"],
                    help="the --onnx model's family (default u2net)")
-    p.set_defaults(func=cmd_mask)
+    p.set_defaults(func=cmd_mask, where=Where.CONFIG)
     return p

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from processor.cli.console import Where
+from processor.cli.extras import Extra, require
 from processor.config import Settings
 from processor.errors import ConfigError, ProcessorError
 
@@ -26,6 +28,11 @@ def cmd_models_pull(args: argparse.Namespace, settings: Settings) -> int:
         if not addons:
             print("pipeline.mask uses no model to fetch (GrabCut, or a local file): nothing to pull")
             return 0
+    # The ONNX subject mask downloads over plain HTTPS; everything else (hub metadata, the cache, the
+    # conversion) goes through huggingface_hub and torch.
+    onnx_mask = settings.pipeline.mask.onnx is not None
+    if wanted or any(not (a.role is Role.SEGMENTER and onnx_mask) for a in addons):
+        require(Extra.SD, "processor models pull" + (" --dry-run" if args.dry_run else ""))
     if args.dry_run:
         return models_pull_dry_run(loader, wanted, convert, addons)
     if convert and loader.offline:
@@ -108,4 +115,4 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--mask", action="store_true",
                    help="only the subject-mask segmenter (pipeline.mask; u2netp by default, 4.5 MB): what "
                    "`processor mask` and background styles need")
-    p.set_defaults(func=cmd_models_pull)
+    p.set_defaults(func=cmd_models_pull, where=Where.CONFIG)

@@ -14,18 +14,22 @@ from typing import Any
 
 from processor import __version__
 from processor.cli.compose import (
+    StoreUse,
     build_captioner,
     build_compute_pool,
     build_registry,
     build_store,
     detect_device,
+    needs_torch,
     worker_id,
 )
+from processor.cli.console import Where
+from processor.cli.extras import Extra, require
 from processor.config import Settings
 from processor.errors import EXIT_INCOMPLETE, EXIT_SOME_FAILED, EXIT_UNHEALTHY, ConfigError, ItemError
 from processor.localfiles import walk
 from processor.manifest import FailureRecord, Manifest, Source, WorkerInfo
-from processor.queue.keys import SIDECAR_SUFFIX, is_sidecar, split_extension
+from processor.queue.keys import SIDECAR_SUFFIX, KeyLayout, is_sidecar, split_extension
 from processor.tracing import build_tracer
 from processor.worker.daemon import run_daemon
 
@@ -43,8 +47,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if getattr(args, "metrics_port", None) is not None:
         metrics_settings = settings.metrics.model_copy(update={"port": args.metrics_port})
         settings = settings.model_copy(update={"metrics": metrics_settings})
-    store = build_store(settings)
     styles = _chosen_styles(args, settings)
+    _require_model_extra(args, settings, styles)
+    if args.once:
+        _check_store_answers(settings)
+    store = build_store(settings)
     run = settings.run
     if run.shard_index is None and os.environ.get("JOB_COMPLETION_INDEX"):
         run = run.model_copy(update={"shard_index": int(os.environ["JOB_COMPLETION_INDEX"])})
@@ -82,6 +89,29 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         tracer.close()
     log.info("worker_stop", extra={str(o): n for o, n in worker.totals.items()} | {"exit_code": code})
     return code
+
+
+def _check_store_answers(settings: Settings) -> None:
+    """``run --once`` is a command someone waits for: a store that does not answer at all ends it
+    within ``store.command_timeout_s`` (exit 8). Once it has answered, the worker's own store gets
+    the full retries (``store.max_attempts``), so a blip in a long run does not cost its items."""
+    from processor.queue.protocol import BucketQueue
+
+    with build_store(settings, StoreUse.WRITE) as probe:
+        BucketQueue(probe, KeyLayout(settings.prefixes)).ping()
+
+
+def _require_model_extra(args: argparse.Namespace, settings: Settings, styles: list[str]) -> None:
+    """One line naming the ``sd`` extra, before anything loads, when the styles need PyTorch and it
+    is not installed."""
+    from processor.config import background_model
+
+    if not needs_torch(settings, styles):
+        return
+    diffusion = [s for s in styles if settings.styles[s].engine != "toon" or background_model(settings.styles[s])]
+    source = "--style" if args.style else "run.styles"
+    require(Extra.SD, f"{source} {', '.join(diffusion)}" if diffusion else
+            "the caption stage or the CLIP score (caption.mode, pipeline.clip_score)")
 
 
 def _chosen_styles(args: argparse.Namespace, settings: Settings) -> list[str]:
@@ -129,6 +159,7 @@ def cmd_process(args: argparse.Namespace, settings: Settings) -> int:
     from processor.pipeline.item import ItemPipeline
 
     styles = _chosen_styles(args, settings)
+    _require_model_extra(args, settings, styles)
     out = Path(args.out)
     # The nearest existing ancestor (itself, if it exists) must be a folder; else every write fails.
     existing = next((p for p in (out, *out.parents) if p.exists()), None)
@@ -207,7 +238,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                        description="Apply the styles to local photos and write each one's variants, contact sheet "
                        "and manifest.json to OUT/<name>/. A photo.json next to photo.jpg is its sidecar, as in the "
                        "bucket. The quickest way to try a style.")
-    p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
+    p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR", help="photos, and folders searched recursively")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--style", action="append", metavar="NAME", help="style to apply (repeatable); overrides run.styles")
-    p.set_defaults(func=cmd_process)
+    p.set_defaults(func=cmd_process, where=Where.CONFIG)

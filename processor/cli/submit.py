@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from processor.cli.compose import build_store
+from processor.cli.compose import StoreUse, build_store
 from processor.config import Settings
 from processor.config.base import API_TOKEN_ENV
 from processor.errors import EXIT_SOME_FAILED, ConfigError, ItemError
@@ -30,12 +30,13 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         return _submit_over_api(args)
     from tqdm import tqdm
 
-    store = build_store(settings)
     prefix = settings.prefixes.inputs + (args.prefix.strip("/") + "/" if args.prefix else "")
     files = sorted(walk(args.paths))
     if not files:
         raise ConfigError(f"no files found under {', '.join(args.paths)}")
     prompt = _metadata_prompt(args.prompt, settings) if args.prompt else None
+    files, refused = _refuse_non_photos(files)
+    store = build_store(settings, StoreUse.WRITE)
     photo_metadata = {"prompt": prompt} if prompt else {}
     if args.style_image:
         from processor.pipeline.look import STYLE_IMAGE_METADATA_KEY
@@ -43,11 +44,53 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
         photo_metadata[STYLE_IMAGE_METADATA_KEY] = _upload_style_image(Path(args.style_image), store, settings)
     for path, rel in tqdm(files, desc="uploading", unit="file", disable=args.quiet):
         ctype = "application/json" if is_sidecar(rel) else "application/octet-stream"
-        metadata = dict(photo_metadata) if photo_metadata and not is_sidecar(rel) else None
-        store.put(prefix + rel, path.read_bytes(), content_type=ctype, metadata=metadata)
-    print(f"uploaded {len(files)} file(s) to {store.description} under {prefix}")
-    _request_rescan(store, settings, by="submit", count=len(files))
-    return 0
+        metadata = None if is_sidecar(rel) else {**photo_metadata, **_filename(path, photo_metadata)}
+        store.put(prefix + rel, path.read_bytes(), content_type=ctype, metadata=metadata or None)
+    left_out = f"; refused {len(refused)} that are not photos" if refused else ""
+    print(f"uploaded {len(files)} file(s) to {store.description} under {prefix}{left_out}")
+    if files:
+        _request_rescan(store, settings, by="submit", count=len(files))
+    return EXIT_SOME_FAILED if refused else 0
+
+
+def _refuse_non_photos(files: list[tuple[Path, str]]) -> tuple[list[tuple[Path, str]], list[Path]]:
+    """The files to upload and those refused, each refusal said in one line on stderr."""
+    # Every file is looked at before the first upload: a folder with a stray notes.txt uploads its
+    # photos and says which files it left out, rather than stopping half-way.
+    refused = [(path, why) for path, rel in files if (why := _not_a_photo(path, rel)) is not None]
+    for path, why in refused:
+        print(f"refused {path}: {why}", file=sys.stderr)
+    skipped = {path for path, _ in refused}
+    return [(path, rel) for path, rel in files if path not in skipped], [path for path, _ in refused]
+
+
+def _not_a_photo(path: Path, rel: str) -> str | None:
+    """Why ``path`` is no photo the worker reads (sniffed from its first bytes, as the worker and
+    the HTTP API do), with what to send instead; None for a photo or a sidecar."""
+    from processor.pipeline.decode import SNIFF_BYTES, describe_unsupported, sniff_format
+    from processor.queue.submit import EXTENSIONS
+
+    if is_sidecar(rel):
+        return None
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+    except OSError as exc:
+        return f"cannot read it ({exc.strerror or exc})"
+    fmt = sniff_format(head)
+    if fmt is not None and fmt in EXTENSIONS:
+        return None
+    message, hint = describe_unsupported(head)
+    return f"{message} -> {hint}"
+
+
+def _filename(path: Path, others: dict[str, str]) -> dict[str, str]:
+    """The photo's file name as metadata, in what the other metadata leaves of S3's 2 KB."""
+    from processor.pipeline.sidecar import MAX_METADATA_BYTES
+    from processor.queue.submit import FILENAME_METADATA_KEY, MAX_FILENAME_BYTES, filename_metadata
+
+    used = sum(len(k) + len(v) for k, v in others.items()) + len(FILENAME_METADATA_KEY)
+    return filename_metadata(path.name, min(MAX_FILENAME_BYTES, MAX_METADATA_BYTES - used))
 
 
 def _submit_over_api(args: argparse.Namespace) -> int:
@@ -61,6 +104,10 @@ def _submit_over_api(args: argparse.Namespace) -> int:
     photos = [(path, rel) for path, rel in files if not is_sidecar(rel)]
     if not photos:
         raise ConfigError(f"no photos found under {', '.join(args.paths)}")
+    photos, refused = _refuse_non_photos(photos)
+    if not photos:
+        print(f"submitted no job: refused {len(refused)} file(s) that are not photos")
+        return EXIT_SOME_FAILED
     sidecars = {rel: path for path, rel in files if is_sidecar(rel)}
     jobs: list[tuple[str, str]] = []
     with Client(args.api, os.environ.get(API_TOKEN_ENV) or None) as api:
@@ -75,12 +122,13 @@ def _submit_over_api(args: argparse.Namespace) -> int:
             jobs.append((rel, job.id))
             print(f"{rel} -> {job.id} {job.status.value}")
         if not args.wait:
-            return 0
+            return EXIT_SOME_FAILED if refused else 0
         ended = [(rel, api.wait(job)) for rel, job in jobs]
     for rel, state in ended:
         why = f": {state.failure.error}: {state.failure.message}" if state.failure else ""
         print(f"{rel} {state.status.value}{why}")
-    return 0 if all(state.status.value == "done" for _, state in ended) else EXIT_SOME_FAILED
+    all_done = all(state.status.value == "done" for _, state in ended)
+    return 0 if all_done and not refused else EXIT_SOME_FAILED
 
 
 def _sidecar_fields(path: Path | None) -> dict[str, Any]:
@@ -154,10 +202,14 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """Register ``submit`` (``common``: --config, --log-level, --quiet)."""
     p = sub.add_parser("submit", parents=[common], help="upload photos to inputs/",
                        description="Upload files (folders recursively, keeping relative paths) under inputs/. "
-                       "A photo.json next to photo.jpg is uploaded too and acts as its sidecar. Then writes the "
+                       "A photo.json next to photo.jpg is uploaded too and acts as its sidecar. A file that is "
+                       f"no photo is refused before anything is uploaded (the others still are; exit "
+                       f"{EXIT_SOME_FAILED}); each photo's file name is kept as its metadata "
+                       "(x-amz-meta-filename). Then writes the "
                        "rescan hint under the state prefix, so that running daemons make their next scan a full "
                        "one and find a re-upload under a key they had already passed.")
-    p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR")
+    p.add_argument("paths", nargs="+", metavar="FILE_OR_DIR",
+                   help="photos (JPEG, PNG, WebP, HEIC, ...), their photo.json sidecars, and folders of them")
     p.add_argument("--prefix", metavar="SUBFOLDER", help="put the files under inputs/SUBFOLDER/")
     p.add_argument("--prompt", help="a prompt stored as object metadata (x-amz-meta-prompt)")
     p.add_argument("--style-image", metavar="FILE",

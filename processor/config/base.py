@@ -27,6 +27,9 @@ DEFAULT_CLAIM_RENEW_S = 120.0
 #: Seconds between progress-carrying claim renewals of an item being worked on: often enough for
 #: a progress bar, and still one small PUT per running item per period, never one per step.
 DEFAULT_CLAIM_PROGRESS_S = 2.0
+#: Seconds a one-shot command waits on a store that does not answer before it gives up: a person
+#: is waiting, and a refused port already fails at once; a daemon retries far longer.
+DEFAULT_COMMAND_TIMEOUT_S = 30.0
 #: TCP port of ``processor serve`` (the HTTP API).
 DEFAULT_API_PORT = 8080
 #: Seconds the longest ``Prefer: wait=N`` may hold a request open (larger N are cut to this).

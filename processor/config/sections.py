@@ -20,6 +20,7 @@ from processor.config.base import (
     DEFAULT_CLAIM_PROGRESS_S,
     DEFAULT_CLAIM_RENEW_S,
     DEFAULT_CLAIM_TTL_S,
+    DEFAULT_COMMAND_TIMEOUT_S,
     DEFAULT_FULL_RESCAN_S,
     DEFAULT_HINT_POLL_S,
     DEFAULT_IDLE_BACKOFF_MAX_S,
@@ -61,6 +62,10 @@ class StoreSettings(Section):
     max_backoff_s: float = Field(default=20.0, gt=0)
     connect_timeout_s: float = Field(default=10.0, gt=0)
     read_timeout_s: float = Field(default=60.0, gt=0)
+    #: Seconds a one-shot command (status, results, retry, submit, doctor, run --once at start)
+    #: waits on a store that does not answer, retries included, before it gives up (exit 8); the
+    #: daemons (run, serve) keep the retries above.
+    command_timeout_s: float = Field(default=DEFAULT_COMMAND_TIMEOUT_S, ge=5)
 
     @field_validator("endpoint_url")
     @classmethod

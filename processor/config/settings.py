@@ -7,13 +7,16 @@ Unknown keys and bad values raise ``ConfigError`` naming the key and where it ca
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from processor.config.animate import animate_problem
@@ -195,11 +198,59 @@ def _describe(exc: ValidationError, path: Path, file_data: dict[str, Any]) -> st
             continue
         key = ".".join(loc) or "(top level)"
         source = _source_of(loc, path, file_data)
+        if err["type"] == "extra_forbidden" and loc:
+            lines.append(f"  {key}: {msg} (from {source})\n    {_unknown_key(loc)}")
+            continue
         if err["type"] == "list_type" and source.startswith("environment"):
             msg += "; in an environment variable write a list as [a, b]"
         lines.append(f"  {key}: {msg} (from {source})")
     return f"invalid configuration ({len(lines)} problem{'s' if len(lines) != 1 else ''}):\n" + "\n".join(lines)
 
+
+def _unknown_key(loc: list[str]) -> str:
+    """``unknown setting run.styels: did you mean run.styles?``: the closest key the section takes
+    (a mistyped key in the file or in a ``PROCESSOR_`` variable), else the keys it takes."""
+    parent, wrong = loc[:-1], loc[-1]
+    known = sorted(_keys_under(parent))
+    where = ".".join(parent)
+    close = difflib.get_close_matches(wrong, known, n=1, cutoff=KEY_SUGGESTION_CUTOFF)
+    if close:
+        return f"unknown setting {'.'.join(loc)}: did you mean {'.'.join([*parent, close[0]])}?"
+    if known and len(known) <= MAX_KEYS_LISTED:
+        return f"unknown setting {'.'.join(loc)}: {where or 'the top level'} takes {', '.join(known)}"
+    return f"unknown setting {'.'.join(loc)}: see docs/configuration.md for the keys of {where or 'the file'}"
+
+
+def _keys_under(parent: list[str]) -> set[str]:
+    """The keys the settings take under ``parent`` (``["run"]``, ``["styles", "toon"]``): every
+    alternative's, where a value may be one of several models (a style, by its engine)."""
+    nodes: list[Any] = [Settings]
+    for part in parent:
+        below = []
+        for annotation in (a for node in nodes for a in _alternatives(node)):
+            if typing.get_origin(annotation) is dict:  # the part is a name (a style), not a key
+                below.append(typing.get_args(annotation)[1])
+            elif isinstance(annotation, type) and issubclass(annotation, BaseModel) and part in annotation.model_fields:
+                below.append(annotation.model_fields[part].annotation)
+        nodes = below
+    return {key for node in nodes for a in _alternatives(node)
+            if isinstance(a, type) and issubclass(a, BaseModel) for key in a.model_fields}
+
+
+def _alternatives(annotation: Any) -> list[Any]:
+    """``annotation`` without ``Annotated`` and ``None``, one entry per member of a union."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _alternatives(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [a for member in typing.get_args(annotation) for a in _alternatives(member)]
+    return [] if annotation is type(None) else [annotation]
+
+
+#: How close a mistyped key must be to a real one to be suggested (difflib ratio).
+KEY_SUGGESTION_CUTOFF = 0.6
+#: Keys of a section listed when none is close to a mistyped one (more: the docs page).
+MAX_KEYS_LISTED = 12
 
 #: Discriminator tags pydantic puts in a style's error location.
 _ENGINE_TAGS = ENGINE_KEYS

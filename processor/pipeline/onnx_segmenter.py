@@ -110,8 +110,8 @@ class OnnxSegmenter:
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise SegmenterUnavailable("onnxruntime is not installed (pip install onnxruntime, or onnxruntime-gpu "
-                                       "for CUDA)") from exc
+            raise SegmenterUnavailable("onnxruntime is not installed (pip install -e \".[mask]\", or "
+                                       "onnxruntime-gpu for CUDA)") from exc
         providers = choose_providers(settings.device, ort.get_available_providers())
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initialisers are not ours to act on

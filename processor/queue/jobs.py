@@ -49,6 +49,7 @@ from processor.queue.submit import (
     EXTENSIONS,
     Submission,
     discard_job,
+    filename_from_metadata,
     new_upload_name,
     owner_folder,
     upload_owner,
@@ -130,6 +131,9 @@ class JobState:
     #: A ``queued`` job's retryable ``StyleUnavailable`` record: a worker took it and could not load
     #: a style it asks for; it waits for a worker that can. None otherwise.
     waiting: FailureRecord | None = None
+    #: The photo's original file name, when its upload recorded one: from the input's metadata
+    #: (a single job's HEAD), else from its result's ``source.filename`` (an ended job in a page).
+    filename: str | None = None
 
 
 @dataclass(frozen=True)
@@ -267,16 +271,19 @@ class BucketJobs:
 
     def _state(self, job: str, keys: ItemKeys, info: ObjectInfo) -> JobState:
         queued = JobState(id=job, input_key=keys.input, etag=info.etag, status=JobStatus.queued,
-                          submitted_at=info.last_modified, size=info.size)
+                          submitted_at=info.last_modified, size=info.size,
+                          filename=filename_from_metadata(info.metadata))
         manifest = self._record(keys.manifest, Manifest)
         # The manifest of another input sharing the folder (a.png, a.jpg) is not this job's result.
         if manifest is not None and manifest.source.key == keys.input and manifest.source.etag == info.etag:
-            return replace(queued, status=JobStatus.done, manifest=manifest)
+            return replace(queued, status=JobStatus.done, manifest=manifest,
+                           filename=queued.filename or manifest.source.filename)
         failure = self._record(keys.failure, FailureRecord)
         if failure is not None and failure.source.etag == info.etag and failure.final:
-            return replace(queued, status=JobStatus.failed, failure=failure)
+            return replace(queued, status=JobStatus.failed, failure=failure,
+                           filename=queued.filename or failure.source.filename)
         if failure is not None and failure.source.etag == info.etag and failure.error == WAITING_ERROR:
-            queued = replace(queued, waiting=failure)
+            queued = replace(queued, waiting=failure, filename=queued.filename or failure.source.filename)
         claim = read_claim(self.store, keys.claim, max_ttl_s=self.max_claim_ttl_s)
         if claim is not None and claim.live and claim.input_etag == info.etag:
             return replace(queued, status=JobStatus.running, progress=claim.progress or ClaimProgress("claimed"),
@@ -287,14 +294,16 @@ class BucketJobs:
         if ended is Outcome.DONE:
             manifest = self._record(keys.manifest, Manifest)
             if manifest is not None and manifest.source.key == keys.input and manifest.source.etag == info.etag:
-                return replace(queued, status=JobStatus.done, manifest=manifest)
+                return replace(queued, status=JobStatus.done, manifest=manifest,
+                               filename=queued.filename or manifest.source.filename)
             return replace(queued, status=JobStatus.done, detail=(
                 f"this version was committed, but its manifest ({keys.manifest}) is gone or not readable; "
                 "upload the photo again to make a new result"))
         if ended is Outcome.FAILED:
             failure = self._record(keys.failure, FailureRecord)
             if failure is not None and failure.source.etag == info.etag and failure.final:
-                return replace(queued, status=JobStatus.failed, failure=failure)
+                return replace(queued, status=JobStatus.failed, failure=failure,
+                               filename=queued.filename or failure.source.filename)
             return replace(queued, status=JobStatus.failed, detail=(
                 f"this version failed, but its failure record ({keys.failure}) is gone or not readable; "
                 "retry the job to process it again"))

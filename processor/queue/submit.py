@@ -27,10 +27,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import quote, unquote
 
 from processor.errors import PreconditionFailed, StoreAccessError, StoreError
 from processor.queue.keys import KeyLayout, split_extension
@@ -45,6 +47,60 @@ EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "HEIF": ".heic", "
               "GIF": ".gif", "TIFF": ".tif", "BMP": ".bmp"}
 CONTENT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "HEIF": "image/heif",
                  "AVIF": "image/avif", "GIF": "image/gif", "TIFF": "image/tiff", "BMP": "image/bmp"}
+
+#: The object metadata key of a photo's original file name (``x-amz-meta-filename`` on S3), written
+#: by ``processor submit`` and the HTTP API, read by the job view and the worker (``source.filename``).
+FILENAME_METADATA_KEY = "filename"
+#: Bytes: the longest file name value kept in metadata (percent-encoded); a longer name is
+#: shortened, its extension kept. Metadata is for a person to recognise the photo by.
+MAX_FILENAME_BYTES = 255
+#: Characters: an extension longer than this is part of the name, not an extension.
+MAX_EXTENSION_CHARS = 8
+#: Printable ASCII left as it is in a stored file name; everything else (``%`` too) is %XX of its
+#: UTF-8 bytes, so every store takes the value and it reads back exactly.
+_FILENAME_SAFE = " ()[]{},;!'@#&=+$"
+#: Marks a shortened name.
+_SHORTENED = "~"
+
+
+def clean_filename(name: str | None) -> str | None:
+    """The last segment of a file name as a client sent it (a path, a Windows path), without
+    control characters; None when nothing is left."""
+    if not name:
+        return None
+    base = re.split(r"[\\/]", name[-4 * MAX_FILENAME_BYTES:])[-1]
+    base = "".join(c for c in base if c.isprintable()).strip()
+    return base if base not in ("", ".", "..") else None
+
+
+def filename_metadata(name: str | None, budget: int = MAX_FILENAME_BYTES) -> dict[str, str]:
+    """``{"filename": value}`` for a photo's original name: ``clean_filename``, percent-encoded
+    (ASCII, which every store takes), shortened to at most ``budget`` bytes with its extension
+    kept; empty when there is no name or not even one character fits."""
+    clean = clean_filename(name)
+    if clean is None:
+        return {}
+    stem, dot, ext = clean.rpartition(".")
+    if not dot or not stem or len(ext) > MAX_EXTENSION_CHARS:
+        stem, ext = clean, ""
+    else:
+        ext = "." + ext
+    for cut in range(min(len(stem), budget), 0, -1):
+        shown = stem[:cut] + ("" if cut == len(stem) else _SHORTENED) + ext
+        value = quote(shown, safe=_FILENAME_SAFE)
+        if len(value) <= budget:
+            return {FILENAME_METADATA_KEY: value}
+    return {}
+
+
+def filename_from_metadata(metadata: Mapping[str, str] | None) -> str | None:
+    """The original file name ``filename_metadata`` stored (any key case: S3 lowercases them);
+    None when the object has none. Whoever can write the bucket can write metadata: the value is
+    cleaned and bounded as on the way in."""
+    for key, value in (metadata or {}).items():
+        if key.lower() == FILENAME_METADATA_KEY and isinstance(value, str):
+            return clean_filename(unquote(value[:MAX_FILENAME_BYTES * 3], errors="replace"))
+    return None
 
 
 @dataclass(frozen=True)
@@ -63,6 +119,9 @@ class Submission:
     #: sniffed format; None when the request named none or an existing key (then in ``sidecar``).
     style_image: bytes | None = None
     style_image_format: str | None = None
+    #: The photo's file name as the client sent it (stored as ``FILENAME_METADATA_KEY``); not part
+    #: of the fingerprint: the same photo under another name is the same job.
+    filename: str | None = None
 
     def fingerprint(self) -> str:
         """What makes two requests the same (an ``Idempotency-Key`` reused with another is a conflict)."""
@@ -112,18 +171,20 @@ def write_job(store: ObjectStore, layout: KeyLayout, relpath: str, submission: S
         store.put(keys.sidecar, json.dumps(sidecar).encode(), content_type="application/json")
     if submission.webhook:
         webhooks.add(job, submission.webhook, submission.webhook_events)
-    create_unique(store, keys.input, submission.image, CONTENT_TYPES[submission.format])
+    create_unique(store, keys.input, submission.image, CONTENT_TYPES[submission.format],
+                  metadata=filename_metadata(submission.filename) or None)
     # An upload may sort before a daemon's high-water mark: make its next scan a full one.
     request_rescan(store, layout, by="api", count=1)
     log.info("job_submitted", extra={"job": job, "key": keys.input, "bytes": len(submission.image)})
 
 
-def create_unique(store: ObjectStore, key: str, body: bytes, content_type: str) -> None:
+def create_unique(store: ObjectStore, key: str, body: bytes, content_type: str,
+                  metadata: Mapping[str, str] | None = None) -> None:
     """Create ``key``, a name unique to this request (``new_upload_name``), only if absent. A 412
     can then only be our own write, landed with its response lost and retried by the store: the
     object of our size there is ours. Anything else there is refused (``PreconditionFailed``)."""
     try:
-        store.put(key, body, content_type=content_type, if_none_match=True)
+        store.put(key, body, content_type=content_type, metadata=metadata, if_none_match=True)
     except PreconditionFailed:
         if store.head(key).size != len(body):
             raise

@@ -36,7 +36,8 @@ _Self = TypeVar("_Self", bound="Closeable")
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """An object's key, ETag, size and times, as a listing or a HEAD returns them."""
+    """An object's key, ETag, size and times (and its metadata, from a HEAD), as a listing or a HEAD
+    returns them."""
 
     key: str
     etag: str
@@ -44,6 +45,8 @@ class ObjectInfo:
     last_modified: datetime
     #: The server's clock when it answered (HEAD/GET/PUT); None on listings.
     server_time: datetime | None = None
+    #: User metadata, as a HEAD returns it (names lowercased on S3); empty on listings and puts.
+    metadata: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)

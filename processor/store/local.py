@@ -42,6 +42,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -178,7 +179,8 @@ class LocalStore(Closeable):
             st = os.stat(path)
             _require_file(st, key)
             etag = self._etag_of(str(path), st)
-        return self._info(key, st, etag, server_time=self._clock())
+            metadata = self._read_metadata(key, _version(st))
+        return replace(self._info(key, st, etag, server_time=self._clock()), metadata=metadata)
 
     def get(self, key: str, *, max_bytes: int | None = None) -> StoredObject:
         self._count()

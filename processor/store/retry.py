@@ -25,6 +25,28 @@ log = logging.getLogger("processor.store")
 
 #: Seconds: the back-off window before the first retry; it doubles per attempt up to ``max_backoff_s``.
 DEFAULT_BASE_BACKOFF_S = 0.5
+#: Attempts per request of a one-shot command (``for_command``): a person is waiting.
+COMMAND_MAX_ATTEMPTS = 3
+#: Seconds: the longest back-off sleep of a one-shot command.
+COMMAND_MAX_BACKOFF_S = 1.0
+#: Of each attempt's share of ``store.command_timeout_s``, the part the connect may take; the read
+#: gets the rest (a store that accepts and never answers costs a read timeout per attempt).
+COMMAND_CONNECT_SHARE = 1 / 3
+
+
+def for_command(settings: StoreSettings) -> StoreSettings:
+    """``settings`` sized for a one-shot command: every request, its retries and their back-off
+    included, ends within ``settings.command_timeout_s`` when the store does not answer (a refused
+    port ends sooner); a timeout or retry total configured lower stays lower."""
+    attempts = min(settings.max_attempts, COMMAND_MAX_ATTEMPTS)
+    backoff_s = min(settings.max_backoff_s, COMMAND_MAX_BACKOFF_S)
+    per_attempt_s = (settings.command_timeout_s - (attempts - 1) * backoff_s) / attempts
+    return settings.model_copy(update={
+        "max_attempts": attempts,
+        "max_backoff_s": backoff_s,
+        "connect_timeout_s": min(settings.connect_timeout_s, per_attempt_s * COMMAND_CONNECT_SHARE),
+        "read_timeout_s": min(settings.read_timeout_s, per_attempt_s * (1 - COMMAND_CONNECT_SHARE)),
+    })
 
 
 class RetryPolicy:
@@ -70,6 +92,7 @@ class RetryPolicy:
                     "op": op,
                     "key": key,
                     "attempt": state.attempt_number,
+                    "attempts": self.max_attempts,
                     "sleep_s": round(state.next_action.sleep if state.next_action else 0.0, 3),
                     "error_class": type(cause).__name__,
                     "error": str(exc),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import replace
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from types import ModuleType
@@ -286,7 +287,7 @@ class S3Store(Closeable):
 
             self._call("get", key, probe)
             raise  # the GET was allowed after all: the HEAD's refusal stands
-        return self._info(key, resp)
+        return replace(self._info(key, resp), metadata=dict(resp.get("Metadata", {})))
 
     def get(self, key: str, *, max_bytes: int | None = None) -> StoredObject:
         def attempt() -> StoredObject:

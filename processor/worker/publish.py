@@ -15,6 +15,7 @@ from processor.pipeline.outputs import attempt_scoped
 from processor.queue.claims import ClaimProgress
 from processor.queue.outcomes import Outcome
 from processor.queue.protocol import AlreadyCommitted, BucketQueue, OutputTaken
+from processor.queue.submit import filename_from_metadata
 from processor.tracing import Tracer
 from processor.worker.job import Job
 from processor.worker.metrics import WorkerObserver
@@ -132,5 +133,6 @@ class Publisher:
             format=decoded.format if decoded else None,
             notes=decoded.notes if decoded else [],
             color_profile=decoded.color_profile if decoded else None,
+            filename=filename_from_metadata(job.input.metadata) if job.input is not None else None,
         )
 

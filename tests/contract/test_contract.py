@@ -121,6 +121,14 @@ def test_put_get_head_round_trip(store: ObjectStore) -> None:
     assert dict(store.get("inputs/toy.jpg").metadata) == {}
 
 
+def test_head_returns_the_metadata_of_the_version_it_names(store: ObjectStore) -> None:
+    store.put("inputs/toy.jpg", b"photo bytes", metadata={"filename": "Teddy%20B%C3%A4r.jpg"})
+    assert dict(store.head("inputs/toy.jpg").metadata) == {"filename": "Teddy%20B%C3%A4r.jpg"}
+    store.put("inputs/toy.jpg", b"other bytes")
+    assert dict(store.head("inputs/toy.jpg").metadata) == {}
+    assert all(dict(info.metadata) == {} for info in store.list("inputs/"))  # listings carry none
+
+
 def test_missing_keys(store: ObjectStore) -> None:
     with pytest.raises(ObjectNotFound):
         store.get("nope/missing.jpg")

@@ -335,3 +335,29 @@ def test_processor_submit_over_the_api_waits_for_its_jobs(service: Service, api:
     no_token = subprocess.run([sys.executable, "-m", "processor", "submit", "--api", service.url, str(folder)],
                               env=service.env, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert no_token.returncode != 0 and "401" in no_token.stderr and "Authorization" in no_token.stderr
+
+
+def test_processor_submit_over_the_api_refuses_what_is_no_photo(service: Service, api: Client) -> None:
+    """``processor submit --api URL``: a file that is no photo is refused before it is sent (one line
+    each), the photos still become jobs, and each job keeps its photo's file name."""
+    import subprocess
+    import sys
+
+    from processor.errors import EXIT_SOME_FAILED
+
+    folder = service.log.parent / "over-api-refused"
+    folder.mkdir()
+    (folder / "Teddy Bear.jpg").write_bytes(photo_bytes(120, 90, seed=43))
+    (folder / "notes.txt").write_text("not a photo\n")
+    env = service.env | {"PROCESSOR_API_TOKEN": TOKEN}
+    proc = subprocess.run([sys.executable, "-m", "processor", "submit", "--api", service.url, str(folder),
+                           "--log-format", "text"], env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert proc.returncode == EXIT_SOME_FAILED, proc.stderr
+    # Where the jobs went: the API, not the configured bucket.
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith("using config ") and first.endswith(f"; the HTTP API at {service.url}"), first
+    refusals = [line for line in proc.stderr.splitlines() if line.startswith("refused ")]
+    assert len(refusals) == 1 and "notes.txt" in refusals[0], proc.stderr
+    submitted = dict(line.split(" -> ") for line in proc.stdout.splitlines() if " -> " in line)
+    assert set(submitted) == {"Teddy Bear.jpg"}
+    assert api.get(submitted["Teddy Bear.jpg"].split()[0]).filename == "Teddy Bear.jpg"

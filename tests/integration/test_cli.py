@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from processor.cli.main import main
-from processor.errors import EXIT_CONFIG
+from processor.errors import EXIT_CONFIG, EXIT_SOME_FAILED
 from processor.manifest import Manifest
 from testkit.images import photo_bytes
 
@@ -42,8 +43,18 @@ def test_every_subcommand_explains_itself(command, capsys):
     assert len(capsys.readouterr().out) > 200
 
 
+def drop_in_bucket(project: Path, relpath: str) -> None:
+    """Put a file from photos/ straight into the bucket's inputs/, as a user may: the way a file
+    that is no photo reaches the worker (``submit`` refuses it)."""
+    target = project / "bucket/inputs" / relpath
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(project / "photos" / relpath, target)
+
+
 def test_submit_run_status_results(project, capsys):
-    assert main(["submit", "photos", "-q"]) == 0
+    assert main(["submit", "photos", "-q"]) == EXIT_SOME_FAILED  # broken.jpg is refused, the photos go
+    assert not (project / "bucket/inputs/shelf/broken.jpg").exists()
+    drop_in_bucket(project, "shelf/broken.jpg")
     assert (project / "bucket/inputs/shelf/cow.jpg").exists()
     assert main(["run", "--once"]) == 0
     manifest = Manifest.model_validate_json((project / "bucket/outputs/shelf/cow/manifest.json").read_text())
@@ -120,6 +131,7 @@ def test_missing_explicit_config_is_fatal(project, capsys):
 
 
 def test_doctor_on_the_local_store(project, capsys):
+    (project / "bucket").mkdir()  # doctor only reads: it checks a bucket, never makes one
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
     assert "conditional create" in out and "atomic" in out and "style toon" in out
@@ -134,7 +146,9 @@ def test_schema_matches_the_committed_docs(tmp_path):
 
 def test_python_dash_m_and_json_logs(project):
     """The installed entry point, as a user runs it; logs are JSON lines when not on a terminal."""
-    subprocess.run([sys.executable, "-m", "processor", "submit", "photos", "-q"], check=True)
+    submitted = subprocess.run([sys.executable, "-m", "processor", "submit", "photos", "-q"], check=False)
+    assert submitted.returncode == EXIT_SOME_FAILED
+    drop_in_bucket(project, "shelf/broken.jpg")
     proc = subprocess.run([sys.executable, "-m", "processor", "run", "--once"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]

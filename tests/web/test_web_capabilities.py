@@ -184,6 +184,7 @@ def test_pages_offer_what_workers_run_and_say_what_to_do_at_desktop_and_phone_wi
             assert bad.locator("[data-role=retry]").count() == 0, width  # the same bytes would fail again
             assert "upload a changed one" in bad.inner_text() and bad.locator("[data-role=hint]").inner_text()
             waiting = pg.locator(f"[data-role=row][data-job='{waiting_job}']")
+            assert waiting.locator("[data-role=link]").inner_text() == "bear.jpg"  # its original name
             assert waiting.locator("[data-role=waiting]").count() == 1 and waiting.locator("[data-role=retry]").count()
             assert_no_word_broken(pg, "[data-role=row] .what p", width)
             # A row is no taller than what it shows: its thumbnail, or its text.

@@ -64,6 +64,7 @@ async def submit(request: Request, context: Context, caller: Caller) -> Response
     media = content_type.split(";")[0].strip().lower()
     declared = request.headers.get("content-length")
     look: bytes | None = None
+    filename: str | None = None
     if media == "multipart/form-data":
         # Two files may come: the photo and the picture of the look, each capped at ``limit``.
         if declared and declared.isdigit() and int(declared) > form_limit(limit):
@@ -74,7 +75,7 @@ async def submit(request: Request, context: Context, caller: Caller) -> Response
         fields: dict[str, Any] = {}
         for name, values in form.fields.items():
             fields[name] = values if name in LIST_FIELDS else values[-1]
-        image, look = form.image, form.style_image
+        image, look, filename = form.image, form.style_image, form.image_filename
     elif media == "application/json":
         # Room for two base64 pictures (the photo and style_image); each is capped at ``limit``.
         body = await read_capped(request.stream(), json_body_limit(2 * limit), "the JSON body")
@@ -93,7 +94,7 @@ async def submit(request: Request, context: Context, caller: Caller) -> Response
                       field="webhook", hint="Leave webhook out and poll GET /v1/jobs/{id} or its events; or ask "
                       "the operator to set the allow-list and the signing secret.")
     submission = await run_in_threadpool(build_submission, image, fields, context.settings, limit=limit,
-                                         resolve=context.resolve, style_image=look)
+                                         resolve=context.resolve, style_image=look, filename=filename)
     job, created = await write(context, submission, idempotency_key, caller.name)
     context.metrics.submitted(created)
     base = renderer.base_url(request)
