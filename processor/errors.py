@@ -30,6 +30,9 @@
         │   ├── InvalidSidecar
         │   └── InputUnreadable    the input (or its sidecar) exists but we may not read it
         ├── InputVanished          the input was deleted between the listing and its GET
+        ├── StyleUnavailable       a style it asks for cannot load on the worker that took it (an extra
+        │                          or a model missing there): the operator's problem, never final; the
+        │                          input waits for a worker that can run the style
         ├── StageFailed            a pipeline stage crashed on this input (a bug or a model fault)
         └── JobCancelled           not a failure: the job was cancelled while it computed; the worker
                                    records the cancel (``processor.queue.cancel``), never a failure
@@ -250,6 +253,25 @@ class InputVanished(ItemError):
     (only the compute stage feeds the breaker)."""
 
     hint = "Nothing to do if it was deleted on purpose; upload it again to have it processed."
+
+
+class StyleUnavailable(ItemError):
+    """A style the input asks for (its sidecar's ``styles``, a background, the captioner its styles
+    need) cannot load on the worker that took it: its engine's extra is not installed there, or its
+    model is missing from that worker's cache. The operator's problem, not the photo's.
+
+    Its failure record is never final and counts no attempt (``permanent: false``, ``final: false``,
+    no ``failed`` done marker): the worker that wrote it leaves the input alone until it restarts,
+    and any worker that can load the style takes it at its next scan. ``styles`` names what could
+    not load. Never counted by the circuit breaker: the worker runs its other styles fine."""
+
+    hint = ("Operator: make the style loadable on a worker (install the extra or `processor models pull` "
+            "the model the message names) and start or restart that worker; the job then runs by itself. "
+            "`processor retry --error StyleUnavailable` (or Retry) makes running workers look again at once.")
+
+    def __init__(self, message: str, *, styles: tuple[str, ...] = (), hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.styles = styles
 
 
 class StageFailed(ItemError):

@@ -40,7 +40,7 @@ OTHER_TOKEN = "test-token-2"
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"toy-cartoonizer-test-secret!").decode()
 
 CONFIG = """\
-styles: {toon: {engine: toon, variants: 2, max_side: 128}}
+styles: {toon: {engine: toon, variants: 2, max_side: 128}%(styles)s}
 run: {styles: [toon], poll_interval_s: 0.2, idle_backoff_max_s: 0.5, full_rescan_s: 2}
 claims: {ttl_s: 30, renew_s: 5, progress_s: 0.2}
 pipeline: {contact_sheet_height: 64}
@@ -68,14 +68,17 @@ class Service:
 
 def write_env(tmp: Path, store_env: dict[str, str], *, max_upload: int = 4_000_000,
               allow: tuple[str, ...] = ("127.0.0.1",), keys: str = f"tester:{TOKEN}:admin,{OTHER_TOKEN}",
-              api: dict[str, object] | None = None) -> dict[str, str]:
-    """The environment of a test server: its config file (``api``: more keys of its api section),
-    its clients (``keys``, as PROCESSOR_API_KEYS: ``TOKEN`` is an admin's) and store."""
-    config = tmp / "config.yaml"
+              api: dict[str, object] | None = None, styles: dict[str, object] | None = None,
+              config_name: str = "config.yaml") -> dict[str, str]:
+    """The environment of a test server: its config file (``api``: more keys of its api section;
+    ``styles``: more styles beside ``toon``), its clients (``keys``, as PROCESSOR_API_KEYS:
+    ``TOKEN`` is an admin's) and store."""
+    config = tmp / config_name
     allowed = ", ".join(f'"{a}"' for a in allow)
     more = "".join(f", {k}: {json.dumps(v)}" for k, v in (api or {}).items())
     config.write_text(CONFIG % {"max_upload": max_upload, "max_wait": MAX_WAIT_S, "direct": DIRECT_TIMEOUT_S,
-                                "allow": allowed, "api": more})
+                                "allow": allowed, "api": more,
+                                "styles": "".join(f", {k}: {json.dumps(v)}" for k, v in (styles or {}).items())})
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PROCESSOR_", "AWS_"))}
     env |= {"PROCESSOR_CONFIG": str(config), "PROCESSOR_API_KEYS": keys, "PROCESSOR_WEBHOOK_SECRET": WEBHOOK_SECRET,
             **store_env}

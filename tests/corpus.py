@@ -52,6 +52,8 @@ class Expect:
     words: tuple[str, ...] = ()
     format: str | None = None
     notes: tuple[str, ...] = ()
+    #: Whether the failure is the photo's own (a final record), or a worker's that another may not have.
+    permanent: bool = True
 
 
 def done(fmt: str, *notes: str) -> Expect:
@@ -60,6 +62,11 @@ def done(fmt: str, *notes: str) -> Expect:
 
 def failed(error: str, *words: str) -> Expect:
     return Expect("failed", error=error, words=words)
+
+
+def unavailable(*words: str) -> Expect:
+    """A style the worker cannot load: a retryable ``StyleUnavailable`` record, never final."""
+    return Expect("failed", error="StyleUnavailable", words=words, permanent=False)
 
 
 REFUSED = Expect("refused")
@@ -353,19 +360,20 @@ def corpus() -> list[Entry]:
             failed("InvalidSidecar", "unknown style 'nope'"),
             sidecar=b'{"styles": ["nope"]}',
         ),
-        # Styles and background models this worker cannot load: the input fails, the worker goes on.
+        # Styles and background models this worker cannot load: the input waits for a worker that
+        # can (a retryable record, the operator's problem); this worker goes on.
         Entry(
             "sidecar-style-model-missing",
             "inputs/side/no-model.jpg",
             photo,
-            failed("InvalidSidecar", "style 'unavailable' cannot run on this worker"),
+            unavailable("style 'unavailable' cannot run on this worker"),
             sidecar=b'{"styles": ["unavailable"]}',
         ),
         Entry(
             "sidecar-background-model-missing",
             "inputs/side/no-bg-model.jpg",
             photo,
-            failed("InvalidSidecar", "style 'toon' cannot run on this worker", "ModelUnavailableError"),
+            unavailable("style 'toon' cannot run on this worker", "ModelUnavailableError"),
             sidecar=b'{"background": {"mode": "instruct", "prompt": "a beach"}}',
         ),
         Entry(

@@ -42,7 +42,7 @@ from processor.api.limits import (
 from processor.api.problems import MEDIA_TYPE, Problem
 from processor.api.readiness import WriteProbe
 from processor.api.render import JobRenderer
-from processor.api.routes import events, files, health, jobs, pages, prototype
+from processor.api.routes import events, files, health, jobs, pages, prototype, workers
 from processor.api.streams import StreamSlots
 from processor.api.upload import form_limit, json_body_limit
 from processor.api.validate import Resolver
@@ -134,7 +134,7 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
     add_problem_handlers(app)
     app.add_exception_handler(pages.LoginRequired, pages.login_redirect)
     app.add_exception_handler(pages.LoggedInByUrl, pages.url_login)
-    for module in (health, jobs, files, events, prototype, pages):
+    for module in (health, jobs, files, events, workers, prototype, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=str(pages.STATIC_DIR)), name="static")
     openapi.install(app)

@@ -29,6 +29,7 @@ from processor.api.clients import Access, Identity
 from processor.api.guard import AuthFailures
 from processor.api.http_metrics import ApiMetrics
 from processor.api.limits import BodyBudget
+from processor.api.offers import RosterCache
 from processor.api.problems import Problem
 from processor.api.readiness import WriteProbe
 from processor.api.render import JobRenderer
@@ -76,6 +77,11 @@ class ApiContext:
     #: What tells waiting requests and event streams that a job moved (one per replica); None:
     #: they read the job's state every ``api.poll_s``.
     watch: JobWatch | None = None
+    #: The running workers' capabilities records, read at most every few seconds (``processor.api.offers``).
+    roster: RosterCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.roster = RosterCache(self.queue, clock=self.clock)
 
 
 def get_context(request: Request) -> ApiContext:
@@ -156,13 +162,15 @@ async def state_or_404(queue: BucketQueue, job: str) -> JobState:
 
 
 async def wait_for_end(queue: BucketQueue, job: str, seconds: float, *, clock: Callable[[], float],
-                       poll_s: float, watch: JobWatch | None = None) -> JobState:
-    """The job's state once it ended, or after ``seconds``: read again whenever ``watch`` says the
-    job moved (and every ``RESYNC_S`` regardless), or without one every ``poll_s``."""
+                       poll_s: float, watch: JobWatch | None = None,
+                       stop: Callable[[JobState], bool] | None = None) -> JobState:
+    """The job's state once it ended (or ``stop`` says so of it), or after ``seconds``: read again
+    whenever ``watch`` says the job moved (and every ``RESYNC_S`` regardless), or without one every
+    ``poll_s``."""
     deadline = clock() + seconds
     generation = watch_generation(watch, job)
     state = await state_or_404(queue, job)
-    while not state.status.ended and clock() < deadline:
+    while not state.status.ended and not (stop is not None and stop(state)) and clock() < deadline:
         if watch is None:
             await asyncio.sleep(min(poll_s, max(0.0, deadline - clock())))
         else:

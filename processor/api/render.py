@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from processor.api.schemas import CancelOut, FailureOut, JobOut, Links, Progress, VariantOut
 from processor.config.sections import ApiSettings
+from processor.manifest import FailureRecord
 from processor.queue.jobs import JobState, JobStatus
 from processor.queue.protocol import BucketQueue
 
@@ -27,10 +28,10 @@ class JobRenderer:
         return (self.api.public_url or str(request.base_url)).rstrip("/")
 
     @staticmethod
-    def links(base: str, job: str, status: JobStatus | None = None) -> Links:
+    def links(base: str, job: str, status: JobStatus | None = None, *, waiting: bool = False) -> Links:
         root = f"{base}/v1/jobs/{job}"
         return Links(self=root, events=root + "/events",
-                     retry=root + "/retry" if status is JobStatus.failed else None)
+                     retry=root + "/retry" if status is JobStatus.failed or waiting else None)
 
     def file_name(self, state: JobState, key: str) -> str | None:
         """The plain name of ``key`` in the job's output folder; None (logged) for any other key:
@@ -63,7 +64,8 @@ class JobRenderer:
     def render(self, base: str, state: JobState) -> JobOut:
         """The job as every route (and the webhook) shows it; URLs under ``base``."""
         out = JobOut(id=state.id, status=state.status, input=state.input_key, filename=state.filename,
-                     submitted_at=state.submitted_at, links=self.links(base, state.id, state.status),
+                     submitted_at=state.submitted_at,
+                     links=self.links(base, state.id, state.status, waiting=state.waiting is not None),
                      detail=state.detail)
         if state.progress is not None:
             p = state.progress
@@ -89,11 +91,15 @@ class JobRenderer:
                 out.contact_sheet_download = self.file_url(base, state, state.manifest.contact_sheet, download=True)
             out.manifest = state.manifest.model_dump(mode="json", by_alias=True)
         if state.failure is not None:
-            f = state.failure
-            out.failure = FailureOut(error=f.error, message=f.message, hint=f.hint, permanent=f.permanent,
-                                     attempts=f.attempts)
+            out.failure = _failure(state.failure)
+        if state.waiting is not None:
+            out.waiting = _failure(state.waiting)
         if state.cancel is not None:
             c = state.cancel
             out.cancel = CancelOut(requested_at=c.requested_at, cancelled_at=c.cancelled_at, stage=c.stage,
                                    round=c.round, rounds=c.rounds, step=c.step, steps=c.steps)
         return out
+
+
+def _failure(f: FailureRecord) -> FailureOut:
+    return FailureOut(error=f.error, message=f.message, hint=f.hint, permanent=f.permanent, attempts=f.attempts)

@@ -104,6 +104,9 @@ class JobOut(BaseModel):
     #: Why a done job has no manifest, or a failed one no failure record (the bucket says it
     #: ended, but that record is gone or unreadable), and what to do; null otherwise.
     detail: str | None = None
+    #: A queued job that a worker took and could not run: a style it asks for cannot load there
+    #: (``StyleUnavailable``, the operator's to fix). It waits for a worker that can; null otherwise.
+    waiting: FailureOut | None = None
     links: Links
 
 
@@ -126,6 +129,72 @@ class DirectRequest(BaseModel):
 class DirectResponse(BaseModel):
     #: Base64 PNGs, one per variant.
     generated_images: list[str]
+    #: The first of them, when one was asked for: the key the prototype's first (Flask) server answered.
+    generated_image: str | None = None
+    #: The style that made them (also the ``X-Processor-Style`` header): ``api.direct_style``, else
+    #: the first of ``run.styles``.
+    style: str
+    #: Request fields that style does not use (a toon style takes no prompt): sent, and ignored.
+    ignored: list[str] = Field(default_factory=list)
+
+
+class StyleOut(BaseModel):
+    """One style the server's configuration defines, and whether a job can get it now."""
+
+    name: str
+    engine: str
+    #: In run.styles: what a job that names no styles gets.
+    default: bool
+    #: Offered: this service runs its weights' licence and, while workers run, one of them can load
+    #: it. A job may name a style that is not offered; it waits for a worker that can.
+    offered: bool
+    #: The running workers that can run it.
+    workers: list[str] = Field(default_factory=list)
+    #: Why it is not offered; null when it is.
+    reason: str | None = None
+
+
+class StylesOut(BaseModel):
+    """``GET /v1/styles``."""
+
+    styles: list[StyleOut]
+    #: Running workers (their capabilities records are live); null when the records could not be read.
+    workers: int | None
+    #: "no worker is running: jobs will wait until one starts", while none runs; null otherwise.
+    warning: str | None = None
+
+
+class WorkerStyleOut(BaseModel):
+    name: str
+    #: ``ready`` (its own, loaded), ``loading``, ``loadable`` (on first use) or ``unavailable``.
+    state: str
+    reason: str | None = None
+
+
+class WorkerOut(BaseModel):
+    """One running worker, from its capabilities record."""
+
+    id: str
+    version: str
+    device: str
+    #: ``starting`` (loading its styles), ``ready`` or ``stopping``.
+    phase: str
+    started_at: datetime
+    #: Seconds since it last rewrote its record (the store's clock).
+    last_seen_s: float
+    run_styles: list[str]
+    #: The optional extras installed where it runs.
+    extras: list[str]
+    styles: list[WorkerStyleOut]
+
+
+class WorkersOut(BaseModel):
+    """``GET /v1/workers``."""
+
+    workers: list[WorkerOut]
+    #: Records of workers that stopped without removing theirs (aged out) and records that are not ours.
+    stale: int = 0
+    unreadable: int = 0
 
 
 class StreamEnded(BaseModel):

@@ -72,7 +72,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     worker = Worker(store, settings, build_registry(settings), worker_id=worker_id(settings), styles=styles,
                     device=detect_device(settings, styles), use_claims=use_claims, observer=metrics.observer,
                     captioner=build_captioner(settings, store), hints=build_hint_sources(settings, store),
-                    compute_pool=build_compute_pool(settings, styles), tracer=tracer)
+                    compute_pool=build_compute_pool(settings, styles), tracer=tracer, announce=True)
     metrics.observer.watch(store=store, claims=worker.claims, info=worker.info.model_dump())
     _install_signal_handlers(worker)
     log.info("worker_start", extra={"worker": worker.info.id, "store": store.description, "styles": styles,

@@ -49,6 +49,8 @@ CONTACT_SHEET_MAX_TILE_ASPECT = 4
 CONTACT_SHEET_MIN_HEIGHT = 8
 CONTACT_SHEET_BACKGROUND = (255, 255, 255)
 CONTACT_SHEET_TEXT = (30, 30, 30)
+#: Lines a contact sheet's legend takes at most (wrapped to the sheet's width, the rest cut).
+CONTACT_SHEET_LEGEND_LINES = 3
 
 # A1111's fixed leading fields, in its order: (our parameter key, A1111 label).
 _A1111_FIELDS: tuple[tuple[str, str], ...] = (
@@ -186,6 +188,7 @@ def contact_sheet(
     height: int,
     labels: list[str] | None = None,
     max_pixels: int = DEFAULT_CONTACT_SHEET_MAX_PIXELS,
+    legend: str | None = None,
 ) -> bytes:
     """A JPEG of the original then every variant, each scaled to ``height`` (aspect kept, at most
     ``CONTACT_SHEET_MAX_TILE_ASPECT`` wide), in rows of at most ``CONTACT_SHEET_MAX_COLUMNS`` with
@@ -193,6 +196,8 @@ def contact_sheet(
     fits, so its size is bounded whatever the number of tiles or the input's shape.
 
     ``labels`` names every tile, the original included (default "original", "1", "2", ...).
+    ``legend`` explains the labels' abbreviations, under the last row (wrapped to the sheet's width,
+    at most ``CONTACT_SHEET_LEGEND_LINES`` lines).
     """
     if height < 1:
         raise ValueError(f"contact sheet height must be at least 1 pixel, got {height}")
@@ -204,14 +209,17 @@ def contact_sheet(
             f"contact sheet got {len(labels)} labels for {len(images)} tiles "
             f"(the original plus {len(variants)} variants)"
         )
-    height = _fitting_height(images, height, max_pixels)
+    legend_room = CONTACT_SHEET_LEGEND_LINES * CONTACT_SHEET_LABEL_HEIGHT if legend else 0
+    height = _fitting_height(images, height, max_pixels, legend_room)
     tiles = [_scale_to_tile(image, height) for image in images]
     rows = [tiles[i : i + CONTACT_SHEET_MAX_COLUMNS] for i in range(0, len(tiles), CONTACT_SHEET_MAX_COLUMNS)]
     row_height = height + CONTACT_SHEET_LABEL_HEIGHT + CONTACT_SHEET_GAP
     sheet_width = CONTACT_SHEET_GAP + max(sum(t.width + CONTACT_SHEET_GAP for t in row) for row in rows)
-    sheet = Image.new("RGB", (sheet_width, CONTACT_SHEET_GAP + row_height * len(rows)), CONTACT_SHEET_BACKGROUND)
-    draw = ImageDraw.Draw(sheet)
     font = _font()
+    legend_lines = _wrap(legend, font, sheet_width - 2 * CONTACT_SHEET_GAP) if legend else []
+    sheet = Image.new("RGB", (sheet_width, CONTACT_SHEET_GAP + row_height * len(rows)
+                              + CONTACT_SHEET_LABEL_HEIGHT * len(legend_lines)), CONTACT_SHEET_BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
     for row_index, row in enumerate(rows):
         x = CONTACT_SHEET_GAP
         y = CONTACT_SHEET_GAP + row_index * row_height
@@ -220,6 +228,9 @@ def contact_sheet(
             label = _fit_text(draw, labels[row_index * CONTACT_SHEET_MAX_COLUMNS + column], font, tile.width)
             draw.text((x + 1, y + height + 2), label, fill=CONTACT_SHEET_TEXT, font=font)
             x += tile.width + CONTACT_SHEET_GAP
+    for n, line in enumerate(legend_lines):
+        y = CONTACT_SHEET_GAP + row_height * len(rows) + n * CONTACT_SHEET_LABEL_HEIGHT
+        draw.text((CONTACT_SHEET_GAP + 1, y), line, fill=CONTACT_SHEET_TEXT, font=font)
     return encode_jpeg(sheet, quality=CONTACT_SHEET_QUALITY)
 
 
@@ -236,19 +247,21 @@ def _tile_size(width: int, height: int, tile_height: int) -> tuple[int, int]:
     return max_width, max(1, round(height * max_width / width))
 
 
-def _sheet_pixels(sizes: list[tuple[int, int]], tile_height: int) -> int:
+def _sheet_pixels(sizes: list[tuple[int, int]], tile_height: int, extra_height: int = 0) -> int:
     tiles = [_tile_size(w, h, tile_height) for w, h in sizes]
     rows = [tiles[i : i + CONTACT_SHEET_MAX_COLUMNS] for i in range(0, len(tiles), CONTACT_SHEET_MAX_COLUMNS)]
     width = CONTACT_SHEET_GAP + max(sum(t[0] + CONTACT_SHEET_GAP for t in row) for row in rows)
-    return width * (CONTACT_SHEET_GAP + (tile_height + CONTACT_SHEET_LABEL_HEIGHT + CONTACT_SHEET_GAP) * len(rows))
+    return width * (CONTACT_SHEET_GAP + (tile_height + CONTACT_SHEET_LABEL_HEIGHT + CONTACT_SHEET_GAP) * len(rows)
+                    + extra_height)
 
 
-def _fitting_height(images: list[Image.Image], height: int, max_pixels: int) -> int:
-    """The largest tile height up to ``height`` whose sheet has at most ``max_pixels`` pixels."""
+def _fitting_height(images: list[Image.Image], height: int, max_pixels: int, extra_height: int = 0) -> int:
+    """The largest tile height up to ``height`` whose sheet, with ``extra_height`` pixels more (its
+    legend), has at most ``max_pixels`` pixels."""
     sizes = [image.size for image in images]
-    while height > CONTACT_SHEET_MIN_HEIGHT and _sheet_pixels(sizes, height) > max_pixels:
+    while height > CONTACT_SHEET_MIN_HEIGHT and _sheet_pixels(sizes, height, extra_height) > max_pixels:
         # Area grows about with the square of the height: shrink by the root of the excess.
-        shrink = math.sqrt(max_pixels / _sheet_pixels(sizes, height))
+        shrink = math.sqrt(max_pixels / _sheet_pixels(sizes, height, extra_height))
         height = max(CONTACT_SHEET_MIN_HEIGHT, min(height - 1, int(height * shrink)))
     return height
 
@@ -276,6 +289,22 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> st
     while text and draw.textlength(text + "…", font=font) > width:
         text = text[:-1]
     return text + "…" if text else ""
+
+
+def _wrap(text: str, font: Any, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` pixels, broken between words; at most
+    ``CONTACT_SHEET_LEGEND_LINES`` lines, the last cut with an ellipsis when more was left."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    lines: list[str] = []
+    for word in text.split():
+        if lines and measure.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    if len(lines) > CONTACT_SHEET_LEGEND_LINES:
+        lines = lines[:CONTACT_SHEET_LEGEND_LINES]
+        lines[-1] += " …"
+    return [_fit_text(measure, line, font, width) for line in lines]
 
 
 def _label(key: str) -> str:

@@ -19,14 +19,14 @@ from typing import Any
 from PIL import Image
 
 from processor.config import Settings, with_sources
-from processor.errors import InvalidSidecar
+from processor.errors import InvalidSidecar, StyleUnavailable
 from processor.manifest import CaptionInfo, Variant
 from processor.pipeline.base import DecodedImage, VariantImage
 from processor.pipeline.caption import caption_item, caption_used
 from processor.pipeline.decode import decode_image
 from processor.pipeline.look import InputStyleImage, decode_style_image
 from processor.pipeline.outputs import OutputFile, encode_outputs
-from processor.pipeline.render import EngineRegistry, render
+from processor.pipeline.render import EngineRegistry, one_line, render
 from processor.pipeline.sidecar import ItemOverrides, load_sidecar_json, validate_overrides
 
 log = logging.getLogger("processor.pipeline")
@@ -151,8 +151,9 @@ class ItemPipeline:
 
     def _caption_on_demand(self, styles: list[str]) -> None:
         """An input picked a style that takes a caption while the worker's own styles do not, so
-        the captioner loads now. If it cannot (a model missing from the cache), that input fails
-        with ``InvalidSidecar``, not the worker; the reason is kept for the next such input."""
+        the captioner loads now. If it cannot (a model missing from the cache), that input waits for
+        a worker that can (``StyleUnavailable``: the operator's problem, not the photo's), and this
+        worker goes on; the reason is kept for the next such input (``caption_unavailable``)."""
         if self.captioner is None or getattr(self.captioner, "ready", True):
             return
         if not caption_used(self.settings.caption, self.settings.styles, styles):
@@ -163,13 +164,19 @@ class ItemPipeline:
                 return
             except Exception as exc:  # noqa: BLE001 - any load failure is this input's, see above
                 log.warning("caption_unavailable", extra={"error": type(exc).__name__, "detail": str(exc)})
-                self._caption_unavailable = f"{type(exc).__name__}: {exc}"
-        raise InvalidSidecar(
+                self._caption_unavailable = one_line(exc)
+        raise StyleUnavailable(
             f"the styles this input asks for ({', '.join(styles)}) take a caption, and the captioner cannot "
             f"load on this worker: {self._caption_unavailable}",
-            hint="Pick styles this worker runs (its run.styles), or give a prompt in the sidecar; the operator "
-                 "can add the caption models with `processor models pull`.",
+            styles=tuple(styles),
+            hint="Operator: add the caption models (`processor models pull`) or the extra the message names, then "
+                 "start or restart the worker; the job then runs by itself. A prompt in the sidecar needs no caption.",
         )
+
+    @property
+    def caption_unavailable(self) -> str | None:
+        """Why the captioner could not load on demand on this worker (None: it did, or was never needed)."""
+        return self._caption_unavailable
 
     def encode(self, prepared: Prepared, rendered: Rendered, *, output_prefix: str = "",
                timings: dict[str, float] | None = None) -> Encoded:

@@ -179,7 +179,8 @@ def encode_outputs(
             shown = sheet_frames(v.video) if v.video is not None else [(None, v.image)]
             labels += [_tile_label(v) + (f" f{n}" if n is not None else "") for n, _ in shown]
             tiles += [frame for _, frame in shown]
-        sheet = contact_sheet(original, tiles, height=sheet_height, labels=labels, max_pixels=sheet_max_pixels)
+        sheet = contact_sheet(original, tiles, height=sheet_height, labels=labels, max_pixels=sheet_max_pixels,
+                              legend=_sheet_legend(variants))
         files.append(OutputFile(CONTACT_SHEET_NAME, sheet, "image/jpeg"))
         sheet_name = CONTACT_SHEET_NAME
     return files, entries, sheet_name
@@ -272,6 +273,18 @@ def _control_text(variant: VariantImage) -> dict[str, object]:
                                   "settings": dict(c.settings) | ({"preprocessor": c.preprocessor}
                                                                   if c.preprocessor else {})}
                                  for c in variant.control]}
+
+
+#: What the contact sheet's score labels mean (``_tile_label``), one entry per score.
+STRUCTURE_LEGEND = "s = structure: edge agreement with the photo (0 none of its outlines kept, 1 all of them)"
+CLIP_LEGEND = "c = CLIP similarity to the photo (0-1)"
+
+
+def _sheet_legend(variants: list[VariantImage]) -> str | None:
+    """The legend of the scores the sheet's labels carry; None when they carry none."""
+    parts = [STRUCTURE_LEGEND] if any(v.structure is not None for v in variants) else []
+    parts += [CLIP_LEGEND] if any(v.clip is not None for v in variants) else []
+    return "; ".join(parts) or None
 
 
 def _tile_label(variant: VariantImage) -> str:

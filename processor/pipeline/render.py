@@ -2,7 +2,10 @@
 
 ``EngineRegistry`` builds each style's engine once (through a factory the composition root
 provides) and caches per-image variants of it (a sidecar's ``variants``/``seed``), so weights load
-once per worker. Unexpected exceptions from an engine become ``StageFailed`` naming the style.
+once per worker. Unexpected exceptions from an engine become ``StageFailed`` naming the style. A
+style that cannot load for an input after start (its extra or model is missing on this worker) is
+that input's ``StyleUnavailable``, remembered, and reported by ``unavailable`` (the worker's
+capabilities record, ``processor.worker.capabilities``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from PIL import Image
 
 from processor.config import with_sources
 from processor.config.licenses import style_licenses
-from processor.errors import InvalidSidecar, ItemError, StageFailed
+from processor.errors import InvalidSidecar, ItemError, StageFailed, StyleUnavailable
 from processor.pipeline.base import Engine, ItemContext, VariantImage
 from processor.pipeline.sidecar import style_with_overrides
 
@@ -55,7 +58,7 @@ class EngineRegistry:
             self._engines.move_to_end(cache_key)
             return self._engines[cache_key]
         if cache_key in self._unavailable:
-            raise InvalidSidecar(self._unavailable[cache_key], hint=_UNAVAILABLE_HINT)
+            raise StyleUnavailable(self._unavailable[cache_key], styles=(style_name,))
         configured = style_with_overrides(style_name, style, applicable) if applicable else style
         try:
             engine = self.factory(style_name, configured)
@@ -66,21 +69,31 @@ class EngineRegistry:
             if not self._started:
                 raise  # the worker's own styles: a missing model stops it at start (exit 5)
             # An input asked for a style (or a background) whose model is missing, or whose engine
-            # this install lacks: that input fails; the worker and its other inputs go on.
+            # this install lacks: the operator's problem, not the photo's. That input waits for a
+            # worker that can load it; this worker and its other inputs go on.
             message = (f"style {style_name!r} cannot run on this worker"
-                       f"{' with these sidecar values' if applicable else ''}: {type(exc).__name__}: {exc}")
+                       f"{' with these sidecar values' if applicable else ''}: {one_line(exc)}")
             log.warning("style_unavailable", extra={"style": style_name, "error": type(exc).__name__,
                                                     "detail": str(exc)})
             self._unavailable[cache_key] = message
             if len(self._unavailable) > MAX_OVERRIDE_ENGINES:
                 self._unavailable.popitem(last=False)
-            raise InvalidSidecar(message, hint=_UNAVAILABLE_HINT) from exc
+            raise StyleUnavailable(message, styles=(style_name,)) from exc
         self._engines[cache_key] = engine
         # Evict the oldest per-image engine, never a style's own (those carry no overrides).
         overridden = [k for k in self._engines if k[1]]
         if len(overridden) > MAX_OVERRIDE_ENGINES:
             del self._engines[overridden[0]]
         return engine
+
+    def loaded(self, style_name: str) -> bool:
+        """Whether the style's own engine (no per-image values) is built and set up."""
+        return (style_name, ()) in self._engines
+
+    def unavailable(self, style_name: str) -> str | None:
+        """Why the style's own engine failed to load for an input on this worker; None when it has
+        not (it loaded, or was never asked for)."""
+        return self._unavailable.get((style_name, ()))
 
     def configured(self, style_name: str, overrides: Mapping[str, Any] | None = None) -> Any:
         """The style's settings with the per-image overrides that apply to it (what its engine runs)."""
@@ -95,9 +108,14 @@ class EngineRegistry:
         self._started = True
 
 
-#: What to change when an input's style cannot be loaded by this worker.
-_UNAVAILABLE_HINT = ("Pick a style this worker runs (its run.styles), or drop the sidecar's styles/background; "
-                     "the operator can add the model with `processor models pull`.")
+#: Characters of an engine's load error kept in a failure record and a capabilities record.
+MAX_REASON_CHARS = 400
+
+
+def one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line, at most ``MAX_REASON_CHARS`` characters."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
 
 
 def _hashable(value: Any) -> Any:

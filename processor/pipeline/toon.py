@@ -9,14 +9,21 @@ lines over the flat colours.
 Every step is single-pass per pixel or seeded, so results do not depend on OpenCV's thread count
 (checked: identical bytes with 0, 1, 2 and 8 threads).
 
-Variant ``i`` uses seed ``style.seed + i``. The seed draws the variant's colour count, smoothing
-passes and line width from the style's inclusive ranges, and seeds its k-means, so the same input
-and style always give the same pixels.
+Variant ``i`` uses seed ``style.seed + i``, and its seed alone decides its look, so the same input
+and style always give the same pixels, and variant 1 of seed 0 is variant 0 of seed 1. The seed
+draws the colour count and smoothing passes from the style's inclusive ranges and seeds the
+k-means; it picks the rest in turns, so that neighbouring seeds (a style's variants) differ on
+purpose rather than by chance: the palette treatment (``Palette``: one of five, in
+``PALETTE_ORDER``), the tone levels the palette's lightness is snapped to (``TONE_LEVELS``: free,
+four or three, a poster or cel look) and the line weight (the ``edge_width`` range, thinnest to
+boldest). Every one of them is recorded in the variant's parameters.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import cv2
@@ -47,8 +54,41 @@ LUT_BITS = 5
 LUT_CELLS = 1 << (3 * LUT_BITS)
 #: Pixels: median kernel that removes single-pixel speckles left by quantisation.
 SPECKLE_KERNEL = 5
-#: Factor applied to HSV saturation of the palette: cartoons are a little more vivid than photos.
-PALETTE_SATURATION = 1.15
+
+
+class Palette(str, Enum):
+    """What a variant does to its k-means palette's colours (``PALETTE_LOOKS``)."""
+
+    NATURAL = "natural"
+    VIVID = "vivid"
+    PASTEL = "pastel"
+    WARM = "warm"
+    COOL = "cool"
+
+
+@dataclass(frozen=True)
+class PaletteLook:
+    #: Factor on HSV saturation (cartoons are a little more vivid than photos: natural is 1.15).
+    saturation: float
+    #: Fraction of the way each colour moves toward white (0: none).
+    lift: float
+    #: Gains on R, G and B (a warm or cool cast).
+    tint: tuple[float, float, float]
+
+
+PALETTE_LOOKS = {
+    Palette.NATURAL: PaletteLook(1.15, 0.0, (1.0, 1.0, 1.0)),
+    Palette.VIVID: PaletteLook(1.7, 0.0, (1.0, 1.0, 1.0)),
+    Palette.PASTEL: PaletteLook(0.6, 0.25, (1.0, 1.0, 1.0)),
+    Palette.WARM: PaletteLook(1.25, 0.0, (1.1, 1.0, 0.82)),
+    Palette.COOL: PaletteLook(1.1, 0.0, (0.84, 1.0, 1.1)),
+}
+#: Palette of seed ``s``: ``PALETTE_ORDER[s % 5]``; vivid and pastel, the furthest apart, neighbour natural.
+PALETTE_ORDER = (Palette.NATURAL, Palette.VIVID, Palette.PASTEL, Palette.WARM, Palette.COOL)
+#: Lightness levels the palette is snapped to, for seed ``s``: ``TONE_LEVELS[s % 3]`` (0: as clustered).
+TONE_LEVELS = (0, 4, 3)
+#: Lab lightness (0-100) of the darkest and the lightest snapped tone.
+TONE_DARKEST, TONE_LIGHTEST = 25.0, 90.0
 
 # --- lines -----------------------------------------------------------------------------------
 #: Pixels: median blur of the grey image before thresholding (suppresses texture lines).
@@ -107,7 +147,7 @@ class ToonEngine:
         results = []
         for index in range(self.style.variants):
             seed = self.style.seed + index
-            # Drawn ints first, then the descriptive fields the manifest records beside them.
+            # Drawn values first, then the descriptive fields the manifest records beside them.
             params: dict[str, Any] = draw_parameters(self.style, seed)
             out = cartoonize(
                 rgb,
@@ -115,6 +155,8 @@ class ToonEngine:
                 smoothing=params["smoothing"],
                 edge_width=params["edge_width"],
                 seed=seed,
+                palette=Palette(params["palette"]),
+                tones=params["tones"],
             )
             params.update(
                 {
@@ -138,13 +180,17 @@ class ToonEngine:
         return results
 
 
-def draw_parameters(style: ToonStyle, seed: int) -> dict[str, int]:
-    """The variant's colour count, smoothing passes and line width, drawn (inclusive) from ``seed``."""
+def draw_parameters(style: ToonStyle, seed: int) -> dict[str, Any]:
+    """The variant's look from ``seed`` alone (module docstring): colour count and smoothing passes
+    drawn (inclusive) from the style's ranges; palette, tone levels and line width in turns."""
     rng = np.random.default_rng(seed)
+    thinnest, boldest = style.edge_width
     return {
         "colors": int(rng.integers(style.colors[0], style.colors[1], endpoint=True)),
         "smoothing": int(rng.integers(style.smoothing[0], style.smoothing[1], endpoint=True)),
-        "edge_width": int(rng.integers(style.edge_width[0], style.edge_width[1], endpoint=True)),
+        "edge_width": thinnest + seed % (boldest - thinnest + 1),
+        "palette": PALETTE_ORDER[seed % len(PALETTE_ORDER)].value,
+        "tones": TONE_LEVELS[seed % len(TONE_LEVELS)],
     }
 
 
@@ -159,18 +205,21 @@ def fit_long_side(image: Image.Image, max_side: int) -> Image.Image:
     return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
 
 
-def cartoonize(rgb: np.ndarray, *, colors: int, smoothing: int, edge_width: int, seed: int) -> np.ndarray:
+def cartoonize(rgb: np.ndarray, *, colors: int, smoothing: int, edge_width: int, seed: int,
+               palette: Palette = Palette.NATURAL, tones: int = 0) -> np.ndarray:
     """The cartoon of an HxWx3 uint8 RGB array (same shape); deterministic for equal arguments."""
     smooth = rgb
     for _ in range(smoothing):
         smooth = cv2.bilateralFilter(smooth, BILATERAL_DIAMETER, BILATERAL_SIGMA_COLOR, BILATERAL_SIGMA_SPACE)
-    flat = quantize(smooth, colors, np.random.default_rng(seed))
+    flat = quantize(smooth, colors, np.random.default_rng(seed), palette=palette, tones=tones)
     lines = edge_mask(smooth, flat, edge_width)
     return paint_lines(flat, lines)
 
 
-def quantize(rgb: np.ndarray, colors: int, rng: np.random.Generator) -> np.ndarray:
-    """``rgb`` reduced to ``colors`` flat colours chosen by k-means in Lab."""
+def quantize(rgb: np.ndarray, colors: int, rng: np.random.Generator, *, palette: Palette = Palette.NATURAL,
+             tones: int = 0) -> np.ndarray:
+    """``rgb`` reduced to ``colors`` flat colours chosen by k-means in Lab, their lightness snapped
+    to ``tones`` levels (0: kept), then treated as ``palette`` says."""
     pixels = rgb.reshape(-1, 3)
     # Fit on the colour histogram (32**3 cells, weighted by pixel count) rather than on pixels: every
     # pixel counts, yet a photo occupies only a few thousand cells, so k-means stays cheap.
@@ -181,7 +230,7 @@ def quantize(rgb: np.ndarray, colors: int, rng: np.random.Generator) -> np.ndarr
     centres = _kmeans(points, counts[used].astype(np.float64), colors, rng)
     lut = np.zeros(LUT_CELLS, dtype=np.intp)
     lut[used] = _nearest(points, centres)
-    flat = _palette_rgb(centres)[lut[cell]].reshape(rgb.shape)
+    flat = _palette_rgb(_snap_tones(centres, tones), PALETTE_LOOKS[palette])[lut[cell]].reshape(rgb.shape)
     # Quantising a gradient leaves isolated pixels on cluster borders; a small median cleans them.
     return cv2.medianBlur(flat, SPECKLE_KERNEL)
 
@@ -253,13 +302,26 @@ def _to_lab(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(as_image, cv2.COLOR_RGB2Lab).reshape(-1, 3)
 
 
-def _palette_rgb(centres: np.ndarray) -> np.ndarray:
-    """Kx3 Lab centres to Kx3 uint8 RGB, saturation lifted by ``PALETTE_SATURATION``."""
+def _snap_tones(centres: np.ndarray, tones: int) -> np.ndarray:
+    """Kx3 Lab centres with their lightness snapped to ``tones`` even levels from ``TONE_DARKEST``
+    to ``TONE_LIGHTEST`` (fewer than 2: unchanged)."""
+    if tones < 2:
+        return centres
+    step = (TONE_LIGHTEST - TONE_DARKEST) / (tones - 1)
+    snapped = centres.copy()
+    level = np.clip(np.rint((centres[:, 0] - TONE_DARKEST) / step), 0, tones - 1)
+    snapped[:, 0] = TONE_DARKEST + level * step
+    return snapped
+
+
+def _palette_rgb(centres: np.ndarray, look: PaletteLook) -> np.ndarray:
+    """Kx3 Lab centres to Kx3 uint8 RGB, with ``look``'s saturation, lift toward white and tint."""
     rgb = cv2.cvtColor(centres.reshape(-1, 1, 3).astype(np.float32), cv2.COLOR_Lab2RGB)
     hsv = cv2.cvtColor(np.clip(rgb, 0.0, 1.0), cv2.COLOR_RGB2HSV)
-    hsv[..., 1] = np.clip(hsv[..., 1] * PALETTE_SATURATION, 0.0, 1.0)
-    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-    return np.clip(rgb.reshape(-1, 3) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    hsv[..., 1] = np.clip(hsv[..., 1] * look.saturation, 0.0, 1.0)
+    rgb = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).reshape(-1, 3)
+    rgb = (rgb + (1.0 - rgb) * look.lift) * np.array(look.tint, dtype=np.float32)
+    return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 def _nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """What a worker does when an item fails: the retry budget and the circuit breaker.
 
-Two kinds of item failure (``processor/errors.py``) call for different answers:
+Three kinds of item failure (``processor/errors.py``) call for different answers:
 
 - ``InvalidInput``: the bytes are bad. One attempt; the failure record is final at once.
 - any other ``ItemError`` (``StageFailed``: a stage crashed): the fault may be the worker's (a bad
@@ -8,6 +8,9 @@ Two kinds of item failure (``processor/errors.py``) call for different answers:
   every later call fails), not the input's. The input gets ``run.max_attempts`` attempts: each
   failed one writes a record (``final: false``) but no ``failed`` done marker, so the next scan
   offers the input again; the last one writes a final record and the marker.
+- ``StyleUnavailable``: the worker that took the input cannot load a style it asks for. Never
+  final and no attempt spent: the input waits for a worker that can (the worker that wrote the
+  record leaves it alone until it restarts).
 
 Retrying alone would let a broken worker spend every input's budget in one sweep of the backlog.
 ``CircuitBreaker`` stops that: after ``run.max_consecutive_failures`` ``StageFailed`` items in a
@@ -21,7 +24,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from processor.errors import InputVanished, InvalidInput, ItemError
+from processor.errors import InputVanished, InvalidInput, ItemError, StyleUnavailable
 
 #: Errors a breaker trip reports (its log event and its message): enough to see the pattern.
 MAX_REPORTED_ERRORS = 5
@@ -29,8 +32,9 @@ MAX_REPORTED_ERRORS = 5
 
 def is_final(error: ItemError, attempt: int, max_attempts: int) -> bool:
     """Whether the failure of ``attempt`` (1-based) ends this input version's attempts. A vanished
-    input's never does: a later upload of the same bytes must not find a ``failed`` marker."""
-    if isinstance(error, InputVanished):
+    input's never does (a later upload of the same bytes must not find a ``failed`` marker), nor an
+    unavailable style's (a worker that can load it must still find the input)."""
+    if isinstance(error, (InputVanished, StyleUnavailable)):
         return False
     return isinstance(error, InvalidInput) or attempt >= max_attempts
 
@@ -46,7 +50,9 @@ class CircuitBreaker:
     """Counts non-permanent failures (``StageFailed``) in a row; ``threshold`` 0 never trips.
 
     Only the compute stage feeds it (one thread). A bad input (``InvalidInput``) neither counts
-    nor resets the count: it says nothing about whether the worker can compute.
+    nor resets the count: it says nothing about whether the worker can compute. Nor does a style
+    this worker cannot load (``StyleUnavailable``): its other styles may run fine, and a restart
+    would not install what is missing.
     """
 
     def __init__(self, threshold: int) -> None:
@@ -60,7 +66,7 @@ class CircuitBreaker:
 
     def failed(self, key: str, error: ItemError) -> bool:
         """Note one failed item; True when this failure trips the breaker."""
-        if isinstance(error, InvalidInput):
+        if isinstance(error, (InvalidInput, StyleUnavailable)):
             return False
         self.consecutive += 1
         self.recent.append(RecentFailure(key, type(error).__name__, str(error)))

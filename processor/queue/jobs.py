@@ -33,7 +33,7 @@ from enum import Enum
 from typing import NamedTuple
 
 from processor.config import DEFAULT_CLAIM_MAX_TTL_S
-from processor.errors import InvalidKey, ObjectNotFound, ObjectUnreadable, PreconditionFailed
+from processor.errors import InvalidKey, ObjectNotFound, ObjectUnreadable, PreconditionFailed, StyleUnavailable
 from processor.manifest import CancelRecord, FailureRecord, Manifest
 from processor.names import is_plain_name, is_plain_path
 from processor.queue import requeue as requeue_module
@@ -56,6 +56,7 @@ from processor.queue.submit import (
     write_job,
 )
 from processor.queue.webhook_records import WebhookRecords
+from processor.queue.workers import Roster, read_roster
 from processor.store.base import ObjectInfo, ObjectStore, StoredObject, StreamsObjects
 
 log = logging.getLogger("processor.jobs")
@@ -70,6 +71,8 @@ MAX_PAGE = 200
 READY_PROBE_KEY = "api/ready.json"
 #: The folder under the inputs prefix that ``submit`` writes to unless told (``api.submit_prefix``'s default).
 DEFAULT_UPLOAD_FOLDER = "api/"
+#: The error of a retryable record that leaves a job queued, waiting for a capable worker.
+WAITING_ERROR = StyleUnavailable.__name__
 
 
 class JobStatus(str, Enum):
@@ -125,6 +128,9 @@ class JobState:
     #: Why a ``done`` job has no manifest, or a ``failed`` one no failure record (its done marker
     #: says it ended, its record is gone or unreadable), and what to do; None otherwise.
     detail: str | None = None
+    #: A ``queued`` job's retryable ``StyleUnavailable`` record: a worker took it and could not load
+    #: a style it asks for; it waits for a worker that can. None otherwise.
+    waiting: FailureRecord | None = None
     #: The photo's original file name, when its upload recorded one: from the input's metadata
     #: (a single job's HEAD), else from its result's ``source.filename`` (an ended job in a page).
     filename: str | None = None
@@ -276,9 +282,12 @@ class BucketJobs:
         if failure is not None and failure.source.etag == info.etag and failure.final:
             return replace(queued, status=JobStatus.failed, failure=failure,
                            filename=queued.filename or failure.source.filename)
+        if failure is not None and failure.source.etag == info.etag and failure.error == WAITING_ERROR:
+            queued = replace(queued, waiting=failure, filename=queued.filename or failure.source.filename)
         claim = read_claim(self.store, keys.claim, max_ttl_s=self.max_claim_ttl_s)
         if claim is not None and claim.live and claim.input_etag == info.etag:
-            return replace(queued, status=JobStatus.running, progress=claim.progress or ClaimProgress("claimed"))
+            return replace(queued, status=JobStatus.running, progress=claim.progress or ClaimProgress("claimed"),
+                           waiting=None)
         ended = self._marker(keys, info.etag)
         # A record is written before its marker: one that landed between the reads above and the
         # marker's is read again here, rather than taken for a deleted record.
@@ -398,6 +407,10 @@ class BucketJobs:
                            in_progress=in_progress, done=backlog.done, failed=backlog.failed,
                            recent_failures=records, cancelled=backlog.cancelled)
 
+    def workers(self) -> Roster:
+        """The live workers and what each can run (``processor.queue.workers``: capped reads)."""
+        return read_roster(self.store, self.layout)
+
     def ping(self) -> None:
         """One cheap request that fails when the store is unreachable (for readiness probes)."""
         try:
@@ -498,20 +511,21 @@ class BucketJobs:
         return self.state(job)
 
     def retry(self, job: str) -> JobState:
-        """Requeue a failed job (``processor retry``'s requeue, for this one input); ``NotFailed``
-        when it is not failed, or a worker rewrote its record meanwhile."""
+        """Requeue a failed job, or one waiting for a worker that can load its styles (``processor
+        retry``'s requeue, for this one input: running workers rescan at once); ``NotFailed`` when
+        it is neither, or a worker rewrote its record meanwhile."""
         state = self.state(job)
-        if state.status is not JobStatus.failed:
+        if state.status is not JobStatus.failed and state.waiting is None:
             raise NotFailed(state.status)
         keys = self.keys_of(job)
-        if state.failure is None:
+        if state.failure is None and state.waiting is None:
             # Its done marker says failed but its record is gone: the marker alone holds it back.
             self.store.delete(keys.done_marker(state.etag, Outcome.FAILED))
             request_rescan(self.store, self.layout, by="retry", count=1)
             return self.state(job)
         found = get_capped(self.store, keys.failure)
         record = parse_record(found, FailureRecord)
-        if record is None or record.source.etag != state.etag or not record.final:
+        if record is None or record.source.etag != state.etag or not (record.final or record.error == WAITING_ERROR):
             raise NotFailed(JobStatus.running)  # a worker rewrote the record meanwhile
         # marked=False: requeue deletes the done marker of every final record anyway.
         result = self.requeue([requeue_module.Failure(keys.failure, found.info.etag, record, marked=False)])

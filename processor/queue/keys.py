@@ -167,6 +167,8 @@ class KeyLayout:
         self.webhooks_prefix = prefixes.state + "api/webhooks/"
         #: Cancel requests and records, one per input (``processor.queue.cancel``).
         self.cancel_prefix = prefixes.state + "cancel/"
+        #: One capabilities record per running worker (``processor.queue.workers``).
+        self.workers_prefix = prefixes.state + "workers/"
 
     def relpath(self, input_key: str) -> str:
         if not input_key.startswith(self.prefixes.inputs):

@@ -32,6 +32,9 @@ class Outcome(str, Enum):
     VANISHED = "vanished"
     #: Cancelled (``processor.queue.cancel``): its cancel record and ``cancelled`` done marker are written.
     CANCELLED = "cancelled"
+    #: A style it asks for cannot load on this worker: a retryable ``StyleUnavailable`` record is
+    #: written, and this worker leaves the input to one that can (``errors.StyleUnavailable``).
+    STYLE_UNAVAILABLE = "style_unavailable"
 
     # Enum hashes by member name; hash by value so that a member and its string are one key.
     __hash__ = str.__hash__
@@ -46,8 +49,10 @@ RESOLVED = frozenset({Outcome.DONE, Outcome.FAILED, Outcome.ALREADY, Outcome.REF
 #: The outcomes a done marker records (``<etag>.<outcome>``): the version ended, scans skip it.
 ENDED = frozenset({Outcome.DONE, Outcome.FAILED, Outcome.CANCELLED})
 #: Outcomes that count as progress for ``run --once``: something was written or found. ``RETRY``
-#: spent an attempt, so ``--once`` rescans at once, bounded by ``run.max_attempts``.
-PROGRESS = frozenset({Outcome.DONE, Outcome.FAILED, Outcome.ALREADY, Outcome.RETRY, Outcome.CANCELLED})
+#: spent an attempt, so ``--once`` rescans at once, bounded by ``run.max_attempts``;
+#: ``STYLE_UNAVAILABLE`` is not offered to this worker again.
+PROGRESS = frozenset({Outcome.DONE, Outcome.FAILED, Outcome.ALREADY, Outcome.RETRY, Outcome.CANCELLED,
+                      Outcome.STYLE_UNAVAILABLE})
 #: Outcomes after which the daemon offers an item again at its next (incremental) scan. Busy and
 #: lost items are among them: another worker holds them, and if it died its claim must be taken
 #: over once the TTL runs out (the promise in README), not at the next full rescan minutes later

@@ -58,6 +58,7 @@ from processor.errors import (
     ObjectUnreadable,
     PreconditionFailed,
     StoreError,
+    StyleUnavailable,
 )
 from processor.manifest import CancelRecord, FailureRecord, Manifest, Source, WorkerInfo
 from processor.queue.cancel import CancelWatch, Watched, read_cancel, stopped_record
@@ -69,6 +70,7 @@ from processor.queue.keys import MAX_SIDECAR_BYTES, KeyLayout
 from processor.queue.outcomes import Outcome
 from processor.queue.records import get_capped
 from processor.queue.scan import WorkItem
+from processor.queue.workers import WorkerRecord, prune_stale, record_key, remove_record, write_record
 from processor.store.base import ObjectStore
 
 log = logging.getLogger("processor.protocol")
@@ -381,13 +383,15 @@ class BucketQueue(BucketJobs):
         if self.worker is None:
             raise TypeError("BucketQueue.fail writes a failure record: construct the queue with worker=")
         final = is_final(error, d.attempt, self.max_attempts)
+        # A style this worker cannot load says nothing about the input: no attempt is spent on it.
+        attempts = d.attempt - 1 if isinstance(error, StyleUnavailable) else d.attempt
         record = FailureRecord(
             source=source,
             error=type(error).__name__,
             message=str(error),
             hint=error.hint,
             permanent=isinstance(error, InvalidInput),
-            attempts=d.attempt,
+            attempts=attempts,
             final=final,
             max_attempts=self.max_attempts,
             worker=self.worker,
@@ -439,6 +443,20 @@ class BucketQueue(BucketJobs):
         self._mark(d, Outcome.CANCELLED)
         log.info("cancelled", extra={"key": d.key, "etag": d.etag, "stage": record.stage, "step": record.step})
         return Outcome.CANCELLED
+
+    # ----------------------------------------------------------------- the worker's own record
+
+    def announce_worker(self, record: WorkerRecord, *, prune: bool = False) -> None:
+        """Write this worker's capabilities record (``processor.queue.workers``); with ``prune``
+        (at start), also delete the records of workers dead for long, judged on the store's clock."""
+        written = write_record(self.store, self.layout, record)
+        if prune:
+            prune_stale(self.store, self.layout, written.last_modified,
+                        keep=record_key(self.layout, record.worker.id))
+
+    def withdraw_worker(self, worker_id: str) -> None:
+        """Delete this worker's capabilities record (a clean exit)."""
+        remove_record(self.store, self.layout, worker_id)
 
     def release(self, d: Delivery) -> None:
         """Give the claim back (best effort: an expired claim is taken over anyway)."""

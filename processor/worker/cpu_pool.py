@@ -46,15 +46,16 @@ def _ready() -> bool:
     return _pipeline is not None
 
 
-def _compute(prepared: Prepared) -> tuple[Rendered | None, dict[str, float], tuple[type, str, str] | None]:
+def _compute(prepared: Prepared) -> tuple[Rendered | None, dict[str, float], tuple[type, str, dict[str, Any]] | None]:
     """One item in a pool process: (rendered, timings, None) or (None, timings, the ItemError as
-    class, message and hint: exceptions pickle without their keyword arguments)."""
+    class, message and attributes (its hint, a StyleUnavailable's styles): exceptions pickle
+    without their keyword arguments)."""
     assert _pipeline is not None, "the pool process was not set up"
     timings: dict[str, float] = {}
     try:
         return _pipeline.compute(prepared, timings), timings, None
     except ItemError as exc:
-        return None, timings, (type(exc), str(exc), exc.hint)
+        return None, timings, (type(exc), str(exc), dict(vars(exc)))
 
 
 class ProcessCompute:
@@ -96,9 +97,9 @@ class ProcessCompute:
             raise StageFailed(f"the process computing this item died ({exc})") from exc
         timings.update(spent)
         if error is not None:
-            cls, message, hint = error
+            cls, message, attributes = error
             failure: Any = cls(message)
-            failure.hint = hint
+            failure.__dict__.update(attributes)
             raise failure
         assert rendered is not None
         return rendered

@@ -98,19 +98,22 @@ class WorkerObserver:
 
 
 class GuardedObserver(WorkerObserver):
-    """Dispatches each hook to ``inner``, logging and swallowing what it raises: a broken metric
-    or probe must never end a pass (dramatiq: a middleware's errors are logged, never fatal to
-    the worker). The worker calls its observer only through one of these."""
+    """Dispatches each hook to ``inner`` (and then to each of ``more``: the capabilities record's
+    keeper, say), logging and swallowing what each raises: a broken metric or probe must never end
+    a pass (dramatiq: a middleware's errors are logged, never fatal to the worker). The worker
+    calls its observers only through one of these."""
 
-    def __init__(self, inner: WorkerObserver) -> None:
+    def __init__(self, inner: WorkerObserver, *more: WorkerObserver) -> None:
         self.inner = inner
+        self.observers = (inner, *more)
 
     def _call(self, hook: str, *args: Any, **kwargs: Any) -> None:
-        try:
-            getattr(self.inner, hook)(*args, **kwargs)
-        except Exception as exc:
-            log.warning("observer_failed", extra={"hook": hook, "error": type(exc).__name__, "detail": str(exc)},
-                        exc_info=True)
+        for observer in self.observers:
+            try:
+                getattr(observer, hook)(*args, **kwargs)
+            except Exception as exc:
+                log.warning("observer_failed", extra={"hook": hook, "error": type(exc).__name__,
+                                                      "detail": str(exc)}, exc_info=True)
 
     def heartbeat(self, quiet_s: float = 0.0) -> None:
         self._call("heartbeat", quiet_s)

@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 
-from processor.errors import InputVanished, InvalidInput, InvalidKey, StoreError
+from processor.errors import InputVanished, InvalidInput, InvalidKey, StoreError, StyleUnavailable
 from processor.manifest import Manifest, Source, WorkerInfo
 from processor.pipeline.item import Encoded, ItemPipeline
 from processor.pipeline.outputs import attempt_scoped
@@ -112,11 +112,14 @@ class Publisher:
 
     def failure(self, job: Job) -> Outcome:
         """The failure record (``BucketQueue.fail``). A vanished input's record is retryable (no
-        done marker), yet the input waits for no one: its outcome is ``VANISHED``."""
+        done marker), yet the input waits for no one: its outcome is ``VANISHED``. An unavailable
+        style's is retryable too, by another worker: ``STYLE_UNAVAILABLE``."""
         assert job.error is not None
         outcome = self.queue.fail(job.delivery, job.error, self._source(job))
         if isinstance(job.error, InputVanished) and outcome is Outcome.RETRY:
             return Outcome.VANISHED
+        if isinstance(job.error, StyleUnavailable) and outcome is Outcome.RETRY:
+            return Outcome.STYLE_UNAVAILABLE
         return outcome
 
     def _source(self, job: Job) -> Source:

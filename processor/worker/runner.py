@@ -28,7 +28,7 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,6 +48,7 @@ from processor.errors import (
     ObjectUnreadable,
     StageFailed,
     StoreError,
+    StyleUnavailable,
     WorkerUnhealthy,
 )
 from processor.log import bind_item
@@ -63,10 +64,12 @@ from processor.queue.protocol import BucketQueue, Delivery
 from processor.queue.scan import IncrementalScanner, WorkItem, scan, shard_of
 from processor.store.base import ObjectStore
 from processor.tracing import NO_SPAN, NO_TRACING, Span, Tracer
+from processor.worker.capabilities import WorkerCapabilities
 from processor.worker.cpu_pool import ProcessCompute
 from processor.worker.handoff import END, QUEUE_POLL_S, offer, take
 from processor.worker.job import Job, PassResult
 from processor.worker.metrics import GuardedObserver, WorkerObserver
+from processor.worker.presence import WorkerPresence
 from processor.worker.publish import Publisher
 
 log = logging.getLogger("processor.worker")
@@ -80,6 +83,9 @@ BUSY_RESCAN_S = 5.0
 #: waited for every other worker to get through its whole backlog (bench/chaos.py measured
 #: takeovers 75 s after the last renewal with a 4 s TTL).
 PASS_MAX_TTLS = 1.0
+#: Input versions this worker remembers leaving to other workers (a style they ask for cannot load
+#: here); past this many the oldest is forgotten, and offered to this worker again.
+MAX_LEFT_FOR_OTHERS = 100_000
 __all__ = ["Job", "PassResult", "Worker"]
 
 
@@ -104,6 +110,7 @@ class Worker:
         hints: Sequence[HintSource] = (),
         compute_pool: ProcessCompute | None = None,
         tracer: Tracer = NO_TRACING,
+        announce: bool = False,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -123,9 +130,14 @@ class Worker:
         self._abort = threading.Event()
         #: All three stage threads count outcomes; ``Counter[k] += 1`` is not atomic.
         self._count_lock = threading.Lock()
+        #: With ``announce``, this worker's capabilities record in the bucket (processor.worker.presence):
+        #: kept while it runs, from the same hooks as the metrics.
+        self.capabilities = WorkerCapabilities(settings, self.styles, self.info, self.pipeline)
+        self.presence = (WorkerPresence(self.queue, self.capabilities.record, stall_s=settings.metrics.stall_s)
+                         if announce else None)
         #: Metrics and health hooks (processor.worker.metrics), guarded: a raising hook is logged and
         #: swallowed. The default does nothing.
-        self.observer = GuardedObserver(observer or WorkerObserver())
+        self.observer = GuardedObserver(observer or WorkerObserver(), *([self.presence] if self.presence else []))
         #: Drives the daemon's full-rescan schedule (injectable for tests).
         self.clock = clock
         #: Non-permanent failures in a row (processor.queue.failpolicy); fed by the compute stage only.
@@ -149,6 +161,10 @@ class Worker:
         self.tracer = tracer
         #: What the upload stage writes for each job (``processor.worker.publish``).
         self.publisher = Publisher(self.queue, self.pipeline, self.info, self.observer, tracer)
+        #: Input key -> ETag of the versions that asked for a style this worker cannot load: their
+        #: StyleUnavailable records are written, and scans leave them to workers that can.
+        self._left_for_others: OrderedDict[str, str] = OrderedDict()
+        self._left_lock = threading.Lock()
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -158,17 +174,22 @@ class Worker:
         self.observer.stopping()
 
     def setup(self) -> None:
+        if self.presence is not None:
+            self.presence.start()  # "starting": the API knows a worker is coming while models load
         self.pipeline.setup()
         if self.compute_pool is not None:
             self.compute_pool.start()
+        self.capabilities.loaded = True
         self.observer.setup_done()
 
     def close(self) -> None:
         """Stop the compute processes and the queue's cancel watch (the hint sources stop with
-        the daemon)."""
+        the daemon), and delete the capabilities record."""
         if self.compute_pool is not None:
             self.compute_pool.close()
         self.queue.close()
+        if self.presence is not None:
+            self.presence.close()
 
     def run_once(self) -> int:
         """Drain the inputs: pass after pass until every input has a result. Returns an exit code."""
@@ -207,7 +228,7 @@ class Worker:
         with self.tracer.span("scan", full=scanner is None) as span:
             backlog = scanner.scan(prefixes) if scanner else scan(self.store, self.layout)
             span.set(inputs=backlog.inputs, pending=len(backlog.pending), requests=backlog.requests)
-        items = backlog.pending
+        items = self._not_left_for_others(backlog.pending)
         run = self.settings.run
         if not self.claims:
             index = run.shard_index or 0
@@ -224,6 +245,16 @@ class Worker:
                               full=backlog.full)
         self.observer.oldest_pending(min((i.info.last_modified.timestamp() for i in backlog.pending), default=None))
         return items
+
+    def _not_left_for_others(self, items: list[WorkItem]) -> list[WorkItem]:
+        """``items`` but the versions this worker left to others (a style they ask for cannot load here)."""
+        with self._left_lock:
+            if not self._left_for_others:
+                return items
+            left = [i for i in items if self._left_for_others.get(i.keys.input) == i.info.etag]
+        if left:
+            log.info("left_for_other_workers", extra={"inputs": len(left)})
+        return [i for i in items if self._left_for_others.get(i.keys.input) != i.info.etag]
 
     def run_pass(self, items: list[WorkItem], refill: Callable[[Hint], list[WorkItem]] | None = None) -> PassResult:
         """One pass over ``items`` through the three stages. With ``refill`` (the daemon's scan), hints
@@ -529,6 +560,16 @@ class Worker:
             result.outcomes[outcome] += 1
             result.outcome_of[job.key] = outcome
         self.observer.item(outcome, job.timings)
+        if outcome is Outcome.STYLE_UNAVAILABLE:
+            with self._left_lock:
+                self._left_for_others[job.key] = job.etag
+                self._left_for_others.move_to_end(job.key)
+                if len(self._left_for_others) > MAX_LEFT_FOR_OTHERS:
+                    self._left_for_others.popitem(last=False)
+            if isinstance(job.error, StyleUnavailable):
+                self.capabilities.note_unavailable(job.error.styles, str(job.error))
+            if self.presence is not None:
+                self.presence.changed()  # the record says so now, not at the next refresh
         if job.claim and keeper:
             keeper.drop(job.claim)
         self.queue.release(job.delivery)

@@ -275,6 +275,17 @@ def test_seed_route_serves_the_prototype_client(service: Service, api: Client) -
     assert job.manifest is not None and len(job.manifest["variants"]) == 3
     assert job.contact_sheet is None and job.manifest.get("contact_sheet") is None
     assert all(v.get("structure") is None for v in job.manifest["variants"])
+    # It says which style ran, and that this style (toon) ignored the prompt it was sent.
+    assert response.headers["X-Processor-Style"] == "toon" and response.json()["style"] == "toon"
+    assert response.headers["X-Processor-Ignored"] == "prompt, negative_prompt"
+    assert response.json()["ignored"] == ["prompt", "negative_prompt"]
+    assert response.json()["generated_image"] is None  # three asked for: the later client's shape only
+    # The first (Flask) client asked for one image and read `generated_image`: served too.
+    flask = httpx.post(service.url + "/generate_image_rest_direct", json={"initial_image": payload["initial_image"]},
+                       timeout=HANG_GUARD_S, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert flask.status_code == 200, flask.text
+    assert flask.json()["generated_image"] == flask.json()["generated_images"][0]
+    assert "X-Processor-Ignored" not in flask.headers and flask.json()["ignored"] == []
     bad = httpx.post(service.url + "/generate_image_rest_direct", json=payload | {"final_images_to_return": 0},
                      headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
     assert_problem(bad, 422, "final_images_to_return")

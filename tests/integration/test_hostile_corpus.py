@@ -110,7 +110,8 @@ def _check(store, layout: KeyLayout, entry: Entry, store_kind: str) -> None:
         assert record.error == expect.error, record.message
         for word in expect.words:
             assert word in record.message, record.message
-        assert record.hint.strip() and record.permanent
+        assert record.hint.strip() and record.permanent == expect.permanent
+        assert record.final == expect.permanent  # a style a worker lacks waits for one that has it
         with pytest.raises(ObjectNotFound):
             store.head(keys.manifest)
 

@@ -25,7 +25,7 @@ from PIL import Image
 from processor.cli.compose import build_registry
 from processor.cli.main import main
 from processor.config import MAX_SEED, load_settings
-from processor.errors import InvalidSidecar
+from processor.errors import InvalidSidecar, StyleUnavailable
 from processor.manifest import FailureRecord, Manifest
 from processor.pipeline.encode import contact_sheet
 from processor.pipeline.sidecar import (
@@ -228,7 +228,8 @@ def _hostile_run(store, settings) -> None:
     sidecars = {name: text.encode("utf-8", "surrogatepass") for name, (text, _) in REFUSED.items()}
     sidecars |= {f"ok-{name}": text.encode() for name, (text, _, _) in ACCEPTED.items()}
     # A configured style whose model is missing, and a background model that cannot load: the
-    # input fails; the worker and the other inputs go on.
+    # input waits for a worker that can load them (the operator's problem); this worker and the
+    # other inputs go on.
     sidecars["style-model-missing"] = b'{"styles": ["disney"]}'
     sidecars["background-model-missing"] = json.dumps(
         {"background": {"mode": "instruct", "prompt": "a beach"}}).encode()
@@ -248,7 +249,8 @@ def _hostile_run(store, settings) -> None:
     for name, words in (("style-model-missing", ("style 'disney' cannot run on this worker", MISSING_MODEL)),
                         ("background-model-missing", ("style 'toon' cannot run", "ModelUnavailableError"))):
         record = got[f"inputs/{name}.jpg"]
-        assert isinstance(record, FailureRecord) and record.error == "InvalidSidecar", (name, record)
+        assert isinstance(record, FailureRecord) and record.error == "StyleUnavailable", (name, record)
+        assert not record.permanent and not record.final and record.attempts == 0, record
         assert all(w in record.message for w in words), record.message
         assert "processor models pull" in record.hint
 
@@ -292,7 +294,8 @@ def test_a_style_that_needs_the_captioner_which_cannot_load_fails_only_its_input
     assert worker.run_once() == 0 and captioner.setups == 1
     got = results(store, KeyLayout(settings.prefixes))
     for key in ("inputs/c0.jpg", "inputs/c1.jpg"):
-        assert isinstance(got[key], FailureRecord) and got[key].error == "InvalidSidecar"
+        assert isinstance(got[key], FailureRecord) and got[key].error == "StyleUnavailable"
+        assert not got[key].final and not got[key].permanent
         assert "captioner cannot load on this worker" in got[key].message and "models pull" in got[key].hint
     assert isinstance(got["inputs/c2.jpg"], Manifest)
 
@@ -376,16 +379,18 @@ def _dump(value: Any) -> bytes:
 
 @hsettings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_sidecar, min_size=1, max_size=4))
-def test_any_json_sidecar_ends_with_a_manifest_or_an_invalid_sidecar_record(bodies: list[Any]) -> None:
+def test_any_json_sidecar_ends_with_a_manifest_or_a_record_that_says_why(bodies: list[Any]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         settings = write_settings(Path(tmp))
         store = LocalStore(settings.store.root)
         run_bucket(store, settings, {f"p{i}": _dump(b) for i, b in enumerate(bodies)})
         got = results(store, KeyLayout(settings.prefixes))
         assert len(got) == len(bodies)
-        for key, result in got.items():
+        for _key, result in got.items():
             if isinstance(result, FailureRecord):
-                assert result.error == "InvalidSidecar" and result.final, (key, result)
+                # A bad sidecar is final; a style this worker cannot load ("disney": its model is
+                # missing) waits for a worker that can.
+                assert (result.error, result.final) in {("InvalidSidecar", True), ("StyleUnavailable", False)}, result
                 assert result.hint.strip() and result.message.strip()
             else:
                 assert 1 <= len(result.variants) <= settings.run.max_variants_per_input
@@ -394,7 +399,8 @@ def test_any_json_sidecar_ends_with_a_manifest_or_an_invalid_sidecar_record(bodi
 
 def test_an_engine_this_install_lacks_fails_the_input_that_asks_for_it(settings) -> None:
     """A style (or background) whose engine is not installed (no diffusers, say) stops the worker
-    at start when it is one of its own styles, and fails only the input when a sidecar picks it."""
+    at start when it is one of its own styles, and fails only the input when a sidecar picks it:
+    as the operator's problem (StyleUnavailable), remembered and reported."""
     from processor.cli.compose import make_engine
     from processor.pipeline.render import EngineRegistry
 
@@ -410,7 +416,11 @@ def test_an_engine_this_install_lacks_fails_the_input_that_asks_for_it(settings)
     with pytest.raises(ImportError):
         EngineRegistry(settings.styles, factory).setup(["disney"])
     registry.setup(["toon"])
+    assert registry.unavailable("disney") is None and registry.loaded("toon") and not registry.loaded("disney")
     for _ in range(2):
-        with pytest.raises(InvalidSidecar, match="style 'disney' cannot run on this worker: ImportError"):
+        with pytest.raises(StyleUnavailable, match="style 'disney' cannot run on this worker: ImportError") as caught:
             registry.engine("disney")
+        assert caught.value.styles == ("disney",)
     assert calls.count("disney") == 2  # once for the failed start above, once for the input: remembered
+    assert registry.unavailable("disney") == "style 'disney' cannot run on this worker: ImportError: " \
+        "No module named 'diffusers'"

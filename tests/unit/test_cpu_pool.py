@@ -12,7 +12,7 @@ import pytest
 
 from processor.cli.compose import build_compute_pool, build_registry, cpu_pipeline, make_engine
 from processor.config import Settings
-from processor.errors import InvalidInput, StageFailed
+from processor.errors import InvalidInput, StageFailed, StyleUnavailable
 from processor.manifest import Manifest
 from processor.pipeline.item import ItemPipeline
 from processor.pipeline.render import EngineRegistry
@@ -25,7 +25,7 @@ from tests.unit.test_worker import make_settings
 
 TOON = {"styles": {"toon": {"engine": "toon", "variants": 2, "max_side": 96}}, "run": {"styles": ["toon"]}}
 #: Pixel widths that make the test engine below misbehave in a compute process.
-BAD_INPUT_WIDTH, FATAL_WIDTH = 97, 98
+BAD_INPUT_WIDTH, FATAL_WIDTH, UNAVAILABLE_WIDTH = 97, 98, 99
 
 
 class MoodyEngine:
@@ -40,6 +40,8 @@ class MoodyEngine:
     def __call__(self, image, context=None):
         if image.width == BAD_INPUT_WIDTH:
             raise InvalidInput("this toy is too moody", hint="Cheer it up and upload it again.")
+        if image.width == UNAVAILABLE_WIDTH:
+            raise StyleUnavailable("style 'toon' cannot run on this worker", styles=("toon",))
         if image.width == FATAL_WIDTH:
             os._exit(3)  # a crash in native code, as far as the worker can tell
         return self.inner(image, context)
@@ -72,6 +74,10 @@ def test_an_item_computes_in_a_process_and_its_failures_keep_their_hint() -> Non
         with pytest.raises(InvalidInput, match="too moody") as caught:
             with_pool.compute(_prepared(settings, BAD_INPUT_WIDTH), {})
         assert caught.value.hint == "Cheer it up and upload it again."
+        # Its attributes too: the worker's capabilities record names the styles that cannot load.
+        with pytest.raises(StyleUnavailable) as unavailable:
+            with_pool.compute(_prepared(settings, UNAVAILABLE_WIDTH), {})
+        assert unavailable.value.styles == ("toon",) and unavailable.value.hint == StyleUnavailable.hint
         # A process that dies fails its item only; the next item gets a new pool.
         with pytest.raises(StageFailed, match="died"):
             with_pool.compute(_prepared(settings, FATAL_WIDTH), {})

@@ -3,6 +3,7 @@ variant's manifest entry, the contact sheet labels and ``run.order_variants_by``
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -88,12 +89,14 @@ def make_settings(tmp_path: Path, structure_mask: bool = True, **run: object):
     return load_settings(path)
 
 
-def run_once(settings, monkeypatch) -> tuple[Manifest, list[str]]:
+def run_once(settings, monkeypatch, legends: list[str | None] | None = None) -> tuple[Manifest, list[str]]:
     labels: list[str] = []
     real = outputs.contact_sheet
 
     def spy(original, tiles, **kwargs):
         labels.extend(kwargs["labels"])
+        if legends is not None:
+            legends.append(kwargs.get("legend"))
         return real(original, tiles, **kwargs)
 
     monkeypatch.setattr(outputs, "contact_sheet", spy)
@@ -114,6 +117,20 @@ def test_every_variant_is_scored_in_the_manifest_and_on_the_contact_sheet(tmp_pa
         assert 0.0 < v.structure.f1 <= 1.0
         assert label == f"{v.style} #{v.index} s{v.structure.f1:.2f}"
     assert "structure" in manifest.timings
+
+
+def test_the_contact_sheet_says_what_its_score_labels_mean(tmp_path, monkeypatch):
+    """A label's "s0.53" is explained by the sheet's legend, drawn under the tiles."""
+    legends: list[str | None] = []
+    run_once(make_settings(tmp_path), monkeypatch, legends)
+    assert legends == [outputs.STRUCTURE_LEGEND] and legends[0].startswith("s = structure")
+    store = LocalStore(make_settings(tmp_path).store.root)
+    sheet_key = KeyLayout(make_settings(tmp_path).prefixes).for_input("inputs/toy.jpg").contact_sheet
+    with Image.open(io.BytesIO(store.get(sheet_key).body)) as sheet:
+        grey = np.asarray(sheet.convert("L"))
+    # The legend's line(s): dark text in a white strip below the last row of tiles (32 px + label).
+    below = grey[4 + 32 + 16 + 4:]
+    assert below.shape[0] >= 16 and (below < 128).sum() > 50, below.shape
 
 
 def test_without_a_mask_at_hand_the_score_covers_the_whole_image(tmp_path, monkeypatch):

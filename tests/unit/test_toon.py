@@ -12,12 +12,17 @@ from PIL import Image, ImageDraw, ImageFilter
 from processor.config import ToonStyle
 from processor.pipeline.base import VariantImage
 from processor.pipeline.encode import encode_png
-from processor.pipeline.toon import ToonEngine, draw_parameters
+from processor.pipeline.toon import PALETTE_ORDER, TONE_LEVELS, ToonEngine, draw_parameters
 from testkit.images import photo_image
 
 #: Mean absolute difference (0-255 per channel) two variants must exceed to count as "visibly
 #: different" (real toy photos measure 5-11 between default variants).
 MIN_VARIANT_DIFFERENCE = 4.0
+#: Mean absolute difference every two variants of the default style must exceed to be a real choice
+#: (a different palette, tone levels or line weight): variants that differed only by chance measured
+#: 2.4 to 4.1 on a 1024 px test photo (bench: the toon speed command in docs/styles.md), ones that
+#: differ on purpose 15.6 to 38.3; 10 is well clear of both.
+MIN_CHOICE_DIFFERENCE = 10.0
 #: Mean absolute difference a cartoon must exceed against its input (flattening + lines change a lot).
 MIN_INPUT_DIFFERENCE = 8.0
 
@@ -77,6 +82,24 @@ def test_variants_differ_from_each_other_and_from_input(
     for v in default_variants:
         assert v.image.size == photo.size
         assert mean_abs_diff(v.image, photo) > MIN_INPUT_DIFFERENCE
+
+
+def test_variants_are_a_real_choice_recorded_in_their_parameters(default_variants: list[VariantImage]) -> None:
+    """Each variant has its own palette treatment, tone levels and line weight, recorded; every two
+    differ by more than ``MIN_CHOICE_DIFFERENCE``, and so does each against its own pixels under the
+    first variant's look (what a variant would be if only its seed's k-means changed)."""
+    looks = [(v.parameters["palette"], v.parameters["tones"], v.parameters["edge_width"]) for v in default_variants]
+    assert len(set(looks)) == len(looks), looks
+    assert [p for p, _, _ in looks] == [p.value for p in PALETTE_ORDER[: len(looks)]]
+    assert {t for _, t, _ in looks} == set(TONE_LEVELS)
+    for a, b in itertools.combinations(default_variants, 2):
+        assert mean_abs_diff(a.image, b.image) > MIN_CHOICE_DIFFERENCE, (a.parameters, b.parameters)
+
+
+def test_the_same_seed_reproduces_a_variant_whatever_the_variant_count(photo: Image.Image) -> None:
+    one = run(ToonStyle(variants=1, seed=2, max_side=320), photo)[0]
+    third = run(ToonStyle(variants=3, seed=0, max_side=320), photo)[2]
+    assert encode_png(one.image, one.parameters) == encode_png(third.image, third.parameters)
 
 
 def test_output_is_flat_colour_with_dark_lines(photo: Image.Image, default_variants: list[VariantImage]) -> None:
@@ -166,3 +189,14 @@ def test_describe() -> None:
     info = ToonEngine("comic", ToonStyle(variants=3)).describe()
     assert info["engine"] == "toon" and info["style"] == "comic" and info["available"] is True
     assert info["variants"] == 3
+
+
+def test_the_variants_bench_reports_speed_and_how_far_apart_the_variants_are(monkeypatch, capsys) -> None:
+    from bench import toon_variants
+
+    monkeypatch.setattr("sys.argv", ["toon_variants", "--size", "96x64", "--variants", "3", "--repeats", "1"])
+    toon_variants.main()
+    out = capsys.readouterr().out
+    assert "3 variants of a 96x64 photo: median " in out and "over 1 runs" in out
+    assert "mean absolute difference between two variants: min " in out
+    assert "#2: colors " in out and "palette pastel, tones 3" in out

@@ -59,9 +59,12 @@ async def events(request: Request, job: str, context: Context, clock: Clock, cal
     async def stream() -> AsyncIterator[bytes]:
         nonlocal generation
         state, last_status, last_progress, quiet_since, read_at = first, None, None, clock(), clock()
+        last_waiting = None
         while True:
-            if state.status != last_status:
-                last_status = state.status
+            # A queued job that starts (or stops) waiting for a capable worker is news too.
+            waiting = state.waiting.created_at if state.waiting is not None else None
+            if state.status != last_status or waiting != last_waiting:
+                last_status, last_waiting = state.status, waiting
                 kind = state.status.value if state.status.ended else "status"
                 yield sse(kind, renderer.render(base, state).model_dump(mode="json"))
                 quiet_since = clock()

@@ -3,7 +3,9 @@
 ``/healthz`` runs on the event loop itself (no thread, no bucket): it answers while every thread is
 busy. ``/readyz`` is one HEAD on the bucket plus, at most every ``READY_WRITE_EVERY_S``, a small
 write under the state prefix (``processor.api.readiness``): not ready while the bucket takes no
-writes (a full disk)."""
+writes (a full disk). Its ``workers`` field counts the running workers (their capabilities
+records, ``processor.api.offers``); none running keeps the API ready, with a ``warning``: the API
+and the workers scale apart (workers from zero on the backlog), and a job submitted then waits."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
 from processor.api.deps import Context
+from processor.api.offers import NO_WORKER
 from processor.api.problems import Problem
 from processor.errors import StoreAccessError, StoreError
 
@@ -34,7 +37,12 @@ def readyz(context: Context) -> Response:
         return Problem(503, f"the bucket takes no writes: {refused}",
                        hint="Free space or lift the write restriction on the bucket (a full disk, a quota, a "
                        "read-only policy); submits fail until then.").response()
-    return JSONResponse({"status": "ready"})
+    roster = context.roster.get()
+    body: dict[str, object] = {"status": "ready", "workers": None if roster is None else {
+        "live": len(roster.live), "ready": sum(1 for w in roster.live if w.record.phase == "ready")}}
+    if roster is not None and not roster.any_live:
+        body["warning"] = NO_WORKER
+    return JSONResponse(body)
 
 
 @router.get("/metrics", include_in_schema=False)

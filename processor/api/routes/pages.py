@@ -14,6 +14,7 @@ puts it in the cookie and sends the browser on to the same URL without it.
 from __future__ import annotations
 
 import hmac
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,6 +29,7 @@ from processor.api.auth import COOKIE, COOKIE_MAX_AGE_S, check_token, client_add
 from processor.api.clients import Identity
 from processor.api.deps import ApiContext, Context, Queue, Renderer, check_visible
 from processor.api.guard import too_many_failures
+from processor.api.offers import style_offers
 from processor.api.problems import Problem
 from processor.api.upload import read_capped
 from processor.config import Settings
@@ -159,13 +161,27 @@ def page(request: Request, context: Context, options: PageOptions, name: str, st
     return resp
 
 
+def natural_key(text: str) -> list[Any]:
+    """Sort key that orders the digit runs of ``text`` by their value: ``a_2`` before ``a_10``."""
+    # re.split with a group alternates text and digit runs, so equal positions hold equal types.
+    return [int(part) if i % 2 else part.casefold() for i, part in enumerate(re.split(r"(\d+)", text))]
+
+
 def secure(request: Request, context: Context) -> bool:
     return request.url.scheme == "https" or (context.settings.api.public_url or "").startswith("https://")
 
 
 @router.get("/")
 async def index(request: Request, context: Context, options: Options, _caller: PageCaller) -> Response:
-    return page(request, context, options, "index.html", max_bytes=options.max_bytes)
+    # The styles some running worker can run; the rest greyed out with the reason, grouped by it.
+    offers = style_offers(context.settings, await run_in_threadpool(context.roster.get))
+    unavailable: dict[str, list[str]] = {}
+    for s in offers.not_offered:
+        if s.name not in options.refused:  # those are listed apart (their licence)
+            unavailable.setdefault(s.reason or "", []).append(s.name)
+    return page(request, context, options, "index.html", max_bytes=options.max_bytes,
+                unavailable=[s for s in offers.styles if s.name in {n for v in unavailable.values() for n in v}],
+                unavailable_why=sorted(unavailable.items(), key=lambda kv: kv[1]), no_worker=offers.warning)
 
 
 @router.get("/jobs/{job}")
@@ -205,7 +221,10 @@ async def browse(request: Request, context: Context, options: Options, queue: Qu
     except UnknownJob:
         return RedirectResponse("/browse", status_code=303)
     base = renderer.base_url(request)
-    return page(request, context, options, "browse.html", jobs=[renderer.render(base, s) for s in found.jobs],
+    # A page in natural order (toy_2 before toy_10); the pages themselves follow the bucket's key
+    # order, which the cursor (the page's last key) keeps.
+    shown = sorted(found.jobs, key=lambda s: natural_key(s.input_key))
+    return page(request, context, options, "browse.html", jobs=[renderer.render(base, s) for s in shown],
                 next_cursor=found.next_cursor, first=not cursor, limit=limit)
 
 

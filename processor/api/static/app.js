@@ -89,11 +89,28 @@ function renderFailure(body, job) {
   hint.append(el("span", {"data-role": "hint"}, f.hint));
   box.append(first, hint);
   body.append(box);
-  if (job.id) {
-    const form = el("form", {method: "post", action: `/jobs/${job.id}/retry`, class: "inline"});
-    form.append(el("button", {type: "submit", "data-role": "retry"}, "Retry"));
-    body.append(form);
-  }
+  // Only what a retry can fix gets the button: a bad photo's failure says what to change instead.
+  if (job.id && !(job.failure && job.failure.permanent)) body.append(retryForm(job.id));
+}
+
+function retryForm(id) {
+  const form = el("form", {method: "post", action: `/jobs/${id}/retry`, class: "inline"});
+  form.append(el("button", {type: "submit", "data-role": "retry"}, "Retry"));
+  return form;
+}
+
+// A queued job that a worker could not run (a style it cannot load): it waits for one that can.
+function renderWaiting(body, job) {
+  body.replaceChildren();
+  if (!job.waiting) return;
+  const box = el("div", {class: "waiting", "data-role": "waiting"});
+  const first = el("p");
+  first.append(el("strong", {}, "Waiting for a worker that can run it."), " ",
+               el("span", {"data-role": "message"}, job.waiting.message));
+  const hint = el("p", {class: "hint"});
+  hint.append(el("span", {"data-role": "hint"}, job.waiting.hint));
+  box.append(first, hint);
+  body.append(box, retryForm(job.id));
 }
 
 // Milliseconds before a refused event stream is asked for again (the API's Retry-After).
@@ -109,6 +126,11 @@ function follow(card, eventsUrl, onEnd) {
     const job = JSON.parse(e.data);
     setStatus(card, job.status);
     if (job.progress) setProgress(card, job.progress);
+    // A job that waits for a capable worker is not at the stage it last reported.
+    const label = card.querySelector("[data-role=progress]");
+    if (job.waiting && !job.progress && label) label.textContent = "waiting for a worker that can run it";
+    const body = card.querySelector("[data-role=body]");
+    if (body && (job.waiting || body.querySelector("[data-role=waiting]"))) renderWaiting(body, job);
   });
   source.addEventListener("progress", (e) => {
     note("progress");
