@@ -28,12 +28,18 @@ from processor.pipeline.item import ItemPipeline, Prepared, Rendered
 
 log = logging.getLogger("processor.worker")
 
+#: Seconds ``start`` waits for the last process to set up once the first has (a model may load).
+SETUP_WAIT_S = 600.0
+
 #: The pipeline of this pool process, built by ``_start``.
 _pipeline: ItemPipeline | None = None
+#: The barrier every process of the pool meets at in ``_ready`` (``ProcessCompute.start``).
+_started: Any = None
 
 
-def _start(setup: Callable[[], ItemPipeline]) -> None:
-    global _pipeline
+def _start(setup: Callable[[], ItemPipeline], started: Any) -> None:
+    global _pipeline, _started
+    _started = started
     # The worker decides when to stop (its first signal finishes the items in hand): a Ctrl-C that
     # reaches the whole process group must not kill the items computing here. A process ends when
     # the worker closes the pool, or when the worker is gone (its end of the pipe closes).
@@ -43,6 +49,9 @@ def _start(setup: Callable[[], ItemPipeline]) -> None:
 
 
 def _ready() -> bool:
+    """Held until every process of the pool runs it: so each process takes exactly one of
+    ``start``'s calls, and ``start`` returns only once all of them have set up."""
+    _started.wait(SETUP_WAIT_S)
     return _pipeline is not None
 
 
@@ -72,7 +81,8 @@ class ProcessCompute:
         """Start every process and wait until each has set up its pipeline (models load once, at
         the worker's start, not on the first items)."""
         executor = self._pool()
-        # One call per process cannot be forced, but each call waits for a process that set up.
+        # One call per process: each waits at a barrier for the others, so no process answers two
+        # (one that was still starting would otherwise be left unready, e.g. to a Ctrl-C).
         for future in [executor.submit(_ready) for _ in range(self.size)]:
             future.result()
         log.info("compute_processes", extra={"processes": self.size})
@@ -80,8 +90,9 @@ class ProcessCompute:
     def _pool(self) -> ProcessPoolExecutor:
         with self._lock:
             if self._executor is None:
-                self._executor = ProcessPoolExecutor(self.size, mp_context=multiprocessing.get_context("spawn"),
-                                                     initializer=_start, initargs=(self.setup,))
+                context = multiprocessing.get_context("spawn")
+                self._executor = ProcessPoolExecutor(self.size, mp_context=context, initializer=_start,
+                                                     initargs=(self.setup, context.Barrier(self.size)))
             return self._executor
 
     def compute(self, prepared: Prepared, timings: dict[str, float]) -> Rendered:

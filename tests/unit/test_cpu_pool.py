@@ -86,6 +86,32 @@ def test_an_item_computes_in_a_process_and_its_failures_keep_their_hint() -> Non
         with_pool.close()
 
 
+def _slow_second_setup(folder: str) -> object:
+    """A pool process's setup that is slow for every process but the first to arrive, and leaves
+    a file per process that finished it."""
+    import time
+
+    try:
+        with open(os.path.join(folder, "first"), "x"):
+            pass
+    except FileExistsError:
+        time.sleep(1.5)
+    open(os.path.join(folder, f"set-up-{os.getpid()}"), "w").close()
+    return object()
+
+
+def test_start_returns_once_every_process_has_set_up(tmp_path: Path) -> None:
+    """Each process answers one of start's calls: a fast process cannot answer for a slow one
+    that is still loading (and would die of a Ctrl-C then)."""
+    pool = ProcessCompute(functools.partial(_slow_second_setup, str(tmp_path)), 2)
+    try:
+        pool.start()
+        assert sorted(p.name for p in tmp_path.glob("set-up-*")) == sorted(f"set-up-{pid}" for pid in pool.pids())
+        assert len(pool.pids()) == 2
+    finally:
+        pool.close()
+
+
 def test_a_signal_to_the_process_group_leaves_the_computing_to_the_worker() -> None:
     """Ctrl-C reaches every process of the group; the worker's first signal finishes the items in
     hand, so its compute processes must not die of it."""
