@@ -81,6 +81,10 @@ class HeaderDeadlineProtocol(H11Protocol):
         super().connection_lost(exc)
 
 
+#: Connections the kernel queues before the server accepts them (uvicorn's default).
+LISTEN_BACKLOG = 2048
+
+
 def bind(host: str, port: int) -> tuple[socket.socket, str]:
     """A listening TCP socket on ``host:port`` and the URL it serves."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -95,6 +99,9 @@ def bind(host: str, port: int) -> tuple[socket.socket, str]:
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port or api.port") from None
+    # Listening now, not when uvicorn starts: the URL is printed before that, and a client that
+    # reads it (a test, a supervisor's probe) must queue in the backlog rather than be refused.
+    sock.listen(LISTEN_BACKLOG)
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     return sock, f"http://{shown}:{sock.getsockname()[1]}"
 

@@ -16,6 +16,7 @@ from processor.api.schemas import Progress
 from processor.client import Client
 from processor.config import Settings, load_settings
 from processor.store.local import LocalStore
+from processor.worker.daemon import run_daemon
 from processor.worker.runner import Worker
 from testkit.api_service import OPEN_BASE_URL
 from testkit.images import photo_bytes
@@ -43,7 +44,7 @@ def api(settings: Settings, tmp_path: Path) -> Iterator[Client]:
     registry, _ = stepping_registry(settings, STEPS, STEP_S)
     daemon = Worker(store, settings, registry, worker_id="w-wait")
     daemon.setup()
-    thread = threading.Thread(target=daemon.run_forever, daemon=True)
+    thread = threading.Thread(target=run_daemon, args=(daemon,), daemon=True)
     thread.start()
     try:
         with TestClient(create_app(settings, store, keys=[f"alice:{TOKEN}"]), base_url=OPEN_BASE_URL) as http, \

@@ -71,6 +71,8 @@ def caption_config(tmp_path: Path, tiny_sd, tiny_clip, tiny_blip, tiny_labels, *
                     "max_flavors": 4} | caption,
     }
     tmp_path.mkdir(parents=True, exist_ok=True)
+    if store is None:
+        (tmp_path / "bucket").mkdir(exist_ok=True)  # doctor checks the bucket (and never creates one)
     path = tmp_path / "config.yaml"
     path.write_text(json.dumps(cfg))
     return path
