@@ -15,7 +15,7 @@
 # PYTEST_WORKERS=N runs it in N processes (pytest-xdist, --dist loadfile: a test module stays on
 # one process, so module fixtures are built once; each process starts its own SeaweedFS on free
 # ports, and the tiny models are built once for all of them). The default, 0, is one process;
-# .ci/run uses 2.
+# .ci/run uses 3 (on 2 cores: the third fills them while the others wait on servers).
 # pytest's exit code passes through (5: no test collected, which .ci/run fails on).
 set -euo pipefail
 cd "$(dirname "$0")/.."
