@@ -43,7 +43,7 @@ from processor.queue.idempotency import DEFAULT_TAKEOVER_S, IdempotencyPending, 
 from processor.queue.keys import ItemKeys, KeyLayout, is_directory_marker, is_sidecar, safe_path, safe_segment
 from processor.queue.outcomes import Outcome
 from processor.queue.records import RecordT, get_capped, parse_record, read_record
-from processor.queue.rescan import request_rescan
+from processor.queue.rescan import ArrivalHints, request_rescan
 from processor.queue.scan import Backlog, scan
 from processor.queue.submit import (
     EXTENSIONS,
@@ -217,6 +217,8 @@ class BucketJobs:
         self.upload_folder = upload_folder
         self.clock = clock
         self.webhooks = WebhookRecords(store, layout)
+        #: This process's keyed rescan hint: each submit names its input there.
+        self.arrivals = ArrivalHints(store, layout)
         self.idempotency = IdempotencyRecords(store, layout, takeover_s=idempotency_takeover_s)
 
     # ----------------------------------------------------------------- one job
@@ -463,7 +465,8 @@ class BucketJobs:
             if earlier is not None:
                 return earlier, False
         try:
-            write_job(self.store, self.layout, relpath, submission, job=new_id, webhooks=self.webhooks)
+            write_job(self.store, self.layout, relpath, submission, job=new_id, webhooks=self.webhooks,
+                      hints=self.arrivals)
         except BaseException:
             if record_key is not None:
                 self.idempotency.drop(record_key)

@@ -1,21 +1,35 @@
-"""The rescan hint: a tiny object that tells running daemons their next scan must be a full one.
+"""The rescan hint: a tiny object that tells running daemons what their next scan must look at.
 
 Between full scans a daemon lists only the inputs after its high-water mark (``scan.py``), so an
 input that becomes pending under a key sorting before the mark (requeued by ``processor retry``,
-re-uploaded under an old key by ``processor submit``) would wait for the next full scan:
-``run.full_rescan_s`` (300 s by default). The commands that cause that write
-``<state>/rescan.json`` (``KeyLayout.rescan_hint``) after their own writes; each daemon HEADs it on
-every scan (one request, no body) and, when its ETag or Last-Modified differs from what it read
-before its last full scan, makes this scan a full one.
+re-uploaded under an old key by ``processor submit``, uploaded by the API under a client's folder)
+would wait for the next full scan: ``run.full_rescan_s`` (300 s by default). The writers that cause
+that write ``<state>/rescan.json`` (``KeyLayout.rescan_hint``) after their own writes; each daemon
+HEADs it on every scan (one request, no body) and, when its ETag or Last-Modified differs from what
+it read before, GETs it once and decides:
+
+- **Keyed** (``ArrivalHints``: the API, one writer per process): the hint names the writer, its
+  sequence number and its latest ``MAX_HINT_ARRIVALS`` arrivals (sequence number and input key). A
+  daemon that read this writer's hint before, and finds every arrival since then in the list,
+  lists just those keys (``IncrementalScanner``'s targeted scan: a few requests, whatever the bucket
+  holds). A submit through the API no longer costs every daemon a listing of the whole bucket.
+- **Full** (anything else: ``request_rescan`` by ``processor retry`` and ``processor submit``, a
+  writer the daemon has not read before, a gap the list does not cover, a body it cannot parse):
+  the next scan is a full one.
+
+Why "same writer" is the condition: writers overwrite one object. A second writer's version may
+have replaced the first's before a daemon read it, and the second cannot know the first's keys;
+only a daemon that sees one writer's versions in sequence knows it missed nothing.
 
 Why a HEAD and not a notification service: it needs nothing but the bucket every worker already
-reads, works the same on every store adapter, and costs one request a scan. The body (when, by
-what, how many inputs) is for people reading the bucket; daemons never parse it.
+reads, works the same on every store adapter, and costs one request a scan (one more, a GET, per
+version). The body's ``requested_at``, ``by`` and ``count`` are for people reading the bucket.
 
-Ordering, so that no request is missed: the writer puts the hint *after* its own writes (failure
-records, deleted done markers, uploads), and a full scan HEADs the hint *before* its listings. A
-hint a full scan read was therefore written after changes that scan lists; a hint written later
-differs from it and triggers the next full scan.
+Ordering, so that no request is missed: a writer puts the hint *after* its own writes (failure
+records, deleted done markers, uploads), and a scan HEADs and GETs the hint *before* its listings.
+A hint a scan read was therefore written after the changes it announces; a hint written later
+differs from it and is read by the next scan. Two puts of one keyed writer may land out of order:
+each carries every earlier arrival, and a daemon skips a sequence number it has already passed.
 
 Errors: a store error while reading the hint is logged and the scan goes on as scheduled (the hint
 only makes things sooner, never correct); a store error while writing it is logged, and the caller
@@ -26,10 +40,13 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+import secrets
+import threading
+from collections import deque
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-from processor.errors import ObjectNotFound, StoreAccessError, StoreError
+from processor.errors import ObjectNotFound, ObjectTooLarge, StoreAccessError, StoreError
 from processor.manifest import utcnow
 from processor.queue.keys import KeyLayout
 from processor.store.base import ObjectStore
@@ -39,6 +56,11 @@ log = logging.getLogger("processor.rescan")
 #: What a daemon compares: (ETag, Last-Modified) of the hint object; ``ABSENT`` when there is none.
 HintVersion = tuple[str, str]
 ABSENT: HintVersion = ("", "")
+#: Arrivals a keyed hint carries (its writer's latest): a daemon that missed more versions of it
+#: than this between two scans makes a full scan instead.
+MAX_HINT_ARRIVALS = 64
+#: A hint body larger than this is not read (a keyed one is a few KB): the scan is a full one.
+MAX_HINT_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -50,6 +72,62 @@ class RescanRequest:
     by: str
     #: Inputs it requeued or uploaded.
     count: int
+    #: A keyed hint's writer (random, one per writing process) and this version's sequence number
+    #: there; empty and 0 for a request of a full scan.
+    writer: str = ""
+    seq: int = 0
+    #: A keyed hint's latest arrivals, ``[seq, input key]`` pairs, this version's included.
+    arrivals: list[tuple[int, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HintRead:
+    """One version of the hint as a scan read it: the version, and what it announces."""
+
+    version: HintVersion
+    #: The keyed writer and sequence number, or None when the hint asks for a full scan.
+    writer: str | None = None
+    seq: int = 0
+    #: seq -> input key, of a keyed hint.
+    arrivals: dict[int, str] = field(default_factory=dict)
+
+    def keys_since(self, earlier: HintRead | None) -> list[str] | None:
+        """The input keys this version announces beyond ``earlier`` (a version read before), or
+        None when only a full scan is safe: no keyed writer here or there, another writer, or
+        arrivals this version no longer lists. An out-of-order older version announces nothing."""
+        if self.writer is None or earlier is None or earlier.writer != self.writer:
+            return None
+        if self.seq <= earlier.seq:
+            return []
+        missing = [n for n in range(earlier.seq + 1, self.seq + 1) if n not in self.arrivals]
+        if missing:
+            return None
+        return [self.arrivals[n] for n in range(earlier.seq + 1, self.seq + 1)]
+
+
+class ArrivalHints:
+    """The keyed hint writer of one process (the API): ``announce(key)`` after each upload.
+    Thread-safe; the body is built under a lock (so each carries every earlier arrival), the put
+    is not (so slow puts do not queue the API's requests behind each other)."""
+
+    def __init__(self, store: ObjectStore, layout: KeyLayout, *, by: str = "api") -> None:
+        self.store = store
+        self.layout = layout
+        self.by = by
+        self.writer = secrets.token_hex(8)
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._recent: deque[tuple[int, str]] = deque(maxlen=MAX_HINT_ARRIVALS)
+
+    def announce(self, key: str) -> bool:
+        """Write the hint naming ``key``, an input just created under a new name (a daemon that has
+        listed the key already does not list it again). False (logged) when refused."""
+        with self._lock:
+            self._seq += 1
+            self._recent.append((self._seq, key))
+            body = RescanRequest(requested_at=utcnow().isoformat(), by=self.by, count=1, writer=self.writer,
+                                 seq=self._seq, arrivals=list(self._recent))
+        return _put_hint(self.store, self.layout, body, quiet=True)
 
 
 def request_rescan(store: ObjectStore, layout: KeyLayout, *, by: str, count: int,
@@ -57,13 +135,19 @@ def request_rescan(store: ObjectStore, layout: KeyLayout, *, by: str, count: int
     """Write the hint so that every running daemon's next scan is a full one. Call it after the
     writes it announces. Returns False (and logs) when the store refused it."""
     body = RescanRequest(requested_at=(now or utcnow()).isoformat(), by=by, count=count)
+    return _put_hint(store, layout, body)
+
+
+def _put_hint(store: ObjectStore, layout: KeyLayout, body: RescanRequest, *, quiet: bool = False) -> bool:
     try:
         store.put(layout.rescan_hint, json.dumps(asdict(body)).encode(), content_type="application/json")
     except (StoreError, StoreAccessError) as exc:
         log.warning("rescan_request_failed", extra={"key": layout.rescan_hint, "error": type(exc).__name__,
                                                     "detail": str(exc)})
         return False
-    log.info("rescan_requested", extra={"key": layout.rescan_hint, "by": by, "count": count})
+    # One line per upload would double the API's log: the keyed writer logs at debug.
+    log.log(logging.DEBUG if quiet else logging.INFO, "rescan_requested",
+            extra={"key": layout.rescan_hint, "by": body.by, "count": body.count, "seq": body.seq})
     return True
 
 
@@ -79,3 +163,29 @@ def read_hint_version(store: ObjectStore, layout: KeyLayout) -> HintVersion | No
                                                      "detail": str(exc)})
         return None
     return info.etag, info.last_modified.isoformat()
+
+
+def read_hint(store: ObjectStore, layout: KeyLayout) -> HintRead | None:
+    """The hint's current version and what it announces (one GET): a full-scan request when the
+    body is not a keyed hint; ``ABSENT`` when there is none; None when the store could not tell
+    (logged; the caller keeps to its schedule)."""
+    try:
+        obj = store.get(layout.rescan_hint, max_bytes=MAX_HINT_BYTES)
+    except ObjectNotFound:
+        return HintRead(ABSENT)
+    except ObjectTooLarge:
+        return HintRead(read_hint_version(store, layout) or ABSENT)
+    except (StoreError, StoreAccessError) as exc:
+        log.warning("rescan_hint_unreadable", extra={"key": layout.rescan_hint, "error": type(exc).__name__,
+                                                     "detail": str(exc)})
+        return None
+    version = (obj.info.etag, obj.info.last_modified.isoformat())
+    try:
+        body = json.loads(obj.body)
+        writer, seq = body["writer"], body["seq"]
+        arrivals = {int(n): str(key) for n, key in body["arrivals"]}
+    except (ValueError, TypeError, KeyError):
+        return HintRead(version)  # an older writer's, or no hint we know: a full scan
+    if not isinstance(writer, str) or not writer or not isinstance(seq, int) or seq not in arrivals:
+        return HintRead(version)
+    return HintRead(version, writer=writer, seq=seq, arrivals=arrivals)

@@ -10,11 +10,12 @@ inputs after the last key the previous listing returned (``StartAfter``). A full
 ``run.full_rescan_s`` is the safety net for what that misses: S3 keys sort by bytes, so a new
 upload may sort before the high-water mark, and SeaweedFS lists folder by folder rather than in
 byte order. Correctness never depends on the listing order; only how soon an input is found does.
-``processor retry`` and ``processor submit``, whose changes may sort before the mark, also write a
-rescan hint (``processor.queue.rescan``) that makes each daemon's next scan a full one. A hint
-source that knows where inputs arrived (``processor.queue.hints``: a watched folder, a bucket
-notification) makes the next scan a targeted one: the incremental listing plus one listing of
-each named prefix that sorts before the mark, with its done markers.
+``processor retry``, ``processor submit`` and the API, whose changes may sort before the mark, also
+write a rescan hint (``processor.queue.rescan``): the API's names the inputs it uploaded, which
+the next scan lists; the others make each daemon's next scan a full one. A hint source that knows
+where inputs arrived (``processor.queue.hints``: a watched folder, a bucket notification) makes
+the next scan a targeted one too: the incremental listing plus one listing of each named prefix
+that sorts before the mark, with its done markers.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
+from processor.queue.hints.base import listing_prefix
 from processor.queue.keys import ItemKeys, KeyLayout, is_directory_marker, is_sidecar, safe_path, safe_segment
 from processor.queue.outcomes import Outcome
-from processor.queue.rescan import HintVersion, read_hint_version
+from processor.queue.rescan import ABSENT, HintRead, HintVersion, read_hint, read_hint_version
 from processor.store.base import ObjectInfo, ObjectStore, requests_sent
 
 log = logging.getLogger("processor.scan")
@@ -165,9 +167,11 @@ class IncrementalScanner:
       at once when more than ``MAX_RELIST_MARKER_LISTINGS`` are new). The next full scan is the
       safety net: within ``full_rescan_s`` plus one poll interval.
     - Every scan first HEADs the rescan hint (``processor.queue.rescan``; one request). When its
-      version differs from the one read before the last full scan (``processor retry`` requeued
-      inputs, ``processor submit`` uploaded some), this scan is a full one, whatever the schedule.
-      A store error on that HEAD is logged and the scan keeps to the schedule.
+      version differs from the one read before, the scan GETs it: a keyed hint whose arrivals since
+      the last version read are all listed makes the scan a targeted one for those inputs (the
+      API's uploads); any other change (``processor retry`` requeued inputs, ``processor submit``
+      uploaded some, another writer) makes it a full one, whatever the schedule. A store error on
+      either read is logged and the scan keeps to the schedule.
     - ``retry_later`` carries items a pass left without a result (store errors, a stop) into the
       next incremental scan, so they need not wait for the full one.
     - ``scan(prefixes)``: a hint source named where inputs arrived. Unless a full scan is due or
@@ -205,9 +209,12 @@ class IncrementalScanner:
         #: The rescan hint's version read before the last full scan; None before one succeeded
         #: in reading it (any hint read later then asks for a full scan).
         self._hint_seen: HintVersion | None = None
+        #: The hint's body as last read (``read_hint``): what a keyed hint's arrivals count from.
+        self._hint_read: HintRead | None = None
         #: Scans made so far, by kind (for logs and tests); "hinted" counts the full scans that the
-        #: rescan hint asked for before their time (they count as "full" too).
-        self.scans = {"full": 0, "incremental": 0, "hinted": 0}
+        #: rescan hint asked for before their time (they count as "full" too); "keyed" the scans
+        #: that also listed the inputs a keyed hint announced (incremental scans or relistings).
+        self.scans = {"full": 0, "incremental": 0, "hinted": 0, "keyed": 0}
         #: Incremental scans that also listed prefixes a hint source named.
         self.targeted_scans = 0
         #: Relistings of the inputs prefix between full scans.
@@ -230,20 +237,34 @@ class IncrementalScanner:
 
     def scan(self, prefixes: Collection[str] = ()) -> Backlog:
         """Full when due or asked for by the rescan hint; else incremental, plus the ``prefixes``
-        (keys under the inputs prefix) a hint source named."""
+        (keys under the inputs prefix) a hint source named and the inputs a keyed hint announced."""
         before = requests_sent(self.store)
         # Read before the listings: a hint written after this read is a change for the next scan.
         hint = read_hint_version(self.store, self.layout)
+        read: HintRead | None = None
+        announced: list[str] | None = []
+        if hint is not None and hint != self._hint_seen:
+            read = HintRead(ABSENT) if hint == ABSENT else read_hint(self.store, self.layout)
+            if read is None:
+                hint = None  # unreadable after all: keep to the schedule, read it again next time
+            else:
+                hint, announced = read.version, read.keys_since(self._hint_read)
         if self.full_due():
-            backlog = self._full(hint)
-        elif hint is not None and hint != self._hint_seen:
+            backlog = self._full(hint, read)
+        elif hint is not None and hint != self._hint_seen and announced is None:
             log.info("rescan_hint_seen", extra={"key": self.layout.rescan_hint, "high_water": self.high_water})
             self.scans["hinted"] += 1
-            backlog = self._full(hint)
-        elif self.seconds_to_listing() <= 0:
-            backlog = self._relist()
+            backlog = self._full(hint, read)
         else:
-            backlog = self._incremental(prefixes)
+            # A keyed writer announces inputs created under new names: one this scanner has listed
+            # (an incremental listing, woken by a watcher, got there first) needs no listing again.
+            announced = [key for key in announced or () if key not in self._known]
+            if announced:
+                prefixes = set(prefixes) | {listing_prefix(key) for key in announced}
+                self.scans["keyed"] += 1
+            backlog = self._relist() if self.seconds_to_listing() <= 0 else self._incremental(prefixes)
+            if hint is not None and read is not None:  # a keyed version, now handled
+                self._hint_seen, self._hint_read = hint, read
         backlog.requests = requests_sent(self.store) - before
         return backlog
 
@@ -251,7 +272,7 @@ class IncrementalScanner:
         for item in items:
             self._carried[item.keys.input] = item
 
-    def _full(self, hint: HintVersion | None) -> Backlog:
+    def _full(self, hint: HintVersion | None, read: HintRead | None = None) -> Backlog:
         started = self.clock()
         finished = _list_finished(self.store, self.layout)
         inputs, sidecars, last = _list_inputs(self.store, self.layout)
@@ -265,6 +286,8 @@ class IncrementalScanner:
         self._known = {i.key: i.etag for i in inputs}
         if hint is not None:  # unread: keep the old version (a later read may then ask again)
             self._hint_seen = hint
+            if read is not None:  # its body, when read for this scan: the baseline for keyed hints
+                self._hint_read = read
         self.scans["full"] += 1
         return backlog
 

@@ -9,7 +9,8 @@ written as:
 3. the webhook's pending record, when the job has one (its job may end before a later write);
 4. the input itself, created only if absent: the photo is what makes a worker take the job, so
    everything it reads with it is already there;
-5. the rescan hint, so daemons find an upload that sorts before their high-water mark.
+5. the rescan hint naming the input, so daemons find it even when it sorts before their
+   high-water mark, without listing the whole bucket (``rescan.ArrivalHints``).
 
 Names are time-ordered (listings show jobs in submit order) and unguessable
 (``new_upload_name``), so a create-if-absent that answers 412 can only be our own write, landed
@@ -36,7 +37,7 @@ from urllib.parse import quote, unquote
 
 from processor.errors import PreconditionFailed, StoreAccessError, StoreError
 from processor.queue.keys import KeyLayout, split_extension
-from processor.queue.rescan import request_rescan
+from processor.queue.rescan import ArrivalHints
 from processor.queue.webhook_records import ALL_EVENTS, WebhookEvent, WebhookRecords
 from processor.store.base import ObjectStore
 
@@ -158,7 +159,7 @@ def upload_owner(upload_folder: str, relpath: str) -> str | None:
 
 
 def write_job(store: ObjectStore, layout: KeyLayout, relpath: str, submission: Submission, *,
-              job: str, webhooks: WebhookRecords) -> None:
+              job: str, webhooks: WebhookRecords, hints: ArrivalHints) -> None:
     """Write ``submission`` as the input ``inputs/<relpath>`` (module docstring: the order)."""
     keys = layout.for_input(layout.prefixes.inputs + relpath)
     sidecar = dict(submission.sidecar)
@@ -173,8 +174,8 @@ def write_job(store: ObjectStore, layout: KeyLayout, relpath: str, submission: S
         webhooks.add(job, submission.webhook, submission.webhook_events)
     create_unique(store, keys.input, submission.image, CONTENT_TYPES[submission.format],
                   metadata=filename_metadata(submission.filename) or None)
-    # An upload may sort before a daemon's high-water mark: make its next scan a full one.
-    request_rescan(store, layout, by="api", count=1)
+    # An upload may sort before a daemon's high-water mark: name it in the hint its next scan reads.
+    hints.announce(keys.input)
     log.info("job_submitted", extra={"job": job, "key": keys.input, "bytes": len(submission.image)})
 
 

@@ -78,7 +78,7 @@ def test_incremental_scan_lists_only_after_the_mark_and_full_rescan_finds_the_re
     clock.advance(FULL_RESCAN_S / 2)
     full = scanner.scan()
     assert full.full and "inputs/a.jpg" in pending_keys(full)
-    assert scanner.scans == {"full": 2, "incremental": 3, "hinted": 0}
+    assert scanner.scans == {"full": 2, "incremental": 3, "hinted": 0, "keyed": 0}
 
 
 def test_no_input_is_lost_or_repeated_whatever_the_listing_order(store: ObjectStore) -> None:
