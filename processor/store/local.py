@@ -466,10 +466,18 @@ class LocalStore(Closeable):
         for entry in entries:
             if not key_prefix and entry.name == INTERNAL_DIR:
                 continue
+            name = key_prefix + entry.name
+            # Cheap refusals first (a listing of one input's prefix, or after a mark, in a folder of
+            # thousands): a name outside the prefix cannot be, or hold, a matching key; a name
+            # sorting before the mark, even as a folder ("a/" sorts after "a"), holds no key after it.
+            if not (name.startswith(prefix) or prefix.startswith(name)):
+                continue
             try:
-                entry.name.encode("utf-8")
+                name_bytes = name.encode("utf-8")
             except UnicodeEncodeError:
                 continue  # a name that is not UTF-8 cannot be a key
+            if after and name_bytes + b"/" < after and not after.startswith(name_bytes + b"/"):
+                continue
             if entry.is_dir(follow_symlinks=False):
                 children.append((key_prefix + entry.name + "/", entry, True))
             elif entry.is_file(follow_symlinks=False):
