@@ -119,13 +119,14 @@ class Watched:
     """One item whose cancel request ``CancelWatch`` reads; its engines' progress hook calls
     ``stop_if_requested`` (no I/O)."""
 
-    def __init__(self, keys: ItemKeys, etag: str) -> None:
+    def __init__(self, keys: ItemKeys, etag: str, due: float = 0.0) -> None:
         self.keys = keys
         self.etag = etag
         #: The request, once read.
         self.request: CancelRecord | None = None
-        #: Monotonic time of this item's next read: now for a new item, then one period after each read.
-        self.due = 0.0
+        #: Monotonic time of this item's next read: one period after its last read (now when it
+        #: was never read), then one period after each read.
+        self.due = due
         self._seen = threading.Event()
 
     @property
@@ -143,11 +144,11 @@ class Watched:
 
 
 class CancelWatch:
-    """Reads the cancel request of each item being computed once when it starts and then every
-    ``every_s`` after its own last read, on a daemon thread of its own, started on first use; idle
-    (no request sent) while nothing is watched. Each item keeps its own period, so an item that
-    starts never makes the others be read early: the reads are one per item per period, however
-    many items compute at once. ``close`` stops the thread."""
+    """Reads the cancel request of each item being computed every ``every_s`` after its own last
+    read (the claim's; at once when it starts without one), on a daemon thread of its own, started
+    on first use; idle (no request sent) while nothing is watched. Each item keeps its own period,
+    so an item that starts never makes the others be read early: the reads are one per item per
+    period, however many items compute at once. ``close`` stops the thread."""
 
     def __init__(self, store: ObjectStore, every_s: float) -> None:
         self.store = store
@@ -158,8 +159,10 @@ class CancelWatch:
         self._thread: threading.Thread | None = None
 
     @contextmanager
-    def watching(self, keys: ItemKeys, etag: str) -> Iterator[Watched]:
-        watched = Watched(keys, etag)
+    def watching(self, keys: ItemKeys, etag: str, *, last_read: float | None = None) -> Iterator[Watched]:
+        """Watch ``keys``' request while in the context. ``last_read``: monotonic time of a read made
+        before (the claim's), which the first read comes one period after; without it, at once."""
+        watched = Watched(keys, etag, due=0.0 if last_read is None else last_read + self.every_s)
         with self._changed:
             if self._closed:
                 raise RuntimeError("the cancel watch is closed")

@@ -110,6 +110,8 @@ class Delivery:
     attempt: int = 1
     #: The trace of the worker's work on it (``processor.tracing``), for the records it writes.
     trace_id: str | None = None
+    #: Monotonic time of the last read of its cancel request (``take`` reads it once).
+    cancel_read_at: float | None = None
 
     @property
     def key(self) -> str:
@@ -221,6 +223,7 @@ class BucketQueue(BucketJobs):
         except ObjectNotFound:
             pass
         request = read_cancel(self.store, keys, d.etag)
+        d.cancel_read_at = time.monotonic()
         if request is not None:
             return self.finish_cancelled(d, {"stage": "claimed"}, request=request)
         return None
@@ -422,7 +425,7 @@ class BucketQueue(BucketJobs):
         ``Watched``'s ``stop_if_requested``, which does no I/O."""
         if self._cancels is None:
             self._cancels = CancelWatch(self.store, every_s)
-        return self._cancels.watching(d.item.keys, d.etag)
+        return self._cancels.watching(d.item.keys, d.etag, last_read=d.cancel_read_at)
 
     def finish_cancelled(self, d: Delivery, progress: Mapping[str, object], *,
                          request: CancelRecord | None = None) -> Outcome:

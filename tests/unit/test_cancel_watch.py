@@ -1,4 +1,4 @@
-"""CancelWatch: one read per item when it starts and one per period after, whatever else computes."""
+"""CancelWatch: one read per item per period after its last read (its claim's, or at once), whatever else computes."""
 
 from __future__ import annotations
 
@@ -65,3 +65,22 @@ def test_a_request_is_read_within_a_period_and_close_stops_the_thread(tmp_path: 
     thread = watch._thread
     watch.close()
     assert thread is not None and not thread.is_alive()
+
+
+def test_an_item_read_at_its_claim_is_read_a_period_after_that_read(tmp_path: Path) -> None:
+    """The claim reads the request; the watch's first read of that item is one period after it,
+    not a second read when it starts (a request made meanwhile is still read within a period)."""
+    import time
+
+    store = CountingStore(tmp_path)
+    recent, stale = _keys("recent"), _keys("stale")
+    watch = CancelWatch(store, every_s=30)
+    try:
+        # Read at its claim just now: nothing is read while the item starts.
+        with watch.watching(recent, "etag-r", last_read=time.monotonic()):
+            # Read at its claim more than a period ago (it waited in the prefetch queue): at once.
+            with watch.watching(stale, "etag-s", last_read=time.monotonic() - 60):
+                store.wait_reads(1)
+        assert [k.rsplit("/", 1)[-1] for k in store.cancel_reads] == ["stale.jpg.json"]
+    finally:
+        watch.close()
