@@ -13,7 +13,7 @@ Part 2 (``--e2e N``, local store): ``N`` requests of the prototype's ``POST
 synchronous FastAPI handler that runs the style inside the request (uvicorn, one process), and
 (b) ``processor serve`` over the bucket with ``--workers`` ``processor run`` daemons (default 1; each
 computes ``run.cpu_workers`` items at once, default the node's cores, for this CPU-only style),
-started and idle before the clock starts. Same style (``toon``, ``--variants`` variants at
+started and idle before the clock starts, with the shipped settings (``E2E_CONFIG``). Same style (``toon``, ``--variants`` variants at
 ``--side`` px), same photos. Images per second and p50/p99 seconds to the result for both, and
 where the queue's time goes, as means over its jobs (``breakdown_*``): from POST to result
 (``post_to_result_s``), the part the job spent in the bucket (``in_bucket_s``: input written to
