@@ -10,21 +10,21 @@ so the API's own share is what the HTTP figure adds to the in-process one.
 
 Part 2 (``--e2e N``, local store): ``N`` requests of the prototype's ``POST
 /generate_image_rest_direct`` from ``--clients`` clients, against (a) the prototype's design, a
-synchronous FastAPI handler that runs the style inside the request (uvicorn, one process), and
-(b) ``processor serve`` over the bucket with ``--workers`` ``processor run`` daemons (default 1; each
-computes ``run.cpu_workers`` items at once, default the node's cores, for this CPU-only style),
-started and idle before the clock starts, with the shipped settings (``E2E_CONFIG``). Same style (``toon``, ``--variants`` variants at
-``--side`` px), same photos. Images per second and p50/p99 seconds to the result for both, and
-where the queue's time goes, as means over its jobs (``breakdown_*``): from POST to result
-(``post_to_result_s``), the part the job spent in the bucket (``in_bucket_s``: input written to
-manifest committed, from the objects' own times), split into the wait for a worker
-(``scan_wait_s``), ``compute_s`` (decode and style), ``encode_s`` and ``writes_s`` (outputs put);
-the rest, ``api_notice_s``, is the API's (request, submit writes, noticing the manifest, reading
-the outputs). And the CPU each design spends per request (``cpu_s_per_job_*``, user + system seconds
-from ``/proc/<pid>/stat`` before and after the timed requests, over ``N``): ``bench`` is this process
-(the clients, and for the prototype its handler as well: the prototype's own share is
-``prototype_cpu_s_per_job_bench`` less ``queue_cpu_s_per_job_bench``), ``api`` the ``processor serve``
-process, ``worker`` the daemon's main process and ``compute`` its compute processes together.
+synchronous FastAPI handler that runs the style inside the request (uvicorn, a process of its
+own), and (b) ``processor serve`` over the bucket with ``--workers`` ``processor run`` daemons
+(default 1; for the CPU style each computes ``run.cpu_workers`` items at once, default the node's
+cores), started and idle before the clock starts, with the shipped settings (``E2E_CONFIG``).
+Same style (``--style``: ``toon``, or ``sd``, a tiny random-weight diffusion model; ``--variants``
+variants of ``--side`` px photos), same photos. Images per second and p50/p99 seconds to the
+result for both, and where the queue's time goes, as means over its jobs (``breakdown_*``): from
+POST to result (``post_to_result_s``), the part the job spent in the bucket (``in_bucket_s``:
+input written to manifest committed, from the objects' own times), split into the wait for a
+worker (``scan_wait_s``), ``compute_s`` (decode and style), ``encode_s`` and ``writes_s`` (outputs
+put); the rest, ``api_notice_s``, is the API's (request, submit writes, noticing the manifest,
+reading the outputs). And the CPU each design spends per request (``cpu_s_per_job_*``, user +
+system seconds from ``/proc/<pid>/stat`` before and after the timed requests, over ``N``): ``bench``
+is this process (the clients), ``server`` the prototype's process, ``api`` the ``processor
+serve`` process, ``worker`` the daemon's main process and ``compute`` its compute processes.
 
     python -m bench.api --store both --clients 8 --requests 200 --e2e 40
 """
@@ -33,16 +33,17 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
+import multiprocessing
 import os
-import socket
 import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +66,16 @@ DEFAULT_E2E = 40
 PHOTO_SIZE = (320, 240)
 #: Part 2's configuration of the queue: the shipped defaults but for the style and the upload cap.
 E2E_CONFIG = """\
-styles: {toon: {engine: toon, variants: %(variants)d, max_side: %(side)d}}
-run: {styles: [toon]}
+styles: {%(name)s: %(style)s}
+run: {styles: [%(name)s]}
+pipeline: {mask: {onnx: null}}
 metrics: {port: 0}
 api: {max_upload_bytes: 50000000}
 """
+#: Part 2's diffusion style (``--style sd``): a tiny random-weight SD 1.x model built from configs
+#: and loaded through the production path; its steps and processing size.
+SD_STEPS = 4
+SD_SIZE = 64
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -163,42 +169,72 @@ class PrototypeRequest(BaseModel):
 
 
 def prototype_app(settings: Settings, style_name: str) -> Any:
-    """The prototype's design: the style runs inside a synchronous request handler."""
+    """The prototype's design: the style runs inside a synchronous request handler. A diffusion
+    engine's pipeline keeps its scheduler's state on the object, so two requests in it at once
+    fail (``IndexError`` in the scheduler's step, seen with this very model): the handler holds a
+    lock around the call, as a prototype serving one GPU must. The CPU style needs none."""
     from fastapi import FastAPI
 
     from processor.cli.compose import make_engine
     from processor.pipeline.decode import decode_image
     from processor.pipeline.encode import encode_png
 
-    engine = make_engine(style_name, settings.styles[style_name])
+    style = settings.styles[style_name]
+    engine = make_engine(style_name, style)
     engine.setup()
+    one_at_a_time = threading.Lock() if style.engine != "toon" else contextlib.nullcontext()
     app = FastAPI()
 
     @app.post("/generate_image_rest_direct")
     def generate(req: PrototypeRequest) -> dict[str, list[str]]:  # sync: FastAPI runs it on its thread pool
         image = decode_image(base64.b64decode(req.initial_image), settings.pipeline.decode).image
-        variants = engine(image)[: req.final_images_to_return]
+        with one_at_a_time:
+            variants = engine(image)[: req.final_images_to_return]
         return {"generated_images": [base64.b64encode(encode_png(v.image, v.parameters)).decode() for v in variants]}
 
     return app
 
 
-def serve_in_thread(app: Any) -> tuple[str, Callable[[], None]]:
+def e2e_style(kind: str, variants: int, side: int, tmp: Path) -> dict[str, Any]:
+    """Part 2's style: ``toon`` (CPU) or ``sd`` (a tiny diffusion model built under ``tmp``)."""
+    if kind == "toon":
+        return {"engine": "toon", "variants": variants, "max_side": side}
+    from testkit.models.sd import build_sd
+
+    model = build_sd(tmp / "tiny-sd")
+    return {"engine": "img2img", "model": str(model), "trigger": "cartoon, Pixar, 3D render", "steps": SD_STEPS,
+            "size": SD_SIZE, "variants": variants, "seed": 7}
+
+
+def _prototype_process(style_kind: str, style: dict[str, Any], ready: Any) -> None:
+    """The prototype server's process: its app on a listening socket, its URL sent on ``ready``
+    once the style has loaded."""
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY: see api/server.py
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
+    from processor.api.server import bind
 
-    def stop() -> None:
-        server.should_exit = True
-        thread.join(timeout=10)
+    settings = Settings(styles={style_kind: style}, run={"styles": [style_kind]}, pipeline={"mask": {"onnx": None}})
+    app = prototype_app(settings, style_kind)
+    sock, url = bind("127.0.0.1", 0)
+    ready.send(url)
+    uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off")).run(sockets=[sock])
 
-    return f"http://127.0.0.1:{sock.getsockname()[1]}", stop
+
+@contextmanager
+def prototype_server(style_kind: str, style: dict[str, Any], timeout_s: float = 300.0) -> Iterator[tuple[str, int]]:
+    """The prototype in a process of its own, as it is deployed (the clients' threads then do not
+    share its interpreter): its URL and process id, once its style has loaded."""
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    proc = context.Process(target=_prototype_process, args=(style_kind, style, sender), daemon=True)
+    proc.start()
+    try:
+        if not receiver.poll(timeout_s):
+            raise RuntimeError(f"the prototype server did not start within {timeout_s:.0f} s")
+        yield receiver.recv(), proc.pid
+    finally:
+        proc.terminate()
+        proc.join(timeout=20)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -252,22 +288,19 @@ def end_to_end(url: str, photos: list[bytes], clients: int, variants: int,
 
 
 def compare(tmp: Path, clients: int, count: int, variants: int, side: int, workers: int,
-            cpu_workers: int | None = None) -> dict[str, float]:
-    settings = Settings(styles={"toon": {"engine": "toon", "variants": variants, "max_side": side}},
-                        run={"styles": ["toon"]})
+            cpu_workers: int | None = None, style_kind: str = "toon") -> dict[str, Any]:
+    style = e2e_style(style_kind, variants, side, tmp)
     photos = [photo_bytes(side, side * 3 // 4, seed=i) for i in range(count)]
-    url, stop = serve_in_thread(prototype_app(settings, "toon"))
-    try:
-        proto = end_to_end(url, photos, clients, variants)
-    finally:
-        stop()
+    with prototype_server(style_kind, style) as (url, pid):
+        proto = end_to_end(url, photos, clients, variants, lambda: {"server": [pid]})
     store_env = {"PROCESSOR_STORE__KIND": "local", "PROCESSOR_STORE__ROOT": str(tmp / "e2e-bucket")}
     if cpu_workers is not None:
         store_env["PROCESSOR_RUN__CPU_WORKERS"] = str(cpu_workers)
     env = write_env(tmp, store_env, max_upload=50_000_000, config_name="e2e.yaml")
     # The queue as shipped: the test servers' faster polls and full scans cost CPU a deployment
-    # does not spend, so only the style, the upload cap and the metrics port are set here.
-    (tmp / "e2e.yaml").write_text(E2E_CONFIG % {"variants": variants, "side": side})
+    # does not spend, so only the style, the upload cap and the metrics port are set here (and
+    # GrabCut for masks, as in the prototype's process: nothing here needs the segmenter's weights).
+    (tmp / "e2e.yaml").write_text(E2E_CONFIG % {"name": style_kind, "style": json.dumps(style)})
     with serve(env, tmp) as api, ExitStack() as daemons:
         procs = [daemons.enter_context(worker(env, tmp)) for _ in range(workers)]
         _wait_for_workers(tmp, workers)
@@ -277,7 +310,7 @@ def compare(tmp: Path, clients: int, count: int, variants: int, side: int, worke
                     "compute": [c for p in procs for c in child_pids(p.pid)]}
 
         queued = end_to_end(api.url, photos, clients, variants, roles)
-    out = {f"prototype_{k}": v for k, v in proto.items()} | {"queue_workers": workers,
+    out = {"style": style_kind} | {f"prototype_{k}": v for k, v in proto.items()} | {"queue_workers": workers,
                                                               "queue_cpu_workers": cpu_workers or 0}
     out |= {f"queue_{k}": v for k, v in queued.items()}
     out["queue_over_prototype_images_per_s"] = queued["images_per_s"] / proto["images_per_s"]
@@ -322,6 +355,9 @@ def main(argv: Sequence[str] | None = None, *, server: Any = None) -> dict[str, 
     parser.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, help="POSTs (and GETs) per store")
     parser.add_argument("--e2e", type=int, default=DEFAULT_E2E,
                         help="requests of part 2 (prototype vs queue); 0 skips it")
+    parser.add_argument("--style", choices=["toon", "sd"], default="toon",
+                        help="part 2: the CPU toon style, or sd: a tiny random-weight SD 1.x img2img model "
+                        f"({SD_STEPS} steps at {SD_SIZE} px) through the production loader")
     parser.add_argument("--variants", type=int, default=2, help="part 2: variants per request")
     parser.add_argument("--side", type=int, default=256, help="part 2: photo width and the style's max_side")
     parser.add_argument("--workers", type=int, default=1, help="part 2: processor run daemons behind the queue "
@@ -350,7 +386,7 @@ def main(argv: Sequence[str] | None = None, *, server: Any = None) -> dict[str, 
             results |= overhead("s3", store, env, tmp, args.clients, args.requests, settings)
         if args.e2e:
             results |= compare(tmp, args.clients, args.e2e, args.variants, args.side, args.workers,
-                               args.cpu_workers)
+                               args.cpu_workers, args.style)
     report(results, as_json=args.json)
     return results
 
