@@ -12,7 +12,7 @@ from typing import Any
 from processor.cli.compose import StoreUse, build_store
 from processor.cli.console import Where, config_source
 from processor.config import Settings
-from processor.errors import FatalError, ObjectNotFound
+from processor.errors import FatalError, ObjectNotFound, StyleUnavailable
 from processor.manifest import FailureRecord
 from processor.queue.keys import KeyLayout, safe_segment, split_extension
 
@@ -51,7 +51,8 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     if records:
         print("recent failures:")
         for r in records:
-            retry = "" if r.final else f" (attempt {r.attempts} failed; will be retried)"
+            retry = ("" if r.final else " (waiting for a worker that can load it; no attempt spent)"
+                     if r.error == StyleUnavailable.__name__ else f" (attempt {r.attempts} failed; will be retried)")
             print(f"  {r.source.key}{_named(r.source.key, r.source.filename)}: {r.error}{retry}: {r.message}\n"
                   f"      -> {r.hint}")
     return 0

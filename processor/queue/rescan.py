@@ -91,6 +91,10 @@ class HintRead:
     #: seq -> input key, of a keyed hint.
     arrivals: dict[int, str] = field(default_factory=dict)
 
+    def older_than(self, other: HintRead | None) -> bool:
+        """Whether this is an earlier version of ``other``'s keyed writer (a put that landed late)."""
+        return other is not None and self.writer is not None and self.writer == other.writer and self.seq < other.seq
+
     def keys_since(self, earlier: HintRead | None) -> list[str] | None:
         """The input keys this version announces beyond ``earlier`` (a version read before), or
         None when only a full scan is safe: no keyed writer here or there, another writer, or

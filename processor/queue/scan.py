@@ -264,7 +264,9 @@ class IncrementalScanner:
                 self.scans["keyed"] += 1
             backlog = self._relist() if self.seconds_to_listing() <= 0 else self._incremental(prefixes)
             if hint is not None and read is not None:  # a keyed version, now handled
-                self._hint_seen, self._hint_read = hint, read
+                self._hint_seen = hint
+                if not read.older_than(self._hint_read):  # a late put: count from the newer one
+                    self._hint_read = read
         backlog.requests = requests_sent(self.store) - before
         return backlog
 

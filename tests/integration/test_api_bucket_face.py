@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -193,6 +194,21 @@ def test_a_deleted_manifest_is_done_with_a_detail_as_status_counts_it(client: Te
         assert "event: done" in events.read().decode()  # the stream ends, as for any ended job
     page = client.get(f"/jobs/{job}")
     assert page.status_code == 200 and 'data-role="detail"' in page.text
+
+
+def test_a_stream_opened_on_a_queued_job_says_status_then_done(client: TestClient, settings: Settings,
+                                                                store: Any) -> None:
+    """The stream's first event is the job's state when it opened (queued: ``status``); the worker
+    runs only once the stream is open, and the stream ends with ``done``."""
+    job = submit(client)
+    with client.stream("GET", f"/v1/jobs/{job}/events") as events:
+        lines = events.iter_lines()
+        assert next(line for line in lines if line.startswith("event:")) == "event: status"
+        worker = threading.Thread(target=run_worker, args=(store, settings))
+        worker.start()
+        kinds = [line.removeprefix("event: ") for line in lines if line.startswith("event:")]
+        worker.join()
+    assert kinds[-1] == "done" and set(kinds) <= {"status", "progress", "done"}, kinds
 
 
 def test_a_commit_landing_while_the_state_is_read_is_a_result_not_a_deleted_manifest(settings: Settings,

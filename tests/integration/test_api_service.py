@@ -158,7 +158,10 @@ def test_events_stream_status_until_done(service: Service, client: httpx.Client,
         assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
     events = [(e.name, e.data.model_dump(mode="json")) for e in api.events(job)]
     kinds = [k for k, _ in events]
-    assert kinds[0] == "status" and kinds[-1] == "done", kinds
+    # A stream opens on the job's state then: queued or running ("status", then on to "done"), or
+    # done already when the worker was quicker than this client (tests/integration/
+    # test_api_bucket_face.py holds the worker back to see the whole sequence).
+    assert kinds[-1] == "done" and (kinds == ["done"] or kinds[0] == "status"), kinds
     assert events[-1][1]["status"] == "done" and events[-1][1]["variants"]
     assert set(kinds) <= {"status", "progress", "done"}
 

@@ -129,7 +129,7 @@ def test_api_bench_diffusion_smoke(capsys) -> None:
     answer every request (the prototype's lock keeps its pipeline to one request at a time)."""
     from bench import api as api_bench
 
-    results = api_bench.main(["--store", "none", "--clients", "3", "--e2e", "3", "--style", "sd",
+    results = api_bench.main(["--store", "none", "--clients", "2", "--e2e", "2", "--style", "sd",
                               "--variants", "1", "--side", "96"])
     parse_report(capsys.readouterr().out)
     assert results["style"] == "sd"

@@ -120,6 +120,12 @@ def test_an_older_version_landing_late_announces_nothing_new(store: ObjectStore)
     store.put(layout.rescan_hint, older, content_type="application/json")
     late = scanner.scan()
     assert not late.full and late.pending == [] and scanner.scans["keyed"] == 1
+    # The writer's next upload counts from the newer version: keyed, and only the new key listed.
+    for key in ("inputs/api/alice/0006.jpg", "inputs/api/alice/0007.jpg"):
+        finish(store, layout, key)
+    upload(store, hints, "inputs/api/alice/0009.jpg")
+    after = scanner.scan()
+    assert not after.full and pending_keys(after) == ["inputs/api/alice/0009.jpg"] and scanner.scans["keyed"] == 2
 
 
 @pytest.mark.parametrize("body", [b'{"requested_at": "2026-01-01T00:00:00+00:00", "by": "api", "count": 1}',

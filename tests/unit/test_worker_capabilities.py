@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from processor.cli.compose import build_registry, make_engine
+from processor.cli.main import main as cli_main
 from processor.config import ToonStyle, load_settings
 from processor.errors import ObjectNotFound
 from processor.manifest import FailureRecord, Manifest, WorkerInfo
@@ -99,7 +100,7 @@ def test_a_worker_announces_what_it_can_run_and_removes_its_record_on_exit(tmp_p
     assert not list(store.list(layout.workers_prefix))
 
 
-def test_a_style_it_cannot_load_waits_for_a_worker_that_can(tmp_path: Path) -> None:
+def test_a_style_it_cannot_load_waits_for_a_worker_that_can(tmp_path: Path, capsys) -> None:
     """The toon-only worker writes a retryable StyleUnavailable record (no attempt spent), leaves
     the input alone from then on (``run --once`` ends, exit 0) and says so in its record; a worker
     that can load the style takes the input at its next scan and the record goes."""
@@ -124,6 +125,11 @@ def test_a_style_it_cannot_load_waits_for_a_worker_that_can(tmp_path: Path) -> N
         state = queue.state(job_id("bear.jpg"))
         assert state.status is JobStatus.queued and state.waiting is not None
         assert state.waiting.error == "StyleUnavailable"
+        # `processor status` says it waits, not that an attempt failed.
+        capsys.readouterr()
+        assert cli_main(["status", "--config", str(tmp_path / "config.yaml")]) == 0
+        assert ("inputs/bear.jpg: StyleUnavailable (waiting for a worker that can load it; no attempt spent)"
+                in capsys.readouterr().out)
         # Asked again, this worker leaves it alone: no claim, no new record.
         before = store.head(keys.failure).etag
         assert worker.run_once() == 0 and store.head(keys.failure).etag == before
