@@ -112,6 +112,7 @@ def create_app(settings: Settings, store: ObjectStore, *, keys: list[str] | None
             yield
         finally:
             await run_in_threadpool(watch.close)
+            await run_in_threadpool(queue.close)  # the last uploads' hint, written before exit
             if dispatcher is not None:
                 await run_in_threadpool(dispatcher.close)
 

@@ -415,9 +415,11 @@ class BucketQueue(BucketJobs):
         return Outcome.FAILED
 
     def close(self) -> None:
-        """Stop the queue's own thread (the cancel watch), if it started one."""
+        """Stop the queue's own threads (the cancel watch, the keyed hint's writer), if it started
+        them; announced uploads are written first."""
         if self._cancels is not None:
             self._cancels.close()
+        self.arrivals.close()
 
     def watch_cancel(self, d: Delivery, *, every_s: float) -> AbstractContextManager[Watched]:
         """While in the context, ``d``'s cancel request is read every ``every_s`` on a thread of the

@@ -28,8 +28,9 @@ version). The body's ``requested_at``, ``by`` and ``count`` are for people readi
 Ordering, so that no request is missed: a writer puts the hint *after* its own writes (failure
 records, deleted done markers, uploads), and a scan HEADs and GETs the hint *before* its listings.
 A hint a scan read was therefore written after the changes it announces; a hint written later
-differs from it and is read by the next scan. Two puts of one keyed writer may land out of order:
-each carries every earlier arrival, and a daemon skips a sequence number it has already passed.
+differs from it and is read by the next scan. A keyed writer's puts never overlap (one thread
+makes them), so the object's last version is its newest, carrying every earlier arrival; a daemon
+that still reads an older version (a store that landed a retried put late) skips it.
 
 Errors: a store error while reading the hint is logged and the scan goes on as scheduled (the hint
 only makes things sooner, never correct); a store error while writing it is logged, and the caller
@@ -111,27 +112,71 @@ class HintRead:
 
 class ArrivalHints:
     """The keyed hint writer of one process (the API): ``announce(key)`` after each upload.
-    Thread-safe; the body is built under a lock (so each carries every earlier arrival), the put
-    is not (so slow puts do not queue the API's requests behind each other)."""
+
+    One thread of its own writes the hint (started on first use): puts never overlap, so the
+    object's last version is always the newest (two request threads putting at once could land
+    out of order, and a late older body would hide the newest key), and announcements that arrive
+    while a put is in flight are written together by the next one (a busy API writes the hint
+    less often than it takes uploads). ``announce`` does not wait for the put; a hint lost with the
+    process costs daemons latency, never an input. ``flush`` waits for what was announced."""
 
     def __init__(self, store: ObjectStore, layout: KeyLayout, *, by: str = "api") -> None:
         self.store = store
         self.layout = layout
         self.by = by
         self.writer = secrets.token_hex(8)
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
         self._seq = 0
         self._recent: deque[tuple[int, str]] = deque(maxlen=MAX_HINT_ARRIVALS)
+        #: The sequence number the last finished put carried (refused or not).
+        self._written = 0
+        #: Bumped by ``close``: a thread of an earlier generation stops (never two writing at once).
+        self._generation = 0
+        self._thread: threading.Thread | None = None
+        #: Puts made so far (for tests and the benchmark).
+        self.puts = 0
 
-    def announce(self, key: str) -> bool:
-        """Write the hint naming ``key``, an input just created under a new name (a daemon that has
-        listed the key already does not list it again). False (logged) when refused."""
-        with self._lock:
+    def announce(self, key: str) -> None:
+        """Name ``key``, an input just created under a new name, in the hint (written soon, on the
+        writer's thread; a daemon that has listed the key already does not list it again)."""
+        with self._changed:
             self._seq += 1
             self._recent.append((self._seq, key))
-            body = RescanRequest(requested_at=utcnow().isoformat(), by=self.by, count=1, writer=self.writer,
-                                 seq=self._seq, arrivals=list(self._recent))
-        return _put_hint(self.store, self.layout, body, quiet=True)
+            if self._thread is None:  # first use, or after close (an app started again)
+                self._thread = threading.Thread(target=self._run, args=(self._generation,), name="arrival-hints",
+                                                daemon=True)
+                self._thread.start()
+            self._changed.notify_all()
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every announcement so far is in a finished put; False on timeout."""
+        with self._changed:
+            target = self._seq
+            return self._changed.wait_for(lambda: self._written >= target or self._thread is None, timeout_s)
+
+    def close(self) -> None:
+        """Write what is announced, then stop the thread (a later ``announce`` starts another)."""
+        self.flush(timeout_s=10)
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
+            thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=10)
+
+    def _run(self, generation: int) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._seq > self._written or self._generation != generation)
+                if self._generation != generation:
+                    return  # closed (close flushed first)
+                body = RescanRequest(requested_at=utcnow().isoformat(), by=self.by, count=len(self._recent),
+                                     writer=self.writer, seq=self._seq, arrivals=list(self._recent))
+            _put_hint(self.store, self.layout, body, quiet=True)
+            with self._changed:
+                self.puts += 1
+                self._written = body.seq
+                self._changed.notify_all()
 
 
 def request_rescan(store: ObjectStore, layout: KeyLayout, *, by: str, count: int,

@@ -6,6 +6,8 @@ scanner's clock injected so that a scheduled full scan never comes due unless a 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from processor.config import PrefixSettings
@@ -13,6 +15,7 @@ from processor.queue.keys import KeyLayout
 from processor.queue.rescan import MAX_HINT_ARRIVALS, ArrivalHints, request_rescan
 from processor.queue.scan import IncrementalScanner
 from processor.store.base import ObjectStore
+from processor.store.local import LocalStore
 from tests.integration.test_scan_incremental import FULL_RESCAN_S, FakeClock, pending_keys
 
 #: Done inputs before the mark: a full scan lists them all, a keyed one none of them.
@@ -44,10 +47,13 @@ def a_scanner_past_done_inputs(store: ObjectStore) -> tuple[IncrementalScanner, 
     return scanner, layout, hints
 
 
-def upload(store: ObjectStore, hints: ArrivalHints, key: str) -> None:
-    """What the API does: the input, then the hint naming it."""
+def upload(store: ObjectStore, hints: ArrivalHints, key: str, *, flush: bool = True) -> None:
+    """What the API does: the input, then the hint naming it (written on the writer's thread;
+    ``flush`` waits for that put)."""
     store.put(key, key.encode())
-    assert hints.announce(key)
+    hints.announce(key)
+    if flush:
+        assert hints.flush(timeout_s=30)
 
 
 def finish(store: ObjectStore, layout: KeyLayout, key: str) -> None:
@@ -136,3 +142,62 @@ def test_a_hint_it_cannot_read_as_keyed_makes_a_full_scan(store: ObjectStore, bo
     store.put(layout.rescan_hint, body, content_type="application/json")
     full = scanner.scan()
     assert full.full and pending_keys(full) == ["inputs/api/alice/0008.jpg"]
+
+
+def test_concurrent_uploads_are_all_found_by_a_scanner_scanning_meanwhile(store: ObjectStore) -> None:
+    """Eight API threads share one writer while the scanner scans: every upload is found (by a
+    keyed scan or a full one) and none is lost."""
+    import threading
+
+    scanner, _layout, hints = a_scanner_past_done_inputs(store)
+    keys = [f"inputs/api/c{t}/{n:03d}.jpg" for t in range(8) for n in range(6)]
+    found: set[str] = set()
+
+    def client(t: int) -> None:
+        for key in keys[t * 6:(t + 1) * 6]:
+            upload(store, hints, key, flush=False)
+
+    threads = [threading.Thread(target=client, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    try:
+        while any(thread.is_alive() for thread in threads):
+            found.update(pending_keys(scanner.scan()))
+    finally:
+        for thread in threads:
+            thread.join()
+    assert hints.flush(timeout_s=30)
+    found.update(pending_keys(scanner.scan()))  # the last hint, written after the last scan began
+    assert found == set(keys)
+    hints.close()
+
+
+def test_announcements_during_a_put_go_out_together_in_order(local_store: LocalStore) -> None:
+    """The writer's puts never overlap, so the object's last version is the newest: what is
+    announced while one put is in flight goes out in the next, all of it."""
+    import threading
+
+    layout = KeyLayout(PrefixSettings())
+    entered, release = threading.Event(), threading.Event()
+
+    class SlowHintPuts:
+        def __init__(self, inner: LocalStore) -> None:
+            self.inner = inner
+
+        def put(self, key: str, body: bytes, **kwargs):  # type: ignore[no-untyped-def]
+            if key == layout.rescan_hint:
+                entered.set()
+                assert release.wait(timeout=30)
+            return self.inner.put(key, body, **kwargs)
+
+    hints = ArrivalHints(SlowHintPuts(local_store), layout)  # type: ignore[arg-type]
+    hints.announce("inputs/api/a/1.jpg")  # its put waits for the release
+    assert entered.wait(timeout=30)
+    for n in range(2, 6):
+        hints.announce(f"inputs/api/a/{n}.jpg")
+    release.set()
+    assert hints.flush(timeout_s=30)
+    body = json.loads(local_store.get(layout.rescan_hint).body)
+    assert hints.puts == 2 and body["seq"] == 5
+    assert [key for _seq, key in body["arrivals"]] == [f"inputs/api/a/{n}.jpg" for n in range(1, 6)]
+    hints.close()
