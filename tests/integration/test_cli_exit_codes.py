@@ -4,7 +4,6 @@ involved)."""
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import signal
@@ -21,6 +20,7 @@ from processor.store.local import LocalStore
 from testkit.blackhole import BlackHole
 from testkit.images import photo_bytes
 from testkit.waits import HANG_GUARD_S, wait_until
+from tests.cli_project import cli_project
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 
@@ -37,15 +37,7 @@ def test_the_table_lists_every_exit_code_and_no_other() -> None:
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(logging.getLogger(), "handlers", [])
-    for name in [n for n in os.environ if n.startswith("PROCESSOR_") and n != "PROCESSOR_METRICS__PORT"]:
-        monkeypatch.delenv(name)
-    (tmp_path / "config.yaml").write_text("store: {kind: local, root: bucket}\n"
-                                          "styles: {toon: {engine: toon, variants: 1, max_side: 128}}\n")
-    (tmp_path / "photos").mkdir()
-    (tmp_path / "photos" / "cow.jpg").write_bytes(photo_bytes(96, 80))
-    return tmp_path
+    return cli_project(tmp_path, monkeypatch, {"cow.jpg": photo_bytes(96, 80)})
 
 
 @pytest.fixture

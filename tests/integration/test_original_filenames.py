@@ -7,8 +7,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from processor.store.local import LocalStore
 from processor.worker.runner import Worker
 from testkit.api_service import OPEN_BASE_URL
 from testkit.images import photo_bytes
+from tests.cli_project import cli_project
 
 # --------------------------------------------------------------------------- the stored value
 
@@ -72,18 +71,8 @@ def test_a_hand_written_value_is_cleaned_on_the_way_out() -> None:
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(logging.getLogger(), "handlers", [])
-    for name in [n for n in os.environ if n.startswith("PROCESSOR_") and n != "PROCESSOR_METRICS__PORT"]:
-        monkeypatch.delenv(name)
-    (tmp_path / "config.yaml").write_text("store: {kind: local, root: bucket}\n"
-                                          "styles: {toon: {engine: toon, variants: 1, max_side: 128}}\n")
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    (photos / "Teddy Bär.jpg").write_bytes(photo_bytes(96, 80))
-    (photos / "notes.txt").write_text("buy more toys\n")
-    (photos / "page.png").write_bytes(b"<!DOCTYPE html><html>saved the page</html>")
-    return tmp_path
+    return cli_project(tmp_path, monkeypatch, {"Teddy Bär.jpg": photo_bytes(96, 80), "notes.txt": b"buy more toys\n",
+                                               "page.png": b"<!DOCTYPE html><html>saved the page</html>"})
 
 
 def test_submit_refuses_what_is_no_photo_and_uploads_the_rest(project: Path, capsys) -> None:

@@ -8,7 +8,6 @@ import argparse
 import io
 import json
 import logging
-import os
 
 import pytest
 
@@ -18,21 +17,14 @@ from processor.errors import EXIT_CONFIG, EXIT_DOCTOR, EXIT_STORE, EXIT_USAGE, T
 from processor.log import configure_logging
 from processor.store.retry import RetryPolicy
 from testkit.images import photo_bytes
+from tests.cli_project import cli_project
 
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     """A folder with a config and a photo, and no bucket yet; no PROCESSOR_ variable but the
     session's metrics port."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(logging.getLogger(), "handlers", [])
-    for name in [n for n in os.environ if n.startswith("PROCESSOR_") and n != "PROCESSOR_METRICS__PORT"]:
-        monkeypatch.delenv(name)
-    (tmp_path / "config.yaml").write_text("store: {kind: local, root: bucket}\n"
-                                          "styles: {toon: {engine: toon, variants: 1, max_side: 128}}\n")
-    (tmp_path / "photos").mkdir()
-    (tmp_path / "photos" / "cow.jpg").write_bytes(photo_bytes(96, 80))
-    return tmp_path
+    return cli_project(tmp_path, monkeypatch, {"cow.jpg": photo_bytes(96, 80)})
 
 
 def usage_error(argv: list[str], capsys) -> str:

@@ -19,19 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from testkit.api_service import JOB_TIMEOUT_S, TOKEN, Service, serve, stop, wait_status, worker, write_env
+from testkit.api_service import TOKEN, Service, serve, stop, wait_status, worker, write_env
 from testkit.images import photo_bytes
 from testkit.waits import wait_until
+from tests.web.test_web_pages import BROKEN_PNG, CHROMIUM, WAIT_MS, page_errors
 
-CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the test extra)")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no chromium at {CHROMIUM} (apt-get install chromium; "
                                 "CI installs it in .ci/run)")
 
-#: A PNG signature then zeros: accepted by the upload sniffing, undecodable for the worker.
-BROKEN_PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
-#: Milliseconds a page waits for an element: a hang guard (testkit.waits), in playwright's unit.
-WAIT_MS = int(JOB_TIMEOUT_S * 1000)
 #: The widths every page is checked and screenshot at: a desktop browser and a phone.
 WIDTHS = {"desktop": 1280, "phone": 390}
 #: Pixels a checkbox's centre may sit off its label's centre and still count as on its line.
@@ -90,10 +86,7 @@ def page(service: Service) -> Iterator[object]:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         context = browser.new_context(base_url=service.url, viewport={"width": WIDTHS["desktop"], "height": 900})
         pg = context.new_page()
-        errors: list[str] = []
-        pg.on("pageerror", lambda exc: errors.append(str(exc)))
-        pg.on("console", lambda msg: errors.append(msg.text)
-              if msg.type == "error" and not msg.text.startswith("Failed to load resource") else None)
+        errors = page_errors(pg)
         try:
             yield pg
         finally:

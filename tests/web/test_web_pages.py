@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,15 +84,21 @@ def browser() -> Iterator[object]:
             b.close()
 
 
+def page_errors(pg: Any) -> list[str]:
+    """The list that ``pg``'s script errors and console errors are added to, but the browser's own
+    note on a non-2xx answer (the refused login is a 401)."""
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.on("console", lambda msg: errors.append(msg.text)
+          if msg.type == "error" and not msg.text.startswith("Failed to load resource") else None)
+    return errors
+
+
 @pytest.fixture
 def page(browser: object, service: Service) -> Iterator[object]:
     context = browser.new_context(base_url=service.url, viewport={"width": 1200, "height": 900})
     pg = context.new_page()
-    errors: list[str] = []
-    pg.on("pageerror", lambda exc: errors.append(str(exc)))
-    # Console errors but the browser's own note on a non-2xx answer (the refused login is a 401).
-    pg.on("console", lambda msg: errors.append(msg.text)
-          if msg.type == "error" and not msg.text.startswith("Failed to load resource") else None)
+    errors = page_errors(pg)
     try:
         yield pg
     finally:
