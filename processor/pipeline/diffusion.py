@@ -95,20 +95,29 @@ class StyleLoras:
 
 
 class Batches:
-    """Variants per pipeline call: ``run`` halves the chunk on CUDA out-of-memory and keeps the
-    smaller batch for later images."""
+    """Rows per pipeline call. Until a CUDA out-of-memory, a call takes every row it is given (a
+    style's variants; several inputs' variants when they render together), at least ``limit``;
+    ``run`` halves the chunk on out-of-memory and keeps that smaller batch for later calls."""
 
     def __init__(self, style_name: str, limit: int) -> None:
         self.style_name = style_name
         self.limit = limit
+        #: Whether an out-of-memory has taught ``limit`` (it is then a ceiling, not a floor).
+        self.halved = False
+
+    def rows(self, count: int) -> int:
+        """The rows one call takes out of ``count``."""
+        return min(count, self.limit) if self.halved else max(count, self.limit)
 
     def run(self, count: int, call: Callable[[int, int], torch.Tensor]) -> tuple[torch.Tensor, int]:
         """``call(start, stop)`` over [0, count); the outputs and the halvings it took."""
-        out, self.limit, halvings = run_in_batches(
-            count, call, self.limit, style_name=self.style_name, stage="transform",
+        out, limit, halvings = run_in_batches(
+            count, call, self.rows(count), style_name=self.style_name, stage="transform",
             too_small=f"CUDA out of memory with a single variant; lower styles.{self.style_name}.size "
                       "or use a GPU with more memory",
         )
+        if halvings:
+            self.limit, self.halved = limit, True
         return out, halvings
 
 

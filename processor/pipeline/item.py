@@ -12,21 +12,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
 
 from processor.config import Settings, with_sources
-from processor.errors import InvalidSidecar, StyleUnavailable
+from processor.errors import InvalidSidecar, ItemError, StyleUnavailable
 from processor.manifest import CaptionInfo, Variant
-from processor.pipeline.base import DecodedImage, VariantImage
+from processor.pipeline.base import DecodedImage, ItemContext, VariantImage
 from processor.pipeline.caption import caption_item, caption_used
 from processor.pipeline.decode import decode_image
 from processor.pipeline.look import InputStyleImage, decode_style_image
 from processor.pipeline.outputs import OutputFile, encode_outputs
-from processor.pipeline.render import EngineRegistry, one_line, render
+from processor.pipeline.render import EngineRegistry, one_line, render_many
 from processor.pipeline.sidecar import ItemOverrides, load_sidecar_json, validate_overrides
 
 log = logging.getLogger("processor.pipeline")
@@ -127,9 +127,45 @@ class ItemPipeline:
                 report: Callable[..., None] | None = None) -> Rendered:
         """Caption, build the prompts and render every style of this input (with its background).
         ``report`` receives the engines' progress (``ItemContext.report``: round k of N, step)."""
+        outcome = self.compute_many([prepared], [timings], [report])[0]
+        if isinstance(outcome, ItemError):
+            raise outcome
+        return outcome
+
+    def compute_many(self, prepared: Sequence[Prepared], timings: Sequence[dict[str, float] | None],
+                     reports: Sequence[Callable[..., None] | None]) -> list[Rendered | ItemError]:
+        """``compute`` for several inputs, in order: each one's ``Rendered`` or its ``ItemError``.
+        Each is captioned on its own; those that ask for the same styles are then rendered
+        together (``render_many``: where their values let one pipeline serve them, in one call)."""
+        outcomes: list[Rendered | ItemError | None] = [None] * len(prepared)
+        contexts: dict[int, tuple[ItemContext, CaptionInfo | None]] = {}
+        together: dict[tuple[str, ...], list[int]] = {}
+        for j, item in enumerate(prepared):
+            try:
+                contexts[j] = self._context(item, timings[j], reports[j])
+            except ItemError as exc:
+                outcomes[j] = exc
+                continue
+            together.setdefault(tuple(item.overrides.styles), []).append(j)
+        for styles, members in together.items():
+            made = render_many([prepared[j].decoded.image for j in members], list(styles), self.registry,
+                               [dict(prepared[j].overrides.style_fields) or None for j in members],
+                               [contexts[j][0] for j in members])
+            for j, outcome in zip(members, made, strict=True):
+                if isinstance(outcome, ItemError):
+                    outcomes[j] = outcome
+                    continue
+                variants, style_timings = outcome
+                if timings[j] is not None:
+                    timings[j].update(style_timings)  # type: ignore[union-attr]
+                outcomes[j] = Rendered(variants=variants, caption=contexts[j][1])
+        return [outcome for outcome in outcomes if outcome is not None]
+
+    def _context(self, prepared: Prepared, timings: dict[str, float] | None,
+                 report: Callable[..., None] | None) -> tuple[ItemContext, CaptionInfo | None]:
+        """The input's caption and per-image prompt, for its styles' engines."""
         chosen = prepared.overrides
         styles = list(chosen.styles)
-        overrides = dict(chosen.style_fields) or None
         image = prepared.decoded.image
         # A per-image prompt replaces the caption (only ``negative`` mode still captions).
         if chosen.own_styles and not (chosen.prompt and self.settings.caption.mode != "negative"):
@@ -144,10 +180,7 @@ class ItemPipeline:
         if report is not None:
             context.report = report
         context.style_image = prepared.style_image
-        variants, style_timings = render(image, styles, self.registry, overrides, context)
-        if timings is not None:
-            timings.update(style_timings)
-        return Rendered(variants=variants, caption=caption)
+        return context, caption
 
     def _caption_on_demand(self, styles: list[str]) -> None:
         """An input picked a style that takes a caption while the worker's own styles do not, so

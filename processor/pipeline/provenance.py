@@ -153,6 +153,8 @@ class Img2ImgRecord:
     #: False when a negative prompt was given but no pass used it (no classifier-free guidance).
     negative_used: bool | None = None
     t5: T5PromptRecord | None = None
+    #: Inputs whose variants shared this variant's pipeline calls (``run.batch_inputs``); 1: its own.
+    batch_inputs: int = 1
 
     def parameters(self) -> dict[str, Any]:
         params = self.model.parameters() | self.prompt.parameters() | {
@@ -165,6 +167,8 @@ class Img2ImgRecord:
             "batch_size": self.batch_size,
             "oom_halvings": self.oom_halvings,
         } | self.loras.parameters()
+        if self.batch_inputs > 1:
+            params["batch_inputs"] = self.batch_inputs
         if self.ip_adapter is not None:
             params["ip_adapter"] = self.ip_adapter
         if self.flow is not None:

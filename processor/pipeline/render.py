@@ -1,4 +1,4 @@
-"""Run the configured styles on one decoded image.
+"""Run the configured styles on one decoded image, or on several at once.
 
 ``EngineRegistry`` builds each style's engine once (through a factory the composition root
 provides) and caches per-image variants of it (a sidecar's ``variants``/``seed``), so weights load
@@ -53,16 +53,21 @@ class EngineRegistry:
         style = self.styles[style_name]
         # Only fields the style has: a toon style ignores a sidecar prompt.
         applicable = {k: v for k, v in (overrides or {}).items() if k in type(style).model_fields}
-        cache_key = (style_name, tuple(sorted((k, _hashable(v)) for k, v in applicable.items())))
+        cache_key = (style_name, tuple(sorted((k, freeze(v)) for k, v in applicable.items())))
         if cache_key in self._engines:
             self._engines.move_to_end(cache_key)
             return self._engines[cache_key]
         if cache_key in self._unavailable:
             raise StyleUnavailable(self._unavailable[cache_key], styles=(style_name,))
         configured = style_with_overrides(style_name, style, applicable) if applicable else style
+        own = self._engines.get((style_name, ()))
+        per_call: frozenset[str] = getattr(own, "PER_CALL_FIELDS", frozenset())
         try:
-            engine = self.factory(style_name, configured)
-            engine.setup()
+            if own is not None and applicable and set(applicable) <= per_call:
+                engine = own.derive(configured)  # type: ignore[attr-defined] # values its calls read
+            else:
+                engine = self.factory(style_name, configured)
+                engine.setup()
         except ItemError:
             raise
         except Exception as exc:
@@ -118,12 +123,17 @@ def one_line(exc: BaseException) -> str:
     return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
 
 
-def _hashable(value: Any) -> Any:
+def freeze(value: Any) -> Any:
+    """``value`` as a hashable key (dicts and lists as sorted tuples)."""
     if isinstance(value, dict):
-        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+        return tuple(sorted((k, freeze(v)) for k, v in value.items()))
     if isinstance(value, list):
-        return tuple(_hashable(v) for v in value)
+        return tuple(freeze(v) for v in value)
     return value
+
+
+#: One input's outcome of ``render_many``: its variants and the seconds each style took, or its error.
+RenderOutcome = tuple[list[VariantImage], dict[str, float]]
 
 
 def render(
@@ -132,33 +142,95 @@ def render(
     registry: EngineRegistry,
     overrides: Mapping[str, Any] | None = None,
     context: ItemContext | None = None,
-) -> tuple[list[VariantImage], dict[str, float]]:
+) -> RenderOutcome:
     """Every variant of every style, and the seconds each style took. ``context`` carries the
     caption and per-image prompt to engines that build a prompt, and each style's variants to the
     animate styles that start from them (``image_from``: that still style runs first, and for the
     input even when it did not name it)."""
-    variants: list[VariantImage] = []
-    timings: dict[str, float] = {}
+    outcome = render_many([image], style_names, registry, [overrides], [context])[0]
+    if isinstance(outcome, ItemError):
+        raise outcome
+    return outcome
+
+
+def render_many(
+    images: Sequence[Image.Image],
+    style_names: Sequence[str],
+    registry: EngineRegistry,
+    overrides: Sequence[Mapping[str, Any] | None],
+    contexts: Sequence[ItemContext | None],
+) -> list[RenderOutcome | ItemError]:
+    """``render`` for several inputs that ask for the same styles, each with its own values
+    (``overrides[j]``), in input order. Inputs whose engines share one pipeline (a style's engine
+    and those ``derive``d from it for an input's seed or prompt) go to it in one ``render_many``
+    call; when that call fails, each input runs alone, so a failure is only ever its own input's
+    (an input that fails skips its later styles)."""
+    count = len(images)
+    found: list[ItemContext | None] = list(contexts)
     running = with_sources(style_names, registry.styles)
-    if context is None and any(registry.styles[n].image_source() for n in running if n in registry.styles):
-        context = ItemContext()  # the chain's variants travel in it
+    if any(registry.styles[n].image_source() for n in running if n in registry.styles):
+        found = [c if c is not None else ItemContext() for c in found]  # the chain's variants travel in it
+    made: list[RenderOutcome] = [([], {}) for _ in images]
+    failed: dict[int, ItemError] = {}
     for name in running:
-        engine = registry.engine(name, overrides)
-        if context is not None:
-            context.progress(f"style:{name}")
+        sharing: dict[int, list[tuple[int, Engine]]] = {}  # id of the pipeline's engine -> its inputs
+        for j in range(count):
+            if j in failed:
+                continue
+            try:
+                engine = registry.engine(name, overrides[j])
+                if found[j] is not None:
+                    found[j].progress(f"style:{name}")  # type: ignore[union-attr]
+            except ItemError as exc:  # its style cannot load, or its job was cancelled
+                failed[j] = exc
+                continue
+            sharing.setdefault(id(getattr(engine, "base", engine)), []).append((j, engine))
+        for members in sharing.values():
+            inputs = [j for j, _ in members]
+            outcomes = _run_style([engine for _, engine in members], name, [images[j] for j in inputs],
+                                  [found[j] for j in inputs])
+            for j, outcome in zip(inputs, outcomes, strict=True):
+                if isinstance(outcome, ItemError):
+                    failed[j] = outcome
+                    continue
+                variants, seconds = outcome
+                licenses = style_licenses(registry.configured(name, overrides[j]))
+                for v in variants:
+                    v.licenses = list(licenses)
+                if found[j] is not None:
+                    found[j].made[name] = variants  # type: ignore[union-attr]
+                made[j][0].extend(variants)
+                made[j][1][f"style:{name}"] = seconds
+    return [failed.get(j, made[j]) for j in range(count)]
+
+
+def _run_style(engines: list[Engine], name: str, images: list[Image.Image],
+               contexts: list[ItemContext | None]) -> list[tuple[list[VariantImage], float] | ItemError]:
+    """One style on several inputs, ``engines[j]`` for input ``j`` (all calling one pipeline):
+    each input's variants and the seconds its call took (a shared call's for inputs rendered
+    together), or its error."""
+    base = getattr(engines[0], "base", engines[0])
+    together = getattr(base, "render_many", None)
+    if together is not None and len(images) > 1:
         started = time.perf_counter()
         try:
-            made = engine(image, context)
-        except ItemError:
-            raise
+            made = together(images, contexts, [engine.style for engine in engines])  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - whose input it was is found by running each alone
+            log.warning("batch_failed", extra={"style": name, "inputs": len(images), "error": type(exc).__name__,
+                                               "detail": str(exc)})
+        else:
+            seconds = round(time.perf_counter() - started, 4)
+            return [(variants, seconds) for variants in made]
+    outcomes: list[tuple[list[VariantImage], float] | ItemError] = []
+    for engine, image, context in zip(engines, images, contexts, strict=True):
+        started = time.perf_counter()
+        try:
+            outcomes.append((engine(image, context), round(time.perf_counter() - started, 4)))
+        except ItemError as exc:
+            outcomes.append(exc)
         except Exception as exc:  # an engine bug or model fault: fail this item, keep the worker
             log.exception("stage_failed", extra={"style": name})
-            raise StageFailed(f"style {name!r} ({engine.engine}) failed: {type(exc).__name__}: {exc}") from exc
-        licenses = style_licenses(registry.configured(name, overrides))
-        for v in made:
-            v.licenses = list(licenses)
-        if context is not None:
-            context.made[name] = made
-        variants.extend(made)
-        timings[f"style:{name}"] = round(time.perf_counter() - started, 4)
-    return variants, timings
+            failure = StageFailed(f"style {name!r} ({engine.engine}) failed: {type(exc).__name__}: {exc}")
+            failure.__cause__ = exc
+            outcomes.append(failure)
+    return outcomes
