@@ -13,7 +13,8 @@ Part 2 (``--e2e N``, local store): ``N`` requests of the prototype's ``POST
 synchronous FastAPI handler that runs the style inside the request (uvicorn, a process of its
 own), and (b) ``processor serve`` over the bucket with ``--workers`` ``processor run`` daemons
 (default 1; for the CPU style each computes ``run.cpu_workers`` items at once, default the node's
-cores), started and idle before the clock starts, with the shipped settings (``E2E_CONFIG``).
+cores; for the diffusion style, ``--batch-inputs`` prepared inputs in one pipeline call, default 1),
+started and idle before the clock starts, with the shipped settings (``E2E_CONFIG``).
 Same style (``--style``: ``toon``, or ``sd``, a tiny random-weight diffusion model; ``--variants``
 variants of ``--side`` px photos), same photos. Images per second and p50/p99 seconds to the
 result for both, and where the queue's time goes, as means over its jobs (``breakdown_*``): from
@@ -64,10 +65,11 @@ DEFAULT_REQUESTS = 200
 DEFAULT_E2E = 40
 #: The photo every request carries (a JPEG of this size, about 10 KB).
 PHOTO_SIZE = (320, 240)
-#: Part 2's configuration of the queue: the shipped defaults but for the style and the upload cap.
+#: Part 2's configuration of the queue: the shipped defaults but for the style, the upload cap and
+#: the inputs a diffusion style renders in one call (``--batch-inputs``).
 E2E_CONFIG = """\
 styles: {%(name)s: %(style)s}
-run: {styles: [%(name)s]}
+run: {styles: [%(name)s], batch_inputs: %(batch)d}
 pipeline: {mask: {onnx: null}}
 metrics: {port: 0}
 api: {max_upload_bytes: 50000000}
@@ -185,11 +187,21 @@ def prototype_app(settings: Settings, style_name: str) -> Any:
     one_at_a_time = threading.Lock() if style.engine != "toon" else contextlib.nullcontext()
     app = FastAPI()
 
+    def for_request(req: PrototypeRequest) -> Any:
+        """The engine for the request's seed and variants, which the queue honours too: a diffusion
+        engine derives it on its own pipeline; the toon style's engine has nothing to load."""
+        own = style.model_copy(update={"seed": req.seed, "variants": req.final_images_to_return})
+        if hasattr(engine, "derive"):
+            return engine.derive(own)
+        made = make_engine(style_name, own)
+        made.setup()
+        return made
+
     @app.post("/generate_image_rest_direct")
     def generate(req: PrototypeRequest) -> dict[str, list[str]]:  # sync: FastAPI runs it on its thread pool
         image = decode_image(base64.b64decode(req.initial_image), settings.pipeline.decode).image
         with one_at_a_time:
-            variants = engine(image)[: req.final_images_to_return]
+            variants = for_request(req)(image)[: req.final_images_to_return]
         return {"generated_images": [base64.b64encode(encode_png(v.image, v.parameters)).decode() for v in variants]}
 
     return app
@@ -288,7 +300,7 @@ def end_to_end(url: str, photos: list[bytes], clients: int, variants: int,
 
 
 def compare(tmp: Path, clients: int, count: int, variants: int, side: int, workers: int,
-            cpu_workers: int | None = None, style_kind: str = "toon") -> dict[str, Any]:
+            cpu_workers: int | None = None, style_kind: str = "toon", batch_inputs: int = 1) -> dict[str, Any]:
     style = e2e_style(style_kind, variants, side, tmp)
     photos = [photo_bytes(side, side * 3 // 4, seed=i) for i in range(count)]
     with prototype_server(style_kind, style) as (url, pid):
@@ -300,7 +312,8 @@ def compare(tmp: Path, clients: int, count: int, variants: int, side: int, worke
     # The queue as shipped: the test servers' faster polls and full scans cost CPU a deployment
     # does not spend, so only the style, the upload cap and the metrics port are set here (and
     # GrabCut for masks, as in the prototype's process: nothing here needs the segmenter's weights).
-    (tmp / "e2e.yaml").write_text(E2E_CONFIG % {"name": style_kind, "style": json.dumps(style)})
+    (tmp / "e2e.yaml").write_text(E2E_CONFIG % {"name": style_kind, "style": json.dumps(style),
+                                                "batch": batch_inputs})
     with serve(env, tmp) as api, ExitStack() as daemons:
         procs = [daemons.enter_context(worker(env, tmp)) for _ in range(workers)]
         _wait_for_workers(tmp, workers)
@@ -310,8 +323,8 @@ def compare(tmp: Path, clients: int, count: int, variants: int, side: int, worke
                     "compute": [c for p in procs for c in child_pids(p.pid)]}
 
         queued = end_to_end(api.url, photos, clients, variants, roles)
-    out = {"style": style_kind} | {f"prototype_{k}": v for k, v in proto.items()} | {"queue_workers": workers,
-                                                              "queue_cpu_workers": cpu_workers or 0}
+    out = {"style": style_kind} | {f"prototype_{k}": v for k, v in proto.items()} | {
+        "queue_workers": workers, "queue_cpu_workers": cpu_workers or 0, "queue_batch_inputs": batch_inputs}
     out |= {f"queue_{k}": v for k, v in queued.items()}
     out["queue_over_prototype_images_per_s"] = queued["images_per_s"] / proto["images_per_s"]
     out |= {f"breakdown_{k}": v for k, v in breakdown(tmp / "e2e-bucket", queued["mean_s"]).items()}
@@ -365,6 +378,10 @@ def main(argv: Sequence[str] | None = None, *, server: Any = None) -> dict[str, 
     parser.add_argument("--cpu-workers", type=int, default=None,
                         help="part 2: each daemon's compute processes (run.cpu_workers; default: its own, the "
                         "node's cores; reported as 0)")
+    parser.add_argument("--batch-inputs", type=int, default=1,
+                        help="part 2: run.batch_inputs of the queue's daemons: prepared inputs a diffusion style "
+                        "renders in one call (default 1, the shipped setting; the prototype cannot batch: each "
+                        "request runs alone)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     results: dict[str, Any] = machine() | {"clients": args.clients, "requests": args.requests}
@@ -386,7 +403,7 @@ def main(argv: Sequence[str] | None = None, *, server: Any = None) -> dict[str, 
             results |= overhead("s3", store, env, tmp, args.clients, args.requests, settings)
         if args.e2e:
             results |= compare(tmp, args.clients, args.e2e, args.variants, args.side, args.workers,
-                               args.cpu_workers, args.style)
+                               args.cpu_workers, args.style, args.batch_inputs)
     report(results, as_json=args.json)
     return results
 

@@ -153,6 +153,11 @@ class RunSettings(Section):
     relist_s: float = Field(default=DEFAULT_RELIST_S, ge=0, allow_inf_nan=False)
     #: Inputs downloaded and decoded ahead of the one computing.
     prefetch: int = Field(default=2, ge=0, le=64)
+    #: Inputs a diffusion style (img2img) renders in one pipeline call when they are already
+    #: prepared: the compute stage takes those waiting, never waits for more. Each input's rows keep
+    #: their own prompt and seeded generators; 1: one input at a time. On a GPU, more inputs per
+    #: call is more images per second (``python -m bench.api --style sd``).
+    batch_inputs: int = Field(default=1, ge=1, le=64)
     #: Finished items waiting for upload before compute waits (bounds memory).
     upload_queue: int = Field(default=2, ge=1, le=64)
     #: ``claims`` (leases in the bucket), ``shards`` (static hash sharding), ``auto`` (claims,

@@ -65,6 +65,7 @@ from processor.queue.scan import IncrementalScanner, WorkItem, scan, shard_of
 from processor.store.base import ObjectStore
 from processor.tracing import NO_SPAN, NO_TRACING, Span, Tracer
 from processor.worker.capabilities import WorkerCapabilities
+from processor.worker.compute import render_jobs, take_waiting
 from processor.worker.cpu_pool import ProcessCompute
 from processor.worker.handoff import END, QUEUE_POLL_S, offer, take
 from processor.worker.job import Job, PassResult
@@ -261,8 +262,10 @@ class Worker:
         that arrive while the pass computes are scanned on the fetch thread and what they find joins
         this pass."""
         result = PassResult(items=list(items))
-        # Enough prepared items for every compute slot, and run.prefetch beyond the one computing.
-        ready: queue.Queue = queue.Queue(maxsize=max(1, self.settings.run.prefetch, self.compute_slots))
+        # Enough prepared items for every compute slot or a whole batch (run.batch_inputs), and
+        # run.prefetch beyond the one computing.
+        batch = self.settings.run.batch_inputs if self.compute_pool is None else 1
+        ready: queue.Queue = queue.Queue(maxsize=max(1, self.settings.run.prefetch, self.compute_slots, batch))
         finished: queue.Queue = queue.Queue(maxsize=self.settings.run.upload_queue)
         keeper = (ClaimKeeper(self.claims, self.settings.claims.renew_s, progress_s=self.settings.claims.progress_s)
                   if self.claims else None)
@@ -311,23 +314,29 @@ class Worker:
 
     def _compute_all(self, ready: queue.Queue, finished: queue.Queue, keeper: ClaimKeeper | None,
                      result: PassResult, fetcher: threading.Thread) -> None:
-        """One compute slot: take prepared jobs, compute them, hand them to the upload stage."""
+        """One compute slot: take prepared jobs (with those already waiting, up to
+        ``run.batch_inputs``, where this process computes), compute them, hand them to the upload
+        stage."""
         while True:
             job = take(ready, lambda: not fetcher.is_alive())
             if job is END:
                 return
+            # Where this process computes, the prepared jobs already waiting join it (run.batch_inputs).
+            jobs = [job, *take_waiting(ready, self.settings.run.batch_inputs - 1 if self.compute_pool is None else 0)]
             with self._compute_lock:
-                self._computing += 1
+                self._computing += len(jobs)
             try:
                 if self.stop_event.is_set() or self._fatal:
-                    self._finish(job, Outcome.RELEASED, keeper, result)
+                    for job in jobs:
+                        self._finish(job, Outcome.RELEASED, keeper, result)
                     continue
-                self._compute(job)
-                if not self._offer(finished, job):
-                    self._finish(job, Outcome.RELEASED, keeper, result)
+                self._compute(jobs)
+                for job in jobs:
+                    if not self._offer(finished, job):
+                        self._finish(job, Outcome.RELEASED, keeper, result)
             finally:
                 with self._compute_lock:
-                    self._computing -= 1
+                    self._computing -= len(jobs)
 
     def _guard(self, target: Any, *args: Any) -> None:
         """Run a stage thread; a fatal error stops the whole pass instead of dying silently."""
@@ -468,36 +477,27 @@ class Worker:
 
     # ----------------------------------------------------------------- stage 2: compute
 
-    def _compute(self, job: Job) -> None:
-        bind_item(job.key, job.trace.trace_id)
+    def _compute(self, jobs: list[Job]) -> None:
+        """Render ``jobs`` (several when ``run.batch_inputs`` took them together); each keeps its own
+        outcome: ``rendered``, ``error`` or ``cancelled``."""
         self.observer.heartbeat()
-        if job.error or (job.claim and job.claim.lost.is_set()) or job.prepared is None:
+        runnable = [job for job in jobs
+                    if not (job.error or (job.claim and job.claim.lost.is_set()) or job.prepared is None)]
+        if not runnable:
             return
-        self._report(job, "caption")
-        claim = job.claim
-        with self.tracer.span("render", parent=job.trace), \
-                self.queue.watch_cancel(job.delivery, every_s=self.settings.claims.progress_s) as cancel:
-
-            def report(**progress: Any) -> None:
-                self.observer.heartbeat()  # each step is progress: /healthz must outlast a long item
-                if claim is not None:
-                    claim.report(ClaimProgress(**progress))
-                cancel.stop_if_requested(progress)  # a flag the watch's own thread sets: no I/O here
-            try:
-                if self.compute_pool is not None:
-                    # A compute process reports no steps: a cancel takes effect before it starts.
-                    cancel.stop_if_requested({"stage": "render"})
-                    job.rendered = self.compute_pool.compute(job.prepared, job.timings)
-                else:
-                    job.rendered = self.pipeline.compute(job.prepared, job.timings, report=report)
-            except JobCancelled as exc:  # not a failure: never counted by the breaker
-                job.cancelled = exc
-            except ItemError as exc:
-                job.error = exc
+        outcomes = render_jobs(runnable, pipeline=self.pipeline, pool=self.compute_pool, bucket=self.queue,
+                               tracer=self.tracer, heartbeat=self.observer.heartbeat,
+                               progress_s=self.settings.claims.progress_s)
+        for job, outcome in zip(runnable, outcomes, strict=True):
+            if isinstance(outcome, JobCancelled):  # not a failure: never counted by the breaker
+                job.cancelled = outcome
+            elif isinstance(outcome, ItemError):
+                job.error = outcome
                 with self._compute_lock:
-                    if self.breaker.failed(job.key, exc) and not self._unhealthy:
+                    if self.breaker.failed(job.key, outcome) and not self._unhealthy:
                         self._trip()
             else:
+                job.rendered = outcome
                 with self._compute_lock:
                     self.breaker.succeeded()
 

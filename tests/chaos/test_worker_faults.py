@@ -39,12 +39,12 @@ def taken_over(tmp_path, seed: int = 0):
     item = scan(store, KeyLayout(settings.prefixes)).pending[0]
     zombie = make_worker(store, settings, "zombie")
     zjob = zombie._fetch(item, _Keeper(), PassResult())
-    zombie._compute(zjob)
+    zombie._compute([zjob])
     time.sleep(SHORT_TTL_S * 1.5)  # paused past the TTL: no renewal
     healthy = make_worker(store, settings, "healthy")
     hjob = healthy._fetch(item, _Keeper(), PassResult())
     assert hjob is not None and hjob.claim.took_over_from == "zombie"
-    healthy._compute(hjob)
+    healthy._compute([hjob])
     return store, zombie, zjob, healthy, hjob
 
 

@@ -240,7 +240,7 @@ def test_a_late_failure_never_lands_beside_another_workers_commit(local):
     item = scan(store, layout).pending[0]
     late, _ = faulty_worker(store, settings, fails=lambda n: True, wid="late", use_claims=False)
     job = late._fetch(item, None, PassResult())
-    late._compute(job)
+    late._compute([job])
     assert isinstance(job.error, StageFailed)
 
     healthy, _ = faulty_worker(store, settings, fails=lambda n: False, wid="healthy")
@@ -263,7 +263,7 @@ def test_a_failure_after_the_claim_was_taken_over_is_not_written(local):
     from processor.queue.claims import ClaimKeeper
 
     job = paused._fetch(item, ClaimKeeper(paused.claims, renew_s=3600), PassResult())  # never renewed
-    paused._compute(job)
+    paused._compute([job])
     assert job.claim is not None and isinstance(job.error, StageFailed)
     # The claim expires and another worker takes it over (as after a pause past the TTL).
     keys = layout.for_input("inputs/cow.jpg")

@@ -164,7 +164,7 @@ def test_zombie_worker_cannot_publish_over_a_commit(env):
     from processor.worker.runner import PassResult
 
     job = zombie._fetch(item, None, PassResult())
-    zombie._compute(job)
+    zombie._compute([job])
     # Meanwhile a healthy worker does the whole item.
     assert make_worker(store, settings, "healthy").run_once() == 0
     committed = snapshot(store)
@@ -278,7 +278,7 @@ def test_the_pass_ends_when_the_fetch_stage_gives_up_its_end_marker(tmp_path):
     for i in range(6):
         store.put(f"inputs/t{i}.png", photo_bytes(96, 96, fmt="PNG", seed=i))
     worker = make_worker(store, settings)
-    compute, calls = worker.pipeline.compute, []
+    compute, calls = worker.pipeline.compute_many, []
 
     def slow_second_compute(*args, **kwargs):
         calls.append(1)
@@ -291,7 +291,7 @@ def test_the_pass_ends_when_the_fetch_stage_gives_up_its_end_marker(tmp_path):
                     thread.join(10)
         return compute(*args, **kwargs)
 
-    worker.pipeline.compute = slow_second_compute
+    worker.pipeline.compute_many = slow_second_compute
     raised: list[BaseException] = []
 
     def drain() -> None:
