@@ -16,6 +16,10 @@ with ``torch.utils.flop_counter.FlopCounterMode`` on one UNet call) and its achi
 processor's whole run and in UNet calls alone, as fractions of the bf16 matmul peak measured in the
 same run. ``--tiny`` runs tiny configs on the CPU in seconds (the CI smoke test).
 
+``--batch-inputs N`` also times the processor with N inputs in one call (``run.batch_inputs``:
+``Img2ImgEngine.render_many``, every round one pipeline call over all their variants), N inputs per
+timed run, and prints its images per second against one input per call.
+
 ``--shared-rounds N`` also times the processor with ``shared_rounds: N`` (the first N rounds run
 once, only the rest per variant; the notebook shares 3 of its 4 rounds) in the same run, and
 prints its ratio against ``shared_rounds: 0``. UNet sample-steps (UNet calls x batch, counted by a
@@ -25,6 +29,7 @@ the hardware.
     python -m bench.gpu_img2img                     # a CUDA machine
     python -m bench.gpu_img2img --tiny              # anywhere
     python -m bench.gpu_img2img --shared-rounds 3   # also the notebook's cost profile in the processor
+    python -m bench.gpu_img2img --batch-inputs 4    # also 4 inputs per pipeline call
     python -m bench.gpu_img2img --profile unet.txt  # also where the time goes (torch.profiler tables)
 """
 
@@ -316,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also time the processor with styles.<name>.shared_rounds: N (0-"
                         f"{len(NOTEBOOK_ROUNDS) - 1}; the notebook shares {len(NOTEBOOK_ROUNDS) - 1}) and print its "
                         "ratio against shared_rounds 0 (default 0: not timed)")
+    parser.add_argument("--batch-inputs", type=int, default=1, metavar="N",
+                        help="also time the processor with N inputs in one call (run.batch_inputs), N inputs per "
+                        "timed run, and print its ratio against one input per call (default 1: not timed)")
     parser.add_argument("--skip-notebook", action="store_true", help="measure the processor's path only")
     parser.add_argument("--profile", metavar="FILE", default=None,
                         help="also write torch.profiler tables (top ops by self GPU time) of one processor input and "
@@ -333,8 +341,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from testkit.images import photo_image
 
     args = build_parser().parse_args(argv)
-    if args.images < 1 or args.steps < 3 or args.variants < 1:
-        raise SystemExit("--images and --variants must be >= 1 and --steps >= 3 (0.4 x steps must be >= 1)")
+    if args.images < 1 or args.steps < 3 or args.variants < 1 or args.batch_inputs < 1:
+        raise SystemExit("--images, --variants and --batch-inputs must be >= 1 and --steps >= 3 "
+                         "(0.4 x steps must be >= 1)")
     if not 0 <= args.shared_rounds < len(NOTEBOOK_ROUNDS):
         raise SystemExit(f"--shared-rounds must be 0-{len(NOTEBOOK_ROUNDS) - 1}: the schedule has "
                          f"{len(NOTEBOOK_ROUNDS)} rounds and the last one runs per variant")
@@ -400,6 +409,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 "shared_unet_fraction_of_peak": per_sample * counter.samples / sh_seconds / peak,
                 "ratio_shared_over_unshared": (sh_made / sh_seconds) / (made / seconds),
                 "unet_samples_ratio_unshared_over_shared": timed_samples / counter.samples,
+            }
+        if args.batch_inputs > 1:
+            # The same engine, input and run: N inputs per call against one (``run.batch_inputs``).
+            count = args.batch_inputs
+            counter = UNetCounter(pipe.unet)
+            b_seconds, b_made = timed(
+                lambda: [v for made_one in engine.render_many([image] * count, [None] * count, [engine.style] * count)
+                         for v in made_one], args.images, device, counter)
+            counter.remove()
+            results |= {
+                "batch_inputs": count,
+                "batched_images_per_s": b_made / b_seconds,
+                "batched_s_per_input": b_seconds / (args.images * count),
+                "batched_unet_fraction_of_peak": per_sample * counter.samples / b_seconds / peak,
+                "ratio_batched_over_alone": (b_made / b_seconds) / (made / seconds),
             }
         if args.profile:
             profile_tables(Path(args.profile), engine, image, inputs, batch, device)

@@ -179,7 +179,8 @@ def _img2img(dtype: str, *extra: str, profile: bool = False) -> Callable[[Plan],
 IMG2IMG_KEYS = ("processor_images_per_s", "notebook_images_per_s", "ratio_processor_over_notebook",
                 "shared_images_per_s", "ratio_shared_over_notebook", "ratio_shared_over_unshared",
                 "processor_unet_fraction_of_peak", "unet_alone_fraction_of_peak", "bf16_matmul_peak_tflops",
-                "processor_unet_tflops", "unet_alone_tflops", "processor_s_per_input", "processor_switches")
+                "processor_unet_tflops", "unet_alone_tflops", "processor_s_per_input", "processor_switches",
+                "batched_images_per_s", "ratio_batched_over_alone", "batched_unet_fraction_of_peak")
 
 STYLES_KEYS = ("modern_disney_images_per_s", "modern_disney_s_per_input", "fast_images_per_s", "fast_s_per_input",
                "canny_images_per_s", "canny_s_per_input", "ratio_fast_over_modern_disney_images_per_s",
@@ -192,8 +193,8 @@ VIDEO_KEYS = ("s_per_clip", "s_per_frame", "frames", "size", "steps", "unet_call
 
 #: In order of importance: when the budget runs out, the last ones are skipped (the summary says
 #: which; ``--only`` reruns them). The README's figures and the two goals come first, then the
-#: fast and canny styles, the tests, an animate clip, the caption tables, the overlap; the
-#: torch.compile steps last.
+#: fast and canny styles, the tests, inputs batched in one call, an animate clip, the caption
+#: tables, the overlap; the torch.compile steps last.
 #: The notebook runs in float16 only (img2img-fp16): the goals compare the other steps with it.
 STEPS: tuple[Step, ...] = (
     Step("env", 40, 150, lambda p: _py(p, "-m", "bench.gpu_suite", "check"),
@@ -218,6 +219,9 @@ STEPS: tuple[Step, ...] = (
     Step("pytest-gpu", 45, 180, lambda p: _py(p, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
                                               *gpu_test_files()),
          "the gpu-marked tests", parse="pytest", keys=("passed", "failed", "skipped", "errors")),
+    Step("img2img-batch", 70, 200, _img2img("float16", "--skip-notebook", "--batch-inputs", "4", "--images", "1"),
+         "the processor in float16: 4 inputs in one call (run.batch_inputs: 4) against one input per call",
+         keys=IMG2IMG_KEYS),
     Step("animate-svd", 90, 150, lambda p: _py(p, "-m", "bench.gpu_video", "--json")
          + (["--tiny", "--device", "cpu", "--clips", "1"] if p.tiny else []),
          "engine: animate: a 14-frame Stable Video Diffusion clip at 1024x576, 25 steps (random full-size weights)",
