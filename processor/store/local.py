@@ -462,6 +462,15 @@ class LocalStore(Closeable):
         except PermissionError as exc:
             # A folder we may not list hides every key in it: the listing itself is refused.
             raise StoreAccessError(f"{self.description}: permission denied listing {directory}: {exc}") from exc
+        # A first cut on the names alone, in one comprehension (a folder of the API's uploads holds
+        # every job of its owner): the part of the prefix below this folder, and of the mark.
+        rest = prefix[len(key_prefix):] if prefix.startswith(key_prefix) else ""
+        segment, deeper, _ = rest.partition("/")
+        tail = start_after[len(key_prefix):] if start_after.startswith(key_prefix) else ""
+        if segment or tail:
+            entries = [e for e in entries
+                       if (e.name == segment if deeper else e.name.startswith(segment))
+                       and (e.name + "/" >= tail or tail.startswith(e.name + "/"))]
         children = []
         for entry in entries:
             if not key_prefix and entry.name == INTERNAL_DIR:

@@ -69,6 +69,18 @@ class PassResult:
     outcome_of: dict[str, Outcome] = field(default_factory=dict)
     #: Every item the pass was given or that joined it while it ran (``run_pass``'s ``refill``).
     items: list[WorkItem] = field(default_factory=list)
+    #: The input keys of ``items``: what ``join`` checks arrivals against (a pass may run long).
+    _inputs: set[str] = field(default_factory=set, repr=False)
+
+    def __post_init__(self) -> None:
+        self._inputs = {i.keys.input for i in self.items}
+
+    def join(self, arrived: list[WorkItem]) -> list[WorkItem]:
+        """Add the items of ``arrived`` whose inputs the pass does not hold yet; returns them."""
+        new = [i for i in arrived if i.keys.input not in self._inputs]
+        self._inputs.update(i.keys.input for i in new)
+        self.items.extend(new)
+        return new
 
     @property
     def progress(self) -> int:

@@ -392,11 +392,9 @@ class Worker:
         hint and scan for what it announces. False once the pass has nothing left to wait for."""
         hint = self.wakeup.wait(QUEUE_POLL_S, stop=self.stop_event)
         if hint is not None:
-            known = {i.keys.input for i in result.items}
-            arrived = [i for i in refill(hint) if i.keys.input not in known]
+            arrived = result.join(refill(hint))
             if arrived:
                 log.info("joined_pass", extra={"items": len(arrived), "sources": sorted(hint.sources)})
-                result.items.extend(arrived)
                 todo.extend(arrived)
             return True
         with self._compute_lock:
