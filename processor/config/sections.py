@@ -155,8 +155,8 @@ class RunSettings(Section):
     prefetch: int = Field(default=2, ge=0, le=64)
     #: Inputs a diffusion style (img2img) renders in one pipeline call when they are already
     #: prepared: the compute stage takes those waiting, never waits for more. Each input's rows keep
-    #: their own prompt and seeded generators; 1: one input at a time. On a GPU, more inputs per
-    #: call is more images per second (``python -m bench.api --style sd``).
+    #: their own prompt and seeded generators; 1: one input at a time (docs/benchmarks.md,
+    #: "Inputs in one call").
     batch_inputs: int = Field(default=1, ge=1, le=64)
     #: Finished items waiting for upload before compute waits (bounds memory).
     upload_queue: int = Field(default=2, ge=1, le=64)
