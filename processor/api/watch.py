@@ -75,6 +75,9 @@ class JobWatch:
         self.poll_s = poll_s
         self.local_root = local_root
         self._jobs: dict[str, _Watched] = {}
+        #: A watched job's claim key and done-marker folder -> the jobs watching it: an OS event
+        #: finds its jobs at once, however many are watched (a job lingers LINGER_S after its wait).
+        self._by_key: dict[str, set[str]] = {}
         self._lock = threading.Lock()
         self._started = False
         self._closed = threading.Event()
@@ -94,6 +97,8 @@ class JobWatch:
                 if len(self._jobs) >= MAX_WATCHED_JOBS:
                     return 0  # not watched: ``changed`` only times out
                 watched = self._jobs[job] = _Watched(keys)
+                for key in (keys.claim, keys.done_prefix):
+                    self._by_key.setdefault(key, set()).add(job)
             watched.used_at = time.monotonic()
             return watched.generation
 
@@ -146,7 +151,7 @@ class JobWatch:
             now = time.monotonic()
             with self._lock:
                 for job in [j for j, w in self._jobs.items() if not w.waiters and now - w.used_at > LINGER_S]:
-                    del self._jobs[job]
+                    self._forget(job)
                 watched = list(self._jobs.values())
             if self._observer is None:
                 for entry in watched:
@@ -195,11 +200,21 @@ class JobWatch:
         self._observer.start()
 
     def _seen(self, key: str) -> None:
-        """A key under the state prefix changed: wake the jobs it is the claim or a done marker of."""
+        """A key under the state prefix changed: wake the jobs it is the claim or a done marker of
+        (a done marker is ``<done_prefix><etag>.<outcome>``: its folder is the job's prefix)."""
         with self._lock:
-            for watched in self._jobs.values():
-                if key == watched.keys.claim or key.startswith(watched.keys.done_prefix):
-                    self._wake(watched)
+            jobs = self._by_key.get(key, set()) | self._by_key.get(key[: key.rfind("/") + 1], set())
+            for job in jobs:
+                self._wake(self._jobs[job])
+
+    def _forget(self, job: str) -> None:
+        """Stop watching ``job`` (called with ``_lock`` held)."""
+        watched = self._jobs.pop(job)
+        for key in (watched.keys.claim, watched.keys.done_prefix):
+            jobs = self._by_key.get(key, set())
+            jobs.discard(job)
+            if not jobs:
+                self._by_key.pop(key, None)
 
     def close(self) -> None:
         self._closed.set()

@@ -151,3 +151,25 @@ def test_an_id_only_named_is_not_probed(tmp_path: Path) -> None:
         assert watch.probes == 0 and store.request_count() == before
     finally:
         watch.close()
+
+
+def test_an_event_wakes_only_the_jobs_it_belongs_to_and_forgotten_jobs_leave_no_index(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "bucket")
+    queue = BucketQueue.for_settings(store, Settings(store={"kind": "local", "root": str(tmp_path / "bucket")}))
+    jobs = [queue.submit(Submission(image=photo_bytes(32, 32, seed=i), format="JPEG"))[0] for i in range(40)]
+    watch = JobWatch(queue, POLL_S)  # no OS events: the events are handed to it directly
+    try:
+        before = {job: watch.generation(job) for job in jobs}
+        target, other = queue.keys_of(jobs[7]), queue.keys_of(jobs[8])
+        watch._seen(target.done_marker("etag", Outcome.DONE))
+        watch._seen(other.claim)
+        watch._seen(other.done_prefix.rstrip("/"))  # the marker folder's own event: no marker yet
+        after = {job: watch.generation(job) for job in jobs}
+        assert {job for job in jobs if after[job] != before[job]} == {jobs[7], jobs[8]}
+        assert after[jobs[7]] == before[jobs[7]] + 1 and after[jobs[8]] == before[jobs[8]] + 1
+        with watch._lock:
+            for job in jobs:
+                watch._forget(job)
+        assert watch._by_key == {}
+    finally:
+        watch.close()
