@@ -57,6 +57,8 @@ OUTCOMES = tuple(o.value for o in Outcome)
 STAGE_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 60.0, 120.0, 300.0, 600.0)
 #: Seconds: buckets of a scan (LIST calls over inputs/ and the done markers).
 SCAN_BUCKETS_S = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+#: Inputs per compute call (``run.batch_inputs`` is at most 64).
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
 #: The prefix of a per-style timing key in ``Job.timings`` (``render`` writes ``style:<name>``).
 STYLE_TIMING_PREFIX = "style:"
 
@@ -88,6 +90,9 @@ class WorkerObserver:
 
     def stage(self, name: str, seconds: float) -> None:
         """A stage that is not part of an item's ``timings`` (the manifest commit)."""
+
+    def computed_together(self, inputs: int) -> None:
+        """The compute stage rendered ``inputs`` inputs in one call (``run.batch_inputs``)."""
 
     def stopping(self) -> None:
         """Shutdown was requested: finish what is in hand, take nothing new."""
@@ -136,6 +141,9 @@ class GuardedObserver(WorkerObserver):
     def stage(self, name: str, seconds: float) -> None:
         self._call("stage", name, seconds)
 
+    def computed_together(self, inputs: int) -> None:
+        self._call("computed_together", inputs)
+
     def stopping(self) -> None:
         self._call("stopping")
 
@@ -173,6 +181,9 @@ class PrometheusObserver(WorkerObserver):
                                 ["stage"], buckets=STAGE_BUCKETS_S, registry=r)
         self.styles = Histogram("processor_style_seconds", "Seconds to render one style's variants of one item.",
                                 ["style"], buckets=STAGE_BUCKETS_S, registry=r)
+        self.batch_inputs = Histogram("processor_compute_batch_inputs",
+                                      "Inputs per compute call (run.batch_inputs: those already prepared).",
+                                      buckets=BATCH_BUCKETS, registry=r)
         self.scan_seconds = Histogram("processor_scan_seconds", "Seconds per scan of the bucket.",
                                       buckets=SCAN_BUCKETS_S, registry=r)
         self.scan_failures = Counter("processor_scan_failures", "Scans that could not reach the store.", registry=r)
@@ -220,6 +231,9 @@ class PrometheusObserver(WorkerObserver):
         with self._lock:
             self._setup_done = True
         self.heartbeat()
+
+    def computed_together(self, inputs: int) -> None:
+        self.batch_inputs.observe(inputs)
 
     def scanned(self, pending: int, seconds: float, *, full: bool = True) -> None:
         self.last_scan.set_to_current_time()

@@ -483,6 +483,7 @@ class Worker:
                     if not (job.error or (job.claim and job.claim.lost.is_set()) or job.prepared is None)]
         if not runnable:
             return
+        self.observer.computed_together(len(runnable))
         outcomes = render_jobs(runnable, pipeline=self.pipeline, pool=self.compute_pool, bucket=self.queue,
                                tracer=self.tracer, heartbeat=self.observer.heartbeat,
                                progress_s=self.settings.claims.progress_s)

@@ -192,3 +192,23 @@ def test_a_failing_input_in_a_worker_batch_gets_its_own_failure_record(tiny_sd, 
 def test_batch_inputs_is_validated():
     with pytest.raises(ValidationError, match="batch_inputs"):
         Settings(run={"batch_inputs": 0})
+
+
+def test_the_worker_counts_its_inputs_per_call(tiny_sd, tmp_path):
+    from processor.cli.compose import build_registry
+    from processor.store.local import LocalStore
+    from processor.worker.metrics import PrometheusObserver
+    from processor.worker.runner import Worker
+
+    settings = make_settings(tmp_path, {"disney": img2img_style(tiny_sd, variants=1)})
+    settings.run.batch_inputs = 3
+    store = LocalStore(settings.store.root)
+    for i in range(5):
+        store.put(f"inputs/toy-{i}.jpg", photo_bytes(160, 120, seed=i))
+    observer = PrometheusObserver(stall_s=600)
+    worker = Worker(store, settings, build_registry(settings), worker_id="w1", observer=observer)
+    worker.setup()
+    assert worker.run_once() == 0
+    calls = observer.registry.get_sample_value("processor_compute_batch_inputs_count")
+    assert observer.registry.get_sample_value("processor_compute_batch_inputs_sum") == 5
+    assert 2 <= calls <= 5  # at most three a call
