@@ -25,6 +25,11 @@ not run is refused at start. Flow families keep their own flow-matching schedule
 ``guidance`` is its distilled guidance input (schnell has none: guidance must be 0), so a negative
 prompt is recorded unused (``negative_used: false``), as on any round without classifier-free guidance.
 
+Several inputs at once (``render_many``, the worker's ``run.batch_inputs``): inputs of one working
+size share every call of a round, input-major rows, each with its own prompt and its variants'
+generators; an input's own seed, variants, prompt, trigger or negative is a style ``derive``d from
+this one (``PER_CALL_FIELDS``), on the same pipeline. Control and IP-Adapter inputs run alone.
+
 Determinism: variant ``i`` uses seed ``style.seed + i``; round ``k`` of it draws its noise from a
 CPU generator seeded ``seed + i + k * ROUND_SEED_STRIDE`` (round 0 is exactly the variant seed), so
 the noise depends neither on the device nor on how the batch is split. CUDA out of memory halves
