@@ -126,12 +126,13 @@ def test_cpu_pool_smoke(capsys) -> None:
 
 def test_api_bench_diffusion_smoke(capsys) -> None:
     """Part 2 with the tiny diffusion model: both designs load it through the production path and
-    answer every request (the prototype's lock keeps its pipeline to one request at a time)."""
+    answer every request (the prototype's lock keeps its pipeline to one request at a time; the
+    queue's worker may render the requests waiting together, ``--batch-inputs``)."""
     from bench import api as api_bench
 
-    results = api_bench.main(["--store", "none", "--clients", "2", "--e2e", "2", "--style", "sd",
-                              "--variants", "1", "--side", "96"])
+    results = api_bench.main(["--store", "none", "--clients", "3", "--e2e", "3", "--style", "sd",
+                              "--variants", "1", "--side", "96", "--batch-inputs", "3"])
     parse_report(capsys.readouterr().out)
-    assert results["style"] == "sd"
+    assert results["style"] == "sd" and results["queue_batch_inputs"] == 3
     assert results["prototype_images_per_s"] > 0 and results["queue_images_per_s"] > 0
     assert results["breakdown_compute_s"] > 0
