@@ -15,8 +15,8 @@ own), and (b) ``processor serve`` over the bucket with ``--workers`` ``processor
 (default 1; for the CPU style each computes ``run.cpu_workers`` items at once, default the node's
 cores; for the diffusion style, ``--batch-inputs`` prepared inputs in one pipeline call, default 1),
 started and idle before the clock starts, with the shipped settings (``E2E_CONFIG``).
-Same style (``--style``: ``toon``, or ``sd``, a tiny random-weight diffusion model; ``--variants``
-variants of ``--side`` px photos), same photos. Images per second and p50/p99 seconds to the
+Same style (``--style``: ``toon``, or ``sd``, a tiny random-weight diffusion model or ``--model``'s;
+``--variants`` variants of ``--side`` px photos), same photos. Images per second and p50/p99 seconds to the
 result for both, and where the queue's time goes, as means over its jobs (``breakdown_*``): from
 POST to result (``post_to_result_s``), the part the job spent in the bucket (``in_bucket_s``:
 input written to manifest committed, from the objects' own times), split into the wait for a
@@ -207,15 +207,18 @@ def prototype_app(settings: Settings, style_name: str) -> Any:
     return app
 
 
-def e2e_style(kind: str, variants: int, side: int, tmp: Path) -> dict[str, Any]:
-    """Part 2's style: ``toon`` (CPU) or ``sd`` (a tiny diffusion model built under ``tmp``)."""
+def e2e_style(kind: str, variants: int, side: int, tmp: Path, *, model: str | None = None,
+              steps: int = SD_STEPS, size: int = SD_SIZE) -> dict[str, Any]:
+    """Part 2's style: ``toon`` (CPU) or ``sd``: ``model`` (a local diffusers SD 1.x folder), else a
+    tiny diffusion model built under ``tmp``; ``steps`` per round at ``size`` px."""
     if kind == "toon":
         return {"engine": "toon", "variants": variants, "max_side": side}
-    from testkit.models.sd import build_sd
+    if model is None:
+        from testkit.models.sd import build_sd
 
-    model = build_sd(tmp / "tiny-sd")
-    return {"engine": "img2img", "model": str(model), "trigger": "cartoon, Pixar, 3D render", "steps": SD_STEPS,
-            "size": SD_SIZE, "variants": variants, "seed": 7}
+        model = str(build_sd(tmp / "tiny-sd"))
+    return {"engine": "img2img", "model": model, "trigger": "cartoon, Pixar, 3D render", "steps": steps,
+            "size": size, "variants": variants, "seed": 7}
 
 
 def _prototype_process(style_kind: str, style: dict[str, Any], ready: Any) -> None:
@@ -300,8 +303,10 @@ def end_to_end(url: str, photos: list[bytes], clients: int, variants: int,
 
 
 def compare(tmp: Path, clients: int, count: int, variants: int, side: int, workers: int,
-            cpu_workers: int | None = None, style_kind: str = "toon", batch_inputs: int = 1) -> dict[str, Any]:
-    style = e2e_style(style_kind, variants, side, tmp)
+            cpu_workers: int | None = None, style_kind: str = "toon", batch_inputs: int = 1,
+            sd: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Part 2 (module docstring); ``sd``: ``e2e_style``'s model, steps and size for ``--style sd``."""
+    style = e2e_style(style_kind, variants, side, tmp, **(sd or {}))
     photos = [photo_bytes(side, side * 3 // 4, seed=i) for i in range(count)]
     with prototype_server(style_kind, style) as (url, pid):
         proto = end_to_end(url, photos, clients, variants, lambda: {"server": [pid]})
@@ -371,6 +376,11 @@ def main(argv: Sequence[str] | None = None, *, server: Any = None) -> dict[str, 
     parser.add_argument("--style", choices=["toon", "sd"], default="toon",
                         help="part 2: the CPU toon style, or sd: a tiny random-weight SD 1.x img2img model "
                         f"({SD_STEPS} steps at {SD_SIZE} px) through the production loader")
+    parser.add_argument("--model", metavar="DIR", default=None,
+                        help="part 2, --style sd: a local diffusers SD 1.x folder instead of the tiny model (the GPU "
+                        "suite's build step makes the SD 1.5 architecture); both designs load it")
+    parser.add_argument("--sd-steps", type=int, default=SD_STEPS, help="part 2, --style sd: steps per round")
+    parser.add_argument("--sd-size", type=int, default=SD_SIZE, help="part 2, --style sd: the long side it runs at")
     parser.add_argument("--variants", type=int, default=2, help="part 2: variants per request")
     parser.add_argument("--side", type=int, default=256, help="part 2: photo width and the style's max_side")
     parser.add_argument("--workers", type=int, default=1, help="part 2: processor run daemons behind the queue "
@@ -403,7 +413,8 @@ def main(argv: Sequence[str] | None = None, *, server: Any = None) -> dict[str, 
             results |= overhead("s3", store, env, tmp, args.clients, args.requests, settings)
         if args.e2e:
             results |= compare(tmp, args.clients, args.e2e, args.variants, args.side, args.workers,
-                               args.cpu_workers, args.style, args.batch_inputs)
+                               args.cpu_workers, args.style, args.batch_inputs,
+                               {"model": args.model, "steps": args.sd_steps, "size": args.sd_size})
     report(results, as_json=args.json)
     return results
 

@@ -124,14 +124,17 @@ def test_cpu_pool_smoke(capsys) -> None:
     assert results["one_slot_requests_per_item"] == results["processes_requests_per_item"]
 
 
-def test_api_bench_diffusion_smoke(capsys) -> None:
-    """Part 2 with the tiny diffusion model: both designs load it through the production path and
-    answer every request (the prototype's lock keeps its pipeline to one request at a time; the
-    queue's worker may render the requests waiting together, ``--batch-inputs``)."""
+def test_api_bench_diffusion_smoke(tmp_path, capsys) -> None:
+    """Part 2 with a diffusion model (``--model``: here the tiny one): both designs load it through
+    the production path and answer every request (the prototype's lock keeps its pipeline to one
+    request at a time; the queue's worker may render the requests waiting together)."""
     from bench import api as api_bench
+    from testkit.models.sd import build_sd
 
-    results = api_bench.main(["--store", "none", "--clients", "3", "--e2e", "3", "--style", "sd",
-                              "--variants", "1", "--side", "96", "--batch-inputs", "3"])
+    model = build_sd(tmp_path / "tiny-sd")
+    results = api_bench.main(["--store", "none", "--clients", "3", "--e2e", "3", "--style", "sd", "--model",
+                              str(model), "--sd-steps", "3", "--sd-size", "64", "--variants", "1", "--side", "96",
+                              "--batch-inputs", "3"])
     parse_report(capsys.readouterr().out)
     assert results["style"] == "sd" and results["queue_batch_inputs"] == 3
     assert results["prototype_images_per_s"] > 0 and results["queue_images_per_s"] > 0
