@@ -68,6 +68,10 @@ CARRIED_MODULES = {
     "clip_interrogator": "clip-interrogator", "ftfy": "ftfy", "wcwidth": "wcwidth", "boto3": "boto3",
     "botocore": "botocore", "s3transfer": "s3transfer", "jmespath": "jmespath",
     "PIL": "pillow",  # there, but maybe older than pillow-heif needs: the tested version is carried
+    # processor serve, for bench.api (the api-sd step)
+    "fastapi": "fastapi", "starlette": "starlette", "uvicorn": "uvicorn", "python_multipart": "python-multipart",
+    "multipart": "python-multipart", "watchdog": "watchdog", "standardwebhooks": "standardwebhooks",
+    "opentelemetry": "opentelemetry-api",
 }
 #: What the steps import from the machine itself (it has them: listed to fail early if not).
 PRESENT_MODULES = ("torch", "transformers", "accelerate", "peft", "safetensors", "huggingface_hub", "cv2",
@@ -76,14 +80,15 @@ PRESENT_MODULES = ("torch", "transformers", "accelerate", "peft", "safetensors",
 PROJECT_MODULES = ("processor.cli.main", "processor.pipeline.img2img", "processor.pipeline.interrogator",
                    "processor.pipeline.caption", "processor.store.local", "processor.store.s3", "bench.gpu_img2img",
                    "bench.real_run", "bench.overlap", "bench.gpu_styles", "bench.gpu_video", "bench.unet_evals",
+                   "bench.api", "processor.api.app",
                    "testkit.models.sd",
                    "tests.models.conftest", "tests.conftest")
-#: Modules the GPU machine lacks that no step may need (store adapters and the HTTP API); the guard
-#: hides them too, so a step that starts needing one fails the rehearsal.
-#: (Not httpx2 / httpcore2: only this environment's newer huggingface-hub needs them, and the GPU
-#: machine has its own huggingface-hub.)
-ABSENT_MODULES = ("ibm_boto3", "ibm_botocore", "ibm_s3transfer", "importlib_metadata", "fastapi", "starlette",
-                  "uvicorn", "multipart", "jsonschema", "referencing", "rpds")
+#: Modules the GPU machine lacks that no step may need (the IBM store adapter, the OpenAPI
+#: validator of the tests); the guard hides them too, so a step that starts needing one fails the
+#: rehearsal. (Not httpx2 / httpcore2: only this environment's newer huggingface-hub needs them,
+#: and the GPU machine has its own huggingface-hub.)
+ABSENT_MODULES = ("ibm_boto3", "ibm_botocore", "ibm_s3transfer", "importlib_metadata", "jsonschema", "referencing",
+                  "rpds")
 
 
 class Status(str, enum.Enum):
@@ -188,13 +193,17 @@ STYLES_KEYS = ("modern_disney_images_per_s", "modern_disney_s_per_input", "fast_
                "fast_unet_evaluations_per_input", "fast_lcm_lora_modules", "modern_disney_gpu_peak_allocated_gib",
                "fast_gpu_peak_allocated_gib", "canny_gpu_peak_allocated_gib")
 
+API_KEYS = ("prototype_images_per_s", "queue_images_per_s", "queue_over_prototype_images_per_s", "prototype_p50_s",
+            "queue_p50_s", "prototype_p99_s", "queue_p99_s", "breakdown_scan_wait_s", "breakdown_compute_s",
+            "breakdown_api_notice_s", "queue_cpu_s_per_job_api", "queue_cpu_s_per_job_worker")
+
 VIDEO_KEYS = ("s_per_clip", "s_per_frame", "frames", "size", "steps", "unet_calls_per_clip",
               "unet_evaluations_per_clip", "gpu_peak_allocated_gib", "mp4_encode_s", "build_s")
 
 #: In order of importance: when the budget runs out, the last ones are skipped (the summary says
 #: which; ``--only`` reruns them). The README's figures and the two goals come first, then the
-#: fast and canny styles, the tests, inputs batched in one call, an animate clip, the caption
-#: tables, the overlap; the torch.compile steps last.
+#: fast and canny styles, the tests, the front door against the prototype, inputs batched in one
+#: call, an animate clip, the caption tables, the overlap; the torch.compile steps last.
 #: The notebook runs in float16 only (img2img-fp16): the goals compare the other steps with it.
 STEPS: tuple[Step, ...] = (
     Step("env", 40, 150, lambda p: _py(p, "-m", "bench.gpu_suite", "check"),
@@ -219,6 +228,12 @@ STEPS: tuple[Step, ...] = (
     Step("pytest-gpu", 45, 180, lambda p: _py(p, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu",
                                               *gpu_test_files()),
          "the gpu-marked tests", parse="pytest", keys=("passed", "failed", "skipped", "errors")),
+    Step("api-sd", 120, 300, lambda p: _py(p, "-m", "bench.api", "--store", "none", "--style", "sd", *_model(p),
+                                          "--batch-inputs", "4", "--json")
+         + (["--e2e", "4", "--clients", "2", "--variants", "1", "--side", "96", "--sd-steps", "3", "--sd-size", "64"]
+            if p.tiny else ["--e2e", "32", "--variants", "2", "--side", "512", "--sd-steps", "20", "--sd-size", "512"]),
+         "the front door: the prototype's synchronous handler against processor serve and one worker "
+         "(run.batch_inputs: 4), SD 1.5 at 512 px, 8 clients", keys=API_KEYS),
     Step("img2img-batch", 70, 200, _img2img("float16", "--skip-notebook", "--batch-inputs", "4", "--images", "1"),
          "the processor in float16: 4 inputs in one call (run.batch_inputs: 4) against one input per call",
          keys=IMG2IMG_KEYS),

@@ -48,6 +48,15 @@ PINS=(
   clip-interrogator==0.6.0
   ftfy==6.3.1
   wcwidth==0.9.4
+  # the HTTP API (processor serve: processor/api) for bench.api's front-door comparison; the machine
+  # has anyio, h11, httpx, jinja2, click and annotated-doc
+  fastapi==0.165.0
+  starlette==1.10.0
+  uvicorn==0.54.0
+  python-multipart==0.0.34
+  watchdog==7.1.1                # the API's job watch on the local store
+  standardwebhooks==1.3.0
+  opentelemetry-api==1.45.2      # fastapi 0.165 imports it
   # tests/conftest.py imports testkit/seaweed.py, which imports boto3 at module level
   boto3==1.44.8
   botocore==1.44.8
