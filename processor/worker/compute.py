@@ -52,8 +52,7 @@ def render_jobs(jobs: list[Job], *, pipeline: ItemPipeline, pool: ProcessCompute
     with ExitStack() as stack:
         hooks = []
         for job in jobs:
-            if job.claim is not None:
-                job.claim.report(ClaimProgress("caption"))
+            job.report("caption")
             stack.enter_context(tracer.span("render", parent=job.trace))
             cancel = stack.enter_context(bucket.watch_cancel(job.delivery, every_s=progress_s))
             hooks.append(progress_hook(job.claim, cancel, heartbeat))

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from processor.errors import ItemError, JobCancelled
 from processor.pipeline.base import DecodedImage, VariantImage
 from processor.pipeline.item import Prepared, Rendered
-from processor.queue.claims import Claim
+from processor.queue.claims import Claim, ClaimProgress
 from processor.queue.outcomes import PROGRESS, Outcome
 from processor.queue.protocol import Delivery, InputObject
 from processor.queue.scan import WorkItem
@@ -54,6 +54,11 @@ class Job:
     @property
     def variants(self) -> list[VariantImage]:
         return self.rendered.variants if self.rendered else []
+
+    def report(self, stage: str) -> None:
+        """The item's progress, published in its claim by the keeper's next renewal (no request here)."""
+        if self.claim is not None:
+            self.claim.report(ClaimProgress(stage))
 
 
 @dataclass

@@ -55,7 +55,7 @@ from processor.log import bind_item
 from processor.manifest import WorkerInfo
 from processor.pipeline.item import ItemPipeline
 from processor.pipeline.render import EngineRegistry
-from processor.queue.claims import ClaimKeeper, ClaimManager, ClaimProgress
+from processor.queue.claims import ClaimKeeper, ClaimManager
 from processor.queue.failpolicy import CircuitBreaker
 from processor.queue.hints.base import Hint, HintSource, Wakeup
 from processor.queue.keys import KeyLayout
@@ -430,7 +430,7 @@ class Worker:
             if ended is not None:
                 self._finish(job, ended, keeper, result)
                 return None
-            self._report(job, "download")
+            job.report("download")
             started = time.perf_counter()
             with self.tracer.span("download", parent=trace):
                 job.input = self.queue.read_input(delivery, max_bytes=self.settings.pipeline.decode.max_bytes)
@@ -543,12 +543,6 @@ class Worker:
             self._finish(job, outcome, keeper, result)
 
     # ----------------------------------------------------------------- bookkeeping
-
-    @staticmethod
-    def _report(job: Job, stage: str) -> None:
-        """The item's progress, published in its claim by the keeper's next renewal (no request here)."""
-        if job.claim is not None:
-            job.claim.report(ClaimProgress(stage))
 
     def _finish(self, job: Job, outcome: Outcome, keeper: ClaimKeeper | None, result: PassResult) -> None:
         """Every job leaves the worker here, once: count its outcome, tell the observer, give its
